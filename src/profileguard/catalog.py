@@ -1,0 +1,99 @@
+"""What the database says about the identity and profile tables (columns, types, constraints)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from profileguard import sql as sqlfiles
+from profileguard.config import TableRef
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table as the catalog describes it."""
+
+    name: str
+    type: str
+    category: str
+    not_null: bool
+    has_default: bool
+    generated: bool
+    max_length: int | None
+
+    @property
+    def is_text(self) -> bool:
+        return self.category == "S"
+
+    @property
+    def is_json(self) -> bool:
+        return self.type in ("json", "jsonb")
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """Columns, single-column unique keys and check constraints of one table."""
+
+    ref: TableRef
+    columns: dict[str, Column]
+    unique: frozenset[str]
+    checks: tuple[str, ...]
+
+    def length_bounds(self, column: str) -> tuple[int | None, int | None]:
+        """(min, max) character lengths that check constraints or the type impose on `column`."""
+        low: int | None = None
+        high = self.columns[column].max_length
+        name = re.escape(column)
+        func = r"(?:char_length|character_length|length)\(\(?\s*(?:\"?" + name + r"\"?)\b[^)]*\)\)?"
+        for definition in self.checks:
+            for op, number in re.findall(func + r"\s*(>=|>|<=|<)\s*(\d+)", definition):
+                n = int(number)
+                if op in (">=", ">"):
+                    n = n + 1 if op == ">" else n
+                    low = n if low is None else max(low, n)
+                else:
+                    n = n - 1 if op == "<" else n
+                    high = n if high is None else min(high, n)
+        return low, high
+
+
+def regclass_text(conn: psycopg.Connection, ref: TableRef) -> str:
+    """The quoted, schema-qualified name of `ref`, as to_regclass() expects it."""
+    return sql.Identifier(ref.schema, ref.name).as_string(conn)
+
+
+def table_oid(conn: psycopg.Connection, ref: TableRef) -> int | None:
+    """The table's oid, or None when it does not exist."""
+    row = conn.execute(
+        sqlfiles.query("table_oid"), {"table": regclass_text(conn, ref)}
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def inspect_table(conn: psycopg.Connection, ref: TableRef) -> TableFacts | None:
+    """Describe `ref`, or return None when the table does not exist.
+
+    Types are formatted with an empty search_path so that they are schema-qualified, as the
+    generated functions (which run with `search_path = ''`) need them.
+    """
+    oid = table_oid(conn, ref)
+    if oid is None:
+        return None
+    row = conn.execute("select current_setting('search_path')").fetchone()
+    search_path = str(row[0]) if row else "public"
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("select set_config('search_path', '', false)")
+        try:
+            cur.execute(sqlfiles.query("table_columns"), {"oid": oid})
+            columns = {r["name"]: Column(**r) for r in cur.fetchall()}
+        finally:
+            cur.execute("select set_config('search_path', %s, false)", (search_path,))
+        cur.execute(sqlfiles.query("unique_columns"), {"oid": oid})
+        unique = frozenset(r["name"] for r in cur.fetchall())
+        cur.execute(sqlfiles.query("check_constraints"), {"oid": oid})
+        checks = tuple(r["definition"] for r in cur.fetchall())
+    return TableFacts(ref, columns, unique, checks)

@@ -1,0 +1,353 @@
+"""The Python client: `ensure(user_id)` returns the user's profile, creating it when missing.
+
+The chain, in order: the installed `profileguard.ensure_profile()` (one round trip); when it is
+missing, or `PROFILEGUARD_ENABLED` is off, a direct `INSERT … ON CONFLICT DO NOTHING` built from
+the same mapping. Transient errors (serialization, deadlock, lock timeout, lost connection…) are
+retried with full-jitter exponential backoff; permanent ones are recorded and raised at once.
+`ProfileGuard` and `AsyncProfileGuard` are twins: same behaviour, sync and asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from profileguard.config import Settings, load_settings
+from profileguard.db import APPLICATION_NAME, connect, is_transient, translate
+from profileguard.errors import (
+    ConnectionFailedError,
+    DatabaseError,
+    InvalidUserIdError,
+    ProfileCreationError,
+    ProfileGuardError,
+    UserNotFoundError,
+)
+from profileguard.mapping import build_plan, insert_statement
+
+log = logging.getLogger(__name__)
+
+UserId = uuid.UUID | str | int
+Path_ = Literal["function", "fallback"]
+
+ENSURE_SQL = "select profile_id, created, profile from profileguard.ensure_profile(%s, %s)"
+RECORD_FAILURE_SQL = "select profileguard.record_failure(%s, %s, %s, %s)"
+MISSING_FUNCTION_SQLSTATES = frozenset({"3F000", "42883"})
+INVALID_ID_SQLSTATES = frozenset({"22P02", "22004", "42804", "22003"})
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    """The profile of one user and how this call got it."""
+
+    user_id: str
+    created: bool
+    profile: dict[str, Any]
+    path: Path_
+
+
+def normalize_user_id(user_id: UserId) -> UserId:
+    """A UUID when the value spells one; ints stay ints; other text is checked by the server."""
+    if isinstance(user_id, uuid.UUID | int) and not isinstance(user_id, bool):
+        return user_id
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 200:
+        raise InvalidUserIdError(
+            f"invalid user id {str(user_id)[:80]!r}",
+            hint="pass the user's key, e.g. a UUID such as 3f1c2e4a-…",
+        )
+    try:
+        return uuid.UUID(user_id.strip())
+    except ValueError:
+        return user_id.strip()
+
+
+def _retrying_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "stop": stop_after_attempt(settings.retry_attempts),
+        "wait": wait_random_exponential(
+            multiplier=settings.retry_base_seconds, max=settings.retry_cap_seconds
+        ),
+        "retry": retry_if_exception(is_transient),
+        "reraise": True,
+    }
+
+
+def _error(exc: BaseException, user_id: UserId) -> ProfileGuardError:
+    """Translate, adding what a caller of ensure() needs: bad ids and creation failures."""
+    if isinstance(exc, PoolTimeout):
+        return ConnectionFailedError(
+            f"no database connection available: {exc}",
+            hint="check DATABASE_URL and that the server is running",
+        )
+    err = translate(exc, context=f"ensure {user_id}")
+    if isinstance(err, DatabaseError) and err.sqlstate in INVALID_ID_SQLSTATES:
+        return InvalidUserIdError(
+            f"invalid user id {str(user_id)[:80]!r}: {err.message}",
+            sqlstate=err.sqlstate,
+            hint="pass the user's key in the identity table's type (e.g. a UUID)",
+        )
+    if isinstance(err, DatabaseError) and not err.transient and type(err) is DatabaseError:
+        return ProfileCreationError(
+            err.message,
+            sqlstate=err.sqlstate,
+            hint=err.hint or "fix the mapping or the constraint named above; "
+            "the failure is recorded in profileguard.events",
+        )
+    return err
+
+
+def _result(row: Mapping[str, Any], path: Path_) -> EnsureResult:
+    return EnsureResult(str(row["profile_id"]), bool(row["created"]), dict(row["profile"]), path)
+
+
+@dataclass(frozen=True)
+class _Fallback:
+    """SQL of the direct path, built once from the mapping and the catalog."""
+
+    exists: sql.Composed
+    insert: sql.Composed
+    insert_forced: sql.Composed
+    select: sql.Composed
+
+
+def _fallback_sql(conn: psycopg.Connection, settings: Settings) -> _Fallback:
+    plan = build_plan(conn, settings)
+    identity = sql.Identifier(settings.identity.schema, settings.identity.name)
+    where = sql.SQL("where u.{} = %(uid)s").format(sql.Identifier(settings.identity.key))
+    return _Fallback(
+        exists=sql.SQL("select exists (select from {} u {}) as found").format(identity, where),
+        insert=insert_statement(plan, source=identity, where=where),
+        insert_forced=insert_statement(plan, source=identity, where=where, force_suffix=True),
+        select=sql.SQL("select to_jsonb(p) as profile from {} p where p.{} = %(uid)s").format(
+            sql.Identifier(settings.profile.schema, settings.profile.name),
+            sql.Identifier(settings.profile.key),
+        ),
+    )
+
+
+def _fallback_sql_standalone(settings: Settings) -> _Fallback:
+    """Build the fallback SQL on a short-lived connection of its own (for the async client)."""
+    with connect(settings) as conn:
+        return _fallback_sql(conn, settings)
+
+
+def _not_found(user_id: UserId, settings: Settings) -> UserNotFoundError:
+    return UserNotFoundError(
+        f"no user with {settings.identity.key} = {user_id} in {settings.identity}",
+        hint="profiles are created only for existing users; check the id",
+    )
+
+
+class ProfileGuard:
+    """Synchronous client. Use as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pool: ConnectionPool | None = None,
+        max_size: int = 10,
+        source: str = "client",
+    ):
+        self.settings = settings or load_settings()
+        self.source = source
+        self._own_pool = pool is None
+        self._pool = pool or ConnectionPool(
+            self.settings.conninfo(),
+            min_size=1,
+            max_size=max_size,
+            timeout=self.settings.connect_timeout,
+            kwargs={"application_name": APPLICATION_NAME},
+            open=True,
+        )
+        self._fallback: _Fallback | None = None
+
+    def ensure(self, user_id: UserId) -> dict[str, Any]:
+        """The user's profile row, created first if missing."""
+        return self.ensure_result(user_id).profile
+
+    def ensure_result(self, user_id: UserId) -> EnsureResult:
+        """Like ensure(), also telling whether the profile was created and by which path."""
+        uid = normalize_user_id(user_id)
+        try:
+            for attempt in Retrying(**_retrying_kwargs(self.settings)):
+                with attempt:
+                    return self._ensure_once(uid)
+        except ProfileGuardError:
+            raise
+        except Exception as exc:
+            err = _error(exc, uid)
+            if isinstance(err, ProfileCreationError):
+                self._record_failure(uid, err)
+            raise err from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _ensure_once(self, uid: UserId) -> EnsureResult:
+        with self._pool.connection() as conn:
+            if self.settings.enabled:
+                try:
+                    with conn.cursor(row_factory=dict_row) as cur:
+                        row = cur.execute(ENSURE_SQL, (uid, self.source)).fetchone()
+                    assert row is not None
+                    return _result(row, "function")
+                except psycopg.Error as exc:
+                    if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
+                        raise
+                    conn.rollback()
+                    log.warning("profileguard.ensure_profile is missing; using the direct insert")
+            return self._ensure_direct(conn, uid)
+
+    def _ensure_direct(self, conn: psycopg.Connection, uid: UserId) -> EnsureResult:
+        if self._fallback is None:
+            self._fallback = _fallback_sql(conn, self.settings)
+        fb, params = self._fallback, {"uid": uid}
+        with conn.cursor(row_factory=dict_row) as cur:
+            found = cur.execute(fb.exists, params).fetchone()
+            if not (found and found["found"]):
+                raise _not_found(uid, self.settings)
+            try:
+                with conn.transaction():
+                    created = cur.execute(fb.insert, params).rowcount > 0
+            except psycopg.errors.UniqueViolation:
+                created = cur.execute(fb.insert_forced, params).rowcount > 0
+            row = cur.execute(fb.select, params).fetchone()
+        assert row is not None
+        return EnsureResult(str(uid), created, dict(row["profile"]), "fallback")
+
+    def _record_failure(self, uid: UserId, err: ProfileGuardError) -> None:
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(RECORD_FAILURE_SQL, (str(uid), err.sqlstate, err.message, self.source))
+        except Exception as exc:  # recording is best effort; the caller gets the real error
+            log.warning("could not record the failure for %s: %s", uid, exc)
+
+    def close(self) -> None:
+        if self._own_pool:
+            self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncProfileGuard:
+    """asyncio twin of ProfileGuard. Use `async with`, or call `await close()`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pool: AsyncConnectionPool | None = None,
+        max_size: int = 10,
+        source: str = "client",
+    ):
+        self.settings = settings or load_settings()
+        self.source = source
+        self._own_pool = pool is None
+        self._pool = pool or AsyncConnectionPool(
+            self.settings.conninfo(),
+            min_size=1,
+            max_size=max_size,
+            timeout=self.settings.connect_timeout,
+            kwargs={"application_name": APPLICATION_NAME},
+            open=False,
+        )
+        self._fallback: _Fallback | None = None
+
+    async def open(self) -> None:
+        if self._own_pool:
+            await self._pool.open()
+
+    async def ensure(self, user_id: UserId) -> dict[str, Any]:
+        """The user's profile row, created first if missing."""
+        return (await self.ensure_result(user_id)).profile
+
+    async def ensure_result(self, user_id: UserId) -> EnsureResult:
+        """Like ensure(), also telling whether the profile was created and by which path."""
+        uid = normalize_user_id(user_id)
+        try:
+            async for attempt in AsyncRetrying(**_retrying_kwargs(self.settings)):
+                with attempt:
+                    return await self._ensure_once(uid)
+        except ProfileGuardError:
+            raise
+        except Exception as exc:
+            err = _error(exc, uid)
+            if isinstance(err, ProfileCreationError):
+                await self._record_failure(uid, err)
+            raise err from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _ensure_once(self, uid: UserId) -> EnsureResult:
+        async with self._pool.connection() as conn:
+            if self.settings.enabled:
+                try:
+                    async with conn.cursor(row_factory=dict_row) as cur:
+                        await cur.execute(ENSURE_SQL, (uid, self.source))
+                        row = await cur.fetchone()
+                    assert row is not None
+                    return _result(row, "function")
+                except psycopg.Error as exc:
+                    if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
+                        raise
+                    await conn.rollback()
+                    log.warning("profileguard.ensure_profile is missing; using the direct insert")
+            return await self._ensure_direct(conn, uid)
+
+    async def _ensure_direct(self, conn: psycopg.AsyncConnection, uid: UserId) -> EnsureResult:
+        if self._fallback is None:
+            self._fallback = await asyncio.to_thread(_fallback_sql_standalone, self.settings)
+        fb, params = self._fallback, {"uid": uid}
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(fb.exists, params)
+            found = await cur.fetchone()
+            if not (found and found["found"]):
+                raise _not_found(uid, self.settings)
+            try:
+                async with conn.transaction():
+                    await cur.execute(fb.insert, params)
+                    created = cur.rowcount > 0
+            except psycopg.errors.UniqueViolation:
+                await cur.execute(fb.insert_forced, params)
+                created = cur.rowcount > 0
+            await cur.execute(fb.select, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return EnsureResult(str(uid), created, dict(row["profile"]), "fallback")
+
+    async def _record_failure(self, uid: UserId, err: ProfileGuardError) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    RECORD_FAILURE_SQL, (str(uid), err.sqlstate, err.message, self.source)
+                )
+        except Exception as exc:  # recording is best effort; the caller gets the real error
+            log.warning("could not record the failure for %s: %s", uid, exc)
+
+    async def close(self) -> None:
+        if self._own_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

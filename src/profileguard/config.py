@@ -1,0 +1,315 @@
+"""Settings: where the database is, which tables hold users and profiles, how profiles are filled.
+
+Sources, lowest to highest precedence: built-in defaults, `profileguard.toml` (or the file named by
+`PROFILEGUARD_CONFIG`), environment variables, explicit overrides (CLI flags). Every value is
+validated here, so a bad setting fails early with the key that is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from profileguard.errors import ConfigError
+
+CONFIG_FILE = "profileguard.toml"
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+JSON_KEY = re.compile(r"^[^.|$\x00]{1,200}$")
+TRANSFORMS = ("localpart", "lower")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
+    "full_name": (
+        "raw_user_meta_data.full_name",
+        "raw_user_meta_data.name",
+        "raw_user_meta_data.custom_claims.global_name",
+    ),
+    "avatar_url": ("raw_user_meta_data.avatar_url", "raw_user_meta_data.picture"),
+    "username": (
+        "raw_user_meta_data.user_name",
+        "raw_user_meta_data.preferred_username",
+        "email|localpart",
+    ),
+}
+
+
+def check_identifier(value: str, key: str) -> str:
+    """Return `value` if it is a plain SQL identifier, else raise naming the config `key`."""
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid SQL identifier",
+            hint=f"set {key} to a name of letters, digits and underscores (at most 63), "
+            "e.g. 'profiles'",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A schema-qualified table and its key column."""
+
+    schema: str
+    name: str
+    key: str = "id"
+
+    @classmethod
+    def parse(cls, text: str, key: str, *, setting: str, default_schema: str) -> TableRef:
+        parts = text.split(".") if isinstance(text, str) else [text]
+        if len(parts) == 1:
+            parts = [default_schema, parts[0]]
+        if len(parts) != 2:
+            raise ConfigError(
+                f"{setting}: {text!r} is not a table name",
+                hint=f"set {setting} to 'schema.table', e.g. '{default_schema}.users'",
+            )
+        schema, name = parts
+        return cls(
+            check_identifier(schema, setting),
+            check_identifier(name, setting),
+            check_identifier(key, setting.rsplit(".", 1)[0] + ".key"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a profile value can come from: a column, a JSON path inside it, a transform."""
+
+    column: str
+    path: tuple[str, ...] = ()
+    transform: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, setting: str) -> Source:
+        if not isinstance(text, str) or not text:
+            raise ConfigError(
+                f"{setting}: {text!r} is not a source",
+                hint="write a source as 'column', 'column.json_key[.key…]' or 'column|localpart'",
+            )
+        body, _, transform = text.partition("|")
+        column, *path = body.split(".")
+        check_identifier(column, setting)
+        for part in path:
+            if not JSON_KEY.match(part):
+                raise ConfigError(
+                    f"{setting}: JSON key {part!r} in {text!r} is not allowed",
+                    hint="JSON keys must be 1-200 characters without '.', '|' or '$'",
+                )
+        if transform and transform not in TRANSFORMS:
+            raise ConfigError(
+                f"{setting}: unknown transform {transform!r} in {text!r}",
+                hint=f"use one of: {', '.join(TRANSFORMS)}",
+            )
+        return cls(column, tuple(path), transform or None)
+
+    def __str__(self) -> str:
+        text = ".".join((self.column, *self.path))
+        return f"{text}|{self.transform}" if self.transform else text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything profileguard needs to know; build it with `load_settings()`."""
+
+    database_url: str | None = None
+    identity: TableRef = TableRef("auth", "users", "id")
+    profile: TableRef = TableRef("public", "profiles", "id")
+    mapping: Mapping[str, tuple[Source, ...]] = field(
+        default_factory=lambda: {
+            col: tuple(Source.parse(s, setting=f"mapping.{col}") for s in sources)
+            for col, sources in DEFAULT_MAPPING.items()
+        }
+    )
+    mapping_is_default: bool = True
+    username_column: str | None = "username"
+    strict: bool = False
+    enabled: bool = True
+    retry_attempts: int = 3
+    retry_base_seconds: float = 0.05
+    retry_cap_seconds: float = 2.0
+    connect_timeout: int = 10
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with `changes` applied (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def conninfo(self) -> str:
+        """The libpq connection string; errors name the variable to set when there is none."""
+        if self.database_url:
+            return self.database_url
+        if any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE", "PGPORT")):
+            return ""
+        raise ConfigError(
+            "no database to connect to",
+            hint="set DATABASE_URL (e.g. postgresql://postgres@localhost:5432/postgres), "
+            "pass --database-url, or set [database] url in profileguard.toml",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly view of the settings (no password)."""
+        return {
+            "identity_table": str(self.identity),
+            "identity_key": self.identity.key,
+            "profile_table": str(self.profile),
+            "profile_key": self.profile.key,
+            "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
+            "username_column": self.username_column,
+            "strict": self.strict,
+            "enabled": self.enabled,
+        }
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{key}: {value!r} is not a boolean", hint=f"set {key} to true or false")
+
+
+def _int(value: Any, key: str, *, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(
+            f"{key}: {value!r} is not a whole number from {low} to {high}",
+            hint=f"set {key} to a number between {low} and {high}",
+        )
+    return number
+
+
+def _float(value: Any, key: str, *, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(
+            f"{key}: {value!r} is not a number from {low} to {high}",
+            hint=f"set {key} to a number between {low} and {high}",
+        )
+    return number
+
+
+def _table(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = section.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{name}] must be a table", hint=f"write it as [{name}] in the file")
+    return value
+
+
+def parse_mapping(raw: Any, *, setting: str = "mapping") -> dict[str, tuple[Source, ...]]:
+    """Parse {profile_column: [source, …]} into validated sources."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            f"{setting} must map profile columns to lists of sources",
+            hint='e.g. full_name = ["raw_user_meta_data.full_name", "raw_user_meta_data.name"]',
+        )
+    mapping: dict[str, tuple[Source, ...]] = {}
+    for column, sources in raw.items():
+        key = f"{setting}.{column}"
+        check_identifier(column, key)
+        if isinstance(sources, str):
+            sources = [sources]
+        if not isinstance(sources, list | tuple) or not sources:
+            raise ConfigError(
+                f"{key} must be a non-empty list of sources",
+                hint=f'e.g. {column} = ["raw_user_meta_data.{column}"]',
+            )
+        mapping[column] = tuple(Source.parse(s, setting=key) for s in sources)
+    return mapping
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build settings from defaults, the TOML file, the environment and `overrides`."""
+    env = os.environ if env is None else env
+    explicit = path or env.get("PROFILEGUARD_CONFIG")
+    file = Path(explicit) if explicit else Path(CONFIG_FILE)
+    data: Mapping[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{file}: not valid TOML: {exc}", hint=f"fix the syntax of {file}"
+            ) from exc
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist", hint="check the path given")
+
+    database = _table(data, "database")
+    identity = _table(data, "identity")
+    profile = _table(data, "profile")
+    client = _table(data, "client")
+
+    url = (
+        overrides.pop("database_url", None)
+        or env.get("PROFILEGUARD_DATABASE_URL")
+        or env.get("DATABASE_URL")
+        or database.get("url")
+    )
+    identity_ref = TableRef.parse(
+        overrides.pop("identity_table", None)
+        or env.get("PROFILEGUARD_IDENTITY_TABLE")
+        or identity.get("table", "auth.users"),
+        env.get("PROFILEGUARD_IDENTITY_KEY") or identity.get("key", "id"),
+        setting="identity.table",
+        default_schema="auth",
+    )
+    profile_ref = TableRef.parse(
+        overrides.pop("profile_table", None)
+        or env.get("PROFILEGUARD_PROFILE_TABLE")
+        or profile.get("table", "public.profiles"),
+        env.get("PROFILEGUARD_PROFILE_KEY") or profile.get("key", "id"),
+        setting="profile.table",
+        default_schema="public",
+    )
+    settings = Settings(database_url=url or None, identity=identity_ref, profile=profile_ref)
+
+    if "mapping" in data:
+        settings = replace(settings, mapping=parse_mapping(data["mapping"]), mapping_is_default=False)
+    username = profile.get("username_column", settings.username_column)
+    if username in ("", False):
+        username = None
+    if username is not None:
+        check_identifier(username, "profile.username_column")
+    settings = replace(settings, username_column=username)
+
+    strict = env.get("PROFILEGUARD_STRICT", profile.get("strict", False))
+    enabled = env.get("PROFILEGUARD_ENABLED", client.get("enabled", True))
+    attempts = env.get("PROFILEGUARD_RETRY_ATTEMPTS", client.get("retry_attempts", 3))
+    settings = replace(
+        settings,
+        strict=_bool(strict, "PROFILEGUARD_STRICT / profile.strict"),
+        enabled=_bool(enabled, "PROFILEGUARD_ENABLED / client.enabled"),
+        retry_attempts=_int(
+            attempts, "PROFILEGUARD_RETRY_ATTEMPTS / client.retry_attempts", low=1, high=20
+        ),
+        retry_base_seconds=_float(
+            client.get("retry_base_seconds", 0.05), "client.retry_base_seconds", low=0, high=60
+        ),
+        retry_cap_seconds=_float(
+            client.get("retry_cap_seconds", 2.0), "client.retry_cap_seconds", low=0, high=600
+        ),
+        connect_timeout=_int(
+            client.get("connect_timeout", 10), "client.connect_timeout", low=1, high=600
+        ),
+    )
+    return settings.with_overrides(**overrides)

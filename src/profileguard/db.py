@@ -1,0 +1,115 @@
+"""Connections, and the one boundary where driver errors become profileguard errors.
+
+Transient SQLSTATEs (worth a retry): serialization failure, deadlock, lock timeout, the admin
+shutdown family, connection exceptions and too many connections. Everything else is permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from profileguard.config import Settings
+from profileguard.errors import (
+    ConnectionFailedError,
+    DatabaseError,
+    NotInstalledError,
+    ProfileGuardError,
+    UserNotFoundError,
+)
+
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
+NOT_INSTALLED_SQLSTATES = frozenset({"3F000", "42883", "42P01"})
+USER_NOT_FOUND_SQLSTATE = "P0002"
+APPLICATION_NAME = "profileguard"
+
+
+def is_transient_sqlstate(sqlstate: str | None) -> bool:
+    """True for SQLSTATEs where the same work may succeed if tried again."""
+    if sqlstate is None:
+        return False
+    return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` (driver or profileguard error) is worth retrying."""
+    if isinstance(exc, DatabaseError):
+        return exc.transient
+    if isinstance(exc, ConnectionFailedError):
+        return True
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate is None:
+            # No SQLSTATE: the connection broke (server gone, socket closed, timeout).
+            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return is_transient_sqlstate(exc.sqlstate)
+    return False
+
+
+def translate(exc: BaseException, *, context: str = "") -> ProfileGuardError:
+    """Turn a driver error into the matching ProfileGuardError (other errors pass through)."""
+    if isinstance(exc, ProfileGuardError):
+        return exc
+    prefix = f"{context}: " if context else ""
+    if not isinstance(exc, psycopg.Error):
+        return ProfileGuardError(f"{prefix}{exc}")
+    sqlstate = exc.sqlstate
+    diag_hint = exc.diag.message_hint if sqlstate else None
+    message = (exc.diag.message_primary if sqlstate else None) or str(exc).strip()
+    if sqlstate is None and isinstance(exc, psycopg.OperationalError):
+        return ConnectionFailedError(
+            f"{prefix}cannot reach the database: {message}",
+            hint="check DATABASE_URL and that the server is running",
+        )
+    if sqlstate == USER_NOT_FOUND_SQLSTATE:
+        return UserNotFoundError(f"{prefix}{message}", sqlstate=sqlstate, hint=diag_hint)
+    if sqlstate in NOT_INSTALLED_SQLSTATES and "profileguard" in message:
+        return NotInstalledError(
+            f"{prefix}profileguard is not installed in this database ({message})",
+            sqlstate=sqlstate,
+            hint="run: profileguard install",
+        )
+    if sqlstate == "42501":
+        diag_hint = diag_hint or "connect as the role that owns the tables (e.g. postgres)"
+    return DatabaseError(
+        f"{prefix}{message}",
+        sqlstate=sqlstate,
+        hint=diag_hint,
+        transient=is_transient(exc),
+    )
+
+
+def connect(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection:
+    """Open one connection for `settings`; failures come back as ConnectionFailedError."""
+    try:
+        return psycopg.connect(
+            settings.conninfo(),
+            autocommit=autocommit,
+            connect_timeout=settings.connect_timeout,
+            application_name=APPLICATION_NAME,
+            **kwargs,
+        )
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+@contextmanager
+def connection(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A connection closed on exit; driver errors inside are translated."""
+    conn = connect(settings, autocommit=autocommit)
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+__all__ = [
+    "connect",
+    "connection",
+    "is_transient",
+    "is_transient_sqlstate",
+    "translate",
+]

@@ -1,0 +1,76 @@
+"""The exceptions profileguard raises: one root, a few kinds a caller may want to tell apart.
+
+Driver errors (psycopg) never leave the library untranslated: `profileguard.db.translate`
+is the one place that turns them into these.
+"""
+
+from __future__ import annotations
+
+
+class ProfileGuardError(Exception):
+    """Root of every error profileguard raises; `hint` names the next thing to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, sqlstate: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.sqlstate = sqlstate
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.sqlstate:
+            text = f"{text} (SQLSTATE {self.sqlstate})"
+        if self.hint:
+            text = f"{text}\nhint: {self.hint}"
+        return text
+
+
+class ConfigError(ProfileGuardError):
+    """The configuration (file, environment or arguments) is invalid."""
+
+    exit_code = 2
+
+
+class InvalidUserIdError(ProfileGuardError):
+    """A user id that cannot be the identity table's key (e.g. not a UUID)."""
+
+    exit_code = 2
+
+
+class ConnectionFailedError(ProfileGuardError):
+    """The database could not be reached."""
+
+    exit_code = 4
+
+
+class NotInstalledError(ProfileGuardError):
+    """profileguard's schema is missing from the database."""
+
+    exit_code = 3
+
+
+class UserNotFoundError(ProfileGuardError):
+    """No identity row has the given key."""
+
+    exit_code = 5
+
+
+class DatabaseError(ProfileGuardError):
+    """A database error; `transient` tells whether retrying may succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        hint: str | None = None,
+        transient: bool = False,
+    ):
+        super().__init__(message, hint=hint, sqlstate=sqlstate)
+        self.transient = transient
+
+
+class ProfileCreationError(DatabaseError):
+    """The profile could not be created (e.g. the mapping violates a constraint)."""

@@ -1,0 +1,376 @@
+"""Install, upgrade, uninstall, enable/disable and describe profileguard in a database.
+
+Every change runs in one transaction under an advisory lock, so two installs never interleave and
+a failed install leaves nothing behind. Installing again with the same settings changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from profileguard import __version__
+from profileguard import sql as sqlfiles
+from profileguard.catalog import inspect_table
+from profileguard.config import Settings, TableRef
+from profileguard.db import connect, translate
+from profileguard.errors import ConfigError, NotInstalledError
+from profileguard.mapping import Plan, build_plan, insert_statement
+
+INSTALL_LOCK = "profileguard.install"
+TRANSITION_TABLE = "pg_new_users"
+
+
+@dataclass
+class InstallResult:
+    """What an install or upgrade did."""
+
+    version_before: int
+    version_after: int
+    created_profile_table: bool = False
+    changed: bool = False
+    statements: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version_before": self.version_before,
+            "version_after": self.version_after,
+            "created_profile_table": self.created_profile_table,
+            "changed": self.changed,
+            "notes": self.notes,
+        }
+
+
+class _Recorder:
+    """Runs SQL on a connection and keeps the text of every statement (for --print-sql)."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def run(self, statement: str | sql.Composable, params: dict[str, Any] | None = None) -> None:
+        text = statement if isinstance(statement, str) else statement.as_string(self.conn)
+        self.statements.append(text.strip())
+        self.conn.execute(cast(LiteralString, text), params)
+
+
+def _template(name: str, **parts: sql.Composable) -> sql.Composed:
+    return sql.SQL(cast(LiteralString, sqlfiles.read(name))).format(**parts)
+
+
+def _table_parts(settings: Settings, key_type: str) -> dict[str, sql.Composable]:
+    return {
+        "identity": sql.Identifier(settings.identity.schema, settings.identity.name),
+        "identity_key": sql.Identifier(settings.identity.key),
+        "profile": sql.Identifier(settings.profile.schema, settings.profile.name),
+        "profile_key": sql.Identifier(settings.profile.key),
+        "key_type": sql.SQL(cast(LiteralString, key_type)),
+    }
+
+
+def render_generated(plan: Plan) -> sql.Composed:
+    """The mapping-dependent functions and the trigger, as one SQL script."""
+    settings = plan.settings
+    parts = _table_parts(settings, plan.key_type)
+    ikey = sql.Identifier(settings.identity.key)
+    new_rows = sql.Identifier(TRANSITION_TABLE)
+    identity = parts["identity"]
+    by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
+    return _template(
+        "generated.sql",
+        **parts,
+        identity_text=sql.Literal(str(settings.identity)),
+        identity_key_text=sql.Literal(settings.identity.key),
+        guard=sql.SQL("true" if plan.guard else "false"),
+        insert_new=insert_statement(plan, source=new_rows),
+        insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
+        insert_ids=insert_statement(plan, source=identity, where=by_ids),
+        insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),
+    )
+
+
+def _schema_installed(conn: psycopg.Connection) -> bool:
+    row = conn.execute(sqlfiles.query("schema_exists")).fetchone()
+    if not (row and row[0]):
+        return False
+    found = conn.execute("select to_regclass('profileguard.migrations') is not null").fetchone()
+    return bool(found and found[0])
+
+
+def installed_version(conn: psycopg.Connection) -> int:
+    """The schema version in the database; 0 when profileguard is not installed."""
+    if not _schema_installed(conn):
+        return 0
+    row = conn.execute(sqlfiles.query("installed_version")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _role_exists(conn: psycopg.Connection, role: str) -> bool:
+    row = conn.execute(sqlfiles.query("role_exists"), {"role": role}).fetchone()
+    return bool(row and row[0])
+
+
+def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
+    identity = inspect_table(rec.conn, settings.identity)
+    if identity is None or settings.identity.key not in identity.columns:
+        raise ConfigError(
+            f"identity table {settings.identity} (key {settings.identity.key}) does not exist",
+            hint="set identity.table / identity.key to your users table before creating profiles",
+        )
+    key_type = identity.columns[settings.identity.key].type
+    parts = _table_parts(settings, key_type)
+    rec.run(_template("profile_table.sql", **parts))
+    has_uid = rec.conn.execute("select to_regprocedure('auth.uid()') is not null").fetchone()
+    if has_uid and has_uid[0] and _role_exists(rec.conn, "authenticated"):
+        rec.run(_template("profile_policies.sql", **parts))
+        return []
+    return [
+        f"RLS is on for {settings.profile} with no policies (no auth.uid() or no role "
+        "'authenticated' here): only its owner and roles with BYPASSRLS can read it"
+    ]
+
+
+def _config_fingerprint(settings: Settings) -> dict[str, Any]:
+    return {"package_version": __version__, **settings.describe()}
+
+
+def _apply(
+    conn: psycopg.Connection,
+    settings: Settings,
+    *,
+    strict: bool | None,
+    enabled: bool | None,
+    create_profile_table: bool,
+    source: str,
+) -> InstallResult:
+    rec = _Recorder(conn)
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
+    before = installed_version(conn)
+    result = InstallResult(before, before)
+    if inspect_table(conn, settings.profile) is None:
+        if not create_profile_table:
+            raise ConfigError(
+                f"profile table {settings.profile} does not exist",
+                hint="run: profileguard install --create-profile-table "
+                "(or set profile.table to your existing table)",
+            )
+        result.notes.extend(_create_profile_table(rec, settings))
+        result.created_profile_table = True
+    plan = build_plan(conn, settings)
+    result.notes.extend(plan.notes)
+
+    rec.run("create schema if not exists profileguard")
+    for migration in sqlfiles.migrations():
+        if migration.version > before:
+            rec.run(migration.text)
+            rec.run(
+                "insert into profileguard.migrations (version, name) values (%(v)s, %(n)s)",
+                {"v": migration.version, "n": migration.name},
+            )
+            result.version_after = migration.version
+            result.changed = True
+
+    fingerprint = _config_fingerprint(settings)
+    with conn.cursor(row_factory=dict_row) as cur:
+        current = cur.execute(sqlfiles.query("settings")).fetchone()
+    if current is None:
+        rec.run(
+            sql.SQL(
+                "insert into profileguard.settings (enabled, strict, identity_table, identity_key,"
+                " profile_table, profile_key, config, package_version)"
+                " values (%(enabled)s, %(strict)s, %(it)s, %(ik)s, %(pt)s, %(pk)s, %(config)s,"
+                " %(version)s)"
+            ),
+            {
+                "enabled": True if enabled is None else enabled,
+                "strict": bool(strict),
+                "it": str(settings.identity),
+                "ik": settings.identity.key,
+                "pt": str(settings.profile),
+                "pk": settings.profile.key,
+                "config": json.dumps(fingerprint),
+                "version": __version__,
+            },
+        )
+        result.changed = True
+    else:
+        if current["identity_table"] != str(settings.identity):
+            raise ConfigError(
+                f"profileguard is installed for {current['identity_table']}, "
+                f"not {settings.identity}",
+                hint="run: profileguard uninstall, then install with the new identity table",
+            )
+        new_strict = current["strict"] if strict is None else strict
+        new_enabled = current["enabled"] if enabled is None else enabled
+        if (
+            current["config"] != fingerprint
+            or new_strict != current["strict"]
+            or new_enabled != current["enabled"]
+        ):
+            rec.run(
+                "update profileguard.settings set strict = %(strict)s, enabled = %(enabled)s,"
+                " profile_table = %(pt)s, profile_key = %(pk)s, config = %(config)s,"
+                " package_version = %(version)s, updated_at = now()",
+                {
+                    "strict": new_strict,
+                    "enabled": new_enabled,
+                    "pt": str(settings.profile),
+                    "pk": settings.profile.key,
+                    "config": json.dumps(fingerprint),
+                    "version": __version__,
+                },
+            )
+            result.changed = True
+
+    rec.run(render_generated(plan))
+    rec.run(sqlfiles.read("privileges.sql"))
+    if result.changed:
+        rec.run(
+            "insert into profileguard.events (kind, source, message, detail)"
+            " values ('config', %(source)s, %(message)s, %(detail)s)",
+            {
+                "source": source,
+                "message": f"{source}: schema version {result.version_after}",
+                "detail": json.dumps({**fingerprint, "notes": result.notes}),
+            },
+        )
+    result.statements = rec.statements
+    return result
+
+
+@contextmanager
+def _transaction(settings: Settings, *, dry_run: bool = False) -> Iterator[psycopg.Connection]:
+    """One connection, one transaction: committed on success, rolled back on error or dry run."""
+    conn = connect(settings)
+    try:
+        yield conn
+        if dry_run:
+            conn.rollback()
+        else:
+            conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        raise translate(exc) from exc
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def install(
+    settings: Settings,
+    *,
+    strict: bool = False,
+    enabled: bool | None = None,
+    create_profile_table: bool = False,
+    dry_run: bool = False,
+) -> InstallResult:
+    """Install (or re-install) profileguard; `dry_run` rolls back and only returns the SQL."""
+    with _transaction(settings, dry_run=dry_run) as conn:
+        return _apply(
+            conn,
+            settings,
+            strict=strict,
+            enabled=enabled,
+            create_profile_table=create_profile_table,
+            source="install",
+        )
+
+
+def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
+    """Apply pending migrations and regenerate the functions, keeping flags as they are."""
+    with _transaction(settings, dry_run=dry_run) as conn:
+        if installed_version(conn) == 0:
+            raise NotInstalledError(
+                "profileguard is not installed in this database", hint="run: profileguard install"
+            )
+        return _apply(
+            conn, settings, strict=None, enabled=None, create_profile_table=False, source="upgrade"
+        )
+
+
+def _installed_identity(conn: psycopg.Connection, settings: Settings) -> TableRef:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(sqlfiles.query("settings")).fetchone()
+    if row is None:
+        return settings.identity
+    schema, _, name = str(row["identity_table"]).partition(".")
+    return TableRef(schema, name, str(row["identity_key"]))
+
+
+def uninstall(settings: Settings) -> bool:
+    """Remove every profileguard object; profiles and users stay. False if nothing was there."""
+    with _transaction(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
+        if not _schema_installed(conn):
+            return False
+        identity = _installed_identity(conn, settings)
+        if inspect_table(conn, identity) is None:
+            conn.execute("drop schema if exists profileguard cascade")
+        else:
+            conn.execute(
+                _template(
+                    "uninstall.sql",
+                    identity=sql.Identifier(identity.schema, identity.name),
+                )
+            )
+        return True
+
+
+def set_enabled(settings: Settings, enabled: bool) -> bool:
+    """Turn the trigger on or off without uninstalling; returns the previous state."""
+    with _transaction(settings) as conn:
+        if installed_version(conn) == 0:
+            raise NotInstalledError(
+                "profileguard is not installed in this database", hint="run: profileguard install"
+            )
+        row = conn.execute(
+            "select enabled from profileguard.settings for update"
+        ).fetchone()
+        previous = bool(row and row[0])
+        if previous != enabled:
+            conn.execute(
+                "update profileguard.settings set enabled = %s, updated_at = now()", (enabled,)
+            )
+            conn.execute(
+                "insert into profileguard.events (kind, source, message)"
+                " values ('config', 'cli', %s)",
+                ("enabled" if enabled else "disabled",),
+            )
+        return previous
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Package and schema versions and the installed flags."""
+    info: dict[str, Any] = {
+        "package_version": __version__,
+        "latest_schema_version": sqlfiles.latest_version(),
+        "installed": False,
+        "schema_version": 0,
+    }
+    with _transaction(settings, dry_run=True) as conn:
+        version = installed_version(conn)
+        if version:
+            with conn.cursor(row_factory=dict_row) as cur:
+                row = cur.execute(sqlfiles.query("settings")).fetchone()
+            info.update(installed=True, schema_version=version)
+            if row:
+                info.update(
+                    enabled=row["enabled"],
+                    strict=row["strict"],
+                    identity_table=row["identity_table"],
+                    profile_table=row["profile_table"],
+                    installed_package_version=row["package_version"],
+                    installed_at=row["installed_at"].isoformat(),
+                )
+        info["upgrade_available"] = bool(version) and version < sqlfiles.latest_version()
+    return info

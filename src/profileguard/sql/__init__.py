@@ -1,0 +1,60 @@
+"""The SQL that profileguard installs and runs, read from the .sql files beside this module."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+QUERY_HEADER = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered migration file."""
+
+    version: int
+    name: str
+    text: str
+
+
+@cache
+def read(name: str) -> str:
+    """The text of the .sql file `name` in this package."""
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration, in version order; versions must run 1, 2, 3… without gaps."""
+    found = []
+    for entry in resources.files(__name__).joinpath("migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(
+                Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
+            )
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration versions have a gap: {[m.version for m in found]}")
+    return tuple(found)
+
+
+def latest_version() -> int:
+    """The schema version a fresh install ends at."""
+    return migrations()[-1].version
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Named queries from queries.sql (each starts with a '-- name: x' line)."""
+    text = read("queries.sql")
+    parts = QUERY_HEADER.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def query(name: str) -> str:
+    """One named query from queries.sql."""
+    return queries()[name]

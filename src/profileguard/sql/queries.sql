@@ -1,0 +1,46 @@
+-- Named queries. Each starts with a "-- name:" line; %(x)s are bound parameters.
+
+-- name: table_oid
+select to_regclass(%(table)s)::oid as oid
+
+-- name: table_columns
+select a.attname as name,
+       format_type(a.atttypid, a.atttypmod) as type,
+       t.typcategory as category,
+       a.attnotnull as not_null,
+       (a.atthasdef or a.attidentity <> '' or a.attgenerated <> '') as has_default,
+       a.attgenerated <> '' as generated,
+       case when t.typcategory = 'S' and a.atttypmod > 4 then a.atttypmod - 4 end as max_length
+from pg_catalog.pg_attribute a
+join pg_catalog.pg_type t on t.oid = a.atttypid
+where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
+order by a.attnum
+
+-- name: unique_columns
+select a.attname as name, i.indisprimary as is_primary
+from pg_catalog.pg_index i
+join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+where i.indrelid = %(oid)s and i.indisunique and i.indnkeyatts = 1
+  and i.indexprs is null and i.indpred is null
+
+-- name: check_constraints
+select pg_catalog.pg_get_constraintdef(c.oid) as definition
+from pg_catalog.pg_constraint c
+where c.conrelid = %(oid)s and c.contype = 'c'
+
+-- name: schema_exists
+select exists (select from pg_catalog.pg_namespace where nspname = 'profileguard') as installed
+
+-- name: installed_version
+select coalesce(max(version), 0) as version from profileguard.migrations
+
+-- name: settings
+select enabled, strict, identity_table, identity_key, profile_table, profile_key,
+       config, package_version, installed_at, updated_at
+from profileguard.settings
+
+-- name: role_exists
+select exists (select from pg_catalog.pg_roles where rolname = %(role)s) as exists
+
+-- name: function_exists
+select to_regprocedure(%(signature)s) is not null as exists
