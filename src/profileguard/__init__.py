@@ -4,9 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from profileguard.client import AsyncProfileGuard, ProfileGuard  # noqa: E402
-from profileguard.config import Settings, load_settings  # noqa: E402
-from profileguard.errors import ProfileGuardError  # noqa: E402
+from profileguard.client import AsyncProfileGuard, ProfileGuard
+from profileguard.config import Settings, load_settings
+from profileguard.errors import ProfileGuardError
 
 __all__ = [
     "AsyncProfileGuard",

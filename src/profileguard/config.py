@@ -284,7 +284,8 @@ def load_settings(
     settings = Settings(database_url=url or None, identity=identity_ref, profile=profile_ref)
 
     if "mapping" in data:
-        settings = replace(settings, mapping=parse_mapping(data["mapping"]), mapping_is_default=False)
+        mapping = parse_mapping(data["mapping"])
+        settings = replace(settings, mapping=mapping, mapping_is_default=False)
     username = profile.get("username_column", settings.username_column)
     if username in ("", False):
         username = None

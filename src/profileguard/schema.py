@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -59,11 +59,11 @@ class _Recorder:
     def run(self, statement: str | sql.Composable, params: dict[str, Any] | None = None) -> None:
         text = statement if isinstance(statement, str) else statement.as_string(self.conn)
         self.statements.append(text.strip())
-        self.conn.execute(cast(LiteralString, text), params)
+        self.conn.execute(text, params)
 
 
 def _template(name: str, **parts: sql.Composable) -> sql.Composed:
-    return sql.SQL(cast(LiteralString, sqlfiles.read(name))).format(**parts)
+    return sql.SQL(sqlfiles.read(name)).format(**parts)
 
 
 def _table_parts(settings: Settings, key_type: str) -> dict[str, sql.Composable]:
@@ -72,7 +72,7 @@ def _table_parts(settings: Settings, key_type: str) -> dict[str, sql.Composable]
         "identity_key": sql.Identifier(settings.identity.key),
         "profile": sql.Identifier(settings.profile.schema, settings.profile.name),
         "profile_key": sql.Identifier(settings.profile.key),
-        "key_type": sql.SQL(cast(LiteralString, key_type)),
+        "key_type": sql.SQL(key_type),
     }
 
 
