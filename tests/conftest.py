@@ -45,9 +45,14 @@ class TestDB:
             row = conn.execute(query, params).fetchone()
             return None if row is None else row[0]
 
-    def signup(self, meta: dict[str, Any] | None = None, *, email: str | None = None,
-               user_id: uuid.UUID | None = None, conn: psycopg.Connection | None = None
-               ) -> uuid.UUID:
+    def signup(
+        self,
+        meta: dict[str, Any] | None = None,
+        *,
+        email: str | None = None,
+        user_id: uuid.UUID | None = None,
+        conn: psycopg.Connection | None = None,
+    ) -> uuid.UUID:
         """Insert one auth.users row the way Supabase Auth does (role set later by UPDATE)."""
         uid = user_id or uuid.uuid4()
         own = conn is None
@@ -99,7 +104,9 @@ def template_db(server_dsn: str) -> Iterator[str]:
         conn.execute(sqlfiles.read("supabase_auth.sql"))
     yield name
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -115,7 +122,9 @@ def db(server_dsn: str, template_db: str) -> Iterator[TestDB]:
     url = make_conninfo(server_dsn, dbname=name)
     yield TestDB(url, load_settings(env={}, database_url=url))
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

@@ -181,20 +181,6 @@ def _username_expr(
     suffix: sql.Composable = sql.SQL("replace(s.pg_key::text, '-', '')")
     if plan.key_is_uuid and not long_suffix:
         suffix = sql.SQL("left({}, {})").format(suffix, sql.Literal(SHORT_SUFFIX))
-    needs: list[sql.Composable] = []
-    if guard.min_length is not None:
-        needs.append(sql.SQL("char_length({}) < {}").format(base, sql.Literal(guard.min_length)))
-    if guard.unique:
-        needs.append(
-            sql.SQL("row_number() over (partition by {} order by s.pg_key) > 1").format(base)
-        )
-        needs.append(
-            sql.SQL("exists (select from {} x where x.{} = {})").format(
-                sql.Identifier(plan.profile.ref.schema, plan.profile.ref.name),
-                sql.Identifier(guard.column),
-                _cast(base, column),
-            )
-        )
     if guard.max_length is not None:
         room = sql.SQL("greatest(0, {} - 1 - char_length({}))").format(
             sql.Literal(guard.max_length), suffix
@@ -204,6 +190,22 @@ def _username_expr(
     else:
         suffixed = sql.SQL("{} || '_' || {}").format(base, suffix)
         plain = base
+    needs: list[sql.Composable] = []
+    if guard.min_length is not None:
+        needs.append(sql.SQL("char_length({}) < {}").format(base, sql.Literal(guard.min_length)))
+    if guard.unique:
+        # Compare the name as it would be stored (cut to the maximum length): names that differ
+        # only past the limit collide too.
+        needs.append(
+            sql.SQL("row_number() over (partition by {} order by s.pg_key) > 1").format(plain)
+        )
+        needs.append(
+            sql.SQL("exists (select from {} x where x.{} = {})").format(
+                sql.Identifier(plan.profile.ref.schema, plan.profile.ref.name),
+                sql.Identifier(guard.column),
+                _cast(plain, column),
+            )
+        )
     if not needs:
         return _cast(plain, column)
     expr = sql.SQL("case when {needs} then {suffixed} else {plain} end").format(

@@ -1,0 +1,211 @@
+"""The statement-level trigger: profiles on signup, failures recorded, signups never blocked."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from profileguard import schema
+
+REJECT_ALL = "alter table public.profiles add constraint reject_all check (false) not valid"
+
+
+def execute(db, query: str, params=None) -> None:
+    with db.connect() as conn:
+        conn.execute(query, params)
+
+
+def profile_of(db, uid):
+    return db.scalar("select to_jsonb(p) from public.profiles p where p.id = %s", (uid,))
+
+
+def failures(db) -> list[tuple]:
+    with db.connect() as conn:
+        return conn.execute(
+            "select user_id, sqlstate, category, source, message from profileguard.failures"
+            " order by id"
+        ).fetchall()
+
+
+def test_signup_creates_mapped_profile(installed):
+    uid = installed.signup(
+        {"full_name": "Ada Lovelace", "avatar_url": "https://x.test/a.png", "user_name": "ada"},
+        email="ada@example.com",
+    )
+    profile = profile_of(installed, uid)
+    assert profile["full_name"] == "Ada Lovelace"
+    assert profile["avatar_url"] == "https://x.test/a.png"
+    assert profile["username"] == "ada"
+    assert installed.scalar("select role from auth.users where id = %s", (uid,)) == "authenticated"
+    assert failures(installed) == []
+    # Successful signups leave no audit rows.
+    assert (
+        installed.scalar("select count(*) from profileguard.events where user_id is not null") == 0
+    )
+
+
+def test_mapping_fallback_sources(installed):
+    # OAuth-style metadata: name/picture/preferred_username instead of the first choices.
+    oauth = installed.signup(
+        {"name": "Grace Hopper", "picture": "https://x.test/g.png", "preferred_username": "grace"},
+        email="ghopper@example.com",
+    )
+    discord = installed.signup(
+        {"custom_claims": {"global_name": "Linus"}}, email="linus@example.com"
+    )
+    blank = installed.signup({"full_name": "   ", "name": "Fallback Name"}, email="b@example.com")
+    p = profile_of(installed, oauth)
+    assert (p["full_name"], p["avatar_url"], p["username"]) == (
+        "Grace Hopper",
+        "https://x.test/g.png",
+        "grace",
+    )
+    p = profile_of(installed, discord)
+    assert (p["full_name"], p["avatar_url"], p["username"]) == ("Linus", None, "linus")
+    # Blank values are skipped; 'b' is too short for the check constraint and gets the suffix.
+    p = profile_of(installed, blank)
+    assert p["full_name"] == "Fallback Name"
+    assert p["username"] == f"b_{blank.hex[:8]}"
+
+
+def test_signup_as_supabase_auth_admin(installed):
+    uid = uuid.uuid4()
+    url = make_conninfo(installed.url, user="supabase_auth_admin")
+    with psycopg.connect(url) as conn:  # one transaction, committed on exit
+        assert conn.execute("select current_user").fetchone()[0] == "supabase_auth_admin"
+        conn.execute("set search_path = auth")
+        conn.execute(
+            "insert into users (instance_id, id, aud, role, email, raw_user_meta_data,"
+            " raw_app_meta_data, created_at, updated_at)"
+            " values ('00000000-0000-0000-0000-000000000000', %s, 'authenticated', '', %s,"
+            ' %s, \'{"provider": "email"}\', now(), now())',
+            (uid, "admin.made@example.com", json.dumps({"full_name": "Auth Admin Made"})),
+        )
+        conn.execute("update users set role = 'authenticated' where id = %s", (uid,))
+        conn.execute(
+            "insert into identities (provider_id, user_id, identity_data, provider, created_at)"
+            " values (%s, %s, %s, 'email', now())",
+            (str(uid), uid, json.dumps({"sub": str(uid), "email": "admin.made@example.com"})),
+        )
+    assert installed.scalar("select count(*) from auth.identities where user_id = %s", (uid,)) == 1
+    profile = profile_of(installed, uid)
+    assert profile["full_name"] == "Auth Admin Made"
+    assert profile["username"] == "admin.made"
+    assert failures(installed) == []
+
+
+def test_failing_profile_insert_never_blocks_1000_signups(installed):
+    execute(installed, REJECT_ALL)
+    ids = []
+    with installed.connect() as conn:  # autocommit: every signup is its own transaction
+        for i in range(1000):
+            ids.append(installed.signup({"user_name": f"reject{i}"}, conn=conn))
+    assert installed.scalar("select count(*) from auth.users") == 1000
+    assert installed.scalar("select count(*) from public.profiles") == 0
+    rows = failures(installed)
+    assert len(rows) == 1000
+    assert sorted(r[0] for r in rows) == sorted(str(i) for i in ids)
+    assert {(r[1], r[2], r[3]) for r in rows} == {("23514", "constraint", "trigger")}
+    assert all("reject_all" in r[4] for r in rows)
+
+
+def test_strict_mode_rejects_signup(installed):
+    schema.install(installed.settings, strict=True)
+    execute(installed, REJECT_ALL)
+    uid = uuid.uuid4()
+    with pytest.raises(psycopg.errors.CheckViolation) as info:
+        installed.signup({"full_name": "Strict"}, user_id=uid)
+    assert info.value.sqlstate == "23514"
+    assert "strict mode" in (info.value.diag.message_hint or "")
+    assert installed.scalar("select count(*) from auth.users where id = %s", (uid,)) == 0
+    assert failures(installed) == []
+    # Turning strict off again lets the same signup commit, with the failure recorded.
+    schema.install(installed.settings, strict=False)
+    installed.signup({"full_name": "Lenient"}, user_id=uid)
+    assert installed.scalar("select count(*) from auth.users where id = %s", (uid,)) == 1
+    assert [(r[0], r[1]) for r in failures(installed)] == [(str(uid), "23514")]
+
+
+def test_bulk_insert_of_10k_users_in_one_statement(installed):
+    installed.bulk_signup(10_000)
+    assert installed.scalar("select count(*) from auth.users") == 10_000
+    assert installed.scalar("select count(*) from public.profiles") == 10_000
+    assert (
+        installed.scalar(
+            "select count(*) from auth.users u left join public.profiles p using (id)"
+            " where p.id is null"
+        )
+        == 0
+    )
+    assert installed.scalar("select count(distinct username) from public.profiles") == 10_000
+    assert (
+        installed.scalar(
+            "select count(*) from auth.users u join public.profiles p using (id)"
+            " where p.full_name = u.raw_user_meta_data ->> 'full_name'"
+            " and p.username = split_part(u.email, '@', 1)"
+        )
+        == 10_000
+    )
+    assert failures(installed) == []
+
+
+def test_failing_bulk_insert_commits_and_records_each_user(installed):
+    execute(installed, REJECT_ALL)
+    installed.bulk_signup(250)
+    assert installed.scalar("select count(*) from auth.users") == 250
+    assert installed.scalar("select count(*) from public.profiles") == 0
+    rows = failures(installed)
+    assert len(rows) == 250
+    assert {(r[1], r[2]) for r in rows} == {("23514", "constraint")}
+    assert (
+        installed.scalar(
+            "select count(*) from auth.users u"
+            " where (select count(*) from profileguard.failures f where f.user_id = u.id::text) = 1"
+        )
+        == 250
+    )
+
+
+def test_failure_sends_notification(installed):
+    execute(installed, REJECT_ALL)
+    with installed.connect() as listener:
+        listener.execute("listen profileguard")
+        uid = installed.signup({"full_name": "Noisy"})
+        notes = list(listener.notifies(timeout=30, stop_after=1))
+    assert len(notes) == 1
+    assert notes[0].channel == "profileguard"
+    payload = json.loads(notes[0].payload)
+    assert payload == {
+        "event": "failure",
+        "source": "trigger",
+        "count": 1,
+        "sqlstate": "23514",
+    }
+    assert [r[0] for r in failures(installed)] == [str(uid)]
+
+
+def test_no_notification_on_success(installed):
+    with installed.connect() as listener:
+        listener.execute("listen profileguard")
+        installed.signup({"full_name": "Quiet"})
+        # A marker sent after the signup committed: if the signup had notified, it came first.
+        installed.scalar("select pg_notify('profileguard', 'marker')")
+        notes = list(listener.notifies(timeout=30, stop_after=1))
+    assert [n.payload for n in notes] == ["marker"]
+
+
+def test_disabled_creates_nothing_and_records_nothing(installed):
+    schema.set_enabled(installed.settings, False)
+    plain = installed.signup({"full_name": "Plain"})
+    execute(installed, REJECT_ALL)
+    rejected = installed.signup({"full_name": "Would fail"})
+    installed.bulk_signup(10)
+    assert installed.scalar("select count(*) from auth.users") == 12
+    assert profile_of(installed, plain) is None
+    assert profile_of(installed, rejected) is None
+    assert installed.scalar("select count(*) from public.profiles") == 0
+    assert failures(installed) == []

@@ -1,0 +1,218 @@
+"""Derived usernames: collisions, too-short names, the email fallback, and a concurrent race."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+from profileguard import schema
+
+
+def execute(db, query: str, params=None) -> None:
+    with db.connect() as conn:
+        conn.execute(query, params)
+
+
+def username(db, uid):
+    return db.scalar("select username from public.profiles where id = %s", (uid,))
+
+
+def suffixed(name: str, uid: uuid.UUID) -> str:
+    return f"{name}_{uid.hex[:8]}"
+
+
+def failure_count(db) -> int:
+    return db.scalar("select count(*) from profileguard.failures")
+
+
+def test_colliding_names_across_signups(installed):
+    ids = [installed.signup({"user_name": "alice"}) for _ in range(4)]
+    assert installed.scalar("select count(*) from public.profiles") == 4
+    assert username(installed, ids[0]) == "alice"
+    for uid in ids[1:]:
+        assert username(installed, uid) == suffixed("alice", uid)
+    assert failure_count(installed) == 0
+
+
+def test_colliding_names_in_one_bulk_statement(installed):
+    ids = sorted(uuid.uuid4() for _ in range(20))
+    with installed.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+            " select i, 'authenticated', 'authenticated', null, %s, now()"
+            " from unnest(%s::uuid[]) i",
+            (json.dumps({"user_name": "bob"}), ids),
+        )
+    assert installed.scalar("select count(*) from public.profiles") == 20
+    # Within one statement the lowest id keeps the plain name; the rest get the short suffix.
+    assert username(installed, ids[0]) == "bob"
+    for uid in ids[1:]:
+        assert username(installed, uid) == suffixed("bob", uid)
+    assert failure_count(installed) == 0
+
+
+def test_bulk_statement_colliding_with_existing_profile(installed):
+    first = installed.signup({"user_name": "carl"})
+    ids = sorted(uuid.uuid4() for _ in range(3))
+    with installed.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, raw_user_meta_data, created_at)"
+            " select i, 'authenticated', 'authenticated', %s, now() from unnest(%s::uuid[]) i",
+            (json.dumps({"user_name": "carl"}), ids),
+        )
+    assert username(installed, first) == "carl"
+    for uid in ids:
+        assert username(installed, uid) == suffixed("carl", uid)
+
+
+def test_too_short_names_get_suffix(installed):
+    short = installed.signup({"user_name": "ab"})
+    one = installed.signup({}, email="x@example.com")
+    exact = installed.signup({"user_name": "abc"})
+    assert username(installed, short) == suffixed("ab", short)
+    assert username(installed, one) == suffixed("x", one)
+    assert username(installed, exact) == "abc"
+    assert failure_count(installed) == 0
+
+
+def test_email_local_part_when_no_metadata(installed):
+    uid = installed.signup({}, email="dora.explorer@example.com")
+    assert username(installed, uid) == "dora.explorer"
+    # Metadata wins over the email.
+    other = installed.signup({"user_name": "meta_name"}, email="mail_name@example.com")
+    assert username(installed, other) == "meta_name"
+
+
+def test_name_equal_to_existing_profile_username(installed):
+    holder = installed.signup({"full_name": "Holder"})
+    execute(installed, "update public.profiles set username = 'erin' where id = %s", (holder,))
+    by_email = installed.signup({}, email="erin@example.com")
+    by_meta = installed.signup({"preferred_username": "erin"})
+    assert username(installed, holder) == "erin"
+    assert username(installed, by_email) == suffixed("erin", by_email)
+    assert username(installed, by_meta) == suffixed("erin", by_meta)
+
+
+def test_ensure_profile_with_colliding_name(installed):
+    installed.signup({"user_name": "frank"})
+    schema.set_enabled(installed.settings, False)
+    late = installed.signup({"user_name": "frank", "full_name": "Late Frank"})
+    schema.set_enabled(installed.settings, True)
+    assert username(installed, late) is None
+    with installed.connect() as conn:
+        created, profile = conn.execute(
+            "select created, profile from profileguard.ensure_profile(%s)", (late,)
+        ).fetchone()
+    assert created is True
+    assert profile["username"] == suffixed("frank", late)
+    assert profile["full_name"] == "Late Frank"
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and user_id = %s",
+            (str(late),),
+        )
+        == 1
+    )
+
+
+def test_null_username_allowed(installed):
+    uid = installed.signup({"full_name": "No Name"})  # no user_name, no email
+    profile = installed.scalar("select to_jsonb(p) from public.profiles p where id = %s", (uid,))
+    assert profile is not None
+    assert profile["username"] is None
+    assert profile["full_name"] == "No Name"
+    # Several users without a username do not collide.
+    others = [installed.signup({}) for _ in range(3)]
+    assert all(username(installed, u) is None for u in others)
+    assert installed.scalar("select count(*) from public.profiles") == 4
+    assert failure_count(installed) == 0
+
+
+def test_names_colliding_after_truncation_to_check_maximum(db):
+    # Names longer than the maximum are cut; two that share the first 12 characters collide.
+    execute(
+        db,
+        "create table public.profiles ("
+        " id uuid primary key references auth.users (id) on delete cascade,"
+        " username text unique check (char_length(username) between 3 and 12))",
+    )
+    schema.install(db.settings)
+    first = db.signup({"user_name": "abcdefghijklmnopXXX"})
+    second = db.signup({"user_name": "abcdefghijklmnopYYY"})
+    assert username(db, first) == "abcdefghijkl"
+    # 12 - len('_') - 8 hex characters leaves 3 of the name.
+    assert username(db, second) == f"abc_{second.hex[:8]}"
+    assert failure_count(db) == 0
+
+
+def test_names_colliding_after_truncation_in_one_statement(db):
+    execute(
+        db,
+        "create table public.profiles ("
+        " id uuid primary key references auth.users (id) on delete cascade,"
+        " username varchar(12) unique)",
+    )
+    schema.install(db.settings)
+    ids = sorted(uuid.uuid4() for _ in range(2))
+    with db.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, raw_user_meta_data) values (%s, %s), (%s, %s)",
+            (
+                ids[0],
+                json.dumps({"user_name": "abcdefghijklmnopXXX"}),
+                ids[1],
+                json.dumps({"user_name": "abcdefghijklmnopYYY"}),
+            ),
+        )
+    assert username(db, ids[0]) == "abcdefghijkl"
+    assert username(db, ids[1]) == f"abc_{ids[1].hex[:8]}"
+    assert failure_count(db) == 0
+
+
+def _wait_until_blocked(db, pid: int) -> None:
+    """Poll until backend `pid` waits on a lock (bounded; not a timing assertion)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = db.scalar("select wait_event_type from pg_stat_activity where pid = %s", (pid,))
+        if state == "Lock":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"backend {pid} never blocked on a lock")
+
+
+def test_concurrent_signups_with_same_name(installed):
+    a_id, b_id = uuid.uuid4(), uuid.uuid4()
+    conn_a = installed.connect(autocommit=False)
+    conn_b = installed.connect(autocommit=False)
+    errors: list[BaseException] = []
+
+    def signup_b() -> None:
+        try:
+            installed.signup({"user_name": "racer"}, user_id=b_id, conn=conn_b)
+            conn_b.commit()
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+            conn_b.rollback()
+
+    try:
+        installed.signup({"user_name": "racer"}, user_id=a_id, conn=conn_a)  # held open
+        b_pid = conn_b.info.backend_pid
+        thread = threading.Thread(target=signup_b)
+        thread.start()
+        _wait_until_blocked(installed, b_pid)  # B's insert waits on A's 'racer'
+        conn_a.commit()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+    assert errors == []
+    both = installed.scalar("select count(*) from auth.users where id in (%s, %s)", (a_id, b_id))
+    assert both == 2
+    assert username(installed, a_id) == "racer"
+    # B hit the unique violation after A committed; the retry uses the whole key as suffix.
+    assert username(installed, b_id) == f"racer_{b_id.hex}"
+    assert failure_count(installed) == 0
