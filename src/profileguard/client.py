@@ -61,17 +61,29 @@ class EnsureResult:
     path: Path_
 
 
-def normalize_user_id(user_id: UserId) -> UserId:
-    """A UUID when the value spells one; ints stay ints; other text is checked by the server."""
-    if isinstance(user_id, uuid.UUID | int) and not isinstance(user_id, bool):
-        return user_id
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 200:
+def normalize_user_id(user_id: UserId) -> str:
+    """The id as text (a UUID in canonical form when it spells one); the server checks the rest.
+
+    Ids are sent as untyped text, which the server casts to the key's type (22P02 or 22003 when it
+    cannot). A typed parameter (an int, a uuid.UUID) whose type differs from the key's would
+    instead make ensure_profile(<key type>) look missing and fail the fallback with 42883.
+    """
+    if isinstance(user_id, uuid.UUID):
+        return str(user_id)
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        return str(user_id)
+    if (
+        not isinstance(user_id, str)
+        or not user_id.strip()
+        or len(user_id) > 200
+        or "\x00" in user_id  # PostgreSQL text cannot hold NUL; the driver would refuse it
+    ):
         raise InvalidUserIdError(
             f"invalid user id {str(user_id)[:80]!r}",
             hint="pass the user's key, e.g. a UUID such as 3f1c2e4a-…",
         )
     try:
-        return uuid.UUID(user_id.strip())
+        return str(uuid.UUID(user_id.strip()))
     except ValueError:
         return user_id.strip()
 

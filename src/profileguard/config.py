@@ -41,7 +41,7 @@ DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
 
 def check_identifier(value: str, key: str) -> str:
     """Return `value` if it is a plain SQL identifier, else raise naming the config `key`."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise ConfigError(
             f"{key}: {value!r} is not a valid SQL identifier",
             hint=f"set {key} to a name of letters, digits and underscores (at most 63), "
@@ -98,7 +98,7 @@ class Source:
         column, *path = body.split(".")
         check_identifier(column, setting)
         for part in path:
-            if not JSON_KEY.match(part):
+            if not JSON_KEY.fullmatch(part):
                 raise ConfigError(
                     f"{setting}: JSON key {part!r} in {text!r} is not allowed",
                     hint="JSON keys must be 1-200 characters without '.', '|' or '$'",
@@ -181,8 +181,10 @@ def _bool(value: Any, key: str) -> bool:
 def _int(value: Any, key: str, *, low: int, high: int) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = low - 1
+    if isinstance(value, float) and not value.is_integer():
+        number = low - 1  # int() would silently truncate 2.5 to 2
     if isinstance(value, bool) or not low <= number <= high:
         raise ConfigError(
             f"{key}: {value!r} is not a whole number from {low} to {high}",
@@ -251,6 +253,10 @@ def load_settings(
             raise ConfigError(
                 f"{file}: not valid TOML: {exc}", hint=f"fix the syntax of {file}"
             ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"config file {file} cannot be read: {exc}", hint="check the path given"
+            ) from exc
     elif explicit:
         raise ConfigError(f"config file {file} does not exist", hint="check the path given")
 
@@ -265,6 +271,12 @@ def load_settings(
         or env.get("DATABASE_URL")
         or database.get("url")
     )
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(
+            f"database.url: {url!r} is not a connection string",
+            hint="set [database] url (or DATABASE_URL) to text such as "
+            "'postgresql://postgres@localhost:5432/postgres'",
+        )
     identity_ref = TableRef.parse(
         overrides.pop("identity_table", None)
         or env.get("PROFILEGUARD_IDENTITY_TABLE")
