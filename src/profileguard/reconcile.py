@@ -1,0 +1,639 @@
+"""The reconciler: level-triggered repair of users that have no profile.
+
+A pass scans the identity table in keyset batches for users without a profile and creates the
+missing profiles set-based with `profileguard.create_profiles(ids, 'worker')`. Several workers
+(threads, processes, hosts) can run at once: inside each repair transaction every candidate is
+claimed with `pg_try_advisory_xact_lock`, and candidates another worker holds are skipped; the
+insert is ON CONFLICT DO NOTHING, so a profile is created (and a 'repair' event recorded) once.
+
+A batch that fails with a permanent error is split in halves (savepoints) until the failing users
+are isolated; each failure is recorded in `profileguard.repair_state` with a capped full-jitter
+exponential backoff, and a user is quarantined after `max_attempts`. Transient errors retry the
+batch (reconnecting when the connection broke). `run_forever` adds LISTEN on 'profileguard' for
+a fast path, periodic incremental and full sweeps, a heartbeat, and reconnection with backoff.
+
+A Reconciler holds one connection and is not thread-safe: give each thread or process its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from profileguard.catalog import inspect_table
+from profileguard.config import Settings
+from profileguard.db import is_transient, translate
+from profileguard.errors import ConfigError, ProfileGuardError
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "profileguard"
+SOURCE = "worker"
+APPLICATION_NAME = "profileguard-reconciler"
+# Seed of hashtextextended() for the per-user claim locks (keeps them apart from other locks).
+LOCK_SEED = 0x70726F66
+HISTORY_LIMIT = 50
+MESSAGE_LIMIT = 2000
+# Worker rows whose heartbeat is older than this are removed when a worker starts.
+STALE_WORKER_DAYS = 7
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+T = TypeVar("T")
+
+
+@dataclass
+class PassResult:
+    """What one pass (or a retry) did."""
+
+    scanned: int = 0
+    repaired: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    duration: float = 0.0
+
+    def add(self, other: BatchOutcome) -> None:
+        self.scanned += other.scanned
+        self.repaired += other.repaired
+        self.failed += len(other.failures)
+        self.quarantined += other.quarantined
+        self.batches += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BatchOutcome:
+    """One repair transaction: candidates, what was claimed, created and what failed."""
+
+    scanned: int = 0
+    claimed: int = 0
+    repaired: int = 0
+    quarantined: int = 0
+    succeeded: list[Any] = field(default_factory=list)
+    failures: list[tuple[Any, str | None, str]] = field(default_factory=list)
+
+
+class Reconciler:
+    """Finds users without a profile and creates their profiles; safe to run many at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        batch_size: int = 1000,
+        max_attempts: int = 5,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        transient_attempts: int = 8,
+        transient_max_wait: float = 5.0,
+        incremental_interval: float = 5.0,
+        full_interval: float = 300.0,
+        heartbeat_interval: float = 10.0,
+        reconnect_cap: float = 30.0,
+        poll_interval: float = 0.5,
+    ):
+        if batch_size < 1:
+            raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
+        if max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1", hint="pass max_attempts >= 1")
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.transient_attempts = transient_attempts
+        self.transient_max_wait = transient_max_wait
+        self.incremental_interval = incremental_interval
+        self.full_interval = full_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.reconnect_cap = reconnect_cap
+        self.poll_interval = poll_interval
+        self.stats: dict[str, Any] = {
+            "passes": 0,
+            "repaired": 0,
+            "failed": 0,
+            "quarantined": 0,
+            "notifications": 0,
+            "reconnects": 0,
+            "errors": 0,
+            "last_error": None,
+        }
+        self._conn: psycopg.Connection | None = None
+        self._key_type: str | None = None
+        self._event_cursor: int | None = None
+        self._lock = threading.Lock()
+
+        identity, profile = settings.identity, settings.profile
+        self._identity = sql.Identifier(identity.schema, identity.name)
+        self._ikey = sql.Identifier(identity.key)
+        self._profile = sql.Identifier(profile.schema, profile.name)
+        self._pkey = sql.Identifier(profile.key)
+
+    # ---------------------------------------------------------------- connections
+
+    def _connect(self, *, autocommit: bool = False) -> psycopg.Connection:
+        try:
+            return psycopg.connect(
+                self.settings.conninfo(),
+                autocommit=autocommit,
+                connect_timeout=self.settings.connect_timeout,
+                application_name=APPLICATION_NAME,
+            )
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def _connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self._connect()
+            if self._key_type is None:
+                self._key_type = self._read_key_type(conn)
+                conn.rollback()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the worker's connection (it reconnects on next use)."""
+        self._drop_connection()
+
+    def _read_key_type(self, conn: psycopg.Connection) -> str:
+        facts = inspect_table(conn, self.settings.identity)
+        if facts is None or self.settings.identity.key not in facts.columns:
+            raise ConfigError(
+                f"identity table {self.settings.identity} (key {self.settings.identity.key}) "
+                "does not exist",
+                hint="set identity.table / identity.key to your users table",
+            )
+        return facts.columns[self.settings.identity.key].type
+
+    @property
+    def _key(self) -> sql.Composable:
+        # The type text comes from format_type() in the catalog, never from configuration.
+        assert self._key_type is not None
+        return sql.SQL(self._key_type)
+
+    def _retrying(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        """Run fn(conn); transient errors reconnect if needed and retry with jittered backoff."""
+
+        def attempt() -> T:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                if conn.broken or conn.closed:
+                    self._drop_connection()
+                elif not conn.autocommit:
+                    conn.rollback()
+                if is_transient(exc):
+                    log.warning("transient error, retrying: %s", exc)
+                    raise
+                raise translate(exc) from exc
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_random_exponential(multiplier=0.05, max=self.transient_max_wait),
+            stop=stop_after_attempt(self.transient_attempts),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    # ---------------------------------------------------------------- candidates
+
+    def _skip_clause(self) -> sql.Composable:
+        return sql.SQL(
+            "not exists (select from {profile} p where p.{pkey} = u.{ikey})"
+            " and not exists (select from profileguard.repair_state r"
+            " where r.user_id = u.{ikey}::text"
+            " and (r.quarantined_at is not null or r.next_attempt_at > now()))"
+        ).format(profile=self._profile, pkey=self._pkey, ikey=self._ikey)
+
+    def _scan(self, conn: psycopg.Connection, after: Any) -> list[Any]:
+        """The next batch of users without a profile, in key order, after `after`."""
+        lower = sql.SQL("u.{} > %(after)s and ").format(self._ikey) if after is not None else (
+            sql.SQL("")
+        )
+        query = sql.SQL(
+            "select u.{ikey} from {identity} u where {lower}{skip} order by u.{ikey} limit %(n)s"
+        ).format(ikey=self._ikey, identity=self._identity, lower=lower, skip=self._skip_clause())
+        with conn.transaction():
+            rows = conn.execute(query, {"after": after, "n": self.batch_size}).fetchall()
+        return [row[0] for row in rows]
+
+    def _filter(self, conn: psycopg.Connection, ids: Sequence[Any]) -> list[Any]:
+        """Those of `ids` that exist, have no profile and are not backed off or quarantined."""
+        query = sql.SQL(
+            "select u.{ikey} from {identity} u where u.{ikey} = any(%(ids)s::{key}[]) and {skip}"
+            " order by u.{ikey}"
+        ).format(ikey=self._ikey, identity=self._identity, key=self._key, skip=self._skip_clause())
+        with conn.transaction():
+            return [row[0] for row in conn.execute(query, {"ids": list(ids)}).fetchall()]
+
+    def _parse_ids(self, texts: Iterable[str | None]) -> list[Any]:
+        """User ids as recorded in events/repair_state (text) that can be the identity key."""
+        out: list[Any] = []
+        for text in texts:
+            if text is None:
+                continue
+            try:
+                if self._key_type == "uuid":
+                    out.append(uuid.UUID(text))
+                elif self._key_type in INTEGER_TYPES:
+                    out.append(int(text))
+                else:
+                    out.append(text)
+            except ValueError:
+                log.info("ignoring user id %r: not a %s", text, self._key_type)
+        return out
+
+    # ---------------------------------------------------------------- repair
+
+    def _repair(self, ids: Sequence[Any]) -> BatchOutcome:
+        """Claim and repair `ids` in one transaction (retried as a whole on transient errors)."""
+
+        def run(conn: psycopg.Connection) -> BatchOutcome:
+            outcome = BatchOutcome(scanned=len(ids))
+            with conn.transaction():
+                claimed = [
+                    row[0]
+                    for row in conn.execute(
+                        sql.SQL(
+                            "select c.id from unnest(%(ids)s::{key}[]) as c(id)"
+                            " where pg_try_advisory_xact_lock(hashtextextended(c.id::text,"
+                            " %(seed)s)) and not exists"
+                            " (select from {profile} p where p.{pkey} = c.id)"
+                        ).format(key=self._key, profile=self._profile, pkey=self._pkey),
+                        {"ids": list(ids), "seed": LOCK_SEED},
+                    ).fetchall()
+                ]
+                outcome.claimed = len(claimed)
+                if claimed:
+                    self._create(conn, claimed, outcome)
+                    self._record(conn, outcome)
+            return outcome
+
+        return self._retrying(run)
+
+    def _create(self, conn: psycopg.Connection, ids: list[Any], outcome: BatchOutcome) -> None:
+        """create_profiles(ids) in a savepoint; on a permanent error, split until isolated."""
+        query = sql.SQL("select profileguard.create_profiles(%(ids)s::{key}[], %(source)s)").format(
+            key=self._key
+        )
+        try:
+            with conn.transaction():
+                row = conn.execute(query, {"ids": ids, "source": SOURCE}).fetchone()
+        except psycopg.Error as exc:
+            if is_transient(exc) or conn.broken:
+                raise
+            if len(ids) == 1:
+                message = (exc.diag.message_primary if exc.sqlstate else None) or str(exc)
+                outcome.failures.append((ids[0], exc.sqlstate, message[:MESSAGE_LIMIT]))
+                return
+            middle = len(ids) // 2
+            self._create(conn, ids[:middle], outcome)
+            self._create(conn, ids[middle:], outcome)
+            return
+        outcome.repaired += int(row[0]) if row and row[0] is not None else 0
+        outcome.succeeded.extend(ids)
+
+    def _record(self, conn: psycopg.Connection, outcome: BatchOutcome) -> None:
+        """Forget the state of repaired users; count an attempt for each failed one."""
+        if outcome.succeeded:
+            conn.execute(
+                "delete from profileguard.repair_state where user_id = any(%(ids)s::text[])",
+                {"ids": [str(i) for i in outcome.succeeded]},
+            )
+        for user_id, sqlstate, message in outcome.failures:
+            row = conn.execute(
+                "insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at,"
+                " last_sqlstate, last_message, quarantined_at, history, updated_at)"
+                " values (%(uid)s, 1,"
+                "  now() + make_interval(secs => random() * least(%(cap)s, %(base)s)),"
+                "  %(state)s::text, %(message)s::text, case when 1 >= %(max)s then now() end,"
+                "  jsonb_build_array(jsonb_build_object('at', now(), 'sqlstate', %(state)s::text,"
+                "   'message', %(message)s::text)),"
+                "  now())"
+                " on conflict (user_id) do update set"
+                "  attempts = r.attempts + 1,"
+                "  next_attempt_at = now() + make_interval(secs => random()"
+                "   * least(%(cap)s, %(base)s * power(2, least(r.attempts, 60)))),"
+                "  last_sqlstate = excluded.last_sqlstate,"
+                "  last_message = excluded.last_message,"
+                "  quarantined_at = coalesce(r.quarantined_at,"
+                "   case when r.attempts + 1 >= %(max)s then now() end),"
+                "  history = (case when jsonb_array_length(r.history) >= %(limit)s"
+                "   then r.history - 0 else r.history end) || excluded.history,"
+                "  updated_at = now()"
+                " returning attempts, quarantined_at is not null",
+                {
+                    "uid": str(user_id),
+                    "cap": self.backoff_cap,
+                    "base": self.backoff_base,
+                    "state": sqlstate,
+                    "message": message,
+                    "max": self.max_attempts,
+                    "limit": HISTORY_LIMIT,
+                },
+            ).fetchone()
+            attempts, quarantined = (int(row[0]), bool(row[1])) if row else (0, False)
+            if quarantined and attempts == self.max_attempts:
+                outcome.quarantined += 1
+                conn.execute(
+                    "insert into profileguard.events"
+                    " (kind, source, user_id, sqlstate, category, message, detail)"
+                    " values ('quarantine', %(source)s, %(uid)s, %(state)s,"
+                    " profileguard.sqlstate_category(%(state)s), %(message)s, %(detail)s)",
+                    {
+                        "source": SOURCE,
+                        "uid": str(user_id),
+                        "state": sqlstate,
+                        "message": message,
+                        "detail": json.dumps(
+                            {"attempts": attempts, "worker_id": self.worker_id}
+                        ),
+                    },
+                )
+                log.warning(
+                    "quarantined user %s after %d attempts: %s %s",
+                    user_id, attempts, sqlstate, message,
+                )
+
+    def _account(self, result: PassResult, outcome: BatchOutcome) -> None:
+        result.add(outcome)
+        with self._lock:
+            self.stats["repaired"] += outcome.repaired
+            self.stats["failed"] += len(outcome.failures)
+            self.stats["quarantined"] += outcome.quarantined
+
+    # ---------------------------------------------------------------- passes
+
+    def run_once(self, stop_event: threading.Event | None = None) -> PassResult:
+        """One full sweep of the identity table; stops early (between batches) on stop_event."""
+        started = time.monotonic()
+        result = PassResult()
+        after: Any = None
+        while stop_event is None or not stop_event.is_set():
+            batch = self._retrying(functools.partial(self._scan, after=after))
+            if not batch:
+                break
+            after = batch[-1]
+            self._account(result, self._repair(batch))
+            if len(batch) < self.batch_size:
+                break
+        self._retrying(self._cleanup)
+        result.duration = time.monotonic() - started
+        with self._lock:
+            self.stats["passes"] += 1
+            self.stats["last_pass"] = result.as_dict()
+        return result
+
+    def _cleanup(self, conn: psycopg.Connection) -> None:
+        """Drop repair state of users that have a profile now or no longer exist."""
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "delete from profileguard.repair_state r"
+                    " where exists (select from {profile} p where p.{pkey} = r.user_id::{key})"
+                    " or not exists (select from {identity} u where u.{ikey} = r.user_id::{key})"
+                ).format(
+                    profile=self._profile,
+                    pkey=self._pkey,
+                    key=self._key,
+                    identity=self._identity,
+                    ikey=self._ikey,
+                )
+            )
+
+    def repair_ids(self, ids: Iterable[Any], stop_event: threading.Event | None = None
+                   ) -> PassResult:
+        """Repair just these users (those without a profile that are not backed off)."""
+        started = time.monotonic()
+        result = PassResult()
+        pending = list(ids)
+        for start in range(0, len(pending), self.batch_size):
+            if stop_event is not None and stop_event.is_set():
+                break
+            chunk = pending[start : start + self.batch_size]
+
+            def select(conn: psycopg.Connection, chunk: list[Any] = chunk) -> list[Any]:
+                return self._filter(conn, chunk)
+
+            batch = self._retrying(select)
+            if batch:
+                self._account(result, self._repair(batch))
+        result.duration = time.monotonic() - started
+        return result
+
+    def run_incremental(self, stop_event: threading.Event | None = None) -> PassResult:
+        """Users named in failure events since the last look, and users whose backoff is over."""
+        started = time.monotonic()
+        result = PassResult()
+        if self._event_cursor is None:
+            self._event_cursor = 0
+        while stop_event is None or not stop_event.is_set():
+            cursor = self._event_cursor
+
+            def failures(conn: psycopg.Connection, cursor: int = cursor) -> list[tuple[Any, ...]]:
+                with conn.transaction():
+                    return conn.execute(
+                        "select e.id, e.user_id from profileguard.events e"
+                        " where e.kind = 'failure' and e.id > %(after)s and e.user_id is not null"
+                        " order by e.id limit %(n)s",
+                        {"after": cursor, "n": self.batch_size},
+                    ).fetchall()
+
+            rows = self._retrying(failures)
+            if not rows:
+                break
+            ids = self._parse_ids(dict.fromkeys(str(r[1]) for r in rows))
+            part = self.repair_ids(ids)
+            self._merge(result, part)
+            self._event_cursor = int(rows[-1][0])
+            if len(rows) < self.batch_size:
+                break
+
+        def due(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            with conn.transaction():
+                return conn.execute(
+                    "select user_id from profileguard.repair_state"
+                    " where quarantined_at is null and next_attempt_at <= now()"
+                    " order by next_attempt_at limit %(n)s",
+                    {"n": self.batch_size},
+                ).fetchall()
+
+        if stop_event is None or not stop_event.is_set():
+            rows = self._retrying(due)
+            if rows:
+                self._merge(result, self.repair_ids(self._parse_ids(str(r[0]) for r in rows)))
+        result.duration = time.monotonic() - started
+        return result
+
+    @staticmethod
+    def _merge(total: PassResult, part: PassResult) -> None:
+        total.scanned += part.scanned
+        total.repaired += part.repaired
+        total.failed += part.failed
+        total.quarantined += part.quarantined
+        total.batches += part.batches
+
+    def retry(self, user_ids: Iterable[Any] | None = None, *, all_quarantined: bool = False
+              ) -> int:
+        """Clear the attempts/quarantine of these users (or all quarantined ones) and repair them
+        now; returns how many profiles were created."""
+        texts = [str(u) for u in user_ids or ()]
+
+        def reset(conn: psycopg.Connection) -> list[str]:
+            with conn.transaction():
+                rows = conn.execute(
+                    "update profileguard.repair_state set attempts = 0, quarantined_at = null,"
+                    " next_attempt_at = now(), updated_at = now()"
+                    " where user_id = any(%(ids)s::text[])"
+                    " or (%(all)s and quarantined_at is not null)"
+                    " returning user_id",
+                    {"ids": texts, "all": all_quarantined},
+                ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        if not texts and not all_quarantined:
+            return 0
+        self._connection()  # resolves the key type used by _parse_ids
+        reset_ids = self._retrying(reset)
+        ids = self._parse_ids(dict.fromkeys([*texts, *reset_ids]))
+        return self.repair_ids(ids).repaired
+
+    # ---------------------------------------------------------------- the long-running worker
+
+    def _heartbeat(self, conn: psycopg.Connection, state: str) -> None:
+        with self._lock:
+            stats = {**self.stats, "state": state}
+        with conn.transaction():
+            conn.execute(
+                "insert into profileguard.workers"
+                " (worker_id, hostname, pid, started_at, heartbeat_at, stats)"
+                " values (%(id)s, %(host)s, %(pid)s, now(), now(), %(stats)s)"
+                " on conflict (worker_id) do update set heartbeat_at = now(),"
+                " hostname = excluded.hostname, pid = excluded.pid, stats = excluded.stats",
+                {
+                    "id": self.worker_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "stats": json.dumps(stats, default=str),
+                },
+            )
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Serve until stop_event is set: LISTEN fast path, incremental and full sweeps,
+        heartbeat; reconnects with backoff on any database error, never exits on one."""
+        failures = 0
+        first = True
+        while not stop_event.is_set():
+            try:
+                self._serve(stop_event, full_first=first)
+                break
+            except (psycopg.Error, ProfileGuardError) as exc:
+                failures += 1
+                with self._lock:
+                    self.stats["errors"] += 1
+                    self.stats["last_error"] = str(exc)
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "reconciler %s: %s; reconnecting", self.worker_id, exc)
+                self._drop_connection()
+                delay = random.uniform(0, min(self.reconnect_cap, 0.1 * 2 ** min(failures, 20)))
+                stop_event.wait(delay)
+                with self._lock:
+                    self.stats["reconnects"] += 1
+            finally:
+                first = False
+        self._drop_connection()
+        try:
+            conn = self._connect()
+            try:
+                self._heartbeat(conn, "stopped")
+            finally:
+                conn.close()
+        except (psycopg.Error, ProfileGuardError) as exc:
+            log.info("could not record the stop of %s: %s", self.worker_id, exc)
+
+    def _serve(self, stop_event: threading.Event, *, full_first: bool) -> None:
+        listener = self._connect(autocommit=True)
+        try:
+            listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
+            conn = self._connection()
+            if self._event_cursor is None:
+                with conn.transaction():
+                    row = conn.execute("select coalesce(max(id), 0) from profileguard.events"
+                                       ).fetchone()
+                self._event_cursor = int(row[0]) if row else 0
+            self._heartbeat(conn, "running")
+            with conn.transaction():
+                conn.execute(
+                    "delete from profileguard.workers"
+                    " where heartbeat_at < now() - make_interval(days => %(days)s)",
+                    {"days": STALE_WORKER_DAYS},
+                )
+            now = time.monotonic()
+            next_full = now if full_first else now + self.full_interval
+            # After a reconnect, look at what happened while we were away right away.
+            next_incremental = now
+            next_heartbeat = now + self.heartbeat_interval
+            while not stop_event.is_set():
+                now = time.monotonic()
+                if now >= next_full:
+                    self.run_once(stop_event)
+                    next_full = time.monotonic() + self.full_interval
+                    next_incremental = time.monotonic() + self.incremental_interval
+                elif now >= next_incremental:
+                    self.run_incremental(stop_event)
+                    next_incremental = time.monotonic() + self.incremental_interval
+                if time.monotonic() >= next_heartbeat:
+                    self._heartbeat(self._connection(), "running")
+                    next_heartbeat = time.monotonic() + self.heartbeat_interval
+                wait = min(next_full, next_incremental, next_heartbeat) - time.monotonic()
+                wait = max(0.0, min(wait, self.poll_interval))
+                notified = False
+                for _ in listener.notifies(timeout=wait, stop_after=1):
+                    notified = True
+                if notified and not stop_event.is_set():
+                    for _ in listener.notifies(timeout=0):
+                        pass
+                    with self._lock:
+                        self.stats["notifications"] += 1
+                    self.run_incremental(stop_event)
+        finally:
+            listener.close()
+
+
+__all__ = ["BatchOutcome", "PassResult", "Reconciler"]

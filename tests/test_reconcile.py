@@ -1,0 +1,386 @@
+"""The reconciler against the real server: sweeps, concurrency, quarantine, LISTEN, reconnects."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from conftest import TestDB
+
+from profileguard import schema
+from profileguard.config import load_settings
+from profileguard.reconcile import Reconciler
+
+BAD_NAME = "Bad User"
+CONSTRAINT = "pg_test_no_bad_user"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll `check` until it is true or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
+
+
+def add_bad_constraint(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(
+            f"alter table public.profiles add constraint {CONSTRAINT}"
+            f" check (full_name is distinct from '{BAD_NAME}') not valid"
+        )
+
+
+def drop_bad_constraint(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(f"alter table public.profiles drop constraint {CONSTRAINT}")
+
+
+def has_profile(db: TestDB, user_id: uuid.UUID) -> bool:
+    return bool(db.scalar("select exists (select from public.profiles where id = %s)", (user_id,)))
+
+
+def missing_profiles(db: TestDB) -> int:
+    return int(
+        db.scalar(
+            "select count(*) from auth.users u"
+            " where not exists (select from public.profiles p where p.id = u.id)"
+        )
+    )
+
+
+def assert_each_repaired_once(db: TestDB, users: int) -> None:
+    assert db.scalar("select count(*) from public.profiles") == users
+    assert missing_profiles(db) == 0
+    assert db.scalar(
+        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+        " group by user_id having count(*) > 1) d"
+    ) == 0
+    assert db.scalar(
+        "select count(distinct user_id) from profileguard.events"
+        " where kind = 'repair' and source = 'worker'"
+    ) == users
+
+
+def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(1000)
+    assert missing_profiles(installed) == 1000
+
+    result = Reconciler(installed.settings, batch_size=300).run_once()
+
+    assert result.scanned == 1000
+    assert result.repaired == 1000
+    assert (result.failed, result.quarantined) == (0, 0)
+    assert result.batches == 4
+    assert result.as_dict()["repaired"] == 1000
+    assert_each_repaired_once(installed, 1000)
+    assert installed.scalar(
+        "select full_name from public.profiles p join auth.users u using (id)"
+        " where u.email = 'bulk7@example.com'"
+    ) == "User 7"
+    again = Reconciler(installed.settings).run_once()
+    assert (again.scanned, again.repaired) == (0, 0)
+
+
+def _worker_pass(url: str, worker_id: str) -> dict[str, Any]:
+    """One reconciler process: its own settings, connection and pass."""
+    settings = load_settings(env={}, database_url=url)
+    reconciler = Reconciler(settings, worker_id=worker_id, batch_size=500)
+    try:
+        return reconciler.run_once().as_dict()
+    finally:
+        reconciler.close()
+
+
+def test_parallel_worker_processes_create_each_profile_once(installed: TestDB) -> None:
+    users = 50_000
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(users)
+    assert missing_profiles(installed) == users
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.starmap(_worker_pass, [(installed.url, f"w{i}") for i in range(4)])
+
+    assert sum(r["repaired"] for r in results) == users
+    assert_each_repaired_once(installed, users)
+    assert installed.scalar(
+        "select count(*) from profileguard.events where kind = 'repair'"
+    ) == users
+
+
+def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    good = [installed.signup({"full_name": f"Good {i}"}) for i in range(40)]
+    add_bad_constraint(installed)
+    bad = installed.signup({"full_name": BAD_NAME})
+    good += [installed.signup({"full_name": f"Late {i}"}) for i in range(20)]
+    reconciler = Reconciler(
+        installed.settings, batch_size=16, max_attempts=3, backoff_base=0.0, backoff_cap=0.0
+    )
+
+    first = reconciler.run_once()
+    assert (first.repaired, first.failed, first.quarantined) == (60, 1, 0)
+    assert all(has_profile(installed, u) for u in good)
+    assert not has_profile(installed, bad)
+    state = installed.scalar(
+        "select jsonb_build_object('attempts', attempts, 'sqlstate', last_sqlstate,"
+        " 'message', last_message, 'quarantined', quarantined_at is not null,"
+        " 'history', jsonb_array_length(history)) from profileguard.repair_state"
+        " where user_id = %s",
+        (str(bad),),
+    )
+    assert state["attempts"] == 1
+    assert state["sqlstate"] == "23514"
+    assert CONSTRAINT in state["message"]
+    assert state["quarantined"] is False
+    assert state["history"] == 1
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 1
+
+    second = reconciler.run_once()
+    assert (second.scanned, second.repaired, second.failed, second.quarantined) == (1, 0, 1, 0)
+    third = reconciler.run_once()
+    assert (third.failed, third.quarantined) == (1, 1)
+    state = installed.scalar(
+        "select jsonb_build_object('attempts', attempts, 'quarantined',"
+        " quarantined_at is not null, 'history', jsonb_array_length(history))"
+        " from profileguard.repair_state where user_id = %s",
+        (str(bad),),
+    )
+    assert state == {"attempts": 3, "quarantined": True, "history": 3}
+    event = installed.scalar(
+        "select jsonb_build_object('sqlstate', sqlstate, 'category', category,"
+        " 'message', message) from profileguard.events"
+        " where kind = 'quarantine' and user_id = %s",
+        (str(bad),),
+    )
+    assert event["sqlstate"] == "23514"
+    assert event["category"] == "constraint"
+    assert CONSTRAINT in event["message"]
+
+    # Quarantined users are left alone by passes.
+    fourth = reconciler.run_once()
+    assert (fourth.scanned, fourth.failed) == (0, 0)
+    # Retrying while the cause is still there fails again, without crashing.
+    assert reconciler.retry([bad]) == 0
+    assert installed.scalar(
+        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+    ) == 1
+
+    drop_bad_constraint(installed)
+    # No longer quarantined after retry(): the next pass re-drives it.
+    fifth = reconciler.run_once()
+    assert (fifth.scanned, fifth.repaired, fifth.failed) == (1, 1, 0)
+    assert has_profile(installed, bad)
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+    assert_each_repaired_once(installed, 61)
+
+
+def test_retry_all_quarantined_repairs_after_the_fix(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    add_bad_constraint(installed)
+    bad = installed.signup({"full_name": BAD_NAME})
+    reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
+    assert reconciler.run_once().quarantined == 1
+    assert installed.scalar(
+        "select quarantined_at is not null from profileguard.repair_state where user_id = %s",
+        (str(bad),),
+    )
+    drop_bad_constraint(installed)
+    assert reconciler.run_once().repaired == 0  # still quarantined
+
+    assert reconciler.retry(all_quarantined=True) == 1
+    assert has_profile(installed, bad)
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+    assert reconciler.retry(all_quarantined=True) == 0
+
+
+def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    add_bad_constraint(installed)
+    bad = installed.signup({"full_name": BAD_NAME})
+    reconciler = Reconciler(installed.settings, backoff_base=3600.0, backoff_cap=3600.0)
+    assert reconciler.run_once().failed == 1
+    # Full jitter: somewhere in [failure time, failure time + 1 hour].
+    assert installed.scalar(
+        "select next_attempt_at between updated_at and updated_at + interval '1 hour'"
+        " from profileguard.repair_state where user_id = %s",
+        (str(bad),),
+    )
+    with installed.connect() as conn:
+        conn.execute(
+            "update profileguard.repair_state set next_attempt_at = now() + interval '1 hour'"
+        )
+    assert reconciler.run_once().scanned == 0
+
+
+def test_run_once_reconnects_after_its_connection_is_killed(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    reconciler = Reconciler(installed.settings)
+    installed.bulk_signup(10, prefix="first")
+    assert reconciler.run_once().repaired == 10
+    killed = installed.scalar(
+        "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+        " where datname = current_database() and application_name = 'profileguard-reconciler'"
+    )
+    assert killed == 1
+    installed.bulk_signup(10, prefix="second")
+    assert reconciler.run_once().repaired == 10
+    assert_each_repaired_once(installed, 20)
+    reconciler.close()
+
+
+@contextmanager
+def running(reconciler: Reconciler) -> Iterator[threading.Thread]:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            reconciler.run_forever(stop)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert errors == []
+
+
+def fast_reconciler(db: TestDB, **kwargs: Any) -> Reconciler:
+    return Reconciler(
+        db.settings,
+        backoff_base=0.2,
+        backoff_cap=0.5,
+        incremental_interval=0.5,
+        full_interval=3600.0,
+        heartbeat_interval=0.5,
+        poll_interval=0.1,
+        max_attempts=50,
+        **kwargs,
+    )
+
+
+def test_run_forever_repairs_a_failed_signup(installed: TestDB) -> None:
+    reconciler = fast_reconciler(installed, worker_id="forever-1")
+    with running(reconciler):
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'forever-1'") == 1)
+        add_bad_constraint(installed)
+        bad = installed.signup({"full_name": BAD_NAME})
+        assert installed.scalar(
+            "select count(*) from profileguard.events where kind = 'failure' and user_id = %s",
+            (str(bad),),
+        ) == 1
+        assert not has_profile(installed, bad)
+        drop_bad_constraint(installed)
+        assert wait_for(lambda: has_profile(installed, bad))
+        ok = installed.signup({"full_name": "Fine"})
+        assert has_profile(installed, ok)  # the trigger did this one
+    assert installed.scalar(
+        "select count(*) from profileguard.events where kind = 'repair' and source = 'worker'"
+        " and user_id = %s",
+        (str(bad),),
+    ) == 1
+    assert installed.scalar(
+        "select stats->>'state' from profileguard.workers where worker_id = 'forever-1'"
+    ) == "stopped"
+
+
+def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
+    # Incremental sweeps effectively off: only the notification can wake the worker.
+    reconciler = Reconciler(
+        installed.settings, incremental_interval=3600.0, full_interval=3600.0,
+        heartbeat_interval=3600.0, poll_interval=0.1,
+    )
+    with running(reconciler):
+        assert wait_for(lambda: reconciler.stats["passes"] >= 1)
+        schema.set_enabled(installed.settings, False)
+        user = installed.signup({"full_name": "Quiet"})
+        with installed.connect() as conn:
+            conn.execute(
+                "select profileguard.record_failure(%s, '40001', 'simulated', 'test')",
+                (str(user),),
+            )
+            conn.execute("select pg_notify('profileguard', '{\"event\": \"failure\"}')")
+        assert wait_for(lambda: has_profile(installed, user))
+        assert reconciler.stats["notifications"] >= 1
+
+
+def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> None:
+    reconciler = fast_reconciler(installed, worker_id="forever-2")
+    with running(reconciler):
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and application_name = 'profileguard-reconciler'") >= 2)
+        killed = installed.scalar(
+            "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+            " where datname = current_database() and application_name = 'profileguard-reconciler'"
+        )
+        assert killed >= 2
+        assert wait_for(lambda: reconciler.stats["reconnects"] >= 1)
+        add_bad_constraint(installed)
+        bad = installed.signup({"full_name": BAD_NAME})
+        drop_bad_constraint(installed)
+        assert wait_for(lambda: has_profile(installed, bad))
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and application_name = 'profileguard-reconciler'") >= 2)
+    assert reconciler.stats["errors"] >= 1
+
+
+def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    workers = [
+        Reconciler(
+            installed.settings, worker_id=f"t{i}", batch_size=200, full_interval=0.2,
+            incremental_interval=0.2, heartbeat_interval=0.2, poll_interval=0.05,
+        )
+        for i in range(3)
+    ]
+    with running(workers[0]), running(workers[1]), running(workers[2]):
+        for round_ in range(5):
+            installed.bulk_signup(1000, prefix=f"r{round_}-")
+        assert wait_for(lambda: missing_profiles(installed) == 0)
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where stats->>'state' = 'running'") == 3)
+    assert_each_repaired_once(installed, 5000)
+    assert sum(w.stats["repaired"] for w in workers) == 5000
+    assert installed.scalar(
+        "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
+    ) == 3
+
+
+def test_reconciler_tables_are_not_reachable_by_clients(installed: TestDB) -> None:
+    for table in ("repair_state", "workers"):
+        assert installed.scalar(
+            "select relrowsecurity from pg_class where oid = %s::regclass",
+            (f"profileguard.{table}",),
+        )
+        for role in ("anon", "authenticated", "service_role"):
+            assert not installed.scalar(
+                "select has_table_privilege(%s, %s, 'select')", (role, f"profileguard.{table}")
+            )
+
+
+def test_invalid_arguments_are_rejected(installed: TestDB) -> None:
+    from profileguard.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Reconciler(installed.settings, batch_size=0)
+    with pytest.raises(ConfigError):
+        Reconciler(installed.settings, max_attempts=0)
