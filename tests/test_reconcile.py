@@ -171,7 +171,7 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
     fourth = reconciler.run_once()
     assert (fourth.scanned, fourth.failed) == (0, 0)
     # Retrying while the cause is still there fails again, without crashing.
-    assert reconciler.retry([bad]) == 0
+    assert reconciler.retry([bad]).repaired == 0
     assert installed.scalar(
         "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
     ) == 1
@@ -198,10 +198,10 @@ def test_retry_all_quarantined_repairs_after_the_fix(installed: TestDB) -> None:
     drop_bad_constraint(installed)
     assert reconciler.run_once().repaired == 0  # still quarantined
 
-    assert reconciler.retry(all_quarantined=True) == 1
+    assert reconciler.retry(all_quarantined=True).repaired == 1
     assert has_profile(installed, bad)
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
-    assert reconciler.retry(all_quarantined=True) == 0
+    assert reconciler.retry(all_quarantined=True).repaired == 0
 
 
 def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:

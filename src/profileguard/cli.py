@@ -7,7 +7,9 @@ Exit codes: 0 success, 1 error, 2 bad usage or configuration, 3 not installed,
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -21,7 +23,8 @@ from rich.table import Table
 from profileguard import __version__, schema
 from profileguard.client import ProfileGuard
 from profileguard.config import Settings, load_settings
-from profileguard.errors import ProfileGuardError
+from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.reconcile import PassResult, Reconciler
 
 app = typer.Typer(
     name="profileguard",
@@ -278,6 +281,96 @@ def demo(
     from profileguard.demo import run_demo
 
     run_demo(out, database_url=_state(ctx).database_url, signups=signups)
+
+
+def _reconciler(ctx: typer.Context, **options: Any) -> Reconciler:
+    return Reconciler(_state(ctx).settings(), **options)
+
+
+def _print_pass(title: str, result: PassResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        print_fields(title, {k: v for k, v in result.as_dict().items()})
+
+
+@app.command()
+@handle_errors
+def worker(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="One full sweep, print a summary and exit.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Users per repair transaction.")
+    ] = 1000,
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Failed attempts before a user is quarantined."),
+    ] = 5,
+    incremental_interval: Annotated[
+        float, typer.Option("--incremental-interval", min=0.05, help="Seconds between "
+                            "incremental sweeps (new failures, due retries).")
+    ] = 5.0,
+    full_interval: Annotated[
+        float, typer.Option("--full-interval", min=0.1, help="Seconds between full sweeps.")
+    ] = 300.0,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Name in profileguard.workers "
+                                 "(default host:pid:random).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Repair users without a profile: LISTEN for failures, sweep periodically. Runs until
+    SIGTERM/SIGINT (finishing the batch in hand); several workers may run at once."""
+    reconciler = _reconciler(
+        ctx, worker_id=worker_id, batch_size=batch_size, max_attempts=max_attempts,
+        incremental_interval=incremental_interval, full_interval=full_interval,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        err.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        if once:
+            _print_pass("worker pass", reconciler.run_once(stop), as_json)
+            return
+        if not as_json:
+            err.print(f"profileguard worker {reconciler.worker_id} started; Ctrl-C stops it.")
+        reconciler.run_forever(stop)
+        if as_json:
+            print_json(reconciler.stats)
+    finally:
+        reconciler.close()
+
+
+@app.command()
+@handle_errors
+def retry(
+    ctx: typer.Context,
+    user_ids: Annotated[
+        list[str] | None, typer.Argument(help="Users to re-drive (ids of the identity table).")
+    ] = None,
+    all_quarantined: Annotated[
+        bool, typer.Option("--all-quarantined", help="Re-drive every quarantined user.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Clear the attempts and quarantine of users and repair them now (after fixing the cause)."""
+    if not user_ids and not all_quarantined:
+        raise ConfigError(
+            "nothing to retry", hint="pass USER_ID… or --all-quarantined"
+        )
+    reconciler = _reconciler(ctx)
+    try:
+        result = reconciler.retry(user_ids or (), all_quarantined=all_quarantined)
+    finally:
+        reconciler.close()
+    _print_pass("retry", result, as_json)
 
 
 def main() -> None:

