@@ -36,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors are never cut into lines mid-text
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,17 +154,34 @@ def install(
         bool,
         typer.Option("--disabled", help="Install with the trigger off (enable it later)."),
     ] = False,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            help="'pg_cron': also schedule the in-database sweep profileguard.reconcile() "
+            "(for hosts where no worker process can run).",
+        ),
+    ] = None,
+    cron_schedule: Annotated[
+        str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
+    ] = "* * * * *",
     print_sql: Annotated[
         bool, typer.Option("--print-sql", help="Print the SQL and change nothing.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Install profileguard (in one transaction). Running it again changes nothing."""
+    if schedule not in (None, "pg_cron"):
+        raise ConfigError(
+            f"--schedule: {schedule!r} is not a scheduler profileguard knows",
+            hint="use --schedule pg_cron, or run 'profileguard worker'",
+        )
     result = schema.install(
         _state(ctx).settings(),
         strict=strict,
         enabled=False if disabled else None,
         create_profile_table=create_profile_table,
+        cron_schedule=cron_schedule if schedule else None,
         dry_run=print_sql,
     )
     _install_output(result, as_json, print_sql)

@@ -44,15 +44,13 @@ from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.db import is_transient, translate
 from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.schema import CLAIM_SEED
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "profileguard"
 SOURCE = "worker"
 APPLICATION_NAME = "profileguard-reconciler"
-# Seed of hashtextextended() for the per-user claim locks (keeps them apart from other locks).
-LOCK_SEED = 0x70726F66
-HISTORY_LIMIT = 50
 MESSAGE_LIMIT = 2000
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
@@ -296,7 +294,7 @@ class Reconciler:
                             " %(seed)s)) and not exists"
                             " (select from {profile} p where p.{pkey} = c.id)"
                         ).format(key=self._key, profile=self._profile, pkey=self._pkey),
-                        {"ids": list(ids), "seed": LOCK_SEED},
+                        {"ids": list(ids), "seed": CLAIM_SEED},
                     ).fetchall()
                 ]
                 outcome.claimed = len(claimed)
@@ -338,54 +336,23 @@ class Reconciler:
             )
         for user_id, sqlstate, message in outcome.failures:
             row = conn.execute(
-                "insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at,"
-                " last_sqlstate, last_message, quarantined_at, history, updated_at)"
-                " values (%(uid)s, 1,"
-                "  now() + make_interval(secs => random() * least(%(cap)s, %(base)s)),"
-                "  %(state)s::text, %(message)s::text, case when 1 >= %(max)s then now() end,"
-                "  jsonb_build_array(jsonb_build_object('at', now(), 'sqlstate', %(state)s::text,"
-                "   'message', %(message)s::text)),"
-                "  now())"
-                " on conflict (user_id) do update set"
-                "  attempts = r.attempts + 1,"
-                "  next_attempt_at = now() + make_interval(secs => random()"
-                "   * least(%(cap)s, %(base)s * power(2, least(r.attempts, 60)))),"
-                "  last_sqlstate = excluded.last_sqlstate,"
-                "  last_message = excluded.last_message,"
-                "  quarantined_at = coalesce(r.quarantined_at,"
-                "   case when r.attempts + 1 >= %(max)s then now() end),"
-                "  history = (case when jsonb_array_length(r.history) >= %(limit)s"
-                "   then r.history - 0 else r.history end) || excluded.history,"
-                "  updated_at = now()"
-                " returning attempts, quarantined_at is not null",
+                "select attempts, quarantined from profileguard.note_repair_failure("
+                "%(uid)s, %(state)s, %(message)s, %(source)s, %(max)s, %(base)s, %(cap)s,"
+                " %(detail)s)",
                 {
                     "uid": str(user_id),
-                    "cap": self.backoff_cap,
-                    "base": self.backoff_base,
                     "state": sqlstate,
                     "message": message,
+                    "source": SOURCE,
                     "max": self.max_attempts,
-                    "limit": HISTORY_LIMIT,
+                    "base": self.backoff_base,
+                    "cap": self.backoff_cap,
+                    "detail": json.dumps({"worker_id": self.worker_id}),
                 },
             ).fetchone()
             attempts, quarantined = (int(row[0]), bool(row[1])) if row else (0, False)
             if quarantined and attempts == self.max_attempts:
                 outcome.quarantined += 1
-                conn.execute(
-                    "insert into profileguard.events"
-                    " (kind, source, user_id, sqlstate, category, message, detail)"
-                    " values ('quarantine', %(source)s, %(uid)s, %(state)s,"
-                    " profileguard.sqlstate_category(%(state)s), %(message)s, %(detail)s)",
-                    {
-                        "source": SOURCE,
-                        "uid": str(user_id),
-                        "state": sqlstate,
-                        "message": message,
-                        "detail": json.dumps(
-                            {"attempts": attempts, "worker_id": self.worker_id}
-                        ),
-                    },
-                )
                 log.warning(
                     "quarantined user %s after %d attempts: %s %s",
                     user_id, attempts, sqlstate, message,

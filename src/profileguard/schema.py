@@ -7,6 +7,7 @@ a failed install leaves nothing behind. Installing again with the same settings 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ from profileguard.errors import ConfigError, NotInstalledError
 from profileguard.mapping import Plan, build_plan, insert_statement
 
 INSTALL_LOCK = "profileguard.install"
+# Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
+# in-database sweep apart (and apart from other advisory locks).
+CLAIM_SEED = 0x70726F66
+# The pg_cron job of `install --schedule pg_cron`: a bounded sweep, removed by uninstall.
+CRON_JOB = "profileguard-reconcile"
+CRON_MAX_ROWS = 10_000
+CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 TRANSITION_TABLE = "pg_new_users"
 
 
@@ -94,6 +102,7 @@ def render_generated(plan: Plan) -> sql.Composed:
         insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
         insert_ids=insert_statement(plan, source=identity, where=by_ids),
         insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),
+        claim_seed=sql.Literal(CLAIM_SEED),
     )
 
 
@@ -230,6 +239,7 @@ def _apply(
             )
             result.changed = True
 
+    rec.run(sqlfiles.read("functions.sql"))
     rec.run(render_generated(plan))
     rec.run(sqlfiles.read("privileges.sql"))
     if result.changed:
@@ -272,11 +282,15 @@ def install(
     strict: bool = False,
     enabled: bool | None = None,
     create_profile_table: bool = False,
+    cron_schedule: str | None = None,
     dry_run: bool = False,
 ) -> InstallResult:
-    """Install (or re-install) profileguard; `dry_run` rolls back and only returns the SQL."""
+    """Install (or re-install) profileguard; `dry_run` rolls back and only returns the SQL.
+
+    `cron_schedule` (e.g. '* * * * *') also schedules the in-database sweep with pg_cron.
+    """
     with _transaction(settings, dry_run=dry_run) as conn:
-        return _apply(
+        result = _apply(
             conn,
             settings,
             strict=strict,
@@ -284,6 +298,41 @@ def install(
             create_profile_table=create_profile_table,
             source="install",
         )
+        if cron_schedule is not None:
+            result.statements.extend(_schedule_sweep(conn, cron_schedule))
+            result.notes.append(
+                f"pg_cron job {CRON_JOB!r} runs profileguard.reconcile({CRON_MAX_ROWS}) "
+                f"on '{cron_schedule}'"
+            )
+            result.changed = True
+        return result
+
+
+def _schedule_sweep(conn: psycopg.Connection, schedule: str) -> list[str]:
+    """Schedule profileguard.reconcile() with pg_cron (idempotent: the job is named)."""
+    if not CRON_SCHEDULE.fullmatch(schedule.strip()):
+        raise ConfigError(
+            f"--cron-schedule: {schedule!r} is not a cron schedule",
+            hint="use five cron fields such as '* * * * *' (every minute) or '30 seconds'",
+        )
+    row = conn.execute(sqlfiles.query("cron_available")).fetchone()
+    if not (row and row[0]):
+        raise ConfigError(
+            "pg_cron is not available on this server",
+            hint="enable pg_cron (Supabase: Database → Extensions), or run "
+            "'profileguard worker' on a host that reaches the database instead",
+        )
+    rec = _Recorder(conn)
+    rec.run("create extension if not exists pg_cron")
+    rec.run(
+        sqlfiles.query("cron_schedule"),
+        {
+            "name": CRON_JOB,
+            "schedule": schedule.strip(),
+            "command": f"select profileguard.reconcile({CRON_MAX_ROWS})",
+        },
+    )
+    return rec.statements
 
 
 def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:

@@ -121,3 +121,90 @@ create or replace trigger profileguard_after_insert
     referencing new table as pg_new_users
     for each statement
     execute function profileguard.on_identity_insert();
+
+-- Create the profiles of `p_ids`; when that fails, split the ids in halves until each failing
+-- user is isolated and noted (backoff, then quarantine). One subtransaction per attempt, never
+-- one per row on the success path. Returns how many profiles were created.
+create or replace function profileguard.repair_ids(
+    p_ids {key_type}[],
+    p_source text,
+    p_max_attempts integer default 5,
+    p_backoff_base double precision default 60,
+    p_backoff_cap double precision default 3600
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_state text;
+    v_message text;
+    v_half integer;
+begin
+    if coalesce(cardinality(p_ids), 0) = 0 then
+        return 0;
+    end if;
+    begin
+        return profileguard.create_profiles(p_ids, p_source);
+    exception when others then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+    end;
+    if cardinality(p_ids) = 1 then
+        perform profileguard.note_repair_failure(p_ids[1]::text, v_state, v_message, p_source,
+                                                 p_max_attempts, p_backoff_base, p_backoff_cap);
+        return 0;
+    end if;
+    v_half := cardinality(p_ids) / 2;
+    return profileguard.repair_ids(p_ids[1:v_half], p_source, p_max_attempts, p_backoff_base,
+                                   p_backoff_cap)
+         + profileguard.repair_ids(p_ids[v_half + 1:], p_source, p_max_attempts, p_backoff_base,
+                                   p_backoff_cap);
+end
+$pg$;
+
+-- A bounded sweep for databases where no worker process can run (scheduled with pg_cron by
+-- `profileguard install --schedule pg_cron`): up to `p_max_rows` users without a profile, not
+-- backed off, quarantined or claimed by a worker, repaired in one call. One sweep at a time.
+create or replace function profileguard.reconcile(
+    p_max_rows integer default 10000,
+    p_max_attempts integer default 5
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_ids {key_type}[];
+    v_created integer := 0;
+begin
+    if p_max_rows is null or p_max_rows < 1 then
+        raise exception using errcode = '22023',
+            message = 'profileguard: p_max_rows must be at least 1';
+    end if;
+    if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('profileguard.reconcile')) then
+        return jsonb_build_object('skipped', 'another sweep is running');
+    end if;
+    select array_agg(c.id) into v_ids
+    from (
+        select u.{identity_key} as id
+        from {identity} u
+        where not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
+          and not exists (select from profileguard.repair_state r
+                          where r.user_id = u.{identity_key}::text
+                            and (r.quarantined_at is not null or r.next_attempt_at > now()))
+        order by u.{identity_key}
+        limit p_max_rows
+    ) c
+    where pg_catalog.pg_try_advisory_xact_lock(
+        pg_catalog.hashtextextended(c.id::text, {claim_seed}));
+    v_created := profileguard.repair_ids(v_ids, 'cron', p_max_attempts);
+    if v_created > 0 then
+        delete from profileguard.repair_state r
+        where r.user_id = any(array(select x::text from unnest(v_ids) x))
+          and exists (select from {profile} p where p.{profile_key} = r.user_id::{key_type});
+    end if;
+    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created);
+end
+$pg$;

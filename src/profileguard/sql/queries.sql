@@ -44,3 +44,9 @@ select exists (select from pg_catalog.pg_roles where rolname = %(role)s) as exis
 
 -- name: function_exists
 select to_regprocedure(%(signature)s) is not null as exists
+
+-- name: cron_available
+select exists (select from pg_catalog.pg_available_extensions where name = 'pg_cron') as available
+
+-- name: cron_schedule
+select cron.schedule(%(name)s, %(schedule)s, %(command)s)

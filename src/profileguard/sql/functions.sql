@@ -1,0 +1,57 @@
+-- Functions that do not depend on the mapping; re-created by every install and upgrade.
+
+-- Count one failed repair attempt of a user: full-jitter exponential backoff before the next
+-- attempt, quarantine (and a 'quarantine' event) once `p_max_attempts` is reached. Shared by the
+-- worker, the backfill and the in-database sweep, so all three back off and quarantine alike.
+create or replace function profileguard.note_repair_failure(
+    p_user_id text,
+    p_sqlstate text,
+    p_message text,
+    p_source text,
+    p_max_attempts integer,
+    p_backoff_base double precision,
+    p_backoff_cap double precision,
+    p_detail jsonb default '{}'::jsonb
+)
+returns table (attempts integer, quarantined boolean)
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+#variable_conflict use_column
+declare
+    v_attempts integer;
+    v_quarantined boolean;
+    v_entry jsonb := jsonb_build_array(jsonb_build_object(
+        'at', now(), 'source', p_source, 'sqlstate', p_sqlstate, 'message', left(p_message, 2000)));
+begin
+    insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
+        last_message, quarantined_at, history, updated_at)
+    values (p_user_id, 1,
+            now() + make_interval(secs => random() * least(p_backoff_cap, p_backoff_base)),
+            p_sqlstate, left(p_message, 2000),
+            case when 1 >= p_max_attempts then now() end, v_entry, now())
+    on conflict (user_id) do update set
+        attempts = r.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => random()
+            * least(p_backoff_cap, p_backoff_base * power(2, least(r.attempts, 60)))),
+        last_sqlstate = excluded.last_sqlstate,
+        last_message = excluded.last_message,
+        quarantined_at = coalesce(r.quarantined_at,
+            case when r.attempts + 1 >= p_max_attempts then now() end),
+        -- the history keeps the latest 50 attempts
+        history = (case when jsonb_array_length(r.history) >= 50 then r.history - 0
+                   else r.history end) || excluded.history,
+        updated_at = now()
+    returning r.attempts, r.quarantined_at is not null into v_attempts, v_quarantined;
+    if v_quarantined and v_attempts = p_max_attempts then
+        insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
+        values ('quarantine', p_source, p_user_id, p_sqlstate,
+                profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000),
+                jsonb_build_object('attempts', v_attempts) || coalesce(p_detail, '{}'::jsonb));
+    end if;
+    attempts := v_attempts;
+    quarantined := v_quarantined;
+    return next;
+end
+$pg$;

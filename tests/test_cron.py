@@ -1,0 +1,164 @@
+"""The in-database sweep profileguard.reconcile() and `install --schedule pg_cron`."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from conftest import TestDB
+from test_cli import cli
+from test_reconcile import (
+    BAD_NAME,
+    add_bad_constraint,
+    drop_bad_constraint,
+    has_profile,
+    missing_profiles,
+)
+
+from profileguard import schema
+
+
+def sweep(db: TestDB, max_rows: int, max_attempts: int = 5) -> dict[str, int]:
+    result = db.scalar("select profileguard.reconcile(%s, %s)", (max_rows, max_attempts))
+    assert isinstance(result, dict)
+    return result
+
+
+def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(250)
+
+    assert sweep(installed, 100) == {"scanned": 100, "repaired": 100}
+    assert missing_profiles(installed) == 150
+    assert sweep(installed, 100) == {"scanned": 100, "repaired": 100}
+    assert sweep(installed, 100) == {"scanned": 50, "repaired": 50}
+    assert sweep(installed, 100) == {"scanned": 0, "repaired": 0}
+    assert installed.scalar(
+        "select count(*) from profileguard.events where kind = 'repair' and source = 'cron'"
+    ) == 250
+    assert installed.scalar(
+        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+        " group by user_id having count(*) > 1) d"
+    ) == 0
+
+
+def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(63)
+    add_bad_constraint(installed)
+    bad = installed.signup({"full_name": BAD_NAME})
+
+    assert sweep(installed, 1000, max_attempts=1) == {"scanned": 64, "repaired": 63}
+
+    assert not has_profile(installed, bad)
+    state = installed.scalar(
+        "select jsonb_build_object('attempts', attempts, 'sqlstate', last_sqlstate,"
+        " 'quarantined', quarantined_at is not null) from profileguard.repair_state"
+        " where user_id = %s",
+        (str(bad),),
+    )
+    assert state == {"attempts": 1, "sqlstate": "23514", "quarantined": True}
+    assert installed.scalar(
+        "select source from profileguard.events where kind = 'quarantine' and user_id = %s",
+        (str(bad),),
+    ) == "cron"
+    # Quarantined users are skipped by later sweeps.
+    assert sweep(installed, 1000) == {"scanned": 0, "repaired": 0}
+
+    drop_bad_constraint(installed)
+    redo = cli(installed, "retry", "--all-quarantined", "--json")
+    assert redo.returncode == 0, redo.stderr
+    assert has_profile(installed, bad)
+    assert missing_profiles(installed) == 0
+
+
+def test_reconcile_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    add_bad_constraint(installed)
+    bad = installed.signup({"full_name": BAD_NAME})
+    assert sweep(installed, 10) == {"scanned": 1, "repaired": 0}
+    assert installed.scalar(
+        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+    ) == 1
+    # Due again only after its backoff; force it due and the attempt is counted again.
+    with installed.connect() as conn:
+        conn.execute("update profileguard.repair_state set next_attempt_at = now()")
+    sweep(installed, 10)
+    assert installed.scalar(
+        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+    ) == 2
+
+
+def test_reconcile_rejects_a_bad_bound_and_is_not_callable_by_clients(installed: TestDB) -> None:
+    with installed.connect() as conn, pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("select profileguard.reconcile(0)")
+    for role in ("anon", "authenticated", "service_role"):
+        for function in (
+            "profileguard.reconcile(integer, integer)",
+            "profileguard.note_repair_failure(text, text, text, text, integer,"
+            " double precision, double precision, jsonb)",
+        ):
+            assert not installed.scalar(
+                "select has_function_privilege(%s, %s, 'execute')", (role, function)
+            ), (role, function)
+
+
+def test_install_schedule_pg_cron(installed: TestDB) -> None:
+    available = installed.scalar(
+        "select exists (select from pg_available_extensions where name = 'pg_cron')"
+    )
+    done = cli(installed, "install", "--schedule", "pg_cron", "--json")
+    if not available:
+        assert done.returncode == 2
+        assert "pg_cron is not available" in done.stderr
+        assert "profileguard worker" in done.stderr
+        assert installed.scalar("select to_regclass('cron.job')") is None
+        return
+    assert done.returncode == 0, done.stderr
+    assert installed.scalar(
+        "select command from cron.job where jobname = 'profileguard-reconcile'"
+    ) == "select profileguard.reconcile(10000)"
+    assert cli(installed, "uninstall", "--yes").returncode == 0
+    assert installed.scalar(
+        "select count(*) from cron.job where jobname = 'profileguard-reconcile'"
+    ) == 0
+
+
+def test_unknown_scheduler_and_bad_schedule_are_refused(installed: TestDB) -> None:
+    other = cli(installed, "install", "--schedule", "systemd")
+    assert other.returncode == 2
+    assert "--schedule pg_cron" in other.stderr
+    bad = cli(installed, "install", "--schedule", "pg_cron", "--cron-schedule", "often")
+    assert bad.returncode == 2
+    assert "not a cron schedule" in bad.stderr
+
+
+def test_worker_and_sweep_together_repair_each_user_once(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(3000)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from profileguard.reconcile import Reconciler
+
+    def worker() -> int:
+        reconciler = Reconciler(installed.settings, batch_size=250)
+        try:
+            return reconciler.run_once().repaired
+        finally:
+            reconciler.close()
+
+    def sweeps() -> int:
+        total = 0
+        for _ in range(20):
+            total += sweep(installed, 200).get("repaired", 0)
+        return total
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(worker), pool.submit(sweeps), pool.submit(worker)]
+        repaired = sum(f.result() for f in futures)
+    remaining = worker()
+    assert repaired + remaining == 3000
+    assert missing_profiles(installed) == 0
+    assert installed.scalar(
+        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+        " group by user_id having count(*) > 1) d"
+    ) == 0
