@@ -39,23 +39,21 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchdb import database, log
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import CONFIG_FILE, Settings, load_settings
-from profileguard.embedded import EmbeddedPostgres
 
 SCRATCH_DB = "profileguard_bench"
 CONFIGS = ("none", "per-row", "profileguard")
-SUPABASE_ROLES = ("anon", "authenticated", "service_role", "authenticator", "supabase_auth_admin")
 TIMES = "\N{MULTIPLICATION SIGN}"
 SIGNUP_TARGET = 0.97  # profileguard signups/s ÷ per-row signups/s, at least
 BULK_TARGET = 0.80  # profileguard bulk seconds ÷ per-row bulk seconds, at most
@@ -106,10 +104,6 @@ select
          or p.full_name is distinct from u.raw_user_meta_data->>'full_name'
          or p.avatar_url is distinct from u.raw_user_meta_data->>'avatar_url') as different
 """
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -404,43 +398,6 @@ def print_table(report: dict[str, Any]) -> None:
 # -- databases ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    """A fresh `profileguard_bench` database on the server at `url`, dropped afterwards."""
-    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(SCRATCH_DB))
-    role_query = "select rolname from pg_roles where rolname = any(%s)"
-    with psycopg.connect(url, autocommit=True) as admin:
-        before = {r[0] for r in admin.execute(role_query, (list(SUPABASE_ROLES),)).fetchall()}
-        admin.execute(drop)
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(SCRATCH_DB)))
-    try:
-        yield make_conninfo(url, dbname=SCRATCH_DB)
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(drop)
-            # The Supabase roles are cluster-wide: drop the ones this run created.
-            after = {r[0] for r in admin.execute(role_query, (list(SUPABASE_ROLES),)).fetchall()}
-            for role in sorted(after - before, key=SUPABASE_ROLES.index, reverse=True):
-                try:
-                    admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
-                except psycopg.Error as exc:
-                    log(f"WARNING: could not drop role {role}: {exc}")
-
-
-@contextlib.contextmanager
-def database(url: str | None) -> Iterator[tuple[str, str]]:
-    """(connection string, description) of the database to benchmark in."""
-    if url:
-        info = conninfo_to_dict(url)
-        where = f"{info.get('host', 'local')}:{info.get('port', 5432)}/{SCRATCH_DB}"
-        with scratch_database(url) as scratch:
-            yield scratch, where
-    else:
-        log("starting an embedded PostgreSQL…")
-        with EmbeddedPostgres() as pg:
-            yield pg.uri(), "embedded"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Signup throughput and bulk insert time: no trigger, the per-row "
@@ -477,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     if Path(CONFIG_FILE).exists():
         log(f"WARNING: ./{CONFIG_FILE} exists and is read by profileguard's settings")
     began = time.perf_counter()
-    with database(args.database_url) as (url, where):
+    with database(args.database_url, SCRATCH_DB) as (url, where):
         bench = Bench(url, args)
         bench.run()
         report = summary(bench, args, where)
