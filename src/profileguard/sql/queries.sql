@@ -44,3 +44,24 @@ select exists (select from pg_catalog.pg_roles where rolname = %(role)s) as exis
 
 -- name: function_exists
 select to_regprocedure(%(signature)s) is not null as exists
+
+-- name: applied_versions
+select version from profileguard.migrations order by version
+
+-- name: identity_trigger
+select t.tgname as name, t.tgenabled::text as mode, t.tgisinternal as internal,
+       t.tgfoid::regprocedure::text as function
+from pg_catalog.pg_trigger t
+where t.tgrelid = %(oid)s and t.tgname = %(name)s
+
+-- name: replaced_triggers
+select table_name, trigger_name, function_name, previous_mode, replaced_at
+from profileguard.replaced_triggers
+order by replaced_at, trigger_name
+
+-- name: record_replaced_trigger
+insert into profileguard.replaced_triggers (table_name, trigger_name, function_name, previous_mode)
+values (%(t)s, %(n)s, %(f)s, %(m)s)
+on conflict (table_name, trigger_name) do update
+set function_name = excluded.function_name, previous_mode = excluded.previous_mode,
+    replaced_at = now()
