@@ -9,6 +9,7 @@ of Supabase's linter (splinter) for what concerns user profiles.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -313,7 +314,7 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
             "competing_trigger", "error" if risks else "warning",
             f"trigger {trig['name']} on {ctx.settings.identity} also creates profiles",
             evidence,
-            f"profileguard install --replace-trigger {trig['name']}",
+            f"profileguard install --replace-trigger {shlex.quote(trig['name'])}",
         ))
     if others:
         found.append(Finding(
