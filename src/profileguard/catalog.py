@@ -48,7 +48,11 @@ class TableFacts:
         low: int | None = None
         high = self.columns[column].max_length
         name = re.escape(column)
-        func = r"(?:char_length|character_length|length)\(\(?\s*(?:\"?" + name + r"\"?)\b[^)]*\)\)?"
+        # char_length(c), char_length((c)::text) (varchar columns), length(c::text)
+        func = (
+            r"(?:char_length|character_length|length)\(\(?\s*\"?" + name
+            + r"\"?\s*\)?(?:::[\w ]+(?:\(\d+\))?)?\s*\)"
+        )
         for definition in self.checks:
             for op, number in re.findall(func + r"\s*(>=|>|<=|<)\s*(\d+)", definition):
                 n = int(number)

@@ -1,7 +1,7 @@
 """The `profileguard` command: parses arguments, calls the library, renders the result.
 
 Exit codes: 0 success, 1 error, 2 bad usage or configuration, 3 not installed,
-4 database unreachable, 5 user not found.
+4 database unreachable, 5 user not found, 8 audit found a finding at or above --fail-on.
 """
 
 from __future__ import annotations
@@ -168,6 +168,15 @@ def install(
     print_sql: Annotated[
         bool, typer.Option("--print-sql", help="Print the SQL and change nothing.")
     ] = False,
+    replace_trigger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replace-trigger",
+            metavar="NAME",
+            help="Disable this existing profile-creating trigger on the users table (recorded; "
+            "uninstall re-enables it). Repeatable.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Install profileguard (in one transaction). Running it again changes nothing."""
@@ -183,6 +192,7 @@ def install(
         create_profile_table=create_profile_table,
         cron_schedule=cron_schedule if schedule else None,
         dry_run=print_sql,
+        replace_triggers=replace_trigger or (),
     )
     _install_output(result, as_json, print_sql)
 
@@ -308,7 +318,7 @@ def _print_pass(title: str, result: PassResult, as_json: bool) -> None:
     if as_json:
         print_json(result.as_dict())
     else:
-        print_fields(title, {k: v for k, v in result.as_dict().items()})
+        print_fields(title, result.as_dict())
 
 
 @app.command()
@@ -388,6 +398,55 @@ def retry(
     finally:
         reconciler.close()
     _print_pass("retry", result, as_json)
+
+
+# ------------------------------------------------------------------------------------- audit
+
+AUDIT_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+AUDIT_EXIT = 8
+
+
+@app.command()
+@handle_errors
+def audit(
+    ctx: typer.Context,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            "--fail-on",
+            help="Exit 8 when a finding of this severity or worse exists: error, warning or "
+            "never.",
+        ),
+    ] = "error",
+    as_json: JsonOption = False,
+) -> None:
+    """Find what is wrong with the database (read-only; works before and after install)."""
+    from profileguard.audit import SEVERITIES, run_audit
+
+    if fail_on not in ("error", "warning", "never"):
+        raise ProfileGuardError(
+            f"--fail-on: {fail_on!r} is not a severity", hint="use error, warning or never"
+        )
+    report = run_audit(_state(ctx).settings())
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        print_fields("profileguard state", report.state)
+        table = Table(title="audit findings", title_justify="left", show_lines=True)
+        for column in ("severity", "code", "finding", "evidence", "fix"):
+            table.add_column(column, overflow="fold")
+        for finding in report.findings:
+            evidence = "\n".join(f"{k}: {v}" for k, v in finding.evidence.items())
+            table.add_row(
+                f"[{AUDIT_STYLE[finding.severity]}]{finding.severity}[/]",
+                finding.code, finding.title, evidence, finding.fix or "",
+            )
+        out.print(table)
+        counts = ", ".join(f"{report.count(s)} {s}" for s in SEVERITIES)
+        out.print(f"{counts}.", highlight=False)
+    limit = {"error": ("error",), "warning": ("error", "warning"), "never": ()}[fail_on]
+    if any(report.count(s) for s in limit):
+        raise typer.Exit(AUDIT_EXIT)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from profileguard import __version__
 from profileguard import sql as sqlfiles
-from profileguard.catalog import inspect_table
+from profileguard.catalog import inspect_table, table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError, NotInstalledError
@@ -46,6 +46,7 @@ class InstallResult:
     changed: bool = False
     statements: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    replaced_triggers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class InstallResult:
             "created_profile_table": self.created_profile_table,
             "changed": self.changed,
             "notes": self.notes,
+            "replaced_triggers": self.replaced_triggers,
         }
 
 
@@ -114,6 +116,19 @@ def _schema_installed(conn: psycopg.Connection) -> bool:
     return bool(found and found[0])
 
 
+def applied_versions(conn: psycopg.Connection) -> set[int]:
+    """The migration versions recorded in the database (empty when not installed)."""
+    if not _schema_installed(conn):
+        return set()
+    return {int(row[0]) for row in conn.execute(sqlfiles.query("applied_versions"))}
+
+
+def pending_migrations(conn: psycopg.Connection) -> list[sqlfiles.Migration]:
+    """The migrations of this package that the database has not recorded, in order."""
+    applied = applied_versions(conn)
+    return [m for m in sqlfiles.migrations() if m.version not in applied]
+
+
 def installed_version(conn: psycopg.Connection) -> int:
     """The schema version in the database; 0 when profileguard is not installed."""
     if not _schema_installed(conn):
@@ -147,6 +162,71 @@ def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
     ]
 
 
+_ENABLE_MODE = {"O": "enable trigger", "A": "enable always trigger", "R": "enable replica trigger"}
+
+
+def _replace_trigger(rec: _Recorder, settings: Settings, name: str, result: InstallResult) -> None:
+    """Disable the identity table's trigger `name` and record it, so uninstall can restore it.
+
+    Two paths creating profiles for the same signup race (and either can abort the signup);
+    after this only profileguard's trigger creates them.
+    """
+    oid = table_oid(rec.conn, settings.identity)
+    with rec.conn.cursor(row_factory=dict_row) as cur:
+        trigger = cur.execute(
+            sqlfiles.query("identity_trigger"), {"oid": oid, "name": name}
+        ).fetchone()
+    if trigger is None or trigger["internal"] or name == "profileguard_after_insert":
+        raise ConfigError(
+            f"--replace-trigger: {settings.identity} has no trigger {name!r} to replace",
+            hint="run: profileguard audit (it lists the triggers on the identity table)",
+        )
+    if trigger["mode"] == "D":
+        result.notes.append(f"trigger {name} on {settings.identity} is already disabled")
+        return
+    identity = sql.Identifier(settings.identity.schema, settings.identity.name)
+    rec.run(sql.SQL("alter table {} disable trigger {}").format(identity, sql.Identifier(name)))
+    rec.run(
+        sqlfiles.query("record_replaced_trigger"),
+        {"t": str(settings.identity), "n": name, "f": trigger["function"], "m": trigger["mode"]},
+    )
+    result.replaced_triggers.append(name)
+    result.notes.append(
+        f"disabled trigger {name} on {settings.identity} ({trigger['function']}); "
+        "profileguard uninstall re-enables it"
+    )
+    result.changed = True
+
+
+def _restore_replaced_triggers(conn: psycopg.Connection, identity: TableRef) -> list[str]:
+    """Re-enable, in the mode they had, the triggers that --replace-trigger disabled."""
+    found = conn.execute("select to_regclass('profileguard.replaced_triggers') is not null")
+    row = found.fetchone()
+    if not (row and row[0]):
+        return []
+    oid = table_oid(conn, identity)
+    restored = []
+    with conn.cursor(row_factory=dict_row) as cur:
+        replaced = cur.execute(sqlfiles.query("replaced_triggers")).fetchall()
+        for item in replaced:
+            if item["table_name"] != str(identity) or oid is None:
+                continue
+            exists = cur.execute(
+                sqlfiles.query("identity_trigger"), {"oid": oid, "name": item["trigger_name"]}
+            ).fetchone()
+            if exists is None:
+                continue
+            cur.execute(
+                sql.SQL("alter table {} {} {}").format(
+                    sql.Identifier(identity.schema, identity.name),
+                    sql.SQL(_ENABLE_MODE[item["previous_mode"]]),
+                    sql.Identifier(item["trigger_name"]),
+                )
+            )
+            restored.append(str(item["trigger_name"]))
+    return restored
+
+
 def _config_fingerprint(settings: Settings) -> dict[str, Any]:
     return {"package_version": __version__, **settings.describe()}
 
@@ -159,6 +239,7 @@ def _apply(
     enabled: bool | None,
     create_profile_table: bool,
     source: str,
+    replace_triggers: Sequence[str] = (),
 ) -> InstallResult:
     rec = _Recorder(conn)
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
@@ -177,15 +258,14 @@ def _apply(
     result.notes.extend(plan.notes)
 
     rec.run("create schema if not exists profileguard")
-    for migration in sqlfiles.migrations():
-        if migration.version > before:
-            rec.run(migration.text)
-            rec.run(
-                "insert into profileguard.migrations (version, name) values (%(v)s, %(n)s)",
-                {"v": migration.version, "n": migration.name},
-            )
-            result.version_after = migration.version
-            result.changed = True
+    for migration in pending_migrations(conn):
+        rec.run(migration.text)
+        rec.run(
+            "insert into profileguard.migrations (version, name) values (%(v)s, %(n)s)",
+            {"v": migration.version, "n": migration.name},
+        )
+        result.version_after = max(result.version_after, migration.version)
+        result.changed = True
 
     fingerprint = _config_fingerprint(settings)
     with conn.cursor(row_factory=dict_row) as cur:
@@ -239,6 +319,8 @@ def _apply(
             )
             result.changed = True
 
+    for name in dict.fromkeys(replace_triggers):
+        _replace_trigger(rec, settings, name, result)
     rec.run(sqlfiles.read("functions.sql"))
     rec.run(render_generated(plan))
     rec.run(sqlfiles.read("privileges.sql"))
@@ -249,7 +331,13 @@ def _apply(
             {
                 "source": source,
                 "message": f"{source}: schema version {result.version_after}",
-                "detail": json.dumps({**fingerprint, "notes": result.notes}),
+                "detail": json.dumps(
+                    {
+                        **fingerprint,
+                        "notes": result.notes,
+                        "replaced_triggers": result.replaced_triggers,
+                    }
+                ),
             },
         )
     result.statements = rec.statements
@@ -284,9 +372,12 @@ def install(
     create_profile_table: bool = False,
     cron_schedule: str | None = None,
     dry_run: bool = False,
+    replace_triggers: Sequence[str] = (),
 ) -> InstallResult:
     """Install (or re-install) profileguard; `dry_run` rolls back and only returns the SQL.
 
+    `replace_triggers` names existing triggers on the identity table that create profiles:
+    they are disabled (and recorded, so `uninstall` re-enables them).
     `cron_schedule` (e.g. '* * * * *') also schedules the in-database sweep with pg_cron.
     """
     with _transaction(settings, dry_run=dry_run) as conn:
@@ -297,6 +388,7 @@ def install(
             enabled=enabled,
             create_profile_table=create_profile_table,
             source="install",
+            replace_triggers=replace_triggers,
         )
         if cron_schedule is not None:
             result.statements.extend(_schedule_sweep(conn, cron_schedule))
@@ -357,7 +449,10 @@ def _installed_identity(conn: psycopg.Connection, settings: Settings) -> TableRe
 
 
 def uninstall(settings: Settings) -> bool:
-    """Remove every profileguard object; profiles and users stay. False if nothing was there."""
+    """Remove every profileguard object; profiles and users stay. False if nothing was there.
+
+    Triggers that `install --replace-trigger` disabled are enabled again first.
+    """
     with _transaction(settings) as conn:
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
         if not _schema_installed(conn):
@@ -366,6 +461,7 @@ def uninstall(settings: Settings) -> bool:
         if inspect_table(conn, identity) is None:
             conn.execute("drop schema if exists profileguard cascade")
         else:
+            _restore_replaced_triggers(conn, identity)
             conn.execute(
                 _template(
                     "uninstall.sql",
@@ -421,5 +517,5 @@ def describe(settings: Settings) -> dict[str, Any]:
                     installed_package_version=row["package_version"],
                     installed_at=row["installed_at"].isoformat(),
                 )
-        info["upgrade_available"] = bool(version) and version < sqlfiles.latest_version()
+        info["upgrade_available"] = bool(version) and bool(pending_migrations(conn))
     return info

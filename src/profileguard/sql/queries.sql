@@ -50,3 +50,24 @@ select exists (select from pg_catalog.pg_available_extensions where name = 'pg_c
 
 -- name: cron_schedule
 select cron.schedule(%(name)s, %(schedule)s, %(command)s)
+
+-- name: applied_versions
+select version from profileguard.migrations order by version
+
+-- name: identity_trigger
+select t.tgname as name, t.tgenabled::text as mode, t.tgisinternal as internal,
+       t.tgfoid::regprocedure::text as function
+from pg_catalog.pg_trigger t
+where t.tgrelid = %(oid)s and t.tgname = %(name)s
+
+-- name: replaced_triggers
+select table_name, trigger_name, function_name, previous_mode, replaced_at
+from profileguard.replaced_triggers
+order by replaced_at, trigger_name
+
+-- name: record_replaced_trigger
+insert into profileguard.replaced_triggers (table_name, trigger_name, function_name, previous_mode)
+values (%(t)s, %(n)s, %(f)s, %(m)s)
+on conflict (table_name, trigger_name) do update
+set function_name = excluded.function_name, previous_mode = excluded.previous_mode,
+    replaced_at = now()

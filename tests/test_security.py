@@ -1,0 +1,229 @@
+"""Security of everything profileguard installs, seen from Supabase's client roles.
+
+Roles anon and authenticated come from the fixture (as Supabase creates them); a signed-in
+request is emulated as PostgREST does it: `set role authenticated` and the JWT claims in
+`request.jwt.claims`, which `auth.uid()` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import TestDB
+from psycopg import sql
+from test_audit import apply_fix, audit, one
+from test_cli import cli
+
+from profileguard import schema
+from profileguard.config import load_settings
+from profileguard.errors import ConfigError
+
+CLIENT_ROLES = ("anon", "authenticated")
+PAYLOADS = (
+    "'; drop table public.profiles; --",
+    '"; drop table auth.users; --',
+    "$pg$; delete from auth.users; $pg$",
+    "x') on conflict do nothing; truncate profileguard.events; --",
+)
+
+
+@contextmanager
+def as_client(db: TestDB, role: str, sub: uuid.UUID | None = None
+              ) -> Iterator[psycopg.Connection]:
+    """A transaction as `role`, with the JWT claims PostgREST would set for user `sub`."""
+    with db.connect(autocommit=False) as conn:
+        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
+        if sub is not None:
+            conn.execute(
+                "select set_config('request.jwt.claims',"
+                " json_build_object('sub', %s::text, 'role', %s::text)::text, true)",
+                (sub, role),
+            )
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def denied(db: TestDB, role: str, statement: str | sql.Composable,
+           sub: uuid.UUID | None = None) -> bool:
+    """True when `statement` run as `role` fails with permission denied (42501)."""
+    with as_client(db, role, sub) as conn:
+        try:
+            conn.execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            return True
+    return False
+
+
+def test_auth_uid_reads_the_jwt_claims_as_supabase_does(installed: TestDB) -> None:
+    user = uuid.uuid4()
+    with as_client(installed, "authenticated", user) as conn:
+        row = conn.execute("select auth.uid(), auth.role(), current_user").fetchone()
+        assert row == (user, "authenticated", "authenticated")
+    with as_client(installed, "anon") as conn:
+        assert conn.execute("select auth.uid()").fetchone() == (None,)
+
+
+def _functions(db: TestDB) -> list[tuple[str, list[str]]]:
+    with db.connect() as conn:
+        rows = conn.execute(
+            "select p.oid::regprocedure::text,"
+            " array(select format_type(t, null) from unnest(p.proargtypes::oid[]) t)"
+            " from pg_proc p where p.pronamespace = 'profileguard'::regnamespace order by 1"
+        ).fetchall()
+    return [(str(r[0]), list(r[1])) for r in rows]
+
+
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_clients_cannot_execute_any_profileguard_function(installed: TestDB, role: str) -> None:
+    functions = _functions(installed)
+    names = {f.split("(")[0] for f, _ in functions}
+    assert {"profileguard.ensure_profile", "profileguard.create_profiles",
+            "profileguard.record_failure", "profileguard.on_identity_insert"} <= names
+    user = installed.signup({"full_name": "Target"})
+    for signature, args in functions:
+        name = signature.split("(")[0]
+        call = sql.SQL("select {}({})").format(
+            sql.SQL(name),
+            sql.SQL(", ").join(sql.SQL("null::{}").format(sql.SQL(a)) for a in args),
+        )
+        assert denied(installed, role, call, user), signature
+        assert installed.scalar(
+            "select has_function_privilege(%s, %s::regprocedure, 'execute')", (role, signature)
+        ) is False, signature
+    # The targeted user's profile was created by the trigger, not by any of those calls.
+    assert installed.scalar("select count(*) from profileguard.events where kind = 'repair'") == 0
+
+
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_clients_cannot_read_or_write_profileguard_state(installed: TestDB, role: str) -> None:
+    with installed.connect() as conn:
+        relations = [
+            str(r[0]) for r in conn.execute(
+                "select oid::regclass::text from pg_class"
+                " where relnamespace = 'profileguard'::regnamespace and relkind in ('r', 'v')"
+                " order by 1")
+        ]
+    assert {"profileguard.settings", "profileguard.events", "profileguard.failures",
+            "profileguard.repair_state", "profileguard.workers",
+            "profileguard.replaced_triggers"} <= set(relations)
+    user = uuid.uuid4()
+    for relation in relations:
+        target = sql.SQL(relation)
+        for statement in (
+            sql.SQL("select * from {}").format(target),
+            sql.SQL("insert into {} default values").format(target),
+            sql.SQL("update {} set {} = {}").format(target, sql.SQL("created_at"), sql.SQL("now()"))
+            if relation in ("profileguard.events", "profileguard.failures")
+            else sql.SQL("delete from {}").format(target),
+            sql.SQL("truncate {}").format(target),
+        ):
+            assert denied(installed, role, statement, user), (relation, statement)
+    enabled = installed.scalar("select enabled from profileguard.settings")
+    assert enabled is True
+
+
+def test_signed_in_user_reads_and_updates_only_their_own_profile(installed: TestDB) -> None:
+    alice = installed.signup({"full_name": "Alice"}, email="alice@example.com")
+    bob = installed.signup({"full_name": "Bob"}, email="bob@example.com")
+    with as_client(installed, "authenticated", alice) as conn:
+        rows = conn.execute("select id, full_name from public.profiles").fetchall()
+        assert rows == [(alice, "Alice")]
+        updated = conn.execute("update public.profiles set full_name = 'Mallory'")
+        assert updated.rowcount == 1
+        assert conn.execute(
+            "update public.profiles set full_name = 'x' where id = %s", (bob,)).rowcount == 0
+        conn.commit()
+    assert installed.scalar("select full_name from public.profiles where id = %s", (bob,)) == "Bob"
+    assert installed.scalar(
+        "select full_name from public.profiles where id = %s", (alice,)) == "Mallory"
+
+    # Taking over another id is refused by the policy's WITH CHECK.
+    assert denied(installed, "authenticated",
+                  sql.SQL("update public.profiles set id = {} where id = {}").format(
+                      sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))), alice)
+    assert denied(installed, "authenticated",
+                  sql.SQL("insert into public.profiles (id) values ({})").format(
+                      sql.Literal(str(alice))), alice)
+    assert denied(installed, "authenticated", "delete from public.profiles", alice)
+    # No claims: signed-in role but no user → sees nothing.
+    with as_client(installed, "authenticated") as conn:
+        assert conn.execute("select count(*) from public.profiles").fetchone() == (0,)
+    # anon has no access to profiles at all.
+    assert denied(installed, "anon", "select * from public.profiles")
+    # auth.users stays out of reach.
+    assert denied(installed, "authenticated", "select * from auth.users", alice)
+
+
+def test_hostile_config_identifiers_are_rejected_before_any_sql(db: TestDB) -> None:
+    for payload in PAYLOADS:
+        for variable in ("PROFILEGUARD_PROFILE_TABLE", "PROFILEGUARD_IDENTITY_TABLE",
+                         "PROFILEGUARD_PROFILE_KEY", "PROFILEGUARD_IDENTITY_KEY"):
+            with pytest.raises(ConfigError):
+                load_settings(env={variable: payload}, database_url=db.url)
+        result = cli(db, "install", "--create-profile-table", env={
+            "PROFILEGUARD_PROFILE_TABLE": payload})
+        assert result.returncode == 2, result.stderr
+    assert db.scalar("select to_regclass('auth.users') is not null") is True
+    assert db.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 0
+
+
+def test_unusual_but_valid_identifiers_are_quoted(db: TestDB) -> None:
+    settings = load_settings(env={"PROFILEGUARD_PROFILE_TABLE": "public.UserProfiles"},
+                             database_url=db.url)
+    schema.install(settings, create_profile_table=True)
+    assert db.scalar("""select to_regclass('public."UserProfiles"') is not null""") is True
+    uid = db.signup({"full_name": "Quoted"})
+    assert db.scalar(
+        'select full_name from public."UserProfiles" where id = %s', (uid,)) == "Quoted"
+
+
+def test_hostile_trigger_name_is_inert_in_audit_and_replace_trigger(db: TestDB) -> None:
+    name = 'evil"; drop table auth.users; --'
+    with db.connect() as conn:
+        conn.execute(
+            "create table public.profiles (id uuid primary key references auth.users"
+            " on delete cascade, full_name text)")
+        conn.execute(
+            "create function public.evil() returns trigger language plpgsql security definer"
+            " set search_path = '' as $$ begin insert into public.profiles (id)"
+            " values (new.id); return new; end $$")
+        conn.execute(sql.SQL(
+            "create trigger {} after insert on auth.users for each row"
+            " execute function public.evil()").format(sql.Identifier(name)))
+    competing = one(audit(db), "competing_trigger")
+    assert competing.evidence["trigger"] == name
+    assert competing.fix == f"profileguard install --replace-trigger {shlex.quote(name)}"
+    with pytest.raises(ConfigError):
+        schema.install(db.settings, replace_triggers=["x; drop table auth.users"])
+    apply_fix(db, competing)
+    assert db.scalar("select tgenabled from pg_trigger where tgname = %s", (name,)) == "D"
+    assert db.scalar("select to_regclass('auth.users') is not null") is True
+    assert schema.uninstall(db.settings) is True
+    assert db.scalar("select tgenabled from pg_trigger where tgname = %s", (name,)) == "O"
+
+
+def test_hostile_metadata_is_inert_in_audit_and_its_fix(db: TestDB) -> None:
+    schema.install(db.settings, create_profile_table=True, enabled=False)
+    ids = []
+    for index, payload in enumerate(PAYLOADS):
+        meta: dict[str, Any] = {"full_name": payload, "user_name": payload,
+                                "avatar_url": payload}
+        ids.append(db.signup(meta, email=f"{index}{payload}@example.com"))
+    report = audit(db)
+    missing = one(report, "missing_profiles")
+    assert missing.evidence["count"] == len(PAYLOADS)
+    json.dumps(report.as_dict(), default=str)
+    apply_fix(db, missing)
+    for uid, payload in zip(ids, PAYLOADS, strict=True):
+        assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == payload
+    assert db.scalar("select count(*) from auth.users") == len(PAYLOADS)
+    assert db.scalar("select count(*) from profileguard.events") > 0
