@@ -302,12 +302,23 @@ def version(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @handle_errors
 def demo(
     ctx: typer.Context,
-    signups: Annotated[int, typer.Option(help="How many sign-ups to make.", min=1)] = 300,
+    users: Annotated[int, typer.Option(help="Existing users to start from.", min=100)] = 10_000,
+    signups: Annotated[int, typer.Option(help="Sign-ups in each burst.", min=20)] = 500,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the dashboard running at the end.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port of the dashboard with --serve.")] = 8787,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run the demo on an embedded PostgreSQL (or on --database-url, in a scratch database)."""
+    """Run the demo on an embedded PostgreSQL (or on --database-url, in a scratch database):
+    the legacy trigger, audit, install, backfill, sign-ups with faults and the worker."""
     from profileguard.demo import run_demo
 
-    run_demo(out, database_url=_state(ctx).database_url, signups=signups)
+    console = Console(stderr=True) if as_json else out
+    figures = run_demo(console, database_url=_state(ctx).database_url, users=users,
+                       signups=signups, serve=serve, port=port)
+    if as_json:
+        print_json(figures)
 
 
 def _reconciler(ctx: typer.Context, **options: Any) -> Reconciler:

@@ -1,10 +1,17 @@
-"""`profileguard demo`: profileguard on a Supabase-shaped database, with a fault injected.
+"""`profileguard demo`: a Supabase app with the usual profile trigger, before and after profileguard.
 
-It starts an embedded PostgreSQL (or uses a scratch database on --database-url), creates
-auth.users as Supabase does, installs profileguard, adds an application rule that some sign-ups
-violate (full_name required: magic-link and anonymous users have none), signs users up the way
-Supabase Auth does, and shows that every sign-up committed and every failure was recorded. Then
-it fixes the cause and repairs the users that were left without a profile.
+On an embedded PostgreSQL (or a scratch database on --database-url) it builds what many apps
+have: `auth.users` as Supabase Auth fills it, the "User Management Starter" `public.profiles`
+(username unique, at least 3 characters) and the documented per-row `handle_new_user` trigger,
+with existing users of whom about 7% have no profile. Then it plays the rollout:
+
+1. a burst of sign-ups on the legacy trigger: colliding or short GitHub handles abort sign-ups;
+2. `profileguard audit` names the problems and their fixes;
+3. `profileguard install --replace-trigger on_auth_user_created` takes over, nothing removed;
+4. `profileguard backfill` creates the missing profiles, with a progress bar;
+5. a worker runs while a second burst of sign-ups hits an injected fault in the profile insert
+   (a lock timeout in one sign-up in twenty): every sign-up commits, the worker repairs;
+6. a before/after table. With --serve the dashboard stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,48 +23,65 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from profileguard import schema
 from profileguard import sql as sqlfiles
-from profileguard.client import ProfileGuard
+from profileguard.audit import run_audit
+from profileguard.backfill import Options, run_backfill
+from profileguard.backfill import Progress as BackfillProgress
 from profileguard.config import Settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.reconcile import Reconciler
 
 DEMO_DATABASE = "profileguard_demo"
-FAULT = (
-    "alter table public.profiles add constraint profiles_full_name_required"
-    " check (full_name is not null)"
-)
-FIRST = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger"]
-LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen"]
+LEGACY_TRIGGER = "on_auth_user_created"
+FAULT_EVERY = 20
+FIRST = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
+         "Radia", "Guido", "Anita", "Donald", "Sophie", "Niklaus", "Hedy"]
+LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen",
+        "Dijkstra", "Perlman", "van Rossum", "Borg", "Knuth", "Wilson", "Wirth", "Lamarr"]
+
+
+@dataclass
+class Phase:
+    """What one burst of sign-ups did."""
+
+    attempted: int = 0
+    committed: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def fake_signup(rng: random.Random, n: int) -> tuple[str | None, dict[str, Any], bool]:
     """(email, raw_user_meta_data, is_anonymous) shaped like a real provider's sign-up."""
     first, last = rng.choice(FIRST), rng.choice(LAST)
     name = f"{first} {last}"
-    handle = f"{first.lower()}{rng.randint(1, 40)}"
+    # GitHub handles collide now and then, and some are shorter than three characters.
+    handle = rng.choice([f"{first.lower()}{rng.randint(1, 400)}", first[:2].lower()])
     kind = rng.choices(
         ["google", "github", "discord", "email", "magic_link", "anonymous"],
         weights=[30, 25, 10, 20, 10, 5],
     )[0]
-    email = f"{first.lower()}.{last.lower()}{n}@example.com"
+    email = f"{first.lower()}.{last.lower().replace(' ', '')}{n}@example.com"
     if kind == "google":
-        return email, {"full_name": name, "name": name, "picture": f"https://img/{n}.png",
+        return email, {"full_name": name, "name": name, "picture": f"https://img.test/{n}.png",
                        "email": email, "email_verified": True}, False
     if kind == "github":
         return email, {"user_name": handle, "preferred_username": handle, "full_name": name,
-                       "avatar_url": f"https://avatars/{n}"}, False
+                       "avatar_url": f"https://avatars.test/{n}"}, False
     if kind == "discord":
         return email, {"full_name": handle, "custom_claims": {"global_name": name},
-                       "avatar_url": f"https://cdn/{n}.png"}, False
+                       "avatar_url": f"https://cdn.test/{n}.png"}, False
     if kind == "email":
         return email, {"full_name": name}, False
     if kind == "magic_link":
@@ -66,10 +90,12 @@ def fake_signup(rng: random.Random, n: int) -> tuple[str | None, dict[str, Any],
 
 
 def supabase_signup(conn: psycopg.Connection, email: str | None, meta: dict[str, Any],
-                    anonymous: bool) -> uuid.UUID:
+                    anonymous: bool, *, fault: bool = False) -> uuid.UUID:
     """One sign-up as Supabase Auth makes it: one transaction, role set after the insert."""
     uid = uuid.uuid4()
     with conn.transaction():
+        if fault:
+            conn.execute("select set_config('demo.fault', 'on', true)")
         conn.execute(
             "insert into auth.users (instance_id, id, aud, role, email, raw_user_meta_data,"
             " raw_app_meta_data, is_anonymous, created_at, updated_at)"
@@ -85,6 +111,39 @@ def supabase_signup(conn: psycopg.Connection, email: str | None, meta: dict[str,
                 (str(uid), uid, json.dumps({"sub": str(uid), "email": email})),
             )
     return uid
+
+
+def signup_burst(url: str, total: int, *, seed: int, clients: int = 4,
+                 fault_every: int = 0) -> Phase:
+    """`total` sign-ups from `clients` threads as supabase_auth_admin; every `fault_every`-th
+    carries the injected fault."""
+    phase = Phase(attempted=total)
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def client(index: int) -> None:
+        rng = random.Random(seed * 100 + index)
+        with psycopg.connect(url, autocommit=True, options="-c search_path=auth") as conn:
+            conn.execute("set role supabase_auth_admin")
+            for n in range(index, total, clients):
+                fault = fault_every > 0 and n % fault_every == 0
+                try:
+                    supabase_signup(conn, *fake_signup(rng, seed * 1_000_000 + n), fault=fault)
+                    with lock:
+                        phase.committed += 1
+                except psycopg.Error as exc:
+                    with lock:
+                        phase.failed += 1
+                        key = f"{exc.sqlstate} {exc.diag.message_primary or ''}"[:90]
+                        phase.errors[key] = phase.errors.get(key, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    phase.seconds = time.monotonic() - started
+    return phase
 
 
 @contextmanager
@@ -105,49 +164,93 @@ def demo_database(database_url: str | None) -> Iterator[str]:
             conn.execute(drop)
 
 
-def counts(conn: psycopg.Connection) -> dict[str, int]:
+def missing(conn: psycopg.Connection) -> int:
     row = conn.execute(
-        "select (select count(*) from auth.users),"
-        " (select count(*) from public.profiles),"
-        " (select count(*) from auth.users u where not exists"
-        "   (select from public.profiles p where p.id = u.id)),"
-        " (select count(*) from profileguard.failures),"
-        " (select count(*) from profileguard.events where kind = 'repair')"
+        "select count(*) from auth.users u"
+        " where not exists (select from public.profiles p where p.id = u.id)"
     ).fetchone()
-    assert row is not None
-    keys = ("users", "profiles", "missing profiles", "failures recorded", "repairs")
-    return dict(zip(keys, (int(v) for v in row), strict=True))
+    return int(row[0]) if row else 0
 
 
-def run_signups(url: str, total: int, clients: int = 4) -> tuple[int, list[str]]:
-    """Sign `total` users up from `clients` threads; returns (committed, errors)."""
-    committed = 0
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def worker(index: int) -> None:
-        nonlocal committed
-        rng = random.Random(index)
-        with psycopg.connect(url, autocommit=True, options="-c search_path=auth") as conn:
-            conn.execute("set role supabase_auth_admin")
-            for n in range(index, total, clients):
-                try:
-                    supabase_signup(conn, *fake_signup(rng, n))
-                    with lock:
-                        committed += 1
-                except psycopg.Error as exc:
-                    with lock:
-                        errors.append(f"{exc.sqlstate}: {exc}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return committed, errors
+def seed_existing_users(conn: psycopg.Connection, users: int) -> int:
+    """`users` existing users, imported in bulk (no trigger fired), ~93% given a profile by
+    the app back then; returns how many were left without one."""
+    conn.execute("set session_replication_role = replica")  # an import: triggers do not fire
+    conn.execute(
+        "insert into auth.users (instance_id, id, aud, role, email, raw_user_meta_data,"
+        " raw_app_meta_data, created_at, updated_at)"
+        " select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',"
+        " 'authenticated', 'member' || g || '@example.com',"
+        " jsonb_build_object('full_name', 'Member ' || g), '{\"provider\": \"email\"}',"
+        " now() - make_interval(days => 1 + g % 700), now()"
+        " from generate_series(1, %s) g",
+        (users,),
+    )
+    conn.execute("set session_replication_role = origin")
+    conn.execute(
+        "insert into public.profiles (id, username, full_name)"
+        " select id, 'member' || substr(md5(id::text), 1, 10), raw_user_meta_data ->> 'full_name'"
+        " from auth.users where ('x' || substr(md5(id::text), 1, 8))::bit(32)::int % 100 >= 7"
+    )
+    return missing(conn)
 
 
-def run_demo(console: Console, *, database_url: str | None = None, signups: int = 300) -> None:
+def _count(conn: psycopg.Connection, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def show_burst(console: Console, title: str, phase: Phase, missing_after: int) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("sign-ups attempted", str(phase.attempted))
+    table.add_row("sign-ups committed", f"[green]{phase.committed}[/]")
+    style = "bold red" if phase.failed else "green"
+    table.add_row("sign-ups failed (\"Database error saving new user\")",
+                  f"[{style}]{phase.failed}[/]")
+    table.add_row("users without a profile", str(missing_after))
+    console.print(table)
+    for error, count in sorted(phase.errors.items(), key=lambda kv: -kv[1]):
+        console.print(f"  {count:>4} × {error}", highlight=False)
+
+
+def show_audit(console: Console, settings: Settings) -> int:
+    report = run_audit(settings)
+    table = Table(title="profileguard audit", title_justify="left", show_lines=False)
+    for column in ("severity", "finding", "fix"):
+        table.add_column(column, overflow="fold")
+    style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    for finding in report.findings:
+        if finding.severity == "info":
+            continue
+        fix = (finding.fix or "").splitlines()
+        table.add_row(f"[{style[finding.severity]}]{finding.severity}[/]", finding.title,
+                      fix[0] + (" …" if len(fix) > 1 else "") if fix else "")
+    console.print(table)
+    return report.count("error")
+
+
+def run_backfill_with_bar(console: Console, settings: Settings) -> dict[str, Any]:
+    with Progress(
+        TextColumn("backfill"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8} rows/s"), TimeRemainingColumn(),
+        console=console, transient=False,
+    ) as bar:
+        task = bar.add_task("backfill", total=None, rate="")
+
+        def progress(p: BackfillProgress) -> None:
+            bar.update(task, completed=p.scanned, total=max(p.total_estimate, p.scanned),
+                       rate=f"{p.rows_per_second:,.0f}")
+
+        report = run_backfill(settings, Options(), progress=progress)
+        bar.update(task, completed=report.scanned, total=report.scanned)
+    return report.as_dict()
+
+
+def run_demo(console: Console, *, database_url: str | None = None, users: int = 10_000,
+             signups: int = 500, serve: bool = False, port: int = 8787) -> dict[str, Any]:
+    """Play the rollout and return the before/after figures."""
     started = time.monotonic()
     console.rule("[bold]profileguard demo")
     where = "an embedded PostgreSQL" if database_url is None else f"database {DEMO_DATABASE}"
@@ -156,64 +259,90 @@ def run_demo(console: Console, *, database_url: str | None = None, signups: int 
         version = conn.execute("show server_version").fetchone()
         console.print(f"PostgreSQL {version[0] if version else '?'} is up.")
         conn.execute(sqlfiles.read("supabase_auth.sql"))
-        console.print("Created a Supabase-shaped auth schema (auth.users, roles).")
+        conn.execute(sqlfiles.read("demo_legacy.sql"))
+        console.print("An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
+                      "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "
+                      f"per-row trigger [bold]{LEGACY_TRIGGER}[/] → handle_new_user().")
+        existing_missing = seed_existing_users(conn, users)
+        console.print(f"{users:,} existing users; [bold]{existing_missing}[/] of them "
+                      f"({100 * existing_missing / users:.1f}%) have no profile.")
+
+        console.rule("1. Sign-ups on the legacy trigger")
+        before = signup_burst(url, signups, seed=1)
+        before_missing = missing(conn)
+        show_burst(console, f"{signups} sign-ups, legacy trigger", before, before_missing)
+
+        console.rule("2. profileguard audit")
         settings = Settings(database_url=url)
-        schema.install(settings, create_profile_table=True)
-        console.print("[green]profileguard install --create-profile-table[/]: trigger on "
-                      "auth.users, public.profiles with RLS.")
-        conn.execute(FAULT)
-        console.print("[yellow]Injected fault[/]: profiles.full_name is now required — "
-                      "magic-link and anonymous sign-ups carry no name.")
+        show_audit(console, settings)
 
-        console.print(f"\nSigning up {signups} users as supabase_auth_admin (4 clients)…")
-        committed, errors = run_signups(url, signups)
-        before = counts(conn)
-        table = Table(title="After the sign-ups", title_justify="left")
+        console.rule("3. profileguard install --replace-trigger " + LEGACY_TRIGGER)
+        result = schema.install(settings, replace_triggers=[LEGACY_TRIGGER])
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False)
+        console.print(f"Installed schema version {result.version_after}; the legacy trigger is "
+                      "disabled (uninstall restores it).")
+
+        console.rule("4. profileguard backfill")
+        backfill = run_backfill_with_bar(console, settings)
+        console.print(f"created {backfill['created']} profiles, {backfill['failed']} failed, "
+                      f"{backfill['batches']} batches, {backfill['rows_per_second']:,.0f} rows/s.")
+
+        console.rule("5. Sign-ups with an injected fault, the worker running")
+        conn.execute(sqlfiles.read("demo_fault.sql"))
+        reconciler = Reconciler(settings, worker_id="demo-worker", incremental_interval=0.5,
+                                full_interval=2.0, heartbeat_interval=1.0, poll_interval=0.1)
+        stop = threading.Event()
+        worker = threading.Thread(target=reconciler.run_forever, args=(stop,), daemon=True)
+        worker.start()
+        after = signup_burst(url, signups, seed=2, fault_every=FAULT_EVERY)
+        burst_end = time.monotonic()
+        while missing(conn) and time.monotonic() - burst_end < 30:
+            time.sleep(0.02)
+        heal_seconds = time.monotonic() - burst_end
+        after_missing = missing(conn)
+        failures = _count(conn, "select count(*) from profileguard.failures"
+                                " where source = 'trigger'")
+        show_burst(console, f"{signups} sign-ups, profileguard (1 in {FAULT_EVERY} with a "
+                   "lock timeout injected into the profile insert)", after, after_missing)
+        console.print(f"The trigger recorded {failures} failures (SQLSTATE 55P03, category "
+                      "transient); the worker repaired them.")
+        worker_repairs = _count(conn, "select count(*) from profileguard.events"
+                                      " where kind = 'repair' and source = 'worker'")
+        suffixed = _count(conn, "select count(*) from public.profiles"
+                                " where username ~ '_[0-9a-f]{8}$'")
+
+        figures = {
+            "existing users without a profile": (existing_missing, 0),
+            "sign-ups attempted": (before.attempted, after.attempted),
+            "failed sign-ups": (before.failed, after.failed),
+            "users missing a profile at the end": (before_missing, after_missing),
+            "failures recorded (SQLSTATE)": (0, failures),
+            "profiles created by the backfill": (0, backfill["created"]),
+            "profiles repaired by the worker": (0, worker_repairs),
+            "usernames suffixed instead of failing": (0, suffixed),
+            "time to 100% after the burst": ("never", f"{heal_seconds:.2f} s"),
+        }
+        console.rule("6. Before and after")
+        table = Table(title="before vs with profileguard", title_justify="left")
         table.add_column("")
-        table.add_column("count", justify="right")
-        table.add_row("sign-ups attempted", str(signups))
-        table.add_row("sign-ups committed", f"[bold green]{committed}[/]")
-        table.add_row("sign-ups failed", f"[bold]{len(errors)}[/]")
-        for key, value in before.items():
-            table.add_row(key, str(value))
+        table.add_column("legacy trigger", justify="right")
+        table.add_column("profileguard", justify="right")
+        for label, (old, new) in figures.items():
+            table.add_row(label, str(old), f"[bold green]{new}[/]")
         console.print(table)
-
-        failures = Table(title="Failures recorded by the trigger", title_justify="left")
-        for column in ("sqlstate", "category", "users", "message"):
-            failures.add_column(column)
-        for row in conn.execute(
-            "select sqlstate, category, count(*), min(message) from profileguard.failures"
-            " group by 1, 2 order by 3 desc"
-        ):
-            failures.add_row(row[0], row[1], str(row[2]), row[3])
-        console.print(failures)
-        console.print(
-            f"[bold]{before['failures recorded']} sign-ups hit the fault and still committed"
-            "[/]; each failure is recorded with its SQLSTATE."
-        )
-        suffixed = conn.execute(
-            "select count(*) from public.profiles where username ~ '_[0-9a-f]{8}$'"
-        ).fetchone()
-        console.print(f"{suffixed[0] if suffixed else 0} colliding usernames got a "
-                      "deterministic suffix instead of failing.")
-
-        console.print("\nFixing the cause (dropping the rule) and repairing the users left "
-                      "without a profile with ensure()…")
-        conn.execute("alter table public.profiles drop constraint profiles_full_name_required")
-        missing = [r[0] for r in conn.execute(
-            "select u.id from auth.users u where not exists"
-            " (select from public.profiles p where p.id = u.id)"
-        )]
-        with ProfileGuard(settings, max_size=2, source="demo") as guard:
-            for user_id in missing:
-                guard.ensure(user_id)
-        after = counts(conn)
-        final = Table(title="Before and after repair", title_justify="left")
-        final.add_column("")
-        final.add_column("after sign-ups", justify="right")
-        final.add_column("after repair", justify="right")
-        for key in after:
-            final.add_row(key, str(before[key]), str(after[key]))
-        final.add_row("failed sign-ups", str(len(errors)), str(len(errors)))
-        console.print(final)
         console.print(f"Done in {time.monotonic() - started:.1f} s.")
+
+        if serve:
+            from profileguard.web.app import serve as serve_web
+
+            console.print(f"\nDashboard: [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C stops it)")
+            console.print(f"Connect to the demo database: {url}", highlight=False)
+            try:
+                serve_web(settings, host="127.0.0.1", port=port)
+            except KeyboardInterrupt:
+                pass
+        stop.set()
+        worker.join(timeout=30)
+        reconciler.close()
+        return {label: {"before": old, "after": new} for label, (old, new) in figures.items()}
