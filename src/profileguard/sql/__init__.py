@@ -48,13 +48,13 @@ def latest_version() -> int:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries from queries.sql (each starts with a '-- name: x' line)."""
-    text = read("queries.sql")
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """Named queries from `file` (each starts with a '-- name: x' line)."""
+    text = read(file)
     parts = QUERY_HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def query(name: str) -> str:
-    """One named query from queries.sql."""
-    return queries()[name]
+def query(name: str, file: str = "queries.sql") -> str:
+    """One named query from queries.sql (or another file of named queries)."""
+    return queries(file)[name]
