@@ -548,7 +548,7 @@ class SupabaseAuthBackend(_SupabaseShape):
             except psycopg.errors.UniqueViolation as exc:
                 raise self._exists_error(exc, new) from exc
         assert row is not None
-        return dict(row)
+        return dict(row["user"])
 
     def find_user(
         self,
@@ -562,7 +562,7 @@ class SupabaseAuthBackend(_SupabaseShape):
         query, params = self._lookup(user_id, email, provider, provider_id)
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(query, params).fetchone()
-        return None if row is None else dict(row)
+        return None if row is None else dict(row["user"])
 
 
 class AsyncSupabaseAuthBackend(_SupabaseShape):
@@ -587,7 +587,7 @@ class AsyncSupabaseAuthBackend(_SupabaseShape):
             except psycopg.errors.UniqueViolation as exc:
                 raise self._exists_error(exc, new) from exc
         assert row is not None
-        return dict(row)
+        return dict(row["user"])
 
     async def find_user(
         self,
@@ -602,7 +602,7 @@ class AsyncSupabaseAuthBackend(_SupabaseShape):
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query, params)
             row = await cur.fetchone()
-        return None if row is None else dict(row)
+        return None if row is None else dict(row["user"])
 
 
 def _check_default_table(settings: Settings) -> None:
