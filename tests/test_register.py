@@ -564,6 +564,18 @@ def test_concurrent_first_logins_of_one_identity_make_one_user(installed: TestDB
     assert count(installed, "public.profiles") == 1
 
 
+def test_provider_sub_is_never_taken_as_a_user_id(guard: ProfileGuard, installed: TestDB) -> None:
+    """An IdP whose subs are UUIDs (Keycloak, Auth0…): a sub equal to an existing user's id must
+    not log in as that user; it is the provider's id, so a new user is registered."""
+    victim = guard.register(email="victim@example.com", password=PASSWORD)
+    login = guard.ensure_on_login({"sub": victim.id, "email": "idp@example.com"},
+                                  provider="keycloak")
+    assert login.created is True
+    assert login.id != victim.id
+    assert login.user["email"] == "idp@example.com"
+    assert guard.ensure_on_login({"sub": victim.id}, provider="keycloak").id == login.id
+
+
 def test_ensure_on_login_errors(guard: ProfileGuard, installed: TestDB) -> None:
     with pytest.raises(UserNotFoundError):
         guard.ensure_on_login(uuid.uuid4())

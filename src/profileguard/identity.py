@@ -641,8 +641,9 @@ class Login:
 
     @classmethod
     def parse(cls, who: object, provider: str | None = None) -> Login:
-        """From a user id, or from claims: a Supabase JWT (sub = the user's id) or a provider's
-        claims (sub = the provider's id for the user; `provider` or claims["provider"])."""
+        """From a user id, or from claims: a Supabase JWT (sub = the user's id, no provider) or a
+        provider's claims (sub = the provider's id for the user; `provider` or
+        claims["provider"])."""
         if not isinstance(who, Mapping):
             return cls(normalize_user_id(who), None, None, None, {}, False)  # type: ignore[arg-type]
         sub = who.get("sub")
@@ -657,10 +658,14 @@ class Login:
         name = provider if provider is not None else who.get("provider")
         if name is not None:
             name = _check_provider(name)
-        try:
-            uid: str | None = str(uuid.UUID(sub))
-        except ValueError:
-            uid = None
+        uid: str | None = None
+        if name is None:  # a Supabase token: sub is the auth.users id
+            try:
+                uid = str(uuid.UUID(sub))
+            except ValueError:
+                uid = None
+        # With a provider, sub is the provider's id for the user — never taken as our user id,
+        # even when it looks like a UUID (Keycloak, Auth0 and others issue such subs).
         if uid is None and name is None:
             raise InvalidRegistrationError(
                 f"login claims name no provider for sub {sub[:40]!r}",
@@ -712,13 +717,13 @@ def _registration_error(exc: BaseException, email: str | None) -> ProfileGuardEr
 def _profile_failure(exc: Exception, uid: str, settings: Settings) -> ProfileGuardError:
     """The error of the ensure step of a registration, when the user may still commit.
 
-    Transient errors, errors other than a failed creation, and any error in strict mode are
-    raised (the whole registration rolls back and, when transient, is tried again).
+    Transient errors and any error in strict mode are raised (the whole registration rolls back
+    and, when transient, is tried again); otherwise the user commits and the error is returned.
     """
     if is_transient(exc):
         raise exc
     err = _error(exc, uid)
-    if not isinstance(err, ProfileCreationError) or settings.strict:
+    if settings.strict:
         raise err from exc
     return err
 
