@@ -8,7 +8,11 @@ session, concurrent sign-ups in threads).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -646,3 +650,41 @@ def test_async_profile_failure_and_fallback(installed: TestDB) -> None:
             assert reg.profile["full_name"] == "Ada Lovelace"
 
     asyncio.run(scenario())
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def run_cli(db: TestDB, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],
+        capture_output=True, text=True, env=env, timeout=120, input=stdin,
+    )
+
+
+def test_cli_register(installed: TestDB) -> None:
+    secret = "cli-Secret-9f2"
+    done = run_cli(installed, "register", "Cli@Example.com", "--password-stdin", "--meta",
+                   json.dumps(ADA), "--confirmed", "--json", stdin=secret + "\n")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["user"]["email"] == "cli@example.com"
+    assert out["user"]["email_confirmed_at"] is not None
+    assert out["profile"]["full_name"] == "Ada Lovelace"
+    assert secret not in done.stdout + done.stderr
+    hashed = installed.scalar("select encrypted_password from auth.users where id = %s",
+                              (out["user"]["id"],))
+    assert bcrypt.checkpw(secret.encode(), hashed.encode())
+
+    again = run_cli(installed, "register", "cli@example.com")
+    assert again.returncode == 6
+    assert "already exists" in again.stderr and "hint:" in again.stderr
+    weak = run_cli(installed, "register", "w@example.com", "--password-stdin", stdin="123\n")
+    assert weak.returncode == 2
+    assert "123" not in weak.stderr
+    bad = run_cli(installed, "register", "m@example.com", "--meta", "{not json")
+    assert bad.returncode == 2
+    assert "--meta is not JSON" in bad.stderr
+    assert count(installed, "auth.users") == 1
