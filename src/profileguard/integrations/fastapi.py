@@ -12,6 +12,10 @@ user in each `ttl` seconds costs one query — `profileguard.ensure_profile`, wh
 profile when it is missing; the others are served from a small in-process cache (LRU, at most
 `max_entries` users). Concurrent first requests of one user share that one query. Within `ttl`
 the profile may be stale: call `invalidate(user_id)` after changing it, or pass `ttl=0`.
+
+FastAPI resolves `Depends(require_profile)` from the endpoint's annotations at runtime: when the
+endpoint is defined inside a function and its module uses `from __future__ import annotations`,
+a local `require_profile` cannot be found (FastAPI then answers 422) — keep it at module level.
 """
 
 from __future__ import annotations
