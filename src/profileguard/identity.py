@@ -235,7 +235,7 @@ def check_metadata(metadata: object, *, max_bytes: int, what: str = "metadata") 
             hint='pass a dict such as {"full_name": "Ada Lovelace"}',
         )
     try:
-        text = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidRegistrationError(
             f"{what} is not JSON: {exc}",
@@ -410,9 +410,10 @@ class _SupabaseShape:
                     hint="drop email and password, or register without anonymous=True",
                 )
             return NewUser(
-                uid, None, "anonymous", uid, user_meta,
-                {"provider": "anonymous", "providers": ["anonymous"]},
-                None, False, True, True,
+                id=uid, email=None, provider="anonymous", provider_id=uid,
+                user_metadata=user_meta,
+                app_metadata={"provider": "anonymous", "providers": ["anonymous"]},
+                identity_data=None, email_confirmed=False, anonymous=True, signed_in=True,
             )
         app_meta = {"provider": provider, "providers": [provider]}
         if provider == "email":
@@ -424,8 +425,10 @@ class _SupabaseShape:
             identity = {"sub": uid, "email": address, "email_verified": confirmed,
                         "phone_verified": False}
             return NewUser(
-                uid, address, "email", uid, user_meta, app_meta, identity, confirmed,
-                False, False, password_hash,
+                id=uid, email=address, provider="email", provider_id=uid,
+                user_metadata=user_meta, app_metadata=app_meta, identity_data=identity,
+                email_confirmed=confirmed, anonymous=False, signed_in=False,
+                password_hash=password_hash,
             )
         if password is not None:
             raise InvalidRegistrationError(
@@ -440,8 +443,10 @@ class _SupabaseShape:
         if oauth_email:
             identity["email"] = oauth_email
         return NewUser(
-            uid, oauth_email, provider, pid, user_meta, app_meta, identity,
-            bool(email_confirmed and oauth_email), False, True,
+            id=uid, email=oauth_email, provider=provider, provider_id=pid,
+            user_metadata=user_meta, app_metadata=app_meta, identity_data=identity,
+            email_confirmed=bool(email_confirmed and oauth_email), anonymous=False,
+            signed_in=True,
         )
 
     @staticmethod
