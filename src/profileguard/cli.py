@@ -1,7 +1,8 @@
 """The `profileguard` command: parses arguments, calls the library, renders the result.
 
 Exit codes: 0 success, 1 error, 2 bad usage or configuration, 3 not installed,
-4 database unreachable, 5 user not found, 8 audit found a finding at or above --fail-on.
+4 database unreachable, 5 user not found, 6 user already exists (register),
+8 audit found a finding at or above --fail-on.
 """
 
 from __future__ import annotations
@@ -458,6 +459,51 @@ def audit(
     limit = {"error": ("error",), "warning": ("error", "warning"), "never": ()}[fail_on]
     if any(report.count(s) for s in limit):
         raise typer.Exit(AUDIT_EXIT)
+
+
+# --- register: an admin-created user, with its profile ------------------------------------------
+
+
+@app.command()
+@handle_errors
+def register(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The new user's email.")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from standard input "
+                     "(never from the command line). Without it the user is passwordless "
+                     "(magic link / OTP)."),
+    ] = False,
+    meta: Annotated[
+        str | None,
+        typer.Option("--meta", help='User metadata, a JSON object: {"full_name": "Ada"}.'),
+    ] = None,
+    confirmed: Annotated[
+        bool, typer.Option("--confirmed", help="Mark the email as confirmed.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a user in auth.users (as Supabase Auth does) and its profile, in one transaction."""
+    from profileguard.errors import InvalidRegistrationError
+
+    metadata: Any = None
+    if meta is not None:
+        try:
+            metadata = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise InvalidRegistrationError(
+                f"--meta is not JSON: {exc}", hint='pass an object such as {"full_name": "Ada"}'
+            ) from None
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    with ProfileGuard(_state(ctx).settings(), max_size=1, source="cli") as guard:
+        result = guard.register(
+            email=email, password=password, metadata=metadata, email_confirmed=confirmed
+        )
+    if as_json:
+        print_json(result.as_dict())
+        return
+    print_fields(f"user {result.id} ({result.user['email']})", result.profile)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import psycopg
 from psycopg import sql
@@ -39,6 +39,10 @@ from profileguard.errors import (
     UserNotFoundError,
 )
 from profileguard.mapping import build_plan, insert_statement
+
+if TYPE_CHECKING:
+    # identity builds on this module; it is imported lazily below to avoid an import cycle.
+    from profileguard.identity import AsyncIdentityBackend, IdentityBackend, RegisteredUser
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,7 @@ class ProfileGuard:
         pool: ConnectionPool | None = None,
         max_size: int = 10,
         source: str = "client",
+        identity: IdentityBackend | None = None,
     ):
         self.settings = settings or load_settings()
         self.source = source
@@ -188,6 +193,7 @@ class ProfileGuard:
             open=True,
         )
         self._fallback: _Fallback | None = None
+        self._identity = identity
 
     def ensure(self, user_id: UserId) -> dict[str, Any]:
         """The user's profile row, created first if missing."""
@@ -211,18 +217,21 @@ class ProfileGuard:
 
     def _ensure_once(self, uid: UserId) -> EnsureResult:
         with self._pool.connection() as conn:
-            if self.settings.enabled:
-                try:
-                    with conn.cursor(row_factory=dict_row) as cur:
-                        row = cur.execute(ENSURE_SQL, (uid, self.source)).fetchone()
-                    assert row is not None
-                    return _result(row, "function")
-                except psycopg.Error as exc:
-                    if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
-                        raise
-                    conn.rollback()
-                    log.warning("profileguard.ensure_profile is missing; using the direct insert")
-            return self._ensure_direct(conn, uid)
+            return self._ensure_in(conn, uid)
+
+    def _ensure_in(self, conn: psycopg.Connection, uid: UserId) -> EnsureResult:
+        """One ensure on `conn`, inside the caller's transaction when there is one."""
+        if self.settings.enabled:
+            try:
+                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    row = cur.execute(ENSURE_SQL, (uid, self.source)).fetchone()
+                assert row is not None
+                return _result(row, "function")
+            except psycopg.Error as exc:
+                if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
+                    raise
+                log.warning("profileguard.ensure_profile is missing; using the direct insert")
+        return self._ensure_direct(conn, uid)
 
     def _ensure_direct(self, conn: psycopg.Connection, uid: UserId) -> EnsureResult:
         if self._fallback is None:
@@ -248,6 +257,56 @@ class ProfileGuard:
         except Exception as exc:  # recording is best effort; the caller gets the real error
             log.warning("could not record the failure for %s: %s", uid, exc)
 
+    @property
+    def identity(self) -> IdentityBackend:
+        """Where register() creates users: the backend given, else Supabase's auth.users."""
+        if self._identity is None:
+            from profileguard.identity import default_backend
+
+            self._identity = default_backend(self.settings)
+        return self._identity
+
+    def register(
+        self,
+        *,
+        email: str | None = None,
+        password: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        provider: str = "email",
+        provider_id: str | None = None,
+        email_confirmed: bool | None = None,
+        anonymous: bool = False,
+        user_id: str | None = None,
+    ) -> RegisteredUser:
+        """Create a user and its profile in one transaction; returns both (read-your-writes).
+
+        Email sign-up: `email` and `password` (None: a passwordless magic-link/OTP user).
+        OAuth/SSO: `provider` and `provider_id` (the provider's 'sub'), `metadata` = its claims.
+        Anonymous: `anonymous=True`. Raises UserExistsError, WeakPasswordError,
+        InvalidRegistrationError; when the profile fails outside strict mode the user still
+        commits and ProfilePendingError (carrying `.user`) is raised, the failure recorded.
+        """
+        from profileguard.identity import register
+
+        return register(
+            self, email=email, password=password, metadata=metadata, provider=provider,
+            provider_id=provider_id, email_confirmed=email_confirmed, anonymous=anonymous,
+            user_id=user_id,
+        )
+
+    def ensure_on_login(
+        self, who: UserId | Mapping[str, Any], *, provider: str | None = None, create: bool = True
+    ) -> RegisteredUser:
+        """The logged-in user with its profile, created if missing.
+
+        `who`: a user id, a Supabase JWT's claims (sub = the user's id), or an external
+        provider's claims (with `provider`). A provider identity seen for the first time is
+        registered (unless `create=False`); an unknown user id raises UserNotFoundError.
+        """
+        from profileguard.identity import ensure_on_login
+
+        return ensure_on_login(self, who, provider=provider, create=create)
+
     def close(self) -> None:
         if self._own_pool:
             self._pool.close()
@@ -269,6 +328,7 @@ class AsyncProfileGuard:
         pool: AsyncConnectionPool | None = None,
         max_size: int = 10,
         source: str = "client",
+        identity: AsyncIdentityBackend | None = None,
     ):
         self.settings = settings or load_settings()
         self.source = source
@@ -282,6 +342,7 @@ class AsyncProfileGuard:
             open=False,
         )
         self._fallback: _Fallback | None = None
+        self._identity = identity
 
     async def open(self) -> None:
         if self._own_pool:
@@ -309,19 +370,22 @@ class AsyncProfileGuard:
 
     async def _ensure_once(self, uid: UserId) -> EnsureResult:
         async with self._pool.connection() as conn:
-            if self.settings.enabled:
-                try:
-                    async with conn.cursor(row_factory=dict_row) as cur:
-                        await cur.execute(ENSURE_SQL, (uid, self.source))
-                        row = await cur.fetchone()
-                    assert row is not None
-                    return _result(row, "function")
-                except psycopg.Error as exc:
-                    if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
-                        raise
-                    await conn.rollback()
-                    log.warning("profileguard.ensure_profile is missing; using the direct insert")
-            return await self._ensure_direct(conn, uid)
+            return await self._ensure_in(conn, uid)
+
+    async def _ensure_in(self, conn: psycopg.AsyncConnection, uid: UserId) -> EnsureResult:
+        """One ensure on `conn`, inside the caller's transaction when there is one."""
+        if self.settings.enabled:
+            try:
+                async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(ENSURE_SQL, (uid, self.source))
+                    row = await cur.fetchone()
+                assert row is not None
+                return _result(row, "function")
+            except psycopg.Error as exc:
+                if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
+                    raise
+                log.warning("profileguard.ensure_profile is missing; using the direct insert")
+        return await self._ensure_direct(conn, uid)
 
     async def _ensure_direct(self, conn: psycopg.AsyncConnection, uid: UserId) -> EnsureResult:
         if self._fallback is None:
@@ -352,6 +416,44 @@ class AsyncProfileGuard:
                 )
         except Exception as exc:  # recording is best effort; the caller gets the real error
             log.warning("could not record the failure for %s: %s", uid, exc)
+
+    @property
+    def identity(self) -> AsyncIdentityBackend:
+        """Where register() creates users: the backend given, else Supabase's auth.users."""
+        if self._identity is None:
+            from profileguard.identity import default_async_backend
+
+            self._identity = default_async_backend(self.settings)
+        return self._identity
+
+    async def register(
+        self,
+        *,
+        email: str | None = None,
+        password: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        provider: str = "email",
+        provider_id: str | None = None,
+        email_confirmed: bool | None = None,
+        anonymous: bool = False,
+        user_id: str | None = None,
+    ) -> RegisteredUser:
+        """asyncio twin of ProfileGuard.register (bcrypt runs off the event loop)."""
+        from profileguard.identity import register_async
+
+        return await register_async(
+            self, email=email, password=password, metadata=metadata, provider=provider,
+            provider_id=provider_id, email_confirmed=email_confirmed, anonymous=anonymous,
+            user_id=user_id,
+        )
+
+    async def ensure_on_login(
+        self, who: UserId | Mapping[str, Any], *, provider: str | None = None, create: bool = True
+    ) -> RegisteredUser:
+        """asyncio twin of ProfileGuard.ensure_on_login."""
+        from profileguard.identity import ensure_on_login_async
+
+        return await ensure_on_login_async(self, who, provider=provider, create=create)
 
     async def close(self) -> None:
         if self._own_pool:

@@ -26,9 +26,10 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 
 DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
     "full_name": (
+        # Discord's display name; its full_name is the account handle.
+        "raw_user_meta_data.custom_claims.global_name",
         "raw_user_meta_data.full_name",
         "raw_user_meta_data.name",
-        "raw_user_meta_data.custom_claims.global_name",
     ),
     "avatar_url": ("raw_user_meta_data.avatar_url", "raw_user_meta_data.picture"),
     "username": (

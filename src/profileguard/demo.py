@@ -1,4 +1,4 @@
-"""`profileguard demo`: a Supabase app with the usual profile trigger, before and after profileguard.
+"""`profileguard demo`: a Supabase app with the usual profile trigger, before and with profileguard.
 
 On an embedded PostgreSQL (or a scratch database on --database-url) it builds what many apps
 have: `auth.users` as Supabase Auth fills it, the "User Management Starter" `public.profiles`
@@ -16,6 +16,7 @@ with existing users of whom about 7% have no profile. Then it plays the rollout:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -212,7 +213,7 @@ def show_burst(console: Console, title: str, phase: Phase, missing_after: int) -
     table.add_row("users without a profile", str(missing_after))
     console.print(table)
     for error, count in sorted(phase.errors.items(), key=lambda kv: -kv[1]):
-        console.print(f"  {count:>4} × {error}", highlight=False)
+        console.print(f"  {count:>4}x {error}", highlight=False)
 
 
 def show_audit(console: Console, settings: Settings) -> int:
@@ -338,10 +339,8 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
 
             console.print(f"\nDashboard: [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C stops it)")
             console.print(f"Connect to the demo database: {url}", highlight=False)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 serve_web(settings, host="127.0.0.1", port=port)
-            except KeyboardInterrupt:
-                pass
         stop.set()
         worker.join(timeout=30)
         reconciler.close()

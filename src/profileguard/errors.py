@@ -74,3 +74,53 @@ class DatabaseError(ProfileGuardError):
 
 class ProfileCreationError(DatabaseError):
     """The profile could not be created (e.g. the mapping violates a constraint)."""
+
+
+class UserExistsError(ProfileGuardError):
+    """Registration found the email, identity or id already taken by another user."""
+
+    exit_code = 6
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        conflict: str,
+        hint: str | None = None,
+        sqlstate: str | None = None,
+    ):
+        super().__init__(message, hint=hint, sqlstate=sqlstate)
+        self.conflict = conflict  # "email", "identity" or "id"
+
+
+class InvalidRegistrationError(ProfileGuardError):
+    """Registration or login input (email, metadata, provider, claims) is not acceptable."""
+
+    exit_code = 2
+
+
+class WeakPasswordError(InvalidRegistrationError):
+    """The password breaks the password policy; `reasons` names the rules it breaks."""
+
+    def __init__(self, message: str, *, reasons: tuple[str, ...], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.reasons = reasons
+
+
+class ProfilePendingError(ProfileCreationError):
+    """The user was created (the sign-up committed) but the profile could not be: recorded.
+
+    `user` is the created user row; the reconciler or `profileguard ensure` repairs the profile
+    once the cause named in the message is fixed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        user: dict[str, object],
+        sqlstate: str | None = None,
+        hint: str | None = None,
+    ):
+        super().__init__(message, sqlstate=sqlstate, hint=hint)
+        self.user = user

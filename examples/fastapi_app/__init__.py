@@ -1,0 +1,1 @@
+"""Example: a FastAPI app that uses profileguard for sign-up, OAuth first login and profiles."""

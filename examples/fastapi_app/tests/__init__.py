@@ -1,0 +1,1 @@
+"""Tests of the FastAPI example, against a real PostgreSQL."""
