@@ -28,7 +28,12 @@ def read(name: str) -> str:
 
 @cache
 def migrations() -> tuple[Migration, ...]:
-    """Every migration, in version order; versions must run 1, 2, 3… without gaps."""
+    """Every migration, in version order; versions are unique, start at 1 and may have gaps.
+
+    Gaps are allowed because install applies every migration the database has not recorded
+    (not only those above its highest version), so numbers reserved for changes written in
+    parallel can land in any order.
+    """
     found = []
     for entry in resources.files(__name__).joinpath("migrations").iterdir():
         match = MIGRATION_NAME.match(entry.name)
@@ -37,8 +42,9 @@ def migrations() -> tuple[Migration, ...]:
                 Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
             )
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions have a gap: {[m.version for m in found]}")
+    versions = [m.version for m in found]
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(f"migration versions must be unique and start at 1: {versions}")
     return tuple(found)
 
 
@@ -48,13 +54,13 @@ def latest_version() -> int:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries from queries.sql (each starts with a '-- name: x' line)."""
-    text = read("queries.sql")
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """Named queries from `file` (each starts with a '-- name: x' line)."""
+    text = read(file)
     parts = QUERY_HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def query(name: str) -> str:
-    """One named query from queries.sql."""
-    return queries()[name]
+def query(name: str, file: str = "queries.sql") -> str:
+    """One named query from `file` (queries.sql by default)."""
+    return queries(file)[name]
