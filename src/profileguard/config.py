@@ -125,7 +125,7 @@ class AlertSettings:
     success_rate_window_seconds: float = 3600.0
     success_rate_min_signups: int = 20
     quarantine_threshold: int = 0
-    worker_required: bool = True
+    worker_required: bool = False
     worker_heartbeat_max_age_seconds: float = 120.0
     backfill_stall_seconds: float = 600.0
     webhook_url: str | None = None

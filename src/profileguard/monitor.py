@@ -241,11 +241,12 @@ def _quarantine(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
 
 def _worker(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     live = int(stats.get("live_workers") or 0)
+    registered = len(stats.get("workers") or [])
     return Condition(
-        cfg.worker_required and live == 0,
+        live == 0 and (cfg.worker_required or registered > 0),
         live,
         1,
-        f"{live} live reconciler workers (heartbeat within "
+        f"{live} of {registered} registered reconciler workers are live (heartbeat within "
         f"{cfg.worker_heartbeat_max_age_seconds:.0f}s); start one: profileguard worker",
     )
 

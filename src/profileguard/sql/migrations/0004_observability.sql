@@ -447,28 +447,27 @@ declare
     v_status text := 'healthy';
 begin
     if not (v ->> 'enabled')::boolean then
-        v_problems := v_problems || 'profileguard is disabled';
+        v_problems := array_append(v_problems, 'profileguard is disabled');
         v_status := 'unhealthy';
     end if;
     if not (v ->> 'trigger_installed')::boolean then
-        v_problems := v_problems || 'the signup trigger is missing or disabled';
+        v_problems := array_append(v_problems, 'the signup trigger is missing or disabled');
         v_status := 'unhealthy';
     end if;
     if (v ->> 'missing')::bigint > 0 then
-        v_problems := v_problems || format('%s users have no profile', v ->> 'missing');
+        v_problems := array_append(v_problems, format('%s users have no profile', v ->> 'missing'));
     end if;
     if (v ->> 'quarantined')::bigint > 0 then
-        v_problems := v_problems || format('%s users are quarantined', v ->> 'quarantined');
+        v_problems := array_append(v_problems, format('%s users are quarantined', v ->> 'quarantined'));
     end if;
     if (v ->> 'trigger_failures_window')::bigint > 0 then
-        v_problems := v_problems
-            || format('%s trigger failures in the last hour', v ->> 'trigger_failures_window');
+        v_problems := array_append(v_problems, format('%s trigger failures in the last hour', v ->> 'trigger_failures_window'));
     end if;
     if jsonb_array_length(v -> 'workers') > 0 and (v ->> 'live_workers')::bigint = 0 then
-        v_problems := v_problems || 'no live reconciler worker';
+        v_problems := array_append(v_problems, 'no live reconciler worker');
     end if;
     if coalesce((v -> 'backfill' ->> 'stalled')::boolean, false) then
-        v_problems := v_problems || 'the backfill has stalled';
+        v_problems := array_append(v_problems, 'the backfill has stalled');
     end if;
     if v_status = 'healthy' and cardinality(v_problems) > 0 then
         v_status := 'degraded';
