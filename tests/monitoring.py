@@ -78,6 +78,19 @@ def signups(db: TestDB, count: int, *, name: str = "Good User") -> list[uuid.UUI
     return ids
 
 
+def bulk(db: TestDB, count: int, *, prefix: str = "bulk") -> None:
+    """`count` users in one statement (the trigger creates their profiles), statistics flushed."""
+    with db.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+            " select gen_random_uuid(), 'authenticated', 'authenticated',"
+            " %(p)s || g || '@example.com', jsonb_build_object('full_name', 'User ' || g), now()"
+            " from generate_series(1, %(n)s) g",
+            {"p": prefix, "n": count},
+        )
+        flush_stats(conn)
+
+
 def flush_stats(conn: Any) -> None:
     """Make this backend publish its pending statistics: pg_stat_force_next_flush() asks for a
     flush when the backend next goes idle, which happens before it reads the next query."""

@@ -15,6 +15,7 @@ from monitoring import (
     BACKFILL_RUNS,
     BAD_NAME,
     add_bad_constraint,
+    bulk,
     signups,
     with_alerts,
 )
@@ -35,10 +36,9 @@ def refresh(db: TestDB) -> None:
 
 
 def test_counts_after_a_sweep(installed: TestDB) -> None:
-    installed.bulk_signup(20)
+    bulk(installed, 20)
     schema.set_enabled(installed.settings, False)
-    installed.signup({"full_name": "Off 1"})
-    installed.signup({"full_name": "Off 2"})
+    signups(installed, 2, name="Off")
     schema.set_enabled(installed.settings, True)
     add_bad_constraint(installed)
     signups(installed, 3, name=BAD_NAME)
@@ -196,13 +196,23 @@ def test_missing_rule_threshold_and_duration(installed: TestDB) -> None:
     assert verdict == "degraded"
 
 
-def test_not_installed_and_old_schema(db: TestDB) -> None:
+def test_worker_rule_when_required_or_registered(installed: TestDB) -> None:
+    s = stats(installed)
+    assert s["workers"] == []
+    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, AlertSettings())[1])
+    assert states["no_live_worker"] == "ok"  # never ran a worker, not required
+    required = AlertSettings(worker_required=True)
+    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, required)[1])
+    assert states["no_live_worker"] == "warning"
+
+
+def test_not_installed(db: TestDB) -> None:
     with pytest.raises(NotInstalledError):
         monitor.status(db.settings)
 
 
 def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
-    installed.bulk_signup(300)
+    bulk(installed, 300)
     errors: list[BaseException] = []
 
     def work() -> None:
