@@ -234,7 +234,7 @@ def _quarantine(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
         count > cfg.quarantine_threshold,
         count,
         cfg.quarantine_threshold,
-        f"{count} users are quarantined (threshold {cfg.quarantine_threshold}); "
+        f"{count} quarantined users (threshold {cfg.quarantine_threshold}); "
         "see: profileguard status",
     )
 
