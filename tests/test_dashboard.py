@@ -133,4 +133,4 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
         loaded(browser)
         error = browser.find_element(By.ID, "error")
         assert error.is_displayed() and "401" in error.text and "#token=" in error.text
-        assert shown(browser, "users") == "–"
+        assert shown(browser, "users") == "\u2013"  # the placeholder dash

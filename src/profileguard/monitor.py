@@ -321,13 +321,16 @@ def status(
     *,
     refresh_if_older_than: float | None = None,
     with_lists: bool = True,
+    conn: psycopg.Connection | None = None,
 ) -> dict[str, Any]:
     """Figures, verdict, alert states (and the quarantine list): what `profileguard status` and
     `/api/status` show. Runs the full sweep first when the counts are older than
-    `refresh_if_older_than` seconds (default: alerts.refresh_interval_seconds)."""
+    `refresh_if_older_than` seconds (default: alerts.refresh_interval_seconds). Uses `conn`
+    (autocommit) when given, else its own connection."""
     cfg = settings.alerts
     limit = cfg.refresh_interval_seconds if refresh_if_older_than is None else refresh_if_older_than
-    conn = open_connection(settings)
+    own = conn is None
+    conn = conn or open_connection(settings)
     try:
         require_monitoring(conn)
         stats = read_stats(conn, cfg)
@@ -336,7 +339,8 @@ def status(
             stats = read_stats(conn, cfg)
         return build_status(conn, stats, cfg, with_lists=with_lists)
     finally:
-        conn.close()
+        if own:
+            conn.close()
 
 
 def build_status(

@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from psycopg import Connection
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from profileguard import __version__, monitor
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
-from profileguard.errors import ProfileGuardError
+from profileguard.db import translate
+from profileguard.errors import ConnectionFailedError, ProfileGuardError
 from profileguard.web import metrics
 
 log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("failure", "repair", "backfill", "config", "quarantine")
+# Seconds a request waits for a pooled connection before answering 503.
+POOL_TIMEOUT = 3.0
+POOL_SIZE = 4
 
 
 def _static(name: str) -> str:
@@ -69,6 +76,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
         background = loop or (monitor.MonitorLoop(settings) if alerts else None)
         if background is not None:
             background.start()
@@ -77,6 +85,34 @@ def create_app(
         finally:
             if background is not None:
                 background.stop()
+            pool.close()
+
+    # Kept sessions: stats() and its plans are compiled once per connection, not per request.
+    pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+        settings.conninfo(),
+        min_size=1,
+        max_size=POOL_SIZE,
+        open=False,
+        check=ConnectionPool.check_connection,
+        kwargs={
+            "autocommit": True,
+            "application_name": "profileguard-serve",
+            "connect_timeout": settings.connect_timeout,
+        },
+    )
+
+    @contextmanager
+    def connection() -> Iterator[Connection[Any]]:
+        try:
+            with pool.connection(timeout=POOL_TIMEOUT) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the database: no connection within {POOL_TIMEOUT:.0f} s",
+                hint="check DATABASE_URL and that the server is running",
+            ) from exc
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     app = FastAPI(
         title="profileguard",
@@ -103,7 +139,7 @@ def create_app(
     @app.get("/readyz", summary="Database reachable, schema installed and enabled")
     def readyz() -> JSONResponse:
         try:
-            with monitor.open_connection(settings) as conn:
+            with connection() as conn:
                 version = monitor.require_monitoring(conn)
                 row = conn.execute(
                     "select s.enabled, exists (select from pg_catalog.pg_trigger g"
@@ -135,12 +171,13 @@ def create_app(
     @app.get("/metrics", dependencies=auth, summary="Prometheus text format",
              response_class=Response)
     def prometheus() -> Response:
-        return Response(metrics.render(settings), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(settings, connection), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/status", dependencies=auth, summary="Figures, verdict, alerts, quarantine")
     def api_status() -> dict[str, Any]:
         try:
-            return monitor.status(settings, refresh_if_older_than=float("inf"))
+            with connection() as conn:
+                return monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
@@ -153,7 +190,7 @@ def create_app(
         if kind is not None and kind not in EVENT_KINDS:
             raise HTTPException(status_code=422, detail=f"kind must be one of {EVENT_KINDS}")
         try:
-            with monitor.open_connection(settings) as conn:
+            with connection() as conn:
                 return monitor.events(conn, limit=limit, before=before, kind=kind)
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
@@ -164,7 +201,7 @@ def create_app(
         points: Annotated[int, Query(ge=2, le=2000)] = 240,
     ) -> dict[str, Any]:
         try:
-            with monitor.open_connection(settings) as conn:
+            with connection() as conn:
                 return {"items": monitor.history(conn, hours=hours, points=points)}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
@@ -172,7 +209,7 @@ def create_app(
     @app.get("/api/quarantine", dependencies=auth, summary="Quarantined users")
     def api_quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         try:
-            with monitor.open_connection(settings) as conn:
+            with connection() as conn:
                 return {"items": monitor.quarantine(conn, limit=limit)}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc

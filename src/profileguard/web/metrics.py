@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
+import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -59,16 +61,21 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily | None
     return None if value is None else GaugeMetricFamily(name, doc, value=float(value))
 
 
-class StatsCollector(Collector):
-    """Collects the figures of `profileguard.stats()` at scrape time."""
+ConnectionFactory = Callable[[], AbstractContextManager[psycopg.Connection]]
 
-    def __init__(self, settings: Settings):
+
+class StatsCollector(Collector):
+    """Collects the figures of `profileguard.stats()` at scrape time, on a connection from
+    `connection` (a pool's, in `profileguard serve`) or a new one per scrape."""
+
+    def __init__(self, settings: Settings, connection: ConnectionFactory | None = None):
         self.settings = settings
+        self.connection = connection or (lambda: monitor.open_connection(settings))
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
-            with monitor.open_connection(self.settings) as conn:
+            with self.connection() as conn:
                 stats = monitor.read_stats(conn, self.settings.alerts)
                 alerts = monitor.alert_states(conn)
         except ProfileGuardError as exc:
@@ -181,8 +188,8 @@ class StatsCollector(Collector):
         yield firing
 
 
-def render(settings: Settings) -> bytes:
+def render(settings: Settings, connection: ConnectionFactory | None = None) -> bytes:
     """The Prometheus text exposition of every profileguard metric."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(settings))
+    registry.register(StatsCollector(settings, connection))
     return generate_latest(registry)

@@ -236,7 +236,6 @@ declare
     v_missing bigint;
     v_missing_exact boolean := true;
     v_oldest timestamptz;
-    v_key text;
     v_window_start timestamptz;
     v_signups bigint;
     v_trigger_failures bigint;
@@ -278,24 +277,24 @@ begin
 
     -- Missing: the known missing users still without a profile (primary-key probes), plus users
     -- named by failure events after the sweep's horizon. A very large known set is not probed.
-    v_key := format('(case when c.user_id ~ %L then c.user_id::%s end)', t.key_pattern,
-                    t.key_type);
+    -- Ids in missing_profiles came from the identity key, so they cast; event ids are checked.
     execute format(
         'select count(*), min(c.first_seen_at) from ('
-        '  select s.user_id, min(s.first_seen_at) as first_seen_at from ('
-        '    select m.user_id, m.first_seen_at from profileguard.missing_profiles m'
+        '  select s.k, min(s.first_seen_at) as first_seen_at from ('
+        '    select m.user_id::%1$s as k, m.first_seen_at from profileguard.missing_profiles m'
         '     where $2'
         '    union all'
-        '    select e.user_id, e.created_at from profileguard.events e'
+        '    select case when e.user_id ~ %2$L then e.user_id::%1$s end, e.created_at'
+        '     from profileguard.events e'
         '     where e.kind = ''failure'' and e.created_at >= $1 and e.user_id is not null'
-        '  ) s group by s.user_id'
+        '  ) s where s.k is not null group by s.k'
         ') c'
-        ' where exists (select from %1$s u where u.%2$I = %5$s)'
-        '   and not exists (select from %3$s p where p.%4$I = %5$s)',
-        t.identity, t.identity_key, t.profile, t.profile_key, v_key)
+        ' where exists (select from %3$s u where u.%4$I = c.k)'
+        '   and not exists (select from %5$s p where p.%6$I = c.k)',
+        t.key_type, t.key_pattern, t.identity, t.identity_key, t.profile, t.profile_key)
     into v_missing, v_oldest
-    using c.events_horizon, c.missing <= 10000;
-    if c.missing > 10000 then
+    using c.events_horizon, c.missing <= 5000;
+    if c.missing > 5000 then
         v_missing := v_missing + c.missing;
         v_oldest := least(v_oldest, c.oldest_missing_at);
         v_missing_exact := false;
