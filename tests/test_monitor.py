@@ -279,3 +279,52 @@ def test_status_command_not_installed_and_unreachable(db: TestDB) -> None:
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert gone.returncode == 4
+
+
+def test_alert_settings_are_validated(tmp_path: Any) -> None:
+    from profileguard.config import load_settings
+    from profileguard.errors import ConfigError
+
+    config = tmp_path / "profileguard.toml"
+    config.write_text(
+        "[alerts]\nmissing_threshold = 5\nmissing_for_seconds = 120\nworker_required = true\n"
+        "webhook_url = 'http://127.0.0.1:9/hook'\n"
+    )
+    alerts = load_settings(config, env={}).alerts
+    assert (alerts.missing_threshold, alerts.missing_for_seconds) == (5, 120.0)
+    assert alerts.worker_required is True and alerts.webhook_url == "http://127.0.0.1:9/hook"
+    env = {"PROFILEGUARD_ALERT_WEBHOOK_URL": "https://hooks.example.com/x"}
+    assert load_settings(config, env=env).alerts.webhook_url == "https://hooks.example.com/x"
+    for body, key in (
+        ("[alerts]\nwebhook_url = 'ftp://x'\n", "webhook_url"),
+        ("[alerts]\nmissing_threshold = -1\n", "alerts.missing_threshold"),
+        ("[alerts]\nsuccess_rate_min_pct = 101\n", "alerts.success_rate_min_pct"),
+        ("[alerts]\nworker_required = 'maybe'\n", "alerts.worker_required"),
+        ("[alerts]\nmissing_treshold = 3\n", "alerts.missing_treshold"),
+        ("alerts = 3\n", "[alerts]"),
+    ):
+        config.write_text(body)
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, env={})
+        assert key in str(caught.value)
+
+
+def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> None:
+    import psycopg
+
+    for role in ("anon", "authenticated"):
+        for call in ("profileguard.stats()", "profileguard.health()",
+                     "profileguard.refresh_stats()"):
+            with installed.connect() as conn:
+                conn.execute(f"set role {role}")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"select {call}")
+    assert installed.scalar(
+        "select bool_and(relrowsecurity) from pg_class where relnamespace ="
+        " 'profileguard'::regnamespace and relkind = 'r'"
+    ) is True
+    assert installed.scalar(
+        "select bool_and(prosecdef and proconfig @> array['search_path=\"\"'])"
+        " from pg_proc where pronamespace = 'profileguard'::regnamespace"
+        " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
+    ) is True
