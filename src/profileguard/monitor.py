@@ -199,13 +199,14 @@ def _missing(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     missing = int(stats.get("missing") or 0)
     age = float(stats.get("oldest_missing_age_seconds") or 0)
     active = missing > cfg.missing_threshold and age >= cfg.missing_for_seconds
-    return Condition(
-        active,
-        missing,
-        cfg.missing_threshold,
+    message = (
         f"{missing} users have no profile (threshold {cfg.missing_threshold}); the oldest has "
-        f"been missing for {age:.0f}s (threshold {cfg.missing_for_seconds:.0f}s)",
+        f"been missing for {age:.0f}s (threshold {cfg.missing_for_seconds:.0f}s); "
+        "repair them: profileguard worker"
+        if missing
+        else "every user has a profile"
     )
+    return Condition(active, missing, cfg.missing_threshold, message)
 
 
 def _success(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
@@ -217,15 +218,16 @@ def _success(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
         and max(signups, failures) >= cfg.success_rate_min_signups
         and float(rate) < cfg.success_rate_min_pct
     )
-    shown = "n/a" if rate is None else f"{float(rate):.2f}%"
-    return Condition(
-        active,
-        None if rate is None else float(rate),
-        cfg.success_rate_min_pct,
-        f"trigger success rate {shown} over the last "
-        f"{float(stats.get('window_covered_seconds') or 0):.0f}s ({failures} failures in "
-        f"{signups} signups; minimum {cfg.success_rate_min_pct}%)",
+    covered = float(stats.get("window_covered_seconds") or 0)
+    message = (
+        f"no signups in the last {covered:.0f}s"
+        if rate is None
+        else f"trigger success rate {float(rate):.2f}% over the last {covered:.0f}s "
+        f"({failures} failures in {signups} signups; minimum {cfg.success_rate_min_pct}% "
+        f"from {cfg.success_rate_min_signups} signups)"
     )
+    return Condition(active, None if rate is None else float(rate), cfg.success_rate_min_pct,
+                     message)
 
 
 def _quarantine(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
@@ -234,21 +236,25 @@ def _quarantine(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
         count > cfg.quarantine_threshold,
         count,
         cfg.quarantine_threshold,
-        f"{count} quarantined users (threshold {cfg.quarantine_threshold}); "
-        "see: profileguard status",
+        f"{count} quarantined users (threshold {cfg.quarantine_threshold}); fix the cause, "
+        "then run: profileguard retry --all-quarantined"
+        if count
+        else "nobody is quarantined",
     )
 
 
 def _worker(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     live = int(stats.get("live_workers") or 0)
     registered = len(stats.get("workers") or [])
-    return Condition(
-        live == 0 and (cfg.worker_required or registered > 0),
-        live,
-        1,
-        f"{live} of {registered} registered reconciler workers are live (heartbeat within "
-        f"{cfg.worker_heartbeat_max_age_seconds:.0f}s); start one: profileguard worker",
-    )
+    if registered == 0 and not cfg.worker_required:
+        message = "no reconciler worker registered (alerts.worker_required is off)"
+    else:
+        message = (
+            f"{live} of {registered} registered reconciler workers are live (heartbeat within "
+            f"{cfg.worker_heartbeat_max_age_seconds:.0f}s)"
+            + ("" if live else "; start one: profileguard worker")
+        )
+    return Condition(live == 0 and (cfg.worker_required or registered > 0), live, 1, message)
 
 
 def _backfill(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
