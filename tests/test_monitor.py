@@ -328,3 +328,24 @@ def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> 
         " from pg_proc where pronamespace = 'profileguard'::regnamespace"
         " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
     ) is True
+
+
+def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    first, second = signups(installed, 2, name="Lagging")
+    schema.set_enabled(installed.settings, True)
+    with installed.connect() as conn:
+        conn.execute("update auth.users set created_at = now() - interval '2 hours'"
+                     " where id = %s", (first,))
+        conn.execute("update auth.users set created_at = now() - interval '1 hour'"
+                     " where id = %s", (second,))
+    refresh(installed)
+    s = stats(installed)
+    assert 7200 <= s["oldest_missing_age_seconds"] < 7300
+    assert 7200 <= s["repair_lag_seconds"] < 7300
+    with installed.connect() as conn:
+        conn.execute("insert into profileguard.repair_state (user_id, attempts, quarantined_at)"
+                     " values (%s, 5, now())", (str(first),))
+    s = stats(installed)
+    assert 7200 <= s["oldest_missing_age_seconds"] < 7300
+    assert 3600 <= s["repair_lag_seconds"] < 3700

@@ -305,7 +305,10 @@ def _status_view(result: dict[str, Any]) -> None:
                                           s["failures_by_category_total"].items()) or "none",
         "repairs": f"{s['repairs_total']:,} ({s['repairs_window']} in window)",
         "quarantined": f"{s['quarantined']:,} ({s['retrying']} retrying)",
-        "workers": f"{s['live_workers']} live of {len(s['workers'])}",
+        "workers": f"{s['live_workers']} live of {len(s['workers'])}"
+        + "".join(f"; {w['worker_id']} {w['heartbeat_age_seconds']:.0f}s ago"
+                  for w in s["workers"][:5])
+        + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
         "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
         + (" STALLED" if backfill.get("stalled") else "") if backfill else "none",
         "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",

@@ -236,6 +236,7 @@ declare
     v_missing bigint;
     v_missing_exact boolean := true;
     v_oldest timestamptz;
+    v_oldest_repairable timestamptz;
     v_window_start timestamptz;
     v_signups bigint;
     v_trigger_failures bigint;
@@ -279,7 +280,9 @@ begin
     -- named by failure events after the sweep's horizon. A very large known set is not probed.
     -- Ids in missing_profiles came from the identity key, so they cast; event ids are checked.
     execute format(
-        'select count(*), min(c.first_seen_at) from ('
+        'select count(*), min(c.first_seen_at),'
+        '  min(c.first_seen_at) filter (where not exists (select from profileguard.repair_state r'
+        '   where r.user_id = c.k::text and r.quarantined_at is not null)) from ('
         '  select s.k, min(s.first_seen_at) as first_seen_at from ('
         '    select m.user_id::%1$s as k, m.first_seen_at from profileguard.missing_profiles m'
         '     where $2'
@@ -292,11 +295,12 @@ begin
         ' where exists (select from %3$s u where u.%4$I = c.k)'
         '   and not exists (select from %5$s p where p.%6$I = c.k)',
         t.key_type, t.key_pattern, t.identity, t.identity_key, t.profile, t.profile_key)
-    into v_missing, v_oldest
+    into v_missing, v_oldest, v_oldest_repairable
     using c.events_horizon, c.missing <= 5000;
     if c.missing > 5000 then
         v_missing := v_missing + c.missing;
         v_oldest := least(v_oldest, c.oldest_missing_at);
+        v_oldest_repairable := least(v_oldest_repairable, c.oldest_missing_at);
         v_missing_exact := false;
     end if;
     v_missing := least(v_missing, v_users);
@@ -402,6 +406,9 @@ begin
         'oldest_missing_at', v_oldest,
         'oldest_missing_age_seconds',
             coalesce(round(extract(epoch from now() - v_oldest)::numeric, 3), 0),
+        -- How far repairs are behind: the oldest missing profile nobody has given up on.
+        'repair_lag_seconds',
+            coalesce(round(extract(epoch from now() - v_oldest_repairable)::numeric, 3), 0),
         'coverage_pct', case when v_users > 0
             then round(100.0 * (v_users - v_missing) / v_users, 4) else 100 end,
         'counted_at', c.refreshed_at,
