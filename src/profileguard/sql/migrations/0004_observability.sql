@@ -6,6 +6,13 @@
 -- `stats()` adds only what happened since: identity inserts/deletes from the statistics collector,
 -- failure events after the horizon, and a re-check of the known missing users by primary key.
 -- Nothing here runs on the signup path. Nothing is granted to anyone (see privileges.sql).
+--
+-- Limits, by design: between sweeps `users` follows the statistics collector, which publishes a
+-- session's inserts within about a second (idle sessions up to ~10 s later), so it can be off by
+-- the signups of the last seconds until the next sweep (`users_exact` says whether it moved).
+-- The horizon waits for the oldest open transaction in this database that the owner can see in
+-- pg_stat_activity (superuser or pg_read_all_stats); a session idle in a transaction for hours
+-- keeps later events in the cheap-read part, which then grows with the audit trail.
 
 -- One row: the figures of the last full sweep and the watermarks the cheap read starts from.
 create table profileguard.counters (
