@@ -506,6 +506,106 @@ def register(
     print_fields(f"user {result.id} ({result.user['email']})", result.profile)
 
 
+# ---------------------------------------------------------------- observability: status, serve
+
+
+def _status_view(result: dict[str, Any]) -> None:
+    s = result["stats"]
+    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[result["status"]]
+    figures = Table(title=f"profileguard status: [bold {colour}]{result['status']}[/]",
+                    show_header=False, title_justify="left")
+    figures.add_column(style="bold")
+    figures.add_column()
+    rate = s.get("success_rate_pct")
+    backfill = s.get("backfill") or {}
+    rows = {
+        "users": f"{s['users']:,}" + ("" if s.get("users_exact") else " (since last count)"),
+        "profiles": f"{s['profiles']:,}",
+        "missing": f"{s['missing']:,}"
+        + (f" (oldest {s['oldest_missing_age_seconds']:.0f}s)" if s["missing"] else ""),
+        "coverage": f"{s['coverage_pct']:.2f}%",
+        "trigger success": "n/a" if rate is None else
+        f"{rate:.2f}% ({s['trigger_failures_window']} failures / "
+        f"{s.get('signups_window') or 0} signups, {s['window_covered_seconds']:.0f}s)",
+        "failures by category": ", ".join(f"{k} {v}" for k, v in
+                                          s["failures_by_category_total"].items()) or "none",
+        "repairs": f"{s['repairs_total']:,} ({s['repairs_window']} in window)",
+        "quarantined": f"{s['quarantined']:,} ({s['retrying']} retrying)",
+        "workers": f"{s['live_workers']} live of {len(s['workers'])}"
+        + "".join(f"; {w['worker_id']} {w['heartbeat_age_seconds']:.0f}s ago"
+                  for w in s["workers"][:5])
+        + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
+        "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
+        + (" STALLED" if backfill.get("stalled") else "") if backfill else "none",
+        "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",
+    }
+    for key, value in rows.items():
+        figures.add_row(key, value)
+    out.print(figures)
+    checks = Table(title="checks", title_justify="left")
+    for column in ("check", "status", "detail"):
+        checks.add_column(column)
+    style = {"ok": "green", "warning": "yellow", "critical": "red"}
+    for check in result["checks"]:
+        checks.add_row(check["name"], f"[{style[check['status']]}]{check['status']}[/]",
+                       check["message"])
+    out.print(checks)
+
+
+@app.command()
+@handle_errors
+def status(
+    ctx: typer.Context,
+    refresh: Annotated[
+        bool | None,
+        typer.Option(
+            "--refresh/--no-refresh",
+            help="Recount everything first (a full scan), or never; default: only when the "
+            "last count is older than alerts.refresh_interval_seconds.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Coverage, missing profiles, failures, repairs, quarantine, workers and backfill at a
+    glance. Exit code: 0 healthy, 6 degraded, 7 unhealthy, 3 not installed, 4 unreachable."""
+    from profileguard import monitor
+
+    older = {True: 0.0, False: float("inf"), None: None}[refresh]
+    result = monitor.status(_state(ctx).settings(), refresh_if_older_than=older)
+    if as_json:
+        print_json(result)
+    else:
+        _status_view(result)
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command()
+@handle_errors
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind (default: localhost only).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8787,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROFILEGUARD_API_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on /metrics and /api/* (the dashboard "
+            "takes it as #token=TOKEN in its address).",
+        ),
+    ] = None,
+    alerts: Annotated[
+        bool, typer.Option("--alerts/--no-alerts", help="Evaluate alert rules in the background.")
+    ] = True,
+) -> None:
+    """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
+    /readyz and the API docs (/docs). Read-only."""
+    from profileguard.web import serve as run_server
+
+    run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

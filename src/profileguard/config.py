@@ -117,6 +117,26 @@ class Source:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Thresholds of the alert rules and where alerts go (the [alerts] section)."""
+
+    missing_threshold: int = 0
+    missing_for_seconds: float = 600.0
+    success_rate_min_pct: float = 99.0
+    success_rate_window_seconds: float = 3600.0
+    success_rate_min_signups: int = 20
+    quarantine_threshold: int = 0
+    worker_required: bool = False
+    worker_heartbeat_max_age_seconds: float = 120.0
+    backfill_stall_seconds: float = 600.0
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = 5.0
+    webhook_attempts: int = 3
+    evaluate_interval_seconds: float = 30.0
+    refresh_interval_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything profileguard needs to know; build it with `load_settings()`."""
 
@@ -137,6 +157,7 @@ class Settings:
     retry_base_seconds: float = 0.05
     retry_cap_seconds: float = 2.0
     connect_timeout: int = 10
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with `changes` applied (None values are ignored)."""
@@ -236,6 +257,81 @@ def parse_mapping(raw: Any, *, setting: str = "mapping") -> dict[str, tuple[Sour
     return mapping
 
 
+def _url(value: Any, key: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+        raise ConfigError(
+            f"{key}: {value!r} is not an http(s) URL",
+            hint=f"set {key} to the webhook address, e.g. 'https://hooks.slack.com/services/…'",
+        )
+    return value
+
+
+def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSettings:
+    """Validate the [alerts] section (and PROFILEGUARD_ALERT_WEBHOOK_URL)."""
+    known = set(AlertSettings.__dataclass_fields__)
+    for key in section:
+        if key not in known:
+            raise ConfigError(
+                f"alerts.{key}: unknown setting",
+                hint=f"use one of: {', '.join(sorted(known))}",
+            )
+    d = AlertSettings()
+
+    def seconds(key: str, high: float = 30 * 86400) -> float:
+        return _float(section.get(key, getattr(d, key)), f"alerts.{key}", low=0, high=high)
+
+    def count(key: str) -> int:
+        return _int(section.get(key, getattr(d, key)), f"alerts.{key}", low=0, high=10**9)
+
+    return AlertSettings(
+        missing_threshold=count("missing_threshold"),
+        missing_for_seconds=seconds("missing_for_seconds"),
+        success_rate_min_pct=_float(
+            section.get("success_rate_min_pct", d.success_rate_min_pct),
+            "alerts.success_rate_min_pct", low=0, high=100,
+        ),
+        success_rate_window_seconds=_float(
+            section.get("success_rate_window_seconds", d.success_rate_window_seconds),
+            "alerts.success_rate_window_seconds", low=60, high=8 * 86400,
+        ),
+        success_rate_min_signups=count("success_rate_min_signups"),
+        quarantine_threshold=count("quarantine_threshold"),
+        worker_required=_bool(
+            section.get("worker_required", d.worker_required), "alerts.worker_required"
+        ),
+        worker_heartbeat_max_age_seconds=_float(
+            section.get("worker_heartbeat_max_age_seconds", d.worker_heartbeat_max_age_seconds),
+            "alerts.worker_heartbeat_max_age_seconds", low=1, high=86400,
+        ),
+        backfill_stall_seconds=_float(
+            section.get("backfill_stall_seconds", d.backfill_stall_seconds),
+            "alerts.backfill_stall_seconds", low=1, high=30 * 86400,
+        ),
+        webhook_url=_url(
+            env.get("PROFILEGUARD_ALERT_WEBHOOK_URL") or section.get("webhook_url"),
+            "PROFILEGUARD_ALERT_WEBHOOK_URL / alerts.webhook_url",
+        ),
+        webhook_timeout_seconds=_float(
+            section.get("webhook_timeout_seconds", d.webhook_timeout_seconds),
+            "alerts.webhook_timeout_seconds", low=0.1, high=120,
+        ),
+        webhook_attempts=_int(
+            section.get("webhook_attempts", d.webhook_attempts), "alerts.webhook_attempts",
+            low=1, high=20,
+        ),
+        evaluate_interval_seconds=_float(
+            section.get("evaluate_interval_seconds", d.evaluate_interval_seconds),
+            "alerts.evaluate_interval_seconds", low=0.1, high=86400,
+        ),
+        refresh_interval_seconds=_float(
+            section.get("refresh_interval_seconds", d.refresh_interval_seconds),
+            "alerts.refresh_interval_seconds", low=1, high=86400,
+        ),
+    )
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
@@ -265,6 +361,7 @@ def load_settings(
     identity = _table(data, "identity")
     profile = _table(data, "profile")
     client = _table(data, "client")
+    alerts = _table(data, "alerts")
 
     url = (
         overrides.pop("database_url", None)
@@ -325,5 +422,6 @@ def load_settings(
         connect_timeout=_int(
             client.get("connect_timeout", 10), "client.connect_timeout", low=1, high=600
         ),
+        alerts=parse_alerts(alerts, env),
     )
     return settings.with_overrides(**overrides)

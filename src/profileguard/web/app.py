@@ -1,0 +1,236 @@
+"""The FastAPI application behind `profileguard serve`: read-only, localhost by default.
+
+Routes: `/` (the dashboard: one static page, inline JS/SVG, no CDN), `/healthz` (the process is
+alive), `/readyz` (database reachable, schema installed with monitoring, trigger enabled),
+`/metrics` (Prometheus text format), `/api/status`, `/api/events` (paginated audit trail),
+`/api/history`, `/api/quarantine`, `/openapi.json` and `/docs` (rendered offline). With a token,
+`/metrics` and `/api/*` need `Authorization: Bearer TOKEN`; the probes and the static pages don't.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from psycopg import Connection
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from profileguard import __version__, monitor
+from profileguard import sql as sqlfiles
+from profileguard.config import Settings
+from profileguard.db import translate
+from profileguard.errors import ConnectionFailedError, ProfileGuardError
+from profileguard.web import metrics
+
+log = logging.getLogger(__name__)
+
+EVENT_KINDS = ("failure", "repair", "backfill", "config", "quarantine")
+# Seconds a request waits for a pooled connection before answering 503.
+POOL_TIMEOUT = 3.0
+POOL_SIZE = 4
+
+
+def _static(name: str) -> str:
+    return resources.files("profileguard.web").joinpath("static", name).read_text("utf-8")
+
+
+def _bearer(token: str | None) -> Callable[..., None]:
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def _unavailable(exc: ProfileGuardError) -> HTTPException:
+    return HTTPException(
+        status_code=503,
+        detail={"error": exc.message, "hint": exc.hint, "sqlstate": exc.sqlstate},
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    token: str | None = None,
+    alerts: bool = True,
+    loop: monitor.MonitorLoop | None = None,
+) -> FastAPI:
+    """The application; with `alerts`, a background loop refreshes the counts and evaluates
+    the alert rules while it runs."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        background = loop or (monitor.MonitorLoop(settings) if alerts else None)
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.stop()
+            pool.close()
+
+    # Kept sessions: stats() and its plans are compiled once per connection, not per request.
+    pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+        settings.conninfo(),
+        min_size=1,
+        max_size=POOL_SIZE,
+        open=False,
+        check=ConnectionPool.check_connection,
+        kwargs={
+            "autocommit": True,
+            "application_name": "profileguard-serve",
+            "connect_timeout": settings.connect_timeout,
+        },
+    )
+
+    @contextmanager
+    def connection() -> Iterator[Connection[Any]]:
+        try:
+            with pool.connection(timeout=POOL_TIMEOUT) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the database: no connection within {POOL_TIMEOUT:.0f} s",
+                hint="check DATABASE_URL and that the server is running",
+            ) from exc
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    app = FastAPI(
+        title="profileguard",
+        version=__version__,
+        description="Every user has a profile: status, metrics and the audit trail (read-only).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    auth = [Depends(_bearer(token))]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(_static("dashboard.html"))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_static("docs.html"))
+
+    @app.get("/healthz", summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Database reachable, schema installed and enabled")
+    def readyz() -> JSONResponse:
+        try:
+            with connection() as conn:
+                version = monitor.require_monitoring(conn)
+                row = conn.execute(
+                    "select s.enabled, exists (select from pg_catalog.pg_trigger g"
+                    " where g.tgrelid = (select t.identity from profileguard._monitored_tables() t)"
+                    " and g.tgname = 'profileguard_after_insert' and g.tgenabled <> 'D')"
+                    " from profileguard.settings s"
+                ).fetchone()
+        except ProfileGuardError as exc:
+            return JSONResponse(
+                {"ready": False, "reason": exc.message, "hint": exc.hint}, status_code=503
+            )
+        enabled, trigger = (bool(row[0]), bool(row[1])) if row else (False, False)
+        ready = enabled and trigger
+        body: dict[str, Any] = {
+            "ready": ready,
+            "schema_version": version,
+            "latest_schema_version": sqlfiles.latest_version(),
+            "enabled": enabled,
+            "trigger_installed": trigger,
+        }
+        if not ready:
+            body["reason"] = (
+                "profileguard is disabled (run: profileguard enable)"
+                if not enabled
+                else "the signup trigger is missing or disabled (run: profileguard install)"
+            )
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=auth, summary="Prometheus text format",
+             response_class=Response)
+    def prometheus() -> Response:
+        return Response(metrics.render(settings, connection), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/status", dependencies=auth, summary="Figures, verdict, alerts, quarantine")
+    def api_status() -> dict[str, Any]:
+        try:
+            with connection() as conn:
+                return monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
+        except ProfileGuardError as exc:
+            raise _unavailable(exc) from exc
+
+    @app.get("/api/events", dependencies=auth, summary="The audit trail, newest first")
+    def api_events(
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[int | None, Query(description="Events with a smaller id")] = None,
+        kind: Annotated[str | None, Query(description=", ".join(EVENT_KINDS))] = None,
+    ) -> dict[str, Any]:
+        if kind is not None and kind not in EVENT_KINDS:
+            raise HTTPException(status_code=422, detail=f"kind must be one of {EVENT_KINDS}")
+        try:
+            with connection() as conn:
+                return monitor.events(conn, limit=limit, before=before, kind=kind)
+        except ProfileGuardError as exc:
+            raise _unavailable(exc) from exc
+
+    @app.get("/api/history", dependencies=auth, summary="Users, missing, failures over time")
+    def api_history(
+        hours: Annotated[float, Query(gt=0, le=192)] = 24.0,
+        points: Annotated[int, Query(ge=2, le=2000)] = 240,
+    ) -> dict[str, Any]:
+        try:
+            with connection() as conn:
+                return {"items": monitor.history(conn, hours=hours, points=points)}
+        except ProfileGuardError as exc:
+            raise _unavailable(exc) from exc
+
+    @app.get("/api/quarantine", dependencies=auth, summary="Quarantined users")
+    def api_quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        try:
+            with connection() as conn:
+                return {"items": monitor.quarantine(conn, limit=limit)}
+        except ProfileGuardError as exc:
+            raise _unavailable(exc) from exc
+
+    return app
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    token: str | None = None,
+    alerts: bool = True,
+) -> None:
+    """Run the application with uvicorn until interrupted."""
+    import uvicorn
+
+    settings.conninfo()  # fail early, with the hint, when no database is configured
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        log.warning("serving on %s without a token: anyone who can reach it can read the "
+                    "figures and the audit trail; set PROFILEGUARD_API_TOKEN", host)
+    uvicorn.run(create_app(settings, token=token, alerts=alerts), host=host, port=port,
+                log_level="info")

@@ -1,0 +1,139 @@
+"""The dashboard in real headless Chromium: it loads offline, shows the same numbers as
+/api/status, draws its charts, and a screenshot is kept under artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TestDB
+from monitoring import BACKFILL_RUNS, BAD_NAME, add_bad_constraint, bulk, signups
+from test_web import get_json, serving
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip(
+        "headless Chromium is not installed (Debian packages 'chromium' and "
+        "'chromium-driver' provide /usr/bin/chromium and /usr/bin/chromedriver)",
+        allow_module_level=True,
+    )
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    profile = tempfile.mkdtemp(prefix="profileguard-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=1440,1600", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def loaded(driver: Any, at_least: int = 1) -> None:
+    WebDriverWait(driver, 60).until(
+        lambda d: int(d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")) >= at_least
+    )
+
+
+def shown(driver: Any, metric: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, f'[data-metric="{metric}"]').text)
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", "").rstrip("%"))
+
+
+def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> None:
+    installed.scalar("select profileguard.stats()")  # first sample: the window starts here
+    bulk(installed, 1234)
+    add_bad_constraint(installed)
+    signups(installed, 3, name=BAD_NAME)
+    with installed.connect() as conn:
+        conn.execute("insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
+                     " last_message, quarantined_at) values"
+                     " ('11111111-2222-3333-4444-555555555555', 5, '23514',"
+                     " 'new row violates check constraint', now())")
+        conn.execute("insert into profileguard.workers (worker_id, hostname, pid, stats) values"
+                     " ('host-a:101:5f2c', 'host-a', 101, '{\"state\": \"running\"}')")
+        conn.execute(BACKFILL_RUNS)
+        conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned,"
+                     " created) values ('running', 2000, 1500, 3)")
+        conn.execute("select profileguard.refresh_stats()")
+        # Two hours of history as the background loop would have left it.
+        conn.execute(
+            "insert into profileguard.stats_samples (taken_at, inserted, deleted, users,"
+            " missing, quarantined, failures, repairs)"
+            " select now() - make_interval(mins => 120 - g), 0, 0, 1000 + g,"
+            " mod(abs(60 - g), 17), 0, g / 10, g / 5 from generate_series(0, 118, 2) g"
+        )
+
+    with serving(installed.settings, token="dash-token") as base:
+        browser.get(f"{base}/#token=dash-token")
+        loaded(browser)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        api = get_json(f"{base}/api/status", token="dash-token")
+
+        s = api["stats"]
+        assert browser.find_element(By.ID, "error").is_displayed() is False
+        assert browser.find_element(By.ID, "status").text.lower() == api["status"]
+        assert number(shown(browser, "users")) == s["users"] == 1237
+        assert shown(browser, "users") == "1,237"
+        assert number(shown(browser, "profiles")) == s["profiles"] == 1234
+        assert number(shown(browser, "missing")) == s["missing"] == 3
+        assert number(shown(browser, "coverage_pct")) == round(s["coverage_pct"], 2)
+        assert number(shown(browser, "success_rate_pct")) == round(s["success_rate_pct"], 2)
+        assert number(shown(browser, "repairs_total")) == s["repairs_total"]
+        assert number(shown(browser, "quarantined")) == s["quarantined"] == 1
+        assert number(shown(browser, "live_workers")) == s["live_workers"] == 1
+
+        # Charts and lists are drawn from the same data.
+        bar = browser.find_element(By.CSS_SELECTOR, '#chart-failures [data-category="constraint"]')
+        assert number(bar.text) == s["failures_by_category_total"]["constraint"] == 3
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-failures rect")
+        history = get_json(f"{base}/api/history", token="dash-token")["items"]
+        assert len(history) >= 60
+        drawn = int(browser.find_element(By.ID, "history-legend").text.split()[0])
+        # The page fetched its history beside its status read, which may have recorded one
+        # more sample (a read records at most one per 10 s).
+        assert len(history) - drawn in (0, 1)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-missing path")) == 2
+        assert "11111111-2222-3333-4444-555555555555" in browser.find_element(
+            By.ID, "quarantine").text
+        assert "host-a:101:5f2c" in browser.find_element(By.ID, "workers").text
+        assert "1,500 of ~2,000" in browser.find_element(By.ID, "backfill").text
+        events = browser.find_element(By.ID, "events").text
+        assert events.count("failure") >= 3 and "constraint" in events
+        assert shot.stat().st_size > 10_000
+
+        # Without the token, the page says why it has no data instead of showing zeros.
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(f"{base}/")
+        loaded(browser)
+        error = browser.find_element(By.ID, "error")
+        assert error.is_displayed() and "401" in error.text and "#token=" in error.text
+        assert shown(browser, "users") == "\u2013"  # the placeholder dash

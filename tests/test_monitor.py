@@ -1,0 +1,351 @@
+"""The figures: stats() and refresh_stats() against the real server, the verdict, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from conftest import TestDB
+from monitoring import (
+    BACKFILL_RUNS,
+    BAD_NAME,
+    add_bad_constraint,
+    bulk,
+    signups,
+    with_alerts,
+)
+
+from profileguard import monitor, schema
+from profileguard.config import AlertSettings
+from profileguard.errors import NotInstalledError
+
+
+def stats(db: TestDB, window: float = 3600) -> dict[str, Any]:
+    with monitor.open_connection(db.settings) as conn:
+        return monitor.read_stats(conn, AlertSettings(), window_seconds=window)
+
+
+def refresh(db: TestDB) -> None:
+    with monitor.open_connection(db.settings) as conn:
+        assert monitor.refresh(conn) is True
+
+
+def test_counts_after_a_sweep(installed: TestDB) -> None:
+    bulk(installed, 20)
+    schema.set_enabled(installed.settings, False)
+    signups(installed, 2, name="Off")
+    schema.set_enabled(installed.settings, True)
+    add_bad_constraint(installed)
+    signups(installed, 3, name=BAD_NAME)
+    refresh(installed)
+
+    s = stats(installed)
+    assert s["users"] == 25 and s["users_exact"] is True
+    assert s["missing"] == 5 and s["profiles"] == 20
+    assert s["coverage_pct"] == 80.0
+    assert s["failures_by_category_total"] == {"constraint": 3}
+    assert s["failures_total"] == 3
+    assert s["oldest_missing_at"] is not None
+    assert s["enabled"] is True and s["trigger_installed"] is True
+    assert s["backfill"] is None  # no backfill table in this schema
+    assert installed.scalar("select count(*) from profileguard.missing_profiles") == 5
+
+
+def test_reads_between_sweeps_add_only_what_changed(installed: TestDB) -> None:
+    signups(installed, 4)
+    refresh(installed)
+    assert stats(installed)["users"] == 4
+
+    signups(installed, 3)  # no sweep: counted from the statistics collector
+    s = stats(installed)
+    assert s["users"] == 7 and s["users_exact"] is False and s["missing"] == 0
+
+    add_bad_constraint(installed)
+    bad = signups(installed, 2, name=BAD_NAME)  # failure events name them
+    s = stats(installed)
+    assert s["users"] == 9 and s["missing"] == 2
+    assert s["failures_window"] == {"constraint": 2}
+
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles drop constraint pg_test_monitor_no_bad_user"
+        )
+        conn.execute("select profileguard.ensure_profile(%s)", (bad[0],))
+    s = stats(installed)
+    assert s["missing"] == 1 and s["profiles"] == 8
+    assert s["repairs_total"] == 1
+
+    refresh(installed)
+    after = stats(installed)
+    assert after["users"] == 9 and after["users_exact"] is True
+    assert after["missing"] == 1 and after["repairs_total"] == 1 and after["failures_total"] == 2
+
+
+def test_totals_count_an_event_committed_after_a_sweep_once(installed: TestDB) -> None:
+    """An event written by a transaction still open during a sweep is counted after it commits,
+    exactly once: the sweep's horizon stops at the oldest open transaction."""
+    open_tx = installed.connect(autocommit=False)
+    try:
+        open_tx.execute("select profileguard.record_failure('u-1', '23505', 'dup', 'client')")
+        installed.scalar("select profileguard.record_failure('u-2', '42501', 'denied', 'client')")
+        refresh(installed)
+        assert stats(installed)["failures_by_category_total"] == {"permission": 1}
+        open_tx.commit()
+    finally:
+        open_tx.close()
+    for _ in range(3):
+        refresh(installed)
+        totals = stats(installed)["failures_by_category_total"]
+        assert totals == {"permission": 1, "constraint": 1}
+
+
+def test_success_rate_over_the_window(installed: TestDB) -> None:
+    stats(installed)  # the first read takes the sample the window starts from
+    add_bad_constraint(installed)
+    signups(installed, 6)
+    signups(installed, 2, name=BAD_NAME)
+    s = stats(installed, window=3600)
+    assert s["signups_window"] == 8
+    assert s["trigger_failures_window"] == 2
+    assert s["success_rate_pct"] == 75.0
+    # No audit row per successful signup: only the two failures are in the trail.
+    assert installed.scalar("select count(*) from profileguard.events where kind <> 'config'") == 2
+
+
+def test_quarantine_workers_and_backfill(installed: TestDB) -> None:
+    with installed.connect() as conn:
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
+            " last_message, quarantined_at) values ('q1', 5, '23514', 'check', now()),"
+            " ('q2', 1, '40001', 'retry', null)"
+        )
+        conn.execute(
+            "insert into profileguard.workers (worker_id, hostname, pid, heartbeat_at, stats)"
+            " values ('fresh', 'h', 1, now(), '{\"state\": \"running\"}'),"
+            " ('old', 'h', 2, now() - interval '1 hour', '{\"state\": \"running\"}'),"
+            " ('stopped', 'h', 3, now(), '{\"state\": \"stopped\"}')"
+        )
+    s = stats(installed)
+    assert s["quarantined"] == 1 and s["retrying"] == 1
+    assert s["live_workers"] == 1
+    assert {w["worker_id"]: w["live"] for w in s["workers"]} == {
+        "fresh": True, "old": False, "stopped": False,
+    }
+    assert s["backfill"] is None
+
+    with installed.connect() as conn:
+        conn.execute(BACKFILL_RUNS)
+        conn.execute(
+            "insert into profileguard.backfill_runs (state, total_estimate, scanned, updated_at)"
+            " values ('running', 200, 50, now() - interval '1 hour')"
+        )
+    s = stats(installed)
+    assert s["backfill"]["state"] == "running"
+    assert s["backfill"]["progress_pct"] == 25.0
+    assert s["backfill"]["stalled"] is True
+
+    with monitor.open_connection(installed.settings) as conn:
+        listed = monitor.quarantine(conn)
+    assert [(q["user_id"], q["category"]) for q in listed] == [("q1", "constraint")]
+
+
+def test_verdicts(installed: TestDB) -> None:
+    settings = with_alerts(installed.settings, missing_for_seconds=0)
+    result = monitor.status(settings)
+    assert result["status"] == "healthy" and result["exit_code"] == 0
+    assert installed.scalar("select profileguard.health() ->> 'status'") == "healthy"
+
+    with installed.connect() as conn:
+        conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
+                     " values ('q', now())")
+    result = monitor.status(settings)
+    assert result["status"] == "degraded" and result["exit_code"] == 6
+    assert [q["user_id"] for q in result["quarantine"]] == ["q"]
+
+    schema.set_enabled(installed.settings, False)
+    result = monitor.status(settings)
+    assert result["status"] == "unhealthy" and result["exit_code"] == 7
+    assert installed.scalar("select profileguard.health() ->> 'status'") == "unhealthy"
+
+    schema.set_enabled(installed.settings, True)
+    installed.signup({"full_name": "x"})
+    with installed.connect() as conn:
+        conn.execute("alter table auth.users disable trigger profileguard_after_insert")
+    assert monitor.status(settings)["status"] == "unhealthy"
+
+
+def test_missing_rule_threshold_and_duration(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.signup({"full_name": "No Profile"})
+    schema.set_enabled(installed.settings, True)
+    refresh(installed)
+    s = stats(installed)
+    cfg = AlertSettings(missing_threshold=0, missing_for_seconds=3600)
+    verdict, checks = monitor.evaluate_health(s, cfg)
+    assert verdict == "degraded"  # missing, but not for an hour yet
+    assert {c.name: c.status for c in checks}["missing_profiles"] == "ok"
+    verdict, _ = monitor.evaluate_health(s, AlertSettings(missing_for_seconds=0))
+    assert verdict == "unhealthy"
+    verdict, _ = monitor.evaluate_health(s, AlertSettings(missing_threshold=1,
+                                                          missing_for_seconds=0))
+    assert verdict == "degraded"
+
+
+def test_worker_rule_when_required_or_registered(installed: TestDB) -> None:
+    s = stats(installed)
+    assert s["workers"] == []
+    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, AlertSettings())[1])
+    assert states["no_live_worker"] == "ok"  # never ran a worker, not required
+    required = AlertSettings(worker_required=True)
+    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, required)[1])
+    assert states["no_live_worker"] == "warning"
+
+
+def test_not_installed(db: TestDB) -> None:
+    with pytest.raises(NotInstalledError):
+        monitor.status(db.settings)
+
+
+def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
+    bulk(installed, 300)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with monitor.open_connection(installed.settings) as conn:
+                for _ in range(5):
+                    monitor.refresh(conn)
+                    monitor.read_stats(conn, AlertSettings())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    refresh(installed)
+    assert stats(installed)["users"] == 300
+
+
+def cli(db: TestDB, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],
+        capture_output=True, text=True, env=base, timeout=120, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
+    ok = cli(installed, "status", "--json")
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert data["status"] == "healthy" and data["stats"]["users"] == 0
+
+    table = cli(installed, "status")
+    assert table.returncode == 0
+    assert "coverage" in table.stdout and "healthy" in table.stdout
+
+    with installed.connect() as conn:
+        conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
+                     " values ('q', now())")
+    assert cli(installed, "status").returncode == 6
+    schema.set_enabled(installed.settings, False)
+    bad = cli(installed, "status", "--json")
+    assert bad.returncode == 7
+    assert json.loads(bad.stdout)["status"] == "unhealthy"
+
+    config = tmp_path / "profileguard.toml"
+    config.write_text("[alerts]\nsuccess_rate_min_pct = 250\n")
+    wrong = cli(installed, "status", env={"PROFILEGUARD_CONFIG": str(config)})
+    assert wrong.returncode == 2 and "alerts.success_rate_min_pct" in wrong.stderr
+
+
+def test_status_command_not_installed_and_unreachable(db: TestDB) -> None:
+    missing = cli(db, "status")
+    assert missing.returncode == 3 and "profileguard install" in missing.stderr
+    gone = subprocess.run(
+        [sys.executable, "-m", "profileguard", "--database-url",
+         "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "status"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert gone.returncode == 4
+
+
+def test_alert_settings_are_validated(tmp_path: Any) -> None:
+    from profileguard.config import load_settings
+    from profileguard.errors import ConfigError
+
+    config = tmp_path / "profileguard.toml"
+    config.write_text(
+        "[alerts]\nmissing_threshold = 5\nmissing_for_seconds = 120\nworker_required = true\n"
+        "webhook_url = 'http://127.0.0.1:9/hook'\n"
+    )
+    alerts = load_settings(config, env={}).alerts
+    assert (alerts.missing_threshold, alerts.missing_for_seconds) == (5, 120.0)
+    assert alerts.worker_required is True and alerts.webhook_url == "http://127.0.0.1:9/hook"
+    env = {"PROFILEGUARD_ALERT_WEBHOOK_URL": "https://hooks.example.com/x"}
+    assert load_settings(config, env=env).alerts.webhook_url == "https://hooks.example.com/x"
+    for body, key in (
+        ("[alerts]\nwebhook_url = 'ftp://x'\n", "webhook_url"),
+        ("[alerts]\nmissing_threshold = -1\n", "alerts.missing_threshold"),
+        ("[alerts]\nsuccess_rate_min_pct = 101\n", "alerts.success_rate_min_pct"),
+        ("[alerts]\nworker_required = 'maybe'\n", "alerts.worker_required"),
+        ("[alerts]\nmissing_treshold = 3\n", "alerts.missing_treshold"),
+        ("alerts = 3\n", "[alerts]"),
+    ):
+        config.write_text(body)
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, env={})
+        assert key in str(caught.value)
+
+
+def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> None:
+    import psycopg
+
+    for role in ("anon", "authenticated"):
+        for call in ("profileguard.stats()", "profileguard.health()",
+                     "profileguard.refresh_stats()"):
+            with installed.connect() as conn:
+                conn.execute(f"set role {role}")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"select {call}")
+    assert installed.scalar(
+        "select bool_and(relrowsecurity) from pg_class where relnamespace ="
+        " 'profileguard'::regnamespace and relkind = 'r'"
+    ) is True
+    assert installed.scalar(
+        "select bool_and(prosecdef and proconfig @> array['search_path=\"\"'])"
+        " from pg_proc where pronamespace = 'profileguard'::regnamespace"
+        " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
+    ) is True
+
+
+def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    first, second = signups(installed, 2, name="Lagging")
+    schema.set_enabled(installed.settings, True)
+    with installed.connect() as conn:
+        conn.execute("update auth.users set created_at = now() - interval '2 hours'"
+                     " where id = %s", (first,))
+        conn.execute("update auth.users set created_at = now() - interval '1 hour'"
+                     " where id = %s", (second,))
+    refresh(installed)
+    s = stats(installed)
+    assert 7200 <= s["oldest_missing_age_seconds"] < 7300
+    assert 7200 <= s["repair_lag_seconds"] < 7300
+    with installed.connect() as conn:
+        conn.execute("insert into profileguard.repair_state (user_id, attempts, quarantined_at)"
+                     " values (%s, 5, now())", (str(first),))
+    s = stats(installed)
+    assert 7200 <= s["oldest_missing_age_seconds"] < 7300
+    assert 3600 <= s["repair_lag_seconds"] < 3700
