@@ -331,7 +331,9 @@ def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> 
             "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
             " where datname = current_database() and application_name = 'profileguard-reconciler'"
         )
-        assert killed >= 2
+        # Both are cut, but the worker may close its second connection itself on seeing the
+        # first one die, before the second pg_terminate_backend() reaches it.
+        assert killed >= 1
         assert wait_for(lambda: reconciler.stats["reconnects"] >= 1)
         add_bad_constraint(installed)
         bad = installed.signup({"full_name": BAD_NAME})
