@@ -40,6 +40,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from profileguard import repairs
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.db import is_transient, translate
@@ -52,8 +53,6 @@ SOURCE = "worker"
 APPLICATION_NAME = "profileguard-reconciler"
 # Seed of hashtextextended() for the per-user claim locks (keeps them apart from other locks).
 LOCK_SEED = 0x70726F66
-HISTORY_LIMIT = 50
-MESSAGE_LIMIT = 2000
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
@@ -319,8 +318,8 @@ class Reconciler:
             if is_transient(exc) or conn.broken:
                 raise
             if len(ids) == 1:
-                message = (exc.diag.message_primary if exc.sqlstate else None) or str(exc)
-                outcome.failures.append((ids[0], exc.sqlstate, message[:MESSAGE_LIMIT]))
+                failure = repairs.failure_from(ids[0], exc)
+                outcome.failures.append((failure.user_id, failure.sqlstate, failure.message))
                 return
             middle = len(ids) // 2
             self._create(conn, ids[:middle], outcome)
@@ -331,65 +330,16 @@ class Reconciler:
 
     def _record(self, conn: psycopg.Connection, outcome: BatchOutcome) -> None:
         """Forget the state of repaired users; count an attempt for each failed one."""
-        if outcome.succeeded:
-            conn.execute(
-                "delete from profileguard.repair_state where user_id = any(%(ids)s::text[])",
-                {"ids": [str(i) for i in outcome.succeeded]},
-            )
-        for user_id, sqlstate, message in outcome.failures:
-            row = conn.execute(
-                "insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at,"
-                " last_sqlstate, last_message, quarantined_at, history, updated_at)"
-                " values (%(uid)s, 1,"
-                "  now() + make_interval(secs => random() * least(%(cap)s, %(base)s)),"
-                "  %(state)s::text, %(message)s::text, case when 1 >= %(max)s then now() end,"
-                "  jsonb_build_array(jsonb_build_object('at', now(), 'sqlstate', %(state)s::text,"
-                "   'message', %(message)s::text)),"
-                "  now())"
-                " on conflict (user_id) do update set"
-                "  attempts = r.attempts + 1,"
-                "  next_attempt_at = now() + make_interval(secs => random()"
-                "   * least(%(cap)s, %(base)s * power(2, least(r.attempts, 60)))),"
-                "  last_sqlstate = excluded.last_sqlstate,"
-                "  last_message = excluded.last_message,"
-                "  quarantined_at = coalesce(r.quarantined_at,"
-                "   case when r.attempts + 1 >= %(max)s then now() end),"
-                "  history = (case when jsonb_array_length(r.history) >= %(limit)s"
-                "   then r.history - 0 else r.history end) || excluded.history,"
-                "  updated_at = now()"
-                " returning attempts, quarantined_at is not null",
-                {
-                    "uid": str(user_id),
-                    "cap": self.backoff_cap,
-                    "base": self.backoff_base,
-                    "state": sqlstate,
-                    "message": message,
-                    "max": self.max_attempts,
-                    "limit": HISTORY_LIMIT,
-                },
-            ).fetchone()
-            attempts, quarantined = (int(row[0]), bool(row[1])) if row else (0, False)
-            if quarantined and attempts == self.max_attempts:
-                outcome.quarantined += 1
-                conn.execute(
-                    "insert into profileguard.events"
-                    " (kind, source, user_id, sqlstate, category, message, detail)"
-                    " values ('quarantine', %(source)s, %(uid)s, %(state)s,"
-                    " profileguard.sqlstate_category(%(state)s), %(message)s, %(detail)s)",
-                    {
-                        "source": SOURCE,
-                        "uid": str(user_id),
-                        "state": sqlstate,
-                        "message": message,
-                        "detail": json.dumps(
-                            {"attempts": attempts, "worker_id": self.worker_id}
-                        ),
-                    },
-                )
-                log.warning(
-                    "quarantined user %s after %d attempts: %s %s",
-                    user_id, attempts, sqlstate, message,
-                )
+        repairs.forget(conn, outcome.succeeded)
+        outcome.quarantined += repairs.record_failures(
+            conn,
+            [repairs.Failure(uid, state, message) for uid, state, message in outcome.failures],
+            source=SOURCE,
+            max_attempts=self.max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            detail={"worker_id": self.worker_id},
+        )
 
     def _account(self, result: PassResult, outcome: BatchOutcome) -> None:
         result.add(outcome)

@@ -48,9 +48,9 @@ def latest_version() -> int:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries from queries.sql (each starts with a '-- name: x' line)."""
-    text = read("queries.sql")
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """Named queries from `file` (each starts with a '-- name: x' line)."""
+    text = read(file)
     parts = QUERY_HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
