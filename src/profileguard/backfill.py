@@ -138,6 +138,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["duration"] = round(self.duration, 3)
+        data["rows_per_second"] = round(self.rows_per_second, 1)
         if self.dry_run:
             data["would_create"] = self.created
             data["would_fail"] = self.failed
@@ -499,19 +501,12 @@ class Backfill:
             if row is None:
                 return batch
             batch.first, batch.last, batch.scanned = row[0], row[1], int(row[2])
-            sample_ids = self._sample_ids(conn, batch, report)
             try:
-                created = conn.execute(
-                    self._q("insert_range"),
-                    {"first": batch.first, "last": batch.last,
-                     "run": None if dry else report.run_id},
-                ).fetchone()
+                batch.created = self._insert(conn, batch.first, batch.last, report)
             except psycopg.Error as exc:
                 if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or conn.broken:
                     raise
                 raise _Failed(batch.first, batch.last, batch.scanned, exc) from exc
-            batch.created = int(created[0]) if created and created[0] is not None else 0
-            self._take_sample(conn, sample_ids, report)
             if not dry:
                 self._checkpoint(conn, batch, report)
         if dry:
@@ -549,19 +544,24 @@ class Backfill:
         )
         batch.quarantined = quarantined
 
-    def _sample_ids(self, conn: psycopg.Connection, batch: _Batch, report: Report) -> list[Any]:
-        want = self.options.sample - len(report.sample)
-        if not self.options.dry_run or want <= 0:
-            return []
-        rows = conn.execute(
-            self._q("sample_ids"), {"first": batch.first, "last": batch.last, "n": want}
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    def _take_sample(self, conn: psycopg.Connection, ids: list[Any], report: Report) -> None:
+    def _insert(self, conn: psycopg.Connection, first: Any, last: Any, report: Report) -> int:
+        """backfill_range on [first, last]; a dry run also keeps a sample of what it made."""
+        dry = self.options.dry_run
+        want = self.options.sample - len(report.sample) if dry else 0
+        ids: list[Any] = []
+        if want > 0:
+            rows = conn.execute(
+                self._q("sample_ids"), {"first": first, "last": last, "n": want}
+            ).fetchall()
+            ids = [r[0] for r in rows]
+        row = conn.execute(
+            self._q("insert_range"),
+            {"first": first, "last": last, "run": None if dry else report.run_id},
+        ).fetchone()
         if ids:
             rows = conn.execute(self._q("sample_profiles"), {"ids": ids}).fetchall()
             report.sample.extend(dict(r[0]) for r in rows)
+        return int(row[0]) if row and row[0] is not None else 0
 
     def _isolate(self, failed: _Failed, report: Report) -> _Batch:
         """Split the failed batch until its bad users are isolated; the rest are created."""
@@ -612,18 +612,16 @@ class Backfill:
 
     def _try_range(self, first: Any, last: Any, report: Report) -> int | psycopg.Error:
         """backfill_range on [first, last] in its own transaction: the count, or the error."""
-        dry = self.options.dry_run
+        taken = len(self._report.sample) if self._report else 0
         try:
-            with self._transaction(rollback=dry) as conn:
-                row = conn.execute(
-                    self._q("insert_range"),
-                    {"first": first, "last": last, "run": None if dry else report.run_id},
-                ).fetchone()
+            with self._transaction(rollback=self.options.dry_run) as conn:
+                return self._insert(conn, first, last, report)
         except psycopg.Error as exc:
+            if self._report is not None:
+                del self._report.sample[taken:]
             if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or exc.sqlstate is None:
                 raise
             return exc
-        return int(row[0]) if row and row[0] is not None else 0
 
     def _record_isolated(self, batch: _Batch, report: Report) -> None:
         with self._transaction() as conn:
