@@ -128,6 +128,10 @@ create or replace trigger profileguard_after_insert
 -- user). One exception block per call (never per row): a unique violation on a derived username
 -- retries the range once with the long suffix; any other error propagates so the caller can
 -- split the range. Returns how many profiles were created.
+-- enable_seqscan is off inside: a range is always best read by the keys' indexes, and a plan made
+-- while the profile table looked empty (fresh install, just truncated) would otherwise look up
+-- taken usernames with a sequential scan per row, quadratic in the rows already inserted.
+-- jit is off: compiling the statement again for every batch costs more than it saves.
 create or replace function profileguard.backfill_range(
     p_first {key_type}, p_last {key_type}, p_run_id bigint default null
 )
@@ -135,6 +139,8 @@ returns bigint
 language plpgsql
 security definer
 set search_path = ''
+set enable_seqscan = off
+set jit = off
 as $pg$
 declare
     v_count bigint;
