@@ -343,3 +343,22 @@ def test_resume_needs_an_unfinished_run(installed: TestDB) -> None:
     run_backfill(installed.settings)
     with pytest.raises(ProfileGuardError, match="nothing to resume"):
         run_backfill(installed.settings, Options(resume=True))
+
+
+def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> None:
+    for role in ("anon", "authenticated"):
+        assert installed.scalar(
+            "select has_function_privilege(%s,"
+            " 'profileguard.backfill_range(uuid, uuid, bigint)', 'execute')",
+            (role,),
+        ) is False
+        assert installed.scalar(
+            "select has_table_privilege(%s, 'profileguard.backfill_runs', 'select')", (role,)
+        ) is False
+    assert installed.scalar(
+        "select relrowsecurity from pg_class where oid = 'profileguard.backfill_runs'::regclass"
+    ) is True
+    assert installed.scalar(
+        "select prosecdef and proconfig @> array['search_path=\"\"']"
+        " from pg_proc where oid = 'profileguard.backfill_range(uuid, uuid, bigint)'::regprocedure"
+    ) is True

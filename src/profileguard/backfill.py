@@ -52,6 +52,9 @@ FAILURE_LIST_LIMIT = 100
 TRANSIENT_ATTEMPTS = 8
 # Never grow or shrink the batch size by more than this factor per batch.
 ADAPT_FACTOR = 2.0
+# ANALYZE the profile table once this many profiles were created, then each time the number
+# created by this run doubles (a handful of times per run, each ~0.1 s).
+ANALYZE_FIRST = 10_000
 
 
 class BackfillBusyError(ProfileGuardError):
@@ -201,6 +204,8 @@ class Backfill:
         self._size = self.options.batch_size or 1000
         # monotonic times: when this invocation began, and up to when elapsed time is saved.
         self._started = self._mark = time.monotonic()
+        self._created_here = 0
+        self._analyze_at = ANALYZE_FIRST
 
     # ---------------------------------------------------------------- connection and lock
 
@@ -356,8 +361,9 @@ class Backfill:
         try:
             self._loop(report)
             state = "interrupted" if self.stop_event.is_set() else "completed"
-        except KeyboardInterrupt as exc:
-            state, error = "interrupted", exc
+        except KeyboardInterrupt:
+            # A second Ctrl-C (or one outside the CLI): stop now; the checkpoint stays valid.
+            state = "interrupted"
         except BaseException as exc:
             error = exc
         finally:
@@ -475,6 +481,7 @@ class Backfill:
                 self._size = min(
                     options.max_batch_size, max(options.min_batch_size, int(size * factor))
                 )
+            self._maybe_analyze(batch)
             if self.progress is not None:
                 self.progress(self._snapshot(report))
             if batch.scanned < size:
@@ -486,6 +493,21 @@ class Backfill:
                 )
                 if ahead > 0:
                     self.stop_event.wait(ahead)
+
+    def _maybe_analyze(self, batch: _Batch) -> None:
+        """ANALYZE the profile table as it grows (see ANALYZE_FIRST); best effort."""
+        if self.options.dry_run:
+            return
+        self._created_here += batch.created
+        if self._created_here < self._analyze_at:
+            return
+        self._analyze_at = 2 * self._created_here
+        try:
+            self._connection().execute(self._q("analyze_profile"))
+        except psycopg.Error as exc:
+            log.info("could not analyze the profile table: %s", exc)
+            if self._conn is not None and self._conn.broken:
+                self._conn = None
 
     def _batch(self, after: Any, size: int, report: Report) -> _Batch:
         """The next batch in one transaction: bound, insert, checkpoint."""

@@ -120,3 +120,8 @@ limit %(n)s
 select to_jsonb(p) from {profile} p
 where p.{profile_key} = any(%(ids)s::{key_type}[])
 order by p.{profile_key}
+
+-- name: analyze_profile
+-- Fresh statistics while the profile table grows (a new table has none), so the batch plan keeps
+-- looking up taken usernames by index instead of hashing the whole, growing, table each batch.
+analyze {profile}
