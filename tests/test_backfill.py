@@ -181,12 +181,15 @@ def test_dry_run_changes_nothing_and_reports_would_fail_rows(installed: TestDB) 
     assert run_row(installed)["dry_run"] is True
 
 
-def test_rejected_rows_are_quarantined_and_the_rest_created(installed: TestDB) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_rejected_rows_are_quarantined_and_the_rest_created(
+    installed: TestDB, workers: int
+) -> None:
     without_trigger(installed, 20_000)
     bad = reject_one_percent(installed)
     assert len(bad) == 200
 
-    report = run_backfill(installed.settings, Options(batch_size=1000))
+    report = run_backfill(installed.settings, Options(batch_size=1000, workers=workers))
 
     assert report.state == "completed"
     assert (report.scanned, report.created, report.failed, report.quarantined) == (
@@ -280,7 +283,7 @@ def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) 
     try:
         report = run_backfill(
             installed.settings, Options(batch_size=500, max_batch_size=2000,
-                                        max_rows_per_second=10_000)
+                                        max_rows_per_second=10_000, workers=2)
         )
     finally:
         done.set()

@@ -16,6 +16,7 @@ A session-level advisory lock lets one backfill run at a time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -75,6 +77,8 @@ class Options:
     lock_timeout: float = 2.0
     statement_timeout: float = 30.0
     sample: int = 10
+    # Connections inserting ranges at once (the lock and checkpoints stay on one more).
+    workers: int = 1
 
     def check(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -95,6 +99,8 @@ class Options:
             problems.append("--lock-timeout and --statement-timeout must be positive")
         if self.sample < 0:
             problems.append("--sample must be 0 or more")
+        if not 1 <= self.workers <= 16:
+            problems.append("--workers must be between 1 and 16")
         if problems:
             raise ConfigError("; ".join(problems), hint="fix the option and run the command again")
 
@@ -170,6 +176,7 @@ class _Batch:
     scanned: int = 0
     created: int = 0
     quarantined: int = 0
+    seconds: float = 0.0
     failures: list[repairs.Failure] = field(default_factory=list)
 
 
@@ -198,7 +205,11 @@ class Backfill:
         self.progress = progress
         self.stop_event = stop_event or threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._conn: psycopg.Connection | None = None
+        # Each thread has its own connection; the main thread's holds the lock.
+        self._local = threading.local()
+        self._main = threading.get_ident()
+        self._worker_conns: list[psycopg.Connection] = []
+        self._worker_lock = threading.Lock()
         self._queries: dict[str, sql.Composed] = {}
         self._report: Report | None = None
         self._size = self.options.batch_size or 1000
@@ -211,6 +222,15 @@ class Backfill:
 
     def _q(self, name: str) -> sql.Composed:
         return self._queries[name]
+
+    @property
+    def _conn(self) -> psycopg.Connection | None:
+        conn: psycopg.Connection | None = getattr(self._local, "conn", None)
+        return conn
+
+    @_conn.setter
+    def _conn(self, conn: psycopg.Connection | None) -> None:
+        self._local.conn = conn
 
     def _open(self) -> psycopg.Connection:
         """Connect, take the lock, check the install and prepare the queries."""
@@ -295,10 +315,21 @@ class Backfill:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
             self._conn = None
-            conn = self._open()
+            if threading.get_ident() == self._main:
+                conn = self._open()
+            else:
+                conn = connect(self.settings, autocommit=True)
+                with self._worker_lock:
+                    self._worker_conns.append(conn)
+                self._conn = conn
         return conn
 
     def _close(self) -> None:
+        with self._worker_lock:
+            workers, self._worker_conns = self._worker_conns, []
+        for worker in workers:
+            with contextlib.suppress(psycopg.Error):
+                worker.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -442,16 +473,16 @@ class Backfill:
         return estimate
 
     def _loop(self, report: Report) -> None:
+        if self.options.workers > 1 and not self.options.dry_run:
+            self._loop_parallel(report)
+            return
         options = self.options
         after: Any = report.cursor
         throttle_start = time.monotonic()
         throttle_rows = 0
         timeouts = 0
         while not self.stop_event.is_set():
-            size = self._size
-            if options.max_rows_per_second is not None:
-                cap = int(options.max_rows_per_second * options.target_seconds)
-                size = max(options.min_batch_size, min(size, cap))
+            size = self._capped_size()
             began = time.monotonic()
             try:
                 batch = self._retrying(self._batch, after, size, report)
@@ -472,15 +503,10 @@ class Backfill:
             timeouts = 0
             if batch.scanned == 0:
                 break
-            duration = time.monotonic() - began
+            batch.seconds = time.monotonic() - began
             after = batch.last
             self._account(report, batch, size)
-            if batch.scanned >= size:
-                factor = options.target_seconds / max(duration, 1e-3)
-                factor = min(ADAPT_FACTOR, max(1 / ADAPT_FACTOR, factor))
-                self._size = min(
-                    options.max_batch_size, max(options.min_batch_size, int(size * factor))
-                )
+            self._adapt(size, batch)
             self._maybe_analyze(batch)
             if self.progress is not None:
                 self.progress(self._snapshot(report))
@@ -493,6 +519,101 @@ class Backfill:
                 )
                 if ahead > 0:
                     self.stop_event.wait(ahead)
+
+    def _capped_size(self) -> int:
+        size = self._size
+        if self.options.max_rows_per_second is not None:
+            cap = int(self.options.max_rows_per_second * self.options.target_seconds)
+            size = max(self.options.min_batch_size, min(size, cap))
+        return size
+
+    def _adapt(self, size: int, batch: _Batch) -> None:
+        """Move the batch size toward the target duration (full batches only)."""
+        if batch.scanned < size:
+            return
+        options = self.options
+        factor = options.target_seconds / max(batch.seconds, 1e-3)
+        factor = min(ADAPT_FACTOR, max(1 / ADAPT_FACTOR, factor))
+        self._size = min(options.max_batch_size, max(options.min_batch_size, int(size * factor)))
+
+    def _bound(self, after: Any, size: int) -> tuple[Any, Any, int] | None:
+        """First key, last key and count of the next `size` users after `after`."""
+        with self._transaction() as conn:
+            if after is None:
+                row = conn.execute(self._q("bound_first"), {"n": size}).fetchone()
+            else:
+                row = conn.execute(
+                    self._q("bound_after"), {"after": str(after), "n": size}
+                ).fetchone()
+        return None if row is None else (row[0], row[1], int(row[2]))
+
+    def _range_task(self, first: Any, last: Any, count: int, report: Report) -> _Batch:
+        """One range on this worker thread's connection; failures isolated, not yet recorded."""
+        began = time.monotonic()
+        batch = _Batch(first=first, last=last, scanned=count)
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                outcome = self._retrying(self._try_range, first, last, report)
+                break
+            except _Timeout:
+                if attempt == TRANSIENT_ATTEMPTS - 1:
+                    raise
+                self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+        if isinstance(outcome, psycopg.Error):
+            failed = self._isolate_only(_Failed(first, last, count, outcome), report)
+            batch.created, batch.failures = failed.created, failed.failures
+        else:
+            batch.created = outcome
+        batch.seconds = time.monotonic() - began
+        return batch
+
+    def _loop_parallel(self, report: Report) -> None:
+        """Ranges found in key order on the main connection, inserted by `workers` threads,
+        checkpointed in key order (the cursor only ever covers ranges that are done)."""
+        options = self.options
+        after: Any = report.cursor
+        inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
+        exhausted = False
+        throttle_start = time.monotonic()
+        throttle_rows = 0
+        with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
+            try:
+                while True:
+                    while (not exhausted and not self.stop_event.is_set()
+                           and len(inflight) < options.workers):
+                        size = self._capped_size()
+                        bound = self._retrying(self._bound, after, size)
+                        if bound is None:
+                            exhausted = True
+                            break
+                        first, last, count = bound
+                        inflight.append(
+                            (pool.submit(self._range_task, first, last, count, report), size)
+                        )
+                        after = last
+                        exhausted = count < size
+                    if not inflight:
+                        break
+                    future, size = inflight.popleft()
+                    batch = future.result()
+                    self._retrying(self._record_isolated, batch, report)
+                    self._account(report, batch, size)
+                    self._adapt(size, batch)
+                    self._maybe_analyze(batch)
+                    if self.progress is not None:
+                        self.progress(self._snapshot(report))
+                    if options.max_rows_per_second is not None:
+                        throttle_rows += batch.scanned
+                        ahead = throttle_rows / options.max_rows_per_second - (
+                            time.monotonic() - throttle_start
+                        )
+                        if ahead > 0:
+                            self.stop_event.wait(ahead)
+            finally:
+                # Let running ranges end (their work is committed or rolled back) before
+                # the run is recorded; those not checkpointed are redone by --resume.
+                for future, _ in inflight:
+                    future.cancel()
 
     def _maybe_analyze(self, batch: _Batch) -> None:
         """ANALYZE the profile table as it grows (see ANALYZE_FIRST); best effort."""
@@ -586,7 +707,14 @@ class Backfill:
         return int(row[0]) if row and row[0] is not None else 0
 
     def _isolate(self, failed: _Failed, report: Report) -> _Batch:
-        """Split the failed batch until its bad users are isolated; the rest are created."""
+        """Split the failed batch until its bad users are isolated; the rest are created.
+        Then record the failures and the checkpoint."""
+        batch = self._isolate_only(failed, report)
+        self._retrying(self._record_isolated, batch, report)
+        return batch
+
+    def _isolate_only(self, failed: _Failed, report: Report) -> _Batch:
+        """Split the failed range until its bad users are isolated; the rest are created."""
         batch = _Batch(first=failed.first, last=failed.last, scanned=failed.count)
         log.info(
             "batch [%s, %s] failed (%s %s); splitting",
@@ -611,7 +739,6 @@ class Backfill:
                     pending.append((half[0], half[1], half[2], outcome))
                 else:
                     batch.created += outcome
-        self._retrying(self._record_isolated, batch, report)
         return batch
 
     def _split(self, first: Any, last: Any) -> list[tuple[Any, Any, int]] | None:

@@ -379,6 +379,11 @@ def backfill(
     sample: Annotated[
         int, typer.Option("--sample", help="Profiles shown by --dry-run.", min=0)
     ] = 10,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", help="Connections inserting batches at once (1 = one at a "
+                     "time, the lightest on the database)."),
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Create the missing profiles of existing users: batched, throttled, resumable."""
@@ -398,6 +403,7 @@ def backfill(
         lock_timeout=lock_timeout,
         statement_timeout=statement_timeout,
         sample=sample,
+        workers=workers,
     )
     options.check()
     settings = _state(ctx).settings()
