@@ -6,9 +6,10 @@ In one run, on one server and the same data (``--users`` users in ``auth.users``
 
 * ``raw``: one ``INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING`` over the whole
   table, built from the same installed mapping (same rows, same usernames) — the practical limit;
-* ``profileguard``: ``python -m profileguard backfill --json`` as a child process (defaults:
-  adaptive batches, timeouts, checkpoints, audit events), timed from spawn to exit; its peak RSS
-  comes from ``wait4``;
+* ``profileguard``: ``python -m profileguard backfill --json`` as a child process (adaptive
+  batches, timeouts, checkpoints, audit events), timed from spawn to exit, once per ``--workers``
+  value (default: 1, the command's default, and 2 connections); its peak RSS comes from
+  ``wait4``;
 * ``naive``: the usual script — fetch 100 ids without a profile, call ``ensure`` once per user
   (the profileguard client), repeat. It is time-boxed (``--naive-seconds``) on a sample and its
   rows/s is extrapolated to all users (the output says so).
@@ -143,10 +144,10 @@ class Bench:
         self.verify("raw")
         return {"rows": created, "seconds": seconds, "rows_per_second": created / seconds}
 
-    def profileguard(self) -> dict[str, Any]:
+    def profileguard(self, workers: int) -> dict[str, Any]:
         self.reset()
         command = [sys.executable, "-m", "profileguard", "--database-url", self.url,
-                   "backfill", "--json"]
+                   "backfill", "--json", "--workers", str(workers)]
         began = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL)
@@ -164,6 +165,7 @@ class Bench:
         self.verify("profileguard")
         rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
         return {
+            "workers": workers,
             "rows": report["created"],
             "seconds": seconds,
             "rows_per_second": report["created"] / seconds,
@@ -199,12 +201,16 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         self.setup()
-        rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "profileguard": []}
+        names = ["raw", *(f"profileguard-{w}" for w in self.args.workers)]
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for index in range(self.args.rounds):
-            order = ("raw", "profileguard") if index % 2 == 0 else ("profileguard", "raw")
+            order = names if index % 2 == 0 else names[::-1]
             for name in order:
                 log(f"round {index + 1}/{self.args.rounds}: {name}…")
-                rounds[name].append(getattr(self, name)())
+                if name == "raw":
+                    rounds[name].append(self.raw())
+                else:
+                    rounds[name].append(self.profileguard(int(name.split("-")[1])))
                 log(f"  {rounds[name][-1]['rows_per_second']:,.0f} rows/s")
         log(f"naive: per-user ensure for {self.args.naive_seconds:g} s…")
         naive = self.naive()
@@ -221,49 +227,57 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summary(bench: Bench, result: dict[str, Any], where: str) -> dict[str, Any]:
     raw = median_run(result["rounds"]["raw"])
-    pg = median_run(result["rounds"]["profileguard"])
     naive = result["naive"]
-    vs_raw = pg["rows_per_second"] / raw["rows_per_second"]
-    vs_naive = pg["rows_per_second"] / naive["rows_per_second"]
-    peak = max(r["peak_rss_mb"] for r in result["rounds"]["profileguard"])
+    runs = {w: median_run(result["rounds"][f"profileguard-{w}"]) for w in bench.args.workers}
+    approaches: dict[str, dict[str, Any]] = {"raw": raw}
+    for workers, run in runs.items():
+        label = f"profileguard ({workers} worker{'s' if workers > 1 else ''})"
+        approaches[label] = {
+            **run,
+            "ratio_vs_raw": run["rows_per_second"] / raw["rows_per_second"],
+            "ratio_vs_naive": run["rows_per_second"] / naive["rows_per_second"],
+        }
+    approaches["naive"] = naive
+    targets: dict[str, bool] = {}
+    for label, run in approaches.items():
+        if label.startswith("profileguard"):
+            targets[f"{label} >= {RAW_TARGET}x raw"] = run["ratio_vs_raw"] >= RAW_TARGET
+            targets[f"{label} >= {NAIVE_TARGET:g}x naive"] = run["ratio_vs_naive"] >= NAIVE_TARGET
+            targets[f"{label} peak RSS < {RSS_TARGET_MB:g} MB"] = (
+                run["peak_rss_mb"] < RSS_TARGET_MB
+            )
     return {
         "database": where,
         "server": result["server"],
         "users": bench.args.users,
         "rounds": bench.args.rounds,
-        "raw": raw,
-        "profileguard": pg,
-        "naive": naive,
-        "ratio_vs_raw": vs_raw,
-        "ratio_vs_naive": vs_naive,
-        "peak_rss_mb": peak,
-        "targets": {
-            f"profileguard >= {RAW_TARGET}x raw": vs_raw >= RAW_TARGET,
-            f"profileguard >= {NAIVE_TARGET:g}x naive": vs_naive >= NAIVE_TARGET,
-            f"peak RSS < {RSS_TARGET_MB:g} MB": peak < RSS_TARGET_MB,
-        },
+        "approaches": approaches,
+        "targets": targets,
         "all_rounds": result["rounds"],
         "warnings": bench.warnings,
     }
 
 
 def print_table(report: dict[str, Any]) -> None:
-    raw_rate = report["raw"]["rows_per_second"]
+    approaches = report["approaches"]
+    raw_rate = approaches["raw"]["rows_per_second"]
+    naive_rate = approaches["naive"]["rows_per_second"]
     print(f"backfill of {report['users']:,} users without profiles "
           f"({report['database']}; {report['server'].split(',')[0]}; "
           f"median of {report['rounds']} round(s))")
-    print(f"{'approach':<14}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs raw':>9}{'vs naive':>10}")
-    naive_rate = report["naive"]["rows_per_second"]
-    for name in ("raw", "profileguard", "naive"):
-        r = report[name]
-        print(f"{name:<14}{r['rows']:>11,}{r['seconds']:>10.2f}{r['rows_per_second']:>11,.0f}"
+    print(f"{'approach':<28}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs raw':>9}"
+          f"{'vs naive':>10}{'peak RSS':>10}")
+    for name, r in approaches.items():
+        rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        print(f"{name:<28}{r['rows']:>11,}{r['seconds']:>10.2f}{r['rows_per_second']:>11,.0f}"
               f"{r['rows_per_second'] / raw_rate:>8.2f}{TIMES}"
-              f"{r['rows_per_second'] / naive_rate:>9.1f}{TIMES}")
-    pg = report["profileguard"]
-    print(f"profileguard: wall time of the whole command (start-up included); its own loop ran "
-          f"at {pg['internal_rows_per_second']:,.0f} rows/s in {pg['batches']} batches "
-          f"(final batch size {pg['final_batch_size']:,}); peak RSS {report['peak_rss_mb']:.0f} MB")
-    naive = report["naive"]
+              f"{r['rows_per_second'] / naive_rate:>9.1f}{TIMES}{rss:>10}")
+    for name, r in approaches.items():
+        if name.startswith("profileguard"):
+            print(f"{name}: wall time of the whole command (start-up included); its own loop "
+                  f"ran at {r['internal_rows_per_second']:,.0f} rows/s in {r['batches']} batches "
+                  f"(final batch size {r['final_batch_size']:,})")
+    naive = approaches["naive"]
     print(f"naive: time-boxed sample of {naive['rows']:,} users in {naive['seconds']:.1f} s, "
           f"rows/s EXTRAPOLATED: all {report['users']:,} users would take about "
           f"{naive['extrapolated_seconds_for_all'] / 60:,.0f} min")
@@ -288,8 +302,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of raw and profileguard")
     parser.add_argument("--naive-seconds", type=float, default=10.0,
                         help="time box of the per-user sample")
+    parser.add_argument("--workers", default="1,2",
+                        help="comma-separated --workers values to run profileguard with")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    try:
+        args.workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error("--workers: comma-separated integers, e.g. 1,2")
+    if not all(1 <= w <= 16 for w in args.workers):
+        parser.error("--workers: each value between 1 and 16")
     if args.users < 1 or args.rounds < 1 or args.naive_seconds <= 0:
         parser.error("--users and --rounds must be at least 1, --naive-seconds positive")
     return args
