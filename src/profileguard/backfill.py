@@ -505,7 +505,7 @@ class Backfill:
                 break
             batch.seconds = time.monotonic() - began
             after = batch.last
-            self._account(report, batch, size)
+            self._account(report, batch)
             self._adapt(size, batch)
             self._maybe_analyze(batch)
             if self.progress is not None:
@@ -579,8 +579,10 @@ class Backfill:
         with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:
+                    # One range queued beyond the busy workers, so none waits for the main
+                    # thread's bound query, checkpoint or ANALYZE.
                     while (not exhausted and not self.stop_event.is_set()
-                           and len(inflight) < options.workers):
+                           and len(inflight) <= options.workers):
                         size = self._capped_size()
                         bound = self._retrying(self._bound, after, size)
                         if bound is None:
@@ -597,7 +599,7 @@ class Backfill:
                     future, size = inflight.popleft()
                     batch = future.result()
                     self._retrying(self._record_isolated, batch, report)
-                    self._account(report, batch, size)
+                    self._account(report, batch)
                     self._adapt(size, batch)
                     self._maybe_analyze(batch)
                     if self.progress is not None:
@@ -776,7 +778,7 @@ class Backfill:
         with self._transaction() as conn:
             self._checkpoint(conn, batch, report)
 
-    def _account(self, report: Report, batch: _Batch, size: int) -> None:
+    def _account(self, report: Report, batch: _Batch) -> None:
         report.scanned += batch.scanned
         report.created += batch.created
         report.failed += len(batch.failures)
