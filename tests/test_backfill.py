@@ -4,6 +4,7 @@ a single runner, and the run registry."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -365,3 +366,36 @@ def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> Non
         "select prosecdef and proconfig @> array['search_path=\"\"']"
         " from pg_proc where oid = 'profileguard.backfill_range(uuid, uuid, bigint)'::regprocedure"
     ) is True
+
+
+def test_lock_timeout_makes_a_batch_give_way_and_retry_smaller(
+    installed: TestDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    without_trigger(installed, 3000)
+    caplog.set_level(logging.WARNING, logger="profileguard.backfill")
+    holder = installed.connect(autocommit=False)
+    # SHARE conflicts with the ROW EXCLUSIVE lock an INSERT needs: the batch must wait.
+    holder.execute("lock table public.profiles in share mode")
+    timed_out = threading.Event()
+    released = threading.Event()
+
+    def release() -> None:
+        wait_for(lambda: any("timed out" in r.getMessage() for r in caplog.records))
+        timed_out.set()
+        holder.rollback()
+        released.set()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        report = run_backfill(
+            installed.settings, Options(batch_size=1000, lock_timeout=0.1)
+        )
+    finally:
+        thread.join(timeout=60)
+        holder.close()
+    assert timed_out.is_set() and released.is_set()
+    assert report.state == "completed" and report.created == 3000
+    assert profile_counts(installed) == {"users": 3000, "profiles": 3000, "not_exactly_one": 0}
+    # The timed-out batch was retried smaller.
+    assert any("retrying with 500 rows" in r.getMessage() for r in caplog.records)
