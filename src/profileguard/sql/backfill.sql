@@ -68,8 +68,12 @@ where id = %(id)s
 returning scanned, created, failed, quarantined, batches, elapsed_seconds, cursor
 
 -- name: timeouts
+-- Per batch transaction. synchronous_commit is off: a crash may lose the last batches committed,
+-- together with their checkpoint, and --resume simply does them again (every batch is
+-- idempotent), so no batch needs to wait for its WAL flush.
 select set_config('lock_timeout', %(lock_timeout)s, true),
-       set_config('statement_timeout', %(statement_timeout)s, true)
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('synchronous_commit', 'off', true)
 
 -- name: estimate
 select greatest(c.reltuples, 0)::bigint as estimate
