@@ -40,6 +40,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from profileguard import repairs
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.db import is_transient, translate
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "profileguard"
 SOURCE = "worker"
 APPLICATION_NAME = "profileguard-reconciler"
-MESSAGE_LIMIT = 2000
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
@@ -317,8 +317,8 @@ class Reconciler:
             if is_transient(exc) or conn.broken:
                 raise
             if len(ids) == 1:
-                message = (exc.diag.message_primary if exc.sqlstate else None) or str(exc)
-                outcome.failures.append((ids[0], exc.sqlstate, message[:MESSAGE_LIMIT]))
+                failure = repairs.failure_from(ids[0], exc)
+                outcome.failures.append((failure.user_id, failure.sqlstate, failure.message))
                 return
             middle = len(ids) // 2
             self._create(conn, ids[:middle], outcome)
@@ -329,34 +329,16 @@ class Reconciler:
 
     def _record(self, conn: psycopg.Connection, outcome: BatchOutcome) -> None:
         """Forget the state of repaired users; count an attempt for each failed one."""
-        if outcome.succeeded:
-            conn.execute(
-                "delete from profileguard.repair_state where user_id = any(%(ids)s::text[])",
-                {"ids": [str(i) for i in outcome.succeeded]},
-            )
-        for user_id, sqlstate, message in outcome.failures:
-            row = conn.execute(
-                "select attempts, quarantined from profileguard.note_repair_failure("
-                "%(uid)s, %(state)s, %(message)s, %(source)s, %(max)s, %(base)s, %(cap)s,"
-                " %(detail)s)",
-                {
-                    "uid": str(user_id),
-                    "state": sqlstate,
-                    "message": message,
-                    "source": SOURCE,
-                    "max": self.max_attempts,
-                    "base": self.backoff_base,
-                    "cap": self.backoff_cap,
-                    "detail": json.dumps({"worker_id": self.worker_id}),
-                },
-            ).fetchone()
-            attempts, quarantined = (int(row[0]), bool(row[1])) if row else (0, False)
-            if quarantined and attempts == self.max_attempts:
-                outcome.quarantined += 1
-                log.warning(
-                    "quarantined user %s after %d attempts: %s %s",
-                    user_id, attempts, sqlstate, message,
-                )
+        repairs.forget(conn, outcome.succeeded)
+        outcome.quarantined += repairs.record_failures(
+            conn,
+            [repairs.Failure(uid, state, message) for uid, state, message in outcome.failures],
+            source=SOURCE,
+            max_attempts=self.max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            detail={"worker_id": self.worker_id},
+        )
 
     def _account(self, result: PassResult, outcome: BatchOutcome) -> None:
         result.add(outcome)

@@ -1,8 +1,9 @@
 -- Functions that do not depend on the mapping; re-created by every install and upgrade.
 
 -- Count one failed repair attempt of a user: full-jitter exponential backoff before the next
--- attempt, quarantine (and a 'quarantine' event) once `p_max_attempts` is reached. Shared by the
--- worker, the backfill and the in-database sweep, so all three back off and quarantine alike.
+-- attempt, quarantine (and a 'quarantine' event) once `p_max_attempts` is reached; the second
+-- column is true only for the call that quarantined. Shared by the worker, the backfill and the
+-- in-database sweep, so all three back off and quarantine alike.
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
@@ -13,7 +14,7 @@ create or replace function profileguard.note_repair_failure(
     p_backoff_cap double precision,
     p_detail jsonb default '{}'::jsonb
 )
-returns table (attempts integer, quarantined boolean)
+returns table (attempts integer, newly_quarantined boolean)
 language plpgsql
 security definer
 set search_path = ''
@@ -21,7 +22,7 @@ as $pg$
 #variable_conflict use_column
 declare
     v_attempts integer;
-    v_quarantined boolean;
+    v_newly boolean;
     v_entry jsonb := jsonb_build_array(jsonb_build_object(
         'at', now(), 'source', p_source, 'sqlstate', p_sqlstate, 'message', left(p_message, 2000)));
 begin
@@ -43,15 +44,17 @@ begin
         history = (case when jsonb_array_length(r.history) >= 50 then r.history - 0
                    else r.history end) || excluded.history,
         updated_at = now()
-    returning r.attempts, r.quarantined_at is not null into v_attempts, v_quarantined;
-    if v_quarantined and v_attempts = p_max_attempts then
+    -- quarantined_at is now() (the transaction's start) only for the call that set it
+    returning r.attempts, r.quarantined_at is not null and r.quarantined_at = now()
+        into v_attempts, v_newly;
+    if v_newly then
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         values ('quarantine', p_source, p_user_id, p_sqlstate,
                 profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000),
                 jsonb_build_object('attempts', v_attempts) || coalesce(p_detail, '{}'::jsonb));
     end if;
     attempts := v_attempts;
-    quarantined := v_quarantined;
+    newly_quarantined := v_newly;
     return next;
 end
 $pg$;

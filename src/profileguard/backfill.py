@@ -1,0 +1,866 @@
+"""The backfill: create the missing profiles of existing users, fast, safely and resumably.
+
+The identity table is walked in keyset batches. Each batch is found server-side (first and last
+key of the next n users, by the key's index) and done server-side by
+`profileguard.backfill_range(first, last, run)`: one INSERT … SELECT … WHERE NOT EXISTS … ON
+CONFLICT DO NOTHING with the installed mapping, in its own short transaction with `lock_timeout`
+and `statement_timeout`. No list of ids ever reaches Python, so memory stays flat.
+
+The batch size adapts toward a target duration. A batch that fails with a permanent error is split
+in halves (each half its own transaction) until the failing users are isolated; they are recorded
+and quarantined in `profileguard.repair_state` (shared with the reconciler) and the rest proceed.
+The run and its cursor are checkpointed in `profileguard.backfill_runs` after every batch, in the
+batch's transaction, so a killed run resumes where it stopped without rescanning or duplicating.
+A session-level advisory lock lets one backfill run at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from profileguard import repairs, schema
+from profileguard import sql as sqlfiles
+from profileguard.catalog import inspect_table
+from profileguard.config import Settings, TableRef
+from profileguard.db import connect, is_transient, translate
+from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUERIES = "backfill.sql"
+SOURCE = "backfill"
+# Schema version that added profileguard.backfill_runs.
+SCHEMA_VERSION = 3
+TIMEOUT_SQLSTATES = frozenset({"55P03", "57014"})
+# Failed users listed in the report (all are recorded in the database).
+FAILURE_LIST_LIMIT = 100
+# Transient errors retried per batch before the run stops (it stays resumable).
+TRANSIENT_ATTEMPTS = 8
+# Never grow or shrink the batch size by more than this factor per batch.
+ADAPT_FACTOR = 2.0
+# ANALYZE the profile table once this many profiles were created, then each time the number
+# created by this run doubles (a handful of times per run, each ~0.1 s).
+ANALYZE_FIRST = 10_000
+
+
+class BackfillBusyError(ProfileGuardError):
+    """Another backfill holds the lock."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a backfill runs; `batch_size` None means the resumed run's last size (or 1,000)."""
+
+    dry_run: bool = False
+    resume: bool = False
+    batch_size: int | None = None
+    min_batch_size: int = 100
+    max_batch_size: int = 100_000
+    target_seconds: float = 0.5
+    max_rows_per_second: float | None = None
+    lock_timeout: float = 2.0
+    statement_timeout: float = 30.0
+    sample: int = 10
+    # Connections inserting ranges at once (the lock and checkpoints stay on one more).
+    workers: int = 1
+
+    def check(self) -> None:
+        """Raise ConfigError on values that cannot work."""
+        problems = []
+        if self.min_batch_size < 1:
+            problems.append("--min-batch-size must be at least 1")
+        if self.max_batch_size < self.min_batch_size:
+            problems.append("--max-batch-size must be at least --min-batch-size")
+        if self.batch_size is not None and not (
+            self.min_batch_size <= self.batch_size <= self.max_batch_size
+        ):
+            problems.append("--batch-size must be between --min-batch-size and --max-batch-size")
+        if self.target_seconds <= 0:
+            problems.append("--target-seconds must be positive")
+        if self.max_rows_per_second is not None and self.max_rows_per_second <= 0:
+            problems.append("--max-rows-per-second must be positive")
+        if self.lock_timeout <= 0 or self.statement_timeout <= 0:
+            problems.append("--lock-timeout and --statement-timeout must be positive")
+        if self.sample < 0:
+            problems.append("--sample must be 0 or more")
+        if not 1 <= self.workers <= 16:
+            problems.append("--workers must be between 1 and 16")
+        if problems:
+            raise ConfigError("; ".join(problems), hint="fix the option and run the command again")
+
+
+@dataclass
+class Progress:
+    """A snapshot of a run, passed to the progress callback after every batch."""
+
+    run_id: int
+    dry_run: bool
+    scanned: int
+    created: int
+    failed: int
+    quarantined: int
+    batches: int
+    batch_size: int
+    total_estimate: int
+    elapsed: float
+    rows_per_second: float
+
+
+@dataclass
+class Report:
+    """What a run did (the whole run, across resumes)."""
+
+    run_id: int
+    state: str
+    dry_run: bool
+    resumed: bool
+    scanned: int = 0
+    created: int = 0
+    already_present: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    duration: float = 0.0
+    rows_per_second: float = 0.0
+    batch_size: int = 0
+    total_estimate: int = 0
+    cursor: str | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures_truncated: bool = False
+    sample: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration"] = round(self.duration, 3)
+        data["rows_per_second"] = round(self.rows_per_second, 1)
+        if self.dry_run:
+            data["would_create"] = self.created
+            data["would_fail"] = self.failed
+        else:
+            data.pop("sample")
+        return data
+
+
+class _Timeout(Exception):
+    """A batch hit lock_timeout or statement_timeout: retry it smaller."""
+
+
+class _Failed(Exception):
+    """A batch failed with a permanent error; its range is split to isolate the bad rows."""
+
+    def __init__(self, first: Any, last: Any, count: int, error: psycopg.Error):
+        super().__init__(str(error))
+        self.first, self.last, self.count, self.error = first, last, count, error
+
+
+@dataclass
+class _Batch:
+    first: Any = None
+    last: Any = None
+    scanned: int = 0
+    created: int = 0
+    quarantined: int = 0
+    seconds: float = 0.0
+    failures: list[repairs.Failure] = field(default_factory=list)
+
+
+def _installed_profile(conn: psycopg.Connection, settings: Settings) -> TableRef:
+    row = conn.execute(sqlfiles.query("settings")).fetchone()
+    if row is None:
+        return settings.profile
+    schema_name, _, name = str(row[4]).partition(".")
+    return TableRef(schema_name, name, str(row[5]))
+
+
+class Backfill:
+    """One backfill run on one connection; `run()` does it and returns the Report."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: Options | None = None,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ):
+        self.settings = settings
+        self.options = options or Options()
+        self.options.check()
+        self.progress = progress
+        self.stop_event = stop_event or threading.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Each thread has its own connection; the main thread's holds the lock.
+        self._local = threading.local()
+        self._main = threading.get_ident()
+        self._worker_conns: list[psycopg.Connection] = []
+        self._worker_lock = threading.Lock()
+        self._queries: dict[str, sql.Composed] = {}
+        self._report: Report | None = None
+        self._size = self.options.batch_size or 1000
+        # monotonic times: when this invocation began, and up to when elapsed time is saved.
+        self._started = self._mark = time.monotonic()
+        self._created_here = 0
+        self._analyze_at = ANALYZE_FIRST
+
+    # ---------------------------------------------------------------- connection and lock
+
+    def _q(self, name: str) -> sql.Composed:
+        return self._queries[name]
+
+    @property
+    def _conn(self) -> psycopg.Connection | None:
+        conn: psycopg.Connection | None = getattr(self._local, "conn", None)
+        return conn
+
+    @_conn.setter
+    def _conn(self, conn: psycopg.Connection | None) -> None:
+        self._local.conn = conn
+
+    def _open(self) -> psycopg.Connection:
+        """Connect, take the lock, check the install and prepare the queries."""
+        conn = connect(self.settings, autocommit=True)
+        try:
+            self._check_installed(conn)
+            self._lock(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _check_installed(self, conn: psycopg.Connection) -> None:
+        version = schema.installed_version(conn)
+        if version == 0:
+            raise NotInstalledError(
+                "profileguard is not installed in this database", hint="run: profileguard install"
+            )
+        if version < SCHEMA_VERSION:
+            raise NotInstalledError(
+                f"profileguard schema version {version} has no backfill",
+                hint="run: profileguard upgrade",
+            )
+        identity = schema._installed_identity(conn, self.settings)
+        profile = _installed_profile(conn, self.settings)
+        facts = inspect_table(conn, identity)
+        if facts is None or identity.key not in facts.columns:
+            raise ConfigError(
+                f"identity table {identity} (key {identity.key}) does not exist",
+                hint="run: profileguard install (with identity.table set to your users table)",
+            )
+        key_type = facts.columns[identity.key].type
+        found = conn.execute(
+            sqlfiles.query("function_exists"),
+            {"signature": f"profileguard.backfill_range({key_type}, {key_type}, bigint)"},
+        ).fetchone()
+        if not (found and found[0]):
+            raise NotInstalledError(
+                "the installed profileguard functions predate the backfill",
+                hint="run: profileguard upgrade",
+            )
+        self._identity = identity
+        parts = {
+            "identity": sql.Identifier(identity.schema, identity.name),
+            "identity_key": sql.Identifier(identity.key),
+            "profile": sql.Identifier(profile.schema, profile.name),
+            "profile_key": sql.Identifier(profile.key),
+            # The type text comes from format_type() in the catalog, never from configuration.
+            "key_type": sql.SQL(key_type),
+        }
+        self._queries = {
+            name: sql.SQL(text).format(**parts)
+            for name, text in sqlfiles.queries(QUERIES).items()
+        }
+
+    def _lock(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(self._q("try_lock")).fetchone()
+        if row and row[0]:
+            return
+        running = conn.execute(self._q("running")).fetchone()
+        if running:
+            run_id, owner, started, updated, scanned, _cursor, dry = running
+            kind = "dry run" if dry else "backfill"
+            message = (
+                f"another backfill is running: {kind} #{run_id} owned by {owner}, started "
+                f"{started:%Y-%m-%d %H:%M:%S %Z}, {scanned} users scanned, last checkpoint "
+                f"{updated:%H:%M:%S}"
+            )
+        else:
+            message = "another backfill is running (it holds the backfill lock)"
+        raise BackfillBusyError(
+            message,
+            hint="wait for it to finish, or stop it (Ctrl-C or SIGTERM) and run: "
+            "profileguard backfill --resume",
+        )
+
+    def _connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            self._conn = None
+            if threading.get_ident() == self._main:
+                conn = self._open()
+            else:
+                conn = connect(self.settings, autocommit=True)
+                with self._worker_lock:
+                    self._worker_conns.append(conn)
+                self._conn = conn
+        return conn
+
+    def _close(self) -> None:
+        with self._worker_lock:
+            workers, self._worker_conns = self._worker_conns, []
+        for worker in workers:
+            with contextlib.suppress(psycopg.Error):
+                worker.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                if not conn.broken:
+                    conn.execute(self._q("unlock"))
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, *, rollback: bool = False) -> Iterator[psycopg.Connection]:
+        """One batch transaction with this run's lock and statement timeouts."""
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute(
+                self._q("timeouts"),
+                {
+                    "lock_timeout": f"{int(self.options.lock_timeout * 1000)}ms",
+                    "statement_timeout": f"{int(self.options.statement_timeout * 1000)}ms",
+                },
+            )
+            yield conn
+            if rollback:
+                raise psycopg.Rollback()
+
+    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args); transient errors (not timeouts) retry with full jitter, reconnecting."""
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                return fn(*args)
+            except psycopg.Error as exc:
+                if exc.sqlstate in TIMEOUT_SQLSTATES:
+                    raise _Timeout(str(exc)) from exc
+                if not is_transient(exc) or attempt == TRANSIENT_ATTEMPTS - 1:
+                    raise
+                log.warning("transient error, retrying: %s", exc)
+                if self._conn is not None and (self._conn.broken or self._conn.closed):
+                    self._conn = None
+                self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- the run
+
+    def run(self) -> Report:
+        """Do the backfill (or resume it); returns the report. Raises BackfillBusyError when
+        another one runs, NotInstalledError when profileguard is missing."""
+        self._started = time.monotonic()
+        try:
+            conn = self._open()
+            report = self._begin(conn)
+        except psycopg.Error as exc:
+            self._close()
+            raise translate(exc, context="backfill") from exc
+        except BaseException:
+            self._close()
+            raise
+        self._report = report
+        state = "failed"
+        error: BaseException | None = None
+        self._mark = time.monotonic()
+        try:
+            self._loop(report)
+            state = "interrupted" if self.stop_event.is_set() else "completed"
+        except KeyboardInterrupt:
+            # A second Ctrl-C (or one outside the CLI): stop now; the checkpoint stays valid.
+            state = "interrupted"
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._finish(report, state, error)
+        if error is not None:
+            if isinstance(error, psycopg.Error):
+                raise translate(error, context="backfill") from error
+            raise error
+        return report
+
+    def _begin(self, conn: psycopg.Connection) -> Report:
+        options = self.options
+        abandoned = [r[0] for r in conn.execute(self._q("mark_abandoned")).fetchall()]
+        if abandoned:
+            log.info("backfill runs %s had lost their process; marked interrupted", abandoned)
+        total = self._estimate(conn)
+        if options.resume:
+            row = conn.execute(self._q("latest"), {"dry_run": options.dry_run}).fetchone()
+            kind = "dry run" if options.dry_run else "backfill"
+            if row is None:
+                raise ProfileGuardError(
+                    f"no {kind} to resume", hint="run: profileguard backfill"
+                    + (" --dry-run" if options.dry_run else "")
+                )
+            (run_id, state, cursor, scanned, created, failed, quarantined, batches, size,
+             elapsed, estimate) = row
+            if state == "completed":
+                raise ProfileGuardError(
+                    f"the last {kind} (#{run_id}) completed; nothing to resume",
+                    hint="run: profileguard backfill" + (" --dry-run" if options.dry_run else ""),
+                )
+            conn.execute(self._q("claim"), {"owner": self.owner, "total": total, "id": run_id})
+            if options.batch_size is None and size:
+                self._size = min(max(int(size), options.min_batch_size), options.max_batch_size)
+            return Report(
+                run_id=int(run_id),
+                state="running",
+                dry_run=options.dry_run,
+                resumed=True,
+                scanned=int(scanned),
+                created=int(created),
+                failed=int(failed),
+                quarantined=int(quarantined),
+                batches=int(batches),
+                duration=float(elapsed),
+                batch_size=self._size,
+                total_estimate=max(total, int(estimate or 0)),
+                cursor=cursor,
+            )
+        row = conn.execute(
+            self._q("start"),
+            {
+                "dry_run": options.dry_run,
+                "total": total,
+                "batch_size": self._size,
+                "owner": self.owner,
+                "detail": json.dumps({"options": asdict(options)}),
+            },
+        ).fetchone()
+        assert row is not None
+        return Report(
+            run_id=int(row[0]),
+            state="running",
+            dry_run=options.dry_run,
+            resumed=False,
+            batch_size=self._size,
+            total_estimate=total,
+        )
+
+    def _estimate(self, conn: psycopg.Connection) -> int:
+        row = conn.execute(self._q("estimate"), {"table": str(self._identity)}).fetchone()
+        estimate = int(row[0]) if row and row[0] else 0
+        if estimate <= 0:
+            row = conn.execute(self._q("count")).fetchone()
+            estimate = int(row[0]) if row else 0
+        return estimate
+
+    def _loop(self, report: Report) -> None:
+        if self.options.workers > 1 and not self.options.dry_run:
+            self._loop_parallel(report)
+            return
+        options = self.options
+        after: Any = report.cursor
+        throttle_start = time.monotonic()
+        throttle_rows = 0
+        timeouts = 0
+        while not self.stop_event.is_set():
+            size = self._capped_size()
+            began = time.monotonic()
+            try:
+                batch = self._retrying(self._batch, after, size, report)
+            except _Timeout as exc:
+                timeouts += 1
+                if size <= options.min_batch_size and timeouts >= TRANSIENT_ATTEMPTS:
+                    raise ProfileGuardError(
+                        f"batches keep timing out even at {size} rows: {exc}",
+                        hint="raise --lock-timeout/--statement-timeout or lower "
+                        "--min-batch-size, then run: profileguard backfill --resume",
+                    ) from exc
+                self._size = max(options.min_batch_size, size // 2)
+                log.warning("batch timed out (%s); retrying with %d rows", exc, self._size)
+                self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**timeouts)))
+                continue
+            except _Failed as failed:
+                batch = self._isolate(failed, report)
+            timeouts = 0
+            if batch.scanned == 0:
+                break
+            batch.seconds = time.monotonic() - began
+            after = batch.last
+            self._account(report, batch)
+            self._adapt(size, batch)
+            self._maybe_analyze(batch)
+            if self.progress is not None:
+                self.progress(self._snapshot(report))
+            if batch.scanned < size:
+                break
+            if options.max_rows_per_second is not None:
+                throttle_rows += batch.scanned
+                ahead = throttle_rows / options.max_rows_per_second - (
+                    time.monotonic() - throttle_start
+                )
+                if ahead > 0:
+                    self.stop_event.wait(ahead)
+
+    def _capped_size(self) -> int:
+        size = self._size
+        if self.options.max_rows_per_second is not None:
+            cap = int(self.options.max_rows_per_second * self.options.target_seconds)
+            size = max(self.options.min_batch_size, min(size, cap))
+        return size
+
+    def _adapt(self, size: int, batch: _Batch) -> None:
+        """Move the batch size toward the target duration (full batches only)."""
+        if batch.scanned < size:
+            return
+        options = self.options
+        factor = options.target_seconds / max(batch.seconds, 1e-3)
+        factor = min(ADAPT_FACTOR, max(1 / ADAPT_FACTOR, factor))
+        self._size = min(options.max_batch_size, max(options.min_batch_size, int(size * factor)))
+
+    def _bound(self, after: Any, size: int) -> tuple[Any, Any, int] | None:
+        """First key, last key and count of the next `size` users after `after`."""
+        with self._transaction() as conn:
+            if after is None:
+                row = conn.execute(self._q("bound_first"), {"n": size}).fetchone()
+            else:
+                row = conn.execute(
+                    self._q("bound_after"), {"after": str(after), "n": size}
+                ).fetchone()
+        return None if row is None else (row[0], row[1], int(row[2]))
+
+    def _range_task(self, first: Any, last: Any, count: int, report: Report) -> _Batch:
+        """One range on this worker thread's connection; failures isolated, not yet recorded."""
+        began = time.monotonic()
+        batch = _Batch(first=first, last=last, scanned=count)
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                outcome = self._retrying(self._try_range, first, last, report)
+                break
+            except _Timeout:
+                if attempt == TRANSIENT_ATTEMPTS - 1:
+                    raise
+                self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+        if isinstance(outcome, psycopg.Error):
+            failed = self._isolate_only(_Failed(first, last, count, outcome), report)
+            batch.created, batch.failures = failed.created, failed.failures
+        else:
+            batch.created = outcome
+        batch.seconds = time.monotonic() - began
+        return batch
+
+    def _loop_parallel(self, report: Report) -> None:
+        """Ranges found in key order on the main connection, inserted by `workers` threads,
+        checkpointed in key order (the cursor only ever covers ranges that are done)."""
+        options = self.options
+        after: Any = report.cursor
+        inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
+        exhausted = False
+        throttle_start = time.monotonic()
+        throttle_rows = 0
+        with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
+            try:
+                while True:
+                    # One range queued beyond the busy workers, so none waits for the main
+                    # thread's bound query, checkpoint or ANALYZE.
+                    while (not exhausted and not self.stop_event.is_set()
+                           and len(inflight) <= options.workers):
+                        size = self._capped_size()
+                        bound = self._retrying(self._bound, after, size)
+                        if bound is None:
+                            exhausted = True
+                            break
+                        first, last, count = bound
+                        inflight.append(
+                            (pool.submit(self._range_task, first, last, count, report), size)
+                        )
+                        after = last
+                        exhausted = count < size
+                    if not inflight:
+                        break
+                    future, size = inflight.popleft()
+                    batch = future.result()
+                    self._retrying(self._record_isolated, batch, report)
+                    self._account(report, batch)
+                    self._adapt(size, batch)
+                    self._maybe_analyze(batch)
+                    if self.progress is not None:
+                        self.progress(self._snapshot(report))
+                    if options.max_rows_per_second is not None:
+                        throttle_rows += batch.scanned
+                        ahead = throttle_rows / options.max_rows_per_second - (
+                            time.monotonic() - throttle_start
+                        )
+                        if ahead > 0:
+                            self.stop_event.wait(ahead)
+            finally:
+                # Let running ranges end (their work is committed or rolled back) before
+                # the run is recorded; those not checkpointed are redone by --resume.
+                for future, _ in inflight:
+                    future.cancel()
+
+    def _maybe_analyze(self, batch: _Batch) -> None:
+        """ANALYZE the profile table as it grows (see ANALYZE_FIRST); best effort."""
+        if self.options.dry_run:
+            return
+        self._created_here += batch.created
+        if self._created_here < self._analyze_at:
+            return
+        self._analyze_at = 2 * self._created_here
+        try:
+            self._connection().execute(self._q("analyze_profile"))
+        except psycopg.Error as exc:
+            log.info("could not analyze the profile table: %s", exc)
+            if self._conn is not None and self._conn.broken:
+                self._conn = None
+
+    def _batch(self, after: Any, size: int, report: Report) -> _Batch:
+        """The next batch in one transaction: bound, insert, checkpoint."""
+        dry = self.options.dry_run
+        batch = _Batch()
+        with self._transaction(rollback=dry) as conn:
+            if after is None:
+                row = conn.execute(self._q("bound_first"), {"n": size}).fetchone()
+            else:
+                row = conn.execute(
+                    self._q("bound_after"), {"after": str(after), "n": size}
+                ).fetchone()
+            if row is None:
+                return batch
+            batch.first, batch.last, batch.scanned = row[0], row[1], int(row[2])
+            try:
+                batch.created = self._insert(conn, batch.first, batch.last, report)
+            except psycopg.Error as exc:
+                if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or conn.broken:
+                    raise
+                raise _Failed(batch.first, batch.last, batch.scanned, exc) from exc
+            if not dry:
+                self._checkpoint(conn, batch, report)
+        if dry:
+            with self._transaction() as conn:
+                self._checkpoint(conn, batch, report)
+        return batch
+
+    def _checkpoint(self, conn: psycopg.Connection, batch: _Batch, report: Report) -> None:
+        dry = self.options.dry_run
+        quarantined = 0
+        if batch.failures and not dry:
+            quarantined = repairs.record_failures(
+                conn,
+                batch.failures,
+                source=SOURCE,
+                max_attempts=1,
+                backoff_base=1.0,
+                backoff_cap=300.0,
+                detail={"run_id": report.run_id},
+            )
+        now = time.monotonic()
+        elapsed, self._mark = now - self._mark, now
+        conn.execute(
+            self._q("checkpoint"),
+            {
+                "id": report.run_id,
+                "cursor": None if batch.last is None else str(batch.last),
+                "scanned": batch.scanned,
+                "created": batch.created if dry else 0,
+                "failed": len(batch.failures),
+                "quarantined": quarantined,
+                "batch_size": self._size,
+                "elapsed": elapsed,
+            },
+        )
+        batch.quarantined = quarantined
+
+    def _insert(self, conn: psycopg.Connection, first: Any, last: Any, report: Report) -> int:
+        """backfill_range on [first, last]; a dry run also keeps a sample of what it made."""
+        dry = self.options.dry_run
+        want = self.options.sample - len(report.sample) if dry else 0
+        ids: list[Any] = []
+        if want > 0:
+            rows = conn.execute(
+                self._q("sample_ids"), {"first": first, "last": last, "n": want}
+            ).fetchall()
+            ids = [r[0] for r in rows]
+        row = conn.execute(
+            self._q("insert_range"),
+            {"first": first, "last": last, "run": None if dry else report.run_id},
+        ).fetchone()
+        if ids:
+            rows = conn.execute(self._q("sample_profiles"), {"ids": ids}).fetchall()
+            report.sample.extend(dict(r[0]) for r in rows)
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _isolate(self, failed: _Failed, report: Report) -> _Batch:
+        """Split the failed batch until its bad users are isolated; the rest are created.
+        Then record the failures and the checkpoint."""
+        batch = self._isolate_only(failed, report)
+        self._retrying(self._record_isolated, batch, report)
+        return batch
+
+    def _isolate_only(self, failed: _Failed, report: Report) -> _Batch:
+        """Split the failed range until its bad users are isolated; the rest are created."""
+        batch = _Batch(first=failed.first, last=failed.last, scanned=failed.count)
+        log.info(
+            "batch [%s, %s] failed (%s %s); splitting",
+            failed.first, failed.last, failed.error.sqlstate,
+            failed.error.diag.message_primary if failed.error.sqlstate else failed.error,
+        )
+        pending: list[tuple[Any, Any, int, psycopg.Error]] = [
+            (failed.first, failed.last, failed.count, failed.error)
+        ]
+        while pending:
+            first, last, count, error = pending.pop()
+            if count <= 1:
+                batch.failures.append(repairs.failure_from(first, error))
+                continue
+            halves = self._retrying(self._split, first, last)
+            if halves is None:
+                batch.failures.append(repairs.failure_from(first, error))
+                continue
+            for half in reversed(halves):
+                outcome = self._retrying(self._try_range, half[0], half[1], report)
+                if isinstance(outcome, psycopg.Error):
+                    pending.append((half[0], half[1], half[2], outcome))
+                else:
+                    batch.created += outcome
+        return batch
+
+    def _split(self, first: Any, last: Any) -> list[tuple[Any, Any, int]] | None:
+        """[first, last] as two halves (first, last, count); None when it holds one user."""
+        with self._transaction() as conn:
+            row = conn.execute(self._q("range_count"), {"first": first, "last": last}).fetchone()
+            count = int(row[0]) if row else 0
+            if count <= 1:
+                return None
+            keys = [
+                r[0]
+                for r in conn.execute(
+                    self._q("range_split"),
+                    {"first": first, "last": last, "skip": count // 2 - 1},
+                ).fetchall()
+            ]
+        if len(keys) < 2:
+            return None
+        return [(first, keys[0], count // 2), (keys[1], last, count - count // 2)]
+
+    def _try_range(self, first: Any, last: Any, report: Report) -> int | psycopg.Error:
+        """backfill_range on [first, last] in its own transaction: the count, or the error."""
+        taken = len(self._report.sample) if self._report else 0
+        try:
+            with self._transaction(rollback=self.options.dry_run) as conn:
+                return self._insert(conn, first, last, report)
+        except psycopg.Error as exc:
+            if self._report is not None:
+                del self._report.sample[taken:]
+            if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or exc.sqlstate is None:
+                raise
+            return exc
+
+    def _record_isolated(self, batch: _Batch, report: Report) -> None:
+        with self._transaction() as conn:
+            self._checkpoint(conn, batch, report)
+
+    def _account(self, report: Report, batch: _Batch) -> None:
+        report.scanned += batch.scanned
+        report.created += batch.created
+        report.failed += len(batch.failures)
+        report.quarantined += batch.quarantined
+        report.batches += 1
+        report.batch_size = self._size
+        report.cursor = None if batch.last is None else str(batch.last)
+        for failure in batch.failures:
+            if len(report.failures) >= FAILURE_LIST_LIMIT:
+                report.failures_truncated = True
+                break
+            report.failures.append(
+                {"user_id": str(failure.user_id), "sqlstate": failure.sqlstate,
+                 "message": failure.message}
+            )
+
+    def _snapshot(self, report: Report) -> Progress:
+        elapsed = report.duration + (time.monotonic() - self._started)
+        return Progress(
+            run_id=report.run_id,
+            dry_run=report.dry_run,
+            scanned=report.scanned,
+            created=report.created,
+            failed=report.failed,
+            quarantined=report.quarantined,
+            batches=report.batches,
+            batch_size=self._size,
+            total_estimate=max(report.total_estimate, report.scanned),
+            elapsed=elapsed,
+            rows_per_second=report.scanned / elapsed if elapsed > 0 else 0.0,
+        )
+
+    def _finish(self, report: Report, state: str, error: BaseException | None) -> None:
+        """Record the end state (best effort: on a broken connection, on a new one)."""
+        detail: dict[str, Any] = {"owner": self.owner}
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            detail["error"] = str(error)[:2000]
+            detail["sqlstate"] = getattr(error, "sqlstate", None)
+        elapsed = time.monotonic() - self._mark
+
+        def finish(conn: psycopg.Connection) -> None:
+            row = conn.execute(
+                self._q("finish"),
+                {"id": report.run_id, "state": state, "elapsed": elapsed,
+                 "detail": json.dumps(detail, default=str)},
+            ).fetchone()
+            if row:
+                report.scanned, report.created, report.failed = int(row[0]), int(row[1]), int(
+                    row[2]
+                )
+                report.quarantined, report.batches = int(row[3]), int(row[4])
+                report.duration = float(row[5])
+                report.cursor = row[6]
+
+        try:
+            conn = self._conn
+            if conn is not None and not conn.broken and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.rollback()
+                finish(conn)
+            else:
+                with connect(self.settings, autocommit=True) as fresh:
+                    finish(fresh)
+        except (psycopg.Error, ProfileGuardError) as exc:
+            log.warning("could not record the end of backfill #%s: %s", report.run_id, exc)
+        finally:
+            self._close()
+        report.state = state
+        report.already_present = max(0, report.scanned - report.created - report.failed)
+        report.rows_per_second = report.scanned / report.duration if report.duration > 0 else 0.0
+
+
+def run_backfill(
+    settings: Settings,
+    options: Options | None = None,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> Report:
+    """Run (or resume) a backfill; see `Backfill`."""
+    return Backfill(settings, options, progress=progress, stop_event=stop_event).run()
+
+
+__all__ = ["Backfill", "BackfillBusyError", "Options", "Progress", "Report", "run_backfill"]

@@ -1,0 +1,131 @@
+-- Queries of the backfill. Each starts with a "-- name:" line; %(x)s are bound parameters.
+-- {identity}, {identity_key}, {profile}, {profile_key} and {key_type} are filled in with
+-- psycopg.sql (quoted identifiers; the type text comes from the catalog).
+
+-- name: try_lock
+select pg_try_advisory_lock(hashtext('profileguard.backfill')) as locked
+
+-- name: unlock
+select pg_advisory_unlock(hashtext('profileguard.backfill')) as unlocked
+
+-- name: running
+select id, owner, started_at, updated_at, scanned, cursor, dry_run
+from profileguard.backfill_runs
+where state = 'running'
+order by id desc
+limit 1
+
+-- name: mark_abandoned
+-- Called with the lock held: a run still 'running' has lost its process (killed, crashed).
+update profileguard.backfill_runs
+set state = 'interrupted',
+    detail = coalesce(detail, jsonb_build_object()) || jsonb_build_object('abandoned_by', owner)
+where state = 'running'
+returning id
+
+-- name: latest
+select id, state, cursor, scanned, created, failed, quarantined, batches, batch_size,
+       elapsed_seconds, total_estimate
+from profileguard.backfill_runs
+where dry_run = %(dry_run)s
+order by id desc
+limit 1
+
+-- name: start
+insert into profileguard.backfill_runs (state, dry_run, total_estimate, batch_size, owner, detail)
+values ('running', %(dry_run)s, %(total)s, %(batch_size)s, %(owner)s, %(detail)s)
+returning id
+
+-- name: claim
+update profileguard.backfill_runs
+set state = 'running', owner = %(owner)s, finished_at = null, updated_at = clock_timestamp(),
+    resumed = resumed + 1, total_estimate = greatest(total_estimate, %(total)s)
+where id = %(id)s
+
+-- name: checkpoint
+-- After each batch: the resume point and the counters. `created` of a real run is added by
+-- profileguard.backfill_range itself (in the batch's transaction), so %(created)s is 0 there.
+update profileguard.backfill_runs
+set cursor = coalesce(%(cursor)s, cursor),
+    scanned = scanned + %(scanned)s,
+    created = created + %(created)s,
+    failed = failed + %(failed)s,
+    quarantined = quarantined + %(quarantined)s,
+    batches = batches + 1,
+    batch_size = %(batch_size)s,
+    elapsed_seconds = elapsed_seconds + %(elapsed)s,
+    updated_at = clock_timestamp()
+where id = %(id)s
+
+-- name: finish
+update profileguard.backfill_runs
+set state = %(state)s::text,
+    finished_at = case when %(state)s::text = 'completed' then clock_timestamp() end,
+    elapsed_seconds = elapsed_seconds + %(elapsed)s,
+    updated_at = clock_timestamp(),
+    detail = coalesce(detail, jsonb_build_object()) || %(detail)s::jsonb
+where id = %(id)s
+returning scanned, created, failed, quarantined, batches, elapsed_seconds, cursor
+
+-- name: timeouts
+-- Per batch transaction. synchronous_commit is off: a crash may lose the last batches committed,
+-- together with their checkpoint, and --resume simply does them again (every batch is
+-- idempotent), so no batch needs to wait for its WAL flush.
+select set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('synchronous_commit', 'off', true)
+
+-- name: estimate
+select greatest(c.reltuples, 0)::bigint as estimate
+from pg_catalog.pg_class c
+where c.oid = to_regclass(%(table)s)
+
+-- name: count
+select count(*) from {identity}
+
+-- name: bound_first
+-- The next batch: first and last key of the first %(n)s users and how many they are, found with
+-- the key's index (a window over the whole batch, so it works for types without min/max).
+select first_value(k) over w, last_value(k) over w, count(*) over w
+from (select u.{identity_key} as k from {identity} u order by u.{identity_key} limit %(n)s) b
+window w as (order by k rows between unbounded preceding and unbounded following)
+limit 1
+
+-- name: bound_after
+select first_value(k) over w, last_value(k) over w, count(*) over w
+from (select u.{identity_key} as k from {identity} u
+      where u.{identity_key} > %(after)s::{key_type}
+      order by u.{identity_key} limit %(n)s) b
+window w as (order by k rows between unbounded preceding and unbounded following)
+limit 1
+
+-- name: insert_range
+select profileguard.backfill_range(%(first)s::{key_type}, %(last)s::{key_type}, %(run)s::bigint)
+
+-- name: range_count
+select count(*) from {identity} u
+where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
+
+-- name: range_split
+-- The last key of the first half of [first, last] and the first key of the second half.
+select u.{identity_key} from {identity} u
+where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
+order by u.{identity_key}
+offset %(skip)s limit 2
+
+-- name: sample_ids
+select u.{identity_key} from {identity} u
+where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
+  and not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
+order by u.{identity_key}
+limit %(n)s
+
+-- name: sample_profiles
+select to_jsonb(p) from {profile} p
+where p.{profile_key} = any(%(ids)s::{key_type}[])
+order by p.{profile_key}
+
+-- name: analyze_profile
+-- Fresh statistics while the profile table grows (a new table has none), so the batch plan keeps
+-- looking up taken usernames by index instead of hashing the whole, growing, table each batch.
+analyze {profile}
