@@ -43,7 +43,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from signup import database, log
+from benchdb import database, log
 
 from profileguard import schema
 from profileguard import sql as sqlfiles
@@ -51,6 +51,7 @@ from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.mapping import build_plan, insert_statement
 
+SCRATCH_DB = "profileguard_bench_backfill"
 TIMES = "\N{MULTIPLICATION SIGN}"
 RAW_TARGET = 0.9  # profileguard rows/s ÷ raw rows/s, at least
 NAIVE_TARGET = 20.0  # profileguard rows/s ÷ naive rows/s, at least
@@ -320,7 +321,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    with database(args.database_url) as (url, where):
+    with database(args.database_url, SCRATCH_DB) as (url, where):
         bench = Bench(url, args)
         report = summary(bench, bench.run(), where)
     report["elapsed_seconds"] = round(time.perf_counter() - began, 1)

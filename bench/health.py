@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from signup import database, log
+from benchdb import database, log
 
 from profileguard import schema
 from profileguard.config import load_settings
@@ -63,6 +63,8 @@ NAIVE = (
     " (select count(*) from auth.users u"
     "  where not exists (select from public.profiles p where p.id = u.id)) as missing"
 )
+
+SCRATCH_DB = "profileguard_bench_health"
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -238,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    with database(args.database_url) as (url, where):
+    with database(args.database_url, SCRATCH_DB) as (url, where):
         report = run(url, args)
     report["where"] = where
     report["elapsed_seconds"] = round(time.perf_counter() - began, 1)

@@ -33,15 +33,13 @@ from typing import Annotated, Any
 
 import httpx
 import psycopg
+from benchdb import database
 from fastapi import Depends, FastAPI, Header
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.client import AsyncProfileGuard
 from profileguard.config import Settings, load_settings
-from profileguard.embedded import EmbeddedPostgres
 from profileguard.integrations.fastapi import RequireProfile
 
 SCRATCH_DB = "profileguard_bench_dep"
@@ -62,24 +60,12 @@ def user_id(x_user_id: Annotated[str | None, Header()] = None) -> str | None:
 
 @contextlib.contextmanager
 def scratch_database(database_url: str | None) -> Iterator[Settings]:
-    with contextlib.ExitStack() as stack:
-        server = database_url or stack.enter_context(EmbeddedPostgres()).uri()
-        drop = sql.SQL("drop database if exists {} with (force)").format(
-            sql.Identifier(SCRATCH_DB)
-        )
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(drop)
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(SCRATCH_DB)))
-        url = make_conninfo(server, dbname=SCRATCH_DB)
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(sqlfiles.read("supabase_auth.sql"))
-            settings = load_settings(env={}, database_url=url)
-            schema.install(settings, create_profile_table=True)
-            yield settings
-        finally:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(drop)
+    with database(database_url, SCRATCH_DB) as (url, _where):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sqlfiles.read("supabase_auth.sql"))
+        settings = load_settings(env={}, database_url=url)
+        schema.install(settings, create_profile_table=True)
+        yield settings
 
 
 def make_users(settings: Settings, count: int) -> list[str]:
