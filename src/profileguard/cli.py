@@ -17,6 +17,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +25,7 @@ from rich.table import Table
 from profileguard import __version__, schema
 from profileguard.client import ProfileGuard
 from profileguard.config import Settings, load_settings
+from profileguard.db import translate
 from profileguard.errors import ConfigError, ProfileGuardError
 from profileguard.reconcile import PassResult, Reconciler
 
@@ -62,13 +64,14 @@ def _state(ctx: typer.Context) -> State:
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Print ProfileGuardErrors as 'error: … / hint: …' and exit with their code."""
+    """Print errors (driver errors translated) as "error: … / hint: …" and exit with their code."""
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except ProfileGuardError as exc:
+        except (ProfileGuardError, psycopg.Error) as exc:
+            exc = translate(exc)
             err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             if exc.sqlstate:
                 err.print(f"sqlstate: {exc.sqlstate}", highlight=False)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
 import psycopg
+import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,6 +32,8 @@ from profileguard.config import Settings
 from profileguard.db import translate
 from profileguard.errors import ConnectionFailedError, ProfileGuardError
 from profileguard.web import metrics
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +230,28 @@ def serve(
     token: str | None = None,
     alerts: bool = True,
 ) -> None:
-    """Run the application with uvicorn until interrupted."""
-    import uvicorn
-
+    """Run the application with uvicorn until SIGINT/SIGTERM."""
     settings.conninfo()  # fail early, with the hint, when no database is configured
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without a token: anyone who can reach it can read the "
                     "figures and the audit trail; set PROFILEGUARD_API_TOKEN", host)
-    uvicorn.run(create_app(settings, token=token, alerts=alerts), host=host, port=port,
-                log_level="info")
+    config = uvicorn.Config(create_app(settings, token=token, alerts=alerts), host=host,
+                            port=port, log_level="info")
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, returning cleanly on SIGINT/SIGTERM: plain uvicorn re-raises the signal
+    after its graceful shutdown, which cancels the lifespan mid-way and logs a traceback."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
