@@ -139,7 +139,7 @@ def _install_output(result: schema.InstallResult, as_json: bool, print_sql: bool
         out.print(f"note: {note}", highlight=False)
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def install(
     ctx: typer.Context,
@@ -201,7 +201,7 @@ def install(
     _install_output(result, as_json, print_sql)
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def upgrade(
     ctx: typer.Context,
@@ -215,7 +215,7 @@ def upgrade(
     _install_output(result, as_json, print_sql)
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def uninstall(
     ctx: typer.Context,
@@ -250,21 +250,21 @@ def _toggle(ctx: typer.Context, enabled: bool, as_json: bool) -> None:
                   "profiles from the trigger.")
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def enable(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Turn the signup trigger on."""
     _toggle(ctx, True, as_json)
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def disable(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Turn the signup trigger off without uninstalling."""
     _toggle(ctx, False, as_json)
 
 
-@app.command()
+@app.command(rich_help_panel="Repair")
 @handle_errors
 def ensure(
     ctx: typer.Context,
@@ -284,7 +284,7 @@ def ensure(
     print_fields(f"profile of {result.user_id} ({verb})", result.profile)
 
 
-@app.command()
+@app.command(rich_help_panel="Observe")
 @handle_errors
 def version(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Print the package version and, when a database is configured, the installed schema."""
@@ -302,7 +302,7 @@ def version(ctx: typer.Context, as_json: JsonOption = False) -> None:
         print_fields("profileguard", info)
 
 
-@app.command()
+@app.command(rich_help_panel="Try it")
 @handle_errors
 def demo(
     ctx: typer.Context,
@@ -336,7 +336,7 @@ def _print_pass(title: str, result: PassResult, as_json: bool) -> None:
         print_fields(title, result.as_dict())
 
 
-@app.command()
+@app.command(rich_help_panel="Repair")
 @handle_errors
 def worker(
     ctx: typer.Context,
@@ -390,7 +390,7 @@ def worker(
         reconciler.close()
 
 
-@app.command()
+@app.command(rich_help_panel="Repair")
 @handle_errors
 def retry(
     ctx: typer.Context,
@@ -421,7 +421,7 @@ AUDIT_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 AUDIT_EXIT = 8
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 @handle_errors
 def audit(
     ctx: typer.Context,
@@ -467,7 +467,7 @@ def audit(
 # --- register: an admin-created user, with its profile ------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel="Repair")
 @handle_errors
 def register(
     ctx: typer.Context,
@@ -555,7 +555,7 @@ def _status_view(result: dict[str, Any]) -> None:
     out.print(checks)
 
 
-@app.command()
+@app.command(rich_help_panel="Observe")
 @handle_errors
 def status(
     ctx: typer.Context,
@@ -582,7 +582,7 @@ def status(
     raise typer.Exit(result["exit_code"])
 
 
-@app.command()
+@app.command(rich_help_panel="Observe")
 @handle_errors
 def serve(
     ctx: typer.Context,
@@ -675,7 +675,7 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
     return None, line
 
 
-@app.command()
+@app.command(rich_help_panel="Repair")
 @handle_errors
 def backfill(
     ctx: typer.Context,
