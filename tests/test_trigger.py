@@ -209,3 +209,38 @@ def test_disabled_creates_nothing_and_records_nothing(installed):
     assert profile_of(installed, rejected) is None
     assert installed.scalar("select count(*) from public.profiles") == 0
     assert failures(installed) == []
+
+
+def test_trigger_uses_indexes_even_when_statistics_say_profiles_is_empty(installed: TestDB) -> None:
+    """A plan made while the profile table looked empty must not scan it once per new row."""
+    with installed.connect() as conn:
+        conn.execute("analyze public.profiles")  # statistics: empty
+        conn.execute(
+            "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
+            " select gen_random_uuid(), 'authenticated', 'authenticated', 'seed' || g || '@x.test',"
+            " jsonb_build_object('user_name', 'seed' || g) from generate_series(1, 500) g"
+        )
+
+        def seq_scans() -> int:
+            conn.execute("select pg_stat_force_next_flush()")
+            row = conn.execute(
+                "select seq_scan from pg_stat_user_tables where relid = 'public.profiles'::regclass"
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = seq_scans()
+        conn.execute(
+            "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
+            " select gen_random_uuid(), 'authenticated', 'authenticated', 'bulk' || g || '@x.test',"
+            " jsonb_build_object('user_name', 'bulk' || (g % 300)) from generate_series(1, 2000) g"
+        )
+        for n in range(20):
+            conn.execute(
+                "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
+                " values (gen_random_uuid(), 'authenticated', 'authenticated', %s, %s)",
+                (f"single{n}@x.test", '{"user_name": "single"}'),
+            )
+        after = seq_scans()
+    assert installed.scalar("select count(*) from public.profiles") == 2520
+    assert after - before < 5, f"{after - before} sequential scans of public.profiles"

@@ -5,11 +5,16 @@
 -- The trigger: one set-based INSERT per statement on the identity table. One exception block per
 -- statement (never per row); on error, one failure row per affected user, a notification, and the
 -- signup commits — unless strict mode is on.
+-- enable_seqscan is off inside: the profile table's indexes (key, username) are always the right
+-- way to check for a taken key or name, and a plan made while the table looked empty (a fresh
+-- install, statistics from before the first signups) would otherwise scan it once per new row,
+-- quadratic in its size.
 create or replace function profileguard.on_identity_insert()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set enable_seqscan = off
 as $pg$
 declare
     v_state text;
@@ -55,12 +60,13 @@ end
 $pg$;
 
 -- Create the profiles of the given users that do not have one; returns how many were created.
--- Each creation is recorded as a repair by `p_source`.
+-- Each creation is recorded as a repair by `p_source`. Index lookups only, as in the trigger.
 create or replace function profileguard.create_profiles(p_ids {key_type}[], p_source text)
 returns integer
 language plpgsql
 security definer
 set search_path = ''
+set enable_seqscan = off
 as $pg$
 #variable_conflict use_column
 declare
@@ -83,12 +89,13 @@ begin
 end
 $pg$;
 
--- Idempotent, one round trip: the profile of `p_user_id`, created if missing.
+-- Idempotent, one round trip: the profile of `p_user_id`, created if missing (by key lookups).
 create or replace function profileguard.ensure_profile(p_user_id {key_type}, p_source text default 'ensure')
 returns table (profile_id {key_type}, created boolean, profile jsonb)
 language plpgsql
 security definer
 set search_path = ''
+set enable_seqscan = off
 as $pg$
 #variable_conflict use_column
 declare
