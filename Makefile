@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/profileguard demo
+	$(BIN)/profileguard demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -24,6 +24,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/signup.py
+	$(BIN)/python bench/repair_latency.py
+	$(BIN)/python bench/backfill.py
+	$(BIN)/python bench/health.py
+	$(BIN)/python bench/profile_dependency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
