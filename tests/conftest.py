@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,16 @@ from profileguard.config import Settings, load_settings
 from profileguard.embedded import EmbeddedPostgres
 
 _counter = itertools.count()
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll `check` until it is true or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
 
 
 @dataclass

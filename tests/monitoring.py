@@ -1,14 +1,13 @@
 """Helpers shared by the observability tests: signups whose statistics are flushed, a real local
-HTTP receiver for webhooks, the backfill table as migration 0003 defines it, free ports."""
+HTTP receiver for webhooks, free ports."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,38 +19,6 @@ from profileguard.config import AlertSettings, Settings
 
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_monitor_no_bad_user"
-
-BACKFILL_RUNS = """
-create table if not exists profileguard.backfill_runs (
-    id bigint generated always as identity primary key,
-    started_at timestamptz not null default now(),
-    updated_at timestamptz not null default now(),
-    finished_at timestamptz,
-    state text not null check (state in ('running', 'completed', 'failed', 'interrupted')),
-    dry_run boolean not null default false,
-    cursor text,
-    total_estimate bigint,
-    scanned bigint not null default 0,
-    created bigint not null default 0,
-    failed bigint not null default 0,
-    quarantined bigint not null default 0,
-    batches bigint not null default 0,
-    batch_size integer not null default 1000,
-    owner text,
-    detail jsonb
-)
-"""
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
-    """Poll `check` until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
-
 
 def with_alerts(settings: Settings, **changes: Any) -> Settings:
     """`settings` with these [alerts] values."""

@@ -8,16 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import TestDB
+from conftest import TestDB, wait_for
 from monitoring import (
-    BACKFILL_RUNS,
     BAD_NAME,
     Receiver,
     add_bad_constraint,
     free_port,
     receiver,
     signups,
-    wait_for,
     with_alerts,
 )
 
@@ -85,7 +83,6 @@ def _worker_off(db: TestDB) -> None:
 
 def _backfill_on(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute(BACKFILL_RUNS)
         conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned,"
                      " updated_at) values ('running', 100, 10, now() - interval '2 hours')")
 

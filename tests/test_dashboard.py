@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import TestDB
-from monitoring import BACKFILL_RUNS, BAD_NAME, add_bad_constraint, bulk, signups
+from monitoring import BAD_NAME, add_bad_constraint, bulk, signups
 from test_web import get_json, serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -78,7 +78,6 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
                      " 'new row violates check constraint', now())")
         conn.execute("insert into profileguard.workers (worker_id, hostname, pid, stats) values"
                      " ('host-a:101:5f2c', 'host-a', 101, '{\"state\": \"running\"}')")
-        conn.execute(BACKFILL_RUNS)
         conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned,"
                      " created) values ('running', 2000, 1500, 3)")
         conn.execute("select profileguard.refresh_stats()")

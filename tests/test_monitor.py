@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from conftest import TestDB
 from monitoring import (
-    BACKFILL_RUNS,
     BAD_NAME,
     add_bad_constraint,
     bulk,
@@ -139,7 +138,6 @@ def test_quarantine_workers_and_backfill(installed: TestDB) -> None:
     assert s["backfill"] is None
 
     with installed.connect() as conn:
-        conn.execute(BACKFILL_RUNS)
         conn.execute(
             "insert into profileguard.backfill_runs (state, total_estimate, scanned, updated_at)"
             " values ('running', 200, 50, now() - interval '1 hour')"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Any
 
 import typer
@@ -38,8 +37,10 @@ def reference() -> str:
         for name, command in root.commands.items():
             if getattr(command, "rich_help_panel", None) != panel:
                 continue
-            arguments = [(p.name or "").upper() + ("…" if p.nargs == -1 else "") for p in command.params
-                         if p.param_type_name == "argument"]
+            arguments = [
+                (p.name or "").upper() + ("…" if p.nargs == -1 else "")
+                for p in command.params if p.param_type_name == "argument"
+            ]
             usage = " ".join(["[OPTIONS]", *arguments])
             summary = " ".join((command.help or "").split())
             lines.append(f"profileguard {name} {usage}".rstrip())

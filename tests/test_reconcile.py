@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import TestDB
+from conftest import TestDB, wait_for
 
 from profileguard import schema
 from profileguard.config import load_settings
@@ -19,16 +18,6 @@ from profileguard.reconcile import Reconciler
 
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_no_bad_user"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
-    """Poll `check` until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
 
 
 def add_bad_constraint(db: TestDB) -> None:

@@ -211,7 +211,7 @@ def test_disabled_creates_nothing_and_records_nothing(installed):
     assert failures(installed) == []
 
 
-def test_trigger_uses_indexes_even_when_statistics_say_profiles_is_empty(installed: TestDB) -> None:
+def test_trigger_uses_indexes_even_when_statistics_say_profiles_is_empty(installed):
     """A plan made while the profile table looked empty must not scan it once per new row."""
     with installed.connect() as conn:
         conn.execute("analyze public.profiles")  # statistics: empty

@@ -19,16 +19,14 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import TestDB
+from conftest import TestDB, wait_for
 from monitoring import (
-    BACKFILL_RUNS,
     BAD_NAME,
     add_bad_constraint,
     bulk,
     free_port,
     receiver,
     signups,
-    wait_for,
     with_alerts,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -120,7 +118,6 @@ def test_metrics_match_the_figures(installed: TestDB) -> None:
     add_bad_constraint(installed)
     signups(installed, 2, name=BAD_NAME)
     with installed.connect() as conn:
-        conn.execute(BACKFILL_RUNS)
         conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned)"
                      " values ('running', 40, 10)")
         conn.execute("insert into profileguard.workers (worker_id, hostname, pid, stats)"
