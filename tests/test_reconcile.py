@@ -375,3 +375,28 @@ def test_invalid_arguments_are_rejected(installed: TestDB) -> None:
         Reconciler(installed.settings, batch_size=0)
     with pytest.raises(ConfigError):
         Reconciler(installed.settings, max_attempts=0)
+
+
+def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installed: TestDB) -> None:
+    """Event ids are taken at insert, not at commit: the cursor must not skip a failure whose
+    transaction commits after a later-numbered one was already read."""
+    schema.set_enabled(installed.settings, False)
+    early, late = installed.signup({"full_name": "Early"}), installed.signup({"full_name": "Late"})
+    reconciler = Reconciler(installed.settings, full_interval=3600.0)
+    reconciler.run_incremental()  # cursor at the current end of the trail
+    slow = installed.connect(autocommit=False)
+    try:
+        slow.execute("select profileguard.record_failure(%s, '40001', 'slow', 'test')",
+                     (str(early),))  # takes the lower id, stays uncommitted
+        with installed.connect() as conn:
+            conn.execute("select profileguard.record_failure(%s, '40001', 'fast', 'test')",
+                         (str(late),))
+        assert reconciler.run_incremental().repaired == 1  # sees only the committed one
+        assert has_profile(installed, late) and not has_profile(installed, early)
+        slow.commit()
+    finally:
+        slow.close()
+
+    assert reconciler.run_incremental().repaired == 1
+    assert has_profile(installed, early)
+    reconciler.close()

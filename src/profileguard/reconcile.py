@@ -109,6 +109,7 @@ class Reconciler:
         transient_max_wait: float = 5.0,
         incremental_interval: float = 5.0,
         full_interval: float = 300.0,
+        recheck_seconds: float = 120.0,
         heartbeat_interval: float = 10.0,
         reconnect_cap: float = 30.0,
         poll_interval: float = 0.5,
@@ -130,6 +131,7 @@ class Reconciler:
         self.heartbeat_interval = heartbeat_interval
         self.reconnect_cap = reconnect_cap
         self.poll_interval = poll_interval
+        self.recheck_seconds = recheck_seconds
         self.stats: dict[str, Any] = {
             "passes": 0,
             "repaired": 0,
@@ -407,7 +409,8 @@ class Reconciler:
         return result
 
     def run_incremental(self, stop_event: threading.Event | None = None) -> PassResult:
-        """Users named in failure events since the last look, and users whose backoff is over."""
+        """Users named in failure events since the last look (and in the last `recheck_seconds`),
+        and users whose backoff is over."""
         started = time.monotonic()
         result = PassResult()
         if self._event_cursor is None:
@@ -443,8 +446,24 @@ class Reconciler:
                     {"n": self.batch_size},
                 ).fetchall()
 
-        if stop_event is None or not stop_event.is_set():
-            rows = self._retrying(due)
+        def recent(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            # Event ids are taken at insert, not at commit: a failure committed after a later id
+            # was read lies below the cursor. Looking again at recent failures (cheap: users with
+            # a profile are filtered out) catches it now; the full sweep catches anything older.
+            with conn.transaction():
+                return conn.execute(
+                    "select e.user_id from profileguard.events e"
+                    " where e.kind = 'failure' and e.user_id is not null and e.id <= %(cursor)s"
+                    " and e.created_at > now() - make_interval(secs => %(secs)s)"
+                    " group by e.user_id limit %(n)s",
+                    {"cursor": self._event_cursor, "secs": self.recheck_seconds,
+                     "n": self.batch_size},
+                ).fetchall()
+
+        for query in (recent, due):
+            if stop_event is not None and stop_event.is_set():
+                break
+            rows = self._retrying(query)
             if rows:
                 self._merge(result, self.repair_ids(self._parse_ids(str(r[0]) for r in rows)))
         result.duration = time.monotonic() - started
