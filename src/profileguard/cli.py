@@ -125,7 +125,9 @@ def _install_output(result: schema.InstallResult, as_json: bool, print_sql: bool
     if as_json:
         print_json(result.as_dict())
         return
-    if result.changed:
+    if result.changed and result.version_before == result.version_after:
+        out.print(f"profileguard schema version {result.version_after}: configuration updated.")
+    elif result.changed:
         out.print(
             f"profileguard schema version {result.version_after} installed "
             f"(was {result.version_before or 'not installed'})."
