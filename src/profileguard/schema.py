@@ -101,6 +101,13 @@ def render_generated(plan: Plan) -> sql.Composed:
         " and not exists (select from {profile} p where p.{pkey} = u.{ikey}"
         " and p.{pkey} >= p_first and p.{pkey} <= p_last)"
     ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
+    # The backfill's page range [v_from, v_to) (a TID range scan); in a catch-up only the rows
+    # written since the sweep began (age(xmin) <= v_since; frozen rows are the oldest).
+    by_pages = sql.SQL(
+        "where u.ctid >= v_from and u.ctid < v_to"
+        " and (not v_catchup or pg_catalog.age(u.xmin) <= v_since)"
+        " and not exists (select from {profile} p where p.{pkey} = u.{ikey})"
+    ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
     return _template(
         "generated.sql",
         **parts,
@@ -115,6 +122,10 @@ def render_generated(plan: Plan) -> sql.Composed:
         insert_range=insert_statement(plan, source=identity, where=by_range),
         insert_range_forced=insert_statement(
             plan, source=identity, where=by_range, force_suffix=True
+        ),
+        insert_pages=insert_statement(plan, source=identity, where=by_pages),
+        insert_pages_forced=insert_statement(
+            plan, source=identity, where=by_pages, force_suffix=True
         ),
     )
 

@@ -256,3 +256,59 @@ begin
     return v_count;
 end
 $pg$;
+
+-- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
+-- TID range scan, reading the table in order) without a profile get one, with one INSERT …
+-- SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING. With p_since (the catch-up after a sweep)
+-- only rows written by transactions not older than p_since are taken (age() compares them
+-- without wraparound trouble); with p_all_rows the catch-up takes every row of the range.
+-- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
+-- backfill_range it adds the count to the run and records one 'backfill' event.
+create or replace function profileguard.backfill_pages(
+    p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
+    p_all_rows boolean default false
+)
+returns bigint[]
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set jit = off
+as $pg$
+declare
+    v_from pg_catalog.tid := pg_catalog.format('(%s,0)', p_first)::pg_catalog.tid;
+    v_to pg_catalog.tid := pg_catalog.format('(%s,0)', p_last)::pg_catalog.tid;
+    v_catchup boolean := p_since is not null or p_all_rows;
+    v_since pg_catalog.int4 := case when p_all_rows then 2147483647
+                                    else pg_catalog.age(p_since) end;
+    v_scanned bigint := 0;
+    v_count bigint;
+begin
+    if not v_catchup then
+        select count(*) into v_scanned from {identity} u where u.ctid >= v_from and u.ctid < v_to;
+    end if;
+    begin
+        {insert_pages};
+        get diagnostics v_count = row_count;
+    exception when unique_violation then
+        if not {guard} then
+            raise;
+        end if;
+        {insert_pages_forced};
+        get diagnostics v_count = row_count;
+    end;
+    if p_run_id is not null then
+        update profileguard.backfill_runs r
+            set created = r.created + v_count, updated_at = clock_timestamp()
+            where r.id = p_run_id;
+        if v_count > 0 then
+            insert into profileguard.events (kind, source, message, detail)
+            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
+                    jsonb_build_object('run_id', p_run_id, 'first_page', p_first,
+                                       'last_page', p_last, 'catchup', v_catchup,
+                                       'created', v_count));
+        end if;
+    end if;
+    return array[v_scanned, v_count];
+end
+$pg$;
