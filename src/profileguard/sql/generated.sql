@@ -264,6 +264,9 @@ $pg$;
 -- without wraparound trouble); with p_all_rows the catch-up takes every row of the range.
 -- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
 -- backfill_range it adds the count to the run and records one 'backfill' event.
+-- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
+-- read): otherwise the planner hashes every taken username of the growing profile table once per
+-- batch instead of probing the index once per new row, and batches slow down as it grows.
 create or replace function profileguard.backfill_pages(
     p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
     p_all_rows boolean default false
@@ -273,6 +276,7 @@ language plpgsql
 security definer
 set search_path = ''
 set enable_seqscan = off
+set random_page_cost = 1.1
 set jit = off
 as $pg$
 declare
