@@ -472,3 +472,30 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
         " where kind = 'backfill' and (detail->>'catchup')::boolean"
     ) >= behind[0]
     assert run_row(installed, report.run_id)["phase"] == "catchup"
+
+
+def test_resume_of_a_run_in_key_order_goes_on_by_key(installed: TestDB) -> None:
+    """A run interrupted before the backfill walked pages has a key as its cursor: --resume
+    continues it by key."""
+    without_trigger(installed, 3000)
+    with installed.connect() as conn:
+        cursor = conn.execute(
+            "select id from auth.users order by id offset 999 limit 1"
+        ).fetchone()[0]
+        conn.execute(
+            "select profileguard.backfill_range((select id from auth.users order by id limit 1),"
+            " %s, null)",
+            (cursor,),
+        )
+        run_id = conn.execute(
+            "insert into profileguard.backfill_runs (state, cursor, scanned, batches, batch_size)"
+            " values ('interrupted', %s::text, 1000, 1, 1000) returning id",
+            (cursor,),
+        ).fetchone()[0]
+    assert run_row(installed, run_id)["ordering"] == "key"
+
+    report = run_backfill(installed.settings, Options(resume=True))
+
+    assert (report.run_id, report.state, report.ordering) == (run_id, "completed", "key")
+    assert (report.scanned, report.created, report.failed) == (3000, 2000, 0)
+    assert profile_counts(installed) == {"users": 3000, "profiles": 3000, "not_exactly_one": 0}

@@ -259,9 +259,11 @@ $pg$;
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
 -- TID range scan, reading the table in order) without a profile get one, with one INSERT …
--- SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING. With p_since (the catch-up after a sweep)
--- only rows written by transactions not older than p_since are taken (age() compares them
--- without wraparound trouble); with p_all_rows the catch-up takes every row of the range.
+-- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
+-- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- (the catch-up after a sweep) only rows written by transactions not older than p_since are
+-- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
+-- every row of the range.
 -- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
 -- backfill_range it adds the count to the run and records one 'backfill' event.
 -- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
@@ -292,13 +294,21 @@ begin
         select count(*) into v_scanned from {identity} u where u.ctid >= v_from and u.ctid < v_to;
     end if;
     begin
-        {insert_pages};
+        if v_catchup then
+            {insert_pages_since};
+        else
+            {insert_pages};
+        end if;
         get diagnostics v_count = row_count;
     exception when unique_violation then
         if not {guard} then
             raise;
         end if;
-        {insert_pages_forced};
+        if v_catchup then
+            {insert_pages_since_forced};
+        else
+            {insert_pages_forced};
+        end if;
         get diagnostics v_count = row_count;
     end;
     if p_run_id is not null then
