@@ -690,7 +690,7 @@ class Backfill:
                 self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**timeouts)))
                 continue
             if isinstance(outcome, psycopg.Error):
-                self._isolate_pages(low, high, outcome, report, catchup, batch)
+                self._isolate_pages(low, high, outcome, report, catchup, all_rows, batch)
             else:
                 batch.scanned += outcome[0]
                 batch.created += outcome[1]
@@ -732,7 +732,7 @@ class Backfill:
 
     def _isolate_pages(
         self, first: int, last: int, error: psycopg.Error, report: Report, catchup: bool,
-        batch: _Batch,
+        all_rows: bool, batch: _Batch,
     ) -> None:
         """Split failed pages in halves down to single pages; a failed page is done user by
         user (by key), and the users that still fail are added to batch.failures."""
@@ -743,14 +743,16 @@ class Backfill:
             if high - low > 1:
                 middle = (low + high) // 2
                 for half in ((middle, high), (low, middle)):
-                    outcome = self._retrying(self._try_pages, *half, report, catchup, False)
+                    outcome = self._retrying(
+                        self._try_pages, *half, report, catchup, all_rows)
                     if isinstance(outcome, psycopg.Error):
                         pending.append(half)
                     else:
                         batch.scanned += outcome[0]
                         batch.created += outcome[1]
                 continue
-            users, missing = self._retrying(self._page_users, low, catchup)
+            users, missing = self._retrying(
+                self._page_users, low, catchup and not all_rows)
             if not catchup:
                 batch.scanned += users
             for user_id in missing:
