@@ -268,7 +268,9 @@ $pg$;
 -- backfill_range it adds the count to the run and records one 'backfill' event.
 -- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
 -- read): otherwise the planner hashes every taken username of the growing profile table once per
--- batch instead of probing the index once per new row, and batches slow down as it grows.
+-- batch instead of probing the index once per new row, and batches slow down as it grows. For
+-- the same reason the catch-up's NOT EXISTS probes the profile key per candidate row (hash and
+-- merge joins off) instead of reading every profile once per batch.
 create or replace function profileguard.backfill_pages(
     p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
     p_all_rows boolean default false
@@ -278,6 +280,8 @@ language plpgsql
 security definer
 set search_path = ''
 set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
 set random_page_cost = 1.1
 set jit = off
 as $pg$
