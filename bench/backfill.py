@@ -8,7 +8,7 @@ In one run, on one server and the same data (``--users`` users in ``auth.users``
   table, built from the same installed mapping (same rows, same usernames) — the practical limit;
 * ``profileguard``: ``python -m profileguard backfill --json`` as a child process (adaptive
   batches, timeouts, checkpoints, audit events), timed from spawn to exit, once per ``--workers``
-  value (default: 1, the command's default, and 2 connections); its peak RSS comes from
+  value (default: 1 and 2, the command's default); its peak RSS comes from
   ``wait4``;
 * ``naive``: the usual script — fetch 100 ids without a profile, call ``ensure`` once per user
   (the profileguard client), repeat. It is time-boxed (``--naive-seconds``) on a sample and its

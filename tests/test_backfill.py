@@ -399,3 +399,106 @@ def test_lock_timeout_makes_a_batch_give_way_and_retry_smaller(
     assert profile_counts(installed) == {"users": 3000, "profiles": 3000, "not_exactly_one": 0}
     # The timed-out batch was retried smaller.
     assert any("retrying with 500 rows" in r.getMessage() for r in caplog.records)
+
+
+def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
+    installed: TestDB,
+) -> None:
+    """Updates move users from pages the sweep has not reached to pages it has done (free
+    space left by deleted users); signups land there too. The catch-up must give them all one
+    profile."""
+    without_trigger(installed, 20_000)
+    with installed.connect() as conn:
+        # Free space on the first pages only, so moved and new rows land behind the sweep.
+        conn.execute("delete from auth.users where ctid < '(60,0)'::tid"
+                     " and (ctid::text::point)[1]::int % 2 = 0")
+        conn.execute("vacuum auth.users")
+    schema.set_enabled(installed.settings, True)
+    done = threading.Event()
+    errors: list[BaseException] = []
+    # Users moved from pages far ahead of the sweep's checkpoint (beyond the batches in flight)
+    # to pages it had done, without a profile yet.
+    behind = [0]
+    signed = [0]
+
+    def churn() -> None:
+        try:
+            with installed.connect() as conn:
+                while not done.is_set():
+                    row = conn.execute(
+                        "select cursor::bigint from profileguard.backfill_runs"
+                        " where state = 'running' and phase = 'sweep' and cursor is not null"
+                    ).fetchone()
+                    if row is None:
+                        time.sleep(0.01)
+                        continue
+                    cursor = int(row[0])
+                    # Users at the very end of the table (far ahead of the sweep), made wider
+                    # so the new version leaves its full page.
+                    moved = conn.execute(
+                        "with old as (select id, (ctid::text::point)[0]::bigint as page"
+                        "   from auth.users order by ctid desc limit 10),"
+                        " upd as (update auth.users u set raw_user_meta_data ="
+                        "   u.raw_user_meta_data || jsonb_build_object('bio', repeat('x', 200))"
+                        "   from old where u.id = old.id"
+                        "   returning u.id, (u.ctid::text::point)[0]::bigint as page)"
+                        " select count(*) from upd join old using (id)"
+                        " where upd.page < %(cursor)s and old.page > %(cursor)s + 200"
+                        "   and not exists (select from public.profiles p where p.id = upd.id)",
+                        {"cursor": cursor},
+                    ).fetchone()
+                    behind[0] += int(moved[0]) if moved else 0
+                    installed.signup({"full_name": f"Churn {signed[0]}"}, conn=conn)
+                    signed[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        report = run_backfill(
+            installed.settings, Options(batch_size=500, max_batch_size=1000,
+                                        max_rows_per_second=5000)
+        )
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert not errors
+    assert report.state == "completed" and report.failed == 0
+    assert behind[0] > 0 and signed[0] > 0
+    counts = profile_counts(installed)
+    assert counts == {"users": counts["users"], "profiles": counts["users"], "not_exactly_one": 0}
+    # The moved users were missed by the sweep (their new versions sit on pages it had done and
+    # their old ones were dead when it got there): the catch-up created their profiles.
+    assert installed.scalar(
+        "select coalesce(sum((detail->>'created')::bigint), 0) from profileguard.events"
+        " where kind = 'backfill' and (detail->>'catchup')::boolean"
+    ) >= behind[0]
+    assert run_row(installed, report.run_id)["phase"] == "catchup"
+
+
+def test_resume_of_a_run_in_key_order_goes_on_by_key(installed: TestDB) -> None:
+    """A run interrupted before the backfill walked pages has a key as its cursor: --resume
+    continues it by key."""
+    without_trigger(installed, 3000)
+    with installed.connect() as conn:
+        cursor = conn.execute(
+            "select id from auth.users order by id offset 999 limit 1"
+        ).fetchone()[0]
+        conn.execute(
+            "select profileguard.backfill_range((select id from auth.users order by id limit 1),"
+            " %s, null)",
+            (cursor,),
+        )
+        run_id = conn.execute(
+            "insert into profileguard.backfill_runs (state, cursor, scanned, batches, batch_size)"
+            " values ('interrupted', %s::text, 1000, 1, 1000) returning id",
+            (cursor,),
+        ).fetchone()[0]
+    assert run_row(installed, run_id)["ordering"] == "key"
+
+    report = run_backfill(installed.settings, Options(resume=True))
+
+    assert (report.run_id, report.state, report.ordering) == (run_id, "completed", "key")
+    assert (report.scanned, report.created, report.failed) == (3000, 2000, 0)
+    assert profile_counts(installed) == {"users": 3000, "profiles": 3000, "not_exactly_one": 0}

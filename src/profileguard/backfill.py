@@ -1,17 +1,30 @@
 """The backfill: create the missing profiles of existing users, fast, safely and resumably.
 
-The identity table is walked in keyset batches. Each batch is found server-side (first and last
-key of the next n users, by the key's index) and done server-side by
-`profileguard.backfill_range(first, last, run)`: one INSERT … SELECT … WHERE NOT EXISTS … ON
-CONFLICT DO NOTHING with the installed mapping, in its own short transaction with `lock_timeout`
-and `statement_timeout`. No list of ids ever reaches Python, so memory stays flat.
+The identity table is read in physical order: each batch is a range of heap pages (a TID range
+scan) done server-side by `profileguard.backfill_pages(first, last, run)`, one INSERT … SELECT …
+ON CONFLICT DO NOTHING with the installed mapping, in its own short transaction with
+`lock_timeout` and `statement_timeout`. No list of ids ever reaches Python, so memory stays flat.
+Reading pages in order is what one bulk statement does; walking keys (random UUIDs) would touch
+heap pages all over the table.
 
-The batch size adapts toward a target duration. A batch that fails with a permanent error is split
-in halves (each half its own transaction) until the failing users are isolated; they are recorded
-and quarantined in `profileguard.repair_state` (shared with the reconciler) and the rest proceed.
-The run and its cursor are checkpointed in `profileguard.backfill_runs` after every batch, in the
-batch's transaction, so a killed run resumes where it stopped without rescanning or duplicating.
-A session-level advisory lock lets one backfill run at a time.
+Guarantee: when a run completes, every user that existed when it started and still exists has a
+profile (or is recorded as failed). A page sweep alone could miss users whose row moved while it
+ran (an UPDATE can put the new version on a page already done), so the sweep is followed by a
+catch-up over the pages again that takes only the rows written since the run began (xmin not
+older than the oldest transaction running at its start; the others cannot have moved). If the
+table was rewritten meanwhile (VACUUM FULL, CLUSTER: its file node changed), the catch-up takes
+every row. Users who sign up during the run are the trigger's (and the reconciler's) job; the
+catch-up includes those it sees, which is harmless (ON CONFLICT, one profile each). A dry run does
+no catch-up.
+
+The batch size adapts toward a target duration (in rows, turned into pages with the rows per page
+observed). A batch that fails with a permanent error is split in halves down to single pages, and
+a failing page is done user by user, so the failing users are isolated; they are recorded and
+quarantined in `profileguard.repair_state` (shared with the reconciler) and the rest proceed. The
+run, its phase and its cursor (the page reached) are checkpointed in `profileguard.backfill_runs`
+after every batch, so a killed run resumes where it stopped without rescanning or duplicating. A
+run started by a version that walked keys (`ordering` 'key') resumes by key. A session-level
+advisory lock lets one backfill run at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ QUERIES = "backfill.sql"
 SOURCE = "backfill"
 # Schema version that added profileguard.backfill_runs.
 SCHEMA_VERSION = 3
+# Schema version that added the physical-order columns of profileguard.backfill_runs.
+PAGES_VERSION = 6
 TIMEOUT_SQLSTATES = frozenset({"55P03", "57014"})
 # Failed users listed in the report (all are recorded in the database).
 FAILURE_LIST_LIMIT = 100
@@ -55,8 +70,9 @@ TRANSIENT_ATTEMPTS = 8
 # Never grow or shrink the batch size by more than this factor per batch.
 ADAPT_FACTOR = 2.0
 # ANALYZE the profile table once this many profiles were created, then each time the number
-# created by this run doubles (a handful of times per run, each ~0.1 s).
+# created by this run grows ANALYZE_GROWTH times (a handful of times per run, each ~0.1 s).
 ANALYZE_FIRST = 10_000
+ANALYZE_GROWTH = 4
 
 
 class BackfillBusyError(ProfileGuardError):
@@ -77,8 +93,11 @@ class Options:
     lock_timeout: float = 2.0
     statement_timeout: float = 30.0
     sample: int = 10
-    # Connections inserting ranges at once (the lock and checkpoints stay on one more).
-    workers: int = 1
+    # Connections inserting ranges at once (the lock and checkpoints stay on one more). Two by
+    # default: one connection reaches ~0.8x the rows/s of a single bulk statement (each new row
+    # probes the growing profile table's username index, which a statement over an empty table
+    # does not), two reach it; --workers 1 is the lightest on the database.
+    workers: int = 2
 
     def check(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -141,6 +160,9 @@ class Report:
     batch_size: int = 0
     total_estimate: int = 0
     cursor: str | None = None
+    # 'pages' (physical order, then a catch-up) or 'key' (a run started by an older version).
+    ordering: str = "pages"
+    phase: str | None = "sweep"
     failures: list[dict[str, Any]] = field(default_factory=list)
     failures_truncated: bool = False
     sample: list[dict[str, Any]] = field(default_factory=list)
@@ -217,6 +239,12 @@ class Backfill:
         self._started = self._mark = time.monotonic()
         self._created_here = 0
         self._analyze_at = ANALYZE_FIRST
+        # Physical order: rows per heap page (observed), pages per catch-up batch, the oldest
+        # transaction running at the run's start and the table's file then (see the module).
+        self._per_page = 50.0
+        self._catch_pages = 1
+        self._since: str | None = None
+        self._heap_file: int | None = None
 
     # ---------------------------------------------------------------- connection and lock
 
@@ -268,7 +296,11 @@ class Backfill:
             sqlfiles.query("function_exists"),
             {"signature": f"profileguard.backfill_range({key_type}, {key_type}, bigint)"},
         ).fetchone()
-        if not (found and found[0]):
+        pages = conn.execute(
+            sqlfiles.query("function_exists"),
+            {"signature": "profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)"},
+        ).fetchone()
+        if not (found and found[0]) or version < PAGES_VERSION or not (pages and pages[0]):
             raise NotInstalledError(
                 "the installed profileguard functions predate the backfill",
                 hint="run: profileguard upgrade",
@@ -420,7 +452,9 @@ class Backfill:
                     + (" --dry-run" if options.dry_run else "")
                 )
             (run_id, state, cursor, scanned, created, failed, quarantined, batches, size,
-             elapsed, estimate) = row
+             elapsed, estimate, ordering, phase, since_xid, heap_file) = row
+            self._since = None if since_xid is None else str(since_xid)
+            self._heap_file = None if heap_file is None else int(heap_file)
             if state == "completed":
                 raise ProfileGuardError(
                     f"the last {kind} (#{run_id}) completed; nothing to resume",
@@ -443,6 +477,8 @@ class Backfill:
                 batch_size=self._size,
                 total_estimate=max(total, int(estimate or 0)),
                 cursor=cursor,
+                ordering=str(ordering),
+                phase=phase,
             )
         row = conn.execute(
             self._q("start"),
@@ -452,9 +488,11 @@ class Backfill:
                 "batch_size": self._size,
                 "owner": self.owner,
                 "detail": json.dumps({"options": asdict(options)}),
+                "table": str(self._identity),
             },
         ).fetchone()
         assert row is not None
+        self._since, self._heap_file = str(row[1]), int(row[2])
         return Report(
             run_id=int(row[0]),
             state="running",
@@ -473,6 +511,11 @@ class Backfill:
         return estimate
 
     def _loop(self, report: Report) -> None:
+        if report.ordering == "pages":
+            self._loop_pages(report)
+            return
+        # A run started by a version that walked the keys: its cursor is a key, so it goes on
+        # the same way.
         if self.options.workers > 1 and not self.options.dry_run:
             self._loop_parallel(report)
             return
@@ -519,6 +562,215 @@ class Backfill:
                 )
                 if ahead > 0:
                     self.stop_event.wait(ahead)
+
+    # ---------------------------------------------------------------- physical order
+
+    def _heap(self) -> tuple[int, int, float | None]:
+        """Pages of the identity table now, its file node and rows per page (estimated)."""
+        with self._transaction() as conn:
+            row = conn.execute(self._q("heap"), {"table": str(self._identity)}).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), None if row[2] is None else float(row[2])
+
+    def _set_phase(self, report: Report, phase: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(self._q("set_phase"), {"id": report.run_id, "phase": phase})
+
+    def _loop_pages(self, report: Report) -> None:
+        """The sweep over the heap pages from the cursor, then the catch-up (see the module)."""
+        _, heap_file, per_page = self._retrying(self._heap)
+        self._per_page = per_page or 50.0
+        if report.phase != "catchup":
+            self._sweep(report, catchup=False, all_rows=False)
+            if self.stop_event.is_set() or self.options.dry_run:
+                return
+            self._retrying(self._set_phase, report, "catchup")
+            report.phase, report.cursor = "catchup", None
+        _, heap_file, _ = self._retrying(self._heap)
+        all_rows = self._heap_file is None or heap_file != self._heap_file
+        if all_rows:
+            log.warning("the users table was rewritten during the run; the catch-up reads "
+                        "every row")
+        self._sweep(report, catchup=True, all_rows=all_rows)
+
+    def _sweep(self, report: Report, *, catchup: bool, all_rows: bool) -> None:
+        """Page ranges from the cursor to the end of the table, inserted by `workers` threads
+        and checkpointed in page order (the cursor only ever covers ranges that are done)."""
+        options = self.options
+        workers = 1 if options.dry_run else options.workers
+        page = int(report.cursor or 0)
+        end = self._retrying(self._heap)[0]
+        inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
+        exhausted = False
+        throttle_start = time.monotonic()
+        throttle_rows = 0
+        with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
+            try:
+                while True:
+                    # One range queued beyond the busy workers, so none waits for the main
+                    # thread's checkpoint or ANALYZE.
+                    while (not exhausted and not self.stop_event.is_set()
+                           and len(inflight) <= workers):
+                        if page >= end:
+                            end = self._retrying(self._heap)[0]  # grown meanwhile?
+                            if page >= end:
+                                exhausted = True
+                                break
+                        pages = self._catch_pages if catchup else max(
+                            1, round(self._capped_size() / self._per_page))
+                        last = min(end, page + pages)
+                        inflight.append((pool.submit(
+                            self._page_task, page, last, report, catchup, all_rows), last - page))
+                        page = last
+                    if not inflight:
+                        break
+                    future, pages = inflight.popleft()
+                    batch = future.result()
+                    self._retrying(self._record_isolated, batch, report)
+                    self._account(report, batch)
+                    self._adapt_pages(batch, pages, catchup)
+                    self._maybe_analyze(batch)
+                    if self.progress is not None:
+                        self.progress(self._snapshot(report))
+                    if options.max_rows_per_second is not None and not catchup:
+                        throttle_rows += batch.scanned
+                        ahead = throttle_rows / options.max_rows_per_second - (
+                            time.monotonic() - throttle_start
+                        )
+                        if ahead > 0:
+                            self.stop_event.wait(ahead)
+            finally:
+                for future, _ in inflight:
+                    future.cancel()
+
+    def _adapt_pages(self, batch: _Batch, pages: int, catchup: bool) -> None:
+        """Move the pages per batch toward the target duration (rows per page as observed)."""
+        options = self.options
+        factor = options.target_seconds / max(batch.seconds, 1e-3)
+        factor = min(ADAPT_FACTOR, max(1 / ADAPT_FACTOR, factor))
+        if catchup:
+            most = max(1, int(10 * options.max_batch_size / self._per_page))
+            self._catch_pages = min(most, max(1, int(pages * factor)))
+            return
+        if batch.scanned <= 0 or batch.last - batch.first < pages:
+            return
+        self._per_page = max(1.0, batch.scanned / pages)
+        self._size = min(options.max_batch_size,
+                         max(options.min_batch_size, int(batch.scanned * factor)))
+        self._catch_pages = max(self._catch_pages, pages)
+
+    def _page_task(
+        self, first: int, last: int, report: Report, catchup: bool, all_rows: bool
+    ) -> _Batch:
+        """Pages [first, last) on this worker thread's connection; a range that times out is
+        retried in halves, one that fails is isolated (failures not yet recorded)."""
+        began = time.monotonic()
+        batch = _Batch(first=first, last=last)
+        work = [(first, last)]
+        timeouts = 0
+        while work:
+            low, high = work.pop()
+            try:
+                outcome = self._retrying(self._try_pages, low, high, report, catchup, all_rows)
+            except _Timeout as exc:
+                timeouts += 1
+                if high - low <= 1 and timeouts >= TRANSIENT_ATTEMPTS:
+                    raise ProfileGuardError(
+                        f"batches keep timing out even at one page: {exc}",
+                        hint="raise --lock-timeout/--statement-timeout, then run: "
+                        "profileguard backfill --resume",
+                    ) from exc
+                if high - low > 1:
+                    middle = (low + high) // 2
+                    work += [(middle, high), (low, middle)]
+                else:
+                    work.append((low, high))
+                self._size = max(self.options.min_batch_size, self._size // 2)
+                log.warning("batch timed out (%s); retrying with %d rows", exc, self._size)
+                self.stop_event.wait(random.uniform(0, min(5.0, 0.05 * 2**timeouts)))
+                continue
+            if isinstance(outcome, psycopg.Error):
+                self._isolate_pages(low, high, outcome, report, catchup, all_rows, batch)
+            else:
+                batch.scanned += outcome[0]
+                batch.created += outcome[1]
+        batch.seconds = time.monotonic() - began
+        return batch
+
+    def _try_pages(
+        self, first: int, last: int, report: Report, catchup: bool, all_rows: bool
+    ) -> tuple[int, int] | psycopg.Error:
+        """backfill_pages on [first, last) in its own transaction: (users, created) or the
+        error."""
+        dry = self.options.dry_run
+        taken = len(report.sample)
+        try:
+            with self._transaction(rollback=dry) as conn:
+                want = self.options.sample - len(report.sample) if dry else 0
+                ids: list[Any] = []
+                if want > 0:
+                    rows = conn.execute(
+                        self._q("sample_ids_pages"), {"first": first, "last": last, "n": want}
+                    ).fetchall()
+                    ids = [r[0] for r in rows]
+                row = conn.execute(
+                    self._q("insert_pages"),
+                    {"first": first, "last": last, "run": None if dry else report.run_id,
+                     "since": self._since if catchup and not all_rows else None,
+                     "all_rows": catchup and all_rows},
+                ).fetchone()
+                if ids:
+                    rows = conn.execute(self._q("sample_profiles"), {"ids": ids}).fetchall()
+                    report.sample.extend(dict(r[0]) for r in rows)
+        except psycopg.Error as exc:
+            del report.sample[taken:]
+            if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or exc.sqlstate is None:
+                raise
+            return exc
+        assert row is not None
+        return int(row[0][0]), int(row[0][1])
+
+    def _isolate_pages(
+        self, first: int, last: int, error: psycopg.Error, report: Report, catchup: bool,
+        all_rows: bool, batch: _Batch,
+    ) -> None:
+        """Split failed pages in halves down to single pages; a failed page is done user by
+        user (by key), and the users that still fail are added to batch.failures."""
+        log.info("pages [%s, %s) failed (%s); splitting", first, last, error.sqlstate)
+        pending = [(first, last)]
+        while pending:
+            low, high = pending.pop()
+            if high - low > 1:
+                middle = (low + high) // 2
+                for half in ((middle, high), (low, middle)):
+                    outcome = self._retrying(
+                        self._try_pages, *half, report, catchup, all_rows)
+                    if isinstance(outcome, psycopg.Error):
+                        pending.append(half)
+                    else:
+                        batch.scanned += outcome[0]
+                        batch.created += outcome[1]
+                continue
+            users, missing = self._retrying(
+                self._page_users, low, catchup and not all_rows)
+            if not catchup:
+                batch.scanned += users
+            for user_id in missing:
+                one = self._retrying(self._try_range, user_id, user_id, report)
+                if isinstance(one, psycopg.Error):
+                    batch.failures.append(repairs.failure_from(user_id, one))
+                else:
+                    batch.created += one
+
+    def _page_users(self, page: int, catchup: bool) -> tuple[int, list[Any]]:
+        """How many users one page holds, and those without a profile (in a catch-up only the
+        rows written since the run began)."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                self._q("page_users"),
+                {"page": page, "since": self._since if catchup else None},
+            ).fetchall()
+        return len(rows), [r[0] for r in rows if r[1]]
 
     def _capped_size(self) -> int:
         size = self._size
@@ -624,7 +876,7 @@ class Backfill:
         self._created_here += batch.created
         if self._created_here < self._analyze_at:
             return
-        self._analyze_at = 2 * self._created_here
+        self._analyze_at = ANALYZE_GROWTH * self._created_here
         try:
             self._connection().execute(self._q("analyze_profile"))
         except psycopg.Error as exc:

@@ -101,6 +101,15 @@ def render_generated(plan: Plan) -> sql.Composed:
         " and not exists (select from {profile} p where p.{pkey} = u.{ikey}"
         " and p.{pkey} >= p_first and p.{pkey} <= p_last)"
     ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
+    # The backfill's page range [v_from, v_to) (a TID range scan). The sweep leaves existing
+    # profiles to ON CONFLICT (the same one index probe a new row costs anyway); the catch-up
+    # takes only the rows written since the sweep began (age(xmin) <= v_since; frozen rows are
+    # the oldest) and, as nearly all of those have a profile, skips them with NOT EXISTS first.
+    by_pages = sql.SQL("where u.ctid >= v_from and u.ctid < v_to")
+    by_pages_since = sql.SQL(
+        "where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since"
+        " and not exists (select from {profile} p where p.{pkey} = u.{ikey})"
+    ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
     return _template(
         "generated.sql",
         **parts,
@@ -115,6 +124,14 @@ def render_generated(plan: Plan) -> sql.Composed:
         insert_range=insert_statement(plan, source=identity, where=by_range),
         insert_range_forced=insert_statement(
             plan, source=identity, where=by_range, force_suffix=True
+        ),
+        insert_pages=insert_statement(plan, source=identity, where=by_pages),
+        insert_pages_forced=insert_statement(
+            plan, source=identity, where=by_pages, force_suffix=True
+        ),
+        insert_pages_since=insert_statement(plan, source=identity, where=by_pages_since),
+        insert_pages_since_forced=insert_statement(
+            plan, source=identity, where=by_pages_since, force_suffix=True
         ),
     )
 

@@ -25,16 +25,22 @@ returning id
 
 -- name: latest
 select id, state, cursor, scanned, created, failed, quarantined, batches, batch_size,
-       elapsed_seconds, total_estimate
+       elapsed_seconds, total_estimate, ordering, phase, since_xid, heap_file
 from profileguard.backfill_runs
 where dry_run = %(dry_run)s
 order by id desc
 limit 1
 
 -- name: start
-insert into profileguard.backfill_runs (state, dry_run, total_estimate, batch_size, owner, detail)
-values ('running', %(dry_run)s, %(total)s, %(batch_size)s, %(owner)s, %(detail)s)
-returning id
+-- A run in physical order. since_xid is the oldest transaction still running now (as a 32-bit
+-- xid): every row version written after this point has an xmin at least as new.
+insert into profileguard.backfill_runs (state, dry_run, total_estimate, batch_size, owner, detail,
+                                        ordering, phase, since_xid, heap_file)
+values ('running', %(dry_run)s, %(total)s, %(batch_size)s, %(owner)s, %(detail)s,
+        'pages', 'sweep',
+        pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint %% 4294967296,
+        pg_catalog.pg_relation_filenode(%(table)s::regclass))
+returning id, since_xid, heap_file
 
 -- name: claim
 update profileguard.backfill_runs
@@ -66,6 +72,20 @@ set state = %(state)s::text,
     detail = coalesce(detail, jsonb_build_object()) || %(detail)s::jsonb
 where id = %(id)s
 returning scanned, created, failed, quarantined, batches, elapsed_seconds, cursor
+
+-- name: set_phase
+-- The sweep is done: the catch-up starts again at page 0.
+update profileguard.backfill_runs
+set phase = %(phase)s, cursor = null, updated_at = clock_timestamp()
+where id = %(id)s
+
+-- name: heap
+-- The table's size in pages now, its file (a rewrite changes it) and rows per page (estimated).
+select pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint,
+       pg_catalog.pg_relation_filenode(c.oid)::bigint,
+       case when c.relpages > 0 and c.reltuples > 0 then c.reltuples / c.relpages end
+from pg_catalog.pg_class c
+where c.oid = %(table)s::regclass
 
 -- name: timeouts
 -- Per batch transaction. synchronous_commit is off: a crash may lose the last batches committed,
@@ -129,3 +149,25 @@ order by p.{profile_key}
 -- Fresh statistics while the profile table grows (a new table has none), so the batch plan keeps
 -- looking up taken usernames by index instead of hashing the whole, growing, table each batch.
 analyze {profile}
+
+-- name: insert_pages
+select profileguard.backfill_pages(%(first)s::bigint, %(last)s::bigint, %(run)s::bigint,
+                                   %(since)s::xid, %(all_rows)s::boolean)
+
+-- name: sample_ids_pages
+select u.{identity_key} from {identity} u
+where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
+  and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid
+  and not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
+limit %(n)s
+
+-- name: page_users
+-- The users of one page and whether each lacks a profile (a failed page is isolated user by
+-- user); with %(since)s (a catch-up) only the rows written since the run began.
+select u.{identity_key},
+       not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
+from {identity} u
+where u.ctid >= pg_catalog.format('(%%s,0)', %(page)s::bigint)::pg_catalog.tid
+  and u.ctid < pg_catalog.format('(%%s,0)', %(page)s::bigint + 1)::pg_catalog.tid
+  and (%(since)s::xid is null or pg_catalog.age(u.xmin) <= pg_catalog.age(%(since)s::xid))
+order by u.{identity_key}

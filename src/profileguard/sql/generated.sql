@@ -263,3 +263,77 @@ begin
     return v_count;
 end
 $pg$;
+
+-- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
+-- TID range scan, reading the table in order) without a profile get one, with one INSERT …
+-- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
+-- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- (the catch-up after a sweep) only rows written by transactions not older than p_since are
+-- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
+-- every row of the range.
+-- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
+-- backfill_range it adds the count to the run and records one 'backfill' event.
+-- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
+-- read): otherwise the planner hashes every taken username of the growing profile table once per
+-- batch instead of probing the index once per new row, and batches slow down as it grows. For
+-- the same reason the catch-up's NOT EXISTS probes the profile key per candidate row (hash and
+-- merge joins off) instead of reading every profile once per batch.
+create or replace function profileguard.backfill_pages(
+    p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
+    p_all_rows boolean default false
+)
+returns bigint[]
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
+set random_page_cost = 1.1
+set jit = off
+as $pg$
+declare
+    v_from pg_catalog.tid := pg_catalog.format('(%s,0)', p_first)::pg_catalog.tid;
+    v_to pg_catalog.tid := pg_catalog.format('(%s,0)', p_last)::pg_catalog.tid;
+    v_catchup boolean := p_since is not null or p_all_rows;
+    v_since pg_catalog.int4 := case when p_all_rows then 2147483647
+                                    else pg_catalog.age(p_since) end;
+    v_scanned bigint := 0;
+    v_count bigint;
+begin
+    if not v_catchup then
+        select count(*) into v_scanned from {identity} u where u.ctid >= v_from and u.ctid < v_to;
+    end if;
+    begin
+        if v_catchup then
+            {insert_pages_since};
+        else
+            {insert_pages};
+        end if;
+        get diagnostics v_count = row_count;
+    exception when unique_violation then
+        if not {guard} then
+            raise;
+        end if;
+        if v_catchup then
+            {insert_pages_since_forced};
+        else
+            {insert_pages_forced};
+        end if;
+        get diagnostics v_count = row_count;
+    end;
+    if p_run_id is not null then
+        update profileguard.backfill_runs r
+            set created = r.created + v_count, updated_at = clock_timestamp()
+            where r.id = p_run_id;
+        if v_count > 0 then
+            insert into profileguard.events (kind, source, message, detail)
+            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
+                    jsonb_build_object('run_id', p_run_id, 'first_page', p_first,
+                                       'last_page', p_last, 'catchup', v_catchup,
+                                       'created', v_count));
+        end if;
+    end if;
+    return array[v_scanned, v_count];
+end
+$pg$;
