@@ -10,27 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import TestDB
+from conftest import TestDB, wait_for
 
 from profileguard import schema
 from profileguard.backfill import BackfillBusyError, Options, Progress, run_backfill
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
 
 BAD_CONSTRAINT = "pg_test_backfill_reject"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05) -> bool:
-    """Poll `check` until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
 
 
 def cli(db: TestDB, *args: str) -> list[str]:
@@ -232,7 +221,8 @@ def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: Test
         assert wait_for(
             lambda: bool(installed.scalar(
                 "select coalesce(max(scanned), 0) >= 2000 from profileguard.backfill_runs"
-            ))
+            )),
+            timeout=60,
         )
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -314,7 +304,8 @@ def test_second_backfill_is_refused_while_one_runs(installed: TestDB) -> None:
             lambda: bool(installed.scalar(
                 "select exists (select from profileguard.backfill_runs"
                 " where state = 'running' and batches > 0)"
-            ))
+            )),
+            timeout=60,
         )
         first = run_row(installed)
 
@@ -380,7 +371,7 @@ def test_lock_timeout_makes_a_batch_give_way_and_retry_smaller(
     released = threading.Event()
 
     def release() -> None:
-        wait_for(lambda: any("timed out" in r.getMessage() for r in caplog.records))
+        wait_for(lambda: any("timed out" in r.getMessage() for r in caplog.records), timeout=60)
         timed_out.set()
         holder.rollback()
         released.set()
