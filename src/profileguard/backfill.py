@@ -210,6 +210,25 @@ def _installed_profile(conn: psycopg.Connection, settings: Settings) -> TableRef
     return TableRef(schema_name, name, str(row[5]))
 
 
+class _Throttle:
+    """Holds a run to --max-rows-per-second: after each batch, waits (interruptibly) for as long
+    as the rows done so far are ahead of the rate."""
+
+    def __init__(self, rate: float | None, stop_event: threading.Event):
+        self.rate = rate
+        self.stop_event = stop_event
+        self.rows = 0
+        self.started = time.monotonic()
+
+    def account(self, rows: int) -> None:
+        if self.rate is None:
+            return
+        self.rows += rows
+        ahead = self.rows / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            self.stop_event.wait(ahead)
+
+
 class Backfill:
     """One backfill run on one connection; `run()` does it and returns the Report."""
 
@@ -521,8 +540,7 @@ class Backfill:
             return
         options = self.options
         after: Any = report.cursor
-        throttle_start = time.monotonic()
-        throttle_rows = 0
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
         timeouts = 0
         while not self.stop_event.is_set():
             size = self._capped_size()
@@ -555,13 +573,7 @@ class Backfill:
                 self.progress(self._snapshot(report))
             if batch.scanned < size:
                 break
-            if options.max_rows_per_second is not None:
-                throttle_rows += batch.scanned
-                ahead = throttle_rows / options.max_rows_per_second - (
-                    time.monotonic() - throttle_start
-                )
-                if ahead > 0:
-                    self.stop_event.wait(ahead)
+            throttle.account(batch.scanned)
 
     # ---------------------------------------------------------------- physical order
 
@@ -602,8 +614,7 @@ class Backfill:
         end = self._retrying(self._heap)[0]
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle_start = time.monotonic()
-        throttle_rows = 0
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
         with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:
@@ -632,13 +643,8 @@ class Backfill:
                     self._maybe_analyze(batch)
                     if self.progress is not None:
                         self.progress(self._snapshot(report))
-                    if options.max_rows_per_second is not None and not catchup:
-                        throttle_rows += batch.scanned
-                        ahead = throttle_rows / options.max_rows_per_second - (
-                            time.monotonic() - throttle_start
-                        )
-                        if ahead > 0:
-                            self.stop_event.wait(ahead)
+                    if not catchup:
+                        throttle.account(batch.scanned)
             finally:
                 for future, _ in inflight:
                     future.cancel()
@@ -826,8 +832,7 @@ class Backfill:
         after: Any = report.cursor
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle_start = time.monotonic()
-        throttle_rows = 0
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
         with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:
@@ -856,13 +861,7 @@ class Backfill:
                     self._maybe_analyze(batch)
                     if self.progress is not None:
                         self.progress(self._snapshot(report))
-                    if options.max_rows_per_second is not None:
-                        throttle_rows += batch.scanned
-                        ahead = throttle_rows / options.max_rows_per_second - (
-                            time.monotonic() - throttle_start
-                        )
-                        if ahead > 0:
-                            self.stop_event.wait(ahead)
+                    throttle.account(batch.scanned)
             finally:
                 # Let running ranges end (their work is committed or rolled back) before
                 # the run is recorded; those not checkpointed are redone by --resume.
