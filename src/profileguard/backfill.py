@@ -712,22 +712,14 @@ class Backfill:
         taken = len(report.sample)
         try:
             with self._transaction(rollback=dry) as conn:
-                want = self.options.sample - len(report.sample) if dry else 0
-                ids: list[Any] = []
-                if want > 0:
-                    rows = conn.execute(
-                        self._q("sample_ids_pages"), {"first": first, "last": last, "n": want}
-                    ).fetchall()
-                    ids = [r[0] for r in rows]
+                ids = self._sample_ids(conn, "sample_ids_pages", first, last, report)
                 row = conn.execute(
                     self._q("insert_pages"),
                     {"first": first, "last": last, "run": None if dry else report.run_id,
                      "since": self._since if catchup and not all_rows else None,
                      "all_rows": catchup and all_rows},
                 ).fetchone()
-                if ids:
-                    rows = conn.execute(self._q("sample_profiles"), {"ids": ids}).fetchall()
-                    report.sample.extend(dict(r[0]) for r in rows)
+                self._keep_sample(conn, ids, report)
         except psycopg.Error as exc:
             del report.sample[taken:]
             if is_transient(exc) or exc.sqlstate in TIMEOUT_SQLSTATES or exc.sqlstate is None:
@@ -943,21 +935,31 @@ class Backfill:
     def _insert(self, conn: psycopg.Connection, first: Any, last: Any, report: Report) -> int:
         """backfill_range on [first, last]; a dry run also keeps a sample of what it made."""
         dry = self.options.dry_run
-        want = self.options.sample - len(report.sample) if dry else 0
-        ids: list[Any] = []
-        if want > 0:
-            rows = conn.execute(
-                self._q("sample_ids"), {"first": first, "last": last, "n": want}
-            ).fetchall()
-            ids = [r[0] for r in rows]
+        ids = self._sample_ids(conn, "sample_ids", first, last, report)
         row = conn.execute(
             self._q("insert_range"),
             {"first": first, "last": last, "run": None if dry else report.run_id},
         ).fetchone()
+        self._keep_sample(conn, ids, report)
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _sample_ids(
+        self, conn: psycopg.Connection, query: str, first: Any, last: Any, report: Report
+    ) -> list[Any]:
+        """In a dry run, the ids (of [first, last]) whose would-be profiles fill the sample."""
+        want = self.options.sample - len(report.sample) if self.options.dry_run else 0
+        if want <= 0:
+            return []
+        rows = conn.execute(
+            self._q(query), {"first": first, "last": last, "n": want}
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _keep_sample(self, conn: psycopg.Connection, ids: list[Any], report: Report) -> None:
+        """Add the profiles just made (and about to be rolled back) for `ids` to the sample."""
         if ids:
             rows = conn.execute(self._q("sample_profiles"), {"ids": ids}).fetchall()
             report.sample.extend(dict(r[0]) for r in rows)
-        return int(row[0]) if row and row[0] is not None else 0
 
     def _isolate(self, failed: _Failed, report: Report) -> _Batch:
         """Split the failed batch until its bad users are isolated; the rest are created.
