@@ -49,7 +49,7 @@ def test_install_twice_uninstall_install_keeps_profiles(db: TestDB) -> None:
 
 def test_uninstall_without_yes_and_no_terminal_refuses(installed: TestDB) -> None:
     result = cli(installed, "uninstall")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--yes" in result.stderr
     assert installed.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 1
 

@@ -181,7 +181,7 @@ def test_duplicate_email_is_user_exists(guard: ProfileGuard, installed: TestDB) 
     with pytest.raises(UserExistsError) as info:
         guard.register(email="DUP@example.com", password="another password")
     assert info.value.conflict == "email"
-    assert info.value.exit_code == 6
+    assert info.value.exit_code == 9
     assert "dup@example.com" in info.value.message
     assert info.value.hint
     assert count(installed, "auth.users") == 1
@@ -679,7 +679,7 @@ def test_cli_register(installed: TestDB) -> None:
     assert bcrypt.checkpw(secret.encode(), hashed.encode())
 
     again = run_cli(installed, "register", "cli@example.com")
-    assert again.returncode == 6
+    assert again.returncode == 9
     assert "already exists" in again.stderr and "hint:" in again.stderr
     weak = run_cli(installed, "register", "w@example.com", "--password-stdin", stdin="123\n")
     assert weak.returncode == 2

@@ -265,6 +265,26 @@ def test_serve_command(installed: TestDB) -> None:
             process.stdout.close()
 
 
+def test_serve_on_a_busy_port_exits_with_its_own_code(installed: TestDB) -> None:
+    import socket
+
+    from profileguard.errors import ExitCode
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "profileguard", "--database-url", installed.url, "serve",
+             "--port", str(port), "--no-alerts"],
+            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        )
+    assert result.returncode == ExitCode.SERVE_FAILED != ExitCode.NOT_INSTALLED, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
 def test_status_endpoint_matches_the_library(installed: TestDB) -> None:
     signups(installed, 3)
     with serving(installed.settings) as base:

@@ -1,8 +1,6 @@
 """The `profileguard` command: parses arguments, calls the library, renders the result.
 
-Exit codes: 0 success, 1 error, 2 bad usage or configuration, 3 not installed,
-4 database unreachable, 5 user not found, 6 user already exists (register),
-8 audit found a finding at or above --fail-on.
+Exit codes come from one table, `profileguard.errors.ExitCode` (listed in the README).
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from profileguard import __version__, schema
 from profileguard.client import ProfileGuard
 from profileguard.config import Settings, load_settings
 from profileguard.db import translate
-from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.errors import ConfigError, ExitCode, ProfileGuardError, UsageError
 from profileguard.reconcile import PassResult, Reconciler
 
 app = typer.Typer(
@@ -228,7 +226,7 @@ def uninstall(
     settings = _state(ctx).settings()
     if not yes:
         if not sys.stdin.isatty():
-            raise ProfileGuardError(
+            raise UsageError(
                 "uninstall needs confirmation", hint="run: profileguard uninstall --yes"
             )
         typer.confirm("Remove profileguard (profiles and users are kept)?", abort=True)
@@ -420,7 +418,6 @@ def retry(
 # ------------------------------------------------------------------------------------- audit
 
 AUDIT_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-AUDIT_EXIT = 8
 
 
 @app.command(rich_help_panel="Set up")
@@ -431,7 +428,7 @@ def audit(
         str,
         typer.Option(
             "--fail-on",
-            help="Exit 8 when a finding of this severity or worse exists: error, warning or "
+            help=f"Exit {int(ExitCode.FINDINGS)} when a finding of this severity or worse exists: error, warning or "
             "never.",
         ),
     ] = "error",
@@ -441,7 +438,7 @@ def audit(
     from profileguard.audit import SEVERITIES, run_audit
 
     if fail_on not in ("error", "warning", "never"):
-        raise ProfileGuardError(
+        raise UsageError(
             f"--fail-on: {fail_on!r} is not a severity", hint="use error, warning or never"
         )
     report = run_audit(_state(ctx).settings())
@@ -463,7 +460,7 @@ def audit(
         out.print(f"{counts}.", highlight=False)
     limit = {"error": ("error",), "warning": ("error", "warning"), "never": ()}[fail_on]
     if any(report.count(s) for s in limit):
-        raise typer.Exit(AUDIT_EXIT)
+        raise typer.Exit(ExitCode.FINDINGS)
 
 
 # --- register: an admin-created user, with its profile ------------------------------------------
@@ -557,7 +554,15 @@ def _status_view(result: dict[str, Any]) -> None:
     out.print(checks)
 
 
-@app.command(rich_help_panel="Observe")
+STATUS_HELP = (
+    "Coverage, missing profiles, failures, repairs, quarantine, workers and backfill at a "
+    f"glance. Exit code: {int(ExitCode.OK)} healthy, {int(ExitCode.DEGRADED)} degraded, "
+    f"{int(ExitCode.UNHEALTHY)} unhealthy, {int(ExitCode.NOT_INSTALLED)} not installed, "
+    f"{int(ExitCode.UNREACHABLE)} unreachable."
+)
+
+
+@app.command(rich_help_panel="Observe", help=STATUS_HELP)
 @handle_errors
 def status(
     ctx: typer.Context,
@@ -571,8 +576,7 @@ def status(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Coverage, missing profiles, failures, repairs, quarantine, workers and backfill at a
-    glance. Exit code: 0 healthy, 6 degraded, 7 unhealthy, 3 not installed, 4 unreachable."""
+    """Coverage, health verdict and figures; the exit code tells the verdict (STATUS_HELP)."""
     from profileguard import monitor
 
     older = {True: 0.0, False: float("inf"), None: None}[refresh]
@@ -778,7 +782,7 @@ def backfill(
     if report.state == "interrupted":
         err.print("interrupted; continue with: profileguard backfill --resume"
                   + (" --dry-run" if report.dry_run else ""), highlight=False)
-        raise typer.Exit(130)
+        raise typer.Exit(ExitCode.INTERRUPTED)
 
 
 def main() -> None:

@@ -6,11 +6,38 @@ is the one place that turns them into these.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit code of the `profileguard` command: one meaning each (README lists them)."""
+
+    description: str
+
+    def __new__(cls, value: int, description: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    OK = 0, "success (`status`: healthy)"
+    ERROR = 1, "error not covered below (the message and its `hint:` say what to do)"
+    USAGE = 2, "bad usage, configuration or input"
+    NOT_INSTALLED = 3, "profileguard is not installed in the database"
+    UNREACHABLE = 4, "the database cannot be reached"
+    USER_NOT_FOUND = 5, "no such user"
+    DEGRADED = 6, "`status`: degraded"
+    UNHEALTHY = 7, "`status`: unhealthy"
+    FINDINGS = 8, "`audit` found a finding at or above `--fail-on`"
+    USER_EXISTS = 9, "`register`: the user already exists"
+    SERVE_FAILED = 10, "`serve` could not start (e.g. the port is in use)"
+    INTERRUPTED = 130, "interrupted (`backfill`: resumable with `--resume`)"
+
 
 class ProfileGuardError(Exception):
     """Root of every error profileguard raises; `hint` names the next thing to do."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.ERROR
 
     def __init__(self, message: str, *, hint: str | None = None, sqlstate: str | None = None):
         super().__init__(message)
@@ -30,31 +57,43 @@ class ProfileGuardError(Exception):
 class ConfigError(ProfileGuardError):
     """The configuration (file, environment or arguments) is invalid."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(ProfileGuardError):
+    """A command was called in a way it cannot work (a missing or wrong option)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ServeFailedError(ProfileGuardError):
+    """The HTTP server could not start (most often: the address is already in use)."""
+
+    exit_code = ExitCode.SERVE_FAILED
 
 
 class InvalidUserIdError(ProfileGuardError):
     """A user id that cannot be the identity table's key (e.g. not a UUID)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ConnectionFailedError(ProfileGuardError):
     """The database could not be reached."""
 
-    exit_code = 4
+    exit_code = ExitCode.UNREACHABLE
 
 
 class NotInstalledError(ProfileGuardError):
     """profileguard's schema is missing from the database."""
 
-    exit_code = 3
+    exit_code = ExitCode.NOT_INSTALLED
 
 
 class UserNotFoundError(ProfileGuardError):
     """No identity row has the given key."""
 
-    exit_code = 5
+    exit_code = ExitCode.USER_NOT_FOUND
 
 
 class DatabaseError(ProfileGuardError):
@@ -79,7 +118,7 @@ class ProfileCreationError(DatabaseError):
 class UserExistsError(ProfileGuardError):
     """Registration found the email, identity or id already taken by another user."""
 
-    exit_code = 6
+    exit_code = ExitCode.USER_EXISTS
 
     def __init__(
         self,
@@ -96,7 +135,7 @@ class UserExistsError(ProfileGuardError):
 class InvalidRegistrationError(ProfileGuardError):
     """Registration or login input (email, metadata, provider, claims) is not acceptable."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class WeakPasswordError(InvalidRegistrationError):

@@ -29,14 +29,16 @@ from psycopg.rows import dict_row
 from profileguard import schema
 from profileguard.config import AlertSettings, Settings
 from profileguard.db import connect, translate
-from profileguard.errors import NotInstalledError, ProfileGuardError
+from profileguard.errors import ExitCode, NotInstalledError, ProfileGuardError
 
 log = logging.getLogger(__name__)
 
 MONITOR_SCHEMA_VERSION = 4
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 Severity = Literal["warning", "critical"]
-EXIT_CODES: dict[str, int] = {"healthy": 0, "degraded": 6, "unhealthy": 7}
+EXIT_CODES: dict[str, ExitCode] = {
+    "healthy": ExitCode.OK, "degraded": ExitCode.DEGRADED, "unhealthy": ExitCode.UNHEALTHY,
+}
 # After this many failed delivery rounds a message is dropped (and logged as an error).
 MAX_DELIVERY_ROUNDS = 10
 USER_AGENT = "profileguard-alerts"
@@ -356,7 +358,7 @@ def build_status(
     verdict, checks = evaluate_health(stats, cfg)
     result: dict[str, Any] = {
         "status": verdict,
-        "exit_code": EXIT_CODES[verdict],
+        "exit_code": int(EXIT_CODES[verdict]),
         "checks": [c.as_dict() for c in checks],
         "stats": stats,
         "alerts": alert_states(conn),

@@ -30,7 +30,7 @@ from profileguard import __version__, monitor
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import translate
-from profileguard.errors import ConnectionFailedError, ProfileGuardError
+from profileguard.errors import ConnectionFailedError, ProfileGuardError, ServeFailedError
 from profileguard.web import metrics
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -237,7 +237,15 @@ def serve(
                     "figures and the audit trail; set PROFILEGUARD_API_TOKEN", host)
     config = uvicorn.Config(create_app(settings, token=token, alerts=alerts), host=host,
                             port=port, log_level="info")
-    _Server(config).run()
+    try:
+        _Server(config).run()
+    except SystemExit as exc:  # uvicorn exits with its own code 3 when it cannot start
+        if exc.code in (0, None):
+            raise
+        raise ServeFailedError(
+            f"the server could not start on {host}:{port} (its log above says why)",
+            hint="if the port is in use, pass --port PORT or stop what listens there",
+        ) from None
 
 
 class _Server(uvicorn.Server):
