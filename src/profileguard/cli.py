@@ -428,8 +428,8 @@ def audit(
         str,
         typer.Option(
             "--fail-on",
-            help=f"Exit {int(ExitCode.FINDINGS)} when a finding of this severity or worse exists: error, warning or "
-            "never.",
+            help=f"Exit {int(ExitCode.FINDINGS)} when a finding of this severity or worse "
+            "exists: error, warning or never.",
         ),
     ] = "error",
     as_json: JsonOption = False,
