@@ -51,6 +51,7 @@ from psycopg import sql
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import CONFIG_FILE, Settings, load_settings
+from profileguard.installation import TRIGGER_NAME
 
 SCRATCH_DB = "profileguard_bench"
 CONFIGS = ("none", "per-row", "profileguard")
@@ -166,7 +167,7 @@ class Bench:
         expected = {
             "none": [],
             "per-row": ["on_auth_user_created"],
-            "profileguard": ["profileguard_after_insert"],
+            "profileguard": [TRIGGER_NAME],
         }[config]
         found = [str(t[0]) for t in triggers]
         if found != expected:

@@ -16,6 +16,7 @@ from test_cli import cli
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.audit import AuditReport, Finding, run_audit
+from profileguard.installation import TRIGGER_NAME
 
 # The trigger Supabase documents (security definer, empty search_path, qualified names).
 DOCUMENTED_TRIGGER = """
@@ -329,10 +330,10 @@ def test_profileguard_state_findings(installed: TestDB) -> None:
     schema.set_enabled(installed.settings, False)
     fix_and_check_cleared(installed, one(audit(installed), "disabled"))
 
-    execute(installed, "alter table auth.users disable trigger profileguard_after_insert")
+    execute(installed, f"alter table auth.users disable trigger {TRIGGER_NAME}")
     fix_and_check_cleared(installed, one(audit(installed), "trigger_disabled"))
 
-    execute(installed, "drop trigger profileguard_after_insert on auth.users")
+    execute(installed, f"drop trigger {TRIGGER_NAME} on auth.users")
     missing = one(audit(installed), "trigger_missing")
     assert missing.severity == "error"
     fix_and_check_cleared(installed, missing)

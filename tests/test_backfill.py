@@ -18,6 +18,7 @@ from conftest import TestDB, wait_for
 from profileguard import schema
 from profileguard.backfill import BackfillBusyError, Options, Progress, run_backfill
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
+from profileguard.installation import TRIGGER_NAME
 
 BAD_CONSTRAINT = "pg_test_backfill_reject"
 
@@ -114,7 +115,7 @@ def test_backfill_creates_each_missing_profile_once(installed: TestDB) -> None:
     # Some users already have profiles (trigger on), the rest arrive with the trigger removed.
     installed.bulk_signup(300, prefix="early")
     with installed.connect() as conn:
-        conn.execute("alter table auth.users disable trigger profileguard_after_insert")
+        conn.execute(f"alter table auth.users disable trigger {TRIGGER_NAME}")
     installed.bulk_signup(12_000)
     seen: list[Progress] = []
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from profileguard import schema
 from profileguard.client import ProfileGuard
 from profileguard.errors import ProfileCreationError
+from profileguard.installation import TRIGGER_NAME
 
 HYPOTHESIS = hsettings(
     max_examples=60,
@@ -158,7 +159,7 @@ def assert_intact(db: TestDB) -> None:
             "select to_regclass('public.profiles') is not null,"
             " to_regclass('auth.users') is not null,"
             " to_regprocedure('profileguard.ensure_profile(uuid,text)') is not null,"
-            " (select count(*) from pg_trigger where tgname = 'profileguard_after_insert')"
+            f" (select count(*) from pg_trigger where tgname = '{TRIGGER_NAME}')"
         ).fetchone()
     assert row == (True, True, True, 1)
 

@@ -8,6 +8,7 @@ import pytest
 from profileguard import __version__, schema
 from profileguard import sql as sqlfiles
 from profileguard.errors import ConfigError, NotInstalledError
+from profileguard.installation import TRIGGER_NAME
 
 PROFILEGUARD_FUNCTIONS = """
     select p.oid::regprocedure::text
@@ -22,7 +23,7 @@ def schema_exists(db) -> bool:
 
 
 def trigger_count(db) -> int:
-    return db.scalar("select count(*) from pg_trigger where tgname = 'profileguard_after_insert'")
+    return db.scalar("select count(*) from pg_trigger where tgname = %s", (TRIGGER_NAME,))
 
 
 def rows(db, query: str, params=None) -> list[tuple]:
@@ -139,7 +140,7 @@ def test_dry_run_changes_nothing(db):
     text = "\n".join(result.statements)
     assert "create schema if not exists profileguard" in text
     assert "create table" in text
-    assert "profileguard_after_insert" in text
+    assert TRIGGER_NAME in text
     assert not schema_exists(db)
     assert db.scalar("select to_regclass('public.profiles')") is None
     assert trigger_count(db) == 0

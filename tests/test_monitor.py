@@ -22,6 +22,7 @@ from monitoring import (
 from profileguard import monitor, schema
 from profileguard.config import AlertSettings
 from profileguard.errors import NotInstalledError
+from profileguard.installation import TRIGGER_NAME
 
 
 def stats(db: TestDB, window: float = 3600) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def test_verdicts(installed: TestDB) -> None:
     schema.set_enabled(installed.settings, True)
     installed.signup({"full_name": "x"})
     with installed.connect() as conn:
-        conn.execute("alter table auth.users disable trigger profileguard_after_insert")
+        conn.execute(f"alter table auth.users disable trigger {TRIGGER_NAME}")
     assert monitor.status(settings)["status"] == "unhealthy"
 
 

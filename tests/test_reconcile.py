@@ -13,7 +13,7 @@ import pytest
 from conftest import TestDB, wait_for
 
 from profileguard import schema
-from profileguard.config import load_settings
+from profileguard.config import TableRef, load_settings
 from profileguard.reconcile import Reconciler
 
 BAD_NAME = "Bad User"
@@ -400,3 +400,32 @@ def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installe
     assert reconciler.run_incremental().repaired == 1
     assert has_profile(installed, early)
     reconciler.close()
+
+
+def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
+    installed: TestDB,
+) -> None:
+    # The configuration now names another profile table, but nobody re-installed: the trigger
+    # still serves public.profiles, so the worker must repair public.profiles too.
+    with installed.connect() as conn:
+        conn.execute("create table public.other_profiles (id uuid primary key, full_name text)")
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(50)
+    with installed.connect() as conn:
+        # Every user "has a profile" in the configured table: scanning it would find nothing.
+        conn.execute("insert into public.other_profiles (id) select id from auth.users")
+    changed = installed.settings.with_overrides(
+        profile=TableRef("public", "other_profiles", "id")
+    )
+    assert missing_profiles(installed) == 50
+
+    reconciler = Reconciler(changed, batch_size=20)
+    try:
+        result = reconciler.run_once()
+    finally:
+        reconciler.close()
+
+    assert (result.scanned, result.repaired) == (50, 50)
+    assert str(reconciler.installation.profile) == "public.profiles"
+    assert_each_repaired_once(installed, 50)
+    assert installed.scalar("select count(*) from public.other_profiles") == 50

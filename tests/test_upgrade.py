@@ -23,6 +23,7 @@ from test_cli import cli
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
+from profileguard.installation import schema_version
 
 _names = itertools.count()
 
@@ -126,7 +127,7 @@ def test_install_old_then_upgrade_equals_fresh_install(
         first = schema.install(db.settings, create_profile_table=True)
     assert first.version_after == old_version
     with db.connect() as conn:
-        assert schema.installed_version(conn) == old_version
+        assert schema_version(conn) == old_version
         assert [m.version for m in schema.pending_migrations(conn)] == [
             m.version for m in every if m.version > old_version]
     uid = db.signup({"full_name": "Before Upgrade"})

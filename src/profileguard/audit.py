@@ -25,11 +25,11 @@ from profileguard.catalog import TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError
+from profileguard.installation import TRIGGER_NAME, Installation, schema_version, table_sql
 from profileguard.mapping import Plan, build_plan, source_expr
 
 SEVERITIES = ("error", "warning", "info")
 AUDIT_SQL = "audit.sql"
-TRIGGER_NAME = "profileguard_after_insert"
 # A worker whose last heartbeat is older than this is considered gone (it beats every 10 s).
 WORKER_ALIVE_SECONDS = 120
 # Schemas that Supabase or extensions own: their functions and tables are not the app's to fix.
@@ -97,18 +97,18 @@ class Context:
     identity: TableFacts | None
     profile: TableFacts | None
     version: int
-    installed: dict[str, Any] | None
+    installed: Installation | None
     roles: list[str]
     state: dict[str, Any] = field(default_factory=dict)
     _plan: Plan | ConfigError | None = None
 
     @property
     def identity_sql(self) -> sql.Identifier:
-        return sql.Identifier(self.settings.identity.schema, self.settings.identity.name)
+        return table_sql(self.settings.identity)
 
     @property
     def profile_sql(self) -> sql.Identifier:
-        return sql.Identifier(self.settings.profile.schema, self.settings.profile.name)
+        return table_sql(self.settings.profile)
 
     def text(self, composable: sql.Composable) -> str:
         return composable.as_string(self.conn)
@@ -130,30 +130,12 @@ class Context:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.installed and self.installed["enabled"])
+        return bool(self.installed and self.installed.enabled)
 
 
 Check = Callable[[Context], list[Finding]]
 
 
-def _installed_settings(conn: psycopg.Connection, settings: Settings
-                        ) -> tuple[Settings, dict[str, Any] | None]:
-    """The settings row of an installed profileguard; its tables win over the configuration."""
-    if schema.installed_version(conn) == 0:
-        return settings, None
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(sqlfiles.query("settings")).fetchone()
-    if row is None:
-        return settings, None
-
-    def ref(table: str, key: str) -> TableRef:
-        schema_name, _, name = str(table).partition(".")
-        return TableRef(schema_name, name, str(key))
-
-    return settings.with_overrides(
-        identity=ref(row["identity_table"], row["identity_key"]),
-        profile=ref(row["profile_table"], row["profile_key"]),
-    ), row
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -197,13 +179,13 @@ def check_state(ctx: Context) -> list[Finding]:
             {"installed_version": ctx.version, "pending": pending},
             "profileguard upgrade",
         ))
-    if not ctx.installed["enabled"]:
+    if not ctx.installed.enabled:
         found.append(Finding(
             "disabled", "warning",
             "profileguard is installed but disabled: new signups get no profile from it",
             {"enabled": False}, "profileguard enable",
         ))
-    if ctx.installed["strict"]:
+    if ctx.installed.strict:
         found.append(Finding(
             "strict_mode", "info",
             "strict mode is on: a profile failure fails the signup",
@@ -566,8 +548,10 @@ def _iso(value: Any) -> Any:
 def audit_connection(conn: psycopg.Connection, settings: Settings) -> AuditReport:
     """Run every check on `conn` (inside the caller's read-only transaction)."""
     conn.execute("set local search_path = ''")
-    settings, installed = _installed_settings(conn, settings)
-    version = schema.installed_version(conn)
+    installed = Installation.read(conn)
+    version = installed.version if installed else schema_version(conn)
+    if installed is not None:  # the installed tables win over the configuration
+        settings = settings.with_overrides(identity=installed.identity, profile=installed.profile)
     row = conn.execute(sqlfiles.query("client_roles", AUDIT_SQL)).fetchone()
     roles: list[str] = list(row[0]) if row else ["public"]
     ctx = Context(
@@ -580,8 +564,8 @@ def audit_connection(conn: psycopg.Connection, settings: Settings) -> AuditRepor
         installed=installed is not None,
         schema_version=version,
         latest_schema_version=sqlfiles.latest_version(),
-        enabled=None if installed is None else installed["enabled"],
-        strict=None if installed is None else installed["strict"],
+        enabled=None if installed is None else installed.enabled,
+        strict=None if installed is None else installed.strict,
         identity_table=str(settings.identity),
         profile_table=str(settings.profile),
     )

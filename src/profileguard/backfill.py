@@ -46,12 +46,12 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from profileguard import repairs, schema
+from profileguard import repairs
 from profileguard import sql as sqlfiles
-from profileguard.catalog import inspect_table
-from profileguard.config import Settings, TableRef
+from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
+from profileguard.installation import Installation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,14 +202,6 @@ class _Batch:
     failures: list[repairs.Failure] = field(default_factory=list)
 
 
-def _installed_profile(conn: psycopg.Connection, settings: Settings) -> TableRef:
-    row = conn.execute(sqlfiles.query("settings")).fetchone()
-    if row is None:
-        return settings.profile
-    schema_name, _, name = str(row[4]).partition(".")
-    return TableRef(schema_name, name, str(row[5]))
-
-
 class _Throttle:
     """Holds a run to --max-rows-per-second: after each batch, waits (interruptibly) for as long
     as the rows done so far are ahead of the rate."""
@@ -292,25 +284,15 @@ class Backfill:
         return conn
 
     def _check_installed(self, conn: psycopg.Connection) -> None:
-        version = schema.installed_version(conn)
-        if version == 0:
-            raise NotInstalledError(
-                "profileguard is not installed in this database", hint="run: profileguard install"
-            )
+        installed = Installation.require(conn)
+        version = installed.version
         if version < SCHEMA_VERSION:
             raise NotInstalledError(
                 f"profileguard schema version {version} has no backfill",
                 hint="run: profileguard upgrade",
             )
-        identity = schema._installed_identity(conn, self.settings)
-        profile = _installed_profile(conn, self.settings)
-        facts = inspect_table(conn, identity)
-        if facts is None or identity.key not in facts.columns:
-            raise ConfigError(
-                f"identity table {identity} (key {identity.key}) does not exist",
-                hint="run: profileguard install (with identity.table set to your users table)",
-            )
-        key_type = facts.columns[identity.key].type
+        identity = installed.identity
+        key_type = installed.require_key_type()
         found = conn.execute(
             sqlfiles.query("function_exists"),
             {"signature": f"profileguard.backfill_range({key_type}, {key_type}, bigint)"},
@@ -325,14 +307,7 @@ class Backfill:
                 hint="run: profileguard upgrade",
             )
         self._identity = identity
-        parts = {
-            "identity": sql.Identifier(identity.schema, identity.name),
-            "identity_key": sql.Identifier(identity.key),
-            "profile": sql.Identifier(profile.schema, profile.name),
-            "profile_key": sql.Identifier(profile.key),
-            # The type text comes from format_type() in the catalog, never from configuration.
-            "key_type": sql.SQL(key_type),
-        }
+        parts = installed.parts()
         self._queries = {
             name: sql.SQL(text).format(**parts)
             for name, text in sqlfiles.queries(QUERIES).items()

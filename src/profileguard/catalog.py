@@ -26,10 +26,6 @@ class Column:
     max_length: int | None
 
     @property
-    def is_text(self) -> bool:
-        return self.category == "S"
-
-    @property
     def is_json(self) -> bool:
         return self.type in ("json", "jsonb")
 

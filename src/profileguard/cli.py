@@ -740,7 +740,6 @@ def backfill(
         sample=sample,
         workers=workers,
     )
-    options.check()
     settings = _state(ctx).settings()
     stop = threading.Event()
 

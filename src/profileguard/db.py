@@ -6,8 +6,6 @@ shutdown family, connection exceptions and too many connections. Everything else
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -95,20 +93,8 @@ def connect(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> p
         raise translate(exc) from exc
 
 
-@contextmanager
-def connection(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A connection closed on exit; driver errors inside are translated."""
-    conn = connect(settings, autocommit=autocommit)
-    try:
-        with conn:
-            yield conn
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-
-
 __all__ = [
     "connect",
-    "connection",
     "is_transient",
     "is_transient_sqlstate",
     "translate",

@@ -26,10 +26,10 @@ from typing import Any, Literal, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
-from profileguard import schema
 from profileguard.config import AlertSettings, Settings
 from profileguard.db import connect, translate
 from profileguard.errors import ExitCode, NotInstalledError, ProfileGuardError
+from profileguard.installation import NOT_INSTALLED_HINT, schema_version
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ def open_connection(settings: Settings) -> psycopg.Connection:
 def require_monitoring(conn: psycopg.Connection) -> int:
     """The installed schema version; raises NotInstalledError when it has no monitoring."""
     try:
-        version = schema.installed_version(conn)
+        version = schema_version(conn)
     except psycopg.Error as exc:
         raise translate(exc) from exc
     if version == 0:
         raise NotInstalledError(
-            "profileguard is not installed in this database", hint="run: profileguard install"
+            "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
         )
     if version < MONITOR_SCHEMA_VERSION:
         raise NotInstalledError(

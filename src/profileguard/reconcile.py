@@ -41,10 +41,10 @@ from tenacity import (
 )
 
 from profileguard import repairs
-from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.db import is_transient, translate
 from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
 
 log = logging.getLogger(__name__)
@@ -143,15 +143,12 @@ class Reconciler:
             "last_error": None,
         }
         self._conn: psycopg.Connection | None = None
+        # What is installed (tables, key type), read on connecting: the worker serves the tables
+        # the trigger serves, never those of a configuration that was not installed.
+        self._installed: Installation | None = None
         self._key_type: str | None = None
         self._event_cursor: int | None = None
         self._lock = threading.Lock()
-
-        identity, profile = settings.identity, settings.profile
-        self._identity = sql.Identifier(identity.schema, identity.name)
-        self._ikey = sql.Identifier(identity.key)
-        self._profile = sql.Identifier(profile.schema, profile.name)
-        self._pkey = sql.Identifier(profile.key)
 
     # ---------------------------------------------------------------- connections
 
@@ -172,10 +169,39 @@ class Reconciler:
             if conn is not None:
                 conn.close()
             conn = self._conn = self._connect()
-            if self._key_type is None:
-                self._key_type = self._read_key_type(conn)
+            try:
+                self._use(Installation.require(conn))
+            finally:
                 conn.rollback()
         return conn
+
+    def _use(self, installed: Installation) -> None:
+        """Aim every query at the installed tables."""
+        self._key_type = installed.require_key_type()
+        self._installed = installed
+
+    @property
+    def installation(self) -> Installation:
+        """What the worker repairs (read when it connects)."""
+        if self._installed is None:
+            raise RuntimeError("the reconciler has not connected yet")
+        return self._installed
+
+    @property
+    def _identity(self) -> sql.Identifier:
+        return self.installation.identity_sql
+
+    @property
+    def _ikey(self) -> sql.Identifier:
+        return sql.Identifier(self.installation.identity.key)
+
+    @property
+    def _profile(self) -> sql.Identifier:
+        return self.installation.profile_sql
+
+    @property
+    def _pkey(self) -> sql.Identifier:
+        return sql.Identifier(self.installation.profile.key)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -186,16 +212,6 @@ class Reconciler:
     def close(self) -> None:
         """Close the worker's connection (it reconnects on next use)."""
         self._drop_connection()
-
-    def _read_key_type(self, conn: psycopg.Connection) -> str:
-        facts = inspect_table(conn, self.settings.identity)
-        if facts is None or self.settings.identity.key not in facts.columns:
-            raise ConfigError(
-                f"identity table {self.settings.identity} (key {self.settings.identity.key}) "
-                "does not exist",
-                hint="set identity.table / identity.key to your users table",
-            )
-        return facts.columns[self.settings.identity.key].type
 
     @property
     def _key(self) -> sql.Composable:

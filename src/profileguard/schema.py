@@ -23,6 +23,14 @@ from profileguard.catalog import inspect_table, table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError, NotInstalledError
+from profileguard.installation import (
+    NOT_INSTALLED_HINT,
+    TRIGGER_NAME,
+    Installation,
+    schema_present,
+    schema_version,
+    table_parts,
+)
 from profileguard.mapping import Plan, build_plan, insert_statement
 
 INSTALL_LOCK = "profileguard.install"
@@ -76,20 +84,10 @@ def _template(name: str, **parts: sql.Composable) -> sql.Composed:
     return sql.SQL(sqlfiles.read(name)).format(**parts)
 
 
-def _table_parts(settings: Settings, key_type: str) -> dict[str, sql.Composable]:
-    return {
-        "identity": sql.Identifier(settings.identity.schema, settings.identity.name),
-        "identity_key": sql.Identifier(settings.identity.key),
-        "profile": sql.Identifier(settings.profile.schema, settings.profile.name),
-        "profile_key": sql.Identifier(settings.profile.key),
-        "key_type": sql.SQL(key_type),
-    }
-
-
 def render_generated(plan: Plan) -> sql.Composed:
     """The mapping-dependent functions and the trigger, as one SQL script."""
     settings = plan.settings
-    parts = _table_parts(settings, plan.key_type)
+    parts = table_parts(settings.identity, settings.profile, plan.key_type)
     ikey = sql.Identifier(settings.identity.key)
     new_rows = sql.Identifier(TRANSITION_TABLE)
     identity = parts["identity"]
@@ -136,17 +134,9 @@ def render_generated(plan: Plan) -> sql.Composed:
     )
 
 
-def _schema_installed(conn: psycopg.Connection) -> bool:
-    row = conn.execute(sqlfiles.query("schema_exists")).fetchone()
-    if not (row and row[0]):
-        return False
-    found = conn.execute("select to_regclass('profileguard.migrations') is not null").fetchone()
-    return bool(found and found[0])
-
-
 def applied_versions(conn: psycopg.Connection) -> set[int]:
     """The migration versions recorded in the database (empty when not installed)."""
-    if not _schema_installed(conn):
+    if not schema_present(conn):
         return set()
     return {int(row[0]) for row in conn.execute(sqlfiles.query("applied_versions"))}
 
@@ -155,14 +145,6 @@ def pending_migrations(conn: psycopg.Connection) -> list[sqlfiles.Migration]:
     """The migrations of this package that the database has not recorded, in order."""
     applied = applied_versions(conn)
     return [m for m in sqlfiles.migrations() if m.version not in applied]
-
-
-def installed_version(conn: psycopg.Connection) -> int:
-    """The schema version in the database; 0 when profileguard is not installed."""
-    if not _schema_installed(conn):
-        return 0
-    row = conn.execute(sqlfiles.query("installed_version")).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _role_exists(conn: psycopg.Connection, role: str) -> bool:
@@ -178,7 +160,7 @@ def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
             hint="set identity.table / identity.key to your users table before creating profiles",
         )
     key_type = identity.columns[settings.identity.key].type
-    parts = _table_parts(settings, key_type)
+    parts = table_parts(settings.identity, settings.profile, key_type)
     rec.run(_template("profile_table.sql", **parts))
     has_uid = rec.conn.execute("select to_regprocedure('auth.uid()') is not null").fetchone()
     if has_uid and has_uid[0] and _role_exists(rec.conn, "authenticated"):
@@ -204,7 +186,7 @@ def _replace_trigger(rec: _Recorder, settings: Settings, name: str, result: Inst
         trigger = cur.execute(
             sqlfiles.query("identity_trigger"), {"oid": oid, "name": name}
         ).fetchone()
-    if trigger is None or trigger["internal"] or name == "profileguard_after_insert":
+    if trigger is None or trigger["internal"] or name == TRIGGER_NAME:
         raise ConfigError(
             f"--replace-trigger: {settings.identity} has no trigger {name!r} to replace",
             hint="run: profileguard audit (it lists the triggers on the identity table)",
@@ -271,7 +253,7 @@ def _apply(
 ) -> InstallResult:
     rec = _Recorder(conn)
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
-    before = installed_version(conn)
+    before = schema_version(conn)
     result = InstallResult(before, before)
     if inspect_table(conn, settings.profile) is None:
         if not create_profile_table:
@@ -296,8 +278,7 @@ def _apply(
         result.changed = True
 
     fingerprint = _config_fingerprint(settings)
-    with conn.cursor(row_factory=dict_row) as cur:
-        current = cur.execute(sqlfiles.query("settings")).fetchone()
+    current = Installation.read(conn)
     if current is None:
         rec.run(
             sql.SQL(
@@ -319,18 +300,18 @@ def _apply(
         )
         result.changed = True
     else:
-        if current["identity_table"] != str(settings.identity):
+        if str(current.identity) != str(settings.identity):
             raise ConfigError(
-                f"profileguard is installed for {current['identity_table']}, "
+                f"profileguard is installed for {current.identity}, "
                 f"not {settings.identity}",
                 hint="run: profileguard uninstall, then install with the new identity table",
             )
-        new_strict = current["strict"] if strict is None else strict
-        new_enabled = current["enabled"] if enabled is None else enabled
+        new_strict = current.strict if strict is None else strict
+        new_enabled = current.enabled if enabled is None else enabled
         if (
-            current["config"] != fingerprint
-            or new_strict != current["strict"]
-            or new_enabled != current["enabled"]
+            current.config != fingerprint
+            or new_strict != current.strict
+            or new_enabled != current.enabled
         ):
             rec.run(
                 "update profileguard.settings set strict = %(strict)s, enabled = %(enabled)s,"
@@ -458,22 +439,13 @@ def _schedule_sweep(conn: psycopg.Connection, schedule: str) -> list[str]:
 def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
     """Apply pending migrations and regenerate the functions, keeping flags as they are."""
     with _transaction(settings, dry_run=dry_run) as conn:
-        if installed_version(conn) == 0:
+        if schema_version(conn) == 0:
             raise NotInstalledError(
-                "profileguard is not installed in this database", hint="run: profileguard install"
+                "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
             )
         return _apply(
             conn, settings, strict=None, enabled=None, create_profile_table=False, source="upgrade"
         )
-
-
-def _installed_identity(conn: psycopg.Connection, settings: Settings) -> TableRef:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(sqlfiles.query("settings")).fetchone()
-    if row is None:
-        return settings.identity
-    schema, _, name = str(row["identity_table"]).partition(".")
-    return TableRef(schema, name, str(row["identity_key"]))
 
 
 def uninstall(settings: Settings) -> bool:
@@ -483,9 +455,10 @@ def uninstall(settings: Settings) -> bool:
     """
     with _transaction(settings) as conn:
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
-        if not _schema_installed(conn):
+        if not schema_present(conn):
             return False
-        identity = _installed_identity(conn, settings)
+        installed = Installation.read(conn)
+        identity = settings.identity if installed is None else installed.identity
         if inspect_table(conn, identity) is None:
             conn.execute("drop schema if exists profileguard cascade")
         else:
@@ -494,6 +467,7 @@ def uninstall(settings: Settings) -> bool:
                 _template(
                     "uninstall.sql",
                     identity=sql.Identifier(identity.schema, identity.name),
+                    trigger=sql.Identifier(TRIGGER_NAME),
                 )
             )
         return True
@@ -502,9 +476,9 @@ def uninstall(settings: Settings) -> bool:
 def set_enabled(settings: Settings, enabled: bool) -> bool:
     """Turn the trigger on or off without uninstalling; returns the previous state."""
     with _transaction(settings) as conn:
-        if installed_version(conn) == 0:
+        if schema_version(conn) == 0:
             raise NotInstalledError(
-                "profileguard is not installed in this database", hint="run: profileguard install"
+                "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
             )
         row = conn.execute(
             "select enabled from profileguard.settings for update"
@@ -531,19 +505,18 @@ def describe(settings: Settings) -> dict[str, Any]:
         "schema_version": 0,
     }
     with _transaction(settings, dry_run=True) as conn:
-        version = installed_version(conn)
+        version = schema_version(conn)
         if version:
-            with conn.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(sqlfiles.query("settings")).fetchone()
+            found = Installation.read(conn)
             info.update(installed=True, schema_version=version)
-            if row:
+            if found:
                 info.update(
-                    enabled=row["enabled"],
-                    strict=row["strict"],
-                    identity_table=row["identity_table"],
-                    profile_table=row["profile_table"],
-                    installed_package_version=row["package_version"],
-                    installed_at=row["installed_at"].isoformat(),
+                    enabled=found.enabled,
+                    strict=found.strict,
+                    identity_table=str(found.identity),
+                    profile_table=str(found.profile),
+                    installed_package_version=found.package_version,
+                    installed_at=found.installed_at.isoformat() if found.installed_at else None,
                 )
         info["upgrade_available"] = bool(version) and bool(pending_migrations(conn))
     return info

@@ -31,6 +31,7 @@ from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import translate
 from profileguard.errors import ConnectionFailedError, ProfileGuardError, ServeFailedError
+from profileguard.installation import TRIGGER_NAME
 from profileguard.web import metrics
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -149,8 +150,9 @@ def create_app(
                 row = conn.execute(
                     "select s.enabled, exists (select from pg_catalog.pg_trigger g"
                     " where g.tgrelid = (select t.identity from profileguard._monitored_tables() t)"
-                    " and g.tgname = 'profileguard_after_insert' and g.tgenabled <> 'D')"
-                    " from profileguard.settings s"
+                    " and g.tgname = %(trigger)s and g.tgenabled <> 'D')"
+                    " from profileguard.settings s",
+                    {"trigger": TRIGGER_NAME},
                 ).fetchone()
         except ProfileGuardError as exc:
             return JSONResponse(
