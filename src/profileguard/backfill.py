@@ -51,7 +51,7 @@ from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
-from profileguard.installation import Installation
+from profileguard.installation import Installation, require_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -284,13 +284,8 @@ class Backfill:
         return conn
 
     def _check_installed(self, conn: psycopg.Connection) -> None:
+        version = require_version(conn, SCHEMA_VERSION, missing="backfill")
         installed = Installation.require(conn)
-        version = installed.version
-        if version < SCHEMA_VERSION:
-            raise NotInstalledError(
-                f"profileguard schema version {version} has no backfill",
-                hint="run: profileguard upgrade",
-            )
         identity = installed.identity
         key_type = installed.require_key_type()
         found = conn.execute(

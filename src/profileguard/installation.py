@@ -61,6 +61,22 @@ def schema_version(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def require_version(conn: psycopg.Connection, minimum: int = 1, *, missing: str = "") -> int:
+    """The schema version; NotInstalledError when profileguard is not installed, or when its
+    version is below `minimum` (`missing` names what the older version lacks)."""
+    version = schema_version(conn)
+    if version == 0:
+        raise NotInstalledError(
+            "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
+        )
+    if version < minimum:
+        raise NotInstalledError(
+            f"profileguard schema version {version} has no {missing or 'such feature'}",
+            hint="run: profileguard upgrade",
+        )
+    return version
+
+
 def _ref(table: str, key: str) -> TableRef:
     schema_name, _, name = str(table).partition(".")
     return TableRef(schema_name, name, str(key))
@@ -119,8 +135,9 @@ class Installation:
         """What is installed; NotInstalledError (naming the next command) when nothing is."""
         found = cls.read(conn)
         if found is None:
+            require_version(conn)  # raises: no schema
             raise NotInstalledError(
-                "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
+                "profileguard's settings row is missing", hint=NOT_INSTALLED_HINT
             )
         return found
 
@@ -153,6 +170,7 @@ __all__ = [
     "TRIGGER_NAME",
     "Installation",
     "key_type_of",
+    "require_version",
     "schema_present",
     "schema_version",
     "table_parts",

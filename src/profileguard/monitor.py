@@ -28,8 +28,8 @@ from psycopg.rows import dict_row
 
 from profileguard.config import AlertSettings, Settings
 from profileguard.db import connect, translate
-from profileguard.errors import ExitCode, NotInstalledError, ProfileGuardError
-from profileguard.installation import NOT_INSTALLED_HINT, schema_version
+from profileguard.errors import ExitCode, ProfileGuardError
+from profileguard.installation import require_version
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,9 @@ def open_connection(settings: Settings) -> psycopg.Connection:
 def require_monitoring(conn: psycopg.Connection) -> int:
     """The installed schema version; raises NotInstalledError when it has no monitoring."""
     try:
-        version = schema_version(conn)
+        return require_version(conn, MONITOR_SCHEMA_VERSION, missing="monitoring functions")
     except psycopg.Error as exc:
         raise translate(exc) from exc
-    if version == 0:
-        raise NotInstalledError(
-            "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
-        )
-    if version < MONITOR_SCHEMA_VERSION:
-        raise NotInstalledError(
-            f"profileguard schema version {version} has no monitoring functions",
-            hint="run: profileguard upgrade",
-        )
-    return version
 
 
 def read_stats(

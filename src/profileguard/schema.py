@@ -22,11 +22,11 @@ from profileguard import sql as sqlfiles
 from profileguard.catalog import inspect_table, table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect, translate
-from profileguard.errors import ConfigError, NotInstalledError
+from profileguard.errors import ConfigError
 from profileguard.installation import (
-    NOT_INSTALLED_HINT,
     TRIGGER_NAME,
     Installation,
+    require_version,
     schema_present,
     schema_version,
     table_parts,
@@ -439,10 +439,7 @@ def _schedule_sweep(conn: psycopg.Connection, schedule: str) -> list[str]:
 def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
     """Apply pending migrations and regenerate the functions, keeping flags as they are."""
     with _transaction(settings, dry_run=dry_run) as conn:
-        if schema_version(conn) == 0:
-            raise NotInstalledError(
-                "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
-            )
+        require_version(conn)
         return _apply(
             conn, settings, strict=None, enabled=None, create_profile_table=False, source="upgrade"
         )
@@ -476,10 +473,7 @@ def uninstall(settings: Settings) -> bool:
 def set_enabled(settings: Settings, enabled: bool) -> bool:
     """Turn the trigger on or off without uninstalling; returns the previous state."""
     with _transaction(settings) as conn:
-        if schema_version(conn) == 0:
-            raise NotInstalledError(
-                "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
-            )
+        require_version(conn)
         row = conn.execute(
             "select enabled from profileguard.settings for update"
         ).fetchone()
