@@ -26,6 +26,7 @@ from profileguard.errors import ConfigError
 from profileguard.installation import (
     TRIGGER_NAME,
     Installation,
+    key_type_of,
     require_version,
     schema_present,
     schema_version,
@@ -153,13 +154,12 @@ def _role_exists(conn: psycopg.Connection, role: str) -> bool:
 
 
 def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
-    identity = inspect_table(rec.conn, settings.identity)
-    if identity is None or settings.identity.key not in identity.columns:
+    key_type = key_type_of(rec.conn, settings.identity)
+    if key_type is None:
         raise ConfigError(
             f"identity table {settings.identity} (key {settings.identity.key}) does not exist",
             hint="set identity.table / identity.key to your users table before creating profiles",
         )
-    key_type = identity.columns[settings.identity.key].type
     parts = table_parts(settings.identity, settings.profile, key_type)
     rec.run(_template("profile_table.sql", **parts))
     has_uid = rec.conn.execute("select to_regprocedure('auth.uid()') is not null").fetchone()
