@@ -1,0 +1,38 @@
+"""Installation: what is installed, read from profileguard.settings and the catalog."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TestDB
+
+from profileguard import schema
+from profileguard import sql as sqlfiles
+from profileguard.errors import NotInstalledError
+from profileguard.installation import Installation, require_version, schema_version
+
+
+def test_nothing_installed(db: TestDB) -> None:
+    with db.connect() as conn:
+        assert Installation.read(conn) is None
+        assert schema_version(conn) == 0
+        with pytest.raises(NotInstalledError) as info:
+            Installation.require(conn)
+        assert info.value.hint == "run: profileguard install"
+        with pytest.raises(NotInstalledError):
+            require_version(conn)
+
+
+def test_reads_the_installed_row_and_key_type(installed: TestDB) -> None:
+    schema.set_enabled(installed.settings, False)
+    with installed.connect() as conn:
+        found = Installation.require(conn)
+        assert found.version == sqlfiles.latest_version() == require_version(conn)
+        assert (str(found.identity), found.identity.key) == ("auth.users", "id")
+        assert (str(found.profile), found.profile.key) == ("public.profiles", "id")
+        assert found.key_type == "uuid"
+        assert (found.enabled, found.strict) == (False, False)
+        assert found.config["package_version"] == found.package_version
+        assert found.identity_sql.as_string(conn) == '"auth"."users"'
+        assert found.parts()["key_type"].as_string(conn) == "uuid"
+        with pytest.raises(NotInstalledError, match="has no later things"):
+            require_version(conn, found.version + 1, missing="later things")
