@@ -189,3 +189,70 @@ def test_pg_cancel_backend_still_cancels_a_signup(installed: TestDB) -> None:
     assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
     assert installed.scalar("select count(*) from auth.users") == 0
     assert failures(installed, "57014") == 0
+
+
+AUTO_EXPLAIN = {
+    "auto_explain.log_min_duration": "0",
+    "auto_explain.log_nested_statements": "on",
+    "auto_explain.log_level": "notice",
+    "jit": "on",
+    "jit_above_cost": "0",
+    "jit_inline_above_cost": "0",
+    "jit_optimize_above_cost": "0",
+}
+
+
+# What the test itself sends; everything else auto_explain shows ran inside them.
+TOP_LEVEL = (
+    "insert into auth.users",
+    "update auth.users",
+    "alter table public.profiles",
+    "delete from public.profiles",
+    "select * from profileguard.ensure_profile",
+    "update profileguard.settings",
+)
+
+
+@pytest.mark.jit
+def test_no_statement_on_the_signup_path_is_jit_compiled(installed: TestDB) -> None:
+    """With JIT forced in the caller, no statement the signup path runs (nested ones included,
+    seen through auto_explain) is compiled: a compile costs ~10-100 ms on every signup."""
+    assert installed.scalar("select pg_jit_available()") is True, "this server has no JIT"
+    plans: list[str] = []
+    with installed.connect() as conn:
+        conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        conn.execute("load 'auto_explain'")
+        for name, value in AUTO_EXPLAIN.items():
+            conn.execute("select set_config(%s, %s, false)", (name, value))
+        conn.execute("select count(*) from generate_series(1, 10)")
+        assert any("JIT:" in p for p in plans), "the control statement was not JIT-compiled"
+        plans.clear()
+
+        installed.signup({"full_name": "Single", "user_name": "taken"}, conn=conn)
+        installed.signup({"full_name": "Collides", "user_name": "taken"}, conn=conn)
+        conn.execute(
+            "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+            " select gen_random_uuid(), 'authenticated', 'authenticated', 'jit' || g || '@x.io',"
+            " jsonb_build_object('full_name', 'Bulk ' || g), now() from generate_series(1, 50) g"
+        )
+        conn.execute(
+            "alter table public.profiles add constraint no_bad check (full_name <> 'Bad')"
+        )
+        installed.signup({"full_name": "Bad"}, conn=conn)  # the failure path records it
+        conn.execute("alter table public.profiles drop constraint no_bad")
+        user = installed.signup({"full_name": "Ensured"}, conn=conn)
+        conn.execute("delete from public.profiles where id = %s", (user,))
+        conn.execute("select * from profileguard.ensure_profile(%s)", (user,))
+        conn.execute("update profileguard.settings set enabled = false")
+        installed.signup({"full_name": "Disabled"}, conn=conn)
+
+    # The caller's own statements are JIT-compiled (it forced JIT); the ones profileguard runs
+    # inside them (its functions' statements and the foreign-key checks they cause) must not be.
+    nested = [p for p in plans if not p.split("Query Text: ", 1)[-1].startswith(TOP_LEVEL)]
+    assert len(nested) >= 10, f"auto_explain saw too little of the signup path: {plans}"
+    assert any("pg_new_users" in p for p in nested)
+    compiled = [p for p in nested if "JIT:" in p]
+    assert compiled == [], f"JIT-compiled on the signup path:\n{compiled[0]}"
+    assert installed.scalar(
+        "select count(*) from profileguard.events where kind = 'failure'"
+    ) == 1
