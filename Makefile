@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench golden clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Rewrite tests/golden/ from what install generates now (review the diff before committing).
+golden: $(STAMP)
+	PROFILEGUARD_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_golden.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
