@@ -256,3 +256,27 @@ def test_no_statement_on_the_signup_path_is_jit_compiled(installed: TestDB) -> N
     assert installed.scalar(
         "select count(*) from profileguard.events where kind = 'failure'"
     ) == 1
+
+
+def test_a_profile_made_first_by_another_trigger_is_kept_without_a_failure(
+    installed: TestDB,
+) -> None:
+    """The trigger inserts without ON CONFLICT; a profile that exists already (a legacy trigger
+    still enabled, the app inserting it first) is handled by the retry, not recorded."""
+    with installed.connect() as conn:
+        conn.execute(
+            "create function public.legacy() returns trigger language plpgsql as $$ begin"
+            " insert into public.profiles (id, full_name) values (new.id, 'legacy');"
+            " return new; end $$"
+        )
+        conn.execute(
+            "create trigger legacy after insert on auth.users"
+            " for each row execute function public.legacy()"
+        )
+    user = installed.signup({"full_name": "Both"})
+    installed.bulk_signup(30)
+    assert installed.scalar("select full_name from public.profiles where id = %s", (user,)) == (
+        "legacy"
+    )
+    assert installed.scalar("select count(*) from public.profiles") == 31
+    assert installed.scalar("select count(*) from profileguard.events where kind = 'failure'") == 0

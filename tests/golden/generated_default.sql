@@ -6,9 +6,10 @@
 -- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
 -- identity, profile and the keys are quoted identifiers.
 
--- The trigger: one set-based INSERT per statement on the identity table. One exception block per
--- statement (never per row); on error, one failure row per affected user, a notification, and the
--- signup commits — unless strict mode is on.
+-- The trigger: one set-based INSERT per statement on the identity table (no ON CONFLICT: new users
+-- have no profile; a unique violation is retried with it). One exception block per statement
+-- (never per row); on error, one failure row per affected user, a notification, and the signup
+-- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
 -- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
 -- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
@@ -45,8 +46,7 @@ begin
         end if;
         insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
 select s.pg_key, (s."pg_c0")::text, (s."pg_c1")::text, (case when char_length(s."pg_c2") < 3 or row_number() over (partition by s."pg_c2" order by s.pg_key) > 1 or exists (select from "public"."profiles" x where x."username" = (s."pg_c2")::text) then s."pg_c2" || '_' || left(replace(s.pg_key::text, '-', ''), 8) else s."pg_c2" end)::text
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), ''), nullif(btrim(split_part("u"."email"::text, '@', 1)), '')) as "pg_c2" from "pg_new_users" u ) s
-on conflict ("id") do nothing;
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), ''), nullif(btrim(split_part("u"."email"::text, '@', 1)), '')) as "pg_c2" from "pg_new_users" u ) s;
         return null;
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
@@ -58,9 +58,11 @@ on conflict ("id") do nothing;
     -- The failure path: everything in it is protected too, so that not even recording the
     -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
     -- (the SET clause above restores lock_timeout when the function returns).
+    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
+    -- trigger or the app) and, for derived usernames, the long suffix.
     begin
         perform pg_catalog.set_config('lock_timeout', '50ms', true);
-        if v_state = '23505' and true then
+        if v_state = '23505' then
             begin
                 insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
 select s.pg_key, (s."pg_c0")::text, (s."pg_c1")::text, (case when char_length(s."pg_c2") < 3 or row_number() over (partition by s."pg_c2" order by s.pg_key) > 1 or exists (select from "public"."profiles" x where x."username" = (s."pg_c2")::text) then s."pg_c2" || '_' || replace(s.pg_key::text, '-', '') else s."pg_c2" end)::text

@@ -2,9 +2,10 @@
 -- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
 -- identity, profile and the keys are quoted identifiers.
 
--- The trigger: one set-based INSERT per statement on the identity table. One exception block per
--- statement (never per row); on error, one failure row per affected user, a notification, and the
--- signup commits — unless strict mode is on.
+-- The trigger: one set-based INSERT per statement on the identity table (no ON CONFLICT: new users
+-- have no profile; a unique violation is retried with it). One exception block per statement
+-- (never per row); on error, one failure row per affected user, a notification, and the signup
+-- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
 -- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
 -- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
@@ -51,9 +52,11 @@ begin
     -- The failure path: everything in it is protected too, so that not even recording the
     -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
     -- (the SET clause above restores lock_timeout when the function returns).
+    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
+    -- trigger or the app) and, for derived usernames, the long suffix.
     begin
         perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
-        if v_state = '23505' and {guard} then
+        if v_state = '23505' then
             begin
                 {insert_new_forced};
                 return null;
