@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench golden clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Rewrite tests/golden/ from what install generates now (review the diff before committing).
+golden: $(STAMP)
+	PROFILEGUARD_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_golden.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy src
 
+# The signup benchmarks run on the embedded server and, when it answers, the local PostgreSQL.
+LOCAL_DSN ?= postgresql://postgres@127.0.0.1:5432/postgres
 bench: $(STAMP)
 	$(BIN)/python bench/signup.py
+	$(BIN)/python bench/signup_locks.py
+	if $(BIN)/python -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(LOCAL_DSN)" 2>/dev/null; then \
+		$(BIN)/python bench/signup.py --database-url "$(LOCAL_DSN)" && \
+		$(BIN)/python bench/signup_locks.py --database-url "$(LOCAL_DSN)"; \
+	else echo "no PostgreSQL at $(LOCAL_DSN): signup benchmarks ran on the embedded server only"; fi
 	$(BIN)/python bench/repair_latency.py
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/health.py

@@ -152,6 +152,9 @@ class Settings:
     mapping_is_default: bool = True
     username_column: str | None = "username"
     strict: bool = False
+    # The longest the signup trigger waits for any one lock (the profile or events table locked
+    # by a migration, say) before it records a transient failure and lets the signup commit.
+    lock_timeout_ms: int = 200
     enabled: bool = True
     retry_attempts: int = 3
     retry_base_seconds: float = 0.05
@@ -185,6 +188,7 @@ class Settings:
             "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
             "username_column": self.username_column,
             "strict": self.strict,
+            "lock_timeout_ms": self.lock_timeout_ms,
             "enabled": self.enabled,
         }
 
@@ -404,11 +408,16 @@ def load_settings(
     settings = replace(settings, username_column=username)
 
     strict = env.get("PROFILEGUARD_STRICT", profile.get("strict", False))
+    lock_timeout = env.get("PROFILEGUARD_LOCK_TIMEOUT_MS", profile.get("lock_timeout_ms", 200))
     enabled = env.get("PROFILEGUARD_ENABLED", client.get("enabled", True))
     attempts = env.get("PROFILEGUARD_RETRY_ATTEMPTS", client.get("retry_attempts", 3))
     settings = replace(
         settings,
         strict=_bool(strict, "PROFILEGUARD_STRICT / profile.strict"),
+        lock_timeout_ms=_int(
+            lock_timeout, "PROFILEGUARD_LOCK_TIMEOUT_MS / profile.lock_timeout_ms", low=1,
+            high=60_000,
+        ),
         enabled=_bool(enabled, "PROFILEGUARD_ENABLED / client.enabled"),
         retry_attempts=_int(
             attempts, "PROFILEGUARD_RETRY_ATTEMPTS / client.retry_attempts", low=1, high=20

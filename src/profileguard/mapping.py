@@ -220,11 +220,14 @@ def insert_statement(
     source: sql.Composable,
     where: sql.Composable = sql.SQL(""),
     force_suffix: bool = False,
+    on_conflict: bool = True,
 ) -> sql.Composed:
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
     `source` is the identity table or a transition table (aliased `u`); `where` filters it.
     `force_suffix` is the retry after a unique violation: suffixed usernames use the whole key.
+    Without `on_conflict` it is a plain INSERT (the trigger's first try: new users have no
+    profile, and a speculative insertion per row costs a bulk insert a quarter of its time).
     """
     settings = plan.settings
     inner_cols: list[sql.Composable] = [
@@ -248,8 +251,8 @@ def insert_statement(
     statement = sql.SQL(
         "insert into {profile} ({targets})\n"
         "select {outer}\n"
-        "from (select {inner} from {source} u {where}) s\n"
-        "on conflict ({pkey}) do nothing"
+        "from (select {inner} from {source} u {where}) s"
+        "{conflict}"
     ).format(
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
@@ -257,6 +260,8 @@ def insert_statement(
         inner=sql.SQL(", ").join(inner_cols),
         source=source,
         where=where,
-        pkey=sql.Identifier(settings.profile.key),
+        conflict=sql.SQL("\non conflict ({}) do nothing").format(
+            sql.Identifier(settings.profile.key)
+        ) if on_conflict else sql.SQL(""),
     )
     return statement

@@ -607,17 +607,28 @@ class Reconciler:
                     next_heartbeat = time.monotonic() + self.heartbeat_interval
                 wait = min(next_full, next_incremental, next_heartbeat) - time.monotonic()
                 wait = max(0.0, min(wait, self.poll_interval))
-                notified = False
-                for _ in listener.notifies(timeout=wait, stop_after=1):
-                    notified = True
-                if notified and not stop_event.is_set():
-                    for _ in listener.notifies(timeout=0):
-                        pass
+                notices = list(listener.notifies(timeout=wait, stop_after=1))
+                if notices and not stop_event.is_set():
+                    notices.extend(listener.notifies(timeout=0))
                     with self._lock:
                         self.stats["notifications"] += 1
-                    self.run_incremental(stop_event)
+                    if any(_unrecorded(n.payload) for n in notices):
+                        # A failure the trigger could not record names no user: sweep for them.
+                        self.run_once(stop_event)
+                        next_full = time.monotonic() + self.full_interval
+                    else:
+                        self.run_incremental(stop_event)
         finally:
             listener.close()
+
+
+def _unrecorded(payload: str) -> bool:
+    """True for the trigger's notice of a failure it could not record (its events table locked)."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("recorded") is False
 
 
 __all__ = ["BatchOutcome", "PassResult", "Reconciler"]

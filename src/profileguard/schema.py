@@ -43,6 +43,10 @@ CRON_JOB = "profileguard-reconcile"
 CRON_MAX_ROWS = 10_000
 CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 TRANSITION_TABLE = "pg_new_users"
+# The signup trigger's wait for a lock while it records a failure (at most its lock_timeout_ms):
+# a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
+# this, then commits.
+RECORD_LOCK_MS = 50
 
 
 @dataclass
@@ -115,7 +119,9 @@ def render_generated(plan: Plan) -> sql.Composed:
         identity_text=sql.Literal(str(settings.identity)),
         identity_key_text=sql.Literal(settings.identity.key),
         guard=sql.SQL("true" if plan.guard else "false"),
-        insert_new=insert_statement(plan, source=new_rows),
+        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
+        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        insert_new=insert_statement(plan, source=new_rows, on_conflict=False),
         insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
         insert_ids=insert_statement(plan, source=identity, where=by_ids),
         insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),

@@ -58,3 +58,17 @@ begin
     return next;
 end
 $pg$;
+
+-- True when the statement running has outlived the caller's statement_timeout: the one case in
+-- which the signup trigger treats a cancel (57014) as a failure to record rather than a cancel
+-- to obey (pg_cancel_backend raises the same SQLSTATE).
+create or replace function profileguard.statement_timed_out()
+returns boolean
+language sql
+volatile
+set search_path = ''
+as $pg$
+    select pg_catalog.current_setting('statement_timeout')::interval > interval '0'
+       and pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
+           >= pg_catalog.current_setting('statement_timeout')::interval
+$pg$;

@@ -2,44 +2,73 @@
 -- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
 -- identity, profile and the keys are quoted identifiers.
 
--- The trigger: one set-based INSERT per statement on the identity table. One exception block per
--- statement (never per row); on error, one failure row per affected user, a notification, and the
--- signup commits — unless strict mode is on.
--- enable_seqscan is off inside: the profile table's indexes (key, username) are always the right
--- way to check for a taken key or name, and a plan made while the table looked empty (a fresh
--- install, statistics from before the first signups) would otherwise scan it once per new row,
--- quadratic in its size.
+-- The trigger: one set-based INSERT per statement on the identity table (no ON CONFLICT: new users
+-- have no profile; a unique violation is retried with it). One exception block per statement
+-- (never per row); on error, one failure row per affected user, a notification, and the signup
+-- commits — unless strict mode is on.
+-- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
+-- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
+-- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
+-- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
+-- statistics from before the first signups) would otherwise scan it once per new row, quadratic
+-- in its size.
+-- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
+-- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
+-- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
+-- statement runs on without a timeout (PostgreSQL does not re-arm it). A user's or operator's
+-- cancel (pg_cancel_backend) still cancels. In strict mode every error propagates.
 create or replace function profileguard.on_identity_insert()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 set enable_seqscan = off
+set lock_timeout = {lock_timeout}
 as $pg$
 declare
+    v_enabled boolean;
+    v_strict boolean := false;
     v_state text;
     v_message text;
     v_detail text;
     v_count bigint;
 begin
-    if not coalesce((select s.enabled from profileguard.settings s), false) then
-        return null;
-    end if;
     begin
+        select s.enabled, s.strict into v_enabled, v_strict
+        from profileguard.settings s where s.singleton;
+        if not coalesce(v_enabled, false) then
+            return null;
+        end if;
         {insert_new};
-    exception when others then
+        return null;
+    exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                 v_detail = pg_exception_detail;
-        if v_state = '23505' and {guard} then
+        if v_state = '57014' and not profileguard.statement_timed_out() then
+            raise;
+        end if;
+    end;
+    -- The failure path: everything in it is protected too, so that not even recording the
+    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
+    -- (the SET clause above restores lock_timeout when the function returns).
+    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
+    -- trigger or the app) and, for derived usernames, the long suffix.
+    begin
+        perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
+        if v_state = '23505' then
             begin
                 {insert_new_forced};
                 return null;
-            exception when others then
+            exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                         v_detail = pg_exception_detail;
+                if v_state = '57014' and not profileguard.statement_timed_out() then
+                    raise;
+                end if;
             end;
         end if;
-        if coalesce((select s.strict from profileguard.settings s), false) then
+        if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
                 hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
@@ -54,19 +83,34 @@ begin
         perform pg_notify('profileguard',
             json_build_object('event', 'failure', 'source', 'trigger', 'count', v_count,
                               'sqlstate', v_state)::text);
+    exception when others or query_canceled or assert_failure then
+        if coalesce(v_strict, false)
+           or (sqlstate = '57014' and not profileguard.statement_timed_out()) then
+            raise;
+        end if;
+        -- Not recorded: a notification without users tells workers to sweep for them.
+        begin
+            perform pg_notify('profileguard', json_build_object(
+                'event', 'failure', 'source', 'trigger', 'recorded', false,
+                'sqlstate', coalesce(v_state, sqlstate))::text);
+        exception when others then
+            null;
+        end;
     end;
     return null;
 end
 $pg$;
 
 -- Create the profiles of the given users that do not have one; returns how many were created.
--- Each creation is recorded as a repair by `p_source`. Index lookups only, as in the trigger.
+-- Each creation is recorded as a repair by `p_source`. Index lookups only and no JIT, as in the
+-- trigger.
 create or replace function profileguard.create_profiles(p_ids {key_type}[], p_source text)
 returns integer
 language plpgsql
 security definer
 set search_path = ''
 set enable_seqscan = off
+set jit = off
 as $pg$
 #variable_conflict use_column
 declare
@@ -96,6 +140,7 @@ language plpgsql
 security definer
 set search_path = ''
 set enable_seqscan = off
+set jit = off
 as $pg$
 #variable_conflict use_column
 declare
