@@ -51,7 +51,7 @@ from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                 v_detail = pg_exception_detail;
-        if v_state = '57014' and not profileguard.statement_timed_out() then
+        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
             raise;
         end if;
     end;
@@ -72,7 +72,7 @@ on conflict ("id") do nothing;
             exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                         v_detail = pg_exception_detail;
-                if v_state = '57014' and not profileguard.statement_timed_out() then
+                if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
                     raise;
                 end if;
             end;
@@ -94,7 +94,7 @@ on conflict ("id") do nothing;
                               'sqlstate', v_state)::text);
     exception when others or query_canceled or assert_failure then
         if coalesce(v_strict, false)
-           or (sqlstate = '57014' and not profileguard.statement_timed_out()) then
+           or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
             raise;
         end if;
         -- Not recorded: a notification without users tells workers to sweep for them.

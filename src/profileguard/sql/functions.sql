@@ -59,16 +59,20 @@ begin
 end
 $pg$;
 
--- True when the statement running has outlived the caller's statement_timeout: the one case in
--- which the signup trigger treats a cancel (57014) as a failure to record rather than a cancel
--- to obey (pg_cancel_backend raises the same SQLSTATE).
-create or replace function profileguard.statement_timed_out()
+-- True when a cancel (57014, whose message is `p_message`) came from the caller's statement_timeout:
+-- the one case in which the signup trigger records a cancel as a failure rather than obeying it
+-- (pg_cancel_backend raises the same SQLSTATE). PostgreSQL's message says which; where messages
+-- are translated (lc_messages), the time since the statement began decides (the timer can start
+-- before statement_timestamp() under the extended protocol, so this errs towards cancelling).
+create or replace function profileguard.statement_timed_out(p_message text)
 returns boolean
 language sql
 volatile
 set search_path = ''
 as $pg$
-    select pg_catalog.current_setting('statement_timeout')::interval > interval '0'
-       and pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
-           >= pg_catalog.current_setting('statement_timeout')::interval
+    select p_message = 'canceling statement due to statement timeout'
+        or (p_message <> 'canceling statement due to user request'
+            and pg_catalog.current_setting('statement_timeout')::interval > interval '0'
+            and pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
+                >= pg_catalog.current_setting('statement_timeout')::interval)
 $pg$;

@@ -45,7 +45,7 @@ begin
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                 v_detail = pg_exception_detail;
-        if v_state = '57014' and not profileguard.statement_timed_out() then
+        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
             raise;
         end if;
     end;
@@ -63,7 +63,7 @@ begin
             exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                                         v_detail = pg_exception_detail;
-                if v_state = '57014' and not profileguard.statement_timed_out() then
+                if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
                     raise;
                 end if;
             end;
@@ -85,7 +85,7 @@ begin
                               'sqlstate', v_state)::text);
     exception when others or query_canceled or assert_failure then
         if coalesce(v_strict, false)
-           or (sqlstate = '57014' and not profileguard.statement_timed_out()) then
+           or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
             raise;
         end if;
         -- Not recorded: a notification without users tells workers to sweep for them.
