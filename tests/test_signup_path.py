@@ -280,3 +280,19 @@ def test_a_profile_made_first_by_another_trigger_is_kept_without_a_failure(
     )
     assert installed.scalar("select count(*) from public.profiles") == 31
     assert installed.scalar("select count(*) from profileguard.events where kind = 'failure'") == 0
+
+
+def test_huge_metadata_under_a_tight_statement_timeout_never_fails_a_signup(
+    installed: TestDB,
+) -> None:
+    """The trigger's time counts toward the caller's statement_timeout: 400 KB of metadata and a
+    90 ms timeout failed every signup before; now each commits, its profile made or recorded."""
+    bulky = {"full_name": "Bulky", "notes": "x" * 400_000}
+    with installed.connect() as conn:
+        conn.execute("set statement_timeout = '90ms'")
+        users = [installed.signup(bulky, conn=conn) for _ in range(10)]
+    assert installed.scalar("select count(*) from auth.users where id = any(%s)", (users,)) == 10
+    recorded = failures(installed, "57014")
+    assert missing(installed, users) == recorded
+    with running(fast_reconciler(installed)):
+        assert wait_for(lambda: missing(installed, users) == 0)
