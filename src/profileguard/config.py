@@ -15,12 +15,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from profileguard.errors import ConfigError
 
 CONFIG_FILE = "profileguard.toml"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 JSON_KEY = re.compile(r"^[^.|$\x00]{1,200}$")
 TRANSFORMS = ("localpart", "lower")
+# What sits between profileguard and PostgreSQL: "session" (a direct connection or a
+# session-mode pooler) or "transaction" (a transaction-mode pooler: Supavisor on 6543, PgBouncer
+# with pool_mode = transaction), where nothing may outlive a transaction.
+POOLER_MODES = ("session", "transaction")
+# Supabase's transaction-mode pooler port: without a [database] pooler setting, the worker and
+# the backfill refuse it rather than guess.
+TRANSACTION_POOLER_PORT = 6543
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -157,6 +167,7 @@ class Settings:
     retry_base_seconds: float = 0.05
     retry_cap_seconds: float = 2.0
     connect_timeout: int = 10
+    pooler: str | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -174,6 +185,29 @@ class Settings:
             hint="set DATABASE_URL (e.g. postgresql://postgres@localhost:5432/postgres), "
             "pass --database-url, or set [database] url in profileguard.toml",
         )
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """True when connections go through a transaction-mode pooler (see POOLER_MODES)."""
+        return self.pooler == "transaction"
+
+    def require_pooler_mode(self, command: str) -> None:
+        """Refuse Supabase's transaction-pooler port when `pooler` was not set: `command` keeps
+        session state (LISTEN, a session lock) unless told it may not."""
+        if self.pooler is not None or self.database_url is None:
+            return
+        try:
+            port = conninfo_to_dict(self.database_url).get("port")
+        except psycopg.ProgrammingError:
+            return
+        if str(port) == str(TRANSACTION_POOLER_PORT):
+            raise ConfigError(
+                f"{command}: port {TRANSACTION_POOLER_PORT} is Supabase's transaction-mode "
+                "pooler, which keeps no session state between transactions",
+                hint=f"run: profileguard {command} --pooler transaction (or set [database] "
+                'pooler = "transaction" / PROFILEGUARD_POOLER=transaction), or use the '
+                "session pooler (port 5432) or the direct connection",
+            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly view of the settings (no password)."""
@@ -226,6 +260,20 @@ def _float(value: Any, key: str, *, low: float, high: float) -> float:
             hint=f"set {key} to a number between {low} and {high}",
         )
     return number
+
+
+def parse_pooler(value: Any, key: str) -> str | None:
+    """Validate a pooler mode ("session" or "transaction"); empty means not set."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip().lower()
+    if text not in POOLER_MODES:
+        raise ConfigError(
+            f"{key}: {value!r} is not a pooler mode",
+            hint='use "session" (direct connection or session-mode pooler, port 5432) or '
+            '"transaction" (transaction-mode pooler, e.g. Supavisor on port 6543)',
+        )
+    return text
 
 
 def _table(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -421,6 +469,12 @@ def load_settings(
         ),
         connect_timeout=_int(
             client.get("connect_timeout", 10), "client.connect_timeout", low=1, high=600
+        ),
+        pooler=parse_pooler(
+            overrides.pop("pooler", None)
+            or env.get("PROFILEGUARD_POOLER")
+            or database.get("pooler"),
+            "PROFILEGUARD_POOLER / database.pooler",
         ),
         alerts=parse_alerts(alerts, env),
     )
