@@ -26,7 +26,7 @@ from test_reconcile import (
 )
 from test_worker_process import stop_gracefully
 
-from profileguard import schema
+from profileguard import backfill, schema
 from profileguard.backfill import BackfillBusyError, Options, Report, run_backfill
 from profileguard.config import load_settings
 from profileguard.db import connect
@@ -179,3 +179,34 @@ def test_transaction_pooler_port_without_the_setting_fails_clearly(installed: Te
     env_told = load_settings(env={"PROFILEGUARD_POOLER": "transaction"}, database_url=url)
     assert env_told.transaction_pooler
     assert Reconciler(env_told).settings.pooler == "transaction"
+
+
+def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
+    installed: TestDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backfill, "BEAT_SECONDS", 0.1)
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(600)
+    with pgbouncer(installed) as bouncer:
+        seen: set[object] = set()
+        done = threading.Event()
+        options = Options(batch_size=100, min_batch_size=100, max_batch_size=100,
+                          max_rows_per_second=200, workers=1)
+
+        def watch() -> None:
+            while not done.is_set():
+                seen.add(installed.scalar("select updated_at from profileguard.backfill_runs"
+                                          " where state = 'running'"))
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            report = run_backfill(bouncer.settings(), options)
+        finally:
+            done.set()
+            watcher.join(timeout=30)
+    assert report.state == "completed" and report.created == 600
+    seen.discard(None)
+    # Each batch checkpoints; the waits between them (~3 s in all) renewed the lease too.
+    assert len(seen) > report.batches + 5, (len(seen), report.batches)

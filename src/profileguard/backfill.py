@@ -78,6 +78,7 @@ ANALYZE_GROWTH = 4
 # Behind a transaction-mode pooler, a 'running' run that has not checkpointed for this long (or
 # for 4 statement timeouts, if longer) has lost its process.
 LEASE_SECONDS = 120.0
+BEAT_SECONDS = 30.0
 
 
 class BackfillBusyError(ProfileGuardError):
@@ -217,11 +218,14 @@ def _installed_profile(conn: psycopg.Connection, settings: Settings) -> TableRef
 
 class _Throttle:
     """Holds a run to --max-rows-per-second: after each batch, waits (interruptibly) for as long
-    as the rows done so far are ahead of the rate."""
+    as the rows done so far are ahead of the rate. `beat`, if given, is called at least every
+    BEAT_SECONDS of a long wait (it renews the run's lease behind a transaction-mode pooler)."""
 
-    def __init__(self, rate: float | None, stop_event: threading.Event):
+    def __init__(self, rate: float | None, stop_event: threading.Event,
+                 beat: Callable[[], None] | None = None):
         self.rate = rate
         self.stop_event = stop_event
+        self.beat = beat
         self.rows = 0
         self.started = time.monotonic()
 
@@ -230,8 +234,10 @@ class _Throttle:
             return
         self.rows += rows
         ahead = self.rows / self.rate - (time.monotonic() - self.started)
-        if ahead > 0:
-            self.stop_event.wait(ahead)
+        while ahead > 0 and not self.stop_event.wait(min(ahead, BEAT_SECONDS)):
+            ahead = self.rows / self.rate - (time.monotonic() - self.started)
+            if ahead > 0 and self.beat is not None:
+                self.beat()
 
 
 class Backfill:
@@ -365,6 +371,17 @@ class Backfill:
             if live is not None:
                 self._busy(live)
             yield
+
+    def _beat(self, report: Report) -> Callable[[], None] | None:
+        """Behind a transaction-mode pooler: renews the run's lease during throttle waits."""
+        if not self.settings.transaction_pooler:
+            return None
+
+        def touch() -> None:
+            self._retrying(lambda: self._connection().execute(
+                self._q("touch"), {"id": report.run_id}))
+
+        return touch
 
     def _busy(self, running: Any) -> NoReturn:
         if running:
@@ -565,7 +582,7 @@ class Backfill:
             return
         options = self.options
         after: Any = report.cursor
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         timeouts = 0
         while not self.stop_event.is_set():
             size = self._capped_size()
@@ -639,7 +656,7 @@ class Backfill:
         end = self._retrying(self._heap)[0]
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:
@@ -849,7 +866,7 @@ class Backfill:
         after: Any = report.cursor
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:

@@ -21,6 +21,10 @@ where state = 'running' and updated_at > clock_timestamp() - make_interval(secs 
 order by id desc
 limit 1
 
+-- name: touch
+-- The run is alive (behind a transaction-mode pooler, during a long throttle wait).
+update profileguard.backfill_runs set updated_at = clock_timestamp() where id = %(id)s
+
 -- name: running
 select id, owner, started_at, updated_at, scanned, cursor, dry_run
 from profileguard.backfill_runs
