@@ -168,6 +168,10 @@ class Settings:
     retry_cap_seconds: float = 2.0
     connect_timeout: int = 10
     pooler: str | None = None
+    # Supabase Auth's admin API, for register(): the project URL and the service_role key (the
+    # key only from the environment, SUPABASE_SERVICE_ROLE_KEY: never from a file, never shown).
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = field(default=None, repr=False)
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -306,12 +310,16 @@ def parse_mapping(raw: Any, *, setting: str = "mapping") -> dict[str, tuple[Sour
 
 
 def _url(value: Any, key: str) -> str | None:
+    return _http_url(value, key, example="https://hooks.slack.com/services/…")
+
+
+def _http_url(value: Any, key: str, *, example: str) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
         raise ConfigError(
             f"{key}: {value!r} is not an http(s) URL",
-            hint=f"set {key} to the webhook address, e.g. 'https://hooks.slack.com/services/…'",
+            hint=f"set {key} to an address such as '{example}'",
         )
     return value
 
@@ -410,6 +418,7 @@ def load_settings(
     profile = _table(data, "profile")
     client = _table(data, "client")
     alerts = _table(data, "alerts")
+    supabase = _table(data, "supabase")
 
     url = (
         overrides.pop("database_url", None)
@@ -476,6 +485,11 @@ def load_settings(
             or database.get("pooler"),
             "PROFILEGUARD_POOLER / database.pooler",
         ),
+        supabase_url=_http_url(
+            env.get("SUPABASE_URL") or supabase.get("url"), "SUPABASE_URL / supabase.url",
+            example="https://<project-ref>.supabase.co",
+        ),
+        supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY") or None,
         alerts=parse_alerts(alerts, env),
     )
     return settings.with_overrides(**overrides)
