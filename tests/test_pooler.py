@@ -28,6 +28,7 @@ from test_worker_process import stop_gracefully
 
 from profileguard import backfill, schema
 from profileguard.backfill import BackfillBusyError, Options, Report, run_backfill
+from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.db import connect
 from profileguard.errors import ConfigError
@@ -210,3 +211,33 @@ def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
     seen.discard(None)
     # Each batch checkpoints; the waits between them (~3 s in all) renewed the lease too.
     assert len(seen) > report.batches + 5, (len(seen), report.batches)
+
+
+def test_the_library_behind_pgbouncer_ensures_profiles_with_nothing_prepared(
+    installed: TestDB,
+) -> None:
+    schema.set_enabled(installed.settings, False)
+    installed.bulk_signup(20)
+    with installed.connect() as conn:
+        ids = [r[0] for r in conn.execute("select id from auth.users order by id")]
+    with pgbouncer(installed, pool_size=2) as bouncer, \
+            ProfileGuard(bouncer.settings(), max_size=4) as guard:
+        errors: list[BaseException] = []
+
+        def ensure_all() -> None:
+            try:
+                for _ in range(3):  # the same statements, many times, over 2 server connections
+                    for uid in ids:
+                        assert guard.ensure(uid)["id"] == str(uid)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ensure_all) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+    assert missing_profiles(installed) == 0
+    assert installed.scalar("select count(*) from profileguard.events"
+                            " where kind = 'repair' and source = 'client'") == 20
