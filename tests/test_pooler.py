@@ -166,10 +166,11 @@ def test_transaction_pooler_port_without_the_setting_fails_clearly(installed: Te
     assert "--pooler transaction" in (caught.value.hint or "")
     with pytest.raises(ConfigError, match="transaction-mode"):
         run_backfill(settings, Options())
-    for command in (["worker", "--once"], ["backfill"]):
+    for command in (["worker", "--once"], ["backfill"], ["retry", "--all-quarantined"]):
         result = cli(None, "--database-url", url, *command)
         assert result.returncode == 2, result.stderr
-        assert "pooler" in result.stderr and "5432" in result.stderr
+        assert f"{command[0]} --pooler transaction" in " ".join(result.stderr.split())
+        assert "5432" in result.stderr
     # Told which pooler it is, the worker goes on (and here finds nothing listening).
     started = time.monotonic()
     told = cli(None, "--database-url", url, "worker", "--once", "--pooler", "session")

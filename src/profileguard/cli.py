@@ -423,7 +423,9 @@ def retry(
         raise ConfigError(
             "nothing to retry", hint="pass USER_ID… or --all-quarantined"
         )
-    reconciler = _reconciler(ctx, pooler)
+    settings = _state(ctx).settings(pooler=pooler)
+    settings.require_pooler_mode("retry")
+    reconciler = Reconciler(settings)
     try:
         result = reconciler.retry(user_ids or (), all_quarantined=all_quarantined)
     finally:
