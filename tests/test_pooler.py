@@ -61,7 +61,7 @@ def test_prepared_statements_break_behind_pgbouncer_unless_the_setting_is_on(
 
 def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
 
 
 def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: TestDB) -> None:
