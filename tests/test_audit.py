@@ -373,3 +373,76 @@ def test_cli_audit_table_json_and_exit_codes(db: TestDB) -> None:
     assert cli(db, "audit").returncode == 0
     bad = cli(db, "audit", "--fail-on", "loud")
     assert bad.returncode == 2 and "--fail-on" in bad.stderr
+
+
+def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clears_it(
+    db: TestDB,
+) -> None:
+    version = int(db.scalar("select current_setting('server_version_num')"))
+    with db.connect() as conn:
+        # The old way on Supabase: default privileges grant ALL on new public tables.
+        conn.execute("alter default privileges in schema public"
+                     " grant all on tables to anon, authenticated, service_role")
+        conn.execute(SUPABASE_PROFILES)
+        conn.execute(
+            "create function public.planted() returns trigger language plpgsql"
+            " as $$ begin return new; end $$")
+        conn.execute("alter function public.planted() owner to anon")
+        conn.execute("set role anon")  # TRIGGER came with the default privileges
+        conn.execute("create trigger planted before insert on public.profiles"
+                     " for each row execute function public.planted()")
+        conn.execute("reset role")
+    schema.install(db.settings)
+    report = audit(db)
+    grants = {f.evidence["grantee"]: f for f in findings(report, "profile_table_grants")}
+    assert set(grants) == {"anon", "authenticated"}
+    expected = ["DELETE", "INSERT", "REFERENCES", "TRIGGER", "TRUNCATE"]
+    if version >= 170000:
+        expected = sorted([*expected, "MAINTAIN"])
+    for role, finding in grants.items():
+        assert finding.severity == "error"
+        assert finding.evidence["privileges"] == expected, role
+    assert grants["anon"].fix == (
+        f"revoke {', '.join(p.lower() for p in expected)} on table \"public\".\"profiles\""
+        " from \"anon\";")
+    planted = one(report, "profile_table_foreign_trigger")
+    assert planted.severity == "error"
+    assert planted.evidence["function_owner"] == "anon"
+    assert planted.fix == 'drop trigger "planted" on "public"."profiles";'
+    # service_role is not an API role here (it is the server's key): not flagged.
+    assert db.scalar("select has_table_privilege('service_role', 'public.profiles', 'DELETE')")
+
+    with db.connect() as conn:  # the hole is real before the fix
+        conn.execute("begin")
+        conn.execute("set local role anon")
+        conn.execute("truncate public.profiles")
+        conn.execute("rollback")
+    for role in ("anon", "authenticated"):
+        fix_and_check_cleared(db, grants[role], grantee=role)
+    after = fix_and_check_cleared(db, planted)
+    assert findings(after, "profile_table_grants") == []
+    for role in ("anon", "authenticated"):
+        for privilege in ("TRUNCATE", "TRIGGER", "REFERENCES", "INSERT", "DELETE"):
+            assert db.scalar("select has_table_privilege(%s, 'public.profiles', %s)",
+                             (role, privilege)) is False, (role, privilege)
+        with db.connect() as conn:
+            conn.execute(f"set role {role}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("truncate public.profiles")
+    # What RLS governs stays: authenticated still selects and updates (its own rows).
+    assert db.scalar("select has_table_privilege('authenticated', 'public.profiles', 'SELECT')")
+    uid = db.signup({"full_name": "After"})
+    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "After"
+
+
+def test_insert_and_delete_alone_are_a_warning(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(SUPABASE_PROFILES)
+        conn.execute("grant select, insert, delete on public.profiles to public")
+    finding = one(audit(db), "profile_table_grants")
+    assert finding.severity == "warning"
+    assert finding.evidence["grantee"] == "public"
+    assert finding.evidence["privileges"] == ["DELETE", "INSERT"]
+    assert finding.fix == 'revoke delete, insert on table "public"."profiles" from public;'
+    fix_and_check_cleared(db, finding)
+    assert db.scalar("select has_table_privilege('anon', 'public.profiles', 'SELECT')")

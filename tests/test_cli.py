@@ -14,7 +14,7 @@ from conftest import TestDB
 def cli(db: TestDB | None, *args: str, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
     base.update(env or {})
     prefix = ["--database-url", db.url] if db is not None else []
     return subprocess.run(

@@ -526,3 +526,15 @@ def test_mapping_naming_a_missing_identity_column(db: TestDB, tmp_path: Path) ->
         schema.install(settings, create_profile_table=True)
     assert "mapping.full_name" in info.value.message
     assert "no_such_column" in info.value.message
+
+
+def test_pooler_mode_from_file_env_and_override(tmp_path: Path) -> None:
+    assert load_settings(env={}).pooler is None
+    path = write(tmp_path, '[database]\npooler = "transaction"\n')
+    assert load_settings(path, env={}).transaction_pooler is True
+    assert load_settings(path, env={"PROFILEGUARD_POOLER": "session"}).pooler == "session"
+    assert load_settings(path, env={"PROFILEGUARD_POOLER": "session"},
+                         pooler="transaction").pooler == "transaction"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"PROFILEGUARD_POOLER": "statement"})
+    assert "PROFILEGUARD_POOLER" in caught.value.message and "6543" in (caught.value.hint or "")

@@ -15,7 +15,7 @@ from typing import Any
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
 
 
 def test_demo_ends_with_every_user_having_a_profile_and_no_failed_signup() -> None:

@@ -236,7 +236,7 @@ def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
 def cli(db: TestDB, *args: str, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],

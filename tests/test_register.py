@@ -657,7 +657,7 @@ def test_async_profile_failure_and_fallback(installed: TestDB) -> None:
 
 def run_cli(db: TestDB, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
     return subprocess.run(
         [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],
         capture_output=True, text=True, env=env, timeout=120, input=stdin,

@@ -227,3 +227,104 @@ def test_hostile_metadata_is_inert_in_audit_and_its_fix(db: TestDB) -> None:
         assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == payload
     assert db.scalar("select count(*) from auth.users") == len(PAYLOADS)
     assert db.scalar("select count(*) from profileguard.events") > 0
+
+
+SUPABASE_DEFAULT_PRIVILEGES = (
+    "alter default privileges in schema public"
+    " grant all on tables to anon, authenticated, service_role"
+)
+NOOP_TRIGGER_FUNCTION = (
+    "create function public.noop_trigger() returns trigger language plpgsql"
+    " as $$ begin return null; end $$"
+)
+
+
+def _server_version(db: TestDB) -> int:
+    return int(db.scalar("select current_setting('server_version_num')"))
+
+
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_created_profile_table_ignores_supabase_default_privileges(db: TestDB, role: str) -> None:
+    with db.connect() as conn:
+        conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
+        conn.execute(NOOP_TRIGGER_FUNCTION)  # executable by PUBLIC, as functions are by default
+    schema.install(db.settings, create_profile_table=True)
+    alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
+    bob = db.signup({"full_name": "Bob"}, email="bob@example.com")
+    # The default privileges were live: a table created alongside still gets ALL.
+    with db.connect() as conn:
+        conn.execute("create table public.other (id int)")
+    assert db.scalar("select has_table_privilege(%s, 'public.other', 'TRUNCATE')", (role,))
+
+    for statement in (
+        "truncate public.profiles",
+        "create trigger planted before update on public.profiles"
+        " for each row execute function public.noop_trigger()",
+        "delete from public.profiles",
+        sql.SQL("delete from public.profiles where id = {}").format(sql.Literal(str(bob))),
+        sql.SQL("insert into public.profiles (id, full_name) values ({}, 'x')").format(
+            sql.Literal(str(uuid.uuid4()))),
+        sql.SQL("insert into public.profiles (id) values ({}) on conflict do nothing").format(
+            sql.Literal(str(bob))),
+        "alter table public.profiles disable row level security",
+        sql.SQL("update public.profiles set created_at = now() where id = {}").format(
+            sql.Literal(str(alice))),
+        sql.SQL("update public.profiles set id = {} where id = {}").format(
+            sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))),
+    ):
+        assert denied(db, role, statement, alice), statement
+    if _server_version(db) >= 170000:  # MAINTAIN (LOCK TABLE, VACUUM, …) is part of ALL there
+        assert denied(db, role, "lock table public.profiles in access exclusive mode", alice)
+    for privilege in ("TRUNCATE", "TRIGGER", "REFERENCES", "INSERT", "DELETE"):
+        assert db.scalar("select has_table_privilege(%s, 'public.profiles', %s)",
+                         (role, privilege)) is False, privilege
+    assert db.scalar("select count(*) from public.profiles") == 2
+    assert db.scalar("select count(*) from pg_trigger"
+                     " where tgrelid = 'public.profiles'::regclass and not tgisinternal") == 0
+
+
+def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
+    schema.install(db.settings, create_profile_table=True)
+    alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
+    with as_client(db, "authenticated", alice) as conn:
+        conn.execute("update public.profiles set username = 'alice_new', full_name = 'A',"
+                     " avatar_url = 'https://example.com/a.png', updated_at = now()")
+        assert conn.execute("select username, full_name from public.profiles").fetchall() == [
+            ("alice_new", "A")]
+    with db.connect() as conn:
+        grants = conn.execute(
+            "select a.grantee::regrole::text, a.privilege_type"
+            " from pg_class c, aclexplode(c.relacl) a"
+            " where c.oid = 'public.profiles'::regclass and a.grantee <> c.relowner"
+            " order by 1, 2").fetchall()
+        columns = conn.execute(
+            "select grantee, column_name, privilege_type"
+            " from information_schema.column_privileges"
+            " where table_schema = 'public' and table_name = 'profiles'"
+            " and grantee = 'authenticated' and privilege_type = 'UPDATE' order by 2").fetchall()
+    assert grants == [
+        ("authenticated", "SELECT"),
+        ("service_role", "DELETE"), ("service_role", "INSERT"),
+        ("service_role", "SELECT"), ("service_role", "UPDATE"),
+    ]
+    assert [c[1] for c in columns] == ["avatar_url", "full_name", "updated_at", "username"]
+    # service_role (the server's key) writes rows but cannot truncate or plant triggers.
+    with as_client(db, "service_role") as conn:
+        conn.execute("update public.profiles set full_name = 'Server' where id = %s", (alice,))
+    assert denied(db, "service_role", "truncate public.profiles")
+
+
+def test_created_profile_table_grants_without_default_privileges(db: TestDB) -> None:
+    """Where new public tables get no API grants (Supabase from 30 Oct 2026), clients still get
+    their own-row read and update."""
+    with db.connect() as conn:
+        conn.execute("alter default privileges in schema public"
+                     " revoke all on tables from public, anon, authenticated, service_role")
+    schema.install(db.settings, create_profile_table=True)
+    alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
+    with as_client(db, "authenticated", alice) as conn:
+        assert conn.execute("select full_name from public.profiles").fetchall() == [("Alice",)]
+        assert conn.execute("update public.profiles set full_name = 'A'").rowcount == 1
+    assert denied(db, "anon", "select * from public.profiles")

@@ -237,7 +237,7 @@ def test_serve_evaluates_alerts_in_the_background(installed: TestDB) -> None:
 def test_serve_command(installed: TestDB) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
     env["PROFILEGUARD_API_TOKEN"] = "tok"
     process = subprocess.Popen(
         [sys.executable, "-m", "profileguard", "--database-url", installed.url, "serve",

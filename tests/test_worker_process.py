@@ -35,7 +35,7 @@ FAST = ["--incremental-interval", "0.2", "--full-interval", "0.5"]
 def worker_process(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """`profileguard worker …` in the background; killed if the test leaves it running."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "profileguard", "--database-url", url, "worker", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

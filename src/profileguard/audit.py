@@ -530,6 +530,57 @@ def check_security(ctx: Context) -> list[Finding]:
     return found
 
 
+# Privileges RLS does not govern (TRUNCATE empties the table, TRIGGER runs the grantee's code
+# inside every write, REFERENCES and MAINTAIN lock it), and the row writes profileguard makes.
+UNGOVERNED_PRIVILEGES = ("TRUNCATE", "TRIGGER", "REFERENCES", "MAINTAIN")
+WRITE_PRIVILEGES = ("INSERT", "DELETE")
+
+
+def check_profile_privileges(ctx: Context) -> list[Finding]:
+    """API roles' excess privileges on the profile table, and triggers other roles put on it."""
+    if ctx.profile is None:
+        return []
+    oid = table_oid(ctx.conn, ctx.settings.profile)
+    found = []
+    for grant in ctx.rows("profile_table_grants", {
+        "oid": oid, "roles": ctx.roles,
+        "privileges": [*UNGOVERNED_PRIVILEGES, *WRITE_PRIVILEGES],
+    }):
+        privileges: list[str] = list(grant["privileges"])
+        ungoverned = [p for p in privileges if p in UNGOVERNED_PRIVILEGES]
+        role = grant["grantee"]
+        found.append(Finding(
+            "profile_table_grants", "error" if ungoverned else "warning",
+            f"{role} holds {', '.join(privileges)} on {ctx.settings.profile}",
+            {"table": str(ctx.settings.profile), "grantee": role, "privileges": privileges,
+             "note": "TRUNCATE, TRIGGER, REFERENCES and MAINTAIN are not limited by RLS "
+                     "(TRUNCATE empties the table; a trigger runs inside profileguard's "
+                     "SECURITY DEFINER writes); profileguard creates profiles, so clients "
+                     "need neither INSERT nor DELETE"},
+            ctx.text(sql.SQL("revoke {} on table {} from {};").format(
+                sql.SQL(", ").join(sql.SQL(p.lower()) for p in privileges),
+                ctx.profile_sql,
+                sql.SQL("public") if role == "public" else sql.Identifier(role))),
+        ))
+    for trig in ctx.rows("profile_foreign_triggers", {"oid": oid}):
+        api_owned = trig["function_owner"] in ctx.roles
+        found.append(Finding(
+            "profile_table_foreign_trigger",
+            "error" if api_owned or not trig["security_definer"] else "warning",
+            f"trigger {trig['name']} on {ctx.settings.profile} runs {trig['function']}, "
+            f"owned by {trig['function_owner']}",
+            {"table": str(ctx.settings.profile), "trigger": trig["name"],
+             "function": trig["function"], "function_owner": trig["function_owner"],
+             "security_definer": trig["security_definer"],
+             "note": "it runs inside every profile write, profileguard's SECURITY DEFINER "
+                     "repairs included (with the installer's rights unless it is SECURITY "
+                     "DEFINER itself); keep it only if you wrote it"},
+            ctx.text(sql.SQL("drop trigger {} on {};").format(
+                sql.Identifier(trig["name"]), ctx.profile_sql)),
+        ))
+    return found
+
+
 CHECKS: tuple[Check, ...] = (
     check_tables,
     check_state,
@@ -538,6 +589,7 @@ CHECKS: tuple[Check, ...] = (
     check_mapping,
     check_foreign_keys,
     check_security,
+    check_profile_privileges,
 )
 
 

@@ -24,7 +24,9 @@ quarantined in `profileguard.repair_state` (shared with the reconciler) and the 
 run, its phase and its cursor (the page reached) are checkpointed in `profileguard.backfill_runs`
 after every batch, so a killed run resumes where it stopped without rescanning or duplicating. A
 run started by a version that walked keys (`ordering` 'key') resumes by key. A session-level
-advisory lock lets one backfill run at a time.
+advisory lock lets one backfill run at a time; behind a transaction-mode pooler (setting
+`pooler = "transaction"`), where no lock outlives a transaction, a run is claimed under a
+transaction lock instead and counts as alive while it checkpointed within a lease.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -73,6 +75,10 @@ ADAPT_FACTOR = 2.0
 # created by this run grows ANALYZE_GROWTH times (a handful of times per run, each ~0.1 s).
 ANALYZE_FIRST = 10_000
 ANALYZE_GROWTH = 4
+# Behind a transaction-mode pooler, a 'running' run that has not checkpointed for this long (or
+# for 4 statement timeouts, if longer) has lost its process.
+LEASE_SECONDS = 120.0
+BEAT_SECONDS = 30.0
 
 
 class BackfillBusyError(ProfileGuardError):
@@ -204,11 +210,14 @@ class _Batch:
 
 class _Throttle:
     """Holds a run to --max-rows-per-second: after each batch, waits (interruptibly) for as long
-    as the rows done so far are ahead of the rate."""
+    as the rows done so far are ahead of the rate. `beat`, if given, is called at least every
+    BEAT_SECONDS of a long wait (it renews the run's lease behind a transaction-mode pooler)."""
 
-    def __init__(self, rate: float | None, stop_event: threading.Event):
+    def __init__(self, rate: float | None, stop_event: threading.Event,
+                 beat: Callable[[], None] | None = None):
         self.rate = rate
         self.stop_event = stop_event
+        self.beat = beat
         self.rows = 0
         self.started = time.monotonic()
 
@@ -217,8 +226,10 @@ class _Throttle:
             return
         self.rows += rows
         ahead = self.rows / self.rate - (time.monotonic() - self.started)
-        if ahead > 0:
-            self.stop_event.wait(ahead)
+        while ahead > 0 and not self.stop_event.wait(min(ahead, BEAT_SECONDS)):
+            ahead = self.rows / self.rate - (time.monotonic() - self.started)
+            if ahead > 0 and self.beat is not None:
+                self.beat()
 
 
 class Backfill:
@@ -232,6 +243,7 @@ class Backfill:
         progress: Callable[[Progress], None] | None = None,
         stop_event: threading.Event | None = None,
     ):
+        settings.require_pooler_mode("backfill")
         self.settings = settings
         self.options = options or Options()
         self.options.check()
@@ -276,7 +288,8 @@ class Backfill:
         conn = connect(self.settings, autocommit=True)
         try:
             self._check_installed(conn)
-            self._lock(conn)
+            if not self.settings.transaction_pooler:
+                self._lock(conn)
         except BaseException:
             conn.close()
             raise
@@ -312,7 +325,35 @@ class Backfill:
         row = conn.execute(self._q("try_lock")).fetchone()
         if row and row[0]:
             return
-        running = conn.execute(self._q("running")).fetchone()
+        self._busy(conn.execute(self._q("running")).fetchone())
+
+    @contextlib.contextmanager
+    def _claim(self, conn: psycopg.Connection) -> Iterator[None]:
+        """Behind a transaction-mode pooler: start or resume the run in one transaction that
+        holds a transaction lock and finds no live run (elsewhere the session lock is held)."""
+        if not self.settings.transaction_pooler:
+            yield
+            return
+        lease = max(LEASE_SECONDS, 4 * self.options.statement_timeout)
+        with conn.transaction():
+            conn.execute(self._q("xact_lock"))
+            live = conn.execute(self._q("live_run"), {"lease": lease}).fetchone()
+            if live is not None:
+                self._busy(live)
+            yield
+
+    def _beat(self, report: Report) -> Callable[[], None] | None:
+        """Behind a transaction-mode pooler: renews the run's lease during throttle waits."""
+        if not self.settings.transaction_pooler:
+            return None
+
+        def touch() -> None:
+            self._retrying(lambda: self._connection().execute(
+                self._q("touch"), {"id": report.run_id}))
+
+        return touch
+
+    def _busy(self, running: Any) -> NoReturn:
         if running:
             run_id, owner, started, updated, scanned, _cursor, dry = running
             kind = "dry run" if dry else "backfill"
@@ -354,7 +395,7 @@ class Backfill:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
-                if not conn.broken:
+                if not conn.broken and not self.settings.transaction_pooler:
                     conn.execute(self._q("unlock"))
             with contextlib.suppress(psycopg.Error):
                 conn.close()
@@ -399,7 +440,8 @@ class Backfill:
         self._started = time.monotonic()
         try:
             conn = self._open()
-            report = self._begin(conn)
+            with self._claim(conn):
+                report = self._begin(conn)
         except psycopg.Error as exc:
             self._close()
             raise translate(exc, context="backfill") from exc
@@ -510,7 +552,7 @@ class Backfill:
             return
         options = self.options
         after: Any = report.cursor
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         timeouts = 0
         while not self.stop_event.is_set():
             size = self._capped_size()
@@ -584,7 +626,7 @@ class Backfill:
         end = self._retrying(self._heap)[0]
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:
@@ -794,7 +836,7 @@ class Backfill:
         after: Any = report.cursor
         inflight: collections.deque[tuple[Future[_Batch], int]] = collections.deque()
         exhausted = False
-        throttle = _Throttle(options.max_rows_per_second, self.stop_event)
+        throttle = _Throttle(options.max_rows_per_second, self.stop_event, self._beat(report))
         with ThreadPoolExecutor(options.workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:

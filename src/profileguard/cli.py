@@ -43,6 +43,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+PoolerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pooler",
+        metavar="MODE",
+        help="'transaction' behind a transaction-mode pooler (Supavisor port 6543, PgBouncer "
+        "pool_mode=transaction): no LISTEN, no session lock, nothing prepared. 'session' for a "
+        "direct connection or a session-mode pooler (default: PROFILEGUARD_POOLER, "
+        "[database] pooler).",
+    ),
+]
 
 
 @dataclass
@@ -325,8 +336,8 @@ def demo(
         print_json(figures)
 
 
-def _reconciler(ctx: typer.Context, **options: Any) -> Reconciler:
-    return Reconciler(_state(ctx).settings(), **options)
+def _reconciler(ctx: typer.Context, pooler: str | None = None, **options: Any) -> Reconciler:
+    return Reconciler(_state(ctx).settings(pooler=pooler), **options)
 
 
 def _print_pass(title: str, result: PassResult, as_json: bool) -> None:
@@ -361,12 +372,14 @@ def worker(
         str | None, typer.Option("--worker-id", help="Name in profileguard.workers "
                                  "(default host:pid:random).")
     ] = None,
+    pooler: PoolerOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Repair users without a profile: LISTEN for failures, sweep periodically. Runs until
-    SIGTERM/SIGINT (finishing the batch in hand); several workers may run at once."""
+    """Repair users without a profile: LISTEN for failures (polling only with --pooler
+    transaction), sweep periodically. Runs until SIGTERM/SIGINT (finishing the batch in hand);
+    several workers may run at once."""
     reconciler = _reconciler(
-        ctx, worker_id=worker_id, batch_size=batch_size, max_attempts=max_attempts,
+        ctx, pooler, worker_id=worker_id, batch_size=batch_size, max_attempts=max_attempts,
         incremental_interval=incremental_interval, full_interval=full_interval,
     )
     stop = threading.Event()
@@ -400,6 +413,7 @@ def retry(
     all_quarantined: Annotated[
         bool, typer.Option("--all-quarantined", help="Re-drive every quarantined user.")
     ] = False,
+    pooler: PoolerOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Clear the attempts and quarantine of users and repair them now (after fixing the cause)."""
@@ -407,7 +421,9 @@ def retry(
         raise ConfigError(
             "nothing to retry", hint="pass USER_ID… or --all-quarantined"
         )
-    reconciler = _reconciler(ctx)
+    settings = _state(ctx).settings(pooler=pooler)
+    settings.require_pooler_mode("retry")
+    reconciler = Reconciler(settings)
     try:
         result = reconciler.retry(user_ids or (), all_quarantined=all_quarantined)
     finally:
@@ -719,6 +735,7 @@ def backfill(
         typer.Option("--workers", help="Connections inserting batches at once (default 2: "
                      "about the speed of one bulk INSERT; 1 = the lightest on the database)."),
     ] = 2,
+    pooler: PoolerOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create the missing profiles of existing users: batched, throttled, resumable."""
@@ -740,7 +757,7 @@ def backfill(
         sample=sample,
         workers=workers,
     )
-    settings = _state(ctx).settings()
+    settings = _state(ctx).settings(pooler=pooler)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

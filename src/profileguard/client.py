@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from profileguard.config import Settings, load_settings
-from profileguard.db import APPLICATION_NAME, connect, is_transient, translate
+from profileguard.db import APPLICATION_NAME, connect, connect_options, is_transient, translate
 from profileguard.errors import (
     ConnectionFailedError,
     DatabaseError,
@@ -189,7 +189,7 @@ class ProfileGuard:
             min_size=1,
             max_size=max_size,
             timeout=self.settings.connect_timeout,
-            kwargs={"application_name": APPLICATION_NAME},
+            kwargs={"application_name": APPLICATION_NAME, **connect_options(self.settings)},
             open=True,
         )
         self._fallback: _Fallback | None = None
@@ -338,7 +338,7 @@ class AsyncProfileGuard:
             min_size=1,
             max_size=max_size,
             timeout=self.settings.connect_timeout,
-            kwargs={"application_name": APPLICATION_NAME},
+            kwargs={"application_name": APPLICATION_NAME, **connect_options(self.settings)},
             open=False,
         )
         self._fallback: _Fallback | None = None

@@ -15,12 +15,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from profileguard.errors import ConfigError
 
 CONFIG_FILE = "profileguard.toml"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 JSON_KEY = re.compile(r"^[^.|$\x00]{1,200}$")
 TRANSFORMS = ("localpart", "lower")
+# What sits between profileguard and PostgreSQL: "session" (a direct connection or a
+# session-mode pooler) or "transaction" (a transaction-mode pooler: Supavisor on 6543, PgBouncer
+# with pool_mode = transaction), where nothing may outlive a transaction.
+POOLER_MODES = ("session", "transaction")
+# Supabase's transaction-mode pooler port: without a [database] pooler setting, the worker and
+# the backfill refuse it rather than guess.
+TRANSACTION_POOLER_PORT = 6543
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -160,6 +170,11 @@ class Settings:
     retry_base_seconds: float = 0.05
     retry_cap_seconds: float = 2.0
     connect_timeout: int = 10
+    pooler: str | None = None
+    # Supabase Auth's admin API, for register(): the project URL and the service_role key (the
+    # key only from the environment, SUPABASE_SERVICE_ROLE_KEY: never from a file, never shown).
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = field(default=None, repr=False)
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -177,6 +192,29 @@ class Settings:
             hint="set DATABASE_URL (e.g. postgresql://postgres@localhost:5432/postgres), "
             "pass --database-url, or set [database] url in profileguard.toml",
         )
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """True when connections go through a transaction-mode pooler (see POOLER_MODES)."""
+        return self.pooler == "transaction"
+
+    def require_pooler_mode(self, command: str) -> None:
+        """Refuse Supabase's transaction-pooler port when `pooler` was not set: `command` keeps
+        session state (LISTEN, a session lock) unless told it may not."""
+        if self.pooler is not None or self.database_url is None:
+            return
+        try:
+            port = conninfo_to_dict(self.database_url).get("port")
+        except psycopg.ProgrammingError:
+            return
+        if str(port) == str(TRANSACTION_POOLER_PORT):
+            raise ConfigError(
+                f"{command}: port {TRANSACTION_POOLER_PORT} is Supabase's transaction-mode "
+                "pooler, which keeps no session state between transactions",
+                hint=f"run: profileguard {command} --pooler transaction (or set [database] "
+                'pooler = "transaction" / PROFILEGUARD_POOLER=transaction), or use the '
+                "session pooler (port 5432) or the direct connection",
+            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly view of the settings (no password)."""
@@ -232,6 +270,20 @@ def _float(value: Any, key: str, *, low: float, high: float) -> float:
     return number
 
 
+def parse_pooler(value: Any, key: str) -> str | None:
+    """Validate a pooler mode ("session" or "transaction"); empty means not set."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip().lower()
+    if text not in POOLER_MODES:
+        raise ConfigError(
+            f"{key}: {value!r} is not a pooler mode",
+            hint='use "session" (direct connection or session-mode pooler, port 5432) or '
+            '"transaction" (transaction-mode pooler, e.g. Supavisor on port 6543)',
+        )
+    return text
+
+
 def _table(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = section.get(name, {})
     if not isinstance(value, Mapping):
@@ -262,12 +314,16 @@ def parse_mapping(raw: Any, *, setting: str = "mapping") -> dict[str, tuple[Sour
 
 
 def _url(value: Any, key: str) -> str | None:
+    return _http_url(value, key, example="https://hooks.slack.com/services/…")
+
+
+def _http_url(value: Any, key: str, *, example: str) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
         raise ConfigError(
             f"{key}: {value!r} is not an http(s) URL",
-            hint=f"set {key} to the webhook address, e.g. 'https://hooks.slack.com/services/…'",
+            hint=f"set {key} to an address such as '{example}'",
         )
     return value
 
@@ -366,6 +422,7 @@ def load_settings(
     profile = _table(data, "profile")
     client = _table(data, "client")
     alerts = _table(data, "alerts")
+    supabase = _table(data, "supabase")
 
     url = (
         overrides.pop("database_url", None)
@@ -431,6 +488,17 @@ def load_settings(
         connect_timeout=_int(
             client.get("connect_timeout", 10), "client.connect_timeout", low=1, high=600
         ),
+        pooler=parse_pooler(
+            overrides.pop("pooler", None)
+            or env.get("PROFILEGUARD_POOLER")
+            or database.get("pooler"),
+            "PROFILEGUARD_POOLER / database.pooler",
+        ),
+        supabase_url=_http_url(
+            env.get("SUPABASE_URL") or supabase.get("url"), "SUPABASE_URL / supabase.url",
+            example="https://<project-ref>.supabase.co",
+        ),
+        supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY") or None,
         alerts=parse_alerts(alerts, env),
     )
     return settings.with_overrides(**overrides)

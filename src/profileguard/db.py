@@ -79,15 +79,30 @@ def translate(exc: BaseException, *, context: str = "") -> ProfileGuardError:
     )
 
 
-def connect(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection:
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """Connection options every profileguard connection uses. Behind a transaction-mode pooler
+    nothing is prepared: a prepared statement lives on one server connection, and the next
+    transaction may get another (PgBouncer before 1.21 does not carry them over)."""
+    options: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
+    if settings.transaction_pooler:
+        options["prepare_threshold"] = None
+    return options
+
+
+def connect(
+    settings: Settings,
+    *,
+    autocommit: bool = False,
+    application_name: str = APPLICATION_NAME,
+    **kwargs: Any,
+) -> psycopg.Connection:
     """Open one connection for `settings`; failures come back as ConnectionFailedError."""
     try:
         return psycopg.connect(
             settings.conninfo(),
             autocommit=autocommit,
-            connect_timeout=settings.connect_timeout,
-            application_name=APPLICATION_NAME,
-            **kwargs,
+            application_name=application_name,
+            **{**connect_options(settings), **kwargs},
         )
     except psycopg.Error as exc:
         raise translate(exc) from exc
@@ -95,6 +110,7 @@ def connect(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> p
 
 __all__ = [
     "connect",
+    "connect_options",
     "is_transient",
     "is_transient_sqlstate",
     "translate",

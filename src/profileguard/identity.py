@@ -112,7 +112,8 @@ class RegisteredUser:
 
 @dataclass(frozen=True)
 class NewUser:
-    """A validated user ready to be inserted; holds a password hash, never the password."""
+    """A validated user ready to be inserted; holds a password hash, never the password, except
+    for a backend that hands the password to the identity service itself (`password`)."""
 
     id: str
     email: str | None
@@ -125,6 +126,7 @@ class NewUser:
     anonymous: bool
     signed_in: bool  # a first login (OAuth/SSO): last_sign_in_at is set
     password_hash: str = field(default="", repr=False)
+    password: str | None = field(default=None, repr=False)
 
 
 # --- input rules --------------------------------------------------------------------------------
@@ -619,14 +621,25 @@ def _check_default_table(settings: Settings) -> None:
 
 
 def default_backend(settings: Settings) -> SupabaseAuthBackend:
-    """The backend used when none is given: Supabase's auth.users (the default identity table)."""
+    """The backend used when none is given: Supabase Auth's admin API when SUPABASE_URL and
+    SUPABASE_SERVICE_ROLE_KEY are set (the platform's way), else auth.users written directly."""
     _check_default_table(settings)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from profileguard.supabase_api import SupabaseAdminAPIBackend
+
+        return SupabaseAdminAPIBackend(settings.supabase_url, settings.supabase_service_role_key)
     return SupabaseAuthBackend()
 
 
 def default_async_backend(settings: Settings) -> AsyncSupabaseAuthBackend:
     """asyncio twin of default_backend."""
     _check_default_table(settings)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from profileguard.supabase_api import AsyncSupabaseAdminAPIBackend
+
+        return AsyncSupabaseAdminAPIBackend(
+            settings.supabase_url, settings.supabase_service_role_key
+        )
     return AsyncSupabaseAuthBackend()
 
 

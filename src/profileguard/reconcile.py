@@ -11,6 +11,8 @@ are isolated; each failure is recorded in `profileguard.repair_state` with a cap
 exponential backoff, and a user is quarantined after `max_attempts`. Transient errors retry the
 batch (reconnecting when the connection broke). `run_forever` adds LISTEN on 'profileguard' for
 a fast path, periodic incremental and full sweeps, a heartbeat, and reconnection with backoff.
+Nothing outlives a transaction but the LISTEN, so behind a transaction-mode pooler (setting
+`pooler = "transaction"`) the worker runs the same with polling only, and prepares nothing.
 
 A Reconciler holds one connection and is not thread-safe: give each thread or process its own.
 """
@@ -42,7 +44,7 @@ from tenacity import (
 
 from profileguard import repairs
 from profileguard.config import Settings
-from profileguard.db import is_transient, translate
+from profileguard.db import connect, is_transient, translate
 from profileguard.errors import ConfigError, ProfileGuardError
 from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
@@ -118,6 +120,7 @@ class Reconciler:
             raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
         if max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1", hint="pass max_attempts >= 1")
+        settings.require_pooler_mode("worker")
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
@@ -153,15 +156,7 @@ class Reconciler:
     # ---------------------------------------------------------------- connections
 
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection:
-        try:
-            return psycopg.connect(
-                self.settings.conninfo(),
-                autocommit=autocommit,
-                connect_timeout=self.settings.connect_timeout,
-                application_name=APPLICATION_NAME,
-            )
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+        return connect(self.settings, autocommit=autocommit, application_name=APPLICATION_NAME)
 
     def _connection(self) -> psycopg.Connection:
         conn = self._conn
@@ -572,9 +567,12 @@ class Reconciler:
             log.info("could not record the stop of %s: %s", self.worker_id, exc)
 
     def _serve(self, stop_event: threading.Event, *, full_first: bool) -> None:
-        listener = self._connect(autocommit=True)
+        # Behind a transaction-mode pooler a LISTEN would stay on a server connection the pooler
+        # hands to others: the worker only polls (every incremental_interval) there.
+        listener = None if self.settings.transaction_pooler else self._connect(autocommit=True)
         try:
-            listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
+            if listener is not None:
+                listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
             conn = self._connection()
             if self._event_cursor is None:
                 with conn.transaction():
@@ -607,6 +605,9 @@ class Reconciler:
                     next_heartbeat = time.monotonic() + self.heartbeat_interval
                 wait = min(next_full, next_incremental, next_heartbeat) - time.monotonic()
                 wait = max(0.0, min(wait, self.poll_interval))
+                if listener is None:
+                    stop_event.wait(wait)
+                    continue
                 notices = list(listener.notifies(timeout=wait, stop_after=1))
                 if notices and not stop_event.is_set():
                     notices.extend(listener.notifies(timeout=0))
@@ -619,7 +620,8 @@ class Reconciler:
                     else:
                         self.run_incremental(stop_event)
         finally:
-            listener.close()
+            if listener is not None:
+                listener.close()
 
 
 def _unrecorded(payload: str) -> bool:

@@ -168,6 +168,7 @@ def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
         )
     parts = table_parts(settings.identity, settings.profile, key_type)
     rec.run(_template("profile_table.sql", **parts))
+    _grant_profile_table(rec, parts["profile"])
     has_uid = rec.conn.execute("select to_regprocedure('auth.uid()') is not null").fetchone()
     if has_uid and has_uid[0] and _role_exists(rec.conn, "authenticated"):
         rec.run(_template("profile_policies.sql", **parts))
@@ -176,6 +177,16 @@ def _create_profile_table(rec: _Recorder, settings: Settings) -> list[str]:
         f"RLS is on for {settings.profile} with no policies (no auth.uid() or no role "
         "'authenticated' here): only its owner and roles with BYPASSRLS can read it"
     ]
+
+
+PROFILE_GRANTS = "profile_grants.sql"
+
+
+def _grant_profile_table(rec: _Recorder, profile: sql.Composable) -> None:
+    """Explicit least-privilege grants on a profile table profileguard created (see the file)."""
+    for role, text in sqlfiles.queries(PROFILE_GRANTS).items():
+        if role == "public" or _role_exists(rec.conn, role):
+            rec.run(sql.SQL(text).format(profile=profile))
 
 
 _ENABLE_MODE = {"O": "enable trigger", "A": "enable always trigger", "R": "enable replica trigger"}

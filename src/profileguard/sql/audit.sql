@@ -156,6 +156,37 @@ where d.classid = 'pg_catalog.pg_rewrite'::regclass
               where pg_catalog.has_table_privilege(r, c.oid, 'SELECT'))
 order by 1
 
+-- name: profile_table_grants
+-- Table privileges that PUBLIC, anon or authenticated hold directly on the profile table, among
+-- %(privileges)s (MAINTAIN exists from PostgreSQL 17 and is simply not found before).
+select case when a.grantee = 0 then 'public' else a.grantee::regrole::text end as grantee,
+       array_agg(a.privilege_type::text order by a.privilege_type) as privileges
+from pg_catalog.pg_class c
+cross join lateral pg_catalog.aclexplode(c.relacl) a
+where c.oid = %(oid)s
+  and a.privilege_type = any (%(privileges)s::text[])
+  and (case when a.grantee = 0 then 'public' else a.grantee::regrole::text end)
+      = any (%(roles)s::text[])
+group by 1
+order by 1
+
+-- name: profile_foreign_triggers
+-- Triggers on the profile table whose function belongs to neither the table's owner nor
+-- profileguard's installer (the owner of the profileguard schema): they run inside every write,
+-- profileguard's SECURITY DEFINER ones included.
+select t.tgname as name,
+       t.tgfoid::regprocedure::text as function,
+       pg_catalog.pg_get_userbyid(p.proowner)::text as function_owner,
+       p.prosecdef as security_definer
+from pg_catalog.pg_trigger t
+join pg_catalog.pg_proc p on p.oid = t.tgfoid
+join pg_catalog.pg_class c on c.oid = t.tgrelid
+where t.tgrelid = %(oid)s and not t.tgisinternal
+  and p.proowner <> c.relowner
+  and p.proowner is distinct from (select n.nspowner from pg_catalog.pg_namespace n
+                                   where n.nspname = 'profileguard')
+order by t.tgname
+
 -- name: client_roles
 -- The roles whose reach the security checks measure: PUBLIC and Supabase's API roles.
 select array['public'] || array(select rolname::text from pg_catalog.pg_roles

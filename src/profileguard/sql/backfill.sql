@@ -8,6 +8,23 @@ select pg_try_advisory_lock(hashtext('profileguard.backfill')) as locked
 -- name: unlock
 select pg_advisory_unlock(hashtext('profileguard.backfill')) as unlocked
 
+-- name: xact_lock
+-- Behind a transaction-mode pooler: held only while a run is claimed (see `live_run`).
+select pg_advisory_xact_lock(hashtext('profileguard.backfill'))
+
+-- name: live_run
+-- Behind a transaction-mode pooler no lock can span the run: a run counts as alive while it
+-- checkpointed within the lease (every batch checkpoints).
+select id, owner, started_at, updated_at, scanned, cursor, dry_run
+from profileguard.backfill_runs
+where state = 'running' and updated_at > clock_timestamp() - make_interval(secs => %(lease)s)
+order by id desc
+limit 1
+
+-- name: touch
+-- The run is alive (behind a transaction-mode pooler, during a long throttle wait).
+update profileguard.backfill_runs set updated_at = clock_timestamp() where id = %(id)s
+
 -- name: running
 select id, owner, started_at, updated_at, scanned, cursor, dry_run
 from profileguard.backfill_runs

@@ -5,4 +5,3 @@ create policy profiles_update_own on {profile}
     for update to authenticated
     using ((select auth.uid()) = {profile_key})
     with check ((select auth.uid()) = {profile_key});
-grant select, update on {profile} to authenticated;
