@@ -1,10 +1,11 @@
-# Quick start: `make demo` runs profileguard on an embedded PostgreSQL; `make test` runs the suite.
+# Quick start: `make demo` runs profileguard on an embedded PostgreSQL; `make test` runs the suite
+# (after `make deps` installs the system packages it needs: Chromium, promtool, pg_cron, PgBouncer).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo deps test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/profileguard demo $(ARGS)
 
-test: $(STAMP)
+deps:
+	.ci/install-deps
+
+test: $(STAMP) deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
