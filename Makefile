@@ -20,7 +20,7 @@ deps:
 	.ci/install-deps
 
 test: $(STAMP) deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
