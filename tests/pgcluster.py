@@ -28,24 +28,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def as_server_user(command: Sequence[str]) -> list[str]:
-    """`command`, run as `postgres` when we are root (the server binaries refuse root)."""
+def as_server_user(command: Sequence[str], user: str = "postgres") -> list[str]:
+    """`command`, run as `user` when we are root (the server binaries refuse root)."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *command]
+        return ["runuser", "-u", user, "--", *command]
     return list(command)
 
 
-def server_tempdir(prefix: str) -> Path:
-    """A fresh temporary directory the server user owns."""
+def server_tempdir(prefix: str, user: str = "postgres") -> Path:
+    """A fresh temporary directory `user` owns (when we are root; else ours)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
-        shutil.chown(path, "postgres", "postgres")
+        shutil.chown(path, user, user)
     return path
 
 
-def run(command: Sequence[str], timeout: float = 120) -> None:
-    """Run a server command; a failure raises with its output."""
-    done = subprocess.run(as_server_user(command), capture_output=True, text=True,
+def run(command: Sequence[str], timeout: float = 120, user: str = "postgres") -> None:
+    """Run a server command as `user`; a failure raises with its output."""
+    done = subprocess.run(as_server_user(command, user), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n"
