@@ -622,8 +622,7 @@ def serve(
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
     /readyz and the API docs (/docs). Read-only."""
-    require_extra("server", "profileguard serve")
-    from profileguard.web import serve as run_server
+    from profileguard.web import serve as run_server  # without [server]: a clear error
 
     run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts)
 
