@@ -1,10 +1,11 @@
-# Quick start: `make demo` runs profileguard on an embedded PostgreSQL; `make test` runs the suite.
+# Quick start: `make demo` runs profileguard on an embedded PostgreSQL; `make test` runs the suite
+# (after `make deps` installs the system packages it needs: Chromium, promtool, pg_cron, PgBouncer).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench golden clean
+.PHONY: demo deps test lint bench golden clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/profileguard demo $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+deps:
+	.ci/install-deps
+
+test: $(STAMP) deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Rewrite tests/golden/ from what install generates now (review the diff before committing).
 golden: $(STAMP)

@@ -79,6 +79,7 @@ def pgbouncer(db: TestDB, *, pool_size: int = 4) -> Iterator[Bouncer]:
         f"listen_port = {port}\n"
         "unix_socket_dir =\n"
         "auth_type = trust\n"
+        f"admin_users = {user}\n"
         f"auth_file = {workdir / 'userlist.txt'}\n"
         "pool_mode = transaction\n"
         f"default_pool_size = {pool_size}\n"

@@ -13,28 +13,25 @@ from typing import Any
 import pytest
 from conftest import TestDB
 from monitoring import BAD_NAME, add_bad_constraint, bulk, signups
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from test_web import get_json, serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-    pytest.skip(
-        "headless Chromium is not installed (Debian packages 'chromium' and "
-        "'chromium-driver' provide /usr/bin/chromium and /usr/bin/chromedriver)",
-        allow_module_level=True,
-    )
-
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            pytest.fail(f"{path} is missing (Debian packages 'chromium' and 'chromium-driver'); "
+                        "run: .ci/install-deps", pytrace=False)
     profile = tempfile.mkdtemp(prefix="profileguard-chromium-")
     options = Options()
     options.binary_location = CHROMIUM

@@ -166,8 +166,7 @@ def test_failed_upgrade_changes_nothing(db: TestDB, monkeypatch: pytest.MonkeyPa
 def test_migrations_land_in_any_order(db: TestDB, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database that has a later migration but not an earlier one gets the earlier one."""
     every = sqlfiles.migrations()
-    if len(every) < 3:
-        pytest.skip("needs three migrations")
+    assert len(every) >= 3, "needs three migrations"
     skipped = every[-2]
     with monkeypatch.context() as patch:
         patch.setattr(sqlfiles, "migrations",

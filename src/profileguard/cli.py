@@ -18,6 +18,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from profileguard import __version__, schema
@@ -25,6 +26,7 @@ from profileguard.client import ProfileGuard
 from profileguard.config import Settings, load_settings
 from profileguard.db import translate
 from profileguard.errors import ConfigError, ExitCode, ProfileGuardError, UsageError
+from profileguard.extras import require_extra
 from profileguard.reconcile import PassResult, Reconciler
 
 app = typer.Typer(
@@ -34,6 +36,7 @@ app = typer.Typer(
     "profileguard.toml.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 out = Console()
@@ -81,11 +84,11 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except (ProfileGuardError, psycopg.Error) as exc:
             exc = translate(exc)
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.sqlstate:
                 err.print(f"sqlstate: {exc.sqlstate}", highlight=False)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -102,6 +105,12 @@ def print_fields(title: str, data: dict[str, Any]) -> None:
     for key, value in data.items():
         table.add_row(key.replace("_", " "), "" if value is None else str(value))
     out.print(table)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"profileguard {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -122,6 +131,11 @@ def main_options(
             "--config", "-c", help="Configuration file (default: ./profileguard.toml)."
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True,
+                     callback=_print_version),
+    ] = False,
 ) -> None:
     """Global options."""
     ctx.obj = State(database_url, config)
@@ -327,6 +341,8 @@ def demo(
 ) -> None:
     """Run the demo on an embedded PostgreSQL (or on --database-url, in a scratch database):
     the legacy trigger, audit, install, backfill, sign-ups with faults and the worker."""
+    if serve:
+        require_extra("server", "profileguard demo --serve")
     from profileguard.demo import run_demo
 
     console = Console(stderr=True) if as_json else out
@@ -626,7 +642,7 @@ def serve(
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
     /readyz and the API docs (/docs). Read-only."""
-    from profileguard.web import serve as run_server
+    from profileguard.web import serve as run_server  # without [server]: a clear error
 
     run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts)
 

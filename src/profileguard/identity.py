@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import bcrypt
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -50,6 +49,7 @@ from profileguard.errors import (
     UserNotFoundError,
     WeakPasswordError,
 )
+from profileguard.extras import require_extra
 
 if TYPE_CHECKING:
     from profileguard.client import AsyncProfileGuard, ProfileGuard
@@ -380,6 +380,9 @@ class _SupabaseShape:
 
     def hash_password(self, password: str) -> str:
         """bcrypt hash in the $2a$ form Supabase Auth (Go's bcrypt) and pgcrypto write."""
+        require_extra("register", "hashing a password")
+        import bcrypt
+
         salt = bcrypt.gensalt(self.bcrypt_rounds, prefix=b"2a")
         return bcrypt.hashpw(password.encode("utf-8"), salt).decode("ascii")
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
-from profileguard.web.app import create_app, serve
+from profileguard.extras import require_extra
+
+require_extra("server", "the profileguard web server")
+
+from profileguard.web.app import create_app, serve  # noqa: E402
 
 __all__ = ["create_app", "serve"]
