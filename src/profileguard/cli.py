@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 error, 2 bad usage or configuration, 3 not installed,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -603,12 +604,26 @@ def serve(
     alerts: Annotated[
         bool, typer.Option("--alerts/--no-alerts", help="Evaluate alert rules in the background.")
     ] = True,
+    insecure_no_token: Annotated[
+        bool,
+        typer.Option("--insecure-no-token", help="Serve on a non-loopback address without a "
+                     "token (only behind a proxy that checks access)."),
+    ] = False,
+    show_details: Annotated[
+        bool,
+        typer.Option("--show-details", help="Show stored failure messages in full in "
+                     "/api/events and /api/quarantine (default: SQLSTATE, constraint and "
+                     "column names only)."),
+    ] = False,
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
-    /readyz and the API docs (/docs). Read-only."""
+    /readyz and the API docs (/docs). Read-only. A non-loopback --host needs a token."""
     from profileguard.web import serve as run_server
 
-    run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts)
+    if token is None and os.environ.get("PROFILEGUARD_API_TOKEN") is not None:
+        token = os.environ["PROFILEGUARD_API_TOKEN"]  # set but empty: refused, not ignored
+    run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts,
+               allow_no_token=insecure_no_token, show_details=show_details)
 
 
 # ---------------------------------------------------------------- backfill
