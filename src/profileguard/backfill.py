@@ -304,6 +304,14 @@ class Backfill:
             )
         identity = schema._installed_identity(conn, self.settings)
         profile = _installed_profile(conn, self.settings)
+        if (str(profile), profile.key) != (str(self.settings.profile), self.settings.profile.key):
+            raise ConfigError(
+                f"profileguard is installed for profile table {profile} (key {profile.key}), "
+                f"but the configuration names {self.settings.profile} "
+                f"(key {self.settings.profile.key})",
+                hint="run: profileguard install (to switch to the configured table), or set "
+                f"profile.table = '{profile}' in profileguard.toml",
+            )
         facts = inspect_table(conn, identity)
         if facts is None or identity.key not in facts.columns:
             raise ConfigError(
@@ -412,7 +420,9 @@ class Backfill:
                 return fn(*args)
             except psycopg.Error as exc:
                 if exc.sqlstate in TIMEOUT_SQLSTATES:
-                    raise _Timeout(str(exc)) from exc
+                    # The primary message only: the context would print the whole statement.
+                    reason = exc.diag.message_primary or exc.sqlstate
+                    raise _Timeout(f"{reason}, SQLSTATE {exc.sqlstate}") from exc
                 if not is_transient(exc) or attempt == TRANSIENT_ATTEMPTS - 1:
                     raise
                 log.warning("transient error, retrying: %s", exc)

@@ -442,7 +442,7 @@ def audit(
     from profileguard.audit import SEVERITIES, run_audit
 
     if fail_on not in ("error", "warning", "never"):
-        raise ProfileGuardError(
+        raise ConfigError(
             f"--fail-on: {fail_on!r} is not a severity", hint="use error, warning or never"
         )
     report = run_audit(_state(ctx).settings())

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from profileguard.errors import ConfigError
 
 CONFIG_FILE = "profileguard.toml"
@@ -164,8 +167,24 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def conninfo(self) -> str:
-        """The libpq connection string; errors name the variable to set when there is none."""
+        """The libpq connection string; errors name the variable to set when there is none, or
+        when it names no database (`postgresql://` from unset variables would otherwise reach
+        libpq's default database without a word)."""
         if self.database_url:
+            try:
+                parts = conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigError(
+                    f"the database URL is not valid: {exc}",
+                    hint="set DATABASE_URL to e.g. postgresql://postgres@localhost:5432/postgres",
+                ) from None
+            if not parts.get("dbname") and not (os.environ.get("PGDATABASE") or parts.get("service")
+                                                or os.environ.get("PGSERVICE")):
+                raise ConfigError(
+                    "the database URL names no database",
+                    hint="add the database name, e.g. "
+                    "postgresql://postgres@localhost:5432/postgres (or set PGDATABASE)",
+                )
             return self.database_url
         if any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE", "PGPORT")):
             return ""
