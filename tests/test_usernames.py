@@ -7,6 +7,8 @@ import threading
 import time
 import uuid
 
+from conftest import key_hash
+
 from profileguard import schema
 
 
@@ -20,7 +22,7 @@ def username(db, uid):
 
 
 def suffixed(name: str, uid: uuid.UUID) -> str:
-    return f"{name}_{uid.hex[:8]}"
+    return f"{name}_{key_hash(uid)}"
 
 
 def failure_count(db) -> int:
@@ -143,7 +145,7 @@ def test_names_colliding_after_truncation_to_check_maximum(db):
     second = db.signup({"user_name": "abcdefghijklmnopYYY"})
     assert username(db, first) == "abcdefghijkl"
     # 12 - len('_') - 8 hex characters leaves 3 of the name.
-    assert username(db, second) == f"abc_{second.hex[:8]}"
+    assert username(db, second) == f"abc_{key_hash(second)}"
     assert failure_count(db) == 0
 
 
@@ -167,7 +169,7 @@ def test_names_colliding_after_truncation_in_one_statement(db):
             ),
         )
     assert username(db, ids[0]) == "abcdefghijkl"
-    assert username(db, ids[1]) == f"abc_{ids[1].hex[:8]}"
+    assert username(db, ids[1]) == f"abc_{key_hash(ids[1])}"
     assert failure_count(db) == 0
 
 
@@ -214,5 +216,5 @@ def test_concurrent_signups_with_same_name(installed):
     assert both == 2
     assert username(installed, a_id) == "racer"
     # B hit the unique violation after A committed; the retry uses the whole key as suffix.
-    assert username(installed, b_id) == f"racer_{b_id.hex}"
+    assert username(installed, b_id) == f"racer_{key_hash(b_id, 16)}"
     assert failure_count(installed) == 0
