@@ -25,7 +25,7 @@ from profileguard.errors import ConfigError
 
 # Used as the username base when the column is NOT NULL and no source has a value.
 USERNAME_FALLBACK = "user"
-# Hex digits of the key's hash in a suffix; the forced retry (after a unique violation) uses more.
+# Hex digits of the key's hash in a suffix; the longer one is tried when the short one is taken.
 SHORT_SUFFIX = 8
 LONG_SUFFIX = 16
 
@@ -354,15 +354,12 @@ def _expr_with(text: str, column: str, value: sql.Composable) -> sql.Composable:
 class _Names:
     """SQL pieces of the username candidates for one plan (see `_username_outer`)."""
 
-    def __init__(self, plan: Plan, guard: UsernameGuard, *, forced: bool):
+    def __init__(self, plan: Plan, guard: UsernameGuard):
         self.plan = plan
         self.guard = guard
         self.policy = plan.settings.username
         self.column = plan.profile.columns[guard.column]
         self.max = guard.max_length if guard.max_length is not None else self.policy.max_length
-        self.digits = max(1, min(LONG_SUFFIX if forced else SHORT_SUFFIX, self.max - 1))
-        self.room = max(0, self.max - 1 - self.digits)
-        self.forced = forced
 
     def typed(self, value: sql.Composable) -> sql.Composable:
         return sql.SQL("({})::{}").format(value, sql.SQL(self.column.type))
@@ -370,10 +367,11 @@ class _Names:
     def plain(self, base: sql.Composable) -> sql.Composable:
         return sql.SQL("left({}, {})").format(base, sql.Literal(self.max))
 
-    def suffixed(self, base: sql.Composable) -> sql.Composable:
+    def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
+        digits = max(1, min(digits, self.max - 1))
         return sql.SQL("left({}, {}) || '_' || left(md5(c.pg_key::text), {})").format(
-            base, sql.Literal(self.room), sql.Literal(self.digits))
+            base, sql.Literal(max(0, self.max - 1 - digits)), sql.Literal(digits))
 
     def reserved(self, value: sql.Composable) -> sql.Composable:
         if not self.policy.reserved:
@@ -481,13 +479,15 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     no profile holds its key in any unique index on the column):
     1. the name as given: only when it may be given plainly (not reserved, vouched for or
        written by an operator) and no lower key in the same statement has the same unique key;
-    2. the name + '_' + a hash of the whole key;
+    2. the name + '_' + 8 hex digits of a hash of the whole key;
     3. when the table or the policy restricts characters: the name reduced to [a-z0-9_], plain
-       (not on the forced retry) and suffixed;
+       (not on the forced retry: two rows of one statement may reduce to the same name) and
+       suffixed;
     4. 'user' + the suffix;
+    5. the name, then 'user', with 16 hex digits (for columns so short that 8 collide);
     then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
     """
-    n = _Names(plan, guard, forced=forced)
+    n = _Names(plan, guard)
     base = sql.SQL("c.pg_base")
     plain = n.plain(base)
     restricted = bool(guard.checks) or plan.settings.username.pattern is not None
@@ -512,8 +512,11 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
         slug_suffixed = n.suffixed(slug)
         steps.append((sql.SQL("{} is not null and {} and not {}").format(
             slug, n.ok(slug_suffixed), n.taken(slug_suffixed)), slug_suffixed))
-    fallback = n.suffixed(sql.Literal(USERNAME_FALLBACK))
-    steps.append((sql.SQL("{} and not {}").format(n.ok(fallback), n.taken(fallback)), fallback))
+    for candidate in (n.suffixed(sql.Literal(USERNAME_FALLBACK)),
+                      n.suffixed(base, LONG_SUFFIX),
+                      n.suffixed(sql.Literal(USERNAME_FALLBACK), LONG_SUFFIX)):
+        steps.append((sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate)),
+                      candidate))
     last: sql.Composable = second if guard.not_null else sql.NULL
     chain = sql.SQL(" ").join(
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
