@@ -371,4 +371,4 @@ def test_cli_audit_table_json_and_exit_codes(db: TestDB) -> None:
     assert cli(db, "audit", "--fail-on", "warning").returncode == 8
     assert cli(db, "audit").returncode == 0
     bad = cli(db, "audit", "--fail-on", "loud")
-    assert bad.returncode == 1 and "--fail-on" in bad.stderr
+    assert bad.returncode == 2 and "--fail-on" in bad.stderr
