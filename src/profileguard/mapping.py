@@ -7,6 +7,7 @@ profile a user gets does not depend on which path created it. Identifiers are co
 
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 from collections.abc import Mapping
@@ -319,7 +320,8 @@ def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: boo
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based."""
     # Cut first: a megabyte of metadata is not normalized for a name of `limit` characters.
-    value: sql.Composable = sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
+    cut: sql.Composable = sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
+    value = cut
     if guard.nfkc:
         value = sql.SQL("normalize({}, NFKC)").format(value)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
@@ -327,6 +329,9 @@ def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: boo
     spaces = _char_class(SPACE_CATEGORIES)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
         value, sql.Literal(f"^{spaces}+|{spaces}+$"))
+    # Printable ASCII without surrounding spaces is already clean: most names skip the work.
+    value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {cut} else {value} end").format(
+        cut=cut, value=value)
     if lowercase:
         value = _lower(value, guard)
     return sql.SQL("nullif({}, '')").format(value)
@@ -420,18 +425,16 @@ class _Names:
 def _username_layers(
     plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
 ) -> tuple[list[sql.Composable], list[sql.Composable]]:
-    """Columns of the innermost select (per source, cleaned; the provider) and of the middle
-    one (the chosen base, whether it may be given plainly, the plain candidate and whether it
-    is free)."""
+    """Columns of the innermost select (each source as text; the provider) and of the middle
+    one (the chosen name, cleaned once, and whether it may be given plainly). A name that is
+    nothing but invisible characters cleans to NULL (no username, or 'user' + the suffix)."""
     policy = plan.settings.username
     inner: list[sql.Composable] = []
     names = []
     vouchable = []
     for j, source in enumerate(sources):
         name = sql.Identifier(f"pg_n{j}")
-        inner.append(sql.SQL("{} as {}").format(
-            clean_username(source_expr(source), guard, lowercase=policy.lowercase,
-                           limit=guard.max_length or policy.max_length), name))
+        inner.append(sql.SQL("{} as {}").format(source_expr(source), name))
         names.append(sql.SQL("a.{}").format(name))
         # Names read from the metadata a provider writes; an email's local part is the user's.
         if source.path and source.transform != "localpart":
@@ -464,11 +467,30 @@ def _username_layers(
             trusted = sql.SQL("case when a.pg_provider is null then coalesce({}) is not null"
                               " when {} then {} is not null else false end").format(
                 sql.SQL(", ").join(names), oauth, vouched)
+    cleaned = clean_username(base, guard, lowercase=policy.lowercase,
+                             limit=guard.max_length or policy.max_length)
+    if guard.not_null:
+        cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
     middle: list[sql.Composable] = [
-        sql.SQL("{} as pg_base").format(base),
+        sql.SQL("{} as pg_base").format(cleaned),
         sql.SQL("{} as pg_trusted").format(trusted),
     ]
     return inner, middle
+
+
+_LENGTH_TEST = re.compile(
+    r"(?:char_length|character_length|length)\(\(?\s*(?P<col>\"?\w+\"?)\s*\)?"
+    r"(?:::[\w ]+(?:\(\d+\))?)?\s*\)\s*(?:>=|<=|>|<|=|<>)\s*\d+"
+    r"|(?:char_length|character_length|length)\(\(?\s*(?P<col2>\"?\w+\"?)\s*\)?"
+    r"(?:::[\w ]+(?:\(\d+\))?)?\s*\)\s*BETWEEN\s+\d+\s+AND\s+\d+"
+)
+
+
+def _restricts_characters(body: str, column: str) -> bool:
+    """False for a CHECK made only of character-length bounds (the candidates' length already
+    satisfies those); True for anything else (patterns, octet_length, other functions)."""
+    rest = _LENGTH_TEST.sub("", body)
+    return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
 
 
 def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
@@ -483,14 +505,17 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     3. when the table or the policy restricts characters: the name reduced to [a-z0-9_], plain
        (not on the forced retry: two rows of one statement may reduce to the same name) and
        suffixed;
-    4. 'user' + the suffix;
-    5. the name, then 'user', with 16 hex digits (for columns so short that 8 collide);
+    4. 'user' + the suffix, then with 16 hex digits (for columns so short that 8 collide);
     then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
+    Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
+    rare; the retry after the unique violation finds it): every lookup is one more subplan to
+    start for each single-row sign-up.
     """
     n = _Names(plan, guard)
     base = sql.SQL("c.pg_base")
     plain = n.plain(base)
-    restricted = bool(guard.checks) or plan.settings.username.pattern is not None
+    restricted = plan.settings.username.pattern is not None or any(
+        _restricts_characters(body, guard.column) for _, body in guard.checks)
     slug = sql.SQL(
         "nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')"
     ).format(_lower(base, guard))
@@ -502,21 +527,25 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     ]
     first = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
     steps.append((first, plain))
+
+    def acceptable(candidate: sql.Composable) -> sql.Composable:
+        if not forced:
+            return n.ok(candidate)
+        return sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate))
+
     second = n.suffixed(base)
-    steps.append((sql.SQL("{} and not {}").format(n.ok(second), n.taken(second)), second))
+    steps.append((acceptable(second), second))
     if restricted:
         slug_plain = n.plain(slug)
         if not forced:
             steps.append((sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
                 n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)), slug_plain))
         slug_suffixed = n.suffixed(slug)
-        steps.append((sql.SQL("{} is not null and {} and not {}").format(
-            slug, n.ok(slug_suffixed), n.taken(slug_suffixed)), slug_suffixed))
+        steps.append((sql.SQL("{} is not null and {}").format(slug, acceptable(slug_suffixed)),
+                      slug_suffixed))
     for candidate in (n.suffixed(sql.Literal(USERNAME_FALLBACK)),
-                      n.suffixed(base, LONG_SUFFIX),
                       n.suffixed(sql.Literal(USERNAME_FALLBACK), LONG_SUFFIX)):
-        steps.append((sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate)),
-                      candidate))
+        steps.append((acceptable(candidate), candidate))
     last: sql.Composable = second if guard.not_null else sql.NULL
     chain = sql.SQL(" ").join(
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
@@ -539,9 +568,10 @@ def insert_statement(
     `source` is the identity table or a transition table (aliased `u`); `where` filters it.
     `force_suffix` is the retry after a unique violation: suffixes are longer, and names reduced
     to [a-z0-9_] are never given plainly (two of them may have collided in one statement).
-    Nested selects: `a` reads (and cleans) the sources, `b` picks the username base and whether
-    it may be given plainly, `c` tests the plain name (once: OFFSET 0 keeps the planner from
-    copying the test into each use), the outer one picks among the candidates.
+    Nested selects: `a` reads the sources, `b` picks and cleans the username base and says
+    whether it may be given plainly, `c` tests the plain name, the outer one picks among the
+    candidates. OFFSET 0 computes `b` and `c` once per row: without it the planner would copy
+    their expressions (a cleaning, an index probe) into each use.
     """
     settings = plan.settings
     guard = plan.guard
@@ -571,7 +601,7 @@ def insert_statement(
         "insert into {profile} ({targets})\n"
         "select {outer}\n"
         "from (select {free} from (select {middle} from (select {inner} from {source} u {where}"
-        " offset 0) a) b offset 0) c\n"
+        " offset 0) a offset 0) b offset 0) c\n"
         "on conflict ({pkey}) do nothing"
     ).format(
         free=sql.SQL(", ").join(free_cols),
