@@ -142,6 +142,26 @@ def _install_output(result: schema.InstallResult, as_json: bool, print_sql: bool
         out.print(f"note: {note}", highlight=False)
 
 
+def _preflight_output(report: Any, as_json: bool) -> None:
+    """Print a preflight; exit 2 when install would be refused, 1 when some profile fails."""
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for refusal in report.refusals:
+            err.print(f"[bold red]refused:[/] {refusal}", highlight=False)
+        for warning in report.warnings:
+            out.print(f"warning: {warning}", highlight=False)
+        for failure in report.failures:
+            out.print(f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "
+                      f"{failure['message']}", highlight=False, soft_wrap=True)
+        out.print(f"preflight: {report.rehearsed} profiles rehearsed, "
+                  f"{len(report.failures)} would fail.", highlight=False)
+    if report.refusals:
+        raise typer.Exit(2)
+    if report.failures:
+        raise typer.Exit(1)
+
+
 @app.command(rich_help_panel="Set up")
 @handle_errors
 def install(
@@ -184,9 +204,25 @@ def install(
             "uninstall re-enables it). Repeatable.",
         ),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Run the preflight alone and change nothing: the table "
+                     "against the mapping, and a rehearsal of the profile insert for sample "
+                     "users and each provider's sign-up shape (exit 0 all fine, 1 some would "
+                     "fail, 2 install would be refused)."),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Install even when the preflight refuses (sign-ups still "
+                     "commit; each profile failure is recorded)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Install profileguard (in one transaction). Running it again changes nothing."""
+    """Install profileguard (in one transaction) after a preflight of the profile table.
+    Running it again changes nothing."""
+    if check:
+        _preflight_output(schema.check(_state(ctx).settings()), as_json)
+        return
     if schedule not in (None, "pg_cron"):
         raise ConfigError(
             f"--schedule: {schedule!r} is not a scheduler profileguard knows",
@@ -200,6 +236,7 @@ def install(
         cron_schedule=cron_schedule if schedule else None,
         dry_run=print_sql,
         replace_triggers=replace_trigger or (),
+        force=force,
     )
     _install_output(result, as_json, print_sql)
 
