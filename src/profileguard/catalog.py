@@ -24,6 +24,7 @@ class Column:
     has_default: bool
     generated: bool
     max_length: int | None
+    default_expr: str | None = None  # schema-qualified, as pg_get_expr prints it
 
     @property
     def is_text(self) -> bool:

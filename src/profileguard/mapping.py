@@ -192,7 +192,8 @@ def _username_guard(
         unique=bool(facts.keys) or ucol in profile.unique,
         min_length=low,
         max_length=high,
-        not_null=column.not_null and not column.has_default,
+        # NOT NULL with a default too: the insert names the column, so NULL would not default.
+        not_null=column.not_null,
         keys=facts.keys,
         checks=facts.checks,
         provider=provider,
@@ -316,24 +317,27 @@ def _char_class(categories: frozenset[str]) -> str:
 
 def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool,
                    limit: int) -> sql.Composable:
-    """`expr` as a username base: NFKC, invisible characters removed, spaces trimmed, optionally
+    """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based."""
     # Cut first: a megabyte of metadata is not normalized for a name of `limit` characters.
     cut: sql.Composable = sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
     value = cut
-    if guard.nfkc:
-        value = sql.SQL("normalize({}, NFKC)").format(value)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
         value, sql.Literal(_char_class(INVISIBLE_CATEGORIES)))
+    # Normalized after the removal (a removed character may have kept two others apart) and
+    # before the trim (NFKC turns ideographic and other wide spaces into plain ones).
+    if guard.nfkc:
+        value = sql.SQL("normalize({}, NFKC)").format(value)
     spaces = _char_class(SPACE_CATEGORIES)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
         value, sql.Literal(f"^{spaces}+|{spaces}+$"))
-    # Printable ASCII without surrounding spaces is already clean: most names skip the work.
-    value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {cut} else {value} end").format(
-        cut=cut, value=value)
-    if lowercase:
+    if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, guard)
+    # Printable ASCII without surrounding spaces is already clean: most names skip the work.
+    plain_ascii = _lower(cut, guard) if lowercase else cut
+    value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
+                    ).format(cut=cut, ascii=plain_ascii, value=value)
     return sql.SQL("nullif({}, '')").format(value)
 
 
@@ -593,7 +597,12 @@ def insert_statement(
             continue
         alias = sql.Identifier(f"pg_c{index}")
         inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
-        outer_cols.append(_cast(sql.SQL("c.{}").format(alias), plan.profile.columns[column]))
+        target = plan.profile.columns[column]
+        value = _cast(sql.SQL("c.{}").format(alias), target)
+        if target.not_null and target.default_expr:
+            # An explicit NULL would not take the default: the column's default fills the gap.
+            value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
+        outer_cols.append(value)
     if guard is not None and guard.column in plan.mapping:
         _, free, _ = _username_outer(plan, guard, forced=force_suffix)
         free_cols.append(sql.SQL("{} as pg_free").format(free))

@@ -10,9 +10,12 @@ select a.attname as name,
        a.attnotnull as not_null,
        (a.atthasdef or a.attidentity <> '' or a.attgenerated <> '') as has_default,
        a.attgenerated <> '' as generated,
-       case when t.typcategory = 'S' and a.atttypmod > 4 then a.atttypmod - 4 end as max_length
+       case when t.typcategory = 'S' and a.atttypmod > 4 then a.atttypmod - 4 end as max_length,
+       case when a.attgenerated = '' then pg_catalog.pg_get_expr(d.adbin, d.adrelid) end
+           as default_expr
 from pg_catalog.pg_attribute a
 join pg_catalog.pg_type t on t.oid = a.atttypid
+left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
 order by a.attnum
 
