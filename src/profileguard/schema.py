@@ -288,7 +288,9 @@ def _apply(
         result.created_profile_table = True
     plan = build_plan(conn, settings)
     result.notes.extend(plan.notes)
-    result.preflight = _preflight(conn, settings, plan, force=force)
+    # Once installed, a refusal is a warning: turning strict mode off or changing a setting must
+    # stay possible while every profile fails.
+    result.preflight = _preflight(conn, settings, plan, force=force or before > 0)
     result.notes.extend(f"preflight: {w}" for w in result.preflight.warnings)
 
     rec.run("create schema if not exists profileguard")
@@ -390,7 +392,9 @@ def _preflight(conn: psycopg.Connection, settings: Settings, plan: Plan, *,
     if len(report.failures) > 5:
         report.warnings.append(f"rehearsal: {len(report.failures) - 5} more failures "
                                "(see: profileguard install --check)")
-    if report.refusals and not force:
+    if force:
+        report.warnings.extend(report.refusals)
+    elif report.refusals:
         raise ConfigError(
             "install refused: " + "; ".join(report.refusals),
             hint="fix the table or the mapping as said, then install again "
