@@ -33,8 +33,8 @@ LONG_SUFFIX = 16
 
 @dataclass(frozen=True)
 class UniqueKey:
-    """One unique index on the username column: its key with the column as `{}`, the predicate
-    of a partial index, the collation it compares with (when not the column's)."""
+    """One unique index on the username column: its key expression as the server prints it, the
+    predicate of a partial index, the collation it compares with (when not the column's)."""
 
     name: str
     key: str
@@ -52,7 +52,7 @@ class UsernameGuard:
     max_length: int | None
     not_null: bool
     keys: tuple[UniqueKey, ...] = ()
-    checks: tuple[tuple[str, str], ...] = ()  # (name, expression with the column as `{}`)
+    checks: tuple[tuple[str, str], ...] = ()  # (name, CHECK expression on the column alone)
     provider: Source | None = None
     lower_collation: str | None = None
     nfkc: bool = True
@@ -74,6 +74,7 @@ class Plan:
     @property
     def key_is_uuid(self) -> bool:
         return self.key_type == "uuid"
+
 
 def _resolve_sources(
     settings: Settings, identity: TableFacts, profile: TableFacts
@@ -498,8 +499,8 @@ def _restricts_characters(body: str, column: str) -> bool:
 
 
 def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
-        sql.Composable, sql.Composable, sql.Composable]:
-    """(plain candidate, whether it is free, the final username) over the middle select `b`.
+        sql.Composable, sql.Composable]:
+    """(whether the plain name is free, over `b`; the final username, over `c`).
 
     Candidates, first acceptable wins (acceptable: passes the policy and the column's CHECKs, and
     no profile holds its key in any unique index on the column):
@@ -557,7 +558,7 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     free = sql.SQL("(b.pg_trusted and not {} and {} and not {})").format(
         n.reserved(n.plain(sql.SQL("b.pg_base"))), n.ok(n.plain(sql.SQL("b.pg_base"))),
         n.taken(n.plain(sql.SQL("b.pg_base"))))
-    return plain, free, n.typed(final)
+    return free, n.typed(final)
 
 
 def insert_statement(
@@ -570,8 +571,8 @@ def insert_statement(
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
     `source` is the identity table or a transition table (aliased `u`); `where` filters it.
-    `force_suffix` is the retry after a unique violation: suffixes are longer, and names reduced
-    to [a-z0-9_] are never given plainly (two of them may have collided in one statement).
+    `force_suffix` is the retry after a unique violation: suffixed names are looked up too, and
+    names reduced to [a-z0-9_] are never given plainly (two may have collided in one statement).
     Nested selects: `a` reads the sources, `b` picks and cleans the username base and says
     whether it may be given plainly, `c` tests the plain name, the outer one picks among the
     candidates. OFFSET 0 computes `b` and `c` once per row: without it the planner would copy
@@ -592,7 +593,7 @@ def insert_statement(
             inner, middle = _username_layers(plan, guard, sources)
             inner_cols.extend(inner)
             middle_cols.extend(middle)
-            _, _, final = _username_outer(plan, guard, forced=force_suffix)
+            _, final = _username_outer(plan, guard, forced=force_suffix)
             outer_cols.append(final)
             continue
         alias = sql.Identifier(f"pg_c{index}")
@@ -604,7 +605,7 @@ def insert_statement(
             value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
         outer_cols.append(value)
     if guard is not None and guard.column in plan.mapping:
-        _, free, _ = _username_outer(plan, guard, forced=force_suffix)
+        free, _ = _username_outer(plan, guard, forced=force_suffix)
         free_cols.append(sql.SQL("{} as pg_free").format(free))
     statement = sql.SQL(
         "insert into {profile} ({targets})\n"
