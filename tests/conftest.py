@@ -7,6 +7,7 @@ template that already holds the Supabase-shaped auth schema, and it is dropped a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -27,6 +28,11 @@ from profileguard.config import Settings, load_settings
 from profileguard.embedded import EmbeddedPostgres
 
 _counter = itertools.count()
+
+
+def key_hash(key: object, digits: int = 8) -> str:
+    """The suffix a derived username gets: the first hex digits of md5 of the whole key."""
+    return hashlib.md5(str(key).encode()).hexdigest()[:digits]
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:

@@ -131,3 +131,24 @@ def test_help_lists_commands() -> None:
     assert result.returncode == 0
     for command in ("install", "upgrade", "uninstall", "enable", "disable", "ensure", "version"):
         assert command in result.stdout
+
+
+def test_usage_errors_exit_2(installed: TestDB) -> None:
+    retry = cli(installed, "retry", "xyz")
+    assert retry.returncode == 2, retry.stderr
+    assert "'xyz'" in retry.stderr and "not a user id" in retry.stderr
+    audit = cli(installed, "audit", "--fail-on", "bogus")
+    assert audit.returncode == 2 and "--fail-on" in audit.stderr
+    empty_url = cli(None, "status", env={"DATABASE_URL": "postgresql://"})
+    assert empty_url.returncode == 2, empty_url.stderr
+    assert "names no database" in empty_url.stderr
+
+
+def test_backfill_refuses_a_profile_table_other_than_the_installed_one(
+        installed: TestDB) -> None:
+    with installed.connect() as conn:
+        conn.execute("create table public.members (id uuid primary key, username text)")
+    other = cli(installed, "backfill", "--dry-run",
+                env={"PROFILEGUARD_PROFILE_TABLE": "public.members"})
+    assert other.returncode == 2, other.stderr
+    assert "public.profiles" in other.stderr and "public.members" in other.stderr

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import TestDB
+from conftest import TestDB, key_hash
 from psycopg_pool import ConnectionPool
 
 from profileguard import schema
@@ -263,7 +263,7 @@ def test_fallback_username_is_deduplicated_like_the_function(installed: TestDB) 
         result = client.ensure_result(uid)
     assert result.path == "fallback"
     assert profile_json(installed, taken)["username"] == "ada"
-    assert result.profile["username"] == "ada_" + str(uid).replace("-", "")[:8]
+    assert result.profile["username"] == "ada_" + key_hash(uid)
 
 
 @pytest.mark.parametrize("how", ["with_overrides", "replace", "env"])

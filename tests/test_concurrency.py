@@ -6,6 +6,7 @@ import threading
 import time
 
 import psycopg
+from conftest import key_hash
 
 from profileguard import schema
 
@@ -145,4 +146,4 @@ def test_concurrent_signups_all_get_profiles(installed):
     assert sorted(plain) == sorted(f"crowd{i}" for i in range(SIGNUPS_PER_THREAD))
     for uid, name, base in rows:
         if name != base:
-            assert name in (f"{base}_{uid.hex[:8]}", f"{base}_{uid.hex}"), (uid, name)
+            assert name in (f"{base}_{key_hash(uid)}", f"{base}_{key_hash(uid, 16)}"), (uid, name)

@@ -4,7 +4,8 @@ Each shape (keys as Supabase Auth stores them in raw_user_meta_data) goes throug
 (a Supabase-style sign-up), register(), a first OAuth login, ensure_profile on a user the trigger
 missed, and the client's fallback insert; every path must yield exactly the same profile columns.
 Usernames are unique and at least 3 characters in the created table, so short or taken names get
-'_' + the first 8 hex digits of the user's id.
+'_' + the first 8 hex digits of the md5 of the user's id; so do names the provider does not vouch
+for (email local parts, metadata of email sign-ups): username.unverified = "suffix".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import TestDB
+from conftest import TestDB, key_hash
 
 from profileguard import schema
 from profileguard.client import ProfileGuard
@@ -27,7 +28,7 @@ Expected = str | None | Callable[[uuid.UUID], str]
 
 def suffixed(base: str) -> Callable[[uuid.UUID], str]:
     """The username a short or taken `base` becomes for a given user."""
-    return lambda uid: f"{base}_{uid.hex[:8]}"
+    return lambda uid: f"{base}_{key_hash(uid)}"
 
 
 LONG_NAME = ("Hubert Blaine Wolfeschlegelsteinhausenbergerdorff " * 40).strip()  # ~2,000 chars
@@ -63,13 +64,13 @@ SHAPES = [
          "name": "Ada Lovelace", "full_name": "Ada Lovelace", "email": "ada.lovelace@gmail.com",
          "email_verified": True, "phone_verified": False, "picture": GOOGLE_PIC,
          "avatar_url": GOOGLE_PIC, "provider_id": "109876543210987654321"},
-        "Ada Lovelace", GOOGLE_PIC, "ada.lovelace",
+        "Ada Lovelace", GOOGLE_PIC, suffixed("ada.lovelace"),
     ),
     Shape(
         "google_name_and_picture_only", "google", "grace@gmail.com",
         {"name": "Grace Hopper", "picture": "https://lh3.googleusercontent.com/g",
          "email": "grace@gmail.com"},
-        "Grace Hopper", "https://lh3.googleusercontent.com/g", "grace",
+        "Grace Hopper", "https://lh3.googleusercontent.com/g", suffixed("grace"),
     ),
     Shape(
         "github", "github", "octocat@github.com",
@@ -101,15 +102,16 @@ SHAPES = [
          "full_name": "codejedi", "custom_claims": {"global_name": "CodeJedi"},
          "avatar_url": DISCORD_PIC, "picture": DISCORD_PIC, "email": "darcy@example.com",
          "email_verified": True, "phone_verified": False, "provider_id": "389980445330374656"},
-        "CodeJedi", DISCORD_PIC, "darcy",
+        "CodeJedi", DISCORD_PIC, suffixed("darcy"),
     ),
     Shape(
         "discord_without_global_name", "discord", "plain@example.com",
         {"name": "plainuser#0", "full_name": "plainuser", "custom_claims": {"global_name": ""},
          "avatar_url": DISCORD_PIC},
-        "plainuser", DISCORD_PIC, "plain",
+        "plainuser", DISCORD_PIC, suffixed("plain"),
     ),
-    Shape("magic_link", "email", "dora.explorer@example.com", {}, None, None, "dora.explorer"),
+    Shape("magic_link", "email", "dora.explorer@example.com", {}, None, None,
+          suffixed("dora.explorer")),
     Shape("otp_short_email", "email", "al@example.com", {}, None, None, suffixed("al")),
     Shape("anonymous", "anonymous", None, {}, None, None, None),
     Shape(
@@ -126,7 +128,7 @@ SHAPES = [
     Shape(
         "rtl", "google", "mohammed@example.com",
         {"full_name": "محمد الأحمد", "name": "محمد الأحمد", "picture": GOOGLE_PIC},
-        "محمد الأحمد", GOOGLE_PIC, "mohammed",
+        "محمد الأحمد", GOOGLE_PIC, suffixed("mohammed"),
     ),
     Shape(
         "rtl_handle", "github", "noa@example.com",
@@ -136,12 +138,12 @@ SHAPES = [
     Shape(
         "very_long_names", "github", "long@example.com",
         {"full_name": LONG_NAME, "user_name": LONG_HANDLE},
-        LONG_NAME, None, LONG_HANDLE,
+        LONG_NAME, None, LONG_HANDLE[:64],  # username.max_length
     ),
     Shape(
         "padded_names_are_trimmed", "google", "pad@example.com",
         {"full_name": "   ", "name": "  Padded Name  ", "picture": "  "},
-        "Padded Name", None, "pad",
+        "Padded Name", None, suffixed("pad"),
     ),
 ]
 
@@ -295,11 +297,12 @@ def test_every_shape_in_one_bulk_statement(installed: TestDB) -> None:
     with installed.connect() as conn:
         conn.execute(
             "insert into auth.users (id, aud, role, email, raw_user_meta_data, is_anonymous,"
-            " created_at) select r.id, 'authenticated', 'authenticated', r.email, r.meta::jsonb,"
-            " r.anon, now() from unnest(%s::uuid[], %s::text[], %s::text[], %s::bool[])"
-            " as r(id, email, meta, anon)",
+            " raw_app_meta_data, created_at) select r.id, 'authenticated', 'authenticated',"
+            " r.email, r.meta::jsonb, r.anon, jsonb_build_object('provider', r.provider), now()"
+            " from unnest(%s::uuid[], %s::text[], %s::text[], %s::bool[], %s::text[])"
+            " as r(id, email, meta, anon, provider)",
             (ids, [s.email for s in SHAPES], [json.dumps(s.metadata) for s in SHAPES],
-             [s.provider == "anonymous" for s in SHAPES]),
+             [s.provider == "anonymous" for s in SHAPES], [s.provider for s in SHAPES]),
         )
     for shape, uid in zip(SHAPES, ids, strict=True):
         assert profile_columns(installed, uid) == shape.expected(uid), shape.name

@@ -20,7 +20,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from conftest import TestDB
+from conftest import TestDB, key_hash
 from psycopg_pool import ConnectionPool
 
 from profileguard import schema
@@ -98,7 +98,7 @@ def test_register_returns_the_user_with_its_profile(guard: ProfileGuard, install
     assert result.user["role"] == "authenticated"
     assert result.profile["id"] == result.user["id"]
     assert result.profile["full_name"] == "Ada Lovelace"
-    assert result.profile["username"] == "ada"
+    assert result.profile["username"] == f"ada_{key_hash(result.id)}"  # unverified
     assert result.profile["avatar_url"] == "https://x/ada.png"
     assert "encrypted_password" not in result.user
     # Committed before returning: another connection sees the user and the same profile.
@@ -302,7 +302,7 @@ def test_passwordless_oauth_and_anonymous_registrations(
 
     m = auth_user(installed, magic.id)
     assert m is not None and m["encrypted_password"] == ""
-    assert magic.profile["username"] == "magic"
+    assert magic.profile["username"] == f"magic_{key_hash(magic.id)}"
 
     g = auth_user(installed, github.id)
     assert g is not None
@@ -365,7 +365,7 @@ def test_register_without_the_trigger_uses_ensure_profile(
     result = guard.register(email="late@example.com", password=PASSWORD, metadata=ADA)
     assert result.path == "function"
     assert result.profile_created is True
-    assert result.profile["username"] == "ada"
+    assert result.profile["username"] == f"ada_{key_hash(result.id)}"  # unverified
 
 
 def test_register_when_not_installed_uses_the_fallback(installed: TestDB) -> None:
@@ -450,7 +450,7 @@ def test_transient_failure_retries_the_whole_registration(installed: TestDB) -> 
         attempts = pool.get_stats().get("requests_num", 0)
         pool.close()
     assert attempts >= 2
-    assert result.profile["username"] == "ada"
+    assert result.profile["username"] == f"ada_{key_hash(result.id)}"  # unverified
     assert count(installed, "auth.users") == 1
     assert count(installed, "auth.identities") == 1
     assert count(installed, "public.profiles") == 1
@@ -610,7 +610,7 @@ def test_async_register_and_login(installed: TestDB) -> None:
         async with AsyncProfileGuard(installed.settings, identity=backend) as g:
             reg = await g.register(email="async@example.com", password=PASSWORD, metadata=ADA)
             assert (reg.created, reg.path) == (True, "trigger")
-            assert reg.profile["username"] == "ada"
+            assert reg.profile["username"] == f"ada_{key_hash(reg.id)}"
             with pytest.raises(UserExistsError):
                 await g.register(email="ASYNC@example.com", password=PASSWORD)
             with pytest.raises(WeakPasswordError):

@@ -7,6 +7,7 @@ import uuid
 
 import psycopg
 import pytest
+from conftest import key_hash
 from psycopg.conninfo import make_conninfo
 
 from profileguard import schema
@@ -69,7 +70,7 @@ def test_mapping_fallback_sources(installed):
     # Blank values are skipped; 'b' is too short for the check constraint and gets the suffix.
     p = profile_of(installed, blank)
     assert p["full_name"] == "Fallback Name"
-    assert p["username"] == f"b_{blank.hex[:8]}"
+    assert p["username"] == f"b_{key_hash(blank)}"
 
 
 def test_signup_as_supabase_auth_admin(installed):
@@ -94,7 +95,7 @@ def test_signup_as_supabase_auth_admin(installed):
     assert installed.scalar("select count(*) from auth.identities where user_id = %s", (uid,)) == 1
     profile = profile_of(installed, uid)
     assert profile["full_name"] == "Auth Admin Made"
-    assert profile["username"] == "admin.made"
+    assert profile["username"] == f"admin.made_{key_hash(uid)}"  # an email sign-up: unverified
     assert failures(installed) == []
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
 
+from conftest import key_hash
+
 from profileguard import schema
+from profileguard.config import load_settings
 
 
 def execute(db, query: str, params=None) -> None:
@@ -20,7 +24,7 @@ def username(db, uid):
 
 
 def suffixed(name: str, uid: uuid.UUID) -> str:
-    return f"{name}_{uid.hex[:8]}"
+    return f"{name}_{key_hash(uid)}"
 
 
 def failure_count(db) -> int:
@@ -143,7 +147,7 @@ def test_names_colliding_after_truncation_to_check_maximum(db):
     second = db.signup({"user_name": "abcdefghijklmnopYYY"})
     assert username(db, first) == "abcdefghijkl"
     # 12 - len('_') - 8 hex characters leaves 3 of the name.
-    assert username(db, second) == f"abc_{second.hex[:8]}"
+    assert username(db, second) == f"abc_{key_hash(second)}"
     assert failure_count(db) == 0
 
 
@@ -167,7 +171,7 @@ def test_names_colliding_after_truncation_in_one_statement(db):
             ),
         )
     assert username(db, ids[0]) == "abcdefghijkl"
-    assert username(db, ids[1]) == f"abc_{ids[1].hex[:8]}"
+    assert username(db, ids[1]) == f"abc_{key_hash(ids[1])}"
     assert failure_count(db) == 0
 
 
@@ -213,6 +217,151 @@ def test_concurrent_signups_with_same_name(installed):
     both = installed.scalar("select count(*) from auth.users where id in (%s, %s)", (a_id, b_id))
     assert both == 2
     assert username(installed, a_id) == "racer"
-    # B hit the unique violation after A committed; the retry uses the whole key as suffix.
-    assert username(installed, b_id) == f"racer_{b_id.hex}"
+    # B hit the unique violation after A committed; the retry sees "racer" taken.
+    assert username(installed, b_id) == f"racer_{key_hash(b_id)}"
     assert failure_count(installed) == 0
+
+
+# --- the tables people have (issue: usernames for real tables) ---------------------------------
+
+
+def _table(db, ddl: str, **settings) -> None:
+    execute(db, ddl)
+    schema.install(db.settings.with_overrides(**settings) if settings else db.settings)
+
+
+def _bulk(db, metas: list[dict], *, provider: str | None = "github") -> list[uuid.UUID]:
+    ids = sorted(uuid.uuid4() for _ in metas)
+    app = json.dumps({"provider": provider}) if provider else None
+    with db.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, raw_user_meta_data, raw_app_meta_data)"
+            " select r.id, 'authenticated', '', r.meta::jsonb, %s::jsonb"
+            " from unnest(%s::uuid[], %s::text[]) as r(id, meta)",
+            (app, ids, [json.dumps(m) for m in metas]),
+        )
+    return ids
+
+
+def _all_served(db) -> None:
+    row = db.scalar(
+        "select json_build_array((select count(*) from auth.users u where not exists"
+        " (select from public.profiles p where p.id = u.id)),"
+        " (select count(*) from profileguard.events where kind = 'failure'))"
+    )
+    assert row == [0, 0]
+
+
+def test_lower_unique_index_compares_case_insensitively(db):
+    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
+               " username text); create unique index on public.profiles (lower(username))")
+    first, second = _bulk(db, [{"user_name": "Alice"}, {"user_name": "aLICE"}])
+    third = _bulk(db, [{"user_name": "ALICE"}])[0]
+    _all_served(db)
+    assert username(db, first) == "Alice"
+    assert username(db, second) == suffixed("aLICE", second)
+    assert username(db, third) == suffixed("ALICE", third)
+
+
+def test_regex_check_gets_a_name_that_passes(db):
+    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
+               " username text unique check (username ~ '^[a-z0-9_]{3,24}$'))")
+    holder = _bulk(db, [{"user_name": "grace_hopper"}])[0]
+    grace, john, emoji, long = _bulk(db, [{"user_name": "Grace Hopper"}, {"user_name": "john.doe"},
+                                          {"user_name": "🦄🦄🦄"}, {"user_name": "x" * 40}])
+    _all_served(db)
+    names = {uid: username(db, uid) for uid in (holder, grace, john, emoji, long)}
+    assert all(re.fullmatch(r"[a-z0-9_]{3,24}", n) for n in names.values()), names
+    assert len(set(names.values())) == len(names)
+    assert names[holder] == "grace_hopper" and names[john] == "john_doe"
+    assert names[grace] == suffixed("grace_hopper", grace)
+    assert names[emoji] == suffixed("user", emoji)
+
+
+def test_octet_length_check_and_partial_unique_index(db):
+    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
+               " username text check (octet_length(username) <= 24), deleted_at timestamptz);"
+               " create unique index on public.profiles (username) where deleted_at is null")
+    ids = _bulk(db, [{"user_name": "🦄" * 10}, {"user_name": "dup"}, {"user_name": "dup"}])
+    _all_served(db)
+    names = [username(db, uid) for uid in ids]
+    assert all(len(n.encode()) <= 24 for n in names)
+    assert len(set(names)) == 3
+
+
+def test_varchar16_text_keys_sharing_a_prefix(db):
+    execute(db, "create table public.accounts (id text primary key, email text,"
+                " raw_user_meta_data jsonb);"
+                " create table public.members (id text primary key references public.accounts,"
+                " username varchar(16) unique not null)")
+    settings = load_settings(env={}, database_url=db.url, identity_table="public.accounts",
+                             profile_table="public.members")
+    schema.install(settings)
+    keys = [f"tenant-000000000-{i:04d}" for i in range(40)]
+    with db.connect() as conn:
+        conn.execute(
+            "insert into public.accounts (id, raw_user_meta_data)"
+            " select k, '{\"user_name\": \"averyveryverylongname\"}' from unnest(%s::text[]) k",
+            (keys,),
+        )
+    rows = db.scalar("select json_agg(username) from public.members")
+    assert len(rows) == 40 == len(set(rows))
+    assert db.scalar("select count(*) from profileguard.events where kind = 'failure'") == 0
+
+
+def test_megabyte_name_and_invisible_characters(installed):
+    big, bidi, ctrl, spaced = _bulk(installed, [
+        {"user_name": "a" * 1_000_000}, {"user_name": "\u202eevil\u202c"},
+        {"user_name": "x\x01y\u200bz"}, {"user_name": "\u3000 \uff21\uff22\uff23 \u00a0"}])
+    _all_served(installed)
+    assert username(installed, big) == "a" * 64
+    assert username(installed, bidi) == "evil"
+    assert username(installed, ctrl) == "xyz"
+    assert username(installed, spaced) == "ABC"  # NFKC: full-width letters, spaces trimmed
+
+
+def test_reserved_names_are_suffixed(installed):
+    admin, root = _bulk(installed, [{"user_name": "Admin"}, {"user_name": "root"}])
+    assert username(installed, admin) == suffixed("Admin", admin)
+    assert username(installed, root) == suffixed("root", root)
+
+
+def test_squat_email_signup_cannot_take_a_provider_name(installed):
+    """Documented default (username.unverified = "suffix"): a name the client typed into an
+    email sign-up's metadata is given with the suffix; the plain name stays free for the
+    account a provider vouches for."""
+    squatter = _bulk(installed, [{"user_name": "torvalds"}], provider="email")[0]
+    github = _bulk(installed, [{"user_name": "torvalds"}], provider="github")[0]
+    assert username(installed, squatter) == suffixed("torvalds", squatter)
+    assert username(installed, github) == "torvalds"
+    # The email's local part is the user's choice too.
+    mail = installed.signup({}, email="linus@example.com")
+    execute(installed, "update auth.users set raw_app_meta_data = '{\"provider\": \"email\"}'")
+    assert username(installed, mail) == "linus"  # no provider recorded: an operator's row
+
+
+def test_squat_with_unverified_plain_is_first_come(db):
+    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
+                " username text unique)")
+    policy = db.settings.username
+    from dataclasses import replace
+
+    schema.install(replace(db.settings, username=replace(policy, unverified="plain")))
+    squatter = _bulk(db, [{"user_name": "torvalds"}], provider="email")[0]
+    github = _bulk(db, [{"user_name": "torvalds"}], provider="github")[0]
+    assert username(db, squatter) == "torvalds"
+    assert username(db, github) == suffixed("torvalds", github)
+
+
+def test_lowercase_and_pattern_policy(db):
+    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
+                " username text unique)")
+    from dataclasses import replace
+
+    policy = replace(db.settings.username, lowercase=True, pattern="^[a-z0-9_.é]{3,20}$")
+    schema.install(replace(db.settings, username=policy))
+    upper, accented, spaced = _bulk(db, [{"user_name": "LINUS"}, {"user_name": "ÉMILE"},
+                                        {"user_name": "Grace Hopper"}])
+    assert username(db, upper) == "linus"
+    assert username(db, accented) == "émile"
+    assert username(db, spaced) == "grace_hopper"

@@ -22,6 +22,7 @@ import uvicorn
 from conftest import TestDB, wait_for
 from monitoring import (
     BAD_NAME,
+    CONSTRAINT,
     add_bad_constraint,
     bulk,
     free_port,
@@ -45,11 +46,12 @@ PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool"
 
 
 @contextmanager
-def serving(settings: Settings, *, token: str | None = None, alerts: bool = False
-            ) -> Iterator[str]:
+def serving(settings: Settings, *, token: str | None = None, alerts: bool = False,
+            show_details: bool = False) -> Iterator[str]:
     """Run the app with uvicorn in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, token=token, alerts=alerts), host="127.0.0.1",
+    app = create_app(settings, token=token, alerts=alerts, show_details=show_details)
+    config = uvicorn.Config(app, host="127.0.0.1",
                             port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -293,3 +295,66 @@ def test_status_endpoint_matches_the_library(installed: TestDB) -> None:
     for key in ("users", "profiles", "missing", "coverage_pct", "quarantined", "repairs_total"):
         assert api["stats"][key] == lib["stats"][key], key
     assert api["status"] == lib["status"] == "healthy"
+
+
+def _serve_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    base.update(env or {})
+    return subprocess.run([sys.executable, "-m", "profileguard", *args], capture_output=True,
+                          text=True, env=base, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_serve_refuses_public_bind_without_token_and_empty_token(installed: TestDB) -> None:
+    port = str(free_port())
+    public = _serve_cli("--database-url", installed.url, "serve", "--host", "0.0.0.0",
+                        "--port", port, "--no-alerts")
+    assert public.returncode == 2, public.stderr
+    assert "without a token" in public.stderr and "PROFILEGUARD_API_TOKEN" in public.stderr
+    for args, env in ((["--token", ""], None), ([], {"PROFILEGUARD_API_TOKEN": ""}),
+                      (["--token", "  "], None)):
+        empty = _serve_cli("--database-url", installed.url, "serve", "--port", port,
+                           "--no-alerts", *args, env=env)
+        assert empty.returncode == 2, empty.stderr
+        assert "token is empty" in empty.stderr
+    with pytest.raises(Exception, match="token is empty"):
+        create_app(installed.settings, token="")
+
+
+def test_serve_on_a_busy_port_says_so(installed: TestDB) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = _serve_cli("--database-url", installed.url, "serve", "--port", port,
+                          "--no-alerts")
+    assert busy.returncode == 1, busy.stderr
+    assert f"port {port}" in busy.stderr and "already in use" in busy.stderr
+    assert "Traceback" not in busy.stderr
+
+
+def test_events_show_no_row_values_by_default(installed: TestDB) -> None:
+    add_bad_constraint(installed)
+    signups(installed, 1, name=BAD_NAME)
+    with installed.connect() as conn:
+        conn.execute("select profileguard.record_failure('u-1', '23502', %s, 'client')",
+                     ('null value in column "username" violates not-null constraint\n'
+                      "Failing row contains (u-1, Grace Hopper, null)",))
+        conn.execute("select profileguard.note_repair_failure('u-2', '23505', %s, 'worker', 1,"
+                     " 1, 1)", ("Key (username)=(grace) already exists.",))
+    with serving(installed.settings) as base:
+        events = get_json(f"{base}/api/events?kind=failure")["items"]
+        quarantined = get_json(f"{base}/api/quarantine")["items"]
+        status = get_json(f"{base}/api/status")
+    text = json.dumps([events, quarantined, status["quarantine"]])
+    for value in (BAD_NAME, "Grace Hopper", "grace", "Failing row"):
+        assert value not in text
+    assert all(e["redacted"] for e in events)
+    assert {e.get("constraint_name") for e in events} >= {CONSTRAINT}
+    assert {e.get("column_name") for e in events} >= {"username"}
+    with serving(installed.settings, show_details=True) as base:
+        full = get_json(f"{base}/api/events?kind=failure")["items"]
+    assert any("violates check constraint" in (e["message"] or "") for e in full)
+    assert not any("redacted" in e and e["redacted"] is True for e in full)

@@ -299,7 +299,15 @@ class Backfill:
     def _check_installed(self, conn: psycopg.Connection) -> None:
         version = require_version(conn, SCHEMA_VERSION, missing="backfill")
         installed = Installation.require(conn)
-        identity = installed.identity
+        identity, profile = installed.identity, installed.profile
+        if (str(profile), profile.key) != (str(self.settings.profile), self.settings.profile.key):
+            raise ConfigError(
+                f"profileguard is installed for profile table {profile} (key {profile.key}), "
+                f"but the configuration names {self.settings.profile} "
+                f"(key {self.settings.profile.key})",
+                hint="run: profileguard install (to switch to the configured table), or set "
+                f"profile.table = '{profile}' in profileguard.toml",
+            )
         key_type = installed.require_key_type()
         found = conn.execute(
             sqlfiles.query("function_exists"),
@@ -423,7 +431,9 @@ class Backfill:
                 return fn(*args)
             except psycopg.Error as exc:
                 if exc.sqlstate in TIMEOUT_SQLSTATES:
-                    raise _Timeout(str(exc)) from exc
+                    # The primary message only: the context would print the whole statement.
+                    reason = exc.diag.message_primary or exc.sqlstate
+                    raise _Timeout(f"{reason}, SQLSTATE {exc.sqlstate}") from exc
                 if not is_transient(exc) or attempt == TRANSIENT_ATTEMPTS - 1:
                     raise
                 log.warning("transient error, retrying: %s", exc)

@@ -24,6 +24,12 @@ class Column:
     has_default: bool
     generated: bool
     max_length: int | None
+    default_expr: str | None = None  # schema-qualified, as pg_get_expr prints it
+
+    @property
+    def is_text(self) -> bool:
+        """A string type (text, varchar, char, citext…): it can hold a username."""
+        return self.category == "S"
 
     @property
     def is_json(self) -> bool:

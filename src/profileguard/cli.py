@@ -6,6 +6,7 @@ Exit codes come from one table, `profileguard.errors.ExitCode` (listed in the RE
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -164,6 +165,26 @@ def _install_output(result: schema.InstallResult, as_json: bool, print_sql: bool
         out.print(f"note: {note}", highlight=False)
 
 
+def _preflight_output(report: Any, as_json: bool) -> None:
+    """Print a preflight; exit 2 when install would be refused, 1 when some profile fails."""
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for refusal in report.refusals:
+            err.print(f"[bold red]refused:[/] {refusal}", highlight=False)
+        for warning in report.warnings:
+            out.print(f"warning: {warning}", highlight=False)
+        for failure in report.failures:
+            out.print(f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "
+                      f"{failure['message']}", highlight=False, soft_wrap=True)
+        out.print(f"preflight: {report.rehearsed} profiles rehearsed, "
+                  f"{len(report.failures)} would fail.", highlight=False)
+    if report.refusals:
+        raise typer.Exit(2)
+    if report.failures:
+        raise typer.Exit(1)
+
+
 @app.command(rich_help_panel="Set up")
 @handle_errors
 def install(
@@ -206,9 +227,25 @@ def install(
             "uninstall re-enables it). Repeatable.",
         ),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Run the preflight alone and change nothing: the table "
+                     "against the mapping, and a rehearsal of the profile insert for sample "
+                     "users and each provider's sign-up shape (exit 0 all fine, 1 some would "
+                     "fail, 2 install would be refused)."),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Install even when the preflight refuses (sign-ups still "
+                     "commit; each profile failure is recorded)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Install profileguard (in one transaction). Running it again changes nothing."""
+    """Install profileguard (in one transaction) after a preflight of the profile table.
+    Running it again changes nothing."""
+    if check:
+        _preflight_output(schema.check(_state(ctx).settings()), as_json)
+        return
     if schedule not in (None, "pg_cron"):
         raise ConfigError(
             f"--schedule: {schedule!r} is not a scheduler profileguard knows",
@@ -222,6 +259,7 @@ def install(
         cron_schedule=cron_schedule if schedule else None,
         dry_run=print_sql,
         replace_triggers=replace_trigger or (),
+        force=force,
     )
     _install_output(result, as_json, print_sql)
 
@@ -639,12 +677,26 @@ def serve(
     alerts: Annotated[
         bool, typer.Option("--alerts/--no-alerts", help="Evaluate alert rules in the background.")
     ] = True,
+    insecure_no_token: Annotated[
+        bool,
+        typer.Option("--insecure-no-token", help="Serve on a non-loopback address without a "
+                     "token (only behind a proxy that checks access)."),
+    ] = False,
+    show_details: Annotated[
+        bool,
+        typer.Option("--show-details", help="Show stored failure messages in full in "
+                     "/api/events and /api/quarantine (default: SQLSTATE, constraint and "
+                     "column names only)."),
+    ] = False,
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
-    /readyz and the API docs (/docs). Read-only."""
+    /readyz and the API docs (/docs). Read-only. A non-loopback --host needs a token."""
     from profileguard.web import serve as run_server  # without [server]: a clear error
 
-    run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts)
+    if token is None and os.environ.get("PROFILEGUARD_API_TOKEN") is not None:
+        token = os.environ["PROFILEGUARD_API_TOKEN"]  # set but empty: refused, not ignored
+    run_server(_state(ctx).settings(), host=host, port=port, token=token, alerts=alerts,
+               allow_no_token=insecure_no_token, show_details=show_details)
 
 
 # ---------------------------------------------------------------- backfill

@@ -136,8 +136,8 @@ class _Fallback:
     """SQL of the direct path, built once from the mapping and the catalog."""
 
     exists: sql.Composed
-    insert: sql.Composed
-    insert_forced: sql.Composed
+    insert: sql.SQL
+    insert_forced: sql.SQL
     select: sql.Composed
 
 
@@ -145,10 +145,20 @@ def _fallback_sql(conn: psycopg.Connection, settings: Settings) -> _Fallback:
     plan = build_plan(conn, settings)
     identity = sql.Identifier(settings.identity.schema, settings.identity.name)
     where = sql.SQL("where u.{} = %(uid)s").format(sql.Identifier(settings.identity.key))
+    # The INSERT holds text from the catalog and the configuration (CHECK expressions, patterns,
+    # JSON keys) that may contain '%': escape it, then put the one parameter back.
+    sentinel = sql.SQL("where u.{} = pg_uid_parameter").format(
+        sql.Identifier(settings.identity.key))
+
+    def with_parameter(statement: sql.Composed) -> sql.SQL:
+        text = statement.as_string(conn).replace("%", "%%")
+        return sql.SQL(text.replace("pg_uid_parameter", "%(uid)s"))
+
     return _Fallback(
         exists=sql.SQL("select exists (select from {} u {}) as found").format(identity, where),
-        insert=insert_statement(plan, source=identity, where=where),
-        insert_forced=insert_statement(plan, source=identity, where=where, force_suffix=True),
+        insert=with_parameter(insert_statement(plan, source=identity, where=sentinel)),
+        insert_forced=with_parameter(
+            insert_statement(plan, source=identity, where=sentinel, force_suffix=True)),
         select=sql.SQL("select to_jsonb(p) as profile from {} p where p.{} = %(uid)s").format(
             sql.Identifier(settings.profile.schema, settings.profile.name),
             sql.Identifier(settings.profile.key),

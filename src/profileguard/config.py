@@ -126,6 +126,57 @@ class Source:
         return f"{text}|{self.transform}" if self.transform else text
 
 
+# Names nobody gets as typed (compared case-insensitively); they still get a suffixed name.
+DEFAULT_RESERVED = (
+    "admin", "administrator", "root", "superuser", "sysadmin", "system", "support", "help",
+    "helpdesk", "security", "abuse", "postmaster", "hostmaster", "webmaster", "noreply",
+    "no-reply", "info", "contact", "staff", "team", "official", "moderator", "mod", "owner",
+    "billing", "api", "www", "mail", "ftp", "null", "undefined", "anonymous", "guest",
+    "everyone", "me", "you", "postgres", "supabase", "service_role", "authenticated", "anon",
+)
+# Sign-up methods where the metadata is whatever the client sent (Supabase's provider names).
+DEFAULT_UNVERIFIED_PROVIDERS = ("email", "phone", "anonymous")
+UNVERIFIED_MODES = ("suffix", "plain")
+
+
+@dataclass(frozen=True)
+class UsernamePolicy:
+    """How a username is derived from user data (the [username] section).
+
+    Always: Unicode NFKC, control, format (bidi overrides, zero-width) and line-separator
+    characters removed, surrounding whitespace trimmed, at most `max_length` characters.
+    Optional: lowercase, a `pattern` every username must match. `reserved` names are never given
+    as typed. Names a client chose (sign-ups by a provider in `unverified_providers`, and every
+    email's local part) get the key-hash suffix when `unverified` is "suffix", so a plain name is
+    only ever given to a name an OAuth provider vouches for, or to rows an operator wrote
+    (imports, seeds: no provider recorded).
+    """
+
+    lowercase: bool = False
+    pattern: str | None = None
+    min_length: int = 1
+    max_length: int = 64
+    reserved: tuple[str, ...] = DEFAULT_RESERVED
+    unverified: str = "suffix"
+    unverified_providers: tuple[str, ...] = DEFAULT_UNVERIFIED_PROVIDERS
+    provider_source: Source | None = None  # default: raw_app_meta_data.provider (set below)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "lowercase": self.lowercase, "pattern": self.pattern,
+            "min_length": self.min_length, "max_length": self.max_length,
+            "reserved": list(self.reserved), "unverified": self.unverified,
+            "unverified_providers": list(self.unverified_providers),
+            "provider_source": None if self.provider_source is None else str(self.provider_source),
+        }
+
+
+def _default_policy() -> UsernamePolicy:
+    return UsernamePolicy(
+        provider_source=Source.parse("raw_app_meta_data.provider", setting="username")
+    )
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """Thresholds of the alert rules and where alerts go (the [alerts] section)."""
@@ -161,6 +212,7 @@ class Settings:
     )
     mapping_is_default: bool = True
     username_column: str | None = "username"
+    username: UsernamePolicy = field(default_factory=_default_policy)
     strict: bool = False
     # The longest the signup trigger waits for any one lock (the profile or events table locked
     # by a migration, say) before it records a transient failure and lets the signup commit.
@@ -182,8 +234,24 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def conninfo(self) -> str:
-        """The libpq connection string; errors name the variable to set when there is none."""
+        """The libpq connection string; errors name the variable to set when there is none, or
+        when it names no database (`postgresql://` from unset variables would otherwise reach
+        libpq's default database without a word)."""
         if self.database_url:
+            try:
+                parts = conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigError(
+                    f"the database URL is not valid: {exc}",
+                    hint="set DATABASE_URL to e.g. postgresql://postgres@localhost:5432/postgres",
+                ) from None
+            if not parts.get("dbname") and not (os.environ.get("PGDATABASE") or parts.get("service")
+                                                or os.environ.get("PGSERVICE")):
+                raise ConfigError(
+                    "the database URL names no database",
+                    hint="add the database name, e.g. "
+                    "postgresql://postgres@localhost:5432/postgres (or set PGDATABASE)",
+                )
             return self.database_url
         if any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE", "PGPORT")):
             return ""
@@ -225,6 +293,7 @@ class Settings:
             "profile_key": self.profile.key,
             "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
             "username_column": self.username_column,
+            "username": self.username.describe(),
             "strict": self.strict,
             "lock_timeout_ms": self.lock_timeout_ms,
             "enabled": self.enabled,
@@ -328,6 +397,64 @@ def _http_url(value: Any, key: str, *, example: str) -> str | None:
     return value
 
 
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and 0 < len(v) <= 100 for v in value
+    ):
+        raise ConfigError(f"{key} must be a list of names", hint=f'e.g. {key} = ["admin"]')
+    return tuple(dict.fromkeys(value))
+
+
+def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
+    """Validate the [username] section."""
+    known = set(UsernamePolicy.__dataclass_fields__)
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"username.{key}: unknown setting",
+                              hint=f"use one of: {', '.join(sorted(known))}")
+    d = _default_policy()
+    pattern = section.get("pattern", d.pattern)
+    if pattern in ("", None):
+        pattern = None
+    elif not isinstance(pattern, str) or len(pattern) > 500 or "\x00" in pattern:
+        raise ConfigError(f"username.pattern: {pattern!r} is not a regular expression",
+                          hint="e.g. pattern = '^[a-z0-9_]{3,24}$' (PostgreSQL's ~ syntax)")
+    else:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"username.pattern: {pattern!r} is not valid: {exc}",
+                              hint="e.g. pattern = '^[a-z0-9_]{3,24}$'") from None
+    unverified = section.get("unverified", d.unverified)
+    if unverified not in UNVERIFIED_MODES:
+        raise ConfigError(f"username.unverified: {unverified!r} is not a mode",
+                          hint="use 'suffix' (client-chosen names get the suffix) or 'plain'")
+    provider = section.get("provider_source", str(d.provider_source))
+    if provider in ("", None, False):
+        provider_source = None
+    else:
+        provider_source = Source.parse(provider, setting="username.provider_source")
+    low = _int(section.get("min_length", d.min_length), "username.min_length", low=1, high=100)
+    high = _int(section.get("max_length", d.max_length), "username.max_length", low=2, high=500)
+    if low > high:
+        raise ConfigError("username.min_length is above username.max_length",
+                          hint="make min_length at most max_length")
+    return UsernamePolicy(
+        lowercase=_bool(section.get("lowercase", d.lowercase), "username.lowercase"),
+        pattern=pattern,
+        min_length=low,
+        max_length=high,
+        reserved=_names(section.get("reserved", list(d.reserved)), "username.reserved"),
+        unverified=unverified,
+        unverified_providers=_names(section.get("unverified_providers",
+                                                list(d.unverified_providers)),
+                                    "username.unverified_providers"),
+        provider_source=provider_source,
+    )
+
+
 def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSettings:
     """Validate the [alerts] section (and PROFILEGUARD_ALERT_WEBHOOK_URL)."""
     known = set(AlertSettings.__dataclass_fields__)
@@ -423,6 +550,7 @@ def load_settings(
     client = _table(data, "client")
     alerts = _table(data, "alerts")
     supabase = _table(data, "supabase")
+    username_section = _table(data, "username")
 
     url = (
         overrides.pop("database_url", None)
@@ -462,7 +590,8 @@ def load_settings(
         username = None
     if username is not None:
         check_identifier(username, "profile.username_column")
-    settings = replace(settings, username_column=username)
+    settings = replace(settings, username_column=username,
+                       username=parse_username(username_section))
 
     strict = env.get("PROFILEGUARD_STRICT", profile.get("strict", False))
     lock_timeout = env.get("PROFILEGUARD_LOCK_TIMEOUT_MS", profile.get("lock_timeout_ms", 200))

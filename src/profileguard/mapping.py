@@ -7,31 +7,56 @@ profile a user gets does not depend on which path created it. Identifiers are co
 
 from __future__ import annotations
 
+import re
+import sys
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
-from profileguard.catalog import Column, TableFacts, inspect_table
+from profileguard import sql as sqlfiles
+from profileguard import sqlexpr
+from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source
 from profileguard.errors import ConfigError
 
 # Used as the username base when the column is NOT NULL and no source has a value.
 USERNAME_FALLBACK = "user"
-# Characters of the key used in the short suffix; the forced retry uses the whole key.
+# Hex digits of the key's hash in a suffix; the longer one is tried when the short one is taken.
 SHORT_SUFFIX = 8
+LONG_SUFFIX = 16
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """One unique index on the username column: its key expression as the server prints it, the
+    predicate of a partial index, the collation it compares with (when not the column's)."""
+
+    name: str
+    key: str
+    predicate: str | None
+    collation: str | None
 
 
 @dataclass(frozen=True)
 class UsernameGuard:
-    """How derived usernames are kept unique and within length bounds."""
+    """How derived usernames are cleaned, checked against the table and kept unique."""
 
     column: str
     unique: bool
     min_length: int | None
     max_length: int | None
     not_null: bool
+    keys: tuple[UniqueKey, ...] = ()
+    checks: tuple[tuple[str, str], ...] = ()  # (name, CHECK expression on the column alone)
+    provider: Source | None = None
+    lower_collation: str | None = None
+    nfkc: bool = True
+    ignored: tuple[str, ...] = ()  # unique indexes and checks it cannot evaluate
 
 
 @dataclass(frozen=True)
@@ -129,14 +154,109 @@ def build_plan(conn: psycopg.Connection, settings: Settings) -> Plan:
     mapping, notes = _resolve_sources(settings, identity, profile)
     guard = None
     ucol = settings.username_column
-    if ucol and ucol in mapping:
-        low, high = profile.length_bounds(ucol)
-        column = profile.columns[ucol]
-        if ucol in profile.unique or low is not None or high is not None:
-            guard = UsernameGuard(
-                ucol, ucol in profile.unique, low, high, column.not_null and not column.has_default
-            )
+    if ucol and ucol in mapping and profile.columns[ucol].is_text:
+        guard = _username_guard(conn, settings, identity, profile, ucol)
+        notes.extend(f"username: {text}" for text in guard.ignored)
     return Plan(settings, identity, profile, mapping, key_type, guard, tuple(notes))
+
+
+def _username_guard(
+    conn: psycopg.Connection, settings: Settings, identity: TableFacts, profile: TableFacts,
+    ucol: str,
+) -> UsernameGuard:
+    """What the table demands of `ucol` (unique keys, checks, length) and the policy adds."""
+    policy = settings.username
+    column = profile.columns[ucol]
+    low, high = profile.length_bounds(ucol)
+    low = max(low or 1, policy.min_length)
+    high = min(high if high is not None else policy.max_length, policy.max_length)
+    if policy.pattern is not None:
+        try:
+            conn.execute("select '' ~ %s", (policy.pattern,))
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"username.pattern: {policy.pattern!r} is not a PostgreSQL regular expression: "
+                f"{exc.diag.message_primary}",
+                hint="fix username.pattern in profileguard.toml, e.g. '^[a-z0-9_]{3,24}$'",
+            ) from None
+    facts = username_constraints(conn, profile, ucol)
+    provider = policy.provider_source
+    if provider is not None:
+        src = identity.columns.get(provider.column)
+        if src is None or (provider.path and not src.is_json):
+            provider = None  # no provenance recorded: every name is the operator's or the user's
+    row = conn.execute("select current_setting('server_encoding')").fetchone()
+    nfkc = bool(row and row[0] == "UTF8")
+    found = conn.execute(sqlfiles.query("unicode_collation")).fetchone()
+    return UsernameGuard(
+        column=ucol,
+        unique=bool(facts.keys) or ucol in profile.unique,
+        min_length=low,
+        max_length=high,
+        # NOT NULL with a default too: the insert names the column, so NULL would not default.
+        not_null=column.not_null,
+        keys=facts.keys,
+        checks=facts.checks,
+        provider=provider,
+        lower_collation=str(found[0]) if found and found[0] else None,
+        nfkc=nfkc,
+        ignored=facts.ignored,
+    )
+
+
+@dataclass(frozen=True)
+class ColumnConstraints:
+    """The unique keys and CHECK constraints of one column that candidates are tested against."""
+
+    keys: tuple[UniqueKey, ...]
+    checks: tuple[tuple[str, str], ...]
+    ignored: tuple[str, ...]
+
+
+def username_constraints(
+    conn: psycopg.Connection, profile: TableFacts, column: str
+) -> ColumnConstraints:
+    """Unique indexes whose key is `column` alone (plain, expression or partial) and CHECK
+    constraints on `column` alone, as expressions of it; the others are named in `ignored`.
+
+    Printed with an empty search_path, so every function and type in them is schema-qualified.
+    """
+    oid = table_oid(conn, profile.ref)
+    row = conn.execute("select current_setting('search_path')").fetchone()
+    search_path = str(row[0]) if row else "public"
+    keys: list[UniqueKey] = []
+    checks: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("select set_config('search_path', '', false)")
+        try:
+            indexes = cur.execute(sqlfiles.query("unique_indexes"), {"oid": oid}).fetchall()
+            constraints = cur.execute(sqlfiles.query("checks_by_column"), {"oid": oid}).fetchall()
+        finally:
+            cur.execute("select set_config('search_path', %s, false)", (search_path,))
+    for index in indexes:
+        key = str(index["key"])
+        used = sqlexpr.columns_of(key)
+        if column not in used:
+            continue
+        if index["keys"] != 1 or used != {column}:
+            ignored.append(
+                f"unique index {index['name']} combines {column} with other columns or keys: "
+                "names are not checked against it, a collision is a recorded failure"
+            )
+            continue
+        keys.append(UniqueKey(str(index["name"]), key, index["predicate"], index["collation"]))
+    for check in constraints:
+        body = sqlexpr.check_body(str(check["definition"]))
+        if list(check["columns"]) != [column] or body is None:
+            if column in check["columns"]:
+                ignored.append(
+                    f"check constraint {check['name']} involves other columns: names are not "
+                    "tested against it, a violation is a recorded failure"
+                )
+            continue
+        checks.append((str(check["name"]), body))
+    return ColumnConstraints(tuple(keys), tuple(checks), tuple(ignored))
 
 
 def source_expr(source: Source, alias: str = "u") -> sql.Composable:
@@ -168,50 +288,277 @@ def _cast(expr: sql.Composable, column: Column) -> sql.Composable:
     return sql.SQL("({})::{}").format(expr, sql.SQL(column.type))
 
 
-def _username_expr(
-    plan: Plan, guard: UsernameGuard, inner: sql.Identifier, *, long_suffix: bool
-) -> sql.Composable:
-    """Base name, or base + '_' + key suffix when it is taken, duplicated or too short.
+# Unicode categories never kept in a username: controls (Cc), format characters (Cf: bidi
+# overrides and isolates such as U+202E, zero-width characters, soft hyphen, tags) and line and
+# paragraph separators (Zl, Zp). Listed as explicit ranges: PostgreSQL's [[:cntrl:]] misses U+202E
+# and its classes follow the database's locale.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Space separators (Zs) trimmed at both ends.
+SPACE_CATEGORIES = frozenset({"Zs"})
 
-    The suffix is the first characters of the key (the whole key when `long_suffix`, used on
-    the retry after a unique violation), so the name a user gets is deterministic.
-    """
-    column = plan.profile.columns[guard.column]
-    base = sql.SQL("s.{}").format(inner)
-    suffix: sql.Composable = sql.SQL("replace(s.pg_key::text, '-', '')")
-    if plan.key_is_uuid and not long_suffix:
-        suffix = sql.SQL("left({}, {})").format(suffix, sql.Literal(SHORT_SUFFIX))
-    if guard.max_length is not None:
-        room = sql.SQL("greatest(0, {} - 1 - char_length({}))").format(
-            sql.Literal(guard.max_length), suffix
-        )
-        suffixed = sql.SQL("left({}, {}) || '_' || {}").format(base, room, suffix)
-        plain = sql.SQL("left({}, {})").format(base, sql.Literal(guard.max_length))
+
+@cache
+def _char_class(categories: frozenset[str]) -> str:
+    """A regular-expression bracket listing every code point of `categories` (NUL excluded)."""
+    ranges: list[list[int]] = []
+    for code in range(1, sys.maxunicode + 1):
+        if unicodedata.category(chr(code)) in categories:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+
+    def esc(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    return "[" + "".join(
+        esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges
+    ) + "]"
+
+
+def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool,
+                   limit: int) -> sql.Composable:
+    """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
+    lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
+    runs before install too, and bulk inserts stay set-based."""
+    # Cut first: a megabyte of metadata is not normalized for a name of `limit` characters.
+    cut: sql.Composable = sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
+    value = cut
+    value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
+        value, sql.Literal(_char_class(INVISIBLE_CATEGORIES)))
+    # Normalized after the removal (a removed character may have kept two others apart) and
+    # before the trim (NFKC turns ideographic and other wide spaces into plain ones).
+    if guard.nfkc:
+        value = sql.SQL("normalize({}, NFKC)").format(value)
+    spaces = _char_class(SPACE_CATEGORIES)
+    value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
+        value, sql.Literal(f"^{spaces}+|{spaces}+$"))
+    if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
+        value = _lower(value, guard)
+    # Printable ASCII without surrounding spaces is already clean: most names skip the work.
+    plain_ascii = _lower(cut, guard) if lowercase else cut
+    value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
+                    ).format(cut=cut, ascii=plain_ascii, value=value)
+    return sql.SQL("nullif({}, '')").format(value)
+
+
+def _lower(value: sql.Composable, guard: UsernameGuard) -> sql.Composable:
+    # lower() under the C collation leaves non-ASCII letters alone: use a Unicode one.
+    if guard.lower_collation:
+        return sql.SQL("lower({} collate {})").format(value, sql.SQL(guard.lower_collation))
+    return sql.SQL("lower({})").format(value)
+
+
+def _expr_with(text: str, column: str, value: sql.Composable) -> sql.Composable:
+    """Server-printed expression `text` with `column` replaced by `value` (parenthesized)."""
+    parts: list[sql.Composable] = []
+    marker = "\x00"
+    pieces = sqlexpr.substitute(text, column, marker).split(f"({marker})")
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append(sql.SQL("({})").format(value))
+        parts.append(sql.SQL(piece))  # catalog text, never user input
+    return sql.Composed(parts)
+
+
+class _Names:
+    """SQL pieces of the username candidates for one plan (see `_username_outer`)."""
+
+    def __init__(self, plan: Plan, guard: UsernameGuard):
+        self.plan = plan
+        self.guard = guard
+        self.policy = plan.settings.username
+        self.column = plan.profile.columns[guard.column]
+        self.max = guard.max_length if guard.max_length is not None else self.policy.max_length
+
+    def typed(self, value: sql.Composable) -> sql.Composable:
+        return sql.SQL("({})::{}").format(value, sql.SQL(self.column.type))
+
+    def plain(self, base: sql.Composable) -> sql.Composable:
+        return sql.SQL("left({}, {})").format(base, sql.Literal(self.max))
+
+    def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
+        # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
+        digits = max(1, min(digits, self.max - 1))
+        return sql.SQL("left({}, {}) || '_' || left(md5(c.pg_key::text), {})").format(
+            base, sql.Literal(max(0, self.max - 1 - digits)), sql.Literal(digits))
+
+    def reserved(self, value: sql.Composable) -> sql.Composable:
+        if not self.policy.reserved:
+            return sql.SQL("false")
+        names = sorted({n.lower() for n in self.policy.reserved})
+        return sql.SQL("{} = any({}::text[])").format(_lower(value, self.guard),
+                                                     sql.Literal(names))
+
+    def ok(self, value: sql.Composable) -> sql.Composable:
+        """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK)."""
+        typed = self.typed(value)
+        tests: list[sql.Composable] = [
+            sql.SQL("char_length({}) between {} and {}").format(
+                value, sql.Literal(self.guard.min_length or 1), sql.Literal(self.max))
+        ]
+        if self.policy.pattern is not None:
+            tests.append(sql.SQL("{} ~ {}").format(value, sql.Literal(self.policy.pattern)))
+        for _, body in self.guard.checks:
+            tests.append(sql.SQL("coalesce(({}), true)").format(
+                _expr_with(body, self.guard.column, typed)))
+        return sql.SQL("({})").format(sql.SQL(" and ").join(tests))
+
+    def key(self, key: UniqueKey, value: sql.Composable) -> sql.Composable:
+        """The unique key the index would store for the candidate."""
+        expr = _expr_with(key.key, self.guard.column, self.typed(value))
+        if key.collation:
+            return sql.SQL("({}) collate {}").format(expr, sql.SQL(key.collation))
+        return expr
+
+    def taken(self, value: sql.Composable) -> sql.Composable:
+        """An existing profile holds the candidate's key in one of the unique indexes."""
+        keys = self.guard.keys
+        if not keys:
+            return sql.SQL("false")
+        profile = sql.Identifier(self.plan.profile.ref.schema, self.plan.profile.ref.name)
+        probes = []
+        for key in keys:
+            # Unqualified column names in the key and predicate are those of x.
+            where = sql.SQL("{} = {}").format(sql.SQL(key.key), self.key(key, value))
+            if key.predicate:
+                where = sql.SQL("{} and ({})").format(where, sql.SQL(key.predicate))
+            probes.append(sql.SQL("exists (select from {} x where {})").format(profile, where))
+        return sql.SQL("({})").format(sql.SQL(" or ").join(probes))
+
+
+def _username_layers(
+    plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
+) -> tuple[list[sql.Composable], list[sql.Composable]]:
+    """Columns of the innermost select (each source as text; the provider) and of the middle
+    one (the chosen name, cleaned once, and whether it may be given plainly). A name that is
+    nothing but invisible characters cleans to NULL (no username, or 'user' + the suffix)."""
+    policy = plan.settings.username
+    inner: list[sql.Composable] = []
+    names = []
+    vouchable = []
+    for j, source in enumerate(sources):
+        name = sql.Identifier(f"pg_n{j}")
+        inner.append(sql.SQL("{} as {}").format(source_expr(source), name))
+        names.append(sql.SQL("a.{}").format(name))
+        # Names read from the metadata a provider writes; an email's local part is the user's.
+        if source.path and source.transform != "localpart":
+            vouchable.append(sql.SQL("a.{}").format(name))
+    provider = guard.provider
+    fallback = sql.Literal(USERNAME_FALLBACK) if guard.not_null else sql.NULL
+    everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
+    if provider is None:
+        inner.append(sql.SQL("null::text as pg_provider"))
     else:
-        suffixed = sql.SQL("{} || '_' || {}").format(base, suffix)
-        plain = base
-    needs: list[sql.Composable] = []
-    if guard.min_length is not None:
-        needs.append(sql.SQL("char_length({}) < {}").format(base, sql.Literal(guard.min_length)))
-    if guard.unique:
-        # Compare the name as it would be stored (cut to the maximum length): names that differ
-        # only past the limit collide too.
-        needs.append(
-            sql.SQL("row_number() over (partition by {} order by s.pg_key) > 1").format(plain)
-        )
-        needs.append(
-            sql.SQL("exists (select from {} x where x.{} = {})").format(
-                sql.Identifier(plan.profile.ref.schema, plan.profile.ref.name),
-                sql.Identifier(guard.column),
-                _cast(plain, column),
-            )
-        )
-    if not needs:
-        return _cast(plain, column)
-    expr = sql.SQL("case when {needs} then {suffixed} else {plain} end").format(
-        needs=sql.SQL(" or ").join(needs), suffixed=suffixed, plain=plain
-    )
-    return _cast(expr, column)
+        inner.append(sql.SQL("{} as pg_provider").format(source_expr(provider)))
+    unverified = sql.Literal(sorted(policy.unverified_providers))
+    oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}::text[]))").format(
+        unverified)
+    vouched = (sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable))
+               if vouchable else sql.NULL)
+    if provider is None:
+        base = everything
+        trusted: sql.Composable = sql.SQL("{} is not null").format(
+            sql.SQL("coalesce({})").format(sql.SQL(", ").join(names)))
+    else:
+        # Provenance first: for an OAuth sign-up, the names its provider vouches for come before
+        # the ones the user typed; rows with no provider recorded were written by an operator.
+        base = sql.SQL("case when {oauth} then coalesce({vouched}, {everything})"
+                       " else {everything} end").format(
+            oauth=oauth, vouched=vouched, everything=everything)
+        if policy.unverified == "plain":
+            trusted = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(names))
+        else:
+            trusted = sql.SQL("case when a.pg_provider is null then coalesce({}) is not null"
+                              " when {} then {} is not null else false end").format(
+                sql.SQL(", ").join(names), oauth, vouched)
+    cleaned = clean_username(base, guard, lowercase=policy.lowercase,
+                             limit=guard.max_length or policy.max_length)
+    if guard.not_null:
+        cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
+    middle: list[sql.Composable] = [
+        sql.SQL("{} as pg_base").format(cleaned),
+        sql.SQL("{} as pg_trusted").format(trusted),
+    ]
+    return inner, middle
+
+
+_LENGTH_TEST = re.compile(
+    r"(?:char_length|character_length|length)\(\(?\s*(?P<col>\"?\w+\"?)\s*\)?"
+    r"(?:::[\w ]+(?:\(\d+\))?)?\s*\)\s*(?:>=|<=|>|<|=|<>)\s*\d+"
+    r"|(?:char_length|character_length|length)\(\(?\s*(?P<col2>\"?\w+\"?)\s*\)?"
+    r"(?:::[\w ]+(?:\(\d+\))?)?\s*\)\s*BETWEEN\s+\d+\s+AND\s+\d+"
+)
+
+
+def _restricts_characters(body: str, column: str) -> bool:
+    """False for a CHECK made only of character-length bounds (the candidates' length already
+    satisfies those); True for anything else (patterns, octet_length, other functions)."""
+    rest = _LENGTH_TEST.sub("", body)
+    return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
+
+
+def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
+        sql.Composable, sql.Composable]:
+    """(whether the plain name is free, over `b`; the final username, over `c`).
+
+    Candidates, first acceptable wins (acceptable: passes the policy and the column's CHECKs, and
+    no profile holds its key in any unique index on the column):
+    1. the name as given: only when it may be given plainly (not reserved, vouched for or
+       written by an operator) and no lower key in the same statement has the same unique key;
+    2. the name + '_' + 8 hex digits of a hash of the whole key;
+    3. when the table or the policy restricts characters: the name reduced to [a-z0-9_], plain
+       (not on the forced retry: two rows of one statement may reduce to the same name) and
+       suffixed;
+    4. 'user' + the suffix, then with 16 hex digits (for columns so short that 8 collide);
+    then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
+    Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
+    rare; the retry after the unique violation finds it): every lookup is one more subplan to
+    start for each single-row sign-up.
+    """
+    n = _Names(plan, guard)
+    base = sql.SQL("c.pg_base")
+    plain = n.plain(base)
+    restricted = plan.settings.username.pattern is not None or any(
+        _restricts_characters(body, guard.column) for _, body in guard.checks)
+    slug = sql.SQL(
+        "nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')"
+    ).format(_lower(base, guard))
+    steps: list[tuple[sql.Composable, sql.Composable]] = []
+    partitions = [n.key(k, plain) for k in guard.keys] or ([plain] if guard.unique else [])
+    windows = [
+        sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(p)
+        for p in partitions
+    ]
+    first = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
+    steps.append((first, plain))
+
+    def acceptable(candidate: sql.Composable) -> sql.Composable:
+        if not forced:
+            return n.ok(candidate)
+        return sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate))
+
+    second = n.suffixed(base)
+    steps.append((acceptable(second), second))
+    if restricted:
+        slug_plain = n.plain(slug)
+        if not forced:
+            steps.append((sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
+                n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)), slug_plain))
+        slug_suffixed = n.suffixed(slug)
+        steps.append((sql.SQL("{} is not null and {}").format(slug, acceptable(slug_suffixed)),
+                      slug_suffixed))
+    for candidate in (n.suffixed(sql.Literal(USERNAME_FALLBACK)),
+                      n.suffixed(sql.Literal(USERNAME_FALLBACK), LONG_SUFFIX)):
+        steps.append((acceptable(candidate), candidate))
+    last: sql.Composable = second if guard.not_null else sql.NULL
+    chain = sql.SQL(" ").join(
+        sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
+    final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
+    free = sql.SQL("(b.pg_trusted and not {} and {} and not {})").format(
+        n.reserved(n.plain(sql.SQL("b.pg_base"))), n.ok(n.plain(sql.SQL("b.pg_base"))),
+        n.taken(n.plain(sql.SQL("b.pg_base"))))
+    return free, n.typed(final)
 
 
 def insert_statement(
@@ -225,38 +572,56 @@ def insert_statement(
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
     `source` is the identity table or a transition table (aliased `u`); `where` filters it.
-    `force_suffix` is the retry after a unique violation: suffixed usernames use the whole key.
+    `force_suffix` is the retry after a unique violation: suffixed names are looked up too, and
+    names reduced to [a-z0-9_] are never given plainly (two may have collided in one statement).
+    Nested selects: `a` reads the sources, `b` picks and cleans the username base and says
+    whether it may be given plainly, `c` tests the plain name, the outer one picks among the
+    candidates. OFFSET 0 computes `b` and `c` once per row: without it the planner would copy
+    their expressions (a cleaning, an index probe) into each use.
     Without `on_conflict` it is a plain INSERT (the trigger's first try: new users have no
     profile, and a speculative insertion per row costs a bulk insert a quarter of its time).
     """
     settings = plan.settings
+    guard = plan.guard
     inner_cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(settings.identity.key))
     ]
-    outer_cols: list[sql.Composable] = [sql.SQL("s.pg_key")]
+    middle_cols: list[sql.Composable] = [sql.SQL("a.*")]
+    free_cols: list[sql.Composable] = [sql.SQL("b.*")]
+    outer_cols: list[sql.Composable] = [sql.SQL("c.pg_key")]
     targets = [sql.Identifier(settings.profile.key)]
     for index, (column, sources) in enumerate(plan.mapping.items()):
-        inner = sql.Identifier(f"pg_c{index}")
-        value = _coalesced(sources)
-        guard = plan.guard
-        if guard is not None and column == guard.column:
-            if guard.not_null:
-                value = sql.SQL("coalesce({}, {})").format(value, sql.Literal(USERNAME_FALLBACK))
-            outer = _username_expr(plan, guard, inner, long_suffix=force_suffix)
-        else:
-            outer = _cast(sql.SQL("s.{}").format(inner), plan.profile.columns[column])
-        inner_cols.append(sql.SQL("{} as {}").format(value, inner))
-        outer_cols.append(outer)
         targets.append(sql.Identifier(column))
+        if guard is not None and column == guard.column:
+            inner, middle = _username_layers(plan, guard, sources)
+            inner_cols.extend(inner)
+            middle_cols.extend(middle)
+            _, final = _username_outer(plan, guard, forced=force_suffix)
+            outer_cols.append(final)
+            continue
+        alias = sql.Identifier(f"pg_c{index}")
+        inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
+        target = plan.profile.columns[column]
+        value = _cast(sql.SQL("c.{}").format(alias), target)
+        if target.not_null and target.default_expr:
+            # An explicit NULL would not take the default: the column's default fills the gap.
+            value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
+        outer_cols.append(value)
+    if guard is not None and guard.column in plan.mapping:
+        free, _ = _username_outer(plan, guard, forced=force_suffix)
+        free_cols.append(sql.SQL("{} as pg_free").format(free))
     statement = sql.SQL(
         "insert into {profile} ({targets})\n"
         "select {outer}\n"
-        "from (select {inner} from {source} u {where}) s"
+        "from (select {free} from (select {middle} from (select {inner} from {source} u {where}"
+        " offset 0) a offset 0) b offset 0) c"
         "{conflict}"
     ).format(
+        free=sql.SQL(", ").join(free_cols),
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
+        middle=sql.SQL(", ").join(middle_cols),
         inner=sql.SQL(", ").join(inner_cols),
         source=source,
         where=where,

@@ -45,7 +45,7 @@ from tenacity import (
 from profileguard import repairs
 from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
-from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.errors import ConfigError, InvalidUserIdError, ProfileGuardError
 from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
 
@@ -509,6 +509,12 @@ class Reconciler:
         if not texts and not all_quarantined:
             return PassResult()
         self._connection()  # resolves the key type used by _parse_ids
+        bad = [t for t in texts if not self._parse_ids([t])]
+        if bad:
+            raise InvalidUserIdError(
+                f"not a user id ({self._key_type}): {', '.join(repr(b) for b in bad[:5])}",
+                hint="pass ids of the identity table's key, or --all-quarantined",
+            )
         reset_ids = self._retrying(reset)
         ids = self._parse_ids(dict.fromkeys([*texts, *reset_ids]))
         return self.repair_ids(ids)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from profileguard import __version__
+from profileguard import __version__, preflight
 from profileguard import sql as sqlfiles
 from profileguard.catalog import inspect_table, table_oid
 from profileguard.config import Settings, TableRef
@@ -33,6 +33,7 @@ from profileguard.installation import (
     table_parts,
 )
 from profileguard.mapping import Plan, build_plan, insert_statement
+from profileguard.preflight import Preflight
 
 INSTALL_LOCK = "profileguard.install"
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
@@ -60,9 +61,11 @@ class InstallResult:
     statements: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     replaced_triggers: list[str] = field(default_factory=list)
+    preflight: Preflight | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "preflight": None if self.preflight is None else self.preflight.as_dict(),
             "version_before": self.version_before,
             "version_after": self.version_after,
             "created_profile_table": self.created_profile_table,
@@ -267,6 +270,7 @@ def _apply(
     create_profile_table: bool,
     source: str,
     replace_triggers: Sequence[str] = (),
+    force: bool = False,
 ) -> InstallResult:
     rec = _Recorder(conn)
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (INSTALL_LOCK,))
@@ -283,6 +287,10 @@ def _apply(
         result.created_profile_table = True
     plan = build_plan(conn, settings)
     result.notes.extend(plan.notes)
+    # Once installed, a refusal is a warning: turning strict mode off or changing a setting must
+    # stay possible while every profile fails.
+    result.preflight = _preflight(conn, settings, plan, force=force or before > 0)
+    result.notes.extend(f"preflight: {w}" for w in result.preflight.warnings)
 
     rec.run("create schema if not exists profileguard")
     for migration in pending_migrations(conn):
@@ -370,6 +378,43 @@ def _apply(
     return result
 
 
+def _preflight(conn: psycopg.Connection, settings: Settings, plan: Plan, *,
+               force: bool) -> Preflight:
+    """The preflight; refusals stop the install unless `force`."""
+    report = preflight.check(conn, settings, plan)
+    for failure in report.failures[:5]:
+        report.warnings.append(
+            f"rehearsal: {failure['subject']} would fail with SQLSTATE {failure['sqlstate']}: "
+            f"{failure['message']}"
+        )
+    if len(report.failures) > 5:
+        report.warnings.append(f"rehearsal: {len(report.failures) - 5} more failures "
+                               "(see: profileguard install --check)")
+    if force:
+        report.warnings.extend(report.refusals)
+    elif report.refusals:
+        raise ConfigError(
+            "install refused: " + "; ".join(report.refusals),
+            hint="fix the table or the mapping as said, then install again "
+            "(profileguard install --check rehearses without changing anything; --force "
+            "installs anyway: sign-ups still commit and each failure is recorded)",
+        )
+    return report
+
+
+def check(settings: Settings) -> Preflight:
+    """The install preflight alone, in a transaction that is rolled back."""
+    with _transaction(settings, dry_run=True) as conn:
+        if inspect_table(conn, settings.profile) is None:
+            raise ConfigError(
+                f"profile table {settings.profile} does not exist",
+                hint="run: profileguard install --create-profile-table "
+                "(or set profile.table to your existing table)",
+            )
+        plan = build_plan(conn, settings)
+        return preflight.check(conn, settings, plan)
+
+
 @contextmanager
 def _transaction(settings: Settings, *, dry_run: bool = False) -> Iterator[psycopg.Connection]:
     """One connection, one transaction: committed on success, rolled back on error or dry run."""
@@ -399,8 +444,12 @@ def install(
     cron_schedule: str | None = None,
     dry_run: bool = False,
     replace_triggers: Sequence[str] = (),
+    force: bool = False,
 ) -> InstallResult:
     """Install (or re-install) profileguard; `dry_run` rolls back and only returns the SQL.
+
+    The preflight runs first (see `profileguard.preflight`): a refusal raises ConfigError
+    unless `force`.
 
     `replace_triggers` names existing triggers on the identity table that create profiles:
     they are disabled (and recorded, so `uninstall` re-enables them).
@@ -415,6 +464,7 @@ def install(
             create_profile_table=create_profile_table,
             source="install",
             replace_triggers=replace_triggers,
+            force=force,
         )
         if cron_schedule is not None:
             result.statements.extend(_schedule_sweep(conn, cron_schedule))
@@ -462,7 +512,8 @@ def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
     with _transaction(settings, dry_run=dry_run) as conn:
         require_version(conn)
         return _apply(
-            conn, settings, strict=None, enabled=None, create_profile_table=False, source="upgrade"
+            conn, settings, strict=None, enabled=None, create_profile_table=False, source="upgrade",
+            force=True,
         )
 
 

@@ -1,5 +1,6 @@
 """The example app end to end: sign-up, OAuth first login, profile reads, token checks."""
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,7 +68,10 @@ def test_signup_returns_the_profile_and_a_token_that_reads_it(
     assert body["created"] is True
     assert body["user"]["email"] == email
     assert body["profile"]["full_name"] == "Ada Lovelace"
-    assert body["profile"]["username"] == handle
+    # A name typed into an email sign-up gets the key-hash suffix by default
+    # ([username] unverified = "suffix"; "plain" gives it as typed when free).
+    suffix = hashlib.md5(str(body["user"]["id"]).encode()).hexdigest()[:8]
+    assert body["profile"]["username"] == f"{handle}_{suffix}"
     assert "encrypted_password" not in body["user"]
     me = client.get("/me", headers=bearer(body["access_token"]))
     assert me.status_code == 200

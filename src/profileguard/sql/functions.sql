@@ -3,7 +3,8 @@
 -- Count one failed repair attempt of a user: full-jitter exponential backoff before the next
 -- attempt, quarantine (and a 'quarantine' event) once `p_max_attempts` is reached; the second
 -- column is true only for the call that quarantined. Shared by the worker, the backfill and the
--- in-database sweep, so all three back off and quarantine alike.
+-- in-database sweep, so all three back off and quarantine alike. Messages are stored without
+-- row values (profileguard.redact_error; last_message by a trigger on repair_state).
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
@@ -24,7 +25,8 @@ declare
     v_attempts integer;
     v_newly boolean;
     v_entry jsonb := jsonb_build_array(jsonb_build_object(
-        'at', now(), 'source', p_source, 'sqlstate', p_sqlstate, 'message', left(p_message, 2000)));
+        'at', now(), 'source', p_source, 'sqlstate', p_sqlstate,
+        'message', profileguard.redact_error(left(p_message, 2000))));
 begin
     insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
         last_message, quarantined_at, history, updated_at)

@@ -10,9 +10,12 @@ select a.attname as name,
        a.attnotnull as not_null,
        (a.atthasdef or a.attidentity <> '' or a.attgenerated <> '') as has_default,
        a.attgenerated <> '' as generated,
-       case when t.typcategory = 'S' and a.atttypmod > 4 then a.atttypmod - 4 end as max_length
+       case when t.typcategory = 'S' and a.atttypmod > 4 then a.atttypmod - 4 end as max_length,
+       case when a.attgenerated = '' then pg_catalog.pg_get_expr(d.adbin, d.adrelid) end
+           as default_expr
 from pg_catalog.pg_attribute a
 join pg_catalog.pg_type t on t.oid = a.atttypid
+left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
 order by a.attnum
 
@@ -75,3 +78,42 @@ values (%(t)s, %(n)s, %(f)s, %(m)s)
 on conflict (table_name, trigger_name) do update
 set function_name = excluded.function_name, previous_mode = excluded.previous_mode,
     replaced_at = now()
+
+-- name: unique_indexes
+-- Every unique index of a table: its first key (column name or expression, as the server
+-- prints it), how many keys, the predicate of a partial index and a collation other than the
+-- key column's (NULL when it is the column's own).
+select i.indexrelid::pg_catalog.regclass::text as name,
+       pg_catalog.pg_get_indexdef(i.indexrelid, 1, true) as key,
+       i.indkey[0] as attnum,
+       i.indnkeyatts as keys,
+       i.indisprimary as is_primary,
+       pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) as predicate,
+       (select pg_catalog.format('%%I.%%I', n.nspname, c.collname)
+        from pg_catalog.pg_collation c join pg_catalog.pg_namespace n on n.oid = c.collnamespace
+        where c.oid = i.indcollation[0] and c.oid <> 100
+          and c.oid is distinct from (select a.attcollation from pg_catalog.pg_attribute a
+                                      where a.attrelid = i.indrelid
+                                        and a.attnum = i.indkey[0])) as collation
+from pg_catalog.pg_index i
+where i.indrelid = %(oid)s and i.indisunique
+
+-- name: checks_by_column
+-- CHECK constraints with the columns each references.
+select c.conname as name,
+       pg_catalog.pg_get_constraintdef(c.oid, true) as definition,
+       array(select a.attname::text from pg_catalog.pg_attribute a
+             where a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+             order by a.attnum) as columns
+from pg_catalog.pg_constraint c
+where c.conrelid = %(oid)s and c.contype = 'c'
+
+-- name: unicode_collation
+-- A collation whose lower() maps every script, not only ASCII (NULL when there is none).
+select pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.collname) as collation
+from pg_catalog.pg_collation c join pg_catalog.pg_namespace n on n.oid = c.collnamespace
+where c.collname in ('pg_unicode_fast', 'unicode', 'und-x-icu', 'pg_c_utf8')
+  and c.collencoding in (-1, pg_catalog.pg_char_to_encoding('UTF8'))
+order by array_position(array['pg_unicode_fast', 'unicode', 'und-x-icu', 'pg_c_utf8'],
+                        c.collname::text)
+limit 1

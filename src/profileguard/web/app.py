@@ -9,9 +9,12 @@ alive), `/readyz` (database reachable, schema installed with monitoring, trigger
 
 from __future__ import annotations
 
+import errno
 import hmac
+import ipaddress
 import logging
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -30,8 +33,14 @@ from profileguard import __version__, monitor
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import translate
-from profileguard.errors import ConnectionFailedError, ProfileGuardError, ServeFailedError
+from profileguard.errors import (
+    ConfigError,
+    ConnectionFailedError,
+    ProfileGuardError,
+    ServeFailedError,
+)
 from profileguard.installation import TRIGGER_NAME
+from profileguard.redaction import redact_row
 from profileguard.web import metrics
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -76,9 +85,16 @@ def create_app(
     token: str | None = None,
     alerts: bool = True,
     loop: monitor.MonitorLoop | None = None,
+    show_details: bool = False,
 ) -> FastAPI:
     """The application; with `alerts`, a background loop refreshes the counts and evaluates
-    the alert rules while it runs."""
+    the alert rules while it runs. Failure messages are reduced to SQLSTATE, constraint and
+    column names unless `show_details`."""
+    if token is not None and not token.strip():
+        raise ConfigError("the API token is empty", hint="pass a non-empty token or None")
+
+    def shown(row: dict[str, Any]) -> dict[str, Any]:
+        return row if show_details else redact_row(row)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -184,7 +200,9 @@ def create_app(
     def api_status() -> dict[str, Any]:
         try:
             with connection() as conn:
-                return monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
+                result = monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
+                result["quarantine"] = [shown(q) for q in result.get("quarantine", [])]
+                return result
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
@@ -198,7 +216,9 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"kind must be one of {EVENT_KINDS}")
         try:
             with connection() as conn:
-                return monitor.events(conn, limit=limit, before=before, kind=kind)
+                page = monitor.events(conn, limit=limit, before=before, kind=kind)
+                page["items"] = [shown(e) for e in page["items"]]
+                return page
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
@@ -217,11 +237,68 @@ def create_app(
     def api_quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         try:
             with connection() as conn:
-                return {"items": monitor.quarantine(conn, limit=limit)}
+                return {"items": [shown(q) for q in monitor.quarantine(conn, limit=limit)]}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is only reachable from this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def check_exposure(host: str, token: str | None, *, allow_no_token: bool) -> None:
+    """Refuse an empty token, and a non-loopback bind without one unless explicitly allowed."""
+    if token is not None and not token.strip():
+        raise ConfigError(
+            "the API token is empty",
+            hint="set PROFILEGUARD_API_TOKEN (or --token) to a secret, e.g. "
+            "'export PROFILEGUARD_API_TOKEN=$(openssl rand -hex 32)', or leave it unset on "
+            "localhost",
+        )
+    if token is None and not is_loopback(host):
+        if not allow_no_token:
+            raise ConfigError(
+                f"refusing to serve on {host} without a token: anyone who can reach it could "
+                "read the figures and the audit trail",
+                hint="set PROFILEGUARD_API_TOKEN (or --token), bind to 127.0.0.1, or pass "
+                "--insecure-no-token if a proxy in front checks access",
+            )
+        log.warning("SERVING ON %s WITHOUT A TOKEN (--insecure-no-token): anyone who can reach "
+                    "it can read the figures and the audit trail", host)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, so a busy port is a clear error, not uvicorn's log."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} cannot be resolved: {exc.strerror}",
+                          hint="pass an address such as 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeFailedError(
+                f"port {port} on {host} is already in use",
+                hint=f"stop what listens there (e.g. 'ss -ltnp sport = :{port}') or pass "
+                "another --port",
+            ) from None
+        raise ServeFailedError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="pass another --host or --port") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
@@ -231,23 +308,21 @@ def serve(
     port: int = 8787,
     token: str | None = None,
     alerts: bool = True,
+    allow_no_token: bool = False,
+    show_details: bool = False,
 ) -> None:
     """Run the application with uvicorn until SIGINT/SIGTERM."""
+    check_exposure(host, token, allow_no_token=allow_no_token)
     settings.conninfo()  # fail early, with the hint, when no database is configured
-    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
-        log.warning("serving on %s without a token: anyone who can reach it can read the "
-                    "figures and the audit trail; set PROFILEGUARD_API_TOKEN", host)
-    config = uvicorn.Config(create_app(settings, token=token, alerts=alerts), host=host,
-                            port=port, log_level="info")
+    sock = _bind(host, port)
     try:
-        _Server(config).run()
-    except SystemExit as exc:  # uvicorn exits with its own code 3 when it cannot start
-        if exc.code in (0, None):
-            raise
-        raise ServeFailedError(
-            f"the server could not start on {host}:{port} (its log above says why)",
-            hint="if the port is in use, pass --port PORT or stop what listens there",
-        ) from None
+        config = uvicorn.Config(
+            create_app(settings, token=token, alerts=alerts, show_details=show_details),
+            host=host, port=port, log_level="info",
+        )
+        _Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class _Server(uvicorn.Server):

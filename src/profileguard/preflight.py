@@ -1,0 +1,200 @@
+"""Install preflight: will the mapping fill this profile table? Checked before anything changes.
+
+Two checks, inside the install transaction (or a rolled-back one for `install --check`):
+
+* the catalog: a NOT NULL column without a default that the mapping does not fill makes every
+  profile insert fail, so install refuses it (unless forced), naming the column and both fixes;
+  constraints the generated names cannot be proven to satisfy are reported as warnings;
+* a rehearsal: the generated INSERT runs for a sample of existing users and for synthetic
+  sign-ups of each provider's shape, into temporary copies of both tables (dropped at commit).
+  Nothing is written to the real tables and no trigger on the identity table fires; the only
+  lock on it is the ACCESS SHARE of reading the sample. Each failure is reported with its
+  SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from profileguard.catalog import TableFacts, inspect_table
+from profileguard.config import Settings, TableRef
+from profileguard.mapping import Plan, build_plan, insert_statement
+
+# Existing users rehearsed; with the synthetic shapes this stays under 64 savepoints, the
+# subtransactions one backend can have before every session's snapshots slow down.
+SAMPLE_USERS = 40
+USERS_COPY = "pg_preflight_users"
+PROFILES_COPY = "pg_preflight_profiles"
+
+# Sign-ups as Supabase Auth writes them: (name, provider, email, raw_user_meta_data).
+SHAPES: tuple[tuple[str, str | None, str | None, Any], ...] = (
+    ("email, empty metadata", "email", "preflight.empty@example.com", {}),
+    ("email, no metadata at all", "email", "preflight.null@example.com", None),
+    ("email with a chosen username", "email", "preflight.chosen@example.com",
+     {"user_name": "Preflight User", "full_name": "Preflight User"}),
+    ("magic link, short email", "email", "pf@example.com", {}),
+    ("phone / OTP, no email", "phone", None, {}),
+    ("anonymous", "anonymous", None, {}),
+    ("google", "google", "preflight.google@gmail.com",
+     {"name": "Ada Lovelace", "full_name": "Ada Lovelace", "email": "preflight.google@gmail.com",
+      "picture": "https://lh3.googleusercontent.com/a/x", "email_verified": True}),
+    ("github", "github", "preflight.github@example.com",
+     {"user_name": "octocat", "preferred_username": "octocat", "full_name": "The Octocat",
+      "avatar_url": "https://avatars.githubusercontent.com/u/1"}),
+    ("discord", "discord", "preflight.discord@example.com",
+     {"full_name": "codejedi", "name": "codejedi#0", "custom_claims": {"global_name": "Jedi"},
+      "avatar_url": "https://cdn.discordapp.com/avatars/1/x.png"}),
+    ("unicode and a 1 MB name", "github", "preflight.long@example.com",
+     {"user_name": "\u202e" + "\U0001f984" * 3 + "x" * 1_000_000, "full_name": "Ünïcødé 👩‍💻"}),
+    ("no email, nothing in metadata", None, None, {}),
+)
+
+
+@dataclass
+class Preflight:
+    """What the preflight found: refusals (install stops), warnings, and rehearsal failures."""
+
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rehearsed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals and not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "refusals": self.refusals, "warnings": self.warnings,
+                "rehearsed": self.rehearsed, "failures": self.failures}
+
+
+def unfilled_columns(settings: Settings, profile: TableFacts, plan: Plan) -> list[str]:
+    """NOT NULL columns without a default that the mapping does not fill."""
+    return [
+        c.name for c in profile.columns.values()
+        if c.not_null and not c.has_default and not c.generated
+        and c.name != settings.profile.key and c.name not in plan.mapping
+    ]
+
+
+def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight:
+    """Run both checks in the current transaction (temporary tables, dropped at its end)."""
+    result = Preflight()
+    for name in unfilled_columns(settings, plan.profile, plan):
+        result.refusals.append(
+            f"{settings.profile}.{name} is NOT NULL without a default and the mapping does not "
+            f"fill it: every profile insert would fail. Map it (mapping.{name} = [\"…\"] in "
+            f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
+            f"column {name} set default …)"
+        )
+    guard = plan.guard
+    if guard is not None:
+        result.warnings.extend(guard.ignored)
+        for name, body in guard.checks:
+            if "~" in body or "like" in body.lower() or "similar" in body.lower():
+                result.warnings.append(
+                    f"check constraint {name} on {settings.profile}.{guard.column} restricts "
+                    "characters: names are tried as given, reduced to [a-z0-9_], then 'user_' "
+                    "+ a hash; when none passes, the username is NULL"
+                    + (" — the column is NOT NULL, so that sign-up's profile fails (recorded)"
+                       if guard.not_null else "")
+                )
+    try:
+        with conn.transaction():
+            _rehearse(conn, settings, plan, result)
+    except psycopg.Error as exc:
+        # No temporary tables allowed, or the copies cannot be made: the catalog checks stand.
+        result.warnings.append(
+            f"rehearsal skipped: {exc.diag.message_primary or exc} (SQLSTATE {exc.sqlstate})")
+    return result
+
+
+def _copy_tables(conn: psycopg.Connection, settings: Settings) -> tuple[Settings, Plan] | None:
+    identity = sql.Identifier(settings.identity.schema, settings.identity.name)
+    profile = sql.Identifier(settings.profile.schema, settings.profile.name)
+    conn.execute(sql.SQL("drop table if exists pg_temp.{}, pg_temp.{}").format(
+        sql.Identifier(USERS_COPY), sql.Identifier(PROFILES_COPY)))
+    conn.execute(sql.SQL(
+        "create temporary table {} (like {} including defaults) on commit drop"
+    ).format(sql.Identifier(USERS_COPY), identity))
+    conn.execute(sql.SQL(
+        "create temporary table {} (like {} including all) on commit drop"
+    ).format(sql.Identifier(PROFILES_COPY), profile))
+    conn.execute(sql.SQL("insert into pg_temp.{} select * from {} limit {}").format(
+        sql.Identifier(USERS_COPY), identity, sql.Literal(SAMPLE_USERS)))
+    copies = replace(
+        settings,
+        identity=TableRef("pg_temp", USERS_COPY, settings.identity.key),
+        profile=TableRef("pg_temp", PROFILES_COPY, settings.profile.key),
+    )
+    return copies, build_plan(conn, copies)
+
+
+def _synthetic(conn: psycopg.Connection, users: TableFacts, key: str) -> list[tuple[Any, str]]:
+    """Insert the synthetic sign-ups into the users copy; (key, shape name) of each."""
+    key_type = users.columns[key].type
+    if key_type == "uuid":
+        keys: list[Any] = [f"00000000-0000-4000-8000-{i:012d}" for i in range(len(SHAPES))]
+    elif key_type in ("integer", "bigint", "smallint"):
+        keys = [-(i + 1) for i in range(len(SHAPES))]
+    elif users.columns[key].is_text:
+        keys = [f"preflight-{i}" for i in range(len(SHAPES))]
+    else:
+        return []
+    added = []
+    for value, (name, provider, email, meta) in zip(keys, SHAPES, strict=True):
+        row: dict[str, Any] = {key: value}
+        if "email" in users.columns and users.columns["email"].is_text:
+            row["email"] = email
+        if "raw_user_meta_data" in users.columns and users.columns["raw_user_meta_data"].is_json:
+            row["raw_user_meta_data"] = None if meta is None else json.dumps(meta)
+        if "raw_app_meta_data" in users.columns and users.columns["raw_app_meta_data"].is_json:
+            row["raw_app_meta_data"] = json.dumps({"provider": provider} if provider else {})
+        if "is_anonymous" in users.columns:
+            row["is_anonymous"] = provider == "anonymous"
+        conn.execute(sql.SQL("insert into pg_temp.{} ({}) values ({})").format(
+            sql.Identifier(USERS_COPY),
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Literal(v) for v in row.values()),
+        ))
+        added.append((value, name))
+    return added
+
+
+def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan,
+              result: Preflight) -> None:
+    copied = _copy_tables(conn, settings)
+    if copied is None:
+        return
+    copies, copy_plan = copied
+    users = inspect_table(conn, copies.identity)
+    if users is None:
+        return
+    key = settings.identity.key
+    sample = [(r[0], f"user {r[0]}") for r in conn.execute(
+        sql.SQL("select {} from pg_temp.{}").format(sql.Identifier(key),
+                                                    sql.Identifier(USERS_COPY))).fetchall()]
+    rows = sample + _synthetic(conn, users, key)
+    source = sql.SQL("pg_temp.{}").format(sql.Identifier(USERS_COPY))
+    for value, subject in rows:
+        where = sql.SQL("where u.{} = {}").format(sql.Identifier(key), sql.Literal(value))
+        result.rehearsed += 1
+        try:
+            with conn.transaction():
+                conn.execute(insert_statement(copy_plan, source=source, where=where))
+        except psycopg.Error as exc:
+            message = (exc.diag.message_primary or str(exc)).replace(
+                PROFILES_COPY, settings.profile.name).replace(USERS_COPY, settings.identity.name)
+            result.failures.append({"subject": subject, "sqlstate": exc.sqlstate,
+                                    "message": message})
+    if result.failures and len(result.failures) == len(rows):
+        result.refusals.append(
+            f"no rehearsed profile could be created ({len(rows)} tried): the mapping does not "
+            f"fit {settings.profile}"
+        )
