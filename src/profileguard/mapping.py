@@ -498,8 +498,8 @@ def _restricts_characters(body: str, column: str) -> bool:
     return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
 
 
-def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
-        sql.Composable, sql.Composable]:
+def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool, dedupe: bool = True
+                    ) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
     Candidates, first acceptable wins (acceptable: passes the policy and the column's CHECKs, and
@@ -510,6 +510,7 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     3. when the table or the policy restricts characters: the name reduced to [a-z0-9_], plain
        (not on the forced retry: two rows of one statement may reduce to the same name) and
        suffixed;
+    Without `dedupe` rows of one statement are not compared (the trigger's optimistic first try).
     4. 'user' + the suffix, then with 16 hex digits (for columns so short that 8 collide);
     then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
     Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
@@ -529,7 +530,7 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool) -> tuple[
     windows = [
         sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(p)
         for p in partitions
-    ]
+    ] if dedupe else []
     first = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
     steps.append((first, plain))
 
@@ -567,7 +568,7 @@ def insert_statement(
     source: sql.Composable,
     where: sql.Composable = sql.SQL(""),
     force_suffix: bool = False,
-    on_conflict: bool = True,
+    optimistic: bool = False,
 ) -> sql.Composed:
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
@@ -578,8 +579,11 @@ def insert_statement(
     whether it may be given plainly, `c` tests the plain name, the outer one picks among the
     candidates. OFFSET 0 computes `b` and `c` once per row: without it the planner would copy
     their expressions (a cleaning, an index probe) into each use.
-    Without `on_conflict` it is a plain INSERT (the trigger's first try: new users have no
-    profile, and a speculative insertion per row costs a bulk insert a quarter of its time).
+    `optimistic` is the signup trigger's first try, shaped for what signups are (new users, one
+    per statement): a plain INSERT (no ON CONFLICT: a speculative insertion per row costs a bulk
+    insert a quarter of its time) that does not compare names within the statement (a sort per
+    statement). A profile that exists or two equal names in one statement raise a unique
+    violation, and the trigger's forced retry does both.
     """
     settings = plan.settings
     guard = plan.guard
@@ -596,7 +600,8 @@ def insert_statement(
             inner, middle = _username_layers(plan, guard, sources)
             inner_cols.extend(inner)
             middle_cols.extend(middle)
-            _, final = _username_outer(plan, guard, forced=force_suffix)
+            _, final = _username_outer(plan, guard, forced=force_suffix,
+                                       dedupe=not optimistic)
             outer_cols.append(final)
             continue
         alias = sql.Identifier(f"pg_c{index}")
@@ -627,6 +632,6 @@ def insert_statement(
         where=where,
         conflict=sql.SQL("\non conflict ({}) do nothing").format(
             sql.Identifier(settings.profile.key)
-        ) if on_conflict else sql.SQL(""),
+        ) if not optimistic else sql.SQL(""),
     )
     return statement

@@ -124,7 +124,7 @@ def render_generated(plan: Plan) -> sql.Composed:
         guard=sql.SQL("true" if plan.guard else "false"),
         lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
         record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
-        insert_new=insert_statement(plan, source=new_rows, on_conflict=False),
+        insert_new=insert_statement(plan, source=new_rows, optimistic=True),
         insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
         insert_ids=insert_statement(plan, source=identity, where=by_ids),
         insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),

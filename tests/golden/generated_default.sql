@@ -6,8 +6,9 @@
 -- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
 -- identity, profile and the keys are quoted identifiers.
 
--- The trigger: one set-based INSERT per statement on the identity table (no ON CONFLICT: new users
--- have no profile; a unique violation is retried with it). One exception block per statement
+-- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
+-- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
+-- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
@@ -16,6 +17,7 @@
 -- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
 -- statistics from before the first signups) would otherwise scan it once per new row, quadratic
 -- in its size.
+-- work_mem lets a bulk insert's retry compare names in memory.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
@@ -29,6 +31,7 @@ set search_path = ''
 set jit = off
 set enable_seqscan = off
 set lock_timeout = '200ms'
+set work_mem = '64MB'
 as $pg$
 declare
     v_enabled boolean;
@@ -45,7 +48,7 @@ begin
             return null;
         end if;
         insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8) when (char_length(left('user', 55) || '_' || left(md5(c.pg_key::text), 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(md5(c.pg_key::text), 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(md5(c.pg_key::text), 8) when (char_length(left('user', 47) || '_' || left(md5(c.pg_key::text), 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(md5(c.pg_key::text), 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(md5(c.pg_key::text), 16) else NULL end)::text
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8) when (char_length(left('user', 55) || '_' || left(md5(c.pg_key::text), 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(md5(c.pg_key::text), 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(md5(c.pg_key::text), 8) when (char_length(left('user', 47) || '_' || left(md5(c.pg_key::text), 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(md5(c.pg_key::text), 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(md5(c.pg_key::text), 16) else NULL end)::text
 from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog.pg_unicode_fast) = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free from (select a.*, nullif(case when left(case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end, 272) else regexp_replace(normalize(regexp_replace(left(case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) b offset 0) c;
         return null;
     exception when others or query_canceled or assert_failure then

@@ -2,8 +2,9 @@
 -- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
 -- identity, profile and the keys are quoted identifiers.
 
--- The trigger: one set-based INSERT per statement on the identity table (no ON CONFLICT: new users
--- have no profile; a unique violation is retried with it). One exception block per statement
+-- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
+-- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
+-- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
@@ -12,6 +13,7 @@
 -- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
 -- statistics from before the first signups) would otherwise scan it once per new row, quadratic
 -- in its size.
+-- work_mem lets a bulk insert's retry compare names in memory.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
@@ -25,6 +27,7 @@ set search_path = ''
 set jit = off
 set enable_seqscan = off
 set lock_timeout = {lock_timeout}
+set work_mem = '64MB'
 as $pg$
 declare
     v_enabled boolean;
