@@ -122,7 +122,8 @@ BULK = (
     " now()"
     " from generate_series(1, %s) g"
 )
-# Users without exactly one profile, or whose profile differs from what the per-row trigger makes.
+# Users without exactly one profile, or whose profile differs from what the per-row trigger makes
+# (profileguard gives a name a user typed with a hash suffix: `name_1a2b3c4d`).
 CHECK = """
 select
     (select count(*) from auth.users) as users,
@@ -130,7 +131,8 @@ select
     (select count(*) from auth.users u
       where not exists (select from public.profiles p where p.id = u.id)) as missing,
     (select count(*) from auth.users u join public.profiles p on p.id = u.id
-      where p.username is distinct from u.raw_user_meta_data->>'user_name'
+      where (p.username is distinct from u.raw_user_meta_data->>'user_name'
+             and p.username not like (u.raw_user_meta_data->>'user_name') || '\\_%')
          or p.full_name is distinct from u.raw_user_meta_data->>'full_name'
          or p.avatar_url is distinct from u.raw_user_meta_data->>'avatar_url') as different
 """

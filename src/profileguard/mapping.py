@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -380,7 +380,7 @@ class _Names:
     def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
         digits = max(1, min(digits, self.max - 1))
-        return sql.SQL("left({}, {}) || '_' || left(md5(c.pg_key::text), {})").format(
+        return sql.SQL("left({}, {}) || '_' || left(c.pg_hash, {})").format(
             base, sql.Literal(max(0, self.max - 1 - digits)), sql.Literal(digits))
 
     def reserved(self, value: sql.Composable) -> sql.Composable:
@@ -427,54 +427,75 @@ class _Names:
         return sql.SQL("({})").format(sql.SQL(" or ").join(probes))
 
 
+@dataclass(frozen=True)
+class _Provenance:
+    """Where the username comes from, as SQL over the innermost select `a`."""
+
+    names: Sequence[sql.Composable]  # each source, in order
+    everything: sql.Composable  # the first source with a value (or the fallback)
+    oauth: sql.Composable | None  # the sign-up came through a provider (None: not recorded)
+    vouched: sql.Composable  # the first name a provider writes
+
+
+def _provenance(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -> _Provenance:
+    policy = plan.settings.username
+    names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
+    # Names read from the metadata a provider writes; an email's local part is the user's.
+    vouchable = [name for name, source in zip(names, sources, strict=True)
+                 if source.path and source.transform != "localpart"]
+    fallback = sql.Literal(USERNAME_FALLBACK) if guard.not_null else sql.NULL
+    everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
+    oauth = None
+    if guard.provider is not None:
+        oauth = sql.SQL(
+            "(a.pg_provider is not null and a.pg_provider <> all({}::text[]))"
+        ).format(sql.Literal(sorted(policy.unverified_providers)))
+    vouched = (sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable))
+               if vouchable else sql.NULL)
+    return _Provenance(names, everything, oauth, vouched)
+
+
+def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
+                  ) -> sql.Composable:
+    """The name to clean, chosen once per row (a column of its own select, so the cleaning
+    refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
+    names its provider vouches for come before the ones the user typed."""
+    p = _provenance(plan, guard, sources)
+    if p.oauth is None:
+        return p.everything
+    return sql.SQL("case when {oauth} then coalesce({vouched}, {everything})"
+                   " else {everything} end").format(
+        oauth=p.oauth, vouched=p.vouched, everything=p.everything)
+
+
 def _username_layers(
     plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
 ) -> tuple[list[sql.Composable], list[sql.Composable]]:
     """Columns of the innermost select (each source as text; the provider) and of the middle
-    one (the chosen name, cleaned once, and whether it may be given plainly). A name that is
-    nothing but invisible characters cleans to NULL (no username, or 'user' + the suffix)."""
+    one (the chosen name `pg_raw`, cleaned once, and whether it may be given plainly). A name
+    that is nothing but invisible characters cleans to NULL (no username, or 'user' + the
+    suffix). Rows with no provider recorded were written by an operator."""
     policy = plan.settings.username
-    inner: list[sql.Composable] = []
-    names = []
-    vouchable = []
-    for j, source in enumerate(sources):
-        name = sql.Identifier(f"pg_n{j}")
-        inner.append(sql.SQL("{} as {}").format(source_expr(source), name))
-        names.append(sql.SQL("a.{}").format(name))
-        # Names read from the metadata a provider writes; an email's local part is the user's.
-        if source.path and source.transform != "localpart":
-            vouchable.append(sql.SQL("a.{}").format(name))
-    provider = guard.provider
-    fallback = sql.Literal(USERNAME_FALLBACK) if guard.not_null else sql.NULL
-    everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
-    if provider is None:
+    inner: list[sql.Composable] = [
+        sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
+        for j, source in enumerate(sources)
+    ]
+    if guard.provider is None:
         inner.append(sql.SQL("null::text as pg_provider"))
     else:
-        inner.append(sql.SQL("{} as pg_provider").format(source_expr(provider)))
-    unverified = sql.Literal(sorted(policy.unverified_providers))
-    oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}::text[]))").format(
-        unverified)
-    vouched = (sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable))
-               if vouchable else sql.NULL)
-    if provider is None:
-        base = everything
-        trusted: sql.Composable = sql.SQL("{} is not null").format(
-            sql.SQL("coalesce({})").format(sql.SQL(", ").join(names)))
+        inner.append(sql.SQL("{} as pg_provider").format(source_expr(guard.provider)))
+    p = _provenance(plan, guard, sources)
+    any_name = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(p.names))
+    trusted: sql.Composable
+    if p.oauth is None or policy.unverified == "plain":
+        trusted = any_name
     else:
-        # Provenance first: for an OAuth sign-up, the names its provider vouches for come before
-        # the ones the user typed; rows with no provider recorded were written by an operator.
-        base = sql.SQL("case when {oauth} then coalesce({vouched}, {everything})"
-                       " else {everything} end").format(
-            oauth=oauth, vouched=vouched, everything=everything)
-        if policy.unverified == "plain":
-            trusted = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(names))
-        else:
-            trusted = sql.SQL("case when a.pg_provider is null then coalesce({}) is not null"
-                              " when {} then {} is not null else false end").format(
-                sql.SQL(", ").join(names), oauth, vouched)
-    cleaned = clean_username(base, guard, lowercase=policy.lowercase,
+        trusted = sql.SQL("case when a.pg_provider is null then {} when {} then {} is not null"
+                          " else false end").format(any_name, p.oauth, p.vouched)
+    cleaned = clean_username(sql.SQL("a.pg_raw"), guard, lowercase=policy.lowercase,
                              limit=guard.max_length or policy.max_length)
     if guard.not_null:
+        fallback = sql.Literal(USERNAME_FALLBACK)
         cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
     middle: list[sql.Composable] = [
         sql.SQL("{} as pg_base").format(cleaned),
@@ -498,8 +519,8 @@ def _restricts_characters(body: str, column: str) -> bool:
     return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
 
 
-def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool, dedupe: bool = True
-                    ) -> tuple[sql.Composable, sql.Composable]:
+def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
+                    optimistic: bool = False) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
     Candidates, first acceptable wins (acceptable: passes the policy and the column's CHECKs, and
@@ -510,7 +531,9 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool, dedupe: b
     3. when the table or the policy restricts characters: the name reduced to [a-z0-9_], plain
        (not on the forced retry: two rows of one statement may reduce to the same name) and
        suffixed;
-    Without `dedupe` rows of one statement are not compared (the trigger's optimistic first try).
+    `optimistic` (the trigger's first try) neither compares the rows of one statement nor looks
+    the plain name up: a name taken either way raises the unique violation that sends the
+    signup to the forced retry, and the common signup starts no sort and no index probe.
     4. 'user' + the suffix, then with 16 hex digits (for columns so short that 8 collide);
     then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
     Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
@@ -530,7 +553,7 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool, dedupe: b
     windows = [
         sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(p)
         for p in partitions
-    ] if dedupe else []
+    ] if not optimistic else []
     first = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
     steps.append((first, plain))
 
@@ -556,9 +579,10 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool, dedupe: b
     chain = sql.SQL(" ").join(
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
     final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
+    plain_b = n.plain(sql.SQL("b.pg_base"))
     free = sql.SQL("(b.pg_trusted and not {} and {} and not {})").format(
-        n.reserved(n.plain(sql.SQL("b.pg_base"))), n.ok(n.plain(sql.SQL("b.pg_base"))),
-        n.taken(n.plain(sql.SQL("b.pg_base"))))
+        n.reserved(plain_b), n.ok(plain_b),
+        sql.SQL("false") if optimistic else n.taken(plain_b))
     return free, n.typed(final)
 
 
@@ -575,10 +599,10 @@ def insert_statement(
     `source` is the identity table or a transition table (aliased `u`); `where` filters it.
     `force_suffix` is the retry after a unique violation: suffixed names are looked up too, and
     names reduced to [a-z0-9_] are never given plainly (two may have collided in one statement).
-    Nested selects: `a` reads the sources, `b` picks and cleans the username base and says
-    whether it may be given plainly, `c` tests the plain name, the outer one picks among the
-    candidates. OFFSET 0 computes `b` and `c` once per row: without it the planner would copy
-    their expressions (a cleaning, an index probe) into each use.
+    Nested selects: `a` reads the sources and then picks the raw username (`pg_raw`), `b` cleans
+    it and says whether it may be given plainly, `c` tests the plain name (and hashes the key
+    for the suffixes), the outer one picks among the candidates. OFFSET 0 computes each once
+    per row: without it the planner would copy their expressions into each use.
     `optimistic` is the signup trigger's first try, shaped for what signups are (new users, one
     per statement): a plain INSERT (no ON CONFLICT: a speculative insertion per row costs a bulk
     insert a quarter of its time) that does not compare names within the statement (a sort per
@@ -601,7 +625,7 @@ def insert_statement(
             inner_cols.extend(inner)
             middle_cols.extend(middle)
             _, final = _username_outer(plan, guard, forced=force_suffix,
-                                       dedupe=not optimistic)
+                                       optimistic=optimistic)
             outer_cols.append(final)
             continue
         alias = sql.Identifier(f"pg_c{index}")
@@ -612,14 +636,18 @@ def insert_statement(
             # An explicit NULL would not take the default: the column's default fills the gap.
             value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
         outer_cols.append(value)
+    raw: list[sql.Composable] = [sql.SQL("a.*")]
     if guard is not None and guard.column in plan.mapping:
-        free, _ = _username_outer(plan, guard, forced=force_suffix)
+        free, _ = _username_outer(plan, guard, forced=force_suffix, optimistic=optimistic)
         free_cols.append(sql.SQL("{} as pg_free").format(free))
+        free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
+        raw.append(sql.SQL("{} as pg_raw").format(
+            _username_raw(plan, guard, plan.mapping[guard.column])))
     statement = sql.SQL(
         "insert into {profile} ({targets})\n"
         "select {outer}\n"
-        "from (select {free} from (select {middle} from (select {inner} from {source} u {where}"
-        " offset 0) a offset 0) b offset 0) c"
+        "from (select {free} from (select {middle} from (select {raw} from (select {inner}"
+        " from {source} u {where} offset 0) a offset 0) a offset 0) b offset 0) c"
         "{conflict}"
     ).format(
         free=sql.SQL(", ").join(free_cols),
@@ -627,6 +655,7 @@ def insert_statement(
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
         middle=sql.SQL(", ").join(middle_cols),
+        raw=sql.SQL(", ").join(raw),
         inner=sql.SQL(", ").join(inner_cols),
         source=source,
         where=where,
