@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The local PostgreSQL 15 (CI's second pass, the golden files, the benchmarks).
+LOCAL_DSN ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 .PHONY: demo deps test lint bench golden clean
 
@@ -25,13 +27,13 @@ test: $(STAMP) deps
 # Rewrite tests/golden/ from what install generates now (review the diff before committing).
 golden: $(STAMP)
 	PROFILEGUARD_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_golden.py
+	PROFILEGUARD_UPDATE_GOLDEN=1 PROFILEGUARD_TEST_DSN="$(LOCAL_DSN)" $(BIN)/python -m pytest -q tests/test_golden.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy src
 
 # The signup benchmarks run on the embedded server and, when it answers, the local PostgreSQL.
-LOCAL_DSN ?= postgresql://postgres@127.0.0.1:5432/postgres
 bench: $(STAMP)
 	$(BIN)/python bench/signup.py
 	$(BIN)/python bench/signup_locks.py

@@ -1,7 +1,8 @@
 """The SQL install generates for the default configuration, kept in tests/golden/ for review.
 
 A reviewer reads the trigger's real INSERT there; a change to the generated SQL shows up as a diff
-of that file. `make golden` rewrites it.
+of that file. One file per PostgreSQL major version (the collations it uses differ); `make golden`
+rewrites them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from conftest import TestDB
 from profileguard.mapping import build_plan
 from profileguard.schema import render_generated
 
-GOLDEN = Path(__file__).parent / "golden" / "generated_default.sql"
+GOLDEN = Path(__file__).parent / "golden"
 HEADER = (
     "-- The functions and trigger `profileguard install --create-profile-table` generates for the\n"
     "-- default configuration on Supabase's auth.users. Rewritten by `make golden`; checked by\n"
@@ -25,8 +26,11 @@ HEADER = (
 def test_generated_sql_matches_the_golden_file(installed: TestDB) -> None:
     with installed.connect() as conn:
         rendered = HEADER + render_generated(build_plan(conn, installed.settings)).as_string(conn)
+        major = conn.info.server_version // 10000
+    golden = GOLDEN / f"generated_default.pg{major}.sql"
     if os.environ.get("PROFILEGUARD_UPDATE_GOLDEN"):
-        GOLDEN.write_text(rendered, encoding="utf-8")
-    assert GOLDEN.read_text(encoding="utf-8") == rendered, (
-        f"{GOLDEN} is out of date: review the change, then run `make golden`"
+        golden.write_text(rendered, encoding="utf-8")
+    assert golden.exists(), f"no {golden.name}: run `make golden` (with the server running)"
+    assert golden.read_text(encoding="utf-8") == rendered, (
+        f"{golden} is out of date: review the change, then run `make golden`"
     )

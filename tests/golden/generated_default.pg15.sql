@@ -1,0 +1,420 @@
+-- The functions and trigger `profileguard install --create-profile-table` generates for the
+-- default configuration on Supabase's auth.users. Rewritten by `make golden`; checked by
+-- tests/test_golden.py.
+
+-- Functions generated from the configured mapping; rendered with psycopg.sql at install time.
+-- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
+-- identity, profile and the keys are quoted identifiers.
+
+-- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
+-- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
+-- a unique violation is retried with both. One exception block per statement
+-- (never per row); on error, one failure row per affected user, a notification, and the signup
+-- commits — unless strict mode is on.
+-- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
+-- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
+-- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
+-- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
+-- statistics from before the first signups) would otherwise scan it once per new row, quadratic
+-- in its size.
+-- work_mem lets a bulk insert's retry compare names in memory.
+-- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
+-- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
+-- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
+-- statement runs on without a timeout (PostgreSQL does not re-arm it). A user's or operator's
+-- cancel (pg_cancel_backend) still cancels. In strict mode every error propagates.
+create or replace function profileguard.on_identity_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+set jit = off
+set enable_seqscan = off
+set lock_timeout = '200ms'
+set work_mem = '64MB'
+as $pg$
+declare
+    v_enabled boolean;
+    v_strict boolean := false;
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_count bigint;
+begin
+    begin
+        select s.enabled, s.strict into v_enabled, v_strict
+        from profileguard.settings s where s.singleton;
+        if not coalesce(v_enabled, false) then
+            return null;
+        end if;
+        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not false) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c;
+        return null;
+    exception when others or query_canceled or assert_failure then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                                v_detail = pg_exception_detail;
+        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
+            raise;
+        end if;
+    end;
+    -- The failure path: everything in it is protected too, so that not even recording the
+    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
+    -- (the SET clause above restores lock_timeout when the function returns).
+    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
+    -- trigger or the app) and, for derived usernames, the long suffix.
+    begin
+        perform pg_catalog.set_config('lock_timeout', '50ms', true);
+        if v_state = '23505' then
+            begin
+                insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+                return null;
+            exception when others or query_canceled or assert_failure then
+                get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                                        v_detail = pg_exception_detail;
+                if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
+                    raise;
+                end if;
+            end;
+        end if;
+        if coalesce(v_strict, false) then
+            raise exception using errcode = v_state, message = v_message,
+                detail = coalesce(v_detail, ''),
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
+        end if;
+        insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
+        select 'failure', 'trigger', n."id"::text, v_state,
+               profileguard.sqlstate_category(v_state), left(v_message, 2000),
+               case when v_detail is null or v_detail = '' then null
+                    else jsonb_build_object('detail', left(v_detail, 2000)) end
+        from pg_new_users n;
+        get diagnostics v_count = row_count;
+        perform pg_notify('profileguard',
+            json_build_object('event', 'failure', 'source', 'trigger', 'count', v_count,
+                              'sqlstate', v_state)::text);
+    exception when others or query_canceled or assert_failure then
+        if coalesce(v_strict, false)
+           or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
+            raise;
+        end if;
+        -- Not recorded: a notification without users tells workers to sweep for them.
+        begin
+            perform pg_notify('profileguard', json_build_object(
+                'event', 'failure', 'source', 'trigger', 'recorded', false,
+                'sqlstate', coalesce(v_state, sqlstate))::text);
+        exception when others then
+            null;
+        end;
+    end;
+    return null;
+end
+$pg$;
+
+-- Create the profiles of the given users that do not have one; returns how many were created.
+-- Each creation is recorded as a repair by `p_source`. Index lookups only and no JIT, as in the
+-- trigger.
+create or replace function profileguard.create_profiles(p_ids uuid[], p_source text)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set jit = off
+as $pg$
+#variable_conflict use_column
+declare
+    v_count integer;
+begin
+    begin
+        with created as (insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" = any(p_ids) offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing returning "id")
+        insert into profileguard.events (kind, source, user_id)
+        select 'repair', p_source, c."id"::text from created c;
+    exception when unique_violation then
+        if not true then
+            raise;
+        end if;
+        with created as (insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" = any(p_ids) offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing returning "id")
+        insert into profileguard.events (kind, source, user_id)
+        select 'repair', p_source, c."id"::text from created c;
+    end;
+    get diagnostics v_count = row_count;
+    return v_count;
+end
+$pg$;
+
+-- Idempotent, one round trip: the profile of `p_user_id`, created if missing (by key lookups).
+create or replace function profileguard.ensure_profile(p_user_id uuid, p_source text default 'ensure')
+returns table (profile_id uuid, created boolean, profile jsonb)
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set jit = off
+as $pg$
+#variable_conflict use_column
+declare
+    v_created boolean := false;
+    v_profile jsonb;
+begin
+    if p_user_id is null then
+        raise exception using errcode = '22004', message = 'profileguard: user id must not be null';
+    end if;
+    select to_jsonb(p) into v_profile from "public"."profiles" p where p."id" = p_user_id;
+    if v_profile is null then
+        if not exists (select from "auth"."users" u where u."id" = p_user_id) then
+            raise exception using errcode = 'P0002',
+                message = format('profileguard: no user with %s = %s in %s',
+                                 'id', p_user_id, 'auth.users'),
+                hint = 'profiles are created only for existing users; check the id';
+        end if;
+        v_created := profileguard.create_profiles(array[p_user_id], p_source) > 0;
+        select to_jsonb(p) into v_profile from "public"."profiles" p where p."id" = p_user_id;
+    end if;
+    profile_id := p_user_id;
+    created := v_created;
+    profile := v_profile;
+    return next;
+end
+$pg$;
+
+create or replace trigger profileguard_after_insert
+    after insert on "auth"."users"
+    referencing new table as pg_new_users
+    for each statement
+    execute function profileguard.on_identity_insert();
+
+-- Create the profiles of `p_ids`; when that fails, split the ids in halves until each failing
+-- user is isolated and noted (backoff, then quarantine). One subtransaction per attempt, never
+-- one per row on the success path. Returns how many profiles were created.
+create or replace function profileguard.repair_ids(
+    p_ids uuid[],
+    p_source text,
+    p_max_attempts integer default 5,
+    p_backoff_base double precision default 60,
+    p_backoff_cap double precision default 3600
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_state text;
+    v_message text;
+    v_half integer;
+begin
+    if coalesce(cardinality(p_ids), 0) = 0 then
+        return 0;
+    end if;
+    begin
+        return profileguard.create_profiles(p_ids, p_source);
+    exception when others then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+    end;
+    if cardinality(p_ids) = 1 then
+        perform profileguard.note_repair_failure(p_ids[1]::text, v_state, v_message, p_source,
+                                                 p_max_attempts, p_backoff_base, p_backoff_cap);
+        return 0;
+    end if;
+    v_half := cardinality(p_ids) / 2;
+    return profileguard.repair_ids(p_ids[1:v_half], p_source, p_max_attempts, p_backoff_base,
+                                   p_backoff_cap)
+         + profileguard.repair_ids(p_ids[v_half + 1:], p_source, p_max_attempts, p_backoff_base,
+                                   p_backoff_cap);
+end
+$pg$;
+
+-- A bounded sweep for databases where no worker process can run (scheduled with pg_cron by
+-- `profileguard install --schedule pg_cron`): up to `p_max_rows` users without a profile, not
+-- backed off, quarantined or claimed by a worker, repaired in one call. One sweep at a time.
+create or replace function profileguard.reconcile(
+    p_max_rows integer default 10000,
+    p_max_attempts integer default 5
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_ids uuid[];
+    v_created integer := 0;
+begin
+    if p_max_rows is null or p_max_rows < 1 then
+        raise exception using errcode = '22023',
+            message = 'profileguard: p_max_rows must be at least 1';
+    end if;
+    if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('profileguard.reconcile')) then
+        return jsonb_build_object('skipped', 'another sweep is running');
+    end if;
+    select array_agg(c.id) into v_ids
+    from (
+        select u."id" as id
+        from "auth"."users" u
+        where not exists (select from "public"."profiles" p where p."id" = u."id")
+          and not exists (select from profileguard.repair_state r
+                          where r.user_id = u."id"::text
+                            and (r.quarantined_at is not null or r.next_attempt_at > now()))
+        order by u."id"
+        limit p_max_rows
+    ) c
+    where pg_catalog.pg_try_advisory_xact_lock(
+        pg_catalog.hashtextextended(c.id::text, 1886547814));
+    v_created := profileguard.repair_ids(v_ids, 'cron', p_max_attempts);
+    if v_created > 0 then
+        delete from profileguard.repair_state r
+        where r.user_id = any(array(select x::text from unnest(v_ids) x))
+          and exists (select from "public"."profiles" p where p."id" = r.user_id::uuid);
+    end if;
+    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created);
+end
+$pg$;
+
+-- The backfill's unit of work: create the missing profiles of the users whose key is in
+-- [p_first, p_last], with one INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING.
+-- With a run id it also adds the count to that run and records one 'backfill' event (not one per
+-- user). One exception block per call (never per row): a unique violation on a derived username
+-- retries the range once with the long suffix; any other error propagates so the caller can
+-- split the range. Returns how many profiles were created.
+-- enable_seqscan is off inside: a range is always best read by the keys' indexes, and a plan made
+-- while the profile table looked empty (fresh install, just truncated) would otherwise look up
+-- taken usernames with a sequential scan per row, quadratic in the rows already inserted.
+-- jit is off: compiling the statement again for every batch costs more than it saves.
+create or replace function profileguard.backfill_range(
+    p_first uuid, p_last uuid, p_run_id bigint default null
+)
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set jit = off
+as $pg$
+declare
+    v_count bigint;
+begin
+    begin
+        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" >= p_first and u."id" <= p_last and not exists (select from "public"."profiles" p where p."id" = u."id" and p."id" >= p_first and p."id" <= p_last) offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        get diagnostics v_count = row_count;
+    exception when unique_violation then
+        if not true then
+            raise;
+        end if;
+        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" >= p_first and u."id" <= p_last and not exists (select from "public"."profiles" p where p."id" = u."id" and p."id" >= p_first and p."id" <= p_last) offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        get diagnostics v_count = row_count;
+    end;
+    if p_run_id is not null then
+        update profileguard.backfill_runs r
+            set created = r.created + v_count, updated_at = clock_timestamp()
+            where r.id = p_run_id;
+        if v_count > 0 then
+            insert into profileguard.events (kind, source, message, detail)
+            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
+                    jsonb_build_object('run_id', p_run_id, 'first', p_first::text,
+                                       'last', p_last::text, 'created', v_count));
+        end if;
+    end if;
+    return v_count;
+end
+$pg$;
+
+-- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
+-- TID range scan, reading the table in order) without a profile get one, with one INSERT …
+-- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
+-- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- (the catch-up after a sweep) only rows written by transactions not older than p_since are
+-- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
+-- every row of the range.
+-- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
+-- backfill_range it adds the count to the run and records one 'backfill' event.
+-- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
+-- read): otherwise the planner hashes every taken username of the growing profile table once per
+-- batch instead of probing the index once per new row, and batches slow down as it grows. For
+-- the same reason the catch-up's NOT EXISTS probes the profile key per candidate row (hash and
+-- merge joins off) instead of reading every profile once per batch.
+create or replace function profileguard.backfill_pages(
+    p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
+    p_all_rows boolean default false
+)
+returns bigint[]
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
+set random_page_cost = 1.1
+set jit = off
+as $pg$
+declare
+    v_from pg_catalog.tid := pg_catalog.format('(%s,0)', p_first)::pg_catalog.tid;
+    v_to pg_catalog.tid := pg_catalog.format('(%s,0)', p_last)::pg_catalog.tid;
+    v_catchup boolean := p_since is not null or p_all_rows;
+    v_since pg_catalog.int4 := case when p_all_rows then 2147483647
+                                    else pg_catalog.age(p_since) end;
+    v_scanned bigint := 0;
+    v_count bigint;
+begin
+    if not v_catchup then
+        select count(*) into v_scanned from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to;
+    end if;
+    begin
+        if v_catchup then
+            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since and not exists (select from "public"."profiles" p where p."id" = u."id") offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        else
+            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        end if;
+        get diagnostics v_count = row_count;
+    exception when unique_violation then
+        if not true then
+            raise;
+        end if;
+        if v_catchup then
+            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since and not exists (select from "public"."profiles" p where p."id" = u."id") offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        else
+            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
+select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
+from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to offset 0) a offset 0) a offset 0) b offset 0) c
+on conflict ("id") do nothing;
+        end if;
+        get diagnostics v_count = row_count;
+    end;
+    if p_run_id is not null then
+        update profileguard.backfill_runs r
+            set created = r.created + v_count, updated_at = clock_timestamp()
+            where r.id = p_run_id;
+        if v_count > 0 then
+            insert into profileguard.events (kind, source, message, detail)
+            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
+                    jsonb_build_object('run_id', p_run_id, 'first_page', p_first,
+                                       'last_page', p_last, 'catchup', v_catchup,
+                                       'created', v_count));
+        end if;
+    end if;
+    return array[v_scanned, v_count];
+end
+$pg$;
