@@ -13,11 +13,10 @@
 -- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
 -- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
--- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
--- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
--- statistics from before the first signups) would otherwise scan it once per new row, quadratic
--- in its size.
--- work_mem lets a bulk insert's retry compare names in memory.
+-- enable_seqscan is off: indexes are always the right way here (the settings row by its key, a
+-- taken name on the retry), and a plan made while the profile table looked empty would scan it
+-- once per new row, quadratic in its size. The retry also gets more work_mem (a bulk insert's
+-- names compared in memory), set for it alone: each setting in the SET list costs every signup.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
@@ -31,11 +30,11 @@ set search_path = ''
 set jit = off
 set enable_seqscan = off
 set lock_timeout = '200ms'
-set work_mem = '64MB'
 as $pg$
 declare
     v_enabled boolean;
     v_strict boolean := false;
+    v_work_mem text;
     v_state text;
     v_message text;
     v_detail text;
@@ -67,10 +66,14 @@ from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_cat
         perform pg_catalog.set_config('lock_timeout', '50ms', true);
         if v_state = '23505' then
             begin
+                -- Local to the transaction: put back below, or undone with this block on error.
+                v_work_mem := pg_catalog.current_setting('work_mem');
+                perform pg_catalog.set_config('work_mem', '64MB', true);
                 insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
 select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((left(c.pg_base, 64))::text) order by c.pg_key) = 1 then left(c.pg_base, 64) when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
 from (select b.*, (b.pg_trusted and not lower(left(b.pg_base, 64) collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(left(b.pg_base, 64)) between 3 and 64 and coalesce((char_length(((left(b.pg_base, 64))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(b.pg_base, 64))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, case when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(coalesce(a."pg_n0", a."pg_n1"), coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL)) else coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) end as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c
 on conflict ("id") do nothing;
+                perform pg_catalog.set_config('work_mem', v_work_mem, true);
                 return null;
             exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,

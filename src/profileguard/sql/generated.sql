@@ -9,11 +9,10 @@
 -- commits — unless strict mode is on.
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
 -- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
--- enable_seqscan is off: the profile table's indexes (key, username) are always the right way to
--- check for a taken key or name, and a plan made while the table looked empty (a fresh install,
--- statistics from before the first signups) would otherwise scan it once per new row, quadratic
--- in its size.
--- work_mem lets a bulk insert's retry compare names in memory.
+-- enable_seqscan is off: indexes are always the right way here (the settings row by its key, a
+-- taken name on the retry), and a plan made while the profile table looked empty would scan it
+-- once per new row, quadratic in its size. The retry also gets more work_mem (a bulk insert's
+-- names compared in memory), set for it alone: each setting in the SET list costs every signup.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
@@ -27,11 +26,11 @@ set search_path = ''
 set jit = off
 set enable_seqscan = off
 set lock_timeout = {lock_timeout}
-set work_mem = '64MB'
 as $pg$
 declare
     v_enabled boolean;
     v_strict boolean := false;
+    v_work_mem text;
     v_state text;
     v_message text;
     v_detail text;
@@ -61,7 +60,11 @@ begin
         perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
         if v_state = '23505' then
             begin
+                -- Local to the transaction: put back below, or undone with this block on error.
+                v_work_mem := pg_catalog.current_setting('work_mem');
+                perform pg_catalog.set_config('work_mem', '64MB', true);
                 {insert_new_forced};
+                perform pg_catalog.set_config('work_mem', v_work_mem, true);
                 return null;
             exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
