@@ -383,7 +383,7 @@ def _drift_terms(
     although it is not empty (the profile was created by this very transaction, from the row as
     it was before this update: an admin-created user).
     """
-    terms = []
+    terms: list[tuple[str, sql.Composable, sql.Composable]] = []
     index = {column: i for i, column in enumerate(plan.mapping)}
     for column in sync.synced:
         target = plan.profile.columns[column]

@@ -43,6 +43,7 @@ from tenacity import (
 from profileguard import repairs
 from profileguard.config import Settings
 from profileguard.db import is_transient, translate
+from profileguard.drift import DriftRepair
 from profileguard.errors import ConfigError, ProfileGuardError
 from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
@@ -141,7 +142,10 @@ class Reconciler:
             "reconnects": 0,
             "errors": 0,
             "last_error": None,
+            "drift_fixed": 0,
         }
+        # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
+        self.drift = DriftRepair(settings)
         self._conn: psycopg.Connection | None = None
         # What is installed (tables, key type), read on connecting: the worker serves the tables
         # the trigger serves, never those of a configuration that was not installed.
@@ -212,6 +216,19 @@ class Reconciler:
     def close(self) -> None:
         """Close the worker's connection (it reconnects on next use)."""
         self._drop_connection()
+        self.drift.close()
+
+    def _drift_pass(self, stop_event: threading.Event | None, *, full: bool) -> None:
+        """The drift pass after a creation pass; its errors are logged, never stop ours."""
+        try:
+            result = (self.drift.run_full_step(stop_event) if full
+                      else self.drift.run_incremental(stop_event))
+        except (psycopg.Error, ProfileGuardError) as exc:
+            log.warning("drift pass: %s", exc)
+            self.drift.close()
+            return
+        with self._lock:
+            self.stats["drift_fixed"] += result.fixed
 
     @property
     def _key(self) -> sql.Composable:
@@ -381,6 +398,7 @@ class Reconciler:
             if len(batch) < self.batch_size:
                 break
         self._retrying(self._cleanup)
+        self._drift_pass(stop_event, full=True)
         result.duration = time.monotonic() - started
         with self._lock:
             self.stats["passes"] += 1
@@ -482,6 +500,7 @@ class Reconciler:
             rows = self._retrying(query)
             if rows:
                 self._merge(result, self.repair_ids(self._parse_ids(str(r[0]) for r in rows)))
+        self._drift_pass(stop_event, full=False)
         result.duration = time.monotonic() - started
         return result
 
