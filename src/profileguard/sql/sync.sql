@@ -194,7 +194,7 @@ begin
                                   order by d.pg_key), '[]'::jsonb)
           into v_drift from ({drift_ids}) d;
     else
-        select count(*), max(w.k) into v_scanned, v_last from (
+        select count(*), (array_agg(w.k order by w.k desc))[1] into v_scanned, v_last from (
             select u.{identity_key} as k from {identity} u
             where p_after is null or u.{identity_key} > p_after
             order by u.{identity_key} limit p_scan) w;
