@@ -605,6 +605,10 @@ def _status_view(result: dict[str, Any]) -> None:
         + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
         "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
         + (" STALLED" if backfill.get("stalled") else "") if backfill else "none",
+        "drift": f"{s.get('drift_pending') or 0} pending"
+        + (f"; last full pass found {s['drift_full_pass_found']} of "
+           f"{s['drift_full_pass_scanned']}" if s.get("drift_full_pass_at") else "")
+        + f"; {s.get('sync_failures_hour') or 0} sync failures in the last hour",
         "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",
     }
     for key, value in rows.items():
