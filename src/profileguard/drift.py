@@ -171,6 +171,7 @@ class DriftRepair:
         self._conn: psycopg.Connection | None = None
         self._installed: Installation | None = None
         self._cursor: int | None = None
+        self._full_due = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ connection
@@ -296,12 +297,14 @@ class DriftRepair:
                 rows = conn.execute(
                     "select e.id, e.user_id from profileguard.events e"
                     " where e.kind = 'failure' and e.source = 'sync' and e.id > %(after)s"
-                    " and e.user_id is not null order by e.id limit %(n)s",
+                    " order by e.id limit %(n)s",
                     {"after": cursor, "n": self.batch_size},
                 ).fetchall()
                 if not rows:
                     return None, DriftResult()
-                ids = list(dict.fromkeys(str(r[1]) for r in rows))
+                if any(r[1] is None for r in rows):  # a bulk update's failure names no user
+                    self._full_due = True
+                ids = list(dict.fromkeys(str(r[1]) for r in rows if r[1] is not None))
                 return int(rows[-1][0]), self._check_and_fix(conn, installed, ids)
 
             last, part = self._run(step)
@@ -319,6 +322,9 @@ class DriftRepair:
 
         if stop_event is None or not stop_event.is_set():
             total.add(self._run(due))
+        if self._full_due and (stop_event is None or not stop_event.is_set()):
+            self._full_due = False
+            total.add(self.run_full_step(stop_event, force=True))
         return total
 
     def _check_and_fix(self, conn: psycopg.Connection, installed: Installation,

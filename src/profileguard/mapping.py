@@ -348,16 +348,17 @@ def build_sync(plan: Plan) -> SyncPlan:
 
 
 def when_changed(sync: SyncPlan) -> sql.Composable:
-    """The row trigger's WHEN: a synced value or the deletion state changed (never a login that
-    only moves last_sign_in_at, nor metadata rewritten with the same values)."""
+    """The row trigger's WHEN: a watched source column or the deletion state changed (never a
+    login that only moves last_sign_in_at, nor metadata rewritten with the same values).
+
+    Whole columns are compared (jsonb equality ignores key order), not the mapped values: the
+    condition is rebuilt for every UPDATE statement, and a short one keeps a login cheap. A change
+    to an unmapped key only queues the user; the sync then finds nothing to write.
+    """
     parts: list[sql.Composable] = []
-    for sources in sync.synced.values():
-        old = _coalesced_as(sources, "old")
-        new = _coalesced_as(sources, "new")
-        parts.append(sql.SQL("{} is distinct from {}").format(old, new))
-    if sync.redact and sync.deleted_column:
-        column = sql.Identifier(sync.deleted_column)
-        parts.append(sql.SQL("old.{} is distinct from new.{}").format(column, column))
+    for column in sync.watched:
+        ident = sql.Identifier(column)
+        parts.append(sql.SQL("old.{} is distinct from new.{}").format(ident, ident))
     if not parts:
         return sql.SQL("false")
     return sql.SQL(" or ").join(parts)

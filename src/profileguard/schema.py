@@ -56,6 +56,9 @@ TRANSITION_TABLE = "pg_new_users"
 # a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
 # this, then commits.
 RECORD_LOCK_MS = 50
+# The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
+# characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
+SYNC_QUEUE_CHARS = 74_000
 
 
 @dataclass
@@ -161,6 +164,8 @@ def render_sync(plan: Plan) -> sql.Composed:
         sql.SQL(plan.key_type), parts["profile_key"]
     )
     by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
+    plain_key = plan.key_type in ("uuid", "smallint", "integer", "bigint")
+    new_key = sql.SQL("new.{}::text").format(ikey)
     by_range = sql.SQL(
         "where (p_after is null or u.{k} > p_after) and u.{k} <= v_last"
     ).format(k=ikey)
@@ -174,6 +179,16 @@ def render_sync(plan: Plan) -> sql.Composed:
             "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
         )) or nothing,
         redact_ids=redact_statement(plan, sync, by_ids) or nothing,
+        sync_all=sync_statement(plan, sync, sql.SQL(""), sql.SQL(
+            "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
+        )) or nothing,
+        redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
+        queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
+        # An array literal element: keys of other types are quoted (they may hold commas).
+        queued_key=new_key if plain_key else sql.SQL(
+            "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"',"
+            " '\\\"') || '\"'"
+        ).format(new_key),
         drift_ids=drift_select(plan, sync, by_ids),
         drift_range=drift_select(plan, sync, by_range),
         watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),

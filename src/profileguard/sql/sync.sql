@@ -25,12 +25,12 @@ as $pg$
     ) x
 $pg$;
 
--- Bring the profiles of `p_ids` in line with their users: follow columns take the source value,
--- fill_empty columns take it while empty (or, with `p_own_tx`, while the profile is one this
--- transaction created: an admin-created user updated after its insert), soft-deleted users get
--- the redacted columns cleared (redaction wins over follow). Only profiles that differ are
--- written. Outside the trigger each change is recorded as a 'repair' by `p_source`.
--- Returns how many profiles were written.
+-- Bring the profiles of `p_ids` (every user's, when null) in line with their users: follow
+-- columns take the source value, fill_empty columns take it while empty (or, with `p_own_tx`,
+-- while the profile is one this transaction created: an admin-created user updated after its
+-- insert), soft-deleted users get the redacted columns cleared (redaction wins over follow).
+-- Only profiles that differ are written. Outside the trigger each change is recorded as a
+-- 'repair' by `p_source`. Returns how many profiles were written.
 create or replace function profileguard.sync_profiles(
     p_ids {key_type}[], p_source text, p_own_tx boolean default false
 )
@@ -44,6 +44,22 @@ as $pg$
 declare
     v_count integer;
 begin
+    if p_ids is null then
+        perform pg_catalog.set_config('enable_seqscan', 'on', true);
+        with synced as (
+            {sync_all}
+        ), redacted as (
+            {redact_all}
+        ), done as (
+            select * from synced union all select * from redacted
+        ), recorded as (
+            insert into profileguard.events (kind, source, user_id)
+            select 'repair', p_source, d.{profile_key}::text from done d
+            where p_source <> 'trigger'
+        )
+        select count(*) into v_count from done;
+        return v_count;
+    end if;
     with synced as (
         {sync_ids}
     ), redacted as (
@@ -59,27 +75,22 @@ begin
 end
 $pg$;
 
--- The row trigger: only queues the key of a user whose synced source or deletion state changed
--- (its WHEN clause filters every other update, a login's last_sign_in_at among them). The queue
--- lives in transaction-local settings, in slots of 1,000 keys (appending stays linear in a bulk
--- update): nothing here reads or writes a table, takes a lock or can fail a login.
+-- The row trigger's function: never called. The row trigger's WHEN clause (at the end of this
+-- file) appends the key of a user whose watched source or deletion state changed to a
+-- transaction-local setting, profileguard.sync, and is false: WHEN is evaluated as each row is
+-- updated, so the statement trigger finds the queue filled, and an update pays for neither a
+-- function call nor an event per row. The clause uses built-in functions only (set_config and
+-- current_setting, which every role that may update users can execute; its operators are bound
+-- when the trigger is created) and is short, as it is prepared again for every UPDATE statement:
+-- it reads and writes no table, takes no lock and cannot fail a login. Past {queue_chars}
+-- characters (about 2,000 keys; appending copies the queue) the queue becomes '*': the
+-- statement trigger then brings every profile in step in one set-based pass.
 create or replace function profileguard.on_identity_update_row()
 returns trigger
 language plpgsql
 set search_path = ''
 as $pg$
-declare
-    v_n integer := coalesce(
-        nullif(pg_catalog.current_setting('profileguard.sync_n', true), '')::integer, 0);
-    v_slot text := 'profileguard.sync_' || (v_n / 1000)::text;
-    v_key text := '"' || pg_catalog.replace(pg_catalog.replace(
-        new.{identity_key}::text, '\', '\\'), '"', '\"') || '"';
 begin
-    if v_n % 1000 <> 0 then
-        v_key := pg_catalog.current_setting(v_slot) || ',' || v_key;
-    end if;
-    perform pg_catalog.set_config(v_slot, v_key, true);
-    perform pg_catalog.set_config('profileguard.sync_n', (v_n + 1)::text, true);
     return null;
 end
 $pg$;
@@ -98,9 +109,7 @@ set enable_seqscan = off
 set lock_timeout = {lock_timeout}
 as $pg$
 declare
-    v_n integer := coalesce(
-        nullif(pg_catalog.current_setting('profileguard.sync_n', true), '')::integer, 0);
-    v_text text := '';
+    v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');
     v_ids {key_type}[];
     v_enabled boolean;
     v_strict boolean := false;
@@ -109,16 +118,14 @@ declare
     v_detail text;
     v_count bigint;
 begin
-    if v_n = 0 then
+    if v_queue = '' then
         return null;
     end if;
-    for i in 0 .. (v_n - 1) / 1000 loop
-        v_text := v_text || case when i > 0 then ',' else '' end
-                  || pg_catalog.current_setting('profileguard.sync_' || i::text);
-    end loop;
-    perform pg_catalog.set_config('profileguard.sync_n', '0', true);
+    perform pg_catalog.set_config('profileguard.sync', '', true);
     begin
-        v_ids := ('{{' || v_text || '}}')::text[]::{key_type}[];
+        if v_queue <> '*' then
+            v_ids := ('{{' || pg_catalog.ltrim(v_queue, ',') || '}}')::text[]::{key_type}[];
+        end if;
         select s.enabled, s.strict into v_enabled, v_strict
         from profileguard.settings s where s.singleton;
         if not coalesce(v_enabled, false) then
@@ -141,12 +148,14 @@ begin
                 detail = coalesce(v_detail, ''),
                 hint = 'profileguard strict mode is on; "profileguard install" without --strict lets updates commit and records the failure';
         end if;
+        -- One failure row per queued user; after an overflow one without a user: the worker
+        -- then runs a full drift pass.
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'sync', x::text, v_state,
                profileguard.sqlstate_category(v_state), left(v_message, 2000),
                case when v_detail is null or v_detail = '' then null
                     else jsonb_build_object('detail', left(v_detail, 2000)) end
-        from unnest(v_ids) x;
+        from unnest(coalesce(v_ids::text[], array[null::text])) x;
         get diagnostics v_count = row_count;
         perform pg_notify('profileguard',
             json_build_object('event', 'failure', 'source', 'sync', 'count', v_count,
@@ -209,10 +218,18 @@ $pg$;
 create or replace trigger profileguard_after_update_row
     after update of {watched} on {identity}
     for each row
-    when ({when_changed})
+    when (({when_changed}) and pg_catalog.set_config('profileguard.sync',
+        case when coalesce(pg_catalog.current_setting('profileguard.sync', true), '') = '*'
+                  or pg_catalog.length(pg_catalog.current_setting('profileguard.sync', true))
+                     > {queue_chars}
+             then '*'
+             else coalesce(pg_catalog.current_setting('profileguard.sync', true), '') || ','
+                  || {queued_key} end,
+        true) is null)
     execute function profileguard.on_identity_update_row();
 
 create or replace trigger profileguard_after_update
     after update of {watched} on {identity}
     for each statement
+    when (pg_catalog.current_setting('profileguard.sync', true) <> '')
     execute function profileguard.on_identity_update();
