@@ -118,9 +118,10 @@ def test_admin_created_user_ends_with_the_updated_values(installed):
     assert profile(db, uid)["avatar_url"] == "edit.png"
 
 
-def test_bulk_update_past_64_rows_syncs_every_profile(installed):
+@pytest.mark.parametrize("users", [1500, 2500])  # queued keys; past the queue: one pass over all
+def test_bulk_update_past_64_rows_syncs_every_profile(installed, users):
     db = with_policies(installed, FOLLOW)
-    db.bulk_signup(2500)
+    db.bulk_signup(users)
     with db.connect() as conn:
         conn.execute("update auth.users set raw_user_meta_data ="
                      " jsonb_build_object('full_name', 'Renamed ' || email)")
