@@ -146,6 +146,7 @@ class Reconciler:
         }
         # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
         self.drift = DriftRepair(settings)
+        self._drift_warned = False
         self._conn: psycopg.Connection | None = None
         # What is installed (tables, key type), read on connecting: the worker serves the tables
         # the trigger serves, never those of a configuration that was not installed.
@@ -224,9 +225,12 @@ class Reconciler:
             result = (self.drift.run_full_step(stop_event) if full
                       else self.drift.run_incremental(stop_event))
         except (psycopg.Error, ProfileGuardError) as exc:
-            log.warning("drift pass: %s", exc)
+            if not self._drift_warned:  # e.g. an older schema: said once, not every pass
+                log.warning("drift pass: %s", exc)
+            self._drift_warned = True
             self.drift.close()
             return
+        self._drift_warned = False
         with self._lock:
             self.stats["drift_fixed"] += result.fixed
 

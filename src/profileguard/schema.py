@@ -179,9 +179,8 @@ def render_sync(plan: Plan) -> sql.Composed:
             "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
         )) or nothing,
         redact_ids=redact_statement(plan, sync, by_ids) or nothing,
-        sync_all=sync_statement(plan, sync, sql.SQL(""), sql.SQL(
-            "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
-        )) or nothing,
+        # One pass over all (a statement past the queue): no per-row transaction check.
+        sync_all=sync_statement(plan, sync, sql.SQL("")) or nothing,
         redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
         # An array literal element: keys of other types are quoted (they may hold commas).
