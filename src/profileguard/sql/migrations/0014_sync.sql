@@ -7,6 +7,11 @@ alter table profileguard.events drop constraint events_kind_check;
 alter table profileguard.events add constraint events_kind_check
     check (kind in ('failure', 'repair', 'backfill', 'config', 'quarantine', 'prune'));
 
+-- The worker reads the UPDATE trigger's recorded failures after a cursor: by this index, however
+-- large the audit trail grows.
+create index events_sync_failure_idx on profileguard.events (id)
+    where kind = 'failure' and source = 'sync';
+
 -- One row per user whose profile the worker found out of step with the user and could not yet
 -- bring back: the drifted columns, attempts, when to try again, why it failed. Deleted once the
 -- profile is in step. Kept apart from repair_state, which is about missing profiles.
