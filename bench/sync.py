@@ -51,13 +51,13 @@ from signup import SERVER_SETTINGS, find_pgbench
 from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import CONFIG_FILE, load_settings
+from profileguard.installation import UPDATE_TRIGGER_NAMES as UPDATE_TRIGGERS
 
 SCRATCH_DB = "profileguard_bench_sync"
 CONFIGS = ("none", "sync")
 WORKLOADS = ("login", "relogin")
 TARGETS = {"login": 0.97, "relogin": 0.95}  # sync TPS ÷ none TPS, at least
 TIMES = "\N{MULTIPLICATION SIGN}"
-UPDATE_TRIGGERS = ("profileguard_after_update_row", "profileguard_after_update")
 
 # Users 1..N: the id, email and metadata of user n are functions of n, so pgbench can rewrite the
 # metadata with the very values it holds.

@@ -25,7 +25,13 @@ from profileguard.catalog import TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError
-from profileguard.installation import TRIGGER_NAME, Installation, schema_version, table_sql
+from profileguard.installation import (
+    TRIGGER_NAME,
+    UPDATE_TRIGGER_NAMES,
+    Installation,
+    schema_version,
+    table_sql,
+)
 from profileguard.mapping import Plan, build_plan, source_expr
 
 SEVERITIES = ("error", "warning", "info")
@@ -258,7 +264,7 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
     found: list[Finding] = []
     others = []
     for trig in ctx.rows("identity_triggers", {"oid": oid}):
-        if trig["name"] == TRIGGER_NAME:
+        if trig["name"] == TRIGGER_NAME or trig["name"] in UPDATE_TRIGGER_NAMES:
             continue
         if not writes.search(trig["source"]):
             others.append({"trigger": trig["name"], "function": trig["function"],
