@@ -195,3 +195,18 @@ def test_foreign_key_fix_is_not_valid_then_validate_and_unblocks_deletion(db: Te
     with db.connect() as conn:
         conn.execute("delete from auth.users where id = %s", (uid,))
     assert db.scalar("select count(*) from public.profiles") == 0
+
+
+def test_drift_fix_brings_every_profile_in_step(installed: TestDB):
+    db = reinstall(installed, sync_policies=FOLLOW)
+    db.bulk_signup(20)
+    schema.set_enabled(db.settings, False)
+    with db.connect() as conn:
+        conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Same\"}'")
+    schema.set_enabled(db.settings, True)
+    assert drift_json(db)["by_column"] == {"full_name": 20}
+    fixed = cli(db, "drift", "--fix", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    result = json.loads(fixed.stdout)
+    assert result["fixed"]["fixed"] == 20 and result["drifted"] == 0
+    assert db.scalar("select count(*) from public.profiles where full_name = 'Same'") == 20

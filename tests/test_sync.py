@@ -221,3 +221,33 @@ def test_10k_logins_and_same_value_relogins_write_no_profile(installed):
     assert wait_for(lambda: _profile_updates(db) >= before + 1, timeout=30)
     assert _profile_updates(db) == before + 1
     assert sync_failures(db) == []
+
+
+def test_a_locked_profile_table_never_stalls_a_login(installed):
+    """The lock budget: the update waits about lock_timeout_ms, commits, and the 55P03 is
+    recorded for the worker."""
+    import time
+
+    db = with_policies(installed, FOLLOW)
+    uid = db.signup({"full_name": "Ada"})
+    with db.connect(autocommit=False) as locker:
+        locker.execute("lock table public.profiles in access exclusive mode")
+        began = time.monotonic()
+        with db.connect() as conn:
+            social_login(conn, uid, {"full_name": "Ada L"})
+        assert time.monotonic() - began < 5
+        locker.rollback()
+    assert sync_failures(db) == [(str(uid), "55P03", "transient")]
+    assert profile(db, uid)["full_name"] == "Ada"
+
+
+def test_uninstall_removes_the_update_triggers(installed):
+    db = with_policies(installed, FOLLOW)
+    assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
+                     " and tgname like 'profileguard_after_update%%'") == 2
+    schema.uninstall(db.settings)
+    assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
+                     " and tgname like 'profileguard%%'") == 0
+    uid = db.signup({"full_name": "Ada"})
+    with db.connect() as conn:
+        social_login(conn, uid, {"full_name": "Ada L"})  # no trigger left to fail it
