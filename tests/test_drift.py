@@ -121,8 +121,10 @@ def test_login_commits_past_a_rejecting_constraint_and_the_worker_fixes_it(insta
     with db.connect() as conn:
         conn.execute("alter table public.profiles add constraint no_bob"
                      " check (full_name is distinct from 'Bob')")
+    # Retries at most 1 s apart (backoff_cap), as an operator sets it for a fast repair.
     reconciler = Reconciler(db.settings, incremental_interval=0.5, full_interval=3600,
-                            heartbeat_interval=0.5, poll_interval=0.1)
+                            heartbeat_interval=0.5, poll_interval=0.1, backoff_base=0.2,
+                            backoff_cap=1.0)
     with running(reconciler):
         with db.connect() as conn:  # a social login with the rejected name commits
             conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Bob\"}',"

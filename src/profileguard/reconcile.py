@@ -145,7 +145,7 @@ class Reconciler:
             "drift_fixed": 0,
         }
         # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
-        self.drift = DriftRepair(settings)
+        self.drift = DriftRepair(settings, backoff_base=backoff_base, backoff_cap=backoff_cap)
         self._drift_warned = False
         self._conn: psycopg.Connection | None = None
         # What is installed (tables, key type), read on connecting: the worker serves the tables
