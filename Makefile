@@ -33,14 +33,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy src
 
-# The signup benchmarks run on the embedded server and, when it answers, the local PostgreSQL.
+# The signup and login benchmarks run on the embedded server and, when it answers, the local PostgreSQL.
 bench: $(STAMP)
 	$(BIN)/python bench/signup.py
 	$(BIN)/python bench/signup_locks.py
+	$(BIN)/python bench/sync.py
 	if $(BIN)/python -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$(LOCAL_DSN)" 2>/dev/null; then \
 		$(BIN)/python bench/signup.py --database-url "$(LOCAL_DSN)" && \
-		$(BIN)/python bench/signup_locks.py --database-url "$(LOCAL_DSN)"; \
-	else echo "no PostgreSQL at $(LOCAL_DSN): signup benchmarks ran on the embedded server only"; fi
+		$(BIN)/python bench/signup_locks.py --database-url "$(LOCAL_DSN)" && \
+		$(BIN)/python bench/sync.py --database-url "$(LOCAL_DSN)"; \
+	else echo "no PostgreSQL at $(LOCAL_DSN): signup and login benchmarks ran on the embedded server only"; fi
 	$(BIN)/python bench/repair_latency.py
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/health.py

@@ -229,7 +229,7 @@ def test_missing_and_orphan_profiles(db: TestDB) -> None:
     assert missing.fix is not None
     assert missing.fix.splitlines()[0] == "profileguard install --disabled"
     orphans = one(report, "orphan_profiles")
-    assert orphans.evidence == {"count": 1, "sample": [str(orphan)]}
+    assert (orphans.evidence["count"], orphans.evidence["sample"]) == (1, [str(orphan)])
 
     fix_and_check_cleared(db, missing)
     assert db.scalar("select count(*) from auth.users u where not exists"

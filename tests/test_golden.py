@@ -34,3 +34,23 @@ def test_generated_sql_matches_the_golden_file(installed: TestDB) -> None:
     assert golden.read_text(encoding="utf-8") == rendered, (
         f"{golden} is out of date: review the change, then run `make golden`"
     )
+
+
+SYNC_GOLDEN = Path(__file__).parent / "golden" / "sync_default.sql"
+SYNC_HEADER = (
+    "-- The UPDATE triggers, sync and drift functions install generates for the default\n"
+    "-- configuration (username never, other columns fill_empty, mapped columns but the username\n"
+    "-- redacted on soft delete). Rewritten by `make golden`; checked by tests/test_golden.py.\n\n"
+)
+
+
+def test_generated_sync_sql_matches_the_golden_file(installed: TestDB) -> None:
+    from profileguard.schema import render_sync
+
+    with installed.connect() as conn:
+        rendered = SYNC_HEADER + render_sync(build_plan(conn, installed.settings)).as_string(conn)
+    if os.environ.get("PROFILEGUARD_UPDATE_GOLDEN"):
+        SYNC_GOLDEN.write_text(rendered, encoding="utf-8")
+    assert SYNC_GOLDEN.read_text(encoding="utf-8") == rendered, (
+        f"{SYNC_GOLDEN} is out of date: review the change, then run `make golden`"
+    )

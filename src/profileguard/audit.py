@@ -25,7 +25,13 @@ from profileguard.catalog import TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError
-from profileguard.installation import TRIGGER_NAME, Installation, schema_version, table_sql
+from profileguard.installation import (
+    TRIGGER_NAME,
+    UPDATE_TRIGGER_NAMES,
+    Installation,
+    schema_version,
+    table_sql,
+)
 from profileguard.mapping import Plan, build_plan, source_expr
 
 SEVERITIES = ("error", "warning", "info")
@@ -40,6 +46,8 @@ EXCLUDED_SCHEMAS = (
     "pgbouncer", "pg_catalog", "realtime", "repack", "storage", "supabase_functions",
     "supabase_migrations", "tiger", "topology", "vault",
 )
+# How long each step of the foreign key fix may wait for a lock (the users table is busy).
+FK_FIX_LOCK_TIMEOUT = "3s"
 EXCEPTION_HANDLER = re.compile(r"\bexception\s+when\b", re.IGNORECASE)
 
 
@@ -256,7 +264,7 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
     found: list[Finding] = []
     others = []
     for trig in ctx.rows("identity_triggers", {"oid": oid}):
-        if trig["name"] == TRIGGER_NAME:
+        if trig["name"] == TRIGGER_NAME or trig["name"] in UPDATE_TRIGGER_NAMES:
             continue
         if not writes.search(trig["source"]):
             others.append({"trigger": trig["name"], "function": trig["function"],
@@ -365,7 +373,11 @@ def check_missing_profiles(ctx: Context) -> list[Finding]:
         found.append(Finding(
             "orphan_profiles", "warning",
             f"{orphans['orphans']} profile(s) belong to no user",
-            {"count": orphans["orphans"], "sample": orphans["sample"]},
+            {"count": orphans["orphans"], "sample": orphans["sample"],
+             "note": "profileguard prune --dry-run lists them all; profileguard prune removes "
+                     "them (recorded)" if ctx.installed else
+                     "after profileguard install, profileguard prune --dry-run lists them"},
+            "profileguard prune --dry-run\nprofileguard prune" if ctx.installed else
             ctx.text(sql.SQL(
                 "delete from {profile} p where not exists "
                 "(select from {identity} u where u.{ik} = p.{pk});"
@@ -465,14 +477,26 @@ def check_foreign_keys(ctx: Context) -> list[Finding]:
             r"(REFERENCES\s+\S+\([^)]*\)(?:\s+MATCH\s+\w+)?)", r"\1 ON DELETE CASCADE",
             definition, count=1,
         )
+        table = sql.SQL(fk["table_name"])
+        name = sql.Identifier(fk["name"])
+        # NOT VALID: the new constraint is checked only for new rows, so the first step holds
+        # its locks (on the profile table and, briefly, the users table that every login
+        # updates) for an instant; VALIDATE then checks existing rows under a lock that lets
+        # reads and writes go on. Each step gives up instead of queueing behind a long lock.
+        steps = [
+            sql.SQL("set lock_timeout = {}; alter table {} drop constraint {}, add constraint {} "
+                    "{} not valid;").format(sql.Literal(FK_FIX_LOCK_TIMEOUT), table, name, name,
+                                            sql.SQL(definition)),
+            sql.SQL("set lock_timeout = {}; alter table {} validate constraint {};").format(
+                sql.Literal(FK_FIX_LOCK_TIMEOUT), table, name),
+        ]
         found.append(Finding(
             "fk_blocks_user_deletion", "warning",
             f"foreign key {fk['name']} on {fk['table_name']} blocks deleting users "
             "(no ON DELETE CASCADE)",
-            {"table": fk["table_name"], "constraint": fk["name"], "definition": fk["definition"]},
-            ctx.text(sql.SQL("alter table {} drop constraint {}, add constraint {} {};").format(
-                sql.SQL(fk["table_name"]), sql.Identifier(fk["name"]),
-                sql.Identifier(fk["name"]), sql.SQL(definition))),
+            {"table": fk["table_name"], "constraint": fk["name"], "definition": fk["definition"],
+             "note": "run the steps in order; if one times out on a lock, run it again"},
+            "\n".join(ctx.text(step) for step in steps),
         ))
     return found
 

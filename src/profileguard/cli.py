@@ -485,6 +485,72 @@ def retry(
     _print_pass("retry", result, as_json)
 
 
+@app.command(rich_help_panel="Repair")
+@handle_errors
+def drift(
+    ctx: typer.Context,
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Also bring every drifted profile in step now.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Profiles whose follow/fill_empty columns disagree with their user (and soft-deleted users
+    whose profile is not redacted): count, by column, a sample. Read-only unless --fix."""
+    from profileguard.drift import DriftRepair, DriftResult, report
+
+    settings = _state(ctx).settings()
+    fixed = None
+    if fix:
+        repair = DriftRepair(settings)
+        total = DriftResult()
+        try:
+            step = repair.run_full_step(force=True)
+            while step.checked:  # until the pass completes (then the next one is not due)
+                total.add(step)
+                step = repair.run_full_step()
+        finally:
+            repair.close()
+        fixed = total.as_dict()
+    result = report(settings).as_dict()
+    if fixed is not None:
+        result["fixed"] = fixed
+    if as_json:
+        print_json(result)
+        return
+    shown = {k: v for k, v in result.items() if k != "sample"}
+    print_fields("profiles out of step with their users", shown)
+    for item in result["sample"]:
+        out.print(f"{item['user_id']}: {', '.join(item['columns'])}", highlight=False)
+    if result["drifted"] and not fix:
+        out.print("fix: profileguard drift --fix (or let the worker repair them)",
+                  highlight=False)
+
+
+@app.command(rich_help_panel="Repair")
+@handle_errors
+def prune(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the profiles without a user; remove nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove profiles whose user no longer exists (run with --dry-run first)."""
+    from profileguard.prune import prune as run_prune
+
+    result = run_prune(_state(ctx).settings(), dry_run=dry_run)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    for user_id in result.orphans:
+        out.print(user_id, highlight=False)
+    if dry_run:
+        out.print(f"{len(result.orphans)} profile(s) without a user; remove them with: "
+                  "profileguard prune", highlight=False)
+    else:
+        out.print(f"removed {result.removed} profile(s) without a user.", highlight=False)
+
+
 # ------------------------------------------------------------------------------------- audit
 
 AUDIT_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -609,6 +675,10 @@ def _status_view(result: dict[str, Any]) -> None:
         + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
         "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
         + (" STALLED" if backfill.get("stalled") else "") if backfill else "none",
+        "drift": f"{s.get('drift_pending') or 0} pending"
+        + (f"; last full pass found {s['drift_full_pass_found']} of "
+           f"{s['drift_full_pass_scanned']}" if s.get("drift_full_pass_at") else "")
+        + f"; {s.get('sync_failures_hour') or 0} sync failures in the last hour",
         "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",
     }
     for key, value in rows.items():

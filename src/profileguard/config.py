@@ -32,6 +32,10 @@ POOLER_MODES = ("session", "transaction")
 # the backfill refuse it rather than guess.
 TRANSACTION_POOLER_PORT = 6543
 TRUE_WORDS = {"1", "true", "yes", "on"}
+# How a mapped profile column follows its source after the user is created ([sync] section):
+# never (only set at creation), fill_empty (set while the profile value is empty), follow (kept
+# equal to the source).
+UPDATE_POLICIES = ("never", "fill_empty", "follow")
 FALSE_WORDS = {"0", "false", "no", "off"}
 
 DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
@@ -228,6 +232,11 @@ class Settings:
     supabase_url: str | None = None
     supabase_service_role_key: str | None = field(default=None, repr=False)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # [sync]: profile column -> update policy, as written (see `update_policy` for defaults).
+    sync_policies: Mapping[str, str] = field(default_factory=dict)
+    # [delete] redact: profile columns set to NULL when the user is soft-deleted; None means the
+    # default (every mapped column but the username).
+    redact_columns: tuple[str, ...] | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with `changes` applied (None values are ignored)."""
@@ -297,6 +306,7 @@ class Settings:
             "strict": self.strict,
             "lock_timeout_ms": self.lock_timeout_ms,
             "enabled": self.enabled,
+            **describe_sync(self),
         }
 
 
@@ -519,6 +529,57 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
     )
 
 
+def update_policy(settings: Settings, column: str) -> str:
+    """The update policy of a mapped column: as configured in [sync], else `never` for the
+    username (a changed name would break links and mentions) and `fill_empty` for the others (the
+    user's own edits are never overwritten)."""
+    configured = settings.sync_policies.get(column)
+    if configured is not None:
+        return configured
+    return "never" if column == settings.username_column else "fill_empty"
+
+
+def describe_sync(settings: Settings) -> dict[str, Any]:
+    """The update policy of every mapped column and the redacted columns (JSON-friendly)."""
+    return {
+        "sync": {col: update_policy(settings, col) for col in settings.mapping},
+        "redact": None if settings.redact_columns is None else list(settings.redact_columns),
+    }
+
+
+def parse_sync(section: Mapping[str, Any]) -> dict[str, str]:
+    """Validate the [sync] section: {profile_column: never | fill_empty | follow}."""
+    policies: dict[str, str] = {}
+    for column, policy in section.items():
+        key = f"sync.{column}"
+        check_identifier(column, key)
+        if policy not in UPDATE_POLICIES:
+            raise ConfigError(
+                f"{key}: {policy!r} is not an update policy",
+                hint=f"set {key} to one of: {', '.join(UPDATE_POLICIES)}",
+            )
+        policies[column] = str(policy)
+    return policies
+
+
+def parse_redact(section: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Validate [delete] redact: the profile columns cleared when a user is soft-deleted."""
+    for key in section:
+        if key != "redact":
+            raise ConfigError(f"delete.{key}: unknown setting", hint="use: redact")
+    if "redact" not in section:
+        return None
+    raw = section["redact"]
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(
+            f"delete.redact: {raw!r} is not a list of profile columns",
+            hint='e.g. redact = ["full_name", "avatar_url"] (or [] to keep everything)',
+        )
+    return tuple(check_identifier(col, "delete.redact") for col in dict.fromkeys(raw))
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
@@ -551,6 +612,8 @@ def load_settings(
     alerts = _table(data, "alerts")
     supabase = _table(data, "supabase")
     username_section = _table(data, "username")
+    sync_section = _table(data, "sync")
+    delete_section = _table(data, "delete")
 
     url = (
         overrides.pop("database_url", None)
@@ -629,5 +692,7 @@ def load_settings(
         ),
         supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY") or None,
         alerts=parse_alerts(alerts, env),
+        sync_policies=parse_sync(sync_section),
+        redact_columns=parse_redact(delete_section),
     )
     return settings.with_overrides(**overrides)

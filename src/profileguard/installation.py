@@ -24,6 +24,8 @@ from profileguard.errors import ConfigError, NotInstalledError
 # The name of the statement-level AFTER INSERT trigger on the identity table (generated.sql
 # creates it; migration 0004's stats() looks for it by this name).
 TRIGGER_NAME = "profileguard_after_insert"
+# The UPDATE triggers that keep profiles in step after creation (sync.sql creates them).
+UPDATE_TRIGGER_NAMES = ("profileguard_after_update_row", "profileguard_after_update")
 NOT_INSTALLED_HINT = "run: profileguard install"
 
 
@@ -168,6 +170,7 @@ class Installation:
 __all__ = [
     "NOT_INSTALLED_HINT",
     "TRIGGER_NAME",
+    "UPDATE_TRIGGER_NAMES",
     "Installation",
     "key_type_of",
     "require_version",

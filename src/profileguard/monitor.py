@@ -73,7 +73,35 @@ def read_stats(
         ).fetchone()
     except psycopg.Error as exc:
         raise translate(exc, context="reading profileguard.stats()") from exc
-    return dict(row[0]) if row else {}
+    stats = dict(row[0]) if row else {}
+    stats.update(drift_figures(conn))
+    return stats
+
+
+def drift_figures(conn: psycopg.Connection) -> dict[str, Any]:
+    """Profiles out of step with their users (drift.py): those the worker could not bring back
+    yet, and what the last complete full pass found. Empty before schema version 14."""
+    try:
+        row = conn.execute(
+            "select to_regclass('profileguard.drift_state') is not null"
+        ).fetchone()
+        if not (row and row[0]):
+            return {}
+        with conn.cursor(row_factory=dict_row) as cur:
+            found = cur.execute(
+                "select (select count(*) from profileguard.drift_state) as drift_pending,"
+                " (select min(first_seen_at) from profileguard.drift_state)"
+                "   as drift_oldest_pending_at,"
+                " d.completed_at as drift_full_pass_at, d.completed_found as drift_full_pass_found,"
+                " d.completed_scanned as drift_full_pass_scanned,"
+                " (select count(*) from profileguard.events e where e.kind = 'failure'"
+                "   and e.source = 'sync' and e.created_at > now() - interval '1 hour')"
+                "   as sync_failures_hour"
+                " from profileguard.drift_pass d"
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise translate(exc, context="reading profileguard.drift_state") from exc
+    return _jsonable(found) if found else {}
 
 
 def refresh(conn: psycopg.Connection) -> bool:
@@ -264,12 +292,26 @@ def _backfill(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     )
 
 
+def _drift(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
+    pending = int(stats.get("drift_pending") or 0)
+    return Condition(
+        pending > 0,
+        pending,
+        0,
+        f"{pending} profiles are out of step with their users and the worker could not bring "
+        "them back yet; see: profileguard drift"
+        if pending
+        else "profiles are in step with their users",
+    )
+
+
 RULES: tuple[Rule, ...] = (
     Rule("missing_profiles", "critical", "users without a profile for too long", _missing),
     Rule("success_rate", "critical", "trigger success rate below the minimum", _success),
     Rule("quarantine", "warning", "users quarantined by the reconciler", _quarantine),
     Rule("no_live_worker", "warning", "no reconciler worker has a fresh heartbeat", _worker),
     Rule("backfill_stalled", "warning", "a running backfill stopped progressing", _backfill),
+    Rule("drift", "warning", "profiles out of step with their users", _drift),
 )
 
 

@@ -45,6 +45,7 @@ from tenacity import (
 from profileguard import repairs
 from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
+from profileguard.drift import DriftRepair
 from profileguard.errors import ConfigError, InvalidUserIdError, ProfileGuardError
 from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
@@ -144,7 +145,11 @@ class Reconciler:
             "reconnects": 0,
             "errors": 0,
             "last_error": None,
+            "drift_fixed": 0,
         }
+        # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
+        self.drift = DriftRepair(settings, backoff_base=backoff_base, backoff_cap=backoff_cap)
+        self._drift_warned = False
         self._conn: psycopg.Connection | None = None
         # What is installed (tables, key type), read on connecting: the worker serves the tables
         # the trigger serves, never those of a configuration that was not installed.
@@ -207,6 +212,22 @@ class Reconciler:
     def close(self) -> None:
         """Close the worker's connection (it reconnects on next use)."""
         self._drop_connection()
+        self.drift.close()
+
+    def _drift_pass(self, stop_event: threading.Event | None, *, full: bool) -> None:
+        """The drift pass after a creation pass; its errors are logged, never stop ours."""
+        try:
+            result = (self.drift.run_full_step(stop_event) if full
+                      else self.drift.run_incremental(stop_event))
+        except (psycopg.Error, ProfileGuardError) as exc:
+            if not self._drift_warned:  # e.g. an older schema: said once, not every pass
+                log.warning("drift pass: %s", exc)
+            self._drift_warned = True
+            self.drift.close()
+            return
+        self._drift_warned = False
+        with self._lock:
+            self.stats["drift_fixed"] += result.fixed
 
     @property
     def _key(self) -> sql.Composable:
@@ -376,6 +397,7 @@ class Reconciler:
             if len(batch) < self.batch_size:
                 break
         self._retrying(self._cleanup)
+        self._drift_pass(stop_event, full=True)
         result.duration = time.monotonic() - started
         with self._lock:
             self.stats["passes"] += 1
@@ -477,6 +499,7 @@ class Reconciler:
             rows = self._retrying(query)
             if rows:
                 self._merge(result, self.repair_ids(self._parse_ids(str(r[0]) for r in rows)))
+        self._drift_pass(stop_event, full=False)
         result.duration = time.monotonic() - started
         return result
 

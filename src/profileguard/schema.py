@@ -32,7 +32,16 @@ from profileguard.installation import (
     schema_version,
     table_parts,
 )
-from profileguard.mapping import Plan, build_plan, insert_statement
+from profileguard.mapping import (
+    Plan,
+    build_plan,
+    build_sync,
+    drift_select,
+    insert_statement,
+    redact_statement,
+    sync_statement,
+    when_changed,
+)
 from profileguard.preflight import Preflight
 
 INSTALL_LOCK = "profileguard.install"
@@ -48,6 +57,9 @@ TRANSITION_TABLE = "pg_new_users"
 # a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
 # this, then commits.
 RECORD_LOCK_MS = 50
+# The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
+# characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
+SYNC_QUEUE_CHARS = 74_000
 
 
 @dataclass
@@ -141,6 +153,48 @@ def render_generated(plan: Plan) -> sql.Composed:
         insert_pages_since_forced=insert_statement(
             plan, source=identity, where=by_pages_since, force_suffix=True
         ),
+    )
+
+
+def render_sync(plan: Plan) -> sql.Composed:
+    """The UPDATE triggers, the set-based sync and the drift finder (sync.sql) for the
+    configured update policies and redacted columns."""
+    settings = plan.settings
+    sync = build_sync(plan)
+    parts = table_parts(settings.identity, settings.profile, plan.key_type)
+    ikey = sql.Identifier(settings.identity.key)
+    nothing = sql.SQL("select null::{} as {} where false").format(
+        sql.SQL(plan.key_type), parts["profile_key"]
+    )
+    by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
+    plain_key = plan.key_type in ("uuid", "smallint", "integer", "bigint")
+    new_key = sql.SQL("new.{}::text").format(ikey)
+    by_range = sql.SQL(
+        "where (p_after is null or u.{k} > p_after) and u.{k} <= v_last"
+    ).format(k=ikey)
+    watched = sync.watched or (settings.identity.key,)
+    return _template(
+        "sync.sql",
+        **parts,
+        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
+        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        sync_ids=sync_statement(plan, sync, by_ids, sql.SQL(
+            "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
+        )) or nothing,
+        redact_ids=redact_statement(plan, sync, by_ids) or nothing,
+        # One pass over all (a statement past the queue): no per-row transaction check.
+        sync_all=sync_statement(plan, sync, sql.SQL("")) or nothing,
+        redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
+        queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
+        # An array literal element: keys of other types are quoted (they may hold commas).
+        queued_key=new_key if plain_key else sql.SQL(
+            "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"',"
+            " '\\\"') || '\"'"
+        ).format(new_key),
+        drift_ids=drift_select(plan, sync, by_ids),
+        drift_range=drift_select(plan, sync, by_range),
+        watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),
+        when_changed=when_changed(sync),
     )
 
 
@@ -357,6 +411,8 @@ def _apply(
         _replace_trigger(rec, settings, name, result)
     rec.run(sqlfiles.read("functions.sql"))
     rec.run(render_generated(plan))
+    rec.run(render_sync(plan))
+    result.notes.extend(build_sync(plan).notes)
     rec.run(sqlfiles.read("privileges.sql"))
     if result.changed:
         rec.run(

@@ -1,5 +1,7 @@
 -- Removes every profileguard object; the profile table and the user data stay.
 drop trigger if exists {trigger} on {identity};
+drop trigger if exists profileguard_after_update_row on {identity};
+drop trigger if exists profileguard_after_update on {identity};
 do $pg$
 begin
     -- the sweep scheduled by `install --schedule pg_cron`, if any

@@ -1,0 +1,257 @@
+-- The UPDATE triggers, sync and drift functions install generates for the default
+-- configuration (username never, other columns fill_empty, mapped columns but the username
+-- redacted on soft delete). Rewritten by `make golden`; checked by tests/test_golden.py.
+
+-- Profiles follow their users after creation: the UPDATE triggers, the set-based sync they and the
+-- worker share, and the drift finder. Rendered with psycopg.sql at install time from the [sync]
+-- policies and [delete] redact columns (mapping.py builds the statements); identity, profile and
+-- the keys are quoted identifiers.
+
+-- True when the row version with xmin `p_xid` was written by the current transaction (or one of
+-- its subtransactions): a visible row whose writer is still in progress can only be ours. The
+-- 32-bit xid is widened around the current transaction's own id (every xid a row we can see
+-- carries lies within 2^31 of it, and none is beyond the next xid).
+create or replace function profileguard.written_in_this_transaction(p_xid xid)
+returns boolean
+language sql
+volatile
+set search_path = ''
+as $pg$
+    select case
+        when p_xid::text::bigint < 3 then false
+        else pg_catalog.pg_xact_status((case when x.d < 2147483648 then x.top + x.d
+                                             else x.top - (4294967296 - x.d) end)::text::xid8)
+             = 'in progress'
+    end
+    from (
+        select t.top, (p_xid::text::bigint - t.top) & 4294967295 as d
+        from (select pg_catalog.pg_current_xact_id()::text::bigint as top) t
+    ) x
+$pg$;
+
+-- Bring the profiles of `p_ids` (every user's, when null) in line with their users: follow
+-- columns take the source value, fill_empty columns take it while empty (or, with `p_own_tx`,
+-- while the profile is one this transaction created: an admin-created user updated after its
+-- insert), soft-deleted users get the redacted columns cleared (redaction wins over follow).
+-- Only profiles that differ are written. Outside the trigger each change is recorded as a
+-- 'repair' by `p_source`. Returns how many profiles were written.
+create or replace function profileguard.sync_profiles(
+    p_ids uuid[], p_source text, p_own_tx boolean default false
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set jit = off
+as $pg$
+declare
+    v_count integer;
+begin
+    if p_ids is null then
+        perform pg_catalog.set_config('enable_seqscan', 'on', true);
+        with synced as (
+            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
+where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
+returning p."id"
+        ), redacted as (
+            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
+where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
+returning p."id"
+        ), done as (
+            select * from synced union all select * from redacted
+        ), recorded as (
+            insert into profileguard.events (kind, source, user_id)
+            select 'repair', p_source, d."id"::text from done d
+            where p_source <> 'trigger'
+        )
+        select count(*) into v_count from done;
+        return v_count;
+    end if;
+    with synced as (
+        update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
+where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
+returning p."id"
+    ), redacted as (
+        update "public"."profiles" p set "full_name" = null, "avatar_url" = null
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
+where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
+returning p."id"
+    ), done as (
+        select * from synced union all select * from redacted
+    ), recorded as (
+        insert into profileguard.events (kind, source, user_id)
+        select 'repair', p_source, d."id"::text from done d where p_source <> 'trigger'
+    )
+    select count(*) into v_count from done;
+    return v_count;
+end
+$pg$;
+
+-- The row trigger's function: never called. The row trigger's WHEN clause (at the end of this
+-- file) appends the key of a user whose watched source or deletion state changed to a
+-- transaction-local setting, profileguard.sync, and is false: WHEN is evaluated as each row is
+-- updated, so the statement trigger finds the queue filled, and an update pays for neither a
+-- function call nor an event per row. The clause uses built-in functions only (set_config and
+-- current_setting, which every role that may update users can execute; its operators are bound
+-- when the trigger is created) and is short, as it is prepared again for every UPDATE statement:
+-- it reads and writes no table, takes no lock and cannot fail a login. Past 74000
+-- characters (about 2,000 keys; appending copies the queue) the queue becomes '*': the
+-- statement trigger then brings every profile in step in one set-based pass.
+create or replace function profileguard.on_identity_update_row()
+returns trigger
+language plpgsql
+set search_path = ''
+as $pg$
+begin
+    return null;
+end
+$pg$;
+
+-- The statement trigger: drains the queue set-based, in one exception block per statement (never
+-- per row), with the signup trigger's design: no JIT, index lookups only, a bounded wait per
+-- lock; on error one failure row per queued user (source 'sync'), a notification, and the update
+-- (a login) commits — unless strict mode is on. The worker repairs what was recorded.
+create or replace function profileguard.on_identity_update()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+set jit = off
+set enable_seqscan = off
+set lock_timeout = '200ms'
+as $pg$
+declare
+    v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');
+    v_ids uuid[];
+    v_enabled boolean;
+    v_strict boolean := false;
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_count bigint;
+begin
+    if v_queue = '' then
+        return null;
+    end if;
+    perform pg_catalog.set_config('profileguard.sync', '', true);
+    begin
+        if v_queue <> '*' then
+            v_ids := ('{' || pg_catalog.ltrim(v_queue, ',') || '}')::text[]::uuid[];
+        end if;
+        select s.enabled, s.strict into v_enabled, v_strict
+        from profileguard.settings s where s.singleton;
+        if not coalesce(v_enabled, false) then
+            return null;
+        end if;
+        perform profileguard.sync_profiles(v_ids, 'trigger', true);
+        return null;
+    exception when others or query_canceled or assert_failure then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                                v_detail = pg_exception_detail;
+        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
+            raise;
+        end if;
+    end;
+    -- The failure path, protected too (see on_identity_insert).
+    begin
+        perform pg_catalog.set_config('lock_timeout', '50ms', true);
+        if coalesce(v_strict, false) then
+            raise exception using errcode = v_state, message = v_message,
+                detail = coalesce(v_detail, ''),
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets updates commit and records the failure';
+        end if;
+        -- One failure row per queued user; after an overflow one without a user: the worker
+        -- then runs a full drift pass.
+        insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
+        select 'failure', 'sync', x::text, v_state,
+               profileguard.sqlstate_category(v_state), left(v_message, 2000),
+               case when v_detail is null or v_detail = '' then null
+                    else jsonb_build_object('detail', left(v_detail, 2000)) end
+        from unnest(coalesce(v_ids::text[], array[null::text])) x;
+        get diagnostics v_count = row_count;
+        perform pg_notify('profileguard',
+            json_build_object('event', 'failure', 'source', 'sync', 'count', v_count,
+                              'sqlstate', v_state)::text);
+    exception when others or query_canceled or assert_failure then
+        if coalesce(v_strict, false)
+           or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
+            raise;
+        end if;
+        -- Not recorded: a notification without users tells workers to look for drift.
+        begin
+            perform pg_notify('profileguard', json_build_object(
+                'event', 'failure', 'source', 'sync', 'recorded', false,
+                'sqlstate', coalesce(v_state, sqlstate))::text);
+        exception when others then
+            null;
+        end;
+    end;
+    return null;
+end
+$pg$;
+
+-- Profiles that disagree with their users, for the worker and `profileguard drift`: with `p_ids`
+-- those users; otherwise up to `p_scan` users after `p_after` in key order (a bounded step of a
+-- full pass). Returns a JSON object: scanned, last (the key reached), drift (a list of user_id
+-- and columns); 'redact' in columns is a soft-deleted user whose profile still holds redacted values.
+create or replace function profileguard.find_drift(
+    p_ids uuid[] default null, p_after uuid default null, p_scan integer default 10000
+)
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+set jit = off
+as $pg$
+declare
+    v_scanned bigint;
+    v_last uuid;
+    v_drift jsonb;
+begin
+    if p_ids is not null then
+        select count(*), null into v_scanned, v_last from unnest(p_ids);
+        select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
+                                  order by d.pg_key), '[]'::jsonb)
+          into v_drift from (select d.pg_key, d.pg_columns from (
+select s.pg_key, array_remove(array[case when not s.pg_deleted and (((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) then 'full_name' end, case when not s.pg_deleted and (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text) then 'avatar_url' end, case when s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null) then 'redact' end]::text[], null) as pg_columns
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s join "public"."profiles" p on p."id" = s.pg_key) d
+where cardinality(d.pg_columns) > 0) d;
+    else
+        select count(*), (array_agg(w.k order by w.k desc))[1] into v_scanned, v_last from (
+            select u."id" as k from "auth"."users" u
+            where p_after is null or u."id" > p_after
+            order by u."id" limit p_scan) w;
+        select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
+                                  order by d.pg_key), '[]'::jsonb)
+          into v_drift from (select d.pg_key, d.pg_columns from (
+select s.pg_key, array_remove(array[case when not s.pg_deleted and (((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) then 'full_name' end, case when not s.pg_deleted and (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text) then 'avatar_url' end, case when s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null) then 'redact' end]::text[], null) as pg_columns
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where (p_after is null or u."id" > p_after) and u."id" <= v_last) s join "public"."profiles" p on p."id" = s.pg_key) d
+where cardinality(d.pg_columns) > 0) d;
+    end if;
+    return jsonb_build_object('scanned', v_scanned, 'last', v_last, 'drift', v_drift);
+end
+$pg$;
+
+create or replace trigger profileguard_after_update_row
+    after update of "raw_user_meta_data", "deleted_at" on "auth"."users"
+    for each row
+    when ((old."raw_user_meta_data" is distinct from new."raw_user_meta_data" or old."deleted_at" is distinct from new."deleted_at") and pg_catalog.set_config('profileguard.sync',
+        case when coalesce(pg_catalog.current_setting('profileguard.sync', true), '') = '*'
+                  or pg_catalog.length(pg_catalog.current_setting('profileguard.sync', true))
+                     > 74000
+             then '*'
+             else coalesce(pg_catalog.current_setting('profileguard.sync', true), '') || ','
+                  || new."id"::text end,
+        true) is null)
+    execute function profileguard.on_identity_update_row();
+
+create or replace trigger profileguard_after_update
+    after update of "raw_user_meta_data", "deleted_at" on "auth"."users"
+    for each statement
+    when (pg_catalog.current_setting('profileguard.sync', true) <> '')
+    execute function profileguard.on_identity_update();
