@@ -365,3 +365,11 @@ def test_lowercase_and_pattern_policy(db):
     assert username(db, upper) == "linus"
     assert username(db, accented) == "émile"
     assert username(db, spaced) == "grace_hopper"
+
+
+def test_a_name_cut_to_the_column_is_trimmed_again(db):
+    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
+                " username varchar(16) unique)")
+    schema.install(db.settings)
+    (uid,) = _bulk(db, [{"user_name": [-227161765044, 1]}])  # text '[-227161765044, 1]'
+    assert username(db, uid) == "[-227161765044,"

@@ -375,7 +375,10 @@ class _Names:
         return sql.SQL("({})::{}").format(value, sql.SQL(self.column.type))
 
     def plain(self, base: sql.Composable) -> sql.Composable:
-        return sql.SQL("left({}, {})").format(base, sql.Literal(self.max))
+        # Cut names are trimmed again: the cut may end on a space (U+1680 is the one space
+        # separator NFKC does not turn into U+0020).
+        return sql.SQL("rtrim(left({}, {}), {})").format(
+            base, sql.Literal(self.max), sql.Literal(" \u1680"))
 
     def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
