@@ -26,6 +26,7 @@ from profileguard.config import Settings, Source, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError
 from profileguard.mapping import Plan, build_plan, source_expr
+from profileguard.takeover import MARKER
 
 SEVERITIES = ("error", "warning", "info")
 AUDIT_SQL = "audit.sql"
@@ -227,8 +228,9 @@ def check_state(ctx: Context) -> list[Finding]:
                 "trigger_disabled", "error",
                 f"profileguard's trigger on {ctx.settings.identity} is disabled at table level",
                 {"trigger": TRIGGER_NAME},
-                ctx.text(sql.SQL("alter table {} enable trigger {};").format(
-                    ctx.identity_sql, sql.Identifier(TRIGGER_NAME))),
+                # CREATE OR REPLACE re-enables it and needs only the TRIGGER privilege
+                # (ALTER TABLE … ENABLE TRIGGER needs the table's owner).
+                ctx.text(sql.SQL("{};").format(schema.trigger_statement(ctx.settings))),
             ))
     if ctx.conn.execute("select to_regclass('profileguard.workers')").fetchone() != (None,):
         workers = ctx.rows("workers", {"alive_seconds": WORKER_ALIVE_SECONDS})[0]
@@ -276,6 +278,14 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
     for trig in ctx.rows("identity_triggers", {"oid": oid}):
         if trig["name"] == TRIGGER_NAME:
             continue
+        if MARKER in trig["source"]:
+            found.append(Finding(
+                "replaced_trigger", "info",
+                f"trigger {trig['name']} was taken over: its function {trig['function']} is a "
+                "no-op (profileguard uninstall restores it)",
+                {"trigger": trig["name"], "function": trig["function"]},
+            ))
+            continue
         if not writes.search(trig["source"]):
             others.append({"trigger": trig["name"], "function": trig["function"],
                            "enabled": trig["mode"] != "D"})
@@ -289,10 +299,12 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
             "on_update": trig["on_update"],
             "handles_errors": bool(EXCEPTION_HANDLER.search(trig["source"])),
         }
-        if trig["mode"] == "D":
+        if trig["mode"] == "D" or trig["never_fires"]:
             found.append(Finding(
                 "replaced_trigger", "info",
-                f"trigger {trig['name']} writes {ctx.settings.profile} and is disabled",
+                f"trigger {trig['name']} writes {ctx.settings.profile} and is "
+                + ("disabled" if trig["mode"] == "D"
+                   else "re-created WHEN (false): it never fires"),
                 evidence,
             ))
             continue

@@ -1,5 +1,6 @@
--- Removes every profileguard object; the profile table and the user data stay.
-drop trigger if exists profileguard_after_insert on {identity};
+-- Removes every profileguard object; the profile table and the user data stay. Dropping the
+-- schema drops profileguard's trigger on the identity table with it (no ownership of that table
+-- needed), so this runs in a short transaction with a lock_timeout.
 do $pg$
 begin
     -- the sweep scheduled by `install --schedule pg_cron`, if any
