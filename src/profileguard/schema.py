@@ -38,6 +38,8 @@ CRON_JOB = "profileguard-reconcile"
 CRON_MAX_ROWS = 10_000
 CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 TRANSITION_TABLE = "pg_new_users"
+# Rendering waits this long at most behind an ACCESS EXCLUSIVE lock on a table it describes.
+RENDER_LOCK_TIMEOUT_MS = 5000
 
 
 @dataclass
@@ -511,10 +513,12 @@ def render(
     replace_triggers: Sequence[str] = (),
     source: str = "install",
 ) -> InstallResult:
-    """What `install` would run here, rendered without running it (read-only: catalog reads
-    only, in a read-only transaction that is rolled back)."""
+    """What `install` would run here, rendered without running it: catalog reads only, in a
+    read-only transaction that is rolled back. Deparsing a table's constraints takes ACCESS
+    SHARE on that table (only ACCESS EXCLUSIVE conflicts with it); nothing else is locked."""
     with _transaction(settings, dry_run=True) as conn:
         conn.execute("set transaction read only")
+        conn.execute(f"set local lock_timeout = {RENDER_LOCK_TIMEOUT_MS}")
         if source == "upgrade" and installed_version(conn) == 0:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
