@@ -63,10 +63,10 @@ ReplaceTriggerOption = Annotated[
     typer.Option(
         "--replace-trigger",
         metavar="NAME",
-        help="Take over from this existing profile-creating trigger on the users table: its "
-        "own function's body becomes a no-op, or (when this role does not own the function) the "
-        "trigger is re-created WHEN (false); the original is saved and uninstall restores it. "
-        "Repeatable.",
+        help="Take over from this existing profile-creating trigger on the users table, and "
+        "enable profileguard in the same step: its own function's body becomes a no-op, or "
+        "(when this role does not own the function) the trigger is re-created WHEN (false); the "
+        "original is saved and uninstall restores it. Repeatable.",
     ),
 ]
 

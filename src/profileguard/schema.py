@@ -504,6 +504,20 @@ def _run_install(
     return result
 
 
+def takeover_enables(enabled: bool | None, replace_triggers: Sequence[str]) -> bool | None:
+    """Taking over from a legacy trigger enables profileguard in the same step: otherwise no
+    trigger would create profiles between the two."""
+    if not replace_triggers:
+        return enabled
+    if enabled is False:
+        raise ConfigError(
+            "--replace-trigger with --disabled would leave no trigger creating profiles",
+            hint="install --disabled first (and backfill), then "
+            "profileguard install --replace-trigger NAME, which enables profileguard",
+        )
+    return True
+
+
 def render(
     settings: Settings,
     *,
@@ -516,6 +530,7 @@ def render(
     """What `install` would run here, rendered without running it: catalog reads only, in a
     read-only transaction that is rolled back. Deparsing a table's constraints takes ACCESS
     SHARE on that table (only ACCESS EXCLUSIVE conflicts with it); nothing else is locked."""
+    enabled = takeover_enables(enabled, replace_triggers)
     with _transaction(settings, dry_run=True) as conn:
         conn.execute("set transaction read only")
         conn.execute(f"set local lock_timeout = {RENDER_LOCK_TIMEOUT_MS}")
@@ -576,6 +591,7 @@ def install(
     in-database sweep with pg_cron. Everything that locks the identity table runs last, in a
     short transaction of its own (see locking.py).
     """
+    enabled = takeover_enables(enabled, replace_triggers)
     if dry_run:
         return render(settings, strict=strict, enabled=enabled,
                       create_profile_table=create_profile_table,
