@@ -81,6 +81,7 @@ class Load:
         self.samples: list[tuple[float, float]] = []  # (start, seconds)
         self.lock = threading.Lock()
         self.signups = 0
+        self.failed_signups = 0
         self.threads: list[threading.Thread] = []
 
     def _login(self, seed: int) -> None:
@@ -103,13 +104,18 @@ class Load:
             conn.execute("set search_path = auth")
             while not self.stop.is_set():
                 uid = uuid.uuid4()
-                with conn.transaction():
-                    conn.execute(
-                        "insert into users (id, aud, role, email, raw_user_meta_data)"
-                        " values (%s, 'authenticated', '', %s, %s)",
-                        (uid, f"{uid}@bench.example", json.dumps({"full_name": "Bench"})))
-                    conn.execute("update users set role = 'authenticated' where id = %s", (uid,))
-                self.signups += 1
+                try:
+                    with conn.transaction():
+                        conn.execute(
+                            "insert into users (id, aud, role, email, raw_user_meta_data)"
+                            " values (%s, 'authenticated', '', %s, %s)",
+                            (uid, f"{uid}@bench.example", json.dumps({"full_name": "Bench"})))
+                        conn.execute(
+                            "update users set role = 'authenticated' where id = %s", (uid,))
+                    self.signups += 1
+                except psycopg.Error as exc:  # a failed sign-up is a finding: count it
+                    self.failed_signups += 1
+                    log(f"sign-up failed: {exc.sqlstate} {exc}")
                 time.sleep(0.005)
 
     def __enter__(self) -> Load:
@@ -174,7 +180,8 @@ def summary(name: str, waits: list[float], took: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dsn", help="a server to create a scratch database on "
+    parser.add_argument("--dsn", "--database-url", dest="dsn",
+                        help="a server to create a scratch database on "
                         "(default: an embedded PostgreSQL)")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--logins", type=int, default=4, help="login connections")
@@ -236,8 +243,8 @@ def main() -> None:
             waits, took = measure(load, url, blocker, args.hold,
                                   lambda: schema.uninstall(settings))
             print(summary("uninstall, no lock_timeout", waits, took))
-        print(f"sign-ups during the run: {load.signups}; all of them with a profile: "
-              + str(_all_profiled(url)))
+        print(f"sign-ups during the run: {load.signups}, failed: {load.failed_signups}; all of "
+              f"them with a profile: {_all_profiled(url)}")
 
 
 def _all_profiled(url: str) -> bool:
