@@ -180,11 +180,16 @@ def render_file(result: schema.InstallResult) -> str:
         result.guard.strip() + ";",
         "",
     ]
-    body = [statement + ";" for statement in main]
+    def ended(statement: str) -> str:
+        text = statement.rstrip().rstrip(";").rstrip()
+        # a statement whose last line is a comment gets its ';' on a line of its own
+        return text + ("\n;" if "--" in text.rsplit("\n", 1)[-1] else ";")
+
+    body = [ended(statement) for statement in main]
     if last:
-        body += ["", "-- Last and short: these statements lock the users table, which every "
+        body += ["-- Last and short: these statements lock the users table, which every "
                  "sign-in updates."]
-        body += [statement + ";" for statement in last]
+        body += [ended(statement) for statement in last]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
 
