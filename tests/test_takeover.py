@@ -228,3 +228,26 @@ def test_logins_do_not_queue_behind_a_takeover_waiting_for_a_long_transaction(
     assert db.scalar("select method from profileguard.replaced_triggers") == "function"
     assert db.scalar(
         "select count(*) from pg_trigger where tgname = 'profileguard_after_insert'") == 1
+
+
+def test_takeover_after_a_disabled_install_enables_profileguard_in_the_same_step(
+    db: TestDB,
+) -> None:
+    with db.connect() as conn:
+        conn.execute(PROFILES)
+        conn.execute(FLAKY_LEGACY)
+    schema.install(db.settings, enabled=False)
+    refused = cli(db, "install", "--disabled", "--replace-trigger", "on_auth_user_created")
+    assert refused.returncode == 2
+    assert "no trigger creating profiles" in refused.stderr
+    assert db.scalar("select count(*) from profileguard.replaced_triggers") == 0
+
+    taken = cli(db, "install", "--replace-trigger", "on_auth_user_created", "--json")
+    assert taken.returncode == 0, taken.stderr
+    assert db.scalar("select enabled from profileguard.settings") is True
+    created, failed = signups_as_auth(db, 20)
+    assert failed == 0
+    assert db.scalar("select count(*) from public.profiles where id = any(%s)", (created,)) == 20
+    again = cli(db, "install", "--replace-trigger", "on_auth_user_created", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False
