@@ -251,3 +251,20 @@ def test_takeover_after_a_disabled_install_enables_profileguard_in_the_same_step
     again = cli(db, "install", "--replace-trigger", "on_auth_user_created", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False
+
+
+def test_the_installer_is_shaped_like_hosted_supabase_postgres(db: TestDB, installer: str) -> None:
+    with db.connect() as conn:
+        row = conn.execute(
+            "select r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls,"
+            " pg_get_userbyid(c.relowner) = current_user,"
+            " has_table_privilege('auth.users', 'select, insert, update, delete, trigger'),"
+            " has_schema_privilege('auth', 'usage'), has_schema_privilege('auth', 'create'),"
+            " pg_has_role('service_role', 'member'), has_database_privilege(current_database(),"
+            " 'create')"
+            " from pg_roles r, pg_class c"
+            " where r.rolname = current_user and c.oid = 'auth.users'::regclass").fetchone()
+    if installer == "supabase_postgres":
+        assert row == (False, True, True, True, False, True, True, False, True, True)
+    else:
+        assert row is not None and row[0] is True
