@@ -610,11 +610,15 @@ def _schedule_sweep(rec: _Recorder, schedule: str) -> None:
             hint="use five cron fields such as '* * * * *' (every minute) or '30 seconds'",
         )
     row = rec.conn.execute(sqlfiles.query("cron_available")).fetchone()
-    if not (row and row[0]):
+    available, loaded = row if row else (False, False)
+    if not (available and loaded):
         raise ConfigError(
-            "pg_cron is not available on this server",
-            hint="enable pg_cron (Supabase: Database → Extensions), or run "
-            "'profileguard worker' on a host that reaches the database instead",
+            "pg_cron is not available on this server"
+            if not available
+            else "pg_cron is installed on this server but not loaded",
+            hint="enable pg_cron (Supabase: Database → Extensions; elsewhere add it to "
+            "shared_preload_libraries and restart), or run 'profileguard worker' on a host "
+            "that reaches the database instead",
         )
     rec.run("create extension if not exists pg_cron")
     rec.run(sql.SQL("select cron.schedule({}, {}, {})").format(

@@ -46,7 +46,11 @@ select exists (select from pg_catalog.pg_roles where rolname = %(role)s) as exis
 select to_regprocedure(%(signature)s) is not null as exists
 
 -- name: cron_available
-select exists (select from pg_catalog.pg_available_extensions where name = 'pg_cron') as available
+-- pg_cron works only when the server preloads it (or it is already created, as on Supabase).
+select exists (select from pg_catalog.pg_available_extensions where name = 'pg_cron') as available,
+       exists (select from pg_catalog.pg_extension where extname = 'pg_cron')
+       or pg_catalog.current_setting('shared_preload_libraries')
+          ~ '(^|[\s,"/])pg_cron([\s,"]|$)' as loaded
 
 -- name: cron_schedule
 select cron.schedule(%(name)s, %(schedule)s, %(command)s)
