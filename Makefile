@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/profile_dependency.py
+	$(BIN)/python bench/takeover_locks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

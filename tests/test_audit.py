@@ -140,11 +140,15 @@ def test_documented_trigger_is_a_competing_path_and_replace_trigger_takes_over(
     executable = one(report, "definer_function_executable")
     assert set(executable.evidence["grantees"]) == {"public", "anon", "authenticated"}
 
+    original = db.scalar("select prosrc from pg_proc where proname = 'handle_new_user'")
     after = fix_and_check_cleared(db, competing)
     assert one(after, "replaced_trigger").evidence["trigger"] == "on_auth_user_created"
+    # The installer owns handle_new_user: its body became a no-op; the trigger is untouched.
+    assert "insert into" not in db.scalar(
+        "select prosrc from pg_proc where proname = 'handle_new_user'")
     assert db.scalar(
         "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'"
-    ) == "D"
+    ) == "O"
     uid = db.signup({"full_name": "Only One"}, email="one@example.com")
     assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Only One"
     assert db.scalar("select count(*) from profileguard.failures") == 0
@@ -161,9 +165,11 @@ def test_documented_trigger_is_a_competing_path_and_replace_trigger_takes_over(
 
     result = cli(db, "uninstall", "--yes")
     assert result.returncode == 0, result.stderr
+    assert "restored the body of public.handle_new_user()" in result.stdout
     assert db.scalar(
         "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'"
     ) == "O"
+    assert db.scalar("select prosrc from pg_proc where proname = 'handle_new_user'") == original
     uid = db.signup({"full_name": "Back Again"}, email="back@example.com")
     assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Back Again"
 
@@ -198,7 +204,7 @@ def test_trigger_that_aborts_signups_is_an_error_and_taking_over_fixes_signups(
 
     def signup_as_auth_admin() -> uuid.UUID:
         uid = uuid.uuid4()
-        with db.connect() as conn:
+        with db.connect_admin() as conn:  # Supabase Auth's own role (the platform's)
             conn.execute("set role supabase_auth_admin")
             conn.execute("set search_path = auth")
             conn.execute(
@@ -330,10 +336,14 @@ def test_profileguard_state_findings(installed: TestDB) -> None:
     schema.set_enabled(installed.settings, False)
     fix_and_check_cleared(installed, one(audit(installed), "disabled"))
 
-    execute(installed, f"alter table auth.users disable trigger {TRIGGER_NAME}")
+    # The table's owner (or a schema diff tool) disables, then drops the trigger; the fixes
+    # must work for the installer, who does not own the table.
+    with installed.connect_admin() as conn:
+        conn.execute(f"alter table auth.users disable trigger {TRIGGER_NAME}")
     fix_and_check_cleared(installed, one(audit(installed), "trigger_disabled"))
 
-    execute(installed, f"drop trigger {TRIGGER_NAME} on auth.users")
+    with installed.connect_admin() as conn:
+        conn.execute(f"drop trigger {TRIGGER_NAME} on auth.users")
     missing = one(audit(installed), "trigger_missing")
     assert missing.severity == "error"
     fix_and_check_cleared(installed, missing)

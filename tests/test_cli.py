@@ -37,7 +37,7 @@ def test_install_twice_uninstall_install_keeps_profiles(db: TestDB) -> None:
 
     removed = cli(db, "uninstall", "--yes", "--json")
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(removed.stdout) == {"removed": True}
+    assert json.loads(removed.stdout) == {"removed": True, "notes": []}
     assert db.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 0
 
     again = cli(db, "install", "--json")
@@ -54,8 +54,8 @@ def test_uninstall_without_yes_and_no_terminal_refuses(installed: TestDB) -> Non
     assert installed.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 1
 
 
-def test_print_sql_changes_nothing(db: TestDB) -> None:
-    result = cli(db, "install", "--create-profile-table", "--print-sql")
+def test_sql_command_changes_nothing(db: TestDB) -> None:
+    result = cli(db, "sql", "--create-profile-table")
     assert result.returncode == 0, result.stderr
     assert "create or replace function profileguard.ensure_profile" in result.stdout
     assert "set search_path = ''" in result.stdout

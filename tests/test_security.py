@@ -205,10 +205,12 @@ def test_hostile_trigger_name_is_inert_in_audit_and_replace_trigger(db: TestDB) 
     with pytest.raises(ConfigError):
         schema.install(db.settings, replace_triggers=["x; drop table auth.users"])
     apply_fix(db, competing)
-    assert db.scalar("select tgenabled from pg_trigger where tgname = %s", (name,)) == "D"
+    body = "select prosrc from pg_proc where proname = 'evil'"
+    assert "insert into" not in db.scalar(body)  # taken over: the function is a no-op
     assert db.scalar("select to_regclass('auth.users') is not null") is True
     assert schema.uninstall(db.settings) is True
     assert db.scalar("select tgenabled from pg_trigger where tgname = %s", (name,)) == "O"
+    assert "insert into public.profiles" in db.scalar(body)
 
 
 def test_hostile_metadata_is_inert_in_audit_and_its_fix(db: TestDB) -> None:

@@ -13,16 +13,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from conftest import TestDB
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from conftest import TestDB, drop_db, scratch_db
 from test_cli import cli
 
 from profileguard import schema
 from profileguard import sql as sqlfiles
-from profileguard.config import load_settings
 from profileguard.installation import schema_version
 
 _names = itertools.count()
@@ -100,17 +96,11 @@ def snapshot(db: TestDB) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.fixture
-def fresh_db(server_dsn: str, template_db: str) -> Iterator[TestDB]:
-    """A second scratch database, like `db`, to compare against."""
+def fresh_db(server_dsn: str, template_db: str, installer: str) -> Iterator[TestDB]:
+    """A second scratch database, like `db` (same installer), to compare against."""
     name = f"pg_upgrade_{os.getpid()}_{next(_names)}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {} template {}").format(
-            sql.Identifier(name), sql.Identifier(template_db)))
-    url = make_conninfo(server_dsn, dbname=name)
-    yield TestDB(url, load_settings(env={}, database_url=url))
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-            sql.Identifier(name)))
+    yield scratch_db(server_dsn, template_db, name, installer)
+    drop_db(server_dsn, name)
 
 
 EARLIER = [m.version for m in sqlfiles.migrations()[:-1]]

@@ -33,6 +33,7 @@ from profileguard.installation import (
     table_sql,
 )
 from profileguard.mapping import Plan, build_plan, source_expr
+from profileguard.takeover import MARKER
 
 SEVERITIES = ("error", "warning", "info")
 AUDIT_SQL = "audit.sql"
@@ -217,8 +218,9 @@ def check_state(ctx: Context) -> list[Finding]:
                 "trigger_disabled", "error",
                 f"profileguard's trigger on {ctx.settings.identity} is disabled at table level",
                 {"trigger": TRIGGER_NAME},
-                ctx.text(sql.SQL("alter table {} enable trigger {};").format(
-                    ctx.identity_sql, sql.Identifier(TRIGGER_NAME))),
+                # CREATE OR REPLACE re-enables it and needs only the TRIGGER privilege
+                # (ALTER TABLE … ENABLE TRIGGER needs the table's owner).
+                ctx.text(sql.SQL("{};").format(schema.trigger_statement(ctx.settings))),
             ))
     if ctx.conn.execute("select to_regclass('profileguard.workers')").fetchone() != (None,):
         workers = ctx.rows("workers", {"alive_seconds": WORKER_ALIVE_SECONDS})[0]
@@ -266,6 +268,14 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
     for trig in ctx.rows("identity_triggers", {"oid": oid}):
         if trig["name"] == TRIGGER_NAME or trig["name"] in UPDATE_TRIGGER_NAMES:
             continue
+        if MARKER in trig["source"]:
+            found.append(Finding(
+                "replaced_trigger", "info",
+                f"trigger {trig['name']} was taken over: its function {trig['function']} is a "
+                "no-op (profileguard uninstall restores it)",
+                {"trigger": trig["name"], "function": trig["function"]},
+            ))
+            continue
         if not writes.search(trig["source"]):
             others.append({"trigger": trig["name"], "function": trig["function"],
                            "enabled": trig["mode"] != "D"})
@@ -279,10 +289,12 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
             "on_update": trig["on_update"],
             "handles_errors": bool(EXCEPTION_HANDLER.search(trig["source"])),
         }
-        if trig["mode"] == "D":
+        if trig["mode"] == "D" or trig["never_fires"]:
             found.append(Finding(
                 "replaced_trigger", "info",
-                f"trigger {trig['name']} writes {ctx.settings.profile} and is disabled",
+                f"trigger {trig['name']} writes {ctx.settings.profile} and is "
+                + ("disabled" if trig["mode"] == "D"
+                   else "re-created WHEN (false): it never fires"),
                 evidence,
             ))
             continue

@@ -28,6 +28,7 @@ from profileguard.config import Settings, load_settings
 from profileguard.db import translate
 from profileguard.errors import ConfigError, ExitCode, ProfileGuardError, UsageError
 from profileguard.extras import require_extra
+from profileguard.locking import LOCK_TIMEOUT_MS
 from profileguard.reconcile import PassResult, Reconciler
 
 app = typer.Typer(
@@ -56,6 +57,29 @@ PoolerOption = Annotated[
         "pool_mode=transaction): no LISTEN, no session lock, nothing prepared. 'session' for a "
         "direct connection or a session-mode pooler (default: PROFILEGUARD_POOLER, "
         "[database] pooler).",
+    ),
+]
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="Let a profile failure fail the signup (default: never).")
+]
+CreateProfileTableOption = Annotated[
+    bool,
+    typer.Option(
+        "--create-profile-table", help="Create a Supabase-style profile table when none exists."
+    ),
+]
+DisabledOption = Annotated[
+    bool, typer.Option("--disabled", help="Install with the trigger off (enable it later).")
+]
+ReplaceTriggerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--replace-trigger",
+        metavar="NAME",
+        help="Take over from this existing profile-creating trigger on the users table, and "
+        "enable profileguard in the same step: its own function's body becomes a no-op, or "
+        "(when this role does not own the function) the trigger is re-created WHEN (false); the "
+        "original is saved and uninstall restores it. Repeatable.",
     ),
 ]
 
@@ -142,10 +166,7 @@ def main_options(
     ctx.obj = State(database_url, config)
 
 
-def _install_output(result: schema.InstallResult, as_json: bool, print_sql: bool) -> None:
-    if print_sql:
-        sys.stdout.write(";\n\n".join(result.statements) + ";\n")
-        return
+def _install_output(result: schema.InstallResult, as_json: bool) -> None:
     if as_json:
         print_json(result.as_dict())
         return
@@ -185,25 +206,44 @@ def _preflight_output(report: Any, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+def render_file(result: schema.InstallResult) -> str:
+    """The migration file `profileguard sql` prints: guard first, identity-table DDL last."""
+    main = result.statements[: len(result.statements) - result.identity_statements]
+    last = result.statements[len(main):]
+    head = [
+        f"-- profileguard {__version__}: what `profileguard install` runs, rendered by "
+        "`profileguard sql` (nothing was run to render it).",
+        "-- Apply it in one transaction: `supabase db push` (one transaction per migration "
+        "file), or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
+        "-- It stops before changing anything when the tables or profileguard's schema version "
+        "differ from those it was rendered for.",
+        "-- Each lock wait is capped, so sign-ins never queue long behind it: if it stops with "
+        "SQLSTATE 55P03 (lock timeout), apply it again.",
+        f"set lock_timeout = '{LOCK_TIMEOUT_MS}ms';",
+        "",
+        result.guard.strip() + ";",
+        "",
+    ]
+    def ended(statement: str) -> str:
+        text = statement.rstrip().rstrip(";").rstrip()
+        # a statement whose last line is a comment gets its ';' on a line of its own
+        return text + ("\n;" if "--" in text.rsplit("\n", 1)[-1] else ";")
+
+    body = [ended(statement) for statement in main]
+    if last:
+        body += ["-- Last and short: these statements lock the users table, which every "
+                 "sign-in updates."]
+        body += [ended(statement) for statement in last]
+    return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
+
+
 @app.command(rich_help_panel="Set up")
 @handle_errors
 def install(
     ctx: typer.Context,
-    strict: Annotated[
-        bool,
-        typer.Option("--strict", help="Let a profile failure fail the signup (default: never)."),
-    ] = False,
-    create_profile_table: Annotated[
-        bool,
-        typer.Option(
-            "--create-profile-table",
-            help="Create a Supabase-style profile table when none exists.",
-        ),
-    ] = False,
-    disabled: Annotated[
-        bool,
-        typer.Option("--disabled", help="Install with the trigger off (enable it later)."),
-    ] = False,
+    strict: StrictOption = False,
+    create_profile_table: CreateProfileTableOption = False,
+    disabled: DisabledOption = False,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -215,18 +255,7 @@ def install(
     cron_schedule: Annotated[
         str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
     ] = "* * * * *",
-    print_sql: Annotated[
-        bool, typer.Option("--print-sql", help="Print the SQL and change nothing.")
-    ] = False,
-    replace_trigger: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--replace-trigger",
-            metavar="NAME",
-            help="Disable this existing profile-creating trigger on the users table (recorded; "
-            "uninstall re-enables it). Repeatable.",
-        ),
-    ] = None,
+    replace_trigger: ReplaceTriggerOption = None,
     check: Annotated[
         bool,
         typer.Option("--check", help="Run the preflight alone and change nothing: the table "
@@ -241,8 +270,11 @@ def install(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Install profileguard (in one transaction) after a preflight of the profile table.
-    Running it again changes nothing."""
+    """Install profileguard after a preflight of the profile table. Running it again changes
+    nothing.
+
+    What locks the users table (the trigger, the takeover) runs last, in a short transaction
+    that gives way to sign-ins and retries. The users table's owner is not needed."""
     if check:
         _preflight_output(schema.check(_state(ctx).settings()), as_json)
         return
@@ -257,25 +289,39 @@ def install(
         enabled=False if disabled else None,
         create_profile_table=create_profile_table,
         cron_schedule=cron_schedule if schedule else None,
-        dry_run=print_sql,
         replace_triggers=replace_trigger or (),
         force=force,
     )
-    _install_output(result, as_json, print_sql)
+    _install_output(result, as_json)
+
+
+@app.command(name="sql", rich_help_panel="Set up")
+@handle_errors
+def sql_command(
+    ctx: typer.Context,
+    strict: StrictOption = False,
+    create_profile_table: CreateProfileTableOption = False,
+    disabled: DisabledOption = False,
+    replace_trigger: ReplaceTriggerOption = None,
+) -> None:
+    """Print what install would run here, as a migration file (supabase/migrations), running
+    nothing: it only reads the catalog."""
+    result = schema.render(
+        _state(ctx).settings(),
+        strict=strict,
+        enabled=False if disabled else None,
+        create_profile_table=create_profile_table,
+        replace_triggers=replace_trigger or (),
+    )
+    sys.stdout.write(render_file(result))
 
 
 @app.command(rich_help_panel="Set up")
 @handle_errors
-def upgrade(
-    ctx: typer.Context,
-    print_sql: Annotated[
-        bool, typer.Option("--print-sql", help="Print the SQL and change nothing.")
-    ] = False,
-    as_json: JsonOption = False,
-) -> None:
+def upgrade(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Apply pending schema migrations and regenerate the functions from the configuration."""
-    result = schema.upgrade(_state(ctx).settings(), dry_run=print_sql)
-    _install_output(result, as_json, print_sql)
+    result = schema.upgrade(_state(ctx).settings())
+    _install_output(result, as_json)
 
 
 @app.command(rich_help_panel="Set up")
@@ -293,12 +339,15 @@ def uninstall(
                 "uninstall needs confirmation", hint="run: profileguard uninstall --yes"
             )
         typer.confirm("Remove profileguard (profiles and users are kept)?", abort=True)
-    removed = schema.uninstall(settings)
+    notes: list[str] = []
+    removed = schema.uninstall(settings, notes=notes)
     if as_json:
-        print_json({"removed": removed})
-    else:
-        out.print("profileguard removed; profiles kept." if removed else "profileguard was not "
-                  "installed; nothing to do.")
+        print_json({"removed": removed, "notes": notes})
+        return
+    for note in notes:
+        out.print(f"note: {note}", highlight=False)
+    out.print("profileguard removed; profiles kept." if removed else "profileguard was not "
+              "installed; nothing to do.")
 
 
 def _toggle(ctx: typer.Context, enabled: bool, as_json: bool) -> None:

@@ -70,7 +70,11 @@ def translate(exc: BaseException, *, context: str = "") -> ProfileGuardError:
             hint="run: profileguard install",
         )
     if sqlstate == "42501":
-        diag_hint = diag_hint or "connect as the role that owns the tables (e.g. postgres)"
+        diag_hint = diag_hint or (
+            "connect as the role that installed profileguard: on hosted Supabase `postgres` "
+            "(not the owner of auth.users; profileguard does not need the owner), on a "
+            "self-hosted server the owner of the tables"
+        )
     return DatabaseError(
         f"{prefix}{message}",
         sqlstate=sqlstate,

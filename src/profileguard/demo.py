@@ -284,7 +284,7 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
         for note in result.notes:
             console.print(f"note: {note}", highlight=False)
         console.print(f"Installed schema version {result.version_after}; the legacy trigger is "
-                      "disabled (uninstall restores it).")
+                      "taken over (uninstall restores it).")
 
         console.rule("4. profileguard backfill")
         backfill = run_backfill_with_bar(console, settings)

@@ -116,8 +116,13 @@ def _resolve_sources(
     return resolved, notes
 
 
-def build_plan(conn: psycopg.Connection, settings: Settings) -> Plan:
-    """Inspect both tables and check the mapping against them."""
+def build_plan(
+    conn: psycopg.Connection, settings: Settings, *, profile_facts: TableFacts | None = None
+) -> Plan:
+    """Inspect both tables and check the mapping against them.
+
+    `profile_facts` describes a profile table about to be created (install renders its
+    functions before the table exists)."""
     identity = inspect_table(conn, settings.identity)
     if identity is None:
         raise ConfigError(
@@ -130,7 +135,7 @@ def build_plan(conn: psycopg.Connection, settings: Settings) -> Plan:
             f"identity.key: {settings.identity} has no column {settings.identity.key!r}",
             hint="set identity.key to the users table's primary key column",
         )
-    profile = inspect_table(conn, settings.profile)
+    profile = profile_facts or inspect_table(conn, settings.profile)
     if profile is None:
         raise ConfigError(
             f"profile table {settings.profile} does not exist",

@@ -236,22 +236,3 @@ where cardinality(d.pg_columns) > 0) d;
     return jsonb_build_object('scanned', v_scanned, 'last', v_last, 'drift', v_drift);
 end
 $pg$;
-
-create or replace trigger profileguard_after_update_row
-    after update of "raw_user_meta_data", "deleted_at" on "auth"."users"
-    for each row
-    when ((old."raw_user_meta_data" is distinct from new."raw_user_meta_data" or old."deleted_at" is distinct from new."deleted_at") and pg_catalog.set_config('profileguard.sync',
-        case when coalesce(pg_catalog.current_setting('profileguard.sync', true), '') = '*'
-                  or pg_catalog.length(pg_catalog.current_setting('profileguard.sync', true))
-                     > 74000
-             then '*'
-             else coalesce(pg_catalog.current_setting('profileguard.sync', true), '') || ','
-                  || new."id"::text end,
-        true) is null)
-    execute function profileguard.on_identity_update_row();
-
-create or replace trigger profileguard_after_update
-    after update of "raw_user_meta_data", "deleted_at" on "auth"."users"
-    for each statement
-    when (pg_catalog.current_setting('profileguard.sync', true) <> '')
-    execute function profileguard.on_identity_update();

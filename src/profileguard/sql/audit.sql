@@ -15,7 +15,9 @@ select t.tgname as name,
        (t.tgtype & 1) <> 0 as for_each_row,
        (t.tgtype & 4) <> 0 as on_insert,
        (t.tgtype & 16) <> 0 as on_update,
-       (t.tgtype & 8) <> 0 as on_delete
+       (t.tgtype & 8) <> 0 as on_delete,
+       t.tgqual is not null
+           and pg_catalog.pg_get_triggerdef(t.oid) like '%% WHEN (false) EXECUTE %%' as never_fires
 from pg_catalog.pg_trigger t
 join pg_catalog.pg_proc p on p.oid = t.tgfoid
 join pg_catalog.pg_language l on l.oid = p.prolang

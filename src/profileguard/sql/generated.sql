@@ -174,12 +174,6 @@ begin
 end
 $pg$;
 
-create or replace trigger profileguard_after_insert
-    after insert on {identity}
-    referencing new table as pg_new_users
-    for each statement
-    execute function profileguard.on_identity_insert();
-
 -- Create the profiles of `p_ids`; when that fails, split the ids in halves until each failing
 -- user is isolated and noted (backoff, then quarantine). One subtransaction per attempt, never
 -- one per row on the success path. Returns how many profiles were created.

@@ -1,7 +1,8 @@
 -- A Supabase-style profile table, created by `install --create-profile-table` when none exists.
+-- Its foreign key to the identity table is added by profile_foreign_key.sql, later, in the short
+-- transaction that touches the identity table (adding it locks that table).
 create table {profile} (
-    {profile_key} {key_type} primary key
-        references {identity} ({identity_key}) on delete cascade,
+    {profile_key} {key_type} primary key,
     username text unique check (char_length(username) >= 3),
     full_name text,
     avatar_url text,

@@ -68,7 +68,8 @@ from pg_catalog.pg_trigger t
 where t.tgrelid = %(oid)s and t.tgname = %(name)s
 
 -- name: replaced_triggers
-select table_name, trigger_name, function_name, previous_mode, replaced_at
+select table_name, trigger_name, function_name, previous_mode, method, saved_definition,
+       replaced_at
 from profileguard.replaced_triggers
 order by replaced_at, trigger_name
 
@@ -117,3 +118,11 @@ where c.collname in ('pg_unicode_fast', 'unicode', 'und-x-icu', 'pg_c_utf8')
 order by array_position(array['pg_unicode_fast', 'unicode', 'und-x-icu', 'pg_c_utf8'],
                         c.collname::text)
 limit 1
+
+-- name: table_signature
+-- The columns of a table (name, type, NOT NULL), as one line; empty when it does not exist.
+select coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                           || case when a.attnotnull then ' not null' else '' end,
+                           ', ' order by a.attnum), '') as signature
+from pg_catalog.pg_attribute a
+where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped

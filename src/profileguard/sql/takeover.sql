@@ -1,0 +1,59 @@
+-- Catalog queries of `install --replace-trigger` and `uninstall`. Each starts with a "-- name:"
+-- line; %(x)s are bound parameters. Run with an empty search_path, so that the definitions they
+-- return name every object with its schema.
+
+-- name: legacy_trigger
+-- One trigger on the identity table, what its function is, and whether this role may replace
+-- that function's body (it owns the function, and no other trigger uses it).
+select t.tgname as name,
+       t.tgenabled::text as mode,
+       t.tgisinternal as internal,
+       t.tgconstraint <> 0 as is_constraint,
+       t.tgtype::integer as type,
+       t.tgoldtable as old_table,
+       t.tgnewtable as new_table,
+       t.tgargs as args,
+       t.tgnargs as nargs,
+       array(select a.attname::text
+             from unnest(t.tgattr::int2[]) with ordinality k(attnum, i)
+             join pg_catalog.pg_attribute a on a.attrelid = t.tgrelid and a.attnum = k.attnum
+             order by k.i) as update_columns,
+       pg_catalog.pg_get_triggerdef(t.oid) as trigger_definition,
+       t.tgqual is not null
+           and pg_catalog.pg_get_triggerdef(t.oid) like '%% WHEN (false) EXECUTE %%' as never_fires,
+       p.oid::regprocedure::text as function,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname)
+           as function_name,
+       l.lanname as language,
+       p.prosrc as source,
+       pg_catalog.pg_has_role(p.proowner, 'MEMBER') as owns_function,
+       (select count(*) from pg_catalog.pg_trigger o where o.tgfoid = p.oid)::integer
+           as function_uses,
+       case when l.lanname in ('plpgsql', 'sql') then pg_catalog.pg_get_functiondef(p.oid) end
+           as function_definition
+from pg_catalog.pg_trigger t
+join pg_catalog.pg_proc p on p.oid = t.tgfoid
+join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+join pg_catalog.pg_language l on l.oid = p.prolang
+where t.tgrelid = %(oid)s and t.tgname = %(name)s
+
+-- name: function_source
+select p.prosrc as source from pg_catalog.pg_proc p where p.oid = to_regprocedure(%(function)s)
+
+-- name: profileguard_trigger_current
+-- True when profileguard's trigger exists as trigger.sql creates it (and is enabled).
+select exists (
+    select from pg_catalog.pg_trigger t
+    where t.tgrelid = %(oid)s and t.tgname = 'profileguard_after_insert'
+      and t.tgenabled = 'O'
+      and t.tgfoid = pg_catalog.to_regprocedure('profileguard.on_identity_insert()')
+      and t.tgtype = 4 and t.tgnewtable = 'pg_new_users' and t.tgoldtable is null
+      and t.tgqual is null and t.tgnargs = 0 and t.tgattr = ''::int2vector
+) as current
+
+-- name: foreign_key_to
+-- Whether the profile table has a foreign key to the identity table.
+select exists (
+    select from pg_catalog.pg_constraint c
+    where c.conrelid = %(profile)s and c.confrelid = %(identity)s and c.contype = 'f'
+) as present

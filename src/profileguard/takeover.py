@@ -1,0 +1,210 @@
+"""Take over from a legacy profile-creating trigger, and give it back, without owning its table.
+
+On hosted Supabase the installing role has every privilege on auth.users but does not own it, so
+`ALTER TABLE … DISABLE TRIGGER` and `DROP TRIGGER` fail. Two things work instead: replacing the
+body of the trigger's own function with a no-op (when this role owns the function and no other
+trigger uses it; takes no lock on the table), or re-creating the trigger `WHEN (false)` (CREATE OR
+REPLACE TRIGGER needs only the TRIGGER privilege). Either way the original definition is saved,
+qualified, so that `uninstall` can restore it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from profileguard import sql as sqlfiles
+from profileguard.catalog import table_oid
+from profileguard.config import TableRef
+from profileguard.errors import ConfigError
+
+OWN_TRIGGER = "profileguard_after_insert"
+# Written into the no-op body, so that audit and uninstall recognise a neutralised function.
+MARKER = "profileguard: replaced by `profileguard install --replace-trigger`"
+NOOP_BODY = f"""
+begin
+    -- {MARKER};
+    -- `profileguard uninstall` restores the original body.
+    if tg_op = 'DELETE' then
+        return old;
+    end if;
+    return new;
+end
+"""
+_CREATE_TRIGGER = "CREATE TRIGGER "
+_MODES = {"O": "enabled", "A": "enabled always", "R": "enabled on replicas only"}
+
+
+@dataclass
+class Takeover:
+    """How one legacy trigger is neutralised: the statement, and what restores it."""
+
+    name: str
+    function: str
+    method: str  # 'function' or 'never_fires'
+    previous_mode: str
+    statement: sql.Composable
+    saved_definition: str
+    note: str
+
+
+def query(name: str) -> str:
+    """A named catalog query of takeover.sql."""
+    return sqlfiles.queries("takeover.sql")[name]
+
+
+@dataclass
+class _Qualified:
+    """Run catalog reads with an empty search_path (definitions come out schema-qualified)."""
+
+    conn: psycopg.Connection
+
+    def rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        row = self.conn.execute("select current_setting('search_path')").fetchone()
+        saved = str(row[0]) if row else "public"
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("select set_config('search_path', '', false)")
+            try:
+                return cur.execute(query(name), params).fetchall()
+            finally:
+                cur.execute("select set_config('search_path', %s, false)", (saved,))
+
+
+def legacy_trigger(
+    conn: psycopg.Connection, identity: TableRef, name: str
+) -> dict[str, Any] | None:
+    """The catalog's description of trigger `name` on the identity table (None if absent)."""
+    oid = table_oid(conn, identity)
+    if oid is None:
+        return None
+    found = _Qualified(conn).rows("legacy_trigger", {"oid": oid, "name": name})
+    return found[0] if found else None
+
+
+def is_neutralised(trigger: dict[str, Any]) -> bool:
+    """True when the trigger was already taken over (no-op function body, or WHEN (false))."""
+    return bool(trigger["never_fires"]) or MARKER in str(trigger["source"])
+
+
+def never_fires_statement(trigger: dict[str, Any], identity: TableRef) -> sql.Composed:
+    """`CREATE OR REPLACE TRIGGER` for the same trigger (events, level, function, arguments)
+    that never fires: `WHEN (false)`."""
+    kind = trigger["type"]
+    timing = "before" if kind & 2 else "instead of" if kind & 64 else "after"
+    events: list[sql.Composable] = []
+    if kind & 4:
+        events.append(sql.SQL("insert"))
+    if kind & 8:
+        events.append(sql.SQL("delete"))
+    if kind & 16:
+        columns = trigger["update_columns"] or []
+        events.append(sql.SQL("update of {}").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns)) if columns
+            else sql.SQL("update"))
+    if kind & 32:
+        events.append(sql.SQL("truncate"))
+    referencing: list[sql.Composable] = []
+    if trigger["old_table"]:
+        referencing.append(sql.SQL("old table as {}").format(sql.Identifier(trigger["old_table"])))
+    if trigger["new_table"]:
+        referencing.append(sql.SQL("new table as {}").format(sql.Identifier(trigger["new_table"])))
+    raw = bytes(trigger["args"] or b"")
+    args = [a.decode() for a in raw.split(b"\x00")[: trigger["nargs"]]]
+    return sql.SQL(
+        "create or replace trigger {name} {timing} {events} on {table}{referencing}"
+        " for each {level} when (false) execute function {function}({args})"
+    ).format(
+        name=sql.Identifier(trigger["name"]),
+        timing=sql.SQL(timing),
+        events=sql.SQL(" or ").join(events),
+        table=sql.Identifier(identity.schema, identity.name),
+        referencing=sql.SQL(" referencing {}").format(sql.SQL(" ").join(referencing))
+        if referencing else sql.SQL(""),
+        level=sql.SQL("row" if kind & 1 else "statement"),
+        function=sql.SQL(trigger["function_name"]),
+        args=sql.SQL(", ").join(sql.Literal(a) for a in args),
+    )
+
+
+def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | None:
+    """How to neutralise trigger `name`; None when it already is (or is disabled)."""
+    trigger = legacy_trigger(conn, identity, name)
+    if trigger is None or trigger["internal"] or name == OWN_TRIGGER:
+        raise ConfigError(
+            f"--replace-trigger: {identity} has no trigger {name!r} to replace",
+            hint="run: profileguard audit (it lists the triggers on the identity table)",
+        )
+    if trigger["is_constraint"]:
+        raise ConfigError(
+            f"--replace-trigger: {name!r} on {identity} is a constraint trigger; profileguard "
+            "cannot neutralise it without owning the table",
+            hint=f"have the table's owner run: drop trigger {name} on {identity}",
+        )
+    if trigger["mode"] == "D" or is_neutralised(trigger):
+        return None
+    mode_note = ""
+    if trigger["mode"] != "O":
+        mode_note = (
+            f"; it was {_MODES[trigger['mode']]}, and CREATE OR REPLACE TRIGGER restores it as "
+            "plainly enabled (the table's owner can set the mode again)"
+        )
+    if trigger["owns_function"] and trigger["function_uses"] == 1 and trigger["language"] in (
+        "plpgsql", "sql"
+    ):
+        statement = sql.SQL(
+            "create or replace function {function} returns trigger language plpgsql"
+            " set search_path = '' as {body}"
+        ).format(function=sql.SQL(trigger["function"]), body=sql.Literal(NOOP_BODY))
+        return Takeover(
+            name, trigger["function"], "function", trigger["mode"], statement,
+            trigger["function_definition"],
+            f"trigger {name} on {identity} now does nothing: the body of its function "
+            f"{trigger['function']} was replaced by a no-op (saved; profileguard uninstall "
+            "restores it)",
+        )
+    definition = str(trigger["trigger_definition"])
+    if not definition.startswith(_CREATE_TRIGGER):
+        raise ConfigError(f"--replace-trigger: unexpected definition of {name!r}: {definition}")
+    why = ("this role does not own its function" if not trigger["owns_function"]
+           else "its function is used by other triggers" if trigger["function_uses"] != 1
+           else f"its function is written in {trigger['language']}")
+    return Takeover(
+        name, trigger["function"], "never_fires", trigger["mode"],
+        never_fires_statement(trigger, identity), definition,
+        f"trigger {name} on {identity} was re-created WHEN (false), so it never fires ({why}); "
+        f"profileguard uninstall re-creates it as it was{mode_note}",
+    )
+
+
+def restore_statement(
+    conn: psycopg.Connection, identity: TableRef, item: dict[str, Any]
+) -> tuple[sql.SQL | None, str]:
+    """The statement that gives back the legacy trigger recorded in `item`, and a note."""
+    name = str(item["trigger_name"])
+    trigger = legacy_trigger(conn, identity, name)
+    if trigger is None:
+        return None, f"trigger {name} is gone from {identity}; nothing to restore"
+    method = item["method"]
+    if method == "function":
+        if MARKER not in str(trigger["source"]):
+            return None, (f"function {trigger['function']} was changed since the takeover; "
+                          "left as it is")
+        return sql.SQL(item["saved_definition"]), (
+            f"restored the body of {trigger['function']} (trigger {name})")
+    if method == "never_fires":
+        if not trigger["never_fires"]:
+            return None, f"trigger {name} was changed since the takeover; left as it is"
+        definition = str(item["saved_definition"])
+    else:  # 'disabled' by an earlier version: re-creating the trigger enables it again
+        if trigger["mode"] != "D":
+            return None, f"trigger {name} is enabled already"
+        definition = str(trigger["trigger_definition"])
+    note = f"re-created trigger {name} on {identity} as it was"
+    if item["previous_mode"] != "O":
+        note += (f" (it was {_MODES[item['previous_mode']]}; it is plainly enabled now: the "
+                 "table's owner can set the mode again)")
+    return sql.SQL("CREATE OR REPLACE TRIGGER " + definition[len(_CREATE_TRIGGER):]), note
