@@ -394,6 +394,7 @@ def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clear
         conn.execute("alter default privileges in schema public"
                      " grant all on tables to anon, authenticated, service_role")
         conn.execute(SUPABASE_PROFILES)
+    with db.connect_admin() as conn:  # a client (anon) plants a trigger of its own
         conn.execute(
             "create function public.planted() returns trigger language plpgsql"
             " as $$ begin return new; end $$")
