@@ -218,6 +218,34 @@ class ColumnConstraints:
     ignored: tuple[str, ...]
 
 
+def _planned_constraints(profile: TableFacts, column: str) -> ColumnConstraints:
+    """What `username_constraints` will read of a table not created yet (install renders its
+    functions before it creates the profile table): its unique column and its CHECKs, named as
+    PostgreSQL names them."""
+    ref = profile.ref
+    keys: tuple[UniqueKey, ...] = ()
+    if column in profile.unique:
+        keys = (UniqueKey(f"{ref.schema}.{ref.name}_{column}_key"[:63], column, None, None),)
+    checks = tuple(
+        (f"{ref.name}_{column}_check", _unwrapped(body))
+        for body in (sqlexpr.check_body(text) for text in profile.checks)
+        if body is not None and sqlexpr.columns_of(body) == {column}
+    )
+    return ColumnConstraints(keys, checks, ())
+
+
+def _unwrapped(body: str) -> str:
+    """`(expr)` as `expr`, as the catalog prints a CHECK when asked for the pretty form."""
+    if not (body.startswith("(") and body.endswith(")")):
+        return body
+    depth = 0
+    for i, char in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and i < len(body) - 1:
+            return body  # the first parenthesis closes before the end: not one group
+    return body[1:-1]
+
+
 def username_constraints(
     conn: psycopg.Connection, profile: TableFacts, column: str
 ) -> ColumnConstraints:
@@ -227,6 +255,8 @@ def username_constraints(
     Printed with an empty search_path, so every function and type in them is schema-qualified.
     """
     oid = table_oid(conn, profile.ref)
+    if oid is None:
+        return _planned_constraints(profile, column)
     row = conn.execute("select current_setting('search_path')").fetchone()
     search_path = str(row[0]) if row else "public"
     keys: list[UniqueKey] = []

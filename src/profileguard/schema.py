@@ -262,7 +262,7 @@ def profile_table_facts(identity: TableFacts, settings: Settings) -> TableFacts:
         return Column(name, "text", "S", False, False, False, None)
 
     def stamp(name: str) -> Column:
-        return Column(name, "timestamp with time zone", "D", True, True, False, None)
+        return Column(name, "timestamp with time zone", "D", True, True, False, None, "now()")
 
     columns = [
         Column(settings.profile.key, key.type, key.category, True, False, False, key.max_length),
