@@ -35,6 +35,7 @@ from psycopg.conninfo import make_conninfo
 
 from profileguard import monitor, schema
 from profileguard.config import Settings, load_settings
+from profileguard.errors import ExitCode
 from profileguard.web import create_app
 from profileguard.web.metrics import METRICS
 
@@ -270,7 +271,6 @@ def test_serve_command(installed: TestDB) -> None:
 def test_serve_on_a_busy_port_exits_with_its_own_code(installed: TestDB) -> None:
     import socket
 
-    from profileguard.errors import ExitCode
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
@@ -330,7 +330,7 @@ def test_serve_on_a_busy_port_says_so(installed: TestDB) -> None:
         port = str(taken.getsockname()[1])
         busy = _serve_cli("--database-url", installed.url, "serve", "--port", port,
                           "--no-alerts")
-    assert busy.returncode == 1, busy.stderr
+    assert busy.returncode == ExitCode.SERVE_FAILED, busy.stderr
     assert f"port {port}" in busy.stderr and "already in use" in busy.stderr
     assert "Traceback" not in busy.stderr
 

@@ -291,7 +291,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ServeFailedError(
-                f"port {port} on {host} is already in use",
+                f"port {port} on {host} is already in use ({host}:{port})",
                 hint=f"stop what listens there (e.g. 'ss -ltnp sport = :{port}') or pass "
                 "another --port",
             ) from None
