@@ -193,7 +193,7 @@ def test_cli_register_uses_the_admin_api_from_the_environment(installed: TestDB)
             [sys.executable, "-m", "profileguard", "--database-url", installed.url,
              "register", "cli@example.com", "--password-stdin"],
             input=PASSWORD + "\n", capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 6, again.stderr
+    assert again.returncode == 9, again.stderr  # ExitCode.USER_EXISTS
     assert [r["email"] for r in api.received()] == ["cli@example.com", "cli@example.com"]
     assert PASSWORD not in done.stdout + done.stderr
     assert json.loads(done.stdout)["created"] is True
