@@ -27,7 +27,7 @@ from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
-from profileguard.installation import table_parts
+from profileguard.installation import Installation, schema_present, schema_version, table_parts
 from profileguard.locking import INSTALL_LOCK, short_transaction
 from profileguard.mapping import (
     Plan,
@@ -219,17 +219,9 @@ def render_sync_triggers(plan: Plan) -> sql.Composed:
     return _template("sync_triggers.sql", **_sync_parts(plan))
 
 
-def _schema_installed(conn: psycopg.Connection) -> bool:
-    row = conn.execute(sqlfiles.query("schema_exists")).fetchone()
-    if not (row and row[0]):
-        return False
-    found = conn.execute("select to_regclass('profileguard.migrations') is not null").fetchone()
-    return bool(found and found[0])
-
-
 def applied_versions(conn: psycopg.Connection) -> set[int]:
     """The migration versions recorded in the database (empty when not installed)."""
-    if not _schema_installed(conn):
+    if not schema_present(conn):
         return set()
     return {int(row[0]) for row in conn.execute(sqlfiles.query("applied_versions"))}
 
@@ -238,14 +230,6 @@ def pending_migrations(conn: psycopg.Connection) -> list[sqlfiles.Migration]:
     """The migrations of this package that the database has not recorded, in order."""
     applied = applied_versions(conn)
     return [m for m in sqlfiles.migrations() if m.version not in applied]
-
-
-def installed_version(conn: psycopg.Connection) -> int:
-    """The schema version in the database; 0 when profileguard is not installed."""
-    if not _schema_installed(conn):
-        return 0
-    row = conn.execute(sqlfiles.query("installed_version")).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _role_exists(conn: psycopg.Connection, role: str) -> bool:
@@ -342,7 +326,7 @@ def _main_phase(
     """
     conn = rec.conn
     _lock_install(rec)
-    before = installed_version(conn)
+    before = schema_version(conn)
     result = InstallResult(before, before)
     profile_facts = None
     create_table = inspect_table(conn, settings.profile) is None
@@ -597,7 +581,7 @@ def _run_install(
 ) -> InstallResult:
     """The long transaction (no lock on the identity table), then the short one that takes it."""
     with _transaction(settings) as conn:
-        if require_installed and installed_version(conn) == 0:
+        if require_installed and schema_version(conn) == 0:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
@@ -665,7 +649,7 @@ def render(
     with _transaction(settings, dry_run=True) as conn:
         conn.execute("set transaction read only")
         conn.execute(f"set local lock_timeout = {RENDER_LOCK_TIMEOUT_MS}")
-        if source == "upgrade" and installed_version(conn) == 0:
+        if source == "upgrade" and schema_version(conn) == 0:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
@@ -768,15 +752,6 @@ def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
                         source="upgrade", require_installed=True, force=True)
 
 
-def _installed_identity(conn: psycopg.Connection, settings: Settings) -> TableRef:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(sqlfiles.query("settings")).fetchone()
-    if row is None:
-        return settings.identity
-    schema, _, name = str(row["identity_table"]).partition(".")
-    return TableRef(schema, name, str(row["identity_key"]))
-
-
 def _restore_replaced_triggers(
     conn: psycopg.Connection, identity: TableRef
 ) -> list[str]:
@@ -814,9 +789,10 @@ def uninstall(settings: Settings, *, notes: list[str] | None = None) -> bool:
     profileguard's trigger on the identity table, which locks that table until commit).
     """
     def restore(conn: psycopg.Connection) -> tuple[bool, list[str]]:
-        if not _schema_installed(conn):
+        if not schema_present(conn):
             return False, []
-        identity = _installed_identity(conn, settings)
+        installed = Installation.read(conn)
+        identity = settings.identity if installed is None else installed.identity
         if inspect_table(conn, identity) is None:
             return True, []
         return True, _restore_replaced_triggers(conn, identity)
@@ -830,7 +806,7 @@ def uninstall(settings: Settings, *, notes: list[str] | None = None) -> bool:
         return False
 
     def drop(conn: psycopg.Connection) -> None:
-        if _schema_installed(conn):
+        if schema_present(conn):
             conn.execute(sqlfiles.read("uninstall.sql"))
 
     short_transaction(settings, drop, what="uninstall (drop schema)")
@@ -840,7 +816,7 @@ def uninstall(settings: Settings, *, notes: list[str] | None = None) -> bool:
 def set_enabled(settings: Settings, enabled: bool) -> bool:
     """Turn the trigger on or off without uninstalling; returns the previous state."""
     with _transaction(settings) as conn:
-        if installed_version(conn) == 0:
+        if schema_version(conn) == 0:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
@@ -869,7 +845,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "schema_version": 0,
     }
     with _transaction(settings, dry_run=True) as conn:
-        version = installed_version(conn)
+        version = schema_version(conn)
         if version:
             with conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(sqlfiles.query("settings")).fetchone()

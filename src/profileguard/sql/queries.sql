@@ -73,13 +73,6 @@ select table_name, trigger_name, function_name, previous_mode, method, saved_def
 from profileguard.replaced_triggers
 order by replaced_at, trigger_name
 
--- name: record_replaced_trigger
-insert into profileguard.replaced_triggers (table_name, trigger_name, function_name, previous_mode)
-values (%(t)s, %(n)s, %(f)s, %(m)s)
-on conflict (table_name, trigger_name) do update
-set function_name = excluded.function_name, previous_mode = excluded.previous_mode,
-    replaced_at = now()
-
 -- name: unique_indexes
 -- Every unique index of a table: its first key (column name or expression, as the server
 -- prints it), how many keys, the predicate of a partial index and a collation other than the
