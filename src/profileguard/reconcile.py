@@ -1,18 +1,20 @@
 """The reconciler: level-triggered repair of users that have no profile.
 
-A pass scans the identity table in keyset batches for users without a profile and creates the
-missing profiles set-based with `profileguard.create_profiles(ids, 'worker')`. Several workers
-(threads, processes, hosts) can run at once: inside each repair transaction every candidate is
-claimed with `pg_try_advisory_xact_lock`, and candidates another worker holds are skipped; the
-insert is ON CONFLICT DO NOTHING, so a profile is created (and a 'repair' event recorded) once.
+A pass scans the identity table in keyset batches for users without a profile and hands them to
+the one repair engine, `profileguard.repair(ids, 'worker')` (SQL), which creates the missing
+profiles set-based, isolates failing users by splitting (a bounded number of subtransactions per
+call) and tells a user's own failure (charged: backoff, then quarantine) from a fault that fails
+everyone (held behind a breaker on its fingerprint: not charged, never quarantined). Several
+workers (threads, processes, hosts) can run at once: every candidate is claimed with
+`pg_try_advisory_xact_lock`, and candidates another worker holds are skipped.
 
-A batch that fails with a permanent error is split in halves (savepoints) until the failing users
-are isolated; each failure is recorded in `profileguard.repair_state` with a capped full-jitter
-exponential backoff, and a user is quarantined after `max_attempts`. Transient errors retry the
-batch (reconnecting when the connection broke). `run_forever` adds LISTEN on 'profileguard' for
-a fast path, periodic incremental and full sweeps, a heartbeat, and reconnection with backoff.
-Nothing outlives a transaction but the LISTEN, so behind a transaction-mode pooler (setting
-`pooler = "transaction"`) the worker runs the same with polling only, and prepares nothing.
+Every cycle the worker also looks at the profile table's catalog (`check_catalog()`: a change
+releases backed-off and quarantined users and probes breakers at once) and probes the open
+breakers that are due (`probe_breakers()`: one canary each; success releases everyone waiting).
+Quarantined users are tried again hourly. `run_forever` adds LISTEN on 'profileguard' for a fast
+path, periodic incremental and full sweeps, a heartbeat, and reconnection with backoff (≤ 1 s for
+connection faults). Nothing outlives a transaction but the LISTEN, so behind a transaction-mode
+pooler (setting `pooler = "transaction"`) the worker runs the same with polling only.
 
 A Reconciler holds one connection and is not thread-safe: give each thread or process its own.
 """
@@ -42,7 +44,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from profileguard import repairs
 from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
 from profileguard.drift import DriftRepair
@@ -57,6 +58,8 @@ SOURCE = "worker"
 APPLICATION_NAME = "profileguard-reconciler"
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
+# Each lock wait of the worker's own statements (scans, claims) is bounded by this.
+WORKER_LOCK_TIMEOUT_MS = 1000
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
 T = TypeVar("T")
@@ -70,14 +73,16 @@ class PassResult:
     repaired: int = 0
     failed: int = 0
     quarantined: int = 0
+    waiting: int = 0
     batches: int = 0
     duration: float = 0.0
 
     def add(self, other: BatchOutcome) -> None:
         self.scanned += other.scanned
         self.repaired += other.repaired
-        self.failed += len(other.failures)
+        self.failed += other.failed
         self.quarantined += other.quarantined
+        self.waiting += other.waiting
         self.batches += 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,14 +91,25 @@ class PassResult:
 
 @dataclass
 class BatchOutcome:
-    """One repair transaction: candidates, what was claimed, created and what failed."""
+    """One repair transaction: candidates, what was claimed, and what the engine reported."""
 
     scanned: int = 0
     claimed: int = 0
     repaired: int = 0
+    failed: int = 0
     quarantined: int = 0
-    succeeded: list[Any] = field(default_factory=list)
-    failures: list[tuple[Any, str | None, str]] = field(default_factory=list)
+    waiting: int = 0
+    deferred: int = 0
+    systemic: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self, report: dict[str, Any]) -> None:
+        """Add what one `profileguard.repair()` call reported."""
+        self.repaired += int(report.get("created") or 0)
+        self.failed += int(report.get("failed") or 0)
+        self.quarantined += int(report.get("quarantined") or 0)
+        self.waiting += int(report.get("waiting") or 0)
+        self.deferred += int(report.get("deferred") or 0)
+        self.systemic.extend(report.get("systemic") or [])
 
 
 class Reconciler:
@@ -109,13 +125,15 @@ class Reconciler:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         transient_attempts: int = 8,
-        transient_max_wait: float = 5.0,
+        transient_max_wait: float = 1.0,
         incremental_interval: float = 5.0,
         full_interval: float = 300.0,
         recheck_seconds: float = 120.0,
         heartbeat_interval: float = 10.0,
         reconnect_cap: float = 30.0,
         poll_interval: float = 0.5,
+        probe_interval: float = 0.25,
+        quarantine_retry: float = 3600.0,
     ):
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
@@ -135,6 +153,8 @@ class Reconciler:
         self.heartbeat_interval = heartbeat_interval
         self.reconnect_cap = reconnect_cap
         self.poll_interval = poll_interval
+        self.probe_interval = probe_interval
+        self.quarantine_retry = quarantine_retry
         self.recheck_seconds = recheck_seconds
         self.stats: dict[str, Any] = {
             "passes": 0,
@@ -146,6 +166,9 @@ class Reconciler:
             "errors": 0,
             "last_error": None,
             "drift_fixed": 0,
+            "waiting": 0,
+            "breakers_closed": 0,
+            "catalog_changes": 0,
         }
         # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
         self.drift = DriftRepair(settings, backoff_base=backoff_base, backoff_cap=backoff_cap)
@@ -170,6 +193,13 @@ class Reconciler:
                 conn.close()
             conn = self._conn = self._connect()
             try:
+                if not self.settings.transaction_pooler:
+                    # A locked profile table is a fault to wait out in short steps, not a worker
+                    # stuck in one statement (behind a transaction pooler a session setting would
+                    # leak to other clients: the engine's own lock_timeout still applies there).
+                    conn.execute("select pg_catalog.set_config('lock_timeout', %s, false)",
+                                 (f"{WORKER_LOCK_TIMEOUT_MS}ms",))
+                    conn.commit()
                 self._use(Installation.require(conn))
             finally:
                 conn.rollback()
@@ -270,7 +300,7 @@ class Reconciler:
             "not exists (select from {profile} p where p.{pkey} = u.{ikey})"
             " and not exists (select from profileguard.repair_state r"
             " where r.user_id = u.{ikey}::text"
-            " and (r.quarantined_at is not null or r.next_attempt_at > now()))"
+            " and (r.waiting_on is not null or r.next_attempt_at > now()))"
         ).format(profile=self._profile, pkey=self._pkey, ikey=self._ikey)
 
     def _scan(self, conn: psycopg.Connection, after: Any) -> list[Any]:
@@ -314,72 +344,75 @@ class Reconciler:
     # ---------------------------------------------------------------- repair
 
     def _repair(self, ids: Sequence[Any]) -> BatchOutcome:
-        """Claim and repair `ids` in one transaction (retried as a whole on transient errors)."""
+        """Claim `ids` and hand them to the engine, one transaction per call (retried as a whole
+        on transient errors); ids the engine deferred (its subtransaction budget) get further
+        calls, each its own transaction."""
+        outcome = BatchOutcome(scanned=len(ids))
+        pending = list(ids)
+        while pending:
+            deferred_before = outcome.deferred
 
-        def run(conn: psycopg.Connection) -> BatchOutcome:
-            outcome = BatchOutcome(scanned=len(ids))
-            with conn.transaction():
-                claimed = [
-                    row[0]
-                    for row in conn.execute(
-                        sql.SQL(
-                            "select c.id from unnest(%(ids)s::{key}[]) as c(id)"
-                            " where pg_try_advisory_xact_lock(hashtextextended(c.id::text,"
-                            " %(seed)s)) and not exists"
-                            " (select from {profile} p where p.{pkey} = c.id)"
-                        ).format(key=self._key, profile=self._profile, pkey=self._pkey),
-                        {"ids": list(ids), "seed": CLAIM_SEED},
-                    ).fetchall()
-                ]
-                outcome.claimed = len(claimed)
-                if claimed:
-                    self._create(conn, claimed, outcome)
-                    self._record(conn, outcome)
-            return outcome
+            def run(conn: psycopg.Connection, batch: list[Any] = pending) -> list[Any]:
+                with conn.transaction():
+                    claimed = [row[0] for row in conn.execute(self._claim_query(),
+                                                              {"ids": batch, "seed": CLAIM_SEED})]
+                    if not claimed:
+                        return []
+                    row = conn.execute(self._repair_query(), {
+                        "ids": claimed, "source": SOURCE, "max": self.max_attempts,
+                        "base": self.backoff_base, "cap": self.backoff_cap,
+                        "quarantine": self.quarantine_retry,
+                    }).fetchone()
+                outcome.claimed = outcome.claimed or len(claimed)
+                outcome.take(row[0] if row else {})
+                return claimed
 
-        return self._retrying(run)
+            claimed = self._retrying(run)
+            if not claimed or outcome.deferred == deferred_before or outcome.systemic:
+                break
+            # Only the deferred ids are left without a profile and not held: filter again.
+            pending = self._retrying(functools.partial(self._filter, ids=claimed))
+        self._log_outcome(outcome)
+        return outcome
 
-    def _create(self, conn: psycopg.Connection, ids: list[Any], outcome: BatchOutcome) -> None:
-        """create_profiles(ids) in a savepoint; on a permanent error, split until isolated."""
-        query = sql.SQL("select profileguard.create_profiles(%(ids)s::{key}[], %(source)s)").format(
-            key=self._key
-        )
-        try:
-            with conn.transaction():
-                row = conn.execute(query, {"ids": ids, "source": SOURCE}).fetchone()
-        except psycopg.Error as exc:
-            if is_transient(exc) or conn.broken:
-                raise
-            if len(ids) == 1:
-                failure = repairs.failure_from(ids[0], exc)
-                outcome.failures.append((failure.user_id, failure.sqlstate, failure.message))
-                return
-            middle = len(ids) // 2
-            self._create(conn, ids[:middle], outcome)
-            self._create(conn, ids[middle:], outcome)
-            return
-        outcome.repaired += int(row[0]) if row and row[0] is not None else 0
-        outcome.succeeded.extend(ids)
+    def _claim_query(self) -> sql.Composed:
+        return sql.SQL(
+            "select c.id from unnest(%(ids)s::{key}[]) as c(id)"
+            " where pg_try_advisory_xact_lock(hashtextextended(c.id::text, %(seed)s))"
+            " and not exists (select from {profile} p where p.{pkey} = c.id)"
+        ).format(key=self._key, profile=self._profile, pkey=self._pkey)
 
-    def _record(self, conn: psycopg.Connection, outcome: BatchOutcome) -> None:
-        """Forget the state of repaired users; count an attempt for each failed one."""
-        repairs.forget(conn, outcome.succeeded)
-        outcome.quarantined += repairs.record_failures(
-            conn,
-            [repairs.Failure(uid, state, message) for uid, state, message in outcome.failures],
-            source=SOURCE,
-            max_attempts=self.max_attempts,
-            backoff_base=self.backoff_base,
-            backoff_cap=self.backoff_cap,
-            detail={"worker_id": self.worker_id},
-        )
+    def _repair_query(self) -> sql.Composed:
+        return sql.SQL(
+            "select profileguard.repair(%(ids)s::{key}[], %(source)s, %(max)s, %(base)s, %(cap)s,"
+            " p_quarantine_retry => %(quarantine)s)"
+        ).format(key=self._key)
+
+    def _log_outcome(self, outcome: BatchOutcome) -> None:
+        """One line per batch that did something: repaired, charged, quarantined, held."""
+        if outcome.repaired:
+            log.info("repaired %d profile(s)", outcome.repaired,
+                     extra={"event": "repaired", "count": outcome.repaired,
+                            "worker_id": self.worker_id})
+        if outcome.failed:
+            log.warning("%d user(s) failed on their own data (%d quarantined)", outcome.failed,
+                        outcome.quarantined,
+                        extra={"event": "failed", "count": outcome.failed,
+                               "quarantined": outcome.quarantined, "worker_id": self.worker_id})
+        for fault in outcome.systemic:
+            log.warning("breaker open: every user fails with %s (%s); %d user(s) wait",
+                        fault.get("fingerprint"), fault.get("message"), outcome.waiting,
+                        extra={"event": "breaker_open", "fingerprint": fault.get("fingerprint"),
+                               "sqlstate": fault.get("sqlstate"), "object": fault.get("object"),
+                               "worker_id": self.worker_id})
 
     def _account(self, result: PassResult, outcome: BatchOutcome) -> None:
         result.add(outcome)
         with self._lock:
             self.stats["repaired"] += outcome.repaired
-            self.stats["failed"] += len(outcome.failures)
+            self.stats["failed"] += outcome.failed
             self.stats["quarantined"] += outcome.quarantined
+            self.stats["waiting"] += outcome.waiting
 
     # ---------------------------------------------------------------- passes
 
@@ -421,7 +454,7 @@ class Reconciler:
                 )
             )
 
-    def repair_ids(self, ids: Iterable[Any], stop_event: threading.Event | None = None
+    def repair_users(self, ids: Iterable[Any], stop_event: threading.Event | None = None
                    ) -> PassResult:
         """Repair just these users (those without a profile that are not backed off)."""
         started = time.monotonic()
@@ -464,7 +497,7 @@ class Reconciler:
             if not rows:
                 break
             ids = self._parse_ids(dict.fromkeys(str(r[1]) for r in rows))
-            part = self.repair_ids(ids)
+            part = self.repair_users(ids)
             self._merge(result, part)
             self._event_cursor = int(rows[-1][0])
             if len(rows) < self.batch_size:
@@ -474,7 +507,7 @@ class Reconciler:
             with conn.transaction():
                 return conn.execute(
                     "select user_id from profileguard.repair_state"
-                    " where quarantined_at is null and next_attempt_at <= now()"
+                    " where waiting_on is null and next_attempt_at <= now()"
                     " order by next_attempt_at limit %(n)s",
                     {"n": self.batch_size},
                 ).fetchall()
@@ -498,7 +531,7 @@ class Reconciler:
                 break
             rows = self._retrying(query)
             if rows:
-                self._merge(result, self.repair_ids(self._parse_ids(str(r[0]) for r in rows)))
+                self._merge(result, self.repair_users(self._parse_ids(str(r[0]) for r in rows)))
         self._drift_pass(stop_event, full=False)
         result.duration = time.monotonic() - started
         return result
@@ -509,6 +542,7 @@ class Reconciler:
         total.repaired += part.repaired
         total.failed += part.failed
         total.quarantined += part.quarantined
+        total.waiting += part.waiting
         total.batches += part.batches
 
     def retry(self, user_ids: Iterable[Any] | None = None, *, all_quarantined: bool = False
@@ -521,7 +555,7 @@ class Reconciler:
             with conn.transaction():
                 rows = conn.execute(
                     "update profileguard.repair_state set attempts = 0, quarantined_at = null,"
-                    " next_attempt_at = now(), updated_at = now()"
+                    " waiting_on = null, next_attempt_at = now(), updated_at = now()"
                     " where user_id = any(%(ids)s::text[])"
                     " or (%(all)s and quarantined_at is not null)"
                     " returning user_id",
@@ -540,7 +574,34 @@ class Reconciler:
             )
         reset_ids = self._retrying(reset)
         ids = self._parse_ids(dict.fromkeys([*texts, *reset_ids]))
-        return self.repair_ids(ids)
+        return self.repair_users(ids)
+
+    def heal(self) -> dict[str, Any]:
+        """Look at the catalog (a change releases whoever a change could help) and probe the open
+        breakers that are due; returns {"catalog_changed", "probed", "closed", "released"}."""
+
+        def look(conn: psycopg.Connection) -> dict[str, Any]:
+            with conn.transaction():
+                changed = conn.execute("select profileguard.check_catalog()").fetchone()
+            with conn.transaction():
+                probe = conn.execute("select profileguard.probe_breakers()").fetchone()
+            result: dict[str, Any] = dict(probe[0]) if probe and probe[0] else {}
+            result["catalog_changed"] = bool(changed and changed[0])
+            return result
+
+        result = self._retrying(look)
+        if result["catalog_changed"]:
+            log.info("the profile table or profileguard changed: backed-off and quarantined"
+                     " users are tried again", extra={"event": "catalog_changed",
+                                                     "worker_id": self.worker_id})
+        if result.get("closed"):
+            log.info("breaker closed: %s user(s) released", result.get("released", 0),
+                     extra={"event": "breaker_closed", "released": result.get("released", 0),
+                            "worker_id": self.worker_id})
+        with self._lock:
+            self.stats["breakers_closed"] += int(result.get("closed") or 0)
+            self.stats["catalog_changes"] += int(result["catalog_changed"])
+        return result
 
     # ---------------------------------------------------------------- the long-running worker
 
@@ -579,7 +640,10 @@ class Reconciler:
                 level = logging.WARNING if is_transient(exc) else logging.ERROR
                 log.log(level, "reconciler %s: %s; reconnecting", self.worker_id, exc)
                 self._drop_connection()
-                delay = random.uniform(0, min(self.reconnect_cap, 0.1 * 2 ** min(failures, 20)))
+                # A connection fault (server restarting, connections terminated) passes by itself:
+                # look again within a second; other errors back off up to reconnect_cap.
+                cap = min(1.0, self.reconnect_cap) if is_transient(exc) else self.reconnect_cap
+                delay = random.uniform(0, min(cap, 0.1 * 2 ** min(failures, 20)))
                 stop_event.wait(delay)
                 with self._lock:
                     self.stats["reconnects"] += 1
@@ -620,8 +684,14 @@ class Reconciler:
             # After a reconnect, look at what happened while we were away right away.
             next_incremental = now
             next_heartbeat = now + self.heartbeat_interval
+            next_heal = now
             while not stop_event.is_set():
                 now = time.monotonic()
+                if now >= next_heal:
+                    healed = self.heal()
+                    next_heal = time.monotonic() + self.probe_interval
+                    if healed["catalog_changed"] or healed.get("released"):
+                        next_incremental = time.monotonic()
                 if now >= next_full:
                     self.run_once(stop_event)
                     next_full = time.monotonic() + self.full_interval
@@ -632,7 +702,8 @@ class Reconciler:
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat(self._connection(), "running")
                     next_heartbeat = time.monotonic() + self.heartbeat_interval
-                wait = min(next_full, next_incremental, next_heartbeat) - time.monotonic()
+                wait = min(next_full, next_incremental, next_heartbeat, next_heal)
+                wait -= time.monotonic()
                 wait = max(0.0, min(wait, self.poll_interval))
                 if listener is None:
                     stop_event.wait(wait)

@@ -1,10 +1,14 @@
 -- Functions that do not depend on the mapping; re-created by every install and upgrade.
 
--- Count one failed repair attempt of a user: full-jitter exponential backoff before the next
--- attempt, quarantine (and a 'quarantine' event) once `p_max_attempts` is reached; the second
--- column is true only for the call that quarantined. Shared by the worker, the backfill and the
--- in-database sweep, so all three back off and quarantine alike. Messages are stored without
--- row values (profileguard.redact_error; last_message by a trigger on repair_state).
+-- Count one failed repair attempt of a user (its own data: see profileguard.repair): full-jitter
+-- exponential backoff before the next attempt, quarantine (and a 'quarantine' event) once
+-- `p_max_attempts` is reached; the second column is true only for the call that quarantined.
+-- Quarantine is a label, not an end: a quarantined user is tried again every
+-- `p_quarantine_retry` seconds (and at once when the profile table's catalog changes). Messages
+-- are stored without row values (profileguard.redact_error; last_message by a trigger on
+-- repair_state).
+drop function if exists profileguard.note_repair_failure(
+    text, text, text, text, integer, double precision, double precision, jsonb);
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
@@ -13,7 +17,9 @@ create or replace function profileguard.note_repair_failure(
     p_max_attempts integer,
     p_backoff_base double precision,
     p_backoff_cap double precision,
-    p_detail jsonb default '{}'::jsonb
+    p_detail jsonb default '{}'::jsonb,
+    p_fingerprint text default null,
+    p_quarantine_retry double precision default 3600
 )
 returns table (attempts integer, newly_quarantined boolean)
 language plpgsql
@@ -29,15 +35,20 @@ declare
         'message', profileguard.redact_error(left(p_message, 2000))));
 begin
     insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
-        last_message, quarantined_at, history, updated_at)
+        last_message, quarantined_at, history, updated_at, fingerprint, waiting_on)
     values (p_user_id, 1,
-            now() + make_interval(secs => random() * least(p_backoff_cap, p_backoff_base)),
+            now() + make_interval(secs => case when 1 >= p_max_attempts then p_quarantine_retry
+                                               else random() * least(p_backoff_cap, p_backoff_base)
+                                          end),
             p_sqlstate, left(p_message, 2000),
-            case when 1 >= p_max_attempts then now() end, v_entry, now())
+            case when 1 >= p_max_attempts then now() end, v_entry, now(), p_fingerprint, null)
     on conflict (user_id) do update set
         attempts = r.attempts + 1,
-        next_attempt_at = now() + make_interval(secs => random()
-            * least(p_backoff_cap, p_backoff_base * power(2, least(r.attempts, 60)))),
+        next_attempt_at = now() + make_interval(secs => case
+            when r.quarantined_at is not null or r.attempts + 1 >= p_max_attempts
+                then p_quarantine_retry
+            else random() * least(p_backoff_cap, p_backoff_base * power(2, least(r.attempts, 60)))
+            end),
         last_sqlstate = excluded.last_sqlstate,
         last_message = excluded.last_message,
         quarantined_at = coalesce(r.quarantined_at,
@@ -45,6 +56,8 @@ begin
         -- the history keeps the latest 50 attempts
         history = (case when jsonb_array_length(r.history) >= 50 then r.history - 0
                    else r.history end) || excluded.history,
+        fingerprint = excluded.fingerprint,
+        waiting_on = null,
         updated_at = now()
     -- quarantined_at is now() (the transaction's start) only for the call that set it
     returning r.attempts, r.quarantined_at is not null and r.quarantined_at = now()
@@ -53,7 +66,8 @@ begin
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         values ('quarantine', p_source, p_user_id, p_sqlstate,
                 profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000),
-                jsonb_build_object('attempts', v_attempts) || coalesce(p_detail, '{}'::jsonb));
+                jsonb_build_object('attempts', v_attempts, 'fingerprint', p_fingerprint)
+                    || coalesce(p_detail, '{}'::jsonb));
     end if;
     attempts := v_attempts;
     newly_quarantined := v_newly;
@@ -77,4 +91,248 @@ as $pg$
             and pg_catalog.current_setting('statement_timeout')::interval > interval '0'
             and pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
                 >= pg_catalog.current_setting('statement_timeout')::interval)
+$pg$;
+
+-- A failure's fingerprint: its SQLSTATE and the object it names (schema.table.column or
+-- schema.table.constraint from the error's fields), or, when it names none, its message without
+-- row values. Users failing with the same fingerprint fail for the same reason.
+create or replace function profileguard.fingerprint(p_sqlstate text, p_object text, p_message text)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $pg$
+    select coalesce(p_sqlstate, 'XXXXX') || ':'
+        || coalesce(nullif(p_object, ''), left(profileguard.redact_error(coalesce(p_message, '')), 200))
+$pg$;
+
+-- The object a failure names, from the fields of its error.
+create or replace function profileguard.failure_object(
+    p_schema text, p_table text, p_column text, p_constraint text
+)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $pg$
+    select nullif(pg_catalog.concat_ws('.', nullif(p_schema, ''), nullif(p_table, ''),
+                                       coalesce(nullif(p_column, ''), nullif(p_constraint, ''))), '')
+$pg$;
+
+-- Failures that are about the database, never about one user's data: locks, cancels, connections,
+-- resources, a read-only or shutting-down server, a missing schema, table, column or function, a
+-- missing privilege. They hold users behind a breaker from the first occurrence.
+create or replace function profileguard.systemic_by_nature(p_sqlstate text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $pg$
+    select left(p_sqlstate, 2) in ('08', '25', '3D', '3F', '40', '53', '55', '57', '58')
+        or p_sqlstate in ('42501', '42P01', '42703', '42883', '42704', '0A000')
+$pg$;
+
+-- The longest wait between probes of an open breaker: short for faults that pass by themselves
+-- (a lock, a cancel, a connection), longer for the others (a change to the catalog, read every
+-- cycle, probes those at once anyway).
+create or replace function profileguard.probe_cap(p_sqlstate text)
+returns double precision
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $pg$
+    select case when left(p_sqlstate, 2) in ('08', '40', '53', '55', '57') then 1.0 else 5.0 end
+$pg$;
+
+-- Open (or keep open) the breaker of a fingerprint and hold `p_ids` behind it: their attempts are
+-- not counted and they are never quarantined for it. Users charged earlier with the same
+-- fingerprint (before it was seen to fail everyone) are refunded and held too. Returns true when
+-- this call opened it.
+create or replace function profileguard.open_breaker(
+    p_ids text[], p_fingerprint text, p_sqlstate text, p_object text, p_message text,
+    p_source text
+)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_opened boolean := false;
+    v_message text := profileguard.redact_error(left(p_message, 2000));
+begin
+    insert into profileguard.breakers as b (fingerprint, state, sqlstate, object, message,
+                                            probe_interval, next_probe_at)
+    values (p_fingerprint, 'open', p_sqlstate, p_object, v_message, 0.25,
+            now() + interval '0.25 seconds')
+    on conflict (fingerprint) do update set
+        state = 'open', sqlstate = excluded.sqlstate, object = excluded.object,
+        message = excluded.message, expires_at = null, updated_at = now(),
+        opened_at = case when b.state = 'open' then b.opened_at else now() end,
+        probes = case when b.state = 'open' then b.probes else 0 end,
+        probe_interval = case when b.state = 'open' then b.probe_interval else 0.25 end,
+        next_probe_at = case when b.state = 'open' then b.next_probe_at
+                             else now() + interval '0.25 seconds' end
+    returning (xmax = 0 or b.opened_at = now()) into v_opened;
+    insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
+        last_message, fingerprint, waiting_on, updated_at)
+    select x, 0, 'infinity', p_sqlstate, left(p_message, 2000), p_fingerprint, p_fingerprint, now()
+    from unnest(p_ids) x
+    on conflict (user_id) do update set
+        next_attempt_at = 'infinity', last_sqlstate = excluded.last_sqlstate,
+        last_message = excluded.last_message, fingerprint = excluded.fingerprint,
+        waiting_on = excluded.waiting_on, updated_at = now();
+    -- Charged before the fault was seen to fail everyone: refunded.
+    update profileguard.repair_state r
+        set waiting_on = p_fingerprint, attempts = 0, quarantined_at = null,
+            next_attempt_at = 'infinity', updated_at = now()
+        where r.fingerprint = p_fingerprint and r.waiting_on is null;
+    if v_opened then
+        insert into profileguard.events (kind, source, sqlstate, category, message, detail)
+        values ('breaker', p_source, p_sqlstate, profileguard.sqlstate_category(p_sqlstate),
+                format('every user fails: %s', v_message),
+                jsonb_build_object('state', 'open', 'fingerprint', p_fingerprint,
+                                   'object', p_object));
+    end if;
+    return v_opened;
+end
+$pg$;
+
+-- Close a breaker: every user it held is tried again at once. Returns how many it released.
+create or replace function profileguard.close_breaker(p_fingerprint text, p_source text, p_why text)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_count integer;
+begin
+    update profileguard.repair_state r
+        set waiting_on = null, next_attempt_at = now(), updated_at = now()
+        where r.waiting_on = p_fingerprint;
+    get diagnostics v_count = row_count;
+    delete from profileguard.breakers b where b.fingerprint = p_fingerprint and b.state = 'open';
+    if found then
+        insert into profileguard.events (kind, source, message, detail)
+        values ('breaker', p_source, format('%s; %s user(s) released', p_why, v_count),
+                jsonb_build_object('state', 'closed', 'fingerprint', p_fingerprint,
+                                   'released', v_count));
+    end if;
+    return v_count;
+end
+$pg$;
+
+-- A fingerprint seen to fail some users while others succeed is about those users' data: their
+-- failures are charged to them (for `p_hours`), and any breaker on it closes.
+create or replace function profileguard.mark_user_specific(
+    p_fingerprint text, p_sqlstate text, p_object text, p_message text, p_hours double precision
+)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+begin
+    if exists (select from profileguard.breakers b
+               where b.fingerprint = p_fingerprint and b.state = 'open') then
+        perform profileguard.close_breaker(p_fingerprint, 'worker',
+                                           'other users succeed: failures are users'' own');
+    end if;
+    insert into profileguard.breakers as b (fingerprint, state, sqlstate, object, message,
+                                            expires_at)
+    values (p_fingerprint, 'user_specific', p_sqlstate, p_object,
+            profileguard.redact_error(left(p_message, 2000)),
+            now() + make_interval(secs => p_hours * 3600))
+    on conflict (fingerprint) do update set
+        state = 'user_specific', expires_at = excluded.expires_at, updated_at = now();
+end
+$pg$;
+
+-- A fingerprint of the profile table's definition and profileguard's own functions: columns,
+-- defaults, constraints, indexes, triggers and their functions' source, policies, grants. A fix
+-- by `CREATE OR REPLACE FUNCTION` on a trigger changes no row of the table's catalog, hence the
+-- functions' source. Cheap: catalog lookups by the table's oid and profileguard's namespace.
+create or replace function profileguard.catalog_version()
+returns text
+language sql
+stable
+security definer
+set search_path = ''
+as $pg$
+    with t as (
+        select pg_catalog.to_regclass(pg_catalog.format('%I.%I',
+                   pg_catalog.split_part(s.profile_table, '.', 1),
+                   pg_catalog.split_part(s.profile_table, '.', 2))) as oid
+        from profileguard.settings s where s.singleton
+    )
+    select pg_catalog.md5(pg_catalog.concat_ws('|',
+        t.oid::text,
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', a.attname, a.atttypid, a.atttypmod,
+                    a.attnotnull, a.attacl, pg_catalog.pg_get_expr(d.adbin, d.adrelid)), ','
+                    order by a.attnum)
+         from pg_catalog.pg_attribute a
+         left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+         where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped),
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', c.conname, c.convalidated,
+                    pg_catalog.pg_get_constraintdef(c.oid)), ',' order by c.conname)
+         from pg_catalog.pg_constraint c where c.conrelid = t.oid),
+        (select pg_catalog.string_agg(pg_catalog.pg_get_indexdef(i.indexrelid) || i.indisvalid,
+                    ',' order by i.indexrelid)
+         from pg_catalog.pg_index i where i.indrelid = t.oid),
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', g.tgname, g.tgenabled, g.tgfoid,
+                    pg_catalog.md5(p.prosrc), p.proconfig), ',' order by g.tgname)
+         from pg_catalog.pg_trigger g join pg_catalog.pg_proc p on p.oid = g.tgfoid
+         where g.tgrelid = t.oid),
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', o.polname, o.polcmd, o.polroles,
+                    pg_catalog.pg_get_expr(o.polqual, o.polrelid),
+                    pg_catalog.pg_get_expr(o.polwithcheck, o.polrelid)), ',' order by o.polname)
+         from pg_catalog.pg_policy o where o.polrelid = t.oid),
+        (select pg_catalog.concat_ws(':', c.relacl, c.relrowsecurity, c.relforcerowsecurity,
+                    c.relowner)
+         from pg_catalog.pg_class c where c.oid = t.oid),
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', p.oid, pg_catalog.md5(p.prosrc),
+                    p.proconfig, p.proacl), ',' order by p.oid)
+         from pg_catalog.pg_proc p
+         where p.pronamespace = (select n.oid from pg_catalog.pg_namespace n
+                                 where n.nspname = 'profileguard'))
+    ))
+    from t
+$pg$;
+
+-- Compare the catalog fingerprint with the one seen last; on a change, release everyone a change
+-- could help: open breakers are probed at once, backed-off and quarantined users are tried at
+-- once, and what was learnt about fingerprints being users' own is forgotten. Returns true on a
+-- change. Several workers may call it: one of them sees each change.
+create or replace function profileguard.check_catalog()
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_now text := profileguard.catalog_version();
+    v_seen text;
+begin
+    select c.version into v_seen from profileguard.catalog_seen c
+        where c.singleton for update skip locked;
+    if not found or v_seen is not distinct from v_now then
+        return false;
+    end if;
+    update profileguard.catalog_seen c
+        set version = v_now, checked_at = now(), changed_at = now() where c.singleton;
+    if v_seen is null then
+        return false;
+    end if;
+    update profileguard.breakers b set next_probe_at = now(), probe_interval = 0.25,
+        updated_at = now() where b.state = 'open';
+    delete from profileguard.breakers b where b.state = 'user_specific';
+    update profileguard.repair_state r set next_attempt_at = now(), updated_at = now()
+        where r.waiting_on is null and r.next_attempt_at > now();
+    return true;
+end
 $pg$;

@@ -1,0 +1,237 @@
+"""Self-healing on the real server: a fault that fails everyone is held behind a breaker (never
+charged, never quarantined) and released once it passes; a user's own failure is charged,
+quarantined, retried on its cadence and repaired once its cause is gone; one engine, bounded
+subtransactions."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from conftest import TestDB, wait_for
+from test_reconcile import fast_reconciler, has_profile, missing_profiles, running
+
+from profileguard import schema
+from profileguard.reconcile import Reconciler
+
+REJECT_ALL = "pg_test_reject_all"
+
+
+def state_of(db: TestDB, user: uuid.UUID) -> dict[str, Any] | None:
+    row = db.scalar(
+        "select jsonb_build_object('attempts', attempts, 'quarantined', quarantined_at is not null,"
+        " 'waiting_on', waiting_on, 'fingerprint', fingerprint)"
+        " from profileguard.repair_state where user_id = %s",
+        (str(user),),
+    )
+    return dict(row) if row is not None else None
+
+
+def charged(db: TestDB) -> int:
+    return int(db.scalar(
+        "select count(*) from profileguard.repair_state"
+        " where attempts > 0 or quarantined_at is not null"
+    ))
+
+
+def reject_everyone(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(f"alter table public.profiles add constraint {REJECT_ALL}"
+                     " check (full_name = 'nobody has this name') not valid")
+
+
+def accept_everyone(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute(f"alter table public.profiles drop constraint {REJECT_ALL}")
+
+
+def probe_now(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute("update profileguard.breakers set next_probe_at = now()")
+
+
+def repair(db: TestDB, ids: list[uuid.UUID], budget: int = 48) -> dict[str, Any]:
+    return dict(db.scalar(
+        "select profileguard.repair(%s::uuid[], 'test', 3, 0, 0, p_budget => %s)", (ids, budget)))
+
+
+def test_a_fault_that_rejects_everyone_is_held_not_charged(installed: TestDB) -> None:
+    reject_everyone(installed)
+    users = [installed.signup({"full_name": f"User {i}"}) for i in range(12)]
+    assert missing_profiles(installed) == 12
+
+    report = repair(installed, users)
+
+    assert report["created"] == 0
+    assert report["failed"] == 0 and report["quarantined"] == 0
+    assert report["waiting"] == 12
+    [fault] = report["systemic"]
+    assert fault["sqlstate"] == "23514"
+    assert fault["fingerprint"] == f"23514:public.profiles.{REJECT_ALL}"
+    assert charged(installed) == 0
+    assert installed.scalar("select state from profileguard.breakers") == "open"
+    assert {state_of(installed, u)["waiting_on"] for u in users} == {fault["fingerprint"]}
+    # Everyone keeps failing the same way: a probe keeps the breaker open, charging nobody.
+    probe_now(installed)
+    probe = installed.scalar("select profileguard.probe_breakers('test')")
+    assert probe == {"probed": 1, "closed": 0, "released": 0}
+    assert charged(installed) == 0
+
+    accept_everyone(installed)
+    probe_now(installed)
+    probe = installed.scalar("select profileguard.probe_breakers('test')")
+    assert probe["closed"] == 1 and probe["released"] == 11  # and the canary, created
+    assert installed.scalar("select count(*) from profileguard.breakers") == 0
+    assert Reconciler(installed.settings).run_incremental().repaired >= 11
+    assert missing_profiles(installed) == 0
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+
+
+def test_users_charged_before_the_fault_was_seen_to_fail_everyone_are_refunded(
+    installed: TestDB,
+) -> None:
+    reject_everyone(installed)
+    first = [installed.signup({"full_name": f"Early {i}"}) for i in range(2)]
+    for user in first:  # one at a time: nothing yet says the fault is everyone's
+        assert repair(installed, [user])["failed"] == 1
+    assert charged(installed) == 2
+
+    later = installed.signup({"full_name": "Third"})
+    report = repair(installed, [later])
+
+    assert report["waiting"] == 1 and report["failed"] == 0
+    assert charged(installed) == 0
+    assert installed.scalar(
+        "select count(*) from profileguard.repair_state where waiting_on is not null") == 3
+
+
+def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a_command(
+    installed: TestDB,
+) -> None:
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles add constraint pg_test_no_bad"
+                     " check (full_name is distinct from 'Bad User') not valid")
+    bad = installed.signup({"full_name": "Bad User"})
+    good = [installed.signup({"full_name": f"Good {i}"}) for i in range(3)]
+    schema.set_enabled(installed.settings, False)
+    more = [installed.signup({"full_name": f"More {i}"}) for i in range(5)]
+
+    reconciler = fast_reconciler(installed, worker_id="heal-own", quarantine_retry=1.0)
+    reconciler.max_attempts = 3
+    with running(reconciler):
+        assert wait_for(lambda: all(has_profile(installed, u) for u in good + more))
+        assert wait_for(lambda: (state_of(installed, bad) or {}).get("quarantined") is True)
+        state = state_of(installed, bad)
+        assert state is not None and state["attempts"] == 3 and state["waiting_on"] is None
+        assert installed.scalar("select count(*) from profileguard.breakers"
+                                " where state = 'open'") == 0
+        # Quarantine is a label: still retried on its cadence (1 s here), still failing.
+        history = int(installed.scalar(
+            "select jsonb_array_length(history) from profileguard.repair_state"
+            " where user_id = %s", (str(bad),)))
+        assert wait_for(lambda: int(installed.scalar(
+            "select jsonb_array_length(history) from profileguard.repair_state"
+            " where user_id = %s", (str(bad),))) > history)
+        # The cause goes; nobody runs a command.
+        with installed.connect() as conn:
+            conn.execute("alter table public.profiles drop constraint pg_test_no_bad")
+        assert wait_for(lambda: has_profile(installed, bad), timeout=5)
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+
+
+def test_a_catalog_change_releases_quarantined_users_at_once(installed: TestDB) -> None:
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles add constraint pg_test_no_bad"
+                     " check (full_name is distinct from 'Bad User') not valid")
+    bad = installed.signup({"full_name": "Bad User"})
+    reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
+    assert reconciler.heal()["catalog_changed"] is False  # the first look only remembers
+    assert reconciler.run_once().quarantined == 1
+    assert reconciler.run_once().scanned == 0  # quarantined: next try in an hour
+
+    # A fix by CREATE OR REPLACE FUNCTION on the table's trigger changes no table catalog row;
+    # it still counts. Here the fix is the constraint's removal.
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles drop constraint pg_test_no_bad")
+    assert reconciler.heal()["catalog_changed"] is True
+    assert reconciler.run_incremental().repaired == 1
+    assert has_profile(installed, bad)
+
+
+def test_replacing_a_trigger_function_on_the_profile_table_is_a_catalog_change(
+    installed: TestDB,
+) -> None:
+    with installed.connect() as conn:
+        conn.execute(
+            "create function public.pg_test_guard() returns trigger language plpgsql as"
+            " $$ begin if new.full_name = 'Bad User' then raise exception 'no'; end if;"
+            " return new; end $$;"
+            " create trigger pg_test_guard before insert on public.profiles"
+            " for each row execute function public.pg_test_guard()")
+    reconciler = Reconciler(installed.settings)
+    reconciler.heal()
+    with installed.connect() as conn:
+        conn.execute(
+            "create or replace function public.pg_test_guard() returns trigger language plpgsql"
+            " as $$ begin return new; end $$")
+    assert reconciler.heal()["catalog_changed"] is True
+    assert reconciler.heal()["catalog_changed"] is False
+
+
+def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock(
+    installed: TestDB,
+) -> None:
+    schema.set_enabled(installed.settings, False)
+    users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
+    reconciler = fast_reconciler(installed, worker_id="heal-lock")
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        with psycopg.connect(installed.admin_url or installed.url) as conn:
+            conn.execute("lock table public.profiles in access exclusive mode")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock, daemon=True)
+    holder.start()
+    assert locked.wait(10)
+    with running(reconciler):
+        time.sleep(2.0)  # the worker meets the lock: its statements give up after 1 s each
+        assert charged(installed) == 0
+        released_at = time.monotonic()
+        release.set()
+        holder.join(10)
+        assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=10)
+        assert time.monotonic() - released_at < 5
+    assert charged(installed) == 0
+    assert installed.scalar("select count(*) from profileguard.breakers") == 0
+
+
+def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed: TestDB) -> None:
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles add constraint pg_test_odd"
+                     " check (full_name not like 'Odd%') not valid")
+    schema.set_enabled(installed.settings, False)
+    users = [installed.signup({"full_name": ("Odd" if i % 2 else "Even") + f" {i}"})
+             for i in range(200)]
+
+    first = repair(installed, users, budget=48)
+    assert first["subtransactions"] <= 48
+    assert first["deferred"] > 0
+    assert first["waiting"] == 0  # others succeeded beside them: their own data
+    total_failed = first["failed"]
+    rounds = 1
+    while missing_profiles(installed) > 100 and rounds < 50:
+        pending = [u for u in users if not has_profile(installed, u)
+                   and state_of(installed, u) is None]
+        report = repair(installed, pending, budget=48)
+        assert report["subtransactions"] <= 48
+        total_failed += report["failed"]
+        rounds += 1
+    assert missing_profiles(installed) == 100
+    assert total_failed == 100
+    assert installed.scalar("select state from profileguard.breakers") == "user_specific"
