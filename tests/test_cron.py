@@ -95,7 +95,11 @@ def test_reconcile_rejects_a_bad_bound_and_is_not_callable_by_clients(installed:
         for function in (
             "profileguard.reconcile(integer, integer)",
             "profileguard.note_repair_failure(text, text, text, text, integer,"
-            " double precision, double precision, jsonb)",
+            " double precision, double precision, jsonb, text, double precision)",
+            "profileguard.repair(uuid[], text, integer, double precision, double precision,"
+            " integer, double precision)",
+            "profileguard.probe_breakers(text)",
+            "profileguard.check_catalog()",
         ):
             assert not installed.scalar(
                 "select has_function_privilege(%s, %s, 'execute')", (role, function)

@@ -189,50 +189,259 @@ begin
 end
 $pg$;
 
--- Create the profiles of `p_ids`; when that fails, split the ids in halves until each failing
--- user is isolated and noted (backoff, then quarantine). One subtransaction per attempt, never
--- one per row on the success path. Returns how many profiles were created.
-create or replace function profileguard.repair_ids(
+-- The one repair engine (the worker, the backfill, the in-database sweep and `retry` all come
+-- here): create the profiles of `p_ids` that are missing, in one statement; when it fails, split
+-- the ids in halves until each failing user is isolated, with at most `p_budget` subtransactions
+-- (PL/pgSQL exception blocks) per call — past 64 in one transaction every session slows down.
+-- Ids not tried within the budget are left as they are ("deferred": call again). Each failure
+-- gets a fingerprint (SQLSTATE + the object it names). A failure that is about the database
+-- (profileguard.systemic_by_nature), or one that at least 3 users share while nobody succeeds, or
+-- one with an open breaker, holds its users behind that breaker: not charged, never quarantined;
+-- the worker probes it (profileguard.probe_breakers). Other failures are the users' own: one
+-- attempt is charged (backoff, then quarantine). lock_timeout bounds each lock wait: a locked
+-- profile table is a fault like any other, not a stalled worker.
+-- Returns a jsonb object: created, failed (charged), quarantined (newly), waiting (held),
+-- deferred, subtransactions (used), systemic (an array of fingerprint, sqlstate, object, message).
+drop function if exists profileguard.repair_ids(uuid[], text, integer, double precision,
+                                                double precision);
+create or replace function profileguard.repair(
     p_ids uuid[],
     p_source text,
     p_max_attempts integer default 5,
-    p_backoff_base double precision default 60,
-    p_backoff_cap double precision default 3600
+    p_backoff_base double precision default 1,
+    p_backoff_cap double precision default 300,
+    p_budget integer default 48,
+    p_quarantine_retry double precision default 3600
 )
-returns integer
+returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
+set lock_timeout = '500ms'
 as $pg$
 declare
+    v_ids uuid[];
+    v_lo integer[];
+    v_hi integer[];
+    v_a integer;
+    v_b integer;
+    v_mid integer;
+    v_budget integer := greatest(coalesce(p_budget, 48), 1);
+    v_created integer := 0;
+    v_deferred integer := 0;
+    v_waiting integer := 0;
+    v_failed integer := 0;
+    v_quarantined integer := 0;
     v_state text;
     v_message text;
-    v_half integer;
+    v_schema text;
+    v_table text;
+    v_column text;
+    v_constraint text;
+    v_object text;
+    v_fp text;
+    v_fail_id text[] := '{}';
+    v_fail_fp text[] := '{}';
+    v_fail_state text[] := '{}';
+    v_fail_object text[] := '{}';
+    v_fail_message text[] := '{}';
+    v_systemic jsonb := '{}'::jsonb;
+    v_row record;
+    v_newly boolean;
 begin
-    if coalesce(cardinality(p_ids), 0) = 0 then
-        return 0;
+    v_ids := array(select distinct x from unnest(p_ids) x where x is not null);
+    if cardinality(v_ids) = 0 then
+        return jsonb_build_object('created', 0, 'failed', 0, 'quarantined', 0, 'waiting', 0,
+                                  'deferred', 0, 'systemic', '[]'::jsonb);
     end if;
-    begin
-        return profileguard.create_profiles(p_ids, p_source);
-    exception when others then
-        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
-    end;
-    if cardinality(p_ids) = 1 then
-        perform profileguard.note_repair_failure(p_ids[1]::text, v_state, v_message, p_source,
-                                                 p_max_attempts, p_backoff_base, p_backoff_cap);
-        return 0;
-    end if;
-    v_half := cardinality(p_ids) / 2;
-    return profileguard.repair_ids(p_ids[1:v_half], p_source, p_max_attempts, p_backoff_base,
-                                   p_backoff_cap)
-         + profileguard.repair_ids(p_ids[v_half + 1:], p_source, p_max_attempts, p_backoff_base,
-                                   p_backoff_cap);
+    v_lo := array[1];
+    v_hi := array[cardinality(v_ids)];
+    while cardinality(v_lo) > 0 loop
+        v_a := v_lo[cardinality(v_lo)];
+        v_b := v_hi[cardinality(v_hi)];
+        v_lo := v_lo[1:cardinality(v_lo) - 1];
+        v_hi := v_hi[1:cardinality(v_hi) - 1];
+        if v_budget <= 0 then
+            v_deferred := v_deferred + v_b - v_a + 1;
+            continue;
+        end if;
+        v_budget := v_budget - 1;
+        begin
+            v_created := v_created + profileguard.create_profiles(v_ids[v_a:v_b], p_source);
+            delete from profileguard.repair_state r
+                where r.user_id = any(array(select x::text from unnest(v_ids[v_a:v_b]) x));
+            continue;
+        exception when others or assert_failure then
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                v_schema = schema_name, v_table = table_name, v_column = column_name,
+                v_constraint = constraint_name;
+        end;
+        v_object := profileguard.failure_object(v_schema, v_table, v_column, v_constraint);
+        v_fp := profileguard.fingerprint(v_state, v_object, v_message);
+        if profileguard.systemic_by_nature(v_state)
+           or exists (select from profileguard.breakers b
+                      where b.fingerprint = v_fp and b.state = 'open') then
+            -- Splitting cannot help: everyone in this range waits for the fault to pass.
+            perform profileguard.open_breaker(
+                array(select x::text from unnest(v_ids[v_a:v_b]) x), v_fp, v_state, v_object,
+                v_message, p_source);
+            v_waiting := v_waiting + v_b - v_a + 1;
+            v_systemic := v_systemic || jsonb_build_object(v_fp, jsonb_build_object(
+                'fingerprint', v_fp, 'sqlstate', v_state, 'object', v_object,
+                'message', profileguard.redact_error(left(v_message, 2000))));
+            continue;
+        end if;
+        if v_a = v_b then
+            v_fail_id := v_fail_id || v_ids[v_a]::text;
+            v_fail_fp := v_fail_fp || v_fp;
+            v_fail_state := v_fail_state || v_state;
+            v_fail_object := v_fail_object || v_object;
+            v_fail_message := v_fail_message || left(v_message, 2000);
+            continue;
+        end if;
+        v_mid := (v_a + v_b) / 2;
+        v_lo := v_lo || (v_mid + 1) || v_a;
+        v_hi := v_hi || v_b || v_mid;
+    end loop;
+    -- The isolated failures, by fingerprint: do other users fail the same way?
+    for v_row in
+        select f.fp, min(f.state) as state, min(f.object) as object, min(f.message) as message,
+               array_agg(f.id) as ids,
+               (select count(*) from profileguard.repair_state r
+                 where r.fingerprint = f.fp and r.waiting_on is null
+                   and r.updated_at > now() - interval '10 minutes'
+                   and r.user_id <> all(array_agg(f.id))) as others,
+               exists (select from profileguard.breakers b
+                       where b.fingerprint = f.fp and b.state = 'user_specific'
+                         and b.expires_at > now()) as user_specific
+        from unnest(v_fail_id, v_fail_fp, v_fail_state, v_fail_object, v_fail_message)
+             as f(id, fp, state, object, message)
+        group by f.fp
+    loop
+        if v_created > 0 then
+            -- Others succeeded beside them: the failures are these users' own.
+            perform profileguard.mark_user_specific(v_row.fp, v_row.state, v_row.object,
+                                                    v_row.message, 1);
+        elsif not v_row.user_specific and cardinality(v_row.ids) + v_row.others >= 3 then
+            perform profileguard.open_breaker(v_row.ids, v_row.fp, v_row.state, v_row.object,
+                                              v_row.message, p_source);
+            v_waiting := v_waiting + cardinality(v_row.ids);
+            v_systemic := v_systemic || jsonb_build_object(v_row.fp, jsonb_build_object(
+                'fingerprint', v_row.fp, 'sqlstate', v_row.state, 'object', v_row.object,
+                'message', profileguard.redact_error(v_row.message)));
+            continue;
+        end if;
+        for i in 1 .. cardinality(v_row.ids) loop
+            select n.newly_quarantined into v_newly
+            from profileguard.note_repair_failure(v_row.ids[i], v_row.state, v_row.message,
+                p_source, p_max_attempts, p_backoff_base, p_backoff_cap,
+                jsonb_build_object('object', v_row.object), v_row.fp, p_quarantine_retry) n;
+            v_failed := v_failed + 1;
+            if v_newly then
+                v_quarantined := v_quarantined + 1;
+            end if;
+        end loop;
+    end loop;
+    return jsonb_build_object('created', v_created, 'failed', v_failed,
+        'quarantined', v_quarantined, 'waiting', v_waiting, 'deferred', v_deferred,
+        'subtransactions', greatest(coalesce(p_budget, 48), 1) - v_budget,
+        'systemic', coalesce((select jsonb_agg(v) from jsonb_each(v_systemic) as e(k, v)),
+                             '[]'::jsonb));
+end
+$pg$;
+
+-- Probe the open breakers that are due: one canary (the user waiting longest since its last
+-- try) is tried in a subtransaction. It succeeds, or fails another way: the fault has passed and
+-- everyone waiting on it is released. It fails the same way: the next probe waits twice as long,
+-- up to profileguard.probe_cap (1 s for locks, cancels and connections). A fault that keeps failing
+-- for 10 minutes while it holds fewer than all missing users is treated as users' own data after
+-- all (their failures are then charged, and quarantine is retried hourly and on any change).
+-- Returns a jsonb object: probed, closed, released.
+create or replace function profileguard.probe_breakers(p_source text default 'worker')
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set jit = off
+set lock_timeout = '200ms'
+as $pg$
+declare
+    v_breaker record;
+    v_canary text;
+    v_state text;
+    v_message text;
+    v_schema text;
+    v_table text;
+    v_column text;
+    v_constraint text;
+    v_fp text;
+    v_probed integer := 0;
+    v_closed integer := 0;
+    v_released integer := 0;
+begin
+    delete from profileguard.breakers b where b.state = 'user_specific' and b.expires_at <= now();
+    for v_breaker in
+        select b.* from profileguard.breakers b
+        where b.state = 'open' and b.next_probe_at <= now()
+        order by b.next_probe_at
+        for update skip locked
+    loop
+        select r.user_id into v_canary from profileguard.repair_state r
+            where r.waiting_on = v_breaker.fingerprint
+            order by r.updated_at limit 1;
+        if v_canary is null then
+            delete from profileguard.breakers b where b.fingerprint = v_breaker.fingerprint;
+            v_closed := v_closed + 1;
+            continue;
+        end if;
+        v_probed := v_probed + 1;
+        v_state := null;
+        begin
+            perform profileguard.create_profiles(array[v_canary::uuid], p_source);
+        exception when others or assert_failure then
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                v_schema = schema_name, v_table = table_name, v_column = column_name,
+                v_constraint = constraint_name;
+        end;
+        v_fp := case when v_state is not null then profileguard.fingerprint(v_state,
+                    profileguard.failure_object(v_schema, v_table, v_column, v_constraint),
+                    v_message) end;
+        if v_fp is distinct from v_breaker.fingerprint then
+            if v_state is null then
+                delete from profileguard.repair_state r where r.user_id = v_canary;
+            end if;
+            v_released := v_released + profileguard.close_breaker(v_breaker.fingerprint, p_source,
+                case when v_state is null then 'a probe succeeded'
+                     else format('the fault changed to %s', v_fp) end);
+            v_closed := v_closed + 1;
+            continue;
+        end if;
+        update profileguard.repair_state r set updated_at = now() where r.user_id = v_canary;
+        if v_breaker.opened_at < now() - interval '10 minutes'
+           and not profileguard.systemic_by_nature(v_breaker.sqlstate)
+           and exists (select from profileguard.repair_state r
+                       where r.waiting_on is distinct from v_breaker.fingerprint) then
+            perform profileguard.mark_user_specific(v_breaker.fingerprint, v_breaker.sqlstate,
+                v_breaker.object, v_breaker.message, 1);
+            v_closed := v_closed + 1;
+            continue;
+        end if;
+        update profileguard.breakers b set probes = b.probes + 1,
+            probe_interval = least(b.probe_interval * 2, profileguard.probe_cap(b.sqlstate)),
+            next_probe_at = now() + make_interval(secs => least(b.probe_interval * 2,
+                                                  profileguard.probe_cap(b.sqlstate))),
+            updated_at = now()
+        where b.fingerprint = v_breaker.fingerprint;
+    end loop;
+    return jsonb_build_object('probed', v_probed, 'closed', v_closed, 'released', v_released);
 end
 $pg$;
 
 -- A bounded sweep for databases where no worker process can run (scheduled with pg_cron by
--- `profileguard install --schedule pg_cron`): up to `p_max_rows` users without a profile, not
--- backed off, quarantined or claimed by a worker, repaired in one call. One sweep at a time.
+-- `profileguard install --schedule pg_cron`): a look at the catalog and the breakers, then up to
+-- `p_max_rows` users without a profile that are due (not backed off, not held by a breaker, not
+-- claimed by a worker), repaired by the engine. One sweep at a time.
 create or replace function profileguard.reconcile(
     p_max_rows integer default 10000,
     p_max_attempts integer default 5
@@ -244,7 +453,11 @@ set search_path = ''
 as $pg$
 declare
     v_ids uuid[];
+    v_result jsonb;
     v_created integer := 0;
+    v_probe jsonb;
+    v_offset integer := 0;
+    v_budget integer := 48;
 begin
     if p_max_rows is null or p_max_rows < 1 then
         raise exception using errcode = '22023',
@@ -253,6 +466,8 @@ begin
     if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('profileguard.reconcile')) then
         return jsonb_build_object('skipped', 'another sweep is running');
     end if;
+    perform profileguard.check_catalog();
+    v_probe := profileguard.probe_breakers('cron');
     select array_agg(c.id) into v_ids
     from (
         select u."id" as id
@@ -260,19 +475,25 @@ begin
         where not exists (select from "public"."profiles" p where p."id" = u."id")
           and not exists (select from profileguard.repair_state r
                           where r.user_id = u."id"::text
-                            and (r.quarantined_at is not null or r.next_attempt_at > now()))
+                            and (r.waiting_on is not null or r.next_attempt_at > now()))
         order by u."id"
         limit p_max_rows
     ) c
     where pg_catalog.pg_try_advisory_xact_lock(
         pg_catalog.hashtextextended(c.id::text, 1886547814));
-    v_created := profileguard.repair_ids(v_ids, 'cron', p_max_attempts);
-    if v_created > 0 then
-        delete from profileguard.repair_state r
-        where r.user_id = any(array(select x::text from unnest(v_ids) x))
-          and exists (select from "public"."profiles" p where p."id" = r.user_id::uuid);
-    end if;
-    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created);
+    -- Chunks of 1000 sharing one subtransaction budget (the sweep is one transaction); ids a
+    -- chunk defers, and the chunks after the budget is spent, are left for the next sweep.
+    while v_offset < coalesce(cardinality(v_ids), 0) and v_budget > 0 loop
+        v_result := profileguard.repair(v_ids[v_offset + 1:v_offset + 1000], 'cron',
+                                        p_max_attempts, p_budget => v_budget);
+        v_created := v_created + (v_result ->> 'created')::integer;
+        v_budget := v_budget - (v_result ->> 'subtransactions')::integer;
+        v_offset := v_offset + 1000;
+        exit when jsonb_array_length(v_result -> 'systemic') > 0;
+    end loop;
+    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created)
+        || case when (v_probe ->> 'probed')::integer > 0 or (v_probe ->> 'closed')::integer > 0
+                then jsonb_build_object('breakers', v_probe) else '{}'::jsonb end;
 end
 $pg$;
 

@@ -98,13 +98,15 @@ $pg$;
 -- row values. Users failing with the same fingerprint fail for the same reason.
 create or replace function profileguard.fingerprint(p_sqlstate text, p_object text, p_message text)
 returns text
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $pg$
-    select coalesce(p_sqlstate, 'XXXXX') || ':'
-        || coalesce(nullif(p_object, ''), left(profileguard.redact_error(coalesce(p_message, '')), 200))
+begin
+    return coalesce(p_sqlstate, 'XXXXX') || ':' || coalesce(nullif(p_object, ''),
+        left(profileguard.redact_error(coalesce(p_message, '')), 200));
+end
 $pg$;
 
 -- The object a failure names, from the fields of its error.

@@ -476,8 +476,9 @@ begin
         v_offset := v_offset + 1000;
         exit when jsonb_array_length(v_result -> 'systemic') > 0;
     end loop;
-    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created,
-                              'breakers', v_probe);
+    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created)
+        || case when (v_probe ->> 'probed')::integer > 0 or (v_probe ->> 'closed')::integer > 0
+                then jsonb_build_object('breakers', v_probe) else '{{}}'::jsonb end;
 end
 $pg$;
 
