@@ -44,6 +44,8 @@ bench: $(STAMP)
 		$(BIN)/python bench/sync.py --database-url "$(LOCAL_DSN)"; \
 	else echo "no PostgreSQL at $(LOCAL_DSN): signup and login benchmarks ran on the embedded server only"; fi
 	$(BIN)/python bench/repair_latency.py
+	$(BIN)/python bench/fault_recovery.py
+	$(BIN)/python bench/fault_recovery.py --database-url "$(LOCAL_DSN)" || true
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/profile_dependency.py

@@ -45,9 +45,14 @@ from tenacity import (
 )
 
 from profileguard.config import Settings
-from profileguard.db import connect, is_transient, translate
+from profileguard.db import NOT_INSTALLED_SQLSTATES, connect, is_transient, translate
 from profileguard.drift import DriftRepair
-from profileguard.errors import ConfigError, InvalidUserIdError, ProfileGuardError
+from profileguard.errors import (
+    ConfigError,
+    InvalidUserIdError,
+    NotInstalledError,
+    ProfileGuardError,
+)
 from profileguard.installation import Installation
 from profileguard.schema import CLAIM_SEED
 
@@ -179,6 +184,8 @@ class Reconciler:
         self._installed: Installation | None = None
         self._key_type: str | None = None
         self._event_cursor: int | None = None
+        # A full sweep is due (at start, and after profileguard was missing for a while).
+        self._full_due = True
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- connections
@@ -430,6 +437,8 @@ class Reconciler:
             if len(batch) < self.batch_size:
                 break
         self._retrying(self._cleanup)
+        if stop_event is None or not stop_event.is_set():
+            self._full_due = False
         self._drift_pass(stop_event, full=True)
         result.duration = time.monotonic() - started
         with self._lock:
@@ -625,30 +634,38 @@ class Reconciler:
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Serve until stop_event is set: LISTEN fast path, incremental and full sweeps,
-        heartbeat; reconnects with backoff on any database error, never exits on one."""
+        heartbeat; reconnects with backoff on any database error, never exits on one. After
+        profileguard was missing (uninstalled, being reinstalled) the first pass is a full one:
+        users who signed up meanwhile had no trigger and left no failure behind."""
         failures = 0
-        first = True
+        self._full_due = True
         while not stop_event.is_set():
             try:
-                self._serve(stop_event, full_first=first)
+                self._serve(stop_event)
                 break
             except (psycopg.Error, ProfileGuardError) as exc:
                 failures += 1
                 with self._lock:
                     self.stats["errors"] += 1
                     self.stats["last_error"] = str(exc)
-                level = logging.WARNING if is_transient(exc) else logging.ERROR
-                log.log(level, "reconciler %s: %s; reconnecting", self.worker_id, exc)
+                missing = isinstance(exc, NotInstalledError) or (
+                    isinstance(exc, psycopg.Error) and exc.sqlstate in NOT_INSTALLED_SQLSTATES)
+                passing = is_transient(exc) or missing
+                level = logging.WARNING if passing else logging.ERROR
+                log.log(level, "reconciler %s: %s; reconnecting", self.worker_id, exc,
+                        extra={"event": "reconnect", "worker_id": self.worker_id})
                 self._drop_connection()
-                # A connection fault (server restarting, connections terminated) passes by itself:
-                # look again within a second; other errors back off up to reconnect_cap.
-                cap = min(1.0, self.reconnect_cap) if is_transient(exc) else self.reconnect_cap
+                # Faults that pass by themselves (server restarting, connections terminated,
+                # profileguard being reinstalled): look again within a second; others back off
+                # up to reconnect_cap.
+                cap = min(1.0, self.reconnect_cap) if passing else self.reconnect_cap
                 delay = random.uniform(0, min(cap, 0.1 * 2 ** min(failures, 20)))
                 stop_event.wait(delay)
                 with self._lock:
                     self.stats["reconnects"] += 1
-            finally:
-                first = False
+                self._full_due = self._full_due or missing
+            else:
+                failures = 0
         self._drop_connection()
         try:
             conn = self._connect()
@@ -659,7 +676,7 @@ class Reconciler:
         except (psycopg.Error, ProfileGuardError) as exc:
             log.info("could not record the stop of %s: %s", self.worker_id, exc)
 
-    def _serve(self, stop_event: threading.Event, *, full_first: bool) -> None:
+    def _serve(self, stop_event: threading.Event) -> None:
         # Behind a transaction-mode pooler a LISTEN would stay on a server connection the pooler
         # hands to others: the worker only polls (every incremental_interval) there.
         listener = None if self.settings.transaction_pooler else self._connect(autocommit=True)
@@ -680,7 +697,7 @@ class Reconciler:
                     {"days": STALE_WORKER_DAYS},
                 )
             now = time.monotonic()
-            next_full = now if full_first else now + self.full_interval
+            next_full = now if self._full_due else now + self.full_interval
             # After a reconnect, look at what happened while we were away right away.
             next_incremental = now
             next_heartbeat = now + self.heartbeat_interval
