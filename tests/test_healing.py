@@ -235,3 +235,43 @@ def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed:
     assert missing_profiles(installed) == 100
     assert total_failed == 100
     assert installed.scalar("select state from profileguard.breakers") == "user_specific"
+
+
+def test_issue_scenario_reject_all_with_worker_connections_terminated(installed: TestDB) -> None:
+    """A CHECK rejecting every profile, sign-ups going on, the worker's connections terminated,
+    the CHECK dropped: everyone has a profile within seconds, nobody quarantined."""
+    reconciler = fast_reconciler(installed, worker_id="heal-scenario")
+    reconciler.max_attempts = 5
+    with running(reconciler):
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'heal-scenario'") == 1)
+        reject_everyone(installed)
+        users = [installed.signup({"full_name": f"User {i}"}) for i in range(60)]
+        time.sleep(1.0)
+        assert installed.scalar(
+            "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+            " where application_name = 'profileguard-reconciler'") >= 1
+        users += [installed.signup({"full_name": f"Late {i}"}) for i in range(20)]
+        time.sleep(2.0)
+        assert missing_profiles(installed) == 80
+        assert charged(installed) == 0
+        accept_everyone(installed)
+        assert wait_for(lambda: missing_profiles(installed) == 0, timeout=5)
+    assert installed.scalar(
+        "select count(*) from profileguard.repair_state where quarantined_at is not null") == 0
+
+
+def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
+    installed: TestDB,
+) -> None:
+    reconciler = fast_reconciler(installed, worker_id="heal-reinstall")
+    with running(reconciler):
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'heal-reinstall'") == 1)
+        schema.uninstall(installed.settings)
+        users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
+        time.sleep(1.0)
+        schema.install(installed.settings)
+        # No trigger saw them and no failure was recorded: the worker's full sweep after it
+        # found profileguard back finds them (its periodic one is an hour away here).
+        assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)
