@@ -16,7 +16,26 @@ LIMITS = {"module": 600, "class": 400, "function": 80}
 
 # Over the limit but tolerated for now, each with its reason. Keep this list short and say when
 # an entry can go.
-ALLOWLIST: dict[str, str] = {}
+ALLOWLIST: dict[str, str] = {
+    # Being rewritten by the change to the repair logic (worker and backfill share it).
+    "profileguard/reconcile.py": "being rewritten (repair logic)",
+    "profileguard/reconcile.py:Reconciler": "being rewritten (repair logic)",
+    "profileguard/backfill.py": "being rewritten (repair logic)",
+    "profileguard/backfill.py:Backfill": "being rewritten (repair logic)",
+    # Being rewritten by the observability change (monitor.py and web/ internals).
+    "profileguard/monitor.py": "being rewritten (observability)",
+    "profileguard/web/app.py:create_app": "being rewritten (observability)",
+    "profileguard/web/metrics.py:StatsCollector._figures": "being rewritten (observability)",
+    # Not split yet: next in line (see issue 15). Remove each entry with its split.
+    "profileguard/mapping.py": "to split: plan, username SQL, sync SQL",
+    "profileguard/schema.py": "to split into install/ (install, upgrade, uninstall, render)",
+    "profileguard/schema.py:_main_phase": "to split with schema.py",
+    "profileguard/config.py": "to split: models and parsing",
+    "profileguard/config.py:load_settings": "to split with config.py",
+    "profileguard/audit.py": "to split: checks by subject",
+    "profileguard/audit.py:check_competing_triggers": "to split with audit.py",
+    "profileguard/demo.py:run_demo": "to split into the demo's steps",
+}
 
 
 def _measure(path: Path) -> list[tuple[str, str, int]]:
@@ -50,7 +69,7 @@ def main() -> int:
         for _, name, lines in of_kind:
             if lines <= limit:
                 break
-            allowed = ALLOWLIST.get(name.split(":")[0]) or ALLOWLIST.get(name)
+            allowed = ALLOWLIST.get(name)
             mark = f"allowed: {allowed}" if allowed else "OVER"
             print(f"  {name}: {lines} lines > {limit} ({mark})")
             failed = failed or not allowed
