@@ -30,8 +30,10 @@ golden: $(STAMP)
 	PROFILEGUARD_UPDATE_GOLDEN=1 PROFILEGUARD_TEST_DSN="$(LOCAL_DSN)" $(BIN)/python -m pytest -q tests/test_golden.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples tools
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
+	$(BIN)/python tools/size_check.py
 
 # The signup and login benchmarks run on the embedded server and, when it answers, the local PostgreSQL.
 bench: $(STAMP)

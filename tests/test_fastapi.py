@@ -282,7 +282,8 @@ def test_profile_cache_rules() -> None:
 def test_core_package_imports_without_fastapi() -> None:
     code = (
         "import sys; sys.modules['fastapi'] = None\n"
-        "import profileguard, profileguard.client, profileguard.identity, profileguard.cli\n"
+        "import profileguard, profileguard.client, profileguard.cli\n"
+        "import profileguard.client.admin_api\n"
         "try:\n"
         "    import profileguard.integrations.fastapi\n"
         "except ImportError as exc:\n"

@@ -104,7 +104,10 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
     assert_each_repaired_once(installed, users + 1)
     assert installed.scalar(
         "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
-        " and worker_id in ('bounced-cli', 'bounced-lib')") == 2
+        " and worker_id = 'bounced-lib'") == 1
+    # The worker process, stopped cleanly, left profileguard.workers.
+    assert installed.scalar(
+        "select count(*) from profileguard.workers where worker_id = 'bounced-cli'") == 0
 
 
 def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> None:

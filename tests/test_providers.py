@@ -20,8 +20,7 @@ import pytest
 from conftest import TestDB, key_hash
 
 from profileguard import schema
-from profileguard.client import ProfileGuard
-from profileguard.identity import RegisteredUser, SupabaseAuthBackend
+from profileguard.client import ProfileGuard, RegisteredUser, SupabaseAuthBackend
 
 Expected = str | None | Callable[[uuid.UUID], str]
 

@@ -27,7 +27,10 @@ EXIT_END = "<!-- exit-codes: end -->"
 def _option(param: Any) -> tuple[str, str]:
     names = ", ".join([*param.opts, *param.secondary_opts])
     if not param.is_flag:
-        names += f" {(param.metavar or param.name).upper()}"
+        desc = param.type_descriptor
+        choices = "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        names += " " + (param.metavar or (f"[{choices}]" if desc.is_choice else "")
+                        or param.name.upper())
     text = getattr(param, "help", None) or ""
     return names, " ".join(text.split())
 

@@ -24,7 +24,13 @@ from conftest import TestDB, key_hash
 from psycopg_pool import ConnectionPool
 
 from profileguard import schema
-from profileguard.client import AsyncProfileGuard, ProfileGuard
+from profileguard.client import (
+    AsyncProfileGuard,
+    AsyncSupabaseAuthBackend,
+    PasswordPolicy,
+    ProfileGuard,
+    SupabaseAuthBackend,
+)
 from profileguard.errors import (
     ConfigError,
     DatabaseError,
@@ -35,11 +41,6 @@ from profileguard.errors import (
     UserExistsError,
     UserNotFoundError,
     WeakPasswordError,
-)
-from profileguard.identity import (
-    AsyncSupabaseAuthBackend,
-    PasswordPolicy,
-    SupabaseAuthBackend,
 )
 
 PASSWORD = "correct horse battery staple"

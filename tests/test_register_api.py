@@ -20,7 +20,8 @@ from auth_standin import KEY, auth_standin
 from conftest import TestDB
 
 from profileguard import schema
-from profileguard.client import AsyncProfileGuard, ProfileGuard
+from profileguard.client import AsyncProfileGuard, ProfileGuard, SupabaseAuthBackend
+from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend, SupabaseAdminAPIBackend
 from profileguard.config import Settings, load_settings
 from profileguard.errors import (
     ConfigError,
@@ -29,8 +30,6 @@ from profileguard.errors import (
     UserExistsError,
     WeakPasswordError,
 )
-from profileguard.identity import SupabaseAuthBackend
-from profileguard.supabase_api import AsyncSupabaseAdminAPIBackend, SupabaseAdminAPIBackend
 
 PASSWORD = "correct horse battery staple"
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada"}

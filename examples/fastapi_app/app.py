@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, status
 from pydantic import BaseModel, Field
 
-from profileguard.client import AsyncProfileGuard
+from profileguard.client import AsyncProfileGuard, AsyncSupabaseAuthBackend, RegisteredUser
 from profileguard.config import Settings, load_settings
 from profileguard.errors import (
     InvalidRegistrationError,
@@ -35,7 +35,6 @@ from profileguard.errors import (
     UserExistsError,
     WeakPasswordError,
 )
-from profileguard.identity import AsyncSupabaseAuthBackend, RegisteredUser
 from profileguard.integrations.fastapi import RequireProfile
 
 log = logging.getLogger("fastapi_app")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from profileguard.client import AsyncProfileGuard, ProfileGuard
 from profileguard.config import Settings, load_settings
 from profileguard.errors import ProfileGuardError
+from profileguard.version import __version__
 
 __all__ = [
     "AsyncProfileGuard",

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from profileguard import __version__, preflight, takeover
+from profileguard import preflight, takeover
 from profileguard import sql as sqlfiles
 from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, TableRef
@@ -40,6 +40,7 @@ from profileguard.mapping import (
     when_changed,
 )
 from profileguard.preflight import Preflight
+from profileguard.version import __version__
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).

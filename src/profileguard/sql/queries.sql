@@ -119,3 +119,7 @@ select coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypm
                            ', ' order by a.attnum), '') as signature
 from pg_catalog.pg_attribute a
 where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
+
+-- name: deregister_worker
+-- A worker that stops cleanly removes its row: profileguard.workers lists the running ones.
+delete from profileguard.workers where worker_id = %(worker_id)s

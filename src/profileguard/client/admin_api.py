@@ -15,11 +15,16 @@ error_code `email_exists`; errors are {"code", "error_code", "msg"}.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from profileguard.client.backends import (
+    AsyncSupabaseAuthBackend,
+    SupabaseAuthBackend,
+    email_taken,
+)
+from profileguard.client.registration import NewUser, PasswordPolicy, Registration
 from profileguard.errors import (
     ConfigError,
     ConnectionFailedError,
@@ -27,13 +32,6 @@ from profileguard.errors import (
     InvalidRegistrationError,
     ProfileGuardError,
     WeakPasswordError,
-)
-from profileguard.identity import (
-    AsyncSupabaseAuthBackend,
-    NewUser,
-    PasswordPolicy,
-    SupabaseAuthBackend,
-    _email_taken,
 )
 
 if TYPE_CHECKING:
@@ -86,31 +84,17 @@ class _AdminAPI:
             password_policy=password_policy, max_metadata_bytes=max_metadata_bytes
         )
 
-    def prepare(
-        self,
-        *,
-        email: str | None,
-        password: str | None,
-        metadata: Mapping[str, Any] | None,
-        provider: str,
-        provider_id: str | None,
-        email_confirmed: bool | None,
-        anonymous: bool,
-        user_id: str | None,
-    ) -> NewUser:
+    def prepare(self, registration: Registration) -> NewUser:
         """Validate (no hashing: Supabase Auth hashes); only email users are created here."""
-        if anonymous or provider != "email":
-            kind = "anonymous" if anonymous else provider
+        if registration.anonymous or registration.provider != "email":
+            kind = "anonymous" if registration.anonymous else registration.provider
             raise InvalidRegistrationError(
                 f"Supabase Auth's admin API creates email users, not {kind} users",
                 hint="anonymous and OAuth/SSO users are created by Supabase Auth when they sign "
                 "in; call ensure_on_login() with their token's claims to get their profile",
             )
-        new = self._shape.prepare(
-            email=email, password=None, metadata=metadata, provider=provider,
-            provider_id=provider_id, email_confirmed=email_confirmed, anonymous=False,
-            user_id=user_id,
-        )
+        new = self._shape.prepare(dataclasses.replace(registration, password=None))
+        password = registration.password
         if password is not None:
             password = self._shape.password_policy.check(password)
         return dataclasses.replace(new, password=password)
@@ -152,7 +136,7 @@ class _AdminAPI:
         message = str(body.get("msg") or body.get("message") or response.reason_phrase)
         text = f"Supabase Auth refused the user (HTTP {status} {code}): {message}"
         if code == "email_exists" or (status == 422 and DUPLICATE_EMAIL_MSG in message):
-            raise _email_taken(new.email)
+            raise email_taken(new.email)
         if code == "weak_password":
             weak = body.get("weak_password")
             reasons = weak.get("reasons") if isinstance(weak, dict) else None
@@ -196,8 +180,8 @@ class SupabaseAdminAPIBackend(SupabaseAuthBackend):
         super().__init__()
         self.api = _AdminAPI(url, service_role_key, **options)
 
-    def prepare(self, **kwargs: Any) -> NewUser:
-        return self.api.prepare(**kwargs)
+    def prepare(self, registration: Registration) -> NewUser:
+        return self.api.prepare(registration)
 
     def create_user(self, conn: psycopg.Connection, new: NewUser) -> dict[str, Any]:
         """POST the user (committed by Supabase Auth), then read it on `conn`."""
@@ -221,8 +205,8 @@ class AsyncSupabaseAdminAPIBackend(AsyncSupabaseAuthBackend):
         super().__init__()
         self.api = _AdminAPI(url, service_role_key, **options)
 
-    def prepare(self, **kwargs: Any) -> NewUser:
-        return self.api.prepare(**kwargs)
+    def prepare(self, registration: Registration) -> NewUser:
+        return self.api.prepare(registration)
 
     async def create_user(self, conn: psycopg.AsyncConnection, new: NewUser) -> dict[str, Any]:
         httpx = _httpx()

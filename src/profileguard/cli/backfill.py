@@ -1,0 +1,180 @@
+"""The backfill command: batched, throttled, resumable, with a progress display."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+import typer
+
+from profileguard.cli.app import command, state
+from profileguard.cli.options import JsonOption, PoolerOption
+from profileguard.cli.render import err, out, print_fields, print_json
+from profileguard.errors import ExitCode
+
+
+def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
+    """A rich progress bar on a terminal; plain lines every few seconds otherwise (stderr)."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if err.is_terminal:
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]:,.0f} rows/s"),
+            TextColumn("created {task.fields[created]:,}  failed {task.fields[failed]:,}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=as_json,
+        )
+        task = bar.add_task("backfill", total=None, rate=0.0, created=0, failed=0)
+
+        def update(p: Any) -> None:
+            bar.update(
+                task,
+                completed=p.scanned,
+                total=max(p.total_estimate, p.scanned),
+                rate=p.rows_per_second,
+                created=p.created,
+                failed=p.failed,
+                description=f"{'dry run' if p.dry_run else 'backfill'} #{p.run_id}",
+            )
+
+        return bar, update
+
+    last = [0.0]
+
+    def line(p: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < 5.0:
+            return
+        last[0] = now
+        total = max(p.total_estimate, p.scanned)
+        eta = (total - p.scanned) / p.rows_per_second if p.rows_per_second else 0.0
+        err.print(
+            f"backfill #{p.run_id}: scanned {p.scanned}/{total} created {p.created} "
+            f"failed {p.failed} batches {p.batches} batch size {p.batch_size} "
+            f"{p.rows_per_second:.0f} rows/s ETA {eta:.0f}s",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    return None, line
+
+
+@command("Repair")
+def backfill(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Change nothing; report what would be created or fail."),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the last interrupted run from its checkpoint."),
+    ] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="First batch size (default 1000, or the resumed run's)."),
+    ] = None,
+    min_batch_size: Annotated[int, typer.Option("--min-batch-size")] = 100,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = 100_000,
+    target_seconds: Annotated[
+        float, typer.Option("--target-seconds", help="Batch duration the batch size aims at.")
+    ] = 0.5,
+    max_rows_per_second: Annotated[
+        float | None, typer.Option("--max-rows-per-second", help="Throttle (users scanned/s).")
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds a batch may wait for a lock.")
+    ] = 2.0,
+    statement_timeout: Annotated[
+        float, typer.Option("--statement-timeout", help="Seconds a batch statement may run.")
+    ] = 30.0,
+    sample: Annotated[
+        int, typer.Option("--sample", help="Profiles shown by --dry-run.", min=0)
+    ] = 10,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", help="Connections inserting batches at once (default 2: "
+                     "about the speed of one bulk INSERT; 1 = the lightest on the database)."),
+    ] = 2,
+    pooler: PoolerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the missing profiles of existing users: batched, throttled, resumable."""
+    from profileguard.backfill import Options, run_backfill
+
+    options = Options(
+        dry_run=dry_run, resume=resume, batch_size=batch_size, min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size, target_seconds=target_seconds,
+        max_rows_per_second=max_rows_per_second, lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout, sample=sample, workers=workers,
+    )
+    settings = state(ctx).settings(pooler=pooler)
+    bar, update = _backfill_progress(as_json)
+    with _stop_after_batch() as stop, bar if bar is not None else contextlib.nullcontext():
+        report = run_backfill(settings, options, progress=update, stop_event=stop)
+    _backfill_view(report, as_json)
+
+
+@contextlib.contextmanager
+def _stop_after_batch() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the event (stop after the batch in hand); a second one stops now."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after the current batch (again to stop now)…")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _backfill_view(report: Any, as_json: bool) -> None:
+    """The report (JSON or a table, failures and sample profiles); exit codes for the state."""
+    data = report.as_dict()
+    if as_json:
+        print_json(data)
+    else:
+        shown = {k: v for k, v in data.items() if k not in ("failures", "sample")}
+        title = f"{'dry run' if report.dry_run else 'backfill'} #{report.run_id}: {report.state}"
+        print_fields(title, shown)
+        for failure in report.failures:
+            out.print(
+                f"{'would fail' if report.dry_run else 'failed'}: {failure['user_id']} "
+                f"{failure['sqlstate']} {failure['message']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if report.failures_truncated:
+            out.print(f"… {report.failed - len(report.failures)} more", highlight=False)
+        for profile in report.sample:
+            out.print_json(data=profile)
+    if report.state == "interrupted":
+        err.print("interrupted; continue with: profileguard backfill --resume"
+                  + (" --dry-run" if report.dry_run else ""), highlight=False)
+        raise typer.Exit(ExitCode.INTERRUPTED)

@@ -1,0 +1,49 @@
+"""The client: ensure a user's profile, register users with their profiles, resolve logins.
+
+`ProfileGuard` (sync.py) and `AsyncProfileGuard` (aio.py) are twins over shared I/O-free helpers
+(core.py, registration.py); identity backends (backends.py, admin_api.py) create and find users.
+"""
+
+from profileguard.client.aio import AsyncProfileGuard
+from profileguard.client.backends import (
+    SUPABASE_USERS,
+    AsyncIdentityBackend,
+    AsyncSupabaseAuthBackend,
+    IdentityBackend,
+    SupabaseAuthBackend,
+    default_async_backend,
+    default_backend,
+)
+from profileguard.client.core import EnsureResult, UserId, normalize_user_id
+from profileguard.client.registration import (
+    Login,
+    NewUser,
+    PasswordPolicy,
+    RegisteredUser,
+    Registration,
+    check_metadata,
+    normalize_email,
+)
+from profileguard.client.sync import ProfileGuard
+
+__all__ = [
+    "SUPABASE_USERS",
+    "AsyncIdentityBackend",
+    "AsyncProfileGuard",
+    "AsyncSupabaseAuthBackend",
+    "EnsureResult",
+    "IdentityBackend",
+    "Login",
+    "NewUser",
+    "PasswordPolicy",
+    "ProfileGuard",
+    "RegisteredUser",
+    "Registration",
+    "SupabaseAuthBackend",
+    "UserId",
+    "check_metadata",
+    "default_async_backend",
+    "default_backend",
+    "normalize_email",
+    "normalize_user_id",
+]

@@ -1,0 +1,244 @@
+"""The asyncio client: AsyncProfileGuard, twin of ProfileGuard (sync.py) over the same helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Self, Unpack
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying
+
+from profileguard import sql as sqlfiles
+from profileguard.client.backends import QUERIES, AsyncIdentityBackend, default_async_backend
+from profileguard.client.core import (
+    ENSURE_SQL,
+    MISSING_FUNCTION_SQLSTATES,
+    MISSING_FUNCTION_WARNING,
+    RECORD_FAILURE_SQL,
+    EnsureResult,
+    UserId,
+    ensure_error,
+    function_result,
+    normalize_user_id,
+    not_found,
+    record_failure_params,
+    retrying_kwargs,
+)
+from profileguard.client.fallback import Fallback, fallback_sql_standalone
+from profileguard.client.registration import (
+    Login,
+    NewUser,
+    RegisteredUser,
+    Registration,
+    RegistrationFields,
+    login_not_found,
+    lookup_error,
+    pending_error,
+    profile_failure,
+    record_params,
+    registration_error,
+    result_to_user,
+)
+from profileguard.config import Settings, load_settings
+from profileguard.db import APPLICATION_NAME, connect_options
+from profileguard.errors import ProfileCreationError, ProfileGuardError, UserExistsError
+
+log = logging.getLogger("profileguard.client")
+
+
+class AsyncProfileGuard:
+    """asyncio twin of ProfileGuard. Use `async with`, or call `await close()`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pool: AsyncConnectionPool | None = None,
+        max_size: int = 10,
+        source: str = "client",
+        identity: AsyncIdentityBackend | None = None,
+    ):
+        self.settings = settings or load_settings()
+        self.source = source
+        self._own_pool = pool is None
+        self._pool = pool or AsyncConnectionPool(
+            self.settings.conninfo(),
+            min_size=1,
+            max_size=max_size,
+            timeout=self.settings.connect_timeout,
+            kwargs={"application_name": APPLICATION_NAME, **connect_options(self.settings)},
+            open=False,
+        )
+        self._fallback: Fallback | None = None
+        self._identity = identity
+
+    async def open(self) -> None:
+        if self._own_pool:
+            await self._pool.open()
+
+    # --- ensure ---------------------------------------------------------------------------------
+
+    async def ensure(self, user_id: UserId) -> dict[str, Any]:
+        """The user's profile row, created first if missing."""
+        return (await self.ensure_result(user_id)).profile
+
+    async def ensure_result(self, user_id: UserId) -> EnsureResult:
+        """Like ensure(), also telling whether the profile was created and by which path."""
+        uid = normalize_user_id(user_id)
+        try:
+            async for attempt in AsyncRetrying(**retrying_kwargs(self.settings)):
+                with attempt:
+                    async with self._pool.connection() as conn:
+                        return await self._ensure_in(conn, uid)
+        except ProfileGuardError:
+            raise
+        except Exception as exc:
+            err = ensure_error(exc, uid)
+            if isinstance(err, ProfileCreationError):
+                await self._record_failure(uid, err)
+            raise err from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _ensure_in(self, conn: psycopg.AsyncConnection, uid: str) -> EnsureResult:
+        """One ensure on `conn`, inside the caller's transaction when there is one."""
+        if self.settings.enabled:
+            try:
+                async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(ENSURE_SQL, (uid, self.source))
+                    row = await cur.fetchone()
+                assert row is not None
+                return function_result(row)
+            except psycopg.Error as exc:
+                if exc.sqlstate not in MISSING_FUNCTION_SQLSTATES:
+                    raise
+                log.warning(MISSING_FUNCTION_WARNING)
+        return await self._ensure_direct(conn, uid)
+
+    async def _ensure_direct(self, conn: psycopg.AsyncConnection, uid: str) -> EnsureResult:
+        if self._fallback is None:
+            self._fallback = await asyncio.to_thread(fallback_sql_standalone, self.settings)
+        fb, params = self._fallback, {"uid": uid}
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(fb.exists, params)
+            found = await cur.fetchone()
+            if not (found and found["found"]):
+                raise not_found(uid, self.settings)
+            try:
+                async with conn.transaction():
+                    await cur.execute(fb.insert, params)
+                    created = cur.rowcount > 0
+            except psycopg.errors.UniqueViolation:
+                await cur.execute(fb.insert_forced, params)
+                created = cur.rowcount > 0
+            await cur.execute(fb.select, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return EnsureResult(uid, created, dict(row["profile"]), "fallback")
+
+    async def _record_failure(self, uid: str, err: ProfileGuardError) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(RECORD_FAILURE_SQL, record_failure_params(uid, err, self.source))
+        except Exception as exc:  # recording is best effort; the caller gets the real error
+            log.warning("could not record the failure for %s: %s", uid, exc)
+
+    # --- registration ---------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> AsyncIdentityBackend:
+        """Where register() creates users: the backend given, else Supabase's auth.users."""
+        if self._identity is None:
+            self._identity = default_async_backend(self.settings)
+        return self._identity
+
+    async def register(
+        self, registration: Registration | None = None, /, **fields: Unpack[RegistrationFields]
+    ) -> RegisteredUser:
+        """asyncio twin of ProfileGuard.register (bcrypt runs off the event loop)."""
+        wanted = Registration.of(registration, fields)
+        new = await asyncio.to_thread(self.identity.prepare, wanted)
+        try:
+            async for attempt in AsyncRetrying(**retrying_kwargs(self.settings)):
+                with attempt:
+                    return await self._register_once(new, attempt.retry_state.attempt_number > 1)
+        except ProfileGuardError:
+            raise
+        except Exception as exc:
+            raise registration_error(exc, new.email) from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _register_once(self, new: NewUser, retried: bool) -> RegisteredUser:
+        pending: ProfileGuardError | None = None
+        async with self._pool.connection() as conn, conn.transaction():
+            user = await self.identity.find_user(conn, user_id=new.id) if retried else None
+            if user is None:
+                user = await self.identity.create_user(conn, new)
+            try:
+                async with conn.transaction():
+                    result = await self._ensure_in(conn, new.id)
+            except Exception as exc:
+                pending = profile_failure(exc, new.id, self.settings)
+                try:
+                    async with conn.transaction():
+                        await conn.execute(sqlfiles.query("record_failure_once", QUERIES),
+                                           record_params(new.id, pending, self.source))
+                except psycopg.Error as rec_exc:
+                    log.warning("could not record the failure for %s: %s", new.id, rec_exc)
+            else:
+                return result_to_user(user, result, created=True)
+        raise pending_error(user, pending)
+
+    async def ensure_on_login(
+        self, who: UserId | Mapping[str, Any], *, provider: str | None = None, create: bool = True
+    ) -> RegisteredUser:
+        """asyncio twin of ProfileGuard.ensure_on_login."""
+        login = Login.parse(who, provider)
+        for round_ in range(2):
+            user = await self._find(login)
+            if user is not None:
+                result = await self.ensure_result(str(user["id"]))
+                return result_to_user(user, result, created=False)
+            if not (create and login.provider):
+                raise login_not_found(login)
+            try:
+                return await self.register(login.registration())
+            except UserExistsError:
+                if round_:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _find(self, login: Login) -> dict[str, Any] | None:
+        try:
+            async for attempt in AsyncRetrying(**retrying_kwargs(self.settings)):
+                with attempt:
+                    async with self._pool.connection() as conn:
+                        user = None
+                        if login.user_id is not None:
+                            user = await self.identity.find_user(conn, user_id=login.user_id)
+                        if user is None and login.provider and login.provider_id:
+                            user = await self.identity.find_user(
+                                conn, provider=login.provider, provider_id=login.provider_id
+                            )
+                        return user
+        except ProfileGuardError:
+            raise
+        except Exception as exc:
+            raise lookup_error(exc, login) from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._own_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

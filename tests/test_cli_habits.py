@@ -1,0 +1,103 @@
+"""Habits of the command line: standard help, SQL to copy, worker logs and registration."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import TestDB
+from test_cli import cli
+from test_reconcile import wait_for
+from test_worker_process import FAST, worker_process
+
+from profileguard import logs
+from profileguard.cli import app
+
+COMMANDS = sorted(
+    name for name in (c.name or c.callback.__name__ for c in app.registered_commands)
+)
+
+
+def test_help_shows_choices_and_no_python_type_names() -> None:
+    audit = cli(None, "audit", "--help", env={"COLUMNS": "200"})
+    assert audit.returncode == 0, audit.stderr
+    assert "--fail-on" in audit.stdout and "[info|warning|error|never]" in audit.stdout
+    worker = cli(None, "worker", "--help", env={"COLUMNS": "200"})
+    assert "[debug|info|warning|error]" in worker.stdout and "[text|json]" in worker.stdout
+    for command in ["--help", *(f"{name} --help" for name in COMMANDS)]:
+        shown = cli(None, *command.split(), env={"COLUMNS": "200"})
+        assert shown.returncode == 0, (command, shown.stderr)
+        for python_type in ("<bool>", "<str>", "<int>", "<float>", "<list[str]>"):
+            assert python_type not in shown.stdout, (command, python_type)
+    assert cli(None, "audit", "--fail-on", "loud").returncode == 2
+
+
+def test_audit_fix_sql_is_printed_unbroken_and_is_in_the_json(db: TestDB) -> None:
+    with db.connect() as conn:
+        conn.execute("create table public.profiles (id uuid primary key"
+                     " references auth.users (id), full_name text)")
+    data = json.loads(cli(db, "audit", "--json").stdout)
+    fixes = {f["code"]: f["fix"] for f in data["findings"]}
+    fix = fixes["fk_blocks_user_deletion"]
+    assert fix and any(len(line) > 60 for line in fix.splitlines())
+
+    shown = cli(db, "audit", env={"COLUMNS": "60"})
+    assert shown.returncode == 0, shown.stderr
+    printed = shown.stdout.splitlines()
+    assert "fix for fk_blocks_user_deletion:" in printed
+    for line in fix.splitlines():
+        assert f"    {line}" in printed  # whole, on one line: copy-paste runs it
+
+
+def test_worker_json_logs_and_a_clean_stop_deregisters(installed: TestDB) -> None:
+    with worker_process(installed.url, *FAST, "--worker-id", "tidy", "--log-format", "json",
+                        "--log-level", "debug") as proc:
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'tidy'") == 1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert records, stderr
+    assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+    assert all(r["logger"].startswith("profileguard.") for r in records)
+    started = [r for r in records if r["message"] == "worker started"]
+    assert started and started[0]["worker_id"] == "tidy"
+    assert any(r["message"] == "worker stopped" and r.get("signal") == "SIGTERM"
+               for r in records)
+    assert installed.scalar(
+        "select count(*) from profileguard.workers where worker_id = 'tidy'") == 0
+
+
+def test_json_formatter_writes_one_object_per_line_with_the_extra_fields() -> None:
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        log = logging.getLogger("profileguard.repair")
+        log.info("batch repaired", extra={"repaired": 40, "batch": 3})
+        log.debug("not at info level")
+        try:
+            raise RuntimeError("boom\nsecond line")
+        except RuntimeError:
+            log.exception("breaker opened", extra={"breaker": "open"})
+    finally:
+        logs.configure("warning", "text")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "batch repaired" and first["level"] == "info"
+    assert (first["repaired"], first["batch"]) == (40, 3)
+    assert second["breaker"] == "open" and "RuntimeError: boom" in second["exc_info"]
+    with pytest.raises(ValueError):
+        logs.configure("loud", "json")
+
+
+def test_console_script_entry_point_runs() -> None:
+    done = subprocess.run([sys.executable, "-c", "from profileguard.cli import main; main()",
+                           "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("profileguard ")

@@ -1,0 +1,80 @@
+"""Size limits of src/profileguard: modules ≤ 600 lines, classes ≤ 400, functions ≤ 80.
+
+Prints the largest module, class and function, then every one over its limit; exits 1 when one
+is over and not in ALLOWLIST. Small modules and functions keep the code readable and reviewable.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "profileguard"
+LIMITS = {"module": 600, "class": 400, "function": 80}
+
+# Over the limit but tolerated for now, each with its reason. Keep this list short and say when
+# an entry can go.
+ALLOWLIST: dict[str, str] = {
+    # Being rewritten by the change to the repair logic (worker and backfill share it).
+    "profileguard/reconcile.py": "being rewritten (repair logic)",
+    "profileguard/reconcile.py:Reconciler": "being rewritten (repair logic)",
+    "profileguard/backfill.py": "being rewritten (repair logic)",
+    "profileguard/backfill.py:Backfill": "being rewritten (repair logic)",
+    # Being rewritten by the observability change (monitor.py and web/ internals).
+    "profileguard/monitor.py": "being rewritten (observability)",
+    "profileguard/web/app.py:create_app": "being rewritten (observability)",
+    "profileguard/web/metrics.py:StatsCollector._figures": "being rewritten (observability)",
+    # Not split yet: next in line (see issue 15). Remove each entry with its split.
+    "profileguard/mapping.py": "to split: plan, username SQL, sync SQL",
+    "profileguard/schema.py": "to split into install/ (install, upgrade, uninstall, render)",
+    "profileguard/schema.py:_main_phase": "to split with schema.py",
+    "profileguard/config.py": "to split: models and parsing",
+    "profileguard/config.py:load_settings": "to split with config.py",
+    "profileguard/audit.py": "to split: checks by subject",
+    "profileguard/audit.py:check_competing_triggers": "to split with audit.py",
+    "profileguard/demo.py:run_demo": "to split into the demo's steps",
+}
+
+
+def _measure(path: Path) -> list[tuple[str, str, int]]:
+    """(kind, qualified name, lines) of the module and of every class and function in it."""
+    text = path.read_text(encoding="utf-8")
+    rel = path.relative_to(SRC.parent).as_posix()
+    found = [("module", rel, len(text.splitlines()))]
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                kind = "class" if isinstance(child, ast.ClassDef) else "function"
+                name = f"{prefix}.{child.name}" if prefix else child.name
+                start = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                assert child.end_lineno is not None
+                found.append((kind, f"{rel}:{name}", child.end_lineno - start + 1))
+                visit(child, name)
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(text), "")
+    return found
+
+
+def main() -> int:
+    sizes = [m for path in sorted(SRC.rglob("*.py")) for m in _measure(path)]
+    failed = False
+    for kind, limit in LIMITS.items():
+        of_kind = sorted((s for s in sizes if s[0] == kind), key=lambda s: -s[2])
+        print(f"largest {kind}: {of_kind[0][1]} ({of_kind[0][2]} lines, limit {limit})")
+        for _, name, lines in of_kind:
+            if lines <= limit:
+                break
+            allowed = ALLOWLIST.get(name)
+            mark = f"allowed: {allowed}" if allowed else "OVER"
+            print(f"  {name}: {lines} lines > {limit} ({mark})")
+            failed = failed or not allowed
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
