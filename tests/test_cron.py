@@ -137,7 +137,7 @@ def test_worker_and_sweep_together_repair_each_user_once(installed: TestDB) -> N
     installed.bulk_signup(3000)
     from concurrent.futures import ThreadPoolExecutor
 
-    from profileguard.reconcile import Reconciler
+    from profileguard.repair import Reconciler
 
     def worker() -> int:
         reconciler = Reconciler(installed.settings, batch_size=250)

@@ -17,7 +17,7 @@ from test_cli import cli
 
 from profileguard import monitor, schema
 from profileguard.audit import run_audit
-from profileguard.reconcile import Reconciler
+from profileguard.repair import Reconciler
 
 FOLLOW = {"full_name": "follow", "avatar_url": "follow"}
 

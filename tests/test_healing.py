@@ -15,7 +15,7 @@ from conftest import TestDB, wait_for
 from test_reconcile import fast_reconciler, has_profile, missing_profiles, running
 
 from profileguard import schema
-from profileguard.reconcile import Reconciler
+from profileguard.repair import Reconciler
 
 REJECT_ALL = "pg_test_reject_all"
 

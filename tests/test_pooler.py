@@ -32,7 +32,7 @@ from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.db import connect
 from profileguard.errors import ConfigError
-from profileguard.reconcile import Reconciler
+from profileguard.repair import Reconciler
 
 QUERY = "select %s::int + 1"
 

@@ -14,7 +14,7 @@ from conftest import TestDB, wait_for
 
 from profileguard import schema
 from profileguard.config import TableRef, load_settings
-from profileguard.reconcile import Reconciler
+from profileguard.repair import Reconciler
 
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_no_bad_user"

@@ -18,8 +18,6 @@ LIMITS = {"module": 600, "class": 400, "function": 80}
 # an entry can go.
 ALLOWLIST: dict[str, str] = {
     # Being rewritten by the change to the repair logic (worker and backfill share it).
-    "profileguard/reconcile.py": "being rewritten (repair logic)",
-    "profileguard/reconcile.py:Reconciler": "being rewritten (repair logic)",
     "profileguard/backfill.py": "being rewritten (repair logic)",
     "profileguard/backfill.py:Backfill": "being rewritten (repair logic)",
     # Being rewritten by the observability change (monitor.py and web/ internals).

@@ -41,7 +41,7 @@ from profileguard.backfill import Options, run_backfill
 from profileguard.backfill import Progress as BackfillProgress
 from profileguard.config import Settings
 from profileguard.embedded import EmbeddedPostgres
-from profileguard.reconcile import Reconciler
+from profileguard.repair import Reconciler
 
 DEMO_DATABASE = "profileguard_demo"
 LEGACY_TRIGGER = "on_auth_user_created"

@@ -18,7 +18,7 @@ from profileguard.cli.options import JsonOption, PoolerOption
 from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.client import ProfileGuard
 from profileguard.errors import ConfigError, ProfileGuardError
-from profileguard.reconcile import PassResult, Reconciler
+from profileguard.repair import PassResult, Reconciler
 from profileguard.workers import deregister
 
 
