@@ -351,14 +351,22 @@ def _char_class(categories: frozenset[str]) -> str:
     ) + "]"
 
 
+def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
+    """`expr` cut to what cleaning may need for a name of `limit` characters: a megabyte of
+    metadata is not normalized for a name of 64."""
+    return sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
+
+
 def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool,
-                   limit: int) -> sql.Composable:
+                   limit: int, cut: bool = True) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
-    runs before install too, and bulk inserts stay set-based."""
-    # Cut first: a megabyte of metadata is not normalized for a name of `limit` characters.
-    cut: sql.Composable = sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
-    value = cut
+    runs before install too, and bulk inserts stay set-based. `cut` False: `expr` is already
+    `cut_username` of the name (a column of the select below). The base never ends with a space
+    separator (`_Names.plain` relies on it)."""
+    if cut:
+        expr = cut_username(expr, limit)
+    value = expr
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
         value, sql.Literal(_char_class(INVISIBLE_CATEGORIES)))
     # Normalized after the removal (a removed character may have kept two others apart) and
@@ -371,9 +379,9 @@ def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: boo
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, guard)
     # Printable ASCII without surrounding spaces is already clean: most names skip the work.
-    plain_ascii = _lower(cut, guard) if lowercase else cut
+    plain_ascii = _lower(expr, guard) if lowercase else expr
     value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
-                    ).format(cut=cut, ascii=plain_ascii, value=value)
+                    ).format(cut=expr, ascii=plain_ascii, value=value)
     return sql.SQL("nullif({}, '')").format(value)
 
 
@@ -399,27 +407,53 @@ def _expr_with(text: str, column: str, value: sql.Composable) -> sql.Composable:
 class _Names:
     """SQL pieces of the username candidates for one plan (see `_username_outer`)."""
 
-    def __init__(self, plan: Plan, guard: UsernameGuard):
+    def __init__(self, plan: Plan, guard: UsernameGuard, *, lean: bool = False):
         self.plan = plan
         self.guard = guard
         self.policy = plan.settings.username
         self.column = plan.profile.columns[guard.column]
         self.max = guard.max_length if guard.max_length is not None else self.policy.max_length
+        # The signup trigger's first try: tests the lengths of its candidates prove are left
+        # out, and a name short enough is not cut (each test is evaluated, and each expression
+        # set up, once more per signup).
+        self.lean = lean
 
     def typed(self, value: sql.Composable) -> sql.Composable:
         return sql.SQL("({})::{}").format(value, sql.SQL(self.column.type))
 
-    def plain(self, base: sql.Composable) -> sql.Composable:
+    def plain(self, base: sql.Composable, *, column: bool = False) -> sql.Composable:
+        """The name given plainly: `base` cut to the column. `column`: `base` is a column of the
+        select below (it is repeated)."""
         # Cut names are trimmed again: the cut may end on a space (U+1680 is the one space
         # separator NFKC does not turn into U+0020).
-        return sql.SQL("rtrim(left({}, {}), {})").format(
+        cut = sql.SQL("rtrim(left({}, {}), {})").format(
             base, sql.Literal(self.max), sql.Literal(" \u1680"))
+        if not (self.lean and column):
+            return cut
+        # At most `max` bytes is at most `max` characters: not cut, and a base or a slug never
+        # ends with a space, so the trim would give it back unchanged.
+        return sql.SQL("case when octet_length({base}) <= {max} then {base} else {cut} end"
+                       ).format(base=base, max=sql.Literal(self.max), cut=cut)
+
+    def suffix_digits(self, digits: int) -> tuple[int, int]:
+        """(characters kept of the base, hex digits of the hash) of a suffixed candidate."""
+        digits = max(1, min(digits, self.max - 1))
+        return max(0, self.max - 1 - digits), digits
 
     def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
-        digits = max(1, min(digits, self.max - 1))
+        keep, digits = self.suffix_digits(digits)
         return sql.SQL("left({}, {}) || '_' || left(c.pg_hash, {})").format(
-            base, sql.Literal(max(0, self.max - 1 - digits)), sql.Literal(digits))
+            base, sql.Literal(keep), sql.Literal(digits))
+
+    def suffixed_lengths(self, base: str | None, digits: int = SHORT_SUFFIX) -> tuple[int, int]:
+        """The fewest and most characters of `suffixed` of a non-empty base (of the literal
+        `base` when given): md5 gives 32 hex digits, the base at least one character."""
+        keep, digits = self.suffix_digits(digits)
+        if base is not None:
+            size = min(len(base), keep) + 1 + digits
+            return size, size
+        return min(1, keep) + 1 + digits, keep + 1 + digits
 
     def reserved(self, value: sql.Composable) -> sql.Composable:
         if not self.policy.reserved:
@@ -428,18 +462,27 @@ class _Names:
         return sql.SQL("{} = any({}::text[])").format(_lower(value, self.guard),
                                                      sql.Literal(names))
 
-    def ok(self, value: sql.Composable) -> sql.Composable:
-        """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK)."""
+    def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
+        """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK).
+        `lengths`: the fewest and most characters the candidate can have (when `lean`, a length
+        test they prove is left out)."""
         typed = self.typed(value)
-        tests: list[sql.Composable] = [
-            sql.SQL("char_length({}) between {} and {}").format(
-                value, sql.Literal(self.guard.min_length or 1), sql.Literal(self.max))
-        ]
+        low, high = self.guard.min_length or 1, self.max
+        tests: list[sql.Composable] = []
+        if not self.lean or lengths is None or (lengths[0] < low and lengths[1] > high):
+            tests.append(sql.SQL("char_length({}) between {} and {}").format(
+                value, sql.Literal(low), sql.Literal(high)))
+        elif lengths[0] < low:
+            tests.append(sql.SQL("char_length({}) >= {}").format(value, sql.Literal(low)))
+        elif lengths[1] > high:
+            tests.append(sql.SQL("char_length({}) <= {}").format(value, sql.Literal(high)))
         if self.policy.pattern is not None:
             tests.append(sql.SQL("{} ~ {}").format(value, sql.Literal(self.policy.pattern)))
         for _, body in self.guard.checks:
             tests.append(sql.SQL("coalesce(({}), true)").format(
                 _expr_with(body, self.guard.column, typed)))
+        if not tests:
+            return sql.SQL("true")
         return sql.SQL("({})").format(sql.SQL(" and ").join(tests))
 
     def key(self, key: UniqueKey, value: sql.Composable) -> sql.Composable:
@@ -507,12 +550,14 @@ def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
 
 
 def _username_layers(
-    plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
-) -> tuple[list[sql.Composable], list[sql.Composable]]:
-    """Columns of the innermost select (each source as text; the provider) and of the middle
-    one (the chosen name `pg_raw`, cleaned once, and whether it may be given plainly). A name
-    that is nothing but invisible characters cleans to NULL (no username, or 'user' + the
-    suffix). Rows with no provider recorded were written by an operator."""
+    plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...], *, optimistic: bool = False
+) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
+    """Columns of the innermost select (each source as text; the provider), of the one above it
+    (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
+    be given plainly). A name that is nothing but invisible characters cleans to NULL (no
+    username, or 'user' + the suffix). Rows with no provider recorded were written by an
+    operator. `optimistic`: the chosen name is cut (`pg_cut`) and `pg_trusted` decided a select
+    lower, so the cleaning does not repeat the cut."""
     policy = plan.settings.username
     inner: list[sql.Composable] = [
         sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
@@ -530,16 +575,23 @@ def _username_layers(
     else:
         trusted = sql.SQL("case when a.pg_provider is null then {} when {} then {} is not null"
                           " else false end").format(any_name, p.oauth, p.vouched)
-    cleaned = clean_username(sql.SQL("a.pg_raw"), guard, lowercase=policy.lowercase,
-                             limit=guard.max_length or policy.max_length)
+    limit = guard.max_length or policy.max_length
+    raw = _username_raw(plan, guard, sources)
+    cleaned = clean_username(sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"), guard,
+                             lowercase=policy.lowercase, limit=limit, cut=not optimistic)
     if guard.not_null:
         fallback = sql.Literal(USERNAME_FALLBACK)
         cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
+    if optimistic:
+        return inner, [
+            sql.SQL("{} as pg_cut").format(cut_username(raw, limit)),
+            sql.SQL("{} as pg_trusted").format(trusted),
+        ], [sql.SQL("{} as pg_base").format(cleaned)]
     middle: list[sql.Composable] = [
         sql.SQL("{} as pg_base").format(cleaned),
         sql.SQL("{} as pg_trusted").format(trusted),
     ]
-    return inner, middle
+    return inner, [sql.SQL("{} as pg_raw").format(raw)], middle
 
 
 _LENGTH_TEST = re.compile(
@@ -578,9 +630,10 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
     rare; the retry after the unique violation finds it): every lookup is one more subplan to
     start for each single-row sign-up.
     """
-    n = _Names(plan, guard)
+    n = _Names(plan, guard, lean=optimistic)
     base = sql.SQL("c.pg_base")
-    plain = n.plain(base)
+    plain = sql.SQL("c.pg_plain") if optimistic else n.plain(base)
+    any_base = n.suffixed_lengths(None)
     restricted = plan.settings.username.pattern is not None or any(
         _restricts_characters(body, guard.column) for _, body in guard.checks)
     slug = sql.SQL(
@@ -592,36 +645,43 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
         sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(p)
         for p in partitions
     ] if not optimistic else []
-    first = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
+    first: sql.Composable = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
+    # Optimistic: the select below hashed the key only when the plain name is free (and it
+    # looks nothing up); md5 is never NULL.
+    free = sql.SQL("(b.pg_trusted and not {} and {} and not {})")
+    if optimistic:
+        first = sql.SQL("c.pg_hash is null")
     steps.append((first, plain))
 
-    def acceptable(candidate: sql.Composable) -> sql.Composable:
+    def acceptable(candidate: sql.Composable,
+                   lengths: tuple[int, int] | None = None) -> sql.Composable:
         if not forced:
-            return n.ok(candidate)
-        return sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate))
+            return n.ok(candidate, lengths)
+        return sql.SQL("{} and not {}").format(n.ok(candidate, lengths), n.taken(candidate))
 
     second = n.suffixed(base)
-    steps.append((acceptable(second), second))
+    steps.append((acceptable(second, any_base), second))
     if restricted:
         slug_plain = n.plain(slug)
         if not forced:
             steps.append((sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
                 n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)), slug_plain))
         slug_suffixed = n.suffixed(slug)
-        steps.append((sql.SQL("{} is not null and {}").format(slug, acceptable(slug_suffixed)),
-                      slug_suffixed))
-    for candidate in (n.suffixed(sql.Literal(USERNAME_FALLBACK)),
-                      n.suffixed(sql.Literal(USERNAME_FALLBACK), LONG_SUFFIX)):
-        steps.append((acceptable(candidate), candidate))
+        steps.append((sql.SQL("{} is not null and {}").format(
+            slug, acceptable(slug_suffixed, any_base)), slug_suffixed))
+    for digits in (SHORT_SUFFIX, LONG_SUFFIX):
+        candidate = n.suffixed(sql.Literal(USERNAME_FALLBACK), digits)
+        steps.append((acceptable(candidate, n.suffixed_lengths(USERNAME_FALLBACK, digits)),
+                      candidate))
     last: sql.Composable = second if guard.not_null else sql.NULL
     chain = sql.SQL(" ").join(
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
     final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
+    if optimistic:  # over the select that has the plain name as a column
+        return sql.SQL("c.pg_trusted and not {} and {}").format(
+            n.reserved(plain), n.ok(plain, (1, n.max))), n.typed(final)
     plain_b = n.plain(sql.SQL("b.pg_base"))
-    free = sql.SQL("(b.pg_trusted and not {} and {} and not {})").format(
-        n.reserved(plain_b), n.ok(plain_b),
-        sql.SQL("false") if optimistic else n.taken(plain_b))
-    return free, n.typed(final)
+    return free.format(n.reserved(plain_b), n.ok(plain_b), n.taken(plain_b)), n.typed(final)
 
 
 def insert_statement(
@@ -652,21 +712,25 @@ def insert_statement(
     inner_cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(settings.identity.key))
     ]
+    raw_cols: list[sql.Composable] = [sql.SQL("a.*")]
     middle_cols: list[sql.Composable] = [sql.SQL("a.*")]
     free_cols: list[sql.Composable] = [sql.SQL("b.*")]
     outer_cols: list[sql.Composable] = [sql.SQL("c.pg_key")]
     targets = [sql.Identifier(settings.profile.key)]
+    carried = [sql.Identifier("pg_key")]  # the columns every select passes up unchanged
     for index, (column, sources) in enumerate(plan.mapping.items()):
         targets.append(sql.Identifier(column))
         if guard is not None and column == guard.column:
-            inner, middle = _username_layers(plan, guard, sources)
+            inner, raw, middle = _username_layers(plan, guard, sources, optimistic=optimistic)
             inner_cols.extend(inner)
+            raw_cols.extend(raw)
             middle_cols.extend(middle)
             _, final = _username_outer(plan, guard, forced=force_suffix,
                                        optimistic=optimistic)
             outer_cols.append(final)
             continue
         alias = sql.Identifier(f"pg_c{index}")
+        carried.append(alias)
         inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
         target = plan.profile.columns[column]
         value = _cast(sql.SQL("c.{}").format(alias), target)
@@ -674,29 +738,45 @@ def insert_statement(
             # An explicit NULL would not take the default: the column's default fills the gap.
             value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
         outer_cols.append(value)
-    raw: list[sql.Composable] = [sql.SQL("a.*")]
-    if guard is not None and guard.column in plan.mapping:
-        free, _ = _username_outer(plan, guard, forced=force_suffix, optimistic=optimistic)
-        free_cols.append(sql.SQL("{} as pg_free").format(free))
-        free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
-        raw.append(sql.SQL("{} as pg_raw").format(
-            _username_raw(plan, guard, plan.mapping[guard.column])))
+    # (columns, alias) of each select, innermost first; OFFSET 0 keeps each one a select.
+    layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
+    if guard is not None and guard.column in plan.mapping and optimistic:
+        # Only the columns used above: each one a select passes up is set up again (its type
+        # looked up, a slot made) in every select, once per signup.
+        names = _Names(plan, guard, lean=True)
+        free, _ = _username_outer(plan, guard, forced=force_suffix, optimistic=True)
+        layers += [
+            ([*(sql.SQL("a.{}").format(col) for col in carried), *raw_cols[1:]], "a"),
+            ([*(sql.SQL("a.{}").format(col) for col in [*carried, sql.Identifier("pg_trusted")]),
+              *middle_cols[1:]], "b"),
+            ([sql.SQL("b.*"), sql.SQL("{} as pg_plain").format(
+                names.plain(sql.SQL("b.pg_base"), column=True))], "c"),
+            # The key is hashed only for the names not given plainly: md5 costs a bulk insert
+            # of plain names more than the select that decides it.
+            ([*(sql.SQL("c.{}").format(col) for col in carried),
+              sql.SQL("c.pg_base"), sql.SQL("c.pg_plain"),
+              sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash"
+                      ).format(free)], "c"),
+        ]
+    else:
+        if guard is not None and guard.column in plan.mapping:
+            free, _ = _username_outer(plan, guard, forced=force_suffix)
+            free_cols.append(sql.SQL("{} as pg_free").format(free))
+            free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
+        layers += [(raw_cols, "a"), (middle_cols, "b"), (free_cols, "c")]
+    nested: sql.Composable = sql.SQL("{} u {}").format(source, where)
+    for columns, name in layers:
+        nested = sql.SQL("(select {} from {} offset 0) {}").format(
+            sql.SQL(", ").join(columns), nested, sql.SQL(name))
     statement = sql.SQL(
         "insert into {profile} ({targets})\n"
         "select {outer}\n"
-        "from (select {free} from (select {middle} from (select {raw} from (select {inner}"
-        " from {source} u {where} offset 0) a offset 0) a offset 0) b offset 0) c"
-        "{conflict}"
+        "from {nested}{conflict}"
     ).format(
-        free=sql.SQL(", ").join(free_cols),
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
-        middle=sql.SQL(", ").join(middle_cols),
-        raw=sql.SQL(", ").join(raw),
-        inner=sql.SQL(", ").join(inner_cols),
-        source=source,
-        where=where,
+        nested=nested,
         conflict=sql.SQL("\non conflict ({}) do nothing").format(
             sql.Identifier(settings.profile.key)
         ) if not optimistic else sql.SQL(""),

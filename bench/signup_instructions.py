@@ -1,0 +1,249 @@
+"""Instructions per signup (callgrind): no trigger vs the per-row trigger vs profileguard.
+
+Wall-clock figures on a shared machine are noisy; an instruction count is not. This builds a
+private PostgreSQL cluster (initdb in a temporary directory, a Unix socket only), makes one
+database per configuration exactly as bench/signup.py does (``none``, ``per-row``, ``profileguard``
+with the default mapping), stops the server, and then runs ``postgres --single`` under
+``valgrind --tool=callgrind`` doing a Supabase Auth-shaped signup N times (prepared statements, as
+pgbench's ``--protocol=prepared``: insert the user, update its role, insert the identity, commit,
+as ``supabase_auth_admin``). Each run starts from a copy of the freshly built cluster; the
+instructions per signup are the difference between a run of ``--signups`` and one of ``--warmup``
+signups, divided by the difference (startup and first-call caching cancel out).
+
+Run (as root it runs the server as ``postgres``)::
+
+    .venv/bin/python bench/signup_instructions.py
+    .venv/bin/python bench/signup_instructions.py --keep /tmp/cg   # callgrind.out.* to annotate
+
+It needs valgrind and PostgreSQL's server binaries (``--bindir``, default the newest
+/usr/lib/postgresql/*/bin). It is a measurement, not a test: it exits 0 whatever the figures are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from benchdb import log
+from psycopg.conninfo import make_conninfo
+from signup import BULK, CONFIGS, DROP_PER_ROW, PER_ROW_FUNCTION, PER_ROW_TRIGGER
+
+from profileguard import schema
+from profileguard import sql as sqlfiles
+from profileguard.config import load_settings
+
+PORT = 54329  # of the private cluster's socket, inside its own directory
+
+# The statements of bench/signup.py's pgbench script, prepared once per backend (one line each:
+# the single-user backend ends a statement at a newline).
+PREPARE = (
+    "set role supabase_auth_admin",
+    "set search_path = auth",
+    """prepare pg_user(uuid, text) as insert into users (instance_id, id, aud, role, email,
+        encrypted_password, raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
+        values ('00000000-0000-0000-0000-000000000000', $1, 'authenticated', '',
+        $2 || '@bench.example', '$2a$10$abcdefghijklmnopqrstuuKzSvmm0GVKOQY1WUr6sGmO2X1aIH1Ae',
+        '{"provider": "email", "providers": ["email"]}',
+        jsonb_build_object('full_name', 'Bench User ' || $2,
+            'avatar_url', 'https://example.com/avatars/' || $2 || '.png', 'user_name', $2),
+        now(), now()) returning id""",
+    """prepare pg_role(uuid) as update users set role = 'authenticated', updated_at = now()
+        where id = $1""",
+    """prepare pg_identity(uuid, text) as insert into identities (provider_id, user_id,
+        identity_data, provider, last_sign_in_at, created_at, updated_at)
+        values ($1::text, $1, jsonb_build_object('sub', $1::text, 'email', $2 || '@bench.example'),
+        'email', now(), now(), now())""",
+)
+SIGNUP = """begin
+execute pg_user('{id}', '{name}')
+execute pg_role('{id}')
+execute pg_identity('{id}', '{name}')
+commit
+"""
+
+
+def find_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                        key=lambda p: int(Path(p).parts[-3]))
+    if not candidates:
+        sys.exit("PostgreSQL server binaries not found: pass --bindir")
+    return Path(candidates[-1]).parent
+
+
+def script(count: int, bulk: bool = False) -> str:
+    """Prepare the statements, then `count` signups with deterministic ids and names; or
+    (`bulk`) bench/signup.py's one INSERT … SELECT of `count` users."""
+    if bulk:
+        return " ".join(BULK.replace("%s", str(count)).split()) + "\n"
+    lines = [" ".join(statement.split()) + "\n" for statement in PREPARE]
+    for n in range(count):
+        ident = uuid.UUID(hashlib.md5(f"signup {n}".encode()).hexdigest())
+        lines.append(SIGNUP.format(id=ident, name=f"cg0n{n}"))
+    return "".join(lines)
+
+
+class Cluster:
+    """A private cluster in `root`, owned by the user the server runs as."""
+
+    def __init__(self, root: Path, bindir: Path):
+        self.root = root
+        self.bindir = bindir
+        self.data = root / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            entry = pwd.getpwnam("postgres")
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+
+    def run(self, *command: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.as_user, *map(str, command)], text=True, check=True,
+                              capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    def initdb(self) -> None:
+        self.run(self.bindir / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
+                 "-E", "UTF8", "--locale=C.UTF-8")
+
+    @contextlib.contextmanager
+    def server(self) -> Iterator[str]:
+        self.run(self.bindir / "pg_ctl", "-D", self.data, "-w", "-l", self.root / "server.log",
+                 "-o", f"-p {PORT} -k {self.root} -c listen_addresses=''", "start")
+        try:
+            yield make_conninfo(host=str(self.root), port=PORT, user="postgres", dbname="postgres")
+        finally:
+            self.run(self.bindir / "pg_ctl", "-D", self.data, "-w", "-m", "fast", "stop")
+
+
+def build(url: str, config: str) -> None:
+    """Database `config` with the Supabase schema and exactly that configuration's trigger."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'create database "{config}"')
+    db_url = make_conninfo(url, dbname=config)
+    settings = load_settings(env={}, database_url=db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(sqlfiles.read("supabase_auth.sql"))
+    schema.install(settings, create_profile_table=True)
+    schema.uninstall(settings)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in DROP_PER_ROW:
+            conn.execute(statement)
+        if config == "per-row":
+            conn.execute(PER_ROW_FUNCTION)
+            conn.execute(PER_ROW_TRIGGER)
+    if config == "profileguard":
+        schema.install(settings)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("vacuum analyze")
+        conn.execute("checkpoint")
+
+
+def instructions(cluster: Cluster, pristine: Path, config: str, count: int,
+                 keep: Path | None, bulk: bool = False) -> int:
+    """Instructions of one single-user backend doing `count` signups (or inserting `count`
+    users in one statement) on a fresh copy."""
+    run_root = cluster.root / "run"
+    if run_root.exists():
+        shutil.rmtree(run_root)
+    shutil.copytree(pristine, run_root, symlinks=True)
+    if cluster.as_user:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(run_root)], check=True)
+    out = cluster.root / f"callgrind.out.{config}.{'bulk' if bulk else 'signups'}.{count}"
+    input_file = cluster.root / "input.sql"
+    input_file.write_text(script(count, bulk), encoding="utf-8")
+    with open(input_file, encoding="utf-8") as stdin:
+        done = subprocess.run(
+            [*cluster.as_user, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             str(cluster.bindir / "postgres"), "--single", "-D", str(run_root), config],
+            stdin=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or "ERROR" in done.stdout:
+        raise RuntimeError(f"{config}: the single-user backend failed:\n{done.stdout[-2000:]}"
+                           f"\n{done.stderr[-2000:]}")
+    match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(encoding="utf-8"), re.M)
+    if match is None:
+        raise RuntimeError(f"no totals in {out}")
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, keep / out.name)
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--signups", type=int, default=200, help="signups of the measured run")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="signups of the run subtracted from it (startup, first calls)")
+    parser.add_argument("--bulk-rows", type=int, default=2000,
+                        help="users of the measured bulk insert (0: none); the one of "
+                        "--bulk-rows / 10 is subtracted")
+    parser.add_argument("--bindir", type=Path, default=None, help="PostgreSQL server binaries")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy the callgrind.out files here (for callgrind_annotate)")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated, of {', '.join(CONFIGS)}")
+    args = parser.parse_args(argv)
+    if args.signups <= args.warmup or args.warmup < 0:
+        parser.error("--signups must exceed --warmup (and --warmup be >= 0)")
+    configs = [c for c in args.configs.split(",") if c]
+    if unknown := set(configs) - set(CONFIGS):
+        parser.error(f"--configs: unknown {', '.join(sorted(unknown))}")
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind not found (Debian: apt-get install valgrind)")
+    bindir = args.bindir or find_bindir()
+    with tempfile.TemporaryDirectory(prefix="pg_signup_cg_") as tmp:
+        cluster = Cluster(Path(tmp), bindir)
+        log(f"initdb in {tmp} ({bindir})")
+        cluster.initdb()
+        with cluster.server() as url:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("select version(), current_setting('jit'),"
+                                   " pg_jit_available()").fetchone()
+            for config in configs:
+                log(f"building database {config}")
+                build(url, config)
+        per: dict[str, float] = {}
+        per_row: dict[str, float] = {}
+        small = args.bulk_rows // 10
+        for config in configs:
+            low = instructions(cluster, cluster.data, config, args.warmup, args.keep)
+            high = instructions(cluster, cluster.data, config, args.signups, args.keep)
+            per[config] = (high - low) / (args.signups - args.warmup)
+            log(f"{config}: {per[config]:,.0f} instructions per signup")
+            if args.bulk_rows > small:
+                low = instructions(cluster, cluster.data, config, small, args.keep, bulk=True)
+                high = instructions(cluster, cluster.data, config, args.bulk_rows, args.keep,
+                                    bulk=True)
+                per_row[config] = (high - low) / (args.bulk_rows - small)
+                log(f"{config}: {per_row[config]:,.0f} instructions per row of a bulk insert")
+    assert row is not None
+    print(f"{row[0]}; jit={row[1]} (available: {'yes' if row[2] else 'no'})")
+    print(f"instructions (callgrind, single-user backend): per signup ({args.signups} - "
+          f"{args.warmup} signups, prepared statements) and per row of a bulk insert "
+          f"({args.bulk_rows} - {small} rows)")
+    print(f"{'config':<13}{'signup':>12}{'':>16}{'bulk row':>12}")
+    base, bulk_base = per.get("per-row"), per_row.get("per-row")
+    for config, value in per.items():
+        line = f"{config:<13}{value:>12,.0f}{ratio(value, base):>16}"
+        if config in per_row:
+            line += f"{per_row[config]:>12,.0f}{ratio(per_row[config], bulk_base):>16}"
+        print(line)
+    return 0
+
+
+def ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.3f}\N{MULTIPLICATION SIGN} per-row" if base else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
