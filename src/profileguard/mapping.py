@@ -609,6 +609,13 @@ def _restricts_characters(body: str, column: str) -> bool:
     return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
 
 
+def _restricted(plan: Plan, guard: UsernameGuard) -> bool:
+    """The policy's pattern or a CHECK restricts the characters of a name (not only its length):
+    names reduced to [a-z0-9_] are candidates too."""
+    return plan.settings.username.pattern is not None or any(
+        _restricts_characters(body, guard.column) for _, body in guard.checks)
+
+
 def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
                     optimistic: bool = False) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
@@ -634,8 +641,7 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
     base = sql.SQL("c.pg_base")
     plain = sql.SQL("c.pg_plain") if optimistic else n.plain(base)
     any_base = n.suffixed_lengths(None)
-    restricted = plan.settings.username.pattern is not None or any(
-        _restricts_characters(body, guard.column) for _, body in guard.checks)
+    restricted = _restricted(plan, guard)
     slug = sql.SQL(
         "nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')"
     ).format(_lower(base, guard))
@@ -755,6 +761,8 @@ def insert_statement(
             # of plain names more than the select that decides it.
             ([*(sql.SQL("c.{}").format(col) for col in carried),
               sql.SQL("c.pg_base"), sql.SQL("c.pg_plain"),
+              # the plain slug's condition reads it
+              *([sql.SQL("c.pg_trusted")] if _restricted(plan, guard) else []),
               sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash"
                       ).format(free)], "c"),
         ]
