@@ -711,7 +711,12 @@ def insert_statement(
     per statement): a plain INSERT (no ON CONFLICT: a speculative insertion per row costs a bulk
     insert a quarter of its time) that does not compare names within the statement (a sort per
     statement). A profile that exists or two equal names in one statement raise a unique
-    violation, and the trigger's forced retry does both.
+    violation, and the trigger's forced retry does both. Every signup sets its statement up
+    anew (each expression, each column of each select), so it is laid out for that, with the
+    same result: `a` reads the sources (the other columns' identity columns as they are), the
+    next `a` cuts the chosen name (`pg_cut`) and decides `pg_trusted`, `b` cleans it, `c` gives
+    the plain name a column, the next `c` hashes the key only when the plain name is not free
+    (`pg_hash` NULL says it is), and each select passes up only what is used above it.
     """
     settings = plan.settings
     guard = plan.guard
@@ -724,6 +729,12 @@ def insert_statement(
     outer_cols: list[sql.Composable] = [sql.SQL("c.pg_key")]
     targets = [sql.Identifier(settings.profile.key)]
     carried = [sql.Identifier("pg_key")]  # the columns every select passes up unchanged
+    # Optimistic: the other columns are computed by the outer select from the identity columns
+    # they read, passed up as they are (one jsonb for the default mapping's two columns).
+    late = optimistic and guard is not None and guard.column in plan.mapping and not any(
+        source.column.startswith("pg_") for column, sources in plan.mapping.items()
+        if column != guard.column for source in sources)
+    passed: list[str] = []
     for index, (column, sources) in enumerate(plan.mapping.items()):
         targets.append(sql.Identifier(column))
         if guard is not None and column == guard.column:
@@ -735,11 +746,19 @@ def insert_statement(
                                        optimistic=optimistic)
             outer_cols.append(final)
             continue
-        alias = sql.Identifier(f"pg_c{index}")
-        carried.append(alias)
-        inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
         target = plan.profile.columns[column]
-        value = _cast(sql.SQL("c.{}").format(alias), target)
+        alias = sql.Identifier(f"pg_c{index}")
+        if late:
+            for name in dict.fromkeys(source.column for source in sources):
+                if name not in passed:
+                    passed.append(name)
+                    carried.append(sql.Identifier(name))
+                    inner_cols.append(sql.SQL("u.{}").format(sql.Identifier(name)))
+            value = _cast(_coalesced_as(sources, "c"), target)
+        else:
+            carried.append(alias)
+            inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
+            value = _cast(sql.SQL("c.{}").format(alias), target)
         if target.not_null and target.default_expr:
             # An explicit NULL would not take the default: the column's default fills the gap.
             value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
