@@ -711,12 +711,7 @@ def insert_statement(
     per statement): a plain INSERT (no ON CONFLICT: a speculative insertion per row costs a bulk
     insert a quarter of its time) that does not compare names within the statement (a sort per
     statement). A profile that exists or two equal names in one statement raise a unique
-    violation, and the trigger's forced retry does both. Every signup sets its statement up
-    anew (each expression, each column of each select), so it is laid out for that, with the
-    same result: `a` reads the sources (the other columns' identity columns as they are), the
-    next `a` cuts the chosen name (`pg_cut`) and decides `pg_trusted`, `b` cleans it, `c` gives
-    the plain name a column, the next `c` hashes the key only when the plain name is not free
-    (`pg_hash` NULL says it is), and each select passes up only what is used above it.
+    violation, and the trigger's forced retry does both; its selects are `_optimistic_layers`.
     """
     settings = plan.settings
     guard = plan.guard
@@ -729,12 +724,7 @@ def insert_statement(
     outer_cols: list[sql.Composable] = [sql.SQL("c.pg_key")]
     targets = [sql.Identifier(settings.profile.key)]
     carried = [sql.Identifier("pg_key")]  # the columns every select passes up unchanged
-    # Optimistic: the other columns are computed by the outer select from the identity columns
-    # they read, passed up as they are (one jsonb for the default mapping's two columns).
-    late = optimistic and guard is not None and guard.column in plan.mapping and not any(
-        source.column.startswith("pg_") for column, sources in plan.mapping.items()
-        if column != guard.column for source in sources)
-    passed: list[str] = []
+    late = _late_columns(plan) if optimistic else False
     for index, (column, sources) in enumerate(plan.mapping.items()):
         targets.append(sql.Identifier(column))
         if guard is not None and column == guard.column:
@@ -746,45 +736,12 @@ def insert_statement(
                                        optimistic=optimistic)
             outer_cols.append(final)
             continue
-        target = plan.profile.columns[column]
-        alias = sql.Identifier(f"pg_c{index}")
-        if late:
-            for name in dict.fromkeys(source.column for source in sources):
-                if name not in passed:
-                    passed.append(name)
-                    carried.append(sql.Identifier(name))
-                    inner_cols.append(sql.SQL("u.{}").format(sql.Identifier(name)))
-            value = _cast(_coalesced_as(sources, "c"), target)
-        else:
-            carried.append(alias)
-            inner_cols.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
-            value = _cast(sql.SQL("c.{}").format(alias), target)
-        if target.not_null and target.default_expr:
-            # An explicit NULL would not take the default: the column's default fills the gap.
-            value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
-        outer_cols.append(value)
+        outer_cols.append(_other_column(plan, column, sources, index, late=late,
+                                        carried=carried, inner=inner_cols))
     # (columns, alias) of each select, innermost first; OFFSET 0 keeps each one a select.
     layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
     if guard is not None and guard.column in plan.mapping and optimistic:
-        # Only the columns used above: each one a select passes up is set up again (its type
-        # looked up, a slot made) in every select, once per signup.
-        names = _Names(plan, guard, lean=True)
-        free, _ = _username_outer(plan, guard, forced=force_suffix, optimistic=True)
-        layers += [
-            ([*(sql.SQL("a.{}").format(col) for col in carried), *raw_cols[1:]], "a"),
-            ([*(sql.SQL("a.{}").format(col) for col in [*carried, sql.Identifier("pg_trusted")]),
-              *middle_cols[1:]], "b"),
-            ([sql.SQL("b.*"), sql.SQL("{} as pg_plain").format(
-                names.plain(sql.SQL("b.pg_base"), column=True))], "c"),
-            # The key is hashed only for the names not given plainly: md5 costs a bulk insert
-            # of plain names more than the select that decides it.
-            ([*(sql.SQL("c.{}").format(col) for col in carried),
-              sql.SQL("c.pg_base"), sql.SQL("c.pg_plain"),
-              # the plain slug's condition reads it
-              *([sql.SQL("c.pg_trusted")] if _restricted(plan, guard) else []),
-              sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash"
-                      ).format(free)], "c"),
-        ]
+        layers += _optimistic_layers(plan, guard, carried, raw_cols[1:], middle_cols[1:])
     else:
         if guard is not None and guard.column in plan.mapping:
             free, _ = _username_outer(plan, guard, forced=force_suffix)
@@ -795,11 +752,8 @@ def insert_statement(
     for columns, name in layers:
         nested = sql.SQL("(select {} from {} offset 0) {}").format(
             sql.SQL(", ").join(columns), nested, sql.SQL(name))
-    statement = sql.SQL(
-        "insert into {profile} ({targets})\n"
-        "select {outer}\n"
-        "from {nested}{conflict}"
-    ).format(
+    return sql.SQL("insert into {profile} ({targets})\nselect {outer}\nfrom {nested}{conflict}"
+                   ).format(
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
@@ -808,7 +762,72 @@ def insert_statement(
             sql.Identifier(settings.profile.key)
         ) if not optimistic else sql.SQL(""),
     )
-    return statement
+
+
+def _other_column(plan: Plan, column: str, sources: tuple[Source, ...], index: int, *,
+                  late: bool, carried: list[sql.Identifier], inner: list[sql.Composable]
+                  ) -> sql.Composable:
+    """The outer select's value of a mapped column other than the username; what it reads is
+    added to the innermost select's columns (`inner`) and to those passed up (`carried`)."""
+    target = plan.profile.columns[column]
+    alias = sql.Identifier(f"pg_c{index}")
+    if late:
+        for name in dict.fromkeys(source.column for source in sources):
+            if sql.Identifier(name) not in carried:
+                carried.append(sql.Identifier(name))
+                inner.append(sql.SQL("u.{}").format(sql.Identifier(name)))
+        value = _cast(_coalesced_as(sources, "c"), target)
+    else:
+        carried.append(alias)
+        inner.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
+        value = _cast(sql.SQL("c.{}").format(alias), target)
+    if target.not_null and target.default_expr:
+        # An explicit NULL would not take the default: the column's default fills the gap.
+        value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))
+    return value
+
+
+def _late_columns(plan: Plan) -> bool:
+    """Whether the optimistic insert computes the columns other than the username in its outer
+    select, from the identity columns they read passed up as they are (one jsonb for the
+    default mapping's two columns): not when one is named like the selects' own columns."""
+    guard = plan.guard
+    return guard is not None and guard.column in plan.mapping and not any(
+        source.column.startswith("pg_") for column, sources in plan.mapping.items()
+        if column != guard.column for source in sources)
+
+
+def _optimistic_layers(
+    plan: Plan, guard: UsernameGuard, carried: list[sql.Identifier],
+    raw: list[sql.Composable], middle: list[sql.Composable],
+) -> list[tuple[list[sql.Composable], str]]:
+    """The selects of the optimistic insert above the sources. Every signup sets its statement
+    up anew (each expression, and each column of each select: its type looked up, a slot made),
+    so it is laid out for that, with the same result: `a` reads the sources (the other columns'
+    identity columns as they are, see `_late_columns`), the next `a` cuts the chosen name
+    (`pg_cut`) and decides `pg_trusted`, `b` cleans it, `c` gives the plain name a column, the
+    next `c` hashes the key only when the plain name is not free (`pg_hash` NULL says it is),
+    and each select passes up only the columns used above it."""
+    names = _Names(plan, guard, lean=True)
+    free, _ = _username_outer(plan, guard, forced=False, optimistic=True)
+
+    def passed(alias: str, *extra: str) -> list[sql.Composable]:
+        idents = [*carried, *(sql.Identifier(name) for name in extra)]
+        return [sql.SQL("{}.{}").format(sql.SQL(alias), ident) for ident in idents]
+
+    return [
+        ([*passed("a"), *raw], "a"),
+        ([*passed("a", "pg_trusted"), *middle], "b"),
+        ([sql.SQL("b.*"), sql.SQL("{} as pg_plain").format(
+            names.plain(sql.SQL("b.pg_base"), column=True))], "c"),
+        # The key is hashed only for the names not given plainly: md5 costs a bulk insert of
+        # plain names more than the select that decides it. The plain slug's test (a table
+        # that restricts characters) reads pg_trusted.
+        ([*passed("c", "pg_base", "pg_plain",
+                  *(["pg_trusted"] if _restricted(plan, guard) else [])),
+          sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash"
+                  ).format(free)], "c"),
+    ]
 
 
 # ---------------------------------------------------------------- after creation: update, delete
