@@ -24,8 +24,7 @@ ALLOWLIST: dict[str, str] = {
     "profileguard/monitor.py": "being rewritten (observability)",
     "profileguard/web/app.py:create_app": "being rewritten (observability)",
     "profileguard/web/metrics.py:StatsCollector._figures": "being rewritten (observability)",
-    # Not split yet: next in line (see issue 15). Remove each entry with its split.
-    "profileguard/mapping.py": "to split: plan, username SQL, sync SQL",
+    # Not split yet: next in line. Remove each entry with its split.
     "profileguard/schema.py": "to split into install/ (install, upgrade, uninstall, render)",
     "profileguard/schema.py:_main_phase": "to split with schema.py",
     "profileguard/config.py": "to split: models and parsing",

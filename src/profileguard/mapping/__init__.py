@@ -1,0 +1,30 @@
+"""Turn the configured mapping into SQL: how one profile row is derived from one identity row
+(plan.py: what feeds what; insert.py: the profile INSERT; sync.py: updates, redaction, drift).
+
+The same INSERT … SELECT serves every path (trigger, ensure, repair, the client's fallback), so the
+profile a user gets does not depend on which path created it. Identifiers are composed with
+`psycopg.sql`; JSON keys are literals; column types come from the catalog.
+"""
+
+from profileguard.mapping.insert import INVISIBLE_CATEGORIES, insert_statement
+from profileguard.mapping.plan import Plan, build_plan, source_expr
+from profileguard.mapping.sync import (
+    build_sync,
+    drift_select,
+    redact_statement,
+    sync_statement,
+    when_changed,
+)
+
+__all__ = [
+    "INVISIBLE_CATEGORIES",
+    "Plan",
+    "build_plan",
+    "build_sync",
+    "drift_select",
+    "insert_statement",
+    "redact_statement",
+    "source_expr",
+    "sync_statement",
+    "when_changed",
+]
