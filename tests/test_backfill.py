@@ -471,28 +471,23 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
     assert run_row(installed, report.run_id)["phase"] == "catchup"
 
 
-def test_resume_of_a_run_in_key_order_goes_on_by_key(installed: TestDB) -> None:
-    """A run interrupted before the backfill walked pages has a key as its cursor: --resume
-    continues it by key."""
-    without_trigger(installed, 3000)
+def test_resume_of_a_run_in_key_order_asks_for_a_new_run(installed: TestDB) -> None:
+    """A run interrupted while development builds walked keys has a key as its cursor: --resume
+    refuses it and names the command that starts a new run."""
+    without_trigger(installed, 300)
     with installed.connect() as conn:
-        cursor = conn.execute(
-            "select id from auth.users order by id offset 999 limit 1"
-        ).fetchone()[0]
-        conn.execute(
-            "select profileguard.backfill_range((select id from auth.users order by id limit 1),"
-            " %s, null)",
-            (cursor,),
-        )
         run_id = conn.execute(
             "insert into profileguard.backfill_runs (state, cursor, scanned, batches, batch_size)"
-            " values ('interrupted', %s::text, 1000, 1, 1000) returning id",
-            (cursor,),
+            " values ('interrupted', (select id::text from auth.users limit 1), 100, 1, 100)"
+            " returning id"
         ).fetchone()[0]
     assert run_row(installed, run_id)["ordering"] == "key"
 
-    report = run_backfill(installed.settings, Options(resume=True))
+    result = run_cli(installed, "--resume")
 
-    assert (report.run_id, report.state, report.ordering) == (run_id, "completed", "key")
-    assert (report.scanned, report.created, report.failed) == (3000, 2000, 0)
-    assert profile_counts(installed) == {"users": 3000, "profiles": 3000, "not_exactly_one": 0}
+    assert result.returncode == 1, result.stderr
+    assert f"#{run_id}" in result.stderr and "key order" in result.stderr
+    assert "start a new run" in result.stderr and "profileguard backfill" in result.stderr
+    assert installed.scalar("select count(*) from public.profiles") == 0
+    report = run_backfill(installed.settings)
+    assert report.run_id != run_id and report.state == "completed" and report.created == 300

@@ -26,8 +26,8 @@ from test_reconcile import (
 )
 from test_worker_process import stop_gracefully
 
-from profileguard import backfill, schema
-from profileguard.backfill import BackfillBusyError, Options, Report, run_backfill
+from profileguard import schema
+from profileguard.backfill import BackfillBusyError, Options, Report, run_backfill, sizing
 from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.db import connect
@@ -189,7 +189,7 @@ def test_transaction_pooler_port_without_the_setting_fails_clearly(installed: Te
 def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
     installed: TestDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backfill, "BEAT_SECONDS", 0.1)
+    monkeypatch.setattr(sizing, "BEAT_SECONDS", 0.1)
     schema.set_enabled(installed.settings, False)
     installed.bulk_signup(600)
     with pgbouncer(installed) as bouncer:

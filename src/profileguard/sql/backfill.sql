@@ -120,42 +120,8 @@ where c.oid = to_regclass(%(table)s)
 -- name: count
 select count(*) from {identity}
 
--- name: bound_first
--- The next batch: first and last key of the first %(n)s users and how many they are, found with
--- the key's index (a window over the whole batch, so it works for types without min/max).
-select first_value(k) over w, last_value(k) over w, count(*) over w
-from (select u.{identity_key} as k from {identity} u order by u.{identity_key} limit %(n)s) b
-window w as (order by k rows between unbounded preceding and unbounded following)
-limit 1
-
--- name: bound_after
-select first_value(k) over w, last_value(k) over w, count(*) over w
-from (select u.{identity_key} as k from {identity} u
-      where u.{identity_key} > %(after)s::{key_type}
-      order by u.{identity_key} limit %(n)s) b
-window w as (order by k rows between unbounded preceding and unbounded following)
-limit 1
-
 -- name: insert_range
 select profileguard.backfill_range(%(first)s::{key_type}, %(last)s::{key_type}, %(run)s::bigint)
-
--- name: range_count
-select count(*) from {identity} u
-where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
-
--- name: range_split
--- The last key of the first half of [first, last] and the first key of the second half.
-select u.{identity_key} from {identity} u
-where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
-order by u.{identity_key}
-offset %(skip)s limit 2
-
--- name: sample_ids
-select u.{identity_key} from {identity} u
-where u.{identity_key} >= %(first)s::{key_type} and u.{identity_key} <= %(last)s::{key_type}
-  and not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
-order by u.{identity_key}
-limit %(n)s
 
 -- name: sample_profiles
 select to_jsonb(p) from {profile} p
