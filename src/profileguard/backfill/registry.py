@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 QUERIES = "backfill.sql"
 # Schema version that added profileguard.backfill_runs.
 SCHEMA_VERSION = 3
-# Schema version that added the physical-order columns of profileguard.backfill_runs.
-PAGES_VERSION = 6
+# Schema version of the repair engine (profileguard.repair), which failing batches go to.
+REPAIR_VERSION = 15
 # Behind a transaction-mode pooler, a 'running' run that has not checkpointed for this long (or
 # for 4 statement timeouts, if longer) has lost its process.
 LEASE_SECONDS = 120.0
@@ -105,7 +105,7 @@ class Registry:
             sqlfiles.query("function_exists"),
             {"signature": "profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)"},
         ).fetchone()
-        if version < PAGES_VERSION or not (pages and pages[0]):
+        if version < REPAIR_VERSION or not (pages and pages[0]):
             raise NotInstalledError(
                 "the installed profileguard functions predate the backfill",
                 hint="run: profileguard upgrade",
@@ -252,6 +252,17 @@ class Registry:
 
     def set_phase(self, conn: psycopg.Connection, report: Report, phase: str) -> None:
         conn.execute(self._q("set_phase"), {"id": report.run_id, "phase": phase})
+
+    def settle(self) -> None:
+        """A run completed: probe the repair engine's breakers (a fault fixed before --resume
+        closes) and drop the repair state of users who have their profile now. Best effort."""
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(self._q("settle_breakers"))
+                conn.execute(self._q("forget_repaired"))
+        except psycopg.Error as exc:
+            log.info("could not settle the repair state after the backfill: %s", exc)
+            self._db.forget()
 
     def finish(self, report: Report, state: str, detail: dict[str, Any]) -> None:
         """Record the end state and read the run's totals back (best effort: on a broken

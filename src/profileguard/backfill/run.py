@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 
-from profileguard import repairs
+from profileguard.backfill import faults
 from profileguard.backfill.connections import Connections
-from profileguard.backfill.isolation import Isolation
-from profileguard.backfill.model import Batch, Options, Progress, Report
+from profileguard.backfill.handoff import Handoff
+from profileguard.backfill.model import BackfillStoppedError, Batch, Options, Progress, Report
 from profileguard.backfill.registry import Registry, Start
 from profileguard.backfill.sizing import Sizer
 from profileguard.backfill.sweep import Pass, Sweep
@@ -23,7 +23,6 @@ from profileguard.db import translate
 
 log = logging.getLogger(__name__)
 
-SOURCE = "backfill"
 # ANALYZE the profile table once this many profiles were created, then each time the number
 # created by this run grows ANALYZE_GROWTH times (a handful of times per run, each ~0.1 s).
 ANALYZE_FIRST = 10_000
@@ -82,10 +81,12 @@ class Backfill:
             # A second Ctrl-C (or one outside the CLI): stop now; the checkpoint stays valid.
             state = "interrupted"
         except BaseException as exc:
-            error = exc
+            error = faults.from_error(exc, report.run_id) or exc
         finally:
             self._finish(report, state, error)
         if error is not None:
+            if isinstance(error, BackfillStoppedError):
+                error.report = report
             if isinstance(error, psycopg.Error):
                 raise translate(error, context="backfill") from error
             raise error
@@ -97,7 +98,7 @@ class Backfill:
         assert self.registry.identity is not None
         sweep = Sweep(self.db, self.options, self.sizer, report, self.stop_event,
                       str(self.registry.identity))
-        sweep.failed = Isolation(sweep)
+        sweep.failed = Handoff(sweep)
         _, heap_file, per_page = self.db.retrying(sweep.heap)
         self.sizer.per_page = per_page or 50.0
         beat = self.registry.beat(report)
@@ -130,11 +131,6 @@ class Backfill:
 
     def _checkpoint(self, batch: Batch, report: Report) -> None:
         with self.db.transaction() as conn:
-            if batch.failures and not self.options.dry_run:
-                batch.quarantined = repairs.record_failures(
-                    conn, batch.failures, source=SOURCE, max_attempts=1, backoff_base=1.0,
-                    backoff_cap=300.0, detail={"run_id": report.run_id},
-                )
             self.registry.checkpoint(conn, batch, report, self.sizer.size)
 
     def _maybe_analyze(self, batch: Batch) -> None:
@@ -173,7 +169,10 @@ class Backfill:
         if error is not None and not isinstance(error, KeyboardInterrupt):
             detail["error"] = str(error)[:2000]
             detail["sqlstate"] = getattr(error, "sqlstate", None)
+            detail["stopped"] = isinstance(error, BackfillStoppedError)
         try:
+            if state == "completed" and not self.options.dry_run:
+                self.registry.settle()
             self.registry.finish(report, state, detail)
         finally:
             self.db.close()

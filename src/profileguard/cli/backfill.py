@@ -120,7 +120,7 @@ def backfill(
     as_json: JsonOption = False,
 ) -> None:
     """Create the missing profiles of existing users: batched, throttled, resumable."""
-    from profileguard.backfill import Options, run_backfill
+    from profileguard.backfill import BackfillStoppedError, Options, run_backfill
 
     options = Options(
         dry_run=dry_run, resume=resume, batch_size=batch_size, min_batch_size=min_batch_size,
@@ -130,8 +130,14 @@ def backfill(
     )
     settings = state(ctx).settings(pooler=pooler)
     bar, update = _backfill_progress(as_json)
-    with _stop_after_batch() as stop, bar if bar is not None else contextlib.nullcontext():
-        report = run_backfill(settings, options, progress=update, stop_event=stop)
+    try:
+        with _stop_after_batch() as stop, bar if bar is not None else contextlib.nullcontext():
+            report = run_backfill(settings, options, progress=update, stop_event=stop)
+    except BackfillStoppedError as stopped:
+        # A fault that fails every user: the run so far, then the cause and its fix (exit 11).
+        if stopped.report is not None:
+            _backfill_view(stopped.report, as_json)
+        raise
     _backfill_view(report, as_json)
 
 
@@ -155,7 +161,8 @@ def _stop_after_batch() -> Iterator[threading.Event]:
 
 
 def _backfill_view(report: Any, as_json: bool) -> None:
-    """The report (JSON or a table, failures and sample profiles); exit codes for the state."""
+    """The report (JSON or a table, failures and sample profiles); exit codes for the state:
+    130 interrupted, 12 completed with users whose own data was rejected."""
     data = report.as_dict()
     if as_json:
         print_json(data)
@@ -178,3 +185,13 @@ def _backfill_view(report: Any, as_json: bool) -> None:
         err.print("interrupted; continue with: profileguard backfill --resume"
                   + (" --dry-run" if report.dry_run else ""), highlight=False)
         raise typer.Exit(ExitCode.INTERRUPTED)
+    if report.state == "completed" and not report.dry_run and (
+        report.failed or report.quarantined
+    ):
+        err.print(
+            f"{report.failed} users got no profile: the profile table rejects their own data "
+            f"({report.quarantined} newly quarantined; listed above, counted by: profileguard "
+            "status); once their data is fixed, run: profileguard retry --all-quarantined",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(ExitCode.QUARANTINED)

@@ -120,9 +120,6 @@ where c.oid = to_regclass(%(table)s)
 -- name: count
 select count(*) from {identity}
 
--- name: insert_range
-select profileguard.backfill_range(%(first)s::{key_type}, %(last)s::{key_type}, %(run)s::bigint)
-
 -- name: sample_profiles
 select to_jsonb(p) from {profile} p
 where p.{profile_key} = any(%(ids)s::{key_type}[])
@@ -144,13 +141,54 @@ where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
   and not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
 limit %(n)s
 
--- name: page_users
--- The users of one page and whether each lacks a profile (a failed page is isolated user by
--- user); with %(since)s (a catch-up) only the rows written since the run began.
-select u.{identity_key},
-       not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
-from {identity} u
-where u.ctid >= pg_catalog.format('(%%s,0)', %(page)s::bigint)::pg_catalog.tid
-  and u.ctid < pg_catalog.format('(%%s,0)', %(page)s::bigint + 1)::pg_catalog.tid
-  and (%(since)s::xid is null or pg_catalog.age(u.xmin) <= pg_catalog.age(%(since)s::xid))
-order by u.{identity_key}
+-- name: pages_missing
+-- A failed page range: how many users it holds and those without a profile (with %(since)s, a
+-- catch-up, only the rows written since the run began), for the repair engine.
+select (select count(*) from {identity} u
+        where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
+          and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid),
+       array(select u.{identity_key} from {identity} u
+             where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
+               and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid
+               and (%(since)s::xid is null
+                    or pg_catalog.age(u.xmin) <= pg_catalog.age(%(since)s::xid))
+               and not exists (select from {profile} p where p.{profile_key} = u.{identity_key}))
+
+-- name: repair
+-- The repair engine on the users of a failed batch. One attempt quarantines: the backfill does
+-- not come back to a user (the worker retries quarantined users on its slow cadence).
+select profileguard.repair(%(ids)s::{key_type}[], 'backfill', 1)
+
+-- name: repair_failures
+-- The users the engine call just made (in this transaction) charged with a failure of their own.
+select r.user_id, r.last_sqlstate, r.last_message
+from profileguard.repair_state r
+where r.user_id = any(array(select x::text from unnest(%(ids)s::{key_type}[]) x))
+  and r.updated_at = pg_catalog.now() and r.waiting_on is null and r.last_sqlstate is not null
+order by r.user_id
+limit %(n)s
+
+-- name: repair_deferred
+-- The ids the engine call left untried (its subtransaction budget ran out): still without a
+-- profile, and neither charged nor held by this transaction.
+select x from unnest(%(ids)s::{key_type}[]) x
+where not exists (select from {profile} p where p.{profile_key} = x)
+  and not exists (select from profileguard.repair_state r
+                  where r.user_id = x::text and r.updated_at = pg_catalog.now())
+
+-- name: add_created
+-- Profiles the engine created for the run (in the engine call's transaction).
+update profileguard.backfill_runs
+set created = created + %(n)s, updated_at = clock_timestamp()
+where id = %(id)s
+
+-- name: settle_breakers
+-- A run completed: probe the engine's open breakers that are due (one that held users back from
+-- a fault fixed before --resume closes, its users released).
+select profileguard.probe_breakers('backfill')
+
+-- name: forget_repaired
+-- A run completed: users who have their profile now need no repair state (held or charged
+-- before the run created their profile).
+delete from profileguard.repair_state r
+where exists (select from {profile} p where p.{profile_key} = r.user_id::{key_type})
