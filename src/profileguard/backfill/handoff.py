@@ -43,6 +43,7 @@ class Handoff:
 
     def __call__(self, first: int, last: int, error: psycopg.Error, batch: Batch,
                  walk: Pass) -> None:
+        """The failed pages' users without a profile go to the engine in chunks."""
         run_id = self.sweep.report.run_id
         stop = faults.from_error(error, run_id)
         if stop is not None:
@@ -50,9 +51,11 @@ class Handoff:
         log.info("pages [%s, %s) failed (%s); handing their users to the repair engine",
                  first, last, error.sqlstate)
         try:
-            users, missing = self.db.retrying(self._missing, first, last, walk)
+            users, missing, quarantined = self.db.retrying(self._missing, first, last, walk)
             if not walk.catchup:
                 batch.scanned += users
+            if quarantined:
+                self._still_quarantined(quarantined, batch)
             self._repair_all(missing, batch)
         except BatchTimeout as exc:
             raise ProfileGuardError(
@@ -66,15 +69,32 @@ class Handoff:
                 raise stop from exc
             raise
 
-    def _missing(self, first: int, last: int, walk: Pass) -> tuple[int, list[Any]]:
-        """How many users pages [first, last) hold, and those without a profile."""
+    def _missing(self, first: int, last: int, walk: Pass) -> tuple[int, list[Any], list[Any]]:
+        """How many users pages [first, last) hold, those without a profile, and apart those
+        of them quarantined before."""
         with self.db.transaction() as conn:
             row = conn.execute(
                 self.db.q("pages_missing"),
                 {"first": first, "last": last, "since": walk.since},
             ).fetchone()
         assert row is not None
-        return int(row[0]), list(row[1])
+        return int(row[0]), list(row[1]), list(row[2])
+
+    def _still_quarantined(self, ids: list[Any], batch: Batch) -> None:
+        """Users quarantined before (by an earlier run or the worker) count as failed again,
+        with their recorded cause; the engine is not asked, so a handful of them failing alike
+        is not taken for a fault that fails everyone."""
+        room = FAILURE_LIST_LIMIT - len(batch.failures)
+        if room > 0:
+            batch.failures.extend(self.db.retrying(self._recorded, ids, room))
+        batch.failed += len(ids)
+
+    def _recorded(self, ids: list[Any], n: int) -> list[Failure]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                self.db.q("quarantined_failures"), {"ids": ids, "n": n}
+            ).fetchall()
+        return [Failure(r[0], r[1], r[2] or "") for r in rows]
 
     def _repair_all(self, ids: list[Any], batch: Batch) -> None:
         """Engine calls over `ids` in chunks until none is left untried."""

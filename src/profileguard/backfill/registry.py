@@ -19,7 +19,13 @@ from psycopg import sql
 
 from profileguard import sql as sqlfiles
 from profileguard.backfill.connections import Connections
-from profileguard.backfill.model import BackfillBusyError, Batch, Options, Report
+from profileguard.backfill.model import (
+    BackfillBusyError,
+    BackfillStoppedError,
+    Batch,
+    Options,
+    Report,
+)
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
@@ -236,7 +242,7 @@ class Registry:
         run was added by the batch's own transaction (backfill_pages), so it is 0 here."""
         now = time.monotonic()
         elapsed, self.mark = now - self.mark, now
-        conn.execute(
+        row = conn.execute(
             self._q("checkpoint"),
             {
                 "id": report.run_id,
@@ -248,7 +254,15 @@ class Registry:
                 "batch_size": batch_size,
                 "elapsed": elapsed,
             },
-        )
+        ).fetchone()
+        if row is None:
+            raise BackfillStoppedError(
+                f"backfill #{report.run_id} stopped: its record is gone from "
+                "profileguard.backfill_runs (profileguard was uninstalled and installed again "
+                "during the run?)",
+                hint="run: profileguard backfill (a new run; users that have a profile are "
+                "skipped)",
+            )
 
     def set_phase(self, conn: psycopg.Connection, report: Report, phase: str) -> None:
         conn.execute(self._q("set_phase"), {"id": report.run_id, "phase": phase})

@@ -79,6 +79,7 @@ set cursor = coalesce(%(cursor)s, cursor),
     elapsed_seconds = elapsed_seconds + %(elapsed)s,
     updated_at = clock_timestamp()
 where id = %(id)s
+returning id
 
 -- name: finish
 update profileguard.backfill_runs
@@ -143,16 +144,32 @@ limit %(n)s
 
 -- name: pages_missing
 -- A failed page range: how many users it holds and those without a profile (with %(since)s, a
--- catch-up, only the rows written since the run began), for the repair engine.
+-- catch-up, only the rows written since the run began), for the repair engine; apart, those
+-- already quarantined (left to the worker's slow retry and `profileguard retry`).
+with missing as (
+    select u.{identity_key} as id,
+           exists (select from profileguard.repair_state r
+                   where r.user_id = u.{identity_key}::text
+                     and r.quarantined_at is not null) as quarantined
+    from {identity} u
+    where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
+      and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid
+      and (%(since)s::xid is null or pg_catalog.age(u.xmin) <= pg_catalog.age(%(since)s::xid))
+      and not exists (select from {profile} p where p.{profile_key} = u.{identity_key})
+)
 select (select count(*) from {identity} u
         where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
           and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid),
-       array(select u.{identity_key} from {identity} u
-             where u.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::pg_catalog.tid
-               and u.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::pg_catalog.tid
-               and (%(since)s::xid is null
-                    or pg_catalog.age(u.xmin) <= pg_catalog.age(%(since)s::xid))
-               and not exists (select from {profile} p where p.{profile_key} = u.{identity_key}))
+       array(select m.id from missing m where not m.quarantined),
+       array(select m.id from missing m where m.quarantined)
+
+-- name: quarantined_failures
+-- Users of a failed batch quarantined before it: why (as recorded).
+select r.user_id, r.last_sqlstate, r.last_message
+from profileguard.repair_state r
+where r.user_id = any(array(select x::text from unnest(%(ids)s::{key_type}[]) x))
+order by r.user_id
+limit %(n)s
 
 -- name: repair
 -- The repair engine on the users of a failed batch. One attempt quarantines: the backfill does
