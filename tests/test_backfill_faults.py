@@ -46,9 +46,9 @@ def test_not_null_column_without_default_stops_the_run_then_resume_completes(
     stopped = run_row(installed, report["run_id"])
     assert stopped["state"] == "failed" and stopped["detail"]["stopped"] is True
     assert stopped["detail"]["sqlstate"] == "23502"
-    # It stopped within its first failing batches (the checkpoint is before them), and charged
-    # nobody: a fault that fails everyone is not the users' data.
-    assert stopped["scanned"] < users
+    # It stopped within its first failing batches (every batch fails: the checkpoint is before
+    # the first), and charged nobody: a fault that fails everyone is not the users' data.
+    assert (stopped["batches"], stopped["scanned"], stopped["cursor"]) == (0, 0, None)
     assert quarantined(installed) == 0
     assert installed.scalar(
         "select count(*) from profileguard.repair_state where attempts > 0") == 0

@@ -13,10 +13,16 @@ older than the oldest transaction running at its start; the others cannot have m
 table was rewritten meanwhile (VACUUM FULL, CLUSTER: its file node changed), the catch-up takes
 every row. A dry run does no catch-up.
 
+A batch that fails with an error of the data or the schema hands its users to the repair engine
+(`profileguard.repair`), which isolates and charges users' own failures (exit code 12 at the
+end) and tells a fault that fails everyone apart: that stops the run (exit code 11), nobody
+charged, the checkpoint kept for --resume.
+
 Modules: `registry` (the runs table, the lock or lease, the checkpoint), `sweep` (page batches
-and the catch-up), `sizing` (adaptive batch size, throttle), `connections` (per-thread
-connections, timeouts, retries), `run` (one run from start to end state), `model` (options,
-progress, report, errors).
+and the catch-up), `sizing` (adaptive batch size, throttle), `handoff` (failed batches to the
+engine), `faults` (what stops a run, named with its fix), `connections` (per-thread connections,
+timeouts, retries), `run` (one run from start to end state), `model` (options, progress,
+report, errors).
 """
 
 from __future__ import annotations
