@@ -32,6 +32,12 @@ def test_not_null_column_without_default_stops_the_run_then_resume_completes(
     without_profiles(installed, users)
     with installed.connect() as conn:
         conn.execute("alter table public.profiles add column nickname text not null")
+    # A dry run says the same and leaves nothing behind (no charge, no breaker).
+    dry = run_cli(installed, "--dry-run", "--json")
+    assert dry.returncode == ExitCode.BACKFILL_STOPPED, dry.stderr
+    assert "public.profiles.nickname" in dry.stderr
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+    assert installed.scalar("select count(*) from profileguard.breakers") == 0
 
     result = run_cli(installed, "--json", "--batch-size", "500")
 
