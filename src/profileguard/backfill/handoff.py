@@ -14,10 +14,9 @@ import psycopg
 
 from profileguard.backfill import faults
 from profileguard.backfill.connections import BatchTimeout
-from profileguard.backfill.model import FAILURE_LIST_LIMIT, Batch
+from profileguard.backfill.model import FAILURE_LIST_LIMIT, Batch, Failure
 from profileguard.backfill.sweep import Pass, Sweep
 from profileguard.errors import ProfileGuardError
-from profileguard.repairs import Failure
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from profileguard.errors import ConfigError, ExitCode, ProfileGuardError
-from profileguard.repairs import Failure
 
 # Failed users listed in the report (all are recorded in the database).
 FAILURE_LIST_LIMIT = 100
@@ -90,6 +89,15 @@ class Progress:
     total_estimate: int
     elapsed: float
     rows_per_second: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One user whose own data the profile table rejected, and why (as the engine recorded)."""
+
+    user_id: Any
+    sqlstate: str | None
+    message: str
 
 
 @dataclass
