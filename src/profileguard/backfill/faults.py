@@ -40,6 +40,10 @@ CAUSES: dict[str, tuple[str, str]] = {
     "42501": ("permission denied:",
               "grant the role that installed profileguard INSERT on the profile table (or "
               "connect as that role)"),
+    "55P03": ("lock not available:",
+              "end the transaction that holds a lock on the profile table (see pg_locks)"),
+    "57014": ("statement cancelled:",
+              "raise --statement-timeout, or find what holds up inserts into the profile table"),
     "3F000": ("profileguard's schema is gone (uninstalled during the run?):",
               "run: profileguard install"),
     "42883": ("a profileguard function is gone (uninstalled or reinstalled during the run?):",
