@@ -53,7 +53,9 @@ class Handoff:
             users, missing, quarantined = self.db.retrying(self._missing, first, last, walk)
             if not walk.catchup:
                 batch.scanned += users
-            if quarantined:
+            if quarantined and not walk.catchup:
+                # (The catch-up leaves them out: the sweep counted them, or the worker has
+                # them: a row written during the run.)
                 self._still_quarantined(quarantined, batch)
             self._repair_all(missing, batch)
         except BatchTimeout as exc:
