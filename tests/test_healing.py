@@ -220,20 +220,21 @@ def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed:
              for i in range(200)]
 
     first = repair(installed, users, budget=48)
-    assert first["subtransactions"] <= 48
-    assert first["deferred"] > 0
-    assert first["waiting"] == 0  # others succeeded beside them: their own data
+    assert first["subtransactions"] <= 48, first
+    assert first["deferred"] > 0, first
+    assert first["waiting"] == 0, first  # others succeeded beside them: their own data
     total_failed = first["failed"]
     rounds = 1
     while missing_profiles(installed) > 100 and rounds < 50:
         pending = [u for u in users if not has_profile(installed, u)
                    and state_of(installed, u) is None]
         report = repair(installed, pending, budget=48)
-        assert report["subtransactions"] <= 48
+        assert report["subtransactions"] <= 48, report
+        assert report["waiting"] == 0, report
         total_failed += report["failed"]
         rounds += 1
-    assert missing_profiles(installed) == 100
-    assert total_failed == 100
+    assert missing_profiles(installed) == 100, rounds
+    assert total_failed == 100, rounds
     assert installed.scalar("select state from profileguard.breakers") == "user_specific"
 
 
