@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import Connection
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from profileguard import __version__, monitor
+from profileguard import __version__, observe
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import translate
@@ -84,7 +84,7 @@ def create_app(
     *,
     token: str | None = None,
     alerts: bool = True,
-    loop: monitor.MonitorLoop | None = None,
+    loop: observe.MonitorLoop | None = None,
     show_details: bool = False,
 ) -> FastAPI:
     """The application; with `alerts`, a background loop refreshes the counts and evaluates
@@ -99,7 +99,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
-        background = loop or (monitor.MonitorLoop(settings) if alerts else None)
+        background = loop or (observe.MonitorLoop(settings) if alerts else None)
         if background is not None:
             background.start()
         try:
@@ -162,7 +162,7 @@ def create_app(
     def readyz() -> JSONResponse:
         try:
             with connection() as conn:
-                version = monitor.require_monitoring(conn)
+                version = observe.require_monitoring(conn)
                 row = conn.execute(
                     "select s.enabled, exists (select from pg_catalog.pg_trigger g"
                     " where g.tgrelid = (select t.identity from profileguard._monitored_tables() t)"
@@ -200,7 +200,7 @@ def create_app(
     def api_status() -> dict[str, Any]:
         try:
             with connection() as conn:
-                result = monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
+                result = observe.status(settings, refresh_if_older_than=float("inf"), conn=conn)
                 result["quarantine"] = [shown(q) for q in result.get("quarantine", [])]
                 return result
         except ProfileGuardError as exc:
@@ -216,7 +216,7 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"kind must be one of {EVENT_KINDS}")
         try:
             with connection() as conn:
-                page = monitor.events(conn, limit=limit, before=before, kind=kind)
+                page = observe.events(conn, limit=limit, before=before, kind=kind)
                 page["items"] = [shown(e) for e in page["items"]]
                 return page
         except ProfileGuardError as exc:
@@ -229,7 +229,7 @@ def create_app(
     ) -> dict[str, Any]:
         try:
             with connection() as conn:
-                return {"items": monitor.history(conn, hours=hours, points=points)}
+                return {"items": observe.history(conn, hours=hours, points=points)}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
@@ -237,7 +237,7 @@ def create_app(
     def api_quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         try:
             with connection() as conn:
-                return {"items": [shown(q) for q in monitor.quarantine(conn, limit=limit)]}
+                return {"items": [shown(q) for q in observe.quarantine(conn, limit=limit)]}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
