@@ -269,3 +269,18 @@ def test_every_view_shows_one_evaluation(installed: TestDB, tmp_path: Any) -> No
         poll(settings, lambda r: r["missing"] == 0, DEADLINE)
         again = agreement(db, settings, base, config)
         assert set(again.values()) == {("healthy", 0)}, again
+
+
+def test_a_full_sweep_keeps_when_a_user_went_missing(installed: TestDB) -> None:
+    """Imported users carry old created_at values: the sweep must not date their absence back
+    to them (which would make the verdict unhealthy at once)."""
+    db = installed
+    observe.status(db.settings)
+    with replica_session(db) as replica:
+        ids = insert_users(replica, 3, "swept")
+    seen, _ = poll(db.settings, lambda r: r["missing"] == 3, DEADLINE)
+    before = seen["oldest_missing_age_seconds"]
+    swept = observe.status(db.settings, refresh_if_older_than=0)
+    assert swept["missing"] == 3 and swept["status"] == "healthy"
+    assert before <= swept["oldest_missing_age_seconds"] < before + 30
+    repair(db, ids)

@@ -251,6 +251,43 @@ begin
 end
 $pg$;
 
+-- The full sweep keeps what the checks and earlier sweeps knew: a user's first_seen_at never
+-- moves back to its created_at (an import's rows carry old ones), and a user the sweep finds
+-- that the last one did not became missing after it ran.
+alter function profileguard.refresh_stats() rename to _sweep;
+
+create function profileguard.refresh_stats()
+returns boolean
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $pg$
+declare
+    v_previous timestamptz := (select c.refreshed_at from profileguard.counters c);
+begin
+    if not pg_try_advisory_xact_lock(hashtext('profileguard.refresh_stats')) then
+        return false;
+    end if;
+    create temporary table if not exists pg_temp.profileguard_known_missing (
+        user_id text primary key, first_seen_at timestamptz) on commit drop;
+    truncate pg_temp.profileguard_known_missing;
+    insert into pg_temp.profileguard_known_missing
+    select m.user_id, m.first_seen_at from profileguard.missing_profiles m;
+    perform profileguard._sweep();
+    update profileguard.missing_profiles m
+    set first_seen_at = coalesce(k.first_seen_at, greatest(m.first_seen_at, v_previous))
+    from (select m2.user_id from profileguard.missing_profiles m2) a
+    left join pg_temp.profileguard_known_missing k on k.user_id = a.user_id
+    where a.user_id = m.user_id
+      and m.first_seen_at is distinct from
+          coalesce(k.first_seen_at, greatest(m.first_seen_at, v_previous));
+    update profileguard.counters set
+        oldest_missing_at = (select min(m.first_seen_at) from profileguard.missing_profiles m);
+    return true;
+end
+$pg$;
+
 -- stats() now runs the check first; the figures themselves are unchanged.
 alter function profileguard.stats(interval, interval, interval) rename to _figures;
 
