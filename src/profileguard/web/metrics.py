@@ -120,6 +120,12 @@ class StatsCollector(Collector):
             )
 
     def _figures(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+        yield from self._gauges(s)
+        yield from self._families(s, alerts)
+
+    def _gauges(self, s: dict[str, Any]) -> Iterator[Metric]:
+        """The single-value figures (absent when stats() has none)."""
+
         def num(key: str) -> float | None:
             value = s.get(key)
             return None if value is None else float(value)
@@ -175,6 +181,8 @@ class StatsCollector(Collector):
         ]
         yield from (m for m in candidates if m is not None)
 
+    def _families(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+        """Counters, labelled families, backfill progress and the persisted alert states."""
         inserts = CounterMetricFamily(
             "profileguard_identity_inserts",
             "Rows inserted into the identity table (statistics collector)",
