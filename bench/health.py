@@ -169,37 +169,37 @@ def check_costs(url: str, args: argparse.Namespace) -> dict[str, Any]:
         check()  # the tail now starts at the end of the table
         costs["tail, nothing new"] = passes(check, args.reads)
         for signups in (10, 1000):
-            def after_signups(n: int = signups) -> dict[str, Any]:
+            def insert(n: int = signups) -> None:
                 conn.execute(BULK, {"prefix": f"inv{n}_{time.monotonic_ns()}_", "n": n})
                 conn.execute("select pg_stat_force_next_flush()")
                 conn.execute("select 1")
-                return check()
-            costs[f"tail, {signups:,} signups"] = passes(after_signups, max(3, args.reads // 4))
-        # The collector counted an insert the tail passes did not see: a wide pass.
-        def wide() -> dict[str, Any]:
-            conn.execute("update profileguard.invariant_scan"
-                         " set inserted_base = inserted_base - 1")
-            return check()
-        costs["wide pass"] = passes(wide, 3)
+            costs[f"tail, {signups:,} signups"] = passes(check, max(3, args.reads // 4), insert)
+        # The collector counted inserts the tail passes did not see: a wide pass.
+        costs["wide pass"] = passes(check, 3, lambda: conn.execute(
+            "update profileguard.invariant_scan set inserted_base = inserted_base - 1000000000"))
         # A rewritten table (new relfilenode): a full pass.
-        def full() -> dict[str, Any]:
-            conn.execute("update profileguard.invariant_scan set relfilenode = 0")
-            return check()
-        costs["full pass"] = passes(full, 3)
+        costs["full pass"] = passes(check, 3, lambda: conn.execute(
+            "update profileguard.invariant_scan set relfilenode = 0"))
         check()
         costs["detection_seconds"] = detection(url, conn)
     return costs
 
 
-def passes(run: Callable[[], dict[str, Any]], times: int) -> dict[str, Any]:
-    """Wall time of `times` checks, and what the check says it did (mode, rows read)."""
-    samples, modes, scanned = [], set(), []
+def passes(run: Callable[[], dict[str, Any]], times: int,
+           before: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Wall time of `times` checks (each after `before`, untimed), and what the check says it did
+    (mode, rows and pages read)."""
+    samples, modes, scanned, pages = [], set(), [], []
     for _ in range(times):
+        if before is not None:
+            before()
         ms, result = timed(run)
         samples.append(ms)
         modes.add(result["mode"])
         scanned.append(int(result["scanned"]))
-    return {**summarize(samples), "modes": sorted(modes), "rows_read": max(scanned)}
+        pages.append(int(result.get("tail_pages") or 0))
+    return {**summarize(samples), "modes": sorted(modes), "rows_read": max(scanned),
+            "tail_pages": max(pages)}
 
 
 def detection(url: str, conn: psycopg.Connection) -> float:
@@ -283,13 +283,14 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
 def print_check(costs: dict[str, Any]) -> None:
     print("\nbounded check of the invariant (check_invariant(), forced):")
     print(f"  {'pass':<22}{'median ms':>11}{'p95 ms':>10}{'runs':>6}{'rows read':>11}"
-          f"  {'share of a core every 2 s':>26}")
+          f"{'tail pages':>11}  {'share of a core every 2 s':>26}")
     for name, row in costs.items():
         if not isinstance(row, dict):
             continue
         share = row["median_ms"] / 2000 * 100
         print(f"  {name:<22}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}{row['reads']:>6}"
-              f"{row['rows_read']:>11,}  {share:>25.2f}%  ({'/'.join(row['modes'])})")
+              f"{row['rows_read']:>11,}{row['tail_pages']:>11,}  {share:>25.2f}%"
+              f"  ({'/'.join(row['modes'])})")
     print(f"  10 users inserted with session_replication_role = replica: counted missing by "
           f"stats() after {costs['detection_seconds']:.2f} s")
 

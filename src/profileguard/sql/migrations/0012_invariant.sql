@@ -52,12 +52,14 @@ alter table profileguard.invariant_scan enable row level security;
 -- One pass over the identity table: rows in blocks >= p_from_block (null: all) whose xmin is not
 -- older than p_since (null: any), anti-joined to the profile table; those without a profile go
 -- into missing_profiles, first seen at their created_at clamped to [p_floor, now()].
--- `new_missing`: rows added to missing_profiles; `counted`: rows with an xmin older than p_before (finished, so seen once only).
+-- `new_missing`: rows added to missing_profiles. `counted`: rows no later tail pass reads again
+-- (xmin older than p_before, or in a block before p_keep_block, where the tail moves to).
 create function profileguard._invariant_pass(
     p_from_block bigint,
     p_since xid8,
     p_before xid8,
     p_floor timestamptz,
+    p_keep_block bigint,
     out scanned bigint,
     out counted bigint,
     out new_missing bigint,
@@ -82,7 +84,8 @@ begin
     end if;
     execute format(
         'with r as materialized ('
-        '  select u.%1$I as k, %2$s as c, age(u.xmin) as a from %3$s u where %4$s'
+        '  select u.%1$I as k, %2$s as c, age(u.xmin) as a,'
+        '   (u.ctid::text::point)[0]::bigint as b from %3$s u where %4$s'
         '), m as ('
         '  insert into profileguard.missing_profiles as mp (user_id, first_seen_at, seen_at)'
         '  select r.k::text, greatest(least(coalesce(r.c, now()), now()),'
@@ -91,13 +94,13 @@ begin
         '  on conflict (user_id) do nothing'
         '  returning mp.first_seen_at'
         ') select (select count(*) from r),'
-        '   (select count(*) from r where $2::xid is null or r.a > age($2::xid)),'
+        '   (select count(*) from r where r.a > age($2::xid) or r.b < $3),'
         '   (select count(*) from m), (select min(first_seen_at) from m)',
         t.identity_key,
         case when t.has_created_at then 'u.created_at::timestamptz' else 'null::timestamptz' end,
         t.identity, v_where, t.profile, t.profile_key)
     into scanned, counted, new_missing, oldest
-    using p_floor, pg_catalog.xid(p_before);
+    using p_floor, pg_catalog.xid(p_before), coalesce(p_keep_block, 0);
 end
 $pg$;
 
@@ -109,24 +112,54 @@ language plpgsql
 volatile
 security definer
 set search_path = ''
+set enable_hashjoin = off  -- probes by key, never a scan of the users or profiles
+set enable_mergejoin = off
 as $pg$
 declare
     t record := profileguard._monitored_tables();
     v_gone bigint;
 begin
+    if not exists (select from profileguard.missing_profiles) then
+        return 0;
+    end if;
     execute format(
         'with c as (select m.user_id from profileguard.missing_profiles m'
         '  order by m.found_seq limit 5000),'
-        ' g as (delete from profileguard.missing_profiles m using c'
-        '  where m.user_id = c.user_id'
-        '    and (exists (select from %1$s p where p.%2$I = c.user_id::%5$s)'
-        '         or not exists (select from %3$s u where u.%4$I = c.user_id::%5$s))'
-        '  returning 1)'
+        ' d as (select c.user_id from c'
+        '  where exists (select from %1$s p where p.%2$I = c.user_id::%5$s)'
+        '  union'
+        '  select c.user_id from c'
+        '  where not exists (select from %3$s u where u.%4$I = c.user_id::%5$s)),'
+        ' g as (delete from profileguard.missing_profiles m using d'
+        '  where m.user_id = d.user_id returning 1)'
         ' select count(*) from g',
         t.profile, t.profile_key, t.identity, t.identity_key, t.key_type)
     into v_gone;
     return v_gone;
 end
+$pg$;
+
+-- Whether a transaction still open that may have written the identity table (it holds a lock on
+-- it) is older than p_xid; a prepared transaction holding one counts as such. Rows of all the
+-- others older than p_xid are committed or gone, so the tail may move past where they could lie.
+create function profileguard._invariant_writers_before(p_identity regclass, p_xid xid8)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $pg$
+    select exists (
+        select from pg_catalog.pg_locks l
+        left join pg_catalog.pg_locks x
+          on x.locktype = 'transactionid' and x.mode = 'ExclusiveLock' and x.granted
+         and x.virtualtransaction = l.virtualtransaction
+        where l.locktype = 'relation' and l.relation = p_identity
+          and l.database = (select d.oid from pg_catalog.pg_database d
+                            where d.datname = pg_catalog.current_database())
+          and (l.pid is null
+               or (x.transactionid is not null
+                   and pg_catalog.age(x.transactionid) > pg_catalog.age(pg_catalog.xid(p_xid)))))
 $pg$;
 
 -- The bounded frequent check (see the top of this file). Does nothing when the last check is
@@ -152,6 +185,8 @@ declare
     v_scanned bigint := 0;
     v_found bigint := 0;
     v_counted bigint := 0;
+    v_provisional bigint := 0;
+    v_advance boolean;
     v_gone bigint;
 begin
     select * into st from profileguard.invariant_scan;
@@ -167,7 +202,10 @@ begin
         return null;
     end if;
     t := profileguard._monitored_tables();
-    -- Order matters: the insert count, then the size, then the snapshot (before any write).
+    -- Order matters: the writers, the insert count, the size, then the snapshot (before any
+    -- write of this transaction).
+    v_advance := st.next_xid is not null
+                 and not profileguard._invariant_writers_before(t.identity, st.next_xid);
     v_inserted := pg_catalog.pg_stat_get_tuples_inserted(t.identity);
     v_blocks := pg_catalog.pg_relation_size(t.identity)
                 / current_setting('block_size')::bigint;
@@ -175,24 +213,30 @@ begin
     select pg_catalog.pg_snapshot_xmin(s), pg_catalog.pg_snapshot_xmax(s)
       into v_xmin, v_xmax from pg_catalog.pg_current_snapshot() s;
 
+    v_advance := v_advance or st.next_xid <= v_xmin;
     if st.seen_xid is null or st.identity_oid is distinct from t.identity::oid
        or st.relfilenode is distinct from v_node
        or v_xmax::text::numeric - st.seen_xid::text::numeric > 1073741824
        or v_xmax::text::numeric - st.wide_xid::text::numeric > 1073741824 then
         v_mode := 'full';
-        p := profileguard._invariant_pass(null, null, v_xmin, null);
+        p := profileguard._invariant_pass(null, null, v_xmin, null, null);
         v_scanned := p.scanned;
         v_found := p.new_missing;
     else
         v_mode := 'tail';
-        p := profileguard._invariant_pass(st.tail_block, st.seen_xid, v_xmin, st.checked_at);
+        p := profileguard._invariant_pass(st.tail_block, st.seen_xid, v_xmin, st.checked_at,
+                                          case when v_advance then st.next_block end);
         v_scanned := p.scanned;
         v_found := p.new_missing;
         v_counted := st.tail_rows + p.counted;
-        -- The collector counted more inserts than the tail passes saw: some went elsewhere.
-        if v_inserted - st.inserted_base > v_counted or v_inserted < st.inserted_base then
+        v_provisional := p.scanned - p.counted;
+        -- The collector counted more inserts than the tail passes saw (those of transactions
+        -- newer than the snapshot's xmin included, counted for good by the next check): some
+        -- went elsewhere.
+        if v_inserted - st.inserted_base > st.tail_rows + p.scanned
+           or v_inserted < st.inserted_base then
             v_mode := 'wide';
-            p := profileguard._invariant_pass(null, st.wide_xid, v_xmin, st.wide_at);
+            p := profileguard._invariant_pass(null, st.wide_xid, v_xmin, st.wide_at, null);
             v_scanned := v_scanned + p.scanned;
             v_found := v_found + p.new_missing;
         end if;
@@ -209,15 +253,16 @@ begin
     else
         update profileguard.invariant_scan set
             seen_xid = v_xmin,
-            tail_block = case when next_xid <= v_xmin then next_block else tail_block end,
-            next_block = case when next_xid <= v_xmin then greatest(v_blocks - 1, 0)
-                         else next_block end,
-            next_xid = case when next_xid <= v_xmin then v_xmax else next_xid end,
+            tail_block = case when v_advance then next_block else tail_block end,
+            next_block = case when v_advance then greatest(v_blocks - 1, 0) else next_block end,
+            next_xid = case when v_advance then v_xmax else next_xid end,
             tail_rows = v_counted;
     end if;
     if v_mode <> 'tail' then
+        -- Rows the tail will count again may already be in the collector's count: start below.
         update profileguard.invariant_scan set
-            wide_xid = v_xmin, wide_at = v_started, inserted_base = v_inserted, tail_rows = 0;
+            wide_xid = v_xmin, wide_at = v_started, inserted_base = v_inserted,
+            tail_rows = -v_provisional;
     end if;
     update profileguard.invariant_scan set
         checked_at = v_started,
@@ -230,6 +275,7 @@ begin
     end if;
     return jsonb_build_object('mode', v_mode, 'scanned', v_scanned, 'found', v_found,
                               'forgotten', v_gone,
+                              'tail_pages', v_blocks - coalesce(st.tail_block, 0),
                               'ms', extract(epoch from clock_timestamp() - v_started) * 1000);
 end
 $pg$;
@@ -243,6 +289,8 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+set enable_hashjoin = off
+set enable_mergejoin = off
 as $pg$
 declare
     t record := profileguard._monitored_tables();
@@ -295,6 +343,30 @@ begin
 end
 $pg$;
 
+-- How many users of missing_profiles still lack a profile (key probes; the caller bounds the set).
+create function profileguard._known_missing()
+returns bigint
+language plpgsql
+stable
+security definer
+set search_path = ''
+set enable_hashjoin = off
+set enable_mergejoin = off
+as $pg$
+declare
+    t record := profileguard._monitored_tables();
+    v_known bigint;
+begin
+    execute format(
+        'select count(*) from profileguard.missing_profiles m'
+        ' where exists (select from %1$s u where u.%2$I = m.user_id::%5$s)'
+        '   and not exists (select from %3$s p where p.%4$I = m.user_id::%5$s)',
+        t.identity, t.identity_key, t.profile, t.profile_key, t.key_type)
+    into v_known;
+    return v_known;
+end
+$pg$;
+
 -- stats() now runs the check first; the figures themselves are unchanged.
 alter function profileguard.stats(interval, interval, interval) rename to _figures;
 
@@ -313,7 +385,6 @@ as $pg$
 declare
     v jsonb;
     i record;
-    t record;
     v_known bigint := 0;
     v_missing bigint;
     v_users bigint;
@@ -327,13 +398,7 @@ begin
     -- The users figure follows the statistics collector, which publishes an open session's
     -- inserts late: the missing users the check found count even before it does.
     if (select c.missing <= 5000 from profileguard.counters c) then
-        t := profileguard._monitored_tables();
-        execute format(
-            'select count(*) from profileguard.missing_profiles m'
-            ' where exists (select from %1$s u where u.%2$I = m.user_id::%5$s)'
-            '   and not exists (select from %3$s p where p.%4$I = m.user_id::%5$s)',
-            t.identity, t.identity_key, t.profile, t.profile_key, t.key_type)
-        into v_known;
+        v_known := profileguard._known_missing();
     end if;
     v_missing := greatest((v ->> 'missing')::bigint, v_known);
     v_users := greatest((v ->> 'users')::bigint, v_missing);
