@@ -284,3 +284,28 @@ def test_a_full_sweep_keeps_when_a_user_went_missing(installed: TestDB) -> None:
     assert swept["missing"] == 3 and swept["status"] == "healthy"
     assert before <= swept["oldest_missing_age_seconds"] < before + 30
     repair(db, ids)
+
+
+def test_a_long_transaction_elsewhere_does_not_pin_the_tail(installed: TestDB) -> None:
+    """A transaction open for long that never touched the users table holds the snapshot's xmin
+    back, but the tail still moves on: checks keep reading only what was appended lately."""
+    db = installed
+    bulk(db, 2000, prefix="base")
+    with db.connect_admin(autocommit=False) as long_one:
+        long_one.execute("create temporary table pg_temp.hold (x int)")
+        long_one.execute("insert into pg_temp.hold values (1)")  # it has an xid now
+        for n in range(3):
+            bulk(db, 200, prefix=f"more{n}_")
+            observe.status(db.settings)
+            time.sleep(2.1)
+        observe.status(db.settings)
+        size = db.scalar(
+            "select pg_relation_size('auth.users') / current_setting('block_size')::int")
+        tail = db.scalar("select tail_block from profileguard.invariant_scan")
+        assert 0 < tail and size - tail <= 8, (tail, size)
+        with replica_session(db) as replica:
+            ids = insert_users(replica, 3, "pinned")
+        seen, _ = poll(db.settings, lambda r: r["missing"] == 3, DEADLINE)
+        assert seen["missing"] == 3, seen["stats"]
+        long_one.rollback()
+    repair(db, ids)
