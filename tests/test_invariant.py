@@ -122,11 +122,16 @@ def test_users_the_trigger_never_saw_are_missing_within_seconds(installed: TestD
 
 
 def test_found_missing_follows_a_cursor(installed: TestDB) -> None:
+    """What the reconciler reads: a notice on its channel, then the users after a cursor."""
     db = installed
     observe.status(db.settings)
-    with replica_session(db) as replica:
-        ids = insert_users(replica, 3, "cursor")
-    poll(db.settings, lambda r: r["missing"] == 3, DEADLINE)
+    with db.connect() as listener:
+        listener.execute("listen profileguard")
+        with replica_session(db) as replica:
+            ids = insert_users(replica, 3, "cursor")
+        poll(db.settings, lambda r: r["missing"] == 3, DEADLINE)
+        notices = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+    assert notices and notices[0]["source"] == "invariant" and notices[0]["found"] == 3
     with db.connect() as conn:
         rows = conn.execute(
             "select found_seq, user_id from profileguard.found_missing(0, 2)").fetchall()

@@ -268,6 +268,11 @@ begin
         checked_at = v_started,
         check_ms = extract(epoch from clock_timestamp() - v_started) * 1000,
         last_mode = v_mode, last_scanned = v_scanned, found_total = found_total + v_found;
+    if v_found > 0 then
+        -- The reconciler LISTENs here; found_missing() names the users.
+        perform pg_notify('profileguard', json_build_object(
+            'source', 'invariant', 'found', v_found, 'mode', v_mode)::text);
+    end if;
     if v_found > 0 or v_gone > 0 then
         update profileguard.counters set
             missing = (select count(*) from profileguard.missing_profiles),
