@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
@@ -79,6 +79,10 @@ def _unavailable(exc: ProfileGuardError) -> HTTPException:
     )
 
 
+Connect = Callable[[], AbstractContextManager[Connection[Any]]]
+Shown = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 def create_app(
     settings: Settings,
     *,
@@ -96,6 +100,8 @@ def create_app(
     def shown(row: dict[str, Any]) -> dict[str, Any]:
         return row if show_details else redact_row(row)
 
+    pool = _pool(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
@@ -109,8 +115,26 @@ def create_app(
                 background.stop()
             pool.close()
 
-    # Kept sessions: stats() and its plans are compiled once per connection, not per request.
-    pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+    app = FastAPI(
+        title="profileguard",
+        version=__version__,
+        description="Every user has a profile: status, metrics and the audit trail (read-only).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    connection = _connector(pool)
+    auth = [Depends(_bearer(token))]
+    _pages(app)
+    _probes(app, connection)
+    _status_routes(app, settings, connection, auth, shown)
+    _list_routes(app, connection, auth, shown)
+    return app
+
+
+def _pool(settings: Settings) -> ConnectionPool[Connection[Any]]:
+    """Kept sessions: stats() and its plans are compiled once per connection, not per request."""
+    return ConnectionPool(
         settings.conninfo(),
         min_size=1,
         max_size=POOL_SIZE,
@@ -122,6 +146,10 @@ def create_app(
             "connect_timeout": settings.connect_timeout,
         },
     )
+
+
+def _connector(pool: ConnectionPool[Connection[Any]]) -> Connect:
+    """A pooled connection, or ConnectionFailedError after POOL_TIMEOUT seconds."""
 
     @contextmanager
     def connection() -> Iterator[Connection[Any]]:
@@ -136,15 +164,11 @@ def create_app(
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
-    app = FastAPI(
-        title="profileguard",
-        version=__version__,
-        description="Every user has a profile: status, metrics and the audit trail (read-only).",
-        docs_url=None,
-        redoc_url=None,
-        lifespan=lifespan,
-    )
-    auth = [Depends(_bearer(token))]
+    return connection
+
+
+def _pages(app: FastAPI) -> None:
+    """The dashboard, the API docs and the liveness probe: no database, no token."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
@@ -157,6 +181,10 @@ def create_app(
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+
+def _probes(app: FastAPI, connection: Connect) -> None:
+    """/readyz: database reachable, schema installed with monitoring, trigger enabled."""
 
     @app.get("/readyz", summary="Database reachable, schema installed and enabled")
     def readyz() -> JSONResponse:
@@ -191,6 +219,11 @@ def create_app(
             )
         return JSONResponse(body, status_code=200 if ready else 503)
 
+
+def _status_routes(app: FastAPI, settings: Settings, connection: Connect, auth: list[Any],
+                   shown: Shown) -> None:
+    """/metrics and /api/status: one evaluation of the same figures as `profileguard status`."""
+
     @app.get("/metrics", dependencies=auth, summary="Prometheus text format",
              response_class=Response)
     def prometheus() -> Response:
@@ -205,6 +238,10 @@ def create_app(
                 return result
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
+
+
+def _list_routes(app: FastAPI, connection: Connect, auth: list[Any], shown: Shown) -> None:
+    """/api/events, /api/history and /api/quarantine."""
 
     @app.get("/api/events", dependencies=auth, summary="The audit trail, newest first")
     def api_events(
@@ -240,8 +277,6 @@ def create_app(
                 return {"items": [shown(q) for q in observe.quarantine(conn, limit=limit)]}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
-
-    return app
 
 
 def is_loopback(host: str) -> bool:
