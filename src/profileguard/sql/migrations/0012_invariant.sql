@@ -14,7 +14,8 @@
 --   when it counted more since the last wide pass than the tail passes saw, some rows went into
 --   free space of earlier pages, and one sequential pass reads every row but probes the profile
 --   table only for those with a new xmin. The collector publishes an idle session's counts up
---   to ~10 s late, so such rows are found within ~12 s; rows appended at the end, within 2 s.
+--   to ~10 s late, so such rows are found within ~12 s (plus the pacing: wide passes take at
+--   most a tenth of the time, ~20 s apart at 10M users); rows appended at the end, within 2 s.
 -- * full pass: the first check, after a rewrite of the identity table (relfilenode changed: xmin
 --   and page numbers no longer mean what was recorded) or after 2^30 transactions without a check.
 --
@@ -38,6 +39,7 @@ create table profileguard.invariant_scan (
     next_block bigint,              --   next_block (taken over once seen_xid reaches next_xid)
     wide_xid xid8,                  -- the last wide/full pass checked rows older than this
     wide_at timestamptz,
+    wide_ms double precision,        -- how long the last wide pass took (paces the next one)
     inserted_base bigint,           -- the collector's insert count at the last wide/full pass
     tail_rows bigint not null default 0,  -- committed rows the tail passes saw since then
     checked_at timestamptz,
@@ -187,6 +189,7 @@ declare
     v_counted bigint := 0;
     v_provisional bigint := 0;
     v_advance boolean;
+    v_wide_started timestamptz;
     v_gone bigint;
 begin
     select * into st from profileguard.invariant_scan;
@@ -222,6 +225,7 @@ begin
         p := profileguard._invariant_pass(null, null, v_xmin, null, null);
         v_scanned := p.scanned;
         v_found := p.new_missing;
+        v_provisional := p.scanned - p.counted;
     else
         v_mode := 'tail';
         p := profileguard._invariant_pass(st.tail_block, st.seen_xid, v_xmin, st.checked_at,
@@ -233,12 +237,18 @@ begin
         -- The collector counted more inserts than the tail passes saw (those of transactions
         -- newer than the snapshot's xmin included, counted for good by the next check): some
         -- went elsewhere.
-        if v_inserted - st.inserted_base > st.tail_rows + p.scanned
-           or v_inserted < st.inserted_base then
+        -- At most a tenth of the time goes to wide passes: the next may start once ten times
+        -- the last one's duration has passed (every ~2 s at 1M users, ~20 s at 10M).
+        if (v_inserted - st.inserted_base > st.tail_rows + p.scanned
+            or v_inserted < st.inserted_base)
+           and (st.wide_ms is null
+                or st.wide_at + make_interval(secs => st.wide_ms / 100) <= v_started) then
             v_mode := 'wide';
+            v_wide_started := clock_timestamp();
             p := profileguard._invariant_pass(null, st.wide_xid, v_xmin, st.wide_at, null);
             v_scanned := v_scanned + p.scanned;
             v_found := v_found + p.new_missing;
+            v_provisional := p.scanned - p.counted;
         end if;
     end if;
     v_gone := profileguard._invariant_prune();
@@ -259,10 +269,13 @@ begin
             tail_rows = v_counted;
     end if;
     if v_mode <> 'tail' then
-        -- Rows the tail will count again may already be in the collector's count: start below.
+        -- Rows not older than the snapshot's xmin are read (and counted) by later tail passes,
+        -- yet may be in the collector's count already: the tail's count starts below by them.
         update profileguard.invariant_scan set
             wide_xid = v_xmin, wide_at = v_started, inserted_base = v_inserted,
-            tail_rows = -v_provisional;
+            tail_rows = -v_provisional,
+            wide_ms = case when v_mode = 'wide'
+                then extract(epoch from clock_timestamp() - v_wide_started) * 1000 end;
     end if;
     update profileguard.invariant_scan set
         checked_at = v_started,
