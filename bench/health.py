@@ -11,7 +11,15 @@ without a profile (trigger off, and trigger failures), quarantined users and a w
   pool; ``metrics+conn`` opens a new connection for each scrape instead;
 * ``naive count``   — what a health check without profileguard's counters does: count users and
   the users without a profile (a scan of both tables) on every read;
-* ``refresh_stats()`` — the periodic full sweep that keeps the cheap reads exact.
+* ``refresh_stats()`` — the periodic full sweep that keeps the cheap reads exact;
+* the bounded check of the invariant (``check_invariant()``, run by stats() every ~2 s), pass by
+  pass: the tail pass with nothing new, after 10 and after 1,000 signups (what it costs every
+  2 s), the wide pass (when the statistics collector counted inserts the tail did not see) and
+  the full pass (first check, or the table rewritten); and how long until stats() counts 10
+  users inserted with ``session_replication_role = replica`` as missing.
+
+``--invariant-only`` measures just the check (for the larger sizes). The server's version and
+``jit`` setting are printed with the figures.
 
 Reads are interleaved over ``--rounds`` rounds, first right after a sweep and then again after
 ``--signups-since`` more signups without a sweep (the incremental path). It prints median and
@@ -24,6 +32,7 @@ Run::
     .venv/bin/python bench/health.py                          # embedded PostgreSQL, 1M users
     .venv/bin/python bench/health.py --users 200000 --rounds 3
     .venv/bin/python bench/health.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/health.py --users 3000000 --invariant-only
 """
 
 from __future__ import annotations
@@ -144,6 +153,73 @@ def measure(url: str, settings: Any, args: argparse.Namespace) -> dict[str, Any]
     return {name: summarize(values) for name, values in times.items()}
 
 
+CHECK = "select profileguard.check_invariant('0 seconds')"
+
+
+def check_costs(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Each pass of the bounded check, forced (interval 0), on a kept connection."""
+    costs: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        def check() -> dict[str, Any]:
+            row = conn.execute(CHECK).fetchone()
+            assert row is not None and row[0] is not None, "the check did not run"
+            return dict(row[0])
+
+        check()
+        check()  # the tail now starts at the end of the table
+        costs["tail, nothing new"] = passes(check, args.reads)
+        for signups in (10, 1000):
+            def insert(n: int = signups) -> None:
+                conn.execute(BULK, {"prefix": f"inv{n}_{time.monotonic_ns()}_", "n": n})
+                conn.execute("select pg_stat_force_next_flush()")
+                conn.execute("select 1")
+            costs[f"tail, {signups:,} signups"] = passes(check, max(3, args.reads // 4), insert)
+        # The collector counted inserts the tail passes did not see: a wide pass.
+        costs["wide pass"] = passes(check, 3, lambda: conn.execute(
+            "update profileguard.invariant_scan set inserted_base = inserted_base - 1000000000"))
+        # A rewritten table (new relfilenode): a full pass.
+        costs["full pass"] = passes(check, 3, lambda: conn.execute(
+            "update profileguard.invariant_scan set relfilenode = 0"))
+        check()
+        costs["detection_seconds"] = detection(url, conn)
+    return costs
+
+
+def passes(run: Callable[[], dict[str, Any]], times: int,
+           before: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Wall time of `times` checks (each after `before`, untimed), and what the check says it did
+    (mode, rows and pages read)."""
+    samples, modes, scanned, pages = [], set(), [], []
+    for _ in range(times):
+        if before is not None:
+            before()
+        ms, result = timed(run)
+        samples.append(ms)
+        modes.add(result["mode"])
+        scanned.append(int(result["scanned"]))
+        pages.append(int(result.get("tail_pages") or 0))
+    return {**summarize(samples), "modes": sorted(modes), "rows_read": max(scanned),
+            "tail_pages": max(pages)}
+
+
+def detection(url: str, conn: psycopg.Connection) -> float:
+    """Seconds from 10 users committed with replication role replica (no trigger fires) until
+    stats() counts them missing, polling stats() as `status` and /metrics do."""
+    before = int(conn.execute("select profileguard.stats() ->> 'missing'").fetchone()[0])  # type: ignore[index]
+    with psycopg.connect(url, autocommit=True) as importer:
+        importer.execute("set session_replication_role = replica")
+        importer.execute(BULK, {"prefix": "replica_", "n": 10})
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            row = conn.execute("select profileguard.stats() ->> 'missing'").fetchone()
+            if row and int(row[0]) >= before + 10:
+                break
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        importer.execute("set session_replication_role = origin")
+    return round(seconds, 3)
+
+
 def agree(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         stats = conn.execute("select profileguard.stats('1 hour')").fetchone()
@@ -166,7 +242,9 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         schema.install(settings, create_profile_table=True)
         log(f"creating {args.users:,} users (profiles by the trigger)…")
         populate(conn, args.users, settings)
-        server = conn.execute("show server_version").fetchone()
+        server = conn.execute("select current_setting('server_version'),"
+                              " current_setting('jit'), pg_jit_available()").fetchone()
+        size = conn.execute("select pg_size_pretty(pg_table_size('auth.users'))").fetchone()
         sweeps = []
         for _ in range(3):
             ms, _ = timed(lambda: conn.execute("select profileguard.refresh_stats()"))
@@ -174,8 +252,14 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "users": args.users,
         "server_version": server[0] if server else "?",
+        "jit": f"{server[1]} (available: {'yes' if server[2] else 'no'})" if server else "?",
+        "identity_table_size": size[0] if size else "?",
         "refresh_stats_ms": summarize(sweeps),
     }
+    log("measuring the bounded check of the invariant…")
+    report["invariant_check"] = check_costs(url, args)
+    if args.invariant_only:
+        return report
     log("measuring right after a sweep…")
     report["after_sweep"] = measure(url, settings, args)
     report["after_sweep_agreement"] = agree(url)
@@ -196,12 +280,31 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def print_check(costs: dict[str, Any]) -> None:
+    print("\nbounded check of the invariant (check_invariant(), forced):")
+    print(f"  {'pass':<22}{'median ms':>11}{'p95 ms':>10}{'runs':>6}{'rows read':>11}"
+          f"{'tail pages':>11}  {'share of a core every 2 s':>26}")
+    for name, row in costs.items():
+        if not isinstance(row, dict):
+            continue
+        share = row["median_ms"] / 2000 * 100
+        print(f"  {name:<22}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}{row['reads']:>6}"
+              f"{row['rows_read']:>11,}{row['tail_pages']:>11,}  {share:>25.2f}%"
+              f"  ({'/'.join(row['modes'])})")
+    print(f"  10 users inserted with session_replication_role = replica: counted missing by "
+          f"stats() after {costs['detection_seconds']:.2f} s")
+
+
 def print_report(report: dict[str, Any]) -> None:
     print(f"\nprofileguard health/metrics at {report['users']:,} users "
-          f"(PostgreSQL {report['server_version']})")
+          f"(PostgreSQL {report['server_version']}, jit {report['jit']}; auth.users "
+          f"{report['identity_table_size']})")
     sweep = report["refresh_stats_ms"]
     print(f"full sweep refresh_stats(): median {sweep['median_ms']:.0f} ms "
           f"(run every alerts.refresh_interval_seconds, not per read)")
+    print_check(report["invariant_check"])
+    if "after_sweep" not in report:
+        return
     for phase in ("after_sweep", "between_sweeps"):
         rows = report[phase]
         naive = rows["naive count"]["median_ms"]
@@ -230,6 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--signups-since", type=int, default=10_000,
                         help="signups between the sweep and the second measurement")
+    parser.add_argument("--invariant-only", action="store_true",
+                        help="measure only the bounded check of the invariant")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if args.users < 1 or args.reads < 1 or args.rounds < 1 or args.signups_since < 0:

@@ -41,6 +41,7 @@ INSTALLERS = ("superuser", "supabase_postgres")
 ROLE_MODULES = {
     "test_cli", "test_install", "test_upgrade", "test_audit", "test_backfill",
     "test_worker_process", "test_web", "test_monitor", "test_takeover", "test_sql_command",
+    "test_invariant",
 }
 # Serialises the cluster-wide role DDL of concurrent test sessions on one server.
 ROLE_LOCK = "profileguard.tests.roles"

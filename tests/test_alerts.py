@@ -19,7 +19,7 @@ from monitoring import (
     with_alerts,
 )
 
-from profileguard import monitor, schema
+from profileguard import observe, schema
 from profileguard.config import Settings
 
 
@@ -33,8 +33,8 @@ class Scenario:
 
 
 def sweep(db: TestDB) -> None:
-    with monitor.open_connection(db.settings) as conn:
-        monitor.refresh(conn)
+    with observe.open_connection(db.settings) as conn:
+        observe.refresh(conn)
 
 
 def _missing_on(db: TestDB) -> None:
@@ -95,13 +95,13 @@ def _backfill_off(db: TestDB) -> None:
 
 SCENARIOS = {
     "missing_profiles": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url, missing_for_seconds=0),
+        lambda db, url: with_alerts(db.settings, webhook_url=url, missing_grace_seconds=0),
         _missing_on, _missing_off,
     ),
     "success_rate": Scenario(
         lambda db, url: with_alerts(db.settings, webhook_url=url, success_rate_min_pct=90,
                                     success_rate_min_signups=3, success_rate_window_seconds=600,
-                                    missing_for_seconds=3600),
+                                    missing_grace_seconds=3600, repair_slo_seconds=3600),
         _rate_on, _rate_off,
     ),
     "quarantine": Scenario(
@@ -123,7 +123,7 @@ def test_rule_fires_once_and_resolves_once(installed: TestDB, rule: str) -> None
     scenario = SCENARIOS[rule]
     with receiver() as hook:
         settings = scenario.settings(installed, hook.url)
-        manager = monitor.AlertManager(settings)
+        manager = observe.AlertManager(settings)
         first = manager.evaluate()  # the first read also takes the window's first sample
         assert rule not in first.fired and hook.of(rule) == []
 
@@ -132,7 +132,7 @@ def test_rule_fires_once_and_resolves_once(installed: TestDB, rule: str) -> None
         assert rule in fired.fired, fired
         assert f"{rule}:firing" in fired.delivered
         for _ in range(3):  # still true: nothing new, also from a fresh manager (a restart)
-            again = monitor.AlertManager(settings).evaluate()
+            again = observe.AlertManager(settings).evaluate()
             assert rule in again.active and rule not in again.fired
         messages = hook.of(rule, "firing")
         assert len(messages) == 1
@@ -145,7 +145,7 @@ def test_rule_fires_once_and_resolves_once(installed: TestDB, rule: str) -> None
         resolved = manager.evaluate()
         assert rule in resolved.resolved, resolved
         for _ in range(2):
-            assert rule not in monitor.AlertManager(settings).evaluate().resolved
+            assert rule not in observe.AlertManager(settings).evaluate().resolved
         assert len(hook.of(rule, "resolved")) == 1
         assert len(hook.of(rule)) == 2
         # Every other rule stayed quiet.
@@ -168,7 +168,7 @@ def test_several_evaluators_send_each_message_once(installed: TestDB) -> None:
 
             def run() -> None:
                 try:
-                    manager = monitor.AlertManager(settings)
+                    manager = observe.AlertManager(settings)
                     barrier.wait()
                     manager.evaluate()
                 except BaseException as exc:
@@ -194,7 +194,7 @@ def test_webhook_down_breaks_nothing_and_is_retried_later(installed: TestDB) -> 
     settings = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
                            webhook_attempts=2, webhook_timeout_seconds=2)
     _quarantine_on(installed)
-    result = monitor.AlertManager(settings, retry_base_seconds=0.01).evaluate()
+    result = observe.AlertManager(settings, retry_base_seconds=0.01).evaluate()
     assert result.fired == ["quarantine"]
     assert result.delivered == [] and len(result.delivery_errors) == 1
     assert "webhook unreachable" in result.delivery_errors[0]
@@ -207,7 +207,7 @@ def test_webhook_down_breaks_nothing_and_is_retried_later(installed: TestDB) -> 
     # The receiver comes back (answering 500 once more first): the message goes out once.
     with receiver(fail_first=1) as hook:
         settings = with_alerts(installed.settings, webhook_url=hook.url, webhook_attempts=2)
-        manager = monitor.AlertManager(settings, retry_base_seconds=0.01)
+        manager = observe.AlertManager(settings, retry_base_seconds=0.01)
         retried = manager.evaluate()
         assert retried.fired == [] and retried.delivered == ["quarantine:firing"]
         assert hook.requests == 2 and len(hook.of("quarantine", "firing")) == 1
@@ -220,10 +220,10 @@ def test_resolved_before_delivery_sends_nothing(installed: TestDB) -> None:
     down = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
                        webhook_attempts=1)
     _quarantine_on(installed)
-    monitor.AlertManager(down).evaluate()
+    observe.AlertManager(down).evaluate()
     _quarantine_off(installed)
     with receiver() as hook:
-        result = monitor.AlertManager(with_alerts(installed.settings,
+        result = observe.AlertManager(with_alerts(installed.settings,
                                                   webhook_url=hook.url)).evaluate()
         assert result.resolved == ["quarantine"]
         assert hook.messages == []  # no "resolved" for a "firing" nobody heard
@@ -234,7 +234,7 @@ def test_monitor_loop_survives_a_dead_webhook(installed: TestDB) -> None:
     settings = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
                            webhook_attempts=1, evaluate_interval_seconds=0.05)
     _quarantine_on(installed)
-    loop = monitor.MonitorLoop(settings).start()
+    loop = observe.MonitorLoop(settings).start()
     try:
         assert wait_for(lambda: loop.evaluations >= 3)
         assert loop.last_error is None
@@ -252,10 +252,10 @@ def test_log_sink_records_both_transitions(installed: TestDB,
     settings = with_alerts(installed.settings)
     _quarantine_on(installed)
     with caplog.at_level("INFO", logger="profileguard.alerts"):
-        monitor.evaluate_once(settings)
-        monitor.evaluate_once(settings)
+        observe.evaluate_once(settings)
+        observe.evaluate_once(settings)
         _quarantine_off(installed)
-        monitor.evaluate_once(settings)
+        observe.evaluate_once(settings)
     lines = [r.getMessage() for r in caplog.records if r.name == "profileguard.alerts"]
     assert len(lines) == 2
     assert "FIRING" in lines[0] and "RESOLVED" in lines[1]

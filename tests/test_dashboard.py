@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import TestDB
-from monitoring import BAD_NAME, add_bad_constraint, bulk, signups
+from monitoring import BAD_NAME, add_bad_constraint, bulk, signups, with_alerts
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -133,3 +133,29 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
         error = browser.find_element(By.ID, "error")
         assert error.is_displayed() and "401" in error.text and "#token=" in error.text
         assert shown(browser, "users") == "\u2013"  # the placeholder dash
+
+
+def test_dashboard_verdict_is_the_status_verdict(installed: TestDB, browser: Any) -> None:
+    """With users the trigger never saw, the badge and the missing figure are those of
+    `observe.status` and /api/status (the one evaluation), and so again once they are repaired."""
+    from test_invariant import insert_users, poll, repair, replica_session
+
+    from profileguard import observe
+
+    settings = with_alerts(installed.settings, missing_grace_seconds=0)
+    observe.status(settings)  # monitoring ran before the import
+    with replica_session(installed) as replica:
+        ids = insert_users(replica, 6, "dash")
+    poll(settings, lambda r: r["missing"] == 6, 5.0)
+    with serving(settings) as base:
+        for expected in (("degraded", 6), ("healthy", 0)):
+            browser.get(f"{base}/")
+            loaded(browser)
+            api = get_json(f"{base}/api/status")
+            library = observe.status(settings)
+            badge = browser.find_element(By.ID, "status").text.lower()
+            assert (badge, int(number(shown(browser, "missing")))) == expected
+            assert (api["status"], api["missing"]) == expected
+            assert (library["status"], library["missing"]) == expected
+            repair(installed, ids)
+            poll(settings, lambda r: r["missing"] == 0, 5.0)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -19,20 +20,20 @@ from monitoring import (
     with_alerts,
 )
 
-from profileguard import monitor, schema
+from profileguard import observe, schema
 from profileguard.config import AlertSettings
 from profileguard.errors import NotInstalledError
 from profileguard.installation import TRIGGER_NAME
 
 
 def stats(db: TestDB, window: float = 3600) -> dict[str, Any]:
-    with monitor.open_connection(db.settings) as conn:
-        return monitor.read_stats(conn, AlertSettings(), window_seconds=window)
+    with observe.open_connection(db.settings) as conn:
+        return observe.read_stats(conn, AlertSettings(), window_seconds=window)
 
 
 def refresh(db: TestDB) -> None:
-    with monitor.open_connection(db.settings) as conn:
-        assert monitor.refresh(conn) is True
+    with observe.open_connection(db.settings) as conn:
+        assert observe.refresh(conn) is True
 
 
 def test_counts_after_a_sweep(installed: TestDB) -> None:
@@ -148,26 +149,30 @@ def test_quarantine_workers_and_backfill(installed: TestDB) -> None:
     assert s["backfill"]["progress_pct"] == 25.0
     assert s["backfill"]["stalled"] is True
 
-    with monitor.open_connection(installed.settings) as conn:
-        listed = monitor.quarantine(conn)
+    with observe.open_connection(installed.settings) as conn:
+        listed = observe.quarantine(conn)
     assert [(q["user_id"], q["category"]) for q in listed] == [("q1", "constraint")]
 
 
 def test_verdicts(installed: TestDB) -> None:
-    settings = with_alerts(installed.settings, missing_for_seconds=0)
-    result = monitor.status(settings)
+    settings = with_alerts(installed.settings, missing_grace_seconds=0)
+    result = observe.status(settings)
     assert result["status"] == "healthy" and result["exit_code"] == 0
     assert installed.scalar("select profileguard.health() ->> 'status'") == "healthy"
 
+    # A quarantine entry whose user has a profile (or is gone) is a warning, not a verdict.
     with installed.connect() as conn:
         conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
                      " values ('q', now())")
-    result = monitor.status(settings)
-    assert result["status"] == "degraded" and result["exit_code"] == 6
+    result = observe.status(settings)
+    assert result["status"] == "healthy" and result["exit_code"] == 0
+    assert result["warnings"] == ["quarantine"] and result["firing"] == ["quarantine"]
     assert [q["user_id"] for q in result["quarantine"]] == ["q"]
+    assert installed.scalar("select profileguard.health() -> 'warnings'") == [
+        "1 users are quarantined"]
 
     schema.set_enabled(installed.settings, False)
-    result = monitor.status(settings)
+    result = observe.status(settings)
     assert result["status"] == "unhealthy" and result["exit_code"] == 7
     assert installed.scalar("select profileguard.health() ->> 'status'") == "unhealthy"
 
@@ -175,39 +180,46 @@ def test_verdicts(installed: TestDB) -> None:
     installed.signup({"full_name": "x"})
     with installed.connect_admin() as conn:  # the table's owner disables it
         conn.execute(f"alter table auth.users disable trigger {TRIGGER_NAME}")
-    assert monitor.status(settings)["status"] == "unhealthy"
+    assert observe.status(settings)["status"] == "unhealthy"
 
 
-def test_missing_rule_threshold_and_duration(installed: TestDB) -> None:
+def test_missing_grace_and_repair_slo(installed: TestDB) -> None:
     schema.set_enabled(installed.settings, False)
     installed.signup({"full_name": "No Profile"})
     schema.set_enabled(installed.settings, True)
     refresh(installed)
     s = stats(installed)
-    cfg = AlertSettings(missing_threshold=0, missing_for_seconds=3600)
-    verdict, checks = monitor.evaluate_health(s, cfg)
-    assert verdict == "degraded"  # missing, but not for an hour yet
+    assert s["missing"] == 1
+    cfg = AlertSettings(missing_grace_seconds=3600, repair_slo_seconds=7200)
+    verdict, checks = observe.evaluate_health(s, cfg)
+    assert verdict == "healthy"  # missing, but within the grace
     assert {c.name: c.status for c in checks}["missing_profiles"] == "ok"
-    verdict, _ = monitor.evaluate_health(s, AlertSettings(missing_for_seconds=0))
-    assert verdict == "unhealthy"
-    verdict, _ = monitor.evaluate_health(s, AlertSettings(missing_threshold=1,
-                                                          missing_for_seconds=0))
+    verdict, checks = observe.evaluate_health(
+        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=3600))
     assert verdict == "degraded"
+    assert {c.name: c.status for c in checks}["missing_profiles"] == "warning"
+    verdict, checks = observe.evaluate_health(
+        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0))
+    assert verdict == "unhealthy"
+    assert {c.name: c.status for c in checks}["repair_slo"] == "critical"
+    quarantined = {**s, "quarantined": 1}  # a quarantined user is still a missing user
+    assert observe.evaluate_health(quarantined, AlertSettings(
+        missing_grace_seconds=0, repair_slo_seconds=0))[0] == "unhealthy"
 
 
 def test_worker_rule_when_required_or_registered(installed: TestDB) -> None:
     s = stats(installed)
     assert s["workers"] == []
-    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, AlertSettings())[1])
+    states = dict((c.name, c.status) for c in observe.evaluate_health(s, AlertSettings())[1])
     assert states["no_live_worker"] == "ok"  # never ran a worker, not required
     required = AlertSettings(worker_required=True)
-    states = dict((c.name, c.status) for c in monitor.evaluate_health(s, required)[1])
+    states = dict((c.name, c.status) for c in observe.evaluate_health(s, required)[1])
     assert states["no_live_worker"] == "warning"
 
 
 def test_not_installed(db: TestDB) -> None:
     with pytest.raises(NotInstalledError):
-        monitor.status(db.settings)
+        observe.status(db.settings)
 
 
 def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
@@ -216,10 +228,10 @@ def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
 
     def work() -> None:
         try:
-            with monitor.open_connection(installed.settings) as conn:
+            with observe.open_connection(installed.settings) as conn:
                 for _ in range(5):
-                    monitor.refresh(conn)
-                    monitor.read_stats(conn, AlertSettings())
+                    observe.refresh(conn)
+                    observe.read_stats(conn, AlertSettings())
         except BaseException as exc:
             errors.append(exc)
 
@@ -257,7 +269,21 @@ def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
     with installed.connect() as conn:
         conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
                      " values ('q', now())")
-    assert cli(installed, "status").returncode == 6
+    warned = cli(installed, "status", "--json")
+    assert warned.returncode == 0 and json.loads(warned.stdout)["warnings"] == ["quarantine"]
+    schema.set_enabled(installed.settings, False)
+    installed.signup({"full_name": "No Profile"})
+    schema.set_enabled(installed.settings, True)
+    graceless = tmp_path / "graceless.toml"
+    graceless.write_text("[alerts]\nmissing_grace_seconds = 0\n")
+    # The bounded check runs at most every 2 s: poll.
+    deadline = time.monotonic() + 10
+    while True:
+        degraded = cli(installed, "status", "--json", env={"PROFILEGUARD_CONFIG": str(graceless)})
+        if degraded.returncode == 6 or time.monotonic() > deadline:
+            break
+    assert degraded.returncode == 6, degraded.stdout
+    assert json.loads(degraded.stdout)["missing"] == 1
     schema.set_enabled(installed.settings, False)
     bad = cli(installed, "status", "--json")
     assert bad.returncode == 7
@@ -286,17 +312,19 @@ def test_alert_settings_are_validated(tmp_path: Any) -> None:
 
     config = tmp_path / "profileguard.toml"
     config.write_text(
-        "[alerts]\nmissing_threshold = 5\nmissing_for_seconds = 120\nworker_required = true\n"
+        "[alerts]\nmissing_grace_seconds = 5\nrepair_slo_seconds = 120\nworker_required = true\n"
         "webhook_url = 'http://127.0.0.1:9/hook'\n"
     )
     alerts = load_settings(config, env={}).alerts
-    assert (alerts.missing_threshold, alerts.missing_for_seconds) == (5, 120.0)
+    assert (alerts.missing_grace_seconds, alerts.repair_slo_seconds) == (5.0, 120.0)
     assert alerts.worker_required is True and alerts.webhook_url == "http://127.0.0.1:9/hook"
     env = {"PROFILEGUARD_ALERT_WEBHOOK_URL": "https://hooks.example.com/x"}
     assert load_settings(config, env=env).alerts.webhook_url == "https://hooks.example.com/x"
     for body, key in (
         ("[alerts]\nwebhook_url = 'ftp://x'\n", "webhook_url"),
-        ("[alerts]\nmissing_threshold = -1\n", "alerts.missing_threshold"),
+        ("[alerts]\nmissing_grace_seconds = -1\n", "alerts.missing_grace_seconds"),
+        ("[alerts]\nmissing_grace_seconds = 90\n", "alerts.repair_slo_seconds"),
+        ("[alerts]\nmissing_for_seconds = 600\n", "alerts.repair_slo_seconds"),
         ("[alerts]\nsuccess_rate_min_pct = 101\n", "alerts.success_rate_min_pct"),
         ("[alerts]\nworker_required = 'maybe'\n", "alerts.worker_required"),
         ("[alerts]\nmissing_treshold = 3\n", "alerts.missing_treshold"),

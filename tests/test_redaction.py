@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import TestDB
 
-from profileguard import monitor, schema
+from profileguard import observe, schema
 from profileguard.redaction import redact_row
 
 
@@ -61,7 +61,7 @@ def test_api_rows_show_names_only_unless_asked(db: TestDB) -> None:
     _failing_install(db)
     db.signup({"full_name": "Grace Hopper"})
     with db.connect() as conn:
-        items = monitor.events(conn, kind="failure")["items"]
+        items = observe.events(conn, kind="failure")["items"]
     shown = redact_row(items[0])
     assert shown["redacted"] is True
     assert shown["constraint_name"] == "profiles_full_name_check"

@@ -33,7 +33,7 @@ from monitoring import (
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
-from profileguard import monitor, schema
+from profileguard import observe, schema
 from profileguard.config import Settings, load_settings
 from profileguard.errors import ExitCode
 from profileguard.web import create_app
@@ -291,7 +291,7 @@ def test_status_endpoint_matches_the_library(installed: TestDB) -> None:
     signups(installed, 3)
     with serving(installed.settings) as base:
         api = get_json(f"{base}/api/status")
-    lib = monitor.status(installed.settings, refresh_if_older_than=float("inf"))
+    lib = observe.status(installed.settings, refresh_if_older_than=float("inf"))
     for key in ("users", "profiles", "missing", "coverage_pct", "quarantined", "repairs_total"):
         assert api["stats"][key] == lib["stats"][key], key
     assert api["status"] == lib["status"] == "healthy"

@@ -185,8 +185,10 @@ def _default_policy() -> UsernamePolicy:
 class AlertSettings:
     """Thresholds of the alert rules and where alerts go (the [alerts] section)."""
 
-    missing_threshold: int = 0
-    missing_for_seconds: float = 600.0
+    # The verdict follows the invariant: degraded once a user has had no profile for longer than
+    # the grace, unhealthy once one has for longer than the repair SLO.
+    missing_grace_seconds: float = 10.0
+    repair_slo_seconds: float = 60.0
     success_rate_min_pct: float = 99.0
     success_rate_window_seconds: float = 3600.0
     success_rate_min_signups: int = 20
@@ -197,7 +199,7 @@ class AlertSettings:
     webhook_url: str | None = None
     webhook_timeout_seconds: float = 5.0
     webhook_attempts: int = 3
-    evaluate_interval_seconds: float = 30.0
+    evaluate_interval_seconds: float = 5.0
     refresh_interval_seconds: float = 300.0
 
 
@@ -465,10 +467,23 @@ def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
     )
 
 
+# [alerts] settings of earlier versions, and what replaces them.
+RETIRED_ALERT_SETTINGS = {
+    "missing_threshold": "alerts.missing_grace_seconds",
+    "missing_for_seconds": "alerts.repair_slo_seconds",
+}
+
+
 def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSettings:
     """Validate the [alerts] section (and PROFILEGUARD_ALERT_WEBHOOK_URL)."""
     known = set(AlertSettings.__dataclass_fields__)
     for key in section:
+        if key in RETIRED_ALERT_SETTINGS:
+            raise ConfigError(
+                f"alerts.{key} is no longer used: the verdict follows the age of the oldest "
+                "user without a profile",
+                hint=f"remove it; set {RETIRED_ALERT_SETTINGS[key]} instead",
+            )
         if key not in known:
             raise ConfigError(
                 f"alerts.{key}: unknown setting",
@@ -482,9 +497,17 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
     def count(key: str) -> int:
         return _int(section.get(key, getattr(d, key)), f"alerts.{key}", low=0, high=10**9)
 
+    grace = seconds("missing_grace_seconds", high=86400)
+    slo = seconds("repair_slo_seconds", high=30 * 86400)
+    if slo < grace:
+        raise ConfigError(
+            f"alerts.repair_slo_seconds ({slo:g}) is shorter than alerts.missing_grace_seconds "
+            f"({grace:g})",
+            hint="set repair_slo_seconds at least as long as missing_grace_seconds",
+        )
     return AlertSettings(
-        missing_threshold=count("missing_threshold"),
-        missing_for_seconds=seconds("missing_for_seconds"),
+        missing_grace_seconds=grace,
+        repair_slo_seconds=slo,
         success_rate_min_pct=_float(
             section.get("success_rate_min_pct", d.success_rate_min_pct),
             "alerts.success_rate_min_pct", low=0, high=100,

@@ -127,10 +127,10 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Coverage, health verdict and figures; the exit code tells the verdict (STATUS_HELP)."""
-    from profileguard import monitor
+    from profileguard import observe
 
     older = {True: 0.0, False: float("inf"), None: None}[refresh]
-    result = monitor.status(state(ctx).settings(), refresh_if_older_than=older)
+    result = observe.status(state(ctx).settings(), refresh_if_older_than=older)
     if as_json:
         print_json(result)
     else:

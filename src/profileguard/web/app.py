@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import Connection
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from profileguard import __version__, monitor
+from profileguard import __version__, observe
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.db import translate
@@ -79,12 +79,16 @@ def _unavailable(exc: ProfileGuardError) -> HTTPException:
     )
 
 
+Connect = Callable[[], AbstractContextManager[Connection[Any]]]
+Shown = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 def create_app(
     settings: Settings,
     *,
     token: str | None = None,
     alerts: bool = True,
-    loop: monitor.MonitorLoop | None = None,
+    loop: observe.MonitorLoop | None = None,
     show_details: bool = False,
 ) -> FastAPI:
     """The application; with `alerts`, a background loop refreshes the counts and evaluates
@@ -96,10 +100,12 @@ def create_app(
     def shown(row: dict[str, Any]) -> dict[str, Any]:
         return row if show_details else redact_row(row)
 
+    pool = _pool(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
-        background = loop or (monitor.MonitorLoop(settings) if alerts else None)
+        background = loop or (observe.MonitorLoop(settings) if alerts else None)
         if background is not None:
             background.start()
         try:
@@ -109,8 +115,26 @@ def create_app(
                 background.stop()
             pool.close()
 
-    # Kept sessions: stats() and its plans are compiled once per connection, not per request.
-    pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+    app = FastAPI(
+        title="profileguard",
+        version=__version__,
+        description="Every user has a profile: status, metrics and the audit trail (read-only).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    connection = _connector(pool)
+    auth = [Depends(_bearer(token))]
+    _pages(app)
+    _probes(app, connection)
+    _status_routes(app, settings, connection, auth, shown)
+    _list_routes(app, connection, auth, shown)
+    return app
+
+
+def _pool(settings: Settings) -> ConnectionPool[Connection[Any]]:
+    """Kept sessions: stats() and its plans are compiled once per connection, not per request."""
+    return ConnectionPool(
         settings.conninfo(),
         min_size=1,
         max_size=POOL_SIZE,
@@ -122,6 +146,10 @@ def create_app(
             "connect_timeout": settings.connect_timeout,
         },
     )
+
+
+def _connector(pool: ConnectionPool[Connection[Any]]) -> Connect:
+    """A pooled connection, or ConnectionFailedError after POOL_TIMEOUT seconds."""
 
     @contextmanager
     def connection() -> Iterator[Connection[Any]]:
@@ -136,15 +164,11 @@ def create_app(
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
-    app = FastAPI(
-        title="profileguard",
-        version=__version__,
-        description="Every user has a profile: status, metrics and the audit trail (read-only).",
-        docs_url=None,
-        redoc_url=None,
-        lifespan=lifespan,
-    )
-    auth = [Depends(_bearer(token))]
+    return connection
+
+
+def _pages(app: FastAPI) -> None:
+    """The dashboard, the API docs and the liveness probe: no database, no token."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
@@ -158,11 +182,15 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+
+def _probes(app: FastAPI, connection: Connect) -> None:
+    """/readyz: database reachable, schema installed with monitoring, trigger enabled."""
+
     @app.get("/readyz", summary="Database reachable, schema installed and enabled")
     def readyz() -> JSONResponse:
         try:
             with connection() as conn:
-                version = monitor.require_monitoring(conn)
+                version = observe.require_monitoring(conn)
                 row = conn.execute(
                     "select s.enabled, exists (select from pg_catalog.pg_trigger g"
                     " where g.tgrelid = (select t.identity from profileguard._monitored_tables() t)"
@@ -191,6 +219,11 @@ def create_app(
             )
         return JSONResponse(body, status_code=200 if ready else 503)
 
+
+def _status_routes(app: FastAPI, settings: Settings, connection: Connect, auth: list[Any],
+                   shown: Shown) -> None:
+    """/metrics and /api/status: one evaluation of the same figures as `profileguard status`."""
+
     @app.get("/metrics", dependencies=auth, summary="Prometheus text format",
              response_class=Response)
     def prometheus() -> Response:
@@ -200,11 +233,15 @@ def create_app(
     def api_status() -> dict[str, Any]:
         try:
             with connection() as conn:
-                result = monitor.status(settings, refresh_if_older_than=float("inf"), conn=conn)
+                result = observe.status(settings, refresh_if_older_than=float("inf"), conn=conn)
                 result["quarantine"] = [shown(q) for q in result.get("quarantine", [])]
                 return result
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
+
+
+def _list_routes(app: FastAPI, connection: Connect, auth: list[Any], shown: Shown) -> None:
+    """/api/events, /api/history and /api/quarantine."""
 
     @app.get("/api/events", dependencies=auth, summary="The audit trail, newest first")
     def api_events(
@@ -216,7 +253,7 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"kind must be one of {EVENT_KINDS}")
         try:
             with connection() as conn:
-                page = monitor.events(conn, limit=limit, before=before, kind=kind)
+                page = observe.events(conn, limit=limit, before=before, kind=kind)
                 page["items"] = [shown(e) for e in page["items"]]
                 return page
         except ProfileGuardError as exc:
@@ -229,7 +266,7 @@ def create_app(
     ) -> dict[str, Any]:
         try:
             with connection() as conn:
-                return {"items": monitor.history(conn, hours=hours, points=points)}
+                return {"items": observe.history(conn, hours=hours, points=points)}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
 
@@ -237,11 +274,9 @@ def create_app(
     def api_quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         try:
             with connection() as conn:
-                return {"items": [shown(q) for q in monitor.quarantine(conn, limit=limit)]}
+                return {"items": [shown(q) for q in observe.quarantine(conn, limit=limit)]}
         except ProfileGuardError as exc:
             raise _unavailable(exc) from exc
-
-    return app
 
 
 def is_loopback(host: str) -> bool:

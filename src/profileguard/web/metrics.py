@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from profileguard import monitor
+from profileguard import observe
 from profileguard.config import Settings
 from profileguard.errors import ProfileGuardError
+from profileguard.observe.health import LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # dashboard use only these.
 METRICS = (
     "profileguard_up",
+    "profileguard_health_status",
+    "profileguard_check_failing",
+    "profileguard_invariant_check_age_seconds",
     "profileguard_enabled",
     "profileguard_trigger_installed",
     "profileguard_users",
@@ -74,26 +78,54 @@ class StatsCollector(Collector):
 
     def __init__(self, settings: Settings, connection: ConnectionFactory | None = None):
         self.settings = settings
-        self.connection = connection or (lambda: monitor.open_connection(settings))
+        self.connection = connection or (lambda: observe.open_connection(settings))
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
             with self.connection() as conn:
-                stats = monitor.read_stats(conn, self.settings.alerts)
-                alerts = monitor.alert_states(conn)
+                stats = observe.read_stats(conn, self.settings.alerts)
+                alerts = observe.alert_states(conn)
         except ProfileGuardError as exc:
             log.warning("metrics: cannot read profileguard stats: %s", exc)
             yield GaugeMetricFamily("profileguard_up", "1 when the database was read", value=0)
             return
         yield GaugeMetricFamily("profileguard_up", "1 when the database was read", value=1)
+        yield from self._verdict(observe.evaluate(stats, self.settings.alerts))
         yield from self._figures(stats, alerts)
         yield GaugeMetricFamily(
             "profileguard_scrape_duration_seconds", "Time taken to read the figures",
             value=time.perf_counter() - started,
         )
 
+    def _verdict(self, health: observe.Health) -> Iterator[Metric]:
+        """The verdict and its checks: the same evaluation `profileguard status` shows."""
+        yield GaugeMetricFamily(
+            "profileguard_health_status", "The verdict: 0 healthy, 1 degraded, 2 unhealthy",
+            value=LEVEL[health.status],
+        )
+        failing = GaugeMetricFamily(
+            "profileguard_check_failing", "1 while a check of the verdict holds (its alert fires)",
+            labels=["check", "severity"],
+        )
+        for rule, cond in health.conditions:
+            failing.add_metric([rule.name, rule.severity], 1 if cond.active else 0)
+        yield failing
+        age = health.stats.get("invariant_check_age_seconds")
+        if age is not None:
+            yield GaugeMetricFamily(
+                "profileguard_invariant_check_age_seconds",
+                "Seconds since the bounded check last looked for users without a profile",
+                value=float(age),
+            )
+
     def _figures(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+        yield from self._gauges(s)
+        yield from self._families(s, alerts)
+
+    def _gauges(self, s: dict[str, Any]) -> Iterator[Metric]:
+        """The single-value figures (absent when stats() has none)."""
+
         def num(key: str) -> float | None:
             value = s.get(key)
             return None if value is None else float(value)
@@ -149,6 +181,8 @@ class StatsCollector(Collector):
         ]
         yield from (m for m in candidates if m is not None)
 
+    def _families(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+        """Counters, labelled families, backfill progress and the persisted alert states."""
         inserts = CounterMetricFamily(
             "profileguard_identity_inserts",
             "Rows inserted into the identity table (statistics collector)",
@@ -197,7 +231,7 @@ class StatsCollector(Collector):
             labels=["rule", "severity"],
         )
         known = {a["rule"]: a for a in alerts}
-        for rule in monitor.RULES:
+        for rule in observe.RULES:
             state = known.get(rule.name, {})
             firing.add_metric([rule.name, rule.severity],
                               1 if state.get("state") == "firing" else 0)
