@@ -276,3 +276,28 @@ def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
         # No trigger saw them and no failure was recorded: the worker's full sweep after it
         # found profileguard back finds them (its periodic one is an hour away here).
         assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)
+
+
+def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker(
+    installed: TestDB,
+) -> None:
+    """Imports with `session_replication_role = replica` fire no trigger and leave no failure:
+    the worker's bounded invariant check finds them."""
+    reconciler = fast_reconciler(installed, worker_id="heal-replica")
+    with running(reconciler):
+        assert wait_for(lambda: installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'heal-replica'") == 1)
+        # Its first full sweep is over (the next is an hour away): only the check can find them.
+        assert wait_for(lambda: reconciler.stats["passes"] >= 1)
+        with installed.connect_admin() as conn:
+            conn.execute("set session_replication_role = replica")
+            users = [
+                conn.execute(
+                    "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
+                    " values (gen_random_uuid(), 'authenticated', 'authenticated', %s,"
+                    " '{\"full_name\": \"Imported\"}') returning id",
+                    (f"imported{i}@example.com",)).fetchone()[0]
+                for i in range(10)
+            ]
+        assert not any(has_profile(installed, u) for u in users)
+        assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)

@@ -121,7 +121,8 @@ def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
             if now >= next_heal:
                 healed = rec.heal()
                 next_heal = time.monotonic() + rec.probe_interval
-                if healed["catalog_changed"] or healed.get("released"):
+                if (healed["catalog_changed"] or healed.get("released")
+                        or healed.get("found_missing")):
                     next_incremental = time.monotonic()
             if now >= next_full:
                 rec.run_once(stop_event)

@@ -220,6 +220,7 @@ class Reconciler(Session):
             rows = self._retrying(query)
             if rows:
                 result.merge(self.repair_users(self._parse_ids(str(r[0]) for r in rows)))
+        result.merge(self._repair_found(stop_event))
         self._drift_pass(stop_event, full=False)
         result.duration = time.monotonic() - started
         return result
@@ -255,6 +256,28 @@ class Reconciler(Session):
         ids = self._parse_ids(dict.fromkeys([*texts, *reset_ids]))
         return self.repair_users(ids)
 
+    def _repair_found(self, stop_event: threading.Event | None) -> PassResult:
+        """Users the invariant check found without a profile (inserted with the trigger off, by
+        `session_replication_role = replica`, by COPY): no failure event names them."""
+        result = PassResult()
+        while stop_event is None or not stop_event.is_set():
+            cursor = self._found_cursor
+
+            def found(conn: psycopg.Connection, cursor: int = cursor) -> list[tuple[Any, ...]]:
+                with conn.transaction():
+                    return conn.execute(
+                        "select found_seq, user_id from profileguard.found_missing(%s, %s)",
+                        (cursor, self.batch_size)).fetchall()
+
+            rows = self._retrying(found)
+            if not rows:
+                break
+            self._found_cursor = max(int(r[0]) for r in rows)
+            result.merge(self.repair_users(self._parse_ids(str(r[1]) for r in rows)))
+            if len(rows) < self.batch_size:
+                break
+        return result
+
     def heal(self) -> dict[str, Any]:
         """Look at the catalog (a change releases whoever a change could help) and probe the open
         breakers that are due; returns {"catalog_changed", "probed", "closed", "released"}."""
@@ -262,10 +285,14 @@ class Reconciler(Session):
         def look(conn: psycopg.Connection) -> dict[str, Any]:
             with conn.transaction():
                 changed = conn.execute("select profileguard.check_catalog()").fetchone()
+            with conn.transaction():  # at most every 2 s, whoever calls it (stats() does too)
+                invariant = conn.execute("select profileguard.check_invariant()").fetchone()
             with conn.transaction():
                 probe = conn.execute("select profileguard.probe_breakers()").fetchone()
             result: dict[str, Any] = dict(probe[0]) if probe and probe[0] else {}
             result["catalog_changed"] = bool(changed and changed[0])
+            result["found_missing"] = int(((invariant[0] if invariant else None) or {}).get(
+                "found") or 0)
             return result
 
         result = self._retrying(look)

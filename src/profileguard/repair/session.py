@@ -104,6 +104,8 @@ class Session:
         self._installed: Installation | None = None
         self._key_type: str | None = None
         self._event_cursor: int | None = None
+        # The last of profileguard.found_missing()'s sequence numbers handled.
+        self._found_cursor = 0
         # A full sweep is due (at start, and after profileguard was missing for a while).
         self._full_due = True
         self._lock = threading.Lock()
