@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from conftest import key_hash
 
 from profileguard import schema
 from profileguard.config import load_settings
+from profileguard.mapping.insert import _length_bounds
 
 
 def execute(db, query: str, params=None) -> None:
@@ -149,6 +151,20 @@ def test_names_colliding_after_truncation_to_check_maximum(db):
     # 12 - len('_') - 8 hex characters leaves 3 of the name.
     assert username(db, second) == f"abc_{key_hash(second)}"
     assert failure_count(db) == 0
+
+
+def test_only_length_checks_count_as_lengths():
+    # The signup's first insert leaves out a CHECK these bounds say its names satisfy: anything
+    # but a conjunction of character-length comparisons must be kept.
+    assert _length_bounds("(char_length(username) >= 3) AND (char_length(username) <= 12)",
+                          "username") == (3, 12)
+    assert _length_bounds("char_length((username)::text) > 2", "username") == (3, sys.maxsize)
+    for body in ("char_length(username) >= 3 OR username IS NULL",
+                 "(char_length(username) >= 3 AND username <> 'x') OR true",
+                 "char_length(username) = 3", "octet_length(username) <= 24",
+                 "char_length(lower(username)) >= 3", "char_length(other) >= 3",
+                 "(username ~ '^a') AND (char_length(username) >= 3)"):
+        assert _length_bounds(body, "username") is None, body
 
 
 def test_names_colliding_after_truncation_in_one_statement(db):

@@ -26,6 +26,7 @@ from profileguard.mapping.plan import (
     _cast,
     _coalesced,
     _coalesced_as,
+    _unwrapped,
     source_expr,
 )
 
@@ -142,11 +143,12 @@ class _Names:
         digits = max(1, min(digits, self.max - 1))
         return max(0, self.max - 1 - digits), digits
 
-    def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX) -> sql.Composable:
+    def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX,
+                 hashed: sql.Composable = sql.SQL("c.pg_hash")) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
         keep, digits = self.suffix_digits(digits)
-        return sql.SQL("left({}, {}) || '_' || left(c.pg_hash, {})").format(
-            base, sql.Literal(keep), sql.Literal(digits))
+        return sql.SQL("left({}, {}) || '_' || left({}, {})").format(
+            base, sql.Literal(keep), hashed, sql.Literal(digits))
 
     def suffixed_lengths(self, base: str | None, digits: int = SHORT_SUFFIX) -> tuple[int, int]:
         """The fewest and most characters of `suffixed` of a non-empty base (of the literal
@@ -181,11 +183,23 @@ class _Names:
         if self.policy.pattern is not None:
             tests.append(sql.SQL("{} ~ {}").format(value, sql.Literal(self.policy.pattern)))
         for _, body in self.guard.checks:
+            if self.lean and self._implied(body, low, high):
+                continue
             tests.append(sql.SQL("coalesce(({}), true)").format(
                 _expr_with(body, self.guard.column, typed)))
         if not tests:
             return sql.SQL("true")
         return sql.SQL("({})").format(sql.SQL(" and ").join(tests))
+
+    def _implied(self, body: str, low: int, high: int) -> bool:
+        """A CHECK on a text or varchar column made only of character-length bounds that the
+        length `ok` ensures ([low, high]) satisfies: the lean test leaves it out."""
+        if self.column.type not in ("text", "character varying") and not (
+            self.column.type.startswith("character varying(")
+        ):
+            return False
+        bounds = _length_bounds(body, self.guard.column)
+        return bounds is not None and low >= bounds[0] and high <= bounds[1]
 
     def key(self, key: UniqueKey, value: sql.Composable) -> sql.Composable:
         """The unique key the index would store for the candidate."""
@@ -304,6 +318,32 @@ _LENGTH_TEST = re.compile(
 )
 
 
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_BOUND = re.compile(
+    r"(?:char_length|character_length|length)\((?P<col>\(\s*\"?\w+\"?\s*\)|\"?\w+\"?)"
+    r"(?:::(?:text|character varying(?:\(\d+\))?))?\)\s*(?P<op>>=|<=|>|<)\s*(?P<n>\d+)"
+)
+
+
+def _length_bounds(body: str, column: str) -> tuple[int, int] | None:
+    """(fewest, most) characters a CHECK allows when it is nothing but a conjunction of
+    character-length comparisons of `column` with constants; None for any other CHECK."""
+    low, high = 0, sys.maxsize
+    for term in _AND.split(body.strip()):
+        term = term.strip()
+        while term.startswith("(") and term.endswith(")") and _unwrapped(term) != term:
+            term = _unwrapped(term).strip()
+        match = _BOUND.fullmatch(term)
+        if match is None or match["col"].strip("()\" \t") != column:
+            return None
+        n, op = int(match["n"]), match["op"]
+        if op in (">=", ">"):
+            low = max(low, n + 1 if op == ">" else n)
+        else:
+            high = min(high, n - 1 if op == "<" else n)
+    return low, high
+
+
 def _restricts_characters(body: str, column: str) -> bool:
     """False for a CHECK made only of character-length bounds (the candidates' length already
     satisfies those); True for anything else (patterns, octet_length, other functions)."""
@@ -344,6 +384,14 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
     plain = sql.SQL("c.pg_plain") if optimistic else n.plain(base)
     any_base = n.suffixed_lengths(None)
     restricted = _restricted(plan, guard)
+    free_plain = sql.SQL("c.pg_trusted and not {} and {}").format(
+        n.reserved(plain), n.ok(plain, (1, n.max)))
+    if optimistic and _hash_inline(plan, guard):
+        # The suffixed name is the only other candidate: the key is hashed right there.
+        final = sql.SQL("case when c.pg_base is null then null when {} then {} else {} end"
+                        ).format(free_plain, plain,
+                                 n.suffixed(base, hashed=sql.SQL("md5(c.pg_key::text)")))
+        return free_plain, n.typed(final)
     slug = sql.SQL(
         "nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')"
     ).format(_lower(base, guard))
@@ -386,10 +434,18 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
     final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
     if optimistic:  # over the select that has the plain name as a column
-        return sql.SQL("c.pg_trusted and not {} and {}").format(
-            n.reserved(plain), n.ok(plain, (1, n.max))), n.typed(final)
+        return free_plain, n.typed(final)
     plain_b = n.plain(sql.SQL("b.pg_base"))
     return free.format(n.reserved(plain_b), n.ok(plain_b), n.taken(plain_b)), n.typed(final)
+
+
+def _hash_inline(plan: Plan, guard: UsernameGuard) -> bool:
+    """Whether the optimistic insert's one candidate after the plain name is the suffixed
+    name, acceptable by its length alone: its outer select then hashes the key itself (one
+    select fewer to set up per signup, and still one md5 per name not given plainly)."""
+    n = _Names(plan, guard, lean=True)
+    second = n.ok(n.suffixed(sql.SQL("c.pg_base")), n.suffixed_lengths(None))
+    return not _restricted(plan, guard) and second == sql.SQL("true")
 
 
 def insert_statement(
@@ -508,8 +564,9 @@ def _optimistic_layers(
     so it is laid out for that, with the same result: `a` reads the sources (the other columns'
     identity columns as they are, see `_late_columns`), the next `a` cuts the chosen name
     (`pg_cut`) and decides `pg_trusted`, `b` cleans it, `c` gives the plain name a column, the
-    next `c` hashes the key only when the plain name is not free (`pg_hash` NULL says it is),
-    and each select passes up only the columns used above it."""
+    next `c` hashes the key only when the plain name is not free (`pg_hash` NULL says it is;
+    left out when the outer select can hash it, see `_hash_inline`), and each select passes up
+    only the columns used above it."""
     names = _Names(plan, guard, lean=True)
     free, _ = _username_outer(plan, guard, forced=False, optimistic=True)
 
@@ -517,11 +574,16 @@ def _optimistic_layers(
         idents = [*carried, *(sql.Identifier(name) for name in extra)]
         return [sql.SQL("{}.{}").format(sql.SQL(alias), ident) for ident in idents]
 
-    return [
+    layers: list[tuple[list[sql.Composable], str]] = [
         ([*passed("a"), *raw], "a"),
         ([*passed("a", "pg_trusted"), *middle], "b"),
         ([sql.SQL("b.*"), sql.SQL("{} as pg_plain").format(
             names.plain(sql.SQL("b.pg_base"), column=True))], "c"),
+    ]
+    if _hash_inline(plan, guard):
+        return layers
+    return [
+        *layers,
         # The key is hashed only for the names not given plainly: md5 costs a bulk insert of
         # plain names more than the select that decides it. The plain slug's test (a table
         # that restricts characters) reads pg_trusted.
