@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdb import database, log
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
+from profileguard.install import install
 from profileguard.mapping import build_plan, insert_statement
 
 SCRATCH_DB = "profileguard_bench_backfill"
@@ -95,7 +95,7 @@ class Bench:
     def setup(self) -> None:
         with self.connect() as conn:
             conn.execute(sqlfiles.read("supabase_auth.sql"))
-        schema.install(self.settings, create_profile_table=True, enabled=False)
+        install(self.settings, create_profile_table=True, enabled=False)
         log(f"creating {self.args.users:,} users without profiles…")
         with self.connect() as conn:
             for low in range(1, self.args.users + 1, CHUNK):

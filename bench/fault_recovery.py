@@ -47,10 +47,10 @@ from benchdb import log, scratch_database
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.install import install, uninstall
 
 SCRATCH_DB = "profileguard_bench_faults"
 INSTALLER = "profileguard_bench_installer"
@@ -221,9 +221,9 @@ class Bench:
 
     @contextlib.contextmanager
     def reinstall(self) -> Iterator[None]:
-        schema.uninstall(self.settings)
+        uninstall(self.settings)
         yield
-        schema.install(self.settings)
+        install(self.settings)
         self.user_fault()  # the profile table stays; the injected per-user fault too
 
     @contextlib.contextmanager
@@ -324,7 +324,7 @@ def prepare(admin_url: str) -> str:
         conn.execute(sql.SQL("alter database {} owner to {}").format(
             sql.Identifier(dbname), sql.Identifier(INSTALLER)))
     installer_url = make_conninfo(admin_url, user=INSTALLER)
-    schema.install(load_settings(env={}, database_url=installer_url), create_profile_table=True)
+    install(load_settings(env={}, database_url=installer_url), create_profile_table=True)
     return installer_url
 
 

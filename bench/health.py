@@ -53,8 +53,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdb import database, log
 
-from profileguard import schema
 from profileguard.config import load_settings
+from profileguard.install import install, set_enabled
 from profileguard.web import metrics
 
 TARGET_MS = 50.0
@@ -91,9 +91,9 @@ def populate(conn: psycopg.Connection, users: int, settings: Any) -> None:
         done += n
         log(f"  {done:,} users ({time.perf_counter() - started:.0f} s)")
     # Users without a profile: the trigger switched off for a moment, and trigger failures.
-    schema.set_enabled(settings, False)
+    set_enabled(settings, False)
     conn.execute(BULK, {"prefix": "off_", "n": 300})
-    schema.set_enabled(settings, True)
+    set_enabled(settings, True)
     conn.execute("alter table public.profiles add constraint bench_no_bad"
                  " check (full_name is distinct from 'Bench Bad') not valid")
     for i in range(200):
@@ -239,7 +239,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(env={}, database_url=url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sqlfiles.read("supabase_auth.sql"))
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
         log(f"creating {args.users:,} users (profiles by the trigger)…")
         populate(conn, args.users, settings)
         server = conn.execute("select current_setting('server_version'),"

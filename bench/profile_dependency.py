@@ -36,10 +36,10 @@ import psycopg
 from benchdb import database
 from fastapi import Depends, FastAPI, Header
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.client import AsyncProfileGuard
 from profileguard.config import Settings, load_settings
+from profileguard.install import install
 from profileguard.integrations.fastapi import RequireProfile
 
 SCRATCH_DB = "profileguard_bench_dep"
@@ -64,7 +64,7 @@ def scratch_database(database_url: str | None) -> Iterator[Settings]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sqlfiles.read("supabase_auth.sql"))
         settings = load_settings(env={}, database_url=url)
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
         yield settings
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import psycopg
 from benchdb import database
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
+from profileguard.install import install
 
 SCRATCH_DB = "profileguard_bench_latency"
 TARGET_P99 = 1.0  # seconds
@@ -99,7 +99,7 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sqlfiles.read("supabase_auth.sql"))
     settings = load_settings(env={}, database_url=url)
-    schema.install(settings, create_profile_table=True)
+    install(settings, create_profile_table=True)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(FAULT)
 

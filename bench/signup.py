@@ -6,7 +6,7 @@ with a length check):
 
 * three configurations on the same tables: ``none`` (no trigger), ``per-row`` (Supabase's
   documented ``handle_new_user`` FOR EACH ROW trigger) and ``profileguard`` (its statement-level
-  trigger with the default mapping, installed with ``profileguard.schema.install``);
+  trigger with the default mapping, installed with ``profileguard.install.install``);
 * signups driven server-side by pgbench: each transaction is shaped like Supabase Auth's, as
   ``supabase_auth_admin`` with ``search_path = auth`` — insert the user with an empty role,
   update its role, insert its identity, commit. ``--clients`` connections for ``--seconds`` after
@@ -54,9 +54,9 @@ from benchdb import database, log
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import CONFIG_FILE, Settings, load_settings
+from profileguard.install import install, uninstall
 from profileguard.installation import TRIGGER_NAME
 
 SCRATCH_DB = "profileguard_bench_signup"
@@ -210,12 +210,12 @@ class Bench:
             self.server["jit_available"] = "yes" if row and row[0] else "no"
             exists = conn.execute("select to_regclass('public.profiles') is not null").fetchone()
         if not (exists and exists[0]):
-            schema.install(self.settings, create_profile_table=True)
-        schema.uninstall(self.settings)
+            install(self.settings, create_profile_table=True)
+        uninstall(self.settings)
 
     def configure(self, config: str) -> None:
         """Leave exactly the trigger of `config` on auth.users (and empty tables)."""
-        schema.uninstall(self.settings)
+        uninstall(self.settings)
         with self.connect() as conn:
             for statement in DROP_PER_ROW:
                 conn.execute(statement)
@@ -223,7 +223,7 @@ class Bench:
                 conn.execute(PER_ROW_FUNCTION)
                 conn.execute(PER_ROW_TRIGGER)
         if config == "profileguard":
-            schema.install(self.settings)
+            install(self.settings)
         with self.connect() as conn:
             triggers = conn.execute(
                 "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"

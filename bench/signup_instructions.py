@@ -41,9 +41,9 @@ from benchdb import log
 from psycopg.conninfo import make_conninfo
 from signup import BULK, CONFIGS, DROP_PER_ROW, PER_ROW_FUNCTION, PER_ROW_TRIGGER
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
+from profileguard.install import install, uninstall
 
 PORT = 54329  # of the private cluster's socket, inside its own directory
 
@@ -134,8 +134,8 @@ def build(url: str, config: str) -> None:
     settings = load_settings(env={}, database_url=db_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(sqlfiles.read("supabase_auth.sql"))
-    schema.install(settings, create_profile_table=True)
-    schema.uninstall(settings)
+    install(settings, create_profile_table=True)
+    uninstall(settings)
     with psycopg.connect(db_url, autocommit=True) as conn:
         for statement in DROP_PER_ROW:
             conn.execute(statement)
@@ -143,7 +143,7 @@ def build(url: str, config: str) -> None:
             conn.execute(PER_ROW_FUNCTION)
             conn.execute(PER_ROW_TRIGGER)
     if config == "profileguard":
-        schema.install(settings)
+        install(settings)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("vacuum analyze")
         conn.execute("checkpoint")

@@ -34,10 +34,9 @@ import psycopg
 from benchdb import database, log
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
-from profileguard.schema import RECORD_LOCK_MS
+from profileguard.install import RECORD_LOCK_MS, install
 
 SCRATCH_DB = "profileguard_bench_locks"
 SCENARIOS = {
@@ -135,7 +134,7 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         available = conn.execute("select pg_jit_available()").fetchone()
         server["jit_available"] = "yes" if available and available[0] else "no"
-    schema.install(settings, create_profile_table=True)
+    install(settings, create_profile_table=True)
     auth_url = make_conninfo(url, user="supabase_auth_admin", options="-c search_path=auth")
     env = {**os.environ, "DATABASE_URL": url}
     worker = subprocess.Popen(

@@ -48,9 +48,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from signup import SERVER_SETTINGS, find_pgbench
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import CONFIG_FILE, load_settings
+from profileguard.install import install
 from profileguard.installation import UPDATE_TRIGGER_NAMES as UPDATE_TRIGGERS
 
 SCRATCH_DB = "profileguard_bench_sync"
@@ -143,7 +143,7 @@ class Bench:
                 self.server[name] = str(row[0]) if row else "?"
             row = conn.execute("select pg_jit_available()").fetchone()
             self.server["jit_available"] = "yes" if row and row[0] else "no"
-        schema.install(self.settings, create_profile_table=True)
+        install(self.settings, create_profile_table=True)
         with self.connect() as conn:
             for statement in SEED.split(";\n"):
                 if statement.strip():
@@ -157,7 +157,7 @@ class Bench:
 
     def configure(self, config: str) -> None:
         if config == "sync":
-            schema.install(self.settings)
+            install(self.settings)
         else:
             with self.connect() as conn:
                 for name in UPDATE_TRIGGERS:

@@ -43,10 +43,10 @@ from psycopg.conninfo import make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdb import database, log
 
-from profileguard import locking, schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
-from profileguard.locking import LOCK_TIMEOUT_MS
+from profileguard.install import install, locking, uninstall
+from profileguard.install.locking import LOCK_TIMEOUT_MS
 
 ROLE = "profileguard_supabase_postgres"
 TARGET_MS = 200.0
@@ -227,21 +227,21 @@ def main() -> None:
         with Load(url, ids, args.logins) as load:
             waits, took = measure(load, url, blocker, args.hold, None)
             print(summary("long transaction, no DDL", waits, took))
-            waits, took = measure(load, url, blocker, args.hold, lambda: schema.install(
+            waits, took = measure(load, url, blocker, args.hold, lambda: install(
                 settings, replace_triggers=["on_auth_user_created"]))
             print(summary("install --replace-trigger", waits, took))
             notes: list[str] = []
             waits, took = measure(load, url, blocker, args.hold,
-                                  lambda: schema.uninstall(settings, notes=notes))
+                                  lambda: uninstall(settings, notes=notes))
             print(summary("uninstall", waits, took))
             # Side by side: the same two commands with no lock_timeout (each waits as long as
             # the long transaction holds its lock, and every login queues behind it).
             locking.LOCK_TIMEOUT_MS = 0
-            waits, took = measure(load, url, blocker, args.hold, lambda: schema.install(
+            waits, took = measure(load, url, blocker, args.hold, lambda: install(
                 settings, replace_triggers=["on_auth_user_created"]))
             print(summary("install, no lock_timeout", waits, took))
             waits, took = measure(load, url, blocker, args.hold,
-                                  lambda: schema.uninstall(settings))
+                                  lambda: uninstall(settings))
             print(summary("uninstall, no lock_timeout", waits, took))
         print(f"sign-ups during the run: {load.signups}, failed: {load.failed_signups}; all of "
               f"them with a profile: {_all_profiled(url)}")

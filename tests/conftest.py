@@ -27,10 +27,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings, load_settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.install import install
 
 _counter = itertools.count()
 
@@ -225,5 +225,5 @@ def db(server_dsn: str, template_db: str, installer: str) -> Iterator[TestDB]:
 @pytest.fixture
 def installed(db: TestDB) -> TestDB:
     """`db` with profileguard installed and a Supabase-style public.profiles created."""
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     return db

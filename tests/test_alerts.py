@@ -19,8 +19,9 @@ from monitoring import (
     with_alerts,
 )
 
-from profileguard import observe, schema
+from profileguard import observe
 from profileguard.config import Settings
+from profileguard.install import set_enabled
 
 
 @dataclass
@@ -38,9 +39,9 @@ def sweep(db: TestDB) -> None:
 
 
 def _missing_on(db: TestDB) -> None:
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     db.signup({"full_name": "Lost"})
-    schema.set_enabled(db.settings, True)
+    set_enabled(db.settings, True)
     sweep(db)  # no failure event when the trigger is off: only a sweep sees this user
 
 

@@ -13,9 +13,9 @@ import pytest
 from conftest import TestDB
 from test_cli import cli
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.audit import AuditReport, Finding, run_audit
+from profileguard.install import install, set_enabled
 from profileguard.installation import TRIGGER_NAME
 
 # The trigger Supabase documents (security definer, empty search_path, qualified names).
@@ -178,7 +178,7 @@ def test_competing_trigger_with_profileguard_enabled_is_an_error(db: TestDB) -> 
     with db.connect() as conn:
         conn.execute(SUPABASE_PROFILES)
         conn.execute(DOCUMENTED_TRIGGER)
-    schema.install(db.settings)
+    install(db.settings)
     competing = one(audit(db), "competing_trigger")
     assert competing.severity == "error"
     assert any("two paths" in r for r in competing.evidence["risks"])
@@ -276,7 +276,7 @@ def test_columns_constraints_and_foreign_keys_at_risk(db: TestDB) -> None:
     assert {"not_null_unfilled", "derived_value_at_risk", "fk_blocks_user_deletion"} \
         .isdisjoint(report.codes())
     # With the fixes in place, every user gets a profile and users can be deleted.
-    schema.install(db.settings)
+    install(db.settings)
     with db.connect() as conn:
         conn.execute(
             "select profileguard.create_profiles(array(select id from auth.users), 'test')")
@@ -333,7 +333,7 @@ def test_profileguard_state_findings(installed: TestDB) -> None:
     assert {"worker_down", "no_worker"}.isdisjoint(report.codes())
     assert report.state["workers_alive"] == 1
 
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     fix_and_check_cleared(installed, one(audit(installed), "disabled"))
 
     # The table's owner (or a schema diff tool) disables, then drops the trigger; the fixes
@@ -350,7 +350,7 @@ def test_profileguard_state_findings(installed: TestDB) -> None:
     uid = installed.signup({"full_name": "After Repair"})
     assert installed.scalar("select count(*) from public.profiles where id = %s", (uid,)) == 1
 
-    schema.install(installed.settings, strict=True)
+    install(installed.settings, strict=True)
     fix_and_check_cleared(installed, one(audit(installed), "strict_mode"))
 
 
@@ -359,7 +359,7 @@ def test_upgrade_available_is_reported_and_upgrade_clears_it(
 ) -> None:
     every = sqlfiles.migrations()
     monkeypatch.setattr(sqlfiles, "migrations", lambda: every[:-1])
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     monkeypatch.setattr(sqlfiles, "migrations", lambda: every)
     pending = one(audit(db), "upgrade_available")
     assert pending.evidence["pending"] == [every[-1].version]
@@ -403,7 +403,7 @@ def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clear
         conn.execute("create trigger planted before insert on public.profiles"
                      " for each row execute function public.planted()")
         conn.execute("reset role")
-    schema.install(db.settings)
+    install(db.settings)
     report = audit(db)
     grants = {f.evidence["grantee"]: f for f in findings(report, "profile_table_grants")}
     assert set(grants) == {"anon", "authenticated"}

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from conftest import TestDB, wait_for
 
-from profileguard import schema
 from profileguard.backfill import BackfillBusyError, Options, Progress, run_backfill
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
+from profileguard.install import set_enabled
 from profileguard.installation import TRIGGER_NAME
 
 BAD_CONSTRAINT = "pg_test_backfill_reject"
@@ -91,7 +91,7 @@ def reject_one_percent(db: TestDB) -> set[str]:
 
 def without_trigger(db: TestDB, users: int) -> None:
     """Existing users that never got a profile: bulk inserted with profileguard disabled."""
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     db.bulk_signup(users)
 
 
@@ -255,7 +255,7 @@ def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: Test
 
 def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) -> None:
     without_trigger(installed, 20_000)
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     done = threading.Event()
     errors: list[BaseException] = []
     signed: list[int] = [0]
@@ -411,7 +411,7 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
         conn.execute("delete from auth.users where ctid < '(60,0)'::tid"
                      " and (ctid::text::point)[1]::int % 2 = 0")
         conn.execute("vacuum auth.users")
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     done = threading.Event()
     errors: list[BaseException] = []
     # Users moved from pages far ahead of the sweep's checkpoint (beyond the batches in flight)

@@ -10,13 +10,13 @@ import subprocess
 from conftest import TestDB, wait_for
 from test_backfill import cli, profile_counts, run_cli, run_row, users_without_profiles
 
-from profileguard import schema
 from profileguard.errors import ExitCode
+from profileguard.install import install, set_enabled, uninstall
 
 
 def without_profiles(db: TestDB, users: int) -> None:
     """Existing users that never got a profile: bulk inserted with profileguard disabled."""
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     db.bulk_signup(users)
 
 
@@ -92,8 +92,8 @@ def test_uninstall_and_install_during_a_run_stop_it_without_quarantine(
                 "select coalesce(max(batches), 0) >= 2 from profileguard.backfill_runs")),
             timeout=60,
         )
-        schema.uninstall(installed.settings)
-        schema.install(installed.settings, enabled=False)
+        uninstall(installed.settings)
+        install(installed.settings, enabled=False)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

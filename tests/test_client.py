@@ -17,7 +17,6 @@ import pytest
 from conftest import TestDB, key_hash
 from psycopg_pool import ConnectionPool
 
-from profileguard import schema
 from profileguard.client import AsyncProfileGuard, EnsureResult, ProfileGuard
 from profileguard.config import Source, load_settings
 from profileguard.db import is_transient, is_transient_sqlstate
@@ -28,6 +27,7 @@ from profileguard.errors import (
     ProfileGuardError,
     UserNotFoundError,
 )
+from profileguard.install import install, set_enabled, uninstall
 
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada", "avatar_url": "https://x/ada.png"}
 
@@ -35,11 +35,11 @@ ADA = {"full_name": "Ada Lovelace", "user_name": "ada", "avatar_url": "https://x
 def user_without_profile(db: TestDB, meta: dict[str, Any] | None = None,
                          email: str | None = None) -> uuid.UUID:
     """Sign a user up while the trigger is off, so no profile is created for them."""
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     try:
         uid = db.signup(meta, email=email)
     finally:
-        schema.set_enabled(db.settings, True)
+        set_enabled(db.settings, True)
     assert not has_profile(db, uid)
     return uid
 
@@ -228,7 +228,7 @@ def test_permanent_failure_on_the_fallback_path(installed: TestDB) -> None:
     uid = user_without_profile(installed, {"full_name": "Blocked Name"})
     reject_name(installed, "Blocked Name")
     count_insert_attempts(installed)
-    schema.uninstall(installed.settings)
+    uninstall(installed.settings)
     settings = installed.settings.with_overrides(retry_attempts=5)
     with ProfileGuard(settings) as client, pytest.raises(ProfileCreationError) as info:
         client.ensure(uid)
@@ -241,7 +241,7 @@ def test_permanent_failure_on_the_fallback_path(installed: TestDB) -> None:
 
 
 def test_fallback_after_uninstall(installed: TestDB) -> None:
-    assert schema.uninstall(installed.settings) is True
+    assert uninstall(installed.settings) is True
     assert installed.scalar("select to_regclass('public.profiles') is not null")
     uid = installed.signup(ADA, email="ada@example.com")
     assert not has_profile(installed, uid)  # no trigger any more
@@ -257,7 +257,7 @@ def test_fallback_after_uninstall(installed: TestDB) -> None:
 
 def test_fallback_username_is_deduplicated_like_the_function(installed: TestDB) -> None:
     taken = installed.signup({"user_name": "ada"})
-    schema.uninstall(installed.settings)
+    uninstall(installed.settings)
     uid = installed.signup({"user_name": "ada"})
     with ProfileGuard(installed.settings) as client:
         result = client.ensure_result(uid)
@@ -327,7 +327,7 @@ def test_async_create_idempotent_and_not_found(installed: TestDB) -> None:
 
 
 def test_async_fallback_after_uninstall(installed: TestDB) -> None:
-    schema.uninstall(installed.settings)
+    uninstall(installed.settings)
     uid = installed.signup(ADA)
     unknown = uuid.uuid4()
 
@@ -528,7 +528,7 @@ def test_integer_keys_accept_int_and_str_ids(db: TestDB) -> None:
         "full_name": (Source("meta", ("name",)),),
         "username": (Source("email", (), "localpart"),),
     }, mapping_is_default=False)
-    schema.install(settings, enabled=False)
+    install(settings, enabled=False)
     with db.connect() as conn:
         conn.execute(
             "insert into app.members values (5, 'five@x.org', '{\"name\": \"Five\"}'),"

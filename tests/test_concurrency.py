@@ -8,7 +8,7 @@ import time
 import psycopg
 from conftest import key_hash
 
-from profileguard import schema
+from profileguard.install import set_enabled
 
 ENSURE_CALLERS = 100
 SIGNUP_THREADS = 8
@@ -53,9 +53,9 @@ def _run_threads(target, args_list) -> list[BaseException]:
 
 
 def test_100_concurrent_ensure_profile_of_one_user(installed):
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     uid = installed.signup({"user_name": "contended", "full_name": "Contended"})
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     assert installed.scalar("select count(*) from public.profiles") == 0
 
     # Every caller has its own connection, opened before the barrier so they all start together:

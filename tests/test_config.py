@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from profileguard import schema
 from profileguard.config import (
     DEFAULT_MAPPING,
     Settings,
@@ -21,6 +20,7 @@ from profileguard.config import (
     parse_mapping,
 )
 from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.install import install
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
@@ -501,7 +501,7 @@ def test_mapping_naming_a_missing_profile_column(db: TestDB, tmp_path: Path) -> 
     )
     settings = load_settings(path, env={}, database_url=db.url)
     with pytest.raises(ConfigError) as info:
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
     assert "mapping.nickname" in info.value.message
     assert info.value.hint and "mapping.nickname" in info.value.hint
     # The install was one transaction: nothing of it is left.
@@ -513,7 +513,7 @@ def test_json_path_on_a_non_json_identity_column(db: TestDB, tmp_path: Path) -> 
     path = write(tmp_path, '[mapping]\nfull_name = ["email.first"]\n')
     settings = load_settings(path, env={}, database_url=db.url)
     with pytest.raises(ConfigError) as info:
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
     assert "mapping.full_name" in info.value.message
     assert "not json" in info.value.message
     assert db.scalar("select to_regclass('public.profiles')") is None
@@ -523,7 +523,7 @@ def test_mapping_naming_a_missing_identity_column(db: TestDB, tmp_path: Path) ->
     path = write(tmp_path, '[mapping]\nfull_name = ["no_such_column"]\n')
     settings = load_settings(path, env={}, database_url=db.url)
     with pytest.raises(ConfigError) as info:
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
     assert "mapping.full_name" in info.value.message
     assert "no_such_column" in info.value.message
 

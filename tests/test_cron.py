@@ -14,7 +14,7 @@ from test_reconcile import (
     missing_profiles,
 )
 
-from profileguard import schema
+from profileguard.install import set_enabled
 
 
 def sweep(db: TestDB, max_rows: int, max_attempts: int = 5) -> dict[str, int]:
@@ -24,7 +24,7 @@ def sweep(db: TestDB, max_rows: int, max_attempts: int = 5) -> dict[str, int]:
 
 
 def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(250)
 
     assert sweep(installed, 100) == {"scanned": 100, "repaired": 100}
@@ -42,7 +42,7 @@ def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
 
 
 def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(63)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
@@ -72,7 +72,7 @@ def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB)
 
 
 def test_reconcile_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
     assert sweep(installed, 10) == {"scanned": 1, "repaired": 0}
@@ -133,7 +133,7 @@ def test_unknown_scheduler_and_bad_schedule_are_refused(installed: TestDB) -> No
 
 
 def test_worker_and_sweep_together_repair_each_user_once(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(3000)
     from concurrent.futures import ThreadPoolExecutor
 

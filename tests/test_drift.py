@@ -15,8 +15,9 @@ from typing import Any
 from conftest import TestDB, wait_for
 from test_cli import cli
 
-from profileguard import observe, schema
+from profileguard import observe
 from profileguard.audit import run_audit
+from profileguard.install import install, set_enabled
 from profileguard.repair import Reconciler
 
 FOLLOW = {"full_name": "follow", "avatar_url": "follow"}
@@ -24,7 +25,7 @@ FOLLOW = {"full_name": "follow", "avatar_url": "follow"}
 
 def reinstall(db: TestDB, **changes: Any) -> TestDB:
     settings = replace(db.settings, **changes)
-    schema.install(settings)
+    install(settings)
     return TestDB(db.url, settings)
 
 
@@ -71,12 +72,12 @@ def test_drift_is_reported_then_repaired_by_the_worker(installed: TestDB):
     db = reinstall(installed, sync_policies=FOLLOW)
     db.bulk_signup(30)
     deleted = db.signup({"full_name": "Gone", "avatar_url": "g.png"})
-    schema.set_enabled(db.settings, False)  # changes made while the trigger is off drift
+    set_enabled(db.settings, False)  # changes made while the trigger is off drift
     with db.connect() as conn:
         conn.execute("update auth.users set raw_user_meta_data = jsonb_build_object("
                      "'full_name', 'Renamed ' || email) where email like 'bulk1%%'")
     soft_delete(db, deleted)
-    schema.set_enabled(db.settings, True)
+    set_enabled(db.settings, True)
     report = drift_json(db)
     renamed = db.scalar("select count(*) from auth.users where email like 'bulk1%%'")
     assert report["drifted"] == renamed + 1
@@ -158,7 +159,7 @@ def test_prune_dry_run_lists_exactly_the_orphans(db: TestDB):
     with db.connect() as conn:  # a profile table without a foreign key: orphans can exist
         conn.execute("create table public.profiles (id uuid primary key, full_name text,"
                      " username text, avatar_url text)")
-    schema.install(db.settings)
+    install(db.settings)
     db.bulk_signup(5)
     orphans = sorted(str(uuid.uuid4()) for _ in range(3))
     with db.connect() as conn:
@@ -181,7 +182,7 @@ def test_foreign_key_fix_is_not_valid_then_validate_and_unblocks_deletion(db: Te
     with db.connect() as conn:  # the starter table: no ON DELETE CASCADE
         conn.execute("create table public.profiles (id uuid primary key references auth.users,"
                      " full_name text, username text, avatar_url text)")
-    schema.install(db.settings)
+    install(db.settings)
     uid = db.signup({"full_name": "Ada"})
     finding = next(f for f in run_audit(db.settings).findings
                    if f.code == "fk_blocks_user_deletion")
@@ -202,10 +203,10 @@ def test_foreign_key_fix_is_not_valid_then_validate_and_unblocks_deletion(db: Te
 def test_drift_fix_brings_every_profile_in_step(installed: TestDB):
     db = reinstall(installed, sync_policies=FOLLOW)
     db.bulk_signup(20)
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     with db.connect() as conn:
         conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Same\"}'")
-    schema.set_enabled(db.settings, True)
+    set_enabled(db.settings, True)
     assert drift_json(db)["by_column"] == {"full_name": 20}
     fixed = cli(db, "drift", "--fix", "--json")
     assert fixed.returncode == 0, fixed.stderr

@@ -21,8 +21,8 @@ from conftest import TestDB
 from fastapi import Depends, FastAPI, Header
 from fastapi.testclient import TestClient
 
-from profileguard import schema
 from profileguard.client import AsyncProfileGuard, ProfileGuard
+from profileguard.install import set_enabled
 from profileguard.integrations.fastapi import ProfileCache, RequireProfile
 
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada"}
@@ -85,11 +85,11 @@ def make_app(require: RequireProfile) -> FastAPI:
 
 
 def user_without_profile(db: TestDB, meta: dict[str, Any] | None = None) -> uuid.UUID:
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     try:
         return db.signup(meta if meta is not None else ADA, email=f"{uuid.uuid4().hex}@x.io")
     finally:
-        schema.set_enabled(db.settings, True)
+        set_enabled(db.settings, True)
 
 
 @pytest.fixture

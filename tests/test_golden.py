@@ -12,8 +12,8 @@ from pathlib import Path
 
 from conftest import TestDB
 
+from profileguard.install import render_generated
 from profileguard.mapping import build_plan
-from profileguard.schema import render_generated
 
 GOLDEN = Path(__file__).parent / "golden"
 HEADER = (
@@ -45,7 +45,7 @@ SYNC_HEADER = (
 
 
 def test_generated_sync_sql_matches_the_golden_file(installed: TestDB) -> None:
-    from profileguard.schema import render_sync
+    from profileguard.install import render_sync
 
     with installed.connect() as conn:
         rendered = SYNC_HEADER + render_sync(build_plan(conn, installed.settings)).as_string(conn)

@@ -14,7 +14,7 @@ import psycopg
 from conftest import TestDB, wait_for
 from test_reconcile import fast_reconciler, has_profile, missing_profiles, running
 
-from profileguard import schema
+from profileguard.install import install, set_enabled, uninstall
 from profileguard.repair import Reconciler
 
 REJECT_ALL = "pg_test_reject_all"
@@ -116,7 +116,7 @@ def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a
                      " check (full_name is distinct from 'Bad User') not valid")
     bad = installed.signup({"full_name": "Bad User"})
     good = [installed.signup({"full_name": f"Good {i}"}) for i in range(3)]
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     more = [installed.signup({"full_name": f"More {i}"}) for i in range(5)]
 
     reconciler = fast_reconciler(installed, worker_id="heal-own", quarantine_retry=1.0)
@@ -184,7 +184,7 @@ def test_replacing_a_trigger_function_on_the_profile_table_is_a_catalog_change(
 def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock(
     installed: TestDB,
 ) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
     reconciler = fast_reconciler(installed, worker_id="heal-lock")
     locked = threading.Event()
@@ -215,7 +215,7 @@ def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed:
     with installed.connect() as conn:
         conn.execute("alter table public.profiles add constraint pg_test_odd"
                      " check (full_name not like 'Odd%') not valid")
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     users = [installed.signup({"full_name": ("Odd" if i % 2 else "Even") + f" {i}"})
              for i in range(200)]
 
@@ -269,10 +269,10 @@ def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
     with running(reconciler):
         assert wait_for(lambda: installed.scalar(
             "select count(*) from profileguard.workers where worker_id = 'heal-reinstall'") == 1)
-        schema.uninstall(installed.settings)
+        uninstall(installed.settings)
         users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
         time.sleep(1.0)
-        schema.install(installed.settings)
+        install(installed.settings)
         # No trigger saw them and no failure was recorded: the worker's full sweep after it
         # found profileguard back finds them (its periodic one is an hour away here).
         assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)

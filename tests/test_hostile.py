@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from profileguard import schema
 from profileguard.client import ProfileGuard
 from profileguard.errors import ProfileCreationError
+from profileguard.install import set_enabled
 from profileguard.installation import TRIGGER_NAME
 
 HYPOTHESIS = hsettings(
@@ -237,11 +237,11 @@ def test_ensure_of_a_hostile_user_returns_a_profile_or_a_creation_error(
     installed: TestDB, meta: Any, email: str | None
 ) -> None:
     reset(installed)
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     try:
         (uid,) = signup_raw(installed, [(meta, email)])
     finally:
-        schema.set_enabled(installed.settings, True)
+        set_enabled(installed.settings, True)
     with ProfileGuard(installed.settings, max_size=1) as client:
         try:
             profile = client.ensure(uid)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from profileguard import __version__, schema
+from profileguard import __version__
 from profileguard import sql as sqlfiles
 from profileguard.errors import ConfigError, NotInstalledError
+from profileguard.install import describe, install, set_enabled, uninstall, upgrade
 from profileguard.installation import TRIGGER_NAME
 
 PROFILEGUARD_FUNCTIONS = """
@@ -45,7 +46,7 @@ def profile_of(db, uid):
 
 def test_install_is_idempotent(installed):
     configs = installed.scalar("select count(*) from profileguard.events where kind = 'config'")
-    result = schema.install(installed.settings)
+    result = install(installed.settings)
     assert result.changed is False
     assert result.created_profile_table is False
     assert result.version_before == result.version_after == sqlfiles.latest_version()
@@ -55,7 +56,7 @@ def test_install_is_idempotent(installed):
         == configs
     )
     # Asking for the table again when it exists is fine too.
-    again = schema.install(installed.settings, create_profile_table=True)
+    again = install(installed.settings, create_profile_table=True)
     assert again.changed is False
     assert again.created_profile_table is False
     assert trigger_count(installed) == 1
@@ -63,7 +64,7 @@ def test_install_is_idempotent(installed):
 
 
 def test_first_install_reports_change(db):
-    result = schema.install(db.settings, create_profile_table=True)
+    result = install(db.settings, create_profile_table=True)
     assert result.changed is True
     assert result.created_profile_table is True
     assert result.version_before == 0
@@ -80,11 +81,11 @@ def test_reinstall_after_uninstall_keeps_profiles_and_users(installed):
     profiles_before = rows(installed, profiles_query)
     assert len(profiles_before) == 5
 
-    assert schema.uninstall(installed.settings) is True
+    assert uninstall(installed.settings) is True
     assert not schema_exists(installed)
     assert rows(installed, profiles_query) == profiles_before
 
-    result = schema.install(installed.settings)
+    result = install(installed.settings)
     assert result.changed is True
     assert result.created_profile_table is False
     assert rows(installed, profiles_query) == profiles_before
@@ -99,7 +100,7 @@ def test_uninstall_removes_every_object_and_keeps_profiles(installed):
     assert trigger_count(installed) == 1
     defacl_before = installed.scalar("select count(*) from pg_default_acl")
 
-    assert schema.uninstall(installed.settings) is True
+    assert uninstall(installed.settings) is True
 
     assert not schema_exists(installed)
     assert trigger_count(installed) == 0
@@ -131,11 +132,11 @@ def test_uninstall_removes_every_object_and_keeps_profiles(installed):
     other = installed.signup({"full_name": "No trigger"})
     assert profile_of(installed, other) is None
     # Nothing left to remove.
-    assert schema.uninstall(installed.settings) is False
+    assert uninstall(installed.settings) is False
 
 
 def test_dry_run_changes_nothing(db):
-    result = schema.install(db.settings, create_profile_table=True, dry_run=True)
+    result = install(db.settings, create_profile_table=True, dry_run=True)
     assert result.statements
     text = "\n".join(result.statements)
     assert "create schema if not exists profileguard" in text
@@ -147,15 +148,15 @@ def test_dry_run_changes_nothing(db):
 
 
 def test_dry_run_on_installed_db_keeps_settings(installed):
-    result = schema.install(installed.settings, strict=True, dry_run=True)
+    result = install(installed.settings, strict=True, dry_run=True)
     assert result.changed is True
     assert result.statements
     assert installed.scalar("select strict from profileguard.settings") is False
-    assert schema.describe(installed.settings)["strict"] is False
+    assert describe(installed.settings)["strict"] is False
 
 
 def test_create_profile_table_is_supabase_style(db):
-    result = schema.install(db.settings, create_profile_table=True)
+    result = install(db.settings, create_profile_table=True)
     assert result.created_profile_table is True
     columns = [
         r[0]
@@ -207,7 +208,7 @@ def test_own_row_policies_work_for_authenticated(installed):
 
 def test_missing_profile_table_without_flag_is_config_error(db):
     with pytest.raises(ConfigError) as info:
-        schema.install(db.settings)
+        install(db.settings)
     assert "--create-profile-table" in str(info.value)
     assert not schema_exists(db)
     assert db.scalar("select to_regclass('public.profiles')") is None
@@ -220,7 +221,7 @@ def test_adopts_existing_custom_profile_table(db):
         " id uuid primary key references auth.users (id) on delete cascade,"
         " full_name text)",
     )
-    result = schema.install(db.settings)
+    result = install(db.settings)
     assert result.created_profile_table is False
     notes = "\n".join(result.notes)
     assert "avatar_url" in notes
@@ -231,18 +232,18 @@ def test_adopts_existing_custom_profile_table(db):
 
 
 def test_set_enabled_turns_trigger_off_and_on(installed):
-    assert schema.set_enabled(installed.settings, False) is True
+    assert set_enabled(installed.settings, False) is True
     off = installed.signup({"full_name": "Off"})
     assert profile_of(installed, off) is None
-    assert schema.describe(installed.settings)["enabled"] is False
+    assert describe(installed.settings)["enabled"] is False
     # Switching off twice is a no-op that reports the previous state.
-    assert schema.set_enabled(installed.settings, False) is False
+    assert set_enabled(installed.settings, False) is False
 
-    assert schema.set_enabled(installed.settings, True) is False
+    assert set_enabled(installed.settings, True) is False
     on = installed.signup({"full_name": "On"})
     assert profile_of(installed, on)["full_name"] == "On"
     assert profile_of(installed, off) is None  # no retroactive creation
-    assert schema.describe(installed.settings)["enabled"] is True
+    assert describe(installed.settings)["enabled"] is True
     assert installed.scalar(
         "select array_agg(message order by id) from profileguard.events"
         " where kind = 'config' and source = 'cli'"
@@ -251,19 +252,19 @@ def test_set_enabled_turns_trigger_off_and_on(installed):
 
 def test_set_enabled_not_installed(db):
     with pytest.raises(NotInstalledError):
-        schema.set_enabled(db.settings, False)
+        set_enabled(db.settings, False)
 
 
 def test_describe(db):
-    before = schema.describe(db.settings)
+    before = describe(db.settings)
     assert before["installed"] is False
     assert before["schema_version"] == 0
     assert before["upgrade_available"] is False
     assert before["package_version"] == __version__
     assert before["latest_schema_version"] == sqlfiles.latest_version()
 
-    schema.install(db.settings, create_profile_table=True)
-    info = schema.describe(db.settings)
+    install(db.settings, create_profile_table=True)
+    info = describe(db.settings)
     assert info["installed"] is True
     assert info["schema_version"] == sqlfiles.latest_version()
     assert info["enabled"] is True
@@ -274,23 +275,23 @@ def test_describe(db):
     assert info["upgrade_available"] is False
     assert isinstance(info["installed_at"], str)
 
-    schema.install(db.settings, strict=True)
-    assert schema.describe(db.settings)["strict"] is True
+    install(db.settings, strict=True)
+    assert describe(db.settings)["strict"] is True
 
 
 def test_upgrade_not_installed(db):
     with pytest.raises(NotInstalledError):
-        schema.upgrade(db.settings)
+        upgrade(db.settings)
     assert not schema_exists(db)
 
 
 def test_upgrade_installed_keeps_flags(installed):
-    schema.install(installed.settings, strict=True)
-    schema.set_enabled(installed.settings, False)
-    result = schema.upgrade(installed.settings)
+    install(installed.settings, strict=True)
+    set_enabled(installed.settings, False)
+    result = upgrade(installed.settings)
     assert result.changed is False
     assert result.version_after == sqlfiles.latest_version()
-    info = schema.describe(installed.settings)
+    info = describe(installed.settings)
     assert info["strict"] is True
     assert info["enabled"] is False
 
@@ -351,9 +352,9 @@ def test_service_role_may_ensure_profiles(installed):
         )
         is True
     )
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     uid = installed.signup({"full_name": "Via service role"})
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     with installed.connect(autocommit=False) as conn:
         conn.execute("set local role service_role")
         created, profile = conn.execute(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import TestDB
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.errors import NotInstalledError
+from profileguard.install import set_enabled
 from profileguard.installation import Installation, require_version, schema_version
 
 
@@ -23,7 +23,7 @@ def test_nothing_installed(db: TestDB) -> None:
 
 
 def test_reads_the_installed_row_and_key_type(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     with installed.connect() as conn:
         found = Installation.require(conn)
         assert found.version == sqlfiles.latest_version() == require_version(conn)

@@ -20,9 +20,10 @@ from monitoring import (
     with_alerts,
 )
 
-from profileguard import observe, schema
+from profileguard import observe
 from profileguard.config import AlertSettings
 from profileguard.errors import NotInstalledError
+from profileguard.install import set_enabled
 from profileguard.installation import TRIGGER_NAME
 
 
@@ -38,9 +39,9 @@ def refresh(db: TestDB) -> None:
 
 def test_counts_after_a_sweep(installed: TestDB) -> None:
     bulk(installed, 20)
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     signups(installed, 2, name="Off")
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     add_bad_constraint(installed)
     signups(installed, 3, name=BAD_NAME)
     refresh(installed)
@@ -171,12 +172,12 @@ def test_verdicts(installed: TestDB) -> None:
     assert installed.scalar("select profileguard.health() -> 'warnings'") == [
         "1 users are quarantined"]
 
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     result = observe.status(settings)
     assert result["status"] == "unhealthy" and result["exit_code"] == 7
     assert installed.scalar("select profileguard.health() ->> 'status'") == "unhealthy"
 
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     installed.signup({"full_name": "x"})
     with installed.connect_admin() as conn:  # the table's owner disables it
         conn.execute(f"alter table auth.users disable trigger {TRIGGER_NAME}")
@@ -184,9 +185,9 @@ def test_verdicts(installed: TestDB) -> None:
 
 
 def test_missing_grace_and_repair_slo(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.signup({"full_name": "No Profile"})
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     refresh(installed)
     s = stats(installed)
     assert s["missing"] == 1
@@ -271,9 +272,9 @@ def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
                      " values ('q', now())")
     warned = cli(installed, "status", "--json")
     assert warned.returncode == 0 and json.loads(warned.stdout)["warnings"] == ["quarantine"]
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.signup({"full_name": "No Profile"})
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     graceless = tmp_path / "graceless.toml"
     graceless.write_text("[alerts]\nmissing_grace_seconds = 0\n")
     # The bounded check runs at most every 2 s: poll.
@@ -284,7 +285,7 @@ def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
             break
     assert degraded.returncode == 6, degraded.stdout
     assert json.loads(degraded.stdout)["missing"] == 1
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     bad = cli(installed, "status", "--json")
     assert bad.returncode == 7
     assert json.loads(bad.stdout)["status"] == "unhealthy"
@@ -358,9 +359,9 @@ def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> 
 
 
 def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     first, second = signups(installed, 2, name="Lagging")
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     with installed.connect() as conn:
         conn.execute("update auth.users set created_at = now() - interval '2 hours'"
                      " where id = %s", (first,))

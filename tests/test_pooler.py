@@ -26,12 +26,12 @@ from test_reconcile import (
 )
 from test_worker_process import stop_gracefully
 
-from profileguard import schema
 from profileguard.backfill import BackfillBusyError, Options, Report, run_backfill, sizing
 from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.db import connect
 from profileguard.errors import ConfigError
+from profileguard.install import set_enabled
 from profileguard.repair import Reconciler
 
 QUERY = "select %s::int + 1"
@@ -66,9 +66,9 @@ def _worker_env() -> dict[str, str]:
 
 def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: TestDB) -> None:
     users = 3000
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(users)
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     with pgbouncer(installed) as bouncer:
         # Worker 1: the command, told by its flag; worker 2: the library, told by settings.
         proc = subprocess.Popen(
@@ -112,7 +112,7 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
 
 def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> None:
     users = 4000
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(users)
     with pgbouncer(installed) as bouncer:
         settings = bouncer.settings()
@@ -190,7 +190,7 @@ def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
     installed: TestDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sizing, "BEAT_SECONDS", 0.1)
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(600)
     with pgbouncer(installed) as bouncer:
         seen: set[object] = set()
@@ -220,7 +220,7 @@ def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
 def test_the_library_behind_pgbouncer_ensures_profiles_with_nothing_prepared(
     installed: TestDB,
 ) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(20)
     with installed.connect() as conn:
         ids = [r[0] for r in conn.execute("select id from auth.users order by id")]

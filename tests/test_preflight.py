@@ -8,8 +8,8 @@ import pytest
 from conftest import TestDB
 from test_cli import cli
 
-from profileguard import schema
 from profileguard.errors import ConfigError
+from profileguard.install import install
 
 
 def _table(db: TestDB, ddl: str) -> None:
@@ -22,13 +22,13 @@ def test_unfillable_not_null_column_is_refused_with_its_name(db: TestDB) -> None
                " username text, bio text not null)")
     db.signup({"full_name": "Before"}, email="before@example.com")
     with pytest.raises(ConfigError) as info:
-        schema.install(db.settings)
+        install(db.settings)
     text = str(info.value)
     assert "public.profiles.bio" in text and "mapping.bio" in text and "set default" in text
     assert db.scalar("select to_regnamespace('profileguard')") is None  # nothing installed
     refused = cli(db, "install")
     assert refused.returncode == 2 and "bio" in refused.stderr
-    forced = schema.install(db.settings, force=True)
+    forced = install(db.settings, force=True)
     assert forced.preflight is not None and forced.preflight.refusals
 
 
@@ -66,5 +66,5 @@ def test_check_passes_on_the_supabase_starter_table(db: TestDB) -> None:
 def test_a_regex_check_is_warned_about(db: TestDB) -> None:
     _table(db, "create table public.profiles (id uuid primary key references auth.users,"
                " username text not null check (username ~ '^[a-z0-9_]{3,24}$'))")
-    result = schema.install(db.settings)
+    result = install(db.settings)
     assert any("restricts characters" in n and "NOT NULL" in n for n in result.notes)

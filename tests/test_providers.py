@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from conftest import TestDB, key_hash
 
-from profileguard import schema
 from profileguard.client import ProfileGuard, RegisteredUser, SupabaseAuthBackend
+from profileguard.install import set_enabled
 
 Expected = str | None | Callable[[uuid.UUID], str]
 
@@ -208,11 +208,11 @@ def reset(db: TestDB) -> None:
 
 
 def without_trigger(db: TestDB, shape: Shape) -> uuid.UUID:
-    schema.set_enabled(db.settings, False)
+    set_enabled(db.settings, False)
     try:
         uid = supabase_signup(db, shape)
     finally:
-        schema.set_enabled(db.settings, True)
+        set_enabled(db.settings, True)
     assert profile_columns(db, uid) is None
     return uid
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import TestDB, wait_for
 
-from profileguard import schema
 from profileguard.config import TableRef, load_settings
+from profileguard.install import set_enabled
 from profileguard.repair import Reconciler
 
 BAD_NAME = "Bad User"
@@ -60,7 +60,7 @@ def assert_each_repaired_once(db: TestDB, users: int) -> None:
 
 
 def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(1000)
     assert missing_profiles(installed) == 1000
 
@@ -92,7 +92,7 @@ def _worker_pass(url: str, worker_id: str) -> dict[str, Any]:
 
 def test_parallel_worker_processes_create_each_profile_once(installed: TestDB) -> None:
     users = 50_000
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(users)
     assert missing_profiles(installed) == users
 
@@ -108,7 +108,7 @@ def test_parallel_worker_processes_create_each_profile_once(installed: TestDB) -
 
 
 def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     good = [installed.signup({"full_name": f"Good {i}"}) for i in range(40)]
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
@@ -175,7 +175,7 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
 
 
 def test_retry_all_quarantined_repairs_after_the_fix(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
     reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
@@ -194,7 +194,7 @@ def test_retry_all_quarantined_repairs_after_the_fix(installed: TestDB) -> None:
 
 
 def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
     reconciler = Reconciler(installed.settings, backoff_base=3600.0, backoff_cap=3600.0)
@@ -213,7 +213,7 @@ def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:
 
 
 def test_run_once_reconnects_after_its_connection_is_killed(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     reconciler = Reconciler(installed.settings)
     installed.bulk_signup(10, prefix="first")
     assert reconciler.run_once().repaired == 10
@@ -298,7 +298,7 @@ def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
     )
     with running(reconciler):
         assert wait_for(lambda: reconciler.stats["passes"] >= 1)
-        schema.set_enabled(installed.settings, False)
+        set_enabled(installed.settings, False)
         user = installed.signup({"full_name": "Quiet"})
         with installed.connect() as conn:
             conn.execute(
@@ -335,7 +335,7 @@ def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> 
 
 
 def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     workers = [
         Reconciler(
             installed.settings, worker_id=f"t{i}", batch_size=200, full_interval=0.2,
@@ -380,7 +380,7 @@ def test_invalid_arguments_are_rejected(installed: TestDB) -> None:
 def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installed: TestDB) -> None:
     """Event ids are taken at insert, not at commit: the cursor must not skip a failure whose
     transaction commits after a later-numbered one was already read."""
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     early, late = installed.signup({"full_name": "Early"}), installed.signup({"full_name": "Late"})
     reconciler = Reconciler(installed.settings, full_interval=3600.0)
     reconciler.run_incremental()  # cursor at the current end of the trail
@@ -409,7 +409,7 @@ def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
     # still serves public.profiles, so the worker must repair public.profiles too.
     with installed.connect() as conn:
         conn.execute("create table public.other_profiles (id uuid primary key, full_name text)")
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(50)
     with installed.connect() as conn:
         # Every user "has a profile" in the configured table: scanning it would find nothing.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conftest import TestDB
 
-from profileguard import observe, schema
+from profileguard import observe
+from profileguard.install import install
 from profileguard.redaction import redact_row
 
 
@@ -14,7 +15,7 @@ def _failing_install(db: TestDB) -> None:
             "create table public.profiles (id uuid primary key references auth.users (id),"
             " full_name text check (full_name <> 'Grace Hopper'), username text)"
         )
-    schema.install(db.settings)
+    install(db.settings)
 
 
 def test_stored_failure_keeps_no_row_values(db: TestDB) -> None:

@@ -23,7 +23,6 @@ import pytest
 from conftest import TestDB, key_hash
 from psycopg_pool import ConnectionPool
 
-from profileguard import schema
 from profileguard.client import (
     AsyncProfileGuard,
     AsyncSupabaseAuthBackend,
@@ -42,6 +41,7 @@ from profileguard.errors import (
     UserNotFoundError,
     WeakPasswordError,
 )
+from profileguard.install import install, set_enabled, uninstall
 
 PASSWORD = "correct horse battery staple"
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada", "avatar_url": "https://x/ada.png"}
@@ -362,7 +362,7 @@ def test_register_as_supabase_auth_admin(installed: TestDB) -> None:
 def test_register_without_the_trigger_uses_ensure_profile(
     guard: ProfileGuard, installed: TestDB
 ) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     result = guard.register(email="late@example.com", password=PASSWORD, metadata=ADA)
     assert result.path == "function"
     assert result.profile_created is True
@@ -370,7 +370,7 @@ def test_register_without_the_trigger_uses_ensure_profile(
 
 
 def test_register_when_not_installed_uses_the_fallback(installed: TestDB) -> None:
-    schema.uninstall(installed.settings)
+    uninstall(installed.settings)
     with ProfileGuard(installed.settings, identity=SupabaseAuthBackend(bcrypt_rounds=4)) as g:
         result = g.register(email="plain@example.com", password=PASSWORD, metadata=ADA)
     assert result.path == "fallback"
@@ -399,7 +399,7 @@ def test_profile_failure_commits_the_user_and_records_once(
 def test_profile_failure_without_the_trigger_is_recorded_by_the_client(
     guard: ProfileGuard, installed: TestDB
 ) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     reject_name(installed, "Rejected")
     with pytest.raises(ProfilePendingError) as info:
         guard.register(email="rej@example.com", metadata={"full_name": "Rejected"})
@@ -407,7 +407,7 @@ def test_profile_failure_without_the_trigger_is_recorded_by_the_client(
 
 
 def test_strict_mode_rolls_the_registration_back(installed: TestDB) -> None:
-    schema.install(installed.settings, strict=True)
+    install(installed.settings, strict=True)
     reject_name(installed, "Rejected")
     with ProfileGuard(installed.settings, identity=SupabaseAuthBackend(bcrypt_rounds=4)) as g:
         with pytest.raises(ProfileCreationError) as info:
@@ -489,9 +489,9 @@ def test_other_identity_tables_need_a_backend(db: TestDB) -> None:
 def test_ensure_on_login_by_id_creates_the_missing_profile(
     guard: ProfileGuard, installed: TestDB
 ) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     uid = installed.signup(ADA, email="admin-made@example.com")  # e.g. created in the dashboard
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     first = guard.ensure_on_login(uid)
     again = guard.ensure_on_login(str(uid))
     assert (first.created, first.profile_created, first.path) == (False, True, "function")
@@ -502,9 +502,9 @@ def test_ensure_on_login_by_id_creates_the_missing_profile(
 
 
 def test_ensure_on_login_with_supabase_jwt_claims(guard: ProfileGuard, installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     uid = installed.signup({"name": "Grace"}, email="grace@example.com")
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     claims = {
         "sub": str(uid), "aud": "authenticated", "role": "authenticated", "exp": 2_000_000_000,
         "email": "grace@example.com", "app_metadata": {"provider": "google"},
@@ -644,7 +644,7 @@ def test_async_profile_failure_and_fallback(installed: TestDB) -> None:
             with pytest.raises(ProfilePendingError) as info:
                 await g.register(email="r@example.com", metadata={"full_name": "Rejected"})
             assert failures_of(installed, info.value.user["id"]) == [("trigger", "23514")]
-        schema.uninstall(installed.settings)
+        uninstall(installed.settings)
         async with AsyncProfileGuard(installed.settings, identity=backend) as g:
             reg = await g.register(email="fb@example.com", metadata=ADA)
             assert reg.path == "fallback"

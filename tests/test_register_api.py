@@ -19,7 +19,6 @@ import pytest
 from auth_standin import KEY, auth_standin
 from conftest import TestDB
 
-from profileguard import schema
 from profileguard.client import AsyncProfileGuard, ProfileGuard, SupabaseAuthBackend
 from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend, SupabaseAdminAPIBackend
 from profileguard.config import Settings, load_settings
@@ -30,6 +29,7 @@ from profileguard.errors import (
     UserExistsError,
     WeakPasswordError,
 )
+from profileguard.install import set_enabled
 
 PASSWORD = "correct horse battery staple"
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada"}
@@ -78,7 +78,7 @@ def test_register_goes_through_the_admin_api_then_ensures_the_profile(installed:
 
 
 def test_the_profile_is_ensured_when_no_trigger_made_it(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     with auth_standin(installed.url) as api, \
             ProfileGuard(api_settings(installed, api.url)) as guard:
         result = guard.register(email="grace@example.com", metadata={"full_name": "Grace"})

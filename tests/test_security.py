@@ -21,9 +21,9 @@ from psycopg import sql
 from test_audit import apply_fix, audit, one
 from test_cli import cli
 
-from profileguard import schema
 from profileguard.config import load_settings
 from profileguard.errors import ConfigError
+from profileguard.install import install, uninstall
 
 CLIENT_ROLES = ("anon", "authenticated")
 PAYLOADS = (
@@ -179,7 +179,7 @@ def test_hostile_config_identifiers_are_rejected_before_any_sql(db: TestDB) -> N
 def test_unusual_but_valid_identifiers_are_quoted(db: TestDB) -> None:
     settings = load_settings(env={"PROFILEGUARD_PROFILE_TABLE": "public.UserProfiles"},
                              database_url=db.url)
-    schema.install(settings, create_profile_table=True)
+    install(settings, create_profile_table=True)
     assert db.scalar("""select to_regclass('public."UserProfiles"') is not null""") is True
     uid = db.signup({"full_name": "Quoted"})
     assert db.scalar(
@@ -203,18 +203,18 @@ def test_hostile_trigger_name_is_inert_in_audit_and_replace_trigger(db: TestDB) 
     assert competing.evidence["trigger"] == name
     assert competing.fix == f"profileguard install --replace-trigger {shlex.quote(name)}"
     with pytest.raises(ConfigError):
-        schema.install(db.settings, replace_triggers=["x; drop table auth.users"])
+        install(db.settings, replace_triggers=["x; drop table auth.users"])
     apply_fix(db, competing)
     body = "select prosrc from pg_proc where proname = 'evil'"
     assert "insert into" not in db.scalar(body)  # taken over: the function is a no-op
     assert db.scalar("select to_regclass('auth.users') is not null") is True
-    assert schema.uninstall(db.settings) is True
+    assert uninstall(db.settings) is True
     assert db.scalar("select tgenabled from pg_trigger where tgname = %s", (name,)) == "O"
     assert "insert into public.profiles" in db.scalar(body)
 
 
 def test_hostile_metadata_is_inert_in_audit_and_its_fix(db: TestDB) -> None:
-    schema.install(db.settings, create_profile_table=True, enabled=False)
+    install(db.settings, create_profile_table=True, enabled=False)
     ids = []
     for index, payload in enumerate(PAYLOADS):
         meta: dict[str, Any] = {"full_name": payload, "user_name": payload,
@@ -250,7 +250,7 @@ def test_created_profile_table_ignores_supabase_default_privileges(db: TestDB, r
     with db.connect() as conn:
         conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
         conn.execute(NOOP_TRIGGER_FUNCTION)  # executable by PUBLIC, as functions are by default
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     bob = db.signup({"full_name": "Bob"}, email="bob@example.com")
     # The default privileges were live: a table created alongside still gets ALL.
@@ -288,7 +288,7 @@ def test_created_profile_table_ignores_supabase_default_privileges(db: TestDB, r
 def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> None:
     with db.connect() as conn:
         conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     with as_client(db, "authenticated", alice) as conn:
         conn.execute("update public.profiles set username = 'alice_new', full_name = 'A',"
@@ -324,7 +324,7 @@ def test_created_profile_table_grants_without_default_privileges(db: TestDB) -> 
     with db.connect() as conn:
         conn.execute("alter default privileges in schema public"
                      " revoke all on tables from public, anon, authenticated, service_role")
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     with as_client(db, "authenticated", alice) as conn:
         assert conn.execute("select full_name from public.profiles").fetchall() == [("Alice",)]

@@ -18,8 +18,8 @@ import pytest
 from conftest import TestDB, wait_for
 from test_reconcile import fast_reconciler, running
 
-from profileguard import schema
 from profileguard.config import load_settings
+from profileguard.install import install
 
 SIGNUPS = 5
 
@@ -80,7 +80,7 @@ def drop_profile_table_trigger(db: TestDB) -> None:
 
 def test_lock_timeout_is_rendered_from_the_settings(db: TestDB) -> None:
     settings = load_settings(env={"PROFILEGUARD_LOCK_TIMEOUT_MS": "350"}, database_url=db.url)
-    schema.install(settings, create_profile_table=True)
+    install(settings, create_profile_table=True)
     config = db.scalar(
         "select proconfig::text from pg_proc where proname = 'on_identity_insert'"
     )
@@ -133,7 +133,7 @@ def test_a_worker_repairs_users_it_was_told_about_only_by_notification(
 
 
 def test_strict_mode_fails_a_signup_at_the_lock_budget_instead_of_waiting(db: TestDB) -> None:
-    schema.install(db.settings, create_profile_table=True, strict=True)
+    install(db.settings, create_profile_table=True, strict=True)
     with locked(db, "public.profiles"):
         with pytest.raises(psycopg.errors.LockNotAvailable):
             db.signup({"full_name": "Strict"})

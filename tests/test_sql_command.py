@@ -12,9 +12,9 @@ from test_cli import cli
 from test_takeover import FLAKY_LEGACY, PROFILES
 from test_upgrade import SNAPSHOT, snapshot
 
-from profileguard import schema
 from profileguard.catalog import inspect_table
 from profileguard.db import connect
+from profileguard.install import install, profile_table_facts, render
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_rendered_file_with_a_new_profile_table_equals_install(
         f.write(rendered.stdout)
     applied = psql(db, path)
     assert applied.returncode == 0, applied.stderr
-    schema.install(twin.settings, create_profile_table=True)
+    install(twin.settings, create_profile_table=True)
     ours, theirs = snapshot(db), snapshot(twin)
     for part in SNAPSHOT:
         if part != "settings":
@@ -118,13 +118,13 @@ def test_rendered_file_stops_when_the_tables_differ(db: TestDB, tmp_path: object
 def test_rendering_takes_no_lock_and_writes_nothing(db: TestDB) -> None:
     with db.connect() as conn:
         conn.execute(PROFILES)
-    schema.install(db.settings)
+    install(db.settings)
     with db.connect(autocommit=False) as holder:
         # The lock CREATE TRIGGER takes (and logins queue behind) does not stop rendering: it
         # only reads the catalog (deparsing a constraint takes ACCESS SHARE on its table, which
         # only ACCESS EXCLUSIVE conflicts with).
         holder.execute("lock table auth.users in exclusive mode")
-        result = schema.render(db.settings, strict=True)
+        result = render(db.settings, strict=True)
         assert result.statements
         holder.rollback()
     assert db.scalar("select strict from profileguard.settings") is False
@@ -132,9 +132,9 @@ def test_rendering_takes_no_lock_and_writes_nothing(db: TestDB) -> None:
 
 
 def test_the_profile_table_described_before_it_exists_is_the_table_created(db: TestDB) -> None:
-    schema.install(db.settings, create_profile_table=True)
+    install(db.settings, create_profile_table=True)
     with connect(db.settings) as conn:
         identity = inspect_table(conn, db.settings.identity)
         assert identity is not None
-        assert schema.profile_table_facts(identity, db.settings) == \
+        assert profile_table_facts(identity, db.settings) == \
             inspect_table(conn, db.settings.profile)

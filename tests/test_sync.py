@@ -16,9 +16,9 @@ import pytest
 from conftest import TestDB
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
 from profileguard.config import load_settings
 from profileguard.errors import ConfigError
+from profileguard.install import install, uninstall
 
 FOLLOW = {"full_name": "follow", "avatar_url": "fill_empty"}
 
@@ -26,7 +26,7 @@ FOLLOW = {"full_name": "follow", "avatar_url": "fill_empty"}
 def with_policies(db: TestDB, policies: dict[str, str], **more: object) -> TestDB:
     """Re-install with [sync] policies (and other settings) and return the db with them."""
     settings = replace(db.settings, sync_policies=policies, **more)  # type: ignore[arg-type]
-    schema.install(settings)
+    install(settings)
     return TestDB(db.url, settings)
 
 
@@ -147,7 +147,7 @@ def test_a_constraint_that_rejects_the_value_never_fails_the_login(installed):
 
 def test_strict_mode_fails_the_update(installed):
     settings = replace(installed.settings, sync_policies=FOLLOW)
-    schema.install(settings, strict=True)
+    install(settings, strict=True)
     uid = installed.signup({"full_name": "Ada"})
     with installed.connect() as conn:
         conn.execute("alter table public.profiles add constraint no_bob"
@@ -175,7 +175,7 @@ def test_config_rejects_unknown_policy_and_unmapped_column(tmp_path, installed):
     file.write_text('[sync]\nbio = "follow"\n')
     settings = load_settings(file, env={}, database_url=installed.url)
     with pytest.raises(ConfigError, match=r"sync\.bio"):
-        schema.install(settings)
+        install(settings)
     file.write_text('[sync]\nfull_name = "follow"\n[delete]\nredact = ["full_name"]\n')
     loaded = load_settings(file, env={})
     assert loaded.sync_policies == {"full_name": "follow"}
@@ -245,7 +245,7 @@ def test_uninstall_removes_the_update_triggers(installed):
     db = with_policies(installed, FOLLOW)
     assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
                      " and tgname like 'profileguard_after_update%%'") == 2
-    schema.uninstall(db.settings)
+    uninstall(db.settings)
     assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
                      " and tgname like 'profileguard%%'") == 0
     uid = db.signup({"full_name": "Ada"})

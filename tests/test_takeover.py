@@ -12,7 +12,7 @@ from conftest import TestDB, wait_for
 from psycopg import sql
 from test_cli import cli
 
-from profileguard import schema
+from profileguard.install import install, uninstall
 
 PROFILES = """
 create table public.profiles (
@@ -140,7 +140,7 @@ def test_takeover_of_a_function_this_role_does_not_own_recreates_the_trigger_nev
     original = trigger_definition(db, ODD_NAME)
     source = function_source(db, "legacy_profile")
 
-    result = schema.install(db.settings, replace_triggers=[ODD_NAME])
+    result = install(db.settings, replace_triggers=[ODD_NAME])
     assert result.replaced_triggers == [ODD_NAME]
     method = db.scalar("select method from profileguard.replaced_triggers")
     if installer == "supabase_postgres":
@@ -157,7 +157,7 @@ def test_takeover_of_a_function_this_role_does_not_own_recreates_the_trigger_nev
     assert db.scalar("select count(*) from profileguard.failures") == 0
 
     notes: list[str] = []
-    assert schema.uninstall(db.settings, notes=notes) is True
+    assert uninstall(db.settings, notes=notes) is True
     assert notes
     assert trigger_definition(db, ODD_NAME) == original
     assert function_source(db, "legacy_profile") == source
@@ -173,14 +173,14 @@ def test_trigger_disabled_by_an_earlier_version_is_enabled_again_by_uninstall(
     with db.connect() as conn:
         conn.execute(PROFILES)
         conn.execute(FLAKY_LEGACY)
-    schema.install(db.settings)
+    install(db.settings)
     with db.connect_admin() as conn:
         conn.execute("alter table auth.users disable trigger on_auth_user_created")
         conn.execute(
             "insert into profileguard.replaced_triggers (table_name, trigger_name,"
             " function_name, previous_mode) values ('auth.users', 'on_auth_user_created',"
             " 'public.handle_new_user()', 'O')")
-    assert schema.uninstall(db.settings) is True
+    assert uninstall(db.settings) is True
     assert db.scalar(
         "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'") == "O"
 
@@ -201,7 +201,7 @@ def test_logins_do_not_queue_behind_a_takeover_waiting_for_a_long_transaction(
 
     def take_over() -> None:
         try:
-            outcome["result"] = schema.install(db.settings,
+            outcome["result"] = install(db.settings,
                                                replace_triggers=["on_auth_user_created"])
         except Exception as exc:  # reported by the assertion below
             outcome["error"] = exc
@@ -236,7 +236,7 @@ def test_takeover_after_a_disabled_install_enables_profileguard_in_the_same_step
     with db.connect() as conn:
         conn.execute(PROFILES)
         conn.execute(FLAKY_LEGACY)
-    schema.install(db.settings, enabled=False)
+    install(db.settings, enabled=False)
     refused = cli(db, "install", "--disabled", "--replace-trigger", "on_auth_user_created")
     assert refused.returncode == 2
     assert "no trigger creating profiles" in refused.stderr

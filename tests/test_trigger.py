@@ -10,7 +10,7 @@ import pytest
 from conftest import key_hash
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
+from profileguard.install import install, set_enabled
 
 REJECT_ALL = "alter table public.profiles add constraint reject_all check (false) not valid"
 
@@ -115,7 +115,7 @@ def test_failing_profile_insert_never_blocks_1000_signups(installed):
 
 
 def test_strict_mode_rejects_signup(installed):
-    schema.install(installed.settings, strict=True)
+    install(installed.settings, strict=True)
     execute(installed, REJECT_ALL)
     uid = uuid.uuid4()
     with pytest.raises(psycopg.errors.CheckViolation) as info:
@@ -125,7 +125,7 @@ def test_strict_mode_rejects_signup(installed):
     assert installed.scalar("select count(*) from auth.users where id = %s", (uid,)) == 0
     assert failures(installed) == []
     # Turning strict off again lets the same signup commit, with the failure recorded.
-    schema.install(installed.settings, strict=False)
+    install(installed.settings, strict=False)
     installed.signup({"full_name": "Lenient"}, user_id=uid)
     assert installed.scalar("select count(*) from auth.users where id = %s", (uid,)) == 1
     assert [(r[0], r[1]) for r in failures(installed)] == [(str(uid), "23514")]
@@ -200,7 +200,7 @@ def test_no_notification_on_success(installed):
 
 
 def test_disabled_creates_nothing_and_records_nothing(installed):
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     plain = installed.signup({"full_name": "Plain"})
     execute(installed, REJECT_ALL)
     rejected = installed.signup({"full_name": "Would fail"})

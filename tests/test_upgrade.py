@@ -17,8 +17,8 @@ import pytest
 from conftest import TestDB, drop_db, scratch_db
 from test_cli import cli
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
+from profileguard.install import install, pending_migrations, upgrade
 from profileguard.installation import schema_version
 
 _names = itertools.count()
@@ -114,11 +114,11 @@ def test_install_old_then_upgrade_equals_fresh_install(
     old = tuple(m for m in every if m.version <= old_version)
     with monkeypatch.context() as patch:
         patch.setattr(sqlfiles, "migrations", lambda: old)
-        first = schema.install(db.settings, create_profile_table=True)
+        first = install(db.settings, create_profile_table=True)
     assert first.version_after == old_version
     with db.connect() as conn:
         assert schema_version(conn) == old_version
-        assert [m.version for m in schema.pending_migrations(conn)] == [
+        assert [m.version for m in pending_migrations(conn)] == [
             m.version for m in every if m.version > old_version]
     uid = db.signup({"full_name": "Before Upgrade"})
 
@@ -128,7 +128,7 @@ def test_install_old_then_upgrade_equals_fresh_install(
     assert upgraded["version_before"] == old_version
     assert upgraded["version_after"] == every[-1].version
 
-    schema.install(fresh_db.settings, create_profile_table=True)
+    install(fresh_db.settings, create_profile_table=True)
     before, after = snapshot(db), snapshot(fresh_db)
     for part in SNAPSHOT:
         assert before[part] == after[part], part
@@ -144,12 +144,12 @@ def test_failed_upgrade_changes_nothing(db: TestDB, monkeypatch: pytest.MonkeyPa
     every = sqlfiles.migrations()
     with monkeypatch.context() as patch:
         patch.setattr(sqlfiles, "migrations", lambda: every[:1])
-        schema.install(db.settings, create_profile_table=True)
+        install(db.settings, create_profile_table=True)
     before = snapshot(db)
     broken = (*every, sqlfiles.Migration(9999, "broken", "select 1/0;"))
     monkeypatch.setattr(sqlfiles, "migrations", lambda: broken)
     with pytest.raises(Exception, match="division by zero"):
-        schema.upgrade(db.settings)
+        upgrade(db.settings)
     assert snapshot(db) == before
 
 
@@ -161,10 +161,10 @@ def test_migrations_land_in_any_order(db: TestDB, monkeypatch: pytest.MonkeyPatc
     with monkeypatch.context() as patch:
         patch.setattr(sqlfiles, "migrations",
                       lambda: tuple(m for m in every if m is not skipped))
-        schema.install(db.settings, create_profile_table=True)
+        install(db.settings, create_profile_table=True)
     with db.connect() as conn:
-        assert [m.version for m in schema.pending_migrations(conn)] == [skipped.version]
-    result = schema.upgrade(db.settings)
+        assert [m.version for m in pending_migrations(conn)] == [skipped.version]
+    result = upgrade(db.settings)
     assert result.changed
     with db.connect() as conn:
-        assert schema.pending_migrations(conn) == []
+        assert pending_migrations(conn) == []

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
 from profileguard.config import DEFAULT_RESERVED, Settings, load_settings
+from profileguard.install import install
 from profileguard.mapping import INVISIBLE_CATEGORIES
 
 BATCHES = int(os.environ.get("PROFILEGUARD_PROPERTY_BATCHES", "20"))
@@ -144,7 +144,7 @@ def shapes(server_dsn: str, template_db: str) -> Iterator[dict[str, Shape]]:
             overrides = ({"identity_table": "public.accounts", "profile_table": "public.members"}
                          if text_keys else {})
             settings = load_settings(env={}, database_url=url, **overrides)
-            schema.install(settings)
+            install(settings)
             made[name] = Shape(name, dbname, url, settings,
                                "public.accounts" if text_keys else "auth.users",
                                "public.members" if text_keys else "public.profiles", text_keys)

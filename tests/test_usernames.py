@@ -11,8 +11,8 @@ import uuid
 
 from conftest import key_hash
 
-from profileguard import schema
 from profileguard.config import load_settings
+from profileguard.install import install, set_enabled
 from profileguard.mapping.insert import _length_bounds
 
 
@@ -103,9 +103,9 @@ def test_name_equal_to_existing_profile_username(installed):
 
 def test_ensure_profile_with_colliding_name(installed):
     installed.signup({"user_name": "frank"})
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     late = installed.signup({"user_name": "frank", "full_name": "Late Frank"})
-    schema.set_enabled(installed.settings, True)
+    set_enabled(installed.settings, True)
     assert username(installed, late) is None
     with installed.connect() as conn:
         created, profile = conn.execute(
@@ -144,7 +144,7 @@ def test_names_colliding_after_truncation_to_check_maximum(db):
         " id uuid primary key references auth.users (id) on delete cascade,"
         " username text unique check (char_length(username) between 3 and 12))",
     )
-    schema.install(db.settings)
+    install(db.settings)
     first = db.signup({"user_name": "abcdefghijklmnopXXX"})
     second = db.signup({"user_name": "abcdefghijklmnopYYY"})
     assert username(db, first) == "abcdefghijkl"
@@ -174,7 +174,7 @@ def test_names_colliding_after_truncation_in_one_statement(db):
         " id uuid primary key references auth.users (id) on delete cascade,"
         " username varchar(12) unique)",
     )
-    schema.install(db.settings)
+    install(db.settings)
     ids = sorted(uuid.uuid4() for _ in range(2))
     with db.connect() as conn:
         conn.execute(
@@ -243,7 +243,7 @@ def test_concurrent_signups_with_same_name(installed):
 
 def _table(db, ddl: str, **settings) -> None:
     execute(db, ddl)
-    schema.install(db.settings.with_overrides(**settings) if settings else db.settings)
+    install(db.settings.with_overrides(**settings) if settings else db.settings)
 
 
 def _bulk(db, metas: list[dict], *, provider: str | None = "github") -> list[uuid.UUID]:
@@ -312,7 +312,7 @@ def test_varchar16_text_keys_sharing_a_prefix(db):
                 " username varchar(16) unique not null)")
     settings = load_settings(env={}, database_url=db.url, identity_table="public.accounts",
                              profile_table="public.members")
-    schema.install(settings)
+    install(settings)
     keys = [f"tenant-000000000-{i:04d}" for i in range(40)]
     with db.connect() as conn:
         conn.execute(
@@ -362,7 +362,7 @@ def test_squat_with_unverified_plain_is_first_come(db):
     policy = db.settings.username
     from dataclasses import replace
 
-    schema.install(replace(db.settings, username=replace(policy, unverified="plain")))
+    install(replace(db.settings, username=replace(policy, unverified="plain")))
     squatter = _bulk(db, [{"user_name": "torvalds"}], provider="email")[0]
     github = _bulk(db, [{"user_name": "torvalds"}], provider="github")[0]
     assert username(db, squatter) == "torvalds"
@@ -375,7 +375,7 @@ def test_lowercase_and_pattern_policy(db):
     from dataclasses import replace
 
     policy = replace(db.settings.username, lowercase=True, pattern="^[a-z0-9_.é]{3,20}$")
-    schema.install(replace(db.settings, username=policy))
+    install(replace(db.settings, username=policy))
     upper, accented, spaced = _bulk(db, [{"user_name": "LINUS"}, {"user_name": "ÉMILE"},
                                         {"user_name": "Grace Hopper"}])
     assert username(db, upper) == "linus"
@@ -386,6 +386,6 @@ def test_lowercase_and_pattern_policy(db):
 def test_a_name_cut_to_the_column_is_trimmed_again(db):
     execute(db, "create table public.profiles (id uuid primary key references auth.users,"
                 " username varchar(16) unique)")
-    schema.install(db.settings)
+    install(db.settings)
     (uid,) = _bulk(db, [{"user_name": [-227161765044, 1]}])  # text '[-227161765044, 1]'
     assert username(db, uid) == "[-227161765044,"

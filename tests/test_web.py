@@ -33,9 +33,10 @@ from monitoring import (
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
-from profileguard import observe, schema
+from profileguard import observe
 from profileguard.config import Settings, load_settings
 from profileguard.errors import ExitCode
+from profileguard.install import set_enabled
 from profileguard.web import create_app
 from profileguard.web.metrics import METRICS
 
@@ -101,7 +102,7 @@ def test_probes(installed: TestDB) -> None:
         assert get_json(f"{base}/healthz") == {"status": "ok"}
         ready = get_json(f"{base}/readyz")
         assert ready["ready"] is True and ready["schema_version"] >= 4
-        schema.set_enabled(installed.settings, False)
+        set_enabled(installed.settings, False)
         code, body, _ = fetch(f"{base}/readyz")
         assert code == 503 and "profileguard enable" in json.loads(body)["reason"]
     other = load_settings(env={}, database_url=make_conninfo(installed.url,

@@ -23,10 +23,10 @@ from test_reconcile import (
     wait_for,
 )
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.install import install, set_enabled
 
 FAST = ["--incremental-interval", "0.2", "--full-interval", "0.5"]
 
@@ -74,7 +74,7 @@ def test_worker_once_json_repairs_users_inserted_with_the_trigger_disabled(
 
 def test_sigkilled_worker_loses_its_batch_and_another_finishes(installed: TestDB) -> None:
     users, batch = 30_000, 5_000
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     installed.bulk_signup(users)
 
     def repairs() -> int:
@@ -106,7 +106,7 @@ def test_sigkilled_worker_loses_its_batch_and_another_finishes(installed: TestDB
 
 
 def test_retry_command_redrives_quarantined_users_after_the_fix(installed: TestDB) -> None:
-    schema.set_enabled(installed.settings, False)
+    set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
 
@@ -143,7 +143,7 @@ def test_worker_survives_terminated_connections_and_a_server_restart(
 ) -> None:
     server, url = own_server
     settings = load_settings(env={}, database_url=url)
-    schema.install(settings, create_profile_table=True, enabled=False)
+    install(settings, create_profile_table=True, enabled=False)
     db = TestDB(url, settings)
 
     with worker_process(url, *FAST, "--worker-id", "phoenix") as proc:

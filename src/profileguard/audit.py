@@ -19,12 +19,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.catalog import TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source, TableRef
 from profileguard.db import connect, translate
 from profileguard.errors import ConfigError
+from profileguard.install import pending_migrations, trigger_statement
+from profileguard.install.takeover import MARKER
 from profileguard.installation import (
     TRIGGER_NAME,
     UPDATE_TRIGGER_NAMES,
@@ -33,7 +34,6 @@ from profileguard.installation import (
     table_sql,
 )
 from profileguard.mapping import Plan, build_plan, source_expr
-from profileguard.takeover import MARKER
 
 SEVERITIES = ("error", "warning", "info")
 AUDIT_SQL = "audit.sql"
@@ -180,7 +180,7 @@ def check_state(ctx: Context) -> list[Finding]:
             "profileguard install --disabled",
         )]
     found = []
-    pending = [m.version for m in schema.pending_migrations(ctx.conn)]
+    pending = [m.version for m in pending_migrations(ctx.conn)]
     if pending:
         found.append(Finding(
             "upgrade_available", "warning",
@@ -220,7 +220,7 @@ def check_state(ctx: Context) -> list[Finding]:
                 {"trigger": TRIGGER_NAME},
                 # CREATE OR REPLACE re-enables it and needs only the TRIGGER privilege
                 # (ALTER TABLE … ENABLE TRIGGER needs the table's owner).
-                ctx.text(sql.SQL("{};").format(schema.trigger_statement(ctx.settings))),
+                ctx.text(sql.SQL("{};").format(trigger_statement(ctx.settings))),
             ))
     if ctx.conn.execute("select to_regclass('profileguard.workers')").fetchone() != (None,):
         workers = ctx.rows("workers", {"alive_seconds": WORKER_ALIVE_SECONDS})[0]

@@ -34,13 +34,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.audit import run_audit
 from profileguard.backfill import Options, run_backfill
 from profileguard.backfill import Progress as BackfillProgress
 from profileguard.config import Settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.install import install
 from profileguard.repair import Reconciler
 
 DEMO_DATABASE = "profileguard_demo"
@@ -280,7 +280,7 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
         show_audit(console, settings)
 
         console.rule("3. profileguard install --replace-trigger " + LEGACY_TRIGGER)
-        result = schema.install(settings, replace_triggers=[LEGACY_TRIGGER])
+        result = install(settings, replace_triggers=[LEGACY_TRIGGER])
         for note in result.notes:
             console.print(f"note: {note}", highlight=False)
         console.print(f"Installed schema version {result.version_after}; the legacy trigger is "

@@ -15,10 +15,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from profileguard import schema
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings, load_settings
 from profileguard.embedded import EmbeddedPostgres
+from profileguard.install import install
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def example_settings() -> Iterator[Settings]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sqlfiles.read("supabase_auth.sql"))
         settings = load_settings(env={}, database_url=url)
-        schema.install(settings, create_profile_table=True)
+        install(settings, create_profile_table=True)
         try:
             yield settings
         finally:

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fastapi_app.app import create_app, get_oauth_exchange, issue_token
-from profileguard import schema
 from profileguard.config import Settings
+from profileguard.install import set_enabled
 
 SECRET = "test-secret"
 
@@ -125,7 +125,7 @@ def test_me_creates_a_profile_that_was_missing(
 ) -> None:
     """A user made while the trigger was off (e.g. imported by hand) gets a profile on /me."""
     uid = uuid.uuid4()
-    schema.set_enabled(example_settings, False)
+    set_enabled(example_settings, False)
     try:
         with psycopg.connect(example_settings.conninfo()) as conn:
             conn.execute(
@@ -135,7 +135,7 @@ def test_me_creates_a_profile_that_was_missing(
                 (uid, unique_email()),
             )
     finally:
-        schema.set_enabled(example_settings, True)
+        set_enabled(example_settings, True)
     assert count(example_settings, "select count(*) from public.profiles where id = %s", uid) == 0
     token = issue_token({"id": uid, "email": None}, SECRET)
     me = client.get("/me", headers=bearer(token))

@@ -9,12 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from profileguard import __version__, schema
+from profileguard import __version__
 from profileguard.cli.app import command, state
 from profileguard.cli.options import JsonOption
 from profileguard.cli.render import out, print_fields, print_json
 from profileguard.errors import ExitCode, ProfileGuardError
 from profileguard.extras import require_extra
+from profileguard.install import describe
 
 
 @command("Observe")
@@ -27,7 +28,7 @@ def version(ctx: typer.Context, as_json: JsonOption = False) -> None:
     except ProfileGuardError:
         settings = None
     if settings is not None:
-        info = schema.describe(settings)
+        info = describe(settings)
     if as_json:
         print_json(info)
     else:

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from profileguard import __version__, schema
+from profileguard import __version__
+from profileguard import install as installer
 from profileguard.cli.app import command, state
 from profileguard.cli.options import (
     CreateProfileTableOption,
@@ -19,10 +20,10 @@ from profileguard.cli.options import (
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
 from profileguard.errors import ConfigError, ExitCode, UsageError
-from profileguard.locking import LOCK_TIMEOUT_MS
+from profileguard.install.locking import LOCK_TIMEOUT_MS
 
 
-def _install_output(result: schema.InstallResult, as_json: bool) -> None:
+def _install_output(result: installer.InstallResult, as_json: bool) -> None:
     if as_json:
         print_json(result.as_dict())
         return
@@ -62,7 +63,7 @@ def _preflight_output(report: Any, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def render_file(result: schema.InstallResult) -> str:
+def render_file(result: installer.InstallResult) -> str:
     """The migration file `profileguard sql` prints: guard first, identity-table DDL last."""
     main = result.statements[: len(result.statements) - result.identity_statements]
     last = result.statements[len(main):]
@@ -77,7 +78,7 @@ def render_file(result: schema.InstallResult) -> str:
         "SQLSTATE 55P03 (lock timeout), apply it again.",
         f"set lock_timeout = '{LOCK_TIMEOUT_MS}ms';",
         "",
-        result.guard.strip() + ";",
+        result.render_guard.strip() + ";",
         "",
     ]
     def ended(statement: str) -> str:
@@ -131,14 +132,14 @@ def install(
     What locks the users table (the trigger, the takeover) runs last, in a short transaction
     that gives way to sign-ins and retries. The users table's owner is not needed."""
     if check:
-        _preflight_output(schema.check(state(ctx).settings()), as_json)
+        _preflight_output(installer.check(state(ctx).settings()), as_json)
         return
     if schedule not in (None, "pg_cron"):
         raise ConfigError(
             f"--schedule: {schedule!r} is not a scheduler profileguard knows",
             hint="use --schedule pg_cron, or run 'profileguard worker'",
         )
-    result = schema.install(
+    result = installer.install(
         state(ctx).settings(),
         strict=strict,
         enabled=False if disabled else None,
@@ -160,7 +161,7 @@ def sql_command(
 ) -> None:
     """Print what install would run here, as a migration file (supabase/migrations), running
     nothing: it only reads the catalog."""
-    result = schema.render(
+    result = installer.render(
         state(ctx).settings(),
         strict=strict,
         enabled=False if disabled else None,
@@ -173,7 +174,7 @@ def sql_command(
 @command("Set up")
 def upgrade(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Apply pending schema migrations and regenerate the functions from the configuration."""
-    result = schema.upgrade(state(ctx).settings())
+    result = installer.upgrade(state(ctx).settings())
     _install_output(result, as_json)
 
 
@@ -192,7 +193,7 @@ def uninstall(
             )
         typer.confirm("Remove profileguard (profiles and users are kept)?", abort=True)
     notes: list[str] = []
-    removed = schema.uninstall(settings, notes=notes)
+    removed = installer.uninstall(settings, notes=notes)
     if as_json:
         print_json({"removed": removed, "notes": notes})
         return
@@ -203,7 +204,7 @@ def uninstall(
 
 
 def _toggle(ctx: typer.Context, enabled: bool, as_json: bool) -> None:
-    previous = schema.set_enabled(state(ctx).settings(), enabled)
+    previous = installer.set_enabled(state(ctx).settings(), enabled)
     word = "enabled" if enabled else "disabled"
     if as_json:
         print_json({"enabled": enabled, "changed": previous != enabled})

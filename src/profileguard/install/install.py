@@ -1,0 +1,154 @@
+"""`install`: the long transaction, then the short one that locks the identity table; the
+pg_cron sweep; `install --check` (the preflight alone)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from profileguard import sql as sqlfiles
+from profileguard.catalog import inspect_table
+from profileguard.config import Settings
+from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
+from profileguard.install import preflight
+from profileguard.install.identity_phase import identity_phase, takeover_enables
+from profileguard.install.locking import short_transaction
+from profileguard.install.main_phase import main_phase
+from profileguard.install.preflight import Preflight
+from profileguard.install.render import render
+from profileguard.install.run import InstallResult, Recorder, transaction
+from profileguard.installation import schema_version
+from profileguard.mapping import build_plan
+
+# The pg_cron job of `install --schedule pg_cron`: a bounded sweep, removed by uninstall.
+CRON_JOB = "profileguard-reconcile"
+
+
+CRON_MAX_ROWS = 10_000
+
+
+CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
+
+
+def check(settings: Settings) -> Preflight:
+    """The install preflight alone, in a transaction that is rolled back."""
+    with transaction(settings, dry_run=True) as conn:
+        if inspect_table(conn, settings.profile) is None:
+            raise ConfigError(
+                f"profile table {settings.profile} does not exist",
+                hint="run: profileguard install --create-profile-table "
+                "(or set profile.table to your existing table)",
+            )
+        plan = build_plan(conn, settings)
+        return preflight.check(conn, settings, plan)
+
+
+def run_install(
+    settings: Settings,
+    *,
+    strict: bool | None,
+    enabled: bool | None,
+    create_profile_table: bool,
+    source: str,
+    replace_triggers: Sequence[str] = (),
+    cron_schedule: str | None = None,
+    require_installed: bool = False,
+    force: bool = False,
+) -> InstallResult:
+    """The long transaction (no lock on the identity table), then the short one that takes it."""
+    with transaction(settings) as conn:
+        if require_installed and schema_version(conn) == 0:
+            raise NotInstalledError(
+                "profileguard is not installed in this database", hint="run: profileguard install"
+            )
+        rec = Recorder(conn)
+        result = main_phase(rec, settings, strict=strict, enabled=enabled,
+                             create_profile_table=create_profile_table, source=source,
+                             force=force)
+        if cron_schedule is not None:
+            _schedule_sweep(rec, cron_schedule)
+            result.notes.append(
+                f"pg_cron job {CRON_JOB!r} runs profileguard.reconcile({CRON_MAX_ROWS}) "
+                f"on '{cron_schedule}'"
+            )
+            result.changed = True
+    statements = rec.statements
+
+    def identity_step(conn: psycopg.Connection) -> list[str]:
+        attempt = InstallResult(result.version_before, result.version_after, plan=result.plan)
+        step = Recorder(conn)
+        identity_phase(step, settings, attempt, create_profile_table=create_profile_table,
+                        replace_triggers=replace_triggers, source=source)
+        result.changed = result.changed or attempt.changed
+        result.notes.extend(attempt.notes)
+        result.replaced_triggers.extend(attempt.replaced_triggers)
+        return step.statements
+
+    try:
+        statements += short_transaction(settings, identity_step, what=f"{source} (trigger)")
+    except ProfileGuardError as exc:
+        done = (f"profileguard's functions are {source}ed, but its trigger on "
+                f"{settings.identity} is not: run profileguard {source} again")
+        exc.hint = f"{exc.hint}; {done}" if exc.hint else done
+        raise
+    result.statements = statements
+    return result
+
+
+def install(
+    settings: Settings,
+    *,
+    strict: bool = False,
+    enabled: bool | None = None,
+    create_profile_table: bool = False,
+    cron_schedule: str | None = None,
+    dry_run: bool = False,
+    replace_triggers: Sequence[str] = (),
+    force: bool = False,
+) -> InstallResult:
+    """Install (or re-install) profileguard; `dry_run` only renders the SQL (see `render`).
+
+    `replace_triggers` names existing triggers on the identity table that create profiles:
+    they are neutralised without owning the table (see takeover.py) and recorded, so that
+    `uninstall` restores them. `cron_schedule` (e.g. '* * * * *') also schedules the
+    in-database sweep with pg_cron. Everything that locks the identity table runs last, in a
+    short transaction of its own (see locking.py).
+    """
+    enabled = takeover_enables(enabled, replace_triggers)
+    if dry_run:
+        return render(settings, strict=strict, enabled=enabled,
+                      create_profile_table=create_profile_table,
+                      replace_triggers=replace_triggers)
+    return run_install(
+        settings, strict=strict, enabled=enabled, create_profile_table=create_profile_table,
+        source="install", replace_triggers=replace_triggers, cron_schedule=cron_schedule,
+        force=force,
+    )
+
+
+def _schedule_sweep(rec: Recorder, schedule: str) -> None:
+    """Schedule profileguard.reconcile() with pg_cron (idempotent: the job is named)."""
+    if not CRON_SCHEDULE.fullmatch(schedule.strip()):
+        raise ConfigError(
+            f"--cron-schedule: {schedule!r} is not a cron schedule",
+            hint="use five cron fields such as '* * * * *' (every minute) or '30 seconds'",
+        )
+    row = rec.conn.execute(sqlfiles.query("cron_available")).fetchone()
+    available, loaded = row if row else (False, False)
+    if not (available and loaded):
+        raise ConfigError(
+            "pg_cron is not available on this server"
+            if not available
+            else "pg_cron is installed on this server but not loaded",
+            hint="enable pg_cron (Supabase: Database → Extensions; elsewhere add it to "
+            "shared_preload_libraries and restart), or run 'profileguard worker' on a host "
+            "that reaches the database instead",
+        )
+    rec.run("create extension if not exists pg_cron")
+    rec.run(sql.SQL("select cron.schedule({}, {}, {})").format(
+        sql.Literal(CRON_JOB), sql.Literal(schedule.strip()),
+        sql.Literal(f"select profileguard.reconcile({CRON_MAX_ROWS})"),
+    ))

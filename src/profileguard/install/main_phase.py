@@ -1,0 +1,181 @@
+"""The long install transaction: everything that leaves the identity table alone (schema,
+migrations, settings, functions), after the preflight."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from profileguard import sql as sqlfiles
+from profileguard.catalog import inspect_table
+from profileguard.config import Settings
+from profileguard.errors import ConfigError
+from profileguard.install import preflight
+from profileguard.install.locking import INSTALL_LOCK
+from profileguard.install.migrations import pending_migrations
+from profileguard.install.preflight import Preflight
+from profileguard.install.profile_table import make_profile_table, profile_table_facts_or_error
+from profileguard.install.run import InstallResult, Recorder
+from profileguard.install.templates import config_event, render_generated, render_sync
+from profileguard.installation import schema_version
+from profileguard.mapping import Plan, build_plan, build_sync
+from profileguard.version import __version__
+
+
+def _config_fingerprint(settings: Settings) -> dict[str, Any]:
+    return {"package_version": __version__, **settings.describe()}
+
+
+def _lock_install(rec: Recorder) -> None:
+    rec.run(sql.SQL("select pg_advisory_xact_lock(hashtext({}))").format(
+        sql.Literal(INSTALL_LOCK)))
+
+
+def main_phase(
+    rec: Recorder,
+    settings: Settings,
+    *,
+    strict: bool | None,
+    enabled: bool | None,
+    create_profile_table: bool,
+    source: str,
+    force: bool = False,
+) -> InstallResult:
+    """Everything install does that leaves the identity table alone, in one transaction.
+
+    Reads first, then writes: the same code renders `profileguard sql` without running it.
+    """
+    conn = rec.conn
+    _lock_install(rec)
+    before = schema_version(conn)
+    result = InstallResult(before, before)
+    profile_facts = None
+    create_table = inspect_table(conn, settings.profile) is None
+    if create_table:
+        if not create_profile_table:
+            raise ConfigError(
+                f"profile table {settings.profile} does not exist",
+                hint="run: profileguard install --create-profile-table "
+                "(or set profile.table to your existing table)",
+            )
+        profile_facts = profile_table_facts_or_error(conn, settings)
+    plan = build_plan(conn, settings, profile_facts=profile_facts)
+    result.plan = plan
+    if rec.execute and not create_table:
+        # Once installed, a refusal is a warning: turning strict mode off or changing a setting
+        # must stay possible while every profile fails.
+        result.preflight = _preflight(conn, settings, plan, force=force or before > 0)
+        result.notes.extend(f"preflight: {w}" for w in result.preflight.warnings)
+    pending = pending_migrations(conn)
+    with conn.cursor(row_factory=dict_row) as cur:
+        current = cur.execute(sqlfiles.query("settings")).fetchone() if before else None
+
+    if create_table:
+        _, notes = make_profile_table(rec, settings, plan.identity)
+        result.notes.extend(notes)
+        result.created_profile_table = True
+    result.notes.extend(plan.notes)
+    rec.run("create schema if not exists profileguard")
+    _apply_migrations(rec, pending, result)
+
+    fingerprint = _config_fingerprint(settings)
+    _write_settings(rec, settings, current, fingerprint, strict=strict, enabled=enabled,
+                    result=result)
+
+    rec.run(sqlfiles.read("functions.sql"))
+    rec.run(render_generated(plan))
+    rec.run(render_sync(plan))
+    result.notes.extend(build_sync(plan).notes)
+    rec.run(sqlfiles.read("privileges.sql"))
+    if result.changed:
+        rec.run(config_event(source, f"{source}: schema version {result.version_after}",
+                             {**fingerprint, "notes": result.notes}))
+    return result
+
+
+def _apply_migrations(
+    rec: Recorder, pending: list[sqlfiles.Migration], result: InstallResult
+) -> None:
+    """Run the pending migrations in order, recording each."""
+    for migration in pending:
+        rec.run(migration.text)
+        rec.run(sql.SQL(
+            "insert into profileguard.migrations (version, name) values ({}, {})"
+        ).format(sql.Literal(migration.version), sql.Literal(migration.name)))
+        result.version_after = max(result.version_after, migration.version)
+        result.changed = True
+
+
+def _write_settings(
+    rec: Recorder,
+    settings: Settings,
+    current: dict[str, Any] | None,
+    fingerprint: dict[str, Any],
+    *,
+    strict: bool | None,
+    enabled: bool | None,
+    result: InstallResult,
+) -> None:
+    """Write the settings row (flags left as they are where None); refuse another identity table."""
+    if current is None:
+        rec.run(sql.SQL(
+            "insert into profileguard.settings (enabled, strict, identity_table, identity_key,"
+            " profile_table, profile_key, config, package_version)"
+            " values ({}, {}, {}, {}, {}, {}, {}, {})"
+        ).format(*map(sql.Literal, (
+            True if enabled is None else enabled, bool(strict), str(settings.identity),
+            settings.identity.key, str(settings.profile), settings.profile.key,
+            json.dumps(fingerprint), __version__,
+        ))))
+        result.changed = True
+    else:
+        if current["identity_table"] != str(settings.identity):
+            raise ConfigError(
+                f"profileguard is installed for {current['identity_table']}, "
+                f"not {settings.identity}",
+                hint="run: profileguard uninstall, then install with the new identity table",
+            )
+        new_strict = current["strict"] if strict is None else strict
+        new_enabled = current["enabled"] if enabled is None else enabled
+        if (
+            current["config"] != fingerprint
+            or new_strict != current["strict"]
+            or new_enabled != current["enabled"]
+        ):
+            rec.run(sql.SQL(
+                "update profileguard.settings set strict = {}, enabled = {},"
+                " profile_table = {}, profile_key = {}, config = {},"
+                " package_version = {}, updated_at = now()"
+            ).format(*map(sql.Literal, (
+                new_strict, new_enabled, str(settings.profile), settings.profile.key,
+                json.dumps(fingerprint), __version__,
+            ))))
+            result.changed = True
+
+
+def _preflight(conn: psycopg.Connection, settings: Settings, plan: Plan, *,
+               force: bool) -> Preflight:
+    """The preflight; refusals stop the install unless `force`."""
+    report = preflight.check(conn, settings, plan)
+    for failure in report.failures[:5]:
+        report.warnings.append(
+            f"rehearsal: {failure['subject']} would fail with SQLSTATE {failure['sqlstate']}: "
+            f"{failure['message']}"
+        )
+    if len(report.failures) > 5:
+        report.warnings.append(f"rehearsal: {len(report.failures) - 5} more failures "
+                               "(see: profileguard install --check)")
+    if force:
+        report.warnings.extend(report.refusals)
+    elif report.refusals:
+        raise ConfigError(
+            "install refused: " + "; ".join(report.refusals),
+            hint="fix the table or the mapping as said, then install again "
+            "(profileguard install --check rehearses without changing anything; --force "
+            "installs anyway: sign-ups still commit and each failure is recorded)",
+        )
+    return report
