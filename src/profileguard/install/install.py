@@ -25,11 +25,7 @@ from profileguard.mapping import build_plan
 
 # The pg_cron job of `install --schedule pg_cron`: a bounded sweep, removed by uninstall.
 CRON_JOB = "profileguard-reconcile"
-
-
 CRON_MAX_ROWS = 10_000
-
-
 CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 
 

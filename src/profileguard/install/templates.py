@@ -24,17 +24,11 @@ from profileguard.mapping import (
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
 CLAIM_SEED = 0x70726F66
-
-
 TRANSITION_TABLE = "pg_new_users"
-
-
 # The signup trigger's wait for a lock while it records a failure (at most its lock_timeout_ms):
 # a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
 # this, then commits.
 RECORD_LOCK_MS = 50
-
-
 # The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
 # characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
 SYNC_QUEUE_CHARS = 74_000
