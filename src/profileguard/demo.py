@@ -259,16 +259,7 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
     where = "an embedded PostgreSQL" if database_url is None else f"database {DEMO_DATABASE}"
     console.print(f"Starting {where}…")
     with demo_database(database_url) as url, psycopg.connect(url, autocommit=True) as conn:
-        version = conn.execute("show server_version").fetchone()
-        console.print(f"PostgreSQL {version[0] if version else '?'} is up.")
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
-        conn.execute(sqlfiles.read("demo_legacy.sql"))
-        console.print("An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
-                      "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "
-                      f"per-row trigger [bold]{LEGACY_TRIGGER}[/] → handle_new_user().")
-        existing_missing = seed_existing_users(conn, users)
-        console.print(f"{users:,} existing users; [bold]{existing_missing}[/] of them "
-                      f"({100 * existing_missing / users:.1f}%) have no profile.")
+        existing_missing = _legacy_app(console, conn, users)
 
         console.rule("1. Sign-ups on the legacy trigger")
         before = signup_burst(url, signups, seed=1)
@@ -280,11 +271,7 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
         show_audit(console, settings)
 
         console.rule("3. profileguard install --replace-trigger " + LEGACY_TRIGGER)
-        result = install(settings, replace_triggers=[LEGACY_TRIGGER])
-        for note in result.notes:
-            console.print(f"note: {note}", highlight=False)
-        console.print(f"Installed schema version {result.version_after}; the legacy trigger is "
-                      "taken over (uninstall restores it).")
+        _take_over(console, settings)
 
         console.rule("4. profileguard backfill")
         backfill = run_backfill_with_bar(console, settings)
@@ -293,64 +280,118 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
 
         console.rule("5. Sign-ups with an injected fault, the worker running")
         conn.execute(sqlfiles.read("demo_fault.sql"))
-        reconciler = Reconciler(settings, worker_id="demo-worker", incremental_interval=0.5,
-                                full_interval=2.0, heartbeat_interval=1.0, poll_interval=0.1)
-        stop = threading.Event()
-        worker = threading.Thread(target=reconciler.run_forever, args=(stop,), daemon=True)
-        worker.start()
-        after = signup_burst(url, signups, seed=2, fault_every=FAULT_EVERY)
-        burst_end = time.monotonic()
-        while missing(conn) and time.monotonic() - burst_end < 30:
-            time.sleep(0.02)
-        heal_seconds = time.monotonic() - burst_end
-        after_missing = missing(conn)
-        failures = _count(conn, "select count(*) from profileguard.failures"
-                                " where source = 'trigger'")
-        show_burst(console, f"{signups} sign-ups, profileguard (1 in {FAULT_EVERY} with a "
-                   "lock timeout injected into the profile insert)", after, after_missing)
-        console.print(f"The trigger recorded {failures} failures (SQLSTATE 55P03, category "
-                      "transient); the worker repaired them.")
-        worker_repairs = _count(conn, "select count(*) from profileguard.events"
-                                      " where kind = 'repair' and source = 'worker'")
-        slowest = conn.execute(
-            "select extract(epoch from max(r.created_at - f.created_at))"
-            " from profileguard.failures f join profileguard.events r"
-            " on r.user_id = f.user_id and r.kind = 'repair'"
-        ).fetchone()
-        slowest_repair = float(slowest[0]) if slowest and slowest[0] is not None else 0.0
-        suffixed = _count(conn, "select count(*) from public.profiles"
-                                " where username ~ '_[0-9a-f]{8}$'")
+        with _worker(settings):
+            after, heal_seconds = _faulty_burst(url, conn, signups)
+            after_missing = missing(conn)
+            failures = _count(conn, "select count(*) from profileguard.failures"
+                                    " where source = 'trigger'")
+            show_burst(console, f"{signups} sign-ups, profileguard (1 in {FAULT_EVERY} with a "
+                       "lock timeout injected into the profile insert)", after, after_missing)
+            console.print(f"The trigger recorded {failures} failures (SQLSTATE 55P03, category "
+                          "transient); the worker repaired them.")
+            worker_repairs, slowest_repair, suffixed = _repair_figures(conn)
 
-        figures = {
-            "existing users without a profile": (existing_missing, 0),
-            "sign-ups attempted": (before.attempted, after.attempted),
-            "failed sign-ups": (before.failed, after.failed),
-            "users missing a profile at the end": (before_missing, after_missing),
-            "failures recorded (SQLSTATE)": (0, failures),
-            "profiles created by the backfill": (0, backfill["created"]),
-            "profiles repaired by the worker": (0, worker_repairs),
-            "usernames suffixed instead of failing": (0, suffixed),
-            "slowest repair after a failed sign-up": ("never", f"{slowest_repair:.2f} s"),
-            "time to 100% after the burst": ("never", f"{heal_seconds:.2f} s"),
-        }
-        console.rule("6. Before and after")
-        table = Table(title="before vs with profileguard", title_justify="left")
-        table.add_column("")
-        table.add_column("legacy trigger", justify="right")
-        table.add_column("profileguard", justify="right")
-        for label, (old, new) in figures.items():
-            table.add_row(label, str(old), f"[bold green]{new}[/]")
-        console.print(table)
-        console.print(f"Done in {time.monotonic() - started:.1f} s.")
-
-        if serve:
-            from profileguard.web import serve as serve_web
-
-            console.print(f"\nDashboard: [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C stops it)")
-            console.print(f"Connect to the demo database: {url}", highlight=False)
-            with contextlib.suppress(KeyboardInterrupt):
-                serve_web(settings, host="127.0.0.1", port=port)
-        stop.set()
-        worker.join(timeout=30)
-        reconciler.close()
+            figures = {
+                "existing users without a profile": (existing_missing, 0),
+                "sign-ups attempted": (before.attempted, after.attempted),
+                "failed sign-ups": (before.failed, after.failed),
+                "users missing a profile at the end": (before_missing, after_missing),
+                "failures recorded (SQLSTATE)": (0, failures),
+                "profiles created by the backfill": (0, backfill["created"]),
+                "profiles repaired by the worker": (0, worker_repairs),
+                "usernames suffixed instead of failing": (0, suffixed),
+                "slowest repair after a failed sign-up": ("never", f"{slowest_repair:.2f} s"),
+                "time to 100% after the burst": ("never", f"{heal_seconds:.2f} s"),
+            }
+            console.rule("6. Before and after")
+            show_figures(console, figures)
+            console.print(f"Done in {time.monotonic() - started:.1f} s.")
+            if serve:
+                _serve(console, settings, url, port)
         return {label: {"before": old, "after": new} for label, (old, new) in figures.items()}
+
+
+def _legacy_app(console: Console, conn: psycopg.Connection, users: int) -> int:
+    """Build the app as many are (Supabase-shaped auth.users, the starter profiles table, the
+    per-row trigger) with `users` existing users; returns how many of them have no profile."""
+    version = conn.execute("show server_version").fetchone()
+    console.print(f"PostgreSQL {version[0] if version else '?'} is up.")
+    conn.execute(sqlfiles.read("supabase_auth.sql"))
+    conn.execute(sqlfiles.read("demo_legacy.sql"))
+    console.print("An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
+                  "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "
+                  f"per-row trigger [bold]{LEGACY_TRIGGER}[/] → handle_new_user().")
+    existing_missing = seed_existing_users(conn, users)
+    console.print(f"{users:,} existing users; [bold]{existing_missing}[/] of them "
+                  f"({100 * existing_missing / users:.1f}%) have no profile.")
+    return existing_missing
+
+
+def _take_over(console: Console, settings: Settings) -> None:
+    """Install profileguard, taking over from the legacy trigger."""
+    result = install(settings, replace_triggers=[LEGACY_TRIGGER])
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"Installed schema version {result.version_after}; the legacy trigger is "
+                  "taken over (uninstall restores it).")
+
+
+@contextmanager
+def _worker(settings: Settings) -> Iterator[None]:
+    """A reconciler worker running in a thread, stopped at the end of the block."""
+    reconciler = Reconciler(settings, worker_id="demo-worker", incremental_interval=0.5,
+                            full_interval=2.0, heartbeat_interval=1.0, poll_interval=0.1)
+    stop = threading.Event()
+    worker = threading.Thread(target=reconciler.run_forever, args=(stop,), daemon=True)
+    worker.start()
+    yield
+    stop.set()
+    worker.join(timeout=30)
+    reconciler.close()
+
+
+def _faulty_burst(url: str, conn: psycopg.Connection, signups: int) -> tuple[Phase, float]:
+    """Sign-ups with the injected fault; returns them and the seconds until every user had a
+    profile (at most 30)."""
+    after = signup_burst(url, signups, seed=2, fault_every=FAULT_EVERY)
+    burst_end = time.monotonic()
+    while missing(conn) and time.monotonic() - burst_end < 30:
+        time.sleep(0.02)
+    return after, time.monotonic() - burst_end
+
+
+def _repair_figures(conn: psycopg.Connection) -> tuple[int, float, int]:
+    """Profiles the worker repaired, the slowest repair after a failed sign-up (seconds), and
+    usernames suffixed instead of failing."""
+    worker_repairs = _count(conn, "select count(*) from profileguard.events"
+                                  " where kind = 'repair' and source = 'worker'")
+    slowest = conn.execute(
+        "select extract(epoch from max(r.created_at - f.created_at))"
+        " from profileguard.failures f join profileguard.events r"
+        " on r.user_id = f.user_id and r.kind = 'repair'"
+    ).fetchone()
+    slowest_repair = float(slowest[0]) if slowest and slowest[0] is not None else 0.0
+    suffixed = _count(conn, "select count(*) from public.profiles"
+                            " where username ~ '_[0-9a-f]{8}$'")
+    return worker_repairs, slowest_repair, suffixed
+
+
+def show_figures(console: Console, figures: dict[str, tuple[Any, Any]]) -> None:
+    """The before/after table."""
+    table = Table(title="before vs with profileguard", title_justify="left")
+    table.add_column("")
+    table.add_column("legacy trigger", justify="right")
+    table.add_column("profileguard", justify="right")
+    for label, (old, new) in figures.items():
+        table.add_row(label, str(old), f"[bold green]{new}[/]")
+    console.print(table)
+
+
+def _serve(console: Console, settings: Settings, url: str, port: int) -> None:
+    """Keep the dashboard running on the demo database until Ctrl-C."""
+    from profileguard.web import serve as serve_web
+
+    console.print(f"\nDashboard: [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C stops it)")
+    console.print(f"Connect to the demo database: {url}", highlight=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_web(settings, host="127.0.0.1", port=port)
