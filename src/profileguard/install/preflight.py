@@ -93,17 +93,18 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
-    guard = plan.guard
-    if guard is not None:
-        result.warnings.extend(guard.ignored)
-        for name, body in guard.checks:
+    # The username rule the mapping derived from the profile table (Plan.guard in mapping.py).
+    username_rule = plan.guard
+    if username_rule is not None:
+        result.warnings.extend(username_rule.ignored)
+        for name, body in username_rule.checks:
             if "~" in body or "like" in body.lower() or "similar" in body.lower():
                 result.warnings.append(
-                    f"check constraint {name} on {settings.profile}.{guard.column} restricts "
-                    "characters: names are tried as given, reduced to [a-z0-9_], then 'user_' "
-                    "+ a hash; when none passes, the username is NULL"
+                    f"check constraint {name} on {settings.profile}.{username_rule.column} "
+                    "restricts characters: names are tried as given, reduced to [a-z0-9_], then "
+                    "'user_' + a hash; when none passes, the username is NULL"
                     + (" — the column is NOT NULL, so that sign-up's profile fails (recorded)"
-                       if guard.not_null else "")
+                       if username_rule.not_null else "")
                 )
     try:
         with conn.transaction():
