@@ -1,6 +1,7 @@
-"""Moved to the `profileguard.install` package; kept only for the worker's import of CLAIM_SEED.
+"""Moved to the `profileguard.install` package; kept only for the import of CLAIM_SEED in
+repair/reconciler.py.
 
-Remove once reconcile.py imports CLAIM_SEED from profileguard.install.
+Remove once repair/reconciler.py imports CLAIM_SEED from profileguard.install.
 """
 
 from profileguard.install.templates import CLAIM_SEED
