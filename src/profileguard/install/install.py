@@ -62,8 +62,8 @@ def run_install(
             )
         rec = Recorder(conn)
         result = main_phase(rec, settings, strict=strict, enabled=enabled,
-                             create_profile_table=create_profile_table, source=source,
-                             force=force)
+                            create_profile_table=create_profile_table, source=source,
+                            force=force)
         if cron_schedule is not None:
             _schedule_sweep(rec, cron_schedule)
             result.notes.append(
@@ -77,7 +77,7 @@ def run_install(
         attempt = InstallResult(result.version_before, result.version_after, plan=result.plan)
         step = Recorder(conn)
         identity_phase(step, settings, attempt, create_profile_table=create_profile_table,
-                        replace_triggers=replace_triggers, source=source)
+                       replace_triggers=replace_triggers, source=source)
         result.changed = result.changed or attempt.changed
         result.notes.extend(attempt.notes)
         result.replaced_triggers.extend(attempt.replaced_triggers)

@@ -45,10 +45,10 @@ def render(
         rec = Recorder(conn, execute=False)
         own = source == "install"
         result = main_phase(rec, settings, strict=strict if own else None, enabled=enabled,
-                             create_profile_table=create_profile_table, source=source)
+                            create_profile_table=create_profile_table, source=source)
         main = len(rec.statements)
         identity_phase(rec, settings, result, create_profile_table=create_profile_table,
-                        replace_triggers=replace_triggers, source=source)
+                       replace_triggers=replace_triggers, source=source)
         result.statements = rec.statements
         result.identity_statements = len(rec.statements) - main
         result.render_guard = _render_guard(conn, settings, result.version_before)

@@ -13,4 +13,4 @@ def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
     if dry_run:
         return render(settings, source="upgrade")
     return run_install(settings, strict=None, enabled=None, create_profile_table=False,
-                        source="upgrade", require_installed=True, force=True)
+                       source="upgrade", require_installed=True, force=True)
