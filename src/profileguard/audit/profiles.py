@@ -104,7 +104,7 @@ def check_mapping(ctx: Context) -> list[Finding]:
                 ctx.profile_sql, sql.Identifier(column.name))),
         ))
     oid = table_oid(ctx.conn, s.profile)
-    username_rule = plan.guard  # the username rule (Plan.guard in mapping.py): checked apart
+    username_rule = plan.guard  # the username rule (Plan.guard in mapping/plan.py): checked apart
     for column_name, sources in plan.mapping.items():
         if username_rule is not None and column_name == username_rule.column:
             continue

@@ -93,7 +93,7 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
-    # The username rule the mapping derived from the profile table (Plan.guard in mapping.py).
+    # The username rule the mapping derived from the profile table (Plan.guard in mapping/plan.py).
     username_rule = plan.guard
     if username_rule is not None:
         result.warnings.extend(username_rule.ignored)
