@@ -14,10 +14,10 @@ import psycopg
 from psycopg import sql
 
 from profileguard.errors import InvalidUserIdError
+from profileguard.install import CLAIM_SEED
 from profileguard.repair import loop
 from profileguard.repair.outcome import BatchOutcome, PassResult
 from profileguard.repair.session import Session
-from profileguard.schema import CLAIM_SEED
 
 log = logging.getLogger("profileguard.repair")
 
