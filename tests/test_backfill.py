@@ -349,7 +349,7 @@ def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> Non
     for role in ("anon", "authenticated"):
         assert installed.scalar(
             "select has_function_privilege(%s,"
-            " 'profileguard.backfill_range(uuid, uuid, bigint)', 'execute')",
+            " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)', 'execute')",
             (role,),
         ) is False
         assert installed.scalar(
@@ -360,7 +360,8 @@ def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> Non
     ) is True
     assert installed.scalar(
         "select prosecdef and proconfig @> array['search_path=\"\"']"
-        " from pg_proc where oid = 'profileguard.backfill_range(uuid, uuid, bigint)'::regprocedure"
+        " from pg_proc where oid ="
+        " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)'::regprocedure"
     ) is True
 
 

@@ -499,59 +499,8 @@ begin
 end
 $pg$;
 
--- The backfill's unit of work: create the missing profiles of the users whose key is in
--- [p_first, p_last], with one INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING.
--- With a run id it also adds the count to that run and records one 'backfill' event (not one per
--- user). One exception block per call (never per row): a unique violation on a derived username
--- retries the range once with the long suffix; any other error propagates so the caller can
--- split the range. Returns how many profiles were created.
--- enable_seqscan is off inside: a range is always best read by the keys' indexes, and a plan made
--- while the profile table looked empty (fresh install, just truncated) would otherwise look up
--- taken usernames with a sequential scan per row, quadratic in the rows already inserted.
--- jit is off: compiling the statement again for every batch costs more than it saves.
-create or replace function profileguard.backfill_range(
-    p_first uuid, p_last uuid, p_run_id bigint default null
-)
-returns bigint
-language plpgsql
-security definer
-set search_path = ''
-set enable_seqscan = off
-set jit = off
-as $pg$
-declare
-    v_count bigint;
-begin
-    begin
-        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog.pg_unicode_fast) = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" >= p_first and u."id" <= p_last and not exists (select from "public"."profiles" p where p."id" = u."id" and p."id" >= p_first and p."id" <= p_last) offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        get diagnostics v_count = row_count;
-    exception when unique_violation then
-        if not true then
-            raise;
-        end if;
-        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog.pg_unicode_fast) = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" >= p_first and u."id" <= p_last and not exists (select from "public"."profiles" p where p."id" = u."id" and p."id" >= p_first and p."id" <= p_last) offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        get diagnostics v_count = row_count;
-    end;
-    if p_run_id is not null then
-        update profileguard.backfill_runs r
-            set created = r.created + v_count, updated_at = clock_timestamp()
-            where r.id = p_run_id;
-        if v_count > 0 then
-            insert into profileguard.events (kind, source, message, detail)
-            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
-                    jsonb_build_object('run_id', p_run_id, 'first', p_first::text,
-                                       'last', p_last::text, 'created', v_count));
-        end if;
-    end if;
-    return v_count;
-end
-$pg$;
+-- Retired: the backfill works in physical order (backfill_pages).
+drop function if exists profileguard.backfill_range(uuid, uuid, bigint);
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
 -- TID range scan, reading the table in order) without a profile get one, with one INSERT …
@@ -560,8 +509,8 @@ $pg$;
 -- (the catch-up after a sweep) only rows written by transactions not older than p_since are
 -- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
 -- every row of the range.
--- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
--- backfill_range it adds the count to the run and records one 'backfill' event.
+-- Returns an array: users on those pages (0 in a catch-up), profiles created. With a run id it
+-- adds the count to that run and records one 'backfill' event (not one per user).
 -- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
 -- read): otherwise the planner hashes every taken username of the growing profile table once per
 -- batch instead of probing the index once per new row, and batches slow down as it grows. For

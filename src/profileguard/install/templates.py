@@ -46,13 +46,6 @@ def render_generated(plan: Plan) -> sql.Composed:
     new_rows = sql.Identifier(TRANSITION_TABLE)
     identity = parts["identity"]
     by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
-    # The backfill's key range: users in [p_first, p_last] without a profile. The anti-join
-    # repeats the range on the profile side so it reads only that range, never all profiles.
-    by_range = sql.SQL(
-        "where u.{ikey} >= p_first and u.{ikey} <= p_last"
-        " and not exists (select from {profile} p where p.{pkey} = u.{ikey}"
-        " and p.{pkey} >= p_first and p.{pkey} <= p_last)"
-    ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
     # The backfill's page range [v_from, v_to) (a TID range scan). The sweep leaves existing
     # profiles to ON CONFLICT (the same one index probe a new row costs anyway); the catch-up
     # takes only the rows written since the sweep began (age(xmin) <= v_since; frozen rows are
@@ -77,10 +70,6 @@ def render_generated(plan: Plan) -> sql.Composed:
         insert_ids=insert_statement(plan, source=identity, where=by_ids),
         insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),
         claim_seed=sql.Literal(CLAIM_SEED),
-        insert_range=insert_statement(plan, source=identity, where=by_range),
-        insert_range_forced=insert_statement(
-            plan, source=identity, where=by_range, force_suffix=True
-        ),
         insert_pages=insert_statement(plan, source=identity, where=by_pages),
         insert_pages_forced=insert_statement(
             plan, source=identity, where=by_pages, force_suffix=True

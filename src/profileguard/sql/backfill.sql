@@ -67,7 +67,7 @@ where id = %(id)s
 
 -- name: checkpoint
 -- After each batch: the resume point and the counters. `created` of a real run is added by
--- profileguard.backfill_range itself (in the batch's transaction), so %(created)s is 0 there.
+-- profileguard.backfill_pages itself (in the batch's transaction), so %(created)s is 0 there.
 update profileguard.backfill_runs
 set cursor = coalesce(%(cursor)s, cursor),
     scanned = scanned + %(scanned)s,

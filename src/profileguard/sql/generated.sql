@@ -484,53 +484,8 @@ begin
 end
 $pg$;
 
--- The backfill's unit of work: create the missing profiles of the users whose key is in
--- [p_first, p_last], with one INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING.
--- With a run id it also adds the count to that run and records one 'backfill' event (not one per
--- user). One exception block per call (never per row): a unique violation on a derived username
--- retries the range once with the long suffix; any other error propagates so the caller can
--- split the range. Returns how many profiles were created.
--- enable_seqscan is off inside: a range is always best read by the keys' indexes, and a plan made
--- while the profile table looked empty (fresh install, just truncated) would otherwise look up
--- taken usernames with a sequential scan per row, quadratic in the rows already inserted.
--- jit is off: compiling the statement again for every batch costs more than it saves.
-create or replace function profileguard.backfill_range(
-    p_first {key_type}, p_last {key_type}, p_run_id bigint default null
-)
-returns bigint
-language plpgsql
-security definer
-set search_path = ''
-set enable_seqscan = off
-set jit = off
-as $pg$
-declare
-    v_count bigint;
-begin
-    begin
-        {insert_range};
-        get diagnostics v_count = row_count;
-    exception when unique_violation then
-        if not {guard} then
-            raise;
-        end if;
-        {insert_range_forced};
-        get diagnostics v_count = row_count;
-    end;
-    if p_run_id is not null then
-        update profileguard.backfill_runs r
-            set created = r.created + v_count, updated_at = clock_timestamp()
-            where r.id = p_run_id;
-        if v_count > 0 then
-            insert into profileguard.events (kind, source, message, detail)
-            values ('backfill', 'backfill', format('backfill created %s profiles', v_count),
-                    jsonb_build_object('run_id', p_run_id, 'first', p_first::text,
-                                       'last', p_last::text, 'created', v_count));
-        end if;
-    end if;
-    return v_count;
-end
-$pg$;
+-- Retired: the backfill works in physical order (backfill_pages).
+drop function if exists profileguard.backfill_range({key_type}, {key_type}, bigint);
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
 -- TID range scan, reading the table in order) without a profile get one, with one INSERT …
@@ -539,8 +494,8 @@ $pg$;
 -- (the catch-up after a sweep) only rows written by transactions not older than p_since are
 -- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
 -- every row of the range.
--- Returns an array: users on those pages (0 in a catch-up), profiles created. Like
--- backfill_range it adds the count to the run and records one 'backfill' event.
+-- Returns an array: users on those pages (0 in a catch-up), profiles created. With a run id it
+-- adds the count to that run and records one 'backfill' event (not one per user).
 -- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
 -- read): otherwise the planner hashes every taken username of the growing profile table once per
 -- batch instead of probing the index once per new row, and batches slow down as it grows. For
