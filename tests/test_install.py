@@ -250,6 +250,42 @@ def test_set_enabled_turns_trigger_off_and_on(installed):
     ) == ["disabled", "enabled"]
 
 
+def test_flag_changes_reach_sessions_that_already_signed_users_up(installed):
+    """The flags are constants folded into the trigger's cached plans: a change (by the CLI, by
+    install, or by an operator's UPDATE of the settings row) must reach a session that has
+    already run the trigger, at its next statement."""
+    with installed.connect() as session:
+        first = installed.signup({"full_name": "Before"}, conn=session)
+        assert profile_of(installed, first)["full_name"] == "Before"
+
+        set_enabled(installed.settings, False)
+        off = installed.signup({"full_name": "Off"}, conn=session)
+        assert profile_of(installed, off) is None
+
+        installed.scalar("update profileguard.settings set enabled = true returning enabled")
+        on = installed.signup({"full_name": "On"}, conn=session)
+        assert profile_of(installed, on)["full_name"] == "On"
+
+        with installed.connect_admin() as admin:
+            admin.execute(
+                "alter table public.profiles add constraint no_one check (false) not valid")
+        install(installed.settings, strict=True)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            installed.signup({"full_name": "Strict"}, conn=session)
+        install(installed.settings, strict=False)
+        lenient = installed.signup({"full_name": "Lenient"}, conn=session)
+        assert profile_of(installed, lenient) is None
+        assert installed.scalar(
+            "select count(*) from profileguard.failures where user_id = %s", (str(lenient),)
+        ) == 1
+    # The flags are not the profile table's catalog: turning profileguard off and on does not
+    # count as a change that releases every backed-off user.
+    version = installed.scalar("select profileguard.catalog_version()")
+    set_enabled(installed.settings, False)
+    set_enabled(installed.settings, True)
+    assert installed.scalar("select profileguard.catalog_version()") == version
+
+
 def test_set_enabled_not_installed(db):
     with pytest.raises(NotInstalledError):
         set_enabled(db.settings, False)

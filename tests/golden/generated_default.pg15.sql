@@ -11,11 +11,12 @@
 -- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
--- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
--- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
--- enable_seqscan is off: indexes are always the right way here (the settings row by its key, a
--- taken name on the retry), and a plan made while the profile table looked empty would scan it
--- once per new row, quadratic in its size. The retry also gets more work_mem (a bulk insert's
+-- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (any scan
+-- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
+-- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
+-- on the identity table, a taken name on the retry), and a plan made while the profile table
+-- looked empty would scan it once per new row, quadratic in its size. The flags (enabled,
+-- strict) are constants in the plan: a signup reads no settings table. The retry also gets more work_mem (a bulk insert's
 -- names compared in memory), set for it alone: each setting in the SET list costs every signup.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
@@ -32,7 +33,6 @@ set enable_seqscan = off
 set lock_timeout = '200ms'
 as $pg$
 declare
-    v_enabled boolean;
     v_strict boolean := false;
     v_work_mem text;
     v_state text;
@@ -41,13 +41,11 @@ declare
     v_count bigint;
 begin
     begin
-        -- Its one row (the key is the constant true): a scan is cheaper to start than the
-        -- index lookup `where s.singleton` would make, and it runs on every signup.
-        select s.enabled, s.strict into v_enabled, v_strict
-        from profileguard.settings s;
-        if not coalesce(v_enabled, false) then
+        -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
+        if not profileguard.trigger_enabled() then
             return null;
         end if;
+        v_strict := profileguard.strict_mode();
         insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
 select c.pg_key, (coalesce(nullif(btrim(("c"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'name')), '')))::text, (coalesce(nullif(btrim(("c"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'picture')), '')))::text, (case when c.pg_base is null then null when c.pg_trusted and not lower(c.pg_plain collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(c.pg_plain) >= 3) then c.pg_plain else left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8) end)::text
 from (select b.*, case when octet_length(b.pg_base) <= 64 then b.pg_base else rtrim(left(b.pg_base, 64), '  ') end as pg_plain from (select a."pg_key", a."raw_user_meta_data", a."pg_trusted", nullif(case when a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' then a.pg_cut else regexp_replace(normalize(regexp_replace(a.pg_cut,  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base from (select a."pg_key", a."raw_user_meta_data", left(coalesce(a."pg_n0", a."pg_n1", a."pg_n2", NULL), 272) as pg_cut, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1", a."pg_n2") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select u."id" as pg_key, u."raw_user_meta_data", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(split_part("u"."email"::text, '@', 1)), '') as "pg_n2", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c;

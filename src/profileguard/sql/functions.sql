@@ -1,5 +1,53 @@
 -- Functions that do not depend on the mapping; re-created by every install and upgrade.
 
+-- The settings row's `enabled` and `strict` as constants: profileguard.trigger_enabled() and
+-- profileguard.strict_mode() are SQL functions that return them, re-created whenever the row
+-- changes (profileguard.write_flags, a trigger on profileguard.settings). The planner folds them
+-- into the signup and login triggers' plans, so neither reads a table to learn them: reading the
+-- settings row cost each signup more than anything else its trigger does before the INSERT.
+-- Replacing a function invalidates the plans that folded it: every session sees a change at its
+-- next statement. (Inlined only as they are: SQL, no SET clause, not SECURITY DEFINER.)
+create or replace function profileguard.render_flags(p_enabled boolean, p_strict boolean)
+returns void
+language plpgsql
+set search_path = ''
+as $pg$
+begin
+    execute pg_catalog.format(
+        'create or replace function profileguard.trigger_enabled() returns boolean'
+        ' language sql immutable parallel safe as %L',
+        case when p_enabled then 'select true' else 'select false' end);
+    execute pg_catalog.format(
+        'create or replace function profileguard.strict_mode() returns boolean'
+        ' language sql immutable parallel safe as %L',
+        case when p_strict then 'select true' else 'select false' end);
+end
+$pg$;
+
+create or replace function profileguard.write_flags()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $pg$
+begin
+    -- (new).strict: `strict` is a PL/pgSQL keyword after `new.`
+    if tg_op = 'INSERT' or (new).enabled is distinct from (old).enabled
+       or (new).strict is distinct from (old).strict then
+        perform profileguard.render_flags((new).enabled, (new).strict);
+    end if;
+    return null;
+end
+$pg$;
+
+create or replace trigger profileguard_flags
+after insert or update of enabled, strict on profileguard.settings
+for each row execute function profileguard.write_flags();
+
+select profileguard.render_flags(
+    coalesce((select s.enabled from profileguard.settings s where s.singleton), false),
+    coalesce((select s.strict from profileguard.settings s where s.singleton), false));
+
 -- Count one failed repair attempt of a user (its own data: see profileguard.repair): full-jitter
 -- exponential backoff before the next attempt, quarantine (and a 'quarantine' event) once
 -- `p_max_attempts` is reached; the second column is true only for the call that quarantined.
@@ -301,7 +349,9 @@ as $pg$
                     p.proconfig, p.proacl), ',' order by p.oid)
          from pg_catalog.pg_proc p
          where p.pronamespace = (select n.oid from pg_catalog.pg_namespace n
-                                 where n.nspname = 'profileguard'))
+                                 where n.nspname = 'profileguard')
+           -- the flags change with the settings row, not with the catalog
+           and p.proname not in ('trigger_enabled', 'strict_mode'))
     ))
     from t
 $pg$;

@@ -7,11 +7,12 @@
 -- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
--- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (the settings
--- read with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
--- enable_seqscan is off: indexes are always the right way here (the settings row by its key, a
--- taken name on the retry), and a plan made while the profile table looked empty would scan it
--- once per new row, quadratic in its size. The retry also gets more work_mem (a bulk insert's
+-- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (any scan
+-- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
+-- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
+-- on the identity table, a taken name on the retry), and a plan made while the profile table
+-- looked empty would scan it once per new row, quadratic in its size. The flags (enabled,
+-- strict) are constants in the plan: a signup reads no settings table. The retry also gets more work_mem (a bulk insert's
 -- names compared in memory), set for it alone: each setting in the SET list costs every signup.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
@@ -28,7 +29,6 @@ set enable_seqscan = off
 set lock_timeout = {lock_timeout}
 as $pg$
 declare
-    v_enabled boolean;
     v_strict boolean := false;
     v_work_mem text;
     v_state text;
@@ -37,13 +37,11 @@ declare
     v_count bigint;
 begin
     begin
-        -- Its one row (the key is the constant true): a scan is cheaper to start than the
-        -- index lookup `where s.singleton` would make, and it runs on every signup.
-        select s.enabled, s.strict into v_enabled, v_strict
-        from profileguard.settings s;
-        if not coalesce(v_enabled, false) then
+        -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
+        if not profileguard.trigger_enabled() then
             return null;
         end if;
+        v_strict := profileguard.strict_mode();
         {insert_new};
         return null;
     exception when others or query_canceled or assert_failure then

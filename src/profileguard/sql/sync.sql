@@ -111,7 +111,6 @@ as $pg$
 declare
     v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');
     v_ids {key_type}[];
-    v_enabled boolean;
     v_strict boolean := false;
     v_state text;
     v_message text;
@@ -126,11 +125,10 @@ begin
         if v_queue <> '*' then
             v_ids := ('{{' || pg_catalog.ltrim(v_queue, ',') || '}}')::text[]::{key_type}[];
         end if;
-        select s.enabled, s.strict into v_enabled, v_strict
-        from profileguard.settings s where s.singleton;
-        if not coalesce(v_enabled, false) then
+        if not profileguard.trigger_enabled() then
             return null;
         end if;
+        v_strict := profileguard.strict_mode();
         perform profileguard.sync_profiles(v_ids, 'trigger', true);
         return null;
     exception when others or query_canceled or assert_failure then

@@ -2,7 +2,7 @@
 -- transaction with a lock_timeout: dropping profileguard's trigger locks the identity table.
 -- The trigger goes first (with its function; no ownership of the table needed), so that this
 -- transaction locks the identity table before profileguard's tables, in the order a sign-up does
--- (insert into the users table, then the trigger reads profileguard.settings): the other order
+-- (insert into the users table, then the trigger writes profileguard's tables): the other order
 -- could deadlock with a sign-up in flight.
 drop function if exists profileguard.on_identity_insert() cascade;
 drop function if exists profileguard.on_identity_update_row() cascade;
