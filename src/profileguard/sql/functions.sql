@@ -29,6 +29,7 @@ returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $pg$
 begin
     -- (new).strict: `strict` is a PL/pgSQL keyword after `new.`
