@@ -15,9 +15,10 @@
 -- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
 -- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
 -- on the identity table, a taken name on the retry), and a plan made while the profile table
--- looked empty would scan it once per new row, quadratic in its size. The flags (enabled,
--- strict) are constants in the plan: a signup reads no settings table. The retry also gets more work_mem (a bulk insert's
--- names compared in memory), set for it alone: each setting in the SET list costs every signup.
+-- looked empty would scan it once per new row, quadratic in its size. The retry also gets more
+-- work_mem (a bulk insert's names compared in memory), set for it alone: each setting in the SET
+-- list costs every signup. The flags (enabled, strict) are constants in the plan: a signup reads
+-- no settings table.
 -- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
 -- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
