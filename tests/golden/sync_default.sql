@@ -144,7 +144,6 @@ begin
         if not profileguard.trigger_enabled() then
             return null;
         end if;
-        v_strict := profileguard.strict_mode();
         perform profileguard.sync_profiles(v_ids, 'trigger', true);
         return null;
     exception when others or query_canceled or assert_failure then
@@ -156,6 +155,7 @@ begin
     end;
     -- The failure path, protected too (see on_identity_insert).
     begin
+        v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
         perform pg_catalog.set_config('lock_timeout', '50ms', true);
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,

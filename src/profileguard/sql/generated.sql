@@ -42,7 +42,6 @@ begin
         if not profileguard.trigger_enabled() then
             return null;
         end if;
-        v_strict := profileguard.strict_mode();
         {insert_new};
         return null;
     exception when others or query_canceled or assert_failure then
@@ -58,6 +57,7 @@ begin
     -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
     -- trigger or the app) and, for derived usernames, the long suffix.
     begin
+        v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
         perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
         if v_state = '23505' then
             begin
