@@ -3,16 +3,16 @@
 Wall-clock figures on a shared machine are noisy; an instruction count is not. This builds a
 private PostgreSQL cluster (initdb in a temporary directory, a Unix socket only), makes one
 database per configuration exactly as bench/signup.py does (``none``, ``per-row``, ``profileguard``
-with the default mapping), stops the server, and then runs ``postgres --single`` under
-``valgrind --tool=callgrind`` doing a Supabase Auth-shaped signup N times (prepared statements, as
-pgbench's ``--protocol=prepared``: insert the user, update its role, insert the identity, commit,
-as ``supabase_auth_admin``). Each run starts from a copy of the freshly built cluster; the
-instructions per signup are the difference between a run of ``--signups`` and one of ``--warmup``
-signups, divided by the difference (startup and first-call caching cancel out). Each database
-first holds ``--existing`` users (with their profiles, made by that configuration's trigger), so
-that foreign-key checks are planned as they are on a live server (an index lookup) and not as a
-scan of a near-empty table, which would cost the per-row trigger ~75 k instructions per signup
-that it does not cost in production.
+with the default mapping, ``pg-same-map`` with the per-row trigger's), stops the server, and then
+runs ``postgres --single`` under ``valgrind --tool=callgrind`` doing a Supabase Auth-shaped signup
+N times (prepared statements, as pgbench's ``--protocol=prepared``: insert the user, update its
+role, insert the identity, commit, as ``supabase_auth_admin``). Each run starts from a copy of the
+freshly built cluster; the instructions per signup are the difference between a run of
+``--signups`` and one of ``--warmup`` signups, divided by the difference (startup and first-call
+caching cancel out). Each database first holds ``--existing`` users (with their profiles, made by
+that configuration's trigger), so that foreign-key checks are planned as they are on a live server
+(an index lookup) and not as a scan of a near-empty table, which would cost the per-row trigger ~75
+k instructions per signup that it does not cost in production.
 
 Run (as root it runs the server as ``postgres``)::
 
@@ -43,7 +43,15 @@ from pathlib import Path
 import psycopg
 from benchdb import log
 from psycopg.conninfo import make_conninfo
-from signup import BULK, CONFIGS, DROP_PER_ROW, PER_ROW_FUNCTION, PER_ROW_TRIGGER
+from signup import (
+    BULK,
+    CONFIGS,
+    DROP_PER_ROW,
+    PER_ROW_FUNCTION,
+    PER_ROW_TRIGGER,
+    PROFILEGUARD_CONFIGS,
+    profileguard_settings,
+)
 
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
@@ -147,8 +155,8 @@ def build(url: str, config: str, existing: int = 0) -> None:
         if config == "per-row":
             conn.execute(PER_ROW_FUNCTION)
             conn.execute(PER_ROW_TRIGGER)
-    if config == "profileguard":
-        install(settings)
+    if config in PROFILEGUARD_CONFIGS:
+        install(profileguard_settings(db_url, config))
     with psycopg.connect(db_url, autocommit=True) as conn:
         if existing:
             # Named apart from the measured bulk insert's users (emails are unique).

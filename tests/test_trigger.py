@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import psycopg
 import pytest
 from conftest import key_hash
 from psycopg.conninfo import make_conninfo
 
+from profileguard.config import parse_mapping
 from profileguard.install import install, set_enabled
 
 REJECT_ALL = "alter table public.profiles add constraint reject_all check (false) not valid"
@@ -152,6 +154,30 @@ def test_bulk_insert_of_10k_users_in_one_statement(installed):
         == 10_000
     )
     assert failures(installed) == []
+
+
+def test_mapping_without_a_username_rule_copies_each_value(db):
+    # No collision-safe username column: the mapped values are copied as they are (one select,
+    # no username rule), and a taken name is a recorded failure that lets the signup commit.
+    settings = replace(db.settings, mapping=parse_mapping({
+        "full_name": ["raw_user_meta_data.full_name"],
+        "avatar_url": ["raw_user_meta_data.avatar_url"],
+        "username": ["raw_user_meta_data.user_name"],
+    }), mapping_is_default=False, username_column=None)
+    install(settings, create_profile_table=True)
+    body = db.scalar("select prosrc from pg_proc"
+                     " where oid = 'profileguard.on_identity_insert()'::regprocedure")
+    assert "pg_new_users" in body and "offset 0" not in body
+    uid = db.signup({"full_name": " Ada ", "user_name": "ada", "avatar_url": ""},
+                    email="ada@example.com")
+    profile = profile_of(db, uid)
+    assert [profile[c] for c in ("full_name", "avatar_url", "username")] == ["Ada", None, "ada"]
+    db.bulk_signup(3)
+    assert db.scalar("select count(*) from public.profiles where username is null") == 3
+    taken = db.signup({"user_name": "ada"}, email="ada2@example.com")
+    assert db.scalar("select count(*) from auth.users where id = %s", (taken,)) == 1
+    assert profile_of(db, taken) is None
+    assert [(r[0], r[1]) for r in failures(db)] == [(str(taken), "23505")]
 
 
 def test_failing_bulk_insert_commits_and_records_each_user(installed):

@@ -504,16 +504,18 @@ def insert_statement(
     layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
     if guard is not None and guard.column in plan.mapping and optimistic:
         layers += _optimistic_layers(plan, guard, carried, raw_cols[1:], middle_cols[1:])
-    else:
-        if guard is not None and guard.column in plan.mapping:
-            free, _ = _username_outer(plan, guard, forced=force_suffix)
-            free_cols.append(sql.SQL("{} as pg_free").format(free))
-            free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
+    elif guard is not None and guard.column in plan.mapping:
+        free, _ = _username_outer(plan, guard, forced=force_suffix)
+        free_cols.append(sql.SQL("{} as pg_free").format(free))
+        free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
         layers += [(raw_cols, "a"), (middle_cols, "b"), (free_cols, "c")]
+    else:  # no username rule: each value is used once, so the planner may pull the select up
+        layers = [(inner_cols, "c")]
     nested: sql.Composable = sql.SQL("{} u {}").format(source, where)
+    offset = sql.SQL(" offset 0" if len(layers) > 1 else "")
     for columns, name in layers:
-        nested = sql.SQL("(select {} from {} offset 0) {}").format(
-            sql.SQL(", ").join(columns), nested, sql.SQL(name))
+        nested = sql.SQL("(select {} from {}{}) {}").format(sql.SQL(", ").join(columns), nested,
+                                                            offset, sql.SQL(name))
     return sql.SQL("insert into {profile} ({targets})\nselect {outer}\nfrom {nested}{conflict}"
                    ).format(
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
