@@ -251,11 +251,12 @@ class Bench:
                 "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"
                 " and not tgisinternal order by 1"
             ).fetchall()
-        # profileguard: the insert trigger, and the update triggers that keep profiles in step
-        # (they do not fire on a signup's role update: it changes no mapped column)
-        expected = sorted([TRIGGER_NAME, "profileguard_after_update",
-                           "profileguard_after_update_row"]) if config in PROFILEGUARD_CONFIGS \
-            else {"none": [], "per-row": ["on_auth_user_created"]}[config]
+        expected = ["on_auth_user_created"] if config == "per-row" else []
+        if config in PROFILEGUARD_CONFIGS:
+            # the insert trigger, and the update triggers that keep profiles in step (they do not
+            # fire on a signup's role update: it changes no mapped column)
+            expected = sorted([TRIGGER_NAME, "profileguard_after_update",
+                               "profileguard_after_update_row"])
         found = [str(t[0]) for t in triggers]
         if found != expected:
             self.results.warn(f"{config}: triggers on auth.users are {found}, expected {expected}")
@@ -429,13 +430,13 @@ def summary(bench: Bench, args: argparse.Namespace, where: str) -> dict[str, Any
             )
         )
         checks[name] = check
+    described = {name: profileguard_settings(bench.url, name).describe()
+                 for name in PROFILEGUARD_CONFIGS}
     return {
         "database": where,
         "server": bench.server,
-        "mappings": {name: profileguard_settings(bench.url, name).describe()["mapping"]
-                     for name in PROFILEGUARD_CONFIGS},
-        "username_columns": {name: profileguard_settings(bench.url, name).username_column
-                             for name in PROFILEGUARD_CONFIGS},
+        "mappings": {name: d["mapping"] for name, d in described.items()},
+        "username_columns": {name: d["username_column"] for name, d in described.items()},
         "clients": args.clients,
         "jobs": args.jobs,
         "seconds": args.seconds,

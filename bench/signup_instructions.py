@@ -11,8 +11,8 @@ freshly built cluster; the instructions per signup are the difference between a 
 ``--signups`` and one of ``--warmup`` signups, divided by the difference (startup and first-call
 caching cancel out). Each database first holds ``--existing`` users (with their profiles, made by
 that configuration's trigger), so that foreign-key checks are planned as they are on a live server
-(an index lookup) and not as a scan of a near-empty table, which would cost the per-row trigger ~75
-k instructions per signup that it does not cost in production.
+(an index lookup) and not as a scan of a near-empty table, which would cost the per-row trigger
+~75 k instructions per signup that it does not cost in production.
 
 Run (as root it runs the server as ``postgres``)::
 
