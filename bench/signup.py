@@ -162,6 +162,20 @@ def profileguard_settings(url: str, config: str) -> Settings:
     return settings
 
 
+def set_trigger(url: str, config: str) -> None:
+    """Leave exactly the trigger of `config` on auth.users of the database `url` (profileguard
+    uninstalled first; its tables and the profile table stay)."""
+    uninstall(profileguard_settings(url, "profileguard"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in DROP_PER_ROW:
+            conn.execute(statement)
+        if config == "per-row":
+            conn.execute(PER_ROW_FUNCTION)
+            conn.execute(PER_ROW_TRIGGER)
+    if config in PROFILEGUARD_CONFIGS:
+        install(profileguard_settings(url, config))
+
+
 def find_pgbench() -> str:
     """pgbench from $PGBENCH, the PATH or the newest /usr/lib/postgresql/*/bin."""
     found = os.environ.get("PGBENCH") or shutil.which("pgbench")
@@ -236,16 +250,8 @@ class Bench:
         uninstall(self.settings)
 
     def configure(self, config: str) -> None:
-        """Leave exactly the trigger of `config` on auth.users (and empty tables)."""
-        uninstall(self.settings)
-        with self.connect() as conn:
-            for statement in DROP_PER_ROW:
-                conn.execute(statement)
-            if config == "per-row":
-                conn.execute(PER_ROW_FUNCTION)
-                conn.execute(PER_ROW_TRIGGER)
-        if config in PROFILEGUARD_CONFIGS:
-            install(profileguard_settings(self.url, config))
+        """Leave exactly the trigger of `config` on auth.users, and check it."""
+        set_trigger(self.url, config)
         with self.connect() as conn:
             triggers = conn.execute(
                 "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"

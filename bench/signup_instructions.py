@@ -43,19 +43,11 @@ from pathlib import Path
 import psycopg
 from benchdb import log
 from psycopg.conninfo import make_conninfo
-from signup import (
-    BULK,
-    CONFIGS,
-    DROP_PER_ROW,
-    PER_ROW_FUNCTION,
-    PER_ROW_TRIGGER,
-    PROFILEGUARD_CONFIGS,
-    profileguard_settings,
-)
+from signup import BULK, CONFIGS, set_trigger
 
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
-from profileguard.install import install, uninstall
+from profileguard.install import install
 
 PORT = 54329  # of the private cluster's socket, inside its own directory
 
@@ -148,15 +140,7 @@ def build(url: str, config: str, existing: int = 0) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(sqlfiles.read("supabase_auth.sql"))
     install(settings, create_profile_table=True)
-    uninstall(settings)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        for statement in DROP_PER_ROW:
-            conn.execute(statement)
-        if config == "per-row":
-            conn.execute(PER_ROW_FUNCTION)
-            conn.execute(PER_ROW_TRIGGER)
-    if config in PROFILEGUARD_CONFIGS:
-        install(profileguard_settings(db_url, config))
+    set_trigger(db_url, config)
     with psycopg.connect(db_url, autocommit=True) as conn:
         if existing:
             # Named apart from the measured bulk insert's users (emails are unique).
