@@ -359,7 +359,7 @@ def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> Non
         "select relrowsecurity from pg_class where oid = 'profileguard.backfill_runs'::regclass"
     ) is True
     assert installed.scalar(
-        "select prosecdef and proconfig @> array['search_path=\"\"']"
+        "select prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp']"
         " from pg_proc where oid ="
         " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)'::regprocedure"
     ) is True

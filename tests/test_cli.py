@@ -58,7 +58,7 @@ def test_sql_command_changes_nothing(db: TestDB) -> None:
     result = cli(db, "sql", "--create-profile-table")
     assert result.returncode == 0, result.stderr
     assert "create or replace function profileguard.ensure_profile" in result.stdout
-    assert "set search_path = ''" in result.stdout
+    assert "set search_path = pg_catalog, pg_temp" in result.stdout
     assert db.scalar("select to_regclass('public.profiles')") is None
     assert db.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 0
 

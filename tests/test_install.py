@@ -364,20 +364,22 @@ def test_functions_not_executable_by_clients(installed):
     )
 
 
-def test_security_definer_functions_pin_search_path(installed):
-    definers = rows(
+def test_every_function_searches_the_temporary_schema_last(installed):
+    """Definer or not: `search_path = ''` would still search pg_temp first for types and tables."""
+    functions = rows(
         installed,
-        "select p.oid::regprocedure::text, p.proconfig from pg_proc p"
-        " where p.pronamespace = 'profileguard'::regnamespace and p.prosecdef",
+        "select p.oid::regprocedure::text, p.prosecdef, p.proconfig from pg_proc p"
+        " where p.pronamespace = 'profileguard'::regnamespace",
     )
-    names = {name for name, _ in definers}
     assert {
         "profileguard.on_identity_insert()",
         "profileguard.ensure_profile(uuid,text)",
         "profileguard.create_profiles(uuid[],text)",
-    } <= names
-    for name, config in definers:
-        assert config is not None and 'search_path=""' in config, name
+        "profileguard.trigger_enabled()",
+    } <= {name for name, _, _ in functions}
+    assert sum(definer for _, definer, _ in functions) >= 20
+    for name, _, config in functions:
+        assert config is not None and "search_path=pg_catalog, pg_temp" in config, name
 
 
 def test_service_role_may_ensure_profiles(installed):

@@ -352,7 +352,7 @@ def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> 
         " 'profileguard'::regnamespace and relkind = 'r'"
     ) is True
     assert installed.scalar(
-        "select bool_and(prosecdef and proconfig @> array['search_path=\"\"'])"
+        "select bool_and(prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp'])"
         " from pg_proc where pronamespace = 'profileguard'::regnamespace"
         " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
     ) is True

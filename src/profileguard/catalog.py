@@ -84,7 +84,7 @@ def inspect_table(conn: psycopg.Connection, ref: TableRef) -> TableFacts | None:
     """Describe `ref`, or return None when the table does not exist.
 
     Types are formatted with an empty search_path so that they are schema-qualified, as the
-    generated functions (which run with `search_path = ''`) need them.
+    generated functions (which search only pg_catalog and, last, pg_temp) need them.
     """
     oid = table_oid(conn, ref)
     if oid is None:

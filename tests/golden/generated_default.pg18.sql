@@ -28,7 +28,7 @@ create or replace function profileguard.on_identity_insert()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
 set lock_timeout = '200ms'
@@ -124,7 +124,7 @@ create or replace function profileguard.create_profiles(p_ids uuid[], p_source t
 returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
@@ -160,7 +160,7 @@ create or replace function profileguard.ensure_profile(p_user_id uuid, p_source 
 returns table (profile_id uuid, created boolean, profile jsonb)
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
@@ -217,7 +217,7 @@ create or replace function profileguard.repair(
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set lock_timeout = '500ms'
 as $pg$
@@ -363,7 +363,7 @@ create or replace function profileguard.probe_breakers(p_source text default 'wo
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set lock_timeout = '200ms'
 as $pg$
@@ -450,7 +450,7 @@ create or replace function profileguard.reconcile(
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_ids uuid[];
@@ -522,7 +522,7 @@ create or replace function profileguard.backfill_pages(
 returns bigint[]
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set enable_hashjoin = off
 set enable_mergejoin = off

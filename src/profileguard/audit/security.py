@@ -34,7 +34,7 @@ def check_security(ctx: Context) -> list[Finding]:
             f"SECURITY DEFINER function {fn['function']} has no fixed search_path",
             {"function": fn["function"],
              "note": "qualify every table name in its body (e.g. public.profiles) first"},
-            f"alter function {fn['function']} set search_path = '';",
+            f"alter function {fn['function']} set search_path = pg_catalog, pg_temp;",
         ))
     for fn in ctx.rows("privileged_executable", {"excluded": excluded, "roles": ctx.roles}):
         found.append(Finding(

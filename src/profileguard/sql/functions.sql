@@ -6,20 +6,21 @@
 -- into the signup and login triggers' plans, so neither reads a table to learn them: reading the
 -- settings row cost each signup more than anything else its trigger does before the INSERT.
 -- Replacing a function invalidates the plans that folded it: every session sees a change at its
--- next statement. (Inlined only as they are: SQL, no SET clause, not SECURITY DEFINER.)
+-- next statement. (Folded because they are immutable and take no argument; their SET clause keeps
+-- the planner from inlining them, not from folding them.)
 create or replace function profileguard.render_flags(p_enabled boolean, p_strict boolean)
 returns void
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 begin
     execute pg_catalog.format(
         'create or replace function profileguard.trigger_enabled() returns boolean'
-        ' language sql immutable parallel safe as %L',
+        ' language sql immutable parallel safe set search_path = pg_catalog, pg_temp as %L',
         case when p_enabled then 'select true' else 'select false' end);
     execute pg_catalog.format(
         'create or replace function profileguard.strict_mode() returns boolean'
-        ' language sql immutable parallel safe as %L',
+        ' language sql immutable parallel safe set search_path = pg_catalog, pg_temp as %L',
         case when p_strict then 'select true' else 'select false' end);
 end
 $pg$;
@@ -28,7 +29,7 @@ create or replace function profileguard.write_flags()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 as $pg$
 begin
@@ -73,7 +74,7 @@ create or replace function profileguard.note_repair_failure(
 returns table (attempts integer, newly_quarantined boolean)
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 #variable_conflict use_column
 declare
@@ -133,7 +134,7 @@ create or replace function profileguard.statement_timed_out(p_message text)
 returns boolean
 language sql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     select p_message = 'canceling statement due to statement timeout'
         or (p_message <> 'canceling statement due to user request'
@@ -150,7 +151,7 @@ returns text
 language plpgsql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 begin
     return coalesce(p_sqlstate, 'XXXXX') || ':' || coalesce(nullif(p_object, ''),
@@ -166,7 +167,7 @@ returns text
 language sql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     select nullif(pg_catalog.concat_ws('.', nullif(p_schema, ''), nullif(p_table, ''),
                                        coalesce(nullif(p_column, ''), nullif(p_constraint, ''))), '')
@@ -180,7 +181,7 @@ returns boolean
 language sql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     select left(p_sqlstate, 2) in ('08', '25', '3D', '3F', '40', '53', '55', '57', '58')
         or p_sqlstate in ('42501', '42P01', '42703', '42883', '42704', '0A000')
@@ -194,7 +195,7 @@ returns double precision
 language sql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     select case when left(p_sqlstate, 2) in ('08', '40', '53', '55', '57') then 1.0 else 5.0 end
 $pg$;
@@ -210,7 +211,7 @@ create or replace function profileguard.open_breaker(
 returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_opened boolean := false;
@@ -258,7 +259,7 @@ create or replace function profileguard.close_breaker(p_fingerprint text, p_sour
 returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_count integer;
@@ -286,7 +287,7 @@ create or replace function profileguard.mark_user_specific(
 returns void
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 begin
     if exists (select from profileguard.breakers b
@@ -313,7 +314,7 @@ returns text
 language sql
 stable
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     with t as (
         select pg_catalog.to_regclass(pg_catalog.format('%I.%I',
@@ -365,7 +366,7 @@ create or replace function profileguard.check_catalog()
 returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_now text := profileguard.catalog_version();

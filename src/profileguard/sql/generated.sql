@@ -24,7 +24,7 @@ create or replace function profileguard.on_identity_insert()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
 set lock_timeout = {lock_timeout}
@@ -115,7 +115,7 @@ create or replace function profileguard.create_profiles(p_ids {key_type}[], p_so
 returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
@@ -145,7 +145,7 @@ create or replace function profileguard.ensure_profile(p_user_id {key_type}, p_s
 returns table (profile_id {key_type}, created boolean, profile jsonb)
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
@@ -202,7 +202,7 @@ create or replace function profileguard.repair(
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set lock_timeout = '500ms'
 as $pg$
@@ -348,7 +348,7 @@ create or replace function profileguard.probe_breakers(p_source text default 'wo
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set lock_timeout = '200ms'
 as $pg$
@@ -435,7 +435,7 @@ create or replace function profileguard.reconcile(
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_ids {key_type}[];
@@ -507,7 +507,7 @@ create or replace function profileguard.backfill_pages(
 returns bigint[]
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set enable_hashjoin = off
 set enable_mergejoin = off

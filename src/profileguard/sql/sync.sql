@@ -11,7 +11,7 @@ create or replace function profileguard.written_in_this_transaction(p_xid xid)
 returns boolean
 language sql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
     select case
         when p_xid::text::bigint < 3 then false
@@ -37,7 +37,7 @@ create or replace function profileguard.sync_profiles(
 returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
@@ -88,7 +88,7 @@ $pg$;
 create or replace function profileguard.on_identity_update_row()
 returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $pg$
 begin
     return null;
@@ -103,7 +103,7 @@ create or replace function profileguard.on_identity_update()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
 set lock_timeout = {lock_timeout}
@@ -187,7 +187,7 @@ returns jsonb
 language plpgsql
 stable
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set jit = off
 as $pg$
 declare
