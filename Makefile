@@ -31,6 +31,7 @@ golden: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples tools
+	$(BIN)/ruff format --check src tests bench examples tools
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 	$(BIN)/python tools/size_check.py

@@ -106,9 +106,7 @@ class Bench:
             self.raw_statement = insert_statement(
                 plan,
                 source=sql.SQL("auth.users"),
-                where=sql.SQL(
-                    "where not exists (select from public.profiles p where p.id = u.id)"
-                ),
+                where=sql.SQL("where not exists (select from public.profiles p where p.id = u.id)"),
             ).as_string(conn)
 
     def reset(self) -> None:
@@ -120,8 +118,10 @@ class Bench:
         """
         with self.connect() as conn:
             conn.execute("truncate public.profiles")
-            conn.execute("truncate profileguard.events, profileguard.backfill_runs,"
-                         " profileguard.repair_state")
+            conn.execute(
+                "truncate profileguard.events, profileguard.backfill_runs,"
+                " profileguard.repair_state"
+            )
             conn.execute("checkpoint")
 
     def verify(self, what: str) -> None:
@@ -147,11 +147,21 @@ class Bench:
 
     def profileguard(self, workers: int) -> dict[str, Any]:
         self.reset()
-        command = [sys.executable, "-m", "profileguard", "--database-url", self.url,
-                   "backfill", "--json", "--workers", str(workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "--database-url",
+            self.url,
+            "backfill",
+            "--json",
+            "--workers",
+            str(workers),
+        ]
         began = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         # wait4 gives this child's own rusage (peak RSS), unlike RUSAGE_CHILDREN.
         stdout_chunks: list[bytes] = []
         assert proc.stdout is not None and proc.stderr is not None
@@ -180,8 +190,10 @@ class Bench:
         self.reset()
         limit = self.args.naive_seconds
         created = 0
-        with self.connect() as conn, ProfileGuard(self.settings, max_size=1,
-                                                  source="bench") as guard:
+        with (
+            self.connect() as conn,
+            ProfileGuard(self.settings, max_size=1, source="bench") as guard,
+        ):
             began = time.perf_counter()
             while time.perf_counter() - began < limit:
                 ids = [r[0] for r in conn.execute(MISSING_IDS, (NAIVE_FETCH,)).fetchall()]
@@ -244,9 +256,7 @@ def summary(bench: Bench, result: dict[str, Any], where: str) -> dict[str, Any]:
         if label.startswith("profileguard"):
             targets[f"{label} >= {RAW_TARGET}x raw"] = run["ratio_vs_raw"] >= RAW_TARGET
             targets[f"{label} >= {NAIVE_TARGET:g}x naive"] = run["ratio_vs_naive"] >= NAIVE_TARGET
-            targets[f"{label} peak RSS < {RSS_TARGET_MB:g} MB"] = (
-                run["peak_rss_mb"] < RSS_TARGET_MB
-            )
+            targets[f"{label} peak RSS < {RSS_TARGET_MB:g} MB"] = run["peak_rss_mb"] < RSS_TARGET_MB
     return {
         "database": where,
         "server": result["server"],
@@ -263,25 +273,35 @@ def print_table(report: dict[str, Any]) -> None:
     approaches = report["approaches"]
     raw_rate = approaches["raw"]["rows_per_second"]
     naive_rate = approaches["naive"]["rows_per_second"]
-    print(f"backfill of {report['users']:,} users without profiles "
-          f"({report['database']}; {report['server'].split(',')[0]}; "
-          f"median of {report['rounds']} round(s))")
-    print(f"{'approach':<28}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs raw':>9}"
-          f"{'vs naive':>10}{'peak RSS':>10}")
+    print(
+        f"backfill of {report['users']:,} users without profiles "
+        f"({report['database']}; {report['server'].split(',')[0]}; "
+        f"median of {report['rounds']} round(s))"
+    )
+    print(
+        f"{'approach':<28}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs raw':>9}"
+        f"{'vs naive':>10}{'peak RSS':>10}"
+    )
     for name, r in approaches.items():
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        print(f"{name:<28}{r['rows']:>11,}{r['seconds']:>10.2f}{r['rows_per_second']:>11,.0f}"
-              f"{r['rows_per_second'] / raw_rate:>8.2f}{TIMES}"
-              f"{r['rows_per_second'] / naive_rate:>9.1f}{TIMES}{rss:>10}")
+        print(
+            f"{name:<28}{r['rows']:>11,}{r['seconds']:>10.2f}{r['rows_per_second']:>11,.0f}"
+            f"{r['rows_per_second'] / raw_rate:>8.2f}{TIMES}"
+            f"{r['rows_per_second'] / naive_rate:>9.1f}{TIMES}{rss:>10}"
+        )
     for name, r in approaches.items():
         if name.startswith("profileguard"):
-            print(f"{name}: wall time of the whole command (start-up included); its own loop "
-                  f"ran at {r['internal_rows_per_second']:,.0f} rows/s in {r['batches']} batches "
-                  f"(final batch size {r['final_batch_size']:,})")
+            print(
+                f"{name}: wall time of the whole command (start-up included); its own loop "
+                f"ran at {r['internal_rows_per_second']:,.0f} rows/s in {r['batches']} batches "
+                f"(final batch size {r['final_batch_size']:,})"
+            )
     naive = approaches["naive"]
-    print(f"naive: time-boxed sample of {naive['rows']:,} users in {naive['seconds']:.1f} s, "
-          f"rows/s EXTRAPOLATED: all {report['users']:,} users would take about "
-          f"{naive['extrapolated_seconds_for_all'] / 60:,.0f} min")
+    print(
+        f"naive: time-boxed sample of {naive['rows']:,} users in {naive['seconds']:.1f} s, "
+        f"rows/s EXTRAPOLATED: all {report['users']:,} users would take about "
+        f"{naive['extrapolated_seconds_for_all'] / 60:,.0f} min"
+    )
     for target, ok in report["targets"].items():
         print(f"target {target}: {'met' if ok else 'NOT met'}")
     for warning in report["warnings"]:
@@ -301,10 +321,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--users", type=int, default=1_000_000, help="users to backfill")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of raw and profileguard")
-    parser.add_argument("--naive-seconds", type=float, default=10.0,
-                        help="time box of the per-user sample")
-    parser.add_argument("--workers", default="1,2",
-                        help="comma-separated --workers values to run profileguard with")
+    parser.add_argument(
+        "--naive-seconds", type=float, default=10.0, help="time box of the per-user sample"
+    )
+    parser.add_argument(
+        "--workers", default="1,2", help="comma-separated --workers values to run profileguard with"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     try:

@@ -66,8 +66,10 @@ end $$;
 create trigger bench_user_fault before insert on public.profiles
     for each row execute function public.bench_user_fault();
 """
-MISSING = ("select count(*) from auth.users u"
-           " where not exists (select from public.profiles p where p.id = u.id)")
+MISSING = (
+    "select count(*) from auth.users u"
+    " where not exists (select from public.profiles p where p.id = u.id)"
+)
 
 
 @dataclass
@@ -99,10 +101,15 @@ class Signups:
                     conn.execute(
                         "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
                         " values (%s, 'authenticated', '', %s, %s)",
-                        (uid, f"u{uid.hex[:12]}@example.com",
-                         json.dumps({"full_name": f"User {n}"})))
-                    conn.execute("update auth.users set role = 'authenticated' where id = %s",
-                                 (uid,))
+                        (
+                            uid,
+                            f"u{uid.hex[:12]}@example.com",
+                            json.dumps({"full_name": f"User {n}"}),
+                        ),
+                    )
+                    conn.execute(
+                        "update auth.users set role = 'authenticated' where id = %s", (uid,)
+                    )
                 self.committed += 1
             except psycopg.Error as exc:
                 if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):
@@ -132,8 +139,10 @@ def count(url: str, query: str) -> int:
 
 def state_counts(url: str) -> tuple[int, int]:
     """(quarantined, held by a breaker) users now; (0, 0) while profileguard is not installed."""
-    query = ("select count(*) filter (where quarantined_at is not null),"
-             " count(*) filter (where waiting_on is not null) from profileguard.repair_state")
+    query = (
+        "select count(*) filter (where quarantined_at is not null),"
+        " count(*) filter (where waiting_on is not null) from profileguard.repair_state"
+    )
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
         if row:
@@ -149,8 +158,13 @@ def execute(url: str, statement: str) -> None:
 class Bench:
     """One server, one installer, one worker; faults injected one after the other."""
 
-    def __init__(self, admin_url: str, installer_url: str, args: argparse.Namespace,
-                 embedded: EmbeddedPostgres | None):
+    def __init__(
+        self,
+        admin_url: str,
+        installer_url: str,
+        args: argparse.Namespace,
+        embedded: EmbeddedPostgres | None,
+    ):
         self.admin_url = admin_url
         self.url = installer_url
         self.args = args
@@ -163,8 +177,12 @@ class Bench:
         env["DATABASE_URL"] = self.url
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "profileguard", "worker", "--worker-id", "bench-faults"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, text=True)
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def stop_worker(self) -> None:
         if self.worker is not None:
@@ -178,17 +196,23 @@ class Bench:
 
     @contextlib.contextmanager
     def check_all(self) -> Iterator[None]:
-        execute(self.admin_url, "alter table public.profiles add constraint bench_reject_all"
-                                " check (full_name = 'nobody is called this') not valid")
+        execute(
+            self.admin_url,
+            "alter table public.profiles add constraint bench_reject_all"
+            " check (full_name = 'nobody is called this') not valid",
+        )
         yield
         execute(self.admin_url, "alter table public.profiles drop constraint bench_reject_all")
 
     @contextlib.contextmanager
     def not_null(self) -> Iterator[None]:
         # Existing rows get a value; new profiles would need one and get none.
-        execute(self.admin_url, "alter table public.profiles add column bench_required text"
-                                " not null default 'x'; alter table public.profiles"
-                                " alter column bench_required drop default")
+        execute(
+            self.admin_url,
+            "alter table public.profiles add column bench_required text"
+            " not null default 'x'; alter table public.profiles"
+            " alter column bench_required drop default",
+        )
         yield
         execute(self.admin_url, "alter table public.profiles drop column bench_required")
 
@@ -228,8 +252,11 @@ class Bench:
 
     @contextlib.contextmanager
     def terminate(self) -> Iterator[None]:
-        execute(self.admin_url, "select pg_terminate_backend(pid) from pg_stat_activity"
-                                " where application_name like 'profileguard-reconciler%'")
+        execute(
+            self.admin_url,
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where application_name like 'profileguard-reconciler%'",
+        )
         yield
 
     @contextlib.contextmanager
@@ -240,14 +267,18 @@ class Bench:
 
     def user_fault(self) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            if not conn.execute("select exists (select from pg_trigger"
-                                " where tgname = 'bench_user_fault')").fetchone()[0]:  # type: ignore[index]
+            if not conn.execute(
+                "select exists (select from pg_trigger where tgname = 'bench_user_fault')"
+            ).fetchone()[0]:  # type: ignore[index]
                 conn.execute(USER_FAULT)  # type: ignore[arg-type]
 
     def faults(self) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager[None]]]]:
         out: list[tuple[str, Callable[[], contextlib.AbstractContextManager[None]]]] = [
-            ("check_all", self.check_all), ("not_null", self.not_null), ("lock", self.lock),
-            ("revoke", self.revoke), ("reinstall", self.reinstall),
+            ("check_all", self.check_all),
+            ("not_null", self.not_null),
+            ("lock", self.lock),
+            ("revoke", self.revoke),
+            ("reinstall", self.reinstall),
             ("terminate", self.terminate),
         ]
         if self.embedded is not None:
@@ -265,8 +296,9 @@ class Bench:
             time.sleep(0.05)
         return None
 
-    def phase(self, name: str, fault: Callable[[], contextlib.AbstractContextManager[None]],
-              load: Signups) -> dict[str, Any]:
+    def phase(
+        self, name: str, fault: Callable[[], contextlib.AbstractContextManager[None]], load: Signups
+    ) -> dict[str, Any]:
         before = load.snapshot()
         with fault():
             time.sleep(self.args.hold)
@@ -318,11 +350,17 @@ def prepare(admin_url: str) -> str:
     profileguard installed by it. Returns the installer's connection string."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sqlfiles.read("supabase_auth.sql"))  # type: ignore[arg-type]
-        conn.execute(sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
-            role=sql.Identifier(INSTALLER), role_name=sql.Literal(INSTALLER)))
+        conn.execute(
+            sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+                role=sql.Identifier(INSTALLER), role_name=sql.Literal(INSTALLER)
+            )
+        )
         dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
-        conn.execute(sql.SQL("alter database {} owner to {}").format(
-            sql.Identifier(dbname), sql.Identifier(INSTALLER)))
+        conn.execute(
+            sql.SQL("alter database {} owner to {}").format(
+                sql.Identifier(dbname), sql.Identifier(INSTALLER)
+            )
+        )
     installer_url = make_conninfo(admin_url, user=INSTALLER)
     install(load_settings(env={}, database_url=installer_url), create_profile_table=True)
     return installer_url
@@ -330,8 +368,9 @@ def prepare(admin_url: str) -> str:
 
 def server_line(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("select current_setting('server_version'), current_setting('jit'),"
-                           " pg_jit_available()").fetchone()
+        row = conn.execute(
+            "select current_setting('server_version'), current_setting('jit'), pg_jit_available()"
+        ).fetchone()
     if not row:
         return "?"
     return f"PostgreSQL {row[0]}, jit {row[1]}{'' if row[2] else ' (not available)'}"
@@ -346,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--rate", type=float, default=20.0, help="sign-ups per second")
-    parser.add_argument("--fail-every", type=int, default=10,
-                        help="every Nth sign-up's own profile insert fails (0: none)")
+    parser.add_argument(
+        "--fail-every",
+        type=int,
+        default=10,
+        help="every Nth sign-up's own profile insert fails (0: none)",
+    )
     parser.add_argument("--hold", type=float, default=3.0, help="seconds each fault is held")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
@@ -374,29 +417,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"where": where, "server": server, "faults": rows}, indent=2))
         return 0
-    print(f"fault recovery on {where} ({server}): sign-ups at {args.rate:g}/s, every "
-          f"{args.fail_every}th with its own profile failure; each fault held {args.hold:g} s; "
-          "worker running; no command run by hand")
-    header = (f"  {'fault':<10} {'signups':>7} {'failed':>6} {'down':>5} "
-              f"{'missing/held at removal':>23} {'missing':>7} {'quarant.':>8} {'waiting':>7} "
-              f"{'to 100%':>8}")
+    print(
+        f"fault recovery on {where} ({server}): sign-ups at {args.rate:g}/s, every "
+        f"{args.fail_every}th with its own profile failure; each fault held {args.hold:g} s; "
+        "worker running; no command run by hand"
+    )
+    header = (
+        f"  {'fault':<10} {'signups':>7} {'failed':>6} {'down':>5} "
+        f"{'missing/held at removal':>23} {'missing':>7} {'quarant.':>8} {'waiting':>7} "
+        f"{'to 100%':>8}"
+    )
     print(header)
     ok = True
     for row in rows:
         seconds = row["seconds_to_100"]
-        ok &= (row["signups_failed"] == 0 and row["missing_at_end"] == 0
-               and row["quarantined"] == 0 and seconds is not None and seconds <= TARGET_SECONDS)
+        ok &= (
+            row["signups_failed"] == 0
+            and row["missing_at_end"] == 0
+            and row["quarantined"] == 0
+            and seconds is not None
+            and seconds <= TARGET_SECONDS
+        )
         shown = f"{seconds:.2f} s" if seconds is not None else "never"
         at_removal = f"{row['missing_at_removal']} / {row['held_at_removal']}"
-        print(f"  {row['fault']:<10} {row['signups']:>7} {row['signups_failed']:>6} "
-              f"{row['failed_server_down']:>5} {at_removal:>23} {row['missing_at_end']:>7} "
-              f"{row['quarantined']:>8} {row['waiting']:>7} {shown:>8}")
-    print("  (missing/held at removal: users without a profile, and of them held by a breaker,"
-          " just before the fault was removed; missing, quarant., waiting: at the end)")
+        print(
+            f"  {row['fault']:<10} {row['signups']:>7} {row['signups_failed']:>6} "
+            f"{row['failed_server_down']:>5} {at_removal:>23} {row['missing_at_end']:>7} "
+            f"{row['quarantined']:>8} {row['waiting']:>7} {shown:>8}"
+        )
+    print(
+        "  (missing/held at removal: users without a profile, and of them held by a breaker,"
+        " just before the fault was removed; missing, quarant., waiting: at the end)"
+    )
     if embedded is None:
         print("  restart: not run (only the embedded server is restarted by this benchmark)")
-    print(f"  {'meets' if ok else 'MISSES'} the target: 0 failed, 0 missing, 0 quarantined, "
-          f"100% within {TARGET_SECONDS:g} s of each fault's removal")
+    print(
+        f"  {'meets' if ok else 'MISSES'} the target: 0 failed, 0 missing, 0 quarantined, "
+        f"100% within {TARGET_SECONDS:g} s of each fault's removal"
+    )
     return 0 if ok else 1
 
 

@@ -94,13 +94,15 @@ def populate(conn: psycopg.Connection, users: int, settings: Any) -> None:
     set_enabled(settings, False)
     conn.execute(BULK, {"prefix": "off_", "n": 300})
     set_enabled(settings, True)
-    conn.execute("alter table public.profiles add constraint bench_no_bad"
-                 " check (full_name is distinct from 'Bench Bad') not valid")
+    conn.execute(
+        "alter table public.profiles add constraint bench_no_bad"
+        " check (full_name is distinct from 'Bench Bad') not valid"
+    )
     for i in range(200):
         conn.execute(
             "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
             " values (gen_random_uuid(), 'authenticated', 'authenticated', %s,"
-            " '{\"full_name\": \"Bench Bad\"}', now())",
+            ' \'{"full_name": "Bench Bad"}\', now())',
             (f"bad{i}@bench.example",),
         )
     conn.execute(
@@ -123,8 +125,11 @@ def populate(conn: psycopg.Connection, users: int, settings: Any) -> None:
 def summarize(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median_ms": round(statistics.median(ordered), 3), "p95_ms": round(p95, 3),
-            "reads": len(ordered)}
+    return {
+        "median_ms": round(statistics.median(ordered), 3),
+        "p95_ms": round(p95, 3),
+        "reads": len(ordered),
+    }
 
 
 def measure(url: str, settings: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -144,7 +149,7 @@ def measure(url: str, settings: Any, args: argparse.Namespace) -> dict[str, Any]
     times: dict[str, list[float]] = {name: [] for name in reads}
     order = list(reads)
     for round_ in range(args.rounds):
-        for name in order[round_ % len(order):] + order[: round_ % len(order)]:
+        for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
             for _ in range(repeat[name]):
                 ms, _ = timed(reads[name])
                 times[name].append(ms)
@@ -160,6 +165,7 @@ def check_costs(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Each pass of the bounded check, forced (interval 0), on a kept connection."""
     costs: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
+
         def check() -> dict[str, Any]:
             row = conn.execute(CHECK).fetchone()
             assert row is not None and row[0] is not None, "the check did not run"
@@ -169,24 +175,33 @@ def check_costs(url: str, args: argparse.Namespace) -> dict[str, Any]:
         check()  # the tail now starts at the end of the table
         costs["tail, nothing new"] = passes(check, args.reads)
         for signups in (10, 1000):
+
             def insert(n: int = signups) -> None:
                 conn.execute(BULK, {"prefix": f"inv{n}_{time.monotonic_ns()}_", "n": n})
                 conn.execute("select pg_stat_force_next_flush()")
                 conn.execute("select 1")
+
             costs[f"tail, {signups:,} signups"] = passes(check, max(3, args.reads // 4), insert)
         # The collector counted inserts the tail passes did not see: a wide pass.
-        costs["wide pass"] = passes(check, 3, lambda: conn.execute(
-            "update profileguard.invariant_scan set inserted_base = inserted_base - 1000000000"))
+        costs["wide pass"] = passes(
+            check,
+            3,
+            lambda: conn.execute(
+                "update profileguard.invariant_scan set inserted_base = inserted_base - 1000000000"
+            ),
+        )
         # A rewritten table (new relfilenode): a full pass.
-        costs["full pass"] = passes(check, 3, lambda: conn.execute(
-            "update profileguard.invariant_scan set relfilenode = 0"))
+        costs["full pass"] = passes(
+            check, 3, lambda: conn.execute("update profileguard.invariant_scan set relfilenode = 0")
+        )
         check()
         costs["detection_seconds"] = detection(url, conn)
     return costs
 
 
-def passes(run: Callable[[], dict[str, Any]], times: int,
-           before: Callable[[], Any] | None = None) -> dict[str, Any]:
+def passes(
+    run: Callable[[], dict[str, Any]], times: int, before: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     """Wall time of `times` checks (each after `before`, untimed), and what the check says it did
     (mode, rows and pages read)."""
     samples, modes, scanned, pages = [], set(), [], []
@@ -198,8 +213,12 @@ def passes(run: Callable[[], dict[str, Any]], times: int,
         modes.add(result["mode"])
         scanned.append(int(result["scanned"]))
         pages.append(int(result.get("tail_pages") or 0))
-    return {**summarize(samples), "modes": sorted(modes), "rows_read": max(scanned),
-            "tail_pages": max(pages)}
+    return {
+        **summarize(samples),
+        "modes": sorted(modes),
+        "rows_read": max(scanned),
+        "tail_pages": max(pages),
+    }
 
 
 def detection(url: str, conn: psycopg.Connection) -> float:
@@ -227,8 +246,10 @@ def agree(url: str) -> dict[str, Any]:
     assert stats is not None and exact is not None
     figures = stats[0]
     return {
-        "stats_users": figures["users"], "exact_users": exact[0],
-        "stats_missing": figures["missing"], "exact_missing": exact[1],
+        "stats_users": figures["users"],
+        "exact_users": exact[0],
+        "stats_missing": figures["missing"],
+        "exact_missing": exact[1],
         "agree": figures["users"] == exact[0] and figures["missing"] == exact[1],
     }
 
@@ -242,8 +263,9 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         install(settings, create_profile_table=True)
         log(f"creating {args.users:,} users (profiles by the trigger)…")
         populate(conn, args.users, settings)
-        server = conn.execute("select current_setting('server_version'),"
-                              " current_setting('jit'), pg_jit_available()").fetchone()
+        server = conn.execute(
+            "select current_setting('server_version'), current_setting('jit'), pg_jit_available()"
+        ).fetchone()
         size = conn.execute("select pg_size_pretty(pg_table_size('auth.users'))").fetchone()
         sweeps = []
         for _ in range(3):
@@ -270,7 +292,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             conn.execute(
                 "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
                 " values (gen_random_uuid(), 'authenticated', 'authenticated', %s,"
-                " '{\"full_name\": \"Bench Bad\"}', now())",
+                ' \'{"full_name": "Bench Bad"}\', now())',
                 (f"late_bad{i}@bench.example",),
             )
         conn.execute("select pg_stat_force_next_flush()")
@@ -282,26 +304,36 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def print_check(costs: dict[str, Any]) -> None:
     print("\nbounded check of the invariant (check_invariant(), forced):")
-    print(f"  {'pass':<22}{'median ms':>11}{'p95 ms':>10}{'runs':>6}{'rows read':>11}"
-          f"{'tail pages':>11}  {'share of a core every 2 s':>26}")
+    print(
+        f"  {'pass':<22}{'median ms':>11}{'p95 ms':>10}{'runs':>6}{'rows read':>11}"
+        f"{'tail pages':>11}  {'share of a core every 2 s':>26}"
+    )
     for name, row in costs.items():
         if not isinstance(row, dict):
             continue
         share = row["median_ms"] / 2000 * 100
-        print(f"  {name:<22}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}{row['reads']:>6}"
-              f"{row['rows_read']:>11,}{row['tail_pages']:>11,}  {share:>25.2f}%"
-              f"  ({'/'.join(row['modes'])})")
-    print(f"  10 users inserted with session_replication_role = replica: counted missing by "
-          f"stats() after {costs['detection_seconds']:.2f} s")
+        print(
+            f"  {name:<22}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}{row['reads']:>6}"
+            f"{row['rows_read']:>11,}{row['tail_pages']:>11,}  {share:>25.2f}%"
+            f"  ({'/'.join(row['modes'])})"
+        )
+    print(
+        f"  10 users inserted with session_replication_role = replica: counted missing by "
+        f"stats() after {costs['detection_seconds']:.2f} s"
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nprofileguard health/metrics at {report['users']:,} users "
-          f"(PostgreSQL {report['server_version']}, jit {report['jit']}; auth.users "
-          f"{report['identity_table_size']})")
+    print(
+        f"\nprofileguard health/metrics at {report['users']:,} users "
+        f"(PostgreSQL {report['server_version']}, jit {report['jit']}; auth.users "
+        f"{report['identity_table_size']})"
+    )
     sweep = report["refresh_stats_ms"]
-    print(f"full sweep refresh_stats(): median {sweep['median_ms']:.0f} ms "
-          f"(run every alerts.refresh_interval_seconds, not per read)")
+    print(
+        f"full sweep refresh_stats(): median {sweep['median_ms']:.0f} ms "
+        f"(run every alerts.refresh_interval_seconds, not per read)"
+    )
     print_check(report["invariant_check"])
     if "after_sweep" not in report:
         return
@@ -312,12 +344,16 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {'read':<14}{'median ms':>11}{'p95 ms':>10}{'reads':>7}{'naive ÷ this':>15}")
         for name, row in rows.items():
             ratio = naive / row["median_ms"] if row["median_ms"] else float("inf")
-            print(f"  {name:<14}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}"
-                  f"{row['reads']:>7}{ratio:>14.1f}x")
+            print(
+                f"  {name:<14}{row['median_ms']:>11.2f}{row['p95_ms']:>10.2f}"
+                f"{row['reads']:>7}{ratio:>14.1f}x"
+            )
         agreement = report[f"{phase}_agreement"]
-        print(f"  figures: users {agreement['stats_users']:,} (exact {agreement['exact_users']:,}),"
-              f" missing {agreement['stats_missing']:,} (exact {agreement['exact_missing']:,})"
-              f" → {'agree' if agreement['agree'] else 'DIFFER'}")
+        print(
+            f"  figures: users {agreement['stats_users']:,} (exact {agreement['exact_users']:,}),"
+            f" missing {agreement['stats_missing']:,} (exact {agreement['exact_missing']:,})"
+            f" → {'agree' if agreement['agree'] else 'DIFFER'}"
+        )
     worst = max(report[p]["health()"]["p95_ms"] for p in ("after_sweep", "between_sweeps"))
     verdict = "meets" if worst < TARGET_MS else "MISSES"
     print(f"\nhealth() p95 {worst:.2f} ms: {verdict} the {TARGET_MS:.0f} ms target")
@@ -325,16 +361,26 @@ def print_report(report: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="server to use (a scratch database is created and dropped); "
-                        "default: $DATABASE_URL, else an embedded PostgreSQL")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="server to use (a scratch database is created and dropped); "
+        "default: $DATABASE_URL, else an embedded PostgreSQL",
+    )
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--reads", type=int, default=20, help="reads per kind per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--signups-since", type=int, default=10_000,
-                        help="signups between the sweep and the second measurement")
-    parser.add_argument("--invariant-only", action="store_true",
-                        help="measure only the bounded check of the invariant")
+    parser.add_argument(
+        "--signups-since",
+        type=int,
+        default=10_000,
+        help="signups between the sweep and the second measurement",
+    )
+    parser.add_argument(
+        "--invariant-only",
+        action="store_true",
+        help="measure only the bounded check of the invariant",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if args.users < 1 or args.reads < 1 or args.rounds < 1 or args.signups_since < 0:

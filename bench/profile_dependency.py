@@ -130,15 +130,18 @@ async def run(args: argparse.Namespace, settings: Settings, ids: list[str]) -> d
             for route in ROUTES:  # warm-up: connections, plans, and the cache
                 await burst(route)
             for round_ in range(args.rounds):
-                order = ROUTES[round_ % 3:] + ROUTES[: round_ % 3]
+                order = ROUTES[round_ % 3 :] + ROUTES[: round_ % 3]
                 for route in order:
                     before = guard.calls
                     rates[route].append(await burst(route))
                     calls[route] += guard.calls - before
     medians = {r: statistics.median(v) for r, v in rates.items()}
     per_request = {r: calls[r] / (args.requests * args.rounds) for r in ROUTES}
-    return {"requests_per_second": medians, "ensure_queries_per_request": per_request,
-            "rounds": rates}
+    return {
+        "requests_per_second": medians,
+        "ensure_queries_per_request": per_request,
+        "rounds": rates,
+    }
 
 
 def main() -> None:
@@ -158,11 +161,15 @@ def main() -> None:
         return
     rps = result["requests_per_second"]
     queries = result["ensure_queries_per_request"]
-    print(f"{args.requests} requests x {args.rounds} rounds, concurrency {args.concurrency}, "
-          f"{args.users} users (median requests/s)")
+    print(
+        f"{args.requests} requests x {args.rounds} rounds, concurrency {args.concurrency}, "
+        f"{args.users} users (median requests/s)"
+    )
     for route in ROUTES:
-        print(f"  {route:9} {rps[route]:9.0f} req/s   {rps[route] / rps['plain']:5.2f}x plain"
-              f"   {queries[route]:.3f} ensure queries/request")
+        print(
+            f"  {route:9} {rps[route]:9.0f} req/s   {rps[route] / rps['plain']:5.2f}x plain"
+            f"   {queries[route]:.3f} ensure queries/request"
+        )
     print(f"  cached / uncached: {rps['cached'] / rps['uncached']:.2f}x")
 
 

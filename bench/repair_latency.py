@@ -52,8 +52,15 @@ create trigger bench_fault before insert on public.profiles
 """
 
 
-def signups(url: str, index: int, count: int, fail_every: int, clients: int,
-            committed: dict[uuid.UUID, float], lock: threading.Lock) -> None:
+def signups(
+    url: str,
+    index: int,
+    count: int,
+    fail_every: int,
+    clients: int,
+    committed: dict[uuid.UUID, float],
+    lock: threading.Lock,
+) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for n in range(index, count, clients):
             uid = uuid.uuid4()
@@ -72,8 +79,14 @@ def signups(url: str, index: int, count: int, fail_every: int, clients: int,
                     committed[uid] = time.monotonic()
 
 
-def poll(url: str, committed: dict[uuid.UUID, float], lock: threading.Lock,
-         seen: dict[uuid.UUID, float], done: threading.Event, interval: float) -> None:
+def poll(
+    url: str,
+    committed: dict[uuid.UUID, float],
+    lock: threading.Lock,
+    seen: dict[uuid.UUID, float],
+    done: threading.Event,
+    interval: float,
+) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
             with lock:
@@ -107,15 +120,21 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
     env["DATABASE_URL"] = url
     worker = subprocess.Popen(
         [sys.executable, "-m", "profileguard", "worker", "--worker-id", "bench"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
         with psycopg.connect(url, autocommit=True) as conn:  # wait until it listens
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not conn.execute(
-                "select count(*) from pg_stat_activity where query ilike 'listen%'"
-            ).fetchone()[0]:  # type: ignore[index]
+            while (
+                time.monotonic() < deadline
+                and not conn.execute(
+                    "select count(*) from pg_stat_activity where query ilike 'listen%'"
+                ).fetchone()[0]
+            ):  # type: ignore[index]
                 time.sleep(0.05)
         committed: dict[uuid.UUID, float] = {}
         seen: dict[uuid.UUID, float] = {}
@@ -183,18 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"repair latency on {report['where']}: {report['signups']} signups from "
-          f"{args.clients} clients ({report['signups_per_second']}/s), every "
-          f"{args.fail_every}th with an injected trigger failure")
-    for key in ("failed_signups_committed", "failures_recorded", "repaired_seen",
-                "missing_at_end"):
+    print(
+        f"repair latency on {report['where']}: {report['signups']} signups from "
+        f"{args.clients} clients ({report['signups_per_second']}/s), every "
+        f"{args.fail_every}th with an injected trigger failure"
+    )
+    for key in ("failed_signups_committed", "failures_recorded", "repaired_seen", "missing_at_end"):
         print(f"  {key.replace('_', ' '):<26} {report[key]}")
     for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
         print(f"  {key.replace('_ms', ''):<26} {report[key]} ms")
     p99 = report["p99_ms"]
     verdict = "meets" if p99 is not None and p99 / 1000 < TARGET_P99 else "MISSES"
-    print(f"  p99 {verdict} the target of {TARGET_P99 * 1000:.0f} ms "
-          f"(poll interval {args.poll_ms} ms included)")
+    print(
+        f"  p99 {verdict} the target of {TARGET_P99 * 1000:.0f} ms "
+        f"(poll interval {args.poll_ms} ms included)"
+    )
     return 0
 
 

@@ -149,16 +149,26 @@ select
          or p.full_name is distinct from u.raw_user_meta_data->>'full_name'
          or p.avatar_url is distinct from u.raw_user_meta_data->>'avatar_url') as different
 """
-SERVER_SETTINGS = ("server_version", "jit", "jit_above_cost", "synchronous_commit", "fsync",
-                   "shared_buffers")
+SERVER_SETTINGS = (
+    "server_version",
+    "jit",
+    "jit_above_cost",
+    "synchronous_commit",
+    "fsync",
+    "shared_buffers",
+)
 
 
 def profileguard_settings(url: str, config: str) -> Settings:
     """profileguard's settings for `config` (one of PROFILEGUARD_CONFIGS) on the database `url`."""
     settings = load_settings(env={}, database_url=url)
     if config == "pg-same-map":
-        settings = replace(settings, mapping=parse_mapping(SAME_MAP), mapping_is_default=False,
-                           username_column=None)
+        settings = replace(
+            settings,
+            mapping=parse_mapping(SAME_MAP),
+            mapping_is_default=False,
+            username_column=None,
+        )
     return settings
 
 
@@ -180,12 +190,15 @@ def find_pgbench() -> str:
     """pgbench from $PGBENCH, the PATH or the newest /usr/lib/postgresql/*/bin."""
     found = os.environ.get("PGBENCH") or shutil.which("pgbench")
     if not found:
-        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"),
-                            key=lambda p: int(Path(p).parts[-3]))
+        candidates = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin/pgbench"), key=lambda p: int(Path(p).parts[-3])
+        )
         found = candidates[-1] if candidates else None
     if not found:
-        sys.exit("pgbench not found: install postgresql-client (Debian: postgresql-15) or set "
-                 "PGBENCH to its path")
+        sys.exit(
+            "pgbench not found: install postgresql-client (Debian: postgresql-15) or set "
+            "PGBENCH to its path"
+        )
     return found
 
 
@@ -261,8 +274,9 @@ class Bench:
         if config in PROFILEGUARD_CONFIGS:
             # the insert trigger, and the update triggers that keep profiles in step (they do not
             # fire on a signup's role update: it changes no mapped column)
-            expected = sorted([TRIGGER_NAME, "profileguard_after_update",
-                               "profileguard_after_update_row"])
+            expected = sorted(
+                [TRIGGER_NAME, "profileguard_after_update", "profileguard_after_update_row"]
+            )
         found = [str(t[0]) for t in triggers]
         if found != expected:
             self.results.warn(f"{config}: triggers on auth.users are {found}, expected {expected}")
@@ -309,12 +323,19 @@ class Bench:
     def _pgbench(self, seconds: float, prefix: str, log_prefix: Path | None) -> str:
         info = conninfo_to_dict(self.url)
         command = [
-            self.pgbench, "--no-vacuum", "--protocol=prepared",
-            f"--file={self.workdir / 'gotrue.sql'}", "--define=n=0", f"--define=pfx={prefix}",
-            f"--client={self.args.clients}", f"--jobs={min(self.args.clients, self.args.jobs)}",
+            self.pgbench,
+            "--no-vacuum",
+            "--protocol=prepared",
+            f"--file={self.workdir / 'gotrue.sql'}",
+            "--define=n=0",
+            f"--define=pfx={prefix}",
+            f"--client={self.args.clients}",
+            f"--jobs={min(self.args.clients, self.args.jobs)}",
             f"--time={max(1, round(seconds))}",
-            f"--host={info.get('host') or '127.0.0.1'}", f"--port={info.get('port') or 5432}",
-            "--username=supabase_auth_admin", str(info.get("dbname")),
+            f"--host={info.get('host') or '127.0.0.1'}",
+            f"--port={info.get('port') or 5432}",
+            "--username=supabase_auth_admin",
+            str(info.get("dbname")),
         ]
         if log_prefix is not None:
             command[1:1] = ["--log", f"--log-prefix={log_prefix}"]
@@ -374,8 +395,10 @@ class Bench:
                 run = self.signups(config, round_no)
                 self.results.runs[config].append(run)
                 self.verify(config, "signups")
-                line = (f"round {round_no + 1}/{self.args.rounds} {config:>12}: {run.tps:8.1f} tps,"
-                        f" p50 {run.p50:6.2f} ms, p99 {run.p99:6.2f} ms")
+                line = (
+                    f"round {round_no + 1}/{self.args.rounds} {config:>12}: {run.tps:8.1f} tps,"
+                    f" p50 {run.p50:6.2f} ms, p99 {run.p99:6.2f} ms"
+                )
                 if self.args.bulk_rows > 0:
                     self.reset()
                     seconds = self.bulk()
@@ -418,26 +441,32 @@ def summary(bench: Bench, args: argparse.Namespace, where: str) -> dict[str, Any
         base, this = configs["per-row"], configs[c]
         this["tps_vs_per_row"] = ratio(this["tps"]["median"], base["tps"]["median"])
         this["p99_vs_per_row"] = ratio(this["p99_ms"]["median"], base["p99_ms"]["median"])
-        this["bulk_vs_per_row"] = ratio(this["bulk_seconds"]["median"],
-                                        base["bulk_seconds"]["median"])
+        this["bulk_vs_per_row"] = ratio(
+            this["bulk_seconds"]["median"], base["bulk_seconds"]["median"]
+        )
     checks: dict[str, dict[str, Any]] = {}
     for name in PROFILEGUARD_CONFIGS:
         pg = configs[name]
         check: dict[str, Any] = {
-            "tps_ratio": pg["tps_vs_per_row"], "tps_target_min": TPS_TARGET,
-            "p99_ratio": pg["p99_vs_per_row"], "p99_target_max": P99_TARGET,
-            "bulk_ratio": pg["bulk_vs_per_row"], "bulk_target_max": BULK_TARGET,
+            "tps_ratio": pg["tps_vs_per_row"],
+            "tps_target_min": TPS_TARGET,
+            "p99_ratio": pg["p99_vs_per_row"],
+            "p99_target_max": P99_TARGET,
+            "bulk_ratio": pg["bulk_vs_per_row"],
+            "bulk_target_max": BULK_TARGET,
         }
         check["met"] = all(
-            v is not None and ok(v) for v, ok in (
+            v is not None and ok(v)
+            for v, ok in (
                 (check["tps_ratio"], lambda r: r >= TPS_TARGET),
                 (check["p99_ratio"], lambda r: r <= P99_TARGET),
                 (check["bulk_ratio"], lambda r: r <= BULK_TARGET),
             )
         )
         checks[name] = check
-    described = {name: profileguard_settings(bench.url, name).describe()
-                 for name in PROFILEGUARD_CONFIGS}
+    described = {
+        name: profileguard_settings(bench.url, name).describe() for name in PROFILEGUARD_CONFIGS
+    }
     return {
         "database": where,
         "server": bench.server,
@@ -480,14 +509,19 @@ def print_table(report: dict[str, Any]) -> None:
         "median [min-max] over rounds"
     )
     for name in PROFILEGUARD_CONFIGS:
-        mapping = ", ".join(f"{col} <- {' | '.join(srcs)}"
-                            for col, srcs in report["mappings"][name].items())
-        print(f"{name} mapping: {mapping}; collision-safe username column: "
-              f"{report['username_columns'][name]}")
+        mapping = ", ".join(
+            f"{col} <- {' | '.join(srcs)}" for col, srcs in report["mappings"][name].items()
+        )
+        print(
+            f"{name} mapping: {mapping}; collision-safe username column: "
+            f"{report['username_columns'][name]}"
+        )
     print()
     vs = f"{TIMES} per-row"
-    header = (f"{'config':<13}{'TPS':>24}{vs:>10}{'p50 ms':>9}{'p99 ms':>22}{vs:>10}"
-              f"{'bulk s':>24}{vs:>10}")
+    header = (
+        f"{'config':<13}{'TPS':>24}{vs:>10}{'p50 ms':>9}{'p99 ms':>22}{vs:>10}"
+        f"{'bulk s':>24}{vs:>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, c in report["configs"].items():
@@ -499,11 +533,13 @@ def print_table(report: dict[str, Any]) -> None:
         )
     print()
     for name, checks in report["checks"].items():
-        print(f"{name}: TPS = {fmt(checks['tps_ratio'], '.3f', TIMES)} per-row "
-              f"(target ≥ {TPS_TARGET:.2f}); p99 = {fmt(checks['p99_ratio'], '.3f', TIMES)} "
-              f"(target ≤ {P99_TARGET:.2f}); bulk time = "
-              f"{fmt(checks['bulk_ratio'], '.3f', TIMES)} (target ≤ {BULK_TARGET:.2f}): "
-              f"{'met' if checks['met'] else 'NOT met'}")
+        print(
+            f"{name}: TPS = {fmt(checks['tps_ratio'], '.3f', TIMES)} per-row "
+            f"(target ≥ {TPS_TARGET:.2f}); p99 = {fmt(checks['p99_ratio'], '.3f', TIMES)} "
+            f"(target ≤ {P99_TARGET:.2f}); bulk time = "
+            f"{fmt(checks['bulk_ratio'], '.3f', TIMES)} (target ≤ {BULK_TARGET:.2f}): "
+            f"{'met' if checks['met'] else 'NOT met'}"
+        )
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")
 

@@ -80,8 +80,9 @@ commit
 
 
 def find_bindir() -> Path:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-                        key=lambda p: int(Path(p).parts[-3]))
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3])
+    )
     if not candidates:
         sys.exit("PostgreSQL server binaries not found: pass --bindir")
     return Path(candidates[-1]).parent
@@ -113,17 +114,41 @@ class Cluster:
             os.chown(root, entry.pw_uid, entry.pw_gid)
 
     def run(self, *command: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *map(str, command)], text=True, check=True,
-                              capture_output=True, **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(
+            [*self.as_user, *map(str, command)],
+            text=True,
+            check=True,
+            capture_output=True,
+            **kwargs,
+        )  # type: ignore[call-overload]
 
     def initdb(self) -> None:
-        self.run(self.bindir / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
-                 "-E", "UTF8", "--locale=C.UTF-8")
+        self.run(
+            self.bindir / "initdb",
+            "-D",
+            self.data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
 
     @contextlib.contextmanager
     def server(self) -> Iterator[str]:
-        self.run(self.bindir / "pg_ctl", "-D", self.data, "-w", "-l", self.root / "server.log",
-                 "-o", f"-p {PORT} -k {self.root} -c listen_addresses=''", "start")
+        self.run(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.data,
+            "-w",
+            "-l",
+            self.root / "server.log",
+            "-o",
+            f"-p {PORT} -k {self.root} -c listen_addresses=''",
+            "start",
+        )
         try:
             yield make_conninfo(host=str(self.root), port=PORT, user="postgres", dbname="postgres")
         finally:
@@ -149,8 +174,9 @@ def build(url: str, config: str, existing: int = 0) -> None:
         conn.execute("checkpoint")
 
 
-def instructions(cluster: Cluster, pristine: Path, config: str, count: int,
-                 keep: Path | None, bulk: bool = False) -> int:
+def instructions(
+    cluster: Cluster, pristine: Path, config: str, count: int, keep: Path | None, bulk: bool = False
+) -> int:
     """Instructions of one single-user backend doing `count` signups (or inserting `count`
     users in one statement) on a fresh copy."""
     run_root = cluster.root / "run"
@@ -164,12 +190,27 @@ def instructions(cluster: Cluster, pristine: Path, config: str, count: int,
     input_file.write_text(script(count, bulk), encoding="utf-8")
     with open(input_file, encoding="utf-8") as stdin:
         done = subprocess.run(
-            [*cluster.as_user, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             str(cluster.bindir / "postgres"), "--single", "-D", str(run_root), config],
-            stdin=stdin, capture_output=True, text=True, check=False)
+            [
+                *cluster.as_user,
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                str(cluster.bindir / "postgres"),
+                "--single",
+                "-D",
+                str(run_root),
+                config,
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if done.returncode != 0 or "ERROR:" in done.stdout + done.stderr:
-        raise RuntimeError(f"{config}: the single-user backend failed:\n{done.stdout[-2000:]}"
-                           f"\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{config}: the single-user backend failed:\n{done.stdout[-2000:]}"
+            f"\n{done.stderr[-2000:]}"
+        )
     match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(encoding="utf-8"), re.M)
     if match is None:
         raise RuntimeError(f"no totals in {out}")
@@ -182,18 +223,35 @@ def instructions(cluster: Cluster, pristine: Path, config: str, count: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signups", type=int, default=200, help="signups of the measured run")
-    parser.add_argument("--warmup", type=int, default=20,
-                        help="signups of the run subtracted from it (startup, first calls)")
-    parser.add_argument("--bulk-rows", type=int, default=2000,
-                        help="users of the measured bulk insert (0: none); the one of "
-                        "--bulk-rows / 10 is subtracted")
-    parser.add_argument("--existing", type=int, default=20000,
-                        help="users in each database before the measured runs")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="signups of the run subtracted from it (startup, first calls)",
+    )
+    parser.add_argument(
+        "--bulk-rows",
+        type=int,
+        default=2000,
+        help="users of the measured bulk insert (0: none); the one of "
+        "--bulk-rows / 10 is subtracted",
+    )
+    parser.add_argument(
+        "--existing",
+        type=int,
+        default=20000,
+        help="users in each database before the measured runs",
+    )
     parser.add_argument("--bindir", type=Path, default=None, help="PostgreSQL server binaries")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="copy the callgrind.out files here (for callgrind_annotate)")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="copy the callgrind.out files here (for callgrind_annotate)",
+    )
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
+    )
     args = parser.parse_args(argv)
     if args.signups <= args.warmup or args.warmup < 0:
         parser.error("--signups must exceed --warmup (and --warmup be >= 0)")
@@ -209,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.initdb()
         with cluster.server() as url:
             with psycopg.connect(url) as conn:
-                row = conn.execute("select version(), current_setting('jit'),"
-                                   " pg_jit_available()").fetchone()
+                row = conn.execute(
+                    "select version(), current_setting('jit'), pg_jit_available()"
+                ).fetchone()
             for config in configs:
                 log(f"building database {config}")
                 build(url, config, args.existing)
@@ -224,15 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{config}: {per[config]:,.0f} instructions per signup")
             if args.bulk_rows > small:
                 low = instructions(cluster, cluster.data, config, small, args.keep, bulk=True)
-                high = instructions(cluster, cluster.data, config, args.bulk_rows, args.keep,
-                                    bulk=True)
+                high = instructions(
+                    cluster, cluster.data, config, args.bulk_rows, args.keep, bulk=True
+                )
                 per_row[config] = (high - low) / (args.bulk_rows - small)
                 log(f"{config}: {per_row[config]:,.0f} instructions per row of a bulk insert")
     assert row is not None
     print(f"{row[0]}; jit={row[1]} (available: {'yes' if row[2] else 'no'})")
-    print(f"instructions (callgrind, single-user backend, {args.existing} users there before): "
-          f"per signup ({args.signups} - {args.warmup} signups, prepared statements) and per row "
-          f"of a bulk insert ({args.bulk_rows} - {small} rows)")
+    print(
+        f"instructions (callgrind, single-user backend, {args.existing} users there before): "
+        f"per signup ({args.signups} - {args.warmup} signups, prepared statements) and per row "
+        f"of a bulk insert ({args.bulk_rows} - {small} rows)"
+    )
     print(f"{'config':<13}{'signup':>12}{'':>16}{'bulk row':>12}")
     base, bulk_base = per.get("per-row"), per_row.get("per-row")
     for config, value in per.items():

@@ -59,8 +59,11 @@ def signup(url: str, tag: str) -> tuple[uuid.UUID, float, str | None]:
                     " raw_user_meta_data, created_at, updated_at)"
                     " values (%s, 'authenticated', '', %s, '{\"provider\": \"email\"}',"
                     " %s, now(), now())",
-                    (user, f"{tag}@bench.example",
-                     json.dumps({"full_name": f"Locked {tag}", "user_name": tag})),
+                    (
+                        user,
+                        f"{tag}@bench.example",
+                        json.dumps({"full_name": f"Locked {tag}", "user_name": tag}),
+                    ),
                 )
                 conn.execute("update users set role = 'authenticated' where id = %s", (user,))
                 conn.execute(
@@ -73,8 +76,9 @@ def signup(url: str, tag: str) -> tuple[uuid.UUID, float, str | None]:
         return user, time.perf_counter() - began, None
 
 
-def scenario(url: str, auth_url: str, tables: tuple[str, ...], args: argparse.Namespace
-             ) -> dict[str, Any]:
+def scenario(
+    url: str, auth_url: str, tables: tuple[str, ...], args: argparse.Namespace
+) -> dict[str, Any]:
     released = threading.Event()
     release_at: list[float] = []
     holding = threading.Event()
@@ -139,50 +143,74 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "DATABASE_URL": url}
     worker = subprocess.Popen(
         [str(Path(sys.executable).parent / "profileguard"), "worker"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(2.0)  # the worker connects and listens
-        figures = {name: scenario(url, auth_url, tables, args)
-                   for name, tables in SCENARIOS.items()}
+        figures = {
+            name: scenario(url, auth_url, tables, args) for name, tables in SCENARIOS.items()
+        }
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
-    return {"database": where, "server": server, "lock_timeout_ms": settings.lock_timeout_ms,
-            "record_lock_ms": RECORD_LOCK_MS, "hold_seconds": args.hold, "scenarios": figures}
+    return {
+        "database": where,
+        "server": server,
+        "lock_timeout_ms": settings.lock_timeout_ms,
+        "record_lock_ms": RECORD_LOCK_MS,
+        "hold_seconds": args.hold,
+        "scenarios": figures,
+    }
 
 
 def print_report(report: dict[str, Any]) -> None:
     server = report["server"]
     budget = report["lock_timeout_ms"]
-    print(f"PostgreSQL {server['server_version']} ({report['database']}); jit={server['jit']} "
-          f"(available: {server['jit_available']})")
-    print(f"ACCESS EXCLUSIVE held {report['hold_seconds']:g} s; signup trigger lock budget "
-          f"{budget} ms per lock wait ({report['record_lock_ms']} ms more to record a failure); "
-          "a profileguard worker running")
+    print(
+        f"PostgreSQL {server['server_version']} ({report['database']}); jit={server['jit']} "
+        f"(available: {server['jit_available']})"
+    )
+    print(
+        f"ACCESS EXCLUSIVE held {report['hold_seconds']:g} s; signup trigger lock budget "
+        f"{budget} ms per lock wait ({report['record_lock_ms']} ms more to record a failure); "
+        "a profileguard worker running"
+    )
     print()
     for name, s in report["scenarios"].items():
         # One lock wait on the profile table, one more on the events table when it is locked too.
         limit = budget + (report["record_lock_ms"] if len(s["tables"]) > 1 else 0) + MARGIN * 1000
         repaired = s["repaired_seconds_after_release"]
         print(f"{name}:")
-        print(f"  committed {s['committed']}/{s['signups']} (all while the lock was held: "
-              f"{'yes' if s['committed_while_locked'] else 'NO'})")
-        print(f"  slowest signup {s['slowest_ms']:.0f} ms (target ≤ {limit:.0f} ms: "
-              f"{'met' if s['slowest_ms'] <= limit else 'NOT met'})")
-        print("  every profile present "
-              + ("never (60 s)" if repaired is None else f"{repaired:.2f} s after the release")
-              + f" (target ≤ {REPAIR_TARGET:g} s: "
-              + ("met" if repaired is not None and repaired <= REPAIR_TARGET else "NOT met") + ")")
+        print(
+            f"  committed {s['committed']}/{s['signups']} (all while the lock was held: "
+            f"{'yes' if s['committed_while_locked'] else 'NO'})"
+        )
+        print(
+            f"  slowest signup {s['slowest_ms']:.0f} ms (target ≤ {limit:.0f} ms: "
+            f"{'met' if s['slowest_ms'] <= limit else 'NOT met'})"
+        )
+        print(
+            "  every profile present "
+            + ("never (60 s)" if repaired is None else f"{repaired:.2f} s after the release")
+            + f" (target ≤ {REPAIR_TARGET:g} s: "
+            + ("met" if repaired is not None and repaired <= REPAIR_TARGET else "NOT met")
+            + ")"
+        )
         for error in s["errors"][:3]:
             print(f"  error: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help=f"server to use (a scratch database {SCRATCH_DB} is created and "
-                        "dropped); default: $DATABASE_URL, else an embedded PostgreSQL")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help=f"server to use (a scratch database {SCRATCH_DB} is created and "
+        "dropped); default: $DATABASE_URL, else an embedded PostgreSQL",
+    )
     parser.add_argument("--signups", type=int, default=20, help="concurrent signups")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds the lock is held")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -161,12 +161,19 @@ class Bench:
         else:
             with self.connect() as conn:
                 for name in UPDATE_TRIGGERS:
-                    conn.execute(sql.SQL("drop trigger if exists {} on auth.users").format(
-                        sql.Identifier(name)))
+                    conn.execute(
+                        sql.SQL("drop trigger if exists {} on auth.users").format(
+                            sql.Identifier(name)
+                        )
+                    )
         with self.connect() as conn:
-            found = {str(r[0]) for r in conn.execute(
-                "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"
-                " and not tgisinternal").fetchall()}
+            found = {
+                str(r[0])
+                for r in conn.execute(
+                    "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"
+                    " and not tgisinternal"
+                ).fetchall()
+            }
         if (config == "sync") != (set(UPDATE_TRIGGERS) <= found):
             self.warn(f"{config}: triggers on auth.users are {sorted(found)}")
 
@@ -177,19 +184,26 @@ class Bench:
             row = conn.execute(
                 "select (select n_tup_upd from pg_stat_user_tables"
                 "        where relid = 'public.profiles'::regclass),"
-                " (select count(*) from profileguard.events where kind = 'failure')").fetchone()
+                " (select count(*) from profileguard.events where kind = 'failure')"
+            ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
 
     def _pgbench(self, workload: str, seconds: float) -> float:
         info = conninfo_to_dict(self.url)
         command = [
-            self.pgbench, "--no-vacuum", "--protocol=prepared",
-            f"--file={self.workdir / (workload + '.sql')}", f"--define=users={self.args.users}",
-            f"--client={self.args.clients}", f"--jobs={min(self.args.clients, self.args.jobs)}",
+            self.pgbench,
+            "--no-vacuum",
+            "--protocol=prepared",
+            f"--file={self.workdir / (workload + '.sql')}",
+            f"--define=users={self.args.users}",
+            f"--client={self.args.clients}",
+            f"--jobs={min(self.args.clients, self.args.jobs)}",
             f"--time={max(1, round(seconds))}",
-            f"--host={info.get('host') or '127.0.0.1'}", f"--port={info.get('port') or 5432}",
-            "--username=supabase_auth_admin", str(info.get("dbname")),
+            f"--host={info.get('host') or '127.0.0.1'}",
+            f"--port={info.get('port') or 5432}",
+            "--username=supabase_auth_admin",
+            str(info.get("dbname")),
         ]
         env = {**os.environ, "PGOPTIONS": "-c search_path=auth"}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -213,8 +227,10 @@ class Bench:
         time.sleep(0.5)  # the pgbench sessions ended: their statistics are flushed
         after = self._written()
         if after != before:
-            self.warn(f"{config} {workload}: profiles updated {after[0] - before[0]}, "
-                      f"failures {after[1] - before[1]} (expected none)")
+            self.warn(
+                f"{config} {workload}: profiles updated {after[0] - before[0]}, "
+                f"failures {after[1] - before[1]} (expected none)"
+            )
         return tps
 
     def run(self) -> None:
@@ -226,8 +242,10 @@ class Bench:
                 for workload in WORKLOADS:
                     tps = self.measure(config, workload)
                     self.tps[workload][config].append(tps)
-                    log(f"round {round_no + 1}/{self.args.rounds} {config:>5} {workload:>8}: "
-                        f"{tps:8.1f} tps")
+                    log(
+                        f"round {round_no + 1}/{self.args.rounds} {config:>5} {workload:>8}: "
+                        f"{tps:8.1f} tps"
+                    )
 
     def report(self, where: str) -> dict[str, Any]:
         workloads: dict[str, Any] = {}
@@ -239,44 +257,67 @@ class Bench:
             per_round = [s / n for s, n in zip(runs["sync"], runs["none"], strict=True) if n]
             ratio = medians["sync"] / medians["none"] if medians["none"] else None
             workloads[workload] = {
-                "tps": {c: {"median": medians[c], "min": min(runs[c]), "max": max(runs[c]),
-                            "runs": runs[c]} for c in CONFIGS},
+                "tps": {
+                    c: {
+                        "median": medians[c],
+                        "min": min(runs[c]),
+                        "max": max(runs[c]),
+                        "runs": runs[c],
+                    }
+                    for c in CONFIGS
+                },
                 "ratio": ratio,
                 "ratio_median_of_rounds": statistics.median(per_round) if per_round else None,
                 "target_min": TARGETS[workload],
                 "met": ratio is not None and ratio >= TARGETS[workload],
             }
         return {
-            "database": where, "server": self.server, "users": self.args.users,
-            "clients": self.args.clients, "jobs": self.args.jobs, "seconds": self.args.seconds,
-            "warmup": self.args.warmup, "rounds": self.args.rounds,
-            "sync": self.settings.describe()["sync"], "workloads": workloads,
+            "database": where,
+            "server": self.server,
+            "users": self.args.users,
+            "clients": self.args.clients,
+            "jobs": self.args.jobs,
+            "seconds": self.args.seconds,
+            "warmup": self.args.warmup,
+            "rounds": self.args.rounds,
+            "sync": self.settings.describe()["sync"],
+            "workloads": workloads,
             "warnings": self.warnings,
         }
 
 
 def print_table(report: dict[str, Any]) -> None:
     server = report["server"]
-    print(f"PostgreSQL {server.get('server_version', '?')} ({report['database']}); "
-          f"jit={server.get('jit', '?')} (available: {server.get('jit_available', '?')}, "
-          f"jit_above_cost={server.get('jit_above_cost', '?')}), "
-          f"synchronous_commit={server.get('synchronous_commit', '?')}, "
-          f"fsync={server.get('fsync', '?')}, shared_buffers={server.get('shared_buffers', '?')}")
-    print(f"pgbench as supabase_auth_admin on {report['users']} users: {report['clients']} "
-          f"clients, {report['jobs']} threads, {report['seconds']:g} s per run "
-          f"(+{report['warmup']:g} s warm-up), {report['rounds']} interleaved rounds; "
-          f"median [min-max]; update policies {report['sync']}")
+    print(
+        f"PostgreSQL {server.get('server_version', '?')} ({report['database']}); "
+        f"jit={server.get('jit', '?')} (available: {server.get('jit_available', '?')}, "
+        f"jit_above_cost={server.get('jit_above_cost', '?')}), "
+        f"synchronous_commit={server.get('synchronous_commit', '?')}, "
+        f"fsync={server.get('fsync', '?')}, shared_buffers={server.get('shared_buffers', '?')}"
+    )
+    print(
+        f"pgbench as supabase_auth_admin on {report['users']} users: {report['clients']} "
+        f"clients, {report['jobs']} threads, {report['seconds']:g} s per run "
+        f"(+{report['warmup']:g} s warm-up), {report['rounds']} interleaved rounds; "
+        f"median [min-max]; update policies {report['sync']}"
+    )
     print()
-    header = f"{'workload':<10}{'none TPS':>24}{'sync TPS':>24}{'ratio':>8}{'per-round':>11}" \
-             f"{'target':>8}"
+    header = (
+        f"{'workload':<10}{'none TPS':>24}{'sync TPS':>24}{'ratio':>8}{'per-round':>11}"
+        f"{'target':>8}"
+    )
     print(header)
     print("-" * len(header))
     for name, w in report["workloads"].items():
-        cells = [f"{w['tps'][c]['median']:.0f} [{w['tps'][c]['min']:.0f}-{w['tps'][c]['max']:.0f}]"
-                 for c in CONFIGS]
-        print(f"{name:<10}{cells[0]:>24}{cells[1]:>24}{w['ratio']:>8.3f}"
-              f"{w['ratio_median_of_rounds']:>11.3f}{'≥ ' + format(w['target_min'], '.2f'):>8}"
-              f"  {'met' if w['met'] else 'NOT met'}")
+        cells = [
+            f"{w['tps'][c]['median']:.0f} [{w['tps'][c]['min']:.0f}-{w['tps'][c]['max']:.0f}]"
+            for c in CONFIGS
+        ]
+        print(
+            f"{name:<10}{cells[0]:>24}{cells[1]:>24}{w['ratio']:>8.3f}"
+            f"{w['ratio_median_of_rounds']:>11.3f}{'≥ ' + format(w['target_min'], '.2f'):>8}"
+            f"  {'met' if w['met'] else 'NOT met'}"
+        )
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")
 
@@ -286,9 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Login and social re-login TPS under pgbench, with profileguard's UPDATE "
         "triggers and without."
     )
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help=f"server to use (a scratch database {SCRATCH_DB} is created and "
-                        "dropped); default: $DATABASE_URL, else an embedded PostgreSQL")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help=f"server to use (a scratch database {SCRATCH_DB} is created and "
+        "dropped); default: $DATABASE_URL, else an embedded PostgreSQL",
+    )
     parser.add_argument("--users", type=int, default=20_000, help="users (all with a profile)")
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument("--jobs", type=int, default=2, help="pgbench threads")

@@ -91,8 +91,7 @@ class Load:
             while not self.stop.is_set():
                 uid = rng.choice(self.ids)
                 start = time.perf_counter()
-                conn.execute(
-                    "update auth.users set last_sign_in_at = now() where id = %s", (uid,))
+                conn.execute("update auth.users set last_sign_in_at = now() where id = %s", (uid,))
                 took = time.perf_counter() - start
                 with self.lock:
                     self.samples.append((start, took))
@@ -109,9 +108,11 @@ class Load:
                         conn.execute(
                             "insert into users (id, aud, role, email, raw_user_meta_data)"
                             " values (%s, 'authenticated', '', %s, %s)",
-                            (uid, f"{uid}@bench.example", json.dumps({"full_name": "Bench"})))
+                            (uid, f"{uid}@bench.example", json.dumps({"full_name": "Bench"})),
+                        )
                         conn.execute(
-                            "update users set role = 'authenticated' where id = %s", (uid,))
+                            "update users set role = 'authenticated' where id = %s", (uid,)
+                        )
                     self.signups += 1
                 except psycopg.Error as exc:  # a failed sign-up is a finding: count it
                     self.failed_signups += 1
@@ -119,8 +120,9 @@ class Load:
                 time.sleep(0.005)
 
     def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self._login, args=(n,), daemon=True)
-                        for n in range(self.logins)]
+        self.threads = [
+            threading.Thread(target=self._login, args=(n,), daemon=True) for n in range(self.logins)
+        ]
         self.threads.append(threading.Thread(target=self._signup, daemon=True))
         for thread in self.threads:
             thread.start()
@@ -135,8 +137,11 @@ class Load:
     def waits(self, start: float, end: float) -> list[float]:
         """Durations (ms) of the logins that were running at some moment in [start, end]."""
         with self.lock:
-            return [took * 1000 for began, took in self.samples
-                    if began <= end and began + took >= start]
+            return [
+                took * 1000
+                for began, took in self.samples
+                if began <= end and began + took >= start
+            ]
 
 
 def hold_lock(admin_url: str, user: uuid.UUID, seconds: float, held: threading.Event) -> None:
@@ -148,8 +153,9 @@ def hold_lock(admin_url: str, user: uuid.UUID, seconds: float, held: threading.E
         conn.commit()
 
 
-def measure(load: Load, admin_url: str, blocker: uuid.UUID, hold: float,
-            action: Callable[[], object] | None) -> tuple[list[float], float]:
+def measure(
+    load: Load, admin_url: str, blocker: uuid.UUID, hold: float, action: Callable[[], object] | None
+) -> tuple[list[float], float]:
     """Run `action` (or just wait) while a long transaction holds its lock; returns the login
     waits during it and how long it took."""
     held = threading.Event()
@@ -173,20 +179,26 @@ def summary(name: str, waits: list[float], took: float) -> str:
         return f"{name:<34} no logins measured"
     p99 = statistics.quantiles(waits, n=100)[98] if len(waits) >= 100 else max(waits)
     verdict = "ok" if max(waits) <= TARGET_MS else "OVER TARGET"
-    return (f"{name:<34} {took:6.2f} s  {len(waits):6d} logins  median "
-            f"{statistics.median(waits):6.1f} ms  p99 {p99:6.1f} ms  max {max(waits):7.1f} ms"
-            f"  [{verdict}]")
+    return (
+        f"{name:<34} {took:6.2f} s  {len(waits):6d} logins  median "
+        f"{statistics.median(waits):6.1f} ms  p99 {p99:6.1f} ms  max {max(waits):7.1f} ms"
+        f"  [{verdict}]"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dsn", "--database-url", dest="dsn",
-                        help="a server to create a scratch database on "
-                        "(default: an embedded PostgreSQL)")
+    parser.add_argument(
+        "--dsn",
+        "--database-url",
+        dest="dsn",
+        help="a server to create a scratch database on (default: an embedded PostgreSQL)",
+    )
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--logins", type=int, default=4, help="login connections")
-    parser.add_argument("--hold", type=float, default=3.0,
-                        help="seconds the long transaction stays open")
+    parser.add_argument(
+        "--hold", type=float, default=3.0, help="seconds the long transaction stays open"
+    )
     args = parser.parse_args()
 
     with database(args.dsn, "pg_bench_takeover_locks") as (url, where):
@@ -194,14 +206,21 @@ def main() -> None:
             version = admin.execute("show server_version").fetchone()
             jit = admin.execute(
                 "select current_setting('jit') || case when pg_jit_available() then ''"
-                " else ' (not available: built without LLVM)' end").fetchone()
+                " else ' (not available: built without LLVM)' end"
+            ).fetchone()
             dbname = admin.execute("select current_database()").fetchone()
             admin.execute(sqlfiles.read("supabase_auth.sql"))
-            admin.execute(sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
-                role=sql.Identifier(ROLE), role_name=sql.Literal(ROLE)))
+            admin.execute(
+                sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+                    role=sql.Identifier(ROLE), role_name=sql.Literal(ROLE)
+                )
+            )
             assert dbname is not None
-            admin.execute(sql.SQL("alter database {} owner to {}").format(
-                sql.Identifier(dbname[0]), sql.Identifier(ROLE)))
+            admin.execute(
+                sql.SQL("alter database {} owner to {}").format(
+                    sql.Identifier(dbname[0]), sql.Identifier(ROLE)
+                )
+            )
         role_url = make_conninfo(url, user=ROLE)
         with psycopg.connect(role_url, autocommit=True) as conn:
             conn.execute(LEGACY)
@@ -211,47 +230,65 @@ def main() -> None:
                 "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
                 " select gen_random_uuid(), 'authenticated', 'authenticated',"
                 " 'seed' || g || '@bench.example', '{}', now() from generate_series(1, %s) g",
-                (args.users,))
+                (args.users,),
+            )
             admin.execute("vacuum analyze auth.users")
             ids = [r[0] for r in admin.execute("select id from auth.users").fetchall()]
         blocker = ids.pop()
         settings = load_settings(env={}, database_url=role_url)
 
-        print(f"server: PostgreSQL {version[0] if version else '?'} ({where}), "
-              f"jit = {jit[0] if jit else '?'}; profileguard runs as {ROLE} (not superuser, "
-              "not owner of auth.users)")
-        print(f"lock_timeout per attempt {LOCK_TIMEOUT_MS} ms; a long transaction holds "
-              f"ROW EXCLUSIVE on auth.users for {args.hold:.1f} s during each command; "
-              f"{args.logins} login connections + 1 sign-up connection; target: longest login "
-              f"wait <= {TARGET_MS:.0f} ms")
+        print(
+            f"server: PostgreSQL {version[0] if version else '?'} ({where}), "
+            f"jit = {jit[0] if jit else '?'}; profileguard runs as {ROLE} (not superuser, "
+            "not owner of auth.users)"
+        )
+        print(
+            f"lock_timeout per attempt {LOCK_TIMEOUT_MS} ms; a long transaction holds "
+            f"ROW EXCLUSIVE on auth.users for {args.hold:.1f} s during each command; "
+            f"{args.logins} login connections + 1 sign-up connection; target: longest login "
+            f"wait <= {TARGET_MS:.0f} ms"
+        )
         with Load(url, ids, args.logins) as load:
             waits, took = measure(load, url, blocker, args.hold, None)
             print(summary("long transaction, no DDL", waits, took))
-            waits, took = measure(load, url, blocker, args.hold, lambda: install(
-                settings, replace_triggers=["on_auth_user_created"]))
+            waits, took = measure(
+                load,
+                url,
+                blocker,
+                args.hold,
+                lambda: install(settings, replace_triggers=["on_auth_user_created"]),
+            )
             print(summary("install --replace-trigger", waits, took))
             notes: list[str] = []
-            waits, took = measure(load, url, blocker, args.hold,
-                                  lambda: uninstall(settings, notes=notes))
+            waits, took = measure(
+                load, url, blocker, args.hold, lambda: uninstall(settings, notes=notes)
+            )
             print(summary("uninstall", waits, took))
             # Side by side: the same two commands with no lock_timeout (each waits as long as
             # the long transaction holds its lock, and every login queues behind it).
             locking.LOCK_TIMEOUT_MS = 0
-            waits, took = measure(load, url, blocker, args.hold, lambda: install(
-                settings, replace_triggers=["on_auth_user_created"]))
+            waits, took = measure(
+                load,
+                url,
+                blocker,
+                args.hold,
+                lambda: install(settings, replace_triggers=["on_auth_user_created"]),
+            )
             print(summary("install, no lock_timeout", waits, took))
-            waits, took = measure(load, url, blocker, args.hold,
-                                  lambda: uninstall(settings))
+            waits, took = measure(load, url, blocker, args.hold, lambda: uninstall(settings))
             print(summary("uninstall, no lock_timeout", waits, took))
-        print(f"sign-ups during the run: {load.signups}, failed: {load.failed_signups}; all of "
-              f"them with a profile: {_all_profiled(url)}")
+        print(
+            f"sign-ups during the run: {load.signups}, failed: {load.failed_signups}; all of "
+            f"them with a profile: {_all_profiled(url)}"
+        )
 
 
 def _all_profiled(url: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "select count(*) from auth.users u where u.email not like 'seed%%'"
-            " and not exists (select from public.profiles p where p.id = u.id)").fetchone()
+            " and not exists (select from public.profiles p where p.id = u.id)"
+        ).fetchone()
     return bool(row and row[0] == 0)
 
 

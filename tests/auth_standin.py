@@ -58,7 +58,9 @@ def _user_json(conn: psycopg.Connection, uid: str) -> dict[str, Any]:
         "   'email', i.email)) from auth.identities i where i.user_id = u.id), '[]'),"
         " 'created_at', u.created_at, 'updated_at', u.updated_at,"
         " 'is_anonymous', u.is_anonymous)"
-        " from auth.users u where u.id = %s", (uid,)).fetchone()
+        " from auth.users u where u.id = %s",
+        (uid,),
+    ).fetchone()
     assert row is not None
     return dict(row[0])
 
@@ -69,19 +71,24 @@ def create_user(standin: StandIn, body: Any) -> tuple[int, dict[str, Any]]:
         return _error(400, "bad_json", "Could not parse request body as JSON")
     email = str(body.get("email") or "").strip().lower()
     if not email:
-        return _error(400, "validation_failed",
-                      "Cannot create a user without either an email or phone")
+        return _error(
+            400, "validation_failed", "Cannot create a user without either an email or phone"
+        )
     password = body.get("password")
     if isinstance(password, str) and password and len(password) < standin.min_password_length:
-        return _error(422, "weak_password",
-                      f"Password should be at least {standin.min_password_length} characters.",
-                      weak_password={"reasons": ["length"]})
+        return _error(
+            422,
+            "weak_password",
+            f"Password should be at least {standin.min_password_length} characters.",
+            weak_password={"reasons": ["length"]},
+        )
     uid = str(body.get("id") or uuid.uuid4())
     secret = password if isinstance(password, str) and password else uuid.uuid4().hex
     hashed = bcrypt.hashpw(secret.encode(), bcrypt.gensalt(4, prefix=b"2a")).decode()
     with psycopg.connect(standin.database_url, autocommit=True) as conn:
-        if conn.execute("select 1 from auth.users where email = %s and not is_sso_user",
-                        (email,)).fetchone():
+        if conn.execute(
+            "select 1 from auth.users where email = %s and not is_sso_user", (email,)
+        ).fetchone():
             return _error(422, "email_exists", DUPLICATE_EMAIL_MSG)
         try:
             with conn.transaction():
@@ -94,21 +101,44 @@ def create_user(standin: StandIn, body: Any) -> tuple[int, dict[str, Any]]:
                     " email_change)"
                     " values ('00000000-0000-0000-0000-000000000000', %s, 'authenticated', '',"
                     " %s, %s, %s, %s, false, now(), now(), '', '', '', '')",
-                    (uid, email, hashed, Jsonb({"provider": "email", "providers": ["email"]}),
-                     Jsonb(body.get("user_metadata") or {})))
+                    (
+                        uid,
+                        email,
+                        hashed,
+                        Jsonb({"provider": "email", "providers": ["email"]}),
+                        Jsonb(body.get("user_metadata") or {}),
+                    ),
+                )
                 conn.execute(
                     "insert into identities (provider_id, user_id, identity_data, provider,"
                     " created_at, updated_at) values (%s, %s, %s, 'email', now(), now())",
-                    (uid, uid, Jsonb({"sub": uid, "email": email, "email_verified": False,
-                                      "phone_verified": False})))
-                conn.execute("update users set role = 'authenticated', updated_at = now()"
-                             " where id = %s", (uid,))
+                    (
+                        uid,
+                        uid,
+                        Jsonb(
+                            {
+                                "sub": uid,
+                                "email": email,
+                                "email_verified": False,
+                                "phone_verified": False,
+                            }
+                        ),
+                    ),
+                )
+                conn.execute(
+                    "update users set role = 'authenticated', updated_at = now() where id = %s",
+                    (uid,),
+                )
                 if isinstance(body.get("app_metadata"), dict):
-                    conn.execute("update users set raw_app_meta_data = raw_app_meta_data || %s"
-                                 " where id = %s", (Jsonb(body["app_metadata"]), uid))
+                    conn.execute(
+                        "update users set raw_app_meta_data = raw_app_meta_data || %s"
+                        " where id = %s",
+                        (Jsonb(body["app_metadata"]), uid),
+                    )
                 if body.get("email_confirm"):
-                    conn.execute("update users set email_confirmed_at = now() where id = %s",
-                                 (uid,))
+                    conn.execute(
+                        "update users set email_confirmed_at = now() where id = %s", (uid,)
+                    )
         except psycopg.Error:
             return _error(500, "unexpected_failure", "Database error creating new user")
         return 200, _user_json(conn, uid)
@@ -139,15 +169,19 @@ def auth_standin(database_url: str, **knobs: Any) -> Iterator[StandIn]:
                 body = json.loads(raw or b"null")
             except ValueError:
                 body = None
-            standin.requests.append({"path": self.path, "headers": dict(self.headers),
-                                     "body": body})
+            standin.requests.append(
+                {"path": self.path, "headers": dict(self.headers), "body": body}
+            )
             if self.path != "/auth/v1/admin/users":
                 self._send(*_error(404, "not_found", "Not found"))
                 return
-            if (self.headers.get("apikey") != KEY
-                    or self.headers.get("Authorization") != f"Bearer {KEY}"):
-                self._send(*_error(401, "no_authorization",
-                                   "This endpoint requires a valid Bearer token"))
+            if (
+                self.headers.get("apikey") != KEY
+                or self.headers.get("Authorization") != f"Bearer {KEY}"
+            ):
+                self._send(
+                    *_error(401, "no_authorization", "This endpoint requires a valid Bearer token")
+                )
                 return
             status, payload = create_user(standin, body)
             if standin.drop_next_response:

@@ -39,8 +39,16 @@ SUPABASE_POSTGRES = "profileguard_supabase_postgres"
 INSTALLERS = ("superuser", "supabase_postgres")
 # Modules whose tests run as each installer: the command-line suite.
 ROLE_MODULES = {
-    "test_cli", "test_install", "test_upgrade", "test_audit", "test_backfill",
-    "test_worker_process", "test_web", "test_monitor", "test_takeover", "test_sql_command",
+    "test_cli",
+    "test_install",
+    "test_upgrade",
+    "test_audit",
+    "test_backfill",
+    "test_worker_process",
+    "test_web",
+    "test_monitor",
+    "test_takeover",
+    "test_sql_command",
     "test_invariant",
 }
 # Serialises the cluster-wide role DDL of concurrent test sessions on one server.
@@ -198,7 +206,8 @@ def scratch_db(server_dsn: str, template_db: str, name: str, installer: str) -> 
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("create database {} template {}{}").format(
-                sql.Identifier(name), sql.Identifier(template_db),
+                sql.Identifier(name),
+                sql.Identifier(template_db),
                 sql.SQL(" owner {}").format(sql.Identifier(owner)) if owner else sql.SQL(""),
             )
         )

@@ -20,6 +20,7 @@ from profileguard.config import AlertSettings, Settings
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_monitor_no_bad_user"
 
+
 def with_alerts(settings: Settings, **changes: Any) -> Settings:
     """`settings` with these [alerts] values."""
     return replace(settings, alerts=replace(AlertSettings(), **changes))
@@ -105,7 +106,8 @@ class Receiver:
     def of(self, rule: str, status: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                m for m in self.messages
+                m
+                for m in self.messages
                 if m["profileguard"]["rule"] == rule
                 and (status is None or m["profileguard"]["status"] == status)
             ]

@@ -45,7 +45,8 @@ class Bouncer:
 
 def _binary() -> str:
     found = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+    )
     assert found, BINARY_HINT
     return found
 
@@ -98,11 +99,13 @@ def pgbouncer(db: TestDB, *, pool_size: int = 4) -> Iterator[Bouncer]:
     if run_as is not None:
         command = ["runuser", "-u", run_as, "--", *command]
     # Its log goes to the logfile; nothing is piped (a full pipe would stall it).
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
     log = workdir / "pgbouncer.log"
-    url = make_conninfo("", host="127.0.0.1", port=str(port), user=user,
-                        dbname=str(target["dbname"]))
+    url = make_conninfo(
+        "", host="127.0.0.1", port=str(port), user=user, dbname=str(target["dbname"])
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -111,7 +114,8 @@ def pgbouncer(db: TestDB, *, pool_size: int = 4) -> Iterator[Bouncer]:
                 break
             except psycopg.OperationalError:
                 assert proc.poll() is None, "pgbouncer exited: " + (
-                    log.read_text(errors="replace") if log.exists() else "no log")
+                    log.read_text(errors="replace") if log.exists() else "no log"
+                )
                 assert time.monotonic() < deadline, "pgbouncer did not start"
                 time.sleep(0.1)
         yield Bouncer(url, port, log)

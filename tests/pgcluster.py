@@ -45,11 +45,17 @@ def server_tempdir(prefix: str, user: str = "postgres") -> Path:
 
 def run(command: Sequence[str], timeout: float = 120, user: str = "postgres") -> None:
     """Run a server command as `user`; a failure raises with its output."""
-    done = subprocess.run(as_server_user(command, user), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        as_server_user(command, user),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n"
-                           f"{done.stdout}{done.stderr}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
 
 
 def conf_value(value: str | int) -> str:
@@ -70,8 +76,20 @@ def private_cluster(settings: Mapping[str, str | int]) -> Iterator[str]:
     data = root / "data"
     port = free_port()
     try:
-        run([str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--locale=C", "--no-sync"])
+        run(
+            [
+                str(initdb),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         conf = {
             "port": port,
             "listen_addresses": "127.0.0.1",
@@ -83,8 +101,19 @@ def private_cluster(settings: Mapping[str, str | int]) -> Iterator[str]:
             f.writelines(f"{key} = {conf_value(value)}\n" for key, value in conf.items())
         log = root / "server.log"
         try:
-            run([str(PG15_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                 "start"])
+            run(
+                [
+                    str(PG15_BIN / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            )
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n{log.read_text() if log.exists() else ''}") from e
         try:

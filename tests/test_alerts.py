@@ -61,8 +61,10 @@ def _rate_off(db: TestDB) -> None:
 
 def _quarantine_on(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
-                     " quarantined_at) values ('q-1', 5, '23514', now())")
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
+            " quarantined_at) values ('q-1', 5, '23514', now())"
+        )
 
 
 def _quarantine_off(db: TestDB) -> None:
@@ -72,9 +74,11 @@ def _quarantine_off(db: TestDB) -> None:
 
 def _worker_on(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("insert into profileguard.workers (worker_id, hostname, pid, heartbeat_at,"
-                     " stats) values ('w-1', 'host', 1, now() - interval '1 hour',"
-                     " '{\"state\": \"running\"}')")
+        conn.execute(
+            "insert into profileguard.workers (worker_id, hostname, pid, heartbeat_at,"
+            " stats) values ('w-1', 'host', 1, now() - interval '1 hour',"
+            ' \'{"state": "running"}\')'
+        )
 
 
 def _worker_off(db: TestDB) -> None:
@@ -84,37 +88,53 @@ def _worker_off(db: TestDB) -> None:
 
 def _backfill_on(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned,"
-                     " updated_at) values ('running', 100, 10, now() - interval '2 hours')")
+        conn.execute(
+            "insert into profileguard.backfill_runs (state, total_estimate, scanned,"
+            " updated_at) values ('running', 100, 10, now() - interval '2 hours')"
+        )
 
 
 def _backfill_off(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("update profileguard.backfill_runs set state = 'completed',"
-                     " finished_at = now(), updated_at = now()")
+        conn.execute(
+            "update profileguard.backfill_runs set state = 'completed',"
+            " finished_at = now(), updated_at = now()"
+        )
 
 
 SCENARIOS = {
     "missing_profiles": Scenario(
         lambda db, url: with_alerts(db.settings, webhook_url=url, missing_grace_seconds=0),
-        _missing_on, _missing_off,
+        _missing_on,
+        _missing_off,
     ),
     "success_rate": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url, success_rate_min_pct=90,
-                                    success_rate_min_signups=3, success_rate_window_seconds=600,
-                                    missing_grace_seconds=3600, repair_slo_seconds=3600),
-        _rate_on, _rate_off,
+        lambda db, url: with_alerts(
+            db.settings,
+            webhook_url=url,
+            success_rate_min_pct=90,
+            success_rate_min_signups=3,
+            success_rate_window_seconds=600,
+            missing_grace_seconds=3600,
+            repair_slo_seconds=3600,
+        ),
+        _rate_on,
+        _rate_off,
     ),
     "quarantine": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url), _quarantine_on,
+        lambda db, url: with_alerts(db.settings, webhook_url=url),
+        _quarantine_on,
         _quarantine_off,
     ),
     "no_live_worker": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url), _worker_on, _worker_off,
+        lambda db, url: with_alerts(db.settings, webhook_url=url),
+        _worker_on,
+        _worker_off,
     ),
     "backfill_stalled": Scenario(
         lambda db, url: with_alerts(db.settings, webhook_url=url, backfill_stall_seconds=60),
-        _backfill_on, _backfill_off,
+        _backfill_on,
+        _backfill_off,
     ),
 }
 
@@ -139,7 +159,9 @@ def test_rule_fires_once_and_resolves_once(installed: TestDB, rule: str) -> None
         assert len(messages) == 1
         assert messages[0]["text"].startswith(":rotating_light: profileguard FIRING")
         assert messages[0]["attachments"][0]["fields"][0] == {
-            "title": "rule", "value": rule, "short": True,
+            "title": "rule",
+            "value": rule,
+            "short": True,
         }
 
         scenario.clear(installed)
@@ -153,7 +175,8 @@ def test_rule_fires_once_and_resolves_once(installed: TestDB, rule: str) -> None
         assert {m["profileguard"]["rule"] for m in hook.messages} == {rule}
     state = installed.scalar(
         "select jsonb_build_object('state', state, 'fire_count', fire_count, 'pending',"
-        " pending_delivery) from profileguard.alert_state where rule = %s", (rule,)
+        " pending_delivery) from profileguard.alert_state where rule = %s",
+        (rule,),
     )
     assert state == {"state": "ok", "fire_count": 1, "pending": None}
 
@@ -192,8 +215,12 @@ def test_several_evaluators_send_each_message_once(installed: TestDB) -> None:
 
 def test_webhook_down_breaks_nothing_and_is_retried_later(installed: TestDB) -> None:
     port = free_port()  # nothing listens here
-    settings = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
-                           webhook_attempts=2, webhook_timeout_seconds=2)
+    settings = with_alerts(
+        installed.settings,
+        webhook_url=f"http://127.0.0.1:{port}/hook",
+        webhook_attempts=2,
+        webhook_timeout_seconds=2,
+    )
     _quarantine_on(installed)
     result = observe.AlertManager(settings, retry_base_seconds=0.01).evaluate()
     assert result.fired == ["quarantine"]
@@ -218,22 +245,28 @@ def test_webhook_down_breaks_nothing_and_is_retried_later(installed: TestDB) -> 
 
 def test_resolved_before_delivery_sends_nothing(installed: TestDB) -> None:
     port = free_port()
-    down = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
-                       webhook_attempts=1)
+    down = with_alerts(
+        installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook", webhook_attempts=1
+    )
     _quarantine_on(installed)
     observe.AlertManager(down).evaluate()
     _quarantine_off(installed)
     with receiver() as hook:
-        result = observe.AlertManager(with_alerts(installed.settings,
-                                                  webhook_url=hook.url)).evaluate()
+        result = observe.AlertManager(
+            with_alerts(installed.settings, webhook_url=hook.url)
+        ).evaluate()
         assert result.resolved == ["quarantine"]
         assert hook.messages == []  # no "resolved" for a "firing" nobody heard
 
 
 def test_monitor_loop_survives_a_dead_webhook(installed: TestDB) -> None:
     port = free_port()
-    settings = with_alerts(installed.settings, webhook_url=f"http://127.0.0.1:{port}/hook",
-                           webhook_attempts=1, evaluate_interval_seconds=0.05)
+    settings = with_alerts(
+        installed.settings,
+        webhook_url=f"http://127.0.0.1:{port}/hook",
+        webhook_attempts=1,
+        evaluate_interval_seconds=0.05,
+    )
     _quarantine_on(installed)
     loop = observe.MonitorLoop(settings).start()
     try:
@@ -248,8 +281,9 @@ def test_monitor_loop_survives_a_dead_webhook(installed: TestDB) -> None:
     )
 
 
-def test_log_sink_records_both_transitions(installed: TestDB,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_log_sink_records_both_transitions(
+    installed: TestDB, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = with_alerts(installed.settings)
     _quarantine_on(installed)
     with caplog.at_level("INFO", logger="profileguard.alerts"):
@@ -269,8 +303,11 @@ def test_receiver_helper_is_real(installed: TestDB) -> None:
 
     with receiver() as hook:
         assert isinstance(hook, Receiver)
-        req = urllib.request.Request(hook.url, data=json.dumps(
-            {"profileguard": {"rule": "x", "status": "firing"}}).encode(), method="POST")
+        req = urllib.request.Request(
+            hook.url,
+            data=json.dumps({"profileguard": {"rule": "x", "status": "firing"}}).encode(),
+            method="POST",
+        )
         with urllib.request.urlopen(req, timeout=5) as response:
             assert response.status == 200
         assert len(hook.of("x")) == 1

@@ -82,7 +82,8 @@ def fix_and_check_cleared(db: TestDB, finding: Finding, **match: object) -> Audi
     apply_fix(db, finding)
     after = audit(db)
     still = [
-        f for f in findings(after, finding.code)
+        f
+        for f in findings(after, finding.code)
         if all(f.evidence.get(k) == v for k, v in match.items())
     ]
     assert still == [], [f.as_dict() for f in still]
@@ -145,10 +146,11 @@ def test_documented_trigger_is_a_competing_path_and_replace_trigger_takes_over(
     assert one(after, "replaced_trigger").evidence["trigger"] == "on_auth_user_created"
     # The installer owns handle_new_user: its body became a no-op; the trigger is untouched.
     assert "insert into" not in db.scalar(
-        "select prosrc from pg_proc where proname = 'handle_new_user'")
-    assert db.scalar(
-        "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'"
-    ) == "O"
+        "select prosrc from pg_proc where proname = 'handle_new_user'"
+    )
+    assert (
+        db.scalar("select tgenabled from pg_trigger where tgname = 'on_auth_user_created'") == "O"
+    )
     uid = db.signup({"full_name": "Only One"}, email="one@example.com")
     assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Only One"
     assert db.scalar("select count(*) from profileguard.failures") == 0
@@ -166,9 +168,9 @@ def test_documented_trigger_is_a_competing_path_and_replace_trigger_takes_over(
     result = cli(db, "uninstall", "--yes")
     assert result.returncode == 0, result.stderr
     assert "restored the body of public.handle_new_user()" in result.stdout
-    assert db.scalar(
-        "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'"
-    ) == "O"
+    assert (
+        db.scalar("select tgenabled from pg_trigger where tgname = 'on_auth_user_created'") == "O"
+    )
     assert db.scalar("select prosrc from pg_proc where proname = 'handle_new_user'") == original
     uid = db.signup({"full_name": "Back Again"}, email="back@example.com")
     assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Back Again"
@@ -209,7 +211,9 @@ def test_trigger_that_aborts_signups_is_an_error_and_taking_over_fixes_signups(
             conn.execute("set search_path = auth")
             conn.execute(
                 "insert into users (id, aud, role, email, raw_user_meta_data)"
-                " values (%s, 'authenticated', '', %s, '{}')", (uid, f"{uid}@example.com"))
+                " values (%s, 'authenticated', '', %s, '{}')",
+                (uid, f"{uid}@example.com"),
+            )
         return uid
 
     with pytest.raises(psycopg.errors.UndefinedTable):
@@ -221,8 +225,10 @@ def test_trigger_that_aborts_signups_is_an_error_and_taking_over_fixes_signups(
 
 def test_missing_and_orphan_profiles(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("create table public.profiles (id uuid primary key, full_name text,"
-                     " username text, avatar_url text)")
+        conn.execute(
+            "create table public.profiles (id uuid primary key, full_name text,"
+            " username text, avatar_url text)"
+        )
     db.bulk_signup(7)
     orphan = uuid.uuid4()
     execute(db, "insert into public.profiles (id) values (%s)", (orphan,))
@@ -238,8 +244,13 @@ def test_missing_and_orphan_profiles(db: TestDB) -> None:
     assert (orphans.evidence["count"], orphans.evidence["sample"]) == (1, [str(orphan)])
 
     fix_and_check_cleared(db, missing)
-    assert db.scalar("select count(*) from auth.users u where not exists"
-                     " (select from public.profiles p where p.id = u.id)") == 0
+    assert (
+        db.scalar(
+            "select count(*) from auth.users u where not exists"
+            " (select from public.profiles p where p.id = u.id)"
+        )
+        == 0
+    )
     assert db.scalar("select count(*) from profileguard.events where kind = 'repair'") == 7
     after = fix_and_check_cleared(db, orphans)
     assert not after.has_errors
@@ -264,7 +275,10 @@ def test_columns_constraints_and_foreign_keys_at_risk(db: TestDB) -> None:
     risky = one(report, "derived_value_at_risk")
     assert risky.evidence["column"] == "full_name"
     assert risky.evidence["users_without_profile_now_failing"] == {
-        "too_long": 1, "too_short": 1, "duplicate": 0}
+        "too_long": 1,
+        "too_short": 1,
+        "duplicate": 0,
+    }
     # username is guarded by profileguard (suffixed, fitted): not at risk.
     assert all(f.evidence.get("column") != "username" for f in report.findings)
     fk = one(report, "fk_blocks_user_deletion")
@@ -273,13 +287,15 @@ def test_columns_constraints_and_foreign_keys_at_risk(db: TestDB) -> None:
     for finding in (unfilled, risky, fk):
         fix_and_check_cleared(db, finding)
     report = audit(db)
-    assert {"not_null_unfilled", "derived_value_at_risk", "fk_blocks_user_deletion"} \
-        .isdisjoint(report.codes())
+    assert {"not_null_unfilled", "derived_value_at_risk", "fk_blocks_user_deletion"}.isdisjoint(
+        report.codes()
+    )
     # With the fixes in place, every user gets a profile and users can be deleted.
     install(db.settings)
     with db.connect() as conn:
         conn.execute(
-            "select profileguard.create_profiles(array(select id from auth.users), 'test')")
+            "select profileguard.create_profiles(array(select id from auth.users), 'test')"
+        )
     assert db.scalar("select count(*) from public.profiles") == 6
     execute(db, "delete from auth.users where email = 'long@example.com'")
     assert db.scalar("select count(*) from public.profiles") == 5
@@ -290,7 +306,8 @@ def test_security_findings_and_their_fixes(installed: TestDB) -> None:
         conn.execute(
             "create function public.make_admin(p_id uuid) returns void language sql"
             " security definer as $$ update auth.users set is_super_admin = true"
-            " where id = p_id $$")
+            " where id = p_id $$"
+        )
         conn.execute("create table public.notes (id int, body text)")
         conn.execute("grant select, insert on public.notes to anon, authenticated")
         conn.execute("create view public.user_emails as select id, email from auth.users")
@@ -324,8 +341,11 @@ def test_security_findings_and_their_fixes(installed: TestDB) -> None:
 def test_profileguard_state_findings(installed: TestDB) -> None:
     assert one(audit(installed), "no_worker").fix == "profileguard worker"
 
-    execute(installed, "insert into profileguard.workers (worker_id, hostname, pid, heartbeat_at)"
-        " values ('w1', 'host', 1, now() - interval '1 hour')")
+    execute(
+        installed,
+        "insert into profileguard.workers (worker_id, hostname, pid, heartbeat_at)"
+        " values ('w1', 'host', 1, now() - interval '1 hour')",
+    )
     down = one(audit(installed), "worker_down")
     assert down.severity == "warning" and down.evidence["workers"] == 1
     execute(installed, "update profileguard.workers set heartbeat_at = now()")
@@ -391,17 +411,22 @@ def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clear
     version = int(db.scalar("select current_setting('server_version_num')"))
     with db.connect() as conn:
         # The old way on Supabase: default privileges grant ALL on new public tables.
-        conn.execute("alter default privileges in schema public"
-                     " grant all on tables to anon, authenticated, service_role")
+        conn.execute(
+            "alter default privileges in schema public"
+            " grant all on tables to anon, authenticated, service_role"
+        )
         conn.execute(SUPABASE_PROFILES)
     with db.connect_admin() as conn:  # a client (anon) plants a trigger of its own
         conn.execute(
             "create function public.planted() returns trigger language plpgsql"
-            " as $$ begin return new; end $$")
+            " as $$ begin return new; end $$"
+        )
         conn.execute("alter function public.planted() owner to anon")
         conn.execute("set role anon")  # TRIGGER came with the default privileges
-        conn.execute("create trigger planted before insert on public.profiles"
-                     " for each row execute function public.planted()")
+        conn.execute(
+            "create trigger planted before insert on public.profiles"
+            " for each row execute function public.planted()"
+        )
         conn.execute("reset role")
     install(db.settings)
     report = audit(db)
@@ -414,8 +439,8 @@ def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clear
         assert finding.severity == "error"
         assert finding.evidence["privileges"] == expected, role
     assert grants["anon"].fix == (
-        f"revoke {', '.join(p.lower() for p in expected)} on table \"public\".\"profiles\""
-        " from \"anon\";")
+        f'revoke {", ".join(p.lower() for p in expected)} on table "public"."profiles" from "anon";'
+    )
     planted = one(report, "profile_table_foreign_trigger")
     assert planted.severity == "error"
     assert planted.evidence["function_owner"] == "anon"
@@ -434,8 +459,12 @@ def test_profile_table_made_with_default_privileges_is_flagged_and_the_fix_clear
     assert findings(after, "profile_table_grants") == []
     for role in ("anon", "authenticated"):
         for privilege in ("TRUNCATE", "TRIGGER", "REFERENCES", "INSERT", "DELETE"):
-            assert db.scalar("select has_table_privilege(%s, 'public.profiles', %s)",
-                             (role, privilege)) is False, (role, privilege)
+            assert (
+                db.scalar(
+                    "select has_table_privilege(%s, 'public.profiles', %s)", (role, privilege)
+                )
+                is False
+            ), (role, privilege)
         with db.connect() as conn:
             conn.execute(f"set role {role}")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -127,19 +127,26 @@ def test_backfill_creates_each_missing_profile_once(installed: TestDB) -> None:
     assert (report.scanned, report.created, report.already_present) == (12_300, 12_000, 300)
     assert (report.failed, report.quarantined) == (0, 0)
     assert profile_counts(installed) == {"users": 12_300, "profiles": 12_300, "not_exactly_one": 0}
-    assert installed.scalar(
-        "select full_name from public.profiles p join auth.users u using (id)"
-        " where u.email = 'bulk7@example.com'"
-    ) == "User 7"
+    assert (
+        installed.scalar(
+            "select full_name from public.profiles p join auth.users u using (id)"
+            " where u.email = 'bulk7@example.com'"
+        )
+        == "User 7"
+    )
     # Batches adapt within bounds; progress is reported after every batch and only grows.
     assert report.batches == len(seen) > 3
     assert [p.scanned for p in seen] == sorted(p.scanned for p in seen)
     assert all(100 <= p.batch_size <= 4000 for p in seen)
     # Audit: one 'backfill' event per batch that created something, none per user.
     assert backfill_event_total(installed) == 12_000
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'backfill' and user_id is not null"
-    ) == 0
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events"
+            " where kind = 'backfill' and user_id is not null"
+        )
+        == 0
+    )
     row = run_row(installed, report.run_id)
     assert row["state"] == "completed" and row["finished_at"] is not None
     assert (row["scanned"], row["created"], row["batches"]) == (12_300, 12_000, report.batches)
@@ -184,7 +191,10 @@ def test_rejected_rows_are_quarantined_and_the_rest_created(
 
     assert report.state == "completed"
     assert (report.scanned, report.created, report.failed, report.quarantined) == (
-        20_000, 19_800, 200, 200
+        20_000,
+        19_800,
+        200,
+        200,
     )
     assert users_without_profiles(installed) == bad
     with installed.connect() as conn:
@@ -201,18 +211,23 @@ def test_rejected_rows_are_quarantined_and_the_rest_created(
     assert {(e[1], e[2]) for e in events} == {("23514", "backfill")}
     # Failing batches handed their users to the repair engine: one 'repair' event per user
     # it created, beside the batches' 'backfill' events.
-    assert backfill_event_total(installed) + installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair' and source = 'backfill'"
-    ) == 19_800
+    assert (
+        backfill_event_total(installed)
+        + installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'backfill'"
+        )
+        == 19_800
+    )
     row = run_row(installed, report.run_id)
     assert (row["failed"], row["quarantined"], row["created"]) == (200, 200, 19_800)
 
     # A second run retries them (the constraint still rejects) without a second quarantine.
     again = run_backfill(installed.settings)
     assert (again.created, again.failed, again.quarantined) == (0, 200, 0)
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'quarantine'"
-    ) == 200
+    assert (
+        installed.scalar("select count(*) from profileguard.events where kind = 'quarantine'")
+        == 200
+    )
 
 
 def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: TestDB) -> None:
@@ -220,13 +235,17 @@ def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: Test
     without_trigger(installed, users)
     proc = subprocess.Popen(
         cli(installed, "--batch-size", "500", "--max-rows-per-second", "4000", "--json"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
     )
     try:
         assert wait_for(
-            lambda: bool(installed.scalar(
-                "select coalesce(max(scanned), 0) >= 2000 from profileguard.backfill_runs"
-            )),
+            lambda: bool(
+                installed.scalar(
+                    "select coalesce(max(scanned), 0) >= 2000 from profileguard.backfill_runs"
+                )
+            ),
             timeout=60,
         )
         proc.send_signal(signal.SIGKILL)
@@ -278,8 +297,8 @@ def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) 
         thread.start()
     try:
         report = run_backfill(
-            installed.settings, Options(batch_size=500, max_batch_size=2000,
-                                        max_rows_per_second=10_000, workers=2)
+            installed.settings,
+            Options(batch_size=500, max_batch_size=2000, max_rows_per_second=10_000, workers=2),
         )
     finally:
         done.set()
@@ -290,11 +309,14 @@ def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) 
     counts = profile_counts(installed)
     assert counts["users"] == 20_000 + signed[0]
     assert counts == {"users": counts["users"], "profiles": counts["users"], "not_exactly_one": 0}
-    assert installed.scalar(
-        "select count(*) from (select username from public.profiles where username is not null"
-        " group by username"
-        " having count(*) > 1) d"
-    ) == 0
+    assert (
+        installed.scalar(
+            "select count(*) from (select username from public.profiles where username is not null"
+            " group by username"
+            " having count(*) > 1) d"
+        )
+        == 0
+    )
     assert installed.scalar("select count(*) from profileguard.failures") == 0
 
 
@@ -302,14 +324,19 @@ def test_second_backfill_is_refused_while_one_runs(installed: TestDB) -> None:
     without_trigger(installed, 20_000)
     proc = subprocess.Popen(
         cli(installed, "--batch-size", "200", "--max-rows-per-second", "1000"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert wait_for(
-            lambda: bool(installed.scalar(
-                "select exists (select from profileguard.backfill_runs"
-                " where state = 'running' and batches > 0)"
-            )),
+            lambda: bool(
+                installed.scalar(
+                    "select exists (select from profileguard.backfill_runs"
+                    " where state = 'running' and batches > 0)"
+                )
+            ),
             timeout=60,
         )
         first = run_row(installed)
@@ -347,22 +374,34 @@ def test_resume_needs_an_unfinished_run(installed: TestDB) -> None:
 
 def test_backfill_objects_are_not_reachable_by_clients(installed: TestDB) -> None:
     for role in ("anon", "authenticated"):
-        assert installed.scalar(
-            "select has_function_privilege(%s,"
-            " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)', 'execute')",
-            (role,),
-        ) is False
-        assert installed.scalar(
-            "select has_table_privilege(%s, 'profileguard.backfill_runs', 'select')", (role,)
-        ) is False
-    assert installed.scalar(
-        "select relrowsecurity from pg_class where oid = 'profileguard.backfill_runs'::regclass"
-    ) is True
-    assert installed.scalar(
-        "select prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp']"
-        " from pg_proc where oid ="
-        " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)'::regprocedure"
-    ) is True
+        assert (
+            installed.scalar(
+                "select has_function_privilege(%s,"
+                " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)', 'execute')",
+                (role,),
+            )
+            is False
+        )
+        assert (
+            installed.scalar(
+                "select has_table_privilege(%s, 'profileguard.backfill_runs', 'select')", (role,)
+            )
+            is False
+        )
+    assert (
+        installed.scalar(
+            "select relrowsecurity from pg_class where oid = 'profileguard.backfill_runs'::regclass"
+        )
+        is True
+    )
+    assert (
+        installed.scalar(
+            "select prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp']"
+            " from pg_proc where oid ="
+            " 'profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)'::regprocedure"
+        )
+        is True
+    )
 
 
 def test_lock_timeout_makes_a_batch_give_way_and_retry_smaller(
@@ -385,9 +424,7 @@ def test_lock_timeout_makes_a_batch_give_way_and_retry_smaller(
     thread = threading.Thread(target=release)
     thread.start()
     try:
-        report = run_backfill(
-            installed.settings, Options(batch_size=1000, lock_timeout=0.1)
-        )
+        report = run_backfill(installed.settings, Options(batch_size=1000, lock_timeout=0.1))
     finally:
         thread.join(timeout=60)
         holder.close()
@@ -409,8 +446,10 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
     without_trigger(installed, 20_000)
     with installed.connect() as conn:
         # Free space on the first pages only, so moved and new rows land behind the sweep.
-        conn.execute("delete from auth.users where ctid < '(60,0)'::tid"
-                     " and (ctid::text::point)[1]::int % 2 = 0")
+        conn.execute(
+            "delete from auth.users where ctid < '(60,0)'::tid"
+            " and (ctid::text::point)[1]::int % 2 = 0"
+        )
         conn.execute("vacuum auth.users")
     set_enabled(installed.settings, True)
     done = threading.Event()
@@ -456,8 +495,8 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
     thread.start()
     try:
         report = run_backfill(
-            installed.settings, Options(batch_size=500, max_batch_size=1000,
-                                        max_rows_per_second=5000)
+            installed.settings,
+            Options(batch_size=500, max_batch_size=1000, max_rows_per_second=5000),
         )
     finally:
         done.set()
@@ -469,10 +508,13 @@ def test_rows_moved_or_inserted_during_a_page_sweep_all_get_one_profile(
     assert counts == {"users": counts["users"], "profiles": counts["users"], "not_exactly_one": 0}
     # The moved users were missed by the sweep (their new versions sit on pages it had done and
     # their old ones were dead when it got there): the catch-up created their profiles.
-    assert installed.scalar(
-        "select coalesce(sum((detail->>'created')::bigint), 0) from profileguard.events"
-        " where kind = 'backfill' and (detail->>'catchup')::boolean"
-    ) >= behind[0]
+    assert (
+        installed.scalar(
+            "select coalesce(sum((detail->>'created')::bigint), 0) from profileguard.events"
+            " where kind = 'backfill' and (detail->>'catchup')::boolean"
+        )
+        >= behind[0]
+    )
     assert run_row(installed, report.run_id)["phase"] == "catchup"
 
 

@@ -21,8 +21,9 @@ def without_profiles(db: TestDB, users: int) -> None:
 
 
 def quarantined(db: TestDB) -> int:
-    return int(db.scalar(
-        "select count(*) from profileguard.repair_state where quarantined_at is not null"))
+    return int(
+        db.scalar("select count(*) from profileguard.repair_state where quarantined_at is not null")
+    )
 
 
 def test_not_null_column_without_default_stops_the_run_then_resume_completes(
@@ -43,8 +44,9 @@ def test_not_null_column_without_default_stops_the_run_then_resume_completes(
 
     assert result.returncode == ExitCode.BACKFILL_STOPPED, result.stderr
     message = " ".join(result.stderr.split())
-    assert "every user fails: 23502 not-null violation on column public.profiles.nickname" \
-        in message
+    assert (
+        "every user fails: 23502 not-null violation on column public.profiles.nickname" in message
+    )
     assert "drop the column's NOT NULL" in message
     assert "profileguard backfill --resume" in message
     report = json.loads(result.stdout)
@@ -56,10 +58,12 @@ def test_not_null_column_without_default_stops_the_run_then_resume_completes(
     # the first), and charged nobody: a fault that fails everyone is not the users' data.
     assert (stopped["batches"], stopped["scanned"], stopped["cursor"]) == (0, 0, None)
     assert quarantined(installed) == 0
-    assert installed.scalar(
-        "select count(*) from profileguard.repair_state where attempts > 0") == 0
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'quarantine'") == 0
+    assert (
+        installed.scalar("select count(*) from profileguard.repair_state where attempts > 0") == 0
+    )
+    assert (
+        installed.scalar("select count(*) from profileguard.events where kind = 'quarantine'") == 0
+    )
 
     with installed.connect() as conn:
         conn.execute("alter table public.profiles alter column nickname drop not null")
@@ -68,7 +72,10 @@ def test_not_null_column_without_default_stops_the_run_then_resume_completes(
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads(resumed.stdout)
     assert (final["run_id"], final["state"], final["resumed"]) == (
-        report["run_id"], "completed", True)
+        report["run_id"],
+        "completed",
+        True,
+    )
     assert (final["created"], final["failed"], final["quarantined"]) == (users, 0, 0)
     assert profile_counts(installed) == {"users": users, "profiles": users, "not_exactly_one": 0}
     assert quarantined(installed) == 0
@@ -82,14 +89,28 @@ def test_uninstall_and_install_during_a_run_stop_it_without_quarantine(
     users = 20_000
     without_profiles(installed, users)
     proc = subprocess.Popen(
-        cli(installed, "--batch-size", "200", "--max-batch-size", "200",
-            "--max-rows-per-second", "2000", "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        cli(
+            installed,
+            "--batch-size",
+            "200",
+            "--max-batch-size",
+            "200",
+            "--max-rows-per-second",
+            "2000",
+            "--json",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert wait_for(
-            lambda: bool(installed.scalar(
-                "select coalesce(max(batches), 0) >= 2 from profileguard.backfill_runs")),
+            lambda: bool(
+                installed.scalar(
+                    "select coalesce(max(batches), 0) >= 2 from profileguard.backfill_runs"
+                )
+            ),
             timeout=60,
         )
         uninstall(installed.settings)
@@ -106,8 +127,9 @@ def test_uninstall_and_install_during_a_run_stop_it_without_quarantine(
     assert "profileguard backfill --resume" in message
     assert any(state in message for state in ("3F000", "42883", "42P01")), message
     assert quarantined(installed) == 0
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'quarantine'") == 0
+    assert (
+        installed.scalar("select count(*) from profileguard.events where kind = 'quarantine'") == 0
+    )
     assert 0 < installed.scalar("select count(*) from public.profiles") < users
 
     # The reinstalled schema has no run to resume: a new run creates the rest.
@@ -122,11 +144,13 @@ def test_one_users_own_data_rejected_exits_12_with_only_that_user_quarantined(
     users = 3000
     without_profiles(installed, users)
     bad = installed.scalar(
-        "select id::text from auth.users where raw_user_meta_data->>'full_name' = 'User 1234'")
+        "select id::text from auth.users where raw_user_meta_data->>'full_name' = 'User 1234'"
+    )
     with installed.connect() as conn:
         conn.execute(
             "alter table public.profiles add constraint pg_test_no_1234"
-            " check (full_name is distinct from 'User 1234') not valid")
+            " check (full_name is distinct from 'User 1234') not valid"
+        )
 
     result = run_cli(installed, "--json", "--batch-size", "500")
 
@@ -142,5 +166,6 @@ def test_one_users_own_data_rejected_exits_12_with_only_that_user_quarantined(
     with installed.connect() as conn:
         states = conn.execute(
             "select user_id, last_sqlstate, quarantined_at is not null, waiting_on"
-            " from profileguard.repair_state").fetchall()
+            " from profileguard.repair_state"
+        ).fetchall()
     assert states == [(bad, "23514", True, None)]

@@ -11,15 +11,23 @@ import uuid
 from conftest import TestDB
 
 
-def cli(db: TestDB | None, *args: str, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+def cli(
+    db: TestDB | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
     base.update(env or {})
     prefix = ["--database-url", db.url] if db is not None else []
     return subprocess.run(
         [sys.executable, "-m", "profileguard", *prefix, *args],
-        capture_output=True, text=True, env=base, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -90,9 +98,12 @@ def test_ensure_command(installed: TestDB) -> None:
     assert data["profile"]["full_name"] == "Needs Repair"
     again = json.loads(cli(installed, "ensure", str(uid), "--json").stdout)
     assert again["created"] is False
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair' and source = 'cli'"
-    ) == 1
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'cli'"
+        )
+        == 1
+    )
 
 
 def test_ensure_errors_have_exit_codes_and_hints(installed: TestDB) -> None:
@@ -118,9 +129,18 @@ def test_bad_config_names_the_key(db: TestDB, tmp_path: object) -> None:
 
 def test_unreachable_database_exit_code() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "profileguard", "--database-url",
-         "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "install"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+            "install",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 4
     assert "cannot reach the database" in result.stderr
@@ -144,11 +164,11 @@ def test_usage_errors_exit_2(installed: TestDB) -> None:
     assert "names no database" in empty_url.stderr
 
 
-def test_backfill_refuses_a_profile_table_other_than_the_installed_one(
-        installed: TestDB) -> None:
+def test_backfill_refuses_a_profile_table_other_than_the_installed_one(installed: TestDB) -> None:
     with installed.connect() as conn:
         conn.execute("create table public.members (id uuid primary key, username text)")
-    other = cli(installed, "backfill", "--dry-run",
-                env={"PROFILEGUARD_PROFILE_TABLE": "public.members"})
+    other = cli(
+        installed, "backfill", "--dry-run", env={"PROFILEGUARD_PROFILE_TABLE": "public.members"}
+    )
     assert other.returncode == 2, other.stderr
     assert "public.profiles" in other.stderr and "public.members" in other.stderr

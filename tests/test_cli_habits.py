@@ -18,9 +18,7 @@ from test_worker_process import FAST, worker_process
 from profileguard import logs
 from profileguard.cli import app
 
-COMMANDS = sorted(
-    name for name in (c.name or c.callback.__name__ for c in app.registered_commands)
-)
+COMMANDS = sorted(name for name in (c.name or c.callback.__name__ for c in app.registered_commands))
 
 
 def test_help_shows_choices_and_no_python_type_names() -> None:
@@ -39,8 +37,10 @@ def test_help_shows_choices_and_no_python_type_names() -> None:
 
 def test_audit_fix_sql_is_printed_unbroken_and_is_in_the_json(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute("create table public.profiles (id uuid primary key"
-                     " references auth.users (id), full_name text)")
+        conn.execute(
+            "create table public.profiles (id uuid primary key"
+            " references auth.users (id), full_name text)"
+        )
     data = json.loads(cli(db, "audit", "--json").stdout)
     fixes = {f["code"]: f["fix"] for f in data["findings"]}
     fix = fixes["fk_blocks_user_deletion"]
@@ -55,10 +55,17 @@ def test_audit_fix_sql_is_printed_unbroken_and_is_in_the_json(db: TestDB) -> Non
 
 
 def test_worker_json_logs_and_a_clean_stop_deregisters(installed: TestDB) -> None:
-    with worker_process(installed.url, *FAST, "--worker-id", "tidy", "--log-format", "json",
-                        "--log-level", "debug") as proc:
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where worker_id = 'tidy'") == 1)
+    with worker_process(
+        installed.url, *FAST, "--worker-id", "tidy", "--log-format", "json", "--log-level", "debug"
+    ) as proc:
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where worker_id = 'tidy'"
+                )
+                == 1
+            )
+        )
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
@@ -68,10 +75,10 @@ def test_worker_json_logs_and_a_clean_stop_deregisters(installed: TestDB) -> Non
     assert all(r["logger"].startswith("profileguard.") for r in records)
     started = [r for r in records if r["message"] == "worker started"]
     assert started and started[0]["worker_id"] == "tidy"
-    assert any(r["message"] == "worker stopped" and r.get("signal") == "SIGTERM"
-               for r in records)
-    assert installed.scalar(
-        "select count(*) from profileguard.workers where worker_id = 'tidy'") == 0
+    assert any(r["message"] == "worker stopped" and r.get("signal") == "SIGTERM" for r in records)
+    assert (
+        installed.scalar("select count(*) from profileguard.workers where worker_id = 'tidy'") == 0
+    )
 
 
 def test_json_formatter_writes_one_object_per_line_with_the_extra_fields() -> None:
@@ -98,6 +105,10 @@ def test_json_formatter_writes_one_object_per_line_with_the_extra_fields() -> No
 
 
 def test_console_script_entry_point_runs() -> None:
-    done = subprocess.run([sys.executable, "-c", "from profileguard.cli import main; main()",
-                           "--version"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", "from profileguard.cli import main; main()", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout.startswith("profileguard ")

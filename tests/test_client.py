@@ -32,8 +32,9 @@ from profileguard.install import install, set_enabled, uninstall
 ADA = {"full_name": "Ada Lovelace", "user_name": "ada", "avatar_url": "https://x/ada.png"}
 
 
-def user_without_profile(db: TestDB, meta: dict[str, Any] | None = None,
-                         email: str | None = None) -> uuid.UUID:
+def user_without_profile(
+    db: TestDB, meta: dict[str, Any] | None = None, email: str | None = None
+) -> uuid.UUID:
     """Sign a user up while the trigger is off, so no profile is created for them."""
     set_enabled(db.settings, False)
     try:
@@ -134,7 +135,8 @@ def test_ensure_of_a_user_the_trigger_already_served(installed: TestDB) -> None:
 
 
 @pytest.mark.parametrize(
-    "form", [str, lambda u: u, lambda u: str(u).upper(), lambda u: f" {u} "],
+    "form",
+    [str, lambda u: u, lambda u: str(u).upper(), lambda u: f" {u} "],
     ids=["str", "uuid", "upper", "spaces"],
 )
 def test_str_and_uuid_ids_both_work(installed: TestDB, form: Any) -> None:
@@ -182,8 +184,9 @@ def test_malformed_ids_are_invalid_user_id_errors(installed: TestDB, enabled: bo
             assert isinstance(info.value, ProfileGuardError)
             assert info.value.hint
         # Nothing was recorded as a profile failure, nothing was created, the table is intact.
-        assert installed.scalar("select count(*) from profileguard.events where kind = 'failure'") \
-            == 0
+        assert (
+            installed.scalar("select count(*) from profileguard.events where kind = 'failure'") == 0
+        )
         assert installed.scalar("select count(*) from public.profiles") == 0
         # The client is still usable afterwards.
         uid = user_without_profile(installed, ADA)
@@ -267,9 +270,7 @@ def test_fallback_username_is_deduplicated_like_the_function(installed: TestDB) 
 
 
 @pytest.mark.parametrize("how", ["with_overrides", "replace", "env"])
-def test_disabled_client_uses_the_fallback_even_when_installed(
-    installed: TestDB, how: str
-) -> None:
+def test_disabled_client_uses_the_fallback_even_when_installed(installed: TestDB, how: str) -> None:
     if how == "with_overrides":
         settings = installed.settings.with_overrides(enabled=False)
     elif how == "replace":
@@ -285,20 +286,26 @@ def test_disabled_client_uses_the_fallback_even_when_installed(
     assert (second.created, second.path) == (False, "fallback")
     assert first.profile == profile_json(installed, uid)
     # The installed function was not used: it records its creations as repairs, the fallback not.
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair' and user_id = %s",
-        (str(uid),),
-    ) == 0
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and user_id = %s",
+            (str(uid),),
+        )
+        == 0
+    )
 
 
 def test_function_path_records_a_repair(installed: TestDB) -> None:
     uid = user_without_profile(installed, ADA)
     with ProfileGuard(installed.settings, source="my-app") as client:
         client.ensure(uid)
-    assert installed.scalar(
-        "select source from profileguard.events where kind = 'repair' and user_id = %s",
-        (str(uid),),
-    ) == "my-app"
+    assert (
+        installed.scalar(
+            "select source from profileguard.events where kind = 'repair' and user_id = %s",
+            (str(uid),),
+        )
+        == "my-app"
+    )
 
 
 # --- the async twin -----------------------------------------------------------------------------
@@ -467,10 +474,32 @@ def test_terminated_pooled_connection_is_retried(installed: TestDB) -> None:
 
 # --- which errors are transient -----------------------------------------------------------------
 
-TRANSIENT = ["40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08006", "08001", "08003",
-             "53300"]
-PERMANENT = ["23514", "23505", "23502", "42501", "22P02", "42P01", "42883", "P0002", "XX000",
-             "57014", "53100", "22001"]
+TRANSIENT = [
+    "40001",
+    "40P01",
+    "55P03",
+    "57P01",
+    "57P02",
+    "57P03",
+    "08006",
+    "08001",
+    "08003",
+    "53300",
+]
+PERMANENT = [
+    "23514",
+    "23505",
+    "23502",
+    "42501",
+    "22P02",
+    "42P01",
+    "42883",
+    "P0002",
+    "XX000",
+    "57014",
+    "53100",
+    "22001",
+]
 
 
 @pytest.mark.parametrize("sqlstate", TRANSIENT)
@@ -522,12 +551,20 @@ def test_integer_keys_accept_int_and_str_ids(db: TestDB) -> None:
             " create table app.member_profiles (id bigint primary key references app.members,"
             " username text unique, full_name text)"
         )
-    settings = load_settings(env={}, database_url=db.url, identity_table="app.members",
-                             profile_table="app.member_profiles")
-    settings = replace(settings, mapping={
-        "full_name": (Source("meta", ("name",)),),
-        "username": (Source("email", (), "localpart"),),
-    }, mapping_is_default=False)
+    settings = load_settings(
+        env={},
+        database_url=db.url,
+        identity_table="app.members",
+        profile_table="app.member_profiles",
+    )
+    settings = replace(
+        settings,
+        mapping={
+            "full_name": (Source("meta", ("name",)),),
+            "username": (Source("email", (), "localpart"),),
+        },
+        mapping_is_default=False,
+    )
     install(settings, enabled=False)
     with db.connect() as conn:
         conn.execute(

@@ -28,10 +28,12 @@ def _connect_retrying(db) -> psycopg.Connection:
 
 
 def _free_connection_slots(db) -> int:
-    return int(db.scalar(
-        "select current_setting('max_connections')::int"
-        " - (select count(*) from pg_stat_activity where backend_type = 'client backend')"
-    ))
+    return int(
+        db.scalar(
+            "select current_setting('max_connections')::int"
+            " - (select count(*) from pg_stat_activity where backend_type = 'client backend')"
+        )
+    )
 
 
 def _run_threads(target, args_list) -> list[BaseException]:

@@ -132,10 +132,16 @@ def test_file_named_by_env(tmp_path: Path) -> None:
 
 
 def test_username_column_can_be_switched_off(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, '[profile]\nusername_column = ""\n'), env={}) \
-        .username_column is None
-    assert load_settings(write(tmp_path, "[profile]\nusername_column = false\n"), env={}) \
-        .username_column is None
+    assert (
+        load_settings(write(tmp_path, '[profile]\nusername_column = ""\n'), env={}).username_column
+        is None
+    )
+    assert (
+        load_settings(
+            write(tmp_path, "[profile]\nusername_column = false\n"), env={}
+        ).username_column
+        is None
+    )
 
 
 def test_source_round_trips_through_str() -> None:
@@ -189,8 +195,16 @@ def test_profileguard_database_url_wins_over_database_url(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("word", "expected"),
-    [("0", False), ("false", False), ("No", False), (" OFF ", False),
-     ("1", True), ("true", True), ("YES", True), ("on", True)],
+    [
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        (" OFF ", False),
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+    ],
 )
 def test_enabled_words(word: str, expected: bool) -> None:
     assert load_settings(env={"PROFILEGUARD_ENABLED": word}).enabled is expected
@@ -234,7 +248,7 @@ def test_empty_table_in_file_is_refused(tmp_path: Path) -> None:
     assert err.hint and "identity.table" in err.hint
 
 
-@pytest.mark.parametrize("value", ["5", "[\"auth.users\"]", "{ a = 1 }", "true"])
+@pytest.mark.parametrize("value", ["5", '["auth.users"]', "{ a = 1 }", "true"])
 def test_non_string_table_in_file_is_refused(tmp_path: Path, value: str) -> None:
     err = config_error(path=write(tmp_path, f"[identity]\ntable = {value}\n"), env={})
     assert "identity.table" in err.message
@@ -255,9 +269,7 @@ def test_bad_keys_from_env_are_refused(key: str) -> None:
 
 
 def test_bad_username_column(tmp_path: Path) -> None:
-    err = config_error(
-        path=write(tmp_path, '[profile]\nusername_column = "user name"\n'), env={}
-    )
+    err = config_error(path=write(tmp_path, '[profile]\nusername_column = "user name"\n'), env={})
     assert "profile.username_column" in err.message
     assert err.hint and "profile.username_column" in err.hint
 
@@ -272,7 +284,7 @@ def test_bad_username_column(tmp_path: Path) -> None:
         ('full_name = ["raw_user_meta_data.' + "k" * 201 + '"]', "JSON key", "1-200"),
         ('full_name = ["raw_user_meta_data."]', "JSON key", "1-200"),
         ('full_name = [""]', "is not a source", "column"),
-        ('full_name = [5]', "is not a source", "column"),
+        ("full_name = [5]", "is not a source", "column"),
         ('full_name = ["bad col.name"]', "not a valid SQL identifier", "mapping.full_name"),
         ('full_name = ["|localpart"]', "not a valid SQL identifier", "mapping.full_name"),
         ("full_name = 5", "non-empty list", "full_name = ["),
@@ -354,7 +366,10 @@ def test_good_numbers_in_file(tmp_path: Path) -> None:
         env={},
     )
     assert (s.retry_attempts, s.retry_base_seconds, s.retry_cap_seconds, s.connect_timeout) == (
-        20, 0.0, 0.5, 3,
+        20,
+        0.0,
+        0.5,
+        3,
     )
 
 
@@ -444,9 +459,7 @@ def _valid_table_text(text: str) -> bool:
 # The autouse chdir fixture is harmless to share between examples.
 NO_FIXTURE_CHECK = [HealthCheck.function_scoped_fixture]
 
-identifier_ish = st.text(
-    alphabet=st.sampled_from("abcXYZ_09$.;\"' -\n\t\x00é💥"), max_size=70
-)
+identifier_ish = st.text(alphabet=st.sampled_from("abcXYZ_09$.;\"' -\n\t\x00é💥"), max_size=70)
 
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
@@ -533,8 +546,10 @@ def test_pooler_mode_from_file_env_and_override(tmp_path: Path) -> None:
     path = write(tmp_path, '[database]\npooler = "transaction"\n')
     assert load_settings(path, env={}).transaction_pooler is True
     assert load_settings(path, env={"PROFILEGUARD_POOLER": "session"}).pooler == "session"
-    assert load_settings(path, env={"PROFILEGUARD_POOLER": "session"},
-                         pooler="transaction").pooler == "transaction"
+    assert (
+        load_settings(path, env={"PROFILEGUARD_POOLER": "session"}, pooler="transaction").pooler
+        == "transaction"
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(env={"PROFILEGUARD_POOLER": "statement"})
     assert "PROFILEGUARD_POOLER" in caught.value.message and "6543" in (caught.value.hint or "")

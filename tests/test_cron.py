@@ -32,13 +32,19 @@ def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
     assert sweep(installed, 100) == {"scanned": 100, "repaired": 100}
     assert sweep(installed, 100) == {"scanned": 50, "repaired": 50}
     assert sweep(installed, 100) == {"scanned": 0, "repaired": 0}
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair' and source = 'cron'"
-    ) == 250
-    assert installed.scalar(
-        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
-        " group by user_id having count(*) > 1) d"
-    ) == 0
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'cron'"
+        )
+        == 250
+    )
+    assert (
+        installed.scalar(
+            "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+            " group by user_id having count(*) > 1) d"
+        )
+        == 0
+    )
 
 
 def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB) -> None:
@@ -57,10 +63,13 @@ def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB)
         (str(bad),),
     )
     assert state == {"attempts": 1, "sqlstate": "23514", "quarantined": True}
-    assert installed.scalar(
-        "select source from profileguard.events where kind = 'quarantine' and user_id = %s",
-        (str(bad),),
-    ) == "cron"
+    assert (
+        installed.scalar(
+            "select source from profileguard.events where kind = 'quarantine' and user_id = %s",
+            (str(bad),),
+        )
+        == "cron"
+    )
     # Quarantined users are skipped by later sweeps.
     assert sweep(installed, 1000) == {"scanned": 0, "repaired": 0}
 
@@ -76,16 +85,22 @@ def test_reconcile_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
     assert sweep(installed, 10) == {"scanned": 1, "repaired": 0}
-    assert installed.scalar(
-        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
-    ) == 1
+    assert (
+        installed.scalar(
+            "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+        )
+        == 1
+    )
     # Due again only after its backoff; force it due and the attempt is counted again.
     with installed.connect() as conn:
         conn.execute("update profileguard.repair_state set next_attempt_at = now()")
     sweep(installed, 10)
-    assert installed.scalar(
-        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
-    ) == 2
+    assert (
+        installed.scalar(
+            "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+        )
+        == 2
+    )
 
 
 def test_reconcile_rejects_a_bad_bound_and_is_not_callable_by_clients(installed: TestDB) -> None:
@@ -158,7 +173,10 @@ def test_worker_and_sweep_together_repair_each_user_once(installed: TestDB) -> N
     remaining = worker()
     assert repaired + remaining == 3000
     assert missing_profiles(installed) == 0
-    assert installed.scalar(
-        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
-        " group by user_id having count(*) > 1) d"
-    ) == 0
+    assert (
+        installed.scalar(
+            "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+            " group by user_id having count(*) > 1) d"
+        )
+        == 0
+    )

@@ -34,12 +34,18 @@ pytestmark = pytest.mark.once
 def cron_db() -> Iterator[TestDB]:
     """A Supabase-shaped database on a private cluster whose pg_cron runs jobs in it."""
     if not PG_CRON.exists():
-        pytest.fail(f"{PG_CRON} is missing (Debian package postgresql-15-cron); {INSTALL_HINT}",
-                    pytrace=False)
+        pytest.fail(
+            f"{PG_CRON} is missing (Debian package postgresql-15-cron); {INSTALL_HINT}",
+            pytrace=False,
+        )
     # pg_cron runs each job through a libpq connection to cron.host (trusted on 127.0.0.1).
-    with private_cluster({"shared_preload_libraries": "pg_cron",
-                          "cron.database_name": CRON_DATABASE,
-                          "cron.host": "127.0.0.1"}) as dsn:
+    with private_cluster(
+        {
+            "shared_preload_libraries": "pg_cron",
+            "cron.database_name": CRON_DATABASE,
+            "cron.host": "127.0.0.1",
+        }
+    ) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"create database {CRON_DATABASE}")
         url = make_conninfo(dsn, dbname=CRON_DATABASE)
@@ -49,8 +55,11 @@ def cron_db() -> Iterator[TestDB]:
 
 
 def cron_repairs(db: TestDB) -> int:
-    return int(db.scalar("select count(*) from profileguard.events"
-                         " where kind = 'repair' and source = 'cron'"))
+    return int(
+        db.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'cron'"
+        )
+    )
 
 
 def finished_runs(db: TestDB) -> list[tuple[str, str]]:
@@ -64,12 +73,23 @@ def finished_runs(db: TestDB) -> list[tuple[str, str]]:
 
 
 def test_pg_cron_ticks_the_sweep_and_it_repairs_users(cron_db: TestDB) -> None:
-    done = cli(cron_db, "install", "--create-profile-table", "--disabled",
-               "--schedule", "pg_cron", "--json")
+    done = cli(
+        cron_db,
+        "install",
+        "--create-profile-table",
+        "--disabled",
+        "--schedule",
+        "pg_cron",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
-    assert cron_db.scalar(
-        "select schedule || ' ' || command from cron.job where jobname = 'profileguard-reconcile'"
-    ) == "* * * * * select profileguard.reconcile(10000)"
+    assert (
+        cron_db.scalar(
+            "select schedule || ' ' || command from cron.job"
+            " where jobname = 'profileguard-reconcile'"
+        )
+        == "* * * * * select profileguard.reconcile(10000)"
+    )
     cron_db.bulk_signup(USERS)  # the trigger is off: nobody gets a profile at sign-up
     assert missing_profiles(cron_db) == USERS
 
@@ -84,12 +104,16 @@ def test_pg_cron_ticks_the_sweep_and_it_repairs_users(cron_db: TestDB) -> None:
     # One tick handles up to 10,000 users: all 200 were repaired, each once.
     assert repaired == USERS
     assert missing_profiles(cron_db) == 0
-    assert cron_db.scalar(
-        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
-        " group by user_id having count(*) > 1) d"
-    ) == 0
+    assert (
+        cron_db.scalar(
+            "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+            " group by user_id having count(*) > 1) d"
+        )
+        == 0
+    )
 
     assert cli(cron_db, "uninstall", "--yes").returncode == 0
-    assert cron_db.scalar(
-        "select count(*) from cron.job where jobname = 'profileguard-reconcile'"
-    ) == 0
+    assert (
+        cron_db.scalar("select count(*) from cron.job where jobname = 'profileguard-reconcile'")
+        == 0
+    )

@@ -25,20 +25,31 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.path.exists(path):
-            pytest.fail(f"{path} is missing (Debian packages 'chromium' and 'chromium-driver'); "
-                        "run: .ci/install-deps", pytrace=False)
+            pytest.fail(
+                f"{path} is missing (Debian packages 'chromium' and 'chromium-driver'); "
+                "run: .ci/install-deps",
+                pytrace=False,
+            )
     profile = tempfile.mkdtemp(prefix="profileguard-chromium-")
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1440,1600", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1600",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
@@ -69,14 +80,20 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
     add_bad_constraint(installed)
     signups(installed, 3, name=BAD_NAME)
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
-                     " last_message, quarantined_at) values"
-                     " ('11111111-2222-3333-4444-555555555555', 5, '23514',"
-                     " 'new row violates check constraint', now())")
-        conn.execute("insert into profileguard.workers (worker_id, hostname, pid, stats) values"
-                     " ('host-a:101:5f2c', 'host-a', 101, '{\"state\": \"running\"}')")
-        conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned,"
-                     " created) values ('running', 2000, 1500, 3)")
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, attempts, last_sqlstate,"
+            " last_message, quarantined_at) values"
+            " ('11111111-2222-3333-4444-555555555555', 5, '23514',"
+            " 'new row violates check constraint', now())"
+        )
+        conn.execute(
+            "insert into profileguard.workers (worker_id, hostname, pid, stats) values"
+            " ('host-a:101:5f2c', 'host-a', 101, '{\"state\": \"running\"}')"
+        )
+        conn.execute(
+            "insert into profileguard.backfill_runs (state, total_estimate, scanned,"
+            " created) values ('running', 2000, 1500, 3)"
+        )
         conn.execute("select profileguard.refresh_stats()")
         # Two hours of history as the background loop would have left it.
         conn.execute(
@@ -118,8 +135,9 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
         # more sample (a read records at most one per 10 s).
         assert len(history) - drawn in (0, 1)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-missing path")) == 2
-        assert "11111111-2222-3333-4444-555555555555" in browser.find_element(
-            By.ID, "quarantine").text
+        assert (
+            "11111111-2222-3333-4444-555555555555" in browser.find_element(By.ID, "quarantine").text
+        )
         assert "host-a:101:5f2c" in browser.find_element(By.ID, "workers").text
         assert "1,500 of ~2,000" in browser.find_element(By.ID, "backfill").text
         events = browser.find_element(By.ID, "events").text

@@ -14,15 +14,31 @@ from typing import Any
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
 
 
 def test_demo_ends_with_every_user_having_a_profile_and_no_failed_signup() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "profileguard", "demo", "--users", "2000", "--signups", "200",
-         "--json"],
-        capture_output=True, text=True, env=_env(), timeout=300, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "demo",
+            "--users",
+            "2000",
+            "--signups",
+            "200",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     figures: dict[str, dict[str, Any]] = json.loads(done.stdout)
@@ -35,11 +51,16 @@ def test_demo_ends_with_every_user_having_a_profile_and_no_failed_signup() -> No
     recorded = figures["failures recorded (SQLSTATE)"]["after"]
     assert recorded == 200 // 20
     assert figures["profiles repaired by the worker"]["after"] == recorded
-    assert figures["profiles created by the backfill"]["after"] == (
-        figures["existing users without a profile"]["before"]
+    assert (
+        figures["profiles created by the backfill"]["after"]
+        == (figures["existing users without a profile"]["before"])
     )
-    for step in ("1. Sign-ups on the legacy trigger", "2. profileguard audit",
-                 "4. profileguard backfill", "6. Before and after"):
+    for step in (
+        "1. Sign-ups on the legacy trigger",
+        "2. profileguard audit",
+        "4. profileguard backfill",
+        "6. Before and after",
+    ):
         assert step in done.stderr
 
 
@@ -52,9 +73,23 @@ def _free_port() -> int:
 def test_demo_serve_leaves_the_dashboard_up_until_ctrl_c() -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "profileguard", "demo", "--users", "500", "--signups", "40",
-         "--serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "demo",
+            "--users",
+            "500",
+            "--signups",
+            "40",
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
         stdin=subprocess.DEVNULL,
     )
     try:

@@ -31,8 +31,9 @@ def reinstall(db: TestDB, **changes: Any) -> TestDB:
 
 def row(db: TestDB, uid: uuid.UUID) -> tuple[Any, ...]:
     with db.connect() as conn:
-        found = conn.execute("select username, full_name, avatar_url from public.profiles"
-                             " where id = %s", (uid,)).fetchone()
+        found = conn.execute(
+            "select username, full_name, avatar_url from public.profiles where id = %s", (uid,)
+        ).fetchone()
     assert found is not None
     return tuple(found)
 
@@ -42,7 +43,9 @@ def soft_delete(db: TestDB, uid: uuid.UUID) -> None:
     with db.connect() as conn:
         conn.execute(
             "update auth.users set deleted_at = now(), email = md5(email),"
-            " raw_user_meta_data = '{}', raw_app_meta_data = '{}' where id = %s", (uid,))
+            " raw_user_meta_data = '{}', raw_app_meta_data = '{}' where id = %s",
+            (uid,),
+        )
 
 
 def drift_json(db: TestDB) -> dict[str, Any]:
@@ -74,8 +77,10 @@ def test_drift_is_reported_then_repaired_by_the_worker(installed: TestDB):
     deleted = db.signup({"full_name": "Gone", "avatar_url": "g.png"})
     set_enabled(db.settings, False)  # changes made while the trigger is off drift
     with db.connect() as conn:
-        conn.execute("update auth.users set raw_user_meta_data = jsonb_build_object("
-                     "'full_name', 'Renamed ' || email) where email like 'bulk1%%'")
+        conn.execute(
+            "update auth.users set raw_user_meta_data = jsonb_build_object("
+            "'full_name', 'Renamed ' || email) where email like 'bulk1%%'"
+        )
     soft_delete(db, deleted)
     set_enabled(db.settings, True)
     report = drift_json(db)
@@ -91,8 +96,12 @@ def test_drift_is_reported_then_repaired_by_the_worker(installed: TestDB):
         reconciler.close()
     assert drift_json(db)["drifted"] == 0
     assert row(db, deleted)[1:] == (None, None)
-    assert db.scalar("select count(*) from profileguard.events where kind = 'repair'"
-                     " and source = 'drift'") == renamed + 1
+    assert (
+        db.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'drift'"
+        )
+        == renamed + 1
+    )
 
 
 @contextmanager
@@ -120,24 +129,51 @@ def test_login_commits_past_a_rejecting_constraint_and_the_worker_fixes_it(insta
     db = reinstall(installed, sync_policies=FOLLOW)
     uid = db.signup({"full_name": "Ada"})
     with db.connect() as conn:
-        conn.execute("alter table public.profiles add constraint no_bob"
-                     " check (full_name is distinct from 'Bob')")
+        conn.execute(
+            "alter table public.profiles add constraint no_bob"
+            " check (full_name is distinct from 'Bob')"
+        )
     # Retries at most 1 s apart (backoff_cap), as an operator sets it for a fast repair.
-    reconciler = Reconciler(db.settings, incremental_interval=0.5, full_interval=3600,
-                            heartbeat_interval=0.5, poll_interval=0.1, backoff_base=0.2,
-                            backoff_cap=1.0)
+    reconciler = Reconciler(
+        db.settings,
+        incremental_interval=0.5,
+        full_interval=3600,
+        heartbeat_interval=0.5,
+        poll_interval=0.1,
+        backoff_base=0.2,
+        backoff_cap=1.0,
+    )
     with running(reconciler):
         with db.connect() as conn:  # a social login with the rejected name commits
-            conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Bob\"}',"
-                         " last_sign_in_at = now() where id = %s", (uid,))
-        assert db.scalar("select raw_user_meta_data->>'full_name' from auth.users"
-                         " where id = %s", (uid,)) == "Bob"
-        assert db.scalar("select sqlstate from profileguard.events where kind = 'failure'"
-                         " and source = 'sync' and user_id = %s", (str(uid),)) == "23514"
+            conn.execute(
+                'update auth.users set raw_user_meta_data = \'{"full_name": "Bob"}\','
+                " last_sign_in_at = now() where id = %s",
+                (uid,),
+            )
+        assert (
+            db.scalar(
+                "select raw_user_meta_data->>'full_name' from auth.users where id = %s", (uid,)
+            )
+            == "Bob"
+        )
+        assert (
+            db.scalar(
+                "select sqlstate from profileguard.events where kind = 'failure'"
+                " and source = 'sync' and user_id = %s",
+                (str(uid),),
+            )
+            == "23514"
+        )
         # The worker tried and failed while the constraint is there (recorded, backed off).
-        assert wait_for(lambda: db.scalar(
-            "select attempts from profileguard.drift_state where user_id = %s",
-            (str(uid),)) is not None, timeout=10)
+        assert wait_for(
+            lambda: (
+                db.scalar(
+                    "select attempts from profileguard.drift_state where user_id = %s", (str(uid),)
+                )
+                is not None
+            ),
+            timeout=10,
+        )
         assert row(db, uid)[1] == "Ada"
         shown = observe.status(db.settings, refresh_if_older_than=0)
         assert shown["stats"]["drift_pending"] == 1
@@ -157,8 +193,10 @@ def test_login_commits_past_a_rejecting_constraint_and_the_worker_fixes_it(insta
 
 def test_prune_dry_run_lists_exactly_the_orphans(db: TestDB):
     with db.connect() as conn:  # a profile table without a foreign key: orphans can exist
-        conn.execute("create table public.profiles (id uuid primary key, full_name text,"
-                     " username text, avatar_url text)")
+        conn.execute(
+            "create table public.profiles (id uuid primary key, full_name text,"
+            " username text, avatar_url text)"
+        )
     install(db.settings)
     db.bulk_signup(5)
     orphans = sorted(str(uuid.uuid4()) for _ in range(3))
@@ -173,19 +211,27 @@ def test_prune_dry_run_lists_exactly_the_orphans(db: TestDB):
     assert real.returncode == 0, real.stderr
     assert json.loads(real.stdout)["removed"] == 3
     assert db.scalar("select count(*) from public.profiles") == 5
-    assert db.scalar("select array_agg(user_id order by user_id) from profileguard.events"
-                     " where kind = 'prune'") == orphans
+    assert (
+        db.scalar(
+            "select array_agg(user_id order by user_id) from profileguard.events"
+            " where kind = 'prune'"
+        )
+        == orphans
+    )
     assert json.loads(cli(db, "prune", "--dry-run", "--json").stdout)["orphans"] == []
 
 
 def test_foreign_key_fix_is_not_valid_then_validate_and_unblocks_deletion(db: TestDB):
     with db.connect() as conn:  # the starter table: no ON DELETE CASCADE
-        conn.execute("create table public.profiles (id uuid primary key references auth.users,"
-                     " full_name text, username text, avatar_url text)")
+        conn.execute(
+            "create table public.profiles (id uuid primary key references auth.users,"
+            " full_name text, username text, avatar_url text)"
+        )
     install(db.settings)
     uid = db.signup({"full_name": "Ada"})
-    finding = next(f for f in run_audit(db.settings).findings
-                   if f.code == "fk_blocks_user_deletion")
+    finding = next(
+        f for f in run_audit(db.settings).findings if f.code == "fk_blocks_user_deletion"
+    )
     assert finding.fix is not None
     first, second = finding.fix.splitlines()
     assert first.startswith("set lock_timeout = '3s'; alter table") and "not valid" in first
@@ -205,7 +251,7 @@ def test_drift_fix_brings_every_profile_in_step(installed: TestDB):
     db.bulk_signup(20)
     set_enabled(db.settings, False)
     with db.connect() as conn:
-        conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Same\"}'")
+        conn.execute('update auth.users set raw_user_meta_data = \'{"full_name": "Same"}\'')
     set_enabled(db.settings, True)
     assert drift_json(db)["by_column"] == {"full_name": 20}
     fixed = cli(db, "drift", "--fix", "--json")

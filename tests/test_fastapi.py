@@ -240,9 +240,12 @@ def test_http_errors(installed: TestDB, guard: CountingGuard) -> None:
         failed = client.get("/me", headers={"X-User-Id": str(uid)})
         assert failed.status_code == 500
         assert "Rejected" not in failed.text and "reject_name" not in failed.text
-        assert installed.scalar(
-            "select count(*) from profileguard.failures where user_id = %s", (str(uid),)
-        ) == 1
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.failures where user_id = %s", (str(uid),)
+            )
+            == 1
+        )
         with installed.connect() as conn:
             conn.execute("alter table public.profiles drop constraint reject_name")
         fixed = client.get("/me", headers={"X-User-Id": str(uid)})
@@ -289,6 +292,5 @@ def test_core_package_imports_without_fastapi() -> None:
         "except ImportError as exc:\n"
         "    print('needs:', exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "needs: profileguard.integrations.fastapi needs FastAPI" in done.stdout

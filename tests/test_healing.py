@@ -31,16 +31,20 @@ def state_of(db: TestDB, user: uuid.UUID) -> dict[str, Any] | None:
 
 
 def charged(db: TestDB) -> int:
-    return int(db.scalar(
-        "select count(*) from profileguard.repair_state"
-        " where attempts > 0 or quarantined_at is not null"
-    ))
+    return int(
+        db.scalar(
+            "select count(*) from profileguard.repair_state"
+            " where attempts > 0 or quarantined_at is not null"
+        )
+    )
 
 
 def reject_everyone(db: TestDB) -> None:
     with db.connect() as conn:
-        conn.execute(f"alter table public.profiles add constraint {REJECT_ALL}"
-                     " check (full_name = 'nobody has this name') not valid")
+        conn.execute(
+            f"alter table public.profiles add constraint {REJECT_ALL}"
+            " check (full_name = 'nobody has this name') not valid"
+        )
 
 
 def accept_everyone(db: TestDB) -> None:
@@ -54,8 +58,11 @@ def probe_now(db: TestDB) -> None:
 
 
 def repair(db: TestDB, ids: list[uuid.UUID], budget: int = 48) -> dict[str, Any]:
-    return dict(db.scalar(
-        "select profileguard.repair(%s::uuid[], 'test', 3, 0, 0, p_budget => %s)", (ids, budget)))
+    return dict(
+        db.scalar(
+            "select profileguard.repair(%s::uuid[], 'test', 3, 0, 0, p_budget => %s)", (ids, budget)
+        )
+    )
 
 
 def test_a_fault_that_rejects_everyone_is_held_not_charged(installed: TestDB) -> None:
@@ -104,16 +111,22 @@ def test_users_charged_before_the_fault_was_seen_to_fail_everyone_are_refunded(
 
     assert report["waiting"] == 1 and report["failed"] == 0
     assert charged(installed) == 0
-    assert installed.scalar(
-        "select count(*) from profileguard.repair_state where waiting_on is not null") == 3
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.repair_state where waiting_on is not null"
+        )
+        == 3
+    )
 
 
 def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a_command(
     installed: TestDB,
 ) -> None:
     with installed.connect() as conn:
-        conn.execute("alter table public.profiles add constraint pg_test_no_bad"
-                     " check (full_name is distinct from 'Bad User') not valid")
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_no_bad"
+            " check (full_name is distinct from 'Bad User') not valid"
+        )
     bad = installed.signup({"full_name": "Bad User"})
     good = [installed.signup({"full_name": f"Good {i}"}) for i in range(3)]
     set_enabled(installed.settings, False)
@@ -126,15 +139,29 @@ def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a
         assert wait_for(lambda: (state_of(installed, bad) or {}).get("quarantined") is True)
         state = state_of(installed, bad)
         assert state is not None and state["attempts"] == 3 and state["waiting_on"] is None
-        assert installed.scalar("select count(*) from profileguard.breakers"
-                                " where state = 'open'") == 0
+        assert (
+            installed.scalar("select count(*) from profileguard.breakers where state = 'open'") == 0
+        )
         # Quarantine is a label: still retried on its cadence (1 s here), still failing.
-        history = int(installed.scalar(
-            "select jsonb_array_length(history) from profileguard.repair_state"
-            " where user_id = %s", (str(bad),)))
-        assert wait_for(lambda: int(installed.scalar(
-            "select jsonb_array_length(history) from profileguard.repair_state"
-            " where user_id = %s", (str(bad),))) > history)
+        history = int(
+            installed.scalar(
+                "select jsonb_array_length(history) from profileguard.repair_state"
+                " where user_id = %s",
+                (str(bad),),
+            )
+        )
+        assert wait_for(
+            lambda: (
+                int(
+                    installed.scalar(
+                        "select jsonb_array_length(history) from profileguard.repair_state"
+                        " where user_id = %s",
+                        (str(bad),),
+                    )
+                )
+                > history
+            )
+        )
         # The cause goes; nobody runs a command.
         with installed.connect() as conn:
             conn.execute("alter table public.profiles drop constraint pg_test_no_bad")
@@ -144,8 +171,10 @@ def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a
 
 def test_a_catalog_change_releases_quarantined_users_at_once(installed: TestDB) -> None:
     with installed.connect() as conn:
-        conn.execute("alter table public.profiles add constraint pg_test_no_bad"
-                     " check (full_name is distinct from 'Bad User') not valid")
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_no_bad"
+            " check (full_name is distinct from 'Bad User') not valid"
+        )
     bad = installed.signup({"full_name": "Bad User"})
     reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
     assert reconciler.heal()["catalog_changed"] is False  # the first look only remembers
@@ -170,13 +199,15 @@ def test_replacing_a_trigger_function_on_the_profile_table_is_a_catalog_change(
             " $$ begin if new.full_name = 'Bad User' then raise exception 'no'; end if;"
             " return new; end $$;"
             " create trigger pg_test_guard before insert on public.profiles"
-            " for each row execute function public.pg_test_guard()")
+            " for each row execute function public.pg_test_guard()"
+        )
     reconciler = Reconciler(installed.settings)
     reconciler.heal()
     with installed.connect() as conn:
         conn.execute(
             "create or replace function public.pg_test_guard() returns trigger language plpgsql"
-            " as $$ begin return new; end $$")
+            " as $$ begin return new; end $$"
+        )
     assert reconciler.heal()["catalog_changed"] is True
     assert reconciler.heal()["catalog_changed"] is False
 
@@ -213,11 +244,14 @@ def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock
 
 def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed: TestDB) -> None:
     with installed.connect() as conn:
-        conn.execute("alter table public.profiles add constraint pg_test_odd"
-                     " check (full_name not like 'Odd%') not valid")
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_odd"
+            " check (full_name not like 'Odd%') not valid"
+        )
     set_enabled(installed.settings, False)
-    users = [installed.signup({"full_name": ("Odd" if i % 2 else "Even") + f" {i}"})
-             for i in range(200)]
+    users = [
+        installed.signup({"full_name": ("Odd" if i % 2 else "Even") + f" {i}"}) for i in range(200)
+    ]
 
     first = repair(installed, users, budget=48)
     assert first["subtransactions"] <= 48, first
@@ -226,8 +260,9 @@ def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed:
     total_failed = first["failed"]
     rounds = 1
     while missing_profiles(installed) > 100 and rounds < 50:
-        pending = [u for u in users if not has_profile(installed, u)
-                   and state_of(installed, u) is None]
+        pending = [
+            u for u in users if not has_profile(installed, u) and state_of(installed, u) is None
+        ]
         report = repair(installed, pending, budget=48)
         assert report["subtransactions"] <= 48, report
         assert report["waiting"] == 0, report
@@ -244,22 +279,36 @@ def test_issue_scenario_reject_all_with_worker_connections_terminated(installed:
     reconciler = fast_reconciler(installed, worker_id="heal-scenario")
     reconciler.max_attempts = 5
     with running(reconciler):
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where worker_id = 'heal-scenario'") == 1)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where worker_id = 'heal-scenario'"
+                )
+                == 1
+            )
+        )
         reject_everyone(installed)
         users = [installed.signup({"full_name": f"User {i}"}) for i in range(60)]
         time.sleep(1.0)
-        assert installed.scalar(
-            "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-            " where application_name = 'profileguard-reconciler'") >= 1
+        assert (
+            installed.scalar(
+                "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+                " where application_name = 'profileguard-reconciler'"
+            )
+            >= 1
+        )
         users += [installed.signup({"full_name": f"Late {i}"}) for i in range(20)]
         time.sleep(2.0)
         assert missing_profiles(installed) == 80
         assert charged(installed) == 0
         accept_everyone(installed)
         assert wait_for(lambda: missing_profiles(installed) == 0, timeout=5)
-    assert installed.scalar(
-        "select count(*) from profileguard.repair_state where quarantined_at is not null") == 0
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.repair_state where quarantined_at is not null"
+        )
+        == 0
+    )
 
 
 def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
@@ -267,8 +316,14 @@ def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
 ) -> None:
     reconciler = fast_reconciler(installed, worker_id="heal-reinstall")
     with running(reconciler):
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where worker_id = 'heal-reinstall'") == 1)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where worker_id = 'heal-reinstall'"
+                )
+                == 1
+            )
+        )
         uninstall(installed.settings)
         users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
         time.sleep(1.0)
@@ -285,8 +340,14 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
     the worker's bounded invariant check finds them."""
     reconciler = fast_reconciler(installed, worker_id="heal-replica")
     with running(reconciler):
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where worker_id = 'heal-replica'") == 1)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where worker_id = 'heal-replica'"
+                )
+                == 1
+            )
+        )
         # Its first full sweep is over (the next is an hour away): only the check can find them.
         assert wait_for(lambda: reconciler.stats["passes"] >= 1)
         with installed.connect_admin() as conn:
@@ -295,8 +356,9 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
                 conn.execute(
                     "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
                     " values (gen_random_uuid(), 'authenticated', 'authenticated', %s,"
-                    " '{\"full_name\": \"Imported\"}') returning id",
-                    (f"imported{i}@example.com",)).fetchone()[0]
+                    ' \'{"full_name": "Imported"}\') returning id',
+                    (f"imported{i}@example.com",),
+                ).fetchone()[0]
                 for i in range(10)
             ]
         assert not any(has_profile(installed, u) for u in users)

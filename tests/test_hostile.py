@@ -25,15 +25,18 @@ HYPOTHESIS = hsettings(
     max_examples=60,
     deadline=None,
     # One database per test function, shared by its examples.
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
 )
 
 BATCH = hsettings(HYPOTHESIS, max_examples=30)
 
 PAYLOADS = [
     "'; drop table public.profiles; --",
-    "\"; drop table public.profiles; --",
+    '"; drop table public.profiles; --',
     "$pg$; drop table public.profiles; $pg$",
     "$$ || pg_sleep(10) || $$",
     "$1",
@@ -53,8 +56,17 @@ PAYLOADS = [
     "ab",
     "Ab_",
 ]
-KNOWN_KEYS = ["full_name", "name", "user_name", "preferred_username", "avatar_url", "picture",
-              "custom_claims", "global_name", "email"]
+KNOWN_KEYS = [
+    "full_name",
+    "name",
+    "user_name",
+    "preferred_username",
+    "avatar_url",
+    "picture",
+    "custom_claims",
+    "global_name",
+    "email",
+]
 # PostgreSQL text and jsonb reject NUL; lone surrogates are not valid Unicode text.
 CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 WIDE = "".join(chr(c) for c in [*range(0x20, 0x7F), *range(0xA0, 0x800), 0x202E, 0x1F4A5])
@@ -70,8 +82,9 @@ huge_text = st.one_of(
     st.integers(0, 15).map(_random_text),  # incompressible
 )
 texts = st.one_of(st.text(CHARS, max_size=40), st.sampled_from(PAYLOADS))
-keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.sampled_from(PAYLOADS),
-                 st.text(CHARS, max_size=20))
+keys = st.one_of(
+    st.sampled_from(KNOWN_KEYS), st.sampled_from(PAYLOADS), st.text(CHARS, max_size=20)
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -110,8 +123,11 @@ emails = st.one_of(
     st.none(),
     st.sampled_from(PAYLOADS),
     st.text(CHARS, max_size=60),
-    st.builds(lambda local, host: f"{local}@{host}", st.text(CHARS, max_size=60),
-              st.sampled_from(["example.com", "x", ""])),
+    st.builds(
+        lambda local, host: f"{local}@{host}",
+        st.text(CHARS, max_size=60),
+        st.sampled_from(["example.com", "x", ""]),
+    ),
 ).filter(lambda e: e is None or len(e) <= 255)  # auth.users.email is varchar(255)
 
 SIGNUP_SQL = (
@@ -128,8 +144,9 @@ def reset(db: TestDB) -> None:
         conn.execute("delete from profileguard.events")
 
 
-def signup_raw(db: TestDB, rows: list[tuple[Any, str | None]], *, sql_null: bool = False
-               ) -> list[uuid.UUID]:
+def signup_raw(
+    db: TestDB, rows: list[tuple[Any, str | None]], *, sql_null: bool = False
+) -> list[uuid.UUID]:
     """Sign up users in ONE statement, metadata given as any JSON value (or SQL NULL)."""
     ids = [uuid.uuid4() for _ in rows]
     metas = [None if sql_null else json.dumps(meta, ensure_ascii=False) for meta, _ in rows]
@@ -175,8 +192,10 @@ def assert_served(db: TestDB, uid: uuid.UUID) -> None:
 
 @HYPOTHESIS
 @given(meta=metas, email=emails)
-@example(meta={"full_name": "'; drop table public.profiles; --", "user_name": "$pg$"},
-         email="'; drop table public.profiles; --@x")
+@example(
+    meta={"full_name": "'; drop table public.profiles; --", "user_name": "$pg$"},
+    email="'; drop table public.profiles; --@x",
+)
 @example(meta={"user_name": "x" * 100_000, "full_name": "y" * 100_000}, email=None)
 @example(meta={"user_name": _random_text(1), "avatar_url": _random_text(2)}, email=None)
 @example(meta=["full_name", "Ada"], email="ada@example.com")
@@ -185,8 +204,9 @@ def assert_served(db: TestDB, uid: uuid.UUID) -> None:
 @example(meta=None, email=None)
 @example(meta={"custom_claims": "not an object", "name": {"nested": [1, 2]}}, email="@")
 @example(meta={"user_name": "\u202eadmin", "full_name": "👩‍👩‍👧‍👦"}, email="ab@x")
-def test_hostile_signup_commits_and_is_served(installed: TestDB, meta: Any,
-                                              email: str | None) -> None:
+def test_hostile_signup_commits_and_is_served(
+    installed: TestDB, meta: Any, email: str | None
+) -> None:
     reset(installed)
     (uid,) = signup_raw(installed, [(meta, email)])
     assert_served(installed, uid)
@@ -200,8 +220,9 @@ def test_hostile_signup_commits_and_is_served(installed: TestDB, meta: Any,
         lambda b: len({e for _, e in b if e is not None}) == sum(e is not None for _, e in b)
     )
 )
-def test_hostile_batch_signup_in_one_statement(installed: TestDB,
-                                               batch: list[tuple[Any, str | None]]) -> None:
+def test_hostile_batch_signup_in_one_statement(
+    installed: TestDB, batch: list[tuple[Any, str | None]]
+) -> None:
     reset(installed)
     ids = signup_raw(installed, batch)
     for uid in ids:
@@ -213,14 +234,18 @@ def test_sql_null_metadata(installed: TestDB) -> None:
     ids = signup_raw(installed, [(None, None), (None, "nul@example.com")], sql_null=True)
     for uid in ids:
         assert_served(installed, uid)
-    assert installed.scalar("select username from public.profiles where id = %s", (ids[1],)) \
-        == "nul"
+    assert (
+        installed.scalar("select username from public.profiles where id = %s", (ids[1],)) == "nul"
+    )
     assert_intact(installed)
 
 
 def test_hostile_values_are_stored_verbatim_not_executed(installed: TestDB) -> None:
-    meta = {"full_name": "'; drop table public.profiles; --", "user_name": "$pg$ x $pg$",
-            "avatar_url": "\u202eevil\u202c"}
+    meta = {
+        "full_name": "'; drop table public.profiles; --",
+        "user_name": "$pg$ x $pg$",
+        "avatar_url": "\u202eevil\u202c",
+    }
     (uid,) = signup_raw(installed, [(meta, None)])
     with installed.connect() as conn:
         row = conn.execute(

@@ -268,16 +268,20 @@ def test_flag_changes_reach_sessions_that_already_signed_users_up(installed):
 
         with installed.connect_admin() as admin:
             admin.execute(
-                "alter table public.profiles add constraint no_one check (false) not valid")
+                "alter table public.profiles add constraint no_one check (false) not valid"
+            )
         install(installed.settings, strict=True)
         with pytest.raises(psycopg.errors.CheckViolation):
             installed.signup({"full_name": "Strict"}, conn=session)
         install(installed.settings, strict=False)
         lenient = installed.signup({"full_name": "Lenient"}, conn=session)
         assert profile_of(installed, lenient) is None
-        assert installed.scalar(
-            "select count(*) from profileguard.failures where user_id = %s", (str(lenient),)
-        ) == 1
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.failures where user_id = %s", (str(lenient),)
+            )
+            == 1
+        )
     # The flags are not the profile table's catalog: turning profileguard off and on does not
     # count as a change that releases every backed-off user.
     version = installed.scalar("select profileguard.catalog_version()")

@@ -41,8 +41,9 @@ def insert_users(conn: psycopg.Connection, count: int, prefix: str) -> list[uuid
     return ids
 
 
-def poll(settings: Settings, until: Callable[[dict[str, Any]], bool],
-         deadline: float) -> tuple[dict[str, Any], float]:
+def poll(
+    settings: Settings, until: Callable[[dict[str, Any]], bool], deadline: float
+) -> tuple[dict[str, Any], float]:
     """`observe.status` (what `profileguard status --json` prints) until `until` holds or the
     deadline passes; the last document and the seconds it took."""
     started = time.monotonic()
@@ -64,7 +65,11 @@ def cli_status(db: TestDB, config: Path | None = None) -> tuple[int, dict[str, A
     env = {**os.environ, **({"PROFILEGUARD_CONFIG": str(config)} if config else {})}
     done = subprocess.run(
         [sys.executable, "-m", "profileguard", "--database-url", db.url, "status", "--json"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     return done.returncode, json.loads(done.stdout)
 
@@ -104,8 +109,9 @@ def test_users_the_trigger_never_saw_are_missing_within_seconds(installed: TestD
             assert seen["status"] == "healthy"  # within the grace of 10 s
             assert seen["oldest_missing_age_seconds"] < 30
 
-            found = db.scalar("select array_agg(user_id order by found_seq)"
-                              " from profileguard.found_missing()")
+            found = db.scalar(
+                "select array_agg(user_id order by found_seq) from profileguard.found_missing()"
+            )
             assert sorted(found) == sorted(str(u) for u in disabled + replicated)
             code, shown = cli_status(db)
             assert (code, shown["missing"], shown["stats"]["missing"]) == (0, 20, 20)
@@ -113,7 +119,8 @@ def test_users_the_trigger_never_saw_are_missing_within_seconds(installed: TestD
             repair(db, disabled + replicated)
             repaired = time.monotonic()
             seen, took = poll(
-                settings, lambda r: r["missing"] == 0 and r["status"] == "healthy", DEADLINE)
+                settings, lambda r: r["missing"] == 0 and r["status"] == "healthy", DEADLINE
+            )
             assert (seen["status"], seen["missing"]) == ("healthy", 0), seen["stats"]
             assert took < DEADLINE and time.monotonic() - repaired < DEADLINE + 1
     assert db.scalar("select count(*) from profileguard.found_missing()") == 0
@@ -134,10 +141,12 @@ def test_found_missing_follows_a_cursor(installed: TestDB) -> None:
     assert notices and notices[0]["source"] == "invariant" and notices[0]["found"] == 3
     with db.connect() as conn:
         rows = conn.execute(
-            "select found_seq, user_id from profileguard.found_missing(0, 2)").fetchall()
+            "select found_seq, user_id from profileguard.found_missing(0, 2)"
+        ).fetchall()
         assert len(rows) == 2
         rest = conn.execute(
-            "select user_id from profileguard.found_missing(%s)", (rows[-1][0],)).fetchall()
+            "select user_id from profileguard.found_missing(%s)", (rows[-1][0],)
+        ).fetchall()
     assert sorted([r[1] for r in rows] + [r[0] for r in rest]) == sorted(map(str, ids))
     repair(db, ids[:1])
     left = db.scalar("select array_agg(user_id) from profileguard.found_missing()")
@@ -168,8 +177,9 @@ def test_rows_in_free_space_and_a_rewritten_table(installed: TestDB) -> None:
     db = installed
     bulk(db, 400, prefix="churn")
     with db.connect_admin() as admin:
-        admin.execute("delete from auth.users where email like 'churn%%' and email not like"
-                      " 'churn1%%'")
+        admin.execute(
+            "delete from auth.users where email like 'churn%%' and email not like 'churn1%%'"
+        )
         admin.execute("vacuum auth.users")
     observe.status(db.settings)
     time.sleep(2.1)
@@ -179,16 +189,21 @@ def test_rows_in_free_space_and_a_rewritten_table(installed: TestDB) -> None:
         flush_stats(replica)
         row = replica.execute(
             "select array_agg(distinct (ctid::text::point)[0]) from auth.users"
-            " where email like 'freespace%%'").fetchone()
+            " where email like 'freespace%%'"
+        ).fetchone()
         pages = [int(p) for p in row[0]] if row else []
     size = db.scalar("select pg_relation_size('auth.users') / current_setting('block_size')::int")
     tail = db.scalar("select tail_block from profileguard.invariant_scan")
     assert pages and max(pages) < tail < size  # written into pages before the tail
     state = db.scalar("select row_to_json(s) from profileguard.invariant_scan s")
     seen, _ = poll(db.settings, lambda r: r["missing"] == 5, DEADLINE)
-    assert seen["missing"] == 5, json.dumps([state, db.scalar(
-        "select row_to_json(s) from profileguard.invariant_scan s"), db.scalar(
-        "select pg_stat_get_tuples_inserted('auth.users'::regclass)")])
+    assert seen["missing"] == 5, json.dumps(
+        [
+            state,
+            db.scalar("select row_to_json(s) from profileguard.invariant_scan s"),
+            db.scalar("select pg_stat_get_tuples_inserted('auth.users'::regclass)"),
+        ]
+    )
     assert db.scalar("select last_mode from profileguard.invariant_scan") == "wide"
     repair(db, ids)
 
@@ -199,8 +214,10 @@ def test_rows_in_free_space_and_a_rewritten_table(installed: TestDB) -> None:
         admin.execute(f"alter table auth.users enable trigger {TRIGGER_NAME}")
     seen, _ = poll(db.settings, lambda r: r["missing"] == 2, DEADLINE)
     assert seen["missing"] == 2, seen["stats"]
-    assert db.scalar("select s.relfilenode = c.relfilenode from profileguard.invariant_scan s,"
-                     " pg_class c where c.oid = 'auth.users'::regclass")
+    assert db.scalar(
+        "select s.relfilenode = c.relfilenode from profileguard.invariant_scan s,"
+        " pg_class c where c.oid = 'auth.users'::regclass"
+    )
     repair(db, more)
 
 
@@ -232,8 +249,9 @@ def test_trigger_failures_alone_are_a_warning(installed: TestDB) -> None:
     assert evaluation.status == "healthy" and evaluation.active == ["success_rate"]
 
 
-def agreement(db: TestDB, settings: Settings, base: str, config: Path
-              ) -> dict[str, tuple[str, int]]:
+def agreement(
+    db: TestDB, settings: Settings, base: str, config: Path
+) -> dict[str, tuple[str, int]]:
     """The verdict and missing count as each view shows it."""
     level = {0: "healthy", 1: "degraded", 2: "unhealthy"}
     library = observe.status(settings)
@@ -246,8 +264,10 @@ def agreement(db: TestDB, settings: Settings, base: str, config: Path
         "library": (library["status"], library["missing"]),
         "api": (api["status"], api["missing"]),
         "api stats": (api["status"], api["stats"]["missing"]),
-        "metrics": (level[int(metrics["profileguard_health_status"][()])],
-                    int(metrics["profileguard_missing_profiles"][()])),
+        "metrics": (
+            level[int(metrics["profileguard_health_status"][()])],
+            int(metrics["profileguard_missing_profiles"][()]),
+        ),
         "alerts": (alerts.status, int(alerts.stats["missing"])),
         "cli": (cli["status"], cli["missing"]),
     }
@@ -268,10 +288,18 @@ def test_every_view_shows_one_evaluation(installed: TestDB, tmp_path: Any) -> No
         views = agreement(db, settings, base, config)
         assert set(views.values()) == {("degraded", 7)}, views
         metrics = scrape(base)
-        assert metrics["profileguard_check_failing"][
-            (("check", "missing_profiles"), ("severity", "warning"))] == 1
-        assert metrics["profileguard_check_failing"][
-            (("check", "repair_slo"), ("severity", "critical"))] == 0
+        assert (
+            metrics["profileguard_check_failing"][
+                (("check", "missing_profiles"), ("severity", "warning"))
+            ]
+            == 1
+        )
+        assert (
+            metrics["profileguard_check_failing"][
+                (("check", "repair_slo"), ("severity", "critical"))
+            ]
+            == 0
+        )
 
         repair(db, ids)
         poll(settings, lambda r: r["missing"] == 0, DEADLINE)
@@ -308,7 +336,8 @@ def test_a_long_transaction_elsewhere_does_not_pin_the_tail(installed: TestDB) -
             time.sleep(2.1)
         observe.status(db.settings)
         size = db.scalar(
-            "select pg_relation_size('auth.users') / current_setting('block_size')::int")
+            "select pg_relation_size('auth.users') / current_setting('block_size')::int"
+        )
         tail = db.scalar("select tail_block from profileguard.invariant_scan")
         assert tail > 0 and size - tail <= 8, (tail, size)
         with replica_session(db) as replica:

@@ -74,9 +74,7 @@ def test_reads_between_sweeps_add_only_what_changed(installed: TestDB) -> None:
     assert s["failures_window"] == {"constraint": 2}
 
     with installed.connect() as conn:
-        conn.execute(
-            "alter table public.profiles drop constraint pg_test_monitor_no_bad_user"
-        )
+        conn.execute("alter table public.profiles drop constraint pg_test_monitor_no_bad_user")
         conn.execute("select profileguard.ensure_profile(%s)", (bad[0],))
     s = stats(installed)
     assert s["missing"] == 1 and s["profiles"] == 8
@@ -136,7 +134,9 @@ def test_quarantine_workers_and_backfill(installed: TestDB) -> None:
     assert s["quarantined"] == 1 and s["retrying"] == 1
     assert s["live_workers"] == 1
     assert {w["worker_id"]: w["live"] for w in s["workers"]} == {
-        "fresh": True, "old": False, "stopped": False,
+        "fresh": True,
+        "old": False,
+        "stopped": False,
     }
     assert s["backfill"] is None
 
@@ -163,14 +163,16 @@ def test_verdicts(installed: TestDB) -> None:
 
     # A quarantine entry whose user has a profile (or is gone) is a warning, not a verdict.
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
-                     " values ('q', now())")
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, quarantined_at) values ('q', now())"
+        )
     result = observe.status(settings)
     assert result["status"] == "healthy" and result["exit_code"] == 0
     assert result["warnings"] == ["quarantine"] and result["firing"] == ["quarantine"]
     assert [q["user_id"] for q in result["quarantine"]] == ["q"]
     assert installed.scalar("select profileguard.health() -> 'warnings'") == [
-        "1 users are quarantined"]
+        "1 users are quarantined"
+    ]
 
     set_enabled(installed.settings, False)
     result = observe.status(settings)
@@ -196,16 +198,22 @@ def test_missing_grace_and_repair_slo(installed: TestDB) -> None:
     assert verdict == "healthy"  # missing, but within the grace
     assert {c.name: c.status for c in checks}["missing_profiles"] == "ok"
     verdict, checks = observe.evaluate_health(
-        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=3600))
+        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=3600)
+    )
     assert verdict == "degraded"
     assert {c.name: c.status for c in checks}["missing_profiles"] == "warning"
     verdict, checks = observe.evaluate_health(
-        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0))
+        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0)
+    )
     assert verdict == "unhealthy"
     assert {c.name: c.status for c in checks}["repair_slo"] == "critical"
     quarantined = {**s, "quarantined": 1}  # a quarantined user is still a missing user
-    assert observe.evaluate_health(quarantined, AlertSettings(
-        missing_grace_seconds=0, repair_slo_seconds=0))[0] == "unhealthy"
+    assert (
+        observe.evaluate_health(
+            quarantined, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0)
+        )[0]
+        == "unhealthy"
+    )
 
 
 def test_worker_rule_when_required_or_registered(installed: TestDB) -> None:
@@ -246,14 +254,22 @@ def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
     assert stats(installed)["users"] == 300
 
 
-def cli(db: TestDB, *args: str, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+def cli(
+    db: TestDB, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],
-        capture_output=True, text=True, env=base, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -268,8 +284,9 @@ def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
     assert "coverage" in table.stdout and "healthy" in table.stdout
 
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
-                     " values ('q', now())")
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, quarantined_at) values ('q', now())"
+        )
     warned = cli(installed, "status", "--json")
     assert warned.returncode == 0 and json.loads(warned.stdout)["warnings"] == ["quarantine"]
     set_enabled(installed.settings, False)
@@ -300,9 +317,18 @@ def test_status_command_not_installed_and_unreachable(db: TestDB) -> None:
     missing = cli(db, "status")
     assert missing.returncode == 3 and "profileguard install" in missing.stderr
     gone = subprocess.run(
-        [sys.executable, "-m", "profileguard", "--database-url",
-         "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "status"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert gone.returncode == 4
 
@@ -341,21 +367,30 @@ def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> 
     import psycopg
 
     for role in ("anon", "authenticated"):
-        for call in ("profileguard.stats()", "profileguard.health()",
-                     "profileguard.refresh_stats()"):
+        for call in (
+            "profileguard.stats()",
+            "profileguard.health()",
+            "profileguard.refresh_stats()",
+        ):
             with installed.connect() as conn:
                 conn.execute(f"set role {role}")
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(f"select {call}")
-    assert installed.scalar(
-        "select bool_and(relrowsecurity) from pg_class where relnamespace ="
-        " 'profileguard'::regnamespace and relkind = 'r'"
-    ) is True
-    assert installed.scalar(
-        "select bool_and(prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp'])"
-        " from pg_proc where pronamespace = 'profileguard'::regnamespace"
-        " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
-    ) is True
+    assert (
+        installed.scalar(
+            "select bool_and(relrowsecurity) from pg_class where relnamespace ="
+            " 'profileguard'::regnamespace and relkind = 'r'"
+        )
+        is True
+    )
+    assert (
+        installed.scalar(
+            "select bool_and(prosecdef and proconfig @> array['search_path=pg_catalog, pg_temp'])"
+            " from pg_proc where pronamespace = 'profileguard'::regnamespace"
+            " and proname in ('stats', 'health', 'refresh_stats', '_monitored_tables')"
+        )
+        is True
+    )
 
 
 def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
@@ -363,17 +398,22 @@ def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
     first, second = signups(installed, 2, name="Lagging")
     set_enabled(installed.settings, True)
     with installed.connect() as conn:
-        conn.execute("update auth.users set created_at = now() - interval '2 hours'"
-                     " where id = %s", (first,))
-        conn.execute("update auth.users set created_at = now() - interval '1 hour'"
-                     " where id = %s", (second,))
+        conn.execute(
+            "update auth.users set created_at = now() - interval '2 hours' where id = %s", (first,)
+        )
+        conn.execute(
+            "update auth.users set created_at = now() - interval '1 hour' where id = %s", (second,)
+        )
     refresh(installed)
     s = stats(installed)
     assert 7200 <= s["oldest_missing_age_seconds"] < 7300
     assert 7200 <= s["repair_lag_seconds"] < 7300
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, attempts, quarantined_at)"
-                     " values (%s, 5, now())", (str(first),))
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, attempts, quarantined_at)"
+            " values (%s, 5, now())",
+            (str(first),),
+        )
     s = stats(installed)
     assert 7200 <= s["oldest_missing_age_seconds"] < 7300
     assert 3600 <= s["repair_lag_seconds"] < 3700

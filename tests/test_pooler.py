@@ -51,8 +51,10 @@ def test_prepared_statements_break_behind_pgbouncer_unless_the_setting_is_on(
                 other.execute("select 1")  # holds server connection 1 in its transaction
                 conn.execute(QUERY, (41,))  # so this one is sent on server connection 2
 
-        with psycopg.connect(bouncer.url, autocommit=True) as plain, \
-                pytest.raises(psycopg.errors.InvalidSqlStatementName):
+        with (
+            psycopg.connect(bouncer.url, autocommit=True) as plain,
+            pytest.raises(psycopg.errors.InvalidSqlStatementName),
+        ):
             prepare_then_move(plain)
         with connect(bouncer.settings(), autocommit=True) as pooled:
             prepare_then_move(pooled)
@@ -60,8 +62,11 @@ def test_prepared_statements_break_behind_pgbouncer_unless_the_setting_is_on(
 
 
 def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
 
 
 def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: TestDB) -> None:
@@ -72,16 +77,40 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
     with pgbouncer(installed) as bouncer:
         # Worker 1: the command, told by its flag; worker 2: the library, told by settings.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "profileguard", "--database-url", bouncer.url, "worker",
-             "--pooler", "transaction", "--batch-size", "100", "--worker-id", "bounced-cli",
-             "--incremental-interval", "0.2", "--full-interval", "3600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_worker_env(),
+            [
+                sys.executable,
+                "-m",
+                "profileguard",
+                "--database-url",
+                bouncer.url,
+                "worker",
+                "--pooler",
+                "transaction",
+                "--batch-size",
+                "100",
+                "--worker-id",
+                "bounced-cli",
+                "--incremental-interval",
+                "0.2",
+                "--full-interval",
+                "3600",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_worker_env(),
             stdin=subprocess.DEVNULL,
         )
         stop = threading.Event()
-        second = Reconciler(bouncer.settings(), worker_id="bounced-lib", batch_size=100,
-                            incremental_interval=0.2, full_interval=3600.0,
-                            heartbeat_interval=0.5, poll_interval=0.1)
+        second = Reconciler(
+            bouncer.settings(),
+            worker_id="bounced-lib",
+            batch_size=100,
+            incremental_interval=0.2,
+            full_interval=3600.0,
+            heartbeat_interval=0.5,
+            poll_interval=0.1,
+        )
         thread = threading.Thread(target=second.run_forever, args=(stop,), daemon=True)
         try:
             thread.start()
@@ -102,12 +131,20 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
         assert second.stats["errors"] == 0, second.stats["last_error"]
         assert second.stats["notifications"] == 0
     assert_each_repaired_once(installed, users + 1)
-    assert installed.scalar(
-        "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
-        " and worker_id = 'bounced-lib'") == 1
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
+            " and worker_id = 'bounced-lib'"
+        )
+        == 1
+    )
     # The worker process, stopped cleanly, left profileguard.workers.
-    assert installed.scalar(
-        "select count(*) from profileguard.workers where worker_id = 'bounced-cli'") == 0
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.workers where worker_id = 'bounced-cli'"
+        )
+        == 0
+    )
 
 
 def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> None:
@@ -119,8 +156,13 @@ def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> Non
         stop = threading.Event()
         reports: list[Report] = []
         errors: list[BaseException] = []
-        slow = Options(batch_size=200, min_batch_size=100, max_batch_size=200,
-                       max_rows_per_second=2000, workers=2)
+        slow = Options(
+            batch_size=200,
+            min_batch_size=100,
+            max_batch_size=200,
+            max_rows_per_second=2000,
+            workers=2,
+        )
 
         def first() -> None:
             try:
@@ -131,9 +173,15 @@ def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> Non
         thread = threading.Thread(target=first, daemon=True)
         thread.start()
         try:
-            assert wait_for(lambda: installed.scalar(
-                "select count(*) from profileguard.backfill_runs"
-                " where state = 'running' and batches > 0") == 1)
+            assert wait_for(
+                lambda: (
+                    installed.scalar(
+                        "select count(*) from profileguard.backfill_runs"
+                        " where state = 'running' and batches > 0"
+                    )
+                    == 1
+                )
+            )
             # A second backfill while the first one runs: refused, nothing done twice.
             with pytest.raises(BackfillBusyError, match="another backfill is running"):
                 run_backfill(settings, Options())
@@ -143,22 +191,28 @@ def test_backfill_behind_pgbouncer_runs_once_at_a_time(installed: TestDB) -> Non
         assert missing_profiles(installed) == 0
         assert installed.scalar("select count(*) from public.profiles") == users
         assert [(r.state, r.created) for r in reports] == [("completed", users)]
-        assert installed.scalar("select array_agg(state) from profileguard.backfill_runs"
-                                ) == ["completed"]
+        assert installed.scalar("select array_agg(state) from profileguard.backfill_runs") == [
+            "completed"
+        ]
 
         # A run whose process died: 'running' in the table, no checkpoint within the lease.
         with installed.connect() as conn:
-            conn.execute("delete from public.profiles where id in"
-                         " (select id from auth.users order by id limit 10)")
+            conn.execute(
+                "delete from public.profiles where id in"
+                " (select id from auth.users order by id limit 10)"
+            )
             conn.execute(
                 "insert into profileguard.backfill_runs (state, dry_run, total_estimate,"
                 " batch_size, owner, ordering, phase, updated_at)"
                 " values ('running', false, 0, 100, 'gone:1', 'pages', 'sweep',"
-                " now() - interval '1 hour')")
+                " now() - interval '1 hour')"
+            )
         report = run_backfill(settings, Options(workers=1))
         assert report.state == "completed" and report.created == 10
-        assert installed.scalar("select state from profileguard.backfill_runs"
-                                " where owner = 'gone:1'") == "interrupted"
+        assert (
+            installed.scalar("select state from profileguard.backfill_runs where owner = 'gone:1'")
+            == "interrupted"
+        )
 
 
 def test_transaction_pooler_port_without_the_setting_fails_clearly(installed: TestDB) -> None:
@@ -195,13 +249,21 @@ def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
     with pgbouncer(installed) as bouncer:
         seen: set[object] = set()
         done = threading.Event()
-        options = Options(batch_size=100, min_batch_size=100, max_batch_size=100,
-                          max_rows_per_second=200, workers=1)
+        options = Options(
+            batch_size=100,
+            min_batch_size=100,
+            max_batch_size=100,
+            max_rows_per_second=200,
+            workers=1,
+        )
 
         def watch() -> None:
             while not done.is_set():
-                seen.add(installed.scalar("select updated_at from profileguard.backfill_runs"
-                                          " where state = 'running'"))
+                seen.add(
+                    installed.scalar(
+                        "select updated_at from profileguard.backfill_runs where state = 'running'"
+                    )
+                )
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -224,8 +286,10 @@ def test_the_library_behind_pgbouncer_ensures_profiles_with_nothing_prepared(
     installed.bulk_signup(20)
     with installed.connect() as conn:
         ids = [r[0] for r in conn.execute("select id from auth.users order by id")]
-    with pgbouncer(installed, pool_size=2) as bouncer, \
-            ProfileGuard(bouncer.settings(), max_size=4) as guard:
+    with (
+        pgbouncer(installed, pool_size=2) as bouncer,
+        ProfileGuard(bouncer.settings(), max_size=4) as guard,
+    ):
         errors: list[BaseException] = []
 
         def ensure_all() -> None:
@@ -243,5 +307,9 @@ def test_the_library_behind_pgbouncer_ensures_profiles_with_nothing_prepared(
             thread.join(timeout=120)
         assert errors == []
     assert missing_profiles(installed) == 0
-    assert installed.scalar("select count(*) from profileguard.events"
-                            " where kind = 'repair' and source = 'client'") == 20
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'client'"
+        )
+        == 20
+    )

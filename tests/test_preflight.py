@@ -18,8 +18,11 @@ def _table(db: TestDB, ddl: str) -> None:
 
 
 def test_unfillable_not_null_column_is_refused_with_its_name(db: TestDB) -> None:
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " username text, bio text not null)")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text, bio text not null)",
+    )
     db.signup({"full_name": "Before"}, email="before@example.com")
     with pytest.raises(ConfigError) as info:
         install(db.settings)
@@ -33,8 +36,11 @@ def test_unfillable_not_null_column_is_refused_with_its_name(db: TestDB) -> None
 
 
 def test_check_reports_a_sample_failure_with_its_sqlstate(db: TestDB) -> None:
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " full_name text check (char_length(full_name) <= 10), username text)")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " full_name text check (char_length(full_name) <= 10), username text)",
+    )
     uid = db.signup({"full_name": "A name far too long for this column"})
     db.signup({"full_name": "Short"})
     checked = cli(db, "install", "--check", "--json")
@@ -53,10 +59,13 @@ def test_check_reports_a_sample_failure_with_its_sqlstate(db: TestDB) -> None:
 
 
 def test_check_passes_on_the_supabase_starter_table(db: TestDB) -> None:
-    _table(db, "create table public.profiles (id uuid not null references auth.users on delete"
-               " cascade primary key, updated_at timestamptz, username text unique,"
-               " full_name text, avatar_url text, website text,"
-               " constraint username_length check (char_length(username) >= 3))")
+    _table(
+        db,
+        "create table public.profiles (id uuid not null references auth.users on delete"
+        " cascade primary key, updated_at timestamptz, username text unique,"
+        " full_name text, avatar_url text, website text,"
+        " constraint username_length check (char_length(username) >= 3))",
+    )
     db.bulk_signup(5)
     checked = cli(db, "install", "--check", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -64,7 +73,10 @@ def test_check_passes_on_the_supabase_starter_table(db: TestDB) -> None:
 
 
 def test_a_regex_check_is_warned_about(db: TestDB) -> None:
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " username text not null check (username ~ '^[a-z0-9_]{3,24}$'))")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text not null check (username ~ '^[a-z0-9_]{3,24}$'))",
+    )
     result = install(db.settings)
     assert any("restricts characters" in n and "NOT NULL" in n for n in result.notes)

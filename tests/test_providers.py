@@ -58,91 +58,193 @@ GITHUB_PIC = "https://avatars.githubusercontent.com/u/583231?v=4"
 
 SHAPES = [
     Shape(
-        "google", "google", "ada.lovelace@gmail.com",
-        {"iss": "https://accounts.google.com", "sub": "109876543210987654321",
-         "name": "Ada Lovelace", "full_name": "Ada Lovelace", "email": "ada.lovelace@gmail.com",
-         "email_verified": True, "phone_verified": False, "picture": GOOGLE_PIC,
-         "avatar_url": GOOGLE_PIC, "provider_id": "109876543210987654321"},
-        "Ada Lovelace", GOOGLE_PIC, suffixed("ada.lovelace"),
+        "google",
+        "google",
+        "ada.lovelace@gmail.com",
+        {
+            "iss": "https://accounts.google.com",
+            "sub": "109876543210987654321",
+            "name": "Ada Lovelace",
+            "full_name": "Ada Lovelace",
+            "email": "ada.lovelace@gmail.com",
+            "email_verified": True,
+            "phone_verified": False,
+            "picture": GOOGLE_PIC,
+            "avatar_url": GOOGLE_PIC,
+            "provider_id": "109876543210987654321",
+        },
+        "Ada Lovelace",
+        GOOGLE_PIC,
+        suffixed("ada.lovelace"),
     ),
     Shape(
-        "google_name_and_picture_only", "google", "grace@gmail.com",
-        {"name": "Grace Hopper", "picture": "https://lh3.googleusercontent.com/g",
-         "email": "grace@gmail.com"},
-        "Grace Hopper", "https://lh3.googleusercontent.com/g", suffixed("grace"),
+        "google_name_and_picture_only",
+        "google",
+        "grace@gmail.com",
+        {
+            "name": "Grace Hopper",
+            "picture": "https://lh3.googleusercontent.com/g",
+            "email": "grace@gmail.com",
+        },
+        "Grace Hopper",
+        "https://lh3.googleusercontent.com/g",
+        suffixed("grace"),
     ),
     Shape(
-        "github", "github", "octocat@github.com",
-        {"iss": "https://api.github.com", "sub": "583231", "name": "The Octocat",
-         "full_name": "The Octocat", "user_name": "octocat", "preferred_username": "octocat",
-         "avatar_url": GITHUB_PIC, "email": "octocat@github.com", "email_verified": True,
-         "provider_id": "583231"},
-        "The Octocat", GITHUB_PIC, "octocat",
+        "github",
+        "github",
+        "octocat@github.com",
+        {
+            "iss": "https://api.github.com",
+            "sub": "583231",
+            "name": "The Octocat",
+            "full_name": "The Octocat",
+            "user_name": "octocat",
+            "preferred_username": "octocat",
+            "avatar_url": GITHUB_PIC,
+            "email": "octocat@github.com",
+            "email_verified": True,
+            "provider_id": "583231",
+        },
+        "The Octocat",
+        GITHUB_PIC,
+        "octocat",
     ),
     Shape(
-        "github_without_display_name", "github", "ghost@example.com",
-        {"user_name": "ghost-user", "preferred_username": "ghost-user", "full_name": "",
-         "avatar_url": GITHUB_PIC},
-        None, GITHUB_PIC, "ghost-user",
+        "github_without_display_name",
+        "github",
+        "ghost@example.com",
+        {
+            "user_name": "ghost-user",
+            "preferred_username": "ghost-user",
+            "full_name": "",
+            "avatar_url": GITHUB_PIC,
+        },
+        None,
+        GITHUB_PIC,
+        "ghost-user",
     ),
     Shape(
-        "github_preferred_username_only", "github", None,
+        "github_preferred_username_only",
+        "github",
+        None,
         {"preferred_username": "linus", "avatar_url": GITHUB_PIC},
-        None, GITHUB_PIC, "linus",
+        None,
+        GITHUB_PIC,
+        "linus",
     ),
     Shape(
-        "github_one_letter_login", "github", "x@example.com",
+        "github_one_letter_login",
+        "github",
+        "x@example.com",
         {"user_name": "x", "preferred_username": "x", "avatar_url": GITHUB_PIC},
-        None, GITHUB_PIC, suffixed("x"),
+        None,
+        GITHUB_PIC,
+        suffixed("x"),
     ),
     Shape(
-        "discord", "discord", "darcy@example.com",
-        {"iss": "https://discord.com/api", "sub": "389980445330374656", "name": "codejedi#0",
-         "full_name": "codejedi", "custom_claims": {"global_name": "CodeJedi"},
-         "avatar_url": DISCORD_PIC, "picture": DISCORD_PIC, "email": "darcy@example.com",
-         "email_verified": True, "phone_verified": False, "provider_id": "389980445330374656"},
-        "CodeJedi", DISCORD_PIC, suffixed("darcy"),
+        "discord",
+        "discord",
+        "darcy@example.com",
+        {
+            "iss": "https://discord.com/api",
+            "sub": "389980445330374656",
+            "name": "codejedi#0",
+            "full_name": "codejedi",
+            "custom_claims": {"global_name": "CodeJedi"},
+            "avatar_url": DISCORD_PIC,
+            "picture": DISCORD_PIC,
+            "email": "darcy@example.com",
+            "email_verified": True,
+            "phone_verified": False,
+            "provider_id": "389980445330374656",
+        },
+        "CodeJedi",
+        DISCORD_PIC,
+        suffixed("darcy"),
     ),
     Shape(
-        "discord_without_global_name", "discord", "plain@example.com",
-        {"name": "plainuser#0", "full_name": "plainuser", "custom_claims": {"global_name": ""},
-         "avatar_url": DISCORD_PIC},
-        "plainuser", DISCORD_PIC, suffixed("plain"),
+        "discord_without_global_name",
+        "discord",
+        "plain@example.com",
+        {
+            "name": "plainuser#0",
+            "full_name": "plainuser",
+            "custom_claims": {"global_name": ""},
+            "avatar_url": DISCORD_PIC,
+        },
+        "plainuser",
+        DISCORD_PIC,
+        suffixed("plain"),
     ),
-    Shape("magic_link", "email", "dora.explorer@example.com", {}, None, None,
-          suffixed("dora.explorer")),
+    Shape(
+        "magic_link",
+        "email",
+        "dora.explorer@example.com",
+        {},
+        None,
+        None,
+        suffixed("dora.explorer"),
+    ),
     Shape("otp_short_email", "email", "al@example.com", {}, None, None, suffixed("al")),
     Shape("anonymous", "anonymous", None, {}, None, None, None),
     Shape(
-        "emoji", "github", "unicorn@example.com",
-        {"full_name": "🦄 Ünïcødé Ünicorn 👩‍💻", "user_name": "unicorn_🦄",
-         "avatar_url": GITHUB_PIC},
-        "🦄 Ünïcødé Ünicorn 👩‍💻", GITHUB_PIC, "unicorn_🦄",
+        "emoji",
+        "github",
+        "unicorn@example.com",
+        {
+            "full_name": "🦄 Ünïcødé Ünicorn 👩‍💻",
+            "user_name": "unicorn_🦄",
+            "avatar_url": GITHUB_PIC,
+        },
+        "🦄 Ünïcødé Ünicorn 👩‍💻",
+        GITHUB_PIC,
+        "unicorn_🦄",
     ),
     Shape(
-        "emoji_only_short_handle", "github", "e@example.com",
+        "emoji_only_short_handle",
+        "github",
+        "e@example.com",
         {"full_name": "👩‍👩‍👧‍👦", "user_name": "🦄"},
-        "👩‍👩‍👧‍👦", None, suffixed("🦄"),
+        "👩‍👩‍👧‍👦",
+        None,
+        suffixed("🦄"),
     ),
     Shape(
-        "rtl", "google", "mohammed@example.com",
+        "rtl",
+        "google",
+        "mohammed@example.com",
         {"full_name": "محمد الأحمد", "name": "محمد الأحمد", "picture": GOOGLE_PIC},
-        "محمد الأحمد", GOOGLE_PIC, suffixed("mohammed"),
+        "محمد الأحمد",
+        GOOGLE_PIC,
+        suffixed("mohammed"),
     ),
     Shape(
-        "rtl_handle", "github", "noa@example.com",
+        "rtl_handle",
+        "github",
+        "noa@example.com",
         {"full_name": "נועה כהן", "user_name": "נועה"},
-        "נועה כהן", None, "נועה",
+        "נועה כהן",
+        None,
+        "נועה",
     ),
     Shape(
-        "very_long_names", "github", "long@example.com",
+        "very_long_names",
+        "github",
+        "long@example.com",
         {"full_name": LONG_NAME, "user_name": LONG_HANDLE},
-        LONG_NAME, None, LONG_HANDLE[:64],  # username.max_length
+        LONG_NAME,
+        None,
+        LONG_HANDLE[:64],  # username.max_length
     ),
     Shape(
-        "padded_names_are_trimmed", "google", "pad@example.com",
+        "padded_names_are_trimmed",
+        "google",
+        "pad@example.com",
         {"full_name": "   ", "name": "  Padded Name  ", "picture": "  "},
-        "Padded Name", None, suffixed("pad"),
+        "Padded Name",
+        None,
+        suffixed("pad"),
     ),
 ]
 
@@ -158,16 +260,25 @@ def supabase_signup(db: TestDB, shape: Shape) -> uuid.UUID:
             " confirmation_token, recovery_token, email_change_token_new, email_change)"
             " values ('00000000-0000-0000-0000-000000000000', %s, 'authenticated', '', %s, '',"
             " %s, %s, %s, now(), now(), '', '', '', '')",
-            (uid, shape.email, json.dumps(app_meta), json.dumps(shape.metadata),
-             shape.provider == "anonymous"),
+            (
+                uid,
+                shape.email,
+                json.dumps(app_meta),
+                json.dumps(shape.metadata),
+                shape.provider == "anonymous",
+            ),
         )
         conn.execute("update auth.users set role = 'authenticated' where id = %s", (uid,))
         if shape.provider != "anonymous":
             conn.execute(
                 "insert into auth.identities (provider_id, user_id, identity_data, provider)"
                 " values (%s, %s, %s, %s)",
-                (shape.sub if shape.provider != "email" else str(uid), uid,
-                 json.dumps({**shape.metadata, "sub": shape.sub}), shape.provider),
+                (
+                    shape.sub if shape.provider != "email" else str(uid),
+                    uid,
+                    json.dumps({**shape.metadata, "sub": shape.sub}),
+                    shape.provider,
+                ),
             )
         conn.commit()
     return uid
@@ -178,8 +289,9 @@ def register(guard: ProfileGuard, shape: Shape) -> RegisteredUser:
         return guard.register(anonymous=True, metadata=shape.metadata)
     if shape.provider == "email":
         return guard.register(email=shape.email, metadata=shape.metadata)
-    return guard.register(provider=shape.provider, provider_id=shape.sub, email=shape.email,
-                          metadata=shape.metadata)
+    return guard.register(
+        provider=shape.provider, provider_id=shape.sub, email=shape.email, metadata=shape.metadata
+    )
 
 
 def profile_columns(db: TestDB, uid: uuid.UUID | str) -> dict[str, Any] | None:
@@ -188,8 +300,11 @@ def profile_columns(db: TestDB, uid: uuid.UUID | str) -> dict[str, Any] | None:
             "select full_name, avatar_url, username from public.profiles where id = %s",
             (str(uid),),
         ).fetchone()
-    return None if row is None else dict(zip(("full_name", "avatar_url", "username"), row,
-                                              strict=True))
+    return (
+        None
+        if row is None
+        else dict(zip(("full_name", "avatar_url", "username"), row, strict=True))
+    )
 
 
 def picked(profile: dict[str, Any]) -> dict[str, Any]:
@@ -267,16 +382,24 @@ def test_shape_gives_the_same_profile_on_every_path(
 def test_usernames_collide_across_providers(installed: TestDB, guard: ProfileGuard) -> None:
     """One handle claimed by a GitHub login, a Google email and a magic link: the first keeps it,
     the others get the suffix, on the trigger and on register alike."""
-    github = guard.register(provider="github", provider_id="1", email="gh@example.com",
-                            metadata={"user_name": "ada"})
-    google = guard.register(provider="google", provider_id="2", email="ada@gmail.com",
-                            metadata={"name": "Ada from Google"})
-    magic = supabase_signup(installed, Shape("magic", "email", "ada@example.org", {}, None, None,
-                                             None))
+    github = guard.register(
+        provider="github", provider_id="1", email="gh@example.com", metadata={"user_name": "ada"}
+    )
+    google = guard.register(
+        provider="google",
+        provider_id="2",
+        email="ada@gmail.com",
+        metadata={"name": "Ada from Google"},
+    )
+    magic = supabase_signup(
+        installed, Shape("magic", "email", "ada@example.org", {}, None, None, None)
+    )
     assert github.profile["username"] == "ada"
     assert google.profile["username"] == suffixed("ada")(uuid.UUID(google.id))
     assert profile_columns(installed, magic) == {
-        "full_name": None, "avatar_url": None, "username": suffixed("ada")(magic)
+        "full_name": None,
+        "avatar_url": None,
+        "username": suffixed("ada")(magic),
     }
     # A short name is suffixed even when free; suffixed names never collide with each other.
     short = [guard.register(email=f"jo@{d}.com") for d in ("a", "b", "c")]
@@ -284,9 +407,10 @@ def test_usernames_collide_across_providers(installed: TestDB, guard: ProfileGua
     assert names == [suffixed("jo")(uuid.UUID(s.id)) for s in short]
     assert len(set(names)) == 3
     assert installed.scalar("select count(*) from public.profiles") == 6
-    assert installed.scalar(
-        "select count(*) from public.profiles where char_length(username) < 3"
-    ) == 0
+    assert (
+        installed.scalar("select count(*) from public.profiles where char_length(username) < 3")
+        == 0
+    )
     assert installed.scalar("select count(*) from profileguard.failures") == 0
 
 
@@ -300,8 +424,13 @@ def test_every_shape_in_one_bulk_statement(installed: TestDB) -> None:
             " r.email, r.meta::jsonb, r.anon, jsonb_build_object('provider', r.provider), now()"
             " from unnest(%s::uuid[], %s::text[], %s::text[], %s::bool[], %s::text[])"
             " as r(id, email, meta, anon, provider)",
-            (ids, [s.email for s in SHAPES], [json.dumps(s.metadata) for s in SHAPES],
-             [s.provider == "anonymous" for s in SHAPES], [s.provider for s in SHAPES]),
+            (
+                ids,
+                [s.email for s in SHAPES],
+                [json.dumps(s.metadata) for s in SHAPES],
+                [s.provider == "anonymous" for s in SHAPES],
+                [s.provider for s in SHAPES],
+            ),
         )
     for shape, uid in zip(SHAPES, ids, strict=True):
         assert profile_columns(installed, uid) == shape.expected(uid), shape.name

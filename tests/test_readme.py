@@ -29,8 +29,9 @@ def _option(param: Any) -> tuple[str, str]:
     if not param.is_flag:
         desc = param.type_descriptor
         choices = "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
-        names += " " + (param.metavar or (f"[{choices}]" if desc.is_choice else "")
-                        or param.name.upper())
+        names += " " + (
+            param.metavar or (f"[{choices}]" if desc.is_choice else "") or param.name.upper()
+        )
     text = getattr(param, "help", None) or ""
     return names, " ".join(text.split())
 
@@ -46,7 +47,8 @@ def reference() -> str:
                 continue
             arguments = [
                 (p.name or "").upper() + ("…" if p.nargs == -1 else "")
-                for p in command.params if p.param_type_name == "argument"
+                for p in command.params
+                if p.param_type_name == "argument"
             ]
             usage = " ".join(["[OPTIONS]", *arguments])
             summary = " ".join((command.help or "").split())

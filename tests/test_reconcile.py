@@ -49,14 +49,20 @@ def missing_profiles(db: TestDB) -> int:
 def assert_each_repaired_once(db: TestDB, users: int) -> None:
     assert db.scalar("select count(*) from public.profiles") == users
     assert missing_profiles(db) == 0
-    assert db.scalar(
-        "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
-        " group by user_id having count(*) > 1) d"
-    ) == 0
-    assert db.scalar(
-        "select count(distinct user_id) from profileguard.events"
-        " where kind = 'repair' and source = 'worker'"
-    ) == users
+    assert (
+        db.scalar(
+            "select count(*) from (select user_id from profileguard.events where kind = 'repair'"
+            " group by user_id having count(*) > 1) d"
+        )
+        == 0
+    )
+    assert (
+        db.scalar(
+            "select count(distinct user_id) from profileguard.events"
+            " where kind = 'repair' and source = 'worker'"
+        )
+        == users
+    )
 
 
 def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
@@ -72,10 +78,13 @@ def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
     assert result.batches == 4
     assert result.as_dict()["repaired"] == 1000
     assert_each_repaired_once(installed, 1000)
-    assert installed.scalar(
-        "select full_name from public.profiles p join auth.users u using (id)"
-        " where u.email = 'bulk7@example.com'"
-    ) == "User 7"
+    assert (
+        installed.scalar(
+            "select full_name from public.profiles p join auth.users u using (id)"
+            " where u.email = 'bulk7@example.com'"
+        )
+        == "User 7"
+    )
     again = Reconciler(installed.settings).run_once()
     assert (again.scanned, again.repaired) == (0, 0)
 
@@ -102,9 +111,9 @@ def test_parallel_worker_processes_create_each_profile_once(installed: TestDB) -
 
     assert sum(r["repaired"] for r in results) == users
     assert_each_repaired_once(installed, users)
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair'"
-    ) == users
+    assert (
+        installed.scalar("select count(*) from profileguard.events where kind = 'repair'") == users
+    )
 
 
 def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestDB) -> None:
@@ -161,9 +170,12 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
     assert (fourth.scanned, fourth.failed) == (0, 0)
     # Retrying while the cause is still there fails again, without crashing.
     assert reconciler.retry([bad]).repaired == 0
-    assert installed.scalar(
-        "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
-    ) == 1
+    assert (
+        installed.scalar(
+            "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
+        )
+        == 1
+    )
 
     drop_bad_constraint(installed)
     # No longer quarantined after retry(): the next pass re-drives it.
@@ -267,34 +279,52 @@ def fast_reconciler(db: TestDB, **kwargs: Any) -> Reconciler:
 def test_run_forever_repairs_a_failed_signup(installed: TestDB) -> None:
     reconciler = fast_reconciler(installed, worker_id="forever-1")
     with running(reconciler):
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where worker_id = 'forever-1'") == 1)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where worker_id = 'forever-1'"
+                )
+                == 1
+            )
+        )
         add_bad_constraint(installed)
         bad = installed.signup({"full_name": BAD_NAME})
-        assert installed.scalar(
-            "select count(*) from profileguard.events where kind = 'failure' and user_id = %s",
-            (str(bad),),
-        ) == 1
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.events where kind = 'failure' and user_id = %s",
+                (str(bad),),
+            )
+            == 1
+        )
         assert not has_profile(installed, bad)
         drop_bad_constraint(installed)
         assert wait_for(lambda: has_profile(installed, bad))
         ok = installed.signup({"full_name": "Fine"})
         assert has_profile(installed, ok)  # the trigger did this one
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'repair' and source = 'worker'"
-        " and user_id = %s",
-        (str(bad),),
-    ) == 1
-    assert installed.scalar(
-        "select stats->>'state' from profileguard.workers where worker_id = 'forever-1'"
-    ) == "stopped"
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.events where kind = 'repair' and source = 'worker'"
+            " and user_id = %s",
+            (str(bad),),
+        )
+        == 1
+    )
+    assert (
+        installed.scalar(
+            "select stats->>'state' from profileguard.workers where worker_id = 'forever-1'"
+        )
+        == "stopped"
+    )
 
 
 def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
     # Incremental sweeps effectively off: only the notification can wake the worker.
     reconciler = Reconciler(
-        installed.settings, incremental_interval=3600.0, full_interval=3600.0,
-        heartbeat_interval=3600.0, poll_interval=0.1,
+        installed.settings,
+        incremental_interval=3600.0,
+        full_interval=3600.0,
+        heartbeat_interval=3600.0,
+        poll_interval=0.1,
     )
     with running(reconciler):
         assert wait_for(lambda: reconciler.stats["passes"] >= 1)
@@ -313,9 +343,15 @@ def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
 def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> None:
     reconciler = fast_reconciler(installed, worker_id="forever-2")
     with running(reconciler):
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from pg_stat_activity where datname = current_database()"
-            " and application_name = 'profileguard-reconciler'") >= 2)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and application_name = 'profileguard-reconciler'"
+                )
+                >= 2
+            )
+        )
         killed = installed.scalar(
             "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
             " where datname = current_database() and application_name = 'profileguard-reconciler'"
@@ -328,9 +364,15 @@ def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> 
         bad = installed.signup({"full_name": BAD_NAME})
         drop_bad_constraint(installed)
         assert wait_for(lambda: has_profile(installed, bad))
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from pg_stat_activity where datname = current_database()"
-            " and application_name = 'profileguard-reconciler'") >= 2)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and application_name = 'profileguard-reconciler'"
+                )
+                >= 2
+            )
+        )
     assert reconciler.stats["errors"] >= 1
 
 
@@ -338,8 +380,13 @@ def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) ->
     set_enabled(installed.settings, False)
     workers = [
         Reconciler(
-            installed.settings, worker_id=f"t{i}", batch_size=200, full_interval=0.2,
-            incremental_interval=0.2, heartbeat_interval=0.2, poll_interval=0.05,
+            installed.settings,
+            worker_id=f"t{i}",
+            batch_size=200,
+            full_interval=0.2,
+            incremental_interval=0.2,
+            heartbeat_interval=0.2,
+            poll_interval=0.05,
         )
         for i in range(3)
     ]
@@ -347,13 +394,22 @@ def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) ->
         for round_ in range(5):
             installed.bulk_signup(1000, prefix=f"r{round_}-")
         assert wait_for(lambda: missing_profiles(installed) == 0)
-        assert wait_for(lambda: installed.scalar(
-            "select count(*) from profileguard.workers where stats->>'state' = 'running'") == 3)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select count(*) from profileguard.workers where stats->>'state' = 'running'"
+                )
+                == 3
+            )
+        )
     assert_each_repaired_once(installed, 5000)
     assert sum(w.stats["repaired"] for w in workers) == 5000
-    assert installed.scalar(
-        "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
-    ) == 3
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.workers where stats->>'state' = 'stopped'"
+        )
+        == 3
+    )
 
 
 def test_reconciler_tables_are_not_reachable_by_clients(installed: TestDB) -> None:
@@ -386,11 +442,13 @@ def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installe
     reconciler.run_incremental()  # cursor at the current end of the trail
     slow = installed.connect(autocommit=False)
     try:
-        slow.execute("select profileguard.record_failure(%s, '40001', 'slow', 'test')",
-                     (str(early),))  # takes the lower id, stays uncommitted
+        slow.execute(
+            "select profileguard.record_failure(%s, '40001', 'slow', 'test')", (str(early),)
+        )  # takes the lower id, stays uncommitted
         with installed.connect() as conn:
-            conn.execute("select profileguard.record_failure(%s, '40001', 'fast', 'test')",
-                         (str(late),))
+            conn.execute(
+                "select profileguard.record_failure(%s, '40001', 'fast', 'test')", (str(late),)
+            )
         assert reconciler.run_incremental().repaired == 1  # sees only the committed one
         assert has_profile(installed, late) and not has_profile(installed, early)
         slow.commit()
@@ -414,9 +472,7 @@ def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
     with installed.connect() as conn:
         # Every user "has a profile" in the configured table: scanning it would find nothing.
         conn.execute("insert into public.other_profiles (id) select id from auth.users")
-    changed = installed.settings.with_overrides(
-        profile=TableRef("public", "other_profiles", "id")
-    )
+    changed = installed.settings.with_overrides(profile=TableRef("public", "other_profiles", "id"))
     assert missing_profiles(installed) == 50
 
     reconciler = Reconciler(changed, batch_size=20)

@@ -23,8 +23,7 @@ def test_stored_failure_keeps_no_row_values(db: TestDB) -> None:
     db.signup({"full_name": "Grace Hopper", "user_name": "grace"}, email="grace@example.com")
     with db.connect() as conn:
         rows = conn.execute(
-            "select sqlstate, message, detail::text from profileguard.events"
-            " where kind = 'failure'"
+            "select sqlstate, message, detail::text from profileguard.events where kind = 'failure'"
         ).fetchall()
     assert [r[0] for r in rows] == ["23514"]
     stored = " ".join(str(v) for v in rows[0])
@@ -37,9 +36,9 @@ def test_redact_error_in_sql(installed: TestDB) -> None:
         "Failing row contains (1, Grace Hopper, x)": "Failing row contains (redacted)",
         "Key (lower(username))=(bob) already exists.": "Key (lower(username))=(redacted) "
         "already exists.",
-        'invalid input syntax for type uuid: "xyz"': 'invalid input syntax for type uuid: '
+        'invalid input syntax for type uuid: "xyz"': "invalid input syntax for type uuid: "
         '"(redacted)"',
-        'duplicate key value violates unique constraint "p_key"': 'duplicate key value violates'
+        'duplicate key value violates unique constraint "p_key"': "duplicate key value violates"
         ' unique constraint "p_key"',
     }
     for given, expected in cases.items():
@@ -50,7 +49,7 @@ def test_repair_state_message_redacted(installed: TestDB) -> None:
     with installed.connect() as conn:
         conn.execute(
             "select profileguard.note_repair_failure('u1', '23514', %s, 'test', 5, 1, 1)",
-            ("new row violates check constraint \"c\"\nFailing row contains (u1, Ada L)",),
+            ('new row violates check constraint "c"\nFailing row contains (u1, Ada L)',),
         )
         last, history = conn.execute(
             "select last_message, history::text from profileguard.repair_state"

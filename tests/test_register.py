@@ -103,8 +103,9 @@ def test_register_returns_the_user_with_its_profile(guard: ProfileGuard, install
     assert result.profile["avatar_url"] == "https://x/ada.png"
     assert "encrypted_password" not in result.user
     # Committed before returning: another connection sees the user and the same profile.
-    stored = row(installed, "select to_jsonb(p) as p from public.profiles p where id = %s",
-                 (result.id,))
+    stored = row(
+        installed, "select to_jsonb(p) as p from public.profiles p where id = %s", (result.id,)
+    )
     assert stored is not None
     assert {k: stored["p"][k] for k in ("id", "full_name", "username", "avatar_url")} == {
         k: str(result.profile[k]) if k == "id" else result.profile[k]
@@ -125,8 +126,12 @@ def test_register_writes_auth_users_as_supabase_auth_does(
     assert user["raw_app_meta_data"] == {"provider": "email", "providers": ["email"]}
     assert user["raw_user_meta_data"] == {"a": 1}
     # NULL tokens make Supabase Auth fail to read the user; they must be ''.
-    for column in ("confirmation_token", "recovery_token", "email_change_token_new",
-                   "email_change"):
+    for column in (
+        "confirmation_token",
+        "recovery_token",
+        "email_change_token_new",
+        "email_change",
+    ):
         assert user[column] == "", column
     assert user["email_confirmed_at"] is None
     assert user["is_anonymous"] is False and user["is_sso_user"] is False
@@ -145,8 +150,9 @@ def test_register_writes_auth_users_as_supabase_auth_does(
 def test_default_backend_uses_supabase_bcrypt_cost(installed: TestDB) -> None:
     with ProfileGuard(installed.settings) as g:
         result = g.register(email="cost@example.com", password=PASSWORD)
-    hashed = installed.scalar("select encrypted_password from auth.users where id = %s",
-                              (result.id,))
+    hashed = installed.scalar(
+        "select encrypted_password from auth.users where id = %s", (result.id,)
+    )
     assert hashed.startswith("$2a$10$")
     assert bcrypt.checkpw(PASSWORD.encode(), hashed.encode())
 
@@ -159,12 +165,16 @@ def test_password_is_never_logged_or_stored(
     reject_name(installed, "Pending Person")  # also exercise the failure path's logging
     result = guard.register(email="sec@example.com", password=secret)
     with pytest.raises(ProfilePendingError) as info:
-        guard.register(email="pending@example.com", password=secret,
-                       metadata={"full_name": "Pending Person"})
+        guard.register(
+            email="pending@example.com", password=secret, metadata={"full_name": "Pending Person"}
+        )
     with pytest.raises(WeakPasswordError) as weak:
         guard.register(email="weak@example.com", password=secret[:3])
-    texts = [r.getMessage() for r in caplog.records] + [str(info.value), str(weak.value),
-                                                        repr(weak.value)]
+    texts = [r.getMessage() for r in caplog.records] + [
+        str(info.value),
+        str(weak.value),
+        repr(weak.value),
+    ]
     assert all(secret not in t and secret[:3] + "'" not in t for t in texts)
     # Nowhere in the database in clear: users, identities, profiles, events.
     for table in ("auth.users", "auth.identities", "public.profiles", "profileguard.events"):
@@ -270,8 +280,15 @@ def test_password_policy_with_required_classes(installed: TestDB) -> None:
         ({"email": "m@example.com", "metadata": {"big": "x" * 70_000}}, "bytes"),
         ({"email": "m@example.com", "provider": "Bad Provider"}, "invalid provider"),
         ({"email": "m@example.com", "provider": "github"}, "provider_id"),
-        ({"email": "m@example.com", "provider": "github", "provider_id": "1",
-          "password": PASSWORD}, "no password"),
+        (
+            {
+                "email": "m@example.com",
+                "provider": "github",
+                "provider_id": "1",
+                "password": PASSWORD,
+            },
+            "no password",
+        ),
         ({"email": "m@example.com", "anonymous": True}, "anonymous"),
         ({"email": "m@example.com", "user_id": "not-a-uuid"}, "not a UUID"),
     ],
@@ -296,7 +313,9 @@ def test_passwordless_oauth_and_anonymous_registrations(
 ) -> None:
     magic = guard.register(email="magic@example.com")
     github = guard.register(
-        provider="github", provider_id="583231", email="octo@example.com",
+        provider="github",
+        provider_id="583231",
+        email="octo@example.com",
         metadata={"user_name": "octocat", "full_name": "The Octocat", "email_verified": True},
     )
     anon = guard.register(anonymous=True)
@@ -322,8 +341,9 @@ def test_passwordless_oauth_and_anonymous_registrations(
     assert a is not None
     assert a["is_anonymous"] is True and a["email"] is None
     assert a["raw_app_meta_data"]["provider"] == "anonymous"
-    assert installed.scalar("select count(*) from auth.identities where user_id = %s",
-                            (anon.id,)) == 0
+    assert (
+        installed.scalar("select count(*) from auth.identities where user_id = %s", (anon.id,)) == 0
+    )
     assert anon.profile["id"] == anon.user["id"]
     assert anon.profile["username"] is None
     assert count(installed, "public.profiles") == 3
@@ -383,8 +403,9 @@ def test_profile_failure_commits_the_user_and_records_once(
 ) -> None:
     reject_name(installed, "Rejected")
     with pytest.raises(ProfilePendingError) as info:
-        guard.register(email="rej@example.com", password=PASSWORD,
-                       metadata={"full_name": "Rejected"})
+        guard.register(
+            email="rej@example.com", password=PASSWORD, metadata={"full_name": "Rejected"}
+        )
     err = info.value
     assert isinstance(err, ProfileCreationError)
     assert err.sqlstate == "23514"
@@ -411,8 +432,9 @@ def test_strict_mode_rolls_the_registration_back(installed: TestDB) -> None:
     reject_name(installed, "Rejected")
     with ProfileGuard(installed.settings, identity=SupabaseAuthBackend(bcrypt_rounds=4)) as g:
         with pytest.raises(ProfileCreationError) as info:
-            g.register(email="strict@example.com", password=PASSWORD,
-                       metadata={"full_name": "Rejected"})
+            g.register(
+                email="strict@example.com", password=PASSWORD, metadata={"full_name": "Rejected"}
+            )
         assert not isinstance(info.value, ProfilePendingError)
         assert info.value.sqlstate == "23514"
         assert "strict mode" in info.value.message
@@ -428,8 +450,13 @@ def test_transient_failure_retries_the_whole_registration(installed: TestDB) -> 
     settings = installed.settings.with_overrides(retry_attempts=10)
     blocker = installed.connect(autocommit=False)
     blocker.execute("lock table auth.identities in access exclusive mode")
-    pool = ConnectionPool(installed.url, min_size=1, max_size=1,
-                          kwargs={"options": "-c lock_timeout=200ms"}, open=True)
+    pool = ConnectionPool(
+        installed.url,
+        min_size=1,
+        max_size=1,
+        kwargs={"options": "-c lock_timeout=200ms"},
+        open=True,
+    )
     stop = threading.Event()
 
     def release_after_first_attempt() -> None:
@@ -459,9 +486,12 @@ def test_transient_failure_retries_the_whole_registration(installed: TestDB) -> 
 
 def test_transient_failure_without_retries_leaves_nothing(installed: TestDB) -> None:
     settings = installed.settings.with_overrides(retry_attempts=1)
-    with installed.connect(autocommit=False) as blocker, ConnectionPool(
-        installed.url, min_size=1, max_size=1, kwargs={"options": "-c lock_timeout=100ms"}
-    ) as pool:
+    with (
+        installed.connect(autocommit=False) as blocker,
+        ConnectionPool(
+            installed.url, min_size=1, max_size=1, kwargs={"options": "-c lock_timeout=100ms"}
+        ) as pool,
+    ):
         blocker.execute("lock table auth.identities in access exclusive mode")
         g = ProfileGuard(settings, pool=pool, identity=SupabaseAuthBackend(bcrypt_rounds=4))
         with pytest.raises(DatabaseError) as info:
@@ -506,9 +536,14 @@ def test_ensure_on_login_with_supabase_jwt_claims(guard: ProfileGuard, installed
     uid = installed.signup({"name": "Grace"}, email="grace@example.com")
     set_enabled(installed.settings, True)
     claims = {
-        "sub": str(uid), "aud": "authenticated", "role": "authenticated", "exp": 2_000_000_000,
-        "email": "grace@example.com", "app_metadata": {"provider": "google"},
-        "user_metadata": {"name": "Grace"}, "is_anonymous": False,
+        "sub": str(uid),
+        "aud": "authenticated",
+        "role": "authenticated",
+        "exp": 2_000_000_000,
+        "email": "grace@example.com",
+        "app_metadata": {"provider": "google"},
+        "user_metadata": {"name": "Grace"},
+        "is_anonymous": False,
     }
     result = guard.ensure_on_login(claims)
     assert result.id == str(uid)
@@ -520,9 +555,16 @@ def test_ensure_on_login_with_supabase_jwt_claims(guard: ProfileGuard, installed
 def test_ensure_on_login_registers_a_first_oauth_login_once(
     guard: ProfileGuard, installed: TestDB
 ) -> None:
-    claims = {"sub": "12345", "email": "Linus@Example.com", "email_verified": True,
-              "user_name": "torvalds", "full_name": "Linus Torvalds",
-              "avatar_url": "https://avatars/1", "iss": "https://api.github.com", "exp": 1}
+    claims = {
+        "sub": "12345",
+        "email": "Linus@Example.com",
+        "email_verified": True,
+        "user_name": "torvalds",
+        "full_name": "Linus Torvalds",
+        "avatar_url": "https://avatars/1",
+        "iss": "https://api.github.com",
+        "exp": 1,
+    }
     first = guard.ensure_on_login(claims, provider="github")
     second = guard.ensure_on_login({**claims, "provider": "github"})
     assert (first.created, second.created) == (True, False)
@@ -544,8 +586,9 @@ def test_concurrent_first_logins_of_one_identity_make_one_user(installed: TestDB
     errors: list[BaseException] = []
     lock = threading.Lock()
     claims = {"sub": "998877", "email": "same@example.com", "user_name": "same"}
-    with ProfileGuard(installed.settings, identity=SupabaseAuthBackend(bcrypt_rounds=4),
-                      max_size=threads) as g:
+    with ProfileGuard(
+        installed.settings, identity=SupabaseAuthBackend(bcrypt_rounds=4), max_size=threads
+    ) as g:
         g._pool.wait()
 
         def login() -> None:
@@ -573,8 +616,9 @@ def test_provider_sub_is_never_taken_as_a_user_id(guard: ProfileGuard, installed
     """An IdP whose subs are UUIDs (Keycloak, Auth0…): a sub equal to an existing user's id must
     not log in as that user; it is the provider's id, so a new user is registered."""
     victim = guard.register(email="victim@example.com", password=PASSWORD)
-    login = guard.ensure_on_login({"sub": victim.id, "email": "idp@example.com"},
-                                  provider="keycloak")
+    login = guard.ensure_on_login(
+        {"sub": victim.id, "email": "idp@example.com"}, provider="keycloak"
+    )
     assert login.created is True
     assert login.id != victim.id
     assert login.user["email"] == "idp@example.com"
@@ -657,26 +701,43 @@ def test_async_profile_failure_and_fallback(installed: TestDB) -> None:
 
 
 def run_cli(db: TestDB, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
     return subprocess.run(
         [sys.executable, "-m", "profileguard", "--database-url", db.url, *args],
-        capture_output=True, text=True, env=env, timeout=120, input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        input=stdin,
     )
 
 
 def test_cli_register(installed: TestDB) -> None:
     secret = "cli-Secret-9f2"
-    done = run_cli(installed, "register", "Cli@Example.com", "--password-stdin", "--meta",
-                   json.dumps(ADA), "--confirmed", "--json", stdin=secret + "\n")
+    done = run_cli(
+        installed,
+        "register",
+        "Cli@Example.com",
+        "--password-stdin",
+        "--meta",
+        json.dumps(ADA),
+        "--confirmed",
+        "--json",
+        stdin=secret + "\n",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["user"]["email"] == "cli@example.com"
     assert out["user"]["email_confirmed_at"] is not None
     assert out["profile"]["full_name"] == "Ada Lovelace"
     assert secret not in done.stdout + done.stderr
-    hashed = installed.scalar("select encrypted_password from auth.users where id = %s",
-                              (out["user"]["id"],))
+    hashed = installed.scalar(
+        "select encrypted_password from auth.users where id = %s", (out["user"]["id"],)
+    )
     assert bcrypt.checkpw(secret.encode(), hashed.encode())
 
     again = run_cli(installed, "register", "cli@example.com")

@@ -36,14 +36,14 @@ ADA = {"full_name": "Ada Lovelace", "user_name": "ada"}
 
 
 def api_settings(db: TestDB, url: str, key: str = KEY) -> Settings:
-    return load_settings(env={"SUPABASE_URL": url, "SUPABASE_SERVICE_ROLE_KEY": key},
-                         database_url=db.url)
+    return load_settings(
+        env={"SUPABASE_URL": url, "SUPABASE_SERVICE_ROLE_KEY": key}, database_url=db.url
+    )
 
 
 def user_row(db: TestDB, uid: str) -> dict[str, Any]:
     with db.connect() as conn:
-        row = conn.execute(
-            "select to_jsonb(u) from auth.users u where id = %s", (uid,)).fetchone()
+        row = conn.execute("select to_jsonb(u) from auth.users u where id = %s", (uid,)).fetchone()
     assert row is not None
     return dict(row[0])
 
@@ -53,24 +53,30 @@ def test_register_goes_through_the_admin_api_then_ensures_the_profile(installed:
         settings = api_settings(installed, api.url)
         with ProfileGuard(settings) as guard:
             assert isinstance(guard.identity, SupabaseAdminAPIBackend)
-            result = guard.register(email=" Ada@Example.com ", password=PASSWORD,
-                                    metadata=ADA, email_confirmed=True)
+            result = guard.register(
+                email=" Ada@Example.com ", password=PASSWORD, metadata=ADA, email_confirmed=True
+            )
     # The request as the admin API documents it, with the service_role key.
     [request] = api.requests
     assert request["path"] == "/auth/v1/admin/users"
     assert request["headers"]["apikey"] == KEY
     assert request["headers"]["Authorization"] == f"Bearer {KEY}"
     assert request["body"] == {
-        "id": result.id, "email": "ada@example.com", "password": PASSWORD,
-        "email_confirm": True, "user_metadata": ADA,
+        "id": result.id,
+        "email": "ada@example.com",
+        "password": PASSWORD,
+        "email_confirm": True,
+        "user_metadata": ADA,
         "app_metadata": {"provider": "email", "providers": ["email"]},
     }
     # Written by the stand-in as Supabase Auth writes it; the trigger made the profile.
     user = user_row(installed, result.id)
     assert user["role"] == "authenticated" and user["email_confirmed_at"] is not None
     assert bcrypt.checkpw(PASSWORD.encode(), user["encrypted_password"].encode())
-    assert installed.scalar("select provider from auth.identities where user_id = %s",
-                            (result.id,)) == "email"
+    assert (
+        installed.scalar("select provider from auth.identities where user_id = %s", (result.id,))
+        == "email"
+    )
     assert result.created and result.profile["full_name"] == "Ada Lovelace"
     assert result.path == "trigger"
     assert result.user["email"] == "ada@example.com"
@@ -79,20 +85,26 @@ def test_register_goes_through_the_admin_api_then_ensures_the_profile(installed:
 
 def test_the_profile_is_ensured_when_no_trigger_made_it(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
-    with auth_standin(installed.url) as api, \
-            ProfileGuard(api_settings(installed, api.url)) as guard:
+    with (
+        auth_standin(installed.url) as api,
+        ProfileGuard(api_settings(installed, api.url)) as guard,
+    ):
         result = guard.register(email="grace@example.com", metadata={"full_name": "Grace"})
     assert "password" not in api.received()[0]  # passwordless: Supabase Auth picks one
     assert result.profile_created and result.path == "function"
-    assert installed.scalar("select full_name from public.profiles where id = %s",
-                            (result.id,)) == "Grace"
+    assert (
+        installed.scalar("select full_name from public.profiles where id = %s", (result.id,))
+        == "Grace"
+    )
 
 
 def test_duplicate_email_is_a_422_email_exists_and_a_user_exists_error(
     installed: TestDB,
 ) -> None:
-    with auth_standin(installed.url) as api, \
-            ProfileGuard(api_settings(installed, api.url)) as guard:
+    with (
+        auth_standin(installed.url) as api,
+        ProfileGuard(api_settings(installed, api.url)) as guard,
+    ):
         guard.register(email="ada@example.com", password=PASSWORD)
         with pytest.raises(UserExistsError) as caught:
             guard.register(email="ADA@example.com", password=PASSWORD)
@@ -108,33 +120,44 @@ def test_refusals_become_clear_errors(installed: TestDB) -> None:
                 guard.register(email="short@example.com", password="only8chr")
             assert weak.value.reasons == ("length",)
             # Not what the admin API creates: refused before any request.
-            for kwargs in ({"anonymous": True},
-                           {"provider": "github", "provider_id": "42"}):
+            for kwargs in ({"anonymous": True}, {"provider": "github", "provider_id": "42"}):
                 with pytest.raises(InvalidRegistrationError, match="admin API"):
                     guard.register(**kwargs)
-        with ProfileGuard(api_settings(installed, api.url, key="anon-key")) as guard, \
-                pytest.raises(ConfigError, match="HTTP 401") as refused:
+        with (
+            ProfileGuard(api_settings(installed, api.url, key="anon-key")) as guard,
+            pytest.raises(ConfigError, match="HTTP 401") as refused,
+        ):
             guard.register(email="x@example.com", password=PASSWORD)
         assert "SUPABASE_SERVICE_ROLE_KEY" in (refused.value.hint or "")
-        with ProfileGuard(api_settings(installed, api.url + "/nowhere")) as guard, \
-                pytest.raises(ConfigError, match="404"):
+        with (
+            ProfileGuard(api_settings(installed, api.url + "/nowhere")) as guard,
+            pytest.raises(ConfigError, match="404"),
+        ):
             guard.register(email="y@example.com", password=PASSWORD)
         # A profile trigger that aborts the sign-up: Supabase Auth answers 500.
         with installed.connect() as conn:
-            conn.execute("create function public.refuse() returns trigger language plpgsql"
-                         " as $$ begin raise exception 'no'; end $$")
-            conn.execute("create trigger refuse after insert on auth.users"
-                         " for each row execute function public.refuse()")
-        with ProfileGuard(api_settings(installed, api.url)) as guard, \
-                pytest.raises(Exception, match="Database error creating new user") as failed:
+            conn.execute(
+                "create function public.refuse() returns trigger language plpgsql"
+                " as $$ begin raise exception 'no'; end $$"
+            )
+            conn.execute(
+                "create trigger refuse after insert on auth.users"
+                " for each row execute function public.refuse()"
+            )
+        with (
+            ProfileGuard(api_settings(installed, api.url)) as guard,
+            pytest.raises(Exception, match="Database error creating new user") as failed,
+        ):
             guard.register(email="z@example.com", password=PASSWORD)
         assert "profileguard audit" in (getattr(failed.value, "hint", "") or "")
     assert installed.scalar("select count(*) from auth.users") == 0
 
 
 def test_a_lost_response_is_retried_and_finds_the_user_by_its_id(installed: TestDB) -> None:
-    with auth_standin(installed.url, drop_next_response=True) as api, \
-            ProfileGuard(api_settings(installed, api.url)) as guard:
+    with (
+        auth_standin(installed.url, drop_next_response=True) as api,
+        ProfileGuard(api_settings(installed, api.url)) as guard,
+    ):
         result = guard.register(email="lost@example.com", password=PASSWORD, metadata=ADA)
     # The first POST committed the user and got no answer; the retry found it by id.
     assert len(api.requests) == 1
@@ -156,8 +179,7 @@ def test_async_register_through_the_admin_api(installed: TestDB) -> None:
     async def go(url: str) -> Any:
         async with AsyncProfileGuard(api_settings(installed, url)) as guard:
             assert isinstance(guard.identity, AsyncSupabaseAdminAPIBackend)
-            first = await guard.register(email="async@example.com", password=PASSWORD,
-                                         metadata=ADA)
+            first = await guard.register(email="async@example.com", password=PASSWORD, metadata=ADA)
             with pytest.raises(UserExistsError):
                 await guard.register(email="async@example.com", password=PASSWORD)
             return first
@@ -180,18 +202,48 @@ def test_without_the_api_settings_the_sql_backend_stays(installed: TestDB) -> No
 
 def test_cli_register_uses_the_admin_api_from_the_environment(installed: TestDB) -> None:
     with auth_standin(installed.url) as api:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+        }
         env.update(SUPABASE_URL=api.url, SUPABASE_SERVICE_ROLE_KEY=KEY)
         done = subprocess.run(
-            [sys.executable, "-m", "profileguard", "--database-url", installed.url,
-             "register", "cli@example.com", "--password-stdin", "--json"],
-            input=PASSWORD + "\n", capture_output=True, text=True, env=env, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "profileguard",
+                "--database-url",
+                installed.url,
+                "register",
+                "cli@example.com",
+                "--password-stdin",
+                "--json",
+            ],
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         again = subprocess.run(
-            [sys.executable, "-m", "profileguard", "--database-url", installed.url,
-             "register", "cli@example.com", "--password-stdin"],
-            input=PASSWORD + "\n", capture_output=True, text=True, env=env, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "profileguard",
+                "--database-url",
+                installed.url,
+                "register",
+                "cli@example.com",
+                "--password-stdin",
+            ],
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert again.returncode == 9, again.stderr  # ExitCode.USER_EXISTS
     assert [r["email"] for r in api.received()] == ["cli@example.com", "cli@example.com"]
     assert PASSWORD not in done.stdout + done.stderr

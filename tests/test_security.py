@@ -35,8 +35,7 @@ PAYLOADS = (
 
 
 @contextmanager
-def as_client(db: TestDB, role: str, sub: uuid.UUID | None = None
-              ) -> Iterator[psycopg.Connection]:
+def as_client(db: TestDB, role: str, sub: uuid.UUID | None = None) -> Iterator[psycopg.Connection]:
     """A transaction as `role`, with the JWT claims PostgREST would set for user `sub`."""
     with db.connect(autocommit=False) as conn:
         conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
@@ -52,8 +51,9 @@ def as_client(db: TestDB, role: str, sub: uuid.UUID | None = None
             conn.rollback()
 
 
-def denied(db: TestDB, role: str, statement: str | sql.Composable,
-           sub: uuid.UUID | None = None) -> bool:
+def denied(
+    db: TestDB, role: str, statement: str | sql.Composable, sub: uuid.UUID | None = None
+) -> bool:
     """True when `statement` run as `role` fails with permission denied (42501)."""
     with as_client(db, role, sub) as conn:
         try:
@@ -86,8 +86,12 @@ def _functions(db: TestDB) -> list[tuple[str, list[str]]]:
 def test_clients_cannot_execute_any_profileguard_function(installed: TestDB, role: str) -> None:
     functions = _functions(installed)
     names = {f.split("(")[0] for f, _ in functions}
-    assert {"profileguard.ensure_profile", "profileguard.create_profiles",
-            "profileguard.record_failure", "profileguard.on_identity_insert"} <= names
+    assert {
+        "profileguard.ensure_profile",
+        "profileguard.create_profiles",
+        "profileguard.record_failure",
+        "profileguard.on_identity_insert",
+    } <= names
     user = installed.signup({"full_name": "Target"})
     for signature, args in functions:
         name = signature.split("(")[0]
@@ -96,9 +100,12 @@ def test_clients_cannot_execute_any_profileguard_function(installed: TestDB, rol
             sql.SQL(", ").join(sql.SQL("null::{}").format(sql.SQL(a)) for a in args),
         )
         assert denied(installed, role, call, user), signature
-        assert installed.scalar(
-            "select has_function_privilege(%s, %s::regprocedure, 'execute')", (role, signature)
-        ) is False, signature
+        assert (
+            installed.scalar(
+                "select has_function_privilege(%s, %s::regprocedure, 'execute')", (role, signature)
+            )
+            is False
+        ), signature
     # The targeted user's profile was created by the trigger, not by any of those calls.
     assert installed.scalar("select count(*) from profileguard.events where kind = 'repair'") == 0
 
@@ -107,14 +114,21 @@ def test_clients_cannot_execute_any_profileguard_function(installed: TestDB, rol
 def test_clients_cannot_read_or_write_profileguard_state(installed: TestDB, role: str) -> None:
     with installed.connect() as conn:
         relations = [
-            str(r[0]) for r in conn.execute(
+            str(r[0])
+            for r in conn.execute(
                 "select oid::regclass::text from pg_class"
                 " where relnamespace = 'profileguard'::regnamespace and relkind in ('r', 'v')"
-                " order by 1")
+                " order by 1"
+            )
         ]
-    assert {"profileguard.settings", "profileguard.events", "profileguard.failures",
-            "profileguard.repair_state", "profileguard.workers",
-            "profileguard.replaced_triggers"} <= set(relations)
+    assert {
+        "profileguard.settings",
+        "profileguard.events",
+        "profileguard.failures",
+        "profileguard.repair_state",
+        "profileguard.workers",
+        "profileguard.replaced_triggers",
+    } <= set(relations)
     user = uuid.uuid4()
     for relation in relations:
         target = sql.SQL(relation)
@@ -139,20 +153,34 @@ def test_signed_in_user_reads_and_updates_only_their_own_profile(installed: Test
         assert rows == [(alice, "Alice")]
         updated = conn.execute("update public.profiles set full_name = 'Mallory'")
         assert updated.rowcount == 1
-        assert conn.execute(
-            "update public.profiles set full_name = 'x' where id = %s", (bob,)).rowcount == 0
+        assert (
+            conn.execute(
+                "update public.profiles set full_name = 'x' where id = %s", (bob,)
+            ).rowcount
+            == 0
+        )
         conn.commit()
     assert installed.scalar("select full_name from public.profiles where id = %s", (bob,)) == "Bob"
-    assert installed.scalar(
-        "select full_name from public.profiles where id = %s", (alice,)) == "Mallory"
+    assert (
+        installed.scalar("select full_name from public.profiles where id = %s", (alice,))
+        == "Mallory"
+    )
 
     # Taking over another id is refused by the policy's WITH CHECK.
-    assert denied(installed, "authenticated",
-                  sql.SQL("update public.profiles set id = {} where id = {}").format(
-                      sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))), alice)
-    assert denied(installed, "authenticated",
-                  sql.SQL("insert into public.profiles (id) values ({})").format(
-                      sql.Literal(str(alice))), alice)
+    assert denied(
+        installed,
+        "authenticated",
+        sql.SQL("update public.profiles set id = {} where id = {}").format(
+            sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))
+        ),
+        alice,
+    )
+    assert denied(
+        installed,
+        "authenticated",
+        sql.SQL("insert into public.profiles (id) values ({})").format(sql.Literal(str(alice))),
+        alice,
+    )
     assert denied(installed, "authenticated", "delete from public.profiles", alice)
     # No claims: signed-in role but no user → sees nothing.
     with as_client(installed, "authenticated") as conn:
@@ -165,25 +193,32 @@ def test_signed_in_user_reads_and_updates_only_their_own_profile(installed: Test
 
 def test_hostile_config_identifiers_are_rejected_before_any_sql(db: TestDB) -> None:
     for payload in PAYLOADS:
-        for variable in ("PROFILEGUARD_PROFILE_TABLE", "PROFILEGUARD_IDENTITY_TABLE",
-                         "PROFILEGUARD_PROFILE_KEY", "PROFILEGUARD_IDENTITY_KEY"):
+        for variable in (
+            "PROFILEGUARD_PROFILE_TABLE",
+            "PROFILEGUARD_IDENTITY_TABLE",
+            "PROFILEGUARD_PROFILE_KEY",
+            "PROFILEGUARD_IDENTITY_KEY",
+        ):
             with pytest.raises(ConfigError):
                 load_settings(env={variable: payload}, database_url=db.url)
-        result = cli(db, "install", "--create-profile-table", env={
-            "PROFILEGUARD_PROFILE_TABLE": payload})
+        result = cli(
+            db, "install", "--create-profile-table", env={"PROFILEGUARD_PROFILE_TABLE": payload}
+        )
         assert result.returncode == 2, result.stderr
     assert db.scalar("select to_regclass('auth.users') is not null") is True
     assert db.scalar("select count(*) from pg_namespace where nspname = 'profileguard'") == 0
 
 
 def test_unusual_but_valid_identifiers_are_quoted(db: TestDB) -> None:
-    settings = load_settings(env={"PROFILEGUARD_PROFILE_TABLE": "public.UserProfiles"},
-                             database_url=db.url)
+    settings = load_settings(
+        env={"PROFILEGUARD_PROFILE_TABLE": "public.UserProfiles"}, database_url=db.url
+    )
     install(settings, create_profile_table=True)
     assert db.scalar("""select to_regclass('public."UserProfiles"') is not null""") is True
     uid = db.signup({"full_name": "Quoted"})
-    assert db.scalar(
-        'select full_name from public."UserProfiles" where id = %s', (uid,)) == "Quoted"
+    assert (
+        db.scalar('select full_name from public."UserProfiles" where id = %s', (uid,)) == "Quoted"
+    )
 
 
 def test_hostile_trigger_name_is_inert_in_audit_and_replace_trigger(db: TestDB) -> None:
@@ -191,14 +226,19 @@ def test_hostile_trigger_name_is_inert_in_audit_and_replace_trigger(db: TestDB) 
     with db.connect() as conn:
         conn.execute(
             "create table public.profiles (id uuid primary key references auth.users"
-            " on delete cascade, full_name text)")
+            " on delete cascade, full_name text)"
+        )
         conn.execute(
             "create function public.evil() returns trigger language plpgsql security definer"
             " set search_path = '' as $$ begin insert into public.profiles (id)"
-            " values (new.id); return new; end $$")
-        conn.execute(sql.SQL(
-            "create trigger {} after insert on auth.users for each row"
-            " execute function public.evil()").format(sql.Identifier(name)))
+            " values (new.id); return new; end $$"
+        )
+        conn.execute(
+            sql.SQL(
+                "create trigger {} after insert on auth.users for each row"
+                " execute function public.evil()"
+            ).format(sql.Identifier(name))
+        )
     competing = one(audit(db), "competing_trigger")
     assert competing.evidence["trigger"] == name
     assert competing.fix == f"profileguard install --replace-trigger {shlex.quote(name)}"
@@ -217,8 +257,7 @@ def test_hostile_metadata_is_inert_in_audit_and_its_fix(db: TestDB) -> None:
     install(db.settings, create_profile_table=True, enabled=False)
     ids = []
     for index, payload in enumerate(PAYLOADS):
-        meta: dict[str, Any] = {"full_name": payload, "user_name": payload,
-                                "avatar_url": payload}
+        meta: dict[str, Any] = {"full_name": payload, "user_name": payload, "avatar_url": payload}
         ids.append(db.signup(meta, email=f"{index}{payload}@example.com"))
     report = audit(db)
     missing = one(report, "missing_profiles")
@@ -265,24 +304,35 @@ def test_created_profile_table_ignores_supabase_default_privileges(db: TestDB, r
         "delete from public.profiles",
         sql.SQL("delete from public.profiles where id = {}").format(sql.Literal(str(bob))),
         sql.SQL("insert into public.profiles (id, full_name) values ({}, 'x')").format(
-            sql.Literal(str(uuid.uuid4()))),
+            sql.Literal(str(uuid.uuid4()))
+        ),
         sql.SQL("insert into public.profiles (id) values ({}) on conflict do nothing").format(
-            sql.Literal(str(bob))),
+            sql.Literal(str(bob))
+        ),
         "alter table public.profiles disable row level security",
         sql.SQL("update public.profiles set created_at = now() where id = {}").format(
-            sql.Literal(str(alice))),
+            sql.Literal(str(alice))
+        ),
         sql.SQL("update public.profiles set id = {} where id = {}").format(
-            sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))),
+            sql.Literal(str(uuid.uuid4())), sql.Literal(str(alice))
+        ),
     ):
         assert denied(db, role, statement, alice), statement
     if _server_version(db) >= 170000:  # MAINTAIN (LOCK TABLE, VACUUM, …) is part of ALL there
         assert denied(db, role, "lock table public.profiles in access exclusive mode", alice)
     for privilege in ("TRUNCATE", "TRIGGER", "REFERENCES", "INSERT", "DELETE"):
-        assert db.scalar("select has_table_privilege(%s, 'public.profiles', %s)",
-                         (role, privilege)) is False, privilege
+        assert (
+            db.scalar("select has_table_privilege(%s, 'public.profiles', %s)", (role, privilege))
+            is False
+        ), privilege
     assert db.scalar("select count(*) from public.profiles") == 2
-    assert db.scalar("select count(*) from pg_trigger"
-                     " where tgrelid = 'public.profiles'::regclass and not tgisinternal") == 0
+    assert (
+        db.scalar(
+            "select count(*) from pg_trigger"
+            " where tgrelid = 'public.profiles'::regclass and not tgisinternal"
+        )
+        == 0
+    )
 
 
 def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> None:
@@ -291,25 +341,32 @@ def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> N
     install(db.settings, create_profile_table=True)
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     with as_client(db, "authenticated", alice) as conn:
-        conn.execute("update public.profiles set username = 'alice_new', full_name = 'A',"
-                     " avatar_url = 'https://example.com/a.png', updated_at = now()")
+        conn.execute(
+            "update public.profiles set username = 'alice_new', full_name = 'A',"
+            " avatar_url = 'https://example.com/a.png', updated_at = now()"
+        )
         assert conn.execute("select username, full_name from public.profiles").fetchall() == [
-            ("alice_new", "A")]
+            ("alice_new", "A")
+        ]
     with db.connect() as conn:
         grants = conn.execute(
             "select a.grantee::regrole::text, a.privilege_type"
             " from pg_class c, aclexplode(c.relacl) a"
             " where c.oid = 'public.profiles'::regclass and a.grantee <> c.relowner"
-            " order by 1, 2").fetchall()
+            " order by 1, 2"
+        ).fetchall()
         columns = conn.execute(
             "select grantee, column_name, privilege_type"
             " from information_schema.column_privileges"
             " where table_schema = 'public' and table_name = 'profiles'"
-            " and grantee = 'authenticated' and privilege_type = 'UPDATE' order by 2").fetchall()
+            " and grantee = 'authenticated' and privilege_type = 'UPDATE' order by 2"
+        ).fetchall()
     assert grants == [
         ("authenticated", "SELECT"),
-        ("service_role", "DELETE"), ("service_role", "INSERT"),
-        ("service_role", "SELECT"), ("service_role", "UPDATE"),
+        ("service_role", "DELETE"),
+        ("service_role", "INSERT"),
+        ("service_role", "SELECT"),
+        ("service_role", "UPDATE"),
     ]
     assert [c[1] for c in columns] == ["avatar_url", "full_name", "updated_at", "username"]
     # service_role (the server's key) writes rows but cannot truncate or plant triggers.
@@ -322,8 +379,10 @@ def test_created_profile_table_grants_without_default_privileges(db: TestDB) -> 
     """Where new public tables get no API grants (Supabase from 30 Oct 2026), clients still get
     their own-row read and update."""
     with db.connect() as conn:
-        conn.execute("alter default privileges in schema public"
-                     " revoke all on tables from public, anon, authenticated, service_role")
+        conn.execute(
+            "alter default privileges in schema public"
+            " revoke all on tables from public, anon, authenticated, service_role"
+        )
     install(db.settings, create_profile_table=True)
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     with as_client(db, "authenticated", alice) as conn:

@@ -45,18 +45,22 @@ def signup_all(db: TestDB, count: int, prefix: str) -> list[uuid.UUID]:
 
 
 def missing(db: TestDB, users: list[uuid.UUID]) -> int:
-    return int(db.scalar(
-        "select count(*) from unnest(%s::uuid[]) u(id)"
-        " where not exists (select from public.profiles p where p.id = u.id)",
-        (users,),
-    ))
+    return int(
+        db.scalar(
+            "select count(*) from unnest(%s::uuid[]) u(id)"
+            " where not exists (select from public.profiles p where p.id = u.id)",
+            (users,),
+        )
+    )
 
 
 def failures(db: TestDB, sqlstate: str) -> int:
-    return int(db.scalar(
-        "select count(*) from profileguard.events where kind = 'failure' and sqlstate = %s",
-        (sqlstate,),
-    ))
+    return int(
+        db.scalar(
+            "select count(*) from profileguard.events where kind = 'failure' and sqlstate = %s",
+            (sqlstate,),
+        )
+    )
 
 
 def profile_table_trigger(db: TestDB, body: str) -> None:
@@ -81,9 +85,7 @@ def drop_profile_table_trigger(db: TestDB) -> None:
 def test_lock_timeout_is_rendered_from_the_settings(db: TestDB) -> None:
     settings = load_settings(env={"PROFILEGUARD_LOCK_TIMEOUT_MS": "350"}, database_url=db.url)
     install(settings, create_profile_table=True)
-    config = db.scalar(
-        "select proconfig::text from pg_proc where proname = 'on_identity_insert'"
-    )
+    config = db.scalar("select proconfig::text from pg_proc where proname = 'on_identity_insert'")
     assert "lock_timeout=350ms" in config
     assert "jit=off" in config
 
@@ -92,9 +94,10 @@ def test_signups_commit_while_the_profile_table_is_locked(installed: TestDB) -> 
     with locked(installed, "public.profiles"):
         users = signup_all(installed, SIGNUPS, "locked")
         # Every signup committed while the lock was still held: none waited for it.
-        assert installed.scalar(
-            "select count(*) from auth.users where id = any(%s)", (users,)
-        ) == SIGNUPS
+        assert (
+            installed.scalar("select count(*) from auth.users where id = any(%s)", (users,))
+            == SIGNUPS
+        )
     assert missing(installed, users) == SIGNUPS
     assert failures(installed, "55P03") == SIGNUPS
     with running(fast_reconciler(installed)):
@@ -106,9 +109,10 @@ def test_signups_commit_while_profile_and_events_tables_are_locked(installed: Te
         listener.execute("listen profileguard")
         with locked(installed, "public.profiles", "profileguard.events"):
             users = signup_all(installed, SIGNUPS, "both")
-            assert installed.scalar(
-                "select count(*) from auth.users where id = any(%s)", (users,)
-            ) == SIGNUPS
+            assert (
+                installed.scalar("select count(*) from auth.users where id = any(%s)", (users,))
+                == SIGNUPS
+            )
         notices = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
     # Nothing could be recorded; the notification says so, and a worker sweeps for the users.
     assert notices and notices[0]["recorded"] is False
@@ -180,9 +184,14 @@ def test_pg_cancel_backend_still_cancels_a_signup(installed: TestDB) -> None:
 
         thread = threading.Thread(target=signup)
         thread.start()
-        assert wait_for(lambda: installed.scalar(
-            "select wait_event = 'PgSleep' from pg_stat_activity where pid = %s", (pid,)
-        ) is True)
+        assert wait_for(
+            lambda: (
+                installed.scalar(
+                    "select wait_event = 'PgSleep' from pg_stat_activity where pid = %s", (pid,)
+                )
+                is True
+            )
+        )
         assert installed.scalar("select pg_cancel_backend(%s)", (pid,)) is True
         thread.join(timeout=30)
     assert not thread.is_alive()
@@ -235,9 +244,7 @@ def test_no_statement_on_the_signup_path_is_jit_compiled(installed: TestDB) -> N
             " select gen_random_uuid(), 'authenticated', 'authenticated', 'jit' || g || '@x.io',"
             " jsonb_build_object('full_name', 'Bulk ' || g), now() from generate_series(1, 50) g"
         )
-        conn.execute(
-            "alter table public.profiles add constraint no_bad check (full_name <> 'Bad')"
-        )
+        conn.execute("alter table public.profiles add constraint no_bad check (full_name <> 'Bad')")
         installed.signup({"full_name": "Bad"}, conn=conn)  # the failure path records it
         conn.execute("alter table public.profiles drop constraint no_bad")
         user = installed.signup({"full_name": "Ensured"}, conn=conn)
@@ -253,9 +260,7 @@ def test_no_statement_on_the_signup_path_is_jit_compiled(installed: TestDB) -> N
     assert any("pg_new_users" in p for p in nested)
     compiled = [p for p in nested if "JIT:" in p]
     assert compiled == [], f"JIT-compiled on the signup path:\n{compiled[0]}"
-    assert installed.scalar(
-        "select count(*) from profileguard.events where kind = 'failure'"
-    ) == 1
+    assert installed.scalar("select count(*) from profileguard.events where kind = 'failure'") == 1
 
 
 def test_a_profile_made_first_by_another_trigger_is_kept_without_a_failure(

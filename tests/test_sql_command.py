@@ -28,16 +28,22 @@ def twin(server_dsn: str, template_db: str, installer: str) -> Iterator[TestDB]:
 def psql(db: TestDB, path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url, "-f", path],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
 
 
 def objects_locked(db: TestDB) -> int:
     """Relation locks held right now by other sessions in this database."""
-    return int(db.scalar(
-        "select count(*) from pg_locks where locktype = 'relation'"
-        " and database = (select oid from pg_database where datname = current_database())"
-        " and pid <> pg_backend_pid()"))
+    return int(
+        db.scalar(
+            "select count(*) from pg_locks where locktype = 'relation'"
+            " and database = (select oid from pg_database where datname = current_database())"
+            " and pid <> pg_backend_pid()"
+        )
+    )
 
 
 def test_rendered_file_applied_with_psql_equals_install(
@@ -53,7 +59,7 @@ def test_rendered_file_applied_with_psql_equals_install(
     text = rendered.stdout
     assert db.scalar("select to_regnamespace('profileguard')") is None  # nothing was run
     assert text.index("set lock_timeout") < text.index("create schema if not exists profileguard")
-    last = text[text.index("-- Last and short"):]
+    last = text[text.index("-- Last and short") :]
     assert "create or replace trigger profileguard_after_insert" in last
     assert "create or replace function public.handle_new_user()" in last
     assert "create or replace function profileguard." not in last
@@ -70,13 +76,16 @@ def test_rendered_file_applied_with_psql_equals_install(
         if part != "settings":
             assert ours[part] == theirs[part], part
     # The same takeover record (the saved definition included), and it gives the trigger back.
-    record = ("select row(trigger_name, method, saved_definition)::text"
-              " from profileguard.replaced_triggers")
+    record = (
+        "select row(trigger_name, method, saved_definition)::text"
+        " from profileguard.replaced_triggers"
+    )
     assert db.scalar(record) == twin.scalar(record)
     assert db.scalar(record) is not None
     assert cli(db, "uninstall", "--yes").returncode == 0
-    assert "insert into public.profiles" in str(db.scalar(
-        "select prosrc from pg_proc where proname = 'handle_new_user'"))
+    assert "insert into public.profiles" in str(
+        db.scalar("select prosrc from pg_proc where proname = 'handle_new_user'")
+    )
 
 
 def test_rendered_file_with_a_new_profile_table_equals_install(
@@ -96,8 +105,9 @@ def test_rendered_file_with_a_new_profile_table_equals_install(
         if part != "settings":
             assert ours[part] == theirs[part], part
     uid = db.signup({"full_name": "From The File"})
-    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) \
-        == "From The File"
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "From The File"
+    )
 
 
 def test_rendered_file_stops_when_the_tables_differ(db: TestDB, tmp_path: object) -> None:
@@ -136,5 +146,6 @@ def test_the_profile_table_described_before_it_exists_is_the_table_created(db: T
     with connect(db.settings) as conn:
         identity = inspect_table(conn, db.settings.identity)
         assert identity is not None
-        assert profile_table_facts(identity, db.settings) == \
-            inspect_table(conn, db.settings.profile)
+        assert profile_table_facts(identity, db.settings) == inspect_table(
+            conn, db.settings.profile
+        )

@@ -41,8 +41,9 @@ def profile(db: TestDB, uid: uuid.UUID) -> dict[str, object]:
 
 def social_login(conn: psycopg.Connection, uid: uuid.UUID, meta: dict[str, object]) -> None:
     """What Supabase Auth does on an OAuth login: metadata rewritten, then last_sign_in_at."""
-    conn.execute("update auth.users set raw_user_meta_data = %s where id = %s",
-                 (json.dumps(meta), uid))
+    conn.execute(
+        "update auth.users set raw_user_meta_data = %s where id = %s", (json.dumps(meta), uid)
+    )
     conn.execute("update auth.users set last_sign_in_at = now() where id = %s", (uid,))
 
 
@@ -61,14 +62,20 @@ def test_changed_name_follows_in_the_same_transaction_fill_empty_keeps_edit(inst
     with db.connect() as conn:  # the user edits her avatar in the app
         conn.execute("update public.profiles set avatar_url = 'mine.png' where id = %s", (uid,))
     with db.connect(autocommit=False) as conn:
-        social_login(conn, uid, {**meta, "full_name": "Ada Lovelace", "avatar_url": "b.png",
-                                 "user_name": "lovelace"})
-        in_tx = conn.execute("select full_name from public.profiles where id = %s",
-                             (uid,)).fetchone()
+        social_login(
+            conn,
+            uid,
+            {**meta, "full_name": "Ada Lovelace", "avatar_url": "b.png", "user_name": "lovelace"},
+        )
+        in_tx = conn.execute(
+            "select full_name from public.profiles where id = %s", (uid,)
+        ).fetchone()
         assert in_tx == ("Ada Lovelace",)  # before commit: same transaction
         conn.commit()
     assert profile(db, uid) == {
-        "username": "ada", "full_name": "Ada Lovelace", "avatar_url": "mine.png"
+        "username": "ada",
+        "full_name": "Ada Lovelace",
+        "avatar_url": "mine.png",
     }
     assert sync_failures(db) == []
 
@@ -78,8 +85,9 @@ def test_fill_empty_fills_an_empty_value_and_username_never_changes(installed):
     uid = db.signup({"user_name": "grace"}, email="g@example.com")
     assert profile(db, uid)["avatar_url"] is None
     with db.connect() as conn:
-        social_login(conn, uid, {"user_name": "hopper", "full_name": "Grace",
-                                 "avatar_url": "g.png"})
+        social_login(
+            conn, uid, {"user_name": "hopper", "full_name": "Grace", "avatar_url": "g.png"}
+        )
     assert profile(db, uid) == {"username": "grace", "full_name": "Grace", "avatar_url": "g.png"}
 
 
@@ -87,10 +95,11 @@ def test_default_policies_never_overwrite(installed):
     """Without [sync]: username never, other columns fill_empty."""
     uid = installed.signup({"full_name": "Old", "user_name": "olduser"})
     with installed.connect() as conn:
-        social_login(conn, uid, {"full_name": "New", "user_name": "newuser",
-                                 "avatar_url": "x.png"})
+        social_login(conn, uid, {"full_name": "New", "user_name": "newuser", "avatar_url": "x.png"})
     assert profile(installed, uid) == {
-        "username": "olduser", "full_name": "Old", "avatar_url": "x.png"
+        "username": "olduser",
+        "full_name": "Old",
+        "avatar_url": "x.png",
     }
 
 
@@ -123,11 +132,14 @@ def test_bulk_update_past_64_rows_syncs_every_profile(installed, users):
     db = with_policies(installed, FOLLOW)
     db.bulk_signup(users)
     with db.connect() as conn:
-        conn.execute("update auth.users set raw_user_meta_data ="
-                     " jsonb_build_object('full_name', 'Renamed ' || email)")
+        conn.execute(
+            "update auth.users set raw_user_meta_data ="
+            " jsonb_build_object('full_name', 'Renamed ' || email)"
+        )
         left = conn.execute(
             "select count(*) from public.profiles p join auth.users u using (id)"
-            " where p.full_name is distinct from 'Renamed ' || u.email").fetchone()
+            " where p.full_name is distinct from 'Renamed ' || u.email"
+        ).fetchone()
     assert left == (0,)
     assert sync_failures(db) == []
 
@@ -136,11 +148,14 @@ def test_a_constraint_that_rejects_the_value_never_fails_the_login(installed):
     db = with_policies(installed, FOLLOW)
     uid = db.signup({"full_name": "Ada"})
     with db.connect() as conn:
-        conn.execute("alter table public.profiles add constraint no_bob"
-                     " check (full_name is distinct from 'Bob')")
+        conn.execute(
+            "alter table public.profiles add constraint no_bob"
+            " check (full_name is distinct from 'Bob')"
+        )
         social_login(conn, uid, {"full_name": "Bob"})
-        assert conn.execute("select raw_user_meta_data ->> 'full_name' from auth.users"
-                            " where id = %s", (uid,)).fetchone() == ("Bob",)
+        assert conn.execute(
+            "select raw_user_meta_data ->> 'full_name' from auth.users where id = %s", (uid,)
+        ).fetchone() == ("Bob",)
     assert profile(db, uid)["full_name"] == "Ada"
     assert sync_failures(db) == [(str(uid), "23514", "constraint")]
 
@@ -150,8 +165,10 @@ def test_strict_mode_fails_the_update(installed):
     install(settings, strict=True)
     uid = installed.signup({"full_name": "Ada"})
     with installed.connect() as conn:
-        conn.execute("alter table public.profiles add constraint no_bob"
-                     " check (full_name is distinct from 'Bob')")
+        conn.execute(
+            "alter table public.profiles add constraint no_bob"
+            " check (full_name is distinct from 'Bob')"
+        )
         with pytest.raises(psycopg.errors.CheckViolation):
             social_login(conn, uid, {"full_name": "Bob"})
 
@@ -160,8 +177,9 @@ def test_update_as_supabase_auth_admin(installed):
     """Supabase Auth's role (search_path auth, no rights on public) updates; the sync works."""
     db = with_policies(installed, FOLLOW)
     uid = db.signup({"full_name": "Ada"})
-    with psycopg.connect(make_conninfo(db.url, user="supabase_auth_admin"),
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        make_conninfo(db.url, user="supabase_auth_admin"), autocommit=True
+    ) as conn:
         social_login(conn, uid, {"full_name": "Ada L"})
     assert profile(db, uid)["full_name"] == "Ada L"
     assert sync_failures(db) == []
@@ -216,8 +234,10 @@ def test_10k_logins_and_same_value_relogins_write_no_profile(installed):
             "     || '{}'::jsonb where id = v[1 + i % 100];"
             " end loop; end $$"
         )
-        conn.execute("update auth.users set raw_user_meta_data = '{\"full_name\": \"Control\"}'"
-                     " where id = (select id from auth.users order by id limit 1)")
+        conn.execute(
+            'update auth.users set raw_user_meta_data = \'{"full_name": "Control"}\''
+            " where id = (select id from auth.users order by id limit 1)"
+        )
     assert wait_for(lambda: _profile_updates(db) >= before + 1, timeout=30)
     assert _profile_updates(db) == before + 1
     assert sync_failures(db) == []
@@ -243,11 +263,21 @@ def test_a_locked_profile_table_never_stalls_a_login(installed):
 
 def test_uninstall_removes_the_update_triggers(installed):
     db = with_policies(installed, FOLLOW)
-    assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
-                     " and tgname like 'profileguard_after_update%%'") == 2
+    assert (
+        db.scalar(
+            "select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
+            " and tgname like 'profileguard_after_update%%'"
+        )
+        == 2
+    )
     uninstall(db.settings)
-    assert db.scalar("select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
-                     " and tgname like 'profileguard%%'") == 0
+    assert (
+        db.scalar(
+            "select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
+            " and tgname like 'profileguard%%'"
+        )
+        == 0
+    )
     uid = db.signup({"full_name": "Ada"})
     with db.connect() as conn:
         social_login(conn, uid, {"full_name": "Ada L"})  # no trigger left to fail it

@@ -57,7 +57,8 @@ def signups_as_auth(db: TestDB, count: int) -> tuple[list[uuid.UUID], int]:
                     conn.execute(
                         "insert into users (id, aud, role, email, raw_user_meta_data)"
                         " values (%s, 'authenticated', '', %s, %s)",
-                        (uid, f"{uid}@example.com", json.dumps({"full_name": f"User {n}"})))
+                        (uid, f"{uid}@example.com", json.dumps({"full_name": f"User {n}"})),
+                    )
                     conn.execute("update users set role = 'authenticated' where id = %s", (uid,))
                 created.append(uid)
             except psycopg.errors.CheckViolation:
@@ -70,8 +71,9 @@ def function_source(db: TestDB, name: str) -> str:
 
 
 def trigger_definition(db: TestDB, name: str) -> str:
-    return str(db.scalar(
-        "select pg_get_triggerdef(oid) from pg_trigger where tgname = %s", (name,)))
+    return str(
+        db.scalar("select pg_get_triggerdef(oid) from pg_trigger where tgname = %s", (name,))
+    )
 
 
 def test_takeover_fixes_failing_signups_and_uninstall_gives_the_legacy_trigger_back(
@@ -133,10 +135,12 @@ def test_takeover_of_a_function_this_role_does_not_own_recreates_the_trigger_nev
         conn.execute(PROFILES)
     with db.connect_admin() as conn:  # owned by the platform's superuser, not the installer
         conn.execute(ODD_LEGACY)
-        conn.execute(sql.SQL(
-            "create trigger {} after insert or update of email, phone on auth.users"
-            " for each row execute function public.legacy_profile('it''s', 'x')"
-        ).format(sql.Identifier(ODD_NAME)))
+        conn.execute(
+            sql.SQL(
+                "create trigger {} after insert or update of email, phone on auth.users"
+                " for each row execute function public.legacy_profile('it''s', 'x')"
+            ).format(sql.Identifier(ODD_NAME))
+        )
     original = trigger_definition(db, ODD_NAME)
     source = function_source(db, "legacy_profile")
 
@@ -151,8 +155,10 @@ def test_takeover_of_a_function_this_role_does_not_own_recreates_the_trigger_nev
         assert method == "function"
         assert trigger_definition(db, ODD_NAME) == original
     uid = db.signup({"full_name": "Only profileguard"})
-    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) \
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,))
         == "Only profileguard"
+    )
     assert db.scalar("select count(*) from public.legacy_log") == 0
     assert db.scalar("select count(*) from profileguard.failures") == 0
 
@@ -179,10 +185,12 @@ def test_trigger_disabled_by_an_earlier_version_is_enabled_again_by_uninstall(
         conn.execute(
             "insert into profileguard.replaced_triggers (table_name, trigger_name,"
             " function_name, previous_mode) values ('auth.users', 'on_auth_user_created',"
-            " 'public.handle_new_user()', 'O')")
+            " 'public.handle_new_user()', 'O')"
+        )
     assert uninstall(db.settings) is True
-    assert db.scalar(
-        "select tgenabled from pg_trigger where tgname = 'on_auth_user_created'") == "O"
+    assert (
+        db.scalar("select tgenabled from pg_trigger where tgname = 'on_auth_user_created'") == "O"
+    )
 
 
 def test_logins_do_not_queue_behind_a_takeover_waiting_for_a_long_transaction(
@@ -201,24 +209,29 @@ def test_logins_do_not_queue_behind_a_takeover_waiting_for_a_long_transaction(
 
     def take_over() -> None:
         try:
-            outcome["result"] = install(db.settings,
-                                               replace_triggers=["on_auth_user_created"])
+            outcome["result"] = install(db.settings, replace_triggers=["on_auth_user_created"])
         except Exception as exc:  # reported by the assertion below
             outcome["error"] = exc
 
     thread = threading.Thread(target=take_over)
     thread.start()
     try:
-        assert wait_for(lambda: db.scalar(
-            "select count(*) from pg_locks l join pg_stat_activity a using (pid)"
-            " where not l.granted and l.relation = 'auth.users'::regclass"
-            " and a.application_name = 'profileguard'") > 0, timeout=20)
+        assert wait_for(
+            lambda: (
+                db.scalar(
+                    "select count(*) from pg_locks l join pg_stat_activity a using (pid)"
+                    " where not l.granted and l.relation = 'auth.users'::regclass"
+                    " and a.application_name = 'profileguard'"
+                )
+                > 0
+            ),
+            timeout=20,
+        )
         with db.connect() as login:
             # Without a lock_timeout on the DDL this login would wait for the long transaction.
             login.execute("set statement_timeout = '5s'")
             for uid in users[1:]:
-                login.execute("update auth.users set last_sign_in_at = now() where id = %s",
-                              (uid,))
+                login.execute("update auth.users set last_sign_in_at = now() where id = %s", (uid,))
         assert thread.is_alive()  # still trying: the long transaction is still open
     finally:
         holder.commit()
@@ -226,8 +239,9 @@ def test_logins_do_not_queue_behind_a_takeover_waiting_for_a_long_transaction(
         thread.join(timeout=90)
     assert "error" not in outcome, outcome.get("error")
     assert db.scalar("select method from profileguard.replaced_triggers") == "function"
-    assert db.scalar(
-        "select count(*) from pg_trigger where tgname = 'profileguard_after_insert'") == 1
+    assert (
+        db.scalar("select count(*) from pg_trigger where tgname = 'profileguard_after_insert'") == 1
+    )
 
 
 def test_takeover_after_a_disabled_install_enables_profileguard_in_the_same_step(
@@ -263,7 +277,8 @@ def test_the_installer_is_shaped_like_hosted_supabase_postgres(db: TestDB, insta
             " pg_has_role('service_role', 'member'), has_database_privilege(current_database(),"
             " 'create')"
             " from pg_roles r, pg_class c"
-            " where r.rolname = current_user and c.oid = 'auth.users'::regclass").fetchone()
+            " where r.rolname = current_user and c.oid = 'auth.users'::regclass"
+        ).fetchone()
     if installer == "supabase_postgres":
         assert row == (False, True, True, True, False, True, True, False, True, True)
     else:

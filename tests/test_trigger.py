@@ -159,17 +159,26 @@ def test_bulk_insert_of_10k_users_in_one_statement(installed):
 def test_mapping_without_a_username_rule_copies_each_value(db):
     # No collision-safe username column: the mapped values are copied as they are (one select,
     # no username rule), and a taken name is a recorded failure that lets the signup commit.
-    settings = replace(db.settings, mapping=parse_mapping({
-        "full_name": ["raw_user_meta_data.full_name"],
-        "avatar_url": ["raw_user_meta_data.avatar_url"],
-        "username": ["raw_user_meta_data.user_name"],
-    }), mapping_is_default=False, username_column=None)
+    settings = replace(
+        db.settings,
+        mapping=parse_mapping(
+            {
+                "full_name": ["raw_user_meta_data.full_name"],
+                "avatar_url": ["raw_user_meta_data.avatar_url"],
+                "username": ["raw_user_meta_data.user_name"],
+            }
+        ),
+        mapping_is_default=False,
+        username_column=None,
+    )
     install(settings, create_profile_table=True)
-    body = db.scalar("select prosrc from pg_proc"
-                     " where oid = 'profileguard.on_identity_insert()'::regprocedure")
+    body = db.scalar(
+        "select prosrc from pg_proc where oid = 'profileguard.on_identity_insert()'::regprocedure"
+    )
     assert "pg_new_users" in body and "offset 0" not in body
-    uid = db.signup({"full_name": " Ada ", "user_name": "ada", "avatar_url": ""},
-                    email="ada@example.com")
+    uid = db.signup(
+        {"full_name": " Ada ", "user_name": "ada", "avatar_url": ""}, email="ada@example.com"
+    )
     profile = profile_of(db, uid)
     assert [profile[c] for c in ("full_name", "avatar_url", "username")] == ["Ada", None, "ada"]
     db.bulk_signup(3)

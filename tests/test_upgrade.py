@@ -119,7 +119,8 @@ def test_install_old_then_upgrade_equals_fresh_install(
     with db.connect() as conn:
         assert schema_version(conn) == old_version
         assert [m.version for m in pending_migrations(conn)] == [
-            m.version for m in every if m.version > old_version]
+            m.version for m in every if m.version > old_version
+        ]
     uid = db.signup({"full_name": "Before Upgrade"})
 
     result = cli(db, "upgrade", "--json")  # the real command, in one transaction
@@ -133,11 +134,13 @@ def test_install_old_then_upgrade_equals_fresh_install(
     for part in SNAPSHOT:
         assert before[part] == after[part], part
     # Data kept, and the upgraded install still works.
-    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) \
-        == "Before Upgrade"
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Before Upgrade"
+    )
     uid = db.signup({"full_name": "After Upgrade"})
-    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) \
-        == "After Upgrade"
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "After Upgrade"
+    )
 
 
 def test_failed_upgrade_changes_nothing(db: TestDB, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,8 +162,7 @@ def test_migrations_land_in_any_order(db: TestDB, monkeypatch: pytest.MonkeyPatc
     assert len(every) >= 3, "needs three migrations"
     skipped = every[-2]
     with monkeypatch.context() as patch:
-        patch.setattr(sqlfiles, "migrations",
-                      lambda: tuple(m for m in every if m is not skipped))
+        patch.setattr(sqlfiles, "migrations", lambda: tuple(m for m in every if m is not skipped))
         install(db.settings, create_profile_table=True)
     with db.connect() as conn:
         assert [m.version for m in pending_migrations(conn)] == [skipped.version]

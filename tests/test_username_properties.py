@@ -44,59 +44,117 @@ THREADS = 4
 
 SHAPES = {
     "starter": "create table public.profiles (id uuid not null references auth.users on delete"
-               " cascade primary key, updated_at timestamptz, username text unique,"
-               " full_name text, avatar_url text, website text,"
-               " constraint username_length check (char_length(username) >= 3))",
+    " cascade primary key, updated_at timestamptz, username text unique,"
+    " full_name text, avatar_url text, website text,"
+    " constraint username_length check (char_length(username) >= 3))",
     "lower_unique": "create table public.profiles (id uuid primary key references auth.users"
-                    " on delete cascade, username text, full_name text, avatar_url text);"
-                    " create unique index profiles_username_lower on public.profiles"
-                    " (lower(username))",
+    " on delete cascade, username text, full_name text, avatar_url text);"
+    " create unique index profiles_username_lower on public.profiles"
+    " (lower(username))",
     "regex_check": "create table public.profiles (id uuid primary key references auth.users"
-                   " on delete cascade, username text unique"
-                   " check (username ~ '^[a-z0-9_]{3,24}$'), full_name text, avatar_url text)",
+    " on delete cascade, username text unique"
+    " check (username ~ '^[a-z0-9_]{3,24}$'), full_name text, avatar_url text)",
     "varchar16_text_keys": "create table public.accounts (id text primary key, email text,"
-                           " raw_user_meta_data jsonb, raw_app_meta_data jsonb);"
-                           " create table public.members (id text primary key references"
-                           " public.accounts on delete cascade, username varchar(16) unique"
-                           " not null, full_name text, avatar_url text)",
+    " raw_user_meta_data jsonb, raw_app_meta_data jsonb);"
+    " create table public.members (id text primary key references"
+    " public.accounts on delete cascade, username varchar(16) unique"
+    " not null, full_name text, avatar_url text)",
     "partial_unique": "create table public.profiles (id uuid primary key references auth.users"
-                      " on delete cascade, username text, full_name text, avatar_url text,"
-                      " deleted_at timestamptz); create unique index profiles_live_username"
-                      " on public.profiles (username) where deleted_at is null",
+    " on delete cascade, username text, full_name text, avatar_url text,"
+    " deleted_at timestamptz); create unique index profiles_live_username"
+    " on public.profiles (username) where deleted_at is null",
     "not_null_default": "create table public.profiles (id uuid primary key references"
-                        " auth.users on delete cascade, username text not null default"
-                        " ('user_' || md5(random()::text)) unique, full_name text not null"
-                        " default '', avatar_url text)",
+    " auth.users on delete cascade, username text not null default"
+    " ('user_' || md5(random()::text)) unique, full_name text not null"
+    " default '', avatar_url text)",
 }
 
 # Names many documents share, so batches collide with each other and with earlier batches.
 COMMON = [
-    "torvalds", "Torvalds", "TORVALDS", "ada", "grace hopper", "Grace Hopper", "john.doe",
-    "admin", "Admin", "root", "support", "x", "ab", "émile", "ÉMILE",
+    "torvalds",
+    "Torvalds",
+    "TORVALDS",
+    "ada",
+    "grace hopper",
+    "Grace Hopper",
+    "john.doe",
+    "admin",
+    "Admin",
+    "root",
+    "support",
+    "x",
+    "ab",
+    "émile",
+    "ÉMILE",
     "\uff34\uff4f\uff52\uff56\uff41\uff4c\uff44\uff53",  # full-width Torvalds
-    "\u202etorvalds", "torvalds\u200b", " torvalds ", "tor\x01valds", "🦄", "🦄🦄🦄🦄",
-    "李小龍", "محمد", "a" * 30, "very_long_name_shared_prefix_1",
-    "very_long_name_shared_prefix_2", "user", "user_1", "\u01c5emal", "\ufb01nn",
+    "\u202etorvalds",
+    "torvalds\u200b",
+    " torvalds ",
+    "tor\x01valds",
+    "🦄",
+    "🦄🦄🦄🦄",
+    "李小龍",
+    "محمد",
+    "a" * 30,
+    "very_long_name_shared_prefix_1",
+    "very_long_name_shared_prefix_2",
+    "user",
+    "user_1",
+    "\u01c5emal",
+    "\ufb01nn",
     "\u210cilbert",
 ]
-TRICKY = "".join(chr(c) for c in [
-    *range(0x20, 0x7F), 0x00A0, 0x00AD, 0x0130, 0x0301, 0x061C, 0x200B, 0x200D, 0x200E, 0x2028,
-    0x202A, 0x202E, 0x2066, 0x2069, 0x3000, 0xFEFF, 0xFF21, 0x1F984, 0x0001, 0x001B, 0x007F,
-    0x0085, 0x00E9, 0x0065, 0x1100, 0x1161, 0xE0041])
+TRICKY = "".join(
+    chr(c)
+    for c in [
+        *range(0x20, 0x7F),
+        0x00A0,
+        0x00AD,
+        0x0130,
+        0x0301,
+        0x061C,
+        0x200B,
+        0x200D,
+        0x200E,
+        0x2028,
+        0x202A,
+        0x202E,
+        0x2066,
+        0x2069,
+        0x3000,
+        0xFEFF,
+        0xFF21,
+        0x1F984,
+        0x0001,
+        0x001B,
+        0x007F,
+        0x0085,
+        0x00E9,
+        0x0065,
+        0x1100,
+        0x1161,
+        0xE0041,
+    ]
+)
 names = st.one_of(
     st.sampled_from(COMMON),
     st.text(st.sampled_from(TRICKY), min_size=0, max_size=12),
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-            max_size=20),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20),
     st.builds(lambda s, n: s * n, st.sampled_from(["x", "🦄", "ab "]), st.integers(20, 400)),
 )
-values = st.one_of(names, st.none(), st.integers(), st.booleans(),
-                   st.lists(st.integers(), max_size=2))
+values = st.one_of(
+    names, st.none(), st.integers(), st.booleans(), st.lists(st.integers(), max_size=2)
+)
 documents = st.fixed_dictionaries(
     {},
-    optional={"user_name": values, "preferred_username": values, "full_name": values,
-              "name": values, "avatar_url": values, "custom_claims": st.fixed_dictionaries(
-                  {}, optional={"global_name": values})},
+    optional={
+        "user_name": values,
+        "preferred_username": values,
+        "full_name": values,
+        "name": values,
+        "avatar_url": values,
+        "custom_claims": st.fixed_dictionaries({}, optional={"global_name": values}),
+    },
 )
 providers = st.sampled_from(["github", "google", "discord", "email", "phone", "anonymous", None])
 signups = st.tuples(documents, providers, st.one_of(st.none(), names))
@@ -129,31 +187,50 @@ def shapes(server_dsn: str, template_db: str) -> Iterator[dict[str, Shape]]:
         for name, ddl in SHAPES.items():
             dbname = f"pg_prop_{os.getpid()}_{name}"
             with psycopg.connect(server_dsn, autocommit=True) as conn:
-                conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-                    sql.Identifier(dbname)))
-                conn.execute(sql.SQL("create database {} template {}").format(
-                    sql.Identifier(dbname), sql.Identifier(template_db)))
+                conn.execute(
+                    sql.SQL("drop database if exists {} with (force)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("create database {} template {}").format(
+                        sql.Identifier(dbname), sql.Identifier(template_db)
+                    )
+                )
             url = make_conninfo(server_dsn, dbname=dbname)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(ddl)
                 # What this checks is correctness; JIT compiling each of thousands of one-row
                 # statements on a server built with LLVM would only make it slow.
-                conn.execute(sql.SQL("alter database {} set jit = off").format(
-                    sql.Identifier(dbname)))
+                conn.execute(
+                    sql.SQL("alter database {} set jit = off").format(sql.Identifier(dbname))
+                )
             text_keys = name == "varchar16_text_keys"
-            overrides = ({"identity_table": "public.accounts", "profile_table": "public.members"}
-                         if text_keys else {})
+            overrides = (
+                {"identity_table": "public.accounts", "profile_table": "public.members"}
+                if text_keys
+                else {}
+            )
             settings = load_settings(env={}, database_url=url, **overrides)
             install(settings)
-            made[name] = Shape(name, dbname, url, settings,
-                               "public.accounts" if text_keys else "auth.users",
-                               "public.members" if text_keys else "public.profiles", text_keys)
+            made[name] = Shape(
+                name,
+                dbname,
+                url,
+                settings,
+                "public.accounts" if text_keys else "auth.users",
+                "public.members" if text_keys else "public.profiles",
+                text_keys,
+            )
         yield made
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as conn:
             for shape in made.values():
-                conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-                    sql.Identifier(shape.dbname)))
+                conn.execute(
+                    sql.SQL("drop database if exists {} with (force)").format(
+                        sql.Identifier(shape.dbname)
+                    )
+                )
 
 
 def _rows(shape: Shape, batch: list[tuple[Any, Any, Any]]) -> list[tuple[Any, ...]]:
@@ -180,14 +257,16 @@ def _insert(shape: Shape, conn: psycopg.Connection, rows: list[tuple[Any, ...]])
         f" select r.id, r.email, r.meta::jsonb, r.app::jsonb{extra_values}"
         f" from unnest(%s::{key_type}[], %s::text[], %s::text[], %s::text[])"
         " as r(id, email, meta, app)",
-        ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-         [r[3] for r in rows]),
+        ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
     )
 
 
 def _sign_up(shape: Shape, rows: list[tuple[Any, ...]]) -> None:
-    bulk, single, concurrent = (rows[SINGLE + CONCURRENT:], rows[:SINGLE],
-                                rows[SINGLE:SINGLE + CONCURRENT])
+    bulk, single, concurrent = (
+        rows[SINGLE + CONCURRENT :],
+        rows[:SINGLE],
+        rows[SINGLE : SINGLE + CONCURRENT],
+    )
     with shape.connect() as conn:
         _insert(shape, conn, bulk)
         for row in single:
@@ -204,8 +283,9 @@ def _sign_up(shape: Shape, rows: list[tuple[Any, ...]]) -> None:
         except BaseException as exc:  # reported to the test thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(concurrent[i::THREADS],))
-               for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=worker, args=(concurrent[i::THREADS],)) for i in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -226,10 +306,15 @@ def _check(shape: Shape, keys: list[Any]) -> None:
             " (select count(*) from profileguard.events where kind = 'failure')",
             {"k": keys},
         ).fetchone()
-        users = conn.execute(f"select count(*) from {shape.users} where id = any(%s::"
-                             f"{key_type}[])", (keys,)).fetchone()
-        names = [r[0] for r in conn.execute(
-            f"select username from {shape.profiles} where id = any(%s::{key_type}[])", (keys,))]
+        users = conn.execute(
+            f"select count(*) from {shape.users} where id = any(%s::{key_type}[])", (keys,)
+        ).fetchone()
+        names = [
+            r[0]
+            for r in conn.execute(
+                f"select username from {shape.profiles} where id = any(%s::{key_type}[])", (keys,)
+            )
+        ]
     assert users == (len(keys),), f"{shape.name}: sign-ups did not all commit"
     assert (missing, failures) == (0, 0), f"{shape.name}: missing {missing}, failed {failures}"
     for name in names:
@@ -242,9 +327,17 @@ def _check(shape: Shape, keys: list[Any]) -> None:
         assert 1 <= len(name) <= 64, (shape.name, name)
 
 
-@hsettings(max_examples=BATCHES, deadline=None, database=None,
-           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
+@hsettings(
+    max_examples=BATCHES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(batch=batches)
 def test_every_signup_of_every_shape_gets_a_clean_profile(
     shapes: dict[str, Shape], batch: list[tuple[Any, Any, Any]]
@@ -259,7 +352,7 @@ def test_the_matrix_covered_enough_documents(shapes: dict[str, Shape]) -> None:
     """Runs after the property test (file order): at least 2,000 documents per shape."""
     for shape in shapes.values():
         with shape.connect() as conn:
-            row = conn.execute(f"select count(*), (select count(*) from {shape.profiles})"
-                               f" from {shape.users}").fetchone()
+            row = conn.execute(
+                f"select count(*), (select count(*) from {shape.profiles}) from {shape.users}"
+            ).fetchone()
         assert row is not None and row[0] == row[1] >= BATCHES * BATCH_SIZE, (shape.name, row)
-

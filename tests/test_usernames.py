@@ -156,14 +156,19 @@ def test_names_colliding_after_truncation_to_check_maximum(db):
 def test_only_length_checks_count_as_lengths():
     # The signup's first insert leaves out a CHECK these bounds say its names satisfy: anything
     # but a conjunction of character-length comparisons must be kept.
-    assert _length_bounds("(char_length(username) >= 3) AND (char_length(username) <= 12)",
-                          "username") == (3, 12)
+    assert _length_bounds(
+        "(char_length(username) >= 3) AND (char_length(username) <= 12)", "username"
+    ) == (3, 12)
     assert _length_bounds("char_length((username)::text) > 2", "username") == (3, sys.maxsize)
-    for body in ("char_length(username) >= 3 OR username IS NULL",
-                 "(char_length(username) >= 3 AND username <> 'x') OR true",
-                 "char_length(username) = 3", "octet_length(username) <= 24",
-                 "char_length(lower(username)) >= 3", "char_length(other) >= 3",
-                 "(username ~ '^a') AND (char_length(username) >= 3)"):
+    for body in (
+        "char_length(username) >= 3 OR username IS NULL",
+        "(char_length(username) >= 3 AND username <> 'x') OR true",
+        "char_length(username) = 3",
+        "octet_length(username) <= 24",
+        "char_length(lower(username)) >= 3",
+        "char_length(other) >= 3",
+        "(username ~ '^a') AND (char_length(username) >= 3)",
+    ):
         assert _length_bounds(body, "username") is None, body
 
 
@@ -269,8 +274,11 @@ def _all_served(db) -> None:
 
 
 def test_lower_unique_index_compares_case_insensitively(db):
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " username text); create unique index on public.profiles (lower(username))")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text); create unique index on public.profiles (lower(username))",
+    )
     first, second = _bulk(db, [{"user_name": "Alice"}, {"user_name": "aLICE"}])
     third = _bulk(db, [{"user_name": "ALICE"}])[0]
     _all_served(db)
@@ -280,11 +288,21 @@ def test_lower_unique_index_compares_case_insensitively(db):
 
 
 def test_regex_check_gets_a_name_that_passes(db):
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " username text unique check (username ~ '^[a-z0-9_]{3,24}$'))")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text unique check (username ~ '^[a-z0-9_]{3,24}$'))",
+    )
     holder = _bulk(db, [{"user_name": "grace_hopper"}])[0]
-    grace, john, emoji, long = _bulk(db, [{"user_name": "Grace Hopper"}, {"user_name": "john.doe"},
-                                          {"user_name": "🦄🦄🦄"}, {"user_name": "x" * 40}])
+    grace, john, emoji, long = _bulk(
+        db,
+        [
+            {"user_name": "Grace Hopper"},
+            {"user_name": "john.doe"},
+            {"user_name": "🦄🦄🦄"},
+            {"user_name": "x" * 40},
+        ],
+    )
     _all_served(db)
     names = {uid: username(db, uid) for uid in (holder, grace, john, emoji, long)}
     assert all(re.fullmatch(r"[a-z0-9_]{3,24}", n) for n in names.values()), names
@@ -295,9 +313,12 @@ def test_regex_check_gets_a_name_that_passes(db):
 
 
 def test_octet_length_check_and_partial_unique_index(db):
-    _table(db, "create table public.profiles (id uuid primary key references auth.users,"
-               " username text check (octet_length(username) <= 24), deleted_at timestamptz);"
-               " create unique index on public.profiles (username) where deleted_at is null")
+    _table(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text check (octet_length(username) <= 24), deleted_at timestamptz);"
+        " create unique index on public.profiles (username) where deleted_at is null",
+    )
     ids = _bulk(db, [{"user_name": "🦄" * 10}, {"user_name": "dup"}, {"user_name": "dup"}])
     _all_served(db)
     names = [username(db, uid) for uid in ids]
@@ -306,18 +327,25 @@ def test_octet_length_check_and_partial_unique_index(db):
 
 
 def test_varchar16_text_keys_sharing_a_prefix(db):
-    execute(db, "create table public.accounts (id text primary key, email text,"
-                " raw_user_meta_data jsonb);"
-                " create table public.members (id text primary key references public.accounts,"
-                " username varchar(16) unique not null)")
-    settings = load_settings(env={}, database_url=db.url, identity_table="public.accounts",
-                             profile_table="public.members")
+    execute(
+        db,
+        "create table public.accounts (id text primary key, email text,"
+        " raw_user_meta_data jsonb);"
+        " create table public.members (id text primary key references public.accounts,"
+        " username varchar(16) unique not null)",
+    )
+    settings = load_settings(
+        env={},
+        database_url=db.url,
+        identity_table="public.accounts",
+        profile_table="public.members",
+    )
     install(settings)
     keys = [f"tenant-000000000-{i:04d}" for i in range(40)]
     with db.connect() as conn:
         conn.execute(
             "insert into public.accounts (id, raw_user_meta_data)"
-            " select k, '{\"user_name\": \"averyveryverylongname\"}' from unnest(%s::text[]) k",
+            ' select k, \'{"user_name": "averyveryverylongname"}\' from unnest(%s::text[]) k',
             (keys,),
         )
     rows = db.scalar("select json_agg(username) from public.members")
@@ -326,9 +354,15 @@ def test_varchar16_text_keys_sharing_a_prefix(db):
 
 
 def test_megabyte_name_and_invisible_characters(installed):
-    big, bidi, ctrl, spaced = _bulk(installed, [
-        {"user_name": "a" * 1_000_000}, {"user_name": "\u202eevil\u202c"},
-        {"user_name": "x\x01y\u200bz"}, {"user_name": "\u3000 \uff21\uff22\uff23 \u00a0"}])
+    big, bidi, ctrl, spaced = _bulk(
+        installed,
+        [
+            {"user_name": "a" * 1_000_000},
+            {"user_name": "\u202eevil\u202c"},
+            {"user_name": "x\x01y\u200bz"},
+            {"user_name": "\u3000 \uff21\uff22\uff23 \u00a0"},
+        ],
+    )
     _all_served(installed)
     assert username(installed, big) == "a" * 64
     assert username(installed, bidi) == "evil"
@@ -352,13 +386,16 @@ def test_squat_email_signup_cannot_take_a_provider_name(installed):
     assert username(installed, github) == "torvalds"
     # The email's local part is the user's choice too.
     mail = installed.signup({}, email="linus@example.com")
-    execute(installed, "update auth.users set raw_app_meta_data = '{\"provider\": \"email\"}'")
+    execute(installed, 'update auth.users set raw_app_meta_data = \'{"provider": "email"}\'')
     assert username(installed, mail) == "linus"  # no provider recorded: an operator's row
 
 
 def test_squat_with_unverified_plain_is_first_come(db):
-    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
-                " username text unique)")
+    execute(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text unique)",
+    )
     policy = db.settings.username
     from dataclasses import replace
 
@@ -370,22 +407,29 @@ def test_squat_with_unverified_plain_is_first_come(db):
 
 
 def test_lowercase_and_pattern_policy(db):
-    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
-                " username text unique)")
+    execute(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username text unique)",
+    )
     from dataclasses import replace
 
     policy = replace(db.settings.username, lowercase=True, pattern="^[a-z0-9_.é]{3,20}$")
     install(replace(db.settings, username=policy))
-    upper, accented, spaced = _bulk(db, [{"user_name": "LINUS"}, {"user_name": "ÉMILE"},
-                                        {"user_name": "Grace Hopper"}])
+    upper, accented, spaced = _bulk(
+        db, [{"user_name": "LINUS"}, {"user_name": "ÉMILE"}, {"user_name": "Grace Hopper"}]
+    )
     assert username(db, upper) == "linus"
     assert username(db, accented) == "émile"
     assert username(db, spaced) == "grace_hopper"
 
 
 def test_a_name_cut_to_the_column_is_trimmed_again(db):
-    execute(db, "create table public.profiles (id uuid primary key references auth.users,"
-                " username varchar(16) unique)")
+    execute(
+        db,
+        "create table public.profiles (id uuid primary key references auth.users,"
+        " username varchar(16) unique)",
+    )
     install(db.settings)
     (uid,) = _bulk(db, [{"user_name": [-227161765044, 1]}])  # text '[-227161765044, 1]'
     assert username(db, uid) == "[-227161765044,"

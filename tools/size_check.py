@@ -1,7 +1,8 @@
-"""Size limits of src/profileguard: modules ≤ 600 lines, classes ≤ 400, functions ≤ 80.
+"""Size smells of src/profileguard: modules over 600 lines, classes over 400, functions over 80.
 
-Prints the largest module, class and function, then every one over its limit; exits 1 when one
-is over and not in ALLOWLIST. Small modules and functions keep the code readable and reviewable.
+Prints the largest module, class and function, then every one over its limit, as places to look
+at when the code around them changes. A smell, not a gate: code is split by subject, never cut to
+fit a number, so the check always exits 0.
 """
 
 from __future__ import annotations
@@ -13,11 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "profileguard"
 LIMITS = {"module": 600, "class": 400, "function": 80}
-
-# Over the limit but tolerated for now, each with its reason. Keep this list short and say when
-# an entry can go.
-ALLOWLIST: dict[str, str] = {}
-
 
 def _measure(path: Path) -> list[tuple[str, str, int]]:
     """(kind, qualified name, lines) of the module and of every class and function in it."""
@@ -43,18 +39,14 @@ def _measure(path: Path) -> list[tuple[str, str, int]]:
 
 def main() -> int:
     sizes = [m for path in sorted(SRC.rglob("*.py")) for m in _measure(path)]
-    failed = False
     for kind, limit in LIMITS.items():
         of_kind = sorted((s for s in sizes if s[0] == kind), key=lambda s: -s[2])
         print(f"largest {kind}: {of_kind[0][1]} ({of_kind[0][2]} lines, limit {limit})")
         for _, name, lines in of_kind:
             if lines <= limit:
                 break
-            allowed = ALLOWLIST.get(name)
-            mark = f"allowed: {allowed}" if allowed else "OVER"
-            print(f"  {name}: {lines} lines > {limit} ({mark})")
-            failed = failed or not allowed
-    return 1 if failed else 0
+            print(f"  look at {name}: {lines} lines > {limit}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def create_app(
             return str(verify_token(token.strip(), secret)["sub"])
         except ValueError as exc:
             raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, detail=str(exc),
+                status.HTTP_401_UNAUTHORIZED,
+                detail=str(exc),
                 headers={"WWW-Authenticate": "Bearer"},
             ) from None
 
@@ -185,8 +186,11 @@ def create_app(
         """Email/password sign-up: the user and its profile, created together."""
         metadata = {
             key: value
-            for key, value in (("full_name", body.full_name), ("user_name", body.username),
-                               ("avatar_url", body.avatar_url))
+            for key, value in (
+                ("full_name", body.full_name),
+                ("user_name", body.username),
+                ("avatar_url", body.avatar_url),
+            )
             if value
         }
         try:

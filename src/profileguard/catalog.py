@@ -52,7 +52,8 @@ class TableFacts:
         name = re.escape(column)
         # char_length(c), char_length((c)::text) (varchar columns), length(c::text)
         func = (
-            r"(?:char_length|character_length|length)\(\(?\s*\"?" + name
+            r"(?:char_length|character_length|length)\(\(?\s*\"?"
+            + name
             + r"\"?\s*\)?(?:::[\w ]+(?:\(\d+\))?)?\s*\)"
         )
         for definition in self.checks:
@@ -74,9 +75,7 @@ def regclass_text(conn: psycopg.Connection, ref: TableRef) -> str:
 
 def table_oid(conn: psycopg.Connection, ref: TableRef) -> int | None:
     """The table's oid, or None when it does not exist."""
-    row = conn.execute(
-        sqlfiles.query("table_oid"), {"table": regclass_text(conn, ref)}
-    ).fetchone()
+    row = conn.execute(sqlfiles.query("table_oid"), {"table": regclass_text(conn, ref)}).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 

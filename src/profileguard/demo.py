@@ -46,10 +46,42 @@ from profileguard.repair import Reconciler
 DEMO_DATABASE = "profileguard_demo"
 LEGACY_TRIGGER = "on_auth_user_created"
 FAULT_EVERY = 20
-FIRST = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
-         "Radia", "Guido", "Anita", "Donald", "Sophie", "Niklaus", "Hedy"]
-LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen",
-        "Dijkstra", "Perlman", "van Rossum", "Borg", "Knuth", "Wilson", "Wirth", "Lamarr"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Guido",
+    "Anita",
+    "Donald",
+    "Sophie",
+    "Niklaus",
+    "Hedy",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "van Rossum",
+    "Borg",
+    "Knuth",
+    "Wilson",
+    "Wirth",
+    "Lamarr",
+]
 
 
 @dataclass
@@ -68,22 +100,45 @@ def fake_signup(rng: random.Random, n: int) -> tuple[str | None, dict[str, Any],
     first, last = rng.choice(FIRST), rng.choice(LAST)
     name = f"{first} {last}"
     # GitHub handles collide now and then, and some are shorter than three characters.
-    handle = (first[:2].lower() if rng.random() < 0.15
-              else f"{first.lower()}{rng.randint(1, 40)}")
+    handle = first[:2].lower() if rng.random() < 0.15 else f"{first.lower()}{rng.randint(1, 40)}"
     kind = rng.choices(
         ["google", "github", "discord", "email", "magic_link", "anonymous"],
         weights=[30, 25, 10, 20, 10, 5],
     )[0]
     email = f"{first.lower()}.{last.lower().replace(' ', '')}{n}@example.com"
     if kind == "google":
-        return email, {"full_name": name, "name": name, "picture": f"https://img.test/{n}.png",
-                       "email": email, "email_verified": True}, False
+        return (
+            email,
+            {
+                "full_name": name,
+                "name": name,
+                "picture": f"https://img.test/{n}.png",
+                "email": email,
+                "email_verified": True,
+            },
+            False,
+        )
     if kind == "github":
-        return email, {"user_name": handle, "preferred_username": handle, "full_name": name,
-                       "avatar_url": f"https://avatars.test/{n}"}, False
+        return (
+            email,
+            {
+                "user_name": handle,
+                "preferred_username": handle,
+                "full_name": name,
+                "avatar_url": f"https://avatars.test/{n}",
+            },
+            False,
+        )
     if kind == "discord":
-        return email, {"full_name": handle, "custom_claims": {"global_name": name},
-                       "avatar_url": f"https://cdn.test/{n}.png"}, False
+        return (
+            email,
+            {
+                "full_name": handle,
+                "custom_claims": {"global_name": name},
+                "avatar_url": f"https://cdn.test/{n}.png",
+            },
+            False,
+        )
     if kind == "email":
         return email, {"full_name": name}, False
     if kind == "magic_link":
@@ -91,8 +146,14 @@ def fake_signup(rng: random.Random, n: int) -> tuple[str | None, dict[str, Any],
     return None, {}, True
 
 
-def supabase_signup(conn: psycopg.Connection, email: str | None, meta: dict[str, Any],
-                    anonymous: bool, *, fault: bool = False) -> uuid.UUID:
+def supabase_signup(
+    conn: psycopg.Connection,
+    email: str | None,
+    meta: dict[str, Any],
+    anonymous: bool,
+    *,
+    fault: bool = False,
+) -> uuid.UUID:
     """One sign-up as Supabase Auth makes it: one transaction, role set after the insert."""
     uid = uuid.uuid4()
     with conn.transaction():
@@ -102,7 +163,7 @@ def supabase_signup(conn: psycopg.Connection, email: str | None, meta: dict[str,
             "insert into auth.users (instance_id, id, aud, role, email, raw_user_meta_data,"
             " raw_app_meta_data, is_anonymous, created_at, updated_at)"
             " values ('00000000-0000-0000-0000-000000000000', %s, 'authenticated', '', %s, %s,"
-            " '{\"provider\": \"email\"}', %s, now(), now())",
+            ' \'{"provider": "email"}\', %s, now(), now())',
             (uid, email, json.dumps(meta), anonymous),
         )
         conn.execute("update auth.users set role = 'authenticated' where id = %s", (uid,))
@@ -115,8 +176,9 @@ def supabase_signup(conn: psycopg.Connection, email: str | None, meta: dict[str,
     return uid
 
 
-def signup_burst(url: str, total: int, *, seed: int, clients: int = 4,
-                 fault_every: int = 0) -> Phase:
+def signup_burst(
+    url: str, total: int, *, seed: int, clients: int = 4, fault_every: int = 0
+) -> Phase:
     """`total` sign-ups from `clients` threads as supabase_auth_admin; every `fault_every`-th
     carries the injected fault."""
     phase = Phase(attempted=total)
@@ -210,8 +272,9 @@ def show_burst(console: Console, title: str, phase: Phase, missing_after: int) -
     table.add_row("sign-ups attempted", str(phase.attempted))
     table.add_row("sign-ups committed", f"[green]{phase.committed}[/]")
     style = "bold red" if phase.failed else "green"
-    table.add_row("sign-ups failed (\"Database error saving new user\")",
-                  f"[{style}]{phase.failed}[/]")
+    table.add_row(
+        'sign-ups failed ("Database error saving new user")', f"[{style}]{phase.failed}[/]"
+    )
     table.add_row("users without a profile", str(missing_after))
     console.print(table)
     for error, count in sorted(phase.errors.items(), key=lambda kv: -kv[1]):
@@ -228,31 +291,49 @@ def show_audit(console: Console, settings: Settings) -> int:
         if finding.severity == "info":
             continue
         fix = (finding.fix or "").splitlines()
-        table.add_row(f"[{style[finding.severity]}]{finding.severity}[/]", finding.title,
-                      fix[0] + (" …" if len(fix) > 1 else "") if fix else "")
+        table.add_row(
+            f"[{style[finding.severity]}]{finding.severity}[/]",
+            finding.title,
+            fix[0] + (" …" if len(fix) > 1 else "") if fix else "",
+        )
     console.print(table)
     return report.count("error")
 
 
 def run_backfill_with_bar(console: Console, settings: Settings) -> dict[str, Any]:
     with Progress(
-        TextColumn("backfill"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>8} rows/s"), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("backfill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8} rows/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     ) as bar:
         task = bar.add_task("backfill", total=None, rate="")
 
         def progress(p: BackfillProgress) -> None:
-            bar.update(task, completed=p.scanned, total=max(p.total_estimate, p.scanned),
-                       rate=f"{p.rows_per_second:,.0f}")
+            bar.update(
+                task,
+                completed=p.scanned,
+                total=max(p.total_estimate, p.scanned),
+                rate=f"{p.rows_per_second:,.0f}",
+            )
 
         report = run_backfill(settings, Options(), progress=progress)
         bar.update(task, completed=report.scanned, total=report.scanned)
     return report.as_dict()
 
 
-def run_demo(console: Console, *, database_url: str | None = None, users: int = 10_000,
-             signups: int = 500, serve: bool = False, port: int = 8787) -> dict[str, Any]:
+def run_demo(
+    console: Console,
+    *,
+    database_url: str | None = None,
+    users: int = 10_000,
+    signups: int = 500,
+    serve: bool = False,
+    port: int = 8787,
+) -> dict[str, Any]:
     """Play the rollout and return the before/after figures."""
     started = time.monotonic()
     console.rule("[bold]profileguard demo")
@@ -275,20 +356,30 @@ def run_demo(console: Console, *, database_url: str | None = None, users: int = 
 
         console.rule("4. profileguard backfill")
         backfill = run_backfill_with_bar(console, settings)
-        console.print(f"created {backfill['created']} profiles, {backfill['failed']} failed, "
-                      f"{backfill['batches']} batches, {backfill['rows_per_second']:,.0f} rows/s.")
+        console.print(
+            f"created {backfill['created']} profiles, {backfill['failed']} failed, "
+            f"{backfill['batches']} batches, {backfill['rows_per_second']:,.0f} rows/s."
+        )
 
         console.rule("5. Sign-ups with an injected fault, the worker running")
         conn.execute(sqlfiles.read("demo_fault.sql"))
         with _worker(settings):
             after, heal_seconds = _faulty_burst(url, conn, signups)
             after_missing = missing(conn)
-            failures = _count(conn, "select count(*) from profileguard.failures"
-                                    " where source = 'trigger'")
-            show_burst(console, f"{signups} sign-ups, profileguard (1 in {FAULT_EVERY} with a "
-                       "lock timeout injected into the profile insert)", after, after_missing)
-            console.print(f"The trigger recorded {failures} failures (SQLSTATE 55P03, category "
-                          "transient); the worker repaired them.")
+            failures = _count(
+                conn, "select count(*) from profileguard.failures where source = 'trigger'"
+            )
+            show_burst(
+                console,
+                f"{signups} sign-ups, profileguard (1 in {FAULT_EVERY} with a "
+                "lock timeout injected into the profile insert)",
+                after,
+                after_missing,
+            )
+            console.print(
+                f"The trigger recorded {failures} failures (SQLSTATE 55P03, category "
+                "transient); the worker repaired them."
+            )
             worker_repairs, slowest_repair, suffixed = _repair_figures(conn)
 
             figures = {
@@ -318,12 +409,16 @@ def _legacy_app(console: Console, conn: psycopg.Connection, users: int) -> int:
     console.print(f"PostgreSQL {version[0] if version else '?'} is up.")
     conn.execute(sqlfiles.read("supabase_auth.sql"))
     conn.execute(sqlfiles.read("demo_legacy.sql"))
-    console.print("An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
-                  "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "
-                  f"per-row trigger [bold]{LEGACY_TRIGGER}[/] → handle_new_user().")
+    console.print(
+        "An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
+        "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "
+        f"per-row trigger [bold]{LEGACY_TRIGGER}[/] → handle_new_user()."
+    )
     existing_missing = seed_existing_users(conn, users)
-    console.print(f"{users:,} existing users; [bold]{existing_missing}[/] of them "
-                  f"({100 * existing_missing / users:.1f}%) have no profile.")
+    console.print(
+        f"{users:,} existing users; [bold]{existing_missing}[/] of them "
+        f"({100 * existing_missing / users:.1f}%) have no profile."
+    )
     return existing_missing
 
 
@@ -332,15 +427,23 @@ def _take_over(console: Console, settings: Settings) -> None:
     result = install(settings, replace_triggers=[LEGACY_TRIGGER])
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
-    console.print(f"Installed schema version {result.version_after}; the legacy trigger is "
-                  "taken over (uninstall restores it).")
+    console.print(
+        f"Installed schema version {result.version_after}; the legacy trigger is "
+        "taken over (uninstall restores it)."
+    )
 
 
 @contextmanager
 def _worker(settings: Settings) -> Iterator[None]:
     """A reconciler worker running in a thread, stopped at the end of the block."""
-    reconciler = Reconciler(settings, worker_id="demo-worker", incremental_interval=0.5,
-                            full_interval=2.0, heartbeat_interval=1.0, poll_interval=0.1)
+    reconciler = Reconciler(
+        settings,
+        worker_id="demo-worker",
+        incremental_interval=0.5,
+        full_interval=2.0,
+        heartbeat_interval=1.0,
+        poll_interval=0.1,
+    )
     stop = threading.Event()
     worker = threading.Thread(target=reconciler.run_forever, args=(stop,), daemon=True)
     worker.start()
@@ -363,16 +466,16 @@ def _faulty_burst(url: str, conn: psycopg.Connection, signups: int) -> tuple[Pha
 def _repair_figures(conn: psycopg.Connection) -> tuple[int, float, int]:
     """Profiles the worker repaired, the slowest repair after a failed sign-up (seconds), and
     usernames suffixed instead of failing."""
-    worker_repairs = _count(conn, "select count(*) from profileguard.events"
-                                  " where kind = 'repair' and source = 'worker'")
+    worker_repairs = _count(
+        conn, "select count(*) from profileguard.events where kind = 'repair' and source = 'worker'"
+    )
     slowest = conn.execute(
         "select extract(epoch from max(r.created_at - f.created_at))"
         " from profileguard.failures f join profileguard.events r"
         " on r.user_id = f.user_id and r.kind = 'repair'"
     ).fetchone()
     slowest_repair = float(slowest[0]) if slowest and slowest[0] is not None else 0.0
-    suffixed = _count(conn, "select count(*) from public.profiles"
-                            " where username ~ '_[0-9a-f]{8}$'")
+    suffixed = _count(conn, "select count(*) from public.profiles where username ~ '_[0-9a-f]{8}$'")
     return worker_repairs, slowest_repair, suffixed
 
 

@@ -83,28 +83,37 @@ def require_drift(conn: psycopg.Connection) -> Installation:
     require_version(conn, DRIFT_SCHEMA_VERSION, missing="drift repair")
     installed = Installation.require(conn)
     key = installed.require_key_type()
-    row = conn.execute("select to_regprocedure(%s)",
-                       (f"profileguard.find_drift({key}[], {key}, integer)",)).fetchone()
+    row = conn.execute(
+        "select to_regprocedure(%s)", (f"profileguard.find_drift({key}[], {key}, integer)",)
+    ).fetchone()
     if not (row and row[0]):
-        raise NotInstalledError("profileguard's drift functions are missing",
-                                hint="run: profileguard upgrade")
+        raise NotInstalledError(
+            "profileguard's drift functions are missing", hint="run: profileguard upgrade"
+        )
     return installed
 
 
 def find_drift(
-    conn: psycopg.Connection, installed: Installation, *, ids: Sequence[Any] | None = None,
-    after: Any = None, scan: int = 10_000,
+    conn: psycopg.Connection,
+    installed: Installation,
+    *,
+    ids: Sequence[Any] | None = None,
+    after: Any = None,
+    scan: int = 10_000,
 ) -> dict[str, Any]:
     """One call of profileguard.find_drift: for `ids`, or the `scan` users after `after`."""
     key = _key(installed)
     query = sql.SQL(
         "select profileguard.find_drift(%(ids)s::text[]::{k}[], %(after)s::text::{k}, %(scan)s)"
     ).format(k=key)
-    row = conn.execute(query, {
-        "ids": None if ids is None else [str(i) for i in ids],
-        "after": None if after is None else str(after),
-        "scan": scan,
-    }).fetchone()
+    row = conn.execute(
+        query,
+        {
+            "ids": None if ids is None else [str(i) for i in ids],
+            "after": None if after is None else str(after),
+            "scan": scan,
+        },
+    ).fetchone()
     return dict(row[0]) if row and row[0] else {"scanned": 0, "last": None, "drift": []}
 
 
@@ -212,8 +221,9 @@ class DriftRepair:
 
     # ------------------------------------------------------------ repair
 
-    def fix(self, conn: psycopg.Connection, installed: Installation,
-            items: Sequence[dict[str, Any]]) -> DriftResult:
+    def fix(
+        self, conn: psycopg.Connection, installed: Installation, items: Sequence[dict[str, Any]]
+    ) -> DriftResult:
         """Bring these drifted profiles in step; failures are split until isolated, then noted
         (backoff, failure event). Runs in the caller's transaction."""
         result = DriftResult(found=len(items))
@@ -226,14 +236,20 @@ class DriftRepair:
         result.failed = len(failures)
         done = [uid for uid in columns if uid not in {f[0] for f in failures}]
         if done:
-            conn.execute("delete from profileguard.drift_state where user_id = any(%s::text[])",
-                         (done,))
+            conn.execute(
+                "delete from profileguard.drift_state where user_id = any(%s::text[])", (done,)
+            )
         for uid, state, message in failures:
             self._note_failure(conn, uid, columns[uid], state, message)
         return result
 
-    def _sync(self, conn: psycopg.Connection, installed: Installation, ids: list[str],
-              failures: list[tuple[str, str | None, str]]) -> int:
+    def _sync(
+        self,
+        conn: psycopg.Connection,
+        installed: Installation,
+        ids: list[str],
+        failures: list[tuple[str, str | None, str]],
+    ) -> int:
         query = sql.SQL(
             "select profileguard.sync_profiles(%(ids)s::text[]::{k}[], %(source)s)"
         ).format(k=_key(installed))
@@ -249,11 +265,18 @@ class DriftRepair:
                 failures.append((ids[0], exc.sqlstate, message[:MESSAGE_LIMIT]))
                 return 0
             middle = len(ids) // 2
-            return (self._sync(conn, installed, ids[:middle], failures)
-                    + self._sync(conn, installed, ids[middle:], failures))
+            return self._sync(conn, installed, ids[:middle], failures) + self._sync(
+                conn, installed, ids[middle:], failures
+            )
 
-    def _note_failure(self, conn: psycopg.Connection, uid: str, columns: list[str],
-                      state: str | None, message: str) -> None:
+    def _note_failure(
+        self,
+        conn: psycopg.Connection,
+        uid: str,
+        columns: list[str],
+        state: str | None,
+        message: str,
+    ) -> None:
         """One more attempt: capped full-jitter backoff, and a failure event (source 'drift')."""
         row = conn.execute(
             "insert into profileguard.drift_state as d (user_id, columns, attempts,"
@@ -266,8 +289,7 @@ class DriftRepair:
             {"u": uid, "c": columns, "s": state, "m": message},
         ).fetchone()
         attempts = int(row[0]) if row else 1
-        delay = random.uniform(0, min(self.backoff_cap,
-                                      self.backoff_base * 2 ** min(attempts, 30)))
+        delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempts, 30)))
         conn.execute(
             "update profileguard.drift_state set next_attempt_at = now()"
             " + make_interval(secs => %(d)s) where user_id = %(u)s",
@@ -277,8 +299,13 @@ class DriftRepair:
             "insert into profileguard.events (kind, source, user_id, sqlstate, category,"
             " message, detail) values ('failure', %(src)s, %(u)s, %(s)s,"
             " profileguard.sqlstate_category(%(s)s), %(m)s, %(d)s)",
-            {"src": SOURCE, "u": uid, "s": state, "m": message,
-             "d": psycopg.types.json.Jsonb({"columns": columns, "attempts": attempts})},
+            {
+                "src": SOURCE,
+                "u": uid,
+                "s": state,
+                "m": message,
+                "d": psycopg.types.json.Jsonb({"columns": columns, "attempts": attempts}),
+            },
         )
 
     # ------------------------------------------------------------ passes
@@ -292,8 +319,9 @@ class DriftRepair:
         while stop_event is None or not stop_event.is_set():
             cursor = self._cursor
 
-            def step(conn: psycopg.Connection, installed: Installation,
-                     cursor: int = cursor) -> tuple[int | None, DriftResult]:
+            def step(
+                conn: psycopg.Connection, installed: Installation, cursor: int = cursor
+            ) -> tuple[int | None, DriftResult]:
                 rows = conn.execute(
                     "select e.id, e.user_id from profileguard.events e"
                     " where e.kind = 'failure' and e.source = 'sync' and e.id > %(after)s"
@@ -316,7 +344,8 @@ class DriftRepair:
         def due(conn: psycopg.Connection, installed: Installation) -> DriftResult:
             rows = conn.execute(
                 "select user_id from profileguard.drift_state where next_attempt_at <= now()"
-                " order by next_attempt_at limit %(n)s", {"n": self.batch_size},
+                " order by next_attempt_at limit %(n)s",
+                {"n": self.batch_size},
             ).fetchall()
             return self._check_and_fix(conn, installed, [str(r[0]) for r in rows])
 
@@ -327,22 +356,25 @@ class DriftRepair:
             total.add(self.run_full_step(stop_event, force=True))
         return total
 
-    def _check_and_fix(self, conn: psycopg.Connection, installed: Installation,
-                       ids: list[str]) -> DriftResult:
+    def _check_and_fix(
+        self, conn: psycopg.Connection, installed: Installation, ids: list[str]
+    ) -> DriftResult:
         if not ids:
             return DriftResult()
         found = find_drift(conn, installed, ids=ids)
         drifted = list(found["drift"])
         in_step = sorted(set(ids) - {str(i["user_id"]) for i in drifted})
         if in_step:  # in step again (fixed by a later update, or the user is gone)
-            conn.execute("delete from profileguard.drift_state where user_id = any(%s::text[])",
-                         (in_step,))
+            conn.execute(
+                "delete from profileguard.drift_state where user_id = any(%s::text[])", (in_step,)
+            )
         result = self.fix(conn, installed, drifted)
         result.checked = len(ids)
         return result
 
-    def run_full_step(self, stop_event: threading.Event | None = None, *,
-                      force: bool = False) -> DriftResult:
+    def run_full_step(
+        self, stop_event: threading.Event | None = None, *, force: bool = False
+    ) -> DriftResult:
         """One bounded step (`full_step` users) of the full pass, resumed where the last step
         stopped; a new pass starts `full_interval` seconds after the last one completed (at once
         with `force`). The step's position survives restarts (profileguard.drift_pass)."""
@@ -358,8 +390,9 @@ class DriftRepair:
             if state is None or not state[1]:
                 return True, DriftResult()  # another worker holds it, or not due
             cursor = state[0]
-            found = find_drift(conn, installed, after=cursor, scan=min(self.batch_size * 20,
-                                                                         self.full_step))
+            found = find_drift(
+                conn, installed, after=cursor, scan=min(self.batch_size * 20, self.full_step)
+            )
             part = self.fix(conn, installed, list(found["drift"]))
             part.checked = int(found["scanned"])
             finished = int(found["scanned"]) < min(self.batch_size * 20, self.full_step)
@@ -370,13 +403,18 @@ class DriftRepair:
                 " found = case when cursor is null then 0 else found end + %(f)s,"
                 " fixed = case when cursor is null then 0 else fixed end + %(x)s,"
                 " cursor = %(c)s, updated_at = now()",
-                {"s": part.checked, "f": part.found, "x": part.fixed,
-                 "c": None if finished else str(found["last"])},
+                {
+                    "s": part.checked,
+                    "f": part.found,
+                    "x": part.fixed,
+                    "c": None if finished else str(found["last"]),
+                },
             )
             if finished:
                 conn.execute(
                     "update profileguard.drift_pass set completed_at = now(),"
-                    " completed_scanned = scanned, completed_found = found")
+                    " completed_scanned = scanned, completed_found = found"
+                )
             return finished, part
 
         while total.checked < self.full_step and (stop_event is None or not stop_event.is_set()):

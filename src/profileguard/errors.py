@@ -31,10 +31,11 @@ class ExitCode(IntEnum):
     FINDINGS = 8, "`audit` found a finding at or above `--fail-on`"
     USER_EXISTS = 9, "`register`: the user already exists"
     SERVE_FAILED = 10, "`serve` could not start (e.g. the port is in use)"
-    BACKFILL_STOPPED = 11, (
-        "`backfill` stopped on a fault that fails every user (fix it, then `--resume`)")
-    QUARANTINED = 12, (
-        "`backfill` finished, but some users' own data was rejected (see `status`)")
+    BACKFILL_STOPPED = (
+        11,
+        ("`backfill` stopped on a fault that fails every user (fix it, then `--resume`)"),
+    )
+    QUARANTINED = 12, ("`backfill` finished, but some users' own data was rejected (see `status`)")
     INTERRUPTED = 130, "interrupted (`backfill`: resumable with `--resume`)"
 
 

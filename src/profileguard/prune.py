@@ -34,16 +34,22 @@ class PruneResult:
         return {**asdict(self), "count": len(self.orphans)}
 
 
-def _orphans(conn: psycopg.Connection, installed: Installation, after: str | None,
-             limit: int) -> list[str]:
+def _orphans(
+    conn: psycopg.Connection, installed: Installation, after: str | None, limit: int
+) -> list[str]:
     parts = installed.parts()
     query = sql.SQL(
         "select p.{pk}::text from {profile} p"
         " where p.{pk} is not null and (%(after)s::text is null or p.{pk} > %(after)s::text::{kt})"
         " and not exists (select from {identity} u where u.{ik} = p.{pk})"
         " order by p.{pk} limit %(n)s"
-    ).format(pk=parts["profile_key"], profile=parts["profile"], kt=parts["key_type"],
-             identity=parts["identity"], ik=parts["identity_key"])
+    ).format(
+        pk=parts["profile_key"],
+        profile=parts["profile"],
+        kt=parts["key_type"],
+        identity=parts["identity"],
+        ik=parts["identity_key"],
+    )
     return [str(r[0]) for r in conn.execute(query, {"after": after, "n": limit}).fetchall()]
 
 
@@ -60,14 +66,20 @@ def prune(settings: Settings, *, dry_run: bool, batch_size: int = 1000) -> Prune
             " returning p.{pk})"
             " insert into profileguard.events (kind, source, user_id, message)"
             " select 'prune', 'cli', g.{pk}::text, 'profile without a user removed' from gone g"
-        ).format(pk=parts["profile_key"], profile=parts["profile"], kt=parts["key_type"],
-                 identity=parts["identity"], ik=parts["identity_key"])
+        ).format(
+            pk=parts["profile_key"],
+            profile=parts["profile"],
+            kt=parts["key_type"],
+            identity=parts["identity"],
+            ik=parts["identity_key"],
+        )
         after: str | None = None
         conn.rollback()
         while True:
             with conn.transaction():
-                conn.execute(sql.SQL("set local lock_timeout = {}").format(
-                    sql.Literal(LOCK_TIMEOUT)))
+                conn.execute(
+                    sql.SQL("set local lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
                 batch = _orphans(conn, installed, after, batch_size)
                 if batch and not dry_run:
                     result.removed += conn.execute(delete, {"ids": batch}).rowcount

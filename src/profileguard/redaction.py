@@ -24,8 +24,7 @@ def summarize(message: str | None, detail: str | None = None) -> dict[str, str]:
     """The names (never values) an error text mentions: constraint, column(s), table."""
     text = " ".join(t for t in (message, detail) if t)
     names: dict[str, str] = {}
-    for key, pattern in (("constraint", _CONSTRAINT), ("column", _COLUMN),
-                         ("table", _RELATION)):
+    for key, pattern in (("constraint", _CONSTRAINT), ("column", _COLUMN), ("table", _RELATION)):
         found = pattern.search(text)
         if found:
             names[key] = found.group(1)

@@ -29,7 +29,7 @@ def _references(text: str) -> list[tuple[int, int, str]]:
         if kind not in ("word", "quoted"):
             continue
         before = next((t for t in reversed(tokens[:i]) if not t.group().isspace()), None)
-        after = next((t for t in tokens[i + 1:] if not t.group().isspace()), None)
+        after = next((t for t in tokens[i + 1 :] if not t.group().isspace()), None)
         if before is not None and before.group() in (".", "::"):
             continue  # a qualified name's part, or a type
         if after is not None and after.group() in ("(", "."):

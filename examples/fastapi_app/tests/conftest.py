@@ -25,9 +25,9 @@ from profileguard.install import install
 def example_settings() -> Iterator[Settings]:
     """Settings pointing at a fresh database with profileguard installed."""
     with contextlib.ExitStack() as stack:
-        server = os.environ.get("PROFILEGUARD_TEST_DSN") or stack.enter_context(
-            EmbeddedPostgres()
-        ).uri()
+        server = (
+            os.environ.get("PROFILEGUARD_TEST_DSN") or stack.enter_context(EmbeddedPostgres()).uri()
+        )
         name = f"pg_fastapi_example_{os.getpid()}"
         drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         with psycopg.connect(server, autocommit=True) as conn:

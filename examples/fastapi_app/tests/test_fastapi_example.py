@@ -16,13 +16,22 @@ from profileguard.install import set_enabled
 
 SECRET = "test-secret"
 
-GITHUB = {"iss": "https://api.github.com", "name": "The Octocat", "full_name": "The Octocat",
-          "user_name": "octocat", "preferred_username": "octocat",
-          "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4",
-          "email_verified": True}
-GOOGLE = {"iss": "https://accounts.google.com", "name": "Grace Hopper",
-          "full_name": "Grace Hopper", "picture": "https://lh3.googleusercontent.com/g",
-          "email_verified": True}
+GITHUB = {
+    "iss": "https://api.github.com",
+    "name": "The Octocat",
+    "full_name": "The Octocat",
+    "user_name": "octocat",
+    "preferred_username": "octocat",
+    "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4",
+    "email_verified": True,
+}
+GOOGLE = {
+    "iss": "https://accounts.google.com",
+    "name": "Grace Hopper",
+    "full_name": "Grace Hopper",
+    "picture": "https://lh3.googleusercontent.com/g",
+    "email_verified": True,
+}
 
 
 @pytest.fixture
@@ -59,10 +68,15 @@ def test_signup_returns_the_profile_and_a_token_that_reads_it(
 ) -> None:
     email = unique_email()
     handle = "ada_" + uuid.uuid4().hex[:6]
-    response = client.post("/auth/signup", json={
-        "email": email, "password": "correct horse", "full_name": "Ada Lovelace",
-        "username": handle,
-    })
+    response = client.post(
+        "/auth/signup",
+        json={
+            "email": email,
+            "password": "correct horse",
+            "full_name": "Ada Lovelace",
+            "username": handle,
+        },
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["created"] is True
@@ -76,14 +90,22 @@ def test_signup_returns_the_profile_and_a_token_that_reads_it(
     me = client.get("/me", headers=bearer(body["access_token"]))
     assert me.status_code == 200
     assert me.json() == body["profile"]
-    assert count(example_settings, "select count(*) from public.profiles where id = %s",
-                 body["user"]["id"]) == 1
+    assert (
+        count(
+            example_settings,
+            "select count(*) from public.profiles where id = %s",
+            body["user"]["id"],
+        )
+        == 1
+    )
 
 
 def test_signup_errors(client: TestClient) -> None:
     email = unique_email()
-    assert client.post("/auth/signup", json={"email": email, "password": "long enough"}
-                       ).status_code == 201
+    assert (
+        client.post("/auth/signup", json={"email": email, "password": "long enough"}).status_code
+        == 201
+    )
     taken = client.post("/auth/signup", json={"email": email.upper(), "password": "long enough"})
     assert taken.status_code == 409
     weak = client.post("/auth/signup", json={"email": unique_email(), "password": "123"})
@@ -131,7 +153,7 @@ def test_me_creates_a_profile_that_was_missing(
             conn.execute(
                 "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
                 " values (%s, 'authenticated', 'authenticated', %s,"
-                " '{\"full_name\": \"Imported\"}', now())",
+                ' \'{"full_name": "Imported"}\', now())',
                 (uid, unique_email()),
             )
     finally:

@@ -94,8 +94,12 @@ class Context:
     def text(self, composable: sql.Composable) -> str:
         return composable.as_string(self.conn)
 
-    def rows(self, name: str, params: dict[str, Any] | None = None,
-             parts: dict[str, sql.Composable] | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        parts: dict[str, sql.Composable] | None = None,
+    ) -> list[dict[str, Any]]:
         """Run the named query of audit.sql; {x} parts are composed identifiers."""
         query = sql.SQL(sqlfiles.query(name, AUDIT_SQL)).format(**(parts or {}))
         with self.conn.cursor(row_factory=dict_row) as cur:

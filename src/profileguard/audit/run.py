@@ -45,10 +45,13 @@ def audit_connection(conn: psycopg.Connection, settings: Settings) -> AuditRepor
     row = conn.execute(sqlfiles.query("client_roles", AUDIT_SQL)).fetchone()
     roles: list[str] = list(row[0]) if row else ["public"]
     ctx = Context(
-        conn, settings,
+        conn,
+        settings,
         identity=inspect_table(conn, settings.identity),
         profile=inspect_table(conn, settings.profile),
-        version=version, installed=installed, roles=roles,
+        version=version,
+        installed=installed,
+        roles=roles,
     )
     ctx.state.update(
         installed=installed is not None,

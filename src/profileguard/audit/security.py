@@ -10,11 +10,32 @@ from profileguard.catalog import table_oid
 
 # Schemas that Supabase or extensions own: their functions and tables are not the app's to fix.
 EXCLUDED_SCHEMAS = (
-    "_timescaledb_cache", "_timescaledb_catalog", "_timescaledb_config",
-    "_timescaledb_internal", "auth", "cron", "extensions", "graphql", "graphql_public",
-    "information_schema", "net", "pgmq", "pgroonga", "pgsodium", "pgsodium_masks", "pgtle",
-    "pgbouncer", "pg_catalog", "realtime", "repack", "storage", "supabase_functions",
-    "supabase_migrations", "tiger", "topology", "vault",
+    "_timescaledb_cache",
+    "_timescaledb_catalog",
+    "_timescaledb_config",
+    "_timescaledb_internal",
+    "auth",
+    "cron",
+    "extensions",
+    "graphql",
+    "graphql_public",
+    "information_schema",
+    "net",
+    "pgmq",
+    "pgroonga",
+    "pgsodium",
+    "pgsodium_masks",
+    "pgtle",
+    "pgbouncer",
+    "pg_catalog",
+    "realtime",
+    "repack",
+    "storage",
+    "supabase_functions",
+    "supabase_migrations",
+    "tiger",
+    "topology",
+    "vault",
 )
 
 
@@ -29,45 +50,79 @@ def check_security(ctx: Context) -> list[Finding]:
     found = []
     excluded = list(EXCLUDED_SCHEMAS)
     for fn in ctx.rows("secdef_mutable_search_path", {"excluded": excluded}):
-        found.append(Finding(
-            "function_search_path_mutable", "warning",
-            f"SECURITY DEFINER function {fn['function']} has no fixed search_path",
-            {"function": fn["function"],
-             "note": "qualify every table name in its body (e.g. public.profiles) first"},
-            f"alter function {fn['function']} set search_path = pg_catalog, pg_temp;",
-        ))
+        found.append(
+            Finding(
+                "function_search_path_mutable",
+                "warning",
+                f"SECURITY DEFINER function {fn['function']} has no fixed search_path",
+                {
+                    "function": fn["function"],
+                    "note": "qualify every table name in its body (e.g. public.profiles) first",
+                },
+                f"alter function {fn['function']} set search_path = pg_catalog, pg_temp;",
+            )
+        )
     for fn in ctx.rows("privileged_executable", {"excluded": excluded, "roles": ctx.roles}):
-        found.append(Finding(
-            "definer_function_executable", "warning" if fn["is_trigger"] else "error",
-            f"SECURITY DEFINER function {fn['function']} is executable by "
-            f"{', '.join(fn['grantees'])}",
-            {"function": fn["function"], "grantees": fn["grantees"],
-             "trigger_function": fn["is_trigger"]},
-            ctx.text(sql.SQL("revoke execute on function {} from {};").format(
-                sql.SQL(fn["function"]), _revoke_from(ctx))),
-        ))
+        found.append(
+            Finding(
+                "definer_function_executable",
+                "warning" if fn["is_trigger"] else "error",
+                f"SECURITY DEFINER function {fn['function']} is executable by "
+                f"{', '.join(fn['grantees'])}",
+                {
+                    "function": fn["function"],
+                    "grantees": fn["grantees"],
+                    "trigger_function": fn["is_trigger"],
+                },
+                ctx.text(
+                    sql.SQL("revoke execute on function {} from {};").format(
+                        sql.SQL(fn["function"]), _revoke_from(ctx)
+                    )
+                ),
+            )
+        )
     for table in ctx.rows("rls_disabled", {"excluded": excluded, "roles": ctx.roles}):
-        found.append(Finding(
-            "rls_disabled", "error",
-            f"RLS is off on {table['table_name']}, which {', '.join(table['grantees'])} can reach",
-            {"table": table["table_name"], "grantees": table["grantees"],
-             "note": "with RLS on and no policy, clients see no rows; add policies for what "
-                     "they may see"},
-            ctx.text(sql.SQL("alter table {} enable row level security;").format(
-                sql.SQL(table["table_name"]))),
-        ))
+        found.append(
+            Finding(
+                "rls_disabled",
+                "error",
+                f"RLS is off on {table['table_name']},"
+                f" which {', '.join(table['grantees'])} can reach",
+                {
+                    "table": table["table_name"],
+                    "grantees": table["grantees"],
+                    "note": "with RLS on and no policy, clients see no rows; add policies for what "
+                    "they may see",
+                },
+                ctx.text(
+                    sql.SQL("alter table {} enable row level security;").format(
+                        sql.SQL(table["table_name"])
+                    )
+                ),
+            )
+        )
     if ctx.identity is not None:
-        for view in ctx.rows("views_exposing_identity", {
-            "oid": table_oid(ctx.conn, ctx.settings.identity), "roles": ctx.roles,
-        }):
-            found.append(Finding(
-                "identity_exposed_by_view", "error",
-                f"view {view['view_name']} exposes {ctx.settings.identity} to "
-                f"{', '.join(view['grantees'])}",
-                {"view": view["view_name"], "grantees": view["grantees"]},
-                ctx.text(sql.SQL("revoke all on {} from {};").format(
-                    sql.SQL(view["view_name"]), _revoke_from(ctx))),
-            ))
+        for view in ctx.rows(
+            "views_exposing_identity",
+            {
+                "oid": table_oid(ctx.conn, ctx.settings.identity),
+                "roles": ctx.roles,
+            },
+        ):
+            found.append(
+                Finding(
+                    "identity_exposed_by_view",
+                    "error",
+                    f"view {view['view_name']} exposes {ctx.settings.identity} to "
+                    f"{', '.join(view['grantees'])}",
+                    {"view": view["view_name"], "grantees": view["grantees"]},
+                    ctx.text(
+                        sql.SQL("revoke all on {} from {};").format(
+                            sql.SQL(view["view_name"]), _revoke_from(ctx)
+                        )
+                    ),
+                )
+            )
     return found
 
 
@@ -85,40 +140,63 @@ def check_profile_privileges(ctx: Context) -> list[Finding]:
         return []
     oid = table_oid(ctx.conn, ctx.settings.profile)
     found = []
-    for grant in ctx.rows("profile_table_grants", {
-        "oid": oid, "roles": ctx.roles,
-        "privileges": [*UNGOVERNED_PRIVILEGES, *WRITE_PRIVILEGES],
-    }):
+    for grant in ctx.rows(
+        "profile_table_grants",
+        {
+            "oid": oid,
+            "roles": ctx.roles,
+            "privileges": [*UNGOVERNED_PRIVILEGES, *WRITE_PRIVILEGES],
+        },
+    ):
         privileges: list[str] = list(grant["privileges"])
         ungoverned = [p for p in privileges if p in UNGOVERNED_PRIVILEGES]
         role = grant["grantee"]
-        found.append(Finding(
-            "profile_table_grants", "error" if ungoverned else "warning",
-            f"{role} holds {', '.join(privileges)} on {ctx.settings.profile}",
-            {"table": str(ctx.settings.profile), "grantee": role, "privileges": privileges,
-             "note": "TRUNCATE, TRIGGER, REFERENCES and MAINTAIN are not limited by RLS "
-                     "(TRUNCATE empties the table; a trigger runs inside profileguard's "
-                     "SECURITY DEFINER writes); profileguard creates profiles, so clients "
-                     "need neither INSERT nor DELETE"},
-            ctx.text(sql.SQL("revoke {} on table {} from {};").format(
-                sql.SQL(", ").join(sql.SQL(p.lower()) for p in privileges),
-                ctx.profile_sql,
-                sql.SQL("public") if role == "public" else sql.Identifier(role))),
-        ))
+        found.append(
+            Finding(
+                "profile_table_grants",
+                "error" if ungoverned else "warning",
+                f"{role} holds {', '.join(privileges)} on {ctx.settings.profile}",
+                {
+                    "table": str(ctx.settings.profile),
+                    "grantee": role,
+                    "privileges": privileges,
+                    "note": "TRUNCATE, TRIGGER, REFERENCES and MAINTAIN are not limited by RLS "
+                    "(TRUNCATE empties the table; a trigger runs inside profileguard's "
+                    "SECURITY DEFINER writes); profileguard creates profiles, so clients "
+                    "need neither INSERT nor DELETE",
+                },
+                ctx.text(
+                    sql.SQL("revoke {} on table {} from {};").format(
+                        sql.SQL(", ").join(sql.SQL(p.lower()) for p in privileges),
+                        ctx.profile_sql,
+                        sql.SQL("public") if role == "public" else sql.Identifier(role),
+                    )
+                ),
+            )
+        )
     for trig in ctx.rows("profile_foreign_triggers", {"oid": oid}):
         api_owned = trig["function_owner"] in ctx.roles
-        found.append(Finding(
-            "profile_table_foreign_trigger",
-            "error" if api_owned or not trig["security_definer"] else "warning",
-            f"trigger {trig['name']} on {ctx.settings.profile} runs {trig['function']}, "
-            f"owned by {trig['function_owner']}",
-            {"table": str(ctx.settings.profile), "trigger": trig["name"],
-             "function": trig["function"], "function_owner": trig["function_owner"],
-             "security_definer": trig["security_definer"],
-             "note": "it runs inside every profile write, profileguard's SECURITY DEFINER "
-                     "repairs included (with the installer's rights unless it is SECURITY "
-                     "DEFINER itself); keep it only if you wrote it"},
-            ctx.text(sql.SQL("drop trigger {} on {};").format(
-                sql.Identifier(trig["name"]), ctx.profile_sql)),
-        ))
+        found.append(
+            Finding(
+                "profile_table_foreign_trigger",
+                "error" if api_owned or not trig["security_definer"] else "warning",
+                f"trigger {trig['name']} on {ctx.settings.profile} runs {trig['function']}, "
+                f"owned by {trig['function_owner']}",
+                {
+                    "table": str(ctx.settings.profile),
+                    "trigger": trig["name"],
+                    "function": trig["function"],
+                    "function_owner": trig["function_owner"],
+                    "security_definer": trig["security_definer"],
+                    "note": "it runs inside every profile write, profileguard's SECURITY DEFINER "
+                    "repairs included (with the installer's rights unless it is SECURITY "
+                    "DEFINER itself); keep it only if you wrote it",
+                },
+                ctx.text(
+                    sql.SQL("drop trigger {} on {};").format(
+                        sql.Identifier(trig["name"]), ctx.profile_sql
+                    )
+                ),
+            )
+        )
     return found

@@ -42,31 +42,40 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
         if trig["name"] == TRIGGER_NAME or trig["name"] in UPDATE_TRIGGER_NAMES:
             continue
         if MARKER in trig["source"]:
-            found.append(Finding(
-                "replaced_trigger", "info",
-                f"trigger {trig['name']} was taken over: its function {trig['function']} is a "
-                "no-op (profileguard uninstall restores it)",
-                {"trigger": trig["name"], "function": trig["function"]},
-            ))
+            found.append(
+                Finding(
+                    "replaced_trigger",
+                    "info",
+                    f"trigger {trig['name']} was taken over: its function {trig['function']} is a "
+                    "no-op (profileguard uninstall restores it)",
+                    {"trigger": trig["name"], "function": trig["function"]},
+                )
+            )
             continue
         if not writes.search(trig["source"]):
-            others.append({"trigger": trig["name"], "function": trig["function"],
-                           "enabled": trig["mode"] != "D"})
+            others.append(
+                {
+                    "trigger": trig["name"],
+                    "function": trig["function"],
+                    "enabled": trig["mode"] != "D",
+                }
+            )
             continue
         found.append(_writer_finding(ctx, trig, qualified))
     if others:
-        found.append(Finding(
-            "identity_triggers", "info",
-            f"other triggers on {ctx.settings.identity} (they do not write profiles)",
-            {"triggers": others},
-        ))
+        found.append(
+            Finding(
+                "identity_triggers",
+                "info",
+                f"other triggers on {ctx.settings.identity} (they do not write profiles)",
+                {"triggers": others},
+            )
+        )
     found.extend(_profile_writers(ctx, found))
     return found
 
 
-def _writer_finding(
-    ctx: Context, trig: dict[str, Any], qualified: re.Pattern[str]
-) -> Finding:
+def _writer_finding(ctx: Context, trig: dict[str, Any], qualified: re.Pattern[str]) -> Finding:
     """A trigger on the identity table that writes the profile table: taken out of the way
     (disabled or never firing), or competing with profileguard, with the risks it carries."""
     evidence = {
@@ -80,10 +89,10 @@ def _writer_finding(
     }
     if trig["mode"] == "D" or trig["never_fires"]:
         return Finding(
-            "replaced_trigger", "info",
+            "replaced_trigger",
+            "info",
             f"trigger {trig['name']} writes {ctx.settings.profile} and is "
-            + ("disabled" if trig["mode"] == "D"
-               else "re-created WHEN (false): it never fires"),
+            + ("disabled" if trig["mode"] == "D" else "re-created WHEN (false): it never fires"),
             evidence,
         )
     risks = []
@@ -96,12 +105,11 @@ def _writer_finding(
     if trig["on_update"]:
         risks.append("also fires on UPDATE: can fail logins")
     if not evidence["handles_errors"]:
-        evidence["note"] = (
-            "any error in it aborts the signup ('Database error saving new user')"
-        )
+        evidence["note"] = "any error in it aborts the signup ('Database error saving new user')"
     evidence["risks"] = risks
     return Finding(
-        "competing_trigger", "error" if risks else "warning",
+        "competing_trigger",
+        "error" if risks else "warning",
         f"trigger {trig['name']} on {ctx.settings.identity} also creates profiles",
         evidence,
         f"profileguard install --replace-trigger {shlex.quote(trig['name'])}",
@@ -112,13 +120,17 @@ def _profile_writers(ctx: Context, found: list[Finding]) -> list[Finding]:
     """Functions other than the triggers already found that write the profile table."""
     trigger_functions = {str(f.evidence["function"]) for f in found if "function" in f.evidence}
     writers = [
-        w for w in ctx.rows("profile_writers", {"pattern": _writes_pattern(ctx.settings.profile)})
+        w
+        for w in ctx.rows("profile_writers", {"pattern": _writes_pattern(ctx.settings.profile)})
         if w["function"] not in trigger_functions
     ]
     if writers:
-        return [Finding(
-            "profile_writers", "info",
-            f"other functions that write {ctx.settings.profile}",
-            {"functions": [w["function"] for w in writers]},
-        )]
+        return [
+            Finding(
+                "profile_writers",
+                "info",
+                f"other functions that write {ctx.settings.profile}",
+                {"functions": [w["function"] for w in writers]},
+            )
+        ]
     return []

@@ -23,33 +23,57 @@ RESUME = "profileguard backfill --resume"
 
 # What each SQLSTATE is, and how to fix it when it fails every user.
 CAUSES: dict[str, tuple[str, str]] = {
-    "23502": ("not-null violation on column",
-              "fix the profile table (add a default or drop the column's NOT NULL), or map a "
-              "value to the column in the configuration's [mapping] and run: profileguard install"),
-    "23514": ("check violation of constraint",
-              "fix the CHECK constraint on the profile table, or the [mapping] that fills it "
-              "(then run: profileguard install)"),
-    "23503": ("foreign key violation of constraint",
-              "fix the foreign key of the profile table (or the rows it points to)"),
-    "23505": ("unique violation of",
-              "fix the unique index of the profile table (or the [mapping] of its column)"),
-    "22001": ("value too long for column",
-              "widen the column of the profile table, or shorten what the [mapping] puts in it"),
-    "42703": ("a column the mapping writes does not exist:",
-              "render the mapping for the table as it is now: profileguard install"),
-    "42501": ("permission denied:",
-              "grant the role that installed profileguard INSERT on the profile table (or "
-              "connect as that role)"),
-    "55P03": ("lock not available:",
-              "end the transaction that holds a lock on the profile table (see pg_locks)"),
-    "57014": ("statement cancelled:",
-              "raise --statement-timeout, or find what holds up inserts into the profile table"),
-    "3F000": ("profileguard's schema is gone (uninstalled during the run?):",
-              "run: profileguard install"),
-    "42883": ("a profileguard function is gone (uninstalled or reinstalled during the run?):",
-              "run: profileguard install"),
-    "42P01": ("a table is gone:",
-              "run: profileguard install (if profileguard or the profile table was removed)"),
+    "23502": (
+        "not-null violation on column",
+        "fix the profile table (add a default or drop the column's NOT NULL), or map a "
+        "value to the column in the configuration's [mapping] and run: profileguard install",
+    ),
+    "23514": (
+        "check violation of constraint",
+        "fix the CHECK constraint on the profile table, or the [mapping] that fills it "
+        "(then run: profileguard install)",
+    ),
+    "23503": (
+        "foreign key violation of constraint",
+        "fix the foreign key of the profile table (or the rows it points to)",
+    ),
+    "23505": (
+        "unique violation of",
+        "fix the unique index of the profile table (or the [mapping] of its column)",
+    ),
+    "22001": (
+        "value too long for column",
+        "widen the column of the profile table, or shorten what the [mapping] puts in it",
+    ),
+    "42703": (
+        "a column the mapping writes does not exist:",
+        "render the mapping for the table as it is now: profileguard install",
+    ),
+    "42501": (
+        "permission denied:",
+        "grant the role that installed profileguard INSERT on the profile table (or "
+        "connect as that role)",
+    ),
+    "55P03": (
+        "lock not available:",
+        "end the transaction that holds a lock on the profile table (see pg_locks)",
+    ),
+    "57014": (
+        "statement cancelled:",
+        "raise --statement-timeout, or find what holds up inserts into the profile table",
+    ),
+    "3F000": (
+        "profileguard's schema is gone (uninstalled during the run?):",
+        "run: profileguard install",
+    ),
+    "42883": (
+        "a profileguard function is gone (uninstalled or reinstalled during the run?):",
+        "run: profileguard install",
+    ),
+    "42P01": (
+        "a table is gone:",
+        "run: profileguard install (if profileguard or the profile table was removed)",
+    ),
 }
 
 
@@ -59,13 +83,16 @@ def _cause(sqlstate: str | None, subject: str) -> tuple[str, str]:
     return f"{sqlstate or 'error'} {what} {subject}".strip(), fix
 
 
-def _stopped(run_id: int | None, cause: str, fix: str, sqlstate: str | None,
-             resumable: bool = True) -> BackfillStoppedError:
+def _stopped(
+    run_id: int | None, cause: str, fix: str, sqlstate: str | None, resumable: bool = True
+) -> BackfillStoppedError:
     run = f"backfill #{run_id}" if run_id is not None else "backfill"
-    then = (f"then run: {RESUME}" if resumable else
-            f"then run: {RESUME} (or profileguard backfill if it finds no run to resume)")
-    return BackfillStoppedError(f"{run} stopped: {cause}", hint=f"{fix}; {then}",
-                                sqlstate=sqlstate)
+    then = (
+        f"then run: {RESUME}"
+        if resumable
+        else f"then run: {RESUME} (or profileguard backfill if it finds no run to resume)"
+    )
+    return BackfillStoppedError(f"{run} stopped: {cause}", hint=f"{fix}; {then}", sqlstate=sqlstate)
 
 
 def from_engine(systemic: Sequence[Mapping[str, Any]], run_id: int) -> BackfillStoppedError:

@@ -40,15 +40,20 @@ class Handoff:
         self.sweep = sweep
         self.db = sweep.db
 
-    def __call__(self, first: int, last: int, error: psycopg.Error, batch: Batch,
-                 walk: Pass) -> None:
+    def __call__(
+        self, first: int, last: int, error: psycopg.Error, batch: Batch, walk: Pass
+    ) -> None:
         """The failed pages' users without a profile go to the engine in chunks."""
         run_id = self.sweep.report.run_id
         stop = faults.from_error(error, run_id)
         if stop is not None:
             raise stop from error
-        log.info("pages [%s, %s) failed (%s); handing their users to the repair engine",
-                 first, last, error.sqlstate)
+        log.info(
+            "pages [%s, %s) failed (%s); handing their users to the repair engine",
+            first,
+            last,
+            error.sqlstate,
+        )
         try:
             users, missing, quarantined = self.db.retrying(self._missing, first, last, walk)
             if not walk.catchup:
@@ -92,9 +97,7 @@ class Handoff:
 
     def _recorded(self, ids: list[Any], n: int) -> list[Failure]:
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                self.db.q("quarantined_failures"), {"ids": ids, "n": n}
-            ).fetchall()
+            rows = conn.execute(self.db.q("quarantined_failures"), {"ids": ids, "n": n}).fetchall()
         return [Failure(r[0], r[1], r[2] or "") for r in rows]
 
     def _repair_all(self, ids: list[Any], batch: Batch) -> None:
@@ -110,7 +113,7 @@ class Handoff:
             batch.failed += int(result.get("failed") or 0)
             batch.quarantined += int(result.get("quarantined") or 0)
             room = FAILURE_LIST_LIMIT - len(batch.failures)
-            batch.failures.extend(outcome.failures[:max(0, room)])
+            batch.failures.extend(outcome.failures[: max(0, room)])
             if len(outcome.deferred) >= len(chunk):
                 raise ProfileGuardError(
                     f"the repair engine made no progress on {len(chunk)} users",
@@ -139,7 +142,7 @@ class Handoff:
                 created = int(outcome.result.get("created") or 0)
                 if dry:
                     want = self.sweep.options.sample - len(report.sample)
-                    self.sweep.keep_sample(conn, chunk[:max(0, want)])
+                    self.sweep.keep_sample(conn, chunk[: max(0, want)])
                 elif created:
                     conn.execute(self.db.q("add_created"), {"id": report.run_id, "n": created})
         except psycopg.Error:

@@ -23,8 +23,9 @@ class BackfillStoppedError(ProfileGuardError):
 
     exit_code = ExitCode.BACKFILL_STOPPED
 
-    def __init__(self, message: str, *, hint: str, sqlstate: str | None = None,
-                 report: Report | None = None):
+    def __init__(
+        self, message: str, *, hint: str, sqlstate: str | None = None, report: Report | None = None
+    ):
         super().__init__(message, hint=hint, sqlstate=sqlstate)
         self.report = report
 
@@ -154,8 +155,11 @@ class Report:
                 self.failures_truncated = True
                 break
             self.failures.append(
-                {"user_id": str(failure.user_id), "sqlstate": failure.sqlstate,
-                 "message": failure.message}
+                {
+                    "user_id": str(failure.user_id),
+                    "sqlstate": failure.sqlstate,
+                    "message": failure.message,
+                }
             )
 
     def as_dict(self) -> dict[str, Any]:

@@ -119,8 +119,7 @@ class Registry:
         self.identity = installed.identity
         parts = installed.parts()
         self._db.queries = {
-            name: sql.SQL(text).format(**parts)
-            for name, text in sqlfiles.queries(QUERIES).items()
+            name: sql.SQL(text).format(**parts) for name, text in sqlfiles.queries(QUERIES).items()
         }
 
     @contextlib.contextmanager
@@ -144,8 +143,9 @@ class Registry:
             return None
 
         def touch() -> None:
-            self._db.retrying(lambda: self._db.get().execute(
-                self._q("touch"), {"id": report.run_id}))
+            self._db.retrying(
+                lambda: self._db.get().execute(self._q("touch"), {"id": report.run_id})
+            )
 
         return touch
 
@@ -188,18 +188,40 @@ class Registry:
             },
         ).fetchone()
         assert row is not None
-        report = Report(run_id=int(row[0]), state="running", dry_run=options.dry_run,
-                        resumed=False, batch_size=batch_size, total_estimate=total)
+        report = Report(
+            run_id=int(row[0]),
+            state="running",
+            dry_run=options.dry_run,
+            resumed=False,
+            batch_size=batch_size,
+            total_estimate=total,
+        )
         return report, Start(str(row[1]), int(row[2]))
 
-    def _resume(self, conn: psycopg.Connection, total: int, batch_size: int
-                ) -> tuple[Report, Start]:
+    def _resume(
+        self, conn: psycopg.Connection, total: int, batch_size: int
+    ) -> tuple[Report, Start]:
         dry = self.options.dry_run
         row = conn.execute(self._q("latest"), {"dry_run": dry}).fetchone()
         if row is None:
             raise ProfileGuardError(f"no {_kind(dry)} to resume", hint=f"run: {_again(dry)}")
-        (run_id, state, cursor, scanned, created, failed, quarantined, batches, size,
-         elapsed, estimate, ordering, phase, since_xid, heap_file) = row
+        (
+            run_id,
+            state,
+            cursor,
+            scanned,
+            created,
+            failed,
+            quarantined,
+            batches,
+            size,
+            elapsed,
+            estimate,
+            ordering,
+            phase,
+            since_xid,
+            heap_file,
+        ) = row
         if state == "completed":
             raise ProfileGuardError(
                 f"the last {_kind(dry)} (#{run_id}) completed; nothing to resume",
@@ -213,17 +235,29 @@ class Registry:
             )
         conn.execute(self._q("claim"), {"owner": self.owner, "total": total, "id": run_id})
         if self.options.batch_size is None and size:
-            batch_size = min(max(int(size), self.options.min_batch_size),
-                             self.options.max_batch_size)
+            batch_size = min(
+                max(int(size), self.options.min_batch_size), self.options.max_batch_size
+            )
         report = Report(
-            run_id=int(run_id), state="running", dry_run=dry, resumed=True,
-            scanned=int(scanned), created=int(created), failed=int(failed),
-            quarantined=int(quarantined), batches=int(batches), duration=float(elapsed),
-            batch_size=batch_size, total_estimate=max(total, int(estimate or 0)),
-            cursor=cursor, phase=phase,
+            run_id=int(run_id),
+            state="running",
+            dry_run=dry,
+            resumed=True,
+            scanned=int(scanned),
+            created=int(created),
+            failed=int(failed),
+            quarantined=int(quarantined),
+            batches=int(batches),
+            duration=float(elapsed),
+            batch_size=batch_size,
+            total_estimate=max(total, int(estimate or 0)),
+            cursor=cursor,
+            phase=phase,
         )
-        start = Start(None if since_xid is None else str(since_xid),
-                      None if heap_file is None else int(heap_file))
+        start = Start(
+            None if since_xid is None else str(since_xid),
+            None if heap_file is None else int(heap_file),
+        )
         return report, start
 
     def _estimate(self, conn: psycopg.Connection) -> int:
@@ -236,8 +270,9 @@ class Registry:
 
     # ---------------------------------------------------------------- checkpoint and end
 
-    def checkpoint(self, conn: psycopg.Connection, batch: Batch, report: Report,
-                   batch_size: int) -> None:
+    def checkpoint(
+        self, conn: psycopg.Connection, batch: Batch, report: Report, batch_size: int
+    ) -> None:
         """After a batch, in page order: the resume point and the counters. `created` of a real
         run was added by the batch's own transaction (backfill_pages), so it is 0 here."""
         now = time.monotonic()
@@ -287,12 +322,21 @@ class Registry:
         def finish(conn: psycopg.Connection) -> None:
             row = conn.execute(
                 self._q("finish"),
-                {"id": report.run_id, "state": state, "elapsed": elapsed,
-                 "detail": json.dumps(detail, default=str)},
+                {
+                    "id": report.run_id,
+                    "state": state,
+                    "elapsed": elapsed,
+                    "detail": json.dumps(detail, default=str),
+                },
             ).fetchone()
             if row:
-                (report.scanned, report.created, report.failed, report.quarantined,
-                 report.batches) = (int(v) for v in row[:5])
+                (
+                    report.scanned,
+                    report.created,
+                    report.failed,
+                    report.quarantined,
+                    report.batches,
+                ) = (int(v) for v in row[:5])
                 report.duration, report.cursor = float(row[5]), row[6]
 
         try:

@@ -47,8 +47,9 @@ class Backfill:
         self.progress = progress
         self.stop_event = stop_event or threading.Event()
         self.registry = Registry(settings, self.options)
-        self.db = Connections(settings, self.options, self.stop_event,
-                              self.registry.open, self.registry.unlock)
+        self.db = Connections(
+            settings, self.options, self.stop_event, self.registry.open, self.registry.unlock
+        )
         self.registry.db = self.db
         self.sizer = Sizer(self.options)
         # When this invocation began (monotonic), and the ANALYZE schedule.
@@ -96,8 +97,9 @@ class Backfill:
         """The sweep over the heap pages from the cursor, then the catch-up over the rows
         written since the run began (every row if the table was rewritten meanwhile)."""
         assert self.registry.identity is not None
-        sweep = Sweep(self.db, self.options, self.sizer, report, self.stop_event,
-                      str(self.registry.identity))
+        sweep = Sweep(
+            self.db, self.options, self.sizer, report, self.stop_event, str(self.registry.identity)
+        )
         sweep.failed = Handoff(sweep)
         _, heap_file, per_page = self.db.retrying(sweep.heap)
         self.sizer.per_page = per_page or 50.0
@@ -111,8 +113,9 @@ class Backfill:
         _, heap_file, _ = self.db.retrying(sweep.heap)
         all_rows = start.heap_file is None or heap_file != start.heap_file
         if all_rows:
-            log.warning("the users table was rewritten during the run; the catch-up reads "
-                        "every row")
+            log.warning(
+                "the users table was rewritten during the run; the catch-up reads every row"
+            )
         walk = Pass(catchup=True, since=None if all_rows else start.since, all_rows=all_rows)
         sweep.walk(walk, lambda b, p: self._done(report, b, p, True), None)
 

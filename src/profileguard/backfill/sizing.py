@@ -57,8 +57,9 @@ class Sizer:
         if batch.scanned <= 0 or batch.last - batch.first < pages:
             return
         self.per_page = max(1.0, batch.scanned / pages)
-        self.size = min(options.max_batch_size,
-                        max(options.min_batch_size, int(batch.scanned * factor)))
+        self.size = min(
+            options.max_batch_size, max(options.min_batch_size, int(batch.scanned * factor))
+        )
         self.catch_pages = max(self.catch_pages, pages)
 
 
@@ -67,8 +68,12 @@ class Throttle:
     as the rows done so far are ahead of the rate. `beat`, if given, is called at least every
     BEAT_SECONDS of a long wait (it renews the run's lease behind a transaction-mode pooler)."""
 
-    def __init__(self, rate: float | None, stop_event: threading.Event,
-                 beat: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        rate: float | None,
+        stop_event: threading.Event,
+        beat: Callable[[], None] | None = None,
+    ):
         self.rate = rate
         self.stop_event = stop_event
         self.beat = beat

@@ -43,16 +43,24 @@ class Pass:
 class FailedPages(Protocol):
     """What to do with a page range whose batch failed with an error of its data or schema."""
 
-    def __call__(self, first: int, last: int, error: psycopg.Error, batch: Batch,
-                 walk: Pass) -> None: ...
+    def __call__(
+        self, first: int, last: int, error: psycopg.Error, batch: Batch, walk: Pass
+    ) -> None: ...
 
 
 class Sweep:
     """Walks the pages of one run; `done` is called on the main thread for each batch, in page
     order (it checkpoints and reports)."""
 
-    def __init__(self, db: Connections, options: Options, sizer: Sizer, report: Report,
-                 stop_event: threading.Event, identity: str):
+    def __init__(
+        self,
+        db: Connections,
+        options: Options,
+        sizer: Sizer,
+        report: Report,
+        stop_event: threading.Event,
+        identity: str,
+    ):
         self.db = db
         self.identity = identity
         self.options = options
@@ -68,8 +76,9 @@ class Sweep:
         assert row is not None
         return int(row[0]), int(row[1]), None if row[2] is None else float(row[2])
 
-    def walk(self, walk: Pass, done: Callable[[Batch, int], None],
-             beat: Callable[[], None] | None) -> None:
+    def walk(
+        self, walk: Pass, done: Callable[[Batch, int], None], beat: Callable[[], None] | None
+    ) -> None:
         """Page ranges from the cursor to the end of the table (see the module)."""
         workers = 1 if self.options.dry_run else self.options.workers
         page = int(self.report.cursor or 0)
@@ -82,8 +91,9 @@ class Sweep:
                 while True:
                     # One range queued beyond the busy workers, so none waits for the main
                     # thread's checkpoint or ANALYZE.
-                    while (not exhausted and not self.stop_event.is_set()
-                           and len(inflight) <= workers):
+                    while (
+                        not exhausted and not self.stop_event.is_set() and len(inflight) <= workers
+                    ):
                         if page >= end:
                             end = self.db.retrying(self.heap)[0]  # grown meanwhile?
                             if page >= end:
@@ -152,8 +162,13 @@ class Sweep:
                 ids = self._sample_ids(conn, first, last)
                 row = conn.execute(
                     self.db.q("insert_pages"),
-                    {"first": first, "last": last, "run": None if dry else self.report.run_id,
-                     "since": walk.since, "all_rows": walk.all_rows},
+                    {
+                        "first": first,
+                        "last": last,
+                        "run": None if dry else self.report.run_id,
+                        "since": walk.since,
+                        "all_rows": walk.all_rows,
+                    },
                 ).fetchone()
                 self.keep_sample(conn, ids)
         except psycopg.Error as exc:

@@ -29,8 +29,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # How an option's value is shown in --help, from the type Typer reports (the click names).
-METAVARS = {"bool": "", "str": "TEXT", "int": "INTEGER", "float": "FLOAT",
-            "int range": "INTEGER RANGE", "float range": "FLOAT RANGE", "path": "PATH"}
+METAVARS = {
+    "bool": "",
+    "str": "TEXT",
+    "int": "INTEGER",
+    "float": "FLOAT",
+    "int range": "INTEGER RANGE",
+    "float range": "FLOAT RANGE",
+    "path": "PATH",
+}
 
 
 def _standard_type(param: Any, ctx: Any) -> str:
@@ -147,14 +154,17 @@ def main_options(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config", "-c", help="Configuration file (default: ./profileguard.toml)."
-        ),
+        typer.Option("--config", "-c", help="Configuration file (default: ./profileguard.toml)."),
     ] = None,
     version: Annotated[
         bool,
-        typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True,
-                     callback=_print_version),
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
     ] = False,
 ) -> None:
     """Global options."""

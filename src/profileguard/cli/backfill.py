@@ -113,8 +113,11 @@ def backfill(
     ] = 10,
     workers: Annotated[
         int,
-        typer.Option("--workers", help="Connections inserting batches at once (default 2: "
-                     "about the speed of one bulk INSERT; 1 = the lightest on the database)."),
+        typer.Option(
+            "--workers",
+            help="Connections inserting batches at once (default 2: "
+            "about the speed of one bulk INSERT; 1 = the lightest on the database).",
+        ),
     ] = 2,
     pooler: PoolerOption = None,
     as_json: JsonOption = False,
@@ -123,10 +126,17 @@ def backfill(
     from profileguard.backfill import BackfillStoppedError, Options, run_backfill
 
     options = Options(
-        dry_run=dry_run, resume=resume, batch_size=batch_size, min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size, target_seconds=target_seconds,
-        max_rows_per_second=max_rows_per_second, lock_timeout=lock_timeout,
-        statement_timeout=statement_timeout, sample=sample, workers=workers,
+        dry_run=dry_run,
+        resume=resume,
+        batch_size=batch_size,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        target_seconds=target_seconds,
+        max_rows_per_second=max_rows_per_second,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        sample=sample,
+        workers=workers,
     )
     settings = state(ctx).settings(pooler=pooler)
     bar, update = _backfill_progress(as_json)
@@ -182,16 +192,18 @@ def _backfill_view(report: Any, as_json: bool) -> None:
         for profile in report.sample:
             out.print_json(data=profile)
     if report.state == "interrupted":
-        err.print("interrupted; continue with: profileguard backfill --resume"
-                  + (" --dry-run" if report.dry_run else ""), highlight=False)
+        err.print(
+            "interrupted; continue with: profileguard backfill --resume"
+            + (" --dry-run" if report.dry_run else ""),
+            highlight=False,
+        )
         raise typer.Exit(ExitCode.INTERRUPTED)
-    if report.state == "completed" and not report.dry_run and (
-        report.failed or report.quarantined
-    ):
+    if report.state == "completed" and not report.dry_run and (report.failed or report.quarantined):
         err.print(
             f"{report.failed} users got no profile: the profile table rejects their own data "
             f"({report.quarantined} newly quarantined; listed above, counted by: profileguard "
             "status); once their data is fixed, run: profileguard retry --all-quarantined",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(ExitCode.QUARANTINED)

@@ -53,8 +53,14 @@ def demo(
     from profileguard.demo import run_demo
 
     console = Console(stderr=True) if as_json else out
-    figures = run_demo(console, database_url=state(ctx).database_url, users=users,
-                       signups=signups, serve=serve, port=port)
+    figures = run_demo(
+        console,
+        database_url=state(ctx).database_url,
+        users=users,
+        signups=signups,
+        serve=serve,
+        port=port,
+    )
     if as_json:
         print_json(figures)
 
@@ -62,8 +68,11 @@ def demo(
 def _status_view(result: dict[str, Any]) -> None:
     s = result["stats"]
     colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[result["status"]]
-    figures = Table(title=f"profileguard status: [bold {colour}]{result['status']}[/]",
-                    show_header=False, title_justify="left")
+    figures = Table(
+        title=f"profileguard status: [bold {colour}]{result['status']}[/]",
+        show_header=False,
+        title_justify="left",
+    )
     figures.add_column(style="bold")
     figures.add_column()
     rate = s.get("success_rate_pct")
@@ -74,22 +83,31 @@ def _status_view(result: dict[str, Any]) -> None:
         "missing": f"{s['missing']:,}"
         + (f" (oldest {s['oldest_missing_age_seconds']:.0f}s)" if s["missing"] else ""),
         "coverage": f"{s['coverage_pct']:.2f}%",
-        "trigger success": "n/a" if rate is None else
-        f"{rate:.2f}% ({s['trigger_failures_window']} failures / "
+        "trigger success": "n/a"
+        if rate is None
+        else f"{rate:.2f}% ({s['trigger_failures_window']} failures / "
         f"{s.get('signups_window') or 0} signups, {s['window_covered_seconds']:.0f}s)",
-        "failures by category": ", ".join(f"{k} {v}" for k, v in
-                                          s["failures_by_category_total"].items()) or "none",
+        "failures by category": ", ".join(
+            f"{k} {v}" for k, v in s["failures_by_category_total"].items()
+        )
+        or "none",
         "repairs": f"{s['repairs_total']:,} ({s['repairs_window']} in window)",
         "quarantined": f"{s['quarantined']:,} ({s['retrying']} retrying)",
         "workers": f"{s['live_workers']} live of {len(s['workers'])}"
-        + "".join(f"; {w['worker_id']} {w['heartbeat_age_seconds']:.0f}s ago"
-                  for w in s["workers"][:5])
+        + "".join(
+            f"; {w['worker_id']} {w['heartbeat_age_seconds']:.0f}s ago" for w in s["workers"][:5]
+        )
         + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
         "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
-        + (" STALLED" if backfill.get("stalled") else "") if backfill else "none",
+        + (" STALLED" if backfill.get("stalled") else "")
+        if backfill
+        else "none",
         "drift": f"{s.get('drift_pending') or 0} pending"
-        + (f"; last full pass found {s['drift_full_pass_found']} of "
-           f"{s['drift_full_pass_scanned']}" if s.get("drift_full_pass_at") else "")
+        + (
+            f"; last full pass found {s['drift_full_pass_found']} of {s['drift_full_pass_scanned']}"
+            if s.get("drift_full_pass_at")
+            else ""
+        )
         + f"; {s.get('sync_failures_hour') or 0} sync failures in the last hour",
         "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",
     }
@@ -101,8 +119,9 @@ def _status_view(result: dict[str, Any]) -> None:
         checks.add_column(column)
     style = {"ok": "green", "warning": "yellow", "critical": "red"}
     for check in result["checks"]:
-        checks.add_row(check["name"], f"[{style[check['status']]}]{check['status']}[/]",
-                       check["message"])
+        checks.add_row(
+            check["name"], f"[{style[check['status']]}]{check['status']}[/]", check["message"]
+        )
     out.print(checks)
 
 
@@ -159,14 +178,20 @@ def serve(
     ] = True,
     insecure_no_token: Annotated[
         bool,
-        typer.Option("--insecure-no-token", help="Serve on a non-loopback address without a "
-                     "token (only behind a proxy that checks access)."),
+        typer.Option(
+            "--insecure-no-token",
+            help="Serve on a non-loopback address without a "
+            "token (only behind a proxy that checks access).",
+        ),
     ] = False,
     show_details: Annotated[
         bool,
-        typer.Option("--show-details", help="Show stored failure messages in full in "
-                     "/api/events and /api/quarantine (default: SQLSTATE, constraint and "
-                     "column names only)."),
+        typer.Option(
+            "--show-details",
+            help="Show stored failure messages in full in "
+            "/api/events and /api/quarantine (default: SQLSTATE, constraint and "
+            "column names only).",
+        ),
     ] = False,
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
@@ -175,7 +200,12 @@ def serve(
 
     if token is None and os.environ.get("PROFILEGUARD_API_TOKEN") is not None:
         token = os.environ["PROFILEGUARD_API_TOKEN"]  # set but empty: refused, not ignored
-    run_server(state(ctx).settings(), host=host, port=port, token=token, alerts=alerts,
-               allow_no_token=insecure_no_token, show_details=show_details)
-
-
+    run_server(
+        state(ctx).settings(),
+        host=host,
+        port=port,
+        token=token,
+        alerts=alerts,
+        allow_no_token=insecure_no_token,
+        show_details=show_details,
+    )

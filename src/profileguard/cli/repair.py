@@ -33,13 +33,16 @@ def ensure(
         result = guard.ensure_result(user_id)
     if as_json:
         print_json(
-            {"user_id": result.user_id, "created": result.created, "path": result.path,
-             "profile": result.profile}
+            {
+                "user_id": result.user_id,
+                "created": result.created,
+                "path": result.path,
+                "profile": result.profile,
+            }
         )
         return
     verb = "created" if result.created else "already present"
     print_fields(f"profile of {result.user_id} ({verb})", result.profile)
-
 
 
 def _reconciler(ctx: typer.Context, pooler: str | None = None, **options: Any) -> Reconciler:
@@ -85,8 +88,9 @@ def _stop_on_signals(say: bool) -> tuple[threading.Event, list[str]]:
     return stop, received
 
 
-def _serve(reconciler: Reconciler, stop: threading.Event, received: list[str],
-           as_json: bool) -> None:
+def _serve(
+    reconciler: Reconciler, stop: threading.Event, received: list[str], as_json: bool
+) -> None:
     """Run until stopped, then leave profileguard.workers (a stopped worker is not listed)."""
     log = logging.getLogger("profileguard.worker")
     who = {"worker_id": reconciler.worker_id}
@@ -115,22 +119,29 @@ def worker(
         typer.Option("--max-attempts", min=1, help="Failed attempts before a user is quarantined."),
     ] = 5,
     incremental_interval: Annotated[
-        float, typer.Option("--incremental-interval", min=0.05, help="Seconds between "
-                            "incremental sweeps (new failures, due retries).")
+        float,
+        typer.Option(
+            "--incremental-interval",
+            min=0.05,
+            help="Seconds between incremental sweeps (new failures, due retries).",
+        ),
     ] = 5.0,
     full_interval: Annotated[
         float, typer.Option("--full-interval", min=0.1, help="Seconds between full sweeps.")
     ] = 300.0,
     worker_id: Annotated[
-        str | None, typer.Option("--worker-id", help="Name in profileguard.workers "
-                                 "(default host:pid:random).")
+        str | None,
+        typer.Option("--worker-id", help="Name in profileguard.workers (default host:pid:random)."),
     ] = None,
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", help="Least severe log record written (stderr).")
     ] = LogLevel.info,
     log_format: Annotated[
-        LogFormat, typer.Option("--log-format", help="Log lines as text, or one JSON object "
-                                "per line (with each record's fields).")
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="Log lines as text, or one JSON object per line (with each record's fields).",
+        ),
     ] = LogFormat.text,
     pooler: PoolerOption = None,
     as_json: JsonOption = False,
@@ -140,8 +151,13 @@ def worker(
     then leaving profileguard.workers); several workers may run at once."""
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
     reconciler = _reconciler(
-        ctx, pooler, worker_id=worker_id, batch_size=batch_size, max_attempts=max_attempts,
-        incremental_interval=incremental_interval, full_interval=full_interval,
+        ctx,
+        pooler,
+        worker_id=worker_id,
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        incremental_interval=incremental_interval,
+        full_interval=full_interval,
     )
     text = LogFormat(log_format) is LogFormat.text
     stop, received = _stop_on_signals(say=text)
@@ -170,9 +186,7 @@ def retry(
 ) -> None:
     """Clear the attempts and quarantine of users and repair them now (after fixing the cause)."""
     if not user_ids and not all_quarantined:
-        raise ConfigError(
-            "nothing to retry", hint="pass USER_ID… or --all-quarantined"
-        )
+        raise ConfigError("nothing to retry", hint="pass USER_ID… or --all-quarantined")
     settings = state(ctx).settings(pooler=pooler)
     settings.require_pooler_mode("retry")
     reconciler = Reconciler(settings)
@@ -219,8 +233,7 @@ def drift(
     for item in result["sample"]:
         out.print(f"{item['user_id']}: {', '.join(item['columns'])}", highlight=False)
     if result["drifted"] and not fix:
-        out.print("fix: profileguard drift --fix (or let the worker repair them)",
-                  highlight=False)
+        out.print("fix: profileguard drift --fix (or let the worker repair them)", highlight=False)
 
 
 @command("Repair")
@@ -241,12 +254,13 @@ def prune(
     for user_id in result.orphans:
         out.print(user_id, highlight=False)
     if dry_run:
-        out.print(f"{len(result.orphans)} profile(s) without a user; remove them with: "
-                  "profileguard prune", highlight=False)
+        out.print(
+            f"{len(result.orphans)} profile(s) without a user; remove them with: "
+            "profileguard prune",
+            highlight=False,
+        )
     else:
         out.print(f"removed {result.removed} profile(s) without a user.", highlight=False)
-
-
 
 
 @command("Repair")
@@ -255,9 +269,12 @@ def register(
     email: Annotated[str, typer.Argument(help="The new user's email.")],
     password_stdin: Annotated[
         bool,
-        typer.Option("--password-stdin", help="Read the password from standard input "
-                     "(never from the command line). Without it the user is passwordless "
-                     "(magic link / OTP)."),
+        typer.Option(
+            "--password-stdin",
+            help="Read the password from standard input "
+            "(never from the command line). Without it the user is passwordless "
+            "(magic link / OTP).",
+        ),
     ] = False,
     meta: Annotated[
         str | None,

@@ -35,8 +35,10 @@ def _install_output(result: installer.InstallResult, as_json: bool) -> None:
             f"(was {result.version_before or 'not installed'})."
         )
     else:
-        out.print(f"profileguard schema version {result.version_after} already installed; "
-                  "nothing changed.")
+        out.print(
+            f"profileguard schema version {result.version_after} already installed; "
+            "nothing changed."
+        )
     if result.created_profile_table:
         out.print("Created the profile table (Supabase style, RLS on).")
     for note in result.notes:
@@ -53,10 +55,16 @@ def _preflight_output(report: Any, as_json: bool) -> None:
         for warning in report.warnings:
             out.print(f"warning: {warning}", highlight=False)
         for failure in report.failures:
-            out.print(f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "
-                      f"{failure['message']}", highlight=False, soft_wrap=True)
-        out.print(f"preflight: {report.rehearsed} profiles rehearsed, "
-                  f"{len(report.failures)} would fail.", highlight=False)
+            out.print(
+                f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "
+                f"{failure['message']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        out.print(
+            f"preflight: {report.rehearsed} profiles rehearsed, {len(report.failures)} would fail.",
+            highlight=False,
+        )
     if report.refusals:
         raise typer.Exit(2)
     if report.failures:
@@ -66,7 +74,7 @@ def _preflight_output(report: Any, as_json: bool) -> None:
 def render_file(result: installer.InstallResult) -> str:
     """The migration file `profileguard sql` prints: guard first, identity-table DDL last."""
     main = result.statements[: len(result.statements) - result.identity_statements]
-    last = result.statements[len(main):]
+    last = result.statements[len(main) :]
     head = [
         f"-- profileguard {__version__}: what `profileguard install` runs, rendered by "
         "`profileguard sql` (nothing was run to render it).",
@@ -81,6 +89,7 @@ def render_file(result: installer.InstallResult) -> str:
         result.render_guard.strip() + ";",
         "",
     ]
+
     def ended(statement: str) -> str:
         text = statement.rstrip().rstrip(";").rstrip()
         # a statement whose last line is a comment gets its ';' on a line of its own
@@ -88,8 +97,9 @@ def render_file(result: installer.InstallResult) -> str:
 
     body = [ended(statement) for statement in main]
     if last:
-        body += ["-- Last and short: these statements lock the users table, which every "
-                 "sign-in updates."]
+        body += [
+            "-- Last and short: these statements lock the users table, which every sign-in updates."
+        ]
         body += [ended(statement) for statement in last]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
@@ -114,15 +124,21 @@ def install(
     replace_trigger: ReplaceTriggerOption = None,
     check: Annotated[
         bool,
-        typer.Option("--check", help="Run the preflight alone and change nothing: the table "
-                     "against the mapping, and a rehearsal of the profile insert for sample "
-                     "users and each provider's sign-up shape (exit 0 all fine, 1 some would "
-                     "fail, 2 install would be refused)."),
+        typer.Option(
+            "--check",
+            help="Run the preflight alone and change nothing: the table "
+            "against the mapping, and a rehearsal of the profile insert for sample "
+            "users and each provider's sign-up shape (exit 0 all fine, 1 some would "
+            "fail, 2 install would be refused).",
+        ),
     ] = False,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Install even when the preflight refuses (sign-ups still "
-                     "commit; each profile failure is recorded)."),
+        typer.Option(
+            "--force",
+            help="Install even when the preflight refuses (sign-ups still "
+            "commit; each profile failure is recorded).",
+        ),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -199,8 +215,11 @@ def uninstall(
         return
     for note in notes:
         out.print(f"note: {note}", highlight=False)
-    out.print("profileguard removed; profiles kept." if removed else "profileguard was not "
-              "installed; nothing to do.")
+    out.print(
+        "profileguard removed; profiles kept."
+        if removed
+        else "profileguard was not installed; nothing to do."
+    )
 
 
 def _toggle(ctx: typer.Context, enabled: bool, as_json: bool) -> None:
@@ -211,8 +230,10 @@ def _toggle(ctx: typer.Context, enabled: bool, as_json: bool) -> None:
     elif previous == enabled:
         out.print(f"profileguard was already {word}.")
     else:
-        out.print(f"profileguard {word}: new signups {'get' if enabled else 'no longer get'} "
-                  "profiles from the trigger.")
+        out.print(
+            f"profileguard {word}: new signups {'get' if enabled else 'no longer get'} "
+            "profiles from the trigger."
+        )
 
 
 @command("Set up")
@@ -227,7 +248,6 @@ def disable(ctx: typer.Context, as_json: JsonOption = False) -> None:
     _toggle(ctx, False, as_json)
 
 
-
 class FailOn(StrEnum):
     """The least severe finding that makes `audit` exit non-zero."""
 
@@ -238,8 +258,12 @@ class FailOn(StrEnum):
 
 
 AUDIT_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-FAILING = {"info": ("error", "warning", "info"), "warning": ("error", "warning"),
-           "error": ("error",), "never": ()}
+FAILING = {
+    "info": ("error", "warning", "info"),
+    "warning": ("error", "warning"),
+    "error": ("error",),
+    "never": (),
+}
 
 
 def _audit_view(report: Any) -> None:
@@ -254,8 +278,12 @@ def _audit_view(report: Any) -> None:
         table.add_column(column, overflow="fold")
     for finding in report.findings:
         evidence = "\n".join(f"{k}: {v}" for k, v in finding.evidence.items())
-        table.add_row(f"[{AUDIT_STYLE[finding.severity]}]{finding.severity}[/]",
-                      finding.code, finding.title, evidence)
+        table.add_row(
+            f"[{AUDIT_STYLE[finding.severity]}]{finding.severity}[/]",
+            finding.code,
+            finding.title,
+            evidence,
+        )
     out.print(table)
     for finding in report.findings:
         if finding.fix:

@@ -141,13 +141,15 @@ class _AdminAPI:
             weak = body.get("weak_password")
             reasons = weak.get("reasons") if isinstance(weak, dict) else None
             raise WeakPasswordError(
-                text, reasons=tuple(str(r) for r in reasons or ("policy",)),
+                text,
+                reasons=tuple(str(r) for r in reasons or ("policy",)),
                 hint="choose a password that meets the project's password policy "
                 "(Authentication → Providers → Email)",
             )
         if status in (401, 403):
             raise ConfigError(
-                text, hint="set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
+                text,
+                hint="set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
                 "(Project Settings → API); the anon key cannot create users",
             )
         if status == 404:

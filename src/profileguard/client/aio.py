@@ -184,8 +184,10 @@ class AsyncProfileGuard:
                 pending = profile_failure(exc, new.id, self.settings)
                 try:
                     async with conn.transaction():
-                        await conn.execute(sqlfiles.query("record_failure_once", QUERIES),
-                                           record_params(new.id, pending, self.source))
+                        await conn.execute(
+                            sqlfiles.query("record_failure_once", QUERIES),
+                            record_params(new.id, pending, self.source),
+                        )
                 except psycopg.Error as rec_exc:
                     log.warning("could not record the failure for %s: %s", new.id, rec_exc)
             else:

@@ -70,8 +70,7 @@ class AsyncIdentityBackend(Protocol):
         """Validate the registration and hash its password; touches no database."""
         ...
 
-    async def create_user(self, conn: psycopg.AsyncConnection, new: NewUser) -> dict[str, Any]:
-        ...
+    async def create_user(self, conn: psycopg.AsyncConnection, new: NewUser) -> dict[str, Any]: ...
 
     async def find_user(
         self,
@@ -141,10 +140,16 @@ class _SupabaseShape:
                     hint="drop email and password, or register without anonymous=True",
                 )
             return NewUser(
-                id=uid, email=None, provider="anonymous", provider_id=uid,
+                id=uid,
+                email=None,
+                provider="anonymous",
+                provider_id=uid,
                 user_metadata=user_meta,
                 app_metadata={"provider": "anonymous", "providers": ["anonymous"]},
-                identity_data=None, email_confirmed=False, anonymous=True, signed_in=True,
+                identity_data=None,
+                email_confirmed=False,
+                anonymous=True,
+                signed_in=True,
             )
         app_meta = {"provider": provider, "providers": [provider]}
         if provider == "email":
@@ -153,12 +158,23 @@ class _SupabaseShape:
             if password is not None:  # None: a passwordless (magic link / OTP) user
                 password_hash = self.hash_password(self.password_policy.check(password))
             confirmed = bool(email_confirmed)
-            identity = {"sub": uid, "email": address, "email_verified": confirmed,
-                        "phone_verified": False}
+            identity = {
+                "sub": uid,
+                "email": address,
+                "email_verified": confirmed,
+                "phone_verified": False,
+            }
             return NewUser(
-                id=uid, email=address, provider="email", provider_id=uid,
-                user_metadata=user_meta, app_metadata=app_meta, identity_data=identity,
-                email_confirmed=confirmed, anonymous=False, signed_in=False,
+                id=uid,
+                email=address,
+                provider="email",
+                provider_id=uid,
+                user_metadata=user_meta,
+                app_metadata=app_meta,
+                identity_data=identity,
+                email_confirmed=confirmed,
+                anonymous=False,
+                signed_in=False,
                 password_hash=password_hash,
             )
         if password is not None:
@@ -174,9 +190,15 @@ class _SupabaseShape:
         if oauth_email:
             identity["email"] = oauth_email
         return NewUser(
-            id=uid, email=oauth_email, provider=provider, provider_id=pid,
-            user_metadata=user_meta, app_metadata=app_meta, identity_data=identity,
-            email_confirmed=bool(email_confirmed and oauth_email), anonymous=False,
+            id=uid,
+            email=oauth_email,
+            provider=provider,
+            provider_id=pid,
+            user_metadata=user_meta,
+            app_metadata=app_meta,
+            identity_data=identity,
+            email_confirmed=bool(email_confirmed and oauth_email),
+            anonymous=False,
             signed_in=True,
         )
 

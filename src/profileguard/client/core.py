@@ -102,7 +102,8 @@ def ensure_error(exc: BaseException, user_id: UserId) -> ProfileGuardError:
         return ProfileCreationError(
             err.message,
             sqlstate=err.sqlstate,
-            hint=err.hint or "fix the mapping or the constraint named above; "
+            hint=err.hint
+            or "fix the mapping or the constraint named above; "
             "the failure is recorded in profileguard.events",
         )
     return err
@@ -110,8 +111,9 @@ def ensure_error(exc: BaseException, user_id: UserId) -> ProfileGuardError:
 
 def function_result(row: Mapping[str, Any]) -> EnsureResult:
     """The result of one profileguard.ensure_profile() row."""
-    return EnsureResult(str(row["profile_id"]), bool(row["created"]), dict(row["profile"]),
-                        "function")
+    return EnsureResult(
+        str(row["profile_id"]), bool(row["created"]), dict(row["profile"]), "function"
+    )
 
 
 def not_found(user_id: UserId, settings: Settings) -> UserNotFoundError:

@@ -31,7 +31,8 @@ def fallback_sql(conn: psycopg.Connection, settings: Settings) -> Fallback:
     # The INSERT holds text from the catalog and the configuration (CHECK expressions, patterns,
     # JSON keys) that may contain '%': escape it, then put the one parameter back.
     sentinel = sql.SQL("where u.{} = pg_uid_parameter").format(
-        sql.Identifier(settings.identity.key))
+        sql.Identifier(settings.identity.key)
+    )
 
     def with_parameter(statement: sql.Composed) -> sql.SQL:
         text = statement.as_string(conn).replace("%", "%%")
@@ -41,7 +42,8 @@ def fallback_sql(conn: psycopg.Connection, settings: Settings) -> Fallback:
         exists=sql.SQL("select exists (select from {} u {}) as found").format(identity, where),
         insert=with_parameter(insert_statement(plan, source=identity, where=sentinel)),
         insert_forced=with_parameter(
-            insert_statement(plan, source=identity, where=sentinel, force_suffix=True)),
+            insert_statement(plan, source=identity, where=sentinel, force_suffix=True)
+        ),
         select=sql.SQL("select to_jsonb(p) as profile from {} p where p.{} = %(uid)s").format(
             sql.Identifier(settings.profile.schema, settings.profile.name),
             sql.Identifier(settings.profile.key),

@@ -35,8 +35,25 @@ from profileguard.errors import (
 PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 # Claims that describe the token, not the person: left out of the metadata of a new user.
 TOKEN_CLAIMS = frozenset(
-    {"aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce", "at_hash", "c_hash", "azp",
-     "provider", "role", "session_id", "aal", "amr", "is_anonymous", "app_metadata"}
+    {
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "auth_time",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "azp",
+        "provider",
+        "role",
+        "session_id",
+        "aal",
+        "amr",
+        "is_anonymous",
+        "app_metadata",
+    }
 )
 EMAIL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>()\[\]\\,;:\"]")
 
@@ -350,9 +367,11 @@ class Login:
                 hint="pass provider='github' (or the provider's name) with its claims",
             )
         nested = who.get("user_metadata")
-        meta = dict(nested) if isinstance(nested, Mapping) else {
-            k: v for k, v in who.items() if k not in TOKEN_CLAIMS
-        }
+        meta = (
+            dict(nested)
+            if isinstance(nested, Mapping)
+            else {k: v for k, v in who.items() if k not in TOKEN_CLAIMS}
+        )
         if name is not None and not isinstance(nested, Mapping):
             meta.setdefault("provider_id", sub)
         email = who.get("email")
@@ -368,8 +387,11 @@ class Login:
     def registration(self) -> Registration:
         """What a first login of this provider identity registers."""
         return Registration(
-            email=self.email, metadata=self.metadata, provider=self.provider or "email",
-            provider_id=self.provider_id, email_confirmed=self.email_verified,
+            email=self.email,
+            metadata=self.metadata,
+            provider=self.provider or "email",
+            provider_id=self.provider_id,
+            email_confirmed=self.email_verified,
         )
 
 
@@ -438,9 +460,7 @@ def record_params(uid: str, err: ProfileGuardError, source: str) -> dict[str, An
     return {"user_id": uid, "sqlstate": err.sqlstate, "message": err.message, "source": source}
 
 
-def result_to_user(
-    user: dict[str, Any], result: EnsureResult, *, created: bool
-) -> RegisteredUser:
+def result_to_user(user: dict[str, Any], result: EnsureResult, *, created: bool) -> RegisteredUser:
     if created:
         return RegisteredUser(
             user, result.profile, True, True, result.path if result.created else "trigger"

@@ -187,8 +187,10 @@ class ProfileGuard:
                 pending = profile_failure(exc, new.id, self.settings)
                 try:
                     with conn.transaction():
-                        conn.execute(sqlfiles.query("record_failure_once", QUERIES),
-                                     record_params(new.id, pending, self.source))
+                        conn.execute(
+                            sqlfiles.query("record_failure_once", QUERIES),
+                            record_params(new.id, pending, self.source),
+                        )
                 except psycopg.Error as rec_exc:  # not installed: nowhere to record it
                     log.warning("could not record the failure for %s: %s", new.id, rec_exc)
             else:

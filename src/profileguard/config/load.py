@@ -29,7 +29,14 @@ from profileguard.errors import ConfigError
 
 # The sections of the file that are tables, in the order they are checked.
 SECTIONS = (
-    "database", "identity", "profile", "client", "alerts", "supabase", "username", "sync",
+    "database",
+    "identity",
+    "profile",
+    "client",
+    "alerts",
+    "supabase",
+    "username",
+    "sync",
     "delete",
 )
 
@@ -76,9 +83,7 @@ def _read_file(path: str | Path | None, env: Mapping[str, str]) -> Mapping[str, 
     return data
 
 
-def _tables(
-    data: Mapping[str, Any], env: Mapping[str, str], overrides: dict[str, Any]
-) -> Settings:
+def _tables(data: Mapping[str, Any], env: Mapping[str, str], overrides: dict[str, Any]) -> Settings:
     """Settings with the database URL and the identity and profile tables (taken out of
     `overrides` when given there)."""
     database = subtable(data, "database")
@@ -123,12 +128,15 @@ def _username(settings: Settings, data: Mapping[str, Any]) -> Settings:
         username = None
     if username is not None:
         check_identifier(username, "profile.username_column")
-    return replace(settings, username_column=username,
-                   username=parse_username(subtable(data, "username")))
+    return replace(
+        settings, username_column=username, username=parse_username(subtable(data, "username"))
+    )
 
 
 def _options(
-    settings: Settings, data: Mapping[str, Any], env: Mapping[str, str],
+    settings: Settings,
+    data: Mapping[str, Any],
+    env: Mapping[str, str],
     overrides: dict[str, Any],
 ) -> Settings:
     """Flags, limits, the pooler, Supabase, alerts and the [sync] / [delete] sections."""
@@ -144,7 +152,9 @@ def _options(
         settings,
         strict=to_bool(strict, "PROFILEGUARD_STRICT / profile.strict"),
         lock_timeout_ms=to_int(
-            lock_timeout, "PROFILEGUARD_LOCK_TIMEOUT_MS / profile.lock_timeout_ms", low=1,
+            lock_timeout,
+            "PROFILEGUARD_LOCK_TIMEOUT_MS / profile.lock_timeout_ms",
+            low=1,
             high=60_000,
         ),
         enabled=to_bool(enabled, "PROFILEGUARD_ENABLED / client.enabled"),
@@ -167,7 +177,8 @@ def _options(
             "PROFILEGUARD_POOLER / database.pooler",
         ),
         supabase_url=to_http_url(
-            env.get("SUPABASE_URL") or supabase.get("url"), "SUPABASE_URL / supabase.url",
+            env.get("SUPABASE_URL") or supabase.get("url"),
+            "SUPABASE_URL / supabase.url",
             example="https://<project-ref>.supabase.co",
         ),
         supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY") or None,

@@ -126,11 +126,47 @@ class Source:
 
 # Names nobody gets as typed (compared case-insensitively); they still get a suffixed name.
 DEFAULT_RESERVED = (
-    "admin", "administrator", "root", "superuser", "sysadmin", "system", "support", "help",
-    "helpdesk", "security", "abuse", "postmaster", "hostmaster", "webmaster", "noreply",
-    "no-reply", "info", "contact", "staff", "team", "official", "moderator", "mod", "owner",
-    "billing", "api", "www", "mail", "ftp", "null", "undefined", "anonymous", "guest",
-    "everyone", "me", "you", "postgres", "supabase", "service_role", "authenticated", "anon",
+    "admin",
+    "administrator",
+    "root",
+    "superuser",
+    "sysadmin",
+    "system",
+    "support",
+    "help",
+    "helpdesk",
+    "security",
+    "abuse",
+    "postmaster",
+    "hostmaster",
+    "webmaster",
+    "noreply",
+    "no-reply",
+    "info",
+    "contact",
+    "staff",
+    "team",
+    "official",
+    "moderator",
+    "mod",
+    "owner",
+    "billing",
+    "api",
+    "www",
+    "mail",
+    "ftp",
+    "null",
+    "undefined",
+    "anonymous",
+    "guest",
+    "everyone",
+    "me",
+    "you",
+    "postgres",
+    "supabase",
+    "service_role",
+    "authenticated",
+    "anon",
 )
 # Sign-up methods where the metadata is whatever the client sent (Supabase's provider names).
 DEFAULT_UNVERIFIED_PROVIDERS = ("email", "phone", "anonymous")
@@ -161,9 +197,12 @@ class UsernamePolicy:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "lowercase": self.lowercase, "pattern": self.pattern,
-            "min_length": self.min_length, "max_length": self.max_length,
-            "reserved": list(self.reserved), "unverified": self.unverified,
+            "lowercase": self.lowercase,
+            "pattern": self.pattern,
+            "min_length": self.min_length,
+            "max_length": self.max_length,
+            "reserved": list(self.reserved),
+            "unverified": self.unverified,
             "unverified_providers": list(self.unverified_providers),
             "provider_source": None if self.provider_source is None else str(self.provider_source),
         }
@@ -250,8 +289,9 @@ class Settings:
                     f"the database URL is not valid: {exc}",
                     hint="set DATABASE_URL to e.g. postgresql://postgres@localhost:5432/postgres",
                 ) from None
-            if not parts.get("dbname") and not (os.environ.get("PGDATABASE") or parts.get("service")
-                                                or os.environ.get("PGSERVICE")):
+            if not parts.get("dbname") and not (
+                os.environ.get("PGDATABASE") or parts.get("service") or os.environ.get("PGSERVICE")
+            ):
                 raise ConfigError(
                     "the database URL names no database",
                     hint="add the database name, e.g. "

@@ -47,25 +47,32 @@ def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
     known = set(UsernamePolicy.__dataclass_fields__)
     for key in section:
         if key not in known:
-            raise ConfigError(f"username.{key}: unknown setting",
-                              hint=f"use one of: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"username.{key}: unknown setting", hint=f"use one of: {', '.join(sorted(known))}"
+            )
     d = default_username_policy()
     pattern = section.get("pattern", d.pattern)
     if pattern in ("", None):
         pattern = None
     elif not isinstance(pattern, str) or len(pattern) > 500 or "\x00" in pattern:
-        raise ConfigError(f"username.pattern: {pattern!r} is not a regular expression",
-                          hint="e.g. pattern = '^[a-z0-9_]{3,24}$' (PostgreSQL's ~ syntax)")
+        raise ConfigError(
+            f"username.pattern: {pattern!r} is not a regular expression",
+            hint="e.g. pattern = '^[a-z0-9_]{3,24}$' (PostgreSQL's ~ syntax)",
+        )
     else:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise ConfigError(f"username.pattern: {pattern!r} is not valid: {exc}",
-                              hint="e.g. pattern = '^[a-z0-9_]{3,24}$'") from None
+            raise ConfigError(
+                f"username.pattern: {pattern!r} is not valid: {exc}",
+                hint="e.g. pattern = '^[a-z0-9_]{3,24}$'",
+            ) from None
     unverified = section.get("unverified", d.unverified)
     if unverified not in UNVERIFIED_MODES:
-        raise ConfigError(f"username.unverified: {unverified!r} is not a mode",
-                          hint="use 'suffix' (client-chosen names get the suffix) or 'plain'")
+        raise ConfigError(
+            f"username.unverified: {unverified!r} is not a mode",
+            hint="use 'suffix' (client-chosen names get the suffix) or 'plain'",
+        )
     provider = section.get("provider_source", str(d.provider_source))
     if provider in ("", None, False):
         provider_source = None
@@ -74,8 +81,10 @@ def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
     low = to_int(section.get("min_length", d.min_length), "username.min_length", low=1, high=100)
     high = to_int(section.get("max_length", d.max_length), "username.max_length", low=2, high=500)
     if low > high:
-        raise ConfigError("username.min_length is above username.max_length",
-                          hint="make min_length at most max_length")
+        raise ConfigError(
+            "username.min_length is above username.max_length",
+            hint="make min_length at most max_length",
+        )
     return UsernamePolicy(
         lowercase=to_bool(section.get("lowercase", d.lowercase), "username.lowercase"),
         pattern=pattern,
@@ -83,9 +92,10 @@ def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
         max_length=high,
         reserved=to_names(section.get("reserved", list(d.reserved)), "username.reserved"),
         unverified=unverified,
-        unverified_providers=to_names(section.get("unverified_providers",
-                                                list(d.unverified_providers)),
-                                    "username.unverified_providers"),
+        unverified_providers=to_names(
+            section.get("unverified_providers", list(d.unverified_providers)),
+            "username.unverified_providers",
+        ),
         provider_source=provider_source,
     )
 
@@ -133,11 +143,15 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
         repair_slo_seconds=slo,
         success_rate_min_pct=to_float(
             section.get("success_rate_min_pct", d.success_rate_min_pct),
-            "alerts.success_rate_min_pct", low=0, high=100,
+            "alerts.success_rate_min_pct",
+            low=0,
+            high=100,
         ),
         success_rate_window_seconds=to_float(
             section.get("success_rate_window_seconds", d.success_rate_window_seconds),
-            "alerts.success_rate_window_seconds", low=60, high=8 * 86400,
+            "alerts.success_rate_window_seconds",
+            low=60,
+            high=8 * 86400,
         ),
         success_rate_min_signups=count("success_rate_min_signups"),
         quarantine_threshold=count("quarantine_threshold"),
@@ -146,11 +160,15 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
         ),
         worker_heartbeat_max_age_seconds=to_float(
             section.get("worker_heartbeat_max_age_seconds", d.worker_heartbeat_max_age_seconds),
-            "alerts.worker_heartbeat_max_age_seconds", low=1, high=86400,
+            "alerts.worker_heartbeat_max_age_seconds",
+            low=1,
+            high=86400,
         ),
         backfill_stall_seconds=to_float(
             section.get("backfill_stall_seconds", d.backfill_stall_seconds),
-            "alerts.backfill_stall_seconds", low=1, high=30 * 86400,
+            "alerts.backfill_stall_seconds",
+            low=1,
+            high=30 * 86400,
         ),
         webhook_url=to_webhook_url(
             env.get("PROFILEGUARD_ALERT_WEBHOOK_URL") or section.get("webhook_url"),
@@ -158,19 +176,27 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
         ),
         webhook_timeout_seconds=to_float(
             section.get("webhook_timeout_seconds", d.webhook_timeout_seconds),
-            "alerts.webhook_timeout_seconds", low=0.1, high=120,
+            "alerts.webhook_timeout_seconds",
+            low=0.1,
+            high=120,
         ),
         webhook_attempts=to_int(
-            section.get("webhook_attempts", d.webhook_attempts), "alerts.webhook_attempts",
-            low=1, high=20,
+            section.get("webhook_attempts", d.webhook_attempts),
+            "alerts.webhook_attempts",
+            low=1,
+            high=20,
         ),
         evaluate_interval_seconds=to_float(
             section.get("evaluate_interval_seconds", d.evaluate_interval_seconds),
-            "alerts.evaluate_interval_seconds", low=0.1, high=86400,
+            "alerts.evaluate_interval_seconds",
+            low=0.1,
+            high=86400,
         ),
         refresh_interval_seconds=to_float(
             section.get("refresh_interval_seconds", d.refresh_interval_seconds),
-            "alerts.refresh_interval_seconds", low=1, high=86400,
+            "alerts.refresh_interval_seconds",
+            low=1,
+            high=86400,
         ),
     )
 

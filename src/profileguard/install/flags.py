@@ -22,9 +22,7 @@ def set_enabled(settings: Settings, enabled: bool) -> bool:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
-        row = conn.execute(
-            "select enabled from profileguard.settings for update"
-        ).fetchone()
+        row = conn.execute("select enabled from profileguard.settings for update").fetchone()
         previous = bool(row and row[0])
         if previous != enabled:
             conn.execute(

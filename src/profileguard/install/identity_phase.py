@@ -42,8 +42,9 @@ def identity_phase(
         if profile_oid is None:
             add_key = True
         elif oid is not None:
-            row = conn.execute(takeover.query("foreign_key_to"),
-                               {"profile": profile_oid, "identity": oid}).fetchone()
+            row = conn.execute(
+                takeover.query("foreign_key_to"), {"profile": profile_oid, "identity": oid}
+            ).fetchone()
             add_key = not (row and row[0])
     row = conn.execute(takeover.query("profileguard_trigger_current"), {"oid": oid}).fetchone()
     trigger_current = bool(row and row[0])
@@ -72,26 +73,45 @@ def identity_phase(
         rec.run(render_sync_triggers(result.plan))
     for step in takeovers:
         rec.run(step.statement)
-        rec.run(sql.SQL(
-            "insert into profileguard.replaced_triggers"
-            " (table_name, trigger_name, function_name, previous_mode, method, saved_definition)"
-            " values ({}, {}, {}, {}, {}, {})"
-            " on conflict (table_name, trigger_name) do update"
-            " set function_name = excluded.function_name,"
-            " previous_mode = excluded.previous_mode, method = excluded.method,"
-            " saved_definition = excluded.saved_definition, replaced_at = now()"
-        ).format(*map(sql.Literal, (
-            str(identity), step.name, step.function, step.previous_mode, step.method,
-            step.saved_definition,
-        ))))
+        rec.run(
+            sql.SQL(
+                "insert into profileguard.replaced_triggers"
+                " (table_name, trigger_name, function_name, previous_mode, method,"
+                " saved_definition)"
+                " values ({}, {}, {}, {}, {}, {})"
+                " on conflict (table_name, trigger_name) do update"
+                " set function_name = excluded.function_name,"
+                " previous_mode = excluded.previous_mode, method = excluded.method,"
+                " saved_definition = excluded.saved_definition, replaced_at = now()"
+            ).format(
+                *map(
+                    sql.Literal,
+                    (
+                        str(identity),
+                        step.name,
+                        step.function,
+                        step.previous_mode,
+                        step.method,
+                        step.saved_definition,
+                    ),
+                )
+            )
+        )
         result.replaced_triggers.append(step.name)
         result.notes.append(step.note)
         result.changed = True
     if takeovers:
         names = ", ".join(result.replaced_triggers)
-        rec.run(config_event(source, f"{source}: took over from {names}",
-                             {"replaced_triggers": result.replaced_triggers,
-                              "methods": {s.name: s.method for s in takeovers}}))
+        rec.run(
+            config_event(
+                source,
+                f"{source}: took over from {names}",
+                {
+                    "replaced_triggers": result.replaced_triggers,
+                    "methods": {s.name: s.method for s in takeovers},
+                },
+            )
+        )
 
 
 def takeover_enables(enabled: bool | None, replace_triggers: Sequence[str]) -> bool | None:

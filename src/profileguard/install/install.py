@@ -61,9 +61,15 @@ def run_install(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
         rec = Recorder(conn)
-        result = main_phase(rec, settings, strict=strict, enabled=enabled,
-                            create_profile_table=create_profile_table, source=source,
-                            force=force)
+        result = main_phase(
+            rec,
+            settings,
+            strict=strict,
+            enabled=enabled,
+            create_profile_table=create_profile_table,
+            source=source,
+            force=force,
+        )
         if cron_schedule is not None:
             _schedule_sweep(rec, cron_schedule)
             result.notes.append(
@@ -76,8 +82,14 @@ def run_install(
     def identity_step(conn: psycopg.Connection) -> list[str]:
         attempt = InstallResult(result.version_before, result.version_after, plan=result.plan)
         step = Recorder(conn)
-        identity_phase(step, settings, attempt, create_profile_table=create_profile_table,
-                       replace_triggers=replace_triggers, source=source)
+        identity_phase(
+            step,
+            settings,
+            attempt,
+            create_profile_table=create_profile_table,
+            replace_triggers=replace_triggers,
+            source=source,
+        )
         result.changed = result.changed or attempt.changed
         result.notes.extend(attempt.notes)
         result.replaced_triggers.extend(attempt.replaced_triggers)
@@ -86,8 +98,10 @@ def run_install(
     try:
         statements += short_transaction(settings, identity_step, what=f"{source} (trigger)")
     except ProfileGuardError as exc:
-        done = (f"profileguard's functions are {source}ed, but its trigger on "
-                f"{settings.identity} is not: run profileguard {source} again")
+        done = (
+            f"profileguard's functions are {source}ed, but its trigger on "
+            f"{settings.identity} is not: run profileguard {source} again"
+        )
         exc.hint = f"{exc.hint}; {done}" if exc.hint else done
         raise
     result.statements = statements
@@ -115,12 +129,21 @@ def install(
     """
     enabled = takeover_enables(enabled, replace_triggers)
     if dry_run:
-        return render(settings, strict=strict, enabled=enabled,
-                      create_profile_table=create_profile_table,
-                      replace_triggers=replace_triggers)
+        return render(
+            settings,
+            strict=strict,
+            enabled=enabled,
+            create_profile_table=create_profile_table,
+            replace_triggers=replace_triggers,
+        )
     return run_install(
-        settings, strict=strict, enabled=enabled, create_profile_table=create_profile_table,
-        source="install", replace_triggers=replace_triggers, cron_schedule=cron_schedule,
+        settings,
+        strict=strict,
+        enabled=enabled,
+        create_profile_table=create_profile_table,
+        source="install",
+        replace_triggers=replace_triggers,
+        cron_schedule=cron_schedule,
         force=force,
     )
 
@@ -144,7 +167,10 @@ def _schedule_sweep(rec: Recorder, schedule: str) -> None:
             "that reaches the database instead",
         )
     rec.run("create extension if not exists pg_cron")
-    rec.run(sql.SQL("select cron.schedule({}, {}, {})").format(
-        sql.Literal(CRON_JOB), sql.Literal(schedule.strip()),
-        sql.Literal(f"select profileguard.reconcile({CRON_MAX_ROWS})"),
-    ))
+    rec.run(
+        sql.SQL("select cron.schedule({}, {}, {})").format(
+            sql.Literal(CRON_JOB),
+            sql.Literal(schedule.strip()),
+            sql.Literal(f"select profileguard.reconcile({CRON_MAX_ROWS})"),
+        )
+    )

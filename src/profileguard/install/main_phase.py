@@ -31,8 +31,7 @@ def _config_fingerprint(settings: Settings) -> dict[str, Any]:
 
 
 def _lock_install(rec: Recorder) -> None:
-    rec.run(sql.SQL("select pg_advisory_xact_lock(hashtext({}))").format(
-        sql.Literal(INSTALL_LOCK)))
+    rec.run(sql.SQL("select pg_advisory_xact_lock(hashtext({}))").format(sql.Literal(INSTALL_LOCK)))
 
 
 def main_phase(
@@ -83,8 +82,9 @@ def main_phase(
     _apply_migrations(rec, pending, result)
 
     fingerprint = _config_fingerprint(settings)
-    _write_settings(rec, settings, current, fingerprint, strict=strict, enabled=enabled,
-                    result=result)
+    _write_settings(
+        rec, settings, current, fingerprint, strict=strict, enabled=enabled, result=result
+    )
 
     rec.run(sqlfiles.read("functions.sql"))
     rec.run(render_generated(plan))
@@ -92,8 +92,13 @@ def main_phase(
     result.notes.extend(build_sync(plan).notes)
     rec.run(sqlfiles.read("privileges.sql"))
     if result.changed:
-        rec.run(config_event(source, f"{source}: schema version {result.version_after}",
-                             {**fingerprint, "notes": result.notes}))
+        rec.run(
+            config_event(
+                source,
+                f"{source}: schema version {result.version_after}",
+                {**fingerprint, "notes": result.notes},
+            )
+        )
     return result
 
 
@@ -103,9 +108,11 @@ def _apply_migrations(
     """Run the pending migrations in order, recording each."""
     for migration in pending:
         rec.run(migration.text)
-        rec.run(sql.SQL(
-            "insert into profileguard.migrations (version, name) values ({}, {})"
-        ).format(sql.Literal(migration.version), sql.Literal(migration.name)))
+        rec.run(
+            sql.SQL("insert into profileguard.migrations (version, name) values ({}, {})").format(
+                sql.Literal(migration.version), sql.Literal(migration.name)
+            )
+        )
         result.version_after = max(result.version_after, migration.version)
         result.changed = True
 
@@ -122,15 +129,27 @@ def _write_settings(
 ) -> None:
     """Write the settings row (flags left as they are where None); refuse another identity table."""
     if current is None:
-        rec.run(sql.SQL(
-            "insert into profileguard.settings (enabled, strict, identity_table, identity_key,"
-            " profile_table, profile_key, config, package_version)"
-            " values ({}, {}, {}, {}, {}, {}, {}, {})"
-        ).format(*map(sql.Literal, (
-            True if enabled is None else enabled, bool(strict), str(settings.identity),
-            settings.identity.key, str(settings.profile), settings.profile.key,
-            json.dumps(fingerprint), __version__,
-        ))))
+        rec.run(
+            sql.SQL(
+                "insert into profileguard.settings (enabled, strict, identity_table, identity_key,"
+                " profile_table, profile_key, config, package_version)"
+                " values ({}, {}, {}, {}, {}, {}, {}, {})"
+            ).format(
+                *map(
+                    sql.Literal,
+                    (
+                        True if enabled is None else enabled,
+                        bool(strict),
+                        str(settings.identity),
+                        settings.identity.key,
+                        str(settings.profile),
+                        settings.profile.key,
+                        json.dumps(fingerprint),
+                        __version__,
+                    ),
+                )
+            )
+        )
         result.changed = True
     else:
         if current["identity_table"] != str(settings.identity):
@@ -146,19 +165,31 @@ def _write_settings(
             or new_strict != current["strict"]
             or new_enabled != current["enabled"]
         ):
-            rec.run(sql.SQL(
-                "update profileguard.settings set strict = {}, enabled = {},"
-                " profile_table = {}, profile_key = {}, config = {},"
-                " package_version = {}, updated_at = now()"
-            ).format(*map(sql.Literal, (
-                new_strict, new_enabled, str(settings.profile), settings.profile.key,
-                json.dumps(fingerprint), __version__,
-            ))))
+            rec.run(
+                sql.SQL(
+                    "update profileguard.settings set strict = {}, enabled = {},"
+                    " profile_table = {}, profile_key = {}, config = {},"
+                    " package_version = {}, updated_at = now()"
+                ).format(
+                    *map(
+                        sql.Literal,
+                        (
+                            new_strict,
+                            new_enabled,
+                            str(settings.profile),
+                            settings.profile.key,
+                            json.dumps(fingerprint),
+                            __version__,
+                        ),
+                    )
+                )
+            )
             result.changed = True
 
 
-def _preflight(conn: psycopg.Connection, settings: Settings, plan: Plan, *,
-               force: bool) -> Preflight:
+def _preflight(
+    conn: psycopg.Connection, settings: Settings, plan: Plan, *, force: bool
+) -> Preflight:
     """The preflight; refusals stop the install unless `force`."""
     report = preflight.check(conn, settings, plan)
     for failure in report.failures[:5]:
@@ -167,8 +198,10 @@ def _preflight(conn: psycopg.Connection, settings: Settings, plan: Plan, *,
             f"{failure['message']}"
         )
     if len(report.failures) > 5:
-        report.warnings.append(f"rehearsal: {len(report.failures) - 5} more failures "
-                               "(see: profileguard install --check)")
+        report.warnings.append(
+            f"rehearsal: {len(report.failures) - 5} more failures "
+            "(see: profileguard install --check)"
+        )
     if force:
         report.warnings.extend(report.refusals)
     elif report.refusals:

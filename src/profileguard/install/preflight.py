@@ -35,22 +35,55 @@ PROFILES_COPY = "pg_preflight_profiles"
 SHAPES: tuple[tuple[str, str | None, str | None, Any], ...] = (
     ("email, empty metadata", "email", "preflight.empty@example.com", {}),
     ("email, no metadata at all", "email", "preflight.null@example.com", None),
-    ("email with a chosen username", "email", "preflight.chosen@example.com",
-     {"user_name": "Preflight User", "full_name": "Preflight User"}),
+    (
+        "email with a chosen username",
+        "email",
+        "preflight.chosen@example.com",
+        {"user_name": "Preflight User", "full_name": "Preflight User"},
+    ),
     ("magic link, short email", "email", "pf@example.com", {}),
     ("phone / OTP, no email", "phone", None, {}),
     ("anonymous", "anonymous", None, {}),
-    ("google", "google", "preflight.google@gmail.com",
-     {"name": "Ada Lovelace", "full_name": "Ada Lovelace", "email": "preflight.google@gmail.com",
-      "picture": "https://lh3.googleusercontent.com/a/x", "email_verified": True}),
-    ("github", "github", "preflight.github@example.com",
-     {"user_name": "octocat", "preferred_username": "octocat", "full_name": "The Octocat",
-      "avatar_url": "https://avatars.githubusercontent.com/u/1"}),
-    ("discord", "discord", "preflight.discord@example.com",
-     {"full_name": "codejedi", "name": "codejedi#0", "custom_claims": {"global_name": "Jedi"},
-      "avatar_url": "https://cdn.discordapp.com/avatars/1/x.png"}),
-    ("unicode and a 1 MB name", "github", "preflight.long@example.com",
-     {"user_name": "\u202e" + "\U0001f984" * 3 + "x" * 1_000_000, "full_name": "Ünïcødé 👩‍💻"}),
+    (
+        "google",
+        "google",
+        "preflight.google@gmail.com",
+        {
+            "name": "Ada Lovelace",
+            "full_name": "Ada Lovelace",
+            "email": "preflight.google@gmail.com",
+            "picture": "https://lh3.googleusercontent.com/a/x",
+            "email_verified": True,
+        },
+    ),
+    (
+        "github",
+        "github",
+        "preflight.github@example.com",
+        {
+            "user_name": "octocat",
+            "preferred_username": "octocat",
+            "full_name": "The Octocat",
+            "avatar_url": "https://avatars.githubusercontent.com/u/1",
+        },
+    ),
+    (
+        "discord",
+        "discord",
+        "preflight.discord@example.com",
+        {
+            "full_name": "codejedi",
+            "name": "codejedi#0",
+            "custom_claims": {"global_name": "Jedi"},
+            "avatar_url": "https://cdn.discordapp.com/avatars/1/x.png",
+        },
+    ),
+    (
+        "unicode and a 1 MB name",
+        "github",
+        "preflight.long@example.com",
+        {"user_name": "\u202e" + "\U0001f984" * 3 + "x" * 1_000_000, "full_name": "Ünïcødé 👩‍💻"},
+    ),
     ("no email, nothing in metadata", None, None, {}),
 )
 
@@ -70,16 +103,25 @@ class Preflight:
         return not self.refusals and not self.failures
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "refusals": self.refusals, "warnings": self.warnings,
-                "rehearsed": self.rehearsed, "failures": self.failures}
+        return {
+            "ok": self.ok,
+            "refusals": self.refusals,
+            "warnings": self.warnings,
+            "rehearsed": self.rehearsed,
+            "failures": self.failures,
+        }
 
 
 def unfilled_columns(settings: Settings, profile: TableFacts, plan: Plan) -> list[str]:
     """NOT NULL columns without a default that the mapping does not fill."""
     return [
-        c.name for c in profile.columns.values()
-        if c.not_null and not c.has_default and not c.generated
-        and c.name != settings.profile.key and c.name not in plan.mapping
+        c.name
+        for c in profile.columns.values()
+        if c.not_null
+        and not c.has_default
+        and not c.generated
+        and c.name != settings.profile.key
+        and c.name not in plan.mapping
     ]
 
 
@@ -89,7 +131,7 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
     for name in unfilled_columns(settings, plan.profile, plan):
         result.refusals.append(
             f"{settings.profile}.{name} is NOT NULL without a default and the mapping does not "
-            f"fill it: every profile insert would fail. Map it (mapping.{name} = [\"…\"] in "
+            f'fill it: every profile insert would fail. Map it (mapping.{name} = ["…"] in '
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
@@ -103,8 +145,11 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
                     f"check constraint {name} on {settings.profile}.{username_rule.column} "
                     "restricts characters: names are tried as given, reduced to [a-z0-9_], then "
                     "'user_' + a hash; when none passes, the username is NULL"
-                    + (" — the column is NOT NULL, so that sign-up's profile fails (recorded)"
-                       if username_rule.not_null else "")
+                    + (
+                        " — the column is NOT NULL, so that sign-up's profile fails (recorded)"
+                        if username_rule.not_null
+                        else ""
+                    )
                 )
     try:
         with conn.transaction():
@@ -112,23 +157,34 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
     except psycopg.Error as exc:
         # No temporary tables allowed, or the copies cannot be made: the catalog checks stand.
         result.warnings.append(
-            f"rehearsal skipped: {exc.diag.message_primary or exc} (SQLSTATE {exc.sqlstate})")
+            f"rehearsal skipped: {exc.diag.message_primary or exc} (SQLSTATE {exc.sqlstate})"
+        )
     return result
 
 
 def _copy_tables(conn: psycopg.Connection, settings: Settings) -> tuple[Settings, Plan] | None:
     identity = sql.Identifier(settings.identity.schema, settings.identity.name)
     profile = sql.Identifier(settings.profile.schema, settings.profile.name)
-    conn.execute(sql.SQL("drop table if exists pg_temp.{}, pg_temp.{}").format(
-        sql.Identifier(USERS_COPY), sql.Identifier(PROFILES_COPY)))
-    conn.execute(sql.SQL(
-        "create temporary table {} (like {} including defaults) on commit drop"
-    ).format(sql.Identifier(USERS_COPY), identity))
-    conn.execute(sql.SQL(
-        "create temporary table {} (like {} including all) on commit drop"
-    ).format(sql.Identifier(PROFILES_COPY), profile))
-    conn.execute(sql.SQL("insert into pg_temp.{} select * from {} limit {}").format(
-        sql.Identifier(USERS_COPY), identity, sql.Literal(SAMPLE_USERS)))
+    conn.execute(
+        sql.SQL("drop table if exists pg_temp.{}, pg_temp.{}").format(
+            sql.Identifier(USERS_COPY), sql.Identifier(PROFILES_COPY)
+        )
+    )
+    conn.execute(
+        sql.SQL("create temporary table {} (like {} including defaults) on commit drop").format(
+            sql.Identifier(USERS_COPY), identity
+        )
+    )
+    conn.execute(
+        sql.SQL("create temporary table {} (like {} including all) on commit drop").format(
+            sql.Identifier(PROFILES_COPY), profile
+        )
+    )
+    conn.execute(
+        sql.SQL("insert into pg_temp.{} select * from {} limit {}").format(
+            sql.Identifier(USERS_COPY), identity, sql.Literal(SAMPLE_USERS)
+        )
+    )
     copies = replace(
         settings,
         identity=TableRef("pg_temp", USERS_COPY, settings.identity.key),
@@ -159,17 +215,18 @@ def _synthetic(conn: psycopg.Connection, users: TableFacts, key: str) -> list[tu
             row["raw_app_meta_data"] = json.dumps({"provider": provider} if provider else {})
         if "is_anonymous" in users.columns:
             row["is_anonymous"] = provider == "anonymous"
-        conn.execute(sql.SQL("insert into pg_temp.{} ({}) values ({})").format(
-            sql.Identifier(USERS_COPY),
-            sql.SQL(", ").join(map(sql.Identifier, row)),
-            sql.SQL(", ").join(sql.Literal(v) for v in row.values()),
-        ))
+        conn.execute(
+            sql.SQL("insert into pg_temp.{} ({}) values ({})").format(
+                sql.Identifier(USERS_COPY),
+                sql.SQL(", ").join(map(sql.Identifier, row)),
+                sql.SQL(", ").join(sql.Literal(v) for v in row.values()),
+            )
+        )
         added.append((value, name))
     return added
 
 
-def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan,
-              result: Preflight) -> None:
+def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan, result: Preflight) -> None:
     copied = _copy_tables(conn, settings)
     if copied is None:
         return
@@ -178,9 +235,14 @@ def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan,
     if users is None:
         return
     key = settings.identity.key
-    sample = [(r[0], f"user {r[0]}") for r in conn.execute(
-        sql.SQL("select {} from pg_temp.{}").format(sql.Identifier(key),
-                                                    sql.Identifier(USERS_COPY))).fetchall()]
+    sample = [
+        (r[0], f"user {r[0]}")
+        for r in conn.execute(
+            sql.SQL("select {} from pg_temp.{}").format(
+                sql.Identifier(key), sql.Identifier(USERS_COPY)
+            )
+        ).fetchall()
+    ]
     rows = sample + _synthetic(conn, users, key)
     source = sql.SQL("pg_temp.{}").format(sql.Identifier(USERS_COPY))
     for value, subject in rows:
@@ -190,10 +252,14 @@ def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan,
             with conn.transaction():
                 conn.execute(insert_statement(copy_plan, source=source, where=where))
         except psycopg.Error as exc:
-            message = (exc.diag.message_primary or str(exc)).replace(
-                PROFILES_COPY, settings.profile.name).replace(USERS_COPY, settings.identity.name)
-            result.failures.append({"subject": subject, "sqlstate": exc.sqlstate,
-                                    "message": message})
+            message = (
+                (exc.diag.message_primary or str(exc))
+                .replace(PROFILES_COPY, settings.profile.name)
+                .replace(USERS_COPY, settings.identity.name)
+            )
+            result.failures.append(
+                {"subject": subject, "sqlstate": exc.sqlstate, "message": message}
+            )
     if result.failures and len(result.failures) == len(rows):
         result.refusals.append(
             f"no rehearsed profile could be created ({len(rows)} tried): the mapping does not "

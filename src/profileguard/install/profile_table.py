@@ -37,8 +37,11 @@ def profile_table_facts(identity: TableFacts, settings: Settings) -> TableFacts:
 
     columns = [
         Column(settings.profile.key, key.type, key.category, True, False, False, key.max_length),
-        text("username"), text("full_name"), text("avatar_url"),
-        stamp("created_at"), stamp("updated_at"),
+        text("username"),
+        text("full_name"),
+        text("avatar_url"),
+        stamp("created_at"),
+        stamp("updated_at"),
     ]
     return TableFacts(
         settings.profile,

@@ -44,11 +44,23 @@ def render(
             )
         rec = Recorder(conn, execute=False)
         own = source == "install"
-        result = main_phase(rec, settings, strict=strict if own else None, enabled=enabled,
-                            create_profile_table=create_profile_table, source=source)
+        result = main_phase(
+            rec,
+            settings,
+            strict=strict if own else None,
+            enabled=enabled,
+            create_profile_table=create_profile_table,
+            source=source,
+        )
         main = len(rec.statements)
-        identity_phase(rec, settings, result, create_profile_table=create_profile_table,
-                       replace_triggers=replace_triggers, source=source)
+        identity_phase(
+            rec,
+            settings,
+            result,
+            create_profile_table=create_profile_table,
+            replace_triggers=replace_triggers,
+            source=source,
+        )
         result.statements = rec.statements
         result.identity_statements = len(rec.statements) - main
         result.render_guard = _render_guard(conn, settings, result.version_before)
@@ -56,9 +68,7 @@ def render(
 
 
 def _table_signature(conn: psycopg.Connection, ref: TableRef) -> str:
-    row = conn.execute(
-        sqlfiles.query("table_signature"), {"oid": table_oid(conn, ref)}
-    ).fetchone()
+    row = conn.execute(sqlfiles.query("table_signature"), {"oid": table_oid(conn, ref)}).fetchone()
     return str(row[0]) if row else ""
 
 
@@ -67,10 +77,12 @@ def _render_guard(conn: psycopg.Connection, settings: Settings, version: int) ->
     rendered for: other columns in the identity or profile table, or another schema version."""
     return template(
         "render_guard.sql",
-        identity=sql.Literal(sql.Identifier(settings.identity.schema, settings.identity.name)
-                             .as_string(conn)),
-        profile=sql.Literal(sql.Identifier(settings.profile.schema, settings.profile.name)
-                            .as_string(conn)),
+        identity=sql.Literal(
+            sql.Identifier(settings.identity.schema, settings.identity.name).as_string(conn)
+        ),
+        profile=sql.Literal(
+            sql.Identifier(settings.profile.schema, settings.profile.name).as_string(conn)
+        ),
         identity_signature=sql.Literal(_table_signature(conn, settings.identity)),
         profile_signature=sql.Literal(_table_signature(conn, settings.profile)),
         version=sql.Literal(version),

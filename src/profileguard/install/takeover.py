@@ -102,9 +102,11 @@ def never_fires_statement(trigger: dict[str, Any], identity: TableRef) -> sql.Co
         events.append(sql.SQL("delete"))
     if kind & 16:
         columns = trigger["update_columns"] or []
-        events.append(sql.SQL("update of {}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in columns)) if columns
-            else sql.SQL("update"))
+        events.append(
+            sql.SQL("update of {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+            if columns
+            else sql.SQL("update")
+        )
     if kind & 32:
         events.append(sql.SQL("truncate"))
     referencing: list[sql.Composable] = []
@@ -123,7 +125,8 @@ def never_fires_statement(trigger: dict[str, Any], identity: TableRef) -> sql.Co
         events=sql.SQL(" or ").join(events),
         table=sql.Identifier(identity.schema, identity.name),
         referencing=sql.SQL(" referencing {}").format(sql.SQL(" ").join(referencing))
-        if referencing else sql.SQL(""),
+        if referencing
+        else sql.SQL(""),
         level=sql.SQL("row" if kind & 1 else "statement"),
         function=sql.SQL(trigger["function_name"]),
         args=sql.SQL(", ").join(sql.Literal(a) for a in args),
@@ -152,15 +155,21 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
             f"; it was {_MODES[trigger['mode']]}, and CREATE OR REPLACE TRIGGER restores it as "
             "plainly enabled (the table's owner can set the mode again)"
         )
-    if trigger["owns_function"] and trigger["function_uses"] == 1 and trigger["language"] in (
-        "plpgsql", "sql"
+    if (
+        trigger["owns_function"]
+        and trigger["function_uses"] == 1
+        and trigger["language"] in ("plpgsql", "sql")
     ):
         statement = sql.SQL(
             "create or replace function {function} returns trigger language plpgsql"
             " set search_path = pg_catalog, pg_temp as {body}"
         ).format(function=sql.SQL(trigger["function"]), body=sql.Literal(NOOP_BODY))
         return Takeover(
-            name, trigger["function"], "function", trigger["mode"], statement,
+            name,
+            trigger["function"],
+            "function",
+            trigger["mode"],
+            statement,
             trigger["function_definition"],
             f"trigger {name} on {identity} now does nothing: the body of its function "
             f"{trigger['function']} was replaced by a no-op (saved; profileguard uninstall "
@@ -169,12 +178,20 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
     definition = str(trigger["trigger_definition"])
     if not definition.startswith(_CREATE_TRIGGER):
         raise ConfigError(f"--replace-trigger: unexpected definition of {name!r}: {definition}")
-    why = ("this role does not own its function" if not trigger["owns_function"]
-           else "its function is used by other triggers" if trigger["function_uses"] != 1
-           else f"its function is written in {trigger['language']}")
+    why = (
+        "this role does not own its function"
+        if not trigger["owns_function"]
+        else "its function is used by other triggers"
+        if trigger["function_uses"] != 1
+        else f"its function is written in {trigger['language']}"
+    )
     return Takeover(
-        name, trigger["function"], "never_fires", trigger["mode"],
-        never_fires_statement(trigger, identity), definition,
+        name,
+        trigger["function"],
+        "never_fires",
+        trigger["mode"],
+        never_fires_statement(trigger, identity),
+        definition,
         f"trigger {name} on {identity} was re-created WHEN (false), so it never fires ({why}); "
         f"profileguard uninstall re-creates it as it was{mode_note}",
     )
@@ -191,10 +208,12 @@ def restore_statement(
     method = item["method"]
     if method == "function":
         if MARKER not in str(trigger["source"]):
-            return None, (f"function {trigger['function']} was changed since the takeover; "
-                          "left as it is")
+            return None, (
+                f"function {trigger['function']} was changed since the takeover; left as it is"
+            )
         return sql.SQL(item["saved_definition"]), (
-            f"restored the body of {trigger['function']} (trigger {name})")
+            f"restored the body of {trigger['function']} (trigger {name})"
+        )
     if method == "never_fires":
         if not trigger["never_fires"]:
             return None, f"trigger {name} was changed since the takeover; left as it is"
@@ -205,6 +224,8 @@ def restore_statement(
         definition = str(trigger["trigger_definition"])
     note = f"re-created trigger {name} on {identity} as it was"
     if item["previous_mode"] != "O":
-        note += (f" (it was {_MODES[item['previous_mode']]}; it is plainly enabled now: the "
-                 "table's owner can set the mode again)")
-    return sql.SQL("CREATE OR REPLACE TRIGGER " + definition[len(_CREATE_TRIGGER):]), note
+        note += (
+            f" (it was {_MODES[item['previous_mode']]}; it is plainly enabled now: the "
+            "table's owner can set the mode again)"
+        )
+    return sql.SQL("CREATE OR REPLACE TRIGGER " + definition[len(_CREATE_TRIGGER) :]), note

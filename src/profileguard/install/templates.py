@@ -94,26 +94,31 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
     by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
     plain_key = plan.key_type in ("uuid", "smallint", "integer", "bigint")
     new_key = sql.SQL("new.{}::text").format(ikey)
-    by_range = sql.SQL(
-        "where (p_after is null or u.{k} > p_after) and u.{k} <= v_last"
-    ).format(k=ikey)
+    by_range = sql.SQL("where (p_after is null or u.{k} > p_after) and u.{k} <= v_last").format(
+        k=ikey
+    )
     watched = sync.watched or (settings.identity.key,)
     return dict(
         **parts,
         lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
         record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
-        sync_ids=sync_statement(plan, sync, by_ids, sql.SQL(
-            "(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"
-        )) or nothing,
+        sync_ids=sync_statement(
+            plan,
+            sync,
+            by_ids,
+            sql.SQL("(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"),
+        )
+        or nothing,
         redact_ids=redact_statement(plan, sync, by_ids) or nothing,
         # One pass over all (a statement past the queue): no per-row transaction check.
         sync_all=sync_statement(plan, sync, sql.SQL("")) or nothing,
         redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
         # An array literal element: keys of other types are quoted (they may hold commas).
-        queued_key=new_key if plain_key else sql.SQL(
-            "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"',"
-            " '\\\"') || '\"'"
+        queued_key=new_key
+        if plain_key
+        else sql.SQL(
+            "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"', '\\\"') || '\"'"
         ).format(new_key),
         drift_ids=drift_select(plan, sync, by_ids),
         drift_range=drift_select(plan, sync, by_range),

@@ -14,9 +14,7 @@ from profileguard.install.locking import short_transaction
 from profileguard.installation import Installation, schema_present
 
 
-def _restore_replaced_triggers(
-    conn: psycopg.Connection, identity: TableRef
-) -> list[str]:
+def _restore_replaced_triggers(conn: psycopg.Connection, identity: TableRef) -> list[str]:
     """Give back the legacy triggers `install --replace-trigger` took over; returns notes.
 
     Each restored trigger's record is deleted in the same transaction, so running this again
@@ -37,7 +35,9 @@ def _restore_replaced_triggers(
             conn.execute(statement)
         conn.execute(
             "delete from profileguard.replaced_triggers where table_name = %s"
-            " and trigger_name = %s", (item["table_name"], item["trigger_name"]))
+            " and trigger_name = %s",
+            (item["table_name"], item["trigger_name"]),
+        )
         notes.append(note)
     return notes
 
@@ -50,6 +50,7 @@ def uninstall(settings: Settings, *, notes: list[str] | None = None) -> bool:
     (one short transaction), then the schema is dropped (another one: dropping it drops
     profileguard's trigger on the identity table, which locks that table until commit).
     """
+
     def restore(conn: psycopg.Connection) -> tuple[bool, list[str]]:
         if not schema_present(conn):
             return False, []
@@ -59,9 +60,7 @@ def uninstall(settings: Settings, *, notes: list[str] | None = None) -> bool:
             return True, []
         return True, _restore_replaced_triggers(conn, identity)
 
-    installed, restored = short_transaction(
-        settings, restore, what="uninstall (restore triggers)"
-    )
+    installed, restored = short_transaction(settings, restore, what="uninstall (restore triggers)")
     if notes is not None:
         notes.extend(restored)
     if not installed:

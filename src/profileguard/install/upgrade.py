@@ -12,5 +12,12 @@ def upgrade(settings: Settings, *, dry_run: bool = False) -> InstallResult:
     """Apply pending migrations and regenerate the functions, keeping flags as they are."""
     if dry_run:
         return render(settings, source="upgrade")
-    return run_install(settings, strict=None, enabled=None, create_profile_table=False,
-                       source="upgrade", require_installed=True, force=True)
+    return run_install(
+        settings,
+        strict=None,
+        enabled=None,
+        create_profile_table=False,
+        source="upgrade",
+        require_installed=True,
+        force=True,
+    )

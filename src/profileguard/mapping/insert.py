@@ -49,9 +49,7 @@ def _char_class(categories: frozenset[str]) -> str:
     def esc(code: int) -> str:
         return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
-    return "[" + "".join(
-        esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges
-    ) + "]"
+    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
 
 
 def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
@@ -60,8 +58,9 @@ def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
     return sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
 
 
-def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool,
-                   limit: int, cut: bool = True) -> sql.Composable:
+def clean_username(
+    expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool, limit: int, cut: bool = True
+) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based. `cut` False: `expr` is already
@@ -71,20 +70,23 @@ def clean_username(expr: sql.Composable, guard: UsernameGuard, *, lowercase: boo
         expr = cut_username(expr, limit)
     value = expr
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
-        value, sql.Literal(_char_class(INVISIBLE_CATEGORIES)))
+        value, sql.Literal(_char_class(INVISIBLE_CATEGORIES))
+    )
     # Normalized after the removal (a removed character may have kept two others apart) and
     # before the trim (NFKC turns ideographic and other wide spaces into plain ones).
     if guard.nfkc:
         value = sql.SQL("normalize({}, NFKC)").format(value)
     spaces = _char_class(SPACE_CATEGORIES)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
-        value, sql.Literal(f"^{spaces}+|{spaces}+$"))
+        value, sql.Literal(f"^{spaces}+|{spaces}+$")
+    )
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, guard)
     # Printable ASCII without surrounding spaces is already clean: most names skip the work.
     plain_ascii = _lower(expr, guard) if lowercase else expr
-    value = sql.SQL("case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
-                    ).format(cut=expr, ascii=plain_ascii, value=value)
+    value = sql.SQL(
+        "case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
+    ).format(cut=expr, ascii=plain_ascii, value=value)
     return sql.SQL("nullif({}, '')").format(value)
 
 
@@ -130,25 +132,32 @@ class _Names:
         # Cut names are trimmed again: the cut may end on a space (U+1680 is the one space
         # separator NFKC does not turn into U+0020).
         cut = sql.SQL("rtrim(left({}, {}), {})").format(
-            base, sql.Literal(self.max), sql.Literal(" \u1680"))
+            base, sql.Literal(self.max), sql.Literal(" \u1680")
+        )
         if not (self.lean and column):
             return cut
         # At most `max` bytes is at most `max` characters: not cut, and a base or a slug never
         # ends with a space, so the trim would give it back unchanged.
-        return sql.SQL("case when octet_length({base}) <= {max} then {base} else {cut} end"
-                       ).format(base=base, max=sql.Literal(self.max), cut=cut)
+        return sql.SQL("case when octet_length({base}) <= {max} then {base} else {cut} end").format(
+            base=base, max=sql.Literal(self.max), cut=cut
+        )
 
     def suffix_digits(self, digits: int) -> tuple[int, int]:
         """(characters kept of the base, hex digits of the hash) of a suffixed candidate."""
         digits = max(1, min(digits, self.max - 1))
         return max(0, self.max - 1 - digits), digits
 
-    def suffixed(self, base: sql.Composable, digits: int = SHORT_SUFFIX,
-                 hashed: sql.Composable = sql.SQL("c.pg_hash")) -> sql.Composable:
+    def suffixed(
+        self,
+        base: sql.Composable,
+        digits: int = SHORT_SUFFIX,
+        hashed: sql.Composable = sql.SQL("c.pg_hash"),
+    ) -> sql.Composable:
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
         keep, digits = self.suffix_digits(digits)
         return sql.SQL("left({}, {}) || '_' || left({}, {})").format(
-            base, sql.Literal(keep), hashed, sql.Literal(digits))
+            base, sql.Literal(keep), hashed, sql.Literal(digits)
+        )
 
     def suffixed_lengths(self, base: str | None, digits: int = SHORT_SUFFIX) -> tuple[int, int]:
         """The fewest and most characters of `suffixed` of a non-empty base (of the literal
@@ -163,8 +172,7 @@ class _Names:
         if not self.policy.reserved:
             return sql.SQL("false")
         names = sorted({n.lower() for n in self.policy.reserved})
-        return sql.SQL("{} = any({}::text[])").format(_lower(value, self.guard),
-                                                     sql.Literal(names))
+        return sql.SQL("{} = any({}::text[])").format(_lower(value, self.guard), sql.Literal(names))
 
     def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
         """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK).
@@ -174,8 +182,11 @@ class _Names:
         low, high = self.guard.min_length or 1, self.max
         tests: list[sql.Composable] = []
         if not self.lean or lengths is None or (lengths[0] < low and lengths[1] > high):
-            tests.append(sql.SQL("char_length({}) between {} and {}").format(
-                value, sql.Literal(low), sql.Literal(high)))
+            tests.append(
+                sql.SQL("char_length({}) between {} and {}").format(
+                    value, sql.Literal(low), sql.Literal(high)
+                )
+            )
         elif lengths[0] < low:
             tests.append(sql.SQL("char_length({}) >= {}").format(value, sql.Literal(low)))
         elif lengths[1] > high:
@@ -185,8 +196,9 @@ class _Names:
         for _, body in self.guard.checks:
             if self.lean and self._implied(body, low, high):
                 continue
-            tests.append(sql.SQL("coalesce(({}), true)").format(
-                _expr_with(body, self.guard.column, typed)))
+            tests.append(
+                sql.SQL("coalesce(({}), true)").format(_expr_with(body, self.guard.column, typed))
+            )
         if not tests:
             return sql.SQL("true")
         return sql.SQL("({})").format(sql.SQL(" and ").join(tests))
@@ -239,24 +251,30 @@ def _provenance(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -
     policy = plan.settings.username
     names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
     # Names read from the metadata a provider writes; an email's local part is the user's.
-    vouchable_at = [j for j, source in enumerate(sources)
-                    if source.path and source.transform != "localpart"]
+    vouchable_at = [
+        j for j, source in enumerate(sources) if source.path and source.transform != "localpart"
+    ]
     vouchable = [names[j] for j in vouchable_at]
     fallback = sql.Literal(USERNAME_FALLBACK) if guard.not_null else sql.NULL
     everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
     oauth = None
     if guard.provider is not None:
-        oauth = sql.SQL(
-            "(a.pg_provider is not null and a.pg_provider <> all({}::text[]))"
-        ).format(sql.Literal(sorted(policy.unverified_providers)))
-    vouched = (sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable))
-               if vouchable else sql.NULL)
-    return _Provenance(names, everything, oauth, vouched,
-                       vouched_first=vouchable_at == list(range(len(vouchable_at))))
+        oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}::text[]))").format(
+            sql.Literal(sorted(policy.unverified_providers))
+        )
+    vouched = (
+        sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable)) if vouchable else sql.NULL
+    )
+    return _Provenance(
+        names,
+        everything,
+        oauth,
+        vouched,
+        vouched_first=vouchable_at == list(range(len(vouchable_at))),
+    )
 
 
-def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
-                  ) -> sql.Composable:
+def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -> sql.Composable:
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
@@ -264,9 +282,9 @@ def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]
     p = _provenance(plan, guard, sources)
     if p.oauth is None or p.vouched_first:
         return p.everything
-    return sql.SQL("case when {oauth} then coalesce({vouched}, {everything})"
-                   " else {everything} end").format(
-        oauth=p.oauth, vouched=p.vouched, everything=p.everything)
+    return sql.SQL(
+        "case when {oauth} then coalesce({vouched}, {everything}) else {everything} end"
+    ).format(oauth=p.oauth, vouched=p.vouched, everything=p.everything)
 
 
 def _username_layers(
@@ -293,20 +311,30 @@ def _username_layers(
     if p.oauth is None or policy.unverified == "plain":
         trusted = any_name
     else:
-        trusted = sql.SQL("case when a.pg_provider is null then {} when {} then {} is not null"
-                          " else false end").format(any_name, p.oauth, p.vouched)
+        trusted = sql.SQL(
+            "case when a.pg_provider is null then {} when {} then {} is not null else false end"
+        ).format(any_name, p.oauth, p.vouched)
     limit = guard.max_length or policy.max_length
     raw = _username_raw(plan, guard, sources)
-    cleaned = clean_username(sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"), guard,
-                             lowercase=policy.lowercase, limit=limit, cut=not optimistic)
+    cleaned = clean_username(
+        sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"),
+        guard,
+        lowercase=policy.lowercase,
+        limit=limit,
+        cut=not optimistic,
+    )
     if guard.not_null:
         fallback = sql.Literal(USERNAME_FALLBACK)
         cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
     if optimistic:
-        return inner, [
-            sql.SQL("{} as pg_cut").format(cut_username(raw, limit)),
-            sql.SQL("{} as pg_trusted").format(trusted),
-        ], [sql.SQL("{} as pg_base").format(cleaned)]
+        return (
+            inner,
+            [
+                sql.SQL("{} as pg_cut").format(cut_username(raw, limit)),
+                sql.SQL("{} as pg_trusted").format(trusted),
+            ],
+            [sql.SQL("{} as pg_base").format(cleaned)],
+        )
     middle: list[sql.Composable] = [
         sql.SQL("{} as pg_base").format(cleaned),
         sql.SQL("{} as pg_trusted").format(trusted),
@@ -338,7 +366,7 @@ def _length_bounds(body: str, column: str) -> tuple[int, int] | None:
         while term.startswith("(") and term.endswith(")") and _unwrapped(term) != term:
             term = _unwrapped(term).strip()
         match = _BOUND.fullmatch(term)
-        if match is None or match["col"].strip("()\" \t") != column:
+        if match is None or match["col"].strip('()" \t') != column:
             return None
         n, op = int(match["n"]), match["op"]
         if op in (">=", ">"):
@@ -359,11 +387,13 @@ def _restricted(plan: Plan, guard: UsernameGuard) -> bool:
     """The policy's pattern or a CHECK restricts the characters of a name (not only its length):
     names reduced to [a-z0-9_] are candidates too."""
     return plan.settings.username.pattern is not None or any(
-        _restricts_characters(body, guard.column) for _, body in guard.checks)
+        _restricts_characters(body, guard.column) for _, body in guard.checks
+    )
 
 
-def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
-                    optimistic: bool = False) -> tuple[sql.Composable, sql.Composable]:
+def _username_outer(
+    plan: Plan, guard: UsernameGuard, *, forced: bool, optimistic: bool = False
+) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
     Candidates, first acceptable wins (acceptable: passes the policy and the column's CHECKs, and
@@ -389,22 +419,29 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
     any_base = n.suffixed_lengths(None)
     restricted = _restricted(plan, guard)
     free_plain = sql.SQL("c.pg_trusted and not {} and {}").format(
-        n.reserved(plain), n.ok(plain, (1, n.max)))
+        n.reserved(plain), n.ok(plain, (1, n.max))
+    )
     if optimistic and _hash_inline(plan, guard):
         # The suffixed name is the only other candidate: the key is hashed right there.
-        final = sql.SQL("case when c.pg_base is null then null when {} then {} else {} end"
-                        ).format(free_plain, plain,
-                                 n.suffixed(base, hashed=sql.SQL("md5(c.pg_key::text)")))
+        final = sql.SQL("case when c.pg_base is null then null when {} then {} else {} end").format(
+            free_plain, plain, n.suffixed(base, hashed=sql.SQL("md5(c.pg_key::text)"))
+        )
         return free_plain, n.typed(final)
-    slug = sql.SQL(
-        "nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')"
-    ).format(_lower(base, guard))
+    slug = sql.SQL("nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')").format(
+        _lower(base, guard)
+    )
     steps: list[tuple[sql.Composable, sql.Composable]] = []
     partitions = [n.key(k, plain) for k in guard.keys] or ([plain] if guard.unique else [])
-    windows = [
-        sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(p)
-        for p in partitions
-    ] if not optimistic else []
+    windows = (
+        [
+            sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(
+                p
+            )
+            for p in partitions
+        ]
+        if not optimistic
+        else []
+    )
     first: sql.Composable = sql.SQL(" and ").join([sql.SQL("c.pg_free"), *windows])
     # Optimistic: the select below hashed the key only when the plain name is free (and it
     # looks nothing up); md5 is never NULL.
@@ -413,8 +450,9 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
         first = sql.SQL("c.pg_hash is null")
     steps.append((first, plain))
 
-    def acceptable(candidate: sql.Composable,
-                   lengths: tuple[int, int] | None = None) -> sql.Composable:
+    def acceptable(
+        candidate: sql.Composable, lengths: tuple[int, int] | None = None
+    ) -> sql.Composable:
         if not forced:
             return n.ok(candidate, lengths)
         return sql.SQL("{} and not {}").format(n.ok(candidate, lengths), n.taken(candidate))
@@ -424,18 +462,30 @@ def _username_outer(plan: Plan, guard: UsernameGuard, *, forced: bool,
     if restricted:
         slug_plain = n.plain(slug)
         if not forced:
-            steps.append((sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
-                n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)), slug_plain))
+            steps.append(
+                (
+                    sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
+                        n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)
+                    ),
+                    slug_plain,
+                )
+            )
         slug_suffixed = n.suffixed(slug)
-        steps.append((sql.SQL("{} is not null and {}").format(
-            slug, acceptable(slug_suffixed, any_base)), slug_suffixed))
+        steps.append(
+            (
+                sql.SQL("{} is not null and {}").format(slug, acceptable(slug_suffixed, any_base)),
+                slug_suffixed,
+            )
+        )
     for digits in (SHORT_SUFFIX, LONG_SUFFIX):
         candidate = n.suffixed(sql.Literal(USERNAME_FALLBACK), digits)
-        steps.append((acceptable(candidate, n.suffixed_lengths(USERNAME_FALLBACK, digits)),
-                      candidate))
+        steps.append(
+            (acceptable(candidate, n.suffixed_lengths(USERNAME_FALLBACK, digits)), candidate)
+        )
     last: sql.Composable = second if guard.not_null else sql.NULL
     chain = sql.SQL(" ").join(
-        sql.SQL("when {} then {}").format(cond, value) for cond, value in steps)
+        sql.SQL("when {} then {}").format(cond, value) for cond, value in steps
+    )
     final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
     if optimistic:  # over the select that has the plain name as a column
         return free_plain, n.typed(final)
@@ -494,12 +544,14 @@ def insert_statement(
             inner_cols.extend(inner)
             raw_cols.extend(raw)
             middle_cols.extend(middle)
-            _, final = _username_outer(plan, guard, forced=force_suffix,
-                                       optimistic=optimistic)
+            _, final = _username_outer(plan, guard, forced=force_suffix, optimistic=optimistic)
             outer_cols.append(final)
             continue
-        outer_cols.append(_other_column(plan, column, sources, index, late=late,
-                                        carried=carried, inner=inner_cols))
+        outer_cols.append(
+            _other_column(
+                plan, column, sources, index, late=late, carried=carried, inner=inner_cols
+            )
+        )
     # (columns, alias) of each select, innermost first; OFFSET 0 keeps each one a select.
     layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
     if guard is not None and guard.column in plan.mapping and optimistic:
@@ -514,23 +566,34 @@ def insert_statement(
     nested: sql.Composable = sql.SQL("{} u {}").format(source, where)
     offset = sql.SQL(" offset 0" if len(layers) > 1 else "")
     for columns, name in layers:
-        nested = sql.SQL("(select {} from {}{}) {}").format(sql.SQL(", ").join(columns), nested,
-                                                            offset, sql.SQL(name))
-    return sql.SQL("insert into {profile} ({targets})\nselect {outer}\nfrom {nested}{conflict}"
-                   ).format(
+        nested = sql.SQL("(select {} from {}{}) {}").format(
+            sql.SQL(", ").join(columns), nested, offset, sql.SQL(name)
+        )
+    return sql.SQL(
+        "insert into {profile} ({targets})\nselect {outer}\nfrom {nested}{conflict}"
+    ).format(
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
         nested=nested,
         conflict=sql.SQL("\non conflict ({}) do nothing").format(
             sql.Identifier(settings.profile.key)
-        ) if not optimistic else sql.SQL(""),
+        )
+        if not optimistic
+        else sql.SQL(""),
     )
 
 
-def _other_column(plan: Plan, column: str, sources: tuple[Source, ...], index: int, *,
-                  late: bool, carried: list[sql.Identifier], inner: list[sql.Composable]
-                  ) -> sql.Composable:
+def _other_column(
+    plan: Plan,
+    column: str,
+    sources: tuple[Source, ...],
+    index: int,
+    *,
+    late: bool,
+    carried: list[sql.Identifier],
+    inner: list[sql.Composable],
+) -> sql.Composable:
     """The outer select's value of a mapped column other than the username; what it reads is
     added to the innermost select's columns (`inner`) and to those passed up (`carried`)."""
     target = plan.profile.columns[column]
@@ -556,14 +619,24 @@ def _late_columns(plan: Plan) -> bool:
     select, from the identity columns they read passed up as they are (one jsonb for the
     default mapping's two columns): not when one is named like the selects' own columns."""
     guard = plan.guard
-    return guard is not None and guard.column in plan.mapping and not any(
-        source.column.startswith("pg_") for column, sources in plan.mapping.items()
-        if column != guard.column for source in sources)
+    return (
+        guard is not None
+        and guard.column in plan.mapping
+        and not any(
+            source.column.startswith("pg_")
+            for column, sources in plan.mapping.items()
+            if column != guard.column
+            for source in sources
+        )
+    )
 
 
 def _optimistic_layers(
-    plan: Plan, guard: UsernameGuard, carried: list[sql.Identifier],
-    raw: list[sql.Composable], middle: list[sql.Composable],
+    plan: Plan,
+    guard: UsernameGuard,
+    carried: list[sql.Identifier],
+    raw: list[sql.Composable],
+    middle: list[sql.Composable],
 ) -> list[tuple[list[sql.Composable], str]]:
     """The selects of the optimistic insert above the sources. Every signup sets its statement
     up anew (each expression, and each column of each select: its type looked up, a slot made),
@@ -583,8 +656,13 @@ def _optimistic_layers(
     layers: list[tuple[list[sql.Composable], str]] = [
         ([*passed("a"), *raw], "a"),
         ([*passed("a", "pg_trusted"), *middle], "b"),
-        ([sql.SQL("b.*"), sql.SQL("{} as pg_plain").format(
-            names.plain(sql.SQL("b.pg_base"), column=True))], "c"),
+        (
+            [
+                sql.SQL("b.*"),
+                sql.SQL("{} as pg_plain").format(names.plain(sql.SQL("b.pg_base"), column=True)),
+            ],
+            "c",
+        ),
     ]
     if _hash_inline(plan, guard):
         return layers
@@ -593,8 +671,18 @@ def _optimistic_layers(
         # The key is hashed only for the names not given plainly: md5 costs a bulk insert of
         # plain names more than the select that decides it. The plain slug's test (a table
         # that restricts characters) reads pg_trusted.
-        ([*passed("c", "pg_base", "pg_plain",
-                  *(["pg_trusted"] if _restricted(plan, guard) else [])),
-          sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash"
-                  ).format(free)], "c"),
+        (
+            [
+                *passed(
+                    "c",
+                    "pg_base",
+                    "pg_plain",
+                    *(["pg_trusted"] if _restricted(plan, guard) else []),
+                ),
+                sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash").format(
+                    free
+                ),
+            ],
+            "c",
+        ),
     ]

@@ -159,7 +159,10 @@ def build_plan(
 
 
 def _username_guard(
-    conn: psycopg.Connection, settings: Settings, identity: TableFacts, profile: TableFacts,
+    conn: psycopg.Connection,
+    settings: Settings,
+    identity: TableFacts,
+    profile: TableFacts,
     ucol: str,
 ) -> UsernameGuard:
     """What the table demands of `ucol` (unique keys, checks, length) and the policy adds."""
@@ -320,6 +323,7 @@ def _cast(expr: sql.Composable, column: Column) -> sql.Composable:
 # overrides and isolates such as U+202E, zero-width characters, soft hyphen, tags) and line and
 # paragraph separators (Zl, Zp). Listed as explicit ranges: PostgreSQL's [[:cntrl:]] misses U+202E
 # and its classes follow the database's locale.
+
 
 def _coalesced_as(sources: tuple[Source, ...], alias: str) -> sql.Composable:
     parts = [source_expr(s, alias) for s in sources]

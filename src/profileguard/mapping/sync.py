@@ -65,8 +65,10 @@ def build_sync(plan: Plan) -> SyncPlan:
             fill_empty[column] = sources
     deleted = DELETED_COLUMN if DELETED_COLUMN in plan.identity.columns else None
     explicit = settings.redact_columns is not None
-    wanted = settings.redact_columns if settings.redact_columns is not None else tuple(
-        c for c in plan.mapping if c != settings.username_column
+    wanted = (
+        settings.redact_columns
+        if settings.redact_columns is not None
+        else tuple(c for c in plan.mapping if c != settings.username_column)
     )
     redact: list[str] = []
     for column in wanted:
@@ -86,8 +88,9 @@ def build_sync(plan: Plan) -> SyncPlan:
         else:
             notes.append(f"delete.redact: {problem}; not redacted")
     if redact and deleted is None:
-        notes.append(f"{plan.identity.ref} has no {DELETED_COLUMN} column: no soft delete to "
-                     "redact on")
+        notes.append(
+            f"{plan.identity.ref} has no {DELETED_COLUMN} column: no soft delete to redact on"
+        )
     return SyncPlan(follow, fill_empty, tuple(redact), deleted, tuple(notes))
 
 
@@ -106,7 +109,6 @@ def when_changed(sync: SyncPlan) -> sql.Composable:
     if not parts:
         return sql.SQL("false")
     return sql.SQL(" or ").join(parts)
-
 
 
 def _empty(column: sql.Composable) -> sql.Composable:
@@ -150,13 +152,13 @@ def _sources_of(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Compos
         sql.SQL("u.{} as pg_key").format(sql.Identifier(plan.settings.identity.key))
     ]
     for column, sources in sync.synced.items():
-        cols.append(sql.SQL("{} as {}").format(
-            _coalesced(sources), sql.Identifier(f"pg_c{index[column]}")
-        ))
+        cols.append(
+            sql.SQL("{} as {}").format(_coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
+        )
     if sync.deleted_column:
-        cols.append(sql.SQL("u.{} is not null as pg_deleted").format(
-            sql.Identifier(sync.deleted_column)
-        ))
+        cols.append(
+            sql.SQL("u.{} is not null as pg_deleted").format(sql.Identifier(sync.deleted_column))
+        )
     else:
         cols.append(sql.SQL("false as pg_deleted"))
     return sql.SQL("(select {} from {} u {}) s").format(
@@ -166,8 +168,9 @@ def _sources_of(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Compos
     )
 
 
-def sync_statement(plan: Plan, sync: SyncPlan, where: sql.Composable,
-                   own_tx: sql.Composable = sql.SQL("false")) -> sql.Composable | None:
+def sync_statement(
+    plan: Plan, sync: SyncPlan, where: sql.Composable, own_tx: sql.Composable = sql.SQL("false")
+) -> sql.Composable | None:
     """UPDATE … FROM (identity rows `where` selects): the synced columns of users not deleted,
     only where a value differs (so an unchanged profile is never written). RETURNING the key."""
     terms = _drift_terms(plan, sync, own_tx)
@@ -218,11 +221,13 @@ def drift_select(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Compo
         for c, _, d in terms
     ]
     if sync.redact and sync.deleted_column:
-        cases.append(sql.SQL("case when s.pg_deleted and ({}) then 'redact' end").format(
-            sql.SQL(" or ").join(
-                sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact
+        cases.append(
+            sql.SQL("case when s.pg_deleted and ({}) then 'redact' end").format(
+                sql.SQL(" or ").join(
+                    sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact
+                )
             )
-        ))
+        )
     if not cases:
         cases.append(sql.SQL("null::text"))
     pkey = sql.Identifier(plan.settings.profile.key)

@@ -59,8 +59,9 @@ class AlertManager:
         self.rules = tuple(rules)
         self.retry_base_seconds = retry_base_seconds
 
-    def evaluate(self, conn: psycopg.Connection | None = None,
-                 stats: dict[str, Any] | None = None) -> Evaluation:
+    def evaluate(
+        self, conn: psycopg.Connection | None = None, stats: dict[str, Any] | None = None
+    ) -> Evaluation:
         """Read the figures (unless given), record transitions, deliver pending messages.
         Database errors raise (translated); delivery errors never do."""
         own = conn is None
@@ -123,8 +124,7 @@ class AlertManager:
                     params,
                 )
                 return False
-        log.info("alert %s %s: %s", rule.name, "fired" if cond.active else "resolved",
-                 cond.message)
+        log.info("alert %s %s: %s", rule.name, "fired" if cond.active else "resolved", cond.message)
         return True
 
     def deliver(self, conn: psycopg.Connection, result: Evaluation | None = None) -> None:
@@ -171,8 +171,12 @@ class AlertManager:
                 if result is not None:
                     result.delivery_errors.append(f"{notice.rule}:{notice.status}: {error}")
                 (log.error if give_up else log.warning)(
-                    "alert %s (%s) not delivered (round %d%s): %s", notice.rule, notice.status,
-                    attempts, ", giving up" if give_up else "", error,
+                    "alert %s (%s) not delivered (round %d%s): %s",
+                    notice.rule,
+                    notice.status,
+                    attempts,
+                    ", giving up" if give_up else "",
+                    error,
                 )
 
     def _send_all(self, notice: Notice) -> str | None:
@@ -249,5 +253,3 @@ class MonitorLoop:
 def evaluate_once(settings: Settings, *, sinks: Sequence[Sink] | None = None) -> Evaluation:
     """One evaluation of every alert rule (for cron or a worker hook)."""
     return AlertManager(settings, sinks=sinks).evaluate()
-
-

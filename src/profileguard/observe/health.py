@@ -34,7 +34,9 @@ from profileguard.observe.stats import (
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 Severity = Literal["warning", "critical"]
 EXIT_CODES: dict[str, ExitCode] = {
-    "healthy": ExitCode.OK, "degraded": ExitCode.DEGRADED, "unhealthy": ExitCode.UNHEALTHY,
+    "healthy": ExitCode.OK,
+    "degraded": ExitCode.DEGRADED,
+    "unhealthy": ExitCode.UNHEALTHY,
 }
 LEVEL: dict[HealthStatus, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
@@ -68,18 +70,25 @@ def _missing_age(stats: dict[str, Any]) -> tuple[int, float]:
 
 def _enabled(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     on = bool(stats.get("enabled"))
-    return Condition(not on, 1 if on else 0, 1,
-                     "the trigger is enabled" if on
-                     else "profileguard is disabled; run: profileguard enable")
+    return Condition(
+        not on,
+        1 if on else 0,
+        1,
+        "the trigger is enabled" if on else "profileguard is disabled; run: profileguard enable",
+    )
 
 
 def _trigger(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     there = bool(stats.get("trigger_installed"))
     table = stats.get("identity_table")
-    return Condition(not there, 1 if there else 0, 1,
-                     f"trigger present on {table}" if there
-                     else f"the signup trigger on {table} is missing or disabled; "
-                     "run: profileguard install")
+    return Condition(
+        not there,
+        1 if there else 0,
+        1,
+        f"trigger present on {table}"
+        if there
+        else f"the signup trigger on {table} is missing or disabled; run: profileguard install",
+    )
 
 
 def _missing(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
@@ -88,10 +97,15 @@ def _missing(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
         return Condition(False, 0, cfg.missing_grace_seconds, "every user has a profile")
     within = age <= cfg.missing_grace_seconds
     return Condition(
-        not within, age, cfg.missing_grace_seconds,
+        not within,
+        age,
+        cfg.missing_grace_seconds,
         f"{missing} users have no profile, the oldest for {age:.0f}s "
-        + (f"(within the grace of {cfg.missing_grace_seconds:.0f}s)" if within
-           else f"(grace {cfg.missing_grace_seconds:.0f}s); repair them: profileguard worker"),
+        + (
+            f"(within the grace of {cfg.missing_grace_seconds:.0f}s)"
+            if within
+            else f"(grace {cfg.missing_grace_seconds:.0f}s); repair them: profileguard worker"
+        ),
     )
 
 
@@ -99,11 +113,13 @@ def _slo(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     missing, age = _missing_age(stats)
     late = missing > 0 and age > cfg.repair_slo_seconds
     return Condition(
-        late, age, cfg.repair_slo_seconds,
+        late,
+        age,
+        cfg.repair_slo_seconds,
         f"a user has had no profile for {age:.0f}s, beyond the repair SLO of "
         f"{cfg.repair_slo_seconds:.0f}s; see the quarantine and the worker: profileguard status"
-        if late else f"no user has waited longer than the repair SLO of "
-        f"{cfg.repair_slo_seconds:.0f}s",
+        if late
+        else f"no user has waited longer than the repair SLO of {cfg.repair_slo_seconds:.0f}s",
     )
 
 
@@ -124,8 +140,9 @@ def _success(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
         f"({failures} failures in {signups} signups; minimum {cfg.success_rate_min_pct}% "
         f"from {cfg.success_rate_min_signups} signups); the worker repairs what it misses"
     )
-    return Condition(active, None if rate is None else float(rate), cfg.success_rate_min_pct,
-                     message)
+    return Condition(
+        active, None if rate is None else float(rate), cfg.success_rate_min_pct, message
+    )
 
 
 def _quarantine(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
@@ -185,12 +202,21 @@ def _drift(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
 
 RULES: tuple[Rule, ...] = (
     Rule("enabled", "critical", "profileguard is disabled", _enabled, "unhealthy"),
-    Rule("trigger", "critical", "the signup trigger is missing or disabled", _trigger,
-         "unhealthy"),
-    Rule("repair_slo", "critical", "a user has had no profile for longer than the repair SLO",
-         _slo, "unhealthy"),
-    Rule("missing_profiles", "warning", "a user has had no profile for longer than the grace",
-         _missing, "degraded"),
+    Rule("trigger", "critical", "the signup trigger is missing or disabled", _trigger, "unhealthy"),
+    Rule(
+        "repair_slo",
+        "critical",
+        "a user has had no profile for longer than the repair SLO",
+        _slo,
+        "unhealthy",
+    ),
+    Rule(
+        "missing_profiles",
+        "warning",
+        "a user has had no profile for longer than the grace",
+        _missing,
+        "degraded",
+    ),
     Rule("success_rate", "warning", "trigger success rate below the minimum", _success),
     Rule("quarantine", "warning", "users quarantined by the reconciler", _quarantine),
     Rule("no_live_worker", "warning", "no reconciler worker has a fresh heartbeat", _worker),
@@ -210,8 +236,13 @@ class Check:
     threshold: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message,
-                "value": self.value, "threshold": self.threshold}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "message": self.message,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
 
 
 @dataclass(frozen=True)
@@ -238,16 +269,22 @@ class Health:
         return [rule.name for rule, cond in self.conditions if cond.active and not rule.verdict]
 
 
-def evaluate(stats: dict[str, Any], cfg: AlertSettings,
-             rules: tuple[Rule, ...] = RULES) -> Health:
+def evaluate(stats: dict[str, Any], cfg: AlertSettings, rules: tuple[Rule, ...] = RULES) -> Health:
     """The one evaluation every view shows: the worst verdict of the rules that hold."""
     verdict: HealthStatus = "healthy"
     checks, conditions = [], []
     for rule in rules:
         cond = rule.check(stats, cfg)
         conditions.append((rule, cond))
-        checks.append(Check(rule.name, rule.severity if cond.active else "ok", cond.message,
-                            cond.value, cond.threshold))
+        checks.append(
+            Check(
+                rule.name,
+                rule.severity if cond.active else "ok",
+                cond.message,
+                cond.value,
+                cond.threshold,
+            )
+        )
         if cond.active and rule.verdict and LEVEL[rule.verdict] > LEVEL[verdict]:
             verdict = rule.verdict
     return Health(verdict, tuple(checks), tuple(conditions), stats)
@@ -293,8 +330,9 @@ def summary(health: Health) -> dict[str, Any]:
         "status": health.status,
         "exit_code": health.exit_code,
         "missing": missing,
-        "oldest_missing_age_seconds":
-            float(health.stats.get("oldest_missing_age_seconds") or 0) if missing else 0.0,
+        "oldest_missing_age_seconds": float(health.stats.get("oldest_missing_age_seconds") or 0)
+        if missing
+        else 0.0,
         "firing": health.active,
         "warnings": health.warnings,
     }

@@ -34,8 +34,10 @@ class Notice:
 
     def payload(self) -> dict[str, Any]:
         """Slack-compatible JSON (`text` plus an attachment), with the raw fields beside it."""
-        color = {"firing": "#d93025" if self.severity == "critical" else "#f29900",
-                 "resolved": "#188038"}[self.status]
+        color = {
+            "firing": "#d93025" if self.severity == "critical" else "#f29900",
+            "resolved": "#188038",
+        }[self.status]
         return {
             "text": self.text(),
             "attachments": [
@@ -108,11 +110,13 @@ class WebhookSink:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 code = response.status
         except urllib.error.HTTPError as exc:
-            raise DeliveryError(f"webhook answered HTTP {exc.code}",
-                                hint="check alerts.webhook_url") from exc
+            raise DeliveryError(
+                f"webhook answered HTTP {exc.code}", hint="check alerts.webhook_url"
+            ) from exc
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise DeliveryError(f"webhook unreachable: {exc}",
-                                hint="check alerts.webhook_url and the network") from exc
+            raise DeliveryError(
+                f"webhook unreachable: {exc}", hint="check alerts.webhook_url and the network"
+            ) from exc
         if not 200 <= code < 300:
             raise DeliveryError(f"webhook answered HTTP {code}", hint="check alerts.webhook_url")
 
@@ -123,5 +127,3 @@ def default_sinks(cfg: AlertSettings) -> list[Sink]:
     if cfg.webhook_url:
         sinks.append(WebhookSink(cfg.webhook_url, timeout=cfg.webhook_timeout_seconds))
     return sinks
-
-

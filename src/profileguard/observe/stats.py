@@ -56,9 +56,7 @@ def drift_figures(conn: psycopg.Connection) -> dict[str, Any]:
     """Profiles out of step with their users (drift.py): those the worker could not bring back
     yet, and what the last complete full pass found. Empty before schema version 14."""
     try:
-        row = conn.execute(
-            "select to_regclass('profileguard.drift_state') is not null"
-        ).fetchone()
+        row = conn.execute("select to_regclass('profileguard.drift_state') is not null").fetchone()
         if not (row and row[0]):
             return {}
         with conn.cursor(row_factory=dict_row) as cur:
@@ -138,8 +136,9 @@ def quarantine(conn: psycopg.Connection, *, limit: int = 50) -> list[dict[str, A
     )
 
 
-def history(conn: psycopg.Connection, *, hours: float = 24.0, points: int = 240
-            ) -> list[dict[str, Any]]:
+def history(
+    conn: psycopg.Connection, *, hours: float = 24.0, points: int = 240
+) -> list[dict[str, Any]]:
     """Samples of users, missing profiles, failures and repairs over time (oldest first),
     thinned to at most `points` rows."""
     return _rows(
@@ -164,5 +163,3 @@ def alert_states(conn: psycopg.Connection) -> list[dict[str, Any]]:
         " delivered_at from profileguard.alert_state order by rule",
         {},
     )
-
-

@@ -46,6 +46,7 @@ def heartbeat(rec: Reconciler, conn: psycopg.Connection, state: str) -> None:
             },
         )
 
+
 def run_forever(rec: Reconciler, stop_event: threading.Event) -> None:
     """Serve until stop_event is set: LISTEN fast path, incremental and full sweeps,
     heartbeat; reconnects with backoff on any database error, never exits on one. After
@@ -63,11 +64,17 @@ def run_forever(rec: Reconciler, stop_event: threading.Event) -> None:
                 rec.stats["errors"] += 1
                 rec.stats["last_error"] = str(exc)
             missing = isinstance(exc, NotInstalledError) or (
-                isinstance(exc, psycopg.Error) and exc.sqlstate in NOT_INSTALLED_SQLSTATES)
+                isinstance(exc, psycopg.Error) and exc.sqlstate in NOT_INSTALLED_SQLSTATES
+            )
             passing = is_transient(exc) or missing
             level = logging.WARNING if passing else logging.ERROR
-            log.log(level, "reconciler %s: %s; reconnecting", rec.worker_id, exc,
-                    extra={"event": "reconnect", "worker_id": rec.worker_id})
+            log.log(
+                level,
+                "reconciler %s: %s; reconnecting",
+                rec.worker_id,
+                exc,
+                extra={"event": "reconnect", "worker_id": rec.worker_id},
+            )
             rec._drop_connection()
             # Faults that pass by themselves (server restarting, connections terminated,
             # profileguard being reinstalled): look again within a second; others back off
@@ -90,6 +97,7 @@ def run_forever(rec: Reconciler, stop_event: threading.Event) -> None:
     except (psycopg.Error, ProfileGuardError) as exc:
         log.info("could not record the stop of %s: %s", rec.worker_id, exc)
 
+
 def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
     # Behind a transaction-mode pooler a LISTEN would stay on a server connection the pooler
     # hands to others: the worker only polls (every incremental_interval) there.
@@ -100,8 +108,9 @@ def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
         conn = rec._connection()
         if rec._event_cursor is None:
             with conn.transaction():
-                row = conn.execute("select coalesce(max(id), 0) from profileguard.events"
-                                   ).fetchone()
+                row = conn.execute(
+                    "select coalesce(max(id), 0) from profileguard.events"
+                ).fetchone()
             rec._event_cursor = int(row[0]) if row else 0
         heartbeat(rec, conn, "running")
         with conn.transaction():
@@ -121,8 +130,11 @@ def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
             if now >= next_heal:
                 healed = rec.heal()
                 next_heal = time.monotonic() + rec.probe_interval
-                if (healed["catalog_changed"] or healed.get("released")
-                        or healed.get("found_missing")):
+                if (
+                    healed["catalog_changed"]
+                    or healed.get("released")
+                    or healed.get("found_missing")
+                ):
                     next_incremental = time.monotonic()
             if now >= next_full:
                 rec.run_once(stop_event)

@@ -40,15 +40,25 @@ class Reconciler(Session):
 
             def run(conn: psycopg.Connection, batch: list[Any] = pending) -> list[Any]:
                 with conn.transaction():
-                    claimed = [row[0] for row in conn.execute(self._claim_query(),
-                                                              {"ids": batch, "seed": CLAIM_SEED})]
+                    claimed = [
+                        row[0]
+                        for row in conn.execute(
+                            self._claim_query(), {"ids": batch, "seed": CLAIM_SEED}
+                        )
+                    ]
                     if not claimed:
                         return []
-                    row = conn.execute(self._repair_query(), {
-                        "ids": claimed, "source": SOURCE, "max": self.max_attempts,
-                        "base": self.backoff_base, "cap": self.backoff_cap,
-                        "quarantine": self.quarantine_retry,
-                    }).fetchone()
+                    row = conn.execute(
+                        self._repair_query(),
+                        {
+                            "ids": claimed,
+                            "source": SOURCE,
+                            "max": self.max_attempts,
+                            "base": self.backoff_base,
+                            "cap": self.backoff_cap,
+                            "quarantine": self.quarantine_retry,
+                        },
+                    ).fetchone()
                 outcome.claimed = outcome.claimed or len(claimed)
                 outcome.take(row[0] if row else {})
                 return claimed
@@ -77,20 +87,37 @@ class Reconciler(Session):
     def _log_outcome(self, outcome: BatchOutcome) -> None:
         """One line per batch that did something: repaired, charged, quarantined, held."""
         if outcome.repaired:
-            log.info("repaired %d profile(s)", outcome.repaired,
-                     extra={"event": "repaired", "count": outcome.repaired,
-                            "worker_id": self.worker_id})
+            log.info(
+                "repaired %d profile(s)",
+                outcome.repaired,
+                extra={"event": "repaired", "count": outcome.repaired, "worker_id": self.worker_id},
+            )
         if outcome.failed:
-            log.warning("%d user(s) failed on their own data (%d quarantined)", outcome.failed,
-                        outcome.quarantined,
-                        extra={"event": "failed", "count": outcome.failed,
-                               "quarantined": outcome.quarantined, "worker_id": self.worker_id})
+            log.warning(
+                "%d user(s) failed on their own data (%d quarantined)",
+                outcome.failed,
+                outcome.quarantined,
+                extra={
+                    "event": "failed",
+                    "count": outcome.failed,
+                    "quarantined": outcome.quarantined,
+                    "worker_id": self.worker_id,
+                },
+            )
         for fault in outcome.systemic:
-            log.warning("breaker open: every user fails with %s (%s); %d user(s) wait",
-                        fault.get("fingerprint"), fault.get("message"), outcome.waiting,
-                        extra={"event": "breaker_open", "fingerprint": fault.get("fingerprint"),
-                               "sqlstate": fault.get("sqlstate"), "object": fault.get("object"),
-                               "worker_id": self.worker_id})
+            log.warning(
+                "breaker open: every user fails with %s (%s); %d user(s) wait",
+                fault.get("fingerprint"),
+                fault.get("message"),
+                outcome.waiting,
+                extra={
+                    "event": "breaker_open",
+                    "fingerprint": fault.get("fingerprint"),
+                    "sqlstate": fault.get("sqlstate"),
+                    "object": fault.get("object"),
+                    "worker_id": self.worker_id,
+                },
+            )
 
     def _account(self, result: PassResult, outcome: BatchOutcome) -> None:
         result.add(outcome)
@@ -142,8 +169,9 @@ class Reconciler(Session):
                 )
             )
 
-    def repair_users(self, ids: Iterable[Any], stop_event: threading.Event | None = None
-                   ) -> PassResult:
+    def repair_users(
+        self, ids: Iterable[Any], stop_event: threading.Event | None = None
+    ) -> PassResult:
         """Repair just these users (those without a profile that are not backed off)."""
         started = time.monotonic()
         result = PassResult()
@@ -210,8 +238,11 @@ class Reconciler(Session):
                     " where e.kind = 'failure' and e.user_id is not null and e.id <= %(cursor)s"
                     " and e.created_at > now() - make_interval(secs => %(secs)s)"
                     " group by e.user_id limit %(n)s",
-                    {"cursor": self._event_cursor, "secs": self.recheck_seconds,
-                     "n": self.batch_size},
+                    {
+                        "cursor": self._event_cursor,
+                        "secs": self.recheck_seconds,
+                        "n": self.batch_size,
+                    },
                 ).fetchall()
 
         for query in (recent, due):
@@ -225,8 +256,9 @@ class Reconciler(Session):
         result.duration = time.monotonic() - started
         return result
 
-    def retry(self, user_ids: Iterable[Any] | None = None, *, all_quarantined: bool = False
-              ) -> PassResult:
+    def retry(
+        self, user_ids: Iterable[Any] | None = None, *, all_quarantined: bool = False
+    ) -> PassResult:
         """Clear the attempts/quarantine of these users (or all quarantined ones) and repair them
         now."""
         texts = [str(u) for u in user_ids or ()]
@@ -267,7 +299,8 @@ class Reconciler(Session):
                 with conn.transaction():
                     return conn.execute(
                         "select found_seq, user_id from profileguard.found_missing(%s, %s)",
-                        (cursor, self.batch_size)).fetchall()
+                        (cursor, self.batch_size),
+                    ).fetchall()
 
             rows = self._retrying(found)
             if not rows:
@@ -291,19 +324,28 @@ class Reconciler(Session):
                 probe = conn.execute("select profileguard.probe_breakers()").fetchone()
             result: dict[str, Any] = dict(probe[0]) if probe and probe[0] else {}
             result["catalog_changed"] = bool(changed and changed[0])
-            result["found_missing"] = int(((invariant[0] if invariant else None) or {}).get(
-                "found") or 0)
+            result["found_missing"] = int(
+                ((invariant[0] if invariant else None) or {}).get("found") or 0
+            )
             return result
 
         result = self._retrying(look)
         if result["catalog_changed"]:
-            log.info("the profile table or profileguard changed: backed-off and quarantined"
-                     " users are tried again", extra={"event": "catalog_changed",
-                                                     "worker_id": self.worker_id})
+            log.info(
+                "the profile table or profileguard changed: backed-off and quarantined"
+                " users are tried again",
+                extra={"event": "catalog_changed", "worker_id": self.worker_id},
+            )
         if result.get("closed"):
-            log.info("breaker closed: %s user(s) released", result.get("released", 0),
-                     extra={"event": "breaker_closed", "released": result.get("released", 0),
-                            "worker_id": self.worker_id})
+            log.info(
+                "breaker closed: %s user(s) released",
+                result.get("released", 0),
+                extra={
+                    "event": "breaker_closed",
+                    "released": result.get("released", 0),
+                    "worker_id": self.worker_id,
+                },
+            )
         with self._lock:
             self.stats["breakers_closed"] += int(result.get("closed") or 0)
             self.stats["catalog_changes"] += int(result["catalog_changed"])

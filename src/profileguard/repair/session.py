@@ -126,8 +126,10 @@ class Session:
                     # A locked profile table is a fault to wait out in short steps, not a worker
                     # stuck in one statement (behind a transaction pooler a session setting would
                     # leak to other clients: the engine's own lock_timeout still applies there).
-                    conn.execute("select pg_catalog.set_config('lock_timeout', %s, false)",
-                                 (f"{WORKER_LOCK_TIMEOUT_MS}ms",))
+                    conn.execute(
+                        "select pg_catalog.set_config('lock_timeout', %s, false)",
+                        (f"{WORKER_LOCK_TIMEOUT_MS}ms",),
+                    )
                     conn.commit()
                 self._use(Installation.require(conn))
             finally:
@@ -176,8 +178,11 @@ class Session:
     def _drift_pass(self, stop_event: threading.Event | None, *, full: bool) -> None:
         """The drift pass after a creation pass; its errors are logged, never stop ours."""
         try:
-            result = (self.drift.run_full_step(stop_event) if full
-                      else self.drift.run_incremental(stop_event))
+            result = (
+                self.drift.run_full_step(stop_event)
+                if full
+                else self.drift.run_incremental(stop_event)
+            )
         except (psycopg.Error, ProfileGuardError) as exc:
             if not self._drift_warned:  # e.g. an older schema: said once, not every pass
                 log.warning("drift pass: %s", exc)
@@ -234,8 +239,10 @@ class Session:
 
     def _scan(self, conn: psycopg.Connection, after: Any) -> list[Any]:
         """The next batch of users without a profile, in key order, after `after`."""
-        lower = sql.SQL("u.{} > %(after)s and ").format(self._ikey) if after is not None else (
-            sql.SQL("")
+        lower = (
+            sql.SQL("u.{} > %(after)s and ").format(self._ikey)
+            if after is not None
+            else (sql.SQL(""))
         )
         query = sql.SQL(
             "select u.{ikey} from {identity} u where {lower}{skip} order by u.{ikey} limit %(n)s"

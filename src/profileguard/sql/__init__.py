@@ -38,9 +38,7 @@ def migrations() -> tuple[Migration, ...]:
     for entry in resources.files(__name__).joinpath("migrations").iterdir():
         match = MIGRATION_NAME.match(entry.name)
         if match:
-            found.append(
-                Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
-            )
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if not versions or versions[0] != 1 or len(set(versions)) != len(versions):

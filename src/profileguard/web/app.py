@@ -220,12 +220,14 @@ def _probes(app: FastAPI, connection: Connect) -> None:
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
-def _status_routes(app: FastAPI, settings: Settings, connection: Connect, auth: list[Any],
-                   shown: Shown) -> None:
+def _status_routes(
+    app: FastAPI, settings: Settings, connection: Connect, auth: list[Any], shown: Shown
+) -> None:
     """/metrics and /api/status: one evaluation of the same figures as `profileguard status`."""
 
-    @app.get("/metrics", dependencies=auth, summary="Prometheus text format",
-             response_class=Response)
+    @app.get(
+        "/metrics", dependencies=auth, summary="Prometheus text format", response_class=Response
+    )
     def prometheus() -> Response:
         return Response(metrics.render(settings, connection), media_type=CONTENT_TYPE_LATEST)
 
@@ -306,8 +308,11 @@ def check_exposure(host: str, token: str | None, *, allow_no_token: bool) -> Non
                 hint="set PROFILEGUARD_API_TOKEN (or --token), bind to 127.0.0.1, or pass "
                 "--insecure-no-token if a proxy in front checks access",
             )
-        log.warning("SERVING ON %s WITHOUT A TOKEN (--insecure-no-token): anyone who can reach "
-                    "it can read the figures and the audit trail", host)
+        log.warning(
+            "SERVING ON %s WITHOUT A TOKEN (--insecure-no-token): anyone who can reach "
+            "it can read the figures and the audit trail",
+            host,
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -315,8 +320,10 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"--host {host!r} cannot be resolved: {exc.strerror}",
-                          hint="pass an address such as 127.0.0.1 or 0.0.0.0") from None
+        raise ConfigError(
+            f"--host {host!r} cannot be resolved: {exc.strerror}",
+            hint="pass an address such as 127.0.0.1 or 0.0.0.0",
+        ) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -330,8 +337,9 @@ def _bind(host: str, port: int) -> socket.socket:
                 hint=f"stop what listens there (e.g. 'ss -ltnp sport = :{port}') or pass "
                 "another --port",
             ) from None
-        raise ServeFailedError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                                hint="pass another --host or --port") from None
+        raise ServeFailedError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pass another --host or --port"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -353,7 +361,9 @@ def serve(
     try:
         config = uvicorn.Config(
             create_app(settings, token=token, alerts=alerts, show_details=show_details),
-            host=host, port=port, log_level="info",
+            host=host,
+            port=port,
+            log_level="info",
         )
         _Server(config).run(sockets=[sock])
     finally:

@@ -94,18 +94,21 @@ class StatsCollector(Collector):
         yield from self._verdict(observe.evaluate(stats, self.settings.alerts))
         yield from self._figures(stats, alerts)
         yield GaugeMetricFamily(
-            "profileguard_scrape_duration_seconds", "Time taken to read the figures",
+            "profileguard_scrape_duration_seconds",
+            "Time taken to read the figures",
             value=time.perf_counter() - started,
         )
 
     def _verdict(self, health: observe.Health) -> Iterator[Metric]:
         """The verdict and its checks: the same evaluation `profileguard status` shows."""
         yield GaugeMetricFamily(
-            "profileguard_health_status", "The verdict: 0 healthy, 1 degraded, 2 unhealthy",
+            "profileguard_health_status",
+            "The verdict: 0 healthy, 1 degraded, 2 unhealthy",
             value=LEVEL[health.status],
         )
         failing = GaugeMetricFamily(
-            "profileguard_check_failing", "1 while a check of the verdict holds (its alert fires)",
+            "profileguard_check_failing",
+            "1 while a check of the verdict holds (its alert fires)",
             labels=["check", "severity"],
         )
         for rule, cond in health.conditions:
@@ -132,52 +135,93 @@ class StatsCollector(Collector):
 
         rate = num("success_rate_pct")
         candidates = [
-            _gauge("profileguard_enabled", "1 when the trigger is enabled",
-                   1 if s.get("enabled") else 0),
-            _gauge("profileguard_trigger_installed",
-                   "1 when the signup trigger exists and is enabled on the identity table",
-                   1 if s.get("trigger_installed") else 0),
+            _gauge(
+                "profileguard_enabled",
+                "1 when the trigger is enabled",
+                1 if s.get("enabled") else 0,
+            ),
+            _gauge(
+                "profileguard_trigger_installed",
+                "1 when the signup trigger exists and is enabled on the identity table",
+                1 if s.get("trigger_installed") else 0,
+            ),
             _gauge("profileguard_users", "Users in the identity table", num("users")),
             _gauge("profileguard_profiles", "Users that have a profile", num("profiles")),
             _gauge("profileguard_missing_profiles", "Users without a profile", num("missing")),
-            _gauge("profileguard_oldest_missing_profile_age_seconds",
-                   "How long the longest-missing profile has been missing",
-                   num("oldest_missing_age_seconds")),
-            _gauge("profileguard_repair_lag_seconds",
-                   "Age of the oldest missing profile that is not quarantined (repair lag)",
-                   num("repair_lag_seconds")),
-            _gauge("profileguard_coverage_ratio", "Share of users that have a profile (0-1)",
-                   None if s.get("coverage_pct") is None else float(s["coverage_pct"]) / 100),
-            _gauge("profileguard_trigger_success_ratio",
-                   "Share of signups in the window whose profile the trigger created (0-1)",
-                   None if rate is None else rate / 100),
-            _gauge("profileguard_window_signups", "Signups in the success-rate window",
-                   num("signups_window")),
-            _gauge("profileguard_window_trigger_failures",
-                   "Users whose profile the trigger failed to create in the window",
-                   num("trigger_failures_window")),
-            _gauge("profileguard_drift_pending_profiles",
-                   "Profiles out of step with their user that the worker could not fix yet",
-                   num("drift_pending") or 0),
-            _gauge("profileguard_drift_full_pass_found",
-                   "Profiles out of step found by the last complete full drift pass "
-                   "(0 before the first)", num("drift_full_pass_found") or 0),
-            _gauge("profileguard_sync_failures_hour",
-                   "Updates whose profile sync failed in the last hour (recorded, repaired)",
-                   num("sync_failures_hour") or 0),
-            _gauge("profileguard_quarantined_users", "Users the reconciler gave up on",
-                   num("quarantined")),
-            _gauge("profileguard_retrying_users", "Users waiting for a repair retry",
-                   num("retrying")),
-            _gauge("profileguard_live_workers", "Reconciler workers with a fresh heartbeat",
-                   num("live_workers")),
-            _gauge("profileguard_registered_workers", "Reconciler workers registered",
-                   len(s.get("workers") or [])),
-            _gauge("profileguard_stats_count_age_seconds", "Age of the last full count",
-                   num("count_age_seconds")),
-            _gauge("profileguard_stats_refresh_duration_seconds",
-                   "Duration of the last full count",
-                   None if s.get("refresh_ms") is None else float(s["refresh_ms"]) / 1000),
+            _gauge(
+                "profileguard_oldest_missing_profile_age_seconds",
+                "How long the longest-missing profile has been missing",
+                num("oldest_missing_age_seconds"),
+            ),
+            _gauge(
+                "profileguard_repair_lag_seconds",
+                "Age of the oldest missing profile that is not quarantined (repair lag)",
+                num("repair_lag_seconds"),
+            ),
+            _gauge(
+                "profileguard_coverage_ratio",
+                "Share of users that have a profile (0-1)",
+                None if s.get("coverage_pct") is None else float(s["coverage_pct"]) / 100,
+            ),
+            _gauge(
+                "profileguard_trigger_success_ratio",
+                "Share of signups in the window whose profile the trigger created (0-1)",
+                None if rate is None else rate / 100,
+            ),
+            _gauge(
+                "profileguard_window_signups",
+                "Signups in the success-rate window",
+                num("signups_window"),
+            ),
+            _gauge(
+                "profileguard_window_trigger_failures",
+                "Users whose profile the trigger failed to create in the window",
+                num("trigger_failures_window"),
+            ),
+            _gauge(
+                "profileguard_drift_pending_profiles",
+                "Profiles out of step with their user that the worker could not fix yet",
+                num("drift_pending") or 0,
+            ),
+            _gauge(
+                "profileguard_drift_full_pass_found",
+                "Profiles out of step found by the last complete full drift pass "
+                "(0 before the first)",
+                num("drift_full_pass_found") or 0,
+            ),
+            _gauge(
+                "profileguard_sync_failures_hour",
+                "Updates whose profile sync failed in the last hour (recorded, repaired)",
+                num("sync_failures_hour") or 0,
+            ),
+            _gauge(
+                "profileguard_quarantined_users",
+                "Users the reconciler gave up on",
+                num("quarantined"),
+            ),
+            _gauge(
+                "profileguard_retrying_users", "Users waiting for a repair retry", num("retrying")
+            ),
+            _gauge(
+                "profileguard_live_workers",
+                "Reconciler workers with a fresh heartbeat",
+                num("live_workers"),
+            ),
+            _gauge(
+                "profileguard_registered_workers",
+                "Reconciler workers registered",
+                len(s.get("workers") or []),
+            ),
+            _gauge(
+                "profileguard_stats_count_age_seconds",
+                "Age of the last full count",
+                num("count_age_seconds"),
+            ),
+            _gauge(
+                "profileguard_stats_refresh_duration_seconds",
+                "Duration of the last full count",
+                None if s.get("refresh_ms") is None else float(s["refresh_ms"]) / 1000,
+            ),
         ]
         yield from (m for m in candidates if m is not None)
 
@@ -190,11 +234,18 @@ class StatsCollector(Collector):
         inserts.add_metric([], float(s.get("identity_inserts_total") or 0))
         yield inserts
         failures = CounterMetricFamily(
-            "profileguard_failures", "Profile creation failures recorded, by category",
+            "profileguard_failures",
+            "Profile creation failures recorded, by category",
             labels=["category"],
         )
-        for category in ("constraint", "permission", "missing_object", "data", "transient",
-                         "other"):
+        for category in (
+            "constraint",
+            "permission",
+            "missing_object",
+            "data",
+            "transient",
+            "other",
+        ):
             total = (s.get("failures_by_category_total") or {}).get(category, 0)
             failures.add_metric([category], float(total))
         yield failures
@@ -203,38 +254,49 @@ class StatsCollector(Collector):
         yield repairs
 
         heartbeat = GaugeMetricFamily(
-            "profileguard_worker_heartbeat_age_seconds", "Seconds since each worker's heartbeat",
+            "profileguard_worker_heartbeat_age_seconds",
+            "Seconds since each worker's heartbeat",
             labels=["worker_id"],
         )
         for worker in s.get("workers") or []:
-            heartbeat.add_metric([str(worker["worker_id"])],
-                                 float(worker["heartbeat_age_seconds"]))
+            heartbeat.add_metric([str(worker["worker_id"])], float(worker["heartbeat_age_seconds"]))
         yield heartbeat
 
         run = s.get("backfill") or {}
-        yield GaugeMetricFamily("profileguard_backfill_running", "1 while a backfill runs",
-                                value=1 if run.get("state") == "running" else 0)
-        yield GaugeMetricFamily("profileguard_backfill_stalled",
-                                "1 when a running backfill stopped progressing",
-                                value=1 if run.get("stalled") else 0)
+        yield GaugeMetricFamily(
+            "profileguard_backfill_running",
+            "1 while a backfill runs",
+            value=1 if run.get("state") == "running" else 0,
+        )
+        yield GaugeMetricFamily(
+            "profileguard_backfill_stalled",
+            "1 when a running backfill stopped progressing",
+            value=1 if run.get("stalled") else 0,
+        )
         if run.get("progress_pct") is not None:
-            yield GaugeMetricFamily("profileguard_backfill_progress_ratio",
-                                    "Progress of the latest backfill (0-1)",
-                                    value=float(run["progress_pct"]) / 100)
+            yield GaugeMetricFamily(
+                "profileguard_backfill_progress_ratio",
+                "Progress of the latest backfill (0-1)",
+                value=float(run["progress_pct"]) / 100,
+            )
         if run.get("update_age_seconds") is not None:
-            yield GaugeMetricFamily("profileguard_backfill_update_age_seconds",
-                                    "Seconds since the latest backfill reported progress",
-                                    value=float(run["update_age_seconds"]))
+            yield GaugeMetricFamily(
+                "profileguard_backfill_update_age_seconds",
+                "Seconds since the latest backfill reported progress",
+                value=float(run["update_age_seconds"]),
+            )
 
         firing = GaugeMetricFamily(
-            "profileguard_alert_firing", "1 while an alert rule fires (profileguard serve)",
+            "profileguard_alert_firing",
+            "1 while an alert rule fires (profileguard serve)",
             labels=["rule", "severity"],
         )
         known = {a["rule"]: a for a in alerts}
         for rule in observe.RULES:
             state = known.get(rule.name, {})
-            firing.add_metric([rule.name, rule.severity],
-                              1 if state.get("state") == "firing" else 0)
+            firing.add_metric(
+                [rule.name, rule.severity], 1 if state.get("state") == "firing" else 0
+            )
         yield firing
 
 
