@@ -46,7 +46,7 @@ from benchdb import database, log
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.install import install, locking, uninstall
-from profileguard.install.locking import LOCK_TIMEOUT_MS
+from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS
 
 ROLE = "profileguard_supabase_postgres"
 TARGET_MS = 200.0
@@ -243,7 +243,7 @@ def main() -> None:
             "not owner of auth.users)"
         )
         print(
-            f"lock_timeout per attempt {LOCK_TIMEOUT_MS} ms; a long transaction holds "
+            f"lock_timeout per attempt {DDL_LOCK_TIMEOUT_MS} ms; a long transaction holds "
             f"ROW EXCLUSIVE on auth.users for {args.hold:.1f} s during each command; "
             f"{args.logins} login connections + 1 sign-up connection; target: longest login "
             f"wait <= {TARGET_MS:.0f} ms"
@@ -266,7 +266,7 @@ def main() -> None:
             print(summary("uninstall", waits, took))
             # Side by side: the same two commands with no lock_timeout (each waits as long as
             # the long transaction holds its lock, and every login queues behind it).
-            locking.LOCK_TIMEOUT_MS = 0
+            locking.DDL_LOCK_TIMEOUT_MS = 0
             waits, took = measure(
                 load,
                 url,

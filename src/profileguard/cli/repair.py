@@ -17,6 +17,7 @@ from profileguard.cli.app import command, state
 from profileguard.cli.options import JsonOption, PoolerOption
 from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.client import ProfileGuard
+from profileguard.config import WorkerOptions
 from profileguard.errors import ConfigError, ProfileGuardError
 from profileguard.repair import PassResult, Reconciler
 from profileguard.workers import deregister
@@ -113,11 +114,11 @@ def worker(
     ] = False,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Users per repair transaction.")
-    ] = 1000,
+    ] = WorkerOptions.batch_size,
     max_attempts: Annotated[
         int,
         typer.Option("--max-attempts", min=1, help="Failed attempts before a user is quarantined."),
-    ] = 5,
+    ] = WorkerOptions.max_attempts,
     incremental_interval: Annotated[
         float,
         typer.Option(
@@ -125,10 +126,10 @@ def worker(
             min=0.05,
             help="Seconds between incremental sweeps (new failures, due retries).",
         ),
-    ] = 5.0,
+    ] = WorkerOptions.incremental_interval,
     full_interval: Annotated[
         float, typer.Option("--full-interval", min=0.1, help="Seconds between full sweeps.")
-    ] = 300.0,
+    ] = WorkerOptions.full_interval,
     worker_id: Annotated[
         str | None,
         typer.Option("--worker-id", help="Name in profileguard.workers (default host:pid:random)."),

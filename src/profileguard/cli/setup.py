@@ -20,7 +20,7 @@ from profileguard.cli.options import (
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
 from profileguard.errors import ConfigError, ExitCode, UsageError
-from profileguard.install.locking import LOCK_TIMEOUT_MS
+from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS
 
 
 def _install_output(result: installer.InstallResult, as_json: bool) -> None:
@@ -84,7 +84,7 @@ def render_file(result: installer.InstallResult) -> str:
         "differ from those it was rendered for.",
         "-- Each lock wait is capped, so sign-ins never queue long behind it: if it stops with "
         "SQLSTATE 55P03 (lock timeout), apply it again.",
-        f"set lock_timeout = '{LOCK_TIMEOUT_MS}ms';",
+        f"set lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms';",
         "",
         result.render_guard.strip() + ";",
         "",

@@ -104,16 +104,16 @@ def _tables(data: Mapping[str, Any], env: Mapping[str, str], overrides: dict[str
     identity_ref = TableRef.parse(
         overrides.pop("identity_table", None)
         or env.get("PROFILEGUARD_IDENTITY_TABLE")
-        or identity.get("table", "auth.users"),
-        env.get("PROFILEGUARD_IDENTITY_KEY") or identity.get("key", "id"),
+        or identity.get("table", str(Settings.identity)),
+        env.get("PROFILEGUARD_IDENTITY_KEY") or identity.get("key", Settings.identity.key),
         setting="identity.table",
         default_schema="auth",
     )
     profile_ref = TableRef.parse(
         overrides.pop("profile_table", None)
         or env.get("PROFILEGUARD_PROFILE_TABLE")
-        or profile.get("table", "public.profiles"),
-        env.get("PROFILEGUARD_PROFILE_KEY") or profile.get("key", "id"),
+        or profile.get("table", str(Settings.profile)),
+        env.get("PROFILEGUARD_PROFILE_KEY") or profile.get("key", Settings.profile.key),
         setting="profile.table",
         default_schema="public",
     )
@@ -139,15 +139,22 @@ def _options(
     env: Mapping[str, str],
     overrides: dict[str, Any],
 ) -> Settings:
-    """Flags, limits, the pooler, Supabase, alerts and the [sync] / [delete] sections."""
+    """Flags, limits, the pooler, Supabase, alerts and the [sync] / [delete] sections.
+
+    A key left out keeps the value `settings` already holds: each default is defined once, in
+    models.py."""
     database = subtable(data, "database")
     profile = subtable(data, "profile")
     client = subtable(data, "client")
     supabase = subtable(data, "supabase")
-    strict = env.get("PROFILEGUARD_STRICT", profile.get("strict", False))
-    lock_timeout = env.get("PROFILEGUARD_LOCK_TIMEOUT_MS", profile.get("lock_timeout_ms", 200))
-    enabled = env.get("PROFILEGUARD_ENABLED", client.get("enabled", True))
-    attempts = env.get("PROFILEGUARD_RETRY_ATTEMPTS", client.get("retry_attempts", 3))
+    strict = env.get("PROFILEGUARD_STRICT", profile.get("strict", settings.strict))
+    lock_timeout = env.get(
+        "PROFILEGUARD_LOCK_TIMEOUT_MS", profile.get("lock_timeout_ms", settings.lock_timeout_ms)
+    )
+    enabled = env.get("PROFILEGUARD_ENABLED", client.get("enabled", settings.enabled))
+    attempts = env.get(
+        "PROFILEGUARD_RETRY_ATTEMPTS", client.get("retry_attempts", settings.retry_attempts)
+    )
     return replace(
         settings,
         strict=to_bool(strict, "PROFILEGUARD_STRICT / profile.strict"),
@@ -162,13 +169,22 @@ def _options(
             attempts, "PROFILEGUARD_RETRY_ATTEMPTS / client.retry_attempts", low=1, high=20
         ),
         retry_base_seconds=to_float(
-            client.get("retry_base_seconds", 0.05), "client.retry_base_seconds", low=0, high=60
+            client.get("retry_base_seconds", settings.retry_base_seconds),
+            "client.retry_base_seconds",
+            low=0,
+            high=60,
         ),
         retry_cap_seconds=to_float(
-            client.get("retry_cap_seconds", 2.0), "client.retry_cap_seconds", low=0, high=600
+            client.get("retry_cap_seconds", settings.retry_cap_seconds),
+            "client.retry_cap_seconds",
+            low=0,
+            high=600,
         ),
         connect_timeout=to_int(
-            client.get("connect_timeout", 10), "client.connect_timeout", low=1, high=600
+            client.get("connect_timeout", settings.connect_timeout),
+            "client.connect_timeout",
+            low=1,
+            high=600,
         ),
         pooler=parse_pooler(
             overrides.pop("pooler", None)

@@ -237,6 +237,26 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class WorkerOptions:
+    """The worker's tunables and their defaults, read by the worker and by `profileguard worker`."""
+
+    batch_size: int = 1000  # users per repair transaction
+    max_attempts: int = 5  # failed attempts before a user is quarantined
+    backoff_base: float = 1.0  # a user's next attempt waits up to base·2ⁿ seconds (full jitter)
+    backoff_cap: float = 300.0  # ...and never more than this
+    transient_attempts: int = 8  # tries of a statement that failed with a transient error
+    transient_max_wait: float = 1.0
+    incremental_interval: float = 5.0  # seconds between incremental sweeps
+    full_interval: float = 300.0  # seconds between full sweeps
+    recheck_seconds: float = 120.0
+    heartbeat_interval: float = 10.0
+    reconnect_cap: float = 30.0
+    poll_interval: float = 0.5
+    probe_interval: float = 0.25
+    quarantine_retry: float = 3600.0  # seconds before a quarantined user is tried again
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything profileguard needs to know; build it with `load_settings()`."""
 

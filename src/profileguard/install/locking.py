@@ -22,8 +22,9 @@ from profileguard.errors import ProfileGuardError
 T = TypeVar("T")
 
 INSTALL_LOCK = "profileguard.install"
-# How long one attempt may wait for a lock (logins wait at most about this long behind it).
-LOCK_TIMEOUT_MS = 100
+# How long one attempt of DDL on the identity or profile table may wait for a lock (logins wait
+# at most about this long behind it). Not the sign-up trigger's Settings.lock_timeout_ms.
+DDL_LOCK_TIMEOUT_MS = 100
 # How long to keep trying before giving up, and the backoff between attempts.
 RETRY_FOR_SECONDS = 60.0
 BACKOFF_BASE = 0.05
@@ -44,7 +45,7 @@ def short_transaction(
     `lock_timeout_ms`; on a lock timeout roll back, back off and run it again (for `retry_for`
     seconds at most). `work` must read what it needs inside, as each attempt starts afresh."""
     if lock_timeout_ms is None:
-        lock_timeout_ms = LOCK_TIMEOUT_MS  # read at call time: the benchmark compares values
+        lock_timeout_ms = DDL_LOCK_TIMEOUT_MS  # read at call time: the benchmark compares values
     deadline = time.monotonic() + retry_for
     attempt = 0
     conn = connect(settings)

@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from profileguard.config import Settings
+from profileguard.config import Settings, WorkerOptions
 from profileguard.db import connect, is_transient, translate
 from profileguard.drift import DriftRepair
 from profileguard.errors import ConfigError, ProfileGuardError
@@ -45,20 +45,20 @@ class Session:
         settings: Settings,
         *,
         worker_id: str | None = None,
-        batch_size: int = 1000,
-        max_attempts: int = 5,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
-        transient_attempts: int = 8,
-        transient_max_wait: float = 1.0,
-        incremental_interval: float = 5.0,
-        full_interval: float = 300.0,
-        recheck_seconds: float = 120.0,
-        heartbeat_interval: float = 10.0,
-        reconnect_cap: float = 30.0,
-        poll_interval: float = 0.5,
-        probe_interval: float = 0.25,
-        quarantine_retry: float = 3600.0,
+        batch_size: int = WorkerOptions.batch_size,
+        max_attempts: int = WorkerOptions.max_attempts,
+        backoff_base: float = WorkerOptions.backoff_base,
+        backoff_cap: float = WorkerOptions.backoff_cap,
+        transient_attempts: int = WorkerOptions.transient_attempts,
+        transient_max_wait: float = WorkerOptions.transient_max_wait,
+        incremental_interval: float = WorkerOptions.incremental_interval,
+        full_interval: float = WorkerOptions.full_interval,
+        recheck_seconds: float = WorkerOptions.recheck_seconds,
+        heartbeat_interval: float = WorkerOptions.heartbeat_interval,
+        reconnect_cap: float = WorkerOptions.reconnect_cap,
+        poll_interval: float = WorkerOptions.poll_interval,
+        probe_interval: float = WorkerOptions.probe_interval,
+        quarantine_retry: float = WorkerOptions.quarantine_retry,
     ):
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
