@@ -94,7 +94,7 @@ class Bench:
 
     def setup(self) -> None:
         with self.connect() as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         install(self.settings, create_profile_table=True, enabled=False)
         log(f"creating {self.args.users:,} users without profiles…")
         with self.connect() as conn:

@@ -349,9 +349,9 @@ def prepare(admin_url: str) -> str:
     """Supabase's auth schema and roles, a non-superuser installer owning the database, and
     profileguard installed by it. Returns the installer's connection string."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))  # type: ignore[arg-type]
+        conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))  # type: ignore[arg-type]
         conn.execute(
-            sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+            sql.SQL(sqlfiles.read("fixtures/supabase_postgres_role.sql")).format(
                 role=sql.Identifier(INSTALLER), role_name=sql.Literal(INSTALLER)
             )
         )

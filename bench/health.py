@@ -259,7 +259,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
     settings = load_settings(env={}, database_url=url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
+        conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         install(settings, create_profile_table=True)
         log(f"creating {args.users:,} users (profiles by the trigger)…")
         populate(conn, args.users, settings)

@@ -62,7 +62,7 @@ def user_id(x_user_id: Annotated[str | None, Header()] = None) -> str | None:
 def scratch_database(database_url: str | None) -> Iterator[Settings]:
     with database(database_url, SCRATCH_DB) as (url, _where):
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         settings = load_settings(env={}, database_url=url)
         install(settings, create_profile_table=True)
         yield settings

@@ -110,7 +110,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
+        conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
     settings = load_settings(env={}, database_url=url)
     install(settings, create_profile_table=True)
     with psycopg.connect(url, autocommit=True) as conn:

@@ -251,7 +251,7 @@ class Bench:
 
     def setup(self) -> None:
         with self.connect() as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
             for name in SERVER_SETTINGS:
                 row = conn.execute(sql.SQL("show {}").format(sql.Identifier(name))).fetchone()
                 self.server[name] = str(row[0]) if row else "?"

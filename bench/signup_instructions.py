@@ -163,7 +163,7 @@ def build(url: str, config: str, existing: int = 0) -> None:
     db_url = make_conninfo(url, dbname=config)
     settings = load_settings(env={}, database_url=db_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
+        conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
     install(settings, create_profile_table=True)
     set_trigger(db_url, config)
     with psycopg.connect(db_url, autocommit=True) as conn:

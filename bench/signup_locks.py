@@ -131,7 +131,7 @@ def scenario(
 def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(env={}, database_url=url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sqlfiles.read("supabase_auth.sql"))
+        conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         server = {
             name: str(conn.execute(f"show {name}").fetchone()[0])  # type: ignore[index]
             for name in ("server_version", "jit")

@@ -209,9 +209,9 @@ def main() -> None:
                 " else ' (not available: built without LLVM)' end"
             ).fetchone()
             dbname = admin.execute("select current_database()").fetchone()
-            admin.execute(sqlfiles.read("supabase_auth.sql"))
+            admin.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
             admin.execute(
-                sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+                sql.SQL(sqlfiles.read("fixtures/supabase_postgres_role.sql")).format(
                     role=sql.Identifier(ROLE), role_name=sql.Literal(ROLE)
                 )
             )

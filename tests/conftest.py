@@ -160,7 +160,7 @@ def server_dsn() -> Iterator[str]:
 
 def supabase_postgres_sql(role: str = SUPABASE_POSTGRES) -> sql.Composed:
     """The SQL that makes `role` look like hosted Supabase's `postgres` in one database."""
-    return sql.SQL(sqlfiles.read("supabase_postgres_role.sql")).format(
+    return sql.SQL(sqlfiles.read("fixtures/supabase_postgres_role.sql")).format(
         role=sql.Identifier(role), role_name=sql.Literal(role)
     )
 
@@ -176,7 +176,7 @@ def template_db(server_dsn: str) -> Iterator[str]:
         conn.execute("select pg_advisory_lock(hashtext(%s))", (ROLE_LOCK,))
         try:
             with psycopg.connect(make_conninfo(server_dsn, dbname=name), autocommit=True) as tmpl:
-                tmpl.execute(sqlfiles.read("supabase_auth.sql"))
+                tmpl.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
                 tmpl.execute(supabase_postgres_sql())
         finally:
             conn.execute("select pg_advisory_unlock(hashtext(%s))", (ROLE_LOCK,))
@@ -236,3 +236,17 @@ def installed(db: TestDB) -> TestDB:
     """`db` with profileguard installed and a Supabase-style public.profiles created."""
     install(db.settings, create_profile_table=True)
     return db
+
+
+def as_of(patch: pytest.MonkeyPatch, migrations: tuple[sqlfiles.Migration, ...]) -> None:
+    """Make `install` build the schema an older package would have: these migrations from
+    nothing (the tables of schema/ are the state after all of them)."""
+    patch.setattr(sqlfiles, "migrations", lambda: migrations)
+    patch.setattr(
+        sqlfiles,
+        "schema",
+        lambda: sqlfiles.Schema(
+            "\n".join(m.text for m in migrations),
+            "\n".join(m.after_functions for m in migrations),
+        ),
+    )

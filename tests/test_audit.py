@@ -10,7 +10,7 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import TestDB
+from conftest import TestDB, as_of
 from test_cli import cli
 
 from profileguard import sql as sqlfiles
@@ -378,9 +378,9 @@ def test_upgrade_available_is_reported_and_upgrade_clears_it(
     db: TestDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     every = sqlfiles.migrations()
-    monkeypatch.setattr(sqlfiles, "migrations", lambda: every[:-1])
-    install(db.settings, create_profile_table=True)
-    monkeypatch.setattr(sqlfiles, "migrations", lambda: every)
+    with monkeypatch.context() as patch:
+        as_of(patch, every[:-1])
+        install(db.settings, create_profile_table=True)
     pending = one(audit(db), "upgrade_available")
     assert pending.evidence["pending"] == [every[-1].version]
     fix_and_check_cleared(db, pending)

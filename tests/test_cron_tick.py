@@ -50,7 +50,7 @@ def cron_db() -> Iterator[TestDB]:
             conn.execute(f"create database {CRON_DATABASE}")
         url = make_conninfo(dsn, dbname=CRON_DATABASE)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         yield TestDB(url, load_settings(env={}, database_url=url))
 
 

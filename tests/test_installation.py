@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TestDB
+from conftest import TestDB, as_of
 
 from profileguard import sql as sqlfiles
 from profileguard.errors import NotInstalledError
-from profileguard.install import set_enabled
-from profileguard.installation import Installation, require_version, schema_version
+from profileguard.install import install, set_enabled
+from profileguard.installation import (
+    Installation,
+    require_current,
+    require_version,
+    schema_version,
+)
 
 
 def test_nothing_installed(db: TestDB) -> None:
@@ -34,5 +39,17 @@ def test_reads_the_installed_row_and_key_type(installed: TestDB) -> None:
         assert found.config["package_version"] == found.package_version
         assert found.identity_sql.as_string(conn) == '"auth"."users"'
         assert found.parts()["key_type"].as_string(conn) == "uuid"
-        with pytest.raises(NotInstalledError, match="has no later things"):
-            require_version(conn, found.version + 1, missing="later things")
+        assert require_current(conn, missing="the figures") == found.version
+
+
+def test_a_schema_behind_the_package_names_the_upgrade(
+    db: TestDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = sqlfiles.migrations()
+    with monkeypatch.context() as patch:
+        as_of(patch, every[:-1])
+        install(db.settings, create_profile_table=True)
+    with db.connect() as conn, pytest.raises(NotInstalledError, match="the figures") as info:
+        require_current(conn, missing="the figures")
+    assert str(every[-1].version) in str(info.value)
+    assert info.value.hint == "run: profileguard upgrade"

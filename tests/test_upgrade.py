@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import TestDB, drop_db, scratch_db
+from conftest import TestDB, as_of, drop_db, scratch_db
 from test_cli import cli
 
 from profileguard import sql as sqlfiles
@@ -70,7 +70,9 @@ SNAPSHOT = {
         select tgrelid::regclass::text, tgname, tgenabled::text, pg_get_triggerdef(oid)
         from pg_trigger
         where not tgisinternal
-          and tgrelid in ('auth.users'::regclass, 'public.profiles'::regclass)
+          and (tgrelid in ('auth.users'::regclass, 'public.profiles'::regclass)
+               or tgrelid in (select oid from pg_class
+                              where relnamespace = 'profileguard'::regnamespace))
     """,
     "schema": """
         select n.nspname, coalesce(n.nspacl::text, ''), pg_get_userbyid(n.nspowner),
@@ -103,17 +105,17 @@ def fresh_db(server_dsn: str, template_db: str, installer: str) -> Iterator[Test
     drop_db(server_dsn, name)
 
 
-EARLIER = [m.version for m in sqlfiles.migrations()[:-1]]
+VERSIONS = [m.version for m in sqlfiles.migrations()]
 
 
-@pytest.mark.parametrize("old_version", EARLIER)
+@pytest.mark.parametrize("old_version", VERSIONS)
 def test_install_old_then_upgrade_equals_fresh_install(
     db: TestDB, fresh_db: TestDB, old_version: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     every = sqlfiles.migrations()
     old = tuple(m for m in every if m.version <= old_version)
     with monkeypatch.context() as patch:
-        patch.setattr(sqlfiles, "migrations", lambda: old)
+        as_of(patch, old)
         first = install(db.settings, create_profile_table=True)
     assert first.version_after == old_version
     with db.connect() as conn:
@@ -146,7 +148,7 @@ def test_install_old_then_upgrade_equals_fresh_install(
 def test_failed_upgrade_changes_nothing(db: TestDB, monkeypatch: pytest.MonkeyPatch) -> None:
     every = sqlfiles.migrations()
     with monkeypatch.context() as patch:
-        patch.setattr(sqlfiles, "migrations", lambda: every[:1])
+        as_of(patch, every[:1])
         install(db.settings, create_profile_table=True)
     before = snapshot(db)
     broken = (*every, sqlfiles.Migration(9999, "broken", "select 1/0;"))
@@ -162,7 +164,7 @@ def test_migrations_land_in_any_order(db: TestDB, monkeypatch: pytest.MonkeyPatc
     assert len(every) >= 3, "needs three migrations"
     skipped = every[-2]
     with monkeypatch.context() as patch:
-        patch.setattr(sqlfiles, "migrations", lambda: tuple(m for m in every if m is not skipped))
+        as_of(patch, tuple(m for m in every if m is not skipped))
         install(db.settings, create_profile_table=True)
     with db.connect() as conn:
         assert [m.version for m in pending_migrations(conn)] == [skipped.version]

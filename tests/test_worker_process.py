@@ -150,7 +150,7 @@ def own_server() -> Iterator[tuple[EmbeddedPostgres, str]]:
     with EmbeddedPostgres() as server:
         url = server.uri()
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         yield server, url
 
 

@@ -362,7 +362,7 @@ def run_demo(
         )
 
         console.rule("5. Sign-ups with an injected fault, the worker running")
-        conn.execute(sqlfiles.read("demo_fault.sql"))
+        conn.execute(sqlfiles.read("fixtures/demo_fault.sql"))
         with _worker(settings):
             after, heal_seconds = _faulty_burst(url, conn, signups)
             after_missing = missing(conn)
@@ -407,8 +407,8 @@ def _legacy_app(console: Console, conn: psycopg.Connection, users: int) -> int:
     per-row trigger) with `users` existing users; returns how many of them have no profile."""
     version = conn.execute("show server_version").fetchone()
     console.print(f"PostgreSQL {version[0] if version else '?'} is up.")
-    conn.execute(sqlfiles.read("supabase_auth.sql"))
-    conn.execute(sqlfiles.read("demo_legacy.sql"))
+    conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
+    conn.execute(sqlfiles.read("fixtures/demo_legacy.sql"))
     console.print(
         "An app as many are: Supabase-shaped [bold]auth.users[/], the starter "
         "[bold]public.profiles[/] (username unique, ≥ 3 characters) and the "

@@ -28,13 +28,11 @@ from psycopg.rows import dict_row
 from profileguard.config import Settings
 from profileguard.db import connect, is_transient, translate
 from profileguard.errors import NotInstalledError
-from profileguard.installation import Installation, require_version
+from profileguard.installation import Installation, require_current
 
 log = logging.getLogger(__name__)
 
 SOURCE = "drift"
-# The schema version that has the drift functions and tables.
-DRIFT_SCHEMA_VERSION = 14
 MESSAGE_LIMIT = 2000
 
 
@@ -80,7 +78,7 @@ def _key(installed: Installation) -> sql.Composable:
 def require_drift(conn: psycopg.Connection) -> Installation:
     """What is installed; NotInstalledError naming `profileguard upgrade` when it has no drift
     functions yet."""
-    require_version(conn, DRIFT_SCHEMA_VERSION, missing="drift repair")
+    require_current(conn, missing="drift repair")
     installed = Installation.require(conn)
     key = installed.require_key_type()
     row = conn.execute(

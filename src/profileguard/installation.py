@@ -63,17 +63,34 @@ def schema_version(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def require_version(conn: psycopg.Connection, minimum: int = 1, *, missing: str = "") -> int:
-    """The schema version; NotInstalledError when profileguard is not installed, or when its
-    version is below `minimum` (`missing` names what the older version lacks)."""
+def require_version(conn: psycopg.Connection) -> int:
+    """The schema version; NotInstalledError when profileguard is not installed."""
     version = schema_version(conn)
     if version == 0:
         raise NotInstalledError(
             "profileguard is not installed in this database", hint=NOT_INSTALLED_HINT
         )
-    if version < minimum:
+    return version
+
+
+def applied_versions(conn: psycopg.Connection) -> set[int]:
+    """The migration versions recorded in the database (empty when not installed)."""
+    if not schema_present(conn):
+        return set()
+    return {int(row[0]) for row in conn.execute(sqlfiles.query("applied_versions"))}
+
+
+def require_current(conn: psycopg.Connection, *, missing: str) -> int:
+    """The schema version, once the database has applied every migration of this package (the
+    one required version: the package's functions expect its tables); NotInstalledError naming
+    `profileguard upgrade` otherwise. `missing` names what an older schema may lack."""
+    version = require_version(conn)
+    applied = applied_versions(conn)
+    behind = [m.version for m in sqlfiles.migrations() if m.version not in applied]
+    if behind:
         raise NotInstalledError(
-            f"profileguard schema version {version} has no {missing or 'such feature'}",
+            f"profileguard's schema in this database lacks migrations {behind} of this package "
+            f"(version {sqlfiles.latest_version()}): {missing} may not work",
             hint="run: profileguard upgrade",
         )
     return version
@@ -172,7 +189,9 @@ __all__ = [
     "TRIGGER_NAME",
     "UPDATE_TRIGGER_NAMES",
     "Installation",
+    "applied_versions",
     "key_type_of",
+    "require_current",
     "require_version",
     "schema_present",
     "schema_version",

@@ -35,7 +35,7 @@ def example_settings() -> Iterator[Settings]:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
         url = make_conninfo(server, dbname=name)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sqlfiles.read("supabase_auth.sql"))
+            conn.execute(sqlfiles.read("fixtures/supabase_auth.sql"))
         settings = load_settings(env={}, database_url=url)
         install(settings, create_profile_table=True)
         try:

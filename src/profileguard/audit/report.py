@@ -21,7 +21,7 @@ from profileguard.mapping import Plan, build_plan
 SEVERITIES = ("error", "warning", "info")
 
 
-AUDIT_SQL = "audit.sql"
+AUDIT_SQL = "queries/audit.sql"
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,11 @@ from profileguard.backfill.model import (
 from profileguard.config import Settings, TableRef
 from profileguard.db import connect
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
-from profileguard.installation import Installation, require_version
+from profileguard.installation import Installation, require_current
 
 log = logging.getLogger(__name__)
 
-QUERIES = "backfill.sql"
-# Schema version that added profileguard.backfill_runs.
-SCHEMA_VERSION = 3
-# Schema version of the repair engine (profileguard.repair), which failing batches go to.
-REPAIR_VERSION = 15
+QUERIES = "queries/backfill.sql"
 # Behind a transaction-mode pooler, a 'running' run that has not checkpointed for this long (or
 # for 4 statement timeouts, if longer) has lost its process.
 LEASE_SECONDS = 120.0
@@ -95,7 +91,7 @@ class Registry:
             conn.execute(self._q("unlock"))
 
     def _check_installed(self, conn: psycopg.Connection) -> None:
-        version = require_version(conn, SCHEMA_VERSION, missing="backfill")
+        require_current(conn, missing="the backfill")
         installed = Installation.require(conn)
         profile = installed.profile
         if (str(profile), profile.key) != (str(self.settings.profile), self.settings.profile.key):
@@ -111,7 +107,7 @@ class Registry:
             sqlfiles.query("function_exists"),
             {"signature": "profileguard.backfill_pages(bigint, bigint, bigint, xid, boolean)"},
         ).fetchone()
-        if version < REPAIR_VERSION or not (pages and pages[0]):
+        if not (pages and pages[0]):
             raise NotInstalledError(
                 "the installed profileguard functions predate the backfill",
                 hint="run: profileguard upgrade",

@@ -30,7 +30,7 @@ from profileguard.config import Settings, TableRef, check_identifier
 from profileguard.errors import ConfigError, InvalidRegistrationError, UserExistsError
 from profileguard.extras import require_extra
 
-QUERIES = "identity.sql"
+QUERIES = "queries/identity.sql"
 SUPABASE_USERS = TableRef("auth", "users", "id")
 
 

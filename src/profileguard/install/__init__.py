@@ -11,7 +11,7 @@ gives the same statements without running them; preflight.py checks the mapping 
 
 from profileguard.install.flags import describe, set_enabled
 from profileguard.install.install import CRON_JOB, CRON_MAX_ROWS, check, install
-from profileguard.install.migrations import applied_versions, pending_migrations
+from profileguard.install.migrations import pending_migrations
 from profileguard.install.profile_table import profile_table_facts
 from profileguard.install.render import render
 from profileguard.install.run import InstallResult
@@ -31,7 +31,6 @@ __all__ = [
     "CRON_MAX_ROWS",
     "RECORD_LOCK_MS",
     "InstallResult",
-    "applied_versions",
     "check",
     "describe",
     "install",

@@ -79,14 +79,26 @@ def main_phase(
         result.created_profile_table = True
     result.notes.extend(plan.notes)
     rec.run("create schema if not exists profileguard")
-    _apply_migrations(rec, pending, result)
+    fresh = before == 0
+    if fresh:
+        _create_tables(rec, result)
+    else:
+        _apply_migrations(rec, pending, result)
+
+    rec.run(sqlfiles.functions())
+    # Triggers on profileguard's tables and data steps that call a function, now that they exist.
+    if fresh:
+        rec.run(sqlfiles.schema().after_functions)
+    else:
+        for migration in pending:
+            if migration.after_functions.strip():
+                rec.run(migration.after_functions)
 
     fingerprint = _config_fingerprint(settings)
     _write_settings(
         rec, settings, current, fingerprint, strict=strict, enabled=enabled, result=result
     )
-
-    rec.run(sqlfiles.read("functions.sql"))
+    rec.run(sqlfiles.query("render_flags"))
     rec.run(render_generated(plan))
     rec.run(render_sync(plan))
     result.notes.extend(build_sync(plan).notes)
@@ -102,19 +114,30 @@ def main_phase(
     return result
 
 
+def _create_tables(rec: Recorder, result: InstallResult) -> None:
+    """A fresh install: the tables as they are now, every migration recorded as applied."""
+    rec.run(sqlfiles.schema().tables)
+    for migration in sqlfiles.migrations():
+        _record(rec, migration, result)
+
+
 def _apply_migrations(
     rec: Recorder, pending: list[sqlfiles.Migration], result: InstallResult
 ) -> None:
-    """Run the pending migrations in order, recording each."""
+    """An upgrade: the pending migrations' table and data changes in order, recording each."""
     for migration in pending:
         rec.run(migration.text)
-        rec.run(
-            sql.SQL("insert into profileguard.migrations (version, name) values ({}, {})").format(
-                sql.Literal(migration.version), sql.Literal(migration.name)
-            )
+        _record(rec, migration, result)
+
+
+def _record(rec: Recorder, migration: sqlfiles.Migration, result: InstallResult) -> None:
+    rec.run(
+        sql.SQL("insert into profileguard.migrations (version, name) values ({}, {})").format(
+            sql.Literal(migration.version), sql.Literal(migration.name)
         )
-        result.version_after = max(result.version_after, migration.version)
-        result.changed = True
+    )
+    result.version_after = max(result.version_after, migration.version)
+    result.changed = True
 
 
 def _write_settings(

@@ -75,7 +75,7 @@ def make_profile_table(
     ]
 
 
-PROFILE_GRANTS = "profile_grants.sql"
+PROFILE_GRANTS = "queries/profile_grants.sql"
 
 
 def _grant_profile_table(rec: Recorder, profile: sql.Composable) -> None:

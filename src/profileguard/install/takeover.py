@@ -54,7 +54,7 @@ class Takeover:
 
 def query(name: str) -> str:
     """A named catalog query of takeover.sql."""
-    return sqlfiles.queries("takeover.sql")[name]
+    return sqlfiles.queries("queries/takeover.sql")[name]
 
 
 @dataclass

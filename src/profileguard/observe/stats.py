@@ -1,4 +1,4 @@
-"""Figures: what `profileguard.stats()` returns (migrations 0004 and 0012), and the lists beside
+"""Figures: what `profileguard.stats()` returns (sql/functions/observe.sql), and the lists beside
 it (audit trail, quarantine, history, alert states).
 
 stats() is cheap at any table size: a periodic full sweep (`refresh_stats()`) counts, the bounded
@@ -16,9 +16,7 @@ from psycopg.rows import dict_row
 
 from profileguard.config import AlertSettings, Settings
 from profileguard.db import connect, translate
-from profileguard.installation import require_version
-
-MONITOR_SCHEMA_VERSION = 4
+from profileguard.installation import require_current
 
 
 def open_connection(settings: Settings) -> psycopg.Connection:
@@ -29,7 +27,7 @@ def open_connection(settings: Settings) -> psycopg.Connection:
 def require_monitoring(conn: psycopg.Connection) -> int:
     """The installed schema version; raises NotInstalledError when it has no monitoring."""
     try:
-        return require_version(conn, MONITOR_SCHEMA_VERSION, missing="monitoring functions")
+        return require_current(conn, missing="monitoring")
     except psycopg.Error as exc:
         raise translate(exc) from exc
 

@@ -123,3 +123,7 @@ where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
 -- name: deregister_worker
 -- A worker that stops cleanly removes its row: profileguard.workers lists the running ones.
 delete from profileguard.workers where worker_id = %(worker_id)s
+
+-- name: render_flags
+-- The flags the sign-up and login triggers fold as constants, from the settings row (install).
+select profileguard.render_flags(s.enabled, s.strict) from profileguard.settings s where s.singleton

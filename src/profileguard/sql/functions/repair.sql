@@ -1,54 +1,6 @@
--- Functions that do not depend on the mapping; re-created by every install and upgrade.
-
--- The settings row's `enabled` and `strict` as constants: profileguard.trigger_enabled() and
--- profileguard.strict_mode() are SQL functions that return them, re-created whenever the row
--- changes (profileguard.write_flags, a trigger on profileguard.settings). The planner folds them
--- into the signup and login triggers' plans, so neither reads a table to learn them: reading the
--- settings row cost each signup more than anything else its trigger does before the INSERT.
--- Replacing a function invalidates the plans that folded it: every session sees a change at its
--- next statement. (Folded because they are immutable and take no argument; their SET clause keeps
--- the planner from inlining them, not from folding them.)
-create or replace function profileguard.render_flags(p_enabled boolean, p_strict boolean)
-returns void
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $pg$
-begin
-    execute pg_catalog.format(
-        'create or replace function profileguard.trigger_enabled() returns boolean'
-        ' language sql immutable parallel safe set search_path = pg_catalog, pg_temp as %L',
-        case when p_enabled then 'select true' else 'select false' end);
-    execute pg_catalog.format(
-        'create or replace function profileguard.strict_mode() returns boolean'
-        ' language sql immutable parallel safe set search_path = pg_catalog, pg_temp as %L',
-        case when p_strict then 'select true' else 'select false' end);
-end
-$pg$;
-
-create or replace function profileguard.write_flags()
-returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
-set jit = off
-as $pg$
-begin
-    -- (new).strict: `strict` is a PL/pgSQL keyword after `new.`
-    if tg_op = 'INSERT' or (new).enabled is distinct from (old).enabled
-       or (new).strict is distinct from (old).strict then
-        perform profileguard.render_flags((new).enabled, (new).strict);
-    end if;
-    return null;
-end
-$pg$;
-
-create or replace trigger profileguard_flags
-after insert or update of enabled, strict on profileguard.settings
-for each row execute function profileguard.write_flags();
-
-select profileguard.render_flags(
-    coalesce((select s.enabled from profileguard.settings s where s.singleton), false),
-    coalesce((select s.strict from profileguard.settings s where s.singleton), false));
+-- The repair engine's bookkeeping: each user's attempts and backoff, failure fingerprints,
+-- breakers, and the catalog fingerprint whose change releases whoever waits. (The engine itself,
+-- profileguard.repair(), depends on the mapping: see generated.sql.)
 
 -- Count one failed repair attempt of a user (its own data: see profileguard.repair): full-jitter
 -- exponential backoff before the next attempt, quarantine (and a 'quarantine' event) once
@@ -57,8 +9,6 @@ select profileguard.render_flags(
 -- `p_quarantine_retry` seconds (and at once when the profile table's catalog changes). Messages
 -- are stored without row values (profileguard.redact_error; last_message by a trigger on
 -- repair_state).
-drop function if exists profileguard.note_repair_failure(
-    text, text, text, text, integer, double precision, double precision, jsonb);
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
