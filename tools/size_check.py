@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "profileguard"
 LIMITS = {"module": 600, "class": 400, "function": 80}
 
+
 def _measure(path: Path) -> list[tuple[str, str, int]]:
     """(kind, qualified name, lines) of the module and of every class and function in it."""
     text = path.read_text(encoding="utf-8")
