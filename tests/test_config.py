@@ -387,7 +387,7 @@ def test_section_must_be_a_table(tmp_path: Path, section: str) -> None:
     ("text", "named", "nearest"),
     [
         ('[profile]\ntabel = "people"\n', "profile.tabel", "profile.table"),
-        ('[profile]\nusername_colum = "handle"\n', "profile.username_colum", "profile.username_column"),
+        ("[profile]\nusername_colum = 'h'\n", "profile.username_colum", "profile.username_column"),
         ("[profile]\nstrict_mode = true\n", "profile.strict_mode", "profile.strict"),
         ('[database]\nulr = "postgresql://x/db"\n', "database.ulr", "database.url"),
         ('[identity]\nkeys = "id"\n', "identity.keys", "identity.key"),
