@@ -108,7 +108,7 @@ def test_bad_options_are_config_errors(installed: TestDB) -> None:
         Options(target_seconds=0).check()
     result = run_cli(installed, "--max-rows-per-second", "-1")
     assert result.returncode == 2, result.stderr
-    assert "--max-rows-per-second must be positive" in result.stderr
+    assert "Invalid value for '--max-rows-per-second': must be a number" in result.stderr
 
 
 def test_backfill_creates_each_missing_profile_once(installed: TestDB) -> None:

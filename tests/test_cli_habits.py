@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+import typer
 from conftest import TestDB
 from test_cli import cli
 from test_reconcile import wait_for
 from test_worker_process import FAST, worker_process
+from typer.testing import CliRunner
 
 from profileguard import logs
 from profileguard.cli import app
@@ -112,3 +116,58 @@ def test_console_script_entry_point_runs() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.startswith("profileguard ")
+
+
+def _float_options() -> list[tuple[str, str]]:
+    """(command, option) for every option of the command line that takes a float."""
+    root: Any = typer.main.get_command(app)
+    return [
+        (name, param.opts[0])
+        for name, command in root.commands.items()
+        for param in command.params
+        if param.param_type_name == "option" and param.type_descriptor.annotation is float
+    ]
+
+
+FLOAT_OPTIONS = _float_options()
+WIDE = {"COLUMNS": "300"}  # usage errors on one line
+
+
+def test_the_float_options_are_the_ones_checked_below() -> None:
+    assert set(FLOAT_OPTIONS) >= {
+        ("backfill", "--target-seconds"),
+        ("backfill", "--max-rows-per-second"),
+        ("backfill", "--lock-timeout"),
+        ("backfill", "--statement-timeout"),
+        ("worker", "--incremental-interval"),
+        ("worker", "--full-interval"),
+    }
+
+
+@pytest.mark.parametrize(("command", "option"), FLOAT_OPTIONS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "-1", "1e12"])
+def test_every_float_option_refuses_non_finite_and_out_of_range_numbers(
+    command: str, option: str, value: str
+) -> None:
+    """A usage error (exit 2) that states the range, before any database is reached."""
+    result = CliRunner().invoke(app, [command, option, value], env=WIDE)
+    assert result.exit_code == 2, result.output
+    text = result.output
+    assert f"Invalid value for '{option}': must be a number " in text, text
+    assert re.search(r"(from [\d.,]+ to|more than [\d.,]+ and at most) [\d.,]+, not ", text), text
+
+
+def test_a_float_option_in_range_is_taken_and_out_of_range_writes_nothing(
+    installed: TestDB,
+) -> None:
+    for value in ("nan", "inf"):
+        refused = cli(installed, "backfill", "--target-seconds", value, env=WIDE)
+        assert refused.returncode == 2, refused.stderr
+        assert "invalid input syntax" not in refused.stderr
+        assert f"more than 0 and at most 600, not {value}" in refused.stderr
+    refused = cli(installed, "backfill", "--max-rows-per-second", "inf", env=WIDE)
+    assert refused.returncode == 2 and "1,000,000,000" in refused.stderr, refused.stderr
+    assert installed.scalar("select count(*) from profileguard.backfill_runs") == 0
+    taken = cli(installed, "backfill", "--target-seconds", "0.25", "--lock-timeout", "0.001")
+    assert taken.returncode == 0, taken.stderr
+    assert installed.scalar("select count(*) from profileguard.backfill_runs") == 1

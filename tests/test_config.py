@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from profileguard.config import (
     load_settings,
     parse_mapping,
 )
-from profileguard.errors import ConfigError, ProfileGuardError
+from profileguard.errors import ConfigError, ExitCode, ProfileGuardError
 from profileguard.install import install
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -378,6 +381,88 @@ def test_section_must_be_a_table(tmp_path: Path, section: str) -> None:
     err = config_error(path=write(tmp_path, f'{section} = "x"\n'), env={})
     assert f"[{section}]" in err.message
     assert err.hint and f"[{section}]" in err.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "named", "nearest"),
+    [
+        ('[profile]\ntabel = "people"\n', "profile.tabel", "profile.table"),
+        ("[profile]\nusername_colum = 'h'\n", "profile.username_colum", "profile.username_column"),
+        ("[profile]\nstrict_mode = true\n", "profile.strict_mode", "profile.strict"),
+        ('[database]\nulr = "postgresql://x/db"\n', "database.ulr", "database.url"),
+        ('[identity]\nkeys = "id"\n', "identity.keys", "identity.key"),
+        ("[client]\nretry_attempt = 3\n", "client.retry_attempt", "client.retry_attempts"),
+        ('[supabase]\nurls = "https://x.supabase.co"\n', "supabase.urls", "supabase.url"),
+        ("[username]\nmin_len = 3\n", "username.min_len", "username.min_length"),
+        ('[delete]\nredacted = ["full_name"]\n', "delete.redacted", "delete.redact"),
+        ("[alerts]\nrepair_slo = 30\n", "alerts.repair_slo", "alerts.repair_slo_seconds"),
+        ('[profiles]\ntable = "people"\n', "[profiles]", "[profile]"),
+        ("[alert]\nrepair_slo_seconds = 30\n", "[alert]", "[alerts]"),
+        ('[maping]\nfull_name = "email"\n', "[maping]", "[mapping]"),
+        ('url = "postgresql://x/db"\n', "url", "url in [database]"),
+    ],
+)
+def test_unknown_keys_and_sections_are_refused_with_the_nearest_name(
+    tmp_path: Path, text: str, named: str, nearest: str
+) -> None:
+    err = config_error(path=write(tmp_path, text), env={})
+    assert named in err.message and "unknown" in err.message
+    assert err.message.endswith(f"did you mean {nearest}?")
+    assert err.hint and err.exit_code == ExitCode.USAGE
+
+
+def test_an_unknown_key_without_a_near_one_lists_the_section(tmp_path: Path) -> None:
+    err = config_error(path=write(tmp_path, "[client]\nparallelism = 4\n"), env={})
+    assert err.message == "client.parallelism: unknown setting"
+    assert err.hint and "retry_attempts" in err.hint and "connect_timeout" in err.hint
+    err = config_error(path=write(tmp_path, "[observability]\nport = 1\n"), env={})
+    assert err.message == "[observability]: unknown section"
+    assert err.hint and "[alerts]" in err.hint and "[profile]" in err.hint
+
+
+def test_the_service_role_key_is_never_read_from_the_file(tmp_path: Path) -> None:
+    err = config_error(path=write(tmp_path, '[supabase]\nservice_role_key = "eyJ"\n'), env={})
+    assert "supabase.service_role_key" in err.message
+    assert err.hint and "SUPABASE_SERVICE_ROLE_KEY" in err.hint
+    assert "eyJ" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("key", "replacement"),
+    [
+        ("missing_threshold", "alerts.missing_grace_seconds"),
+        ("missing_for_seconds", "alerts.repair_slo_seconds"),
+    ],
+)
+def test_retired_alert_settings_still_name_their_replacement(
+    tmp_path: Path, key: str, replacement: str
+) -> None:
+    err = config_error(path=write(tmp_path, f"[alerts]\n{key} = 5\n"), env={})
+    assert err.message.startswith(f"alerts.{key} is no longer used")
+    assert err.hint == f"remove it; set {replacement} instead"
+
+
+def test_every_key_of_the_readme_example_is_known(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "[profile]" in example and "[alerts]" in example
+    s = load_settings(write(tmp_path, example), env={})
+    assert s.profile == TableRef("public", "profiles", "id")
+    assert s.alerts.repair_slo_seconds == 60
+
+
+def test_an_unknown_key_stops_the_command_with_exit_code_2(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profile]\ntabel = "people"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "profileguard", "--config", str(path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PG", "PROFILEGUARD_"))},
+    )
+    assert result.returncode == ExitCode.USAGE == 2, result.stderr
+    assert "profile.tabel: unknown setting; did you mean profile.table?" in result.stderr
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def browser() -> Iterator[Any]:
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
     try:
@@ -68,6 +69,15 @@ def loaded(driver: Any, at_least: int = 1) -> None:
 
 def shown(driver: Any, metric: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, f'[data-metric="{metric}"]').text)
+
+
+def blocked(driver: Any) -> list[str]:
+    """What the page's Content-Security-Policy refused since the last call (the console)."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Refused to" in entry["message"]
+    ]
 
 
 def number(text: str) -> float:
@@ -140,9 +150,17 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
         )
         assert "host-a:101:5f2c" in browser.find_element(By.ID, "workers").text
         assert "1,500 of ~2,000" in browser.find_element(By.ID, "backfill").text
+        progress = browser.find_element(By.CSS_SELECTOR, "#backfill .bar > div")
+        assert progress.value_of_css_property("width") != "0px"
+        assert "width: 75%" in (progress.get_attribute("style") or "")
         events = browser.find_element(By.ID, "events").text
         assert events.count("failure") >= 3 and "constraint" in events
         assert shot.stat().st_size > 10_000
+        # Everything above ran under the page's policy, which refused nothing.
+        assert blocked(browser) == []
+        assert "frame-ancestors 'none'" in browser.execute_script(
+            "return (await fetch('/')).headers.get('content-security-policy')"
+        )
 
         # Without the token, the page says why it has no data instead of showing zeros.
         browser.execute_script("sessionStorage.clear()")
@@ -151,6 +169,7 @@ def test_dashboard_shows_what_the_api_says(installed: TestDB, browser: Any) -> N
         error = browser.find_element(By.ID, "error")
         assert error.is_displayed() and "401" in error.text and "#token=" in error.text
         assert shown(browser, "users") == "\u2013"  # the placeholder dash
+        assert blocked(browser) == []
 
 
 def test_dashboard_verdict_is_the_status_verdict(installed: TestDB, browser: Any) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import bcrypt
 import pytest
-from conftest import TestDB, key_hash
+from conftest import SUPABASE_POSTGRES, TestDB, key_hash
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from profileguard.client import (
@@ -30,12 +31,15 @@ from profileguard.client import (
     ProfileGuard,
     SupabaseAuthBackend,
 )
+from profileguard.config import load_settings
 from profileguard.errors import (
     ConfigError,
     DatabaseError,
+    ExitCode,
     InvalidRegistrationError,
     InvalidUserIdError,
     ProfileCreationError,
+    ProfileGuardError,
     ProfilePendingError,
     UserExistsError,
     UserNotFoundError,
@@ -750,3 +754,83 @@ def test_cli_register(installed: TestDB) -> None:
     assert bad.returncode == 2
     assert "--meta is not JSON" in bad.stderr
     assert count(installed, "auth.users") == 1
+
+
+# --- a role that may not write Supabase Auth's tables ---------------------------------------------
+
+
+def auth_users_closed(db: TestDB) -> None:
+    """The Supabase-shaped `postgres` as a project that keeps it from writing auth.users (the
+    grant is per database: only this test's database changes)."""
+    with db.connect_admin() as admin:
+        admin.execute(
+            sql.SQL("revoke insert, update on auth.users from {}").format(
+                sql.Identifier(SUPABASE_POSTGRES)
+            )
+        )
+
+
+def assert_names_the_admin_api(err: ProfileGuardError, missing: str) -> None:
+    assert err.sqlstate == "42501"
+    hint = err.hint or ""
+    assert "connect as the role that installed profileguard" in hint
+    assert "Supabase Auth's admin API" in hint
+    assert "SUPABASE_URL" in hint and "SUPABASE_SERVICE_ROLE_KEY" in hint
+    assert "profileguard[supabase]" in hint
+    assert hint.endswith(f"(not set now: {missing})")
+
+
+@pytest.mark.parametrize("installer", ["supabase_postgres"], indirect=True)
+def test_register_refused_on_auth_users_names_the_admin_api(installed: TestDB) -> None:
+    assert installed.role == SUPABASE_POSTGRES
+    assert not installed.scalar(
+        "select pg_has_role('supabase_auth_admin', 'member') or rolsuper"
+        " from pg_roles where rolname = current_user"
+    )
+    auth_users_closed(installed)
+    backend = SupabaseAuthBackend(bcrypt_rounds=4)
+    with (
+        ProfileGuard(installed.settings, identity=backend) as g,
+        pytest.raises(DatabaseError) as refused,
+    ):
+        g.register(email="hosted@example.com", password=PASSWORD)
+    assert "permission denied for table users" in refused.value.message
+    assert_names_the_admin_api(refused.value, "SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY")
+
+    # Half configured: the hint names what is still missing.
+    settings = load_settings(
+        env={"SUPABASE_URL": "https://abc.supabase.co"}, database_url=installed.url
+    )
+    with ProfileGuard(settings, identity=backend) as g, pytest.raises(DatabaseError) as half:
+        g.register(email="hosted@example.com", password=PASSWORD)
+    assert_names_the_admin_api(half.value, "SUPABASE_SERVICE_ROLE_KEY")
+
+    async def scenario() -> DatabaseError:
+        backend = AsyncSupabaseAuthBackend(bcrypt_rounds=4)
+        async with AsyncProfileGuard(installed.settings, identity=backend) as g:
+            with pytest.raises(DatabaseError) as caught:
+                await g.register(email="hosted@example.com", password=PASSWORD)
+        return caught.value
+
+    assert_names_the_admin_api(asyncio.run(scenario()), "SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY")
+
+    shown = run_cli(installed, "register", "hosted@example.com")
+    assert shown.returncode == ExitCode.ERROR, shown.stderr
+    text = " ".join(shown.stderr.split())
+    assert "permission denied for table users" in text and "sqlstate: 42501" in text
+    assert "Supabase Auth's admin API" in text and "SUPABASE_SERVICE_ROLE_KEY" in text
+    assert count(installed, "auth.users") == 0
+
+
+@pytest.mark.parametrize("installer", ["supabase_postgres"], indirect=True)
+def test_register_as_a_role_it_may_not_become_names_the_admin_api(installed: TestDB) -> None:
+    """Hosted `postgres` is no member of supabase_auth_admin: as_role cannot work there."""
+    backend = SupabaseAuthBackend(bcrypt_rounds=4, as_role="supabase_auth_admin")
+    with (
+        ProfileGuard(installed.settings, identity=backend) as g,
+        pytest.raises(DatabaseError) as refused,
+    ):
+        g.register(email="hosted@example.com", password=PASSWORD)
+    assert "permission denied to set role" in refused.value.message
+    assert_names_the_admin_api(refused.value, "SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY")
+    assert count(installed, "auth.users") == 0

@@ -17,7 +17,8 @@ from typing import Any
 import bcrypt
 import pytest
 from auth_standin import KEY, auth_standin
-from conftest import TestDB
+from conftest import SUPABASE_POSTGRES, TestDB
+from psycopg import sql
 
 from profileguard.client import AsyncProfileGuard, ProfileGuard, SupabaseAuthBackend
 from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend, SupabaseAdminAPIBackend
@@ -25,6 +26,7 @@ from profileguard.config import Settings, load_settings
 from profileguard.errors import (
     ConfigError,
     ConnectionFailedError,
+    DatabaseError,
     InvalidRegistrationError,
     UserExistsError,
     WeakPasswordError,
@@ -248,3 +250,24 @@ def test_cli_register_uses_the_admin_api_from_the_environment(installed: TestDB)
     assert [r["email"] for r in api.received()] == ["cli@example.com", "cli@example.com"]
     assert PASSWORD not in done.stdout + done.stderr
     assert json.loads(done.stdout)["created"] is True
+
+
+@pytest.mark.parametrize("installer", ["supabase_postgres"], indirect=True)
+def test_a_refusal_through_the_admin_api_does_not_point_at_the_admin_api(
+    installed: TestDB,
+) -> None:
+    """The admin API created the user, but this role may not read auth.users: the hint is the
+    plain one (the admin API is already in use), not advice to switch to it."""
+    with installed.connect_admin() as admin:
+        admin.execute(
+            sql.SQL("revoke select on auth.users from {}").format(sql.Identifier(SUPABASE_POSTGRES))
+        )
+    with auth_standin(installed.admin_url) as api:
+        settings = api_settings(installed, api.url)
+        with ProfileGuard(settings) as guard, pytest.raises(DatabaseError) as refused:
+            guard.register(email="read@example.com", password=PASSWORD)
+    assert refused.value.sqlstate == "42501"
+    assert "permission denied for table users" in refused.value.message
+    assert "connect as the role that installed profileguard" in (refused.value.hint or "")
+    assert "admin API" not in (refused.value.hint or "")
+    assert [r["email"] for r in api.received()] == ["read@example.com"]

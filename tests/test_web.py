@@ -3,6 +3,8 @@ bearer token, the Prometheus rules (promtool) and the `serve` command."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -35,7 +37,7 @@ from psycopg.conninfo import make_conninfo
 
 from profileguard import observe
 from profileguard.config import Settings, load_settings
-from profileguard.errors import ExitCode
+from profileguard.errors import ConfigError, ExitCode
 from profileguard.install import set_enabled
 from profileguard.web import create_app
 from profileguard.web.metrics import METRICS
@@ -55,10 +57,17 @@ def serving(
     token: str | None = None,
     alerts: bool = False,
     show_details: bool = False,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Run the app with uvicorn in a thread; yields its base URL."""
     port = free_port()
-    app = create_app(settings, token=token, alerts=alerts, show_details=show_details)
+    app = create_app(
+        settings,
+        token=token,
+        alerts=alerts,
+        show_details=show_details,
+        allowed_hosts=allowed_hosts,
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -71,8 +80,13 @@ def serving(
         thread.join(15)
 
 
-def fetch(url: str, *, token: str | None = None) -> tuple[int, str, dict[str, str]]:
+def fetch(
+    url: str, *, token: str | None = None, host: str | None = None
+) -> tuple[int, str, dict[str, str]]:
+    """GET `url`; `host` sends that Host header instead of the URL's."""
     request = urllib.request.Request(url)
+    if host is not None:
+        request.add_header("Host", host)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -424,3 +438,167 @@ def test_events_show_no_row_values_by_default(installed: TestDB) -> None:
         full = get_json(f"{base}/api/events?kind=failure")["items"]
     assert any("violates check constraint" in (e["message"] or "") for e in full)
     assert not any("redacted" in e and e["redacted"] is True for e in full)
+
+
+# --- what every request and response passes: the Host check, the headers, the token --------
+
+FOREIGN = "rebind.attacker.example"
+GOOD_TOKEN = "k" * 31 + "Q"  # 32 characters: the shortest accepted off loopback
+
+
+def raw_get(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as it is (no Host added) and return the status and the body."""
+    import socket
+
+    address = base.removeprefix("http://").split(":")
+    with socket.create_connection((address[0], int(address[1])), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_a_request_for_another_host_is_refused(installed: TestDB) -> None:
+    """DNS rebinding: with no token on loopback (the default), a page on another name must not
+    read the audit trail through the victim's browser."""
+    uid = installed.signup({"full_name": "Rebound"}, email="rebound@example.com")
+    with installed.connect() as conn:
+        conn.execute(
+            "select profileguard.record_failure(%s, '23514', 'bad', 'client')", (str(uid),)
+        )
+    with serving(installed.settings) as base:
+        port = base.rsplit(":", 1)[1]
+        for path in ("/api/events", "/api/status", "/metrics", "/", "/healthz", "/nowhere"):
+            code, body, headers = fetch(base + path, host=f"{FOREIGN}:{port}")
+            assert code == 421, (path, code, body)
+            assert str(uid) not in body and "rebound" not in body
+            assert "--allowed-host" in json.loads(body)["hint"]
+            assert headers["x-content-type-options"] == "nosniff"
+        for name in (FOREIGN, "127.0.0.1.attacker.example", "localhost.attacker.example", "0"):
+            assert fetch(f"{base}/api/events", host=name)[0] == 421, name
+        # The loopback names, with or without the port, in any case: served.
+        for name in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+            code, body, _ = fetch(f"{base}/api/events", host=name)
+            assert code == 200 and str(uid) in body, name
+        # No Host at all (HTTP/1.0) is refused too.
+        status, body_bytes = raw_get(base, b"GET /api/events HTTP/1.0\r\n\r\n")
+        assert status == 400 and str(uid).encode() not in body_bytes
+        status, _ = raw_get(
+            base, f"GET /healthz HTTP/1.0\r\nHost: localhost:{port}\r\n\r\n".encode()
+        )
+        assert status == 200
+
+
+def test_allowed_host_names_are_served(installed: TestDB) -> None:
+    with serving(installed.settings, allowed_hosts=("Dash.Example.com.", "10.1.2.3")) as base:
+        assert fetch(f"{base}/api/status", host="dash.example.com:443")[0] == 200
+        assert fetch(f"{base}/api/status", host="DASH.EXAMPLE.COM")[0] == 200
+        assert fetch(f"{base}/api/status", host="10.1.2.3")[0] == 200
+        assert fetch(f"{base}/api/status", host="other.example.com")[0] == 421
+        assert fetch(f"{base}/api/status", host="10.1.2.4")[0] == 421  # bound to loopback only
+    with pytest.raises(ConfigError, match="not a host name"):
+        create_app(installed.settings, allowed_hosts=["https://dash.example.com"])
+
+
+def test_every_response_carries_the_security_headers(installed: TestDB) -> None:
+    with serving(installed.settings, token="header-token") as base:
+        for path, token, expected in (
+            ("/", None, 200),
+            ("/docs", None, 200),
+            ("/healthz", None, 200),
+            ("/readyz", None, 200),
+            ("/openapi.json", None, 200),
+            ("/api/status", "header-token", 200),
+            ("/metrics", "header-token", 200),
+            ("/api/events", None, 401),
+            ("/api/events?limit=0", "header-token", 422),
+            ("/nowhere", None, 404),
+        ):
+            code, body, headers = fetch(base + path, token=token)
+            assert code == expected, (path, code, body)
+            assert headers["x-content-type-options"] == "nosniff", path
+            assert headers["x-frame-options"] == "DENY", path
+            assert headers["referrer-policy"] == "no-referrer", path
+            assert headers["cross-origin-resource-policy"] == "same-origin", path
+            policy = headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy, path
+            assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, path
+            if path in ("/", "/docs"):
+                # The page's own inline script and style, by hash; requests to its own origin.
+                for tag in ("script", "style"):
+                    inline = re.search(rf"<{tag}>(.*?)</{tag}>", body, re.DOTALL)
+                    assert inline is not None
+                    digest = base64.b64encode(hashlib.sha256(inline[1].encode()).digest())
+                    assert f"{tag}-src 'sha256-{digest.decode()}'" in policy, (path, tag)
+                assert "connect-src 'self'" in policy
+                assert " style=" not in body  # no inline style attribute the policy would block
+            else:
+                assert "script-src" not in policy, path
+
+
+def test_serve_refuses_a_short_token_off_loopback(installed: TestDB) -> None:
+    port = str(free_port())
+    serve = ("--database-url", installed.url, "serve", "--port", port, "--no-alerts")
+    for args, env in (
+        (["--host", "0.0.0.0", "--token", "s3cret"], None),
+        (["--host", "0.0.0.0"], {"PROFILEGUARD_API_TOKEN": GOOD_TOKEN[:-1]}),
+        (["--host", "::", "--token", "x"], None),
+    ):
+        short = _serve_cli(*serve, *args, env=env)
+        assert short.returncode == ExitCode.USAGE == 2, short.stderr
+        text = " ".join(short.stderr.split())
+        assert "needs at least 32" in text, text
+        assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in text
+        assert "Traceback" not in short.stderr
+    bad_name = _serve_cli(*serve, "--allowed-host", "dash.example.com:8787")
+    assert bad_name.returncode == 2 and "not a host name" in bad_name.stderr, bad_name.stderr
+
+
+def _started(base: str, process: subprocess.Popen[bytes]) -> bool:
+    def up() -> bool:
+        try:
+            return fetch(f"{base}/healthz")[0] == 200
+        except OSError:
+            return process.poll() is not None
+
+    return wait_for(up, timeout=60) and process.poll() is None
+
+
+def test_serve_off_loopback_with_a_long_token_and_allowed_names(installed: TestDB) -> None:
+    """Bound to every interface: a 32-character token is taken; IP addresses and the loopback
+    names are served, a name only when allowed (--allowed-host, PROFILEGUARD_ALLOWED_HOSTS)."""
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL", "PROFILEGUARD_", "SUPABASE_"))
+    }
+    env["PROFILEGUARD_API_TOKEN"] = GOOD_TOKEN
+    env["PROFILEGUARD_ALLOWED_HOSTS"] = "a.example.com, b.example.com"
+    command = [sys.executable, "-m", "profileguard", "--database-url", installed.url, "serve"]
+    options = ["--host", "0.0.0.0", "--port", str(port), "--no-alerts"]
+    for names in ([], ["--allowed-host", "c.example.com"]):
+        process = subprocess.Popen(
+            [*command, *options, *names],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            assert _started(base, process)
+            status = f"{base}/api/status"
+            assert fetch(status, host="192.0.2.7")[0] == 401  # served: the token is asked for
+            assert fetch(status, token=GOOD_TOKEN, host="192.0.2.7")[0] == 200
+            assert fetch(status, token=GOOD_TOKEN, host=f"localhost:{port}")[0] == 200
+            assert fetch(status, token=GOOD_TOKEN, host=FOREIGN)[0] == 421
+            # --allowed-host replaces the variable's names, as any option does its variable.
+            for name in ("a.example.com", "b.example.com", "c.example.com"):
+                expected = 200 if (name == "c.example.com") == bool(names) else 421
+                assert fetch(status, token=GOOD_TOKEN, host=name)[0] == expected, (names, name)
+        finally:
+            process.terminate()
+            process.wait(30)

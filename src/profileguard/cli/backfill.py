@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from profileguard.cli.app import command, state
-from profileguard.cli.options import JsonOption, PoolerOption
+from profileguard.cli.options import JsonOption, PoolerOption, number_option
 from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.errors import ExitCode
 
@@ -79,6 +79,41 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
     return None, line
 
 
+# The float options, each finite and within its range (number_option).
+TargetSeconds = Annotated[
+    float,
+    number_option(
+        "--target-seconds",
+        help="Batch duration the batch size aims at.",
+        low=0,
+        high=600,
+        above=True,
+    ),
+]
+MaxRowsPerSecond = Annotated[
+    float | None,
+    number_option(
+        "--max-rows-per-second",
+        help="Throttle, in users scanned per second.",
+        low=0,
+        high=1e9,
+        above=True,
+    ),
+]
+LockTimeout = Annotated[
+    float,
+    number_option(
+        "--lock-timeout", help="Seconds a batch may wait for a lock.", low=0.001, high=86400
+    ),
+]
+StatementTimeout = Annotated[
+    float,
+    number_option(
+        "--statement-timeout", help="Seconds a batch statement may run.", low=0.001, high=86400
+    ),
+]
+
+
 @command("Repair")
 def backfill(
     ctx: typer.Context,
@@ -96,18 +131,10 @@ def backfill(
     ] = None,
     min_batch_size: Annotated[int, typer.Option("--min-batch-size")] = 100,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = 100_000,
-    target_seconds: Annotated[
-        float, typer.Option("--target-seconds", help="Batch duration the batch size aims at.")
-    ] = 0.5,
-    max_rows_per_second: Annotated[
-        float | None, typer.Option("--max-rows-per-second", help="Throttle (users scanned/s).")
-    ] = None,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds a batch may wait for a lock.")
-    ] = 2.0,
-    statement_timeout: Annotated[
-        float, typer.Option("--statement-timeout", help="Seconds a batch statement may run.")
-    ] = 30.0,
+    target_seconds: TargetSeconds = 0.5,
+    max_rows_per_second: MaxRowsPerSecond = None,
+    lock_timeout: LockTimeout = 2.0,
+    statement_timeout: StatementTimeout = 30.0,
     sample: Annotated[
         int, typer.Option("--sample", help="Profiles shown by --dry-run.", min=0)
     ] = 10,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any
 
 import typer
@@ -170,7 +171,19 @@ def serve(
         typer.Option(
             envvar="PROFILEGUARD_API_TOKEN",
             help="Require 'Authorization: Bearer TOKEN' on /metrics and /api/* (the dashboard "
-            "takes it as #token=TOKEN in its address).",
+            "takes it as #token=TOKEN in its address); at least 32 characters off loopback.",
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            metavar="NAME",
+            envvar="PROFILEGUARD_ALLOWED_HOSTS",
+            help="Also serve requests whose Host is this name (a DNS name, or the one a proxy "
+            "passes on). Without it: the --host address, localhost when bound to loopback, and "
+            "any IP address when bound to 0.0.0.0 or ::. Repeatable; PROFILEGUARD_ALLOWED_HOSTS "
+            "takes names separated by commas or spaces.",
         ),
     ] = None,
     alerts: Annotated[
@@ -195,7 +208,8 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the dashboard (/), /metrics (Prometheus), /api/status, /api/events, /healthz,
-    /readyz and the API docs (/docs). Read-only. A non-loopback --host needs a token."""
+    /readyz and the API docs (/docs). Read-only. A non-loopback --host needs a token; a
+    request for another host name is refused (421)."""
     from profileguard.web import serve as run_server  # without [server]: a clear error
 
     if token is None and os.environ.get("PROFILEGUARD_API_TOKEN") is not None:
@@ -208,4 +222,5 @@ def serve(
         alerts=alerts,
         allow_no_token=insecure_no_token,
         show_details=show_details,
+        allowed_hosts=[n for names in allowed_host or () for n in re.split(r"[,\s]+", names) if n],
     )

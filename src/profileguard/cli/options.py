@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -41,3 +43,33 @@ ReplaceTriggerOption = Annotated[
         "original is saved and uninstall restores it. Repeatable.",
     ),
 ]
+
+
+def number_option(*names: str, help: str, low: float, high: float, above: bool = False) -> Any:
+    """A float option whose value must be finite and in range (from `low`, or more than `low`
+    with `above`, to `high`); the range is stated in its help and in the usage error (exit 2).
+    Click alone lets nan through every range, and inf past a range without a maximum."""
+    span = f"more than {_shown(low)} and at most {_shown(high)}"
+    if not above:
+        span = f"from {_shown(low)} to {_shown(high)}"
+    text = f"{help.rstrip('.')} ({span})."
+    return typer.Option(*names, help=text, callback=_within(low, high, above, span))
+
+
+def _within(low: float, high: float, above: bool, span: str) -> Callable[[float | None], Any]:
+    """The callback of number_option: the value, or a usage error that states the range."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        fits = (value > low if above else value >= low) and value <= high
+        if not (math.isfinite(value) and fits):
+            raise typer.BadParameter(f"must be a number {span}, not {_shown(value)}")
+        return value
+
+    return check
+
+
+def _shown(number: float) -> str:
+    """A bound or a value as a person writes it: 0.001, 86,400, 1,000,000,000, nan, inf."""
+    return format(number, ",.15g")

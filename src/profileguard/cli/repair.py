@@ -14,7 +14,7 @@ import typer
 
 from profileguard import logs
 from profileguard.cli.app import command, state
-from profileguard.cli.options import JsonOption, PoolerOption
+from profileguard.cli.options import JsonOption, PoolerOption, number_option
 from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.client import ProfileGuard
 from profileguard.config import WorkerOptions
@@ -121,14 +121,18 @@ def worker(
     ] = WorkerOptions.max_attempts,
     incremental_interval: Annotated[
         float,
-        typer.Option(
+        number_option(
             "--incremental-interval",
-            min=0.05,
-            help="Seconds between incremental sweeps (new failures, due retries).",
+            help="Seconds between incremental sweeps, for new failures and due retries.",
+            low=0.05,
+            high=86400,
         ),
     ] = WorkerOptions.incremental_interval,
     full_interval: Annotated[
-        float, typer.Option("--full-interval", min=0.1, help="Seconds between full sweeps.")
+        float,
+        number_option(
+            "--full-interval", help="Seconds between full sweeps.", low=0.1, high=7 * 86400
+        ),
     ] = WorkerOptions.full_interval,
     worker_id: Annotated[
         str | None,

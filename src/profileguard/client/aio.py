@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying
 
 from profileguard import sql as sqlfiles
+from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend
 from profileguard.client.backends import QUERIES, AsyncIdentityBackend, default_async_backend
 from profileguard.client.core import (
     ENSURE_SQL,
@@ -168,7 +169,8 @@ class AsyncProfileGuard:
         except ProfileGuardError:
             raise
         except Exception as exc:
-            raise registration_error(exc, new.email) from exc
+            direct = not isinstance(self.identity, AsyncSupabaseAdminAPIBackend)
+            raise registration_error(exc, new.email, settings=self.settings, direct=direct) from exc
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _register_once(self, new: NewUser, retried: bool) -> RegisteredUser:

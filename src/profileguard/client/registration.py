@@ -404,9 +404,42 @@ def login_not_found(login: Login) -> UserNotFoundError:
     )
 
 
-def registration_error(exc: BaseException, email: str | None) -> ProfileGuardError:
-    """Translate a failure of the registration transaction."""
+# Writing Supabase Auth's tables was refused: the role may not write them, or may not become
+# the role given as `as_role` (hosted `postgres` is no member of supabase_auth_admin). The
+# platform's own way in is then the Auth admin API.
+AUTH_TABLES_DENIED = re.compile(
+    r"permission denied (for (table (users|identities)|schema auth)\b|to set role)"
+)
+
+
+def admin_api_hint(settings: Settings) -> str:
+    """How to send registration through Supabase Auth's admin API (see default_backend),
+    naming what is missing from the settings."""
+    missing = [
+        name
+        for name, value in (
+            ("SUPABASE_URL", settings.supabase_url),
+            ("SUPABASE_SERVICE_ROLE_KEY", settings.supabase_service_role_key),
+        )
+        if not value
+    ]
+    return (
+        "on hosted Supabase register() goes through Supabase Auth's admin API: set "
+        "SUPABASE_URL (or [supabase] url in profileguard.toml) to "
+        "https://<project-ref>.supabase.co and SUPABASE_SERVICE_ROLE_KEY to the project's "
+        "service_role key (Project Settings → API), and install "
+        f"'profileguard[supabase]' (not set now: {', '.join(missing)})"
+    )
+
+
+def registration_error(
+    exc: BaseException, email: str | None, *, settings: Settings, direct: bool = True
+) -> ProfileGuardError:
+    """Translate a failure of the registration transaction. `direct`: the backend writes
+    auth.users itself (not through the admin API), so a refusal there names the admin API."""
     err = translate(exc, context=f"register {email or 'user'}")
+    if direct and err.sqlstate == "42501" and AUTH_TABLES_DENIED.search(err.message):
+        err.hint = "; ".join(filter(None, (err.hint, admin_api_hint(settings))))
     if (
         isinstance(exc, psycopg.Error)
         and exc.sqlstate

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from tenacity import Retrying
 
 from profileguard import sql as sqlfiles
+from profileguard.client.admin_api import SupabaseAdminAPIBackend
 from profileguard.client.backends import QUERIES, IdentityBackend, default_backend
 from profileguard.client.core import (
     ENSURE_SQL,
@@ -170,7 +171,8 @@ class ProfileGuard:
         except ProfileGuardError:
             raise
         except Exception as exc:
-            raise registration_error(exc, new.email) from exc
+            direct = not isinstance(self.identity, SupabaseAdminAPIBackend)
+            raise registration_error(exc, new.email, settings=self.settings, direct=direct) from exc
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _register_once(self, new: NewUser, retried: bool) -> RegisteredUser:

@@ -18,6 +18,8 @@ from profileguard.config.sections import (
     parse_username,
 )
 from profileguard.config.values import (
+    check_keys,
+    nearest,
     parse_pooler,
     subtable,
     to_bool,
@@ -39,6 +41,23 @@ SECTIONS = (
     "sync",
     "delete",
 )
+# The settings of the sections read here; [alerts], [username] and [delete] are checked where
+# they are parsed (sections.py), [mapping] and [sync] are keyed by profile column.
+KEYS = {
+    "database": ("url", "pooler"),
+    "identity": ("table", "key"),
+    "profile": ("table", "key", "username_column", "strict", "lock_timeout_ms"),
+    "client": (
+        "enabled",
+        "retry_attempts",
+        "retry_base_seconds",
+        "retry_cap_seconds",
+        "connect_timeout",
+    ),
+    "supabase": ("url",),
+}
+# Settings deliberately never read from the file, and where they come from instead.
+ENVIRONMENT_ONLY = {("supabase", "service_role_key"): "SUPABASE_SERVICE_ROLE_KEY"}
 
 
 def load_settings(
@@ -52,6 +71,7 @@ def load_settings(
     data = _read_file(path, env)
     for name in SECTIONS:  # each a table, checked before any value in them
         subtable(data, name)
+    _check_names(data)
     settings = _tables(data, env, overrides)
     if "mapping" in data:
         mapping = parse_mapping(data["mapping"])
@@ -59,6 +79,41 @@ def load_settings(
     settings = _username(settings, data)
     settings = _options(settings, data, env, overrides)
     return settings.with_overrides(**overrides)
+
+
+def _check_names(data: Mapping[str, Any]) -> None:
+    """Refuse unknown sections and unknown keys of the sections read here, each with the
+    nearest known name."""
+    sections = (*SECTIONS, "mapping")
+    for name, value in data.items():
+        if name in sections:
+            continue
+        if isinstance(value, Mapping):
+            close = nearest(name, sections)
+            guess = f"; did you mean [{close}]?" if close else ""
+            raise ConfigError(
+                f"[{name}]: unknown section{guess}",
+                hint=f"the sections are: {', '.join(f'[{s}]' for s in sorted(sections))}",
+            )
+        owners = [section for section, keys in KEYS.items() if name in keys]
+        close = nearest(name, sections)
+        guess = (
+            f"; did you mean {name} in [{owners[0]}]?"
+            if owners
+            else (f"; did you mean [{close}]?" if close else "")
+        )
+        raise ConfigError(
+            f"{name}: unknown setting at the top of the file{guess}",
+            hint='settings go in their section, e.g. [database] url = "postgresql://…"',
+        )
+    for (section, key), variable in ENVIRONMENT_ONLY.items():
+        if key in subtable(data, section):
+            raise ConfigError(
+                f"{section}.{key} is never read from a file",
+                hint=f"remove it from the file and set {variable} in the environment",
+            )
+    for section, keys in KEYS.items():
+        check_keys(subtable(data, section), section, keys)
 
 
 def _read_file(path: str | Path | None, env: Mapping[str, str]) -> Mapping[str, Any]:

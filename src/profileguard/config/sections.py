@@ -16,7 +16,14 @@ from profileguard.config.models import (
     check_identifier,
     default_username_policy,
 )
-from profileguard.config.values import to_bool, to_float, to_int, to_names, to_webhook_url
+from profileguard.config.values import (
+    check_keys,
+    to_bool,
+    to_float,
+    to_int,
+    to_names,
+    to_webhook_url,
+)
 from profileguard.errors import ConfigError
 
 
@@ -44,12 +51,7 @@ def parse_mapping(raw: Any, *, setting: str = "mapping") -> dict[str, tuple[Sour
 
 def parse_username(section: Mapping[str, Any]) -> UsernamePolicy:
     """Validate the [username] section."""
-    known = set(UsernamePolicy.__dataclass_fields__)
-    for key in section:
-        if key not in known:
-            raise ConfigError(
-                f"username.{key}: unknown setting", hint=f"use one of: {', '.join(sorted(known))}"
-            )
+    check_keys(section, "username", UsernamePolicy.__dataclass_fields__)
     d = default_username_policy()
     pattern = section.get("pattern", d.pattern)
     if pattern in ("", None):
@@ -109,7 +111,6 @@ RETIRED_ALERT_SETTINGS = {
 
 def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSettings:
     """Validate the [alerts] section (and PROFILEGUARD_ALERT_WEBHOOK_URL)."""
-    known = set(AlertSettings.__dataclass_fields__)
     for key in section:
         if key in RETIRED_ALERT_SETTINGS:
             raise ConfigError(
@@ -117,11 +118,7 @@ def parse_alerts(section: Mapping[str, Any], env: Mapping[str, str]) -> AlertSet
                 "user without a profile",
                 hint=f"remove it; set {RETIRED_ALERT_SETTINGS[key]} instead",
             )
-        if key not in known:
-            raise ConfigError(
-                f"alerts.{key}: unknown setting",
-                hint=f"use one of: {', '.join(sorted(known))}",
-            )
+    check_keys(section, "alerts", AlertSettings.__dataclass_fields__)
     d = AlertSettings()
 
     def seconds(key: str, high: float = 30 * 86400) -> float:
@@ -218,9 +215,7 @@ def parse_sync(section: Mapping[str, Any]) -> dict[str, str]:
 
 def parse_redact(section: Mapping[str, Any]) -> tuple[str, ...] | None:
     """Validate [delete] redact: the profile columns cleared when a user is soft-deleted."""
-    for key in section:
-        if key != "redact":
-            raise ConfigError(f"delete.{key}: unknown setting", hint="use: redact")
+    check_keys(section, "delete", ("redact",))
     if "redact" not in section:
         return None
     raw = section["redact"]

@@ -3,8 +3,9 @@ the pooler mode; each error names the key that is wrong."""
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from profileguard.config.models import FALSE_WORDS, POOLER_MODES, TRUE_WORDS
@@ -69,6 +70,27 @@ def subtable(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"[{name}] must be a table", hint=f"write it as [{name}] in the file")
     return value
+
+
+def nearest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt `name`, if one is close enough."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1)
+    return close[0] if close else None
+
+
+def check_keys(section: Mapping[str, Any], name: str, known: Iterable[str]) -> None:
+    """Refuse a key the section `name` does not have, naming the nearest one it has: a
+    misspelt setting would otherwise be ignored without a word."""
+    keys = sorted(known)
+    for key in section:
+        if key in keys:
+            continue
+        close = nearest(key, keys)
+        guess = f"; did you mean {name}.{close}?" if close else ""
+        raise ConfigError(
+            f"{name}.{key}: unknown setting{guess}",
+            hint=f"[{name}] takes: {', '.join(keys)}",
+        )
 
 
 def to_webhook_url(value: Any, key: str) -> str | None:

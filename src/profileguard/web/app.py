@@ -5,18 +5,19 @@ alive), `/readyz` (database reachable, schema installed with monitoring, trigger
 `/metrics` (Prometheus text format), `/api/status`, `/api/events` (paginated audit trail),
 `/api/history`, `/api/quarantine`, `/openapi.json` and `/docs` (rendered offline). With a token,
 `/metrics` and `/api/*` need `Authorization: Bearer TOKEN`; the probes and the static pages don't.
+Every request passes guard.py first: a Host the server does not serve is refused, and every
+response carries the security headers.
 """
 
 from __future__ import annotations
 
 import errno
 import hmac
-import ipaddress
 import logging
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -42,6 +43,7 @@ from profileguard.errors import (
 from profileguard.installation import TRIGGER_NAME
 from profileguard.redaction import redact_row
 from profileguard.web import metrics
+from profileguard.web.guard import Guard, HostRule, is_loopback, page_policy
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,6 +53,9 @@ EVENT_KINDS = ("failure", "repair", "backfill", "config", "quarantine")
 # Seconds a request waits for a pooled connection before answering 503.
 POOL_TIMEOUT = 3.0
 POOL_SIZE = 4
+# The shortest token accepted off loopback: 32 characters of secrets.token_urlsafe carry 192 bits.
+MIN_TOKEN_LENGTH = 32
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def _static(name: str) -> str:
@@ -90,10 +95,13 @@ def create_app(
     alerts: bool = True,
     loop: observe.MonitorLoop | None = None,
     show_details: bool = False,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The application; with `alerts`, a background loop refreshes the counts and evaluates
     the alert rules while it runs. Failure messages are reduced to SQLSTATE, constraint and
-    column names unless `show_details`."""
+    column names unless `show_details`. Requests are served for the names of `host` (the
+    address it is bound to) and `allowed_hosts` only (guard.HostRule)."""
     if token is not None and not token.strip():
         raise ConfigError("the API token is empty", hint="pass a non-empty token or None")
 
@@ -123,6 +131,7 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
+    app.add_middleware(Guard, rule=HostRule.of(host, allowed_hosts))
     connection = _connector(pool)
     auth = [Depends(_bearer(token))]
     _pages(app)
@@ -167,16 +176,24 @@ def _connector(pool: ConnectionPool[Connection[Any]]) -> Connect:
     return connection
 
 
+def _page(name: str) -> Callable[[], HTMLResponse]:
+    """A static page served with a Content-Security-Policy that allows its own inline code."""
+    html = _static(name)
+    headers = {"Content-Security-Policy": page_policy(html)}
+    return lambda: HTMLResponse(html, headers=headers)
+
+
 def _pages(app: FastAPI) -> None:
     """The dashboard, the API docs and the liveness probe: no database, no token."""
+    dashboard_page, docs_page = _page("dashboard.html"), _page("docs.html")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
-        return HTMLResponse(_static("dashboard.html"))
+        return dashboard_page()
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:
-        return HTMLResponse(_static("docs.html"))
+        return docs_page()
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
@@ -281,24 +298,20 @@ def _list_routes(app: FastAPI, connection: Connect, auth: list[Any], shown: Show
             raise _unavailable(exc) from exc
 
 
-def is_loopback(host: str) -> bool:
-    """True when `host` is only reachable from this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
-
-
 def check_exposure(host: str, token: str | None, *, allow_no_token: bool) -> None:
-    """Refuse an empty token, and a non-loopback bind without one unless explicitly allowed."""
+    """Refuse an empty token, a short one off loopback, and a non-loopback bind without one
+    unless explicitly allowed."""
     if token is not None and not token.strip():
         raise ConfigError(
             "the API token is empty",
-            hint="set PROFILEGUARD_API_TOKEN (or --token) to a secret, e.g. "
-            "'export PROFILEGUARD_API_TOKEN=$(openssl rand -hex 32)', or leave it unset on "
-            "localhost",
+            hint=f"set PROFILEGUARD_API_TOKEN (or --token) to a secret made with: {MAKE_TOKEN}; "
+            "or leave it unset on localhost",
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH and not is_loopback(host):
+        raise ConfigError(
+            f"the API token has {len(token)} characters: serving on {host} needs at least "
+            f"{MIN_TOKEN_LENGTH}, or anyone who can reach it could guess it",
+            hint=f"make one with: {MAKE_TOKEN} and set it as PROFILEGUARD_API_TOKEN (or --token)",
         )
     if token is None and not is_loopback(host):
         if not allow_no_token:
@@ -353,14 +366,23 @@ def serve(
     alerts: bool = True,
     allow_no_token: bool = False,
     show_details: bool = False,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Run the application with uvicorn until SIGINT/SIGTERM."""
     check_exposure(host, token, allow_no_token=allow_no_token)
+    HostRule.of(host, allowed_hosts)  # a bad --allowed-host is refused before anything starts
     settings.conninfo()  # fail early, with the hint, when no database is configured
     sock = _bind(host, port)
     try:
         config = uvicorn.Config(
-            create_app(settings, token=token, alerts=alerts, show_details=show_details),
+            create_app(
+                settings,
+                token=token,
+                alerts=alerts,
+                show_details=show_details,
+                host=host,
+                allowed_hosts=allowed_hosts,
+            ),
             host=host,
             port=port,
             log_level="info",
