@@ -1,5 +1,6 @@
 # Quick start: `make demo` runs profileguard on an embedded PostgreSQL; `make test` runs the suite
-# (after `make deps` installs the system packages it needs: Chromium, promtool, pg_cron, PgBouncer).
+# (after `make deps` installs what it needs: Chromium, promtool, pg_cron, plpgsql_check, PgBouncer,
+# the pinned Supabase CLI).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -50,6 +50,7 @@ ROLE_MODULES = {
     "test_takeover",
     "test_sql_command",
     "test_invariant",
+    "test_supabase_lints",
 }
 # Serialises the cluster-wide role DDL of concurrent test sessions on one server.
 ROLE_LOCK = "profileguard.tests.roles"
@@ -70,12 +71,20 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float =
     return check()
 
 
+# Markers of tests that need what the embedded server lacks: JIT, the plpgsql_check extension.
+SERVER_PASS_ONLY = ("jit", "plpgsql_check")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The embedded server has no JIT: tests marked `jit` run only on a server given by
-    PROFILEGUARD_TEST_DSN (where they fail, not skip, if that server has no JIT)."""
+    """The embedded server has no JIT and no plpgsql_check: tests marked with either run only on
+    a server given by PROFILEGUARD_TEST_DSN (where they fail, not skip, if that server lacks it)."""
     if os.environ.get("PROFILEGUARD_TEST_DSN"):
         return
-    keep = [item for item in items if item.get_closest_marker("jit") is None]
+    keep = [
+        item
+        for item in items
+        if not any(item.get_closest_marker(name) for name in SERVER_PASS_ONLY)
+    ]
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep

@@ -18,9 +18,11 @@ import psycopg
 import pytest
 from conftest import TestDB
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from test_audit import apply_fix, audit, one
 from test_cli import cli
 
+from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.errors import ConfigError
 from profileguard.install import install, uninstall
@@ -143,6 +145,81 @@ def test_clients_cannot_read_or_write_profileguard_state(installed: TestDB, role
             assert denied(installed, role, statement, user), (relation, statement)
     enabled = installed.scalar("select enabled from profileguard.settings")
     assert enabled is True
+
+
+OWNER_ONLY = """
+    select c.oid::regclass::text, c.relrowsecurity,
+           array(select row(p.polpermissive, p.polcmd, p.polroles::regrole[]::text[],
+                            pg_get_expr(p.polqual, p.polrelid),
+                            pg_get_expr(p.polwithcheck, p.polrelid))::text
+                 from pg_policy p where p.polrelid = c.oid and p.polname = 'owner_only')
+    from pg_class c
+    where c.relnamespace = 'profileguard'::regnamespace and c.relkind in ('r', 'p')
+    order by 1
+"""
+# RLS on, and one restrictive policy for every command and role that lets nothing through.
+SEALED = (True, ["(f,*,{-},false,false)"])
+
+
+def owner_only(db: TestDB) -> dict[str, tuple[bool, list[str]]]:
+    """Each profileguard table: RLS on?, and its owner_only policy (permissive, command, roles,
+    USING, WITH CHECK)."""
+    with db.connect() as conn:
+        return {str(r[0]): (r[1], list(r[2])) for r in conn.execute(OWNER_ONLY)}
+
+
+def test_every_profileguard_table_is_for_its_owner_only(installed: TestDB) -> None:
+    tables = owner_only(installed)
+    assert {"profileguard.settings", "profileguard.events", "profileguard.migrations"} <= set(
+        tables
+    )
+    assert {t: v for t, v in tables.items() if v != SEALED} == {}
+    # Even a table granted to a client by mistake, with a permissive policy, shows it nothing.
+    user = installed.signup({"full_name": "Someone"})
+    assert installed.scalar("select count(*) from profileguard.settings") == 1
+    with installed.connect() as conn:
+        conn.execute("grant select, insert on profileguard.settings to authenticated")
+        conn.execute("grant usage on schema profileguard to authenticated")
+        conn.execute(
+            "create policy everyone on profileguard.settings for all to authenticated"
+            " using (true) with check (true)"
+        )
+    with as_client(installed, "authenticated", user) as conn:
+        assert conn.execute("select count(*) from profileguard.settings").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("insert into profileguard.settings default values")
+
+
+def test_tables_of_later_migrations_are_for_their_owner_only(
+    db: TestDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = sqlfiles.Migration(
+        9999, "later_table", "create table profileguard.later_table (id integer primary key);"
+    )
+    every = sqlfiles.migrations()
+    monkeypatch.setattr(sqlfiles, "migrations", lambda: (*every, later))
+    install(db.settings, create_profile_table=True)
+    assert owner_only(db)["profileguard.later_table"] == SEALED
+
+
+def test_reinstall_takes_no_lock_on_profileguard_tables(installed: TestDB) -> None:
+    """The trigger and the worker keep writing profileguard's tables while it is re-installed:
+    the policies already there are left alone (an install that altered a table would wait for
+    the writer below and fail on its lock_timeout). Not settings: only profileguard's commands
+    write it, and install re-creates its trigger."""
+    with installed.connect() as conn:
+        tables = [str(r[0]) for r in conn.execute(OWNER_ONLY)]
+    tables.remove("profileguard.settings")
+    with installed.connect(autocommit=False) as writer:
+        writer.execute(
+            sql.SQL("lock table {} in row exclusive mode").format(
+                sql.SQL(", ").join(sql.SQL(t) for t in tables)
+            )
+        )
+        url = make_conninfo(installed.url, options="-c lock_timeout=5s")
+        install(load_settings(env={}, database_url=url), create_profile_table=True)
+        writer.rollback()
+    assert all(v == SEALED for v in owner_only(installed).values())
 
 
 def test_signed_in_user_reads_and_updates_only_their_own_profile(installed: TestDB) -> None:

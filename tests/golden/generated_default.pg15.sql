@@ -242,11 +242,11 @@ declare
     v_constraint text;
     v_object text;
     v_fp text;
-    v_fail_id text[] := '{}';
-    v_fail_fp text[] := '{}';
-    v_fail_state text[] := '{}';
-    v_fail_object text[] := '{}';
-    v_fail_message text[] := '{}';
+    v_fail_id text[] := '{}'::text[];
+    v_fail_fp text[] := '{}'::text[];
+    v_fail_state text[] := '{}'::text[];
+    v_fail_object text[] := '{}'::text[];
+    v_fail_message text[] := '{}'::text[];
     v_systemic jsonb := '{}'::jsonb;
     v_row record;
     v_newly boolean;

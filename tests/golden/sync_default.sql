@@ -212,7 +212,7 @@ declare
     v_drift jsonb;
 begin
     if p_ids is not null then
-        select count(*), null into v_scanned, v_last from unnest(p_ids);
+        v_scanned := cardinality(p_ids);
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
           into v_drift from (select d.pg_key, d.pg_columns from (
