@@ -22,7 +22,6 @@ from psycopg.conninfo import make_conninfo
 from test_audit import apply_fix, audit, one
 from test_cli import cli
 
-from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.errors import ConfigError
 from profileguard.install import install, uninstall
@@ -188,18 +187,6 @@ def test_every_profileguard_table_is_for_its_owner_only(installed: TestDB) -> No
         assert conn.execute("select count(*) from profileguard.settings").fetchone() == (0,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             conn.execute("insert into profileguard.settings default values")
-
-
-def test_tables_of_later_migrations_are_for_their_owner_only(
-    db: TestDB, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    later = sqlfiles.Migration(
-        9999, "later_table", "create table profileguard.later_table (id integer primary key);"
-    )
-    every = sqlfiles.migrations()
-    monkeypatch.setattr(sqlfiles, "migrations", lambda: (*every, later))
-    install(db.settings, create_profile_table=True)
-    assert owner_only(db)["profileguard.later_table"] == SEALED
 
 
 def test_reinstall_takes_no_lock_on_profileguard_tables(installed: TestDB) -> None:

@@ -30,27 +30,3 @@ begin
     end if;
 end
 $pg$;
-
--- Every profileguard table has RLS on and the restrictive owner_only policy (migration 18): those
--- of later migrations too, whatever order they land in. Only a table that lacks either is
--- altered, so a re-install takes no lock on tables the trigger and the worker write.
-do $pg$
-declare
-    v_table regclass;
-    v_rls boolean;
-begin
-    for v_table, v_rls in
-        select c.oid::regclass, c.relrowsecurity from pg_catalog.pg_class c
-        where c.relnamespace = 'profileguard'::regnamespace and c.relkind in ('r', 'p')
-    loop
-        if not v_rls then
-            execute format('alter table %s enable row level security', v_table);
-        end if;
-        if not exists (select from pg_catalog.pg_policy p
-                       where p.polrelid = v_table and p.polname = 'owner_only') then
-            execute format('create policy owner_only on %s as restrictive for all to public'
-                           ' using (false) with check (false)', v_table);
-        end if;
-    end loop;
-end
-$pg$;

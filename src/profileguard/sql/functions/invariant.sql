@@ -285,13 +285,16 @@ as $pg$
 declare
     t record := profileguard._monitored_tables();
 begin
-    return query execute format(
+    for found_seq, user_id, first_seen_at in execute format(
         'select m.found_seq, m.user_id, m.first_seen_at from profileguard.missing_profiles m'
         ' where m.found_seq > $1'
         '   and exists (select from %1$s u where u.%2$I = m.user_id::%5$s)'
         '   and not exists (select from %3$s p where p.%4$I = m.user_id::%5$s)'
         ' order by m.found_seq limit $2',
         t.identity, t.identity_key, t.profile, t.profile_key, t.key_type)
-    using coalesce(p_after, 0), greatest(1, least(coalesce(p_limit, 500), 10000));
+    using coalesce(p_after, 0), greatest(1, least(coalesce(p_limit, 500), 10000))
+    loop
+        return next;
+    end loop;
 end
 $pg$;

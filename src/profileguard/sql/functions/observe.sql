@@ -105,20 +105,19 @@ begin
 
     v_first_seen := case when t.has_created_at
         then 'least(coalesce(u.created_at::timestamptz, now()), now())' else 'now()' end;
-    create temporary table if not exists pg_temp.profileguard_missing_now (
-        user_id text primary key, first_seen_at timestamptz) on commit drop;
-    truncate pg_temp.profileguard_missing_now;
+    -- One statement: the users without a profile now replace the set known before (the delete
+    -- and the upsert touch disjoint rows).
     execute format(
-        'insert into pg_temp.profileguard_missing_now (user_id, first_seen_at)'
-        ' select u.%1$I::text, %4$s from %2$s u'
-        ' where not exists (select from %3$s p where p.%5$I = u.%1$I)',
+        'with now_missing as materialized ('
+        '    select u.%1$I::text as user_id, %4$s as first_seen_at from %2$s u'
+        '    where not exists (select from %3$s p where p.%5$I = u.%1$I)),'
+        ' gone as (delete from profileguard.missing_profiles m'
+        '    where not exists (select from now_missing n where n.user_id = m.user_id))'
+        ' insert into profileguard.missing_profiles as m (user_id, first_seen_at, seen_at)'
+        ' select n.user_id, n.first_seen_at, now() from now_missing n'
+        ' on conflict (user_id) do update'
+        '    set seen_at = now(), first_seen_at = least(m.first_seen_at, excluded.first_seen_at)',
         t.identity_key, t.identity, t.profile, v_first_seen, t.profile_key);
-    delete from profileguard.missing_profiles m
-    where not exists (select from pg_temp.profileguard_missing_now n where n.user_id = m.user_id);
-    insert into profileguard.missing_profiles as m (user_id, first_seen_at, seen_at)
-    select n.user_id, n.first_seen_at, now() from pg_temp.profileguard_missing_now n
-    on conflict (user_id) do update
-        set seen_at = now(), first_seen_at = least(m.first_seen_at, excluded.first_seen_at);
 
     select c.events_horizon into v_old_horizon from profileguard.counters c for update;
     if v_horizon > v_old_horizon then
@@ -158,20 +157,21 @@ set search_path = pg_catalog, pg_temp
 as $pg$
 declare
     v_previous timestamptz := (select c.refreshed_at from profileguard.counters c);
+    v_known_ids text[];
+    v_known_seen timestamptz[];
 begin
     if not pg_try_advisory_xact_lock(hashtext('profileguard.refresh_stats')) then
         return false;
     end if;
-    create temporary table if not exists pg_temp.profileguard_known_missing (
-        user_id text primary key, first_seen_at timestamptz) on commit drop;
-    truncate pg_temp.profileguard_known_missing;
-    insert into pg_temp.profileguard_known_missing
-    select m.user_id, m.first_seen_at from profileguard.missing_profiles m;
+    select coalesce(array_agg(m.user_id), '{}'::text[]),
+           coalesce(array_agg(m.first_seen_at), '{}'::timestamptz[])
+    into v_known_ids, v_known_seen
+    from profileguard.missing_profiles m;
     perform profileguard._sweep();
     update profileguard.missing_profiles m
     set first_seen_at = coalesce(k.first_seen_at, greatest(m.first_seen_at, v_previous))
     from (select m2.user_id from profileguard.missing_profiles m2) a
-    left join pg_temp.profileguard_known_missing k on k.user_id = a.user_id
+    left join unnest(v_known_ids, v_known_seen) as k(user_id, first_seen_at) on k.user_id = a.user_id
     where a.user_id = m.user_id
       and m.first_seen_at is distinct from
           coalesce(k.first_seen_at, greatest(m.first_seen_at, v_previous));
@@ -501,8 +501,8 @@ declare
     v jsonb := profileguard.stats(interval '1 hour');
     v_age double precision := (v ->> 'oldest_missing_age_seconds')::double precision;
     v_missing bigint := (v ->> 'missing')::bigint;
-    v_problems text[] := '{}';
-    v_warnings text[] := '{}';
+    v_problems text[] := '{}'::text[];
+    v_warnings text[] := '{}'::text[];
     v_status text := 'healthy';
 begin
     if not (v ->> 'enabled')::boolean then

@@ -1,7 +1,9 @@
 -- profileguard's tables and indexes as they are now: what a fresh install creates. An upgrade
 -- reaches the same through the migrations (migrations/), which a test compares with this file.
 -- Functions come next (functions/), then the triggers on these tables (triggers.sql). Nothing here
--- is granted to anyone (privileges.sql); every table has row level security on.
+-- is granted to anyone (privileges.sql); every table has row level security on, and a restrictive
+-- policy false for every role (owner_only): only its owner and superusers or BYPASSRLS roles, which
+-- RLS does not limit, touch it; a grant or a permissive policy added by mistake shows nothing.
 
 -- Schema versions applied (one row per file of migrations/).
 create table profileguard.migrations (
@@ -301,3 +303,38 @@ alter table profileguard.alert_state enable row level security;
 alter table profileguard.invariant_scan enable row level security;
 alter table profileguard.drift_state enable row level security;
 alter table profileguard.drift_pass enable row level security;
+
+create policy owner_only on profileguard.migrations as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.settings as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.events as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.repair_state as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.workers as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.breakers as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.catalog_seen as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.backfill_runs as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.replaced_triggers as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.counters as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.missing_profiles as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.event_totals as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.stats_samples as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.alert_state as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.invariant_scan as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.drift_state as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.drift_pass as restrictive for all to public
+    using (false) with check (false);
