@@ -84,13 +84,11 @@ def translate(exc: BaseException, *, context: str = "") -> ProfileGuardError:
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
-    """Connection options every profileguard connection uses. Behind a transaction-mode pooler
-    nothing is prepared: a prepared statement lives on one server connection, and the next
-    transaction may get another (PgBouncer before 1.21 does not carry them over)."""
-    options: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
-    if settings.transaction_pooler:
-        options["prepare_threshold"] = None
-    return options
+    """Connection options every profileguard connection uses. Nothing is prepared, whatever the
+    pooler setting says: behind a transaction-mode pooler a prepared statement stays on one server
+    connection, where another client's statement of the same name (psycopg names them _pg3_0,
+    _pg3_1, …) runs instead of it (PgBouncer before 1.21 does not track them)."""
+    return {"connect_timeout": settings.connect_timeout, "prepare_threshold": None}
 
 
 def connect(
