@@ -91,6 +91,25 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     return {"connect_timeout": settings.connect_timeout, "prepare_threshold": None}
 
 
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """True when a pooler answered `conn`: the cancel key it was given names another process
+    than the server backend its queries reach (PgBouncer and Supavisor hand each client a key
+    of their own, in every pool mode; PostgreSQL gives its backend's pid). Runs one query: in a
+    connection that is not autocommit, it opens a transaction."""
+    row = conn.execute("select pg_catalog.pg_backend_pid()").fetchone()
+    return row is None or int(row[0]) != conn.info.backend_pid
+
+
+def keeps_session(settings: Settings, conn: psycopg.Connection) -> bool:
+    """True when session state (LISTEN, a session setting) lasts on `conn`: `pooler =
+    "session"`, or no pooler setting and `conn` reaches PostgreSQL directly. Through a pooler
+    whose mode is not set, nothing may outlive a transaction: the mode cannot be told from the
+    client, and transaction mode is the one both modes survive."""
+    if settings.pooler is not None:
+        return settings.pooler == "session"
+    return not through_pooler(conn)
+
+
 def connect(
     settings: Settings,
     *,
@@ -115,5 +134,7 @@ __all__ = [
     "connect_options",
     "is_transient",
     "is_transient_sqlstate",
+    "keeps_session",
+    "through_pooler",
     "translate",
 ]
