@@ -64,9 +64,11 @@ class Backfill:
                 report, start = self.registry.begin(conn, self.sizer.size)
             self.registry.hold(report)
         except psycopg.Error as exc:
+            self.registry.release()
             self.db.close()
             raise translate(exc, context="backfill") from exc
         except BaseException:
+            self.registry.release()
             self.db.close()
             raise
         self.sizer.size = report.batch_size
