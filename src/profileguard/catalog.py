@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -79,6 +82,21 @@ def table_oid(conn: psycopg.Connection, ref: TableRef) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+@contextlib.contextmanager
+def qualified(conn: psycopg.Connection) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+    """A cursor whose queries see an empty search_path, so the catalog prints every name
+    schema-qualified. The setting is local to a transaction (a savepoint inside one, put back
+    at its end): a session setting would stay on a pooler's server connection for its next
+    client, and an autocommit connection's next statement may run on another one."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("select pg_catalog.current_setting('search_path') as path").fetchone()
+        cur.execute("select pg_catalog.set_config('search_path', '', true)")
+        yield cur
+        # (After an error the savepoint's or transaction's rollback puts it back.)
+        path = row["path"] if row else ""
+        cur.execute("select pg_catalog.set_config('search_path', %s, true)", (path,))
+
+
 def inspect_table(conn: psycopg.Connection, ref: TableRef) -> TableFacts | None:
     """Describe `ref`, or return None when the table does not exist.
 
@@ -88,15 +106,10 @@ def inspect_table(conn: psycopg.Connection, ref: TableRef) -> TableFacts | None:
     oid = table_oid(conn, ref)
     if oid is None:
         return None
-    row = conn.execute("select current_setting('search_path')").fetchone()
-    search_path = str(row[0]) if row else "public"
+    with qualified(conn) as cur:
+        cur.execute(sqlfiles.query("table_columns"), {"oid": oid})
+        columns = {r["name"]: Column(**r) for r in cur.fetchall()}
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("select set_config('search_path', '', false)")
-        try:
-            cur.execute(sqlfiles.query("table_columns"), {"oid": oid})
-            columns = {r["name"]: Column(**r) for r in cur.fetchall()}
-        finally:
-            cur.execute("select set_config('search_path', %s, false)", (search_path,))
         cur.execute(sqlfiles.query("unique_columns"), {"oid": oid})
         unique = frozenset(r["name"] for r in cur.fetchall())
         cur.execute(sqlfiles.query("check_constraints"), {"oid": oid})

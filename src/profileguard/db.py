@@ -32,6 +32,16 @@ def is_transient_sqlstate(sqlstate: str | None) -> bool:
     return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when `exc` says the connection itself can no longer be trusted: no SQLSTATE, and the
+    server gone, the socket closed, or the protocol out of step (a pooler whose server connection
+    was terminated mid-transaction can answer one command with two results)."""
+    return (
+        isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.InternalError)
+        and exc.sqlstate is None
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when `exc` (driver or profileguard error) is worth retrying."""
     if isinstance(exc, DatabaseError):
@@ -40,8 +50,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:
-            # No SQLSTATE: the connection broke (server gone, socket closed, timeout).
-            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            return connection_lost(exc)
         return is_transient_sqlstate(exc.sqlstate)
     return False
 
@@ -84,13 +93,30 @@ def translate(exc: BaseException, *, context: str = "") -> ProfileGuardError:
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
-    """Connection options every profileguard connection uses. Behind a transaction-mode pooler
-    nothing is prepared: a prepared statement lives on one server connection, and the next
-    transaction may get another (PgBouncer before 1.21 does not carry them over)."""
-    options: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
-    if settings.transaction_pooler:
-        options["prepare_threshold"] = None
-    return options
+    """Connection options every profileguard connection uses. Nothing is prepared, whatever the
+    pooler setting says: behind a transaction-mode pooler a prepared statement stays on one server
+    connection, where another client's statement of the same name (psycopg names them _pg3_0,
+    _pg3_1, …) runs instead of it (PgBouncer before 1.21 does not track them)."""
+    return {"connect_timeout": settings.connect_timeout, "prepare_threshold": None}
+
+
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """True when a pooler answered `conn`: the cancel key it was given names another process
+    than the server backend its queries reach (PgBouncer and Supavisor hand each client a key
+    of their own, in every pool mode; PostgreSQL gives its backend's pid). Runs one query: in a
+    connection that is not autocommit, it opens a transaction."""
+    row = conn.execute("select pg_catalog.pg_backend_pid()").fetchone()
+    return row is None or int(row[0]) != conn.info.backend_pid
+
+
+def keeps_session(settings: Settings, conn: psycopg.Connection) -> bool:
+    """True when session state (LISTEN, a session setting) lasts on `conn`: `pooler =
+    "session"`, or no pooler setting and `conn` reaches PostgreSQL directly. Through a pooler
+    whose mode is not set, nothing may outlive a transaction: the mode cannot be told from the
+    client, and transaction mode is the one both modes survive."""
+    if settings.pooler is not None:
+        return settings.pooler == "session"
+    return not through_pooler(conn)
 
 
 def connect(
@@ -117,5 +143,7 @@ __all__ = [
     "connect_options",
     "is_transient",
     "is_transient_sqlstate",
+    "keeps_session",
+    "through_pooler",
     "translate",
 ]

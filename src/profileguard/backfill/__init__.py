@@ -18,7 +18,8 @@ A batch that fails with an error of the data or the schema hands its users to th
 end) and tells a fault that fails everyone apart: that stops the run (exit code 11), nobody
 charged, the checkpoint kept for --resume.
 
-Modules: `registry` (the runs table, the lock or lease, the checkpoint), `sweep` (page batches
+Modules: `registry` (the runs table, the claim, the checkpoint), `lease` (the heartbeat that
+holds a run, and who is gone), `sweep` (page batches
 and the catch-up), `sizing` (adaptive batch size, throttle), `handoff` (failed batches to the
 engine), `faults` (what stops a run, named with its fix), `connections` (per-thread connections,
 timeouts, retries), `run` (one run from start to end state), `model` (options, progress,

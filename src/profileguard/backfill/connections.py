@@ -1,8 +1,9 @@
 """The connections of one run: one per thread, each batch a short transaction with the run's
 lock and statement timeouts, transient errors retried with jitter on a fresh connection.
 
-The main thread's connection holds the run's session lock, so reopening it goes through the
-`opener` (which checks the install and takes the lock again); workers just reconnect."""
+Nothing lives in a session (no session lock, no session setting, nothing prepared), so any
+transaction may run on any server connection of a pooler. Opening the main thread's connection
+goes through the `opener` (which checks the install); workers just reconnect."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from psycopg import sql
 
 from profileguard.backfill.model import Options
 from profileguard.config import Settings
-from profileguard.db import connect, is_transient
+from profileguard.db import connect, connection_lost, is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,14 +52,12 @@ class Connections:
         options: Options,
         stop_event: threading.Event,
         opener: Callable[[psycopg.Connection], None],
-        unlock: Callable[[psycopg.Connection], None],
     ):
         self.settings = settings
         self.options = options
         self.stop_event = stop_event
         self.queries: dict[str, sql.Composed] = {}
         self._opener = opener
-        self._unlock = unlock
         self._local = threading.local()
         self._main = threading.get_ident()
         self._workers: list[psycopg.Connection] = []
@@ -73,14 +72,17 @@ class Connections:
         conn: psycopg.Connection | None = getattr(self._local, "conn", None)
         return conn
 
-    def forget(self) -> None:
-        """Drop this thread's connection if it is broken or closed (the next use reconnects)."""
+    def forget(self, *, lost: bool = False) -> None:
+        """Drop this thread's connection if it is broken or closed, or `lost` (an error said it
+        can no longer be trusted); the next use reconnects."""
         conn = self.current
-        if conn is not None and (conn.broken or conn.closed):
+        if conn is not None and (lost or conn.broken or conn.closed):
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
             self._local.conn = None
 
     def open_main(self) -> psycopg.Connection:
-        """Connect the main thread and hand the connection to the opener (check, lock)."""
+        """Connect the main thread and hand the connection to the opener (the install check)."""
         conn = connect(self.settings, autocommit=True)
         try:
             self._opener(conn)
@@ -107,19 +109,13 @@ class Connections:
         return conn
 
     def close(self) -> None:
-        """Close every connection; the main one gives its lock back first."""
+        """Close every connection."""
         with self._workers_lock:
             workers, self._workers = self._workers, []
-        for worker in workers:
-            with contextlib.suppress(psycopg.Error):
-                worker.close()
         conn, self._local.conn = self.current, None
-        if conn is not None:
+        for each in [*workers, *([conn] if conn is not None else [])]:
             with contextlib.suppress(psycopg.Error):
-                if not conn.broken:
-                    self._unlock(conn)
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
+                each.close()
 
     @contextlib.contextmanager
     def transaction(self, *, rollback: bool = False) -> Iterator[psycopg.Connection]:
@@ -151,6 +147,6 @@ class Connections:
                 if not is_transient(exc) or attempt == TRANSIENT_ATTEMPTS - 1:
                     raise
                 log.warning("transient error, retrying: %s", exc)
-                self.forget()
+                self.forget(lost=connection_lost(exc))
                 jitter(self.stop_event, attempt)
         raise AssertionError("unreachable")

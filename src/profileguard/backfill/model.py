@@ -44,10 +44,11 @@ class Options:
     lock_timeout: float = 2.0
     statement_timeout: float = 30.0
     sample: int = 10
-    # Connections inserting ranges at once (the lock and checkpoints stay on one more). Two by
-    # default: one connection reaches ~0.8x the rows/s of a single bulk statement (each new row
-    # probes the growing profile table's username index, which a statement over an empty table
-    # does not), two reach it; --workers 1 is the lightest on the database.
+    # Connections inserting ranges at once (checkpoints go on one more, the heartbeat on
+    # another). Two by default: one connection reaches ~0.8x the rows/s of a single bulk
+    # statement (each new row probes the growing profile table's username index, which a
+    # statement over an empty table does not), two reach it; --workers 1 is the lightest on the
+    # database.
     workers: int = 2
 
     def check(self) -> None:

@@ -1,16 +1,15 @@
-"""The run registry, `profileguard.backfill_runs`: one backfill at a time (a session advisory
-lock, or behind a transaction-mode pooler a claim under a transaction lock plus a lease), a run
-started or resumed, its checkpoint after every batch, and its end state."""
+"""The run registry, `profileguard.backfill_runs`: one backfill at a time (a run claimed in one
+transaction under a transaction lock, then held by its lease: see lease.py), a run started or
+resumed, its checkpoint after every batch, and its end state. Nothing is kept in the session, so
+the same holds through a transaction-mode pooler, told or not."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import os
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
@@ -18,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from profileguard import sql as sqlfiles
+from profileguard.backfill import lease
 from profileguard.backfill.connections import Connections
 from profileguard.backfill.model import (
     BackfillBusyError,
@@ -27,16 +27,13 @@ from profileguard.backfill.model import (
     Report,
 )
 from profileguard.config import Settings, TableRef
-from profileguard.db import connect
+from profileguard.db import connect, connection_lost
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
 from profileguard.installation import Installation, require_current
 
 log = logging.getLogger(__name__)
 
 QUERIES = "queries/backfill.sql"
-# Behind a transaction-mode pooler, a 'running' run that has not checkpointed for this long (or
-# for 4 statement timeouts, if longer) has lost its process.
-LEASE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -57,14 +54,15 @@ def _again(dry_run: bool) -> str:
 
 
 class Registry:
-    """The run's row in profileguard.backfill_runs and the lock that makes it the only one."""
+    """The run's row in profileguard.backfill_runs and the lease that makes it the only one."""
 
     def __init__(self, settings: Settings, options: Options):
         self.settings = settings
         self.options = options
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = lease.holder()
         self.identity: TableRef | None = None
         self.db: Connections | None = None
+        self.heartbeat: lease.Heartbeat | None = None
         # Up to when the run's elapsed time is saved (monotonic).
         self.mark = time.monotonic()
 
@@ -76,19 +74,11 @@ class Registry:
     def _q(self, name: str) -> sql.Composed:
         return self._db.q(name)
 
-    # ---------------------------------------------------------------- install and lock
+    # ---------------------------------------------------------------- install and lease
 
     def open(self, conn: psycopg.Connection) -> None:
-        """A new main connection: check the install, prepare the queries, take the lock."""
+        """A new main connection: check the install and prepare the queries."""
         self._check_installed(conn)
-        if not self.settings.transaction_pooler:
-            row = conn.execute(self._q("try_lock")).fetchone()
-            if not (row and row[0]):
-                self._busy(conn.execute(self._q("running")).fetchone())
-
-    def unlock(self, conn: psycopg.Connection) -> None:
-        if not self.settings.transaction_pooler and self._db.queries:
-            conn.execute(self._q("unlock"))
 
     def _check_installed(self, conn: psycopg.Connection) -> None:
         require_current(conn, missing="the backfill")
@@ -117,57 +107,67 @@ class Registry:
         self._db.queries = {
             name: sql.SQL(text).format(**parts) for name, text in sqlfiles.queries(QUERIES).items()
         }
+        leased = conn.execute(self._q("has_heartbeat")).fetchone()
+        if not (leased and leased[0]):
+            raise NotInstalledError(
+                "the installed profileguard schema predates the backfill's lease "
+                "(profileguard.backfill_runs.heartbeat_at)",
+                hint="run: profileguard upgrade",
+            )
 
     @contextlib.contextmanager
     def claim(self, conn: psycopg.Connection) -> Iterator[None]:
-        """Behind a transaction-mode pooler: start or resume the run in one transaction that
-        holds a transaction lock and finds no live run (elsewhere the session lock is held)."""
-        if not self.settings.transaction_pooler:
-            yield
-            return
-        lease = max(LEASE_SECONDS, 4 * self.options.statement_timeout)
-        with conn.transaction():
-            conn.execute(self._q("xact_lock"))
-            live = conn.execute(self._q("live_run"), {"lease": lease}).fetchone()
-            if live is not None:
-                self._busy(live)
-            yield
+        """Start or resume the run in one transaction that holds the claim lock and finds no
+        live run: one whose holder renewed its lease within it and is not known to be gone.
+        Runs whose holder is gone are marked interrupted (taken over)."""
+        lease.hold(self.owner)
+        window = lease.lease_seconds(self.options)
+        try:
+            with conn.transaction():
+                conn.execute(self._q("claim_lock"))
+                running = conn.execute(self._q("running")).fetchall()
+                for run in running:
+                    silent = float(run[6])
+                    if silent < window and not lease.gone(run[1]):
+                        self._busy(run, silent, window)
+                abandoned = [r[0] for r in running]
+                if abandoned:
+                    conn.execute(self._q("mark_abandoned"), {"ids": abandoned, "owner": self.owner})
+                    log.info("backfill runs %s had lost their process; taken over", abandoned)
+                yield
+        except BaseException:
+            lease.release(self.owner)
+            raise
 
-    def beat(self, report: Report) -> Callable[[], None] | None:
-        """Behind a transaction-mode pooler: renews the run's lease during throttle waits."""
-        if not self.settings.transaction_pooler:
-            return None
+    def hold(self, report: Report) -> None:
+        """The run is ours: renew its lease until `release`."""
+        self.heartbeat = lease.Heartbeat(
+            self.settings, self._q("heartbeat"), report.run_id, self.owner
+        )
+        self.heartbeat.start()
 
-        def touch() -> None:
-            self._db.retrying(
-                lambda: self._db.get().execute(self._q("touch"), {"id": report.run_id})
-            )
+    def release(self) -> None:
+        """Stop renewing the lease (the end state is recorded, or the run is no longer ours)."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        lease.release(self.owner)
 
-        return touch
-
-    def _busy(self, running: Any) -> NoReturn:
-        if running:
-            run_id, owner, started, updated, scanned, _cursor, dry = running
-            message = (
-                f"another backfill is running: {_kind(dry)} #{run_id} owned by {owner}, started "
-                f"{started:%Y-%m-%d %H:%M:%S %Z}, {scanned} users scanned, last checkpoint "
-                f"{updated:%H:%M:%S}"
-            )
-        else:
-            message = "another backfill is running (it holds the backfill lock)"
+    def _busy(self, running: Any, silent: float, window: float) -> NoReturn:
+        run_id, owner, started, updated, scanned, dry, _ = running
         raise BackfillBusyError(
-            message,
+            f"another backfill is running: {_kind(dry)} #{run_id} owned by {owner}, started "
+            f"{started:%Y-%m-%d %H:%M:%S %Z}, {scanned} users scanned, last checkpoint "
+            f"{updated:%H:%M:%S}, last heartbeat {silent:.0f} s ago",
             hint="wait for it to finish, or stop it (Ctrl-C or SIGTERM) and run: "
-            "profileguard backfill --resume",
+            f"profileguard backfill --resume (a run whose process died is taken over at once "
+            f"from its own host, from elsewhere once its heartbeat is {window:.0f} s old)",
         )
 
     # ---------------------------------------------------------------- start, resume
 
     def begin(self, conn: psycopg.Connection, batch_size: int) -> tuple[Report, Start]:
-        """Start a run, or claim the latest unfinished one with --resume."""
-        abandoned = [r[0] for r in conn.execute(self._q("mark_abandoned")).fetchall()]
-        if abandoned:
-            log.info("backfill runs %s had lost their process; marked interrupted", abandoned)
+        """Start a run, or claim the latest unfinished one with --resume (under `claim`)."""
         total = self._estimate(conn)
         if self.options.resume:
             return self._resume(conn, total, batch_size)
@@ -284,8 +284,15 @@ class Registry:
                 "quarantined": batch.quarantined,
                 "batch_size": batch_size,
                 "elapsed": elapsed,
+                "owner": self.owner,
             },
         ).fetchone()
+        if row is None:
+            self._lost(conn, report)
+
+    def _lost(self, conn: psycopg.Connection, report: Report) -> NoReturn:
+        """The run's row is gone, or no longer this holder's: stop."""
+        row = conn.execute(self._q("holder"), {"id": report.run_id}).fetchone()
         if row is None:
             raise BackfillStoppedError(
                 f"backfill #{report.run_id} stopped: its record is gone from "
@@ -294,6 +301,14 @@ class Registry:
                 hint="run: profileguard backfill (a new run; users that have a profile are "
                 "skipped)",
             )
+        state, owner, taken_by = row
+        by = owner if state == "running" else taken_by or "another backfill"
+        raise BackfillStoppedError(
+            f"backfill #{report.run_id} stopped: {by} took it over (its lease had run out: no "
+            f"heartbeat for {lease.lease_seconds(self.options):.0f} s)",
+            hint="nothing to do: the run that took over goes on (profileguard status shows it); "
+            "if it has ended, run: profileguard backfill --resume",
+        )
 
     def set_phase(self, conn: psycopg.Connection, report: Report, phase: str) -> None:
         conn.execute(self._q("set_phase"), {"id": report.run_id, "phase": phase})
@@ -307,7 +322,7 @@ class Registry:
                 conn.execute(self._q("forget_repaired"))
         except psycopg.Error as exc:
             log.info("could not settle the repair state after the backfill: %s", exc)
-            self._db.forget()
+            self._db.forget(lost=connection_lost(exc))
 
     def finish(self, report: Report, state: str, detail: dict[str, Any]) -> None:
         """Record the end state and read the run's totals back (best effort: on a broken
@@ -323,6 +338,7 @@ class Registry:
                     "state": state,
                     "elapsed": elapsed,
                     "detail": json.dumps(detail, default=str),
+                    "owner": self.owner,
                 },
             ).fetchone()
             if row:

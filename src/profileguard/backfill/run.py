@@ -19,7 +19,7 @@ from profileguard.backfill.registry import Registry, Start
 from profileguard.backfill.sizing import Sizer
 from profileguard.backfill.sweep import Pass, Sweep
 from profileguard.config import Settings
-from profileguard.db import translate
+from profileguard.db import connection_lost, translate
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,13 @@ class Backfill:
         progress: Callable[[Progress], None] | None = None,
         stop_event: threading.Event | None = None,
     ):
-        settings.require_pooler_mode("backfill")
         self.settings = settings
         self.options = options or Options()
         self.options.check()
         self.progress = progress
         self.stop_event = stop_event or threading.Event()
         self.registry = Registry(settings, self.options)
-        self.db = Connections(
-            settings, self.options, self.stop_event, self.registry.open, self.registry.unlock
-        )
+        self.db = Connections(settings, self.options, self.stop_event, self.registry.open)
         self.registry.db = self.db
         self.sizer = Sizer(self.options)
         # When this invocation began (monotonic), and the ANALYZE schedule.
@@ -65,10 +62,13 @@ class Backfill:
             conn = self.db.open_main()
             with self.registry.claim(conn):
                 report, start = self.registry.begin(conn, self.sizer.size)
+            self.registry.hold(report)
         except psycopg.Error as exc:
+            self.registry.release()
             self.db.close()
             raise translate(exc, context="backfill") from exc
         except BaseException:
+            self.registry.release()
             self.db.close()
             raise
         self.sizer.size = report.batch_size
@@ -103,9 +103,8 @@ class Backfill:
         sweep.failed = Handoff(sweep)
         _, heap_file, per_page = self.db.retrying(sweep.heap)
         self.sizer.per_page = per_page or 50.0
-        beat = self.registry.beat(report)
         if report.phase != "catchup":
-            sweep.walk(Pass(), lambda b, p: self._done(report, b, p, False), beat)
+            sweep.walk(Pass(), lambda b, p: self._done(report, b, p, False))
             if self.stop_event.is_set() or self.options.dry_run:
                 return
             self.db.retrying(self._set_phase, report, "catchup")
@@ -117,7 +116,7 @@ class Backfill:
                 "the users table was rewritten during the run; the catch-up reads every row"
             )
         walk = Pass(catchup=True, since=None if all_rows else start.since, all_rows=all_rows)
-        sweep.walk(walk, lambda b, p: self._done(report, b, p, True), None)
+        sweep.walk(walk, lambda b, p: self._done(report, b, p, True))
 
     def _set_phase(self, report: Report, phase: str) -> None:
         with self.db.transaction() as conn:
@@ -148,7 +147,7 @@ class Backfill:
             self.db.get().execute(self.db.q("analyze_profile"))
         except psycopg.Error as exc:
             log.info("could not analyze the profile table: %s", exc)
-            self.db.forget()
+            self.db.forget(lost=connection_lost(exc))
 
     def _snapshot(self, report: Report) -> Progress:
         elapsed = report.duration + (time.monotonic() - self._started)
@@ -176,6 +175,9 @@ class Backfill:
         try:
             if state == "completed" and not self.options.dry_run:
                 self.registry.settle()
+        finally:
+            self.registry.release()
+        try:
             self.registry.finish(report, state, detail)
         finally:
             self.db.close()

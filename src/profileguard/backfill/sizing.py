@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from profileguard.backfill.model import Batch, Options
 
 # Never grow or shrink the batch size by more than this factor per batch.
 ADAPT_FACTOR = 2.0
-# A throttle wait renews the run's lease at least this often (behind a transaction pooler).
-BEAT_SECONDS = 30.0
 
 
 class Sizer:
@@ -65,18 +62,12 @@ class Sizer:
 
 class Throttle:
     """Holds a run to --max-rows-per-second: after each batch, waits (interruptibly) for as long
-    as the rows done so far are ahead of the rate. `beat`, if given, is called at least every
-    BEAT_SECONDS of a long wait (it renews the run's lease behind a transaction-mode pooler)."""
+    as the rows done so far are ahead of the rate. (The run's lease is renewed meanwhile by its
+    heartbeat.)"""
 
-    def __init__(
-        self,
-        rate: float | None,
-        stop_event: threading.Event,
-        beat: Callable[[], None] | None = None,
-    ):
+    def __init__(self, rate: float | None, stop_event: threading.Event):
         self.rate = rate
         self.stop_event = stop_event
-        self.beat = beat
         self.rows = 0
         self.started = time.monotonic()
 
@@ -85,7 +76,5 @@ class Throttle:
             return
         self.rows += rows
         ahead = self.rows / self.rate - (time.monotonic() - self.started)
-        while ahead > 0 and not self.stop_event.wait(min(ahead, BEAT_SECONDS)):
-            ahead = self.rows / self.rate - (time.monotonic() - self.started)
-            if ahead > 0 and self.beat is not None:
-                self.beat()
+        if ahead > 0:
+            self.stop_event.wait(ahead)

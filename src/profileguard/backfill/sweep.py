@@ -76,16 +76,14 @@ class Sweep:
         assert row is not None
         return int(row[0]), int(row[1]), None if row[2] is None else float(row[2])
 
-    def walk(
-        self, walk: Pass, done: Callable[[Batch, int], None], beat: Callable[[], None] | None
-    ) -> None:
+    def walk(self, walk: Pass, done: Callable[[Batch, int], None]) -> None:
         """Page ranges from the cursor to the end of the table (see the module)."""
         workers = 1 if self.options.dry_run else self.options.workers
         page = int(self.report.cursor or 0)
         end = self.db.retrying(self.heap)[0]
         inflight: collections.deque[tuple[Future[Batch], int]] = collections.deque()
         exhausted = False
-        throttle = Throttle(self.options.max_rows_per_second, self.stop_event, beat)
+        throttle = Throttle(self.options.max_rows_per_second, self.stop_event)
         with ThreadPoolExecutor(workers, thread_name_prefix="backfill") as pool:
             try:
                 while True:

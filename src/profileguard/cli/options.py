@@ -15,9 +15,9 @@ PoolerOption = Annotated[
         "--pooler",
         metavar="MODE",
         help="'transaction' behind a transaction-mode pooler (Supavisor port 6543, PgBouncer "
-        "pool_mode=transaction): no LISTEN, no session lock, nothing prepared. 'session' for a "
-        "direct connection or a session-mode pooler (default: PROFILEGUARD_POOLER, "
-        "database.pooler in profileguard.toml).",
+        "pool_mode=transaction): no LISTEN, no session setting. 'session' for a direct "
+        "connection or a session-mode pooler (default: PROFILEGUARD_POOLER, database.pooler in "
+        "profileguard.toml; not set, a pooler seen on the connection counts as 'transaction').",
     ),
 ]
 StrictOption = Annotated[

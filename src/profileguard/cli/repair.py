@@ -151,9 +151,9 @@ def worker(
     pooler: PoolerOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Repair users without a profile: LISTEN for failures (polling only with --pooler
-    transaction), sweep periodically. Runs until SIGTERM/SIGINT (finishing the batch in hand,
-    then leaving profileguard.workers); several workers may run at once."""
+    """Repair users without a profile: LISTEN for failures (polling only through a
+    transaction-mode pooler), sweep periodically. Runs until SIGTERM/SIGINT (finishing the batch
+    in hand, then leaving profileguard.workers); several workers may run at once."""
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
     reconciler = _reconciler(
         ctx,
@@ -192,9 +192,7 @@ def retry(
     """Clear the attempts and quarantine of users and repair them now (after fixing the cause)."""
     if not user_ids and not all_quarantined:
         raise ConfigError("nothing to retry", hint="pass USER_ID… or --all-quarantined")
-    settings = state(ctx).settings(pooler=pooler)
-    settings.require_pooler_mode("retry")
-    reconciler = Reconciler(settings)
+    reconciler = Reconciler(state(ctx).settings(pooler=pooler))
     try:
         result = reconciler.retry(user_ids or (), all_quarantined=all_quarantined)
     finally:

@@ -20,11 +20,9 @@ JSON_KEY = re.compile(r"^[^.|$\x00]{1,200}$")
 TRANSFORMS = ("localpart", "lower")
 # What sits between profileguard and PostgreSQL: "session" (a direct connection or a
 # session-mode pooler) or "transaction" (a transaction-mode pooler: Supavisor on 6543, PgBouncer
-# with pool_mode = transaction), where nothing may outlive a transaction.
+# with pool_mode = transaction), where nothing may outlive a transaction. Not set, a pooler seen
+# on the connection counts as "transaction" (db.keeps_session).
 POOLER_MODES = ("session", "transaction")
-# Supabase's transaction-mode pooler port: without a [database] pooler setting, the worker and
-# the backfill refuse it rather than guess.
-TRANSACTION_POOLER_PORT = 6543
 TRUE_WORDS = {"1", "true", "yes", "on"}
 # How a mapped profile column follows its source after the user is created ([sync] section):
 # never (only set at creation), fill_empty (set while the profile value is empty), follow (kept
@@ -330,24 +328,6 @@ class Settings:
     def transaction_pooler(self) -> bool:
         """True when connections go through a transaction-mode pooler (see POOLER_MODES)."""
         return self.pooler == "transaction"
-
-    def require_pooler_mode(self, command: str) -> None:
-        """Refuse Supabase's transaction-pooler port when `pooler` was not set: `command` keeps
-        session state (LISTEN, a session lock) unless told it may not."""
-        if self.pooler is not None or self.database_url is None:
-            return
-        try:
-            port = conninfo_to_dict(self.database_url).get("port")
-        except psycopg.ProgrammingError:
-            return
-        if str(port) == str(TRANSACTION_POOLER_PORT):
-            raise ConfigError(
-                f"{command}: port {TRANSACTION_POOLER_PORT} is Supabase's transaction-mode "
-                "pooler, which keeps no session state between transactions",
-                hint=f"run: profileguard {command} --pooler transaction (or set [database] "
-                'pooler = "transaction" / PROFILEGUARD_POOLER=transaction), or use the '
-                "session pooler (port 5432) or the direct connection",
-            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly view of the settings (no password)."""

@@ -15,10 +15,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from profileguard import sql as sqlfiles
-from profileguard.catalog import table_oid
+from profileguard.catalog import qualified, table_oid
 from profileguard.config import TableRef
 from profileguard.errors import ConfigError
 
@@ -64,14 +63,8 @@ class _Qualified:
     conn: psycopg.Connection
 
     def rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        row = self.conn.execute("select current_setting('search_path')").fetchone()
-        saved = str(row[0]) if row else "public"
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("select set_config('search_path', '', false)")
-            try:
-                return cur.execute(query(name), params).fetchall()
-            finally:
-                cur.execute("select set_config('search_path', %s, false)", (saved,))
+        with qualified(self.conn) as cur:
+            return cur.execute(query(name), params).fetchall()
 
 
 def legacy_trigger(

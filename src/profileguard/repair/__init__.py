@@ -13,8 +13,9 @@ releases backed-off and quarantined users and probes breakers at once) and probe
 breakers that are due (`probe_breakers()`: one canary each; success releases everyone waiting).
 Quarantined users are tried again hourly. `run_forever` adds LISTEN on 'profileguard' for a fast
 path, periodic incremental and full sweeps, a heartbeat, and reconnection with backoff (≤ 1 s for
-connection faults). Nothing outlives a transaction but the LISTEN, so behind a transaction-mode
-pooler (setting `pooler = "transaction"`) the worker runs the same with polling only.
+connection faults). Nothing outlives a transaction but the LISTEN and a session lock_timeout, so
+behind a transaction-mode pooler (`pooler = "transaction"`, or a pooler seen while the setting is
+not set: see `db.keeps_session`) the worker runs the same with polling only.
 
 A Reconciler holds one connection and is not thread-safe: give each thread or process its own.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from profileguard.db import NOT_INSTALLED_SQLSTATES, is_transient
+from profileguard.db import NOT_INSTALLED_SQLSTATES, is_transient, keeps_session
 from profileguard.errors import NotInstalledError, ProfileGuardError
 
 if TYPE_CHECKING:
@@ -98,13 +98,34 @@ def run_forever(rec: Reconciler, stop_event: threading.Event) -> None:
         log.info("could not record the stop of %s: %s", rec.worker_id, exc)
 
 
-def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
-    # Behind a transaction-mode pooler a LISTEN would stay on a server connection the pooler
-    # hands to others: the worker only polls (every incremental_interval) there.
-    listener = None if rec.settings.transaction_pooler else rec._connect(autocommit=True)
+def _listener(rec: Reconciler) -> psycopg.Connection | None:
+    """A connection LISTENing for failures, or None where a session does not last: through a
+    transaction-mode pooler (told, or a pooler whose mode is not set) a LISTEN would stay on a
+    server connection the pooler hands to others; the worker only polls (every
+    incremental_interval) there."""
+    listener = rec._connect(autocommit=True)
     try:
-        if listener is not None:
+        if keeps_session(rec.settings, listener):
             listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
+            return listener
+    except BaseException:
+        listener.close()
+        raise
+    listener.close()
+    if rec.settings.pooler is None and not rec._said_pooled:
+        rec._said_pooled = True
+        log.info(
+            "connected through a pooler and no pooler setting: keeping nothing beyond a "
+            'transaction, polling every %ss instead of LISTEN (set pooler = "session" if '
+            "it is a session-mode pooler)",
+            rec.incremental_interval,
+        )
+    return None
+
+
+def _serve(rec: Reconciler, stop_event: threading.Event) -> None:
+    listener = _listener(rec)
+    try:
         conn = rec._connection()
         if rec._event_cursor is None:
             with conn.transaction():

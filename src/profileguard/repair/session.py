@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from profileguard.config import Settings, WorkerOptions
-from profileguard.db import connect, is_transient, translate
+from profileguard.db import connect, is_transient, keeps_session, translate
 from profileguard.drift import DriftRepair
 from profileguard.errors import ConfigError, ProfileGuardError
 from profileguard.installation import Installation
@@ -64,7 +64,6 @@ class Session:
             raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
         if max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1", hint="pass max_attempts >= 1")
-        settings.require_pooler_mode("worker")
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
@@ -109,6 +108,8 @@ class Session:
         # A full sweep is due (at start, and after profileguard was missing for a while).
         self._full_due = True
         self._lock = threading.Lock()
+        # Whether the worker has said it polls through a pooler whose mode is not set.
+        self._said_pooled = False
 
     # ---------------------------------------------------------------- connections
 
@@ -122,10 +123,10 @@ class Session:
                 conn.close()
             conn = self._conn = self._connect()
             try:
-                if not self.settings.transaction_pooler:
+                if keeps_session(self.settings, conn):
                     # A locked profile table is a fault to wait out in short steps, not a worker
-                    # stuck in one statement (behind a transaction pooler a session setting would
-                    # leak to other clients: the engine's own lock_timeout still applies there).
+                    # stuck in one statement (through a transaction-mode pooler a session setting
+                    # would stay for other clients: the engine's own lock_timeout applies there).
                     conn.execute(
                         "select pg_catalog.set_config('lock_timeout', %s, false)",
                         (f"{WORKER_LOCK_TIMEOUT_MS}ms",),

@@ -2,43 +2,47 @@
 -- {identity}, {identity_key}, {profile}, {profile_key} and {key_type} are filled in with
 -- psycopg.sql (quoted identifiers; the type text comes from the catalog).
 
--- name: try_lock
-select pg_try_advisory_lock(hashtext('profileguard.backfill')) as locked
+-- name: has_heartbeat
+-- The run registry has its lease column (schema version 17).
+select exists (select from pg_catalog.pg_attribute a
+               where a.attrelid = 'profileguard.backfill_runs'::pg_catalog.regclass
+                 and a.attname = 'heartbeat_at' and not a.attisdropped)
 
--- name: unlock
-select pg_advisory_unlock(hashtext('profileguard.backfill')) as unlocked
-
--- name: xact_lock
--- Behind a transaction-mode pooler: held only while a run is claimed (see `live_run`).
+-- name: claim_lock
+-- Held while a run is claimed (see `running`), for that one transaction only.
 select pg_advisory_xact_lock(hashtext('profileguard.backfill'))
 
--- name: live_run
--- Behind a transaction-mode pooler no lock can span the run: a run counts as alive while it
--- checkpointed within the lease (every batch checkpoints).
-select id, owner, started_at, updated_at, scanned, cursor, dry_run
-from profileguard.backfill_runs
-where state = 'running' and updated_at > clock_timestamp() - make_interval(secs => %(lease)s)
-order by id desc
-limit 1
-
--- name: touch
--- The run is alive (behind a transaction-mode pooler, during a long throttle wait).
-update profileguard.backfill_runs set updated_at = clock_timestamp() where id = %(id)s
-
 -- name: running
-select id, owner, started_at, updated_at, scanned, cursor, dry_run
+-- The runs that say they are running, newest first, and how many seconds ago their holder last
+-- said it was alive (by the server's clock: no client clock is compared).
+select id, owner, started_at, updated_at, scanned, dry_run,
+       extract(epoch from clock_timestamp() - coalesce(heartbeat_at, updated_at))::float8
 from profileguard.backfill_runs
 where state = 'running'
 order by id desc
-limit 1
 
 -- name: mark_abandoned
--- Called with the lock held: a run still 'running' has lost its process (killed, crashed).
+-- Called under the claim lock: runs whose holder is gone (killed, crashed, cut off for longer than
+-- the lease) stop counting as running.
 update profileguard.backfill_runs
 set state = 'interrupted',
-    detail = coalesce(detail, jsonb_build_object()) || jsonb_build_object('abandoned_by', owner)
-where state = 'running'
+    detail = coalesce(detail, jsonb_build_object())
+             || jsonb_build_object('abandoned_by', owner, 'taken_over_by', %(owner)s::text)
+where state = 'running' and id = any(%(ids)s::bigint[])
 returning id
+
+-- name: heartbeat
+-- The holder is alive: its lease goes on (no row: the run was taken over or has ended).
+update profileguard.backfill_runs
+set heartbeat_at = clock_timestamp()
+where id = %(id)s and state = 'running' and owner = %(owner)s
+returning id
+
+-- name: holder
+-- Who holds a run now (after a checkpoint found it no longer ours).
+select state, owner, detail ->> 'taken_over_by'
+from profileguard.backfill_runs
+where id = %(id)s
 
 -- name: latest
 select id, state, cursor, scanned, created, failed, quarantined, batches, batch_size,
@@ -52,22 +56,24 @@ limit 1
 -- A run in physical order. since_xid is the oldest transaction still running now (as a 32-bit
 -- xid): every row version written after this point has an xmin at least as new.
 insert into profileguard.backfill_runs (state, dry_run, total_estimate, batch_size, owner, detail,
-                                        ordering, phase, since_xid, heap_file)
+                                        ordering, phase, since_xid, heap_file, heartbeat_at)
 values ('running', %(dry_run)s, %(total)s, %(batch_size)s, %(owner)s, %(detail)s,
         'pages', 'sweep',
         pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint %% 4294967296,
-        pg_catalog.pg_relation_filenode(%(table)s::regclass))
+        pg_catalog.pg_relation_filenode(%(table)s::regclass), clock_timestamp())
 returning id, since_xid, heap_file
 
 -- name: claim
 update profileguard.backfill_runs
 set state = 'running', owner = %(owner)s, finished_at = null, updated_at = clock_timestamp(),
-    resumed = resumed + 1, total_estimate = greatest(total_estimate, %(total)s)
+    heartbeat_at = clock_timestamp(), resumed = resumed + 1,
+    total_estimate = greatest(total_estimate, %(total)s)
 where id = %(id)s
 
 -- name: checkpoint
 -- After each batch: the resume point and the counters. `created` of a real run is added by
 -- profileguard.backfill_pages itself (in the batch's transaction), so %(created)s is 0 there.
+-- Only while the run is still ours: one taken over after its lease ran out stops here.
 update profileguard.backfill_runs
 set cursor = coalesce(%(cursor)s, cursor),
     scanned = scanned + %(scanned)s,
@@ -78,17 +84,18 @@ set cursor = coalesce(%(cursor)s, cursor),
     batch_size = %(batch_size)s,
     elapsed_seconds = elapsed_seconds + %(elapsed)s,
     updated_at = clock_timestamp()
-where id = %(id)s
+where id = %(id)s and state = 'running' and owner = %(owner)s
 returning id
 
 -- name: finish
+-- The end state, unless the run was taken over meanwhile (then it is the new holder's to record).
 update profileguard.backfill_runs
 set state = %(state)s::text,
     finished_at = case when %(state)s::text = 'completed' then clock_timestamp() end,
     elapsed_seconds = elapsed_seconds + %(elapsed)s,
     updated_at = clock_timestamp(),
     detail = coalesce(detail, jsonb_build_object()) || %(detail)s::jsonb
-where id = %(id)s
+where id = %(id)s and state = 'running' and owner = %(owner)s
 returning scanned, created, failed, quarantined, batches, elapsed_seconds, cursor
 
 -- name: set_phase

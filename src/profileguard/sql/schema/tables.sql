@@ -123,7 +123,8 @@ insert into profileguard.catalog_seen default values;
 -- began (`phase` 'catchup': rows whose xmin is not older than `since_xid`, the oldest transaction
 -- running at its start), restarting its cursor at page 0. `heap_file` is the table's relfilenode
 -- at the start: when it changes (VACUUM FULL, CLUSTER) every row may have moved, so the catch-up
--- takes every row.
+-- takes every row. One run runs at a time: the 'running' run whose holder (`owner`) renewed
+-- `heartbeat_at` within the lease holds it (no session lock: nothing outlives a transaction).
 create table profileguard.backfill_runs (
     id bigint generated always as identity primary key,
     started_at timestamptz not null default now(),
@@ -146,7 +147,8 @@ create table profileguard.backfill_runs (
     ordering text not null default 'key' check (ordering in ('key', 'pages')),
     phase text check (phase is null or phase in ('sweep', 'catchup')),
     since_xid bigint,
-    heap_file bigint
+    heap_file bigint,
+    heartbeat_at timestamptz
 );
 create index backfill_runs_unfinished_idx on profileguard.backfill_runs (id)
     where state <> 'completed';
