@@ -255,7 +255,7 @@ class Bench:
         execute(
             self.admin_url,
             "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where application_name like 'profileguard-reconciler%'",
+            " where application_name like 'profileguard-worker%'",
         )
         yield
 

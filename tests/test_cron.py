@@ -152,14 +152,14 @@ def test_worker_and_sweep_together_repair_each_user_once(installed: TestDB) -> N
     installed.bulk_signup(3000)
     from concurrent.futures import ThreadPoolExecutor
 
-    from profileguard.repair import Reconciler
+    from profileguard.repair import Worker
 
     def worker() -> int:
-        reconciler = Reconciler(installed.settings, batch_size=250)
+        worker = Worker(installed.settings, batch_size=250)
         try:
-            return reconciler.run_once().repaired
+            return worker.run_once().repaired
         finally:
-            reconciler.close()
+            worker.close()
 
     def sweeps() -> int:
         total = 0

@@ -18,7 +18,7 @@ from test_cli import cli
 from profileguard import observe
 from profileguard.audit import run_audit
 from profileguard.install import install, set_enabled
-from profileguard.repair import Reconciler
+from profileguard.repair import Worker
 
 FOLLOW = {"full_name": "follow", "avatar_url": "follow"}
 
@@ -89,11 +89,11 @@ def test_drift_is_reported_then_repaired_by_the_worker(installed: TestDB):
     # Only the names differ (bulk users have no avatar on either side); the soft-deleted
     # user's profile still holds what redaction clears.
     assert report["by_column"] == {"full_name": renamed, "redact": 1}
-    reconciler = Reconciler(db.settings)
+    worker = Worker(db.settings)
     try:
-        reconciler.run_once()
+        worker.run_once()
     finally:
-        reconciler.close()
+        worker.close()
     assert drift_json(db)["drifted"] == 0
     assert row(db, deleted)[1:] == (None, None)
     assert (
@@ -105,13 +105,13 @@ def test_drift_is_reported_then_repaired_by_the_worker(installed: TestDB):
 
 
 @contextmanager
-def running(reconciler: Reconciler) -> Iterator[None]:
+def running(worker: Worker) -> Iterator[None]:
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            reconciler.run_forever(stop)
+            worker.run_forever(stop)
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -134,7 +134,7 @@ def test_login_commits_past_a_rejecting_constraint_and_the_worker_fixes_it(insta
             " check (full_name is distinct from 'Bob')"
         )
     # Retries at most 1 s apart (backoff_cap), as an operator sets it for a fast repair.
-    reconciler = Reconciler(
+    worker = Worker(
         db.settings,
         incremental_interval=0.5,
         full_interval=3600,
@@ -143,7 +143,7 @@ def test_login_commits_past_a_rejecting_constraint_and_the_worker_fixes_it(insta
         backoff_base=0.2,
         backoff_cap=1.0,
     )
-    with running(reconciler):
+    with running(worker):
         with db.connect() as conn:  # a social login with the rejected name commits
             conn.execute(
                 'update auth.users set raw_user_meta_data = \'{"full_name": "Bob"}\','

@@ -12,10 +12,10 @@ from typing import Any
 
 import psycopg
 from conftest import TestDB, wait_for
-from test_reconcile import fast_reconciler, has_profile, missing_profiles, running
+from test_reconcile import fast_worker, has_profile, missing_profiles, running
 
 from profileguard.install import install, set_enabled, uninstall
-from profileguard.repair import Reconciler
+from profileguard.repair import Worker
 
 REJECT_ALL = "pg_test_reject_all"
 
@@ -92,7 +92,7 @@ def test_a_fault_that_rejects_everyone_is_held_not_charged(installed: TestDB) ->
     probe = installed.scalar("select profileguard.probe_breakers('test')")
     assert probe["closed"] == 1 and probe["released"] == 11  # and the canary, created
     assert installed.scalar("select count(*) from profileguard.breakers") == 0
-    assert Reconciler(installed.settings).run_incremental().repaired >= 11
+    assert Worker(installed.settings).run_incremental().repaired >= 11
     assert missing_profiles(installed) == 0
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
 
@@ -132,9 +132,8 @@ def test_a_users_own_failure_is_charged_quarantined_retried_and_healed_without_a
     set_enabled(installed.settings, False)
     more = [installed.signup({"full_name": f"More {i}"}) for i in range(5)]
 
-    reconciler = fast_reconciler(installed, worker_id="heal-own", quarantine_retry=1.0)
-    reconciler.max_attempts = 3
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="heal-own", quarantine_retry=1.0, max_attempts=3)
+    with running(worker):
         assert wait_for(lambda: all(has_profile(installed, u) for u in good + more))
         assert wait_for(lambda: (state_of(installed, bad) or {}).get("quarantined") is True)
         state = state_of(installed, bad)
@@ -176,17 +175,17 @@ def test_a_catalog_change_releases_quarantined_users_at_once(installed: TestDB) 
             " check (full_name is distinct from 'Bad User') not valid"
         )
     bad = installed.signup({"full_name": "Bad User"})
-    reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
-    assert reconciler.heal()["catalog_changed"] is False  # the first look only remembers
-    assert reconciler.run_once().quarantined == 1
-    assert reconciler.run_once().scanned == 0  # quarantined: next try in an hour
+    worker = Worker(installed.settings, max_attempts=1, backoff_base=0.0)
+    assert worker.heal()["catalog_changed"] is False  # the first look only remembers
+    assert worker.run_once().quarantined == 1
+    assert worker.run_once().scanned == 0  # quarantined: next try in an hour
 
     # A fix by CREATE OR REPLACE FUNCTION on the table's trigger changes no table catalog row;
     # it still counts. Here the fix is the constraint's removal.
     with installed.connect() as conn:
         conn.execute("alter table public.profiles drop constraint pg_test_no_bad")
-    assert reconciler.heal()["catalog_changed"] is True
-    assert reconciler.run_incremental().repaired == 1
+    assert worker.heal()["catalog_changed"] is True
+    assert worker.run_incremental().repaired == 1
     assert has_profile(installed, bad)
 
 
@@ -201,15 +200,15 @@ def test_replacing_a_trigger_function_on_the_profile_table_is_a_catalog_change(
             " create trigger pg_test_guard before insert on public.profiles"
             " for each row execute function public.pg_test_guard()"
         )
-    reconciler = Reconciler(installed.settings)
-    reconciler.heal()
+    worker = Worker(installed.settings)
+    worker.heal()
     with installed.connect() as conn:
         conn.execute(
             "create or replace function public.pg_test_guard() returns trigger language plpgsql"
             " as $$ begin return new; end $$"
         )
-    assert reconciler.heal()["catalog_changed"] is True
-    assert reconciler.heal()["catalog_changed"] is False
+    assert worker.heal()["catalog_changed"] is True
+    assert worker.heal()["catalog_changed"] is False
 
 
 def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock(
@@ -217,7 +216,7 @@ def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock
 ) -> None:
     set_enabled(installed.settings, False)
     users = [installed.signup({"full_name": f"User {i}"}) for i in range(10)]
-    reconciler = fast_reconciler(installed, worker_id="heal-lock")
+    worker = fast_worker(installed, worker_id="heal-lock")
     locked = threading.Event()
     release = threading.Event()
 
@@ -230,7 +229,7 @@ def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock
     holder = threading.Thread(target=hold_lock, daemon=True)
     holder.start()
     assert locked.wait(10)
-    with running(reconciler):
+    with running(worker):
         time.sleep(2.0)  # the worker meets the lock: its statements give up after 1 s each
         assert charged(installed) == 0
         released_at = time.monotonic()
@@ -276,9 +275,8 @@ def test_splitting_is_capped_per_transaction_and_the_rest_is_deferred(installed:
 def test_issue_scenario_reject_all_with_worker_connections_terminated(installed: TestDB) -> None:
     """A CHECK rejecting every profile, sign-ups going on, the worker's connections terminated,
     the CHECK dropped: everyone has a profile within seconds, nobody quarantined."""
-    reconciler = fast_reconciler(installed, worker_id="heal-scenario")
-    reconciler.max_attempts = 5
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="heal-scenario", max_attempts=5)
+    with running(worker):
         assert wait_for(
             lambda: (
                 installed.scalar(
@@ -293,7 +291,7 @@ def test_issue_scenario_reject_all_with_worker_connections_terminated(installed:
         assert (
             installed.scalar(
                 "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-                " where application_name = 'profileguard-reconciler'"
+                " where application_name = 'profileguard-worker'"
             )
             >= 1
         )
@@ -314,8 +312,8 @@ def test_issue_scenario_reject_all_with_worker_connections_terminated(installed:
 def test_users_who_signed_up_while_profileguard_was_uninstalled_are_repaired(
     installed: TestDB,
 ) -> None:
-    reconciler = fast_reconciler(installed, worker_id="heal-reinstall")
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="heal-reinstall")
+    with running(worker):
         assert wait_for(
             lambda: (
                 installed.scalar(
@@ -338,8 +336,8 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
 ) -> None:
     """Imports with `session_replication_role = replica` fire no trigger and leave no failure:
     the worker's bounded invariant check finds them."""
-    reconciler = fast_reconciler(installed, worker_id="heal-replica")
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="heal-replica")
+    with running(worker):
         assert wait_for(
             lambda: (
                 installed.scalar(
@@ -349,7 +347,7 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
             )
         )
         # Its first full sweep is over (the next is an hour away): only the check can find them.
-        assert wait_for(lambda: reconciler.stats["passes"] >= 1)
+        assert wait_for(lambda: worker.stats["passes"] >= 1)
         with installed.connect_admin() as conn:
             conn.execute("set session_replication_role = replica")
             users = [

@@ -129,7 +129,7 @@ def test_users_the_trigger_never_saw_are_missing_within_seconds(installed: TestD
 
 
 def test_found_missing_follows_a_cursor(installed: TestDB) -> None:
-    """What the reconciler reads: a notice on its channel, then the users after a cursor."""
+    """What the worker reads: a notice on its channel, then the users after a cursor."""
     db = installed
     observe.status(db.settings)
     with db.connect() as listener:

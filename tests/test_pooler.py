@@ -34,7 +34,7 @@ from profileguard.client import ProfileGuard
 from profileguard.config import load_settings
 from profileguard.db import connect, keeps_session, through_pooler
 from profileguard.install import set_enabled
-from profileguard.repair import Reconciler
+from profileguard.repair import Worker
 
 QUERY = "select %s::int + 1"
 
@@ -124,7 +124,7 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
         )
         stop = threading.Event()
         # (Not told: it sees the pooler.)
-        second = Reconciler(
+        second = Worker(
             bouncer.settings(None),
             worker_id="bounced-lib",
             batch_size=100,
@@ -260,7 +260,7 @@ def test_pooler_setting_values(installed: TestDB) -> None:
     assert told.returncode == 0, told.stderr
     env_told = load_settings(env={"PROFILEGUARD_POOLER": "transaction"}, database_url=installed.url)
     assert env_told.transaction_pooler
-    assert Reconciler(env_told).settings.pooler == "transaction"
+    assert Worker(env_told).settings.pooler == "transaction"
 
 
 def test_throttled_backfill_behind_pgbouncer_renews_its_lease_while_it_waits(
@@ -368,7 +368,7 @@ def test_worker_through_pgbouncer_not_told_leaves_nothing_in_the_session(
     with pgbouncer(installed, pool_size=1) as bouncer:
         assert _session_state(bouncer.url) == CLEAN
         stop = threading.Event()
-        worker = Reconciler(
+        worker = Worker(
             bouncer.settings(None),
             worker_id="not-told",
             batch_size=100,
@@ -389,9 +389,9 @@ def test_worker_through_pgbouncer_not_told_leaves_nothing_in_the_session(
         assert worker.stats["errors"] == 0, worker.stats["last_error"]
         assert _session_state(bouncer.url) == CLEAN
     # Through the direct connection the same worker LISTENs (and bounds its lock waits).
-    direct = Reconciler(installed.settings, worker_id="direct")
+    direct = Worker(installed.settings, worker_id="direct")
     try:
-        conn = direct._connection()
+        conn = direct.db.get()
         assert keeps_session(installed.settings, conn)
         assert conn.execute("select current_setting('lock_timeout')").fetchone() == ("1s",)
     finally:

@@ -1,4 +1,4 @@
-"""The reconciler against the real server: sweeps, concurrency, quarantine, LISTEN, reconnects."""
+"""The worker against the real server: sweeps, concurrency, quarantine, LISTEN, reconnects."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from conftest import TestDB, wait_for
 
 from profileguard.config import TableRef, load_settings
 from profileguard.install import set_enabled
-from profileguard.repair import Reconciler
+from profileguard.repair import Worker
 
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_no_bad_user"
@@ -70,7 +70,7 @@ def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
     installed.bulk_signup(1000)
     assert missing_profiles(installed) == 1000
 
-    result = Reconciler(installed.settings, batch_size=300).run_once()
+    result = Worker(installed.settings, batch_size=300).run_once()
 
     assert result.scanned == 1000
     assert result.repaired == 1000
@@ -85,18 +85,18 @@ def test_run_once_repairs_every_missing_profile(installed: TestDB) -> None:
         )
         == "User 7"
     )
-    again = Reconciler(installed.settings).run_once()
+    again = Worker(installed.settings).run_once()
     assert (again.scanned, again.repaired) == (0, 0)
 
 
 def _worker_pass(url: str, worker_id: str) -> dict[str, Any]:
-    """One reconciler process: its own settings, connection and pass."""
+    """One worker process: its own settings, connection and pass."""
     settings = load_settings(env={}, database_url=url)
-    reconciler = Reconciler(settings, worker_id=worker_id, batch_size=500)
+    worker = Worker(settings, worker_id=worker_id, batch_size=500)
     try:
-        return reconciler.run_once().as_dict()
+        return worker.run_once().as_dict()
     finally:
-        reconciler.close()
+        worker.close()
 
 
 def test_parallel_worker_processes_create_each_profile_once(installed: TestDB) -> None:
@@ -122,11 +122,11 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
     good += [installed.signup({"full_name": f"Late {i}"}) for i in range(20)]
-    reconciler = Reconciler(
+    worker = Worker(
         installed.settings, batch_size=16, max_attempts=3, backoff_base=0.0, backoff_cap=0.0
     )
 
-    first = reconciler.run_once()
+    first = worker.run_once()
     assert (first.repaired, first.failed, first.quarantined) == (60, 1, 0)
     assert all(has_profile(installed, u) for u in good)
     assert not has_profile(installed, bad)
@@ -144,9 +144,9 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
     assert state["history"] == 1
     assert installed.scalar("select count(*) from profileguard.repair_state") == 1
 
-    second = reconciler.run_once()
+    second = worker.run_once()
     assert (second.scanned, second.repaired, second.failed, second.quarantined) == (1, 0, 1, 0)
-    third = reconciler.run_once()
+    third = worker.run_once()
     assert (third.failed, third.quarantined) == (1, 1)
     state = installed.scalar(
         "select jsonb_build_object('attempts', attempts, 'quarantined',"
@@ -166,10 +166,10 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
     assert CONSTRAINT in event["message"]
 
     # Quarantined users are left alone by passes.
-    fourth = reconciler.run_once()
+    fourth = worker.run_once()
     assert (fourth.scanned, fourth.failed) == (0, 0)
     # Retrying while the cause is still there fails again, without crashing.
-    assert reconciler.retry([bad]).repaired == 0
+    assert worker.retry([bad]).repaired == 0
     assert (
         installed.scalar(
             "select attempts from profileguard.repair_state where user_id = %s", (str(bad),)
@@ -179,7 +179,7 @@ def test_failing_user_is_isolated_then_quarantined_then_retried(installed: TestD
 
     drop_bad_constraint(installed)
     # No longer quarantined after retry(): the next pass re-drives it.
-    fifth = reconciler.run_once()
+    fifth = worker.run_once()
     assert (fifth.scanned, fifth.repaired, fifth.failed) == (1, 1, 0)
     assert has_profile(installed, bad)
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
@@ -190,27 +190,27 @@ def test_retry_all_quarantined_repairs_after_the_fix(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
-    reconciler = Reconciler(installed.settings, max_attempts=1, backoff_base=0.0)
-    assert reconciler.run_once().quarantined == 1
+    worker = Worker(installed.settings, max_attempts=1, backoff_base=0.0)
+    assert worker.run_once().quarantined == 1
     assert installed.scalar(
         "select quarantined_at is not null from profileguard.repair_state where user_id = %s",
         (str(bad),),
     )
     drop_bad_constraint(installed)
-    assert reconciler.run_once().repaired == 0  # still quarantined
+    assert worker.run_once().repaired == 0  # still quarantined
 
-    assert reconciler.retry(all_quarantined=True).repaired == 1
+    assert worker.retry(all_quarantined=True).repaired == 1
     assert has_profile(installed, bad)
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
-    assert reconciler.retry(all_quarantined=True).repaired == 0
+    assert worker.retry(all_quarantined=True).repaired == 0
 
 
 def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
-    reconciler = Reconciler(installed.settings, backoff_base=3600.0, backoff_cap=3600.0)
-    assert reconciler.run_once().failed == 1
+    worker = Worker(installed.settings, backoff_base=3600.0, backoff_cap=3600.0)
+    assert worker.run_once().failed == 1
     # Full jitter: somewhere in [failure time, failure time + 1 hour].
     assert installed.scalar(
         "select next_attempt_at between updated_at and updated_at + interval '1 hour'"
@@ -221,33 +221,33 @@ def test_backoff_defers_the_next_attempt(installed: TestDB) -> None:
         conn.execute(
             "update profileguard.repair_state set next_attempt_at = now() + interval '1 hour'"
         )
-    assert reconciler.run_once().scanned == 0
+    assert worker.run_once().scanned == 0
 
 
 def test_run_once_reconnects_after_its_connection_is_killed(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
-    reconciler = Reconciler(installed.settings)
+    worker = Worker(installed.settings)
     installed.bulk_signup(10, prefix="first")
-    assert reconciler.run_once().repaired == 10
+    assert worker.run_once().repaired == 10
     killed = installed.scalar(
         "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-        " where datname = current_database() and application_name = 'profileguard-reconciler'"
+        " where datname = current_database() and application_name = 'profileguard-worker'"
     )
     assert killed == 1
     installed.bulk_signup(10, prefix="second")
-    assert reconciler.run_once().repaired == 10
+    assert worker.run_once().repaired == 10
     assert_each_repaired_once(installed, 20)
-    reconciler.close()
+    worker.close()
 
 
 @contextmanager
-def running(reconciler: Reconciler) -> Iterator[threading.Thread]:
+def running(worker: Worker) -> Iterator[threading.Thread]:
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            reconciler.run_forever(stop)
+            worker.run_forever(stop)
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -262,23 +262,23 @@ def running(reconciler: Reconciler) -> Iterator[threading.Thread]:
     assert errors == []
 
 
-def fast_reconciler(db: TestDB, **kwargs: Any) -> Reconciler:
-    return Reconciler(
-        db.settings,
-        backoff_base=0.2,
-        backoff_cap=0.5,
-        incremental_interval=0.5,
-        full_interval=3600.0,
-        heartbeat_interval=0.5,
-        poll_interval=0.1,
-        max_attempts=50,
-        **kwargs,
-    )
+def fast_worker(db: TestDB, **kwargs: Any) -> Worker:
+    """A worker with short intervals; `kwargs` override them."""
+    options: dict[str, Any] = {
+        "backoff_base": 0.2,
+        "backoff_cap": 0.5,
+        "incremental_interval": 0.5,
+        "full_interval": 3600.0,
+        "heartbeat_interval": 0.5,
+        "poll_interval": 0.1,
+        "max_attempts": 50,
+    }
+    return Worker(db.settings, **{**options, **kwargs})
 
 
 def test_run_forever_repairs_a_failed_signup(installed: TestDB) -> None:
-    reconciler = fast_reconciler(installed, worker_id="forever-1")
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="forever-1")
+    with running(worker):
         assert wait_for(
             lambda: (
                 installed.scalar(
@@ -319,15 +319,15 @@ def test_run_forever_repairs_a_failed_signup(installed: TestDB) -> None:
 
 def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
     # Incremental sweeps effectively off: only the notification can wake the worker.
-    reconciler = Reconciler(
+    worker = Worker(
         installed.settings,
         incremental_interval=3600.0,
         full_interval=3600.0,
         heartbeat_interval=3600.0,
         poll_interval=0.1,
     )
-    with running(reconciler):
-        assert wait_for(lambda: reconciler.stats["passes"] >= 1)
+    with running(worker):
+        assert wait_for(lambda: worker.stats["passes"] >= 1)
         set_enabled(installed.settings, False)
         user = installed.signup({"full_name": "Quiet"})
         with installed.connect() as conn:
@@ -337,29 +337,29 @@ def test_run_forever_fast_path_on_notification(installed: TestDB) -> None:
             )
             conn.execute("select pg_notify('profileguard', '{\"event\": \"failure\"}')")
         assert wait_for(lambda: has_profile(installed, user))
-        assert reconciler.stats["notifications"] >= 1
+        assert worker.stats["notifications"] >= 1
 
 
 def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> None:
-    reconciler = fast_reconciler(installed, worker_id="forever-2")
-    with running(reconciler):
+    worker = fast_worker(installed, worker_id="forever-2")
+    with running(worker):
         assert wait_for(
             lambda: (
                 installed.scalar(
                     "select count(*) from pg_stat_activity where datname = current_database()"
-                    " and application_name = 'profileguard-reconciler'"
+                    " and application_name = 'profileguard-worker'"
                 )
                 >= 2
             )
         )
         killed = installed.scalar(
             "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-            " where datname = current_database() and application_name = 'profileguard-reconciler'"
+            " where datname = current_database() and application_name = 'profileguard-worker'"
         )
         # Both are cut, but the worker may close its second connection itself on seeing the
         # first one die, before the second pg_terminate_backend() reaches it.
         assert killed >= 1
-        assert wait_for(lambda: reconciler.stats["reconnects"] >= 1)
+        assert wait_for(lambda: worker.stats["reconnects"] >= 1)
         add_bad_constraint(installed)
         bad = installed.signup({"full_name": BAD_NAME})
         drop_bad_constraint(installed)
@@ -368,18 +368,18 @@ def test_run_forever_recovers_from_terminated_connections(installed: TestDB) -> 
             lambda: (
                 installed.scalar(
                     "select count(*) from pg_stat_activity where datname = current_database()"
-                    " and application_name = 'profileguard-reconciler'"
+                    " and application_name = 'profileguard-worker'"
                 )
                 >= 2
             )
         )
-    assert reconciler.stats["errors"] >= 1
+    assert worker.stats["errors"] >= 1
 
 
 def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     workers = [
-        Reconciler(
+        Worker(
             installed.settings,
             worker_id=f"t{i}",
             batch_size=200,
@@ -428,9 +428,9 @@ def test_invalid_arguments_are_rejected(installed: TestDB) -> None:
     from profileguard.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        Reconciler(installed.settings, batch_size=0)
+        Worker(installed.settings, batch_size=0)
     with pytest.raises(ConfigError):
-        Reconciler(installed.settings, max_attempts=0)
+        Worker(installed.settings, max_attempts=0)
 
 
 def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installed: TestDB) -> None:
@@ -438,8 +438,8 @@ def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installe
     transaction commits after a later-numbered one was already read."""
     set_enabled(installed.settings, False)
     early, late = installed.signup({"full_name": "Early"}), installed.signup({"full_name": "Late"})
-    reconciler = Reconciler(installed.settings, full_interval=3600.0)
-    reconciler.run_incremental()  # cursor at the current end of the trail
+    worker = Worker(installed.settings, full_interval=3600.0)
+    worker.run_incremental()  # cursor at the current end of the trail
     slow = installed.connect(autocommit=False)
     try:
         slow.execute(
@@ -449,15 +449,15 @@ def test_incremental_pass_repairs_a_failure_committed_after_a_later_one(installe
             conn.execute(
                 "select profileguard.record_failure(%s, '40001', 'fast', 'test')", (str(late),)
             )
-        assert reconciler.run_incremental().repaired == 1  # sees only the committed one
+        assert worker.run_incremental().repaired == 1  # sees only the committed one
         assert has_profile(installed, late) and not has_profile(installed, early)
         slow.commit()
     finally:
         slow.close()
 
-    assert reconciler.run_incremental().repaired == 1
+    assert worker.run_incremental().repaired == 1
     assert has_profile(installed, early)
-    reconciler.close()
+    worker.close()
 
 
 def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
@@ -475,13 +475,13 @@ def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
     changed = installed.settings.with_overrides(profile=TableRef("public", "other_profiles", "id"))
     assert missing_profiles(installed) == 50
 
-    reconciler = Reconciler(changed, batch_size=20)
+    worker = Worker(changed, batch_size=20)
     try:
-        result = reconciler.run_once()
+        result = worker.run_once()
     finally:
-        reconciler.close()
+        worker.close()
 
     assert (result.scanned, result.repaired) == (50, 50)
-    assert str(reconciler.installation.profile) == "public.profiles"
+    assert str(worker.installation.profile) == "public.profiles"
     assert_each_repaired_once(installed, 50)
     assert installed.scalar("select count(*) from public.other_profiles") == 50

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from conftest import TestDB, wait_for
-from test_reconcile import fast_reconciler, running
+from test_reconcile import fast_worker, running
 
 from profileguard.config import load_settings
 from profileguard.install import install
@@ -100,7 +100,7 @@ def test_signups_commit_while_the_profile_table_is_locked(installed: TestDB) -> 
         )
     assert missing(installed, users) == SIGNUPS
     assert failures(installed, "55P03") == SIGNUPS
-    with running(fast_reconciler(installed)):
+    with running(fast_worker(installed)):
         assert wait_for(lambda: missing(installed, users) == 0)
 
 
@@ -119,21 +119,20 @@ def test_signups_commit_while_profile_and_events_tables_are_locked(installed: Te
     assert notices[0]["sqlstate"] == "55P03"
     assert failures(installed, "55P03") == 0
     assert missing(installed, users) == SIGNUPS
-    with running(fast_reconciler(installed)):
+    with running(fast_worker(installed)):
         assert wait_for(lambda: missing(installed, users) == 0)
 
 
 def test_a_worker_repairs_users_it_was_told_about_only_by_notification(
     installed: TestDB,
 ) -> None:
-    reconciler = fast_reconciler(installed)
-    reconciler.incremental_interval = 3600.0
-    with running(reconciler):
-        assert wait_for(lambda: reconciler.stats["passes"] >= 1)
+    worker = fast_worker(installed, incremental_interval=3600.0)
+    with running(worker):
+        assert wait_for(lambda: worker.stats["passes"] >= 1)
         with locked(installed, "public.profiles", "profileguard.events"):
             users = signup_all(installed, SIGNUPS, "told")
         assert wait_for(lambda: missing(installed, users) == 0)
-    assert reconciler.stats["notifications"] >= 1
+    assert worker.stats["notifications"] >= 1
 
 
 def test_strict_mode_fails_a_signup_at_the_lock_budget_instead_of_waiting(db: TestDB) -> None:
@@ -155,7 +154,7 @@ def test_statement_timeout_inside_the_trigger_is_recorded_and_the_signup_commits
     assert failures(installed, "57014") == 1
     assert missing(installed, [user]) == 1
     drop_profile_table_trigger(installed)
-    with running(fast_reconciler(installed)):
+    with running(fast_worker(installed)):
         assert wait_for(lambda: missing(installed, [user]) == 0)
 
 
@@ -166,7 +165,7 @@ def test_a_failed_assert_in_the_profile_tables_trigger_is_recorded(installed: Te
     assert failures(installed, "P0004") == 1
     assert missing(installed, [user, good]) == 1
     drop_profile_table_trigger(installed)
-    with running(fast_reconciler(installed)):
+    with running(fast_worker(installed)):
         assert wait_for(lambda: missing(installed, [user]) == 0)
 
 
@@ -299,5 +298,5 @@ def test_huge_metadata_under_a_tight_statement_timeout_never_fails_a_signup(
     assert installed.scalar("select count(*) from auth.users where id = any(%s)", (users,)) == 10
     recorded = failures(installed, "57014")
     assert missing(installed, users) == recorded
-    with running(fast_reconciler(installed)):
+    with running(fast_worker(installed)):
         assert wait_for(lambda: missing(installed, users) == 0)

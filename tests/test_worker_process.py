@@ -96,7 +96,7 @@ def test_sigkilled_worker_loses_its_batch_and_another_finishes(installed: TestDB
         return bool(
             installed.scalar(
                 "select count(*) > 0 from pg_stat_activity where datname = current_database()"
-                " and application_name = 'profileguard-reconciler' and xact_start is not null"
+                " and application_name = 'profileguard-worker' and xact_start is not null"
                 " and state <> 'idle'"
             )
         )
@@ -168,7 +168,7 @@ def test_worker_survives_terminated_connections_and_a_server_restart(
 
         killed = db.scalar(
             "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-            " where application_name = 'profileguard-reconciler'"
+            " where application_name = 'profileguard-worker'"
         )
         assert killed >= 1
         db.bulk_signup(500, prefix="between")

@@ -41,7 +41,7 @@ from profileguard.backfill import Progress as BackfillProgress
 from profileguard.config import Settings
 from profileguard.embedded import EmbeddedPostgres
 from profileguard.install import install
-from profileguard.repair import Reconciler
+from profileguard.repair import Worker
 
 DEMO_DATABASE = "profileguard_demo"
 LEGACY_TRIGGER = "on_auth_user_created"
@@ -435,8 +435,8 @@ def _take_over(console: Console, settings: Settings) -> None:
 
 @contextmanager
 def _worker(settings: Settings) -> Iterator[None]:
-    """A reconciler worker running in a thread, stopped at the end of the block."""
-    reconciler = Reconciler(
+    """A worker running in a thread, stopped at the end of the block."""
+    worker = Worker(
         settings,
         worker_id="demo-worker",
         incremental_interval=0.5,
@@ -445,12 +445,12 @@ def _worker(settings: Settings) -> Iterator[None]:
         poll_interval=0.1,
     )
     stop = threading.Event()
-    worker = threading.Thread(target=reconciler.run_forever, args=(stop,), daemon=True)
-    worker.start()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+    thread.start()
     yield
     stop.set()
-    worker.join(timeout=30)
-    reconciler.close()
+    thread.join(timeout=30)
+    worker.close()
 
 
 def _faulty_burst(url: str, conn: psycopg.Connection, signups: int) -> tuple[Phase, float]:

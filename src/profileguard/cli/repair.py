@@ -19,7 +19,7 @@ from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.client import ProfileGuard
 from profileguard.config import WorkerOptions
 from profileguard.errors import ConfigError, ProfileGuardError
-from profileguard.repair import PassResult, Reconciler
+from profileguard.repair import PassResult, Worker
 from profileguard.workers import deregister
 
 
@@ -46,8 +46,8 @@ def ensure(
     print_fields(f"profile of {result.user_id} ({verb})", result.profile)
 
 
-def _reconciler(ctx: typer.Context, pooler: str | None = None, **options: Any) -> Reconciler:
-    return Reconciler(state(ctx).settings(pooler=pooler), **options)
+def _worker(ctx: typer.Context, pooler: str | None = None, **options: Any) -> Worker:
+    return Worker(state(ctx).settings(pooler=pooler), **options)
 
 
 def _print_pass(title: str, result: PassResult, as_json: bool) -> None:
@@ -90,20 +90,20 @@ def _stop_on_signals(say: bool) -> tuple[threading.Event, list[str]]:
 
 
 def _serve(
-    reconciler: Reconciler, stop: threading.Event, received: list[str], as_json: bool
+    worker: Worker, stop: threading.Event, received: list[str], as_json: bool
 ) -> None:
     """Run until stopped, then leave profileguard.workers (a stopped worker is not listed)."""
     log = logging.getLogger("profileguard.worker")
-    who = {"worker_id": reconciler.worker_id}
+    who = {"worker_id": worker.worker_id}
     log.info("worker started", extra=who)
-    reconciler.run_forever(stop)
+    worker.run_forever(stop)
     try:
-        deregister(reconciler.settings, reconciler.worker_id)
+        deregister(worker.settings, worker.worker_id)
     except ProfileGuardError as exc:  # its row ages out; say why it is still there
         log.warning("could not deregister: %s", exc, extra=who)
     log.info("worker stopped", extra={**who, "signal": received[0] if received else None})
     if as_json:
-        print_json(reconciler.stats)
+        print_json(worker.stats)
 
 
 @command("Repair")
@@ -155,7 +155,7 @@ def worker(
     transaction-mode pooler), sweep periodically. Runs until SIGTERM/SIGINT (finishing the batch
     in hand, then leaving profileguard.workers); several workers may run at once."""
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
-    reconciler = _reconciler(
+    worker = _worker(
         ctx,
         pooler,
         worker_id=worker_id,
@@ -168,13 +168,13 @@ def worker(
     stop, received = _stop_on_signals(say=text)
     try:
         if once:
-            _print_pass("worker pass", reconciler.run_once(stop), as_json)
+            _print_pass("worker pass", worker.run_once(stop), as_json)
             return
         if text and not as_json:
-            err.print(f"profileguard worker {reconciler.worker_id} started; Ctrl-C stops it.")
-        _serve(reconciler, stop, received, as_json)
+            err.print(f"profileguard worker {worker.worker_id} started; Ctrl-C stops it.")
+        _serve(worker, stop, received, as_json)
     finally:
-        reconciler.close()
+        worker.close()
 
 
 @command("Repair")
@@ -192,11 +192,11 @@ def retry(
     """Clear the attempts and quarantine of users and repair them now (after fixing the cause)."""
     if not user_ids and not all_quarantined:
         raise ConfigError("nothing to retry", hint="pass USER_ID… or --all-quarantined")
-    reconciler = Reconciler(state(ctx).settings(pooler=pooler))
+    worker = Worker(state(ctx).settings(pooler=pooler))
     try:
-        result = reconciler.retry(user_ids or (), all_quarantined=all_quarantined)
+        result = worker.retry(user_ids or (), all_quarantined=all_quarantined)
     finally:
-        reconciler.close()
+        worker.close()
     _print_pass("retry", result, as_json)
 
 
@@ -210,7 +210,7 @@ def drift(
 ) -> None:
     """Profiles whose follow/fill_empty columns disagree with their user (and soft-deleted users
     whose profile is not redacted): count, by column, a sample. Read-only unless --fix."""
-    from profileguard.drift import DriftRepair, DriftResult, report
+    from profileguard.repair.drift import DriftRepair, DriftResult, report
 
     settings = state(ctx).settings()
     fixed = None

@@ -253,6 +253,12 @@ class WorkerOptions:
     probe_interval: float = 0.25
     quarantine_retry: float = 3600.0  # seconds before a quarantined user is tried again
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1", hint="pass batch_size >= 1")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1", hint="pass max_attempts >= 1")
+
 
 @dataclass(frozen=True)
 class Settings:

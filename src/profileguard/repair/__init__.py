@@ -1,4 +1,4 @@
-"""The reconciler (the worker): level-triggered repair of users that have no profile.
+"""The worker (the worker): level-triggered repair of users that have no profile.
 
 A pass scans the identity table in keyset batches for users without a profile and hands them to
 the one repair engine, `profileguard.repair(ids, 'worker')` (SQL), which creates the missing
@@ -17,10 +17,10 @@ connection faults). Nothing outlives a transaction but the LISTEN and a session 
 behind a transaction-mode pooler (`pooler = "transaction"`, or a pooler seen while the setting is
 not set: see `db.keeps_session`) the worker runs the same with polling only.
 
-A Reconciler holds one connection and is not thread-safe: give each thread or process its own.
+A Worker holds one connection and is not thread-safe: give each thread or process its own.
 """
 
 from profileguard.repair.outcome import BatchOutcome, PassResult
-from profileguard.repair.reconciler import Reconciler
+from profileguard.repair.worker import Worker
 
-__all__ = ["BatchOutcome", "PassResult", "Reconciler"]
+__all__ = ["BatchOutcome", "PassResult", "Worker"]

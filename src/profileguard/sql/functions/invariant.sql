@@ -19,7 +19,7 @@
 -- * full pass: the first check, after a rewrite of the identity table (relfilenode changed: xmin
 --   and page numbers no longer mean what was recorded) or after 2^30 transactions without a check.
 --
--- What it finds goes into missing_profiles (with first_seen_at and a found_seq the reconciler
+-- What it finds goes into missing_profiles (with first_seen_at and a found_seq the worker
 -- follows through `found_missing()`); stats() runs it when the last check is older than ~2 s, so
 -- `status`, /metrics and serve's loop all keep it current. The full sweep remains the backstop.
 
@@ -254,7 +254,7 @@ begin
         check_ms = extract(epoch from clock_timestamp() - v_started) * 1000,
         last_mode = v_mode, last_scanned = v_scanned, found_total = found_total + v_found;
     if v_found > 0 then
-        -- The reconciler LISTENs here; found_missing() names the users.
+        -- The worker LISTENs here; found_missing() names the users.
         perform pg_notify('profileguard', json_build_object(
             'source', 'invariant', 'found', v_found, 'mode', v_mode)::text);
     end if;
@@ -271,7 +271,7 @@ end
 $pg$;
 
 -- Users the checks and sweeps found without a profile and that still have none, after the cursor
--- `p_after` (a found_seq), oldest finding first: what the reconciler repairs. Pass the largest
+-- `p_after` (a found_seq), oldest finding first: what the worker repairs. Pass the largest
 -- found_seq returned to get only those found since.
 create or replace function profileguard.found_missing(p_after bigint default 0, p_limit integer default 500)
 returns table (found_seq bigint, user_id text, first_seen_at timestamptz)

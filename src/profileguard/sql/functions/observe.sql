@@ -534,7 +534,7 @@ begin
             format('%s trigger failures in the last hour', v ->> 'trigger_failures_window'));
     end if;
     if jsonb_array_length(v -> 'workers') > 0 and (v ->> 'live_workers')::bigint = 0 then
-        v_warnings := array_append(v_warnings, 'no live reconciler worker');
+        v_warnings := array_append(v_warnings, 'no live worker');
     end if;
     if coalesce((v -> 'backfill' ->> 'stalled')::boolean, false) then
         v_warnings := array_append(v_warnings, 'the backfill has stalled');

@@ -196,7 +196,7 @@ select array['public'] || array(select rolname::text from pg_catalog.pg_roles
     as roles
 
 -- name: workers
--- Reconciler workers: how many, the last heartbeat, and how many beat recently and still run.
+-- Workers: how many, the last heartbeat, and how many beat recently and still run.
 select count(*) as workers,
        max(heartbeat_at) as last_heartbeat,
        count(*) filter (where heartbeat_at > now() - make_interval(secs => %(alive_seconds)s)
