@@ -4,6 +4,7 @@
 (core.py, registration.py); identity backends (backends.py, admin_api.py) create and find users.
 """
 
+from profileguard.client.admin_api import default_async_backend, default_backend
 from profileguard.client.aio import AsyncProfileGuard
 from profileguard.client.backends import (
     SUPABASE_USERS,
@@ -11,8 +12,6 @@ from profileguard.client.backends import (
     AsyncSupabaseAuthBackend,
     IdentityBackend,
     SupabaseAuthBackend,
-    default_async_backend,
-    default_backend,
 )
 from profileguard.client.core import EnsureResult, UserId, normalize_user_id
 from profileguard.client.registration import (

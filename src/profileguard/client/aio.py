@@ -13,8 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying
 
 from profileguard import sql as sqlfiles
-from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend
-from profileguard.client.backends import QUERIES, AsyncIdentityBackend, default_async_backend
+from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend, default_async_backend
+from profileguard.client.backends import QUERIES, AsyncIdentityBackend
 from profileguard.client.core import (
     ENSURE_SQL,
     MISSING_FUNCTION_SQLSTATES,

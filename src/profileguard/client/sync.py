@@ -20,8 +20,8 @@ from psycopg_pool import ConnectionPool
 from tenacity import Retrying
 
 from profileguard import sql as sqlfiles
-from profileguard.client.admin_api import SupabaseAdminAPIBackend
-from profileguard.client.backends import QUERIES, IdentityBackend, default_backend
+from profileguard.client.admin_api import SupabaseAdminAPIBackend, default_backend
+from profileguard.client.backends import QUERIES, IdentityBackend
 from profileguard.client.core import (
     ENSURE_SQL,
     MISSING_FUNCTION_SQLSTATES,
