@@ -1,7 +1,8 @@
 """The client: ensure a user's profile, register users with their profiles, resolve logins.
 
-`ProfileGuard` (sync.py) and `AsyncProfileGuard` (aio.py) are twins over shared I/O-free helpers
-(core.py, registration.py); identity backends (backends.py, admin_api.py) create and find users.
+`ProfileGuard` (blocking.py) and `AsyncProfileGuard` (aio.py) are twins over shared I/O-free
+helpers (core.py, registration.py); identity backends (backends.py, admin_api.py) create and find
+users.
 """
 
 from profileguard.client.admin_api import default_async_backend, default_backend
@@ -13,6 +14,7 @@ from profileguard.client.backends import (
     IdentityBackend,
     SupabaseAuthBackend,
 )
+from profileguard.client.blocking import ProfileGuard
 from profileguard.client.core import EnsureResult, UserId, normalize_user_id
 from profileguard.client.registration import (
     Login,
@@ -23,7 +25,6 @@ from profileguard.client.registration import (
     check_metadata,
     normalize_email,
 )
-from profileguard.client.sync import ProfileGuard
 
 __all__ = [
     "SUPABASE_USERS",

@@ -58,7 +58,7 @@ def _httpx() -> Any:
 
 
 class _AdminAPI:
-    """What the sync and async backends share: the request, and the answer as a result or an
+    """What the blocking and async backends share: the request, and the answer as a result or an
     error."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The asyncio client: AsyncProfileGuard, twin of ProfileGuard (sync.py) over the same helpers."""
+"""The async client: AsyncProfileGuard, twin of ProfileGuard (blocking.py) over the same helpers."""
 
 from __future__ import annotations
 

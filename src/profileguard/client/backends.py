@@ -1,7 +1,7 @@
 """Identity backends: where register() creates users and ensure_on_login() finds them.
 
-`IdentityBackend` (sync) / `AsyncIdentityBackend` is the protocol; `SupabaseAuthBackend` writes a
-Supabase-shaped `auth.users` the way Supabase Auth does. Passwords are hashed (bcrypt) in
+`IdentityBackend` (blocking) / `AsyncIdentityBackend` is the protocol; `SupabaseAuthBackend`
+writes a Supabase-shaped `auth.users` the way Supabase Auth does. Passwords are hashed (bcrypt) in
 `prepare`, before any connection is taken, and are never logged, stored or echoed.
 """
 

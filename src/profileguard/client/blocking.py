@@ -1,4 +1,4 @@
-"""The synchronous client: `ensure(user_id)` returns the user's profile, creating it when missing;
+"""The blocking client: `ensure(user_id)` returns the user's profile, creating it when missing;
 `register()` and `ensure_on_login()` return users with their profiles.
 
 The chain, in order: the installed `profileguard.ensure_profile()` (one round trip); when it is
@@ -59,7 +59,7 @@ log = logging.getLogger("profileguard.client")
 
 
 class ProfileGuard:
-    """Synchronous client. Use as a context manager, or call `close()`."""
+    """The blocking client. Use as a context manager, or call `close()`."""
 
     def __init__(
         self,
