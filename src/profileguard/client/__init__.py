@@ -1,8 +1,8 @@
 """The client: ensure a user's profile, register users with their profiles, resolve logins.
 
-`ProfileGuard` (blocking.py) and `AsyncProfileGuard` (aio.py) are twins over shared I/O-free
-helpers (core.py, registration.py); identity backends (backends.py, admin_api.py) create and find
-users.
+`AsyncProfileGuard` (aio.py) and `ProfileGuard` (blocking.py, generated from aio.py by
+tools/async_to_sync.py) share I/O-free helpers (core.py, registration.py); identity backends
+(backends.py, admin_api.py) create and find users.
 """
 
 from profileguard.client.admin_api import default_async_backend, default_backend
