@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench examples tools
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
+	$(BIN)/python tools/async_to_sync.py --check
 	$(BIN)/python tools/size_check.py
 
 # The signup and login benchmarks run on the embedded server and, when it answers, the local PostgreSQL.

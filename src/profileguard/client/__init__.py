@@ -1,9 +1,11 @@
 """The client: ensure a user's profile, register users with their profiles, resolve logins.
 
-`ProfileGuard` (sync.py) and `AsyncProfileGuard` (aio.py) are twins over shared I/O-free helpers
-(core.py, registration.py); identity backends (backends.py, admin_api.py) create and find users.
+`AsyncProfileGuard` (aio.py) and `ProfileGuard` (blocking.py, generated from aio.py by
+tools/async_to_sync.py) share I/O-free helpers (core.py, registration.py); identity backends
+(backends.py, admin_api.py) create and find users.
 """
 
+from profileguard.client.admin_api import default_async_backend, default_backend
 from profileguard.client.aio import AsyncProfileGuard
 from profileguard.client.backends import (
     SUPABASE_USERS,
@@ -11,9 +13,8 @@ from profileguard.client.backends import (
     AsyncSupabaseAuthBackend,
     IdentityBackend,
     SupabaseAuthBackend,
-    default_async_backend,
-    default_backend,
 )
+from profileguard.client.blocking import ProfileGuard
 from profileguard.client.core import EnsureResult, UserId, normalize_user_id
 from profileguard.client.registration import (
     Login,
@@ -24,7 +25,6 @@ from profileguard.client.registration import (
     check_metadata,
     normalize_email,
 )
-from profileguard.client.sync import ProfileGuard
 
 __all__ = [
     "SUPABASE_USERS",

@@ -5,7 +5,8 @@ Auth does (its hooks, audit log and password hashing included); profileguard the
 profile on its own connection, as for any other backend. Lookups read `auth.users` (reading
 bypasses nothing). The id is chosen here and sent, so a registration whose response was lost is
 found by id on the retry instead of being created twice. Needs httpx
-(`pip install 'profileguard[supabase]'`).
+(`pip install 'profileguard[supabase]'`). `default_backend()` chooses this backend when
+SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are set, else writing auth.users directly.
 
 Request and response follow supabase/auth (internal/api/admin.go): the body carries id, email,
 password, email_confirm, user_metadata and app_metadata; a taken email is HTTP 422 with
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from profileguard.client.backends import (
+    SUPABASE_USERS,
     AsyncSupabaseAuthBackend,
     SupabaseAuthBackend,
     email_taken,
 )
 from profileguard.client.registration import NewUser, PasswordPolicy, Registration
+from profileguard.config import Settings
 from profileguard.errors import (
     ConfigError,
     ConnectionFailedError,
@@ -55,7 +58,7 @@ def _httpx() -> Any:
 
 
 class _AdminAPI:
-    """What the sync and async backends share: the request, and the answer as a result or an
+    """What the blocking and async backends share: the request, and the answer as a result or an
     error."""
 
     def __init__(
@@ -224,4 +227,36 @@ class AsyncSupabaseAdminAPIBackend(AsyncSupabaseAuthBackend):
         return user
 
 
-__all__ = ["AsyncSupabaseAdminAPIBackend", "SupabaseAdminAPIBackend"]
+def _check_default_table(settings: Settings) -> None:
+    if settings.identity != SUPABASE_USERS:
+        raise ConfigError(
+            f"no identity backend for {settings.identity}: the built-in one writes auth.users",
+            hint="pass identity=YourBackend() (an IdentityBackend) to ProfileGuard",
+        )
+
+
+def default_backend(settings: Settings) -> SupabaseAuthBackend:
+    """The backend used when none is given: Supabase Auth's admin API when SUPABASE_URL and
+    SUPABASE_SERVICE_ROLE_KEY are set (the platform's way), else auth.users written directly."""
+    _check_default_table(settings)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        return SupabaseAdminAPIBackend(settings.supabase_url, settings.supabase_service_role_key)
+    return SupabaseAuthBackend()
+
+
+def default_async_backend(settings: Settings) -> AsyncSupabaseAuthBackend:
+    """asyncio twin of default_backend."""
+    _check_default_table(settings)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        return AsyncSupabaseAdminAPIBackend(
+            settings.supabase_url, settings.supabase_service_role_key
+        )
+    return AsyncSupabaseAuthBackend()
+
+
+__all__ = [
+    "AsyncSupabaseAdminAPIBackend",
+    "SupabaseAdminAPIBackend",
+    "default_async_backend",
+    "default_backend",
+]

@@ -1,4 +1,14 @@
-"""The asyncio client: AsyncProfileGuard, twin of ProfileGuard (sync.py) over the same helpers."""
+"""The async client: `ensure(user_id)` returns the user's profile, creating it when missing;
+`register()` and `ensure_on_login()` return users with their profiles.
+
+The chain, in order: the installed `profileguard.ensure_profile()` (one round trip); when it is
+missing, or `PROFILEGUARD_ENABLED` is off, a direct `INSERT … ON CONFLICT DO NOTHING` built from
+the same mapping. Transient errors (serialization, deadlock, lock timeout, lost connection…) are
+retried with full-jitter exponential backoff; permanent ones are recorded and raised at once.
+
+The client is written once, for asyncio, in aio.py; blocking.py is generated from it by
+`python tools/async_to_sync.py`. Both use the same I/O-free helpers (core.py, registration.py).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying
 
 from profileguard import sql as sqlfiles
-from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend
-from profileguard.client.backends import QUERIES, AsyncIdentityBackend, default_async_backend
+from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend, default_async_backend
+from profileguard.client.backends import QUERIES, AsyncIdentityBackend
 from profileguard.client.core import (
     ENSURE_SQL,
     MISSING_FUNCTION_SQLSTATES,
@@ -29,7 +39,8 @@ from profileguard.client.core import (
     record_failure_params,
     retrying_kwargs,
 )
-from profileguard.client.fallback import Fallback, fallback_sql_standalone
+from profileguard.client.fallback import Fallback, fallback_sql_async
+from profileguard.client.pools import async_pool
 from profileguard.client.registration import (
     Login,
     NewUser,
@@ -45,14 +56,13 @@ from profileguard.client.registration import (
     result_to_user,
 )
 from profileguard.config import Settings, load_settings
-from profileguard.db import APPLICATION_NAME, connect_options
 from profileguard.errors import ProfileCreationError, ProfileGuardError, UserExistsError
 
 log = logging.getLogger("profileguard.client")
 
 
 class AsyncProfileGuard:
-    """asyncio twin of ProfileGuard. Use `async with`, or call `await close()`."""
+    """The async client. Use `async with`, or call `await close()` when done."""
 
     def __init__(
         self,
@@ -66,18 +76,13 @@ class AsyncProfileGuard:
         self.settings = settings or load_settings()
         self.source = source
         self._own_pool = pool is None
-        self._pool = pool or AsyncConnectionPool(
-            self.settings.conninfo(),
-            min_size=1,
-            max_size=max_size,
-            timeout=self.settings.connect_timeout,
-            kwargs={"application_name": APPLICATION_NAME, **connect_options(self.settings)},
-            open=False,
-        )
+        self._pool = pool or async_pool(self.settings, max_size)
         self._fallback: Fallback | None = None
         self._identity = identity
 
     async def open(self) -> None:
+        """Open the client's own pool if it is not open yet (entering `async with` does); a pool
+        passed in is the caller's to open."""
         if self._own_pool:
             await self._pool.open()
 
@@ -121,8 +126,9 @@ class AsyncProfileGuard:
 
     async def _ensure_direct(self, conn: psycopg.AsyncConnection, uid: str) -> EnsureResult:
         if self._fallback is None:
-            self._fallback = await asyncio.to_thread(fallback_sql_standalone, self.settings)
-        fb, params = self._fallback, {"uid": uid}
+            self._fallback = await fallback_sql_async(conn, self.settings)
+        fb = self._fallback
+        params = {"uid": uid}
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(fb.exists, params)
             found = await cur.fetchone()
@@ -159,7 +165,13 @@ class AsyncProfileGuard:
     async def register(
         self, registration: Registration | None = None, /, **fields: Unpack[RegistrationFields]
     ) -> RegisteredUser:
-        """asyncio twin of ProfileGuard.register (bcrypt runs off the event loop)."""
+        """Create a user and its profile in one transaction; returns both (read-your-writes).
+
+        Pass a Registration or its fields as keywords (see Registration). Raises
+        UserExistsError, WeakPasswordError, InvalidRegistrationError; when the profile fails
+        outside strict mode the user still commits and ProfilePendingError (carrying `.user`) is
+        raised, the failure recorded.
+        """
         wanted = Registration.of(registration, fields)
         new = await asyncio.to_thread(self.identity.prepare, wanted)
         try:
@@ -176,6 +188,7 @@ class AsyncProfileGuard:
     async def _register_once(self, new: NewUser, retried: bool) -> RegisteredUser:
         pending: ProfileGuardError | None = None
         async with self._pool.connection() as conn, conn.transaction():
+            # After a lost COMMIT the first attempt may have landed: the id is ours, so reuse it.
             user = await self.identity.find_user(conn, user_id=new.id) if retried else None
             if user is None:
                 user = await self.identity.create_user(conn, new)
@@ -190,7 +203,7 @@ class AsyncProfileGuard:
                             sqlfiles.query("record_failure_once", QUERIES),
                             record_params(new.id, pending, self.source),
                         )
-                except psycopg.Error as rec_exc:
+                except psycopg.Error as rec_exc:  # not installed: nowhere to record it
                     log.warning("could not record the failure for %s: %s", new.id, rec_exc)
             else:
                 return result_to_user(user, result, created=True)
@@ -199,7 +212,12 @@ class AsyncProfileGuard:
     async def ensure_on_login(
         self, who: UserId | Mapping[str, Any], *, provider: str | None = None, create: bool = True
     ) -> RegisteredUser:
-        """asyncio twin of ProfileGuard.ensure_on_login."""
+        """The logged-in user with its profile, created if missing.
+
+        `who`: a user id, a Supabase JWT's claims (sub = the user's id), or an external
+        provider's claims (with `provider`). A provider identity seen for the first time is
+        registered (unless `create=False`); an unknown user id raises UserNotFoundError.
+        """
         login = Login.parse(who, provider)
         for round_ in range(2):
             user = await self._find(login)
@@ -213,6 +231,7 @@ class AsyncProfileGuard:
             except UserExistsError:
                 if round_:
                     raise
+                # A concurrent first login of the same identity may have won: look again.
         raise AssertionError("unreachable")
 
     async def _find(self, login: Login) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """Identity backends: where register() creates users and ensure_on_login() finds them.
 
-`IdentityBackend` (sync) / `AsyncIdentityBackend` is the protocol; `SupabaseAuthBackend` writes a
-Supabase-shaped `auth.users` the way Supabase Auth does. Passwords are hashed (bcrypt) in
+`IdentityBackend` (blocking) / `AsyncIdentityBackend` is the protocol; `SupabaseAuthBackend`
+writes a Supabase-shaped `auth.users` the way Supabase Auth does. Passwords are hashed (bcrypt) in
 `prepare`, before any connection is taken, and are never logged, stored or echoed.
 """
 
@@ -26,7 +26,7 @@ from profileguard.client.registration import (
     check_provider_id,
     normalize_email,
 )
-from profileguard.config import Settings, TableRef, check_identifier
+from profileguard.config import TableRef, check_identifier
 from profileguard.errors import ConfigError, InvalidRegistrationError, UserExistsError
 from profileguard.extras import require_extra
 
@@ -361,34 +361,3 @@ class AsyncSupabaseAuthBackend(_SupabaseShape):
             await cur.execute(query, params)
             row = await cur.fetchone()
         return None if row is None else dict(row["user"])
-
-
-def _check_default_table(settings: Settings) -> None:
-    if settings.identity != SUPABASE_USERS:
-        raise ConfigError(
-            f"no identity backend for {settings.identity}: the built-in one writes auth.users",
-            hint="pass identity=YourBackend() (an IdentityBackend) to ProfileGuard",
-        )
-
-
-def default_backend(settings: Settings) -> SupabaseAuthBackend:
-    """The backend used when none is given: Supabase Auth's admin API when SUPABASE_URL and
-    SUPABASE_SERVICE_ROLE_KEY are set (the platform's way), else auth.users written directly."""
-    _check_default_table(settings)
-    if settings.supabase_url and settings.supabase_service_role_key:
-        from profileguard.client.admin_api import SupabaseAdminAPIBackend
-
-        return SupabaseAdminAPIBackend(settings.supabase_url, settings.supabase_service_role_key)
-    return SupabaseAuthBackend()
-
-
-def default_async_backend(settings: Settings) -> AsyncSupabaseAuthBackend:
-    """asyncio twin of default_backend."""
-    _check_default_table(settings)
-    if settings.supabase_url and settings.supabase_service_role_key:
-        from profileguard.client.admin_api import AsyncSupabaseAdminAPIBackend
-
-        return AsyncSupabaseAdminAPIBackend(
-            settings.supabase_url, settings.supabase_service_role_key
-        )
-    return AsyncSupabaseAuthBackend()

@@ -1,7 +1,7 @@
-"""What the sync and async clients share, without I/O: ids, results, retry policy, errors.
+"""What the blocking and async clients share, without I/O: ids, results, retry policy, errors.
 
-Everything here is pure: the twins in sync.py and aio.py do the connection work and call these
-helpers, so both behave the same.
+Everything here is pure: the clients in blocking.py and aio.py do the connection work and call
+these helpers, so both behave the same.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ profileguard.ensure_profile() is missing or PROFILEGUARD_ENABLED is off."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import psycopg
@@ -49,6 +50,16 @@ def fallback_sql(conn: psycopg.Connection, settings: Settings) -> Fallback:
             sql.Identifier(settings.profile.key),
         ),
     )
+
+
+async def fallback_sql_async(conn: psycopg.AsyncConnection, settings: Settings) -> Fallback:
+    """The async client's fallback_sql(): the plan reads the catalog through a blocking
+    connection, so the statements are built on a short-lived one of their own, in a thread.
+
+    `conn` is not used; it is there so that `tools/async_to_sync.py` maps this call to
+    `fallback_sql(conn, settings)`, which reads the catalog on the caller's connection.
+    """
+    return await asyncio.to_thread(fallback_sql_standalone, settings)
 
 
 def fallback_sql_standalone(settings: Settings) -> Fallback:

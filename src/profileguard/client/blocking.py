@@ -1,11 +1,14 @@
-"""The synchronous client: `ensure(user_id)` returns the user's profile, creating it when missing;
+# Generated from aio.py by `python tools/async_to_sync.py`: edit aio.py, then run it again.
+"""The blocking client: `ensure(user_id)` returns the user's profile, creating it when missing;
 `register()` and `ensure_on_login()` return users with their profiles.
 
 The chain, in order: the installed `profileguard.ensure_profile()` (one round trip); when it is
 missing, or `PROFILEGUARD_ENABLED` is off, a direct `INSERT … ON CONFLICT DO NOTHING` built from
 the same mapping. Transient errors (serialization, deadlock, lock timeout, lost connection…) are
 retried with full-jitter exponential backoff; permanent ones are recorded and raised at once.
-AsyncProfileGuard (aio.py) is the asyncio twin over the same helpers (core.py, registration.py).
+
+The client is written once, for asyncio, in aio.py; blocking.py is generated from it by
+`python tools/async_to_sync.py`. Both use the same I/O-free helpers (core.py, registration.py).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from psycopg_pool import ConnectionPool
 from tenacity import Retrying
 
 from profileguard import sql as sqlfiles
-from profileguard.client.admin_api import SupabaseAdminAPIBackend
-from profileguard.client.backends import QUERIES, IdentityBackend, default_backend
+from profileguard.client.admin_api import SupabaseAdminAPIBackend, default_backend
+from profileguard.client.backends import QUERIES, IdentityBackend
 from profileguard.client.core import (
     ENSURE_SQL,
     MISSING_FUNCTION_SQLSTATES,
@@ -37,6 +40,7 @@ from profileguard.client.core import (
     retrying_kwargs,
 )
 from profileguard.client.fallback import Fallback, fallback_sql
+from profileguard.client.pools import blocking_pool
 from profileguard.client.registration import (
     Login,
     NewUser,
@@ -52,14 +56,13 @@ from profileguard.client.registration import (
     result_to_user,
 )
 from profileguard.config import Settings, load_settings
-from profileguard.db import APPLICATION_NAME, connect_options
 from profileguard.errors import ProfileCreationError, ProfileGuardError, UserExistsError
 
 log = logging.getLogger("profileguard.client")
 
 
 class ProfileGuard:
-    """Synchronous client. Use as a context manager, or call `close()`."""
+    """The blocking client. Use `with`, or call `close()` when done."""
 
     def __init__(
         self,
@@ -73,16 +76,15 @@ class ProfileGuard:
         self.settings = settings or load_settings()
         self.source = source
         self._own_pool = pool is None
-        self._pool = pool or ConnectionPool(
-            self.settings.conninfo(),
-            min_size=1,
-            max_size=max_size,
-            timeout=self.settings.connect_timeout,
-            kwargs={"application_name": APPLICATION_NAME, **connect_options(self.settings)},
-            open=True,
-        )
+        self._pool = pool or blocking_pool(self.settings, max_size)
         self._fallback: Fallback | None = None
         self._identity = identity
+
+    def open(self) -> None:
+        """Open the client's own pool if it is not open yet (entering `with` does); a pool
+        passed in is the caller's to open."""
+        if self._own_pool:
+            self._pool.open()
 
     # --- ensure ---------------------------------------------------------------------------------
 
@@ -111,7 +113,8 @@ class ProfileGuard:
         if self.settings.enabled:
             try:
                 with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    row = cur.execute(ENSURE_SQL, (uid, self.source)).fetchone()
+                    cur.execute(ENSURE_SQL, (uid, self.source))
+                    row = cur.fetchone()
                 assert row is not None
                 return function_result(row)
             except psycopg.Error as exc:
@@ -123,17 +126,22 @@ class ProfileGuard:
     def _ensure_direct(self, conn: psycopg.Connection, uid: str) -> EnsureResult:
         if self._fallback is None:
             self._fallback = fallback_sql(conn, self.settings)
-        fb, params = self._fallback, {"uid": uid}
+        fb = self._fallback
+        params = {"uid": uid}
         with conn.cursor(row_factory=dict_row) as cur:
-            found = cur.execute(fb.exists, params).fetchone()
+            cur.execute(fb.exists, params)
+            found = cur.fetchone()
             if not (found and found["found"]):
                 raise not_found(uid, self.settings)
             try:
                 with conn.transaction():
-                    created = cur.execute(fb.insert, params).rowcount > 0
+                    cur.execute(fb.insert, params)
+                    created = cur.rowcount > 0
             except psycopg.errors.UniqueViolation:
-                created = cur.execute(fb.insert_forced, params).rowcount > 0
-            row = cur.execute(fb.select, params).fetchone()
+                cur.execute(fb.insert_forced, params)
+                created = cur.rowcount > 0
+            cur.execute(fb.select, params)
+            row = cur.fetchone()
         assert row is not None
         return EnsureResult(uid, created, dict(row["profile"]), "fallback")
 
@@ -163,7 +171,8 @@ class ProfileGuard:
         outside strict mode the user still commits and ProfilePendingError (carrying `.user`) is
         raised, the failure recorded.
         """
-        new = self.identity.prepare(Registration.of(registration, fields))
+        wanted = Registration.of(registration, fields)
+        new = self.identity.prepare(wanted)
         try:
             for attempt in Retrying(**retrying_kwargs(self.settings)):
                 with attempt:
@@ -212,7 +221,8 @@ class ProfileGuard:
         for round_ in range(2):
             user = self._find(login)
             if user is not None:
-                return result_to_user(user, self.ensure_result(str(user["id"])), created=False)
+                result = self.ensure_result(str(user["id"]))
+                return result_to_user(user, result, created=False)
             if not (create and login.provider):
                 raise login_not_found(login)
             try:
@@ -248,6 +258,7 @@ class ProfileGuard:
             self._pool.close()
 
     def __enter__(self) -> Self:
+        self.open()
         return self
 
     def __exit__(self, *exc: object) -> None:
