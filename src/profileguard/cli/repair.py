@@ -89,9 +89,7 @@ def _stop_on_signals(say: bool) -> tuple[threading.Event, list[str]]:
     return stop, received
 
 
-def _serve(
-    worker: Worker, stop: threading.Event, received: list[str], as_json: bool
-) -> None:
+def _serve(worker: Worker, stop: threading.Event, received: list[str], as_json: bool) -> None:
     """Run until stopped, then leave profileguard.workers (a stopped worker is not listed)."""
     log = logging.getLogger("profileguard.worker")
     who = {"worker_id": worker.worker_id}
