@@ -135,13 +135,13 @@ class TestDB:
         return uid
 
     def bulk_signup(self, count: int, *, prefix: str = "bulk") -> None:
-        """Insert `count` users in one statement."""
+        """Insert `count` users in one statement (handles `prefix` + n, as an import writes)."""
         with self.connect() as conn:
             conn.execute(
                 "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
                 " select gen_random_uuid(), 'authenticated', 'authenticated',"
                 " %(p)s || g || '@example.com',"
-                " jsonb_build_object('full_name', 'User ' || g), now()"
+                " jsonb_build_object('full_name', 'User ' || g, 'user_name', %(p)s || g), now()"
                 " from generate_series(1, %(n)s) g",
                 {"p": prefix, "n": count},
             )
