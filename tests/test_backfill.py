@@ -273,7 +273,8 @@ def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: Test
 
 
 def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) -> None:
-    without_trigger(installed, 20_000)
+    set_enabled(installed.settings, False)
+    installed.bulk_signup(20_000, handles=True)
     set_enabled(installed.settings, True)
     done = threading.Event()
     errors: list[BaseException] = []

@@ -137,13 +137,7 @@ def test_strict_mode_rejects_signup(installed):
 
 
 def test_bulk_insert_of_10k_users_in_one_statement(installed):
-    with installed.connect() as conn:
-        conn.execute(
-            "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
-            " select gen_random_uuid(), 'authenticated', 'authenticated', 'bulk' || g ||"
-            " '@example.com', jsonb_build_object('full_name', 'User ' || g, 'user_name',"
-            " 'bulk' || g), now() from generate_series(1, 10000) g"
-        )
+    installed.bulk_signup(10_000, handles=True)
     assert installed.scalar("select count(*) from auth.users") == 10_000
     assert installed.scalar("select count(*) from public.profiles") == 10_000
     assert (
