@@ -114,7 +114,7 @@ def identity_phase(
         rec.run(
             sql.SQL(
                 "insert into profileguard.kept_triggers (table_name, trigger_name, function_name)"
-                " values ({}, {}, {}) on conflict (table_name, trigger_name) do nothing"
+                "\nvalues ({}, {}, {})\non conflict (table_name, trigger_name) do nothing"
             ).format(*map(sql.Literal, (str(identity), name, function)))
         )
         result.notes.append(
@@ -125,7 +125,8 @@ def identity_phase(
     for name in dropped:  # taken over now: no longer kept
         rec.run(
             sql.SQL(
-                "delete from profileguard.kept_triggers where table_name = {} and trigger_name = {}"
+                "delete from profileguard.kept_triggers"
+                "\nwhere table_name = {} and trigger_name = {}"
             ).format(sql.Literal(str(identity)), sql.Literal(name))
         )
     newly_kept = [name for name, _ in keep if name not in kept]
