@@ -143,16 +143,18 @@ class TestDB:
                 conn.close()
         return uid
 
-    def bulk_signup(self, count: int, *, prefix: str = "bulk") -> None:
-        """Insert `count` users in one statement."""
+    def bulk_signup(self, count: int, *, prefix: str = "bulk", handles: bool = False) -> None:
+        """Insert `count` users in one statement; `handles`: each with user_name `prefix` + n."""
         with self.connect() as conn:
             conn.execute(
                 "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
                 " select gen_random_uuid(), 'authenticated', 'authenticated',"
                 " %(p)s || g || '@example.com',"
-                " jsonb_build_object('full_name', 'User ' || g), now()"
+                " jsonb_build_object('full_name', 'User ' || g)"
+                " || case when %(h)s then jsonb_build_object('user_name', %(p)s || g)"
+                " else '{}' end, now()"
                 " from generate_series(1, %(n)s) g",
-                {"p": prefix, "n": count},
+                {"p": prefix, "n": count, "h": handles},
             )
 
 

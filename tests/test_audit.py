@@ -177,13 +177,16 @@ def test_documented_trigger_is_a_competing_path_and_replace_trigger_takes_over(
 
 
 def test_competing_trigger_with_profileguard_enabled_is_an_error(db: TestDB) -> None:
-    with db.connect() as conn:
-        conn.execute(SUPABASE_PROFILES)
-        conn.execute(DOCUMENTED_TRIGGER)
+    """A trigger created after install (install refuses to run beside one): an error, and
+    installing again is refused until the fix names it."""
+    execute(db, SUPABASE_PROFILES)
     install(db.settings)
+    execute(db, DOCUMENTED_TRIGGER)
     competing = one(audit(db), "competing_trigger")
     assert competing.severity == "error"
     assert any("two paths" in r for r in competing.evidence["risks"])
+    again = cli(db, "install")
+    assert again.returncode == 2 and "--keep-trigger on_auth_user_created" in again.stderr
     fix_and_check_cleared(db, competing)
 
 

@@ -273,7 +273,8 @@ def test_sigkill_mid_run_then_resume_finishes_without_rescanning(installed: Test
 
 
 def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) -> None:
-    without_trigger(installed, 20_000)
+    set_enabled(installed.settings, False)
+    installed.bulk_signup(20_000, handles=True)
     set_enabled(installed.settings, True)
     done = threading.Event()
     errors: list[BaseException] = []
@@ -284,9 +285,11 @@ def test_concurrent_signups_during_backfill_all_get_profiles(installed: TestDB) 
             with installed.connect() as conn:
                 n = 0
                 while not done.is_set() or n < 20:
-                    # Half of them derive the same username as a backfilled user ("bulkN").
-                    email = f"bulk{n * 7 + worker}@other.example" if n % 2 else None
-                    installed.signup({"full_name": f"New {worker}-{n}"}, email=email, conn=conn)
+                    # Half of them have the same handle as a backfilled user ("bulkN").
+                    meta = {"full_name": f"New {worker}-{n}"}
+                    if n % 2:
+                        meta["user_name"] = f"bulk{n * 7 + worker}"
+                    installed.signup(meta, conn=conn)
                     n += 1
                 signed[0] += n
         except BaseException as exc:

@@ -57,7 +57,9 @@ def test_defaults_without_file_or_env() -> None:
     assert s.mapping_is_default is True
     assert set(s.mapping) == set(DEFAULT_MAPPING)
     assert [str(x) for x in s.mapping["username"]] == list(DEFAULT_MAPPING["username"])
-    assert s.mapping["username"][-1] == Source("email", (), "localpart")
+    # Nothing is derived from the email (or the phone) unless configured.
+    assert all(src.column == "raw_user_meta_data" for srcs in s.mapping.values() for src in srcs)
+    assert s.preset == "default"
     assert s.username_column == "username"
     assert s.strict is False
     assert s.enabled is True
@@ -121,6 +123,35 @@ def test_file_parsing(tmp_path: Path) -> None:
         "handle": (Source("login", (), "lower"),),
     }
     assert s.conninfo() == "postgresql://file@localhost/filedb"
+
+
+def test_preset_supabase_is_the_documented_handle_new_user(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[profile]\npreset = "supabase"\n'), env={})
+    assert s.preset == "supabase"
+    assert s.mapping_is_default is True  # columns the table lacks are skipped, as by default
+    assert dict(s.mapping) == {
+        "full_name": (Source("raw_user_meta_data", ("full_name",)),),
+        "avatar_url": (Source("raw_user_meta_data", ("avatar_url",)),),
+    }
+    assert s.describe()["preset"] == "supabase"
+    default = load_settings(write(tmp_path, '[profile]\npreset = "default"\n'), env={})
+    assert default == Settings()
+
+
+def test_preset_errors_name_the_choices(tmp_path: Path) -> None:
+    error = config_error(path=write(tmp_path, '[profile]\npreset = "firebase"\n'), env={})
+    assert "profile.preset" in error.message and "supabase" in str(error.hint)
+    error = config_error(path=write(tmp_path, "[profile]\npreset = [1]\n"), env={})
+    assert "is not a preset" in error.message
+    both = '[profile]\npreset = "supabase"\n[mapping]\nfull_name = "raw_user_meta_data.name"\n'
+    error = config_error(path=write(tmp_path, both), env={})
+    assert "both set" in error.message and "remove" in str(error.hint)
+
+
+def test_a_written_mapping_has_no_preset(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[mapping]\nusername = "email|localpart"\n'), env={})
+    assert (s.preset, s.mapping_is_default) == (None, False)
+    assert s.mapping["username"] == (Source("email", (), "localpart"),)
 
 
 def test_file_found_in_current_directory(tmp_path: Path) -> None:

@@ -5,22 +5,26 @@ Each shape (keys as Supabase Auth stores them in raw_user_meta_data) goes throug
 missed, and the client's fallback insert; every path must yield exactly the same profile columns.
 Usernames are unique and at least 3 characters in the created table, so short or taken names get
 '_' + the first 8 hex digits of the md5 of the user's id; so do names the provider does not vouch
-for (email local parts, metadata of email sign-ups): username.unverified = "suffix".
+for (metadata of email sign-ups): username.unverified = "suffix". A sign-up without a provider's
+handle gets no username: nothing is made from an email address unless configured.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TestDB, key_hash
 
 from profileguard.client import ProfileGuard, RegisteredUser, SupabaseAuthBackend
-from profileguard.install import set_enabled
+from profileguard.config import load_settings
+from profileguard.install import install, set_enabled
 
 Expected = str | None | Callable[[uuid.UUID], str]
 
@@ -75,7 +79,7 @@ SHAPES = [
         },
         "Ada Lovelace",
         GOOGLE_PIC,
-        suffixed("ada.lovelace"),
+        None,  # no handle: nothing is made from the email
     ),
     Shape(
         "google_name_and_picture_only",
@@ -88,7 +92,7 @@ SHAPES = [
         },
         "Grace Hopper",
         "https://lh3.googleusercontent.com/g",
-        suffixed("grace"),
+        None,  # no handle: nothing is made from the email
     ),
     Shape(
         "github",
@@ -161,7 +165,7 @@ SHAPES = [
         },
         "CodeJedi",
         DISCORD_PIC,
-        suffixed("darcy"),
+        None,  # no handle: nothing is made from the email
     ),
     Shape(
         "discord_without_global_name",
@@ -175,7 +179,7 @@ SHAPES = [
         },
         "plainuser",
         DISCORD_PIC,
-        suffixed("plain"),
+        None,  # no handle: nothing is made from the email
     ),
     Shape(
         "magic_link",
@@ -184,9 +188,9 @@ SHAPES = [
         {},
         None,
         None,
-        suffixed("dora.explorer"),
+        None,  # no handle: nothing is made from the email
     ),
-    Shape("otp_short_email", "email", "al@example.com", {}, None, None, suffixed("al")),
+    Shape("otp_short_email", "email", "al@example.com", {}, None, None, None),
     Shape("anonymous", "anonymous", None, {}, None, None, None),
     Shape(
         "emoji",
@@ -217,7 +221,7 @@ SHAPES = [
         {"full_name": "محمد الأحمد", "name": "محمد الأحمد", "picture": GOOGLE_PIC},
         "محمد الأحمد",
         GOOGLE_PIC,
-        suffixed("mohammed"),
+        None,  # no handle: nothing is made from the email
     ),
     Shape(
         "rtl_handle",
@@ -244,7 +248,7 @@ SHAPES = [
         {"full_name": "   ", "name": "  Padded Name  ", "picture": "  "},
         "Padded Name",
         None,
-        suffixed("pad"),
+        None,  # no handle: nothing is made from the email
     ),
 ]
 
@@ -380,33 +384,41 @@ def test_shape_gives_the_same_profile_on_every_path(
 
 
 def test_usernames_collide_across_providers(installed: TestDB, guard: ProfileGuard) -> None:
-    """One handle claimed by a GitHub login, a Google email and a magic link: the first keeps it,
-    the others get the suffix, on the trigger and on register alike."""
+    """One handle claimed by a GitHub login, a GitLab login and an email sign-up that chose it:
+    the first keeps it, the others get the suffix, on the trigger and on register alike. Email
+    sign-ups without a chosen name get none, whatever their address."""
     github = guard.register(
         provider="github", provider_id="1", email="gh@example.com", metadata={"user_name": "ada"}
     )
-    google = guard.register(
-        provider="google",
+    gitlab = guard.register(
+        provider="gitlab",
         provider_id="2",
-        email="ada@gmail.com",
-        metadata={"name": "Ada from Google"},
+        email="ada@gitlab.example",
+        metadata={"preferred_username": "ada"},
     )
-    magic = supabase_signup(
-        installed, Shape("magic", "email", "ada@example.org", {}, None, None, None)
+    chosen = supabase_signup(
+        installed,
+        Shape("magic", "email", "someone@example.org", {"user_name": "ada"}, None, None, None),
     )
     assert github.profile["username"] == "ada"
-    assert google.profile["username"] == suffixed("ada")(uuid.UUID(google.id))
-    assert profile_columns(installed, magic) == {
+    assert gitlab.profile["username"] == suffixed("ada")(uuid.UUID(gitlab.id))
+    assert profile_columns(installed, chosen) == {
         "full_name": None,
         "avatar_url": None,
-        "username": suffixed("ada")(magic),
+        "username": suffixed("ada")(chosen),
     }
-    # A short name is suffixed even when free; suffixed names never collide with each other.
-    short = [guard.register(email=f"jo@{d}.com") for d in ("a", "b", "c")]
+    # Email addresses give no names: several sign-ups with the same local part all get NULL.
+    plain = [guard.register(email=f"ada@{d}.com") for d in ("a", "b", "c")]
+    assert [p.profile["username"] for p in plain] == [None, None, None]
+    # A short handle is suffixed even when free; suffixed names never collide with each other.
+    short = [
+        guard.register(provider="github", provider_id=f"jo{i}", metadata={"user_name": "jo"})
+        for i in range(3)
+    ]
     names = [s.profile["username"] for s in short]
     assert names == [suffixed("jo")(uuid.UUID(s.id)) for s in short]
     assert len(set(names)) == 3
-    assert installed.scalar("select count(*) from public.profiles") == 6
+    assert installed.scalar("select count(*) from public.profiles") == 9
     assert (
         installed.scalar("select count(*) from public.profiles where char_length(username) < 3")
         == 0
@@ -434,3 +446,63 @@ def test_every_shape_in_one_bulk_statement(installed: TestDB) -> None:
         )
     for shape, uid in zip(SHAPES, ids, strict=True):
         assert profile_columns(installed, uid) == shape.expected(uid), shape.name
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# The README's opt-in to names made from email addresses, as written there.
+README_EMAIL_USERNAMES = re.search(
+    r"<!-- email-usernames -->\n```toml\n(.*?)```", README.read_text(encoding="utf-8"), re.S
+)[1]  # type: ignore[index]
+
+
+def _reinstall(db: TestDB, toml: str, tmp_path: Path) -> None:
+    config = tmp_path / "profileguard.toml"
+    config.write_text(toml, encoding="utf-8")
+    db.settings = load_settings(config, env={}, database_url=db.url)
+    install(db.settings)
+
+
+NONE = (None, None, None)  # a Shape's expected profile, unused here
+
+
+def test_email_derived_usernames_are_an_opt_in(installed: TestDB, tmp_path: Path) -> None:
+    """The default gives an email-only sign-up no username; the mapping the README documents
+    restores names made from the email's local part (suffixed: the user typed the address)."""
+    before = supabase_signup(
+        installed, Shape("otp", "email", "ada.lovelace@example.com", {}, *NONE)
+    )
+    assert profile_columns(installed, before) == {
+        "full_name": None,
+        "avatar_url": None,
+        "username": None,
+    }
+    _reinstall(installed, README_EMAIL_USERNAMES, tmp_path)
+    after = supabase_signup(installed, Shape("otp", "email", "ada.lovelace@example.net", {}, *NONE))
+    assert profile_columns(installed, after) == {
+        "full_name": None,
+        "avatar_url": None,
+        "username": suffixed("ada.lovelace")(after),
+    }
+
+
+def test_supabase_preset_copies_what_handle_new_user_copies(
+    installed: TestDB, tmp_path: Path
+) -> None:
+    """[profile] preset = "supabase": full_name and avatar_url from the metadata as Supabase's
+    documented trigger copies them, no username rule (a GitHub handle is not copied either)."""
+    _reinstall(installed, '[profile]\npreset = "supabase"\n', tmp_path)
+    expected = {
+        "github": ("The Octocat", GITHUB_PIC),
+        "google_name_and_picture_only": (None, None),  # name and picture are not copied
+        "discord": ("codejedi", DISCORD_PIC),
+        "magic_link": (None, None),
+    }
+    by_name = {s.name: s for s in SHAPES}
+    for name, (full_name, avatar_url) in expected.items():
+        uid = supabase_signup(installed, by_name[name])
+        assert profile_columns(installed, uid) == {
+            "full_name": full_name,
+            "avatar_url": avatar_url,
+            "username": None,
+        }, name
+    assert installed.scalar("select count(*) from profileguard.failures") == 0

@@ -88,6 +88,33 @@ def test_rendered_file_applied_with_psql_equals_install(
     )
 
 
+def test_rendered_file_keeps_a_trigger_when_told_and_is_refused_otherwise(
+    db: TestDB, tmp_path: object
+) -> None:
+    with db.connect() as conn:
+        conn.execute(PROFILES)
+        conn.execute(FLAKY_LEGACY)
+    refused = cli(db, "sql")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "profileguard sql --keep-trigger on_auth_user_created" in " ".join(
+        refused.stderr.split()
+    )
+    rendered = cli(db, "sql", "--keep-trigger", "on_auth_user_created")
+    assert rendered.returncode == 0, rendered.stderr
+    last = rendered.stdout[rendered.stdout.index("-- Last and short") :]
+    assert "insert into profileguard.kept_triggers" in last
+    assert "handle_new_user" not in last.replace("'public.handle_new_user()'", "")
+    path = f"{tmp_path}/profileguard.sql"
+    with open(path, "w") as f:
+        f.write(rendered.stdout)
+    applied = psql(db, path)
+    assert applied.returncode == 0, applied.stderr
+    assert db.scalar("select trigger_name from profileguard.kept_triggers") == (
+        "on_auth_user_created"
+    )
+    assert cli(db, "install").returncode == 0  # kept: installing again asks nothing
+
+
 def test_rendered_file_with_a_new_profile_table_equals_install(
     db: TestDB, twin: TestDB, tmp_path: object
 ) -> None:

@@ -179,7 +179,7 @@ def test_trigger_disabled_by_an_earlier_version_is_enabled_again_by_uninstall(
     with db.connect() as conn:
         conn.execute(PROFILES)
         conn.execute(FLAKY_LEGACY)
-    install(db.settings)
+    install(db.settings, keep_triggers=["on_auth_user_created"])
     with db.connect_admin() as conn:
         conn.execute("alter table auth.users disable trigger on_auth_user_created")
         conn.execute(
@@ -265,6 +265,109 @@ def test_takeover_after_a_disabled_install_enables_profileguard_in_the_same_step
     again = cli(db, "install", "--replace-trigger", "on_auth_user_created", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False
+
+
+def identity_state(db: TestDB) -> list[tuple[object, ...]]:
+    """The triggers on auth.users and their functions' bodies, and profileguard's schema."""
+    with db.connect() as conn:
+        return conn.execute(
+            "select t.tgname, t.tgenabled, pg_get_triggerdef(t.oid), p.prosrc,"
+            " to_regnamespace('profileguard') is not null"
+            " from pg_trigger t join pg_proc p on p.oid = t.tgfoid"
+            " where t.tgrelid = 'auth.users'::regclass and not t.tgisinternal order by 1"
+        ).fetchall()
+
+
+def test_install_and_sql_refuse_to_run_beside_a_profile_creating_trigger(db: TestDB) -> None:
+    """Without --replace-trigger or --keep-trigger, install and sql stop with exit 2, naming
+    the trigger and both choices, and change nothing; --replace-trigger then takes over."""
+    with db.connect() as conn:
+        conn.execute(PROFILES)
+        conn.execute(FLAKY_LEGACY)
+    before = identity_state(db)
+    for command in ("install", "sql"):
+        refused = cli(db, command)
+        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        message = " ".join(refused.stderr.split())
+        assert "trigger on_auth_user_created on auth.users also creates profiles" in message
+        assert f"profileguard {command} --replace-trigger on_auth_user_created" in message
+        assert f"profileguard {command} --keep-trigger on_auth_user_created" in message
+        assert identity_state(db) == before
+    assert db.scalar("select to_regnamespace('profileguard')") is None
+
+    # Disabled, profileguard creates no profiles: the install goes ahead and says what is next.
+    disabled = cli(db, "install", "--disabled", "--json")
+    assert disabled.returncode == 0, disabled.stderr
+    assert any("stays disabled beside it" in n for n in json.loads(disabled.stdout)["notes"])
+    again = cli(db, "install", "--json")  # flags as installed: still disabled
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False
+    # Enabling it beside the trigger is refused as installing enabled is.
+    events = db.scalar("select count(*) from profileguard.events")
+    refused = cli(db, "enable")
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    message = " ".join(refused.stderr.split())
+    assert "profileguard install --replace-trigger on_auth_user_created" in message
+    assert "--keep-trigger on_auth_user_created then profileguard enable" in message
+    assert db.scalar("select enabled from profileguard.settings") is False
+    assert db.scalar("select count(*) from profileguard.events") == events
+
+    taken = cli(db, "install", "--replace-trigger", "on_auth_user_created", "--json")
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["replaced_triggers"] == ["on_auth_user_created"]
+    created, failed = signups_as_auth(db, 30)
+    assert failed == 0
+    assert db.scalar("select count(*) from public.profiles where id = any(%s)", (created,)) == 30
+    # Taken over, it no longer competes: installing again needs no flag.
+    assert cli(db, "install").returncode == 0
+
+
+def test_keep_trigger_installs_beside_it_knowingly_and_audit_reports_it_as_kept(
+    db: TestDB,
+) -> None:
+    from profileguard.audit import run_audit
+
+    with db.connect() as conn:
+        conn.execute(PROFILES)
+        conn.execute(FLAKY_LEGACY)
+    missing = cli(db, "install", "--keep-trigger", "on_auth_user_creatd")
+    assert missing.returncode == 2 and "no trigger 'on_auth_user_creatd'" in missing.stderr
+    both = cli(db, "install", "--keep-trigger", "x", "--replace-trigger", "x")
+    assert both.returncode == 2 and "named by both" in both.stderr
+    assert db.scalar("select to_regnamespace('profileguard')") is None
+
+    kept = cli(db, "install", "--keep-trigger", "on_auth_user_created", "--json")
+    assert kept.returncode == 0, kept.stderr
+    result = json.loads(kept.stdout)
+    assert result["replaced_triggers"] == []
+    assert any("kept beside profileguard" in n for n in result["notes"])
+    with db.connect() as conn:
+        record = conn.execute(
+            "select table_name, trigger_name, function_name from profileguard.kept_triggers"
+        ).fetchall()
+    assert record == [("auth.users", "on_auth_user_created", "public.handle_new_user()")]
+    # Both triggers run: the legacy one is untouched and still fails one sign-up in ten.
+    state = {row[0]: row for row in identity_state(db)}
+    assert {"on_auth_user_created", "profileguard_after_insert"} <= set(state)
+    assert "insert into public.profiles" in str(state["on_auth_user_created"][3])
+    created, failed = signups_as_auth(db, 20)
+    assert failed == 2
+    assert db.scalar("select count(*) from public.profiles where id = any(%s)", (created,)) == 18
+    report = run_audit(db.settings)
+    assert [f.code for f in report.findings if "trigger" in f.code] == ["kept_trigger"]
+    finding = next(f for f in report.findings if f.code == "kept_trigger")
+    assert finding.severity == "warning" and finding.evidence["kept"] is True
+    assert finding.fix == "profileguard install --replace-trigger on_auth_user_created"
+
+    again = cli(db, "install", "--json")  # the choice is recorded: no flag needed again
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False
+    taken = cli(db, "install", "--replace-trigger", "on_auth_user_created")
+    assert taken.returncode == 0, taken.stderr
+    assert db.scalar("select count(*) from profileguard.kept_triggers") == 0
+    codes = {f.code for f in run_audit(db.settings).findings}
+    assert "replaced_trigger" in codes and "kept_trigger" not in codes
 
 
 def test_the_installer_is_shaped_like_hosted_supabase_postgres(db: TestDB, installer: str) -> None:

@@ -60,7 +60,9 @@ def test_mapping_fallback_sources(installed):
     discord = installed.signup(
         {"custom_claims": {"global_name": "Linus"}}, email="linus@example.com"
     )
-    blank = installed.signup({"full_name": "   ", "name": "Fallback Name"}, email="b@example.com")
+    blank = installed.signup(
+        {"full_name": "   ", "name": "Fallback Name", "user_name": "b"}, email="b@example.com"
+    )
     p = profile_of(installed, oauth)
     assert (p["full_name"], p["avatar_url"], p["username"]) == (
         "Grace Hopper",
@@ -68,7 +70,8 @@ def test_mapping_fallback_sources(installed):
         "grace",
     )
     p = profile_of(installed, discord)
-    assert (p["full_name"], p["avatar_url"], p["username"]) == ("Linus", None, "linus")
+    # No handle: no username (nothing is made from the email address).
+    assert (p["full_name"], p["avatar_url"], p["username"]) == ("Linus", None, None)
     # Blank values are skipped; 'b' is too short for the check constraint and gets the suffix.
     p = profile_of(installed, blank)
     assert p["full_name"] == "Fallback Name"
@@ -97,7 +100,7 @@ def test_signup_as_supabase_auth_admin(installed):
     assert installed.scalar("select count(*) from auth.identities where user_id = %s", (uid,)) == 1
     profile = profile_of(installed, uid)
     assert profile["full_name"] == "Auth Admin Made"
-    assert profile["username"] == f"admin.made_{key_hash(uid)}"  # an email sign-up: unverified
+    assert profile["username"] is None  # an email sign-up: nothing made from the address
     assert failures(installed) == []
 
 
@@ -134,7 +137,7 @@ def test_strict_mode_rejects_signup(installed):
 
 
 def test_bulk_insert_of_10k_users_in_one_statement(installed):
-    installed.bulk_signup(10_000)
+    installed.bulk_signup(10_000, handles=True)
     assert installed.scalar("select count(*) from auth.users") == 10_000
     assert installed.scalar("select count(*) from public.profiles") == 10_000
     assert (
@@ -149,7 +152,7 @@ def test_bulk_insert_of_10k_users_in_one_statement(installed):
         installed.scalar(
             "select count(*) from auth.users u join public.profiles p using (id)"
             " where p.full_name = u.raw_user_meta_data ->> 'full_name'"
-            " and p.username = split_part(u.email, '@', 1)"
+            " and p.username = u.raw_user_meta_data ->> 'user_name'"
         )
         == 10_000
     )

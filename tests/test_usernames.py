@@ -1,4 +1,4 @@
-"""Derived usernames: collisions, too-short names, the email fallback, and a concurrent race."""
+"""Derived usernames: collisions, too-short names, the email opt-in, and a concurrent race."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_bulk_statement_colliding_with_existing_profile(installed):
 
 def test_too_short_names_get_suffix(installed):
     short = installed.signup({"user_name": "ab"})
-    one = installed.signup({}, email="x@example.com")
+    one = installed.signup({"preferred_username": "x"}, email="xavier@example.com")
     exact = installed.signup({"user_name": "abc"})
     assert username(installed, short) == suffixed("ab", short)
     assert username(installed, one) == suffixed("x", one)
@@ -83,21 +83,41 @@ def test_too_short_names_get_suffix(installed):
     assert failure_count(installed) == 0
 
 
-def test_email_local_part_when_no_metadata(installed):
+def test_email_gives_no_username_unless_mapped(installed):
     uid = installed.signup({}, email="dora.explorer@example.com")
-    assert username(installed, uid) == "dora.explorer"
-    # Metadata wins over the email.
+    assert username(installed, uid) is None
+    # Opted in: the local part is the last source; metadata wins over it.
+    install(with_email_usernames(installed.settings))
+    later = installed.signup({}, email="dora.later@example.com")
+    assert username(installed, later) == "dora.later"  # no provider recorded: an operator's row
     other = installed.signup({"user_name": "meta_name"}, email="mail_name@example.com")
     assert username(installed, other) == "meta_name"
+    # The email's local part is the user's choice: an email sign-up gets it with the suffix.
+    mail = _bulk(installed, [{}], provider="email")[0]
+    execute(installed, "update auth.users set email = 'linus@example.com' where id = %s", (mail,))
+    execute(installed, "delete from public.profiles where id = %s", (mail,))
+    execute(installed, "select profileguard.ensure_profile(%s)", (mail,))
+    assert username(installed, mail) == suffixed("linus", mail)
+
+
+def with_email_usernames(settings):
+    """`settings` with the README's opt-in mapping: the email's local part after the handles."""
+    from dataclasses import replace
+
+    from profileguard.config import Source
+
+    mapping = dict(settings.mapping)
+    mapping["username"] = (*mapping["username"], Source("email", (), "localpart"))
+    return replace(settings, mapping=mapping, mapping_is_default=False, preset=None)
 
 
 def test_name_equal_to_existing_profile_username(installed):
     holder = installed.signup({"full_name": "Holder"})
     execute(installed, "update public.profiles set username = 'erin' where id = %s", (holder,))
-    by_email = installed.signup({}, email="erin@example.com")
+    by_handle = installed.signup({"user_name": "erin"}, email="someone@example.com")
     by_meta = installed.signup({"preferred_username": "erin"})
     assert username(installed, holder) == "erin"
-    assert username(installed, by_email) == suffixed("erin", by_email)
+    assert username(installed, by_handle) == suffixed("erin", by_handle)
     assert username(installed, by_meta) == suffixed("erin", by_meta)
 
 
@@ -384,10 +404,9 @@ def test_squat_email_signup_cannot_take_a_provider_name(installed):
     github = _bulk(installed, [{"user_name": "torvalds"}], provider="github")[0]
     assert username(installed, squatter) == suffixed("torvalds", squatter)
     assert username(installed, github) == "torvalds"
-    # The email's local part is the user's choice too.
+    # The email's local part gives no name at all (see test_email_gives_no_username_unless_mapped).
     mail = installed.signup({}, email="linus@example.com")
-    execute(installed, 'update auth.users set raw_app_meta_data = \'{"provider": "email"}\'')
-    assert username(installed, mail) == "linus"  # no provider recorded: an operator's row
+    assert username(installed, mail) is None
 
 
 def test_squat_with_unverified_plain_is_first_come(db):

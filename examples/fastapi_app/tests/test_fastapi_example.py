@@ -139,7 +139,7 @@ def test_google_callback_maps_name_and_picture(client: TestClient) -> None:
     profile = result.json()["profile"]
     assert profile["full_name"] == "Grace Hopper"
     assert profile["avatar_url"] == GOOGLE["picture"]
-    assert profile["username"].startswith("google-")
+    assert profile["username"] is None  # Google gives no handle; none is made from the email
 
 
 def test_me_creates_a_profile_that_was_missing(

@@ -8,40 +8,23 @@ import shlex
 from typing import Any
 
 from profileguard.audit.report import Context, Finding
-from profileguard.catalog import table_oid
-from profileguard.config import TableRef
-from profileguard.install.takeover import MARKER
-from profileguard.installation import TRIGGER_NAME, UPDATE_TRIGGER_NAMES
+from profileguard.install.takeover import identity_triggers, writes_pattern
 
 EXCEPTION_HANDLER = re.compile(r"\bexception\s+when\b", re.IGNORECASE)
-
-
-def _writes_pattern(ref: TableRef) -> str:
-    """A regular expression matching an INSERT/UPDATE/MERGE of `ref`, qualified or not."""
-    name = ref.name.replace("$", r"\$")
-    schema_name = ref.schema.replace("$", r"\$")
-    return (
-        r"(insert\s+into|update|merge\s+into)\s+(only\s+)?"
-        rf'("?{schema_name}"?\s*\.\s*)?"?{name}"?([^a-z0-9_$]|$)'
-    )
 
 
 def check_competing_triggers(ctx: Context) -> list[Finding]:
     """Other triggers on the identity table, and those of them that write the profile table."""
     if ctx.identity is None:
         return []
-    oid = table_oid(ctx.conn, ctx.settings.identity)
-    writes = re.compile(_writes_pattern(ctx.settings.profile), re.IGNORECASE)
     qualified = re.compile(
         rf'"?{re.escape(ctx.settings.profile.schema)}"?\s*\.\s*"?{re.escape(ctx.settings.profile.name)}',
         re.IGNORECASE,
     )
     found: list[Finding] = []
     others = []
-    for trig in ctx.rows("identity_triggers", {"oid": oid}):
-        if trig["name"] == TRIGGER_NAME or trig["name"] in UPDATE_TRIGGER_NAMES:
-            continue
-        if MARKER in trig["source"]:
+    for trig in identity_triggers(ctx.conn, ctx.settings.identity, ctx.settings.profile):
+        if trig["role"] == "taken_over":
             found.append(
                 Finding(
                     "replaced_trigger",
@@ -51,8 +34,7 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
                     {"trigger": trig["name"], "function": trig["function"]},
                 )
             )
-            continue
-        if not writes.search(trig["source"]):
+        elif trig["role"] == "other":
             others.append(
                 {
                     "trigger": trig["name"],
@@ -60,8 +42,8 @@ def check_competing_triggers(ctx: Context) -> list[Finding]:
                     "enabled": trig["mode"] != "D",
                 }
             )
-            continue
-        found.append(_writer_finding(ctx, trig, qualified))
+        else:
+            found.append(_writer_finding(ctx, trig, qualified))
     if others:
         found.append(
             Finding(
@@ -87,7 +69,7 @@ def _writer_finding(ctx: Context, trig: dict[str, Any], qualified: re.Pattern[st
         "on_update": trig["on_update"],
         "handles_errors": bool(EXCEPTION_HANDLER.search(trig["source"])),
     }
-    if trig["mode"] == "D" or trig["never_fires"]:
+    if trig["role"] == "inactive":
         return Finding(
             "replaced_trigger",
             "info",
@@ -107,12 +89,24 @@ def _writer_finding(ctx: Context, trig: dict[str, Any], qualified: re.Pattern[st
     if not evidence["handles_errors"]:
         evidence["note"] = "any error in it aborts the signup ('Database error saving new user')"
     evidence["risks"] = risks
+    fix = f"profileguard install --replace-trigger {shlex.quote(trig['name'])}"
+    if trig["role"] == "kept":
+        # Chosen with `install --keep-trigger`: reported, with its risks, but not an error.
+        evidence["kept"] = True
+        return Finding(
+            "kept_trigger",
+            "warning",
+            f"trigger {trig['name']} on {ctx.settings.identity} also creates profiles: kept "
+            "beside profileguard by `install --keep-trigger`",
+            evidence,
+            fix,
+        )
     return Finding(
         "competing_trigger",
         "error" if risks else "warning",
         f"trigger {trig['name']} on {ctx.settings.identity} also creates profiles",
         evidence,
-        f"profileguard install --replace-trigger {shlex.quote(trig['name'])}",
+        fix,
     )
 
 
@@ -121,7 +115,7 @@ def _profile_writers(ctx: Context, found: list[Finding]) -> list[Finding]:
     trigger_functions = {str(f.evidence["function"]) for f in found if "function" in f.evidence}
     writers = [
         w
-        for w in ctx.rows("profile_writers", {"pattern": _writes_pattern(ctx.settings.profile)})
+        for w in ctx.rows("profile_writers", {"pattern": writes_pattern(ctx.settings.profile)})
         if w["function"] not in trigger_functions
     ]
     if writers:

@@ -43,6 +43,17 @@ ReplaceTriggerOption = Annotated[
         "original is saved and uninstall restores it. Repeatable.",
     ),
 ]
+KeepTriggerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--keep-trigger",
+        metavar="NAME",
+        help="Keep this existing profile-creating trigger on the users table beside profileguard "
+        "(both create profiles; an error in it still fails the sign-up): recorded, so installing "
+        "again does not ask again and audit reports it as kept. Without this or "
+        "--replace-trigger, install refuses to run beside such a trigger. Repeatable.",
+    ),
+]
 
 
 def number_option(*names: str, help: str, low: float, high: float, above: bool = False) -> Any:

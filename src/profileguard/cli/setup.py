@@ -15,6 +15,7 @@ from profileguard.cli.options import (
     CreateProfileTableOption,
     DisabledOption,
     JsonOption,
+    KeepTriggerOption,
     ReplaceTriggerOption,
     StrictOption,
 )
@@ -122,6 +123,7 @@ def install(
         str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
     ] = "* * * * *",
     replace_trigger: ReplaceTriggerOption = None,
+    keep_trigger: KeepTriggerOption = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -146,7 +148,9 @@ def install(
     nothing.
 
     What locks the users table (the trigger, the takeover) runs last, in a short transaction
-    that gives way to sign-ins and retries. The users table's owner is not needed."""
+    that gives way to sign-ins and retries. The users table's owner is not needed. Beside
+    another trigger that creates profiles it stops (exit 2, nothing changed) unless
+    --replace-trigger or --keep-trigger names it."""
     if check:
         _preflight_output(installer.check(state(ctx).settings()), as_json)
         return
@@ -162,6 +166,7 @@ def install(
         create_profile_table=create_profile_table,
         cron_schedule=cron_schedule if schedule else None,
         replace_triggers=replace_trigger or (),
+        keep_triggers=keep_trigger or (),
         force=force,
     )
     _install_output(result, as_json)
@@ -174,6 +179,7 @@ def sql_command(
     create_profile_table: CreateProfileTableOption = False,
     disabled: DisabledOption = False,
     replace_trigger: ReplaceTriggerOption = None,
+    keep_trigger: KeepTriggerOption = None,
 ) -> None:
     """Print what install would run here, as a migration file (supabase/migrations), running
     nothing: it only reads the catalog."""
@@ -183,6 +189,7 @@ def sql_command(
         enabled=False if disabled else None,
         create_profile_table=create_profile_table,
         replace_triggers=replace_trigger or (),
+        keep_triggers=keep_trigger or (),
     )
     sys.stdout.write(render_file(result))
 

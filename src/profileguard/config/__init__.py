@@ -15,6 +15,7 @@ from profileguard.config.models import (
     IDENTIFIER,
     JSON_KEY,
     POOLER_MODES,
+    PRESETS,
     TRANSFORMS,
     UNVERIFIED_MODES,
     UPDATE_POLICIES,
@@ -26,6 +27,7 @@ from profileguard.config.models import (
     WorkerOptions,
     check_identifier,
     describe_sync,
+    preset_mapping,
     update_policy,
 )
 from profileguard.config.sections import (
@@ -45,6 +47,7 @@ __all__ = [
     "IDENTIFIER",
     "JSON_KEY",
     "POOLER_MODES",
+    "PRESETS",
     "TRANSFORMS",
     "UNVERIFIED_MODES",
     "UPDATE_POLICIES",
@@ -63,5 +66,6 @@ __all__ = [
     "parse_redact",
     "parse_sync",
     "parse_username",
+    "preset_mapping",
     "update_policy",
 ]

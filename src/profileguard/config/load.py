@@ -9,7 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from profileguard.config.models import CONFIG_FILE, Settings, TableRef, check_identifier
+from profileguard.config.models import (
+    CONFIG_FILE,
+    PRESETS,
+    Settings,
+    TableRef,
+    check_identifier,
+    preset_mapping,
+)
 from profileguard.config.sections import (
     parse_alerts,
     parse_mapping,
@@ -46,7 +53,7 @@ SECTIONS = (
 KEYS = {
     "database": ("url", "pooler"),
     "identity": ("table", "key"),
-    "profile": ("table", "key", "username_column", "strict", "lock_timeout_ms"),
+    "profile": ("table", "key", "username_column", "strict", "lock_timeout_ms", "preset"),
     "client": (
         "enabled",
         "retry_attempts",
@@ -73,9 +80,7 @@ def load_settings(
         subtable(data, name)
     _check_names(data)
     settings = _tables(data, env, overrides)
-    if "mapping" in data:
-        mapping = parse_mapping(data["mapping"])
-        settings = replace(settings, mapping=mapping, mapping_is_default=False)
+    settings = _mapping(settings, data)
     settings = _username(settings, data)
     settings = _options(settings, data, env, overrides)
     return settings.with_overrides(**overrides)
@@ -173,6 +178,27 @@ def _tables(data: Mapping[str, Any], env: Mapping[str, str], overrides: dict[str
         default_schema="public",
     )
     return Settings(database_url=url or None, identity=identity_ref, profile=profile_ref)
+
+
+def _mapping(settings: Settings, data: Mapping[str, Any]) -> Settings:
+    """The mapping: written in [mapping], else the built-in one [profile] preset names."""
+    preset = subtable(data, "profile").get("preset")
+    if "mapping" in data:
+        if preset is not None:
+            raise ConfigError(
+                "profile.preset and [mapping] are both set: [mapping] replaces the whole mapping",
+                hint="remove profile.preset, or remove [mapping] to use the preset",
+            )
+        mapping = parse_mapping(data["mapping"])
+        return replace(settings, mapping=mapping, mapping_is_default=False, preset=None)
+    if preset is None:
+        return settings
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(
+            f"profile.preset: {preset!r} is not a preset",
+            hint=f"use one of: {', '.join(PRESETS)} (or write the mapping in [mapping])",
+        )
+    return replace(settings, mapping=preset_mapping(preset), preset=preset)
 
 
 def _username(settings: Settings, data: Mapping[str, Any]) -> Settings:

@@ -30,6 +30,10 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 UPDATE_POLICIES = ("never", "fill_empty", "follow")
 FALSE_WORDS = {"0", "false", "no", "off"}
 
+# Nothing is derived from an email address or a phone number: profile tables are often readable
+# by everyone (Supabase's starter: "Public profiles are viewable by everyone"). A sign-up without
+# a provider's handle gets no username, or 'user_' + a hash of its key where the column is NOT
+# NULL. `email|localpart` in [mapping] opts in to names made from emails.
 DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
     "full_name": (
         # Discord's display name; its full_name is the account handle.
@@ -38,12 +42,25 @@ DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
         "raw_user_meta_data.name",
     ),
     "avatar_url": ("raw_user_meta_data.avatar_url", "raw_user_meta_data.picture"),
-    "username": (
-        "raw_user_meta_data.user_name",
-        "raw_user_meta_data.preferred_username",
-        "email|localpart",
-    ),
+    "username": ("raw_user_meta_data.user_name", "raw_user_meta_data.preferred_username"),
 }
+# Built-in mappings chosen with [profile] preset: "default" above, or "supabase", what Supabase's
+# documented handle_new_user() copies (full_name and avatar_url, no username rule).
+PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "default": DEFAULT_MAPPING,
+    "supabase": {
+        "full_name": ("raw_user_meta_data.full_name",),
+        "avatar_url": ("raw_user_meta_data.avatar_url",),
+    },
+}
+
+
+def preset_mapping(name: str) -> dict[str, tuple[Source, ...]]:
+    """The mapping of the built-in preset `name` (see PRESETS), parsed."""
+    return {
+        col: tuple(Source.parse(s, setting=f"mapping.{col}") for s in sources)
+        for col, sources in PRESETS[name].items()
+    }
 
 
 def check_identifier(value: str, key: str) -> str:
@@ -268,12 +285,12 @@ class Settings:
     identity: TableRef = TableRef("auth", "users", "id")
     profile: TableRef = TableRef("public", "profiles", "id")
     mapping: Mapping[str, tuple[Source, ...]] = field(
-        default_factory=lambda: {
-            col: tuple(Source.parse(s, setting=f"mapping.{col}") for s in sources)
-            for col, sources in DEFAULT_MAPPING.items()
-        }
+        default_factory=lambda: preset_mapping("default")
     )
+    # The mapping is built in (the default or a preset): columns the profile table lacks are
+    # skipped, where a mapping written in [mapping] must fit the tables exactly.
     mapping_is_default: bool = True
+    preset: str | None = "default"  # None: the mapping was written in [mapping]
     username_column: str | None = "username"
     username: UsernamePolicy = field(default_factory=default_username_policy)
     strict: bool = False
@@ -342,6 +359,7 @@ class Settings:
             "identity_key": self.identity.key,
             "profile_table": str(self.profile),
             "profile_key": self.profile.key,
+            "preset": self.preset,
             "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
             "username_column": self.username_column,
             "username": self.username.describe(),

@@ -9,6 +9,7 @@ from psycopg.rows import dict_row
 from profileguard import sql as sqlfiles
 from profileguard.config import Settings
 from profileguard.errors import NotInstalledError
+from profileguard.install.identity_phase import check_trigger_choice
 from profileguard.install.migrations import pending_migrations
 from profileguard.install.run import transaction
 from profileguard.installation import schema_version
@@ -16,7 +17,9 @@ from profileguard.version import __version__
 
 
 def set_enabled(settings: Settings, enabled: bool) -> bool:
-    """Turn the trigger on or off without uninstalling; returns the previous state."""
+    """Turn the trigger on or off without uninstalling; returns the previous state. Turning it
+    on beside another trigger that creates profiles (neither taken over nor kept) is refused,
+    as install refuses it."""
     with transaction(settings) as conn:
         if schema_version(conn) == 0:
             raise NotInstalledError(
@@ -24,6 +27,16 @@ def set_enabled(settings: Settings, enabled: bool) -> bool:
             )
         row = conn.execute("select enabled from profileguard.settings for update").fetchone()
         previous = bool(row and row[0])
+        if enabled and not previous:
+            check_trigger_choice(
+                conn,
+                settings,
+                enabled=True,
+                replace_triggers=(),
+                keep_triggers=(),
+                command="install",
+                then=" then profileguard enable",
+            )
         if previous != enabled:
             conn.execute(
                 "update profileguard.settings set enabled = %s, updated_at = now()", (enabled,)

@@ -3,13 +3,16 @@ key, profileguard's trigger, the takeover of legacy triggers)."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
+import psycopg
 from psycopg import sql
 
+from profileguard import sql as sqlfiles
 from profileguard.catalog import table_oid
 from profileguard.config import Settings
-from profileguard.errors import ConfigError
+from profileguard.errors import ConfigError, UsageError
 from profileguard.install import takeover
 from profileguard.install.profile_table import foreign_key_name
 from profileguard.install.run import InstallResult, Recorder
@@ -29,10 +32,12 @@ def identity_phase(
     create_profile_table: bool,
     replace_triggers: Sequence[str],
     source: str,
+    keep_triggers: Sequence[str] = (),
 ) -> None:
     """What locks the identity table, kept short and last: the profile table's foreign key,
     profileguard's trigger, and the takeover of legacy triggers (in one step, so that exactly
-    one of them creates profiles at any moment). Reads first, then writes."""
+    one of them creates profiles at any moment); the triggers kept beside it are recorded.
+    Reads first, then writes."""
     conn = rec.conn
     identity = settings.identity
     oid = table_oid(conn, identity)
@@ -55,6 +60,9 @@ def identity_phase(
             result.notes.append(f"trigger {name} on {identity} is already taken over or disabled")
         else:
             takeovers.append(step)
+    kept = takeover.kept_triggers(conn, identity)
+    keep = [_keepable(conn, settings, name) for name in dict.fromkeys(keep_triggers)]
+    dropped = [name for name in dict.fromkeys(replace_triggers) if name in kept]
 
     parts = {
         "identity": sql.Identifier(identity.schema, identity.name),
@@ -100,6 +108,36 @@ def identity_phase(
         result.replaced_triggers.append(step.name)
         result.notes.append(step.note)
         result.changed = True
+    for name, function in keep:
+        if name in kept:
+            continue  # recorded before: installing again changes nothing
+        rec.run(
+            sql.SQL(
+                "insert into profileguard.kept_triggers (table_name, trigger_name, function_name)"
+                "\nvalues ({}, {}, {})\non conflict (table_name, trigger_name) do nothing"
+            ).format(*map(sql.Literal, (str(identity), name, function)))
+        )
+        result.notes.append(
+            f"trigger {name} on {identity} is kept beside profileguard: both create profiles, "
+            "and an error in it still fails the sign-up (audit reports it as kept_trigger)"
+        )
+        result.changed = True
+    for name in dropped:  # taken over now: no longer kept
+        rec.run(
+            sql.SQL(
+                "delete from profileguard.kept_triggers"
+                "\nwhere table_name = {} and trigger_name = {}"
+            ).format(sql.Literal(str(identity)), sql.Literal(name))
+        )
+    newly_kept = [name for name, _ in keep if name not in kept]
+    if newly_kept:
+        rec.run(
+            config_event(
+                source,
+                f"{source}: kept {', '.join(newly_kept)} beside profileguard",
+                {"kept_triggers": newly_kept},
+            )
+        )
     if takeovers:
         names = ", ".join(result.replaced_triggers)
         rec.run(
@@ -126,3 +164,89 @@ def takeover_enables(enabled: bool | None, replace_triggers: Sequence[str]) -> b
             "profileguard install --replace-trigger NAME, which enables profileguard",
         )
     return True
+
+
+def _keepable(conn: psycopg.Connection, settings: Settings, name: str) -> tuple[str, str]:
+    """(name, function) of a trigger `--keep-trigger` may keep: one on the identity table, not
+    profileguard's own, not taken over."""
+    trigger = takeover.legacy_trigger(conn, settings.identity, name)
+    if trigger is None or trigger["internal"] or name == takeover.OWN_TRIGGER:
+        raise ConfigError(
+            f"--keep-trigger: {settings.identity} has no trigger {name!r} to keep",
+            hint="run: profileguard audit (it lists the triggers on the identity table)",
+        )
+    if takeover.is_neutralised(trigger):
+        raise UsageError(
+            f"--keep-trigger: trigger {name!r} on {settings.identity} was taken over and creates "
+            "no profiles",
+            hint="profileguard uninstall gives it back as it was",
+        )
+    return name, str(trigger["function"])
+
+
+def check_trigger_choice(
+    conn: psycopg.Connection,
+    settings: Settings,
+    *,
+    enabled: bool | None,
+    replace_triggers: Sequence[str],
+    keep_triggers: Sequence[str],
+    command: str,
+    then: str = "",
+) -> list[str]:
+    """Refuse to enable profileguard beside a trigger that also creates profiles, unless each
+    such trigger is named with --replace-trigger or --keep-trigger (or was kept before): both
+    would run on every sign-up, and an error in the other one still fails it. `command` is the
+    one the hint names (`then`: what to run after keeping). Returns notes for an install that
+    leaves profileguard disabled beside such a trigger. Reads only."""
+    both = sorted(set(replace_triggers) & set(keep_triggers))
+    if both:
+        raise UsageError(
+            f"{', '.join(both)} is named by both --replace-trigger and --keep-trigger",
+            hint="name each trigger once: --replace-trigger to take over from it, "
+            "--keep-trigger to keep it beside profileguard",
+        )
+    # Each name is checked now, before anything changes (the identity phase comes last).
+    for name in dict.fromkeys(replace_triggers):
+        takeover.plan(conn, settings.identity, name)
+    for name in dict.fromkeys(keep_triggers):
+        _keepable(conn, settings, name)
+    chosen = {*replace_triggers, *keep_triggers}
+    undecided = [
+        str(t["name"])
+        for t in takeover.identity_triggers(conn, settings.identity, settings.profile)
+        if t["role"] == "competing" and t["name"] not in chosen
+    ]
+    if not undecided:
+        return []
+    names = ", ".join(undecided)
+    if not _will_be_enabled(conn, enabled):
+        return [
+            f"trigger {names} on {settings.identity} also creates profiles; profileguard stays "
+            f"disabled beside it: profileguard {command} --replace-trigger NAME takes over and "
+            "enables profileguard in one step"
+        ]
+
+    def flags(option: str) -> str:
+        return " ".join(f"{option} {shlex.quote(name)}" for name in undecided)
+
+    raise UsageError(
+        f"trigger {names} on {settings.identity} also creates profiles: beside "
+        "profileguard's trigger both would run on every sign-up, and an error in it would still "
+        "fail the sign-up; nothing was changed",
+        hint=f"choose: profileguard {command} {flags('--replace-trigger')} (take over: it stops "
+        "creating profiles, profileguard uninstall gives it back), or profileguard "
+        f"{command} {flags('--keep-trigger')}{then} (keep both, knowingly: audit reports it)",
+    )
+
+
+def _will_be_enabled(conn: psycopg.Connection, enabled: bool | None) -> bool:
+    """Whether profileguard's trigger creates profiles after this install: as asked, else as
+    installed, else (a first install) enabled."""
+    if enabled is not None:
+        return enabled
+    row = conn.execute("select to_regclass('profileguard.settings') is not null").fetchone()
+    if not (row and row[0]):
+        return True
+    current = conn.execute(sqlfiles.query("settings")).fetchone()
+    return True if current is None else bool(current[0])

@@ -14,7 +14,11 @@ from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
 from profileguard.install import preflight
-from profileguard.install.identity_phase import identity_phase, takeover_enables
+from profileguard.install.identity_phase import (
+    check_trigger_choice,
+    identity_phase,
+    takeover_enables,
+)
 from profileguard.install.locking import short_transaction
 from profileguard.install.main_phase import main_phase
 from profileguard.install.preflight import Preflight
@@ -50,15 +54,28 @@ def run_install(
     create_profile_table: bool,
     source: str,
     replace_triggers: Sequence[str] = (),
+    keep_triggers: Sequence[str] = (),
     cron_schedule: str | None = None,
     require_installed: bool = False,
     force: bool = False,
 ) -> InstallResult:
-    """The long transaction (no lock on the identity table), then the short one that takes it."""
+    """The long transaction (no lock on the identity table), then the short one that takes it.
+    An install first checks that no other trigger would create profiles beside profileguard's
+    unaccounted for (`check_trigger_choice`), before anything changes."""
     with transaction(settings) as conn:
         if require_installed and schema_version(conn) == 0:
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
+            )
+        beside: list[str] = []
+        if source == "install":
+            beside = check_trigger_choice(
+                conn,
+                settings,
+                enabled=enabled,
+                replace_triggers=replace_triggers,
+                keep_triggers=keep_triggers,
+                command=source,
             )
         rec = Recorder(conn)
         result = main_phase(
@@ -70,6 +87,7 @@ def run_install(
             source=source,
             force=force,
         )
+        result.notes.extend(beside)
         if cron_schedule is not None:
             _schedule_sweep(rec, cron_schedule)
             result.notes.append(
@@ -88,6 +106,7 @@ def run_install(
             attempt,
             create_profile_table=create_profile_table,
             replace_triggers=replace_triggers,
+            keep_triggers=keep_triggers,
             source=source,
         )
         result.changed = result.changed or attempt.changed
@@ -117,15 +136,18 @@ def install(
     cron_schedule: str | None = None,
     dry_run: bool = False,
     replace_triggers: Sequence[str] = (),
+    keep_triggers: Sequence[str] = (),
     force: bool = False,
 ) -> InstallResult:
     """Install (or re-install) profileguard; `dry_run` only renders the SQL (see `render`).
 
     `replace_triggers` names existing triggers on the identity table that create profiles:
     they are neutralised without owning the table (see takeover.py) and recorded, so that
-    `uninstall` restores them. `cron_schedule` (e.g. '* * * * *') also schedules the
-    in-database sweep with pg_cron. Everything that locks the identity table runs last, in a
-    short transaction of its own (see locking.py).
+    `uninstall` restores them. `keep_triggers` names those left to create profiles beside
+    profileguard, recorded as kept. Installing enabled beside such a trigger named by neither
+    is refused (UsageError) before anything changes. `cron_schedule` (e.g. '* * * * *') also
+    schedules the in-database sweep with pg_cron. Everything that locks the identity table runs
+    last, in a short transaction of its own (see locking.py).
     """
     enabled = takeover_enables(enabled, replace_triggers)
     if dry_run:
@@ -135,6 +157,8 @@ def install(
             enabled=enabled,
             create_profile_table=create_profile_table,
             replace_triggers=replace_triggers,
+            keep_triggers=keep_triggers,
+            command="install",
         )
     return run_install(
         settings,
@@ -143,6 +167,7 @@ def install(
         create_profile_table=create_profile_table,
         source="install",
         replace_triggers=replace_triggers,
+        keep_triggers=keep_triggers,
         cron_schedule=cron_schedule,
         force=force,
     )

@@ -12,7 +12,11 @@ from profileguard import sql as sqlfiles
 from profileguard.catalog import table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.errors import NotInstalledError
-from profileguard.install.identity_phase import identity_phase, takeover_enables
+from profileguard.install.identity_phase import (
+    check_trigger_choice,
+    identity_phase,
+    takeover_enables,
+)
 from profileguard.install.main_phase import main_phase
 from profileguard.install.run import InstallResult, Recorder, transaction
 from profileguard.install.templates import template
@@ -30,6 +34,8 @@ def render(
     create_profile_table: bool = False,
     replace_triggers: Sequence[str] = (),
     source: str = "install",
+    keep_triggers: Sequence[str] = (),
+    command: str = "sql",
 ) -> InstallResult:
     """What `install` would run here, rendered without running it: catalog reads only, in a
     read-only transaction that is rolled back. Deparsing a table's constraints takes ACCESS
@@ -42,8 +48,18 @@ def render(
             raise NotInstalledError(
                 "profileguard is not installed in this database", hint="run: profileguard install"
             )
-        rec = Recorder(conn, execute=False)
         own = source == "install"
+        beside = []
+        if own:
+            beside = check_trigger_choice(
+                conn,
+                settings,
+                enabled=enabled,
+                replace_triggers=replace_triggers,
+                keep_triggers=keep_triggers,
+                command=command,
+            )
+        rec = Recorder(conn, execute=False)
         result = main_phase(
             rec,
             settings,
@@ -52,6 +68,7 @@ def render(
             create_profile_table=create_profile_table,
             source=source,
         )
+        result.notes.extend(beside)
         main = len(rec.statements)
         identity_phase(
             rec,
@@ -59,6 +76,7 @@ def render(
             result,
             create_profile_table=create_profile_table,
             replace_triggers=replace_triggers,
+            keep_triggers=keep_triggers,
             source=source,
         )
         result.statements = rec.statements

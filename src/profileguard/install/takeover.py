@@ -1,4 +1,5 @@
-"""Take over from a legacy profile-creating trigger, and give it back, without owning its table.
+"""Take over from a legacy profile-creating trigger, and give it back, without owning its table;
+and which triggers on the identity table create profiles at all (install's and audit's one view).
 
 On hosted Supabase the installing role has every privilege on auth.users but does not own it, so
 `ALTER TABLE … DISABLE TRIGGER` and `DROP TRIGGER` fail. Two things work instead: replacing the
@@ -10,6 +11,7 @@ qualified, so that `uninstall` can restore it exactly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from profileguard import sql as sqlfiles
 from profileguard.catalog import qualified, table_oid
 from profileguard.config import TableRef
 from profileguard.errors import ConfigError
+from profileguard.installation import TRIGGER_NAME, UPDATE_TRIGGER_NAMES
 
 OWN_TRIGGER = "profileguard_after_insert"
 # Written into the no-op body, so that audit and uninstall recognise a neutralised function.
@@ -65,6 +68,59 @@ class _Qualified:
     def rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with qualified(self.conn) as cur:
             return cur.execute(query(name), params).fetchall()
+
+
+def writes_pattern(ref: TableRef) -> str:
+    """A regular expression matching an INSERT/UPDATE/MERGE of `ref`, qualified or not."""
+    name = ref.name.replace("$", r"\$")
+    schema_name = ref.schema.replace("$", r"\$")
+    return (
+        r"(insert\s+into|update|merge\s+into)\s+(only\s+)?"
+        rf'("?{schema_name}"?\s*\.\s*)?"?{name}"?([^a-z0-9_$]|$)'
+    )
+
+
+def kept_triggers(conn: psycopg.Connection, identity: TableRef) -> set[str]:
+    """The triggers on the identity table `install --keep-trigger` recorded (none before
+    profileguard is installed)."""
+    row = conn.execute("select to_regclass('profileguard.kept_triggers') is not null").fetchone()
+    if not (row and row[0]):
+        return set()
+    rows = _Qualified(conn).rows("kept_triggers", {"table": str(identity)})
+    return {str(r["trigger_name"]) for r in rows}
+
+
+def identity_triggers(
+    conn: psycopg.Connection, identity: TableRef, profile: TableRef
+) -> list[dict[str, Any]]:
+    """Every user trigger on the identity table but profileguard's own, each with its `role`:
+
+    'taken_over' (its function is profileguard's no-op), 'other' (its function writes no
+    profile), 'inactive' (it writes profiles but is disabled or re-created WHEN (false)),
+    'kept' (it creates profiles beside profileguard: `install --keep-trigger`), 'competing' (it
+    creates profiles too). Whether a function writes profiles is read from its source: an
+    INSERT, UPDATE or MERGE of the profile table.
+    """
+    oid = table_oid(conn, identity)
+    if oid is None:
+        return []
+    writes = re.compile(writes_pattern(profile), re.IGNORECASE)
+    kept = kept_triggers(conn, identity)
+    found = []
+    for trigger in _Qualified(conn).rows("identity_triggers", {"oid": oid}):
+        name = trigger["name"]
+        if name == TRIGGER_NAME or name in UPDATE_TRIGGER_NAMES:
+            continue
+        if MARKER in trigger["source"]:
+            role = "taken_over"
+        elif not writes.search(trigger["source"]):
+            role = "other"
+        elif trigger["mode"] == "D" or trigger["never_fires"]:
+            role = "inactive"
+        else:
+            role = "kept" if name in kept else "competing"
+        found.append({**trigger, "role": role})
+    return found
 
 
 def legacy_trigger(

@@ -152,5 +152,5 @@ def trigger_statement(settings: Settings) -> sql.Composed:
 def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Composed:
     return sql.SQL(
         "insert into profileguard.events (kind, source, message, detail)"
-        " values ('config', {}, {}, {})"
+        "\nvalues ('config', {}, {},\n{})"
     ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail)))

@@ -1,6 +1,6 @@
--- Catalog queries of `install --replace-trigger` and `uninstall`. Each starts with a "-- name:"
--- line; %(x)s are bound parameters. Run with an empty search_path, so that the definitions they
--- return name every object with its schema.
+-- Catalog queries of `install --replace-trigger` / `--keep-trigger`, `uninstall` and `audit`.
+-- Each starts with a "-- name:" line; %(x)s are bound parameters. Run with an empty search_path,
+-- so that the definitions they return name every object with its schema.
 
 -- name: legacy_trigger
 -- One trigger on the identity table, what its function is, and whether this role may replace
@@ -37,6 +37,29 @@ join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 join pg_catalog.pg_language l on l.oid = p.prolang
 where t.tgrelid = %(oid)s and t.tgname = %(name)s
 
+-- name: identity_triggers
+-- Every user trigger on the identity table, with what its function is and does (audit's and
+-- install's one view of them: takeover.identity_triggers).
+select t.tgname as name,
+       t.tgenabled::text as mode,
+       t.tgfoid::regprocedure::text as function,
+       p.prosecdef as security_definer,
+       exists (select from unnest(coalesce(p.proconfig, '{}'::text[])) c
+               where c like 'search\_path=%%') as fixed_search_path,
+       l.lanname as language,
+       coalesce(p.prosrc, '') as source,
+       (t.tgtype & 1) <> 0 as for_each_row,
+       (t.tgtype & 4) <> 0 as on_insert,
+       (t.tgtype & 16) <> 0 as on_update,
+       (t.tgtype & 8) <> 0 as on_delete,
+       t.tgqual is not null
+           and pg_catalog.pg_get_triggerdef(t.oid) like '%% WHEN (false) EXECUTE %%' as never_fires
+from pg_catalog.pg_trigger t
+join pg_catalog.pg_proc p on p.oid = t.tgfoid
+join pg_catalog.pg_language l on l.oid = p.prolang
+where t.tgrelid = %(oid)s and not t.tgisinternal
+order by t.tgname
+
 -- name: function_source
 select p.prosrc as source from pg_catalog.pg_proc p where p.oid = to_regprocedure(%(function)s)
 
@@ -50,6 +73,10 @@ select exists (
       and t.tgtype = 4 and t.tgnewtable = 'pg_new_users' and t.tgoldtable is null
       and t.tgqual is null and t.tgnargs = 0 and t.tgattr = ''::int2vector
 ) as current
+
+-- name: kept_triggers
+-- The triggers on the identity table that `install --keep-trigger` kept beside profileguard.
+select trigger_name from profileguard.kept_triggers where table_name = %(table)s
 
 -- name: foreign_key_to
 -- Whether the profile table has a foreign key to the identity table.

@@ -169,6 +169,16 @@ create table profileguard.replaced_triggers (
     primary key (table_name, trigger_name)
 );
 
+-- Profile-creating triggers `install --keep-trigger` left beside profileguard (never changed, so
+-- nothing to restore): installing again does not ask again, and audit reports them as kept.
+create table profileguard.kept_triggers (
+    table_name text not null,
+    trigger_name text not null,
+    function_name text not null,
+    kept_at timestamptz not null default now(),
+    primary key (table_name, trigger_name)
+);
+
 -- One row: the figures of the last full sweep and the watermarks the cheap read starts from.
 create table profileguard.counters (
     singleton boolean primary key default true check (singleton),
@@ -297,6 +307,7 @@ alter table profileguard.breakers enable row level security;
 alter table profileguard.catalog_seen enable row level security;
 alter table profileguard.backfill_runs enable row level security;
 alter table profileguard.replaced_triggers enable row level security;
+alter table profileguard.kept_triggers enable row level security;
 alter table profileguard.counters enable row level security;
 alter table profileguard.missing_profiles enable row level security;
 alter table profileguard.event_totals enable row level security;
@@ -323,6 +334,8 @@ create policy owner_only on profileguard.catalog_seen as restrictive for all to 
 create policy owner_only on profileguard.backfill_runs as restrictive for all to public
     using (false) with check (false);
 create policy owner_only on profileguard.replaced_triggers as restrictive for all to public
+    using (false) with check (false);
+create policy owner_only on profileguard.kept_triggers as restrictive for all to public
     using (false) with check (false);
 create policy owner_only on profileguard.counters as restrictive for all to public
     using (false) with check (false);
