@@ -50,10 +50,13 @@ select to_regprocedure(%(signature)s) is not null as exists
 
 -- name: cron_available
 -- pg_cron works only when the server preloads it (or it is already created, as on Supabase).
+-- pg_settings shows shared_preload_libraries only to roles that may read it (current_setting()
+-- would raise for the others): for them, only an extension already created counts.
 select exists (select from pg_catalog.pg_available_extensions where name = 'pg_cron') as available,
        exists (select from pg_catalog.pg_extension where extname = 'pg_cron')
-       or pg_catalog.current_setting('shared_preload_libraries')
-          ~ '(^|[\s,"/])pg_cron([\s,"]|$)' as loaded
+       or exists (select from pg_catalog.pg_settings s
+                  where s.name = 'shared_preload_libraries'
+                    and s.setting ~ '(^|[\s,"/])pg_cron([\s,"]|$)') as loaded
 
 -- name: cron_schedule
 select cron.schedule(%(name)s, %(schedule)s, %(command)s)
