@@ -80,7 +80,12 @@ def run_install(
     statements = rec.statements
 
     def identity_step(conn: psycopg.Connection) -> list[str]:
-        attempt = InstallResult(result.version_before, result.version_after, plan=result.plan)
+        attempt = InstallResult(
+            result.version_before,
+            result.version_after,
+            plan=result.plan,
+            config_changed=result.config_changed,
+        )
         step = Recorder(conn)
         identity_phase(
             step,
