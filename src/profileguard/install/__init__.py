@@ -9,8 +9,9 @@ own it. Installing again with the same settings changes nothing and takes no loc
 gives the same statements without running them; preflight.py checks the mapping first.
 """
 
+from profileguard.install.cron import CRON_JOB, CRON_MAX_ROWS
 from profileguard.install.flags import describe, set_enabled
-from profileguard.install.install import CRON_JOB, CRON_MAX_ROWS, check, install
+from profileguard.install.install import check, install
 from profileguard.install.migrations import pending_migrations
 from profileguard.install.profile_table import profile_table_facts
 from profileguard.install.render import render
