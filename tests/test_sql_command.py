@@ -4,10 +4,11 @@ anything; applied with psql it gives the same catalog as `profileguard install`.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import TestDB, drop_db, scratch_db
+from conftest import TestDB, drop_db, scratch_db, wait_for
 from test_cli import cli
 from test_takeover import FLAKY_LEGACY, PROFILES
 from test_upgrade import SNAPSHOT, snapshot
@@ -25,14 +26,76 @@ def twin(server_dsn: str, template_db: str, installer: str) -> Iterator[TestDB]:
     drop_db(server_dsn, name)
 
 
+# How long the sign-in of the lock tests holds auth.users once the file asks for its lock.
+HOLD_SECONDS = 5
+
+
+def psql_command(db: TestDB, path: str) -> list[str]:
+    """Apply a rendered file as the header says: one transaction, stop at the first error."""
+    return ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", db.url, "-f", path]
+
+
 def psql(db: TestDB, path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url, "-f", path],
+        psql_command(db, path),
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+
+
+def write(tmp_path: object, text: str, name: str = "profileguard.sql") -> str:
+    path = f"{tmp_path}/{name}"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def rendered(db: TestDB, tmp_path: object, *args: str, name: str = "profileguard.sql") -> str:
+    """`profileguard sql ARGS` written to a file; its path."""
+    done = cli(db, "sql", *args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    return write(tmp_path, done.stdout, name)
+
+
+def lock_requested(db: TestDB) -> bool:
+    """Whether another session waits for a lock on auth.users right now."""
+    return bool(
+        db.scalar(
+            "select exists (select from pg_locks l where l.relation = 'auth.users'::regclass"
+            " and not l.granted and l.pid <> pg_backend_pid()"
+            " and l.database = (select oid from pg_database where datname = current_database()))"
+        )
+    )
+
+
+def apply_during_a_sign_in(db: TestDB, path: str) -> subprocess.CompletedProcess[str]:
+    """Apply the file with psql while another connection's sign-in (an UPDATE of auth.users, as
+    every login makes) holds the table: it commits HOLD_SECONDS after the file asked for its
+    lock on auth.users, so the file's lock request certainly met the held lock."""
+    uid = db.signup({"full_name": "Signing In"})
+    with db.connect(autocommit=False) as holder:
+        holder.execute("update auth.users set last_sign_in_at = now() where id = %s", (uid,))
+        applying = subprocess.Popen(
+            psql_command(db, path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: applying.poll() is not None or lock_requested(db), timeout=120)
+            assert applying.poll() is None, applying.communicate()[1]
+            time.sleep(HOLD_SECONDS)
+            holder.commit()  # the sign-in commits: it was not cancelled nor timed out
+            stdout, stderr = applying.communicate(timeout=120)
+        finally:
+            if applying.poll() is None:
+                applying.kill()
+    assert db.scalar("select last_sign_in_at is not null from auth.users where id = %s", (uid,))
+    return subprocess.CompletedProcess(applying.args, applying.returncode, stdout, stderr)
 
 
 def objects_locked(db: TestDB) -> int:
@@ -58,8 +121,13 @@ def test_rendered_file_applied_with_psql_equals_install(
     assert rendered.returncode == 0, rendered.stderr
     text = rendered.stdout
     assert db.scalar("select to_regnamespace('profileguard')") is None  # nothing was run
-    assert text.index("set lock_timeout") < text.index("create schema if not exists profileguard")
+    assert text.index("set local lock_timeout") < text.index("create schema if not exists")
     last = text[text.index("-- Last and short") :]
+    # The retried lock comes right before the statements that need it, in the mode they take.
+    assert last.index('lock table "auth"."users"\n                in share row exclusive mode') < (
+        last.index("create or replace trigger")
+    )
+    assert "lock table" not in text[: text.index("-- Last and short")]
     assert "create or replace trigger profileguard_after_insert" in last
     assert "create or replace function public.handle_new_user()" in last
     assert "create or replace function profileguard." not in last
@@ -110,21 +178,6 @@ def test_rendered_file_with_a_new_profile_table_equals_install(
     )
 
 
-def test_rendered_file_stops_when_the_tables_differ(db: TestDB, tmp_path: object) -> None:
-    rendered = cli(db, "sql", "--create-profile-table")
-    assert rendered.returncode == 0, rendered.stderr
-    path = f"{tmp_path}/profileguard.sql"
-    with open(path, "w") as f:
-        f.write(rendered.stdout)
-    with db.connect_admin() as conn:
-        conn.execute("alter table auth.users add column tenant_id uuid")
-    applied = psql(db, path)
-    assert applied.returncode != 0
-    assert '"auth"."users" or "public"."profiles" here differ' in applied.stderr
-    assert db.scalar("select to_regnamespace('profileguard')") is None
-    assert db.scalar("select to_regclass('public.profiles')") is None
-
-
 def test_rendering_takes_no_lock_and_writes_nothing(db: TestDB) -> None:
     with db.connect() as conn:
         conn.execute(PROFILES)
@@ -149,3 +202,68 @@ def test_the_profile_table_described_before_it_exists_is_the_table_created(db: T
         assert profile_table_facts(identity, db.settings) == inspect_table(
             conn, db.settings.profile
         )
+
+
+def test_rendered_file_passes_when_the_tables_gain_columns(db: TestDB, tmp_path: object) -> None:
+    """Supabase Auth adds columns to auth.users: a committed migration must still replay."""
+    path = rendered(db, tmp_path, "--create-profile-table")
+    with db.connect_admin() as conn:
+        conn.execute("alter table auth.users add column tenant_id uuid, add column mfa jsonb")
+        conn.execute("alter table auth.users alter column phone_change type varchar(100)")
+    applied = psql(db, path)
+    assert applied.returncode == 0, applied.stderr
+    uid = db.signup({"full_name": "After Auth Grew"})
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,))
+        == "After Auth Grew"
+    )
+
+
+def test_rendered_file_stops_naming_each_column_that_changed(db: TestDB, tmp_path: object) -> None:
+    # A username column: the username rule reads the email and the provider (raw_app_meta_data).
+    with db.connect() as conn:
+        conn.execute(
+            "create table public.profiles (id uuid primary key references auth.users,"
+            " username text unique, full_name text, avatar_url text)"
+        )
+    path = rendered(db, tmp_path)
+    with db.connect_admin() as conn:
+        conn.execute("alter table auth.users alter column email type text")
+        conn.execute("alter table auth.users drop column raw_app_meta_data")
+        conn.execute("alter table auth.users add column tenant_id uuid")
+        conn.execute("alter table public.profiles alter column full_name type varchar(80)")
+    applied = psql(db, path)
+    assert applied.returncode != 0
+    message = applied.stderr
+    assert "differs from the one this file was rendered for (nothing was changed)" in message
+    assert '"auth"."users".email is text, expected character varying(255)' in message
+    assert '"auth"."users".raw_app_meta_data is missing (expected jsonb)' in message
+    assert '"public"."profiles".full_name is character varying(80), expected text' in message
+    assert "tenant_id" not in message
+    assert "render a new migration after the last one" in message
+    assert "edit" not in message.lower()
+    assert db.scalar("select to_regnamespace('profileguard')") is None
+
+
+def test_rendered_file_stops_at_another_schema_version(db: TestDB, tmp_path: object) -> None:
+    """Two files rendered against the same state: the second would install over the first."""
+    first = rendered(db, tmp_path, "--create-profile-table", name="first.sql")
+    second = rendered(db, tmp_path, "--create-profile-table", name="second.sql")
+    assert psql(db, first).returncode == 0
+    applied = psql(db, second)
+    assert applied.returncode != 0
+    version = db.scalar("select max(version) from profileguard.migrations")
+    assert f"schema version is {version} here, this file was rendered for 0" in applied.stderr
+    assert '"public"."profiles" exists here, and this file creates it' in applied.stderr
+
+
+def test_rendered_install_waits_out_a_sign_in_holding_the_users_table(
+    db: TestDB, tmp_path: object
+) -> None:
+    path = rendered(db, tmp_path, "--create-profile-table")
+    applied = apply_during_a_sign_in(db, path)
+    assert applied.returncode == 0, applied.stderr
+    uid = db.signup({"full_name": "After The Wait"})
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "After The Wait"
+    )

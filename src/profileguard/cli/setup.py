@@ -20,7 +20,12 @@ from profileguard.cli.options import (
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
 from profileguard.errors import ConfigError, ExitCode, UsageError
-from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS
+from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS, RETRY_FOR_SECONDS
+
+# A rendered file's cap on each lock wait other than the retried one on the identity table's
+# (none of them can queue a sign-in: they wait only behind ACCESS EXCLUSIVE on the identity or
+# profile table, or behind profileguard's own users of its tables).
+FILE_LOCK_TIMEOUT = "10s"
 
 
 def _install_output(result: installer.InstallResult, as_json: bool) -> None:
@@ -71,22 +76,28 @@ def _preflight_output(report: Any, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def render_file(result: installer.InstallResult) -> str:
-    """The migration file `profileguard sql` prints: guard first, identity-table DDL last."""
+def render_file(result: installer.InstallResult, *, uninstall: bool = False) -> str:
+    """The migration file `profileguard sql` prints: the precondition check first, then what
+    leaves the identity table alone, then the retried lock and the statements that lock it."""
     main = result.statements[: len(result.statements) - result.identity_statements]
     last = result.statements[len(main) :]
+    command = "profileguard uninstall" if uninstall else "profileguard install"
     head = [
-        f"-- profileguard {__version__}: what `profileguard install` runs, rendered by "
-        "`profileguard sql` (nothing was run to render it).",
-        "-- Apply it in one transaction: `supabase db push` (one transaction per migration "
-        "file), or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
-        "-- It stops before changing anything when the tables or profileguard's schema version "
-        "differ from those it was rendered for.",
-        "-- Each lock wait is capped, so sign-ins never queue long behind it: if it stops with "
-        "SQLSTATE 55P03 (lock timeout), apply it again.",
-        f"set lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms';",
+        f"-- profileguard {__version__}: what `{command}` runs, rendered by "
+        f"`profileguard sql{' --uninstall' if uninstall else ''}` (nothing was run to render it).",
+        "-- Apply it in one transaction: `supabase db push` (one transaction per migration file),",
+        "-- or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
+        "-- It stops before changing anything when what profileguard reads or writes here (the "
+        "columns it uses, its schema",
+        "-- version) differs from the database it was rendered for; other changes to the tables "
+        "pass.",
+        "-- It locks the users table, which every sign-in updates, only for its last statements: "
+        "it waits for that lock",
+        f"-- {DDL_LOCK_TIMEOUT_MS} ms at a time and tries again (for {RETRY_FOR_SECONDS:.0f} s "
+        f"at most); every other lock wait is capped at {FILE_LOCK_TIMEOUT}.",
+        f"set local lock_timeout = '{FILE_LOCK_TIMEOUT}';",
         "",
-        result.render_guard.strip() + ";",
+        result.preconditions.strip() + ";",
         "",
     ]
 
@@ -100,6 +111,8 @@ def render_file(result: installer.InstallResult) -> str:
         body += [
             "-- Last and short: these statements lock the users table, which every sign-in updates."
         ]
+        if result.identity_lock:
+            body += [ended(result.identity_lock)]
         body += [ended(statement) for statement in last]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 

@@ -36,10 +36,12 @@ class InstallResult:
     # The tables the identity phase's statements lock (the identity table; the profile table too
     # when its foreign key is added).
     locked_tables: list[TableRef] = field(default_factory=list)
-    # Rendering only: how many of the last statements lock the identity table, and the DO block
-    # that stops the rendered file on another database (render_guard.sql).
+    # Rendering only: how many of the last statements lock the identity table, the precondition
+    # check that stops the rendered file on another database (render_preconditions.sql), and the
+    # retried lock taken right before those statements (render_lock.sql; empty when none).
     identity_statements: int = 0
-    render_guard: str = ""
+    preconditions: str = ""
+    identity_lock: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
