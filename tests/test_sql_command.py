@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TestDB, drop_db, scratch_db, wait_for
@@ -96,6 +98,25 @@ def apply_during_a_sign_in(db: TestDB, path: str) -> subprocess.CompletedProcess
                 applying.kill()
     assert db.scalar("select last_sign_in_at is not null from auth.users where id = %s", (uid,))
     return subprocess.CompletedProcess(applying.args, applying.returncode, stdout, stderr)
+
+
+def catalog(db: TestDB) -> dict[str, list[tuple[Any, ...]]]:
+    """SNAPSHOT without profileguard's rows (empty where its schema is gone), with every
+    function of schema public: what install changes and uninstall must give back."""
+    queries = {
+        name: query.replace("'profileguard'::regnamespace", "to_regnamespace('profileguard')")
+        for name, query in SNAPSHOT.items()
+        if "from profileguard." not in query
+    }
+    queries["public_functions"] = (
+        "select p.oid::regprocedure::text, pg_get_functiondef(p.oid), coalesce(p.proacl::text, '')"
+        " from pg_proc p where p.pronamespace = 'public'::regnamespace"
+    )
+    with db.connect() as conn:
+        return {
+            name: sorted(conn.execute(query).fetchall(), key=repr)
+            for name, query in queries.items()
+        }
 
 
 def objects_locked(db: TestDB) -> int:
@@ -267,3 +288,90 @@ def test_rendered_install_waits_out_a_sign_in_holding_the_users_table(
     assert (
         db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "After The Wait"
     )
+
+
+def test_rendered_uninstall_gives_back_the_catalog_before_install(
+    db: TestDB, tmp_path: object
+) -> None:
+    with db.connect() as conn:
+        conn.execute(PROFILES)
+        conn.execute(FLAKY_LEGACY)
+    before = catalog(db)
+    installed = cli(db, "install", "--replace-trigger", "on_auth_user_created")
+    assert installed.returncode == 0, installed.stderr
+    assert catalog(db) != before
+
+    path = rendered(db, tmp_path, "--uninstall")
+    text = Path(path).read_text()
+    assert "what `profileguard uninstall` runs" in text
+    assert text.index("in access exclusive mode") < text.index("drop schema if exists profileguard")
+    assert db.scalar("select to_regnamespace('profileguard')") is not None  # nothing was run
+    applied = apply_during_a_sign_in(db, path)
+    assert applied.returncode == 0, applied.stderr
+    assert catalog(db) == before
+    uid = db.signup({"full_name": "Legacy Again"})
+    assert (
+        db.scalar("select full_name from public.profiles where id = %s", (uid,)) == "Legacy Again"
+    )
+
+    again = psql(db, path)  # the rollback replayed where profileguard is gone
+    assert again.returncode != 0
+    assert "schema version is 0 here" in again.stderr
+    assert "the triggers taken over on" in again.stderr
+    nothing = cli(db, "sql", "--uninstall")
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout == ""
+    assert "not installed" in nothing.stderr
+
+
+def test_sql_uninstall_takes_no_install_option(db: TestDB) -> None:
+    done = cli(db, "sql", "--uninstall", "--strict")
+    assert done.returncode == 2
+    assert "--strict does not apply" in done.stderr
+
+
+def test_sql_renders_nothing_on_an_up_to_date_install(db: TestDB) -> None:
+    installed = cli(db, "install", "--create-profile-table")
+    assert installed.returncode == 0, installed.stderr
+    nothing = cli(db, "sql")
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout == ""
+    assert "nothing would change" in nothing.stderr
+    # Another configuration renders what changes it, and nothing that locks auth.users.
+    strict = cli(db, "sql", "--strict")
+    assert strict.returncode == 0, strict.stderr
+    assert "update profileguard.settings set strict = true" in strict.stdout
+    assert "lock table" not in strict.stdout
+    assert "-- Last and short" not in strict.stdout
+    # A sync trigger gone (only the owner of auth.users can drop it): rendered again, and
+    # install agrees.
+    with db.connect_admin() as conn:
+        conn.execute("drop trigger profileguard_after_update on auth.users")
+    repair = cli(db, "sql")
+    assert repair.returncode == 0, repair.stderr
+    last = repair.stdout[repair.stdout.index("-- Last and short") :]
+    assert "create or replace trigger profileguard_after_update\n" in last
+    assert "in share row exclusive mode" in last
+    assert "create or replace trigger profileguard_after_insert" not in last
+    again = install(db.settings)
+    assert again.changed is True
+    assert (
+        db.scalar(
+            "select count(*) from pg_trigger where tgrelid = 'auth.users'::regclass"
+            " and tgname like 'profileguard%%'"
+        )
+        == 3
+    )
+    assert install(db.settings).changed is False
+
+
+def test_sql_schedule_pg_cron_is_refused_where_pg_cron_is_not_loaded(db: TestDB) -> None:
+    """As install --schedule pg_cron is (test_cron.py); test_cron_tick.py applies the rendered
+    schedule on a cluster that preloads pg_cron."""
+    done = cli(db, "sql", "--create-profile-table", "--schedule", "pg_cron")
+    assert done.returncode == 2
+    assert "pg_cron is" in done.stderr
+    assert done.stdout == ""
+    bad = cli(db, "sql", "--schedule", "systemd")
+    assert bad.returncode == 2
+    assert "--schedule pg_cron" in bad.stderr

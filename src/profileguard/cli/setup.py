@@ -13,9 +13,11 @@ from profileguard import install as installer
 from profileguard.cli.app import command, state
 from profileguard.cli.options import (
     CreateProfileTableOption,
+    CronScheduleOption,
     DisabledOption,
     JsonOption,
     ReplaceTriggerOption,
+    ScheduleOption,
     StrictOption,
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
@@ -123,17 +125,8 @@ def install(
     strict: StrictOption = False,
     create_profile_table: CreateProfileTableOption = False,
     disabled: DisabledOption = False,
-    schedule: Annotated[
-        str | None,
-        typer.Option(
-            "--schedule",
-            help="'pg_cron': also schedule the in-database sweep profileguard.reconcile() "
-            "(for hosts where no worker process can run).",
-        ),
-    ] = None,
-    cron_schedule: Annotated[
-        str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
-    ] = "* * * * *",
+    schedule: ScheduleOption = None,
+    cron_schedule: CronScheduleOption = "* * * * *",
     replace_trigger: ReplaceTriggerOption = None,
     check: Annotated[
         bool,
@@ -163,11 +156,7 @@ def install(
     if check:
         _preflight_output(installer.check(state(ctx).settings()), as_json)
         return
-    if schedule not in (None, "pg_cron"):
-        raise ConfigError(
-            f"--schedule: {schedule!r} is not a scheduler profileguard knows",
-            hint="use --schedule pg_cron, or run 'profileguard worker'",
-        )
+    _check_schedule(schedule)
     result = installer.install(
         state(ctx).settings(),
         strict=strict,
@@ -180,24 +169,75 @@ def install(
     _install_output(result, as_json)
 
 
+def _check_schedule(schedule: str | None) -> None:
+    if schedule not in (None, "pg_cron"):
+        raise ConfigError(
+            f"--schedule: {schedule!r} is not a scheduler profileguard knows",
+            hint="use --schedule pg_cron, or run 'profileguard worker'",
+        )
+
+
 @command("Set up", name="sql")
 def sql_command(
     ctx: typer.Context,
     strict: StrictOption = False,
     create_profile_table: CreateProfileTableOption = False,
     disabled: DisabledOption = False,
+    schedule: ScheduleOption = None,
+    cron_schedule: CronScheduleOption = "* * * * *",
     replace_trigger: ReplaceTriggerOption = None,
+    uninstall: Annotated[
+        bool,
+        typer.Option(
+            "--uninstall",
+            help="Render the rollback instead: what 'profileguard uninstall' runs here (the "
+            "triggers taken over given back, then every profileguard object removed).",
+        ),
+    ] = False,
 ) -> None:
     """Print what install would run here, as a migration file (supabase/migrations), running
-    nothing: it only reads the catalog."""
-    result = installer.render(
-        state(ctx).settings(),
-        strict=strict,
-        enabled=False if disabled else None,
-        create_profile_table=create_profile_table,
-        replace_triggers=replace_trigger or (),
-    )
-    sys.stdout.write(render_file(result))
+    nothing: it only reads the catalog. When nothing would change, it prints no statement (and
+    says so on stderr)."""
+    _check_schedule(schedule)
+    settings = state(ctx).settings()
+    if uninstall:
+        given = [
+            name
+            for name, value in (
+                ("--strict", strict),
+                ("--create-profile-table", create_profile_table),
+                ("--disabled", disabled),
+                ("--schedule", schedule),
+                ("--replace-trigger", replace_trigger),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"--uninstall renders the rollback: {', '.join(given)} does not apply to it",
+                hint="run: profileguard sql --uninstall",
+            )
+        result = installer.render_uninstall(settings)
+        if not result.changed:
+            err.print("profileguard is not installed here: nothing to render.", highlight=False)
+            return
+    else:
+        result = installer.render(
+            settings,
+            strict=strict,
+            enabled=False if disabled else None,
+            create_profile_table=create_profile_table,
+            replace_triggers=replace_trigger or (),
+            cron_schedule=cron_schedule if schedule else None,
+        )
+        if not result.changed:
+            err.print(
+                f"profileguard schema version {result.version_after} is installed here with this "
+                "configuration: nothing would change, nothing to render.",
+                highlight=False,
+            )
+            return
+    sys.stdout.write(render_file(result, uninstall=uninstall))
 
 
 @command("Set up")

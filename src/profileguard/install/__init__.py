@@ -23,7 +23,7 @@ from profileguard.install.templates import (
     render_sync,
     trigger_statement,
 )
-from profileguard.install.uninstall import uninstall
+from profileguard.install.uninstall import render_uninstall, uninstall
 from profileguard.install.upgrade import upgrade
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "render",
     "render_generated",
     "render_sync",
+    "render_uninstall",
     "set_enabled",
     "trigger_statement",
     "uninstall",

@@ -128,6 +128,7 @@ def install(
             enabled=enabled,
             create_profile_table=create_profile_table,
             replace_triggers=replace_triggers,
+            cron_schedule=cron_schedule,
         )
     return run_install(
         settings,

@@ -14,6 +14,7 @@ from profileguard import sql as sqlfiles
 from profileguard.catalog import table_oid
 from profileguard.config import Settings, TableRef
 from profileguard.errors import NotInstalledError
+from profileguard.install.cron import schedule_sweep
 from profileguard.install.identity_phase import identity_phase, takeover_enables
 from profileguard.install.locking import (
     BACKOFF_BASE,
@@ -53,6 +54,7 @@ def render(
     create_profile_table: bool = False,
     replace_triggers: Sequence[str] = (),
     source: str = "install",
+    cron_schedule: str | None = None,
 ) -> InstallResult:
     """What `install` (or `upgrade`) would run here, rendered without running it, with the
     precondition check and the lock the rendered file needs (see `render_file` in the CLI)."""
@@ -72,6 +74,8 @@ def render(
             create_profile_table=create_profile_table,
             source=source,
         )
+        if cron_schedule is not None:
+            schedule_sweep(rec, cron_schedule, result)
         main = len(rec.statements)
         identity_phase(
             rec,
