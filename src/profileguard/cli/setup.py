@@ -28,6 +28,9 @@ from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS, RETRY_FOR_SECONDS
 # (none of them can queue a sign-in: they wait only behind ACCESS EXCLUSIVE on the identity or
 # profile table, or behind profileguard's own users of its tables).
 FILE_LOCK_TIMEOUT = "10s"
+LAST_AND_SHORT = (
+    "-- Last and short: these statements lock the users table, which every sign-in updates."
+)
 
 
 def _install_output(result: installer.InstallResult, as_json: bool) -> None:
@@ -109,13 +112,11 @@ def render_file(result: installer.InstallResult, *, uninstall: bool = False) -> 
         return text + ("\n;" if "--" in text.rsplit("\n", 1)[-1] else ";")
 
     body = [ended(statement) for statement in main]
-    if last:
-        body += [
-            "-- Last and short: these statements lock the users table, which every sign-in updates."
-        ]
-        if result.identity_lock:
-            body += [ended(result.identity_lock)]
-        body += [ended(statement) for statement in last]
+    if last and result.identity_lock:
+        body += [LAST_AND_SHORT, ended(result.identity_lock)]
+    elif last:
+        body += ["-- Last: the takeover of legacy triggers (no lock on the users table)."]
+    body += [ended(statement) for statement in last]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
 
