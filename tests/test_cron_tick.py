@@ -1,5 +1,6 @@
 """`install --schedule pg_cron` for real: a private PostgreSQL 15 cluster preloading pg_cron
-ticks the sweep, which repairs users that have no profile.
+ticks the sweep, which repairs users that have no profile; `sql --schedule pg_cron` renders the
+same job, and `sql --uninstall` its removal.
 
 pg_cron 1.4 runs jobs at most once a minute, so this takes one to two minutes; it is marked
 `once` and CI runs it in one pass only (it does not use the server under test).
@@ -7,6 +8,7 @@ pg_cron 1.4 runs jobs at most once a minute, so this takes one to two minutes; i
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +119,40 @@ def test_pg_cron_ticks_the_sweep_and_it_repairs_users(cron_db: TestDB) -> None:
         cron_db.scalar("select count(*) from cron.job where jobname = 'profileguard-reconcile'")
         == 0
     )
+
+
+def test_sql_renders_the_schedule_and_its_removal(cron_db: TestDB, tmp_path: Path) -> None:
+    """`sql --schedule pg_cron` renders what `install --schedule pg_cron` runs, and the rendered
+    rollback removes the job, as uninstall does."""
+    job = "select schedule || ' ' || command from cron.job where jobname = 'profileguard-reconcile'"
+    done = cli(
+        cron_db,
+        "sql",
+        "--create-profile-table",
+        "--schedule",
+        "pg_cron",
+        "--cron-schedule",
+        "*/5 * * * *",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "select cron.schedule('profileguard-reconcile', '*/5 * * * *'" in done.stdout
+    assert cron_db.scalar("select to_regclass('cron.job')") is None  # nothing was run
+    for name, text in (("install.sql", done.stdout), ("uninstall.sql", None)):
+        if text is None:
+            rollback = cli(cron_db, "sql", "--uninstall")
+            assert rollback.returncode == 0, rollback.stderr
+            text = rollback.stdout
+        path = tmp_path / name
+        path.write_text(text)
+        applied = subprocess.run(
+            ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", cron_db.url, "-f", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert applied.returncode == 0, applied.stderr
+        if name == "install.sql":
+            assert cron_db.scalar(job) == "*/5 * * * * select profileguard.reconcile(10000)"
+    assert cron_db.scalar(job) is None
+    assert cron_db.scalar("select to_regnamespace('profileguard')") is None

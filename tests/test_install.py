@@ -49,6 +49,9 @@ def test_install_is_idempotent(installed):
     result = install(installed.settings)
     assert result.changed is False
     assert result.created_profile_table is False
+    # Nothing re-created on the users table: no lock taken on it.
+    assert not any("create or replace trigger" in s for s in result.statements)
+    assert result.locked_tables == []
     assert result.version_before == result.version_after == sqlfiles.latest_version()
     # No change → no new config event.
     assert (

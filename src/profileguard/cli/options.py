@@ -43,6 +43,17 @@ ReplaceTriggerOption = Annotated[
         "original is saved and uninstall restores it. Repeatable.",
     ),
 ]
+ScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--schedule",
+        help="'pg_cron': also schedule the in-database sweep profileguard.reconcile() "
+        "(for hosts where no worker process can run).",
+    ),
+]
+CronScheduleOption = Annotated[
+    str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
+]
 KeepTriggerOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -13,15 +13,25 @@ from profileguard import install as installer
 from profileguard.cli.app import command, state
 from profileguard.cli.options import (
     CreateProfileTableOption,
+    CronScheduleOption,
     DisabledOption,
     JsonOption,
     KeepTriggerOption,
     ReplaceTriggerOption,
+    ScheduleOption,
     StrictOption,
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
 from profileguard.errors import ConfigError, ExitCode, UsageError
-from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS
+from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS, RETRY_FOR_SECONDS
+
+# A rendered file's cap on each lock wait other than the retried one on the identity table's
+# (none of them can queue a sign-in: they wait only behind ACCESS EXCLUSIVE on the identity or
+# profile table, or behind profileguard's own users of its tables).
+FILE_LOCK_TIMEOUT = "10s"
+LAST_AND_SHORT = (
+    "-- Last and short: these statements lock the users table, which every sign-in updates."
+)
 
 
 def _install_output(result: installer.InstallResult, as_json: bool) -> None:
@@ -72,22 +82,28 @@ def _preflight_output(report: Any, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def render_file(result: installer.InstallResult) -> str:
-    """The migration file `profileguard sql` prints: guard first, identity-table DDL last."""
+def render_file(result: installer.InstallResult, *, uninstall: bool = False) -> str:
+    """The migration file `profileguard sql` prints: the precondition check first, then what
+    leaves the identity table alone, then the retried lock and the statements that lock it."""
     main = result.statements[: len(result.statements) - result.identity_statements]
     last = result.statements[len(main) :]
+    command = "profileguard uninstall" if uninstall else "profileguard install"
     head = [
-        f"-- profileguard {__version__}: what `profileguard install` runs, rendered by "
-        "`profileguard sql` (nothing was run to render it).",
-        "-- Apply it in one transaction: `supabase db push` (one transaction per migration "
-        "file), or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
-        "-- It stops before changing anything when the tables or profileguard's schema version "
-        "differ from those it was rendered for.",
-        "-- Each lock wait is capped, so sign-ins never queue long behind it: if it stops with "
-        "SQLSTATE 55P03 (lock timeout), apply it again.",
-        f"set lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms';",
+        f"-- profileguard {__version__}: what `{command}` runs, rendered by "
+        f"`profileguard sql{' --uninstall' if uninstall else ''}` (nothing was run to render it).",
+        "-- Apply it in one transaction: `supabase db push` (one transaction per migration file),",
+        "-- or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
+        "-- It stops before changing anything when what profileguard reads or writes here (the "
+        "columns it uses, its schema",
+        "-- version) differs from the database it was rendered for; other changes to the tables "
+        "pass.",
+        "-- It locks the users table, which every sign-in updates, only for its last statements: "
+        "it waits for that lock",
+        f"-- {DDL_LOCK_TIMEOUT_MS} ms at a time and tries again (for {RETRY_FOR_SECONDS:.0f} s "
+        f"at most); every other lock wait is capped at {FILE_LOCK_TIMEOUT}.",
+        f"set local lock_timeout = '{FILE_LOCK_TIMEOUT}';",
         "",
-        result.render_guard.strip() + ";",
+        result.preconditions.strip() + ";",
         "",
     ]
 
@@ -97,11 +113,11 @@ def render_file(result: installer.InstallResult) -> str:
         return text + ("\n;" if "--" in text.rsplit("\n", 1)[-1] else ";")
 
     body = [ended(statement) for statement in main]
-    if last:
-        body += [
-            "-- Last and short: these statements lock the users table, which every sign-in updates."
-        ]
-        body += [ended(statement) for statement in last]
+    if last and result.identity_lock:
+        body += [LAST_AND_SHORT, ended(result.identity_lock)]
+    elif last:
+        body += ["-- Last: the takeover of legacy triggers (no lock on the users table)."]
+    body += [ended(statement) for statement in last]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
 
@@ -111,17 +127,8 @@ def install(
     strict: StrictOption = False,
     create_profile_table: CreateProfileTableOption = False,
     disabled: DisabledOption = False,
-    schedule: Annotated[
-        str | None,
-        typer.Option(
-            "--schedule",
-            help="'pg_cron': also schedule the in-database sweep profileguard.reconcile() "
-            "(for hosts where no worker process can run).",
-        ),
-    ] = None,
-    cron_schedule: Annotated[
-        str, typer.Option("--cron-schedule", help="When the pg_cron sweep runs.")
-    ] = "* * * * *",
+    schedule: ScheduleOption = None,
+    cron_schedule: CronScheduleOption = "* * * * *",
     replace_trigger: ReplaceTriggerOption = None,
     keep_trigger: KeepTriggerOption = None,
     check: Annotated[
@@ -154,11 +161,7 @@ def install(
     if check:
         _preflight_output(installer.check(state(ctx).settings()), as_json)
         return
-    if schedule not in (None, "pg_cron"):
-        raise ConfigError(
-            f"--schedule: {schedule!r} is not a scheduler profileguard knows",
-            hint="use --schedule pg_cron, or run 'profileguard worker'",
-        )
+    _check_schedule(schedule)
     result = installer.install(
         state(ctx).settings(),
         strict=strict,
@@ -172,26 +175,78 @@ def install(
     _install_output(result, as_json)
 
 
+def _check_schedule(schedule: str | None) -> None:
+    if schedule not in (None, "pg_cron"):
+        raise ConfigError(
+            f"--schedule: {schedule!r} is not a scheduler profileguard knows",
+            hint="use --schedule pg_cron, or run 'profileguard worker'",
+        )
+
+
 @command("Set up", name="sql")
 def sql_command(
     ctx: typer.Context,
     strict: StrictOption = False,
     create_profile_table: CreateProfileTableOption = False,
     disabled: DisabledOption = False,
+    schedule: ScheduleOption = None,
+    cron_schedule: CronScheduleOption = "* * * * *",
     replace_trigger: ReplaceTriggerOption = None,
     keep_trigger: KeepTriggerOption = None,
+    uninstall: Annotated[
+        bool,
+        typer.Option(
+            "--uninstall",
+            help="Render the rollback instead: what 'profileguard uninstall' runs here (the "
+            "triggers taken over given back, then every profileguard object removed).",
+        ),
+    ] = False,
 ) -> None:
     """Print what install would run here, as a migration file (supabase/migrations), running
-    nothing: it only reads the catalog."""
-    result = installer.render(
-        state(ctx).settings(),
-        strict=strict,
-        enabled=False if disabled else None,
-        create_profile_table=create_profile_table,
-        replace_triggers=replace_trigger or (),
-        keep_triggers=keep_trigger or (),
-    )
-    sys.stdout.write(render_file(result))
+    nothing: it only reads the catalog. When nothing would change, it prints no statement (and
+    says so on stderr)."""
+    _check_schedule(schedule)
+    settings = state(ctx).settings()
+    if uninstall:
+        given = [
+            name
+            for name, value in (
+                ("--strict", strict),
+                ("--create-profile-table", create_profile_table),
+                ("--disabled", disabled),
+                ("--schedule", schedule),
+                ("--replace-trigger", replace_trigger),
+                ("--keep-trigger", keep_trigger),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"--uninstall renders the rollback: {', '.join(given)} does not apply to it",
+                hint="run: profileguard sql --uninstall",
+            )
+        result = installer.render_uninstall(settings)
+        if not result.changed:
+            err.print("profileguard is not installed here: nothing to render.", highlight=False)
+            return
+    else:
+        result = installer.render(
+            settings,
+            strict=strict,
+            enabled=False if disabled else None,
+            create_profile_table=create_profile_table,
+            replace_triggers=replace_trigger or (),
+            keep_triggers=keep_trigger or (),
+            cron_schedule=cron_schedule if schedule else None,
+        )
+        if not result.changed:
+            err.print(
+                f"profileguard schema version {result.version_after} is installed here with this "
+                "configuration: nothing would change, nothing to render.",
+                highlight=False,
+            )
+            return
+    sys.stdout.write(render_file(result, uninstall=uninstall))
 
 
 @command("Set up")

@@ -9,8 +9,9 @@ own it. Installing again with the same settings changes nothing and takes no loc
 gives the same statements without running them; preflight.py checks the mapping first.
 """
 
+from profileguard.install.cron import CRON_JOB, CRON_MAX_ROWS
 from profileguard.install.flags import describe, set_enabled
-from profileguard.install.install import CRON_JOB, CRON_MAX_ROWS, check, install
+from profileguard.install.install import check, install
 from profileguard.install.migrations import pending_migrations
 from profileguard.install.profile_table import profile_table_facts
 from profileguard.install.render import render
@@ -22,7 +23,7 @@ from profileguard.install.templates import (
     render_sync,
     trigger_statement,
 )
-from profileguard.install.uninstall import uninstall
+from profileguard.install.uninstall import render_uninstall, uninstall
 from profileguard.install.upgrade import upgrade
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "render",
     "render_generated",
     "render_sync",
+    "render_uninstall",
     "set_enabled",
     "trigger_statement",
     "uninstall",

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from profileguard import sql as sqlfiles
 from profileguard.catalog import table_oid
-from profileguard.config import Settings
+from profileguard.config import Settings, TableRef
 from profileguard.errors import ConfigError, UsageError
 from profileguard.install import takeover
 from profileguard.install.profile_table import foreign_key_name
@@ -22,6 +22,7 @@ from profileguard.install.templates import (
     template,
     trigger_statement,
 )
+from profileguard.mapping import build_sync
 
 
 def identity_phase(
@@ -35,9 +36,10 @@ def identity_phase(
     keep_triggers: Sequence[str] = (),
 ) -> None:
     """What locks the identity table, kept short and last: the profile table's foreign key,
-    profileguard's trigger, and the takeover of legacy triggers (in one step, so that exactly
-    one of them creates profiles at any moment); the triggers kept beside it are recorded.
-    Reads first, then writes."""
+    profileguard's triggers, and the takeover of legacy triggers (in one step, so that exactly
+    one of them creates profiles at any moment); each only when not already as it should be; the
+    triggers kept beside it are recorded. Reads first, then writes; the tables those writes lock
+    go to `result.locked_tables`."""
     conn = rec.conn
     identity = settings.identity
     oid = table_oid(conn, identity)
@@ -53,6 +55,7 @@ def identity_phase(
             add_key = not (row and row[0])
     row = conn.execute(takeover.query("profileguard_trigger_current"), {"oid": oid}).fetchone()
     trigger_current = bool(row and row[0])
+    sync_current = _sync_triggers_current(rec, result, oid)
     takeovers = []
     for name in dict.fromkeys(replace_triggers):
         step = takeover.plan(conn, identity, name)
@@ -71,40 +74,24 @@ def identity_phase(
         "profile_key": sql.Identifier(settings.profile.key),
         "constraint": sql.Identifier(foreign_key_name(settings)),
     }
+    locked: list[TableRef] = []
     if add_key:
         rec.run(template("profile_foreign_key.sql", **parts))
+        locked += [identity, settings.profile]
         result.changed = True
     if not trigger_current:
         rec.run(trigger_statement(settings))
+        locked.append(identity)
         result.changed = True
-    if result.plan is not None:
+    if result.plan is not None and not sync_current:
         rec.run(render_sync_triggers(result.plan))
+        locked.append(identity)
+        result.changed = True
     for step in takeovers:
         rec.run(step.statement)
-        rec.run(
-            sql.SQL(
-                "insert into profileguard.replaced_triggers"
-                " (table_name, trigger_name, function_name, previous_mode, method,"
-                " saved_definition)"
-                " values ({}, {}, {}, {}, {}, {})"
-                " on conflict (table_name, trigger_name) do update"
-                " set function_name = excluded.function_name,"
-                " previous_mode = excluded.previous_mode, method = excluded.method,"
-                " saved_definition = excluded.saved_definition, replaced_at = now()"
-            ).format(
-                *map(
-                    sql.Literal,
-                    (
-                        str(identity),
-                        step.name,
-                        step.function,
-                        step.previous_mode,
-                        step.method,
-                        step.saved_definition,
-                    ),
-                )
-            )
-        )
+        if step.method != "function":  # a trigger re-created; a function's body locks no table
+            locked.append(identity)
+        _record_takeover(rec, identity, step)
         result.replaced_triggers.append(step.name)
         result.notes.append(step.note)
         result.changed = True
@@ -138,6 +125,7 @@ def identity_phase(
                 {"kept_triggers": newly_kept},
             )
         )
+    result.locked_tables = list(dict.fromkeys(locked))
     if takeovers:
         names = ", ".join(result.replaced_triggers)
         rec.run(
@@ -150,6 +138,47 @@ def identity_phase(
                 },
             )
         )
+
+
+def _sync_triggers_current(rec: Recorder, result: InstallResult, oid: int | None) -> bool:
+    """Whether the UPDATE triggers are as sync_triggers.sql would create them: their definitions
+    follow the configuration and the package, so while neither changed they are re-created only
+    when missing, disabled or watching other columns."""
+    if result.plan is None or result.config_changed:
+        return False
+    watched = build_sync(result.plan).watched or (result.plan.settings.identity.key,)
+    row = rec.conn.execute(
+        takeover.query("sync_triggers_current"), {"oid": oid, "watched": list(watched)}
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover) -> None:
+    """Save what uninstall needs to give the legacy trigger back."""
+    rec.run(
+        sql.SQL(
+            "insert into profileguard.replaced_triggers"
+            " (table_name, trigger_name, function_name, previous_mode, method,"
+            " saved_definition)"
+            " values ({}, {}, {}, {}, {}, {})"
+            " on conflict (table_name, trigger_name) do update"
+            " set function_name = excluded.function_name,"
+            " previous_mode = excluded.previous_mode, method = excluded.method,"
+            " saved_definition = excluded.saved_definition, replaced_at = now()"
+        ).format(
+            *map(
+                sql.Literal,
+                (
+                    str(identity),
+                    step.name,
+                    step.function,
+                    step.previous_mode,
+                    step.method,
+                    step.saved_definition,
+                ),
+            )
+        )
+    )
 
 
 def takeover_enables(enabled: bool | None, replace_triggers: Sequence[str]) -> bool | None:

@@ -1,19 +1,17 @@
-"""`install`: the long transaction, then the short one that locks the identity table; the
-pg_cron sweep; `install --check` (the preflight alone)."""
+"""`install`: the long transaction, then the short one that locks the identity table;
+`install --check` (the preflight alone)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import psycopg
-from psycopg import sql
 
-from profileguard import sql as sqlfiles
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
 from profileguard.install import preflight
+from profileguard.install.cron import schedule_sweep
 from profileguard.install.identity_phase import (
     check_trigger_choice,
     identity_phase,
@@ -26,11 +24,6 @@ from profileguard.install.render import render
 from profileguard.install.run import InstallResult, Recorder, transaction
 from profileguard.installation import schema_version
 from profileguard.mapping import build_plan
-
-# The pg_cron job of `install --schedule pg_cron`: a bounded sweep, removed by uninstall.
-CRON_JOB = "profileguard-reconcile"
-CRON_MAX_ROWS = 10_000
-CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 
 
 def check(settings: Settings) -> Preflight:
@@ -89,16 +82,16 @@ def run_install(
         )
         result.notes.extend(beside)
         if cron_schedule is not None:
-            _schedule_sweep(rec, cron_schedule)
-            result.notes.append(
-                f"pg_cron job {CRON_JOB!r} runs profileguard.reconcile({CRON_MAX_ROWS}) "
-                f"on '{cron_schedule}'"
-            )
-            result.changed = True
+            schedule_sweep(rec, cron_schedule, result)
     statements = rec.statements
 
     def identity_step(conn: psycopg.Connection) -> list[str]:
-        attempt = InstallResult(result.version_before, result.version_after, plan=result.plan)
+        attempt = InstallResult(
+            result.version_before,
+            result.version_after,
+            plan=result.plan,
+            config_changed=result.config_changed,
+        )
         step = Recorder(conn)
         identity_phase(
             step,
@@ -159,6 +152,7 @@ def install(
             replace_triggers=replace_triggers,
             keep_triggers=keep_triggers,
             command="install",
+            cron_schedule=cron_schedule,
         )
     return run_install(
         settings,
@@ -170,32 +164,4 @@ def install(
         keep_triggers=keep_triggers,
         cron_schedule=cron_schedule,
         force=force,
-    )
-
-
-def _schedule_sweep(rec: Recorder, schedule: str) -> None:
-    """Schedule profileguard.reconcile() with pg_cron (idempotent: the job is named)."""
-    if not CRON_SCHEDULE.fullmatch(schedule.strip()):
-        raise ConfigError(
-            f"--cron-schedule: {schedule!r} is not a cron schedule",
-            hint="use five cron fields such as '* * * * *' (every minute) or '30 seconds'",
-        )
-    row = rec.conn.execute(sqlfiles.query("cron_available")).fetchone()
-    available, loaded = row if row else (False, False)
-    if not (available and loaded):
-        raise ConfigError(
-            "pg_cron is not available on this server"
-            if not available
-            else "pg_cron is installed on this server but not loaded",
-            hint="enable pg_cron (Supabase: Database → Extensions; elsewhere add it to "
-            "shared_preload_libraries and restart), or run 'profileguard worker' on a host "
-            "that reaches the database instead",
-        )
-    rec.run("create extension if not exists pg_cron")
-    rec.run(
-        sql.SQL("select cron.schedule({}, {}, {})").format(
-            sql.Literal(CRON_JOB),
-            sql.Literal(schedule.strip()),
-            sql.Literal(f"select profileguard.reconcile({CRON_MAX_ROWS})"),
-        )
     )

@@ -95,6 +95,7 @@ def main_phase(
                 rec.run(migration.after_functions)
 
     fingerprint = _config_fingerprint(settings)
+    result.config_changed = current is None or current["config"] != fingerprint
     _write_settings(
         rec, settings, current, fingerprint, strict=strict, enabled=enabled, result=result
     )

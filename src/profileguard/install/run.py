@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from profileguard.config import Settings
+from profileguard.config import Settings, TableRef
 from profileguard.db import connect, translate
 from profileguard.install.preflight import Preflight
 from profileguard.mapping import Plan
@@ -30,10 +30,18 @@ class InstallResult:
     replaced_triggers: list[str] = field(default_factory=list)
     preflight: Preflight | None = None
     plan: Plan | None = field(default=None, repr=False)  # for the identity phase
-    # Rendering only: how many of the last statements lock the identity table, and the DO block
-    # that stops the rendered file on another database (render_guard.sql).
+    # The package or the configuration differs from the installed one (the flags aside): what the
+    # functions and the triggers are rendered from changed.
+    config_changed: bool = False
+    # The tables the identity phase's statements lock (the identity table; the profile table too
+    # when its foreign key is added).
+    locked_tables: list[TableRef] = field(default_factory=list)
+    # Rendering only: how many of the last statements lock the identity table, the precondition
+    # check that stops the rendered file on another database (render_preconditions.sql), and the
+    # retried lock taken right before those statements (render_lock.sql; empty when none).
     identity_statements: int = 0
-    render_guard: str = ""
+    preconditions: str = ""
+    identity_lock: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,11 +1,13 @@
 """Turn the configured mapping into SQL: how one profile row is derived from one identity row
-(plan.py: what feeds what; insert.py: the profile INSERT; sync.py: updates, redaction, drift).
+(plan.py: what feeds what; insert.py: the profile INSERT; sync.py: updates, redaction, drift;
+columns.py: the columns of both tables all of it depends on).
 
 The same INSERT … SELECT serves every path (trigger, ensure, repair, the client's fallback), so the
 profile a user gets does not depend on which path created it. Identifiers are composed with
 `psycopg.sql`; JSON keys are literals; column types come from the catalog.
 """
 
+from profileguard.mapping.columns import ColumnsUsed, columns_used
 from profileguard.mapping.insert import INVISIBLE_CATEGORIES, insert_statement
 from profileguard.mapping.plan import Plan, build_plan, source_expr
 from profileguard.mapping.sync import (
@@ -18,9 +20,11 @@ from profileguard.mapping.sync import (
 
 __all__ = [
     "INVISIBLE_CATEGORIES",
+    "ColumnsUsed",
     "Plan",
     "build_plan",
     "build_sync",
+    "columns_used",
     "drift_select",
     "insert_statement",
     "redact_statement",

@@ -50,10 +50,13 @@ select to_regprocedure(%(signature)s) is not null as exists
 
 -- name: cron_available
 -- pg_cron works only when the server preloads it (or it is already created, as on Supabase).
+-- pg_settings shows shared_preload_libraries only to roles that may read it (current_setting()
+-- would raise for the others): for them, only an extension already created counts.
 select exists (select from pg_catalog.pg_available_extensions where name = 'pg_cron') as available,
        exists (select from pg_catalog.pg_extension where extname = 'pg_cron')
-       or pg_catalog.current_setting('shared_preload_libraries')
-          ~ '(^|[\s,"/])pg_cron([\s,"]|$)' as loaded
+       or exists (select from pg_catalog.pg_settings s
+                  where s.name = 'shared_preload_libraries'
+                    and s.setting ~ '(^|[\s,"/])pg_cron([\s,"]|$)') as loaded
 
 -- name: cron_schedule
 select cron.schedule(%(name)s, %(schedule)s, %(command)s)
@@ -112,13 +115,13 @@ order by array_position(array['pg_unicode_fast', 'unicode', 'und-x-icu', 'pg_c_u
                         c.collname::text)
 limit 1
 
--- name: table_signature
--- The columns of a table (name, type, NOT NULL), as one line; empty when it does not exist.
-select coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-                           || case when a.attnotnull then ' not null' else '' end,
-                           ', ' order by a.attnum), '') as signature
+-- name: column_types
+-- The types of some columns of a table, as format_type prints them; run with only pg_catalog
+-- searched (install/render.py), so that every other type comes out schema-qualified.
+select a.attname as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type
 from pg_catalog.pg_attribute a
-where a.attrelid = %(oid)s and a.attnum > 0 and not a.attisdropped
+where a.attrelid = %(oid)s and a.attname = any(%(names)s::text[]) and a.attnum > 0
+  and not a.attisdropped
 
 -- name: deregister_worker
 -- A worker that stops cleanly removes its row: profileguard.workers lists the running ones.

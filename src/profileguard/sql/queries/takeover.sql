@@ -78,6 +78,21 @@ select exists (
 -- The triggers on the identity table that `install --keep-trigger` kept beside profileguard.
 select trigger_name from profileguard.kept_triggers where table_name = %(table)s
 
+-- name: sync_triggers_current
+-- True when both UPDATE triggers exist, enabled, calling their functions, on the columns %(watched)s
+-- (sync_triggers.sql creates them so; their WHEN changes only with the configuration or the package).
+select pg_catalog.count(*) = 2 as current
+from pg_catalog.pg_trigger t
+where t.tgrelid = %(oid)s and t.tgenabled = 'O'
+  and (t.tgname = 'profileguard_after_update_row'
+       and t.tgfoid = pg_catalog.to_regprocedure('profileguard.on_identity_update_row()')
+       or t.tgname = 'profileguard_after_update'
+       and t.tgfoid = pg_catalog.to_regprocedure('profileguard.on_identity_update()'))
+  and array(select a.attname::text
+            from pg_catalog.unnest(t.tgattr::int2[]) k(attnum)
+            join pg_catalog.pg_attribute a on a.attrelid = t.tgrelid and a.attnum = k.attnum
+            order by 1) = array(select c from pg_catalog.unnest(%(watched)s::text[]) c order by 1)
+
 -- name: foreign_key_to
 -- Whether the profile table has a foreign key to the identity table.
 select exists (
