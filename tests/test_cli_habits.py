@@ -15,7 +15,7 @@ import pytest
 import typer
 from conftest import TestDB
 from test_cli import cli
-from test_reconcile import wait_for
+from test_worker import wait_for
 from test_worker_process import FAST, worker_process
 from typer.testing import CliRunner
 

@@ -1,4 +1,5 @@
-"""The in-database sweep profileguard.reconcile() and `install --schedule pg_cron`."""
+"""The in-database sweep profileguard.sweep() (and its former name reconcile()), and
+`install --schedule pg_cron`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import psycopg
 import pytest
 from conftest import TestDB
 from test_cli import cli
-from test_reconcile import (
+from test_worker import (
     BAD_NAME,
     add_bad_constraint,
     drop_bad_constraint,
@@ -18,12 +19,12 @@ from profileguard.install import set_enabled
 
 
 def sweep(db: TestDB, max_rows: int, max_attempts: int = 5) -> dict[str, int]:
-    result = db.scalar("select profileguard.reconcile(%s, %s)", (max_rows, max_attempts))
+    result = db.scalar("select profileguard.sweep(%s, %s)", (max_rows, max_attempts))
     assert isinstance(result, dict)
     return result
 
 
-def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
+def test_sweep_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     installed.bulk_signup(250)
 
@@ -47,7 +48,7 @@ def test_reconcile_repairs_at_most_max_rows_per_call(installed: TestDB) -> None:
     )
 
 
-def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB) -> None:
+def test_sweep_isolates_a_failing_user_and_quarantines_it(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     installed.bulk_signup(63)
     add_bad_constraint(installed)
@@ -80,7 +81,7 @@ def test_reconcile_isolates_a_failing_user_and_quarantines_it(installed: TestDB)
     assert missing_profiles(installed) == 0
 
 
-def test_reconcile_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
+def test_sweep_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     add_bad_constraint(installed)
     bad = installed.signup({"full_name": BAD_NAME})
@@ -103,11 +104,22 @@ def test_reconcile_backs_off_a_user_that_failed_once(installed: TestDB) -> None:
     )
 
 
-def test_reconcile_rejects_a_bad_bound_and_is_not_callable_by_clients(installed: TestDB) -> None:
+def test_the_former_name_reconcile_runs_the_sweep(installed: TestDB) -> None:
+    """pg_cron jobs scheduled by earlier versions call profileguard.reconcile(): still a sweep."""
+    set_enabled(installed.settings, False)
+    users = [installed.signup({"full_name": f"Old Job {i}"}) for i in range(3)]
+    set_enabled(installed.settings, True)
+    result = installed.scalar("select profileguard.reconcile(2)")
+    assert result["repaired"] == 2
+    assert sum(has_profile(installed, u) for u in users) == 2
+
+
+def test_sweep_rejects_a_bad_bound_and_is_not_callable_by_clients(installed: TestDB) -> None:
     with installed.connect() as conn, pytest.raises(psycopg.errors.InvalidParameterValue):
-        conn.execute("select profileguard.reconcile(0)")
+        conn.execute("select profileguard.sweep(0)")
     for role in ("anon", "authenticated", "service_role"):
         for function in (
+            "profileguard.sweep(integer, integer)",
             "profileguard.reconcile(integer, integer)",
             "profileguard.note_repair_failure(text, text, text, text, integer,"
             " double precision, double precision, jsonb, text, double precision)",

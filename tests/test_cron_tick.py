@@ -19,7 +19,7 @@ from conftest import TestDB, wait_for
 from pgcluster import INSTALL_HINT, private_cluster
 from psycopg.conninfo import make_conninfo
 from test_cli import cli
-from test_reconcile import missing_profiles
+from test_worker import missing_profiles
 
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
@@ -69,7 +69,7 @@ def finished_runs(db: TestDB) -> list[tuple[str, str]]:
     with db.connect() as conn:
         return conn.execute(
             "select d.status, coalesce(d.return_message, '') from cron.job_run_details d"
-            " join cron.job j using (jobid) where j.jobname = 'profileguard-reconcile'"
+            " join cron.job j using (jobid) where j.jobname = 'profileguard-sweep'"
             " and d.status in ('succeeded', 'failed') order by d.runid"
         ).fetchall()
 
@@ -87,10 +87,9 @@ def test_pg_cron_ticks_the_sweep_and_it_repairs_users(cron_db: TestDB) -> None:
     assert done.returncode == 0, done.stderr
     assert (
         cron_db.scalar(
-            "select schedule || ' ' || command from cron.job"
-            " where jobname = 'profileguard-reconcile'"
+            "select schedule || ' ' || command from cron.job where jobname = 'profileguard-sweep'"
         )
-        == "* * * * * select profileguard.reconcile(10000)"
+        == "* * * * * select profileguard.sweep(10000)"
     )
     cron_db.bulk_signup(USERS)  # the trigger is off: nobody gets a profile at sign-up
     assert missing_profiles(cron_db) == USERS
@@ -115,16 +114,13 @@ def test_pg_cron_ticks_the_sweep_and_it_repairs_users(cron_db: TestDB) -> None:
     )
 
     assert cli(cron_db, "uninstall", "--yes").returncode == 0
-    assert (
-        cron_db.scalar("select count(*) from cron.job where jobname = 'profileguard-reconcile'")
-        == 0
-    )
+    assert cron_db.scalar("select count(*) from cron.job where jobname = 'profileguard-sweep'") == 0
 
 
 def test_sql_renders_the_schedule_and_its_removal(cron_db: TestDB, tmp_path: Path) -> None:
     """`sql --schedule pg_cron` renders what `install --schedule pg_cron` runs, and the rendered
     rollback removes the job, as uninstall does."""
-    job = "select schedule || ' ' || command from cron.job where jobname = 'profileguard-reconcile'"
+    job = "select schedule || ' ' || command from cron.job where jobname = 'profileguard-sweep'"
     done = cli(
         cron_db,
         "sql",
@@ -135,7 +131,7 @@ def test_sql_renders_the_schedule_and_its_removal(cron_db: TestDB, tmp_path: Pat
         "*/5 * * * *",
     )
     assert done.returncode == 0, done.stderr
-    assert "select cron.schedule('profileguard-reconcile', '*/5 * * * *'" in done.stdout
+    assert "select cron.schedule('profileguard-sweep', '*/5 * * * *'" in done.stdout
     assert cron_db.scalar("select to_regclass('cron.job')") is None  # nothing was run
     for name, text in (("install.sql", done.stdout), ("uninstall.sql", None)):
         if text is None:
@@ -153,6 +149,22 @@ def test_sql_renders_the_schedule_and_its_removal(cron_db: TestDB, tmp_path: Pat
         )
         assert applied.returncode == 0, applied.stderr
         if name == "install.sql":
-            assert cron_db.scalar(job) == "*/5 * * * * select profileguard.reconcile(10000)"
+            assert cron_db.scalar(job) == "*/5 * * * * select profileguard.sweep(10000)"
     assert cron_db.scalar(job) is None
     assert cron_db.scalar("select to_regnamespace('profileguard')") is None
+
+
+def test_scheduling_again_replaces_the_job_of_the_former_name(cron_db: TestDB) -> None:
+    """A job an earlier version scheduled (profileguard-reconcile, calling reconcile()) gives way
+    to the sweep's job: one job, never both."""
+    with cron_db.connect() as conn:
+        conn.execute("create extension if not exists pg_cron")
+        conn.execute(
+            "select cron.schedule('profileguard-reconcile', '* * * * *',"
+            " 'select profileguard.reconcile(10000)')"
+        )
+    done = cli(cron_db, "install", "--create-profile-table", "--schedule", "pg_cron")
+    assert done.returncode == 0, done.stderr
+    assert cron_db.scalar("select array_agg(jobname::text order by jobname) from cron.job") == [
+        "profileguard-sweep"
+    ]

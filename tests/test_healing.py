@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from conftest import TestDB, wait_for
-from test_reconcile import fast_worker, has_profile, missing_profiles, running
+from test_worker import fast_worker, has_profile, missing_profiles, running
 
 from profileguard.install import install, set_enabled, uninstall
 from profileguard.repair import Worker

@@ -19,7 +19,7 @@ import pytest
 from conftest import TestDB, wait_for
 from pgbouncer import pgbouncer
 from test_cli import cli
-from test_reconcile import (
+from test_worker import (
     BAD_NAME,
     add_bad_constraint,
     assert_each_repaired_once,

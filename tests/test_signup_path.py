@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from conftest import TestDB, wait_for
-from test_reconcile import fast_worker, running
+from test_worker import fast_worker, running
 
 from profileguard.config import load_settings
 from profileguard.install import install

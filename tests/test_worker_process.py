@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from conftest import TestDB
 from test_cli import cli
-from test_reconcile import (
+from test_worker import (
     BAD_NAME,
     add_bad_constraint,
     assert_each_repaired_once,

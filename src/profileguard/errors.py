@@ -154,7 +154,7 @@ class WeakPasswordError(InvalidRegistrationError):
 class ProfilePendingError(ProfileCreationError):
     """The user was created (the sign-up committed) but the profile could not be: recorded.
 
-    `user` is the created user row; the reconciler or `profileguard ensure` repairs the profile
+    `user` is the created user row; the worker or `profileguard ensure` repairs the profile
     once the cause named in the message is fixed.
     """
 

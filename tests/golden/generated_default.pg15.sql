@@ -443,7 +443,7 @@ $pg$;
 -- `profileguard install --schedule pg_cron`): a look at the catalog and the breakers, then up to
 -- `p_max_rows` users without a profile that are due (not backed off, not held by a breaker, not
 -- claimed by a worker), repaired by the engine. One sweep at a time.
-create or replace function profileguard.reconcile(
+create or replace function profileguard.sweep(
     p_max_rows integer default 10000,
     p_max_attempts integer default 5
 )
@@ -496,6 +496,19 @@ begin
         || case when (v_probe ->> 'probed')::integer > 0 or (v_probe ->> 'closed')::integer > 0
                 then jsonb_build_object('breakers', v_probe) else '{}'::jsonb end;
 end
+$pg$;
+
+-- The sweep's former name: pg_cron jobs scheduled before schema version 16 call it.
+create or replace function profileguard.reconcile(
+    p_max_rows integer default 10000,
+    p_max_attempts integer default 5
+)
+returns jsonb
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select profileguard.sweep(p_max_rows, p_max_attempts)
 $pg$;
 
 -- Retired: the backfill works in physical order (backfill_pages).

@@ -145,7 +145,9 @@ def check_mapping(ctx: Context) -> list[Finding]:
             )
         )
     oid = table_oid(ctx.conn, s.profile)
-    username_rule = plan.guard  # the username rule (Plan.guard in mapping/plan.py): checked apart
+    username_rule = (
+        plan.username_constraints
+    )  # the username rule (Plan.username_constraints in mapping/plan.py): checked apart
     for column_name, sources in plan.mapping.items():
         if username_rule is not None and column_name == username_rule.column:
             continue

@@ -100,7 +100,7 @@ def check_state(ctx: Context) -> list[Finding]:
                 Finding(
                     "no_worker",
                     "info",
-                    "no reconciler worker has run: profiles missed by the trigger are not repaired",
+                    "no worker has run: profiles missed by the trigger are not repaired",
                     {"workers": 0},
                     "profileguard worker",
                 )
@@ -110,7 +110,7 @@ def check_state(ctx: Context) -> list[Finding]:
                 Finding(
                     "worker_down",
                     "warning",
-                    f"no reconciler worker has sent a heartbeat in {WORKER_ALIVE_SECONDS} s",
+                    f"no worker has sent a heartbeat in {WORKER_ALIVE_SECONDS} s",
                     {
                         "workers": workers["workers"],
                         "last_heartbeat": iso(workers["last_heartbeat"]),

@@ -15,7 +15,7 @@ import psycopg
 from profileguard.backfill import faults
 from profileguard.backfill.connections import BatchTimeout
 from profileguard.backfill.model import FAILURE_LIST_LIMIT, Batch, Failure
-from profileguard.backfill.sweep import Pass, Sweep
+from profileguard.backfill.scan import Pass, Scan
 from profileguard.errors import ProfileGuardError
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,15 @@ class Outcome:
 class Handoff:
     """Hands the users of a failed page range to the repair engine (see the module)."""
 
-    def __init__(self, sweep: Sweep):
-        self.sweep = sweep
-        self.db = sweep.db
+    def __init__(self, scan: Scan):
+        self.scan = scan
+        self.db = scan.db
 
     def __call__(
         self, first: int, last: int, error: psycopg.Error, batch: Batch, walk: Pass
     ) -> None:
         """The failed pages' users without a profile go to the engine in chunks."""
-        run_id = self.sweep.report.run_id
+        run_id = self.scan.report.run_id
         stop = faults.from_error(error, run_id)
         if stop is not None:
             raise stop from error
@@ -59,7 +59,7 @@ class Handoff:
             if not walk.catchup:
                 batch.scanned += users
             if quarantined and not walk.catchup:
-                # (The catch-up leaves them out: the sweep counted them, or the worker has
+                # (The catch-up leaves them out: the scan counted them, or the worker has
                 # them: a row written during the run.)
                 self._still_quarantined(quarantined, batch)
             self._repair_all(missing, batch)
@@ -108,7 +108,7 @@ class Handoff:
             outcome = self.db.retrying(self._repair, chunk)
             result = outcome.result
             if result.get("systemic"):
-                raise faults.from_engine(result["systemic"], self.sweep.report.run_id)
+                raise faults.from_engine(result["systemic"], self.scan.report.run_id)
             batch.created += int(result.get("created") or 0)
             batch.failed += int(result.get("failed") or 0)
             batch.quarantined += int(result.get("quarantined") or 0)
@@ -124,7 +124,7 @@ class Handoff:
     def _repair(self, chunk: list[Any]) -> Outcome:
         """One engine call in its own transaction (rolled back in a dry run); then, before it
         ends, the users it charged and the ids it left untried."""
-        report, dry = self.sweep.report, self.sweep.options.dry_run
+        report, dry = self.scan.report, self.scan.options.dry_run
         taken = len(report.sample)
         try:
             with self.db.transaction(rollback=dry) as conn:
@@ -141,8 +141,8 @@ class Handoff:
                 ]
                 created = int(outcome.result.get("created") or 0)
                 if dry:
-                    want = self.sweep.options.sample - len(report.sample)
-                    self.sweep.keep_sample(conn, chunk[: max(0, want)])
+                    want = self.scan.options.sample - len(report.sample)
+                    self.scan.keep_sample(conn, chunk[: max(0, want)])
                 elif created:
                     conn.execute(self.db.q("add_created"), {"id": report.run_id, "n": created})
         except psycopg.Error:

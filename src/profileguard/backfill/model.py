@@ -136,7 +136,8 @@ class Report:
     total_estimate: int = 0
     # The heap page reached (exclusive) in the current phase.
     cursor: str | None = None
-    # 'sweep' (the pages in order), then 'catchup' (rows written since the run began).
+    # 'sweep' (stored name of the scan: the pages in order), then 'catchup' (rows written since the
+    # run began).
     phase: str | None = "sweep"
     failures: list[dict[str, Any]] = field(default_factory=list)
     failures_truncated: bool = False

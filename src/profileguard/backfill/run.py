@@ -1,4 +1,4 @@
-"""One backfill run from start (or resume) to its end state: the sweep, then the catch-up, each
+"""One backfill run from start (or resume) to its end state: the scan, then the catch-up, each
 batch checkpointed in page order, the profile table analyzed as it grows."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from profileguard.backfill.connections import Connections
 from profileguard.backfill.handoff import Handoff
 from profileguard.backfill.model import BackfillStoppedError, Batch, Options, Progress, Report
 from profileguard.backfill.registry import Registry, Start
+from profileguard.backfill.scan import Pass, Scan
 from profileguard.backfill.sizing import Sizer
-from profileguard.backfill.sweep import Pass, Sweep
 from profileguard.config import Settings
 from profileguard.db import connection_lost, translate
 
@@ -94,29 +94,29 @@ class Backfill:
         return report
 
     def _phases(self, report: Report, start: Start) -> None:
-        """The sweep over the heap pages from the cursor, then the catch-up over the rows
+        """The scan over the heap pages from the cursor, then the catch-up over the rows
         written since the run began (every row if the table was rewritten meanwhile)."""
         assert self.registry.identity is not None
-        sweep = Sweep(
+        scan = Scan(
             self.db, self.options, self.sizer, report, self.stop_event, str(self.registry.identity)
         )
-        sweep.failed = Handoff(sweep)
-        _, heap_file, per_page = self.db.retrying(sweep.heap)
+        scan.failed = Handoff(scan)
+        _, heap_file, per_page = self.db.retrying(scan.heap)
         self.sizer.per_page = per_page or 50.0
         if report.phase != "catchup":
-            sweep.walk(Pass(), lambda b, p: self._done(report, b, p, False))
+            scan.walk(Pass(), lambda b, p: self._done(report, b, p, False))
             if self.stop_event.is_set() or self.options.dry_run:
                 return
             self.db.retrying(self._set_phase, report, "catchup")
             report.phase, report.cursor = "catchup", None
-        _, heap_file, _ = self.db.retrying(sweep.heap)
+        _, heap_file, _ = self.db.retrying(scan.heap)
         all_rows = start.heap_file is None or heap_file != start.heap_file
         if all_rows:
             log.warning(
                 "the users table was rewritten during the run; the catch-up reads every row"
             )
         walk = Pass(catchup=True, since=None if all_rows else start.since, all_rows=all_rows)
-        sweep.walk(walk, lambda b, p: self._done(report, b, p, True))
+        scan.walk(walk, lambda b, p: self._done(report, b, p, True))
 
     def _set_phase(self, report: Report, phase: str) -> None:
         with self.db.transaction() as conn:

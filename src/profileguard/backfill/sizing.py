@@ -14,7 +14,7 @@ ADAPT_FACTOR = 2.0
 
 
 class Sizer:
-    """The batch size of a run: rows per sweep batch, rows per page, pages per catch-up batch."""
+    """The batch size of a run: rows per scan batch, rows per page, pages per catch-up batch."""
 
     def __init__(self, options: Options, size: int | None = None):
         self.options = options

@@ -47,7 +47,7 @@ ScheduleOption = Annotated[
     str | None,
     typer.Option(
         "--schedule",
-        help="'pg_cron': also schedule the in-database sweep profileguard.reconcile() "
+        help="'pg_cron': also schedule the in-database sweep profileguard.sweep() "
         "(for hosts where no worker process can run).",
     ),
 ]

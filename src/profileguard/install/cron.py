@@ -11,13 +11,17 @@ from profileguard import sql as sqlfiles
 from profileguard.errors import ConfigError
 from profileguard.install.run import InstallResult, Recorder
 
-CRON_JOB = "profileguard-reconcile"
+CRON_JOB = "profileguard-sweep"
+# The job's name before schema version 16 (it called profileguard.reconcile(), an alias now):
+# scheduling again replaces it.
+FORMER_CRON_JOB = "profileguard-reconcile"
 CRON_MAX_ROWS = 10_000
 CRON_SCHEDULE = re.compile(r"(\S+\s+){4}\S+|[1-9][0-9]? seconds")
 
 
 def schedule_sweep(rec: Recorder, schedule: str, result: InstallResult) -> None:
-    """Schedule profileguard.reconcile() with pg_cron (idempotent: the job is named)."""
+    """Schedule profileguard.sweep() with pg_cron (idempotent: the job is named); a job of the
+    former name is unscheduled."""
     if not CRON_SCHEDULE.fullmatch(schedule.strip()):
         raise ConfigError(
             f"--cron-schedule: {schedule!r} is not a cron schedule",
@@ -36,14 +40,18 @@ def schedule_sweep(rec: Recorder, schedule: str, result: InstallResult) -> None:
         )
     rec.run("create extension if not exists pg_cron")
     rec.run(
+        sql.SQL("select cron.unschedule(j.jobid) from cron.job j where j.jobname = {}").format(
+            sql.Literal(FORMER_CRON_JOB)
+        )
+    )
+    rec.run(
         sql.SQL("select cron.schedule({}, {}, {})").format(
             sql.Literal(CRON_JOB),
             sql.Literal(schedule.strip()),
-            sql.Literal(f"select profileguard.reconcile({CRON_MAX_ROWS})"),
+            sql.Literal(f"select profileguard.sweep({CRON_MAX_ROWS})"),
         )
     )
     result.notes.append(
-        f"pg_cron job {CRON_JOB!r} runs profileguard.reconcile({CRON_MAX_ROWS}) "
-        f"on '{schedule.strip()}'"
+        f"pg_cron job {CRON_JOB!r} runs profileguard.sweep({CRON_MAX_ROWS}) on '{schedule.strip()}'"
     )
     result.changed = True

@@ -135,8 +135,8 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
-    # The username rule the mapping derived from the profile table (Plan.guard in mapping/plan.py).
-    username_rule = plan.guard
+    # What the profile table demands of a username, as the mapping read it (mapping/plan.py).
+    username_rule = plan.username_constraints
     if username_rule is not None:
         result.warnings.extend(username_rule.ignored)
         for name, body in username_rule.checks:

@@ -60,9 +60,9 @@ def render_generated(plan: Plan) -> sql.Composed:
         **parts,
         identity_text=sql.Literal(str(settings.identity)),
         identity_key_text=sql.Literal(settings.identity.key),
-        # Named {guard} in generated.sql: whether a unique violation is retried with the forced
-        # username suffix (true when the mapping has a username rule, Plan.guard), else raised.
-        guard=sql.SQL("true" if plan.guard else "false"),
+        # Whether a unique violation is retried with the forced username suffix (the mapping has
+        # a username rule), else raised.
+        retry_forced=sql.SQL("true" if plan.username_constraints else "false"),
         lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
         record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
         insert_new=insert_statement(plan, source=new_rows, optimistic=True),

@@ -24,8 +24,8 @@ def columns_used(plan: Plan) -> ColumnsUsed:
     sync = build_sync(plan)
     identity = [plan.settings.identity.key]
     identity += [source.column for sources in plan.mapping.values() for source in sources]
-    if plan.guard is not None and plan.guard.provider is not None:
-        identity.append(plan.guard.provider.column)
+    if plan.username_constraints is not None and plan.username_constraints.provider is not None:
+        identity.append(plan.username_constraints.provider.column)
     identity += sync.watched
     if sync.deleted_column is not None:
         identity.append(sync.deleted_column)

@@ -22,7 +22,7 @@ from profileguard.mapping.plan import (
     USERNAME_FALLBACK,
     Plan,
     UniqueKey,
-    UsernameGuard,
+    UsernameConstraints,
     _cast,
     _coalesced,
     _coalesced_as,
@@ -59,7 +59,12 @@ def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
 
 
 def clean_username(
-    expr: sql.Composable, guard: UsernameGuard, *, lowercase: bool, limit: int, cut: bool = True
+    expr: sql.Composable,
+    constraints: UsernameConstraints,
+    *,
+    lowercase: bool,
+    limit: int,
+    cut: bool = True,
 ) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
@@ -74,26 +79,26 @@ def clean_username(
     )
     # Normalized after the removal (a removed character may have kept two others apart) and
     # before the trim (NFKC turns ideographic and other wide spaces into plain ones).
-    if guard.nfkc:
+    if constraints.nfkc:
         value = sql.SQL("normalize({}, NFKC)").format(value)
     spaces = _char_class(SPACE_CATEGORIES)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
         value, sql.Literal(f"^{spaces}+|{spaces}+$")
     )
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
-        value = _lower(value, guard)
+        value = _lower(value, constraints)
     # Printable ASCII without surrounding spaces is already clean: most names skip the work.
-    plain_ascii = _lower(expr, guard) if lowercase else expr
+    plain_ascii = _lower(expr, constraints) if lowercase else expr
     value = sql.SQL(
         "case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
     ).format(cut=expr, ascii=plain_ascii, value=value)
     return sql.SQL("nullif({}, '')").format(value)
 
 
-def _lower(value: sql.Composable, guard: UsernameGuard) -> sql.Composable:
+def _lower(value: sql.Composable, constraints: UsernameConstraints) -> sql.Composable:
     # lower() under the C collation leaves non-ASCII letters alone: use a Unicode one.
-    if guard.lower_collation:
-        return sql.SQL("lower({} collate {})").format(value, sql.SQL(guard.lower_collation))
+    if constraints.lower_collation:
+        return sql.SQL("lower({} collate {})").format(value, sql.SQL(constraints.lower_collation))
     return sql.SQL("lower({})").format(value)
 
 
@@ -112,12 +117,14 @@ def _expr_with(text: str, column: str, value: sql.Composable) -> sql.Composable:
 class _Names:
     """SQL pieces of the username candidates for one plan (see `_username_outer`)."""
 
-    def __init__(self, plan: Plan, guard: UsernameGuard, *, lean: bool = False):
+    def __init__(self, plan: Plan, constraints: UsernameConstraints, *, lean: bool = False):
         self.plan = plan
-        self.guard = guard
+        self.username_constraints = constraints
         self.policy = plan.settings.username
-        self.column = plan.profile.columns[guard.column]
-        self.max = guard.max_length if guard.max_length is not None else self.policy.max_length
+        self.column = plan.profile.columns[constraints.column]
+        self.max = (
+            constraints.max_length if constraints.max_length is not None else self.policy.max_length
+        )
         # The signup trigger's first try: tests the lengths of its candidates prove are left
         # out, and a name short enough is not cut (each test is evaluated, and each expression
         # set up, once more per signup).
@@ -172,14 +179,16 @@ class _Names:
         if not self.policy.reserved:
             return sql.SQL("false")
         names = sorted({n.lower() for n in self.policy.reserved})
-        return sql.SQL("{} = any({}::text[])").format(_lower(value, self.guard), sql.Literal(names))
+        return sql.SQL("{} = any({}::text[])").format(
+            _lower(value, self.username_constraints), sql.Literal(names)
+        )
 
     def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
         """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK).
         `lengths`: the fewest and most characters the candidate can have (when `lean`, a length
         test they prove is left out)."""
         typed = self.typed(value)
-        low, high = self.guard.min_length or 1, self.max
+        low, high = self.username_constraints.min_length or 1, self.max
         tests: list[sql.Composable] = []
         if not self.lean or lengths is None or (lengths[0] < low and lengths[1] > high):
             tests.append(
@@ -193,11 +202,13 @@ class _Names:
             tests.append(sql.SQL("char_length({}) <= {}").format(value, sql.Literal(high)))
         if self.policy.pattern is not None:
             tests.append(sql.SQL("{} ~ {}").format(value, sql.Literal(self.policy.pattern)))
-        for _, body in self.guard.checks:
+        for _, body in self.username_constraints.checks:
             if self.lean and self._implied(body, low, high):
                 continue
             tests.append(
-                sql.SQL("coalesce(({}), true)").format(_expr_with(body, self.guard.column, typed))
+                sql.SQL("coalesce(({}), true)").format(
+                    _expr_with(body, self.username_constraints.column, typed)
+                )
             )
         if not tests:
             return sql.SQL("true")
@@ -210,19 +221,19 @@ class _Names:
             self.column.type.startswith("character varying(")
         ):
             return False
-        bounds = _length_bounds(body, self.guard.column)
+        bounds = _length_bounds(body, self.username_constraints.column)
         return bounds is not None and low >= bounds[0] and high <= bounds[1]
 
     def key(self, key: UniqueKey, value: sql.Composable) -> sql.Composable:
         """The unique key the index would store for the candidate."""
-        expr = _expr_with(key.key, self.guard.column, self.typed(value))
+        expr = _expr_with(key.key, self.username_constraints.column, self.typed(value))
         if key.collation:
             return sql.SQL("({}) collate {}").format(expr, sql.SQL(key.collation))
         return expr
 
     def taken(self, value: sql.Composable) -> sql.Composable:
         """An existing profile holds the candidate's key in one of the unique indexes."""
-        keys = self.guard.keys
+        keys = self.username_constraints.keys
         if not keys:
             return sql.SQL("false")
         profile = sql.Identifier(self.plan.profile.ref.schema, self.plan.profile.ref.name)
@@ -247,7 +258,9 @@ class _Provenance:
     vouched_first: bool  # the names a provider writes come first anyway: no reordering needed
 
 
-def _provenance(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -> _Provenance:
+def _provenance(
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...]
+) -> _Provenance:
     policy = plan.settings.username
     names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
     # Names read from the metadata a provider writes; an email's local part is the user's.
@@ -255,10 +268,10 @@ def _provenance(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -
         j for j, source in enumerate(sources) if source.path and source.transform != "localpart"
     ]
     vouchable = [names[j] for j in vouchable_at]
-    fallback = sql.Literal(USERNAME_FALLBACK) if guard.not_null else sql.NULL
+    fallback = sql.Literal(USERNAME_FALLBACK) if constraints.not_null else sql.NULL
     everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
     oauth = None
-    if guard.provider is not None:
+    if constraints.provider is not None:
         oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}::text[]))").format(
             sql.Literal(sorted(policy.unverified_providers))
         )
@@ -274,12 +287,14 @@ def _provenance(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -
     )
 
 
-def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...]) -> sql.Composable:
+def _username_raw(
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...]
+) -> sql.Composable:
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
     they come first in the mapping anyway, as in the default one: one CASE fewer to set up)."""
-    p = _provenance(plan, guard, sources)
+    p = _provenance(plan, constraints, sources)
     if p.oauth is None or p.vouched_first:
         return p.everything
     return sql.SQL(
@@ -288,7 +303,11 @@ def _username_raw(plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...])
 
 
 def _username_layers(
-    plan: Plan, guard: UsernameGuard, sources: tuple[Source, ...], *, optimistic: bool = False
+    plan: Plan,
+    constraints: UsernameConstraints,
+    sources: tuple[Source, ...],
+    *,
+    optimistic: bool = False,
 ) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
     """Columns of the innermost select (each source as text; the provider), of the one above it
     (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
@@ -301,11 +320,11 @@ def _username_layers(
         sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
         for j, source in enumerate(sources)
     ]
-    if guard.provider is None:
+    if constraints.provider is None:
         inner.append(sql.SQL("null::text as pg_provider"))
     else:
-        inner.append(sql.SQL("{} as pg_provider").format(source_expr(guard.provider)))
-    p = _provenance(plan, guard, sources)
+        inner.append(sql.SQL("{} as pg_provider").format(source_expr(constraints.provider)))
+    p = _provenance(plan, constraints, sources)
     any_name = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(p.names))
     trusted: sql.Composable
     if p.oauth is None or policy.unverified == "plain":
@@ -314,16 +333,16 @@ def _username_layers(
         trusted = sql.SQL(
             "case when a.pg_provider is null then {} when {} then {} is not null else false end"
         ).format(any_name, p.oauth, p.vouched)
-    limit = guard.max_length or policy.max_length
-    raw = _username_raw(plan, guard, sources)
+    limit = constraints.max_length or policy.max_length
+    raw = _username_raw(plan, constraints, sources)
     cleaned = clean_username(
         sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"),
-        guard,
+        constraints,
         lowercase=policy.lowercase,
         limit=limit,
         cut=not optimistic,
     )
-    if guard.not_null:
+    if constraints.not_null:
         fallback = sql.Literal(USERNAME_FALLBACK)
         cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
     if optimistic:
@@ -383,16 +402,16 @@ def _restricts_characters(body: str, column: str) -> bool:
     return bool(re.sub(r"(?i)\bAND\b|[()\s]", "", rest))
 
 
-def _restricted(plan: Plan, guard: UsernameGuard) -> bool:
+def _restricted(plan: Plan, constraints: UsernameConstraints) -> bool:
     """The policy's pattern or a CHECK restricts the characters of a name (not only its length):
     names reduced to [a-z0-9_] are candidates too."""
     return plan.settings.username.pattern is not None or any(
-        _restricts_characters(body, guard.column) for _, body in guard.checks
+        _restricts_characters(body, constraints.column) for _, body in constraints.checks
     )
 
 
 def _username_outer(
-    plan: Plan, guard: UsernameGuard, *, forced: bool, optimistic: bool = False
+    plan: Plan, constraints: UsernameConstraints, *, forced: bool, optimistic: bool = False
 ) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
@@ -413,25 +432,27 @@ def _username_outer(
     rare; the retry after the unique violation finds it): every lookup is one more subplan to
     start for each single-row sign-up.
     """
-    n = _Names(plan, guard, lean=optimistic)
+    n = _Names(plan, constraints, lean=optimistic)
     base = sql.SQL("c.pg_base")
     plain = sql.SQL("c.pg_plain") if optimistic else n.plain(base)
     any_base = n.suffixed_lengths(None)
-    restricted = _restricted(plan, guard)
+    restricted = _restricted(plan, constraints)
     free_plain = sql.SQL("c.pg_trusted and not {} and {}").format(
         n.reserved(plain), n.ok(plain, (1, n.max))
     )
-    if optimistic and _hash_inline(plan, guard):
+    if optimistic and _hash_inline(plan, constraints):
         # The suffixed name is the only other candidate: the key is hashed right there.
         final = sql.SQL("case when c.pg_base is null then null when {} then {} else {} end").format(
             free_plain, plain, n.suffixed(base, hashed=sql.SQL("md5(c.pg_key::text)"))
         )
         return free_plain, n.typed(final)
     slug = sql.SQL("nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')").format(
-        _lower(base, guard)
+        _lower(base, constraints)
     )
     steps: list[tuple[sql.Composable, sql.Composable]] = []
-    partitions = [n.key(k, plain) for k in guard.keys] or ([plain] if guard.unique else [])
+    partitions = [n.key(k, plain) for k in constraints.keys] or (
+        [plain] if constraints.unique else []
+    )
     windows = (
         [
             sql.SQL("row_number() over (partition by c.pg_free, {} order by c.pg_key) = 1").format(
@@ -482,7 +503,7 @@ def _username_outer(
         steps.append(
             (acceptable(candidate, n.suffixed_lengths(USERNAME_FALLBACK, digits)), candidate)
         )
-    last: sql.Composable = second if guard.not_null else sql.NULL
+    last: sql.Composable = second if constraints.not_null else sql.NULL
     chain = sql.SQL(" ").join(
         sql.SQL("when {} then {}").format(cond, value) for cond, value in steps
     )
@@ -493,13 +514,13 @@ def _username_outer(
     return free.format(n.reserved(plain_b), n.ok(plain_b), n.taken(plain_b)), n.typed(final)
 
 
-def _hash_inline(plan: Plan, guard: UsernameGuard) -> bool:
+def _hash_inline(plan: Plan, constraints: UsernameConstraints) -> bool:
     """Whether the optimistic insert's one candidate after the plain name is the suffixed
     name, acceptable by its length alone: its outer select then hashes the key itself (one
     select fewer to set up per signup, and still one md5 per name not given plainly)."""
-    n = _Names(plan, guard, lean=True)
+    n = _Names(plan, constraints, lean=True)
     second = n.ok(n.suffixed(sql.SQL("c.pg_base")), n.suffixed_lengths(None))
-    return not _restricted(plan, guard) and second == sql.SQL("true")
+    return not _restricted(plan, constraints) and second == sql.SQL("true")
 
 
 def insert_statement(
@@ -526,7 +547,7 @@ def insert_statement(
     violation, and the trigger's forced retry does both; its selects are `_optimistic_layers`.
     """
     settings = plan.settings
-    guard = plan.guard
+    constraints = plan.username_constraints
     inner_cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(settings.identity.key))
     ]
@@ -539,12 +560,14 @@ def insert_statement(
     late = _late_columns(plan) if optimistic else False
     for index, (column, sources) in enumerate(plan.mapping.items()):
         targets.append(sql.Identifier(column))
-        if guard is not None and column == guard.column:
-            inner, raw, middle = _username_layers(plan, guard, sources, optimistic=optimistic)
+        if constraints is not None and column == constraints.column:
+            inner, raw, middle = _username_layers(plan, constraints, sources, optimistic=optimistic)
             inner_cols.extend(inner)
             raw_cols.extend(raw)
             middle_cols.extend(middle)
-            _, final = _username_outer(plan, guard, forced=force_suffix, optimistic=optimistic)
+            _, final = _username_outer(
+                plan, constraints, forced=force_suffix, optimistic=optimistic
+            )
             outer_cols.append(final)
             continue
         outer_cols.append(
@@ -554,10 +577,10 @@ def insert_statement(
         )
     # (columns, alias) of each select, innermost first; OFFSET 0 keeps each one a select.
     layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
-    if guard is not None and guard.column in plan.mapping and optimistic:
-        layers += _optimistic_layers(plan, guard, carried, raw_cols[1:], middle_cols[1:])
-    elif guard is not None and guard.column in plan.mapping:
-        free, _ = _username_outer(plan, guard, forced=force_suffix)
+    if constraints is not None and constraints.column in plan.mapping and optimistic:
+        layers += _optimistic_layers(plan, constraints, carried, raw_cols[1:], middle_cols[1:])
+    elif constraints is not None and constraints.column in plan.mapping:
+        free, _ = _username_outer(plan, constraints, forced=force_suffix)
         free_cols.append(sql.SQL("{} as pg_free").format(free))
         free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
         layers += [(raw_cols, "a"), (middle_cols, "b"), (free_cols, "c")]
@@ -618,14 +641,14 @@ def _late_columns(plan: Plan) -> bool:
     """Whether the optimistic insert computes the columns other than the username in its outer
     select, from the identity columns they read passed up as they are (one jsonb for the
     default mapping's two columns): not when one is named like the selects' own columns."""
-    guard = plan.guard
+    constraints = plan.username_constraints
     return (
-        guard is not None
-        and guard.column in plan.mapping
+        constraints is not None
+        and constraints.column in plan.mapping
         and not any(
             source.column.startswith("pg_")
             for column, sources in plan.mapping.items()
-            if column != guard.column
+            if column != constraints.column
             for source in sources
         )
     )
@@ -633,7 +656,7 @@ def _late_columns(plan: Plan) -> bool:
 
 def _optimistic_layers(
     plan: Plan,
-    guard: UsernameGuard,
+    constraints: UsernameConstraints,
     carried: list[sql.Identifier],
     raw: list[sql.Composable],
     middle: list[sql.Composable],
@@ -646,8 +669,8 @@ def _optimistic_layers(
     next `c` hashes the key only when the plain name is not free (`pg_hash` NULL says it is;
     left out when the outer select can hash it, see `_hash_inline`), and each select passes up
     only the columns used above it."""
-    names = _Names(plan, guard, lean=True)
-    free, _ = _username_outer(plan, guard, forced=False, optimistic=True)
+    names = _Names(plan, constraints, lean=True)
+    free, _ = _username_outer(plan, constraints, forced=False, optimistic=True)
 
     def passed(alias: str, *extra: str) -> list[sql.Composable]:
         idents = [*carried, *(sql.Identifier(name) for name in extra)]
@@ -664,7 +687,7 @@ def _optimistic_layers(
             "c",
         ),
     ]
-    if _hash_inline(plan, guard):
+    if _hash_inline(plan, constraints):
         return layers
     return [
         *layers,
@@ -677,7 +700,7 @@ def _optimistic_layers(
                     "c",
                     "pg_base",
                     "pg_plain",
-                    *(["pg_trusted"] if _restricted(plan, guard) else []),
+                    *(["pg_trusted"] if _restricted(plan, constraints) else []),
                 ),
                 sql.SQL("case when {} then null else md5(c.pg_key::text) end as pg_hash").format(
                     free

@@ -36,7 +36,7 @@ class UniqueKey:
 
 
 @dataclass(frozen=True)
-class UsernameGuard:
+class UsernameConstraints:
     """How derived usernames are cleaned, checked against the table and kept unique."""
 
     column: str
@@ -61,7 +61,7 @@ class Plan:
     profile: TableFacts
     mapping: Mapping[str, tuple[Source, ...]]
     key_type: str
-    guard: UsernameGuard | None
+    username_constraints: UsernameConstraints | None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -150,21 +150,21 @@ def build_plan(
             hint="the profile key must have the same type as the identity key",
         )
     mapping, notes = _resolve_sources(settings, identity, profile)
-    guard = None
+    constraints = None
     ucol = settings.username_column
     if ucol and ucol in mapping and profile.columns[ucol].is_text:
-        guard = _username_guard(conn, settings, identity, profile, ucol)
-        notes.extend(f"username: {text}" for text in guard.ignored)
-    return Plan(settings, identity, profile, mapping, key_type, guard, tuple(notes))
+        constraints = _username_constraints(conn, settings, identity, profile, ucol)
+        notes.extend(f"username: {text}" for text in constraints.ignored)
+    return Plan(settings, identity, profile, mapping, key_type, constraints, tuple(notes))
 
 
-def _username_guard(
+def _username_constraints(
     conn: psycopg.Connection,
     settings: Settings,
     identity: TableFacts,
     profile: TableFacts,
     ucol: str,
-) -> UsernameGuard:
+) -> UsernameConstraints:
     """What the table demands of `ucol` (unique keys, checks, length) and the policy adds."""
     policy = settings.username
     column = profile.columns[ucol]
@@ -189,7 +189,7 @@ def _username_guard(
     row = conn.execute("select current_setting('server_encoding')").fetchone()
     nfkc = bool(row and row[0] == "UTF8")
     found = conn.execute(sqlfiles.query("unicode_collation")).fetchone()
-    return UsernameGuard(
+    return UsernameConstraints(
         column=ucol,
         unique=bool(facts.keys) or ucol in profile.unique,
         min_length=low,

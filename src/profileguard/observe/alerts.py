@@ -202,7 +202,7 @@ class AlertManager:
 class MonitorLoop:
     """Runs the full sweep every refresh interval and evaluates alerts every evaluation interval,
     in a daemon thread; database errors are logged and retried, never raised.
-    The reconciler worker can run one beside itself (`MonitorLoop(settings).start()`)."""
+    The worker can run one beside itself (`MonitorLoop(settings).start()`)."""
 
     def __init__(self, settings: Settings, *, manager: AlertManager | None = None):
         self.settings = settings

@@ -162,10 +162,10 @@ def _worker(stats: dict[str, Any], cfg: AlertSettings) -> Condition:
     live = int(stats.get("live_workers") or 0)
     registered = len(stats.get("workers") or [])
     if registered == 0 and not cfg.worker_required:
-        message = "no reconciler worker registered (alerts.worker_required is off)"
+        message = "no worker registered (alerts.worker_required is off)"
     else:
         message = (
-            f"{live} of {registered} registered reconciler workers are live (heartbeat within "
+            f"{live} of {registered} registered workers are live (heartbeat within "
             f"{cfg.worker_heartbeat_max_age_seconds:.0f}s)"
             + ("" if live else "; start one: profileguard worker")
         )
@@ -218,8 +218,8 @@ RULES: tuple[Rule, ...] = (
         "degraded",
     ),
     Rule("success_rate", "warning", "trigger success rate below the minimum", _success),
-    Rule("quarantine", "warning", "users quarantined by the reconciler", _quarantine),
-    Rule("no_live_worker", "warning", "no reconciler worker has a fresh heartbeat", _worker),
+    Rule("quarantine", "warning", "users quarantined by the worker", _quarantine),
+    Rule("no_live_worker", "warning", "no worker has a fresh heartbeat", _worker),
     Rule("backfill_stalled", "warning", "a running backfill stopped progressing", _backfill),
     Rule("drift", "warning", "profiles out of step with their users", _drift),
 )

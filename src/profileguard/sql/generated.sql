@@ -128,7 +128,7 @@ begin
         insert into profileguard.events (kind, source, user_id)
         select 'repair', p_source, c.{profile_key}::text from created c;
     exception when unique_violation then
-        if not {guard} then
+        if not {retry_forced} then
             raise;
         end if;
         with created as ({insert_ids_forced} returning {profile_key})
@@ -428,7 +428,7 @@ $pg$;
 -- `profileguard install --schedule pg_cron`): a look at the catalog and the breakers, then up to
 -- `p_max_rows` users without a profile that are due (not backed off, not held by a breaker, not
 -- claimed by a worker), repaired by the engine. One sweep at a time.
-create or replace function profileguard.reconcile(
+create or replace function profileguard.sweep(
     p_max_rows integer default 10000,
     p_max_attempts integer default 5
 )
@@ -483,6 +483,19 @@ begin
 end
 $pg$;
 
+-- The sweep's former name: pg_cron jobs scheduled before schema version 16 call it.
+create or replace function profileguard.reconcile(
+    p_max_rows integer default 10000,
+    p_max_attempts integer default 5
+)
+returns jsonb
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select profileguard.sweep(p_max_rows, p_max_attempts)
+$pg$;
+
 -- Retired: the backfill works in physical order (backfill_pages).
 drop function if exists profileguard.backfill_range({key_type}, {key_type}, bigint);
 
@@ -534,7 +547,7 @@ begin
         end if;
         get diagnostics v_count = row_count;
     exception when unique_violation then
-        if not {guard} then
+        if not {retry_forced} then
             raise;
         end if;
         if v_catchup then

@@ -11,7 +11,8 @@ do $pg$
 begin
     -- the sweep scheduled by `install --schedule pg_cron`, if any
     if pg_catalog.to_regclass('cron.job') is not null then
-        perform cron.unschedule(j.jobid) from cron.job j where j.jobname = 'profileguard-reconcile';
+        perform cron.unschedule(j.jobid) from cron.job j
+        where j.jobname in ('profileguard-sweep', 'profileguard-reconcile');
     end if;
 end
 $pg$;

@@ -5,7 +5,7 @@ alive), `/readyz` (database reachable, schema installed with monitoring, trigger
 `/metrics` (Prometheus text format), `/api/status`, `/api/events` (paginated audit trail),
 `/api/history`, `/api/quarantine`, `/openapi.json` and `/docs` (rendered offline). With a token,
 `/metrics` and `/api/*` need `Authorization: Bearer TOKEN`; the probes and the static pages don't.
-Every request passes guard.py first: a Host the server does not serve is refused, and every
+Every request passes middleware.py first: a Host the server does not serve is refused, and every
 response carries the security headers.
 """
 
@@ -43,7 +43,7 @@ from profileguard.errors import (
 from profileguard.installation import TRIGGER_NAME
 from profileguard.redaction import redact_row
 from profileguard.web import metrics
-from profileguard.web.guard import Guard, HostRule, is_loopback, page_policy
+from profileguard.web.middleware import HostRule, SecurityMiddleware, is_loopback, page_policy
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -101,7 +101,7 @@ def create_app(
     """The application; with `alerts`, a background loop refreshes the counts and evaluates
     the alert rules while it runs. Failure messages are reduced to SQLSTATE, constraint and
     column names unless `show_details`. Requests are served for the names of `host` (the
-    address it is bound to) and `allowed_hosts` only (guard.HostRule)."""
+    address it is bound to) and `allowed_hosts` only (middleware.HostRule)."""
     if token is not None and not token.strip():
         raise ConfigError("the API token is empty", hint="pass a non-empty token or None")
 
@@ -131,7 +131,7 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, rule=HostRule.of(host, allowed_hosts))
+    app.add_middleware(SecurityMiddleware, rule=HostRule.of(host, allowed_hosts))
     connection = _connector(pool)
     auth = [Depends(_bearer(token))]
     _pages(app)

@@ -196,7 +196,7 @@ class StatsCollector(Collector):
             ),
             _gauge(
                 "profileguard_quarantined_users",
-                "Users the reconciler gave up on",
+                "Users the worker gave up on",
                 num("quarantined"),
             ),
             _gauge(
@@ -204,12 +204,12 @@ class StatsCollector(Collector):
             ),
             _gauge(
                 "profileguard_live_workers",
-                "Reconciler workers with a fresh heartbeat",
+                "Workers with a fresh heartbeat",
                 num("live_workers"),
             ),
             _gauge(
                 "profileguard_registered_workers",
-                "Reconciler workers registered",
+                "Workers registered",
                 len(s.get("workers") or []),
             ),
             _gauge(

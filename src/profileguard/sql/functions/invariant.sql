@@ -2,7 +2,7 @@
 --
 --
 -- The trigger records every user it fails; users it never sees (trigger disabled,
--- session_replication_role = replica, COPY by a restore) were found only by the full sweep of
+-- session_replication_role = replica, COPY by a restore) were found only by the full recount of
 -- refresh_stats(), every few minutes. `check_invariant()` finds them within seconds, without an
 -- index on the identity table (hosted Supabase allows none on auth.users):
 --
@@ -21,7 +21,7 @@
 --
 -- What it finds goes into missing_profiles (with first_seen_at and a found_seq the worker
 -- follows through `found_missing()`); stats() runs it when the last check is older than ~2 s, so
--- `status`, /metrics and serve's loop all keep it current. The full sweep remains the backstop.
+-- `status`, /metrics and serve's loop all keep it current. The full recount remains the backstop.
 
 -- One pass over the identity table: rows in blocks >= p_from_block (null: all) whose xmin is not
 -- older than p_since (null: any), anti-joined to the profile table; those without a profile go
@@ -137,7 +137,7 @@ as $pg$
 $pg$;
 
 -- The bounded frequent check (see the top of this file). Does nothing when the last check is
--- younger than p_min_interval or another session checks or sweeps right now. Returns what it did.
+-- younger than p_min_interval or another session checks or recounts right now. Returns what it did.
 create or replace function profileguard.check_invariant(p_min_interval interval default '2 seconds')
 returns jsonb
 language plpgsql
@@ -168,7 +168,7 @@ begin
     if st.checked_at > now() - p_min_interval then
         return null;
     end if;
-    -- The sweep's lock: a check and a full sweep never run at once (the sweep sees it all).
+    -- The recount's lock: a check and a full recount never run at once (the recount sees it all).
     if not pg_try_advisory_xact_lock(hashtext('profileguard.refresh_stats')) then
         return null;
     end if;
@@ -270,7 +270,7 @@ begin
 end
 $pg$;
 
--- Users the checks and sweeps found without a profile and that still have none, after the cursor
+-- Users the checks and recounts found without a profile and that still have none, after the cursor
 -- `p_after` (a found_seq), oldest finding first: what the worker repairs. Pass the largest
 -- found_seq returned to get only those found since.
 create or replace function profileguard.found_missing(p_after bigint default 0, p_limit integer default 500)

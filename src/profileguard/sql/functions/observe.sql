@@ -1,15 +1,15 @@
--- Observability: cheap figures at any table size, the full sweep, the verdict.
+-- Observability: cheap figures at any table size, the full recount, the verdict.
 --
--- A full sweep (`refresh_stats()`, run periodically by `profileguard serve` or on demand) counts
+-- A full recount (`refresh_stats()`, run periodically by `profileguard serve` or on demand) counts
 -- users, finds every user without a profile (kept in `missing_profiles`) and folds the audit trail
--- into `event_totals` up to a horizon no open transaction can still write before. Between sweeps
+-- into `event_totals` up to a horizon no open transaction can still write before. Between recounts
 -- `stats()` adds only what happened since: identity inserts/deletes from the statistics collector,
 -- failure events after the horizon, and a re-check of the known missing users by primary key.
 -- Nothing here runs on the signup path. Nothing is granted to anyone (see privileges.sql).
 --
--- Limits, by design: between sweeps `users` follows the statistics collector, which publishes a
+-- Limits, by design: between recounts `users` follows the statistics collector, which publishes a
 -- session's inserts within about a second (idle sessions up to ~10 s later), so it can be off by
--- the signups of the last seconds until the next sweep (`users_exact` says whether it moved).
+-- the signups of the last seconds until the next recount (`users_exact` says whether it moved).
 -- The horizon waits for the oldest open transaction in this database that the owner can see in
 -- pg_stat_activity (superuser or pg_read_all_stats); a session idle in a transaction for hours
 -- keeps later events in the cheap-read part, which then grows with the audit trail.
@@ -67,10 +67,10 @@ begin
 end
 $pg$;
 
--- The full sweep: exact counts, the set of users without a profile, audit totals up to a safe
+-- The full recount: exact counts, the set of users without a profile, audit totals up to a safe
 -- horizon. Costs a scan of the identity table; run it every few minutes, not per scrape.
--- Returns false when another session is sweeping right now.
-create or replace function profileguard._sweep()
+-- Returns false when another session is recounting right now.
+create or replace function profileguard._recount()
 returns boolean
 language plpgsql
 volatile
@@ -145,8 +145,8 @@ begin
 end
 $pg$;
 
--- The full sweep keeps what the checks and earlier sweeps knew: a user's first_seen_at never
--- moves back to its created_at (an import's rows carry old ones), and a user the sweep finds
+-- The full recount keeps what the checks and earlier recounts knew: a user's first_seen_at never
+-- moves back to its created_at (an import's rows carry old ones), and a user the recount finds
 -- that the last one did not became missing after it ran.
 create or replace function profileguard.refresh_stats()
 returns boolean
@@ -167,7 +167,7 @@ begin
            coalesce(array_agg(m.first_seen_at), '{}'::timestamptz[])
     into v_known_ids, v_known_seen
     from profileguard.missing_profiles m;
-    perform profileguard._sweep();
+    perform profileguard._recount();
     update profileguard.missing_profiles m
     set first_seen_at = coalesce(k.first_seen_at, greatest(m.first_seen_at, v_previous))
     from (select m2.user_id from profileguard.missing_profiles m2) a
@@ -260,12 +260,12 @@ begin
         where g.tgrelid = t.identity and g.tgname = 'profileguard_after_insert'
           and g.tgenabled <> 'D');
 
-    -- Users: the last sweep, plus inserts minus deletes counted by the statistics collector since.
+    -- Users: the last recount, plus inserts minus deletes counted by the statistics collector since.
     v_inserted := pg_catalog.pg_stat_get_tuples_inserted(t.identity);
     v_deleted := pg_catalog.pg_stat_get_tuples_deleted(t.identity);
     if c.identity_oid is distinct from t.identity::oid or v_inserted < c.inserted_at_refresh
        or v_deleted < c.deleted_at_refresh then
-        v_users := c.users;  -- statistics were reset or the table replaced: wait for a sweep
+        v_users := c.users;  -- statistics were reset or the table replaced: wait for a recount
         v_users_exact := false;
     else
         v_users := greatest(0, c.users + (v_inserted - c.inserted_at_refresh)
@@ -274,7 +274,7 @@ begin
     end if;
 
     -- Missing: the known missing users still without a profile (primary-key probes), plus users
-    -- named by failure events after the sweep's horizon. A very large known set is not probed.
+    -- named by failure events after the recount's horizon. A very large known set is not probed.
     -- Ids in missing_profiles came from the identity key, so they cast; event ids are checked.
     execute format(
         'select count(*), min(c.first_seen_at),'

@@ -3,6 +3,8 @@
 -- that no function file re-creates are dropped here.
 drop function if exists profileguard.note_repair_failure(
     text, text, text, text, integer, double precision, double precision, jsonb);
+-- The full recount of the figures was named _sweep(): a sweep is the worker's pass (glossary).
+drop function if exists profileguard._sweep();
 
 -- after the functions:
 

@@ -412,7 +412,7 @@ def test_several_run_forever_workers_repair_each_user_once(installed: TestDB) ->
     )
 
 
-def test_reconciler_tables_are_not_reachable_by_clients(installed: TestDB) -> None:
+def test_worker_tables_are_not_reachable_by_clients(installed: TestDB) -> None:
     for table in ("repair_state", "workers"):
         assert installed.scalar(
             "select relrowsecurity from pg_class where oid = %s::regclass",

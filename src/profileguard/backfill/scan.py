@@ -1,4 +1,4 @@
-"""The sweep: the identity table's heap pages in order, in page-range batches inserted by
+"""The scan: the identity table's heap pages in order, in page-range batches inserted by
 `workers` threads (each batch one `profileguard.backfill_pages` call in its own short
 transaction) and handed back in page order, so the checkpoint only ever covers ranges that are
 done. The catch-up is the same walk again over the rows written since the run began."""
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Pass:
-    """One walk over the pages: the sweep, or the catch-up (`since`: rows written by
+    """One walk over the pages: the scan, or the catch-up (`since`: rows written by
     transactions not older than this xid; `all_rows`: the table was rewritten, take every row)."""
 
     catchup: bool = False
@@ -48,7 +48,7 @@ class FailedPages(Protocol):
     ) -> None: ...
 
 
-class Sweep:
+class Scan:
     """Walks the pages of one run; `done` is called on the main thread for each batch, in page
     order (it checkpoints and reports)."""
 

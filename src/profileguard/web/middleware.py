@@ -134,7 +134,7 @@ def page_policy(html: str) -> str:
     )
 
 
-class Guard:
+class SecurityMiddleware:
     """ASGI middleware: refuse requests for other hosts, add the security headers to every
     response (a route's own Content-Security-Policy is kept)."""
 
