@@ -109,6 +109,13 @@ class Health:
         return [c.name for c in self.checks if c.active and c.verdict is None]
 
 
+def _toml(value: Any) -> str:
+    """A threshold as profileguard.toml writes it (10, 99.5, true)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
 def thresholds_check(installed: dict[str, Any], cfg: AlertSettings) -> Check:
     """Whether this process's [alerts] thresholds are those the verdict is judged by (the ones
     install stored); a warning, since the verdict stays the installed one either way."""
@@ -118,7 +125,9 @@ def thresholds_check(installed: dict[str, Any], cfg: AlertSettings) -> Check:
         return Check(
             "thresholds", "ok", "the [alerts] thresholds here are the installed ones", 0, 0
         )
-    shown = ", ".join(f"{key} {here[key]} here, {installed.get(key)} installed" for key in differ)
+    shown = ", ".join(
+        f"{key} {_toml(here[key])} here, {_toml(installed.get(key))} installed" for key in differ
+    )
     return Check(
         "thresholds",
         "warning",
