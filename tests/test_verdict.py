@@ -17,6 +17,7 @@ from test_web import get_json, scrape, serving
 
 from profileguard import observe
 from profileguard.config import AlertSettings, Settings
+from profileguard.errors import ExitCode, NotInstalledError
 from profileguard.installation import TRIGGER_NAME
 
 LEVEL = {0: "healthy", 1: "degraded", 2: "unhealthy"}
@@ -173,3 +174,22 @@ def test_health_without_installed_thresholds_names_the_upgrade(installed: TestDB
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as caught:
         installed.scalar("select profileguard.health()")
     assert "profileguard upgrade" in str(caught.value.diag.message_hint)
+
+
+def test_an_older_health_function_names_the_upgrade(installed: TestDB) -> None:
+    """A package newer than the installed functions (upgrade not run yet) says so instead of
+    showing a verdict it cannot read."""
+    with installed.connect() as conn:
+        conn.execute(
+            "create or replace function profileguard.health(p_grace interval default null,"
+            " p_slo interval default null) returns jsonb language sql"
+            " set search_path = pg_catalog, pg_temp"
+            " as $$ select jsonb_build_object('status', 'healthy') $$"
+        )
+    with pytest.raises(NotInstalledError) as caught:
+        observe.status(installed.settings)
+    assert caught.value.hint == "run: profileguard upgrade"
+    done = cli(installed, "status", "--json")
+    assert done.returncode == ExitCode.NOT_INSTALLED and "profileguard upgrade" in done.stderr
+    assert cli(installed, "upgrade").returncode == 0
+    assert cli(installed, "status", "--json").returncode == ExitCode.OK

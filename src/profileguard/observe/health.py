@@ -24,7 +24,7 @@ import psycopg
 
 from profileguard.config import AlertSettings, Settings
 from profileguard.db import translate
-from profileguard.errors import ExitCode
+from profileguard.errors import ExitCode, NotInstalledError
 from profileguard.observe.stats import (
     alert_states,
     open_connection,
@@ -146,6 +146,12 @@ def read_health(conn: psycopg.Connection, cfg: AlertSettings) -> Health:
     except psycopg.Error as exc:
         raise translate(exc, context="reading profileguard.health()") from exc
     doc: dict[str, Any] = dict(row[0]) if row else {}
+    if "checks" not in doc:
+        raise NotInstalledError(
+            "profileguard.health() in this database is older than this package (it lists no "
+            "checks)",
+            hint="run: profileguard upgrade",
+        )
     installed = dict(doc.get("thresholds") or {})
     checks = tuple(Check.from_sql(c) for c in doc.get("checks") or [])
     return Health(

@@ -576,15 +576,17 @@ as $pg$
         'value', p_value, 'threshold', p_threshold, 'message', p_message)
 $pg$;
 
--- The checks of the verdict, in order, from the figures `v` (stats()) and the thresholds `th`
+-- The checks of the verdict, in order, from the figures (stats()) and the thresholds
 -- (_thresholds()). Every view shows these: status, /metrics, the dashboard, the alert rules.
-create or replace function profileguard._checks(v jsonb, th jsonb)
+create or replace function profileguard._checks(p_figures jsonb, p_thresholds jsonb)
 returns jsonb
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $pg$
 declare
+    v jsonb := p_figures;
+    th jsonb := p_thresholds;
     v_missing bigint := coalesce((v ->> 'missing')::bigint, 0);
     v_age double precision := case when v_missing > 0
         then coalesce((v ->> 'oldest_missing_age_seconds')::float8, 0) else 0 end;
@@ -597,9 +599,9 @@ declare
     v_failures bigint := coalesce((v ->> 'trigger_failures_window')::bigint, 0);
     v_covered double precision := coalesce((v ->> 'window_covered_seconds')::float8, 0);
     v_min_pct double precision := (th ->> 'success_rate_min_pct')::float8;
-    v_min_signups bigint := (th ->> 'success_rate_min_signups')::bigint;
+    v_min_signups bigint := (th ->> 'success_rate_min_signups')::numeric::bigint;
     v_quarantined bigint := coalesce((v ->> 'quarantined')::bigint, 0);
-    v_quarantine_max bigint := (th ->> 'quarantine_threshold')::bigint;
+    v_quarantine_max bigint := (th ->> 'quarantine_threshold')::numeric::bigint;
     v_live bigint := coalesce((v ->> 'live_workers')::bigint, 0);
     v_registered bigint := coalesce(jsonb_array_length(v -> 'workers'), 0);
     v_required boolean := (th ->> 'worker_required')::boolean;
