@@ -567,7 +567,7 @@ create or replace function profileguard._check(
 )
 returns jsonb
 language sql
-immutable
+stable
 set search_path = pg_catalog, pg_temp
 as $pg$
     select jsonb_build_object(
