@@ -16,14 +16,23 @@ from typing import Any
 from conftest import TestDB
 
 from profileguard.config import AlertSettings, Settings
+from profileguard.install import upgrade
 
 BAD_NAME = "Bad User"
 CONSTRAINT = "pg_test_monitor_no_bad_user"
 
 
 def with_alerts(settings: Settings, **changes: Any) -> Settings:
-    """`settings` with these [alerts] values."""
+    """`settings` with these [alerts] values (the thresholds among them are not installed)."""
     return replace(settings, alerts=replace(AlertSettings(), **changes))
+
+
+def configure_alerts(db: TestDB, **changes: Any) -> Settings:
+    """`db.settings` with these [alerts] values, installed: `profileguard upgrade` stores the
+    thresholds that profileguard.health() judges by."""
+    settings = with_alerts(db.settings, **changes)
+    upgrade(settings)
+    return settings
 
 
 def add_bad_constraint(db: TestDB) -> None:

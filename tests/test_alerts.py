@@ -13,6 +13,7 @@ from monitoring import (
     BAD_NAME,
     Receiver,
     add_bad_constraint,
+    configure_alerts,
     free_port,
     receiver,
     signups,
@@ -104,13 +105,13 @@ def _backfill_off(db: TestDB) -> None:
 
 SCENARIOS = {
     "missing_profiles": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url, missing_grace_seconds=0),
+        lambda db, url: configure_alerts(db, webhook_url=url, missing_grace_seconds=0),
         _missing_on,
         _missing_off,
     ),
     "success_rate": Scenario(
-        lambda db, url: with_alerts(
-            db.settings,
+        lambda db, url: configure_alerts(
+            db,
             webhook_url=url,
             success_rate_min_pct=90,
             success_rate_min_signups=3,
@@ -132,7 +133,7 @@ SCENARIOS = {
         _worker_off,
     ),
     "backfill_stalled": Scenario(
-        lambda db, url: with_alerts(db.settings, webhook_url=url, backfill_stall_seconds=60),
+        lambda db, url: configure_alerts(db, webhook_url=url, backfill_stall_seconds=60),
         _backfill_on,
         _backfill_off,
     ),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import TestDB
-from monitoring import BAD_NAME, add_bad_constraint, bulk, signups, with_alerts
+from monitoring import BAD_NAME, add_bad_constraint, bulk, configure_alerts, signups
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -179,7 +179,7 @@ def test_dashboard_verdict_is_the_status_verdict(installed: TestDB, browser: Any
 
     from profileguard import observe
 
-    settings = with_alerts(installed.settings, missing_grace_seconds=0)
+    settings = configure_alerts(installed, missing_grace_seconds=0)
     observe.status(settings)  # monitoring ran before the import
     with replica_session(installed) as replica:
         ids = insert_users(replica, 6, "dash")

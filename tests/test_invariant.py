@@ -18,7 +18,14 @@ from typing import Any
 
 import psycopg
 from conftest import TestDB
-from monitoring import BAD_NAME, CONSTRAINT, add_bad_constraint, bulk, flush_stats, with_alerts
+from monitoring import (
+    BAD_NAME,
+    CONSTRAINT,
+    add_bad_constraint,
+    bulk,
+    configure_alerts,
+    flush_stats,
+)
 from test_web import get_json, scrape, serving
 
 from profileguard import observe
@@ -225,7 +232,7 @@ def test_trigger_failures_alone_are_a_warning(installed: TestDB) -> None:
     """The old bug: unhealthy for the whole success-rate window (an hour) after every user was
     repaired. Now the failure rate is a warning, and the verdict follows the missing users."""
     db = installed
-    settings = with_alerts(db.settings, success_rate_min_signups=1, success_rate_min_pct=99)
+    settings = configure_alerts(db, success_rate_min_signups=1, success_rate_min_pct=99)
     observe.status(settings)  # the window's first sample
     add_bad_constraint(db)
     bad = [db.signup({"full_name": BAD_NAME}) for _ in range(4)]
@@ -277,7 +284,7 @@ def test_every_view_shows_one_evaluation(installed: TestDB, tmp_path: Any) -> No
     db = installed
     config = tmp_path / "profileguard.toml"
     config.write_text("[alerts]\nmissing_grace_seconds = 0\n")
-    settings = with_alerts(db.settings, missing_grace_seconds=0)
+    settings = configure_alerts(db, missing_grace_seconds=0)
     with serving(settings) as base:
         healthy = agreement(db, settings, base, config)
         assert set(healthy.values()) == {("healthy", 0)}, healthy

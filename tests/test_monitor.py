@@ -10,14 +10,15 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import TestDB
 from monitoring import (
     BAD_NAME,
     add_bad_constraint,
     bulk,
+    configure_alerts,
     signups,
-    with_alerts,
 )
 
 from profileguard import observe
@@ -29,7 +30,7 @@ from profileguard.installation import TRIGGER_NAME
 
 def stats(db: TestDB, window: float = 3600) -> dict[str, Any]:
     with observe.open_connection(db.settings) as conn:
-        return observe.read_stats(conn, AlertSettings(), window_seconds=window)
+        return observe.read_stats(conn, window_seconds=window)
 
 
 def refresh(db: TestDB) -> None:
@@ -156,7 +157,7 @@ def test_quarantine_workers_and_backfill(installed: TestDB) -> None:
 
 
 def test_verdicts(installed: TestDB) -> None:
-    settings = with_alerts(installed.settings, missing_grace_seconds=0)
+    settings = configure_alerts(installed, missing_grace_seconds=0)
     result = observe.status(settings)
     assert result["status"] == "healthy" and result["exit_code"] == 0
     assert installed.scalar("select profileguard.health() ->> 'status'") == "healthy"
@@ -171,7 +172,8 @@ def test_verdicts(installed: TestDB) -> None:
     assert result["warnings"] == ["quarantine"] and result["firing"] == ["quarantine"]
     assert [q["user_id"] for q in result["quarantine"]] == ["q"]
     assert installed.scalar("select profileguard.health() -> 'warnings'") == [
-        "1 users are quarantined"
+        "1 quarantined users (threshold 0); fix the cause, then run: profileguard retry"
+        " --all-quarantined"
     ]
 
     set_enabled(installed.settings, False)
@@ -186,44 +188,55 @@ def test_verdicts(installed: TestDB) -> None:
     assert observe.status(settings)["status"] == "unhealthy"
 
 
+def verdict(db: TestDB, call: str = "profileguard.health()") -> tuple[str, dict[str, str]]:
+    """The status and each check's status, as `call` gives them."""
+    doc = db.scalar(f"select {call}")
+    return doc["status"], {c["name"]: c["status"] for c in doc["checks"]}
+
+
 def test_missing_grace_and_repair_slo(installed: TestDB) -> None:
     set_enabled(installed.settings, False)
     installed.signup({"full_name": "No Profile"})
     set_enabled(installed.settings, True)
     refresh(installed)
-    s = stats(installed)
-    assert s["missing"] == 1
-    cfg = AlertSettings(missing_grace_seconds=3600, repair_slo_seconds=7200)
-    verdict, checks = observe.evaluate_health(s, cfg)
-    assert verdict == "healthy"  # missing, but within the grace
-    assert {c.name: c.status for c in checks}["missing_profiles"] == "ok"
-    verdict, checks = observe.evaluate_health(
-        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=3600)
-    )
-    assert verdict == "degraded"
-    assert {c.name: c.status for c in checks}["missing_profiles"] == "warning"
-    verdict, checks = observe.evaluate_health(
-        s, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0)
-    )
-    assert verdict == "unhealthy"
-    assert {c.name: c.status for c in checks}["repair_slo"] == "critical"
-    quarantined = {**s, "quarantined": 1}  # a quarantined user is still a missing user
-    assert (
-        observe.evaluate_health(
-            quarantined, AlertSettings(missing_grace_seconds=0, repair_slo_seconds=0)
-        )[0]
-        == "unhealthy"
-    )
+    assert stats(installed)["missing"] == 1
+    configure_alerts(installed, missing_grace_seconds=3600, repair_slo_seconds=7200)
+    status, checks = verdict(installed)
+    assert status == "healthy"  # missing, but within the grace
+    assert checks["missing_profiles"] == "ok"
+    assert installed.scalar("select profileguard.health() -> 'thresholds'") == {
+        **AlertSettings().thresholds(),
+        "missing_grace_seconds": 3600,
+        "repair_slo_seconds": 7200,
+    }
+    # Arguments replace the installed grace and SLO, for this call only.
+    status, checks = verdict(installed, "profileguard.health(interval '0', interval '1 hour')")
+    assert status == "degraded" and checks["missing_profiles"] == "warning"
+    status, checks = verdict(installed, "profileguard.health(interval '0', interval '0')")
+    assert status == "unhealthy" and checks["repair_slo"] == "critical"
+    assert verdict(installed)[0] == "healthy"
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        installed.scalar("select profileguard.health(interval '-1 second')")
+    # A quarantined user is still a missing user.
+    with installed.connect() as conn:
+        conn.execute(
+            "insert into profileguard.repair_state (user_id, attempts, quarantined_at)"
+            " select id::text, 5, now() from auth.users"
+        )
+    settings = configure_alerts(installed, missing_grace_seconds=0, repair_slo_seconds=0)
+    assert verdict(installed)[0] == "unhealthy"
+    result = observe.status(settings)
+    assert result["status"] == "unhealthy" and result["warnings"] == ["quarantine"]
 
 
 def test_worker_rule_when_required_or_registered(installed: TestDB) -> None:
-    s = stats(installed)
-    assert s["workers"] == []
-    states = dict((c.name, c.status) for c in observe.evaluate_health(s, AlertSettings())[1])
+    assert stats(installed)["workers"] == []
+    states = {c["name"]: c["status"] for c in observe.status(installed.settings)["checks"]}
     assert states["no_live_worker"] == "ok"  # never ran a worker, not required
-    required = AlertSettings(worker_required=True)
-    states = dict((c.name, c.status) for c in observe.evaluate_health(s, required)[1])
+    required = configure_alerts(installed, worker_required=True)
+    states = {c["name"]: c["status"] for c in observe.status(required)["checks"]}
     assert states["no_live_worker"] == "warning"
+    assert verdict(installed)[1]["no_live_worker"] == "warning"
 
 
 def test_not_installed(db: TestDB) -> None:
@@ -240,7 +253,7 @@ def test_concurrent_sweeps_and_reads(installed: TestDB) -> None:
             with observe.open_connection(installed.settings) as conn:
                 for _ in range(5):
                     observe.refresh(conn)
-                    observe.read_stats(conn, AlertSettings())
+                    observe.read_stats(conn)
         except BaseException as exc:
             errors.append(exc)
 
@@ -294,6 +307,8 @@ def test_status_command_exit_codes(installed: TestDB, tmp_path: Any) -> None:
     set_enabled(installed.settings, True)
     graceless = tmp_path / "graceless.toml"
     graceless.write_text("[alerts]\nmissing_grace_seconds = 0\n")
+    upgraded = cli(installed, "upgrade", env={"PROFILEGUARD_CONFIG": str(graceless)})
+    assert upgraded.returncode == 0, upgraded.stderr
     # The bounded check runs at most every 2 s: poll.
     deadline = time.monotonic() + 10
     while True:
@@ -364,8 +379,6 @@ def test_alert_settings_are_validated(tmp_path: Any) -> None:
 
 
 def test_monitoring_functions_are_not_callable_by_clients(installed: TestDB) -> None:
-    import psycopg
-
     for role in ("anon", "authenticated"):
         for call in (
             "profileguard.stats()",

@@ -229,6 +229,22 @@ def default_username_policy() -> UsernamePolicy:
     )
 
 
+# The [alerts] keys the verdict judges by: install stores them in the settings row, and
+# profileguard.health() reads them there, so every view judges alike (the other keys say where
+# alerts go and how often the figures are read).
+THRESHOLD_KEYS = (
+    "missing_grace_seconds",
+    "repair_slo_seconds",
+    "success_rate_min_pct",
+    "success_rate_window_seconds",
+    "success_rate_min_signups",
+    "quarantine_threshold",
+    "worker_required",
+    "worker_heartbeat_max_age_seconds",
+    "backfill_stall_seconds",
+)
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """Thresholds of the alert rules and where alerts go (the [alerts] section)."""
@@ -249,6 +265,10 @@ class AlertSettings:
     webhook_attempts: int = 3
     evaluate_interval_seconds: float = 5.0
     refresh_interval_seconds: float = 300.0
+
+    def thresholds(self) -> dict[str, float | int | bool]:
+        """The values of THRESHOLD_KEYS, as install stores them."""
+        return {key: getattr(self, key) for key in THRESHOLD_KEYS}
 
 
 @dataclass(frozen=True)

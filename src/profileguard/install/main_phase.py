@@ -27,7 +27,13 @@ from profileguard.version import __version__
 
 
 def _config_fingerprint(settings: Settings) -> dict[str, Any]:
-    return {"package_version": __version__, **settings.describe()}
+    """What the settings row's `config` holds: the settings installed, and the [alerts]
+    thresholds that profileguard.health() judges by (so that SQL callers judge alike)."""
+    return {
+        "package_version": __version__,
+        **settings.describe(),
+        "alerts": settings.alerts.thresholds(),
+    }
 
 
 def _lock_install(rec: Recorder) -> None:

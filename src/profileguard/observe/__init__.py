@@ -1,8 +1,8 @@
 """Observability: figures, the health verdict from the invariant, alert rules and sinks.
 
-`stats` reads `profileguard.stats()` and the lists beside it; `health` evaluates the one verdict
-every view shows; `alerts` persists and delivers its transitions (and runs serve's loop); `sinks`
-are where alerts go.
+`stats` reads `profileguard.stats()` and the lists beside it; `health` reads the one verdict every
+view shows (`profileguard.health()`); `alerts` persists and delivers the transitions of its checks
+(and runs serve's loop); `sinks` are where alerts go.
 """
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ from __future__ import annotations
 from profileguard.observe.alerts import AlertManager, Evaluation, MonitorLoop, evaluate_once
 from profileguard.observe.health import (
     EXIT_CODES,
-    RULES,
+    LEVEL,
     Check,
-    Condition,
     Health,
-    Rule,
     build_status,
-    evaluate,
-    evaluate_health,
+    read_health,
     status,
 )
 from profileguard.observe.sinks import DeliveryError, LogSink, Notice, Sink, WebhookSink
@@ -34,28 +31,25 @@ from profileguard.observe.stats import (
 
 __all__ = [
     "EXIT_CODES",
-    "RULES",
+    "LEVEL",
     "AlertManager",
     "Check",
-    "Condition",
     "DeliveryError",
     "Evaluation",
     "Health",
     "LogSink",
     "MonitorLoop",
     "Notice",
-    "Rule",
     "Sink",
     "WebhookSink",
     "alert_states",
     "build_status",
-    "evaluate",
-    "evaluate_health",
     "evaluate_once",
     "events",
     "history",
     "open_connection",
     "quarantine",
+    "read_health",
     "read_stats",
     "refresh",
     "require_monitoring",

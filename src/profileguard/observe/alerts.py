@@ -1,6 +1,6 @@
-"""Alerts: every check of the health evaluation is an alert rule, whose persisted state fires
-once and resolves once however many processes evaluate, delivered to the sinks with retries;
-and the background loop of `profileguard serve` (full sweeps, evaluations)."""
+"""Alerts: every check of the verdict (profileguard.health()) is an alert rule, whose persisted
+state fires once and resolves once however many processes evaluate, delivered to the sinks with
+retries; and the background loop of `profileguard serve` (full sweeps, evaluations)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +18,9 @@ from psycopg.rows import dict_row
 from profileguard.config import Settings
 from profileguard.db import translate
 from profileguard.errors import ProfileGuardError
-from profileguard.observe.health import RULES, Condition, HealthStatus, Rule, evaluate
+from profileguard.observe.health import Check, HealthStatus, read_health
 from profileguard.observe.sinks import Notice, Sink, WebhookSink, default_sinks
-from profileguard.observe.stats import open_connection, read_stats, refresh, require_monitoring
+from profileguard.observe.stats import open_connection, refresh, require_monitoring
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +42,32 @@ class Evaluation:
 
 
 class AlertManager:
-    """Evaluates the rules and moves their persisted state; each transition is one conditional
-    UPDATE, so with several evaluators exactly one records (and delivers) it."""
+    """Reads the verdict and moves the persisted state of its checks; each transition is one
+    conditional UPDATE, so with several evaluators exactly one records (and delivers) it."""
 
     def __init__(
         self,
         settings: Settings,
         *,
         sinks: Sequence[Sink] | None = None,
-        rules: Iterable[Rule] = RULES,
         retry_base_seconds: float = 0.2,
     ):
         self.settings = settings
         self.cfg = settings.alerts
         self.sinks = list(default_sinks(self.cfg) if sinks is None else sinks)
-        self.rules = tuple(rules)
         self.retry_base_seconds = retry_base_seconds
 
-    def evaluate(
-        self, conn: psycopg.Connection | None = None, stats: dict[str, Any] | None = None
-    ) -> Evaluation:
-        """Read the figures (unless given), record transitions, deliver pending messages.
+    def evaluate(self, conn: psycopg.Connection | None = None) -> Evaluation:
+        """Read the verdict, record transitions, deliver pending messages.
         Database errors raise (translated); delivery errors never do."""
         own = conn is None
         conn = conn or open_connection(self.settings)
         try:
-            stats = read_stats(conn, self.cfg) if stats is None else stats
-            health = evaluate(stats, self.cfg, self.rules)
-            result = Evaluation(status=health.status, active=health.active, stats=stats)
-            for rule, cond in health.conditions:
-                if self._transition(conn, rule, cond):
-                    (result.fired if cond.active else result.resolved).append(rule.name)
+            health = read_health(conn, self.cfg)
+            result = Evaluation(status=health.status, active=health.active, stats=health.stats)
+            for check in health.checks:
+                if self._transition(conn, check):
+                    (result.fired if check.active else result.resolved).append(check.name)
             self.deliver(conn, result)
             return result
         except psycopg.Error as exc:
@@ -81,14 +76,14 @@ class AlertManager:
             if own:
                 conn.close()
 
-    def _transition(self, conn: psycopg.Connection, rule: Rule, cond: Condition) -> bool:
-        """Record a fire or resolve of `rule`; True when this call made the transition."""
+    def _transition(self, conn: psycopg.Connection, check: Check) -> bool:
+        """Record a fire or resolve of `check`; True when this call made the transition."""
         params = {
-            "rule": rule.name,
-            "severity": rule.severity,
-            "value": cond.value,
-            "threshold": cond.threshold,
-            "message": cond.message,
+            "rule": check.name,
+            "severity": check.severity,
+            "value": check.value,
+            "threshold": check.threshold,
+            "message": check.message,
         }
         with conn.transaction():
             conn.execute(
@@ -96,7 +91,7 @@ class AlertManager:
                 " %(severity)s) on conflict (rule) do nothing",
                 params,
             )
-            if cond.active:
+            if check.active:
                 row = conn.execute(
                     "update profileguard.alert_state set state = 'firing', fired_at = now(),"
                     " resolved_at = null, fire_count = fire_count + 1,"
@@ -124,7 +119,9 @@ class AlertManager:
                     params,
                 )
                 return False
-        log.info("alert %s %s: %s", rule.name, "fired" if cond.active else "resolved", cond.message)
+        log.info(
+            "alert %s %s: %s", check.name, "fired" if check.active else "resolved", check.message
+        )
         return True
 
     def deliver(self, conn: psycopg.Connection, result: Evaluation | None = None) -> None:

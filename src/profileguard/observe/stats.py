@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from profileguard.config import AlertSettings, Settings
+from profileguard.config import Settings
 from profileguard.db import connect, translate
 from profileguard.installation import require_current
 
@@ -32,46 +32,17 @@ def require_monitoring(conn: psycopg.Connection) -> int:
         raise translate(exc) from exc
 
 
-def read_stats(
-    conn: psycopg.Connection, alerts: AlertSettings, *, window_seconds: float | None = None
-) -> dict[str, Any]:
-    """Every figure, as `profileguard.stats()` returns it (JSON-ready)."""
-    window = alerts.success_rate_window_seconds if window_seconds is None else window_seconds
+def read_stats(conn: psycopg.Connection, *, window_seconds: float | None = None) -> dict[str, Any]:
+    """Every figure, as `profileguard.stats()` returns it (JSON-ready): the success-rate window,
+    the workers' heartbeat age and the backfill's stall time are the installed thresholds (the
+    window is `window_seconds` when given)."""
     try:
         row = conn.execute(
-            "select profileguard.stats(make_interval(secs => %s), make_interval(secs => %s),"
-            " make_interval(secs => %s))",
-            (window, alerts.worker_heartbeat_max_age_seconds, alerts.backfill_stall_seconds),
+            "select profileguard.stats(make_interval(secs => %s))", (window_seconds,)
         ).fetchone()
     except psycopg.Error as exc:
         raise translate(exc, context="reading profileguard.stats()") from exc
-    stats = dict(row[0]) if row else {}
-    stats.update(drift_figures(conn))
-    return stats
-
-
-def drift_figures(conn: psycopg.Connection) -> dict[str, Any]:
-    """Profiles out of step with their users (drift.py): those the worker could not bring back
-    yet, and what the last complete full pass found. Empty before schema version 14."""
-    try:
-        row = conn.execute("select to_regclass('profileguard.drift_state') is not null").fetchone()
-        if not (row and row[0]):
-            return {}
-        with conn.cursor(row_factory=dict_row) as cur:
-            found = cur.execute(
-                "select (select count(*) from profileguard.drift_state) as drift_pending,"
-                " (select min(first_seen_at) from profileguard.drift_state)"
-                "   as drift_oldest_pending_at,"
-                " d.completed_at as drift_full_pass_at, d.completed_found as drift_full_pass_found,"
-                " d.completed_scanned as drift_full_pass_scanned,"
-                " (select count(*) from profileguard.events e where e.kind = 'failure'"
-                "   and e.source = 'sync' and e.created_at > now() - interval '1 hour')"
-                "   as sync_failures_hour"
-                " from profileguard.drift_pass d"
-            ).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc, context="reading profileguard.drift_state") from exc
-    return _jsonable(found) if found else {}
+    return dict(row[0]) if row else {}
 
 
 def refresh(conn: psycopg.Connection) -> bool:

@@ -1,4 +1,5 @@
-"""Prometheus exposition: one collector that reads `profileguard.stats()` on every scrape.
+"""Prometheus exposition: one collector that reads `profileguard.health()` (the verdict and the
+figures it was judged from) on every scrape.
 
 The read is cheap at any table size (see migration 0004), so scraping every 15 s is fine. When
 the database cannot be read, only `profileguard_up 0` is exported (and the scrape still succeeds),
@@ -21,7 +22,6 @@ from prometheus_client.registry import Collector
 from profileguard import observe
 from profileguard.config import Settings
 from profileguard.errors import ProfileGuardError
-from profileguard.observe.health import LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ ConnectionFactory = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 
 class StatsCollector(Collector):
-    """Collects the figures of `profileguard.stats()` at scrape time, on a connection from
-    `connection` (a pool's, in `profileguard serve`) or a new one per scrape."""
+    """Collects the verdict and figures of `profileguard.health()` at scrape time, on a
+    connection from `connection` (a pool's, in `profileguard serve`) or a new one per scrape."""
 
     def __init__(self, settings: Settings, connection: ConnectionFactory | None = None):
         self.settings = settings
@@ -84,15 +84,15 @@ class StatsCollector(Collector):
         started = time.perf_counter()
         try:
             with self.connection() as conn:
-                stats = observe.read_stats(conn, self.settings.alerts)
+                health = observe.read_health(conn, self.settings.alerts)
                 alerts = observe.alert_states(conn)
         except ProfileGuardError as exc:
             log.warning("metrics: cannot read profileguard stats: %s", exc)
             yield GaugeMetricFamily("profileguard_up", "1 when the database was read", value=0)
             return
         yield GaugeMetricFamily("profileguard_up", "1 when the database was read", value=1)
-        yield from self._verdict(observe.evaluate(stats, self.settings.alerts))
-        yield from self._figures(stats, alerts)
+        yield from self._verdict(health)
+        yield from self._figures(health, alerts)
         yield GaugeMetricFamily(
             "profileguard_scrape_duration_seconds",
             "Time taken to read the figures",
@@ -104,15 +104,15 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily(
             "profileguard_health_status",
             "The verdict: 0 healthy, 1 degraded, 2 unhealthy",
-            value=LEVEL[health.status],
+            value=observe.LEVEL[health.status],
         )
         failing = GaugeMetricFamily(
             "profileguard_check_failing",
             "1 while a check of the verdict holds (its alert fires)",
             labels=["check", "severity"],
         )
-        for rule, cond in health.conditions:
-            failing.add_metric([rule.name, rule.severity], 1 if cond.active else 0)
+        for check in health.checks:
+            failing.add_metric([check.name, check.severity], 1 if check.active else 0)
         yield failing
         age = health.stats.get("invariant_check_age_seconds")
         if age is not None:
@@ -122,9 +122,9 @@ class StatsCollector(Collector):
                 value=float(age),
             )
 
-    def _figures(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
-        yield from self._gauges(s)
-        yield from self._families(s, alerts)
+    def _figures(self, health: observe.Health, alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+        yield from self._gauges(health.stats)
+        yield from self._families(health, alerts)
 
     def _gauges(self, s: dict[str, Any]) -> Iterator[Metric]:
         """The single-value figures (absent when stats() has none)."""
@@ -225,8 +225,9 @@ class StatsCollector(Collector):
         ]
         yield from (m for m in candidates if m is not None)
 
-    def _families(self, s: dict[str, Any], alerts: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _families(self, health: observe.Health, alerts: list[dict[str, Any]]) -> Iterator[Metric]:
         """Counters, labelled families, backfill progress and the persisted alert states."""
+        s = health.stats
         inserts = CounterMetricFamily(
             "profileguard_identity_inserts",
             "Rows inserted into the identity table (statistics collector)",
@@ -292,10 +293,10 @@ class StatsCollector(Collector):
             labels=["rule", "severity"],
         )
         known = {a["rule"]: a for a in alerts}
-        for rule in observe.RULES:
-            state = known.get(rule.name, {})
+        for check in health.checks:
+            state = known.get(check.name, {})
             firing.add_metric(
-                [rule.name, rule.severity], 1 if state.get("state") == "firing" else 0
+                [check.name, check.severity], 1 if state.get("state") == "firing" else 0
             )
         yield firing
 

@@ -433,11 +433,57 @@ begin
 end
 $pg$;
 
--- stats() now runs the check first; the figures themselves are unchanged.
+-- The thresholds of the verdict: the [alerts] values that install stored in the settings row
+-- (config -> 'alerts', written from profileguard.toml), so that every caller judges alike. A
+-- grace or repair SLO given here replaces the stored one (the other thresholds have no override).
+create or replace function profileguard._thresholds(
+    p_grace interval default null,
+    p_slo interval default null
+)
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    v jsonb;
+begin
+    select s.config -> 'alerts' into v from profileguard.settings s;
+    if not found then
+        raise exception using errcode = '55000', message = 'profileguard: not configured',
+            hint = 'run: profileguard install';
+    end if;
+    if v is null or jsonb_typeof(v) <> 'object' or not v ?& array[
+        'missing_grace_seconds', 'repair_slo_seconds', 'success_rate_min_pct',
+        'success_rate_window_seconds', 'success_rate_min_signups', 'quarantine_threshold',
+        'worker_required', 'worker_heartbeat_max_age_seconds', 'backfill_stall_seconds'
+    ] then
+        raise exception using errcode = '55000',
+            message = 'profileguard: the installed settings hold no [alerts] thresholds',
+            hint = 'run: profileguard upgrade (it stores those of profileguard.toml)';
+    end if;
+    if p_grace < interval '0' or p_slo < interval '0' then
+        raise exception using errcode = '22023',
+            message = format('profileguard: a grace or repair SLO below zero (%s, %s)', p_grace, p_slo),
+            hint = 'give intervals of zero or more, or null for the installed ones';
+    end if;
+    if p_grace is not null then
+        v := v || jsonb_build_object('missing_grace_seconds', extract(epoch from p_grace));
+    end if;
+    if p_slo is not null then
+        v := v || jsonb_build_object('repair_slo_seconds', extract(epoch from p_slo));
+    end if;
+    return v;
+end
+$pg$;
+
+-- Every figure: stats() runs the check of the invariant first. The window, the workers'
+-- heartbeat age and the backfill's stall time are the installed thresholds unless given.
 create or replace function profileguard.stats(
-    p_window interval default '1 hour',
-    p_heartbeat_max_age interval default '2 minutes',
-    p_backfill_stall interval default '10 minutes',
+    p_window interval default null,
+    p_heartbeat_max_age interval default null,
+    p_backfill_stall interval default null,
     p_check_interval interval default '2 seconds'
 )
 returns jsonb
@@ -449,15 +495,26 @@ as $pg$
 declare
     v jsonb;
     i record;
+    d record;
+    th jsonb;
     v_known bigint := 0;
     v_missing bigint;
     v_users bigint;
+    v_drift_pending bigint;
+    v_drift_oldest timestamptz;
 begin
+    if p_window is null or p_heartbeat_max_age is null or p_backfill_stall is null then
+        th := profileguard._thresholds();
+    end if;
     if (select c.refreshed_at is null from profileguard.counters c) then
         perform profileguard.refresh_stats();
     end if;
     perform profileguard.check_invariant(p_check_interval);
-    v := profileguard._figures(p_window, p_heartbeat_max_age, p_backfill_stall);
+    v := profileguard._figures(
+        coalesce(p_window, make_interval(secs => (th ->> 'success_rate_window_seconds')::float8)),
+        coalesce(p_heartbeat_max_age,
+                 make_interval(secs => (th ->> 'worker_heartbeat_max_age_seconds')::float8)),
+        coalesce(p_backfill_stall, make_interval(secs => (th ->> 'backfill_stall_seconds')::float8)));
     select * into i from profileguard.invariant_scan;
     -- The users figure follows the statistics collector, which publishes an open session's
     -- inserts late: the missing users the check found count even before it does.
@@ -466,6 +523,12 @@ begin
     end if;
     v_missing := greatest((v ->> 'missing')::bigint, v_known);
     v_users := greatest((v ->> 'users')::bigint, v_missing);
+    -- Drift: profiles out of step that the worker could not bring back yet, and what its last
+    -- complete full pass found.
+    select count(*), min(ds.first_seen_at) into v_drift_pending, v_drift_oldest
+    from profileguard.drift_state ds;
+    select dp.completed_at, dp.completed_found, dp.completed_scanned into d
+    from profileguard.drift_pass dp;
     return v || jsonb_build_object(
         'users', v_users,
         'users_exact', (v ->> 'users_exact')::boolean and v_users = (v ->> 'users')::bigint,
@@ -479,17 +542,156 @@ begin
         'invariant_check_ms', round(i.check_ms::numeric, 3),
         'invariant_check_mode', i.last_mode,
         'invariant_scanned', i.last_scanned,
-        'invariant_found_total', i.found_total);
+        'invariant_found_total', i.found_total,
+        'drift_pending', v_drift_pending,
+        'drift_oldest_pending_at', v_drift_oldest,
+        'drift_full_pass_at', d.completed_at,
+        'drift_full_pass_found', d.completed_found,
+        'drift_full_pass_scanned', d.completed_scanned,
+        'sync_failures_hour', (select count(*) from profileguard.events e
+                               where e.kind = 'failure' and e.source = 'sync'
+                                 and e.created_at > now() - interval '1 hour'));
 end
 $pg$;
 
--- The verdict with thresholds given here, for SQL-only checks (pg_cron, the SQL editor); the
--- same rule as `profileguard status`: healthy while no user has lacked a profile for longer than
--- p_grace, degraded while one has, unhealthy once one has for longer than p_slo or the trigger is
--- off. Trigger failures, quarantine, silent workers and a stalled backfill are warnings only.
+-- One check of the verdict, as health() lists it: `status` is 'ok' or, while it holds, its
+-- severity; `verdict` is what it makes the verdict while it holds (null: a warning only).
+create or replace function profileguard._check(
+    p_name text,
+    p_severity text,
+    p_verdict text,
+    p_active boolean,
+    p_value double precision,
+    p_threshold double precision,
+    p_message text
+)
+returns jsonb
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select jsonb_build_object(
+        'name', p_name, 'status', case when p_active then p_severity else 'ok' end,
+        'severity', p_severity, 'verdict', p_verdict, 'active', p_active,
+        'value', p_value, 'threshold', p_threshold, 'message', p_message)
+$pg$;
+
+-- The checks of the verdict, in order, from the figures (stats()) and the thresholds
+-- (_thresholds()). Every view shows these: status, /metrics, the dashboard, the alert rules.
+create or replace function profileguard._checks(p_figures jsonb, p_thresholds jsonb)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    v jsonb := p_figures;
+    th jsonb := p_thresholds;
+    v_missing bigint := coalesce((v ->> 'missing')::bigint, 0);
+    v_age double precision := case when v_missing > 0
+        then coalesce((v ->> 'oldest_missing_age_seconds')::float8, 0) else 0 end;
+    v_grace double precision := (th ->> 'missing_grace_seconds')::float8;
+    v_slo double precision := (th ->> 'repair_slo_seconds')::float8;
+    v_enabled boolean := coalesce((v ->> 'enabled')::boolean, false);
+    v_trigger boolean := coalesce((v ->> 'trigger_installed')::boolean, false);
+    v_rate double precision := (v ->> 'success_rate_pct')::float8;
+    v_signups bigint := coalesce((v ->> 'signups_window')::bigint, 0);
+    v_failures bigint := coalesce((v ->> 'trigger_failures_window')::bigint, 0);
+    v_covered double precision := coalesce((v ->> 'window_covered_seconds')::float8, 0);
+    v_min_pct double precision := (th ->> 'success_rate_min_pct')::float8;
+    v_min_signups bigint := (th ->> 'success_rate_min_signups')::numeric::bigint;
+    v_quarantined bigint := coalesce((v ->> 'quarantined')::bigint, 0);
+    v_quarantine_max bigint := (th ->> 'quarantine_threshold')::numeric::bigint;
+    v_live bigint := coalesce((v ->> 'live_workers')::bigint, 0);
+    v_registered bigint := coalesce(jsonb_array_length(v -> 'workers'), 0);
+    v_required boolean := (th ->> 'worker_required')::boolean;
+    v_heartbeat double precision := (th ->> 'worker_heartbeat_max_age_seconds')::float8;
+    v_stalled boolean := coalesce((v -> 'backfill' ->> 'stalled')::boolean, false);
+    v_backfill_age double precision := (v -> 'backfill' ->> 'update_age_seconds')::float8;
+    v_stall double precision := (th ->> 'backfill_stall_seconds')::float8;
+    v_drift bigint := coalesce((v ->> 'drift_pending')::bigint, 0);
+    v_table text := v ->> 'identity_table';
+begin
+    return jsonb_build_array(
+        profileguard._check('enabled', 'critical', 'unhealthy', not v_enabled,
+            case when v_enabled then 1 else 0 end, 1,
+            case when v_enabled then 'the trigger is enabled'
+                 else 'profileguard is disabled; run: profileguard enable' end),
+        profileguard._check('trigger', 'critical', 'unhealthy', not v_trigger,
+            case when v_trigger then 1 else 0 end, 1,
+            case when v_trigger then format('trigger present on %s', v_table)
+                 else format('the signup trigger on %s is missing or disabled;'
+                             ' run: profileguard install', v_table) end),
+        profileguard._check('repair_slo', 'critical', 'unhealthy', v_missing > 0 and v_age > v_slo,
+            v_age, v_slo,
+            case when v_missing > 0 and v_age > v_slo
+                then format('a user has had no profile for %ss, beyond the repair SLO of %ss;'
+                            ' see the quarantine and the worker: profileguard status',
+                            round(v_age)::bigint, round(v_slo)::bigint)
+                else format('no user has waited longer than the repair SLO of %ss',
+                            round(v_slo)::bigint)
+            end),
+        profileguard._check('missing_profiles', 'warning', 'degraded',
+            v_missing > 0 and v_age > v_grace, v_age, v_grace,
+            case when v_missing = 0 then 'every user has a profile'
+                else format('%s users have no profile, the oldest for %ss ', v_missing,
+                            round(v_age)::bigint)
+                    || case when v_age <= v_grace
+                        then format('(within the grace of %ss)', round(v_grace)::bigint)
+                        else format('(grace %ss); repair them: profileguard worker',
+                                    round(v_grace)::bigint)
+                    end
+            end),
+        profileguard._check('success_rate', 'warning', null,
+            v_rate is not null and greatest(v_signups, v_failures) >= v_min_signups
+                and v_rate < v_min_pct,
+            v_rate, v_min_pct,
+            case when v_rate is null
+                then format('no signups in the last %ss', round(v_covered)::bigint)
+                else format('trigger success rate %s%% over the last %ss (%s failures in %s signups;'
+                            ' minimum %s%% from %s signups); the worker repairs what it misses',
+                            round(v_rate::numeric, 2), round(v_covered)::bigint, v_failures,
+                            v_signups, v_min_pct, v_min_signups)
+            end),
+        profileguard._check('quarantine', 'warning', null, v_quarantined > v_quarantine_max,
+            v_quarantined, v_quarantine_max,
+            case when v_quarantined = 0 then 'nobody is quarantined'
+                else format('%s quarantined users (threshold %s); fix the cause, then run:'
+                            ' profileguard retry --all-quarantined', v_quarantined, v_quarantine_max)
+            end),
+        profileguard._check('no_live_worker', 'warning', null,
+            v_live = 0 and (v_required or v_registered > 0), v_live, 1,
+            case when v_registered = 0 and not v_required
+                then 'no worker registered (alerts.worker_required is off)'
+                else format('%s of %s registered workers are live (heartbeat within %ss)%s',
+                            v_live, v_registered, round(v_heartbeat)::bigint,
+                            case when v_live = 0 then '; start one: profileguard worker' else '' end)
+            end),
+        profileguard._check('backfill_stalled', 'warning', null, v_stalled, v_backfill_age, v_stall,
+            case when v_stalled
+                then format('backfill run %s is running but has not progressed for %ss'
+                            ' (threshold %ss)', v -> 'backfill' ->> 'id',
+                            round(v_backfill_age)::bigint, round(v_stall)::bigint)
+                else 'no stalled backfill'
+            end),
+        profileguard._check('drift', 'warning', null, v_drift > 0, v_drift, 0,
+            case when v_drift > 0
+                then format('%s profiles are out of step with their users and the worker could not'
+                            ' bring them back yet; see: profileguard drift', v_drift)
+                else 'profiles are in step with their users'
+            end));
+end
+$pg$;
+
+-- The verdict, the one every view shows (`profileguard status`, /metrics, the dashboard, the
+-- alert rules) and SQL-only checks read (pg_cron, the SQL editor): healthy while no user has
+-- lacked a profile for longer than the grace, degraded while one has, unhealthy once one has for
+-- longer than the repair SLO or the trigger is off. The other checks (trigger success rate,
+-- quarantine, silent workers, a stalled backfill, drift) are warnings: they do not change it.
+-- The thresholds are the installed ones; p_grace and p_slo, when given, replace those two.
 create or replace function profileguard.health(
-    p_grace interval default '10 seconds',
-    p_slo interval default '60 seconds'
+    p_grace interval default null,
+    p_slo interval default null
 )
 returns jsonb
 language plpgsql
@@ -498,51 +700,26 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $pg$
 declare
-    v jsonb := profileguard.stats(interval '1 hour');
-    v_age double precision := (v ->> 'oldest_missing_age_seconds')::double precision;
-    v_missing bigint := (v ->> 'missing')::bigint;
-    v_problems text[] := '{}'::text[];
-    v_warnings text[] := '{}'::text[];
-    v_status text := 'healthy';
+    th jsonb := profileguard._thresholds(p_grace, p_slo);
+    v jsonb := profileguard.stats();
+    v_checks jsonb := profileguard._checks(v, th);
+    v_status text;
 begin
-    if not (v ->> 'enabled')::boolean then
-        v_problems := array_append(v_problems, 'profileguard is disabled');
-        v_status := 'unhealthy';
-    end if;
-    if not (v ->> 'trigger_installed')::boolean then
-        v_problems := array_append(v_problems, 'the signup trigger is missing or disabled');
-        v_status := 'unhealthy';
-    end if;
-    if v_missing > 0 and v_age > extract(epoch from p_slo) then
-        v_problems := array_append(v_problems, format(
-            '%s users have no profile, the oldest for %ss (repair SLO %ss)',
-            v_missing, round(v_age), extract(epoch from p_slo)));
-        v_status := 'unhealthy';
-    elsif v_missing > 0 and v_age > extract(epoch from p_grace) then
-        v_problems := array_append(v_problems, format(
-            '%s users have no profile, the oldest for %ss (grace %ss)',
-            v_missing, round(v_age), extract(epoch from p_grace)));
-        if v_status = 'healthy' then
-            v_status := 'degraded';
-        end if;
-    end if;
-    if (v ->> 'quarantined')::bigint > 0 then
-        v_warnings := array_append(v_warnings, format('%s users are quarantined', v ->> 'quarantined'));
-    end if;
-    if (v ->> 'trigger_failures_window')::bigint > 0 then
-        v_warnings := array_append(v_warnings,
-            format('%s trigger failures in the last hour', v ->> 'trigger_failures_window'));
-    end if;
-    if jsonb_array_length(v -> 'workers') > 0 and (v ->> 'live_workers')::bigint = 0 then
-        v_warnings := array_append(v_warnings, 'no live worker');
-    end if;
-    if coalesce((v -> 'backfill' ->> 'stalled')::boolean, false) then
-        v_warnings := array_append(v_warnings, 'the backfill has stalled');
-    end if;
+    select case max(case c ->> 'verdict' when 'unhealthy' then 2 when 'degraded' then 1 end)
+                when 2 then 'unhealthy' when 1 then 'degraded' else 'healthy' end
+      into v_status
+    from jsonb_array_elements(v_checks) c
+    where (c ->> 'active')::boolean;
     return jsonb_build_object(
         'status', v_status,
-        'problems', to_jsonb(v_problems),
-        'warnings', to_jsonb(v_warnings),
+        'problems', (select coalesce(jsonb_agg(c -> 'message'), '[]'::jsonb)
+                     from jsonb_array_elements(v_checks) c
+                     where (c ->> 'active')::boolean and c ->> 'verdict' is not null),
+        'warnings', (select coalesce(jsonb_agg(c -> 'message'), '[]'::jsonb)
+                     from jsonb_array_elements(v_checks) c
+                     where (c ->> 'active')::boolean and c ->> 'verdict' is null),
+        'checks', v_checks,
+        'thresholds', th,
         'users', v -> 'users',
         'missing', v -> 'missing',
         'coverage_pct', v -> 'coverage_pct',
@@ -552,6 +729,7 @@ begin
         'live_workers', v -> 'live_workers',
         'counted_at', v -> 'counted_at',
         'invariant_checked_at', v -> 'invariant_checked_at',
-        'generated_at', v -> 'generated_at');
+        'generated_at', v -> 'generated_at',
+        'stats', v);
 end
 $pg$;
