@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from profileguard.backfill.model import Options
 from profileguard.cli.app import command, state
 from profileguard.cli.options import JsonOption, PoolerOption, number_option
 from profileguard.cli.render import err, out, print_fields, print_json
@@ -129,15 +130,15 @@ def backfill(
         int | None,
         typer.Option("--batch-size", help="First batch size (default 1000, or the resumed run's)."),
     ] = None,
-    min_batch_size: Annotated[int, typer.Option("--min-batch-size")] = 100,
-    max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = 100_000,
-    target_seconds: TargetSeconds = 0.5,
+    min_batch_size: Annotated[int, typer.Option("--min-batch-size")] = Options.min_batch_size,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size")] = Options.max_batch_size,
+    target_seconds: TargetSeconds = Options.target_seconds,
     max_rows_per_second: MaxRowsPerSecond = None,
-    lock_timeout: LockTimeout = 2.0,
-    statement_timeout: StatementTimeout = 30.0,
+    lock_timeout: LockTimeout = Options.lock_timeout,
+    statement_timeout: StatementTimeout = Options.statement_timeout,
     sample: Annotated[
         int, typer.Option("--sample", help="Profiles shown by --dry-run.", min=0)
-    ] = 10,
+    ] = Options.sample,
     workers: Annotated[
         int,
         typer.Option(
@@ -145,12 +146,12 @@ def backfill(
             help="Connections inserting batches at once (default 2: "
             "about the speed of one bulk INSERT; 1 = the lightest on the database).",
         ),
-    ] = 2,
+    ] = Options.workers,
     pooler: PoolerOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create the missing profiles of existing users: batched, throttled, resumable."""
-    from profileguard.backfill import BackfillStoppedError, Options, run_backfill
+    from profileguard.backfill import BackfillStoppedError, run_backfill
 
     options = Options(
         dry_run=dry_run,

@@ -23,11 +23,11 @@ from profileguard.mapping.plan import (
     Plan,
     UniqueKey,
     UsernameConstraints,
-    _cast,
-    _coalesced,
-    _coalesced_as,
-    _unwrapped,
+    cast,
+    coalesced,
+    coalesced_as,
     source_expr,
+    unwrapped,
 )
 
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -382,8 +382,8 @@ def _length_bounds(body: str, column: str) -> tuple[int, int] | None:
     low, high = 0, sys.maxsize
     for term in _AND.split(body.strip()):
         term = term.strip()
-        while term.startswith("(") and term.endswith(")") and _unwrapped(term) != term:
-            term = _unwrapped(term).strip()
+        while term.startswith("(") and term.endswith(")") and unwrapped(term) != term:
+            term = unwrapped(term).strip()
         match = _BOUND.fullmatch(term)
         if match is None or match["col"].strip('()" \t') != column:
             return None
@@ -626,11 +626,11 @@ def _other_column(
             if sql.Identifier(name) not in carried:
                 carried.append(sql.Identifier(name))
                 inner.append(sql.SQL("u.{}").format(sql.Identifier(name)))
-        value = _cast(_coalesced_as(sources, "c"), target)
+        value = cast(coalesced_as(sources, "c"), target)
     else:
         carried.append(alias)
-        inner.append(sql.SQL("{} as {}").format(_coalesced(sources), alias))
-        value = _cast(sql.SQL("c.{}").format(alias), target)
+        inner.append(sql.SQL("{} as {}").format(coalesced(sources), alias))
+        value = cast(sql.SQL("c.{}").format(alias), target)
     if target.not_null and target.default_expr:
         # An explicit NULL would not take the default: the column's default fills the gap.
         value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))

@@ -223,14 +223,14 @@ def _planned_constraints(profile: TableFacts, column: str) -> ColumnConstraints:
     if column in profile.unique:
         keys = (UniqueKey(f"{ref.schema}.{ref.name}_{column}_key"[:63], column, None, None),)
     checks = tuple(
-        (f"{ref.name}_{column}_check", _unwrapped(body))
+        (f"{ref.name}_{column}_check", unwrapped(body))
         for body in (sqlexpr.check_body(text) for text in profile.checks)
         if body is not None and sqlexpr.columns_of(body) == {column}
     )
     return ColumnConstraints(keys, checks, ())
 
 
-def _unwrapped(body: str) -> str:
+def unwrapped(body: str) -> str:
     """`(expr)` as `expr`, as the catalog prints a CHECK when asked for the pretty form."""
     if not (body.startswith("(") and body.endswith(")")):
         return body
@@ -307,14 +307,14 @@ def source_expr(source: Source, alias: str = "u") -> sql.Composable:
     return sql.SQL("nullif(btrim({}), '')").format(expr)
 
 
-def _coalesced(sources: tuple[Source, ...]) -> sql.Composable:
+def coalesced(sources: tuple[Source, ...]) -> sql.Composable:
     parts = [source_expr(s) for s in sources]
     if len(parts) == 1:
         return parts[0]
     return sql.SQL("coalesce({})").format(sql.SQL(", ").join(parts))
 
 
-def _cast(expr: sql.Composable, column: Column) -> sql.Composable:
+def cast(expr: sql.Composable, column: Column) -> sql.Composable:
     # The type text comes from format_type() in the catalog, never from configuration.
     return sql.SQL("({})::{}").format(expr, sql.SQL(column.type))
 
@@ -325,7 +325,7 @@ def _cast(expr: sql.Composable, column: Column) -> sql.Composable:
 # and its classes follow the database's locale.
 
 
-def _coalesced_as(sources: tuple[Source, ...], alias: str) -> sql.Composable:
+def coalesced_as(sources: tuple[Source, ...], alias: str) -> sql.Composable:
     parts = [source_expr(s, alias) for s in sources]
     if len(parts) == 1:
         return parts[0]

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from profileguard.config import Source
 from profileguard.errors import ConfigError
-from profileguard.mapping.plan import Plan, _cast, _coalesced
+from profileguard.mapping.plan import Plan, cast, coalesced
 
 # The identity column Supabase Auth sets on a soft delete (it also clears both metadata columns
 # and replaces the email with a hash in the same UPDATE).
@@ -129,7 +129,7 @@ def _drift_terms(
     for column in sync.synced:
         target = plan.profile.columns[column]
         col = sql.SQL("p.{}").format(sql.Identifier(column))
-        value = _cast(sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}")), target)
+        value = cast(sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}")), target)
         if column in sync.follow:
             stored = sql.SQL("coalesce({}, {})").format(value, col) if target.not_null else value
             differs = sql.SQL("{} is distinct from {}").format(col, stored)
@@ -153,7 +153,7 @@ def _sources_of(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Compos
     ]
     for column, sources in sync.synced.items():
         cols.append(
-            sql.SQL("{} as {}").format(_coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
+            sql.SQL("{} as {}").format(coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
         )
     if sync.deleted_column:
         cols.append(
