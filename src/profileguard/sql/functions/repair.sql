@@ -7,8 +7,8 @@
 -- `p_max_attempts` is reached; the second column is true only for the call that quarantined.
 -- Quarantine is a label, not an end: a quarantined user is tried again every
 -- `p_quarantine_retry` seconds (and at once when the profile table's catalog changes). Messages
--- are stored without row values (profileguard.redact_error; last_message by a trigger on
--- repair_state).
+-- are stored without values (profileguard.redact_error, with the names of the error's fields in
+-- `p_detail`; last_message by a trigger on repair_state).
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
@@ -32,7 +32,7 @@ declare
     v_newly boolean;
     v_entry jsonb := jsonb_build_array(jsonb_build_object(
         'at', now(), 'source', p_source, 'sqlstate', p_sqlstate,
-        'message', profileguard.redact_error(left(p_message, 2000))));
+        'message', profileguard.redact_error(left(p_message, 2000), p_detail)));
 begin
     insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
         last_message, quarantined_at, history, updated_at, fingerprint, waiting_on)
