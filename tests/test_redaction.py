@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import string
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from profileguard import observe
+from profileguard.config import parse_mapping
 from profileguard.install import install
 from profileguard.redaction import redact_row
 
@@ -112,6 +114,7 @@ def test_api_rows_show_names_only_unless_asked(db: TestDB) -> None:
     shown = redact_row(items[0])
     assert shown["redacted"] is True
     assert shown["constraint_name"] == "profiles_full_name_check"
+    assert shown["table_name"] == "profiles" and shown["schema_name"] == "public"
     assert "23514" in shown["message"] and "Failing row" not in str(shown)
     assert redact_row({"kind": "config", "message": "install"})["message"] == "install"
 
@@ -245,3 +248,126 @@ def test_postgresql_message_forms_lose_their_values_and_keep_their_names(
     assert {k: stored_detail[k] for k in fields if k != "detail"} == {
         k: v for k, v in fields.items() if k != "detail"
     }
+
+
+# --- real failures on the server, recorded by the sign-up trigger --------------------------------
+
+PROFILE_TABLE = """
+create table public.profiles (
+    id uuid primary key references auth.users (id) on delete cascade,
+    full_name text constraint full_name_short check (char_length(full_name) < 40),
+    nickname text constraint profiles_nickname_key unique,
+    display text,
+    age smallint,
+    prefs jsonb,
+    handle text not null
+)"""
+
+
+def _real_install(db: TestDB) -> bool:
+    """The profile table above with an exclusion constraint on display (a unique index where
+    btree_gist is missing); True when it is an exclusion constraint."""
+    with db.connect() as conn:
+        gist = conn.execute(
+            "select exists (select from pg_available_extensions where name = 'btree_gist')"
+        ).fetchone()
+        exclusion = bool(gist and gist[0])
+        conn.execute(PROFILE_TABLE)
+        if exclusion:
+            conn.execute("create extension if not exists btree_gist")
+            conn.execute(
+                "alter table public.profiles add constraint display_once"
+                " exclude using gist (display with =)"
+            )
+        else:
+            conn.execute("create unique index display_once on public.profiles (display)")
+    mapping = {
+        column: [f"raw_user_meta_data.{column}"]
+        for column in ("full_name", "nickname", "display", "age", "prefs", "handle")
+    }
+    settings = replace(
+        db.settings,
+        mapping=parse_mapping(mapping),
+        mapping_is_default=False,
+        username_column=None,
+    )
+    install(settings, force=True)
+    return exclusion
+
+
+def test_real_failures_keep_their_fields_and_none_of_the_users_values(db: TestDB) -> None:
+    exclusion = _real_install(db)
+    legit = {
+        "full_name": "Legit (L) O'Neil",
+        "nickname": 'Grace "G" Hopper',
+        "display": "Ada Lovelace (ada@example.com)",
+        "age": "36",
+        "prefs": '{"theme": "dark"}',
+        "handle": "legit-3",
+    }
+    first = db.signup(legit, email="legit@example.com")
+    assert db.scalar("select count(*) from public.profiles where id = %s", (first,)) == 1
+
+    def user(n: int, **changes: str) -> dict[str, str]:
+        return {"handle": f"h-{n}", "display": f"Display {n} ☃", **changes}
+
+    # case: (metadata, SQLSTATE, the fields PostgreSQL reports besides schema and table)
+    cases: dict[str, tuple[dict[str, str], str, dict[str, str]]] = {
+        # Another user's value in the detail of a unique and of an exclusion violation.
+        "unique": (
+            user(1, nickname='Grace "G" Hopper'),
+            "23505",
+            {"constraint_name": "profiles_nickname_key"},
+        ),
+        "exclusion": (
+            user(2, display="Ada Lovelace (ada@example.com)"),
+            "23P01" if exclusion else "23505",
+            {"constraint_name": "display_once"},
+        ),
+        "check": (
+            user(3, full_name="Zoë «Z» Ünal (zoe@example.org) +1 (555) 010-9999 xx"),
+            "23514",
+            {"constraint_name": "full_name_short"},
+        ),
+        "not_null": (
+            {"display": "Nobody (no handle) +44 20 7946 0958"},
+            "23502",
+            {"column_name": "handle"},
+        ),
+        "out_of_range": (user(4, age="99999999999"), "22003", {}),
+        "json_token": (user(5, prefs="ada@example.com"), "22P02", {}),
+    }
+    ids = {
+        case: db.signup(meta, email=f"{case}@example.net") for case, (meta, _, _) in cases.items()
+    }
+    with db.connect() as conn:
+        found = conn.execute(
+            "select user_id, sqlstate, message, detail from profileguard.events"
+            " where kind = 'failure'"
+        ).fetchall()
+    by_user = {row[0]: row[1:] for row in found}
+    rows = {case: by_user[str(uid)] for case, uid in ids.items() if str(uid) in by_user}
+    assert len(found) == len(cases) and set(rows) == set(cases)
+    secrets = [v for meta in [legit] + [c[0] for c in cases.values()] for v in meta.values()]
+    secrets += [f"{case}@example.net" for case in cases] + ["legit@example.com", "Ada Lovelace"]
+    secrets = [v for v in secrets if len(v) > 3]
+    for case, (_, sqlstate, fields) in cases.items():
+        stored_state, message, detail = rows[case]
+        assert stored_state == sqlstate, (case, message)
+        stored = "\n".join([message, *map(str, (detail or {}).values())])
+        for secret in secrets:
+            assert secret.lower() not in stored.lower(), (case, secret, stored)
+        if sqlstate.startswith("23"):
+            assert detail["schema_name"] == "public" and detail["table_name"] == "profiles"
+        for key, name in fields.items():
+            assert detail[key] == name and name in message, (case, message, detail)
+    # The names in the texts stay: the key a unique or exclusion detail names, the type.
+    assert rows["unique"][2]["detail"] == "Key (nickname)=(…) already exists."
+    assert rows["exclusion"][2]["detail"] == (
+        "Key (display)=(…) conflicts with existing key (display)=(…)."
+        if exclusion
+        else "Key (display)=(…) already exists."
+    )
+    assert rows["check"][2]["detail"] == "Failing row contains (…)."
+    assert rows["out_of_range"][1] == 'value "…" is out of range for type smallint'
+    assert rows["json_token"][2]["detail"] == 'Token "…" is invalid.'
