@@ -97,6 +97,57 @@ def test_a_fault_that_rejects_everyone_is_held_not_charged(installed: TestDB) ->
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
 
 
+def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> None:
+    """A BEFORE trigger raising 'signup <id> rejected by gate' names every user it rejects: one
+    fingerprint for all of them, so the fault is seen to fail everyone and nobody is charged."""
+    with installed.connect() as conn:
+        conn.execute(
+            "create function public.pg_test_gate() returns trigger language plpgsql"
+            " set search_path = pg_catalog as"
+            " $$ begin raise exception 'signup % rejected by gate', new.id; end $$"
+        )
+        conn.execute(
+            "create trigger pg_test_gate before insert on public.profiles"
+            " for each row execute function public.pg_test_gate()"
+        )
+    users = [installed.signup({"full_name": f"User {i}"}) for i in range(20)]
+    # The sign-up trigger recorded each failure, with the id it names (ids are not values).
+    with installed.connect() as conn:
+        recorded = dict(
+            conn.execute(
+                "select user_id, message from profileguard.failures where source = 'trigger'"
+            ).fetchall()
+        )
+    assert recorded == {str(u): f"signup {u} rejected by gate" for u in users}
+
+    # One at a time: nothing says yet that the fault fails everyone, but both users fail with
+    # the same fingerprint.
+    for user in users[:2]:
+        assert repair(installed, [user])["failed"] == 1
+    first, second = (state_of(installed, u) for u in users[:2])
+    assert first is not None and second is not None
+    assert first["fingerprint"] == second["fingerprint"] == "P0001:signup # rejected by gate"
+
+    report = repair(installed, users)
+
+    assert report["created"] == 0 and report["failed"] == 0 and report["quarantined"] == 0
+    assert report["waiting"] == 20
+    [fault] = report["systemic"]
+    assert fault["fingerprint"] == first["fingerprint"]
+    assert fault["message"].startswith("signup ") and fault["message"].endswith(" rejected by gate")
+    assert charged(installed) == 0
+    assert {state_of(installed, u)["waiting_on"] for u in users} == {fault["fingerprint"]}
+
+    with installed.connect() as conn:
+        conn.execute("drop trigger pg_test_gate on public.profiles")
+    probe_now(installed)
+    probe = installed.scalar("select profileguard.probe_breakers('test')")
+    assert probe["closed"] == 1 and probe["released"] == 19  # and the canary, created
+    assert Reconciler(installed.settings).run_incremental().repaired >= 19
+    assert missing_profiles(installed) == 0
+    assert installed.scalar("select count(*) from profileguard.repair_state") == 0
+
+
 def test_users_charged_before_the_fault_was_seen_to_fail_everyone_are_refunded(
     installed: TestDB,
 ) -> None:

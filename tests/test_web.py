@@ -414,10 +414,11 @@ def test_events_show_no_row_values_by_default(installed: TestDB) -> None:
     signups(installed, 1, name=BAD_NAME)
     with installed.connect() as conn:
         conn.execute(
-            "select profileguard.record_failure('u-1', '23502', %s, 'client')",
+            "select profileguard.record_failure('u-1', '23502', %s, 'client', %s)",
             (
                 'null value in column "username" violates not-null constraint\n'
                 "Failing row contains (u-1, Grace Hopper, null)",
+                '{"column_name": "username", "table_name": "profiles"}',
             ),
         )
         conn.execute(

@@ -35,6 +35,11 @@ declare
     v_state text;
     v_message text;
     v_detail text;
+    v_schema text;
+    v_table text;
+    v_column text;
+    v_constraint text;
+    v_datatype text;
     v_count bigint;
 begin
     begin
@@ -46,7 +51,9 @@ begin
         return null;
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                v_detail = pg_exception_detail;
+                                v_detail = pg_exception_detail, v_schema = schema_name,
+                                v_table = table_name, v_column = column_name,
+                                v_constraint = constraint_name, v_datatype = pg_datatype_name;
         if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
             raise;
         end if;
@@ -69,7 +76,10 @@ begin
                 return null;
             exception when others or query_canceled or assert_failure then
                 get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                        v_detail = pg_exception_detail;
+                                        v_detail = pg_exception_detail, v_schema = schema_name,
+                                        v_table = table_name, v_column = column_name,
+                                        v_constraint = constraint_name,
+                                        v_datatype = pg_datatype_name;
                 if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
                     raise;
                 end if;
@@ -83,8 +93,8 @@ begin
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'trigger', n.{identity_key}::text, v_state,
                profileguard.sqlstate_category(v_state), left(v_message, 2000),
-               case when v_detail is null or v_detail = '' then null
-                    else jsonb_build_object('detail', left(v_detail, 2000)) end
+               profileguard.error_fields(v_schema, v_table, v_column, v_constraint, v_datatype,
+                                         v_detail)
         from pg_new_users n;
         get diagnostics v_count = row_count;
         perform pg_notify('profileguard',
@@ -225,6 +235,9 @@ declare
     v_table text;
     v_column text;
     v_constraint text;
+    v_datatype text;
+    v_detail text;
+    v_fields jsonb;
     v_object text;
     v_fp text;
     v_fail_id text[] := '{{}}'::text[];
@@ -232,6 +245,7 @@ declare
     v_fail_state text[] := '{{}}'::text[];
     v_fail_object text[] := '{{}}'::text[];
     v_fail_message text[] := '{{}}'::text[];
+    v_fail_fields jsonb[] := '{{}}'::jsonb[];
     v_systemic jsonb := '{{}}'::jsonb;
     v_row record;
     v_newly boolean;
@@ -261,8 +275,11 @@ begin
         exception when others or assert_failure then
             get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                 v_schema = schema_name, v_table = table_name, v_column = column_name,
-                v_constraint = constraint_name;
+                v_constraint = constraint_name, v_datatype = pg_datatype_name,
+                v_detail = pg_exception_detail;
         end;
+        v_fields := profileguard.error_fields(v_schema, v_table, v_column, v_constraint, v_datatype,
+                                              v_detail);
         v_object := profileguard.failure_object(v_schema, v_table, v_column, v_constraint);
         v_fp := profileguard.fingerprint(v_state, v_object, v_message);
         if profileguard.systemic_by_nature(v_state)
@@ -275,7 +292,7 @@ begin
             v_waiting := v_waiting + v_b - v_a + 1;
             v_systemic := v_systemic || jsonb_build_object(v_fp, jsonb_build_object(
                 'fingerprint', v_fp, 'sqlstate', v_state, 'object', v_object,
-                'message', profileguard.redact_error(left(v_message, 2000))));
+                'message', profileguard.redact_error(left(v_message, 2000), v_fields)));
             continue;
         end if;
         if v_a = v_b then
@@ -284,6 +301,7 @@ begin
             v_fail_state := v_fail_state || v_state;
             v_fail_object := v_fail_object || v_object;
             v_fail_message := v_fail_message || left(v_message, 2000);
+            v_fail_fields := array_append(v_fail_fields, v_fields);
             continue;
         end if;
         v_mid := (v_a + v_b) / 2;
@@ -293,7 +311,7 @@ begin
     -- The isolated failures, by fingerprint: do other users fail the same way?
     for v_row in
         select f.fp, min(f.state) as state, min(f.object) as object, min(f.message) as message,
-               array_agg(f.id) as ids,
+               (array_agg(f.fields))[1] as fields, array_agg(f.id) as ids,
                (select count(*) from profileguard.repair_state r
                  where r.fingerprint = f.fp and r.waiting_on is null
                    and r.updated_at > now() - interval '10 minutes'
@@ -301,8 +319,8 @@ begin
                exists (select from profileguard.breakers b
                        where b.fingerprint = f.fp and b.state = 'user_specific'
                          and b.expires_at > now()) as user_specific
-        from unnest(v_fail_id, v_fail_fp, v_fail_state, v_fail_object, v_fail_message)
-             as f(id, fp, state, object, message)
+        from unnest(v_fail_id, v_fail_fp, v_fail_state, v_fail_object, v_fail_message,
+                    v_fail_fields) as f(id, fp, state, object, message, fields)
         group by f.fp
     loop
         if v_created > 0 then
@@ -315,14 +333,15 @@ begin
             v_waiting := v_waiting + cardinality(v_row.ids);
             v_systemic := v_systemic || jsonb_build_object(v_row.fp, jsonb_build_object(
                 'fingerprint', v_row.fp, 'sqlstate', v_row.state, 'object', v_row.object,
-                'message', profileguard.redact_error(v_row.message)));
+                'message', profileguard.redact_error(v_row.message, v_row.fields)));
             continue;
         end if;
         for i in 1 .. cardinality(v_row.ids) loop
             select n.newly_quarantined into v_newly
             from profileguard.note_repair_failure(v_row.ids[i], v_row.state, v_row.message,
                 p_source, p_max_attempts, p_backoff_base, p_backoff_cap,
-                jsonb_build_object('object', v_row.object), v_row.fp, p_quarantine_retry) n;
+                jsonb_build_object('object', v_row.object) || coalesce(v_row.fields, '{{}}'),
+                v_row.fp, p_quarantine_retry) n;
             v_failed := v_failed + 1;
             if v_newly then
                 v_quarantined := v_quarantined + 1;

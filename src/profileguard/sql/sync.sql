@@ -115,6 +115,11 @@ declare
     v_state text;
     v_message text;
     v_detail text;
+    v_schema text;
+    v_table text;
+    v_column text;
+    v_constraint text;
+    v_datatype text;
     v_count bigint;
 begin
     if v_queue = '' then
@@ -132,7 +137,9 @@ begin
         return null;
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                v_detail = pg_exception_detail;
+                                v_detail = pg_exception_detail, v_schema = schema_name,
+                                v_table = table_name, v_column = column_name,
+                                v_constraint = constraint_name, v_datatype = pg_datatype_name;
         if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
             raise;
         end if;
@@ -151,8 +158,8 @@ begin
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'sync', x::text, v_state,
                profileguard.sqlstate_category(v_state), left(v_message, 2000),
-               case when v_detail is null or v_detail = '' then null
-                    else jsonb_build_object('detail', left(v_detail, 2000)) end
+               profileguard.error_fields(v_schema, v_table, v_column, v_constraint, v_datatype,
+                                         v_detail)
         from unnest(coalesce(v_ids::text[], array[null::text])) x;
         get diagnostics v_count = row_count;
         perform pg_notify('profileguard',

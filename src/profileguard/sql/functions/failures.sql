@@ -22,45 +22,300 @@ as $$
     end
 $$;
 
--- Record one failure per user; used by clients whose own ensure call failed.
+-- A text without the values in it, whatever its shape: everything quoted ("…", '…', «…», »…«,
+-- „…“, “…”, ‘…’, 「…」) or in parentheses becomes …, unless it is one of `p_names` in its delimiters
+-- ("profiles_username_key", (username), (lower(username))): the names of what failed say what
+-- to fix. A value runs from its opening delimiter to the last closing one before the next name
+-- (values hold delimiters too: "Ann "Nan" Lee", (Bob :)), or on through that name when none
+-- closes it first; a closing parenthesis nothing opened ends a value that began after the last
+-- name. Left as they are: an apostrophe within a word and a type modifier (varchar(20)). Only a
+-- value that itself holds one of the names in delimiters can keep text beside that name.
+create or replace function profileguard.strip_values(p_text text, p_names text[] default '{}')
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    c_open constant text := '"''(«»„“‘「';
+    c_close constant text := '"'')»«“”’」';
+    c_stray constant text := ')”’」';
+    v_len integer := pg_catalog.length(p_text);
+    v_names text[] := array(select n from pg_catalog.unnest(p_names) n where n <> '');
+    v_max integer;
+    v_starts integer[] := '{}'::integer[];  -- the names found: where each starts and ends
+    v_ends integer[] := '{}'::integer[];
+    v_t integer := 1;            -- the next of them
+    v_next integer;
+    v_out text := '';
+    v_kept integer := 0;         -- the length of v_out after the last name
+    v_i integer;
+    v_p integer;
+    v_q integer;
+    v_best integer;
+    v_window text;
+    v_c text;
+    v_close text;
+    v_inside boolean := false;
+begin
+    if p_text is null then
+        return null;
+    end if;
+    v_max := coalesce((select max(pg_catalog.length(n)) from pg_catalog.unnest(v_names) n), 0);
+    -- The names: an opening delimiter, one of p_names, its closing delimiter (the longest fit).
+    v_p := 1;
+    while v_max > 0 loop
+        v_p := v_p + pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_p),
+                                                            '^[^"''(«»„“‘「]*'));
+        exit when v_p > v_len;
+        v_c := pg_catalog.substr(p_text, v_p, 1);
+        v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, v_c), 1);
+        v_window := pg_catalog.substr(p_text, v_p + 1, v_max + 1);
+        v_best := 0;
+        v_q := 0;
+        loop
+            v_i := pg_catalog.strpos(pg_catalog.substr(v_window, v_q + 1), v_close);
+            exit when v_i = 0;
+            v_q := v_q + v_i;
+            if pg_catalog.substr(v_window, 1, v_q - 1) = any(v_names) then
+                v_best := v_q;
+            end if;
+        end loop;
+        if v_best > 0 then
+            v_starts := v_starts || v_p;
+            v_ends := v_ends || (v_p + v_best);
+        end if;
+        v_p := v_p + v_best + 1;
+    end loop;
+    v_i := 1;
+    loop
+        while v_t <= pg_catalog.cardinality(v_starts) and v_starts[v_t] < v_i loop
+            v_t := v_t + 1;
+        end loop;
+        v_next := coalesce(v_starts[v_t], v_len + 1);
+        if v_inside then
+            -- The value goes on to the last closing delimiter before the next name.
+            v_q := pg_catalog.strpos(
+                pg_catalog.reverse(pg_catalog.substr(p_text, v_i, v_next - v_i)), v_close);
+            if v_q = 0 then
+                exit when v_next > v_len;
+                if v_next > v_i and pg_catalog.right(v_out, 1) <> '…' then
+                    v_out := v_out || '…';
+                end if;
+                v_out := v_out || pg_catalog.substr(p_text, v_next, v_ends[v_t] - v_next + 1);
+                v_i := v_ends[v_t] + 1;
+                v_kept := pg_catalog.length(v_out);
+                continue;
+            end if;
+            v_p := v_next - v_q;  -- the closing delimiter
+            if v_p > v_i and pg_catalog.right(v_out, 1) <> '…' then
+                v_out := v_out || '…';
+            end if;
+            v_out := v_out || v_close;
+            v_i := v_p + 1;
+            v_inside := false;
+            continue;
+        end if;
+        -- Outside a value: the text as it is, up to the next delimiter.
+        v_q := pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_i),
+                                                      '^[^"''(«»„“‘「)”’」]*'));
+        v_p := v_i + v_q;
+        v_out := v_out || pg_catalog.substr(p_text, v_i, v_q);
+        exit when v_p > v_len;
+        v_c := pg_catalog.substr(p_text, v_p, 1);
+        if v_p = v_next then
+            v_out := v_out || pg_catalog.substr(p_text, v_p, v_ends[v_t] - v_p + 1);
+            v_i := v_ends[v_t] + 1;
+            v_kept := pg_catalog.length(v_out);
+        elsif pg_catalog.strpos(c_stray, v_c) > 0 then
+            -- It closes a value that began after the last name.
+            v_out := pg_catalog.left(v_out, v_kept) || '…' || v_c;
+            v_i := v_p + 1;
+        elsif v_c = '''' and pg_catalog.substr(p_text, v_p - 1, 1) ~ '^[[:alnum:]]$' then
+            v_out := v_out || v_c;
+            v_i := v_p + 1;
+        elsif v_c = '(' and pg_catalog.substr(p_text, v_p - 1, 1) ~ '^[[:alpha:]]$'
+              and pg_catalog.substr(p_text, v_p, 24) ~ '^\([0-9]+(, ?[0-9]+)?\)' then
+            v_q := pg_catalog.strpos(pg_catalog.substr(p_text, v_p), ')');
+            v_out := v_out || pg_catalog.substr(p_text, v_p, v_q);
+            v_i := v_p + v_q;
+        else
+            v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, v_c), 1);
+            v_out := v_out || v_c || '…';
+            v_i := v_p + 1;
+            v_inside := true;
+        end if;
+    end loop;
+    return v_out;
+end
+$pg$;
+
+-- The names an error's text may hold, which strip_values keeps: the error's fields (`p_fields`:
+-- schema_name, table_name, column_name, constraint_name, datatype_name, as GET STACKED
+-- DIAGNOSTICS and psycopg's Diagnostic name them) and, for that table and for the profile and
+-- identity tables: their schema, columns, constraints, indexes, the key lists "Key (…)=" prints
+-- for their foreign keys and for their indexes on columns, and the tables those foreign keys
+-- join. Plain catalog reads, paid only by a failure, that wait for no lock (pg_get_indexdef and
+-- pg_get_expr lock the table, which may be what failed: an expression key, lower(username),
+-- keeps only its column's name).
+create or replace function profileguard.error_names(p_fields jsonb default null)
+returns text[]
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    v_fields jsonb := case when pg_catalog.jsonb_typeof(p_fields) = 'object' then p_fields end;
+    v_tables oid[];
+    v_keys oid[];
+    v_names text[];
+begin
+    v_tables := array(
+        select c.oid from pg_catalog.pg_class c
+        where c.relname = v_fields ->> 'table_name'
+          and c.relnamespace = (select n.oid from pg_catalog.pg_namespace n
+                                where n.nspname = v_fields ->> 'schema_name')
+        union
+        select pg_catalog.to_regclass(pg_catalog.format('%I.%I',
+                   pg_catalog.split_part(t.name, '.', 1), pg_catalog.split_part(t.name, '.', 2)))
+        from profileguard.settings s,
+             lateral (values (s.profile_table), (s.identity_table)) as t(name)
+        where s.singleton);
+    -- The constraints of those tables, and the foreign keys that reference them.
+    v_keys := array(
+        select c.oid from pg_catalog.pg_constraint c where c.conrelid = any(v_tables)
+        union
+        select c.oid from pg_catalog.pg_constraint c where c.confrelid = any(v_tables));
+    v_names := array(
+        select f.value from pg_catalog.jsonb_each_text(coalesce(v_fields, '{}'::jsonb)) as f(key, value)
+        where f.key in ('schema_name', 'table_name', 'column_name', 'constraint_name',
+                        'datatype_name')
+        union all
+        select y.name
+        from pg_catalog.pg_class c
+        join pg_catalog.pg_namespace n on n.oid = c.relnamespace,
+             lateral (values (c.relname::text), (n.nspname::text),
+                             (n.nspname || '.' || c.relname)) as y(name)
+        where c.oid = any(v_tables || array(select k.conrelid from pg_catalog.pg_constraint k
+                                             where k.oid = any(v_keys)
+                                             union
+                                             select k.confrelid from pg_catalog.pg_constraint k
+                                             where k.oid = any(v_keys)))
+        union all
+        select a.attname::text from pg_catalog.pg_attribute a
+        where a.attrelid = any(v_tables) and a.attnum > 0 and not a.attisdropped
+        union all
+        select k.conname::text from pg_catalog.pg_constraint k where k.oid = any(v_keys)
+        union all
+        -- "Key (a, b)=" of a foreign key: its columns on either side, as they are named.
+        select (select pg_catalog.string_agg(a.attname::text, ', ' order by o.n)
+                from pg_catalog.unnest(s.cols) with ordinality as o(att, n)
+                join pg_catalog.pg_attribute a on a.attrelid = s.rel and a.attnum = o.att)
+        from pg_catalog.pg_constraint k,
+             lateral (values (k.conrelid, k.conkey), (k.confrelid, k.confkey)) as s(rel, cols)
+        where k.oid = any(v_keys) and s.cols is not null
+        union all
+        select r.relname::text from pg_catalog.pg_index i
+        join pg_catalog.pg_class r on r.oid = i.indexrelid
+        where i.indrelid = any(v_tables)
+        union all
+        -- "Key (a, b)=" of an index on columns: its key columns, quoted as pg_get_indexdef does.
+        select (select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' order by k.n)
+                from pg_catalog.unnest(i.indkey::integer[]) with ordinality as k(att, n)
+                join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.att
+                where k.n <= i.indnkeyatts)
+        from pg_catalog.pg_index i
+        where i.indrelid = any(v_tables) and i.indexprs is null);
+    return array(select distinct n from pg_catalog.unnest(v_names) n where n <> '');
+end
+$pg$;
+
+-- An error's fields and detail as a failure event keeps them (events.detail): those given only.
+create or replace function profileguard.error_fields(
+    p_schema text, p_table text, p_column text, p_constraint text, p_datatype text, p_detail text
+)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select nullif(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'schema_name', nullif(p_schema, ''), 'table_name', nullif(p_table, ''),
+        'column_name', nullif(p_column, ''), 'constraint_name', nullif(p_constraint, ''),
+        'datatype_name', nullif(p_datatype, ''),
+        'detail', nullif(pg_catalog.left(p_detail, 2000), ''))), '{}'::jsonb)
+$pg$;
+
+-- An error's text as profileguard stores it: its values stripped, the names of what failed kept
+-- (with those of its fields `p_fields`, when known). Applied on write, so the audit trail never
+-- holds a user's name, email or metadata, however long it is kept. A failure recorded for many
+-- users at once stores the same texts many times: the last two results of a transaction are kept
+-- in the settings profileguard.redacted_1 and _2 (local to it; the md5 of the text and the
+-- names of the fields, then the result), so that the catalog is read once. A session can set
+-- them itself: its own failures are then stored with a text it chose for an input it knew in
+-- full, which holds nothing it did not know.
+create or replace function profileguard.redact_error(p_text text, p_fields jsonb default null)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    v_fields jsonb := case when pg_catalog.jsonb_typeof(p_fields) = 'object' then p_fields end;
+    v_key text;
+    v_seen text;
+    v_out text;
+begin
+    if p_text is null then
+        return null;
+    end if;
+    v_key := pg_catalog.md5(pg_catalog.concat_ws(e'\x1f', v_fields ->> 'schema_name',
+        v_fields ->> 'table_name', v_fields ->> 'column_name', v_fields ->> 'constraint_name',
+        v_fields ->> 'datatype_name', p_text));
+    v_seen := pg_catalog.current_setting('profileguard.redacted_1', true);
+    if pg_catalog.left(v_seen, 32) = v_key then
+        return pg_catalog.substr(v_seen, 34);
+    end if;
+    v_seen := pg_catalog.current_setting('profileguard.redacted_2', true);
+    if pg_catalog.left(v_seen, 32) = v_key then
+        return pg_catalog.substr(v_seen, 34);
+    end if;
+    v_out := profileguard.strip_values(p_text, profileguard.error_names(v_fields));
+    perform pg_catalog.set_config('profileguard.redacted_2',
+        coalesce(pg_catalog.current_setting('profileguard.redacted_1', true), ''), true);
+    perform pg_catalog.set_config('profileguard.redacted_1', v_key || ':' || v_out, true);
+    return v_out;
+end
+$pg$;
+
+-- Record one failure per user; used by clients whose own ensure call failed. `p_fields` may carry
+-- the error's fields and detail under the names psycopg's Diagnostic gives them (schema_name,
+-- table_name, column_name, constraint_name, datatype_name; detail): the event keeps those, and the
+-- names in them stay in its message.
 create or replace function profileguard.record_failure(
     p_user_id text,
     p_sqlstate text,
     p_message text,
-    p_source text default 'client'
+    p_source text default 'client',
+    p_fields jsonb default null
 )
 returns void
 language sql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    insert into profileguard.events (kind, source, user_id, sqlstate, category, message)
+    insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
     values ('failure', p_source, p_user_id, p_sqlstate,
-            profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000));
+            profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000),
+            profileguard.error_fields(p_fields ->> 'schema_name', p_fields ->> 'table_name',
+                                      p_fields ->> 'column_name', p_fields ->> 'constraint_name',
+                                      p_fields ->> 'datatype_name', p_fields ->> 'detail'));
 $$;
 
--- An error text without the data PostgreSQL quotes in it: the values of "Failing row contains
--- (…)", of "Key (col)=(…)" and a trailing ': "…"' (invalid input syntax, enum values). Names
--- of constraints, columns and tables stay: they say what to fix. Applied on write, so the audit
--- trail never holds a user's name, email or metadata, however long it is kept.
-create or replace function profileguard.redact_error(p_text text)
-returns text
-language sql
-immutable
-parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-    select pg_catalog.regexp_replace(
-             pg_catalog.regexp_replace(
-               pg_catalog.regexp_replace(p_text,
-                 'Failing row contains \(.*\)', 'Failing row contains (redacted)'),
-               '\)=\(.*\)( already exists| conflicts with existing key| is not present in table| is still referenced)',
-               ')=(redacted)\1'),
-             ': ".*"$', ': "(redacted)"')
-$$;
-
--- Every event is redacted as it is written, whoever writes it (the trigger, the worker, clients
--- through record_failure).
+-- Every failure event is redacted as it is written, whoever writes it (the triggers, the worker,
+-- clients through record_failure), keeping the names of the fields its detail carries.
 create or replace function profileguard.redact_event()
 returns trigger
 language plpgsql
@@ -68,17 +323,31 @@ set search_path = pg_catalog, pg_temp
 as $pg$
 begin
     if new.kind in ('failure', 'quarantine') then
-        new.message := profileguard.redact_error(new.message);
-        if new.detail ? 'detail' then
-            new.detail := pg_catalog.jsonb_set(new.detail, '{detail}',
-                pg_catalog.to_jsonb(profileguard.redact_error(new.detail ->> 'detail')));
+        new.message := profileguard.redact_error(new.message, new.detail);
+        if pg_catalog.jsonb_typeof(new.detail) = 'object'
+           and pg_catalog.jsonb_typeof(new.detail -> 'detail') <> 'null' then
+            new.detail := pg_catalog.jsonb_set(new.detail, '{detail}', pg_catalog.to_jsonb(
+                profileguard.redact_error(new.detail ->> 'detail', new.detail)));
         end if;
     end if;
     return new;
 end
 $pg$;
 
+-- repair_state and drift_state keep no fields: the names kept are the profile and identity
+-- tables' (profileguard.error_names).
 create or replace function profileguard.redact_repair_state()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $pg$
+begin
+    new.last_message := profileguard.redact_error(new.last_message);
+    return new;
+end
+$pg$;
+
+create or replace function profileguard.redact_drift_state()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp

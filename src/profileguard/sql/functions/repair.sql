@@ -7,8 +7,8 @@
 -- `p_max_attempts` is reached; the second column is true only for the call that quarantined.
 -- Quarantine is a label, not an end: a quarantined user is tried again every
 -- `p_quarantine_retry` seconds (and at once when the profile table's catalog changes). Messages
--- are stored without row values (profileguard.redact_error; last_message by a trigger on
--- repair_state).
+-- are stored without values (profileguard.redact_error, with the names of the error's fields in
+-- `p_detail`; last_message by a trigger on repair_state).
 create or replace function profileguard.note_repair_failure(
     p_user_id text,
     p_sqlstate text,
@@ -32,7 +32,7 @@ declare
     v_newly boolean;
     v_entry jsonb := jsonb_build_array(jsonb_build_object(
         'at', now(), 'source', p_source, 'sqlstate', p_sqlstate,
-        'message', profileguard.redact_error(left(p_message, 2000))));
+        'message', profileguard.redact_error(left(p_message, 2000), p_detail)));
 begin
     insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
         last_message, quarantined_at, history, updated_at, fingerprint, waiting_on)
@@ -94,8 +94,11 @@ as $pg$
 $pg$;
 
 -- A failure's fingerprint: its SQLSTATE and the object it names (schema.table.column or
--- schema.table.constraint from the error's fields), or, when it names none, its message without
--- row values. Users failing with the same fingerprint fail for the same reason.
+-- schema.table.constraint from the error's fields), or, when it names none, its message with
+-- every value stripped (profileguard.strip_values, no name kept) and every UUID, email and word
+-- with a digit in it (numbers, most ids) replaced by #: a fault that names each user it fails
+-- ('signup 42 rejected by gate') is one fingerprint. Users failing with the same fingerprint
+-- fail for the same reason.
 create or replace function profileguard.fingerprint(p_sqlstate text, p_object text, p_message text)
 returns text
 language plpgsql
@@ -103,9 +106,18 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
+declare
+    v_text text;
 begin
-    return coalesce(p_sqlstate, 'XXXXX') || ':' || coalesce(nullif(p_object, ''),
-        left(profileguard.redact_error(coalesce(p_message, '')), 200));
+    if nullif(p_object, '') is not null then
+        return coalesce(p_sqlstate, 'XXXXX') || ':' || p_object;
+    end if;
+    v_text := profileguard.strip_values(coalesce(p_message, ''));
+    v_text := pg_catalog.regexp_replace(v_text,
+        '[[:xdigit:]]{8}-[[:xdigit:]]{4}-[[:xdigit:]]{4}-[[:xdigit:]]{4}-[[:xdigit:]]{12}', '#', 'g');
+    v_text := pg_catalog.regexp_replace(v_text, '[^[:space:]@]+@[^[:space:]@]+', '#', 'g');
+    v_text := pg_catalog.regexp_replace(v_text, '[[:alnum:]_-]*[0-9][[:alnum:]_-]*', '#', 'g');
+    return coalesce(p_sqlstate, 'XXXXX') || ':' || pg_catalog.left(v_text, 200);
 end
 $pg$;
 
@@ -180,6 +192,11 @@ begin
         next_probe_at = case when b.state = 'open' then b.next_probe_at
                              else now() + interval '0.25 seconds' end
     returning (xmax = 0 or b.opened_at = now()) into v_opened;
+    -- Charged before the fault was seen to fail everyone (among p_ids or not): refunded.
+    update profileguard.repair_state r
+        set waiting_on = p_fingerprint, attempts = 0, quarantined_at = null,
+            next_attempt_at = 'infinity', updated_at = now()
+        where r.fingerprint = p_fingerprint and r.waiting_on is null;
     insert into profileguard.repair_state as r (user_id, attempts, next_attempt_at, last_sqlstate,
         last_message, fingerprint, waiting_on, updated_at)
     select x, 0, 'infinity', p_sqlstate, left(p_message, 2000), p_fingerprint, p_fingerprint, now()
@@ -188,11 +205,6 @@ begin
         next_attempt_at = 'infinity', last_sqlstate = excluded.last_sqlstate,
         last_message = excluded.last_message, fingerprint = excluded.fingerprint,
         waiting_on = excluded.waiting_on, updated_at = now();
-    -- Charged before the fault was seen to fail everyone: refunded.
-    update profileguard.repair_state r
-        set waiting_on = p_fingerprint, attempts = 0, quarantined_at = null,
-            next_attempt_at = 'infinity', updated_at = now()
-        where r.fingerprint = p_fingerprint and r.waiting_on is null;
     if v_opened then
         insert into profileguard.events (kind, source, sqlstate, category, message, detail)
         values ('breaker', p_source, p_sqlstate, profileguard.sqlstate_category(p_sqlstate),

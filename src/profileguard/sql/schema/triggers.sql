@@ -6,7 +6,7 @@ create trigger profileguard_flags
     for each row execute function profileguard.write_flags();
 
 -- Every stored message is redacted as it is written, whoever writes it (the sign-up trigger, the
--- worker, clients through record_failure): functions/failures.sql.
+-- worker, clients through record_failure, the drift pass): functions/failures.sql.
 create trigger redact_before_write
     before insert or update of message, detail on profileguard.events
     for each row execute function profileguard.redact_event();
@@ -14,3 +14,7 @@ create trigger redact_before_write
 create trigger redact_before_write
     before insert or update of last_message on profileguard.repair_state
     for each row execute function profileguard.redact_repair_state();
+
+create trigger redact_before_write
+    before insert or update of last_message on profileguard.drift_state
+    for each row execute function profileguard.redact_drift_state();
