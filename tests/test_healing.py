@@ -143,7 +143,7 @@ def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> N
     probe_now(installed)
     probe = installed.scalar("select profileguard.probe_breakers('test')")
     assert probe["closed"] == 1 and probe["released"] == 19  # and the canary, created
-    assert Reconciler(installed.settings).run_incremental().repaired >= 19
+    assert Worker(installed.settings).run_incremental().repaired >= 19
     assert missing_profiles(installed) == 0
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
 
