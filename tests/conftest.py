@@ -261,3 +261,24 @@ def as_of(patch: pytest.MonkeyPatch, migrations: tuple[sqlfiles.Migration, ...])
             "\n".join(m.after_functions for m in migrations),
         ),
     )
+
+
+def shape_db(server_dsn: str, template_db: str, dbname: str, ddl: str) -> str:
+    """A database `dbname` from the template, with `ddl` run in it and JIT off; its URL.
+
+    For property tests over table shapes: correctness is checked there, and JIT compiling each
+    of thousands of one-row statements on a server built with LLVM would only make them slow."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
+        )
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(dbname), sql.Identifier(template_db)
+            )
+        )
+    url = make_conninfo(server_dsn, dbname=dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ddl)
+        conn.execute(sql.SQL("alter database {} set jit = off").format(sql.Identifier(dbname)))
+    return url

@@ -30,11 +30,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import shape_db
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from test_username_properties import documents, names, values
 
@@ -190,25 +190,7 @@ def tables(server_dsn: str, template_db: str) -> Iterator[dict[str, Table]]:
     try:
         for name, ddl in SHAPES.items():
             dbname = f"pg_private_{os.getpid()}_{name}"
-            with psycopg.connect(server_dsn, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("drop database if exists {} with (force)").format(
-                        sql.Identifier(dbname)
-                    )
-                )
-                conn.execute(
-                    sql.SQL("create database {} template {}").format(
-                        sql.Identifier(dbname), sql.Identifier(template_db)
-                    )
-                )
-            url = make_conninfo(server_dsn, dbname=dbname)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(ddl)
-                # Correctness is checked here; JIT compiling thousands of one-row statements
-                # on a server built with LLVM would only make it slow.
-                conn.execute(
-                    sql.SQL("alter database {} set jit = off").format(sql.Identifier(dbname))
-                )
+            url = shape_db(server_dsn, template_db, dbname, ddl)
             install(load_settings(env={}, database_url=url))
             made[name] = Table(name, dbname, url)
         yield made

@@ -26,11 +26,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import shape_db
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from profileguard.config import DEFAULT_RESERVED, Settings, load_settings
 from profileguard.install import install
@@ -186,25 +186,7 @@ def shapes(server_dsn: str, template_db: str) -> Iterator[dict[str, Shape]]:
     try:
         for name, ddl in SHAPES.items():
             dbname = f"pg_prop_{os.getpid()}_{name}"
-            with psycopg.connect(server_dsn, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("drop database if exists {} with (force)").format(
-                        sql.Identifier(dbname)
-                    )
-                )
-                conn.execute(
-                    sql.SQL("create database {} template {}").format(
-                        sql.Identifier(dbname), sql.Identifier(template_db)
-                    )
-                )
-            url = make_conninfo(server_dsn, dbname=dbname)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(ddl)
-                # What this checks is correctness; JIT compiling each of thousands of one-row
-                # statements on a server built with LLVM would only make it slow.
-                conn.execute(
-                    sql.SQL("alter database {} set jit = off").format(sql.Identifier(dbname))
-                )
+            url = shape_db(server_dsn, template_db, dbname, ddl)
             text_keys = name == "varchar16_text_keys"
             overrides = (
                 {"identity_table": "public.accounts", "profile_table": "public.members"}
