@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -177,6 +178,17 @@ def test_dry_run_changes_nothing_and_reports_would_fail_rows(installed: TestDB) 
     assert installed.scalar("select count(*) from profileguard.events") == events_before
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
     assert run_row(installed)["dry_run"] is True
+
+
+def test_dry_run_text_says_would_create_never_created(installed: TestDB) -> None:
+    without_trigger(installed, 300)
+    result = run_cli(installed, "--dry-run", "--sample", "0")
+    assert result.returncode == 0, result.stderr
+    # The progress line (stderr, not a terminal) and the summary table speak of what would be.
+    assert "would create 300" in result.stderr and "created" not in result.stderr
+    assert re.search(r"would create\W+300\b", result.stdout), result.stdout
+    assert "created" not in result.stdout
+    assert installed.scalar("select count(*) from public.profiles") == 0
 
 
 @pytest.mark.parametrize("workers", [1, 3])

@@ -17,8 +17,10 @@ from profileguard.cli.render import err, out, print_fields, print_json
 from profileguard.errors import ExitCode
 
 
-def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
-    """A rich progress bar on a terminal; plain lines every few seconds otherwise (stderr)."""
+def _backfill_progress(as_json: bool, dry_run: bool) -> tuple[Any, Callable[[Any], None]]:
+    """A rich progress bar on a terminal; plain lines every few seconds otherwise (stderr).
+
+    A dry run creates nothing: its counts read "would create" and "would fail"."""
     import time
 
     from rich.progress import (
@@ -31,6 +33,8 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
         TimeRemainingColumn,
     )
 
+    name = "dry run" if dry_run else "backfill"
+    create, fail = ("would create", "would fail") if dry_run else ("created", "failed")
     if err.is_terminal:
         bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -38,14 +42,14 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
             MofNCompleteColumn(),
             TaskProgressColumn(),
             TextColumn("{task.fields[rate]:,.0f} rows/s"),
-            TextColumn("created {task.fields[created]:,}  failed {task.fields[failed]:,}"),
+            TextColumn(f"{create} {{task.fields[created]:,}}  {fail} {{task.fields[failed]:,}}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=err,
             transient=as_json,
         )
-        task = bar.add_task("backfill", total=None, rate=0.0, created=0, failed=0)
+        task = bar.add_task(name, total=None, rate=0.0, created=0, failed=0)
 
         def update(p: Any) -> None:
             bar.update(
@@ -55,7 +59,7 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
                 rate=p.rows_per_second,
                 created=p.created,
                 failed=p.failed,
-                description=f"{'dry run' if p.dry_run else 'backfill'} #{p.run_id}",
+                description=f"{name} #{p.run_id}",
             )
 
         return bar, update
@@ -70,8 +74,8 @@ def _backfill_progress(as_json: bool) -> tuple[Any, Callable[[Any], None]]:
         total = max(p.total_estimate, p.scanned)
         eta = (total - p.scanned) / p.rows_per_second if p.rows_per_second else 0.0
         err.print(
-            f"backfill #{p.run_id}: scanned {p.scanned}/{total} created {p.created} "
-            f"failed {p.failed} batches {p.batches} batch size {p.batch_size} "
+            f"{name} #{p.run_id}: scanned {p.scanned}/{total} {create} {p.created} "
+            f"{fail} {p.failed} batches {p.batches} batch size {p.batch_size} "
             f"{p.rows_per_second:.0f} rows/s ETA {eta:.0f}s",
             highlight=False,
             soft_wrap=True,
@@ -167,7 +171,7 @@ def backfill(
         workers=workers,
     )
     settings = state(ctx).settings(pooler=pooler)
-    bar, update = _backfill_progress(as_json)
+    bar, update = _backfill_progress(as_json, dry_run)
     try:
         with _stop_after_batch() as stop, bar if bar is not None else contextlib.nullcontext():
             report = run_backfill(settings, options, progress=update, stop_event=stop)
@@ -205,7 +209,11 @@ def _backfill_view(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(data)
     else:
-        shown = {k: v for k, v in data.items() if k not in ("failures", "sample")}
+        # A dry run shows its counts as would_create and would_fail, never as done.
+        hidden = {"failures", "sample"} | (
+            {"created", "failed", "quarantined"} if report.dry_run else set()
+        )
+        shown = {k: v for k, v in data.items() if k not in hidden}
         title = f"{'dry run' if report.dry_run else 'backfill'} #{report.run_id}: {report.state}"
         print_fields(title, shown)
         for failure in report.failures:
