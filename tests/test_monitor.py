@@ -430,3 +430,32 @@ def test_repair_lag_ignores_quarantined_users(installed: TestDB) -> None:
     s = stats(installed)
     assert 7200 <= s["oldest_missing_age_seconds"] < 7300
     assert 3600 <= s["repair_lag_seconds"] < 3700
+
+
+def test_duration_reads_in_its_two_largest_units(installed: TestDB) -> None:
+    """The status table (Python) and the checks' messages (SQL) write ages alike."""
+    from profileguard.cli.render import duration
+
+    ages = (0, 0.4, 45, 59.6, 200, 3600, 3601, 7380, 86400, 90061, 3578455)
+    expected = ["0s", "0s", "45s", "1m", "3m 20s", "1h", "1h", "2h 3m", "1d", "1d 1h", "41d 10h"]
+    assert [duration(s) for s in ages] == expected
+    in_sql = [installed.scalar("select profileguard._duration(%s)", (s,)) for s in ages]
+    assert in_sql == expected
+
+
+def test_status_text_shows_ages_in_human_units(installed: TestDB) -> None:
+    set_enabled(installed.settings, False)
+    (late,) = signups(installed, 1, name="Late")
+    set_enabled(installed.settings, True)
+    with installed.connect() as conn:
+        conn.execute(
+            "update auth.users set created_at = now() - interval '2 hours 3 minutes' where id = %s",
+            (late,),
+        )
+    table = cli(installed, "status", "--refresh", env={"COLUMNS": "200"})
+    assert table.returncode == 7, table.stderr
+    assert "(oldest 2h 3m)" in table.stdout, table.stdout
+    assert "7380s" not in table.stdout and "7381s" not in table.stdout
+    as_json = json.loads(cli(installed, "status", "--json").stdout)
+    assert 7380 <= as_json["stats"]["oldest_missing_age_seconds"] < 7480
+

@@ -13,7 +13,7 @@ import typer
 from profileguard.backfill.model import Options
 from profileguard.cli.app import command, state
 from profileguard.cli.options import JsonOption, PoolerOption, number_option
-from profileguard.cli.render import err, out, print_fields, print_json
+from profileguard.cli.render import duration, err, out, print_fields, print_json
 from profileguard.errors import ExitCode
 
 
@@ -76,7 +76,7 @@ def _backfill_progress(as_json: bool, dry_run: bool) -> tuple[Any, Callable[[Any
         err.print(
             f"{name} #{p.run_id}: scanned {p.scanned}/{total} {create} {p.created} "
             f"{fail} {p.failed} batches {p.batches} batch size {p.batch_size} "
-            f"{p.rows_per_second:.0f} rows/s ETA {eta:.0f}s",
+            f"{p.rows_per_second:.0f} rows/s ETA {duration(eta)}",
             highlight=False,
             soft_wrap=True,
         )

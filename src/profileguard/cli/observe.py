@@ -13,7 +13,7 @@ from rich.table import Table
 from profileguard import __version__
 from profileguard.cli.app import command, state
 from profileguard.cli.options import JsonOption
-from profileguard.cli.render import out, print_fields, print_json
+from profileguard.cli.render import duration, out, print_fields, print_json
 from profileguard.errors import ExitCode, ProfileGuardError
 from profileguard.extras import require_extra
 from profileguard.install import describe
@@ -82,12 +82,12 @@ def _status_view(result: dict[str, Any]) -> None:
         "users": f"{s['users']:,}" + ("" if s.get("users_exact") else " (since last count)"),
         "profiles": f"{s['profiles']:,}",
         "missing": f"{s['missing']:,}"
-        + (f" (oldest {s['oldest_missing_age_seconds']:.0f}s)" if s["missing"] else ""),
+        + (f" (oldest {duration(s['oldest_missing_age_seconds'])})" if s["missing"] else ""),
         "coverage": f"{s['coverage_pct']:.2f}%",
         "trigger success": "n/a"
         if rate is None
         else f"{rate:.2f}% ({s['trigger_failures_window']} failures / "
-        f"{s.get('signups_window') or 0} signups, {s['window_covered_seconds']:.0f}s)",
+        f"{s.get('signups_window') or 0} signups, {duration(s['window_covered_seconds'])})",
         "failures by category": ", ".join(
             f"{k} {v}" for k, v in s["failures_by_category_total"].items()
         )
@@ -96,9 +96,10 @@ def _status_view(result: dict[str, Any]) -> None:
         "quarantined": f"{s['quarantined']:,} ({s['retrying']} retrying)",
         "workers": f"{s['live_workers']} live of {len(s['workers'])}"
         + "".join(
-            f"; {w['worker_id']} {w['heartbeat_age_seconds']:.0f}s ago" for w in s["workers"][:5]
+            f"; {w['worker_id']} {duration(w['heartbeat_age_seconds'])} ago"
+            for w in s["workers"][:5]
         )
-        + f" (repair lag {s['repair_lag_seconds']:.0f}s)",
+        + f" (repair lag {duration(s['repair_lag_seconds'])})",
         "backfill": f"{backfill.get('state')} {backfill.get('progress_pct') or 0}%"
         + (" STALLED" if backfill.get("stalled") else "")
         if backfill
@@ -110,7 +111,7 @@ def _status_view(result: dict[str, Any]) -> None:
             else ""
         )
         + f"; {s.get('sync_failures_hour') or 0} sync failures in the last hour",
-        "counted": f"{s['count_age_seconds']:.0f}s ago (full sweep {s['refresh_ms']} ms)",
+        "counted": f"{duration(s['count_age_seconds'])} ago (full sweep {s['refresh_ms']} ms)",
     }
     for key, value in rows.items():
         figures.add_row(key, value)

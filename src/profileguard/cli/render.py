@@ -13,6 +13,22 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)  # errors are never cut into lines mid-text
 
 
+def duration(seconds: float) -> str:
+    """An age or duration in its two largest units, for people: 45s, 3m 20s, 2h 3m, 41d 9h
+    (JSON keeps the seconds)."""
+    left = max(0, round(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+        elif parts:
+            break
+        if len(parts) == 2:
+            break
+    return " ".join(parts) or "0s"
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

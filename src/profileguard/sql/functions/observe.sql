@@ -554,6 +554,24 @@ begin
 end
 $pg$;
 
+-- An age or duration in its two largest units, for the checks' messages: 45s, 3m 20s, 2h 3m, 41d 9h
+-- (the figures keep seconds).
+create or replace function profileguard._duration(p_seconds double precision)
+returns text
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select case
+        when d > 0 then d || 'd' || case when h > 0 then format(' %sh', h) else '' end
+        when h > 0 then h || 'h' || case when m > 0 then format(' %sm', m) else '' end
+        when m > 0 then m || 'm' || case when s > 0 then format(' %ss', s) else '' end
+        else s || 's'
+    end
+    from (select n / 86400 as d, n % 86400 / 3600 as h, n % 3600 / 60 as m, n % 60 as s
+          from (select greatest(round(coalesce(p_seconds, 0)), 0)::bigint as n) as total) as units
+$pg$;
+
 -- One check of the verdict, as health() lists it: `status` is 'ok' or, while it holds, its
 -- severity; `verdict` is what it makes the verdict while it holds (null: a warning only).
 create or replace function profileguard._check(
@@ -625,21 +643,21 @@ begin
         profileguard._check('repair_slo', 'critical', 'unhealthy', v_missing > 0 and v_age > v_slo,
             v_age, v_slo,
             case when v_missing > 0 and v_age > v_slo
-                then format('a user has had no profile for %ss, beyond the repair SLO of %ss;'
+                then format('a user has had no profile for %s, beyond the repair SLO of %s;'
                             ' see the quarantine and the worker: profileguard status',
-                            round(v_age)::bigint, round(v_slo)::bigint)
-                else format('no user has waited longer than the repair SLO of %ss',
-                            round(v_slo)::bigint)
+                            profileguard._duration(v_age), profileguard._duration(v_slo))
+                else format('no user has waited longer than the repair SLO of %s',
+                            profileguard._duration(v_slo))
             end),
         profileguard._check('missing_profiles', 'warning', 'degraded',
             v_missing > 0 and v_age > v_grace, v_age, v_grace,
             case when v_missing = 0 then 'every user has a profile'
-                else format('%s users have no profile, the oldest for %ss ', v_missing,
-                            round(v_age)::bigint)
+                else format('%s users have no profile, the oldest for %s ', v_missing,
+                            profileguard._duration(v_age))
                     || case when v_age <= v_grace
-                        then format('(within the grace of %ss)', round(v_grace)::bigint)
-                        else format('(grace %ss); repair them: profileguard worker',
-                                    round(v_grace)::bigint)
+                        then format('(within the grace of %s)', profileguard._duration(v_grace))
+                        else format('(grace %s); repair them: profileguard worker',
+                                    profileguard._duration(v_grace))
                     end
             end),
         profileguard._check('success_rate', 'warning', null,
@@ -647,10 +665,10 @@ begin
                 and v_rate < v_min_pct,
             v_rate, v_min_pct,
             case when v_rate is null
-                then format('no signups in the last %ss', round(v_covered)::bigint)
-                else format('trigger success rate %s%% over the last %ss (%s failures in %s signups;'
+                then format('no signups in the last %s', profileguard._duration(v_covered))
+                else format('trigger success rate %s%% over the last %s (%s failures in %s signups;'
                             ' minimum %s%% from %s signups); the worker repairs what it misses',
-                            round(v_rate::numeric, 2), round(v_covered)::bigint, v_failures,
+                            round(v_rate::numeric, 2), profileguard._duration(v_covered), v_failures,
                             v_signups, v_min_pct, v_min_signups)
             end),
         profileguard._check('quarantine', 'warning', null, v_quarantined > v_quarantine_max,
@@ -663,15 +681,15 @@ begin
             v_live = 0 and (v_required or v_registered > 0), v_live, 1,
             case when v_registered = 0 and not v_required
                 then 'no worker registered (alerts.worker_required is off)'
-                else format('%s of %s registered workers are live (heartbeat within %ss)%s',
-                            v_live, v_registered, round(v_heartbeat)::bigint,
+                else format('%s of %s registered workers are live (heartbeat within %s)%s',
+                            v_live, v_registered, profileguard._duration(v_heartbeat),
                             case when v_live = 0 then '; start one: profileguard worker' else '' end)
             end),
         profileguard._check('backfill_stalled', 'warning', null, v_stalled, v_backfill_age, v_stall,
             case when v_stalled
-                then format('backfill run %s is running but has not progressed for %ss'
-                            ' (threshold %ss)', v -> 'backfill' ->> 'id',
-                            round(v_backfill_age)::bigint, round(v_stall)::bigint)
+                then format('backfill run %s is running but has not progressed for %s'
+                            ' (threshold %s)', v -> 'backfill' ->> 'id',
+                            profileguard._duration(v_backfill_age), profileguard._duration(v_stall))
                 else 'no stalled backfill'
             end),
         profileguard._check('drift', 'warning', null, v_drift > 0, v_drift, 0,
