@@ -459,3 +459,35 @@ def test_status_text_shows_ages_in_human_units(installed: TestDB) -> None:
     as_json = json.loads(cli(installed, "status", "--json").stdout)
     assert 7380 <= as_json["stats"]["oldest_missing_age_seconds"] < 7480
 
+
+def checks_by_name(db: TestDB, grace: str, slo: str) -> dict[str, str]:
+    """The checks' messages of SQL health() with this grace and repair SLO."""
+    doc = db.scalar("select profileguard.health(%s::interval, %s::interval)", (grace, slo))
+    return {c["name"]: c["message"] for c in doc["checks"]}
+
+
+def test_advice_names_backfill_for_a_backlog_and_worker_for_failures(installed: TestDB) -> None:
+    # A backlog: users from while the trigger was off, none of them recorded as a failure.
+    set_enabled(installed.settings, False)
+    signups(installed, 3, name="Before")
+    set_enabled(installed.settings, True)
+    with installed.connect() as conn:
+        conn.execute("update auth.users set created_at = now() - interval '2 hours'")
+    refresh(installed)
+    backlog = checks_by_name(installed, "1 second", "1 minute")
+    for name in ("missing_profiles", "repair_slo"):
+        assert "profileguard backfill" in backlog[name], backlog[name]
+        assert "profileguard worker" not in backlog[name]
+        assert "profileguard status" not in backlog[name]
+    with installed.connect() as conn:
+        conn.execute("delete from auth.users")
+    refresh(installed)
+
+    # Recent failures of the trigger, recorded: the worker repairs them.
+    add_bad_constraint(installed)
+    signups(installed, 2, name=BAD_NAME)
+    recent = checks_by_name(installed, "0 seconds", "0 seconds")
+    for name in ("missing_profiles", "repair_slo"):
+        assert "profileguard worker" in recent[name], recent[name]
+        assert "profileguard backfill" not in recent[name]
+        assert "profileguard status" not in recent[name]

@@ -629,6 +629,11 @@ declare
     v_stall double precision := (th ->> 'backfill_stall_seconds')::float8;
     v_drift bigint := coalesce((v ->> 'drift_pending')::bigint, 0);
     v_table text := v ->> 'identity_table';
+    v_lag double precision := case when v_missing > 0
+        then coalesce((v ->> 'repair_lag_seconds')::float8, 0) else 0 end;
+    -- More users without a profile than failures ever recorded: some never failed, a backlog from
+    -- before the trigger (or from while it was off), which the backfill creates.
+    v_backlog boolean := v_missing > coalesce((v ->> 'failures_total')::bigint, 0);
 begin
     return jsonb_build_array(
         profileguard._check('enabled', 'critical', 'unhealthy', not v_enabled,
@@ -643,9 +648,15 @@ begin
         profileguard._check('repair_slo', 'critical', 'unhealthy', v_missing > 0 and v_age > v_slo,
             v_age, v_slo,
             case when v_missing > 0 and v_age > v_slo
-                then format('a user has had no profile for %s, beyond the repair SLO of %s;'
-                            ' see the quarantine and the worker: profileguard status',
+                then format('a user has had no profile for %s, beyond the repair SLO of %s; ',
                             profileguard._duration(v_age), profileguard._duration(v_slo))
+                    || case when v_backlog
+                        then 'a backlog from before the trigger; run: profileguard backfill'
+                        when v_lag <= v_slo
+                        then 'quarantined users wait on their own data; once it is fixed, run:'
+                             ' profileguard retry --all-quarantined'
+                        else 'check that a worker is running: profileguard worker'
+                    end
                 else format('no user has waited longer than the repair SLO of %s',
                             profileguard._duration(v_slo))
             end),
@@ -656,8 +667,12 @@ begin
                             profileguard._duration(v_age))
                     || case when v_age <= v_grace
                         then format('(within the grace of %s)', profileguard._duration(v_grace))
-                        else format('(grace %s); repair them: profileguard worker',
-                                    profileguard._duration(v_grace))
+                        else format('(grace %s); ', profileguard._duration(v_grace))
+                            || case when v_backlog
+                                then 'more than ever failed: a backlog from before the trigger;'
+                                     ' run: profileguard backfill'
+                                else 'repair them: profileguard worker'
+                            end
                     end
             end),
         profileguard._check('success_rate', 'warning', null,
