@@ -39,6 +39,19 @@ def test_help_shows_choices_and_no_python_type_names() -> None:
     assert cli(None, "audit", "--fail-on", "loud").returncode == 2
 
 
+def test_help_flows_each_paragraph_as_one_text() -> None:
+    """A docstring's line breaks are not the help's: the command list and each command's help
+    rewrap every paragraph to the width, with no break left where the source broke its lines."""
+    root: Any = typer.main.get_command(app)
+    listing = cli(None, "--help", env={"COLUMNS": "400"})
+    assert listing.returncode == 0, listing.stderr
+    for name, command in root.commands.items():
+        for paragraph in (command.help or "").split("\n\n"):
+            assert "\n" not in paragraph.strip(), (name, paragraph)
+        first = (command.help or "").split("\n\n")[0]
+        assert first in listing.stdout, (name, first)
+
+
 def test_audit_fix_sql_is_printed_unbroken_and_is_in_the_json(db: TestDB) -> None:
     with db.connect() as conn:
         conn.execute(

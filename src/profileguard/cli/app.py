@@ -8,6 +8,7 @@ calls the library and renders the result (render.py). Exit codes come from one t
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -88,11 +89,21 @@ app = typer.Typer(
 )
 
 
+def flowed(text: str) -> str:
+    """Help text with each paragraph on one line, for the help display to wrap to the width: the
+    line breaks of a docstring would otherwise stay, leaving short lines in the middle."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
 def command(panel: str, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Register a command in a help panel, with standard help and error handling."""
 
     def register(func: Callable[P, R]) -> Callable[P, R]:
         wrapped = handle_errors(func)
+        text = options.pop("help", None) or func.__doc__
+        if text:
+            options["help"] = flowed(text)
         app.command(cls=StandardCommand, rich_help_panel=panel, **options)(wrapped)
         return wrapped
 
