@@ -18,6 +18,7 @@ from monitoring import (
     add_bad_constraint,
     bulk,
     configure_alerts,
+    flush_stats,
     signups,
 )
 
@@ -491,3 +492,19 @@ def test_advice_names_backfill_for_a_backlog_and_worker_for_failures(installed: 
         assert "profileguard worker" in recent[name], recent[name]
         assert "profileguard backfill" not in recent[name]
         assert "profileguard status" not in recent[name]
+
+
+def test_status_counts_inserts_and_says_rolled_back_ones_are_in(installed: TestDB) -> None:
+    """The success rate's denominator is the statistics collector's insert count, which includes
+    inserts whose transaction rolled back: the text says inserts, not sign-ups."""
+    assert cli(installed, "status").returncode == 0  # the window's first sample
+    signups(installed, 25)
+    with installed.connect(autocommit=False) as conn:
+        installed.signup({"full_name": "Rolled Back"}, conn=conn)
+        conn.rollback()
+        conn.autocommit = True
+        flush_stats(conn)
+    table = cli(installed, "status")
+    assert table.returncode == 0, table.stderr
+    text = " ".join(table.stdout.split())
+    assert "(0 failures / 26 inserts, rolled-back ones" in text, table.stdout

@@ -86,8 +86,10 @@ def _status_view(result: dict[str, Any]) -> None:
         "coverage": f"{s['coverage_pct']:.2f}%",
         "trigger success": "n/a"
         if rate is None
+        # The statistics collector counts inserts, rolled-back ones included: say so.
         else f"{rate:.2f}% ({s['trigger_failures_window']} failures / "
-        f"{s.get('signups_window') or 0} signups, {duration(s['window_covered_seconds'])})",
+        f"{s.get('signups_window') or 0} inserts, rolled-back ones included, "
+        f"{duration(s['window_covered_seconds'])})",
         "failures by category": ", ".join(
             f"{k} {v}" for k, v in s["failures_by_category_total"].items()
         )
