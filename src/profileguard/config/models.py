@@ -310,7 +310,12 @@ class Settings:
     # The mapping is built in (the default or a preset): columns the profile table lacks are
     # skipped, where a mapping written in [mapping] must fit the tables exactly.
     mapping_is_default: bool = True
-    preset: str | None = "default"  # None: the mapping was written in [mapping]
+    preset: str | None = "default"  # None: the mapping was written in [mapping] (or learned)
+    # What the configuration says explicitly ("mapping" for [mapping] or a preset,
+    # "username.<key>" for each [username] key): it always wins over what a takeover learned.
+    configured: frozenset[str] = frozenset()
+    # The legacy triggers whose function the mapping was learned from (mapping/legacy.py).
+    learned_from: tuple[str, ...] = ()
     username_column: str | None = "username"
     username: UsernamePolicy = field(default_factory=default_username_policy)
     strict: bool = False
@@ -380,6 +385,7 @@ class Settings:
             "profile_table": str(self.profile),
             "profile_key": self.profile.key,
             "preset": self.preset,
+            **({"learned_from": list(self.learned_from)} if self.learned_from else {}),
             "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
             "username_column": self.username_column,
             "username": self.username.describe(),

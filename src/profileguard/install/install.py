@@ -78,6 +78,7 @@ def run_install(
             enabled=enabled,
             create_profile_table=create_profile_table,
             source=source,
+            replace_triggers=replace_triggers,
             force=force,
         )
         result.notes.extend(beside)

@@ -16,6 +16,7 @@ from profileguard import sqlexpr
 from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source
 from profileguard.errors import ConfigError
+from profileguard.mapping import legacy
 
 # Used as the username base when the column is NOT NULL and no source has a value.
 USERNAME_FALLBACK = "user"
@@ -115,7 +116,11 @@ def build_plan(
     """Inspect both tables and check the mapping against them.
 
     `profile_facts` describes a profile table about to be created (install renders its
-    functions before the table exists)."""
+    functions before the table exists). After a takeover the mapping the legacy trigger's
+    function implied is the default (legacy.adopt); the plan's settings are the ones in effect."""
+    settings, learned_notes = legacy.adopt(
+        settings, legacy.recorded(conn, settings.identity, settings.profile), taking_over=False
+    )
     identity = inspect_table(conn, settings.identity)
     if identity is None:
         raise ConfigError(
@@ -150,6 +155,7 @@ def build_plan(
             hint="the profile key must have the same type as the identity key",
         )
     mapping, notes = _resolve_sources(settings, identity, profile)
+    notes = learned_notes + notes
     constraints = None
     ucol = settings.username_column
     if ucol and ucol in mapping and profile.columns[ucol].is_text:

@@ -99,3 +99,20 @@ select exists (
     select from pg_catalog.pg_constraint c
     where c.conrelid = %(profile)s and c.confrelid = %(identity)s and c.contype = 'f'
 ) as present
+
+-- name: learned_mappings
+-- What each takeover of a trigger on the identity table learned of its function, and the
+-- function's definition (saved, or still in the catalog) where an earlier version learned nothing.
+select r.trigger_name,
+       r.function_name,
+       pg_catalog.to_jsonb(r) -> 'learned_mapping' as learned,
+       case when r.method = 'function' then r.saved_definition
+            else (select pg_catalog.pg_get_functiondef(p.oid)
+                  from pg_catalog.pg_proc p
+                  join pg_catalog.pg_language l on l.oid = p.prolang
+                  where p.oid = pg_catalog.to_regprocedure(r.function_name)
+                    and l.lanname = 'plpgsql')
+       end as definition
+from profileguard.replaced_triggers r
+where r.table_name = %(table)s
+order by r.trigger_name
