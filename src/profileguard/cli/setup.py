@@ -72,6 +72,10 @@ def _preflight_output(report: Any, as_json: bool) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        if report.legacy is not None:
+            out.print(f"side by side with the legacy trigger {report.legacy}:", highlight=False)
+            for line in report.comparison():
+                out.print(f"  {line}", highlight=False)
         out.print(
             f"preflight: {report.rehearsed} profiles rehearsed, {len(report.failures)} would fail.",
             highlight=False,
@@ -159,7 +163,10 @@ def install(
     another trigger that creates profiles it stops (exit 2, nothing changed) unless
     --replace-trigger or --keep-trigger names it."""
     if check:
-        _preflight_output(installer.check(state(ctx).settings()), as_json)
+        _preflight_output(
+            installer.check(state(ctx).settings(), replace_triggers=replace_trigger or ()),
+            as_json,
+        )
         return
     _check_schedule(schedule)
     result = installer.install(

@@ -246,18 +246,18 @@ def _sources(node: Any) -> tuple[str, ...]:
     if isinstance(node, ast.A_Const) and node.isnull:
         return ()
     if isinstance(node, ast.TypeCast):
-        names = [n.sval for n in node.typeName.names or ()]
+        names = [str(n.sval) for n in _items(node.typeName and node.typeName.names)]
         if names and names[-1] in (*_TEXT_TYPES, "uuid"):
             return _sources(node.arg)
         raise _Unreadable(f"a cast to {'.'.join(names)}")
     if isinstance(node, ast.CoalesceExpr):
         found: list[str] = []
-        for arg in node.args:
+        for arg in _items(node.args):
             found += [s for s in _sources(arg) if s not in found]
         return tuple(found)
     if isinstance(node, ast.FuncCall):
-        name = node.funcname[-1].sval
-        args = node.args or ()
+        name = _last(node.funcname)
+        args = _items(node.args)
         if name == "lower" and len(args) == 1:
             inner = _sources(args[0])
             if any("|" in s for s in inner):
@@ -279,13 +279,24 @@ def _sources(node: Any) -> tuple[str, ...]:
     column = _new_column(node)
     if column is not None:
         return (column,)
-    if isinstance(node, ast.A_Expr) and node.name and node.name[-1].sval in ("->>", "#>>"):
+    if isinstance(node, ast.A_Expr) and _last(node.name) in ("->>", "#>>"):
         path = _json_path(node)
         if path is not None:
             return (".".join(path),)
     if isinstance(node, ast.A_Const):
         raise _Unreadable("a constant")
     raise _Unreadable("an expression with no source in the user row")
+
+
+def _items(nodes: Any) -> tuple[Any, ...]:
+    """A node list (None when empty) as a tuple."""
+    return tuple(nodes or ())
+
+
+def _last(names: Any) -> str | None:
+    """The last part of a qualified name (an operator's or a function's), if any."""
+    items = _items(names)
+    return str(items[-1].sval) if items and isinstance(items[-1], ast.String) else None
 
 
 def _constant(node: Any) -> Any:
@@ -297,17 +308,17 @@ def _constant(node: Any) -> Any:
 
 def _new_column(node: Any) -> str | None:
     """`new.column` → column."""
-    if isinstance(node, ast.ColumnRef) and len(node.fields) == 2:
-        record, column = node.fields
-        if isinstance(record, ast.String) and isinstance(column, ast.String):
-            if record.sval.lower() == "new":
-                return str(column.sval)
+    fields = _items(node.fields) if isinstance(node, ast.ColumnRef) else ()
+    if len(fields) == 2 and all(isinstance(f, ast.String) for f in fields):
+        record, column = fields
+        if str(record.sval).lower() == "new":
+            return str(column.sval)
     return None
 
 
 def _json_path(node: Any) -> list[str] | None:
     """`new.column -> 'a' ->> 'b'` or `new.column #>> '{a,b}'` → [column, a, b]."""
-    operator = node.name[-1].sval
+    operator = _last(node.name)
     key = _constant(node.rexpr)
     if not isinstance(key, str):
         return None
@@ -321,7 +332,7 @@ def _json_path(node: Any) -> list[str] | None:
     column = _new_column(left)
     if column is not None:
         return [column, *keys]
-    if operator == "->>" and isinstance(left, ast.A_Expr) and left.name[-1].sval == "->":
+    if operator == "->>" and isinstance(left, ast.A_Expr) and _last(left.name) == "->":
         inner = _json_path_arrow(left)
         return None if inner is None else [*inner, *keys]
     return None
@@ -335,7 +346,7 @@ def _json_path_arrow(node: ast.A_Expr) -> list[str] | None:
     if column is not None:
         return [column, key]
     left = node.lexpr
-    if isinstance(left, ast.A_Expr) and left.name and left.name[-1].sval == "->":
+    if isinstance(left, ast.A_Expr) and _last(left.name) == "->":
         inner = _json_path_arrow(left)
         return None if inner is None else [*inner, key]
     return None
