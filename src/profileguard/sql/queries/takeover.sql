@@ -103,10 +103,12 @@ select exists (
 -- name: learned_mappings
 -- What each takeover of a trigger on the identity table learned of its function, and the
 -- function's definition (saved, or still in the catalog) where an earlier version learned nothing.
+-- Read through to_jsonb(r): before schema version 7 there is no method, before 23 nothing learned.
 select r.trigger_name,
        r.function_name,
        pg_catalog.to_jsonb(r) -> 'learned_mapping' as learned,
-       case when r.method = 'function' then r.saved_definition
+       case when pg_catalog.to_jsonb(r) ->> 'method' = 'function'
+            then pg_catalog.to_jsonb(r) ->> 'saved_definition'
             else (select pg_catalog.pg_get_functiondef(p.oid)
                   from pg_catalog.pg_proc p
                   join pg_catalog.pg_language l on l.oid = p.prolang
