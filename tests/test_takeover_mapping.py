@@ -159,6 +159,7 @@ def test_the_takeover_keeps_the_usernames_the_app_sent(db: TestDB, tmp_path: Pat
     reserved = signup_as_auth(db, {"username": "admin"})
     assert taken_name and too_short and reserved
     assert username(db, taken_name) not in (None, "member_1")
+    assert username(db, too_short) is None or len(str(username(db, too_short))) >= 3
     assert username(db, reserved) != "admin"
     assert db.scalar("select count(*) from profileguard.failures") == 0
 
@@ -182,6 +183,14 @@ def test_the_takeover_keeps_the_usernames_the_app_sent(db: TestDB, tmp_path: Pat
     assert found[0].evidence["columns"]["username"]["legacy"] == ["raw_user_meta_data.username"]
     plain = signup_as_auth(db, {"username": "member_99"})
     assert plain and username(db, plain) != "member_99"
+
+    # Taken over by an earlier version (nothing recorded): without the file's mapping, the next
+    # install learns it again from the saved function.
+    with db.connect_admin() as conn:
+        conn.execute("update profileguard.replaced_triggers set learned_mapping = null")
+    assert cli(db, "install").returncode == 0
+    earlier = signup_as_auth(db, {"username": "taken_over_before"})
+    assert earlier and username(db, earlier) == "taken_over_before"
 
 
 def test_a_legacy_function_with_dynamic_sql_is_not_guessed(db: TestDB, tmp_path: Path) -> None:
