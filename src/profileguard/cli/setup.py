@@ -65,6 +65,8 @@ def _preflight_output(report: Any, as_json: bool) -> None:
             err.print(f"[bold red]refused:[/] {refusal}", highlight=False)
         for warning in report.warnings:
             out.print(f"warning: {warning}", highlight=False)
+        for note in report.notes:
+            out.print(f"note: {note}", highlight=False)
         for failure in report.failures:
             out.print(
                 f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "

@@ -45,7 +45,7 @@ def check(settings: Settings, replace_triggers: Sequence[str] = ()) -> Preflight
             else legacy.recorded(conn, settings.identity, settings.profile)
         )
         report = preflight.check(conn, plan.settings, plan, legacy.combined(found))
-        report.warnings.extend(notes)
+        report.notes.extend(notes)
         return report
 
 

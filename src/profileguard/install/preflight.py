@@ -99,6 +99,7 @@ class Preflight:
     rehearsed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what install would say (the mapping learned)
     # Side by side with the legacy trigger taken over: per profile column, how many rehearsed
     # profiles differ from what its function gives (see `compare`).
     legacy: str | None = None
@@ -114,6 +115,7 @@ class Preflight:
             "ok": self.ok,
             "refusals": self.refusals,
             "warnings": self.warnings,
+            "notes": self.notes,
             "rehearsed": self.rehearsed,
             "failures": self.failures,
             "legacy": None

@@ -440,12 +440,13 @@ def recorded(
     conn: psycopg.Connection, identity: TableRef, profile: TableRef
 ) -> list[LegacyMapping]:
     """What the takeovers of triggers on `identity` learned (learned again from the saved
-    function where an earlier version recorded nothing)."""
-    row = conn.execute("select to_regclass('profileguard.replaced_triggers') is not null")
-    found = row.fetchone()
+    function where an earlier version recorded nothing); nothing where this role may not read
+    profileguard's tables (a client's role: the installed functions carry the mapping)."""
+    queries = sqlfiles.queries("queries/takeover.sql")
+    found = conn.execute(queries["learned_mappings_readable"]).fetchone()
     if not (found and found[0]):
         return []
-    query = sqlfiles.queries("queries/takeover.sql")["learned_mappings"]
+    query = queries["learned_mappings"]
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query, {"table": str(identity)}).fetchall()
     learned = []

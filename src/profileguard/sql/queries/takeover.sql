@@ -100,6 +100,15 @@ select exists (
     where c.conrelid = %(profile)s and c.confrelid = %(identity)s and c.contype = 'f'
 ) as present
 
+-- name: learned_mappings_readable
+-- Whether this role may read what takeovers learned (a client's role may not: then nothing is).
+select coalesce(pg_catalog.bool_and(pg_catalog.has_schema_privilege(n.oid, 'usage')
+                                and pg_catalog.has_table_privilege(c.oid, 'select')),
+                false) as readable
+from pg_catalog.pg_class c
+join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+where n.nspname = 'profileguard' and c.relname = 'replaced_triggers'
+
 -- name: learned_mappings
 -- What each takeover of a trigger on the identity table learned of its function, and the
 -- function's definition (saved, or still in the catalog) where an earlier version learned nothing.
