@@ -17,6 +17,7 @@ from test_cli import cli
 from profileguard.audit.run import run_audit
 from profileguard.config import TableRef
 from profileguard.mapping import legacy
+from profileguard.repair import Worker
 
 # Supabase's User Management Starter table, and its handle_new_user() as apps commonly edit it:
 # the username the app sent in signUp(options.data) is copied as it is.
@@ -173,6 +174,8 @@ def test_the_takeover_keeps_the_usernames_the_app_sent(db: TestDB, tmp_path: Pat
     assert later and username(db, later) == "after_reinstall"
     report = run_audit(db.settings)
     assert "legacy_mapping_differs" not in report.codes()
+    # The worker judges the installed mapping with the same settings: the learned ones.
+    assert Worker(db.settings).heal()["mapping"] == "current"
 
     # A mapping written in the file wins over the learned one; audit says what it changes.
     changed = cli(db, "install", env=env)

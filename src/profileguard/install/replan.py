@@ -28,7 +28,7 @@ from profileguard.install.templates import (
     render_generated,
     render_sync,
 )
-from profileguard.mapping import build_plan
+from profileguard.mapping import build_plan, legacy
 
 Outcome = Literal["current", "replanned", "stale", "busy", "unknown"]
 
@@ -79,6 +79,9 @@ def replan(conn: psycopg.Connection, settings: Settings, *, source: str = "worke
     with conn.transaction():
         row = conn.execute(sqlfiles.query("installed_config", QUERIES)).fetchone()
         installed = dict(row[0]) if row and row[0] else {}
+        # After a takeover the installed mapping is the one learned from the legacy trigger.
+        learned = legacy.recorded(conn, settings.identity, settings.profile)
+        settings, _ = legacy.adopt(settings, learned, taking_over=False)
         if _without_version(installed) != _without_version(config_fingerprint(settings)):
             return Replan("unknown", [], "these settings are not the installed ones")
         plan = build_plan(conn, settings)
