@@ -178,7 +178,7 @@ def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover)
                     step.previous_mode,
                     step.method,
                     step.saved_definition,
-                    None if step.learned is None else json.dumps(step.learned.as_json()),
+                    None if step.learned is None else json.dumps(step.learned.as_json(), indent=1),
                 ),
             )
         )
