@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import psycopg
 import pytest
