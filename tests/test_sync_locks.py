@@ -68,10 +68,9 @@ def test_a_sync_neither_made_nor_recorded_is_named_and_made_after_the_locks(
         assert wait_for(lambda: worker.stats["passes"] >= 1)
         with db.connect() as listener:
             listener.execute("listen profileguard")
-            with locked(db, "public.profiles", "profileguard.events"):
-                with db.connect() as conn:
-                    for i, uid in enumerate(users):
-                        social_login(conn, uid, {"full_name": f"After {i}"})
+            with locked(db, "public.profiles", "profileguard.events"), db.connect() as conn:
+                for i, uid in enumerate(users):
+                    social_login(conn, uid, {"full_name": f"After {i}"})
             notices = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
         assert notices[0]["recorded"] is False and notices[0]["source"] == "sync"
         assert notices[0]["ids"] == [str(users[0])]

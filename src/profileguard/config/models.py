@@ -314,8 +314,9 @@ class Settings:
     username_column: str | None = "username"
     username: UsernamePolicy = field(default_factory=default_username_policy)
     strict: bool = False
-    # The longest the signup trigger waits for any one lock (the profile or events table locked
-    # by a migration, say) before it records a transient failure and lets the signup commit.
+    # The signup trigger's budget for all its lock waits (the profile table locked by a migration,
+    # a name an in-flight signup holds), shared among them (mapping/guards.py); past it the
+    # trigger records a transient failure and lets the signup commit.
     lock_timeout_ms: int = 200
     enabled: bool = True
     retry_attempts: int = 3
