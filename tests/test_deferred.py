@@ -20,7 +20,6 @@ from test_worker import fast_worker, running
 from profileguard.audit import run_audit
 from profileguard.errors import ConfigError
 from profileguard.install import install
-from profileguard.mapping.guards import LockBudget
 
 SIGNUPS = 5
 DEFERRED_USERNAME = """
@@ -64,16 +63,6 @@ def usernames(db: TestDB, users: list[uuid.UUID]) -> list[str | None]:
             (users,),
         ).fetchall()
     return [r[0] for r in rows]
-
-
-def function_config(db: TestDB, name: str) -> list[str]:
-    return list(
-        db.scalar(
-            "select proconfig from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
-            " where n.nspname = 'profileguard' and p.proname = %s",
-            (name,),
-        )
-    )
 
 
 def test_sign_ups_sharing_a_github_name_all_commit_under_a_deferred_unique_username(
@@ -241,20 +230,3 @@ def test_preflight_refuses_a_deferrable_profile_key(db: TestDB) -> None:
     )
     with pytest.raises(ConfigError, match="DEFERRABLE"):
         install(db.settings)
-
-
-def test_each_lock_wait_gets_its_share_of_the_sign_up_budget(db: TestDB) -> None:
-    """Primary key, username and avatar unique: an insert may wait on the table and 3 indexes,
-    200 ms / 4 each; the failure path's 50 ms over its 5 waits (the retry's 4, the events
-    table); an update's 200 ms over 6 (the row twice more). 250 ms in all."""
-    make_table(
-        db,
-        "create table public.profiles (id uuid primary key references auth.users (id),"
-        " username text unique, full_name text, avatar_url text unique)",
-    )
-    install(db.settings)
-    assert "lock_timeout=50ms" in function_config(db, "on_identity_insert")
-    source = db.scalar("select prosrc from pg_proc where proname = 'on_identity_insert'")
-    assert "'lock_timeout', '10ms'" in source
-    assert "lock_timeout=33ms" in function_config(db, "on_identity_update")
-    assert LockBudget(200, 50, 3).bound_ms == 250
