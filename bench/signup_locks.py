@@ -9,7 +9,10 @@ prints how many committed, the slowest signup against the trigger's lock budget
 lock's release until every one of those users has a profile (target ≤ 2 s). Then, with a unique
 index on ``avatar_url`` added, sign-ups whose username and avatar are both held by in-flight
 sign-ups (two lock waits), against the stated bound (``LockBudget.bound_ms``: the sign-up's
-budget plus the failure path's, whatever the number of waits). It names the server and its ``jit``.
+budget plus the failure path's, whatever the number of waits). Last, metadata updates of users
+whose ``full_name`` follows while profileguard's tables (then the profile table too) are locked:
+the slowest update, profiles in step while locked, and after the release. It names the server
+and its ``jit``.
 It is a measurement, not a test: it exits 0 whatever the figures are.
 
 Run::
@@ -30,6 +33,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +162,7 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
             name: scenario(url, auth_url, tables, args) for name, tables in SCENARIOS.items()
         }
         waits = two_waits(url, auth_url, settings, args)
+        updates = locked_updates(url, auth_url, settings)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
@@ -169,7 +174,87 @@ def run(url: str, where: str, args: argparse.Namespace) -> dict[str, Any]:
         "hold_seconds": args.hold,
         "scenarios": figures,
         "two_waits": waits,
+        "updates": updates,
     }
+
+
+UPDATE_CASES = {
+    "events table locked": ("profileguard.events",),
+    "every profileguard table locked": ("profileguard.*",),
+    "profile and events tables locked": ("public.profiles", "profileguard.events"),
+}
+UPDATED_USERS = 5
+
+
+def locked_updates(url: str, auth_url: str, settings: Any) -> dict[str, Any]:
+    """Metadata updates (a social login) of users whose full_name follows their metadata, while
+    profileguard's tables (and in the last case the profile table) are locked: the slowest
+    update, how many profiles were in step while the lock was still held, and how long after
+    the release every one was (the worker told by the trigger's notification)."""
+    install(replace(settings, sync_policies={"full_name": "follow"}))
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [
+            str(r[0])
+            for r in conn.execute(
+                "select format('%I.%I', schemaname, tablename) from pg_tables"
+                " where schemaname = 'profileguard' order by 1"
+            ).fetchall()
+        ]
+    figures: dict[str, Any] = {}
+    for case, locked in UPDATE_CASES.items():
+        users = [uuid.uuid4() for _ in range(UPDATED_USERS)]
+        with psycopg.connect(auth_url, autocommit=True) as conn:
+            for i, user in enumerate(users):
+                conn.execute(
+                    "insert into users (id, aud, role, email, raw_user_meta_data, created_at,"
+                    " updated_at) values (%s, 'authenticated', 'authenticated', %s, %s, now(),"
+                    " now())",
+                    (user, f"{user}@bench.example", json.dumps({"full_name": f"Before {i}"})),
+                )
+        expected = [f"After {i}" for i in range(UPDATED_USERS)]
+
+        def in_step(conn: psycopg.Connection, users: list[uuid.UUID] = users) -> int:
+            row = conn.execute(
+                "select count(*) from unnest(%s::uuid[]) with ordinality u(id, n)"
+                " join public.profiles p on p.id = u.id"
+                " where p.full_name = 'After ' || (u.n - 1)",
+                (users,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        times: list[float] = []
+        synced_while_locked: int | None = None
+        with psycopg.connect(url) as holder:
+            for table in locked:
+                for name in tables if table == "profileguard.*" else [table]:
+                    holder.execute(f"lock table {name} in access exclusive mode")
+            with psycopg.connect(auth_url, autocommit=True) as conn:
+                for i, user in enumerate(users):
+                    began = time.perf_counter()
+                    conn.execute(
+                        "update users set raw_user_meta_data = %s where id = %s",
+                        (json.dumps({"full_name": expected[i]}), user),
+                    )
+                    times.append((time.perf_counter() - began) * 1000)
+            if "public.profiles" not in locked:
+                with psycopg.connect(url, autocommit=True) as reader:
+                    synced_while_locked = in_step(reader)
+            holder.rollback()
+            released = time.perf_counter()
+        after: float | None = None
+        with psycopg.connect(url, autocommit=True) as reader:
+            while time.perf_counter() < released + 60:
+                if in_step(reader) == UPDATED_USERS:
+                    after = time.perf_counter() - released
+                    break
+                time.sleep(0.01)
+        figures[case] = {
+            "updates": UPDATED_USERS,
+            "slowest_ms": max(times),
+            "synced_while_locked": synced_while_locked,
+            "in_step_seconds_after_release": after,
+        }
+    return figures
 
 
 def github_signup(
@@ -334,6 +419,24 @@ def print_report(report: dict[str, Any]) -> None:
         )
 
 
+def print_updates(report: dict[str, Any]) -> None:
+    print()
+    print(
+        f"metadata updates ({UPDATED_USERS} users whose full_name follows), a worker running; "
+        f"target: no update slower than the sign-up budget "
+        f"({report['lock_timeout_ms'] + report['record_lock_ms']} ms), every profile in step "
+        "≤ 5 s after the release"
+    )
+    for case, u in report["updates"].items():
+        after = u["in_step_seconds_after_release"]
+        held = u["synced_while_locked"]
+        print(
+            f"  {case}: slowest update {u['slowest_ms']:.0f} ms; "
+            + ("" if held is None else f"{held}/{u['updates']} in step while locked; ")
+            + ("never in step (60 s)" if after is None else f"all in step {after:.2f} s after")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -355,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+        print_updates(report)
     return 0
 
 
