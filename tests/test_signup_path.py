@@ -97,26 +97,26 @@ def test_lock_timeout_is_rendered_from_the_settings(db: TestDB) -> None:
     settings = load_settings(env={"PROFILEGUARD_LOCK_TIMEOUT_MS": "350"}, database_url=db.url)
     install(settings, create_profile_table=True)
     config = db.scalar("select proconfig::text from pg_proc where proname = 'on_identity_insert'")
-    # The sign-up's budget over its insert's lock waits: the table, its key, its username.
-    assert f"lock_timeout={350 // 3}ms" in config
+    # The sign-up's budget over its insert's lock waits: the table, the username's index.
+    assert f"lock_timeout={350 // 2}ms" in config
     assert "jit=off" in config
 
 
 def test_each_lock_wait_gets_its_share_of_the_sign_up_budget(db: TestDB) -> None:
-    """Primary key, username and avatar unique: an insert may wait on the table and 3 indexes,
-    200 ms / 4 each; the failure path's 50 ms over its 5 waits (the retry's 4, the events
-    table); an update's 200 ms over 6 (the row twice more). 250 ms in all."""
+    """Username and avatar unique: an insert may wait on the table and 2 indexes (never on the
+    key's), 250 ms / 3 each; the failure path's 50 ms over its 4 waits (the retry's 3, the
+    events table); an update's 250 ms over 5 (the row twice more). At most 297 ms in all."""
     with db.connect() as conn:
         conn.execute(
             "create table public.profiles (id uuid primary key references auth.users (id),"
             " username text unique, full_name text, avatar_url text unique)"
         )
     install(db.settings)
-    assert "lock_timeout=50ms" in function_config(db, "on_identity_insert")
+    assert "lock_timeout=83ms" in function_config(db, "on_identity_insert")
     source = db.scalar("select prosrc from pg_proc where proname = 'on_identity_insert'")
-    assert "'lock_timeout', '10ms'" in source
-    assert "lock_timeout=33ms" in function_config(db, "on_identity_update")
-    assert LockBudget(200, 50, 3).bound_ms == 250
+    assert "'lock_timeout', '12ms'" in source
+    assert "lock_timeout=50ms" in function_config(db, "on_identity_update")
+    assert LockBudget(250, 50, 2).bound_ms == 297
 
 
 def test_a_sign_up_behind_two_in_flight_sign_ups_commits_while_they_still_hold_their_keys(

@@ -20,11 +20,11 @@
 -- list costs every signup. The flags (enabled, strict) are constants in the plan: a signup reads
 -- no settings table.
 -- lock_timeout bounds every lock wait inside: one insert can wait once for the profile table and
--- once per unique or exclusion index (a key an in-flight signup holds), and a function cannot
--- arm a timeout per statement, so the signup's budget (lock_timeout_ms) is divided among those
--- waits at install, and the failure path's (50 ms) among its own (mapping/guards.py). A profile
--- or events table locked by a migration turns into a recorded transient failure (55P03), and
--- the signup commits.
+-- once per unique or exclusion index but the key's (a name an in-flight signup holds), and a
+-- function cannot arm a timeout per statement, so the signup's budget (lock_timeout_ms) is
+-- divided among those waits at install, and the failure path's (50 ms) among its own
+-- (mapping/guards.py): at most lock_timeout_ms + 50 ms in all. A profile or events table locked
+-- by a migration turns into a recorded transient failure (55P03), and the signup commits.
 -- Deferrable constraints on the profile table (only then: the statements are rendered from the
 -- catalog) are set IMMEDIATE after each insert, inside its exception block, so that a violation
 -- is raised where it is caught (a taken username retried with a suffix) instead of at COMMIT,
@@ -41,7 +41,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
-set lock_timeout = '66ms'
+set lock_timeout = '125ms'
 as $pg$
 declare
     v_strict boolean := false;
@@ -81,7 +81,7 @@ from (select b.*, case when octet_length(b.pg_base) <= 64 then b.pg_base else rt
     -- trigger or the app) and, for derived usernames, the long suffix.
     begin
         v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
-        perform pg_catalog.set_config('lock_timeout', '12ms', true);
+        perform pg_catalog.set_config('lock_timeout', '16ms', true);
         if v_state = '23505' then
             begin
                 -- Local to the transaction: put back below, or undone with this block on error.

@@ -154,7 +154,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
-set lock_timeout = '40ms'
+set lock_timeout = '62ms'
 as $pg$
 declare
     v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');

@@ -14,8 +14,6 @@ from psycopg.rows import dict_row
 from profileguard import sql as sqlfiles
 from profileguard.catalog import TableFacts, table_oid
 
-# A profile write's lock waits when the install cannot count the indexes yet (no table).
-MIN_INDEXES = 1
 # The failure path's budget (recording the failure, the retry with a suffixed username) on top of
 # the sign-up's lock_timeout_ms: a sign-up whose tables are all locked waits at most the sum.
 RECORD_LOCK_MS = 50
@@ -38,9 +36,10 @@ class LockBudget:
     """Per-wait lock timeouts that keep a sign-up's (or an update's) waits within its budget.
 
     One INSERT can wait once for the profile table and once per unique or exclusion index (a
-    key held by an in-flight transaction); a function cannot arm a timeout per statement, only
-    per wait, so the budget is divided by the number of waits. An UPDATE may also wait for the
-    row (its tuple lock, then its writer)."""
+    key held by an in-flight transaction; not the profile key's index, as no other transaction
+    holds a new user's key); a function cannot arm a timeout per statement, only per wait, so
+    the budget is divided by the number of waits. An UPDATE may also wait for the row (its tuple
+    lock, then its writer)."""
 
     budget_ms: int
     record_ms: int
@@ -76,7 +75,7 @@ class Guards:
     """The profile table's deferrable constraints and how many indexes a write may wait on."""
 
     deferrable: tuple[Deferrable, ...] = ()
-    indexes: int = MIN_INDEXES
+    indexes: int = 0
 
     def budget(self, budget_ms: int) -> LockBudget:
         return LockBudget(budget_ms, min(budget_ms, RECORD_LOCK_MS), self.indexes)
@@ -86,12 +85,14 @@ def read_guards(conn: psycopg.Connection, profile: TableFacts, key: str) -> Guar
     """The catalog's answer for `profile`; for a table not created yet, its planned unique keys."""
     oid = table_oid(conn, profile.ref)
     if oid is None:
-        return Guards((), max(MIN_INDEXES, len(profile.unique)))
+        return Guards((), len(profile.unique - {key}))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             sqlfiles.query("deferrable_constraints"), {"oid": oid, "key": key}
         ).fetchall()
-        count = cur.execute(sqlfiles.query("lock_waiting_indexes"), {"oid": oid}).fetchone()
+        count = cur.execute(
+            sqlfiles.query("lock_waiting_indexes"), {"oid": oid, "key": key}
+        ).fetchone()
     deferrable = tuple(
         Deferrable(
             str(r["schema"]),
@@ -102,7 +103,7 @@ def read_guards(conn: psycopg.Connection, profile: TableFacts, key: str) -> Guar
         )
         for r in rows
     )
-    return Guards(deferrable, max(MIN_INDEXES, int(count["count"]) if count else 0))
+    return Guards(deferrable, int(count["count"]) if count else 0)
 
 
 def deferred_check(guards: Guards, indent: int) -> sql.Composable:

@@ -145,8 +145,12 @@ where c.conrelid = %(oid)s and c.condeferrable
 order by c.conname
 
 -- name: lock_waiting_indexes
--- The indexes an INSERT into a table may wait on, once each (unique and exclusion indexes: an
--- in-flight transaction holding the same key).
+-- The indexes an INSERT into a table may wait on, once each: unique and exclusion indexes (a
+-- key an in-flight transaction holds), but the one on the profile key alone (a new user's key
+-- is held by no other transaction: its user is not committed yet).
 select count(*) as count
 from pg_catalog.pg_index i
 where i.indrelid = %(oid)s and (i.indisunique or i.indisexclusion)
+  and not (i.indnkeyatts = 1 and i.indexprs is null and i.indpred is null
+           and i.indkey[0] = (select a.attnum from pg_catalog.pg_attribute a
+                              where a.attrelid = i.indrelid and a.attname = %(key)s))
