@@ -64,7 +64,8 @@ class LockBudget:
 
     @property
     def bound_ms(self) -> int:
-        """The longest a sign-up or an update waits for locks in all."""
+        """The longest a sign-up waits for locks in all (an update: its waits share budget_ms
+        too, plus record_ms to record a failure)."""
         return (
             self.insert_waits * self.per_wait_ms + (self.insert_waits + 1) * self.record_per_wait_ms
         )
