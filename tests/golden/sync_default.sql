@@ -34,7 +34,10 @@ $pg$;
 -- while the profile is one this transaction created: an admin-created user updated after its
 -- insert), soft-deleted users get the redacted columns cleared (redaction wins over follow).
 -- Only profiles that differ are written. Outside the trigger each change is recorded as a
--- 'repair' by `p_source`. Returns how many profiles were written.
+-- 'repair' by `p_source`; the trigger's statement names no profileguard table (each PL/pgSQL
+-- statement is planned and locks its tables only when it first runs), so a lock on one never
+-- stalls or loses a sync. Deferrable constraints on the profile table are checked before it
+-- returns (see on_identity_insert). Returns how many profiles were written.
 create or replace function profileguard.sync_profiles(
     p_ids uuid[], p_source text, p_own_tx boolean default false
 )
@@ -48,7 +51,22 @@ as $pg$
 declare
     v_count integer;
 begin
-    if p_ids is null then
+    if p_ids is null and p_source = 'trigger' then
+        perform pg_catalog.set_config('enable_seqscan', 'on', true);
+        with synced as (
+            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
+where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
+returning p."id"
+        ), redacted as (
+            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
+where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
+returning p."id"
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;
+        return v_count;
+    elsif p_ids is null then
         perform pg_catalog.set_config('enable_seqscan', 'on', true);
         with synced as (
             update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
@@ -65,9 +83,23 @@ returning p."id"
         ), recorded as (
             insert into profileguard.events (kind, source, user_id)
             select 'repair', p_source, d."id"::text from done d
-            where p_source <> 'trigger'
         )
         select count(*) into v_count from done;
+        return v_count;
+    end if;
+    if p_source = 'trigger' then
+        with synced as (
+            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
+where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
+returning p."id"
+        ), redacted as (
+            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
+from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
+where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
+returning p."id"
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;
         return v_count;
     end if;
     with synced as (
@@ -84,7 +116,7 @@ returning p."id"
         select * from synced union all select * from redacted
     ), recorded as (
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, d."id"::text from done d where p_source <> 'trigger'
+        select 'repair', p_source, d."id"::text from done d
     )
     select count(*) into v_count from done;
     return v_count;
@@ -122,7 +154,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
-set lock_timeout = '200ms'
+set lock_timeout = '62ms'
 as $pg$
 declare
     v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');
@@ -186,11 +218,15 @@ begin
            or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
             raise;
         end if;
-        -- Not recorded: a notification without users tells workers to look for drift.
+        -- Not recorded (the events table locked too): the notification names the users when they
+        -- fit in one (a worker brings them in step within seconds), else tells workers to look
+        -- for drift. It is sent at commit, whatever is locked.
         begin
             perform pg_notify('profileguard', json_build_object(
                 'event', 'failure', 'source', 'sync', 'recorded', false,
-                'sqlstate', coalesce(v_state, sqlstate))::text);
+                'sqlstate', coalesce(v_state, sqlstate),
+                'ids', case when pg_catalog.octet_length(v_ids::text) <= 6500
+                            then pg_catalog.to_json(v_ids::text[]) end)::text);
         exception when others then
             null;
         end;

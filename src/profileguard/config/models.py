@@ -319,9 +319,10 @@ class Settings:
     username_column: str | None = "username"
     username: UsernamePolicy = field(default_factory=default_username_policy)
     strict: bool = False
-    # The longest the signup trigger waits for any one lock (the profile or events table locked
-    # by a migration, say) before it records a transient failure and lets the signup commit.
-    lock_timeout_ms: int = 200
+    # The signup trigger's budget for all its lock waits (the profile table locked by a migration,
+    # a name an in-flight signup holds), shared among them (mapping/guards.py); past it the
+    # trigger records a transient failure and lets the signup commit.
+    lock_timeout_ms: int = 250
     enabled: bool = True
     retry_attempts: int = 3
     retry_base_seconds: float = 0.05

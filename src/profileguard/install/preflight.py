@@ -172,6 +172,15 @@ def check(
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
+    for constraint in plan.guards.deferrable:
+        if constraint.on_key:
+            # ON CONFLICT cannot use a deferrable constraint as its arbiter: every insert fails.
+            result.refusals.append(
+                f"{constraint.name} on {settings.profile}({settings.profile.key}) is DEFERRABLE: "
+                "ON CONFLICT cannot use it to find an existing profile, so every profile insert "
+                f"would fail. Make it not deferrable (alter table {settings.profile} alter "
+                f"constraint {constraint.name} not deferrable), then run profileguard install"
+            )
     # What the profile table demands of a username, as the mapping read it (mapping/plan.py).
     username_rule = plan.username_constraints
     if username_rule is not None:

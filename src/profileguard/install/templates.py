@@ -23,15 +23,12 @@ from profileguard.mapping import (
     sync_statement,
     when_changed,
 )
+from profileguard.mapping.guards import deferred_check
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
 CLAIM_SEED = 0x70726F66
 TRANSITION_TABLE = "pg_new_users"
-# The signup trigger's wait for a lock while it records a failure (at most its lock_timeout_ms):
-# a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
-# this, then commits.
-RECORD_LOCK_MS = 50
 # The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
 # characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
 SYNC_QUEUE_CHARS = 74_000
@@ -39,6 +36,9 @@ SYNC_QUEUE_CHARS = 74_000
 # install is managed by migrations, and the worker leaves its functions to them.
 MIGRATION_SOURCE = "sql"
 QUERIES = "queries/replan.sql"
+# The users a sync could not record, named in its notification up to this size (a payload holds
+# under 8,000 bytes; about 170 UUIDs).
+NOTIFY_IDS_BYTES = 6_500
 
 
 def template(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -58,6 +58,7 @@ def render_generated(plan: Plan) -> sql.Composed:
     # takes only the rows written since the sweep began (age(xmin) <= v_since; frozen rows are
     # the oldest) and, as nearly all of those have a profile, skips them with NOT EXISTS first.
     by_pages = sql.SQL("where u.ctid >= v_from and u.ctid < v_to")
+    budget = plan.guards.budget(settings.lock_timeout_ms)
     by_pages_since = sql.SQL(
         "where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since"
         " and not exists (select from {profile} p where p.{pkey} = u.{ikey})"
@@ -70,8 +71,11 @@ def render_generated(plan: Plan) -> sql.Composed:
         # Whether a unique violation is retried with the forced username suffix (the mapping has
         # a username rule), else raised.
         retry_forced=sql.SQL("true" if plan.username_constraints else "false"),
-        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
-        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        # lock_timeout_ms is the sign-up's budget for all its lock waits (mapping/guards.py).
+        lock_timeout=sql.Literal(f"{budget.per_wait_ms}ms"),
+        record_lock_timeout=sql.Literal(f"{budget.record_per_wait_ms}ms"),
+        check_deferred=deferred_check(plan.guards, 8),
+        check_deferred_nested=deferred_check(plan.guards, 16),
         insert_new=insert_statement(plan, source=new_rows, optimistic=True),
         insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
         insert_ids=insert_statement(plan, source=identity, where=by_ids),
@@ -105,10 +109,14 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         k=ikey
     )
     watched = sync.watched or (settings.identity.key,)
+    budget = plan.guards.budget(settings.lock_timeout_ms)
     return dict(
         **parts,
-        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
-        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        lock_timeout=sql.Literal(f"{budget.sync_per_wait_ms}ms"),
+        # The failure path records into the events table only: one wait.
+        record_lock_timeout=sql.Literal(f"{budget.record_ms}ms"),
+        check_deferred=deferred_check(plan.guards, 4),
+        check_deferred_nested=deferred_check(plan.guards, 8),
         sync_ids=sync_statement(
             plan,
             sync,
@@ -121,6 +129,7 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         sync_all=sync_statement(plan, sync, sql.SQL("")) or nothing,
         redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
+        notify_ids_bytes=sql.Literal(NOTIFY_IDS_BYTES),
         # An array literal element: keys of other types are quoted (they may hold commas).
         queued_key=new_key
         if plain_key

@@ -17,6 +17,7 @@ from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source
 from profileguard.errors import ConfigError
 from profileguard.mapping import legacy
+from profileguard.mapping.guards import Guards, read_guards
 
 # Used as the username base when the column is NOT NULL and no source has a value.
 USERNAME_FALLBACK = "user"
@@ -64,6 +65,7 @@ class Plan:
     key_type: str
     username_constraints: UsernameConstraints | None
     notes: tuple[str, ...] = field(default=())
+    guards: Guards = field(default=Guards())
 
     @property
     def key_is_uuid(self) -> bool:
@@ -161,7 +163,8 @@ def build_plan(
     if ucol and ucol in mapping and profile.columns[ucol].is_text:
         constraints = _username_constraints(conn, settings, identity, profile, ucol)
         notes.extend(f"username: {text}" for text in constraints.ignored)
-    return Plan(settings, identity, profile, mapping, key_type, constraints, tuple(notes))
+    guards = read_guards(conn, profile, settings.profile.key)
+    return Plan(settings, identity, profile, mapping, key_type, constraints, tuple(notes), guards)
 
 
 def _username_constraints(

@@ -602,21 +602,29 @@ class Worker:
                     notices.extend(listener.notifies(timeout=0))
                     with self._lock:
                         self.stats["notifications"] += 1
-                    if any(_unrecorded(n.payload) for n in notices):
+                    unrecorded = [m for m in map(_unrecorded, notices) if m is not None]
+                    for message in unrecorded:
+                        if message.get("source") == "sync":
+                            ids = message.get("ids")
+                            self.drift.tell(ids if isinstance(ids, list) else None)
+                    if any(m.get("source") != "sync" for m in unrecorded):
                         # A failure the trigger could not record names no user: sweep for them.
                         self.run_once(stop_event)
                         next_full = time.monotonic() + self.options.full_interval
                     else:
+                        # Including the users a sync named but could not record.
                         self.run_incremental(stop_event)
         finally:
             if listener is not None:
                 listener.close()
 
 
-def _unrecorded(payload: str) -> bool:
-    """True for the trigger's notice of a failure it could not record (its events table locked)."""
+def _unrecorded(notice: psycopg.Notify) -> dict[str, Any] | None:
+    """A trigger's notice of a failure it could not record (its events table locked), else None."""
     try:
-        message = json.loads(payload)
+        message = json.loads(notice.payload)
     except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("recorded") is False
+        return None
+    if isinstance(message, dict) and message.get("recorded") is False:
+        return message
+    return None
