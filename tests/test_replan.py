@@ -98,3 +98,25 @@ def test_an_install_managed_by_migrations_is_left_to_them_and_degraded(db: TestD
     assert looked["mapping"] == "current"
     assert stale(db) is None
     assert mapping_check(db)["active"] is False
+
+
+def test_a_unique_index_added_after_install_shares_the_lock_budget_once_planned_in(
+    installed: TestDB,
+) -> None:
+    # One more unique index: one more lock wait a sign-up may meet, so a shorter wait each (the
+    # SET clause changes, not the body).
+    def per_wait() -> str:
+        config = installed.scalar(
+            "select proconfig from pg_proc"
+            " where oid = 'profileguard.on_identity_insert()'::regprocedure"
+        )
+        return next(c for c in config if c.startswith("lock_timeout="))
+
+    worker = Worker(installed.settings)
+    assert worker.heal()["mapping"] == "current"
+    before = per_wait()
+    with installed.connect() as conn:
+        conn.execute("create unique index app_avatar_key on public.profiles (avatar_url)")
+    assert worker.heal()["mapping"] == "replanned"
+    assert per_wait() != before
+    assert worker.heal()["mapping"] == "current"

@@ -173,12 +173,13 @@ def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Compo
 
 
 def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composable]) -> list[str]:
-    """The functions `rendered` creates whose body differs from every installed profileguard
-    function of that name (or that are not installed): what running it would change. Read-only:
-    the rendered text is parsed (pglast), not run."""
-    installed: dict[str, set[str]] = {}
-    for name, body in conn.execute(sqlfiles.query("installed_bodies", QUERIES)).fetchall():
-        installed.setdefault(str(name), set()).add(str(body))
+    """The functions `rendered` creates whose body or SET clause differs from every installed
+    profileguard function of that name (or that are not installed): what running it would change.
+    Read-only: the rendered text is parsed (pglast), not run."""
+    installed: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+    rows = conn.execute(sqlfiles.query("installed_bodies", QUERIES)).fetchall()
+    for name, body, config in rows:
+        installed.setdefault(str(name), set()).add((str(body), tuple(config or ())))
     changed = set()
     for part in rendered:
         for raw in parse_sql(part.as_string(conn)):
@@ -186,7 +187,22 @@ def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composa
             if not isinstance(node, ast.CreateFunctionStmt):
                 continue
             name = (node.funcname or ())[-1].sval
-            body = next(o.arg[0].sval for o in node.options or () if o.defname == "as")
-            if body not in installed.get(name, set()):
+            options = node.options or ()
+            body = next(o.arg[0].sval for o in options if o.defname == "as")
+            config = tuple(_setting(o.arg) for o in options if o.defname == "set")
+            if (body, config) not in installed.get(name, set()):
                 changed.add(name)
     return sorted(changed)
+
+
+def _setting(node: ast.VariableSetStmt) -> str:
+    """A function's SET option as pg_proc.proconfig holds it (name=value, lists comma-joined)."""
+    values = (_constant(a.val) for a in node.args or ())
+    return f"{node.name}={', '.join(values)}"
+
+
+def _constant(value: ast.Node) -> str:
+    for field in ("sval", "fval", "ival"):
+        if hasattr(value, field):
+            return str(getattr(value, field))
+    return str(value)

@@ -5,8 +5,9 @@
 select s.config from profileguard.settings s where s.singleton
 
 -- name: installed_bodies
--- Every profileguard function's name and body: what a rendered CREATE FUNCTION would change.
-select p.proname, p.prosrc
+-- Every profileguard function's name, body and SET clause: what a rendered CREATE FUNCTION would
+-- change.
+select p.proname, p.prosrc, p.proconfig
 from pg_catalog.pg_proc p
 join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 where n.nspname = 'profileguard'
