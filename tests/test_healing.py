@@ -120,21 +120,21 @@ def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> N
         )
     assert recorded == {str(u): f"signup {u} rejected by gate" for u in users}
 
-    # One at a time: nothing says yet that the fault fails everyone, but both users fail with
-    # the same fingerprint.
-    for user in users[:2]:
-        assert repair(installed, [user])["failed"] == 1
-    first, second = (state_of(installed, u) for u in users[:2])
-    assert first is not None and second is not None
-    assert first["fingerprint"] == second["fingerprint"] == "P0001:signup # rejected by gate"
+    # The first user alone: its neutral row fails the same way (the gate names the canary too),
+    # so the fault is everyone's from the first user on: held, not charged.
+    first = repair(installed, users[:1])
+    assert first["waiting"] == 1 and first["failed"] == 0, first
+    [fault] = first["systemic"]
+    assert fault["fingerprint"] == "P0001:signup # rejected by gate"
+    assert fault["message"].startswith("signup ") and fault["message"].endswith(" rejected by gate")
 
-    report = repair(installed, users)
+    report = repair(installed, users[1:])
 
     assert report["created"] == 0 and report["failed"] == 0 and report["quarantined"] == 0
-    assert report["waiting"] == 20
-    [fault] = report["systemic"]
-    assert fault["fingerprint"] == first["fingerprint"]
-    assert fault["message"].startswith("signup ") and fault["message"].endswith(" rejected by gate")
+    assert report["waiting"] == 19
+    # Held whole: the batch's one statement and one neutral row, no splitting.
+    assert report["subtransactions"] == 2, report
+    assert [f["fingerprint"] for f in report["systemic"]] == [fault["fingerprint"]]
     assert charged(installed) == 0
     assert {state_of(installed, u)["waiting_on"] for u in users} == {fault["fingerprint"]}
 
@@ -148,19 +148,48 @@ def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> N
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
 
 
-def test_users_charged_before_the_fault_was_seen_to_fail_everyone_are_refunded(
+def test_a_fault_that_rejects_everyone_is_held_from_the_first_user(installed: TestDB) -> None:
+    """No count of users decides: one user alone, whose neutral row fails the same CHECK, is
+    held behind its breaker, not charged."""
+    reject_everyone(installed)
+    user = installed.signup({"full_name": "Alone"})
+
+    report = repair(installed, [user])
+
+    assert report["waiting"] == 1 and report["failed"] == 0, report
+    assert charged(installed) == 0
+    assert installed.scalar("select state from profileguard.breakers") == "open"
+
+
+def test_users_charged_for_their_data_are_refunded_when_the_fault_turns_out_everyones(
     installed: TestDB,
 ) -> None:
-    reject_everyone(installed)
-    first = [installed.signup({"full_name": f"Early {i}"}) for i in range(2)]
-    for user in first:  # one at a time: nothing yet says the fault is everyone's
+    """A constraint rejecting some names is redefined under the same name to reject everyone:
+    the catalog change forgets the verdict, the neutral row now fails, and the users charged
+    under the old verdict are refunded and held."""
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_names"
+            " check (full_name not like 'Odd%') not valid"
+        )
+    odd = [installed.signup({"full_name": f"Odd {i}"}) for i in range(2)]
+    installed.scalar("select profileguard.check_catalog()")  # the first look only remembers
+    for user in odd:
         assert repair(installed, [user])["failed"] == 1
     assert charged(installed) == 2
+    assert installed.scalar("select state from profileguard.breakers") == "user_specific"
 
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles drop constraint pg_test_names;"
+            " alter table public.profiles add constraint pg_test_names"
+            " check (full_name = 'nobody has this name') not valid"
+        )
+    assert installed.scalar("select profileguard.check_catalog()") is True
     later = installed.signup({"full_name": "Third"})
     report = repair(installed, [later])
 
-    assert report["waiting"] == 1 and report["failed"] == 0
+    assert report["waiting"] == 1 and report["failed"] == 0, report
     assert charged(installed) == 0
     assert (
         installed.scalar(
