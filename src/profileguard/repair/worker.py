@@ -36,6 +36,12 @@ SOURCE = "worker"
 CHANNEL = "profileguard"
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
+# Notifications are hints anyone may send (NOTIFY needs no privilege): whatever arrives, passes
+# they start are at least this many seconds apart, and none of them is a full sweep.
+NOTICE_GAP = 0.25
+# How often a targeted look may run the invariant check (its tail pass reads only what was
+# written since its last look).
+LOOK_INTERVAL = "0.5 seconds"
 
 
 class Worker:
@@ -61,6 +67,7 @@ class Worker:
             "waiting": 0,
             "breakers_closed": 0,
             "catalog_changes": 0,
+            "targeted_looks": 0,
         }
         # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
         self.drift = DriftRepair(
@@ -428,6 +435,21 @@ class Worker:
             self.stats["catalog_changes"] += int(result["catalog_changed"])
         return result
 
+    def look(self, stop_event: threading.Event | None = None) -> PassResult:
+        """The targeted look a failure the trigger could not record asks for (it names no user):
+        the invariant check's tail pass over what was written since its last look, then the
+        users it found and the recent failures (an incremental pass). Bounded by what was
+        written, never a full sweep."""
+
+        def check(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                conn.execute("select profileguard.check_invariant(%s::interval)", (LOOK_INTERVAL,))
+
+        self.db.retrying(check)
+        with self._lock:
+            self.stats["targeted_looks"] += 1
+        return self.run_incremental(stop_event)
+
     # ---------------------------------------------------------------- serving
 
     def _heartbeat(self, conn: psycopg.Connection, state: str) -> None:
@@ -547,6 +569,9 @@ class Worker:
             next_incremental = now
             next_heartbeat = now + self.options.heartbeat_interval
             next_heal = now
+            # Passes started by notifications: not before next_notice (NOTICE_GAP apart).
+            next_notice = now
+            notified = look_due = False
             while not stop_event.is_set():
                 now = time.monotonic()
                 if now >= next_heal:
@@ -562,6 +587,17 @@ class Worker:
                     self.run_once(stop_event)
                     next_full = time.monotonic() + self.options.full_interval
                     next_incremental = time.monotonic() + self.options.incremental_interval
+                    notified = look_due = False
+                elif (notified or look_due) and now >= next_notice:
+                    # Notifications are hints: one pass for all that arrived, NOTICE_GAP apart.
+                    # A failure the trigger could not record names no user: a targeted look.
+                    if look_due:
+                        self.look(stop_event)
+                    else:
+                        self.run_incremental(stop_event)
+                    notified = look_due = False
+                    next_notice = time.monotonic() + NOTICE_GAP
+                    next_incremental = time.monotonic() + self.options.incremental_interval
                 elif now >= next_incremental:
                     self.run_incremental(stop_event)
                     next_incremental = time.monotonic() + self.options.incremental_interval
@@ -569,6 +605,8 @@ class Worker:
                     self._heartbeat(self.db.get(), "running")
                     next_heartbeat = time.monotonic() + self.options.heartbeat_interval
                 wait = min(next_full, next_incremental, next_heartbeat, next_heal)
+                if notified or look_due:
+                    wait = min(wait, next_notice)
                 wait -= time.monotonic()
                 wait = max(0.0, min(wait, self.options.poll_interval))
                 if listener is None:
@@ -578,13 +616,9 @@ class Worker:
                 if notices and not stop_event.is_set():
                     notices.extend(listener.notifies(timeout=0))
                     with self._lock:
-                        self.stats["notifications"] += 1
-                    if any(_unrecorded(n.payload) for n in notices):
-                        # A failure the trigger could not record names no user: sweep for them.
-                        self.run_once(stop_event)
-                        next_full = time.monotonic() + self.options.full_interval
-                    else:
-                        self.run_incremental(stop_event)
+                        self.stats["notifications"] += len(notices)
+                    notified = True
+                    look_due = look_due or any(_unrecorded(n.payload) for n in notices)
         finally:
             if listener is not None:
                 listener.close()
