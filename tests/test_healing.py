@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import TestDB, wait_for
 from test_worker import fast_worker, has_profile, missing_profiles, running
 
@@ -441,3 +442,158 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
             ]
         assert not any(has_profile(installed, u) for u in users)
         assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)
+
+
+def test_a_batch_failing_on_an_open_breakers_fingerprint_is_split_when_the_neutral_row_passes(
+    installed: TestDB,
+) -> None:
+    """A breaker left open on a CHECK only crafted names break (as judging by counting users
+    left it): a batch of ordinary and crafted users failing on it is split, not held — the
+    neutral row passes, so the fault is the crafted users' data. The ordinary users get profiles
+    in this call, the crafted ones are charged, and the breaker closes."""
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_name_len"
+            " check (char_length(full_name) <= 100) not valid"
+        )
+    set_enabled(installed.settings, False)
+    crafted = [installed.signup({"full_name": "x" * 200 + str(i)}) for i in range(6)]
+    ordinary = [installed.signup({"full_name": f"User {i}"}) for i in range(20)]
+    fingerprint = "23514:public.profiles.pg_test_name_len"
+    with installed.connect() as conn:
+        conn.execute(
+            "select profileguard.open_breaker(%s::text[], %s, '23514',"
+            " 'public.profiles.pg_test_name_len', 'new row violates check constraint', 'test')",
+            ([str(u) for u in crafted], fingerprint),
+        )
+
+    report = repair(installed, ordinary + crafted)
+
+    assert report["created"] == 20 and report["waiting"] == 0 and report["systemic"] == [], report
+    assert report["failed"] + report["deferred"] == 6, report
+    assert report["subtransactions"] <= 48, report
+    assert not any(state_of(installed, u) for u in ordinary)
+    assert installed.scalar("select state from profileguard.breakers") == "user_specific"
+    for user in crafted:
+        state = state_of(installed, user)
+        assert state is not None and state["waiting_on"] is None
+        assert state["fingerprint"] == fingerprint
+
+
+def long_name(i: int) -> str:
+    """A name too long for a btree index entry even compressed (random hex: no repeats)."""
+    return "".join(uuid.uuid4().hex for _ in range(250)) + str(i)
+
+
+CRAFTED = {
+    # fault, crafted users, their name, ordinary users signing up during the lock, lock seconds
+    "check": (
+        "alter table public.profiles add constraint pg_test_name_len"
+        " check (char_length(full_name) <= 100) not valid",
+        30,
+        lambda i: "x" * 200 + str(i),
+        20,
+        3.0,
+    ),
+    "index": (
+        "create index pg_test_name_idx on public.profiles (full_name)",
+        5,
+        long_name,
+        10,
+        2.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_crafted_data_then_a_lock_holds_no_ordinary_user(installed: TestDB, kind: str) -> None:
+    """Crafted sign-ups whose own metadata breaks a CHECK (or an index), then a lock on the
+    profile table while ordinary users sign up: after the release every ordinary user gets a
+    profile without waiting behind the crafted users' fingerprint — never held on it, never
+    charged, never quarantined — and the crafted users are charged to their own data."""
+    fault, crafted_count, crafted_name, ordinary_count, hold = CRAFTED[kind]
+    with installed.connect() as conn:
+        conn.execute(fault)
+    worker = fast_worker(installed, worker_id=f"crafted-{kind}", max_attempts=5)
+    seen: list[tuple[Any, ...]] = []  # every repair_state row of an ordinary user ever seen
+    ordinary: list[uuid.UUID] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        with installed.connect() as conn:  # profileguard's tables: never locked here
+            while not watching.is_set():
+                seen.extend(
+                    conn.execute(
+                        "select user_id, waiting_on, attempts, quarantined_at is not null"
+                        " from profileguard.repair_state where user_id = any(%s::text[])",
+                        ([str(u) for u in ordinary],),
+                    ).fetchall()
+                )
+                watching.wait(0.02)
+
+    with running(worker):
+        crafted = [installed.signup({"full_name": crafted_name(i)}) for i in range(crafted_count)]
+        # Their own data: each charged, none held, no breaker open on it.
+        assert wait_for(
+            lambda: all(
+                (s := state_of(installed, u)) is not None and s["attempts"] >= 1 for u in crafted
+            ),
+            timeout=20,
+        ), [(has_profile(installed, u), state_of(installed, u)) for u in crafted]
+        fingerprint = state_of(installed, crafted[0])["fingerprint"]
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.breakers where state = 'open'"
+                " and fingerprint = %s",
+                (fingerprint,),
+            )
+            == 0
+        )
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold_lock() -> None:
+            with psycopg.connect(installed.admin_url or installed.url) as conn:
+                conn.execute("lock table public.profiles in access exclusive mode")
+                locked.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_lock, daemon=True)
+        holder.start()
+        assert locked.wait(10)
+        started = time.monotonic()
+        with installed.connect() as conn:
+            for i in range(ordinary_count):
+                ordinary.append(installed.signup({"full_name": f"Ordinary {i}"}, conn=conn))
+        time.sleep(max(0.0, hold - (time.monotonic() - started)))
+        release.set()
+        holder.join(10)
+        assert wait_for(lambda: all(has_profile(installed, u) for u in ordinary), timeout=15)
+        watching.set()
+        watcher.join(10)
+
+    # Ordinary users were held only by the lock their own attempt met: never on the crafted
+    # users' fingerprint, never charged, never quarantined.
+    # The lock met every ordinary sign-up (the trigger recorded it), and nothing else did.
+    assert installed.scalar(
+        "select count(distinct user_id) from profileguard.failures"
+        " where user_id = any(%s::text[]) and sqlstate = '55P03'",
+        ([str(u) for u in ordinary],),
+    ) == len(ordinary)
+    wrong = [row for row in seen if row[1] == fingerprint or row[2] > 0 or row[3]]
+    assert wrong == []
+    assert {row[1].split(":")[0] for row in seen if row[1]} <= {"55P03"}
+    # The crafted users: still without a profile, charged to their own data.
+    assert not any(has_profile(installed, u) for u in crafted)
+    states = [state_of(installed, u) for u in crafted]
+    assert all(s is not None and s["attempts"] >= 1 for s in states), states
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.breakers where state = 'open' and fingerprint = %s",
+            (fingerprint,),
+        )
+        == 0
+    )
