@@ -431,6 +431,8 @@ class Bench:
             " check (char_length(full_name) <= 100) not valid",
         )
         self.cleanup.append("alter table public.profiles drop constraint bench_name_len")
+        # The backfill alone creates the imported users (the worker would find them too).
+        self.stop_worker()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute("set session_replication_role = replica")  # an import: no trigger
             conn.execute(
@@ -461,6 +463,7 @@ class Bench:
             f" {report.get('created')}, failed {report.get('failed')}",
             done.returncode == 12,
         )
+        self.start_worker()
         yield
 
     def user_fault(self) -> None:
@@ -636,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker running; no command run by hand"
     )
     header = (
-        f"  {'fault':<10} {'signups':>7} {'failed':>6} {'down':>5} "
+        f"  {'fault':<13} {'signups':>7} {'failed':>6} {'down':>5} "
         f"{'missing/held at removal':>23} {'missing':>7} {'quarant.':>8} {'waiting':>7} "
         f"{'to 100%':>8} {'crafted':>8}"
     )
@@ -657,12 +660,12 @@ def main(argv: list[str] | None = None) -> int:
         at_removal = f"{missing if missing >= 0 else 'locked'} / {row['held_at_removal']}"
         crafted = f"{row['crafted_charged']}/{row['crafted_held']}"
         print(
-            f"  {row['fault']:<10} {row['signups']:>7} {row['signups_failed']:>6} "
+            f"  {row['fault']:<13} {row['signups']:>7} {row['signups_failed']:>6} "
             f"{row['failed_server_down']:>5} {at_removal:>23} {row['missing_at_end']:>7} "
             f"{row['quarantined']:>8} {row['waiting']:>7} {shown:>8} {crafted:>8}"
         )
         if row["note"]:
-            print(f"  {'':<10} {row['note']}")
+            print(f"  {'':<13} {row['note']}")
     print(
         "  (missing/held at removal: ordinary users without a profile, and users held by a"
         " breaker, just before the fault was removed; missing, quarant., waiting: at the end;"
