@@ -597,3 +597,51 @@ def test_crafted_data_then_a_lock_holds_no_ordinary_user(installed: TestDB, kind
         )
         == 0
     )
+
+
+def test_the_neutral_row_carries_no_user_data_and_leaves_nothing_behind(installed: TestDB) -> None:
+    """The neutral row is accepted by the plain table and rolled back, the table's own triggers
+    with it; a CHECK no name passes fails it with that CHECK's fingerprint; a NOT NULL column the
+    mapping does not fill fails it, while a mapped one gets a neutral value of its type."""
+    with installed.connect() as conn:
+        conn.execute(
+            "create table public.pg_test_seen (id uuid, full_name text);"
+            " create function public.pg_test_seen() returns trigger language plpgsql"
+            " set search_path = pg_catalog as $$ begin"
+            " insert into public.pg_test_seen values (new.id, new.full_name); return new; end $$;"
+            " create trigger pg_test_seen before insert on public.profiles"
+            " for each row execute function public.pg_test_seen()"
+        )
+    set_enabled(installed.settings, False)
+    user = installed.signup({"full_name": "Private Name"})
+
+    assert installed.scalar("select profileguard.neutral_probe(%s)", (str(user),)) is None
+    assert not has_profile(installed, user)
+    assert installed.scalar("select count(*) from public.pg_test_seen") == 0
+
+    # The mapped full_name (NOT NULL now, no default) gets a neutral value, never the user's own.
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles alter column full_name set not null")
+        conn.execute(
+            "create or replace function public.pg_test_seen() returns trigger language plpgsql"
+            " set search_path = pg_catalog as $$ begin"
+            " raise exception using errcode = 'P0001', message = 'seen ' || new.full_name;"
+            " end $$"
+        )
+    fingerprint = installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+    assert fingerprint == "P0001:seen #"
+    with installed.connect() as conn:
+        conn.execute("drop trigger pg_test_seen on public.profiles")
+
+    reject_everyone(installed)
+    assert (
+        installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+        == f"23514:public.profiles.{REJECT_ALL}"
+    )
+    accept_everyone(installed)
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles add column pg_test_required text not null")
+    assert (
+        installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+        == "23502:public.profiles.pg_test_required"
+    )
