@@ -33,11 +33,11 @@ and faults users bring with their own data, or that anyone may send:
                 CHECK rejects, then `profileguard backfill` (its exit code: 12, never 11)
 
 For each: sign-ups that failed (while the server is down they fail with or without profileguard:
-counted apart), ordinary users still missing at the end, ordinary users quarantined, users held
-by a breaker at the end, and the time from the fault's removal until no ordinary user lacks a
-profile. Crafted users (email crafted-…) are not ordinary: they are to be charged to their own
-data (the crafted column: charged / held when the row ends), and they are repaired once the
-operator drops the constraint or index after the row.
+counted apart), ordinary users still missing at the end (of those who signed up more than 5 s
+before), ordinary users quarantined, users held by a breaker at the end, and the time from the
+fault's removal until no ordinary user lacks a profile. Crafted users (email crafted-…) are not
+ordinary: they are to be charged to their own data (the crafted column: charged / held when the
+row ends), and they are repaired once the operator drops the constraint or index after the row.
 
     .venv/bin/python bench/fault_recovery.py                     # embedded PostgreSQL
     .venv/bin/python bench/fault_recovery.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -90,6 +90,9 @@ MISSING = (
     " where not exists (select from public.profiles p where p.id = u.id)"
     " and u.email not like 'crafted-%'"
 )
+# ...of them, those who signed up more than the target ago: a miss, not a repair under way (the
+# load goes on, and every tenth sign-up waits for the worker for a few milliseconds).
+MISSING_LATE = MISSING + " and coalesce(u.created_at, '-infinity') < now() - interval '5 seconds'"
 CRAFTED = (
     "select count(*) filter (where r.waiting_on is null and (r.attempts > 0"
     " or r.quarantined_at is not null)), count(*) filter (where r.waiting_on is not null)"
@@ -134,8 +137,9 @@ class Signups:
                     if n % self.fail_every == 0:
                         conn.execute("select set_config('bench.fail', 'on', true)")
                     conn.execute(
-                        "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
-                        " values (%s, 'authenticated', '', %s, %s)",
+                        "insert into auth.users"
+                        " (id, aud, role, email, raw_user_meta_data, created_at)"
+                        " values (%s, 'authenticated', '', %s, %s, now())",
                         (
                             uid,
                             f"u{uid.hex[:12]}@example.com",
@@ -213,8 +217,8 @@ def sign_up_crafted(url: str, names: list[str]) -> None:
             uid = uuid.uuid4()
             with conn.transaction():
                 conn.execute(
-                    "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
-                    " values (%s, 'authenticated', '', %s, %s)",
+                    "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+                    " values (%s, 'authenticated', '', %s, %s, now())",
                     (uid, f"crafted-{uid.hex[:12]}@example.com", json.dumps({"full_name": name})),
                 )
                 conn.execute("update auth.users set role = 'authenticated' where id = %s", (uid,))
@@ -528,7 +532,7 @@ class Bench:
             "failed_server_down": after[2] - before[2],
             "missing_at_removal": missing_before,
             "held_at_removal": held,
-            "missing_at_end": count(self.admin_url, MISSING),
+            "missing_at_end": count(self.admin_url, MISSING_LATE),
             "quarantined": quarantined,
             "waiting": waiting,
             "seconds_to_100": round(recovery, 2) if recovery is not None else None,
