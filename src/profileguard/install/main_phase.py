@@ -20,13 +20,19 @@ from profileguard.install.migrations import pending_migrations
 from profileguard.install.preflight import Preflight
 from profileguard.install.profile_table import make_profile_table, profile_table_facts_or_error
 from profileguard.install.run import InstallResult, Recorder
-from profileguard.install.templates import config_event, render_generated, render_sync
+from profileguard.install.templates import (
+    MIGRATION_SOURCE,
+    config_event,
+    differing_functions,
+    render_generated,
+    render_sync,
+)
 from profileguard.installation import schema_version
 from profileguard.mapping import Plan, build_plan, build_sync
 from profileguard.version import __version__
 
 
-def _config_fingerprint(settings: Settings) -> dict[str, Any]:
+def config_fingerprint(settings: Settings) -> dict[str, Any]:
     """What the settings row's `config` holds: the settings installed, and the [alerts]
     thresholds that profileguard.health() judges by (so that SQL callers judge alike)."""
     return {
@@ -100,20 +106,27 @@ def main_phase(
             if migration.after_functions.strip():
                 rec.run(migration.after_functions)
 
-    fingerprint = _config_fingerprint(settings)
+    fingerprint = config_fingerprint(settings)
     result.config_changed = current is None or current["config"] != fingerprint
     _write_settings(
         rec, settings, current, fingerprint, strict=strict, enabled=enabled, result=result
     )
     rec.run(sqlfiles.query("render_flags"))
-    rec.run(render_generated(plan))
-    rec.run(render_sync(plan))
+    generated = (render_generated(plan), render_sync(plan))
+    if not fresh and not result.changed:
+        # The profile table changed since the mapping was planned (a CHECK, a unique index).
+        stale = differing_functions(conn, generated)
+        if stale:
+            result.changed = True
+            result.notes.append(f"planned again for the profile table: {', '.join(stale)}")
+    for part in generated:
+        rec.run(part)
     result.notes.extend(build_sync(plan).notes)
     rec.run(sqlfiles.read("privileges.sql"))
     if result.changed:
         rec.run(
             config_event(
-                source,
+                source if rec.execute else MIGRATION_SOURCE,
                 f"{source}: schema version {result.version_after}",
                 {**fingerprint, "notes": result.notes},
             )

@@ -4,8 +4,11 @@ the trigger, the events it records."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+from pglast import ast, parse_sql
 from psycopg import sql
 
 from profileguard import sql as sqlfiles
@@ -32,6 +35,10 @@ RECORD_LOCK_MS = 50
 # The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
 # characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
 SYNC_QUEUE_CHARS = 74_000
+# The source of the config event a rendered file (`profileguard sql`) records when applied: the
+# install is managed by migrations, and the worker leaves its functions to them.
+MIGRATION_SOURCE = "sql"
+QUERIES = "queries/replan.sql"
 
 
 def template(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -154,3 +161,23 @@ def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Compo
         "insert into profileguard.events (kind, source, message, detail)"
         "\nvalues ('config', {}, {},\n{})"
     ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail)))
+
+
+def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composable]) -> list[str]:
+    """The functions `rendered` creates whose body differs from every installed profileguard
+    function of that name (or that are not installed): what running it would change. Read-only:
+    the rendered text is parsed (pglast), not run."""
+    installed: dict[str, set[str]] = {}
+    for name, body in conn.execute(sqlfiles.query("installed_bodies", QUERIES)).fetchall():
+        installed.setdefault(str(name), set()).add(str(body))
+    changed = set()
+    for part in rendered:
+        for raw in parse_sql(part.as_string(conn)):
+            node = raw.stmt
+            if not isinstance(node, ast.CreateFunctionStmt):
+                continue
+            name = (node.funcname or ())[-1].sval
+            body = next(o.arg[0].sval for o in node.options or () if o.defname == "as")
+            if body not in installed.get(name, set()):
+                changed.add(name)
+    return sorted(changed)

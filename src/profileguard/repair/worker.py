@@ -25,6 +25,7 @@ from profileguard.config import Settings, WorkerOptions
 from profileguard.db import NOT_INSTALLED_SQLSTATES, is_transient, keeps_session
 from profileguard.errors import InvalidUserIdError, NotInstalledError, ProfileGuardError
 from profileguard.install import CLAIM_SEED
+from profileguard.install.replan import replan
 from profileguard.installation import Installation
 from profileguard.repair.connection import WorkerConnection
 from profileguard.repair.drift import DriftRepair
@@ -74,6 +75,7 @@ class Worker:
             settings, backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap
         )
         self._drift_warned = False
+        self._planned = False  # the mapping is planned again at the first look, then on changes
         self._event_cursor: int | None = None
         # The last of profileguard.found_missing()'s sequence numbers handled.
         self._found_cursor = 0
@@ -433,7 +435,28 @@ class Worker:
         with self._lock:
             self.stats["breakers_closed"] += int(result.get("closed") or 0)
             self.stats["catalog_changes"] += int(result["catalog_changed"])
+        if result["catalog_changed"] or not self._planned:
+            result["mapping"] = self.replan()
         return result
+
+    def replan(self) -> str:
+        """Plan the mapping again against the profile table as it is now (install/replan.py):
+        re-create the generated functions where they differ, or record that they are stale."""
+        try:
+            done = self.db.retrying(lambda conn: replan(conn, self.settings))
+        except ProfileGuardError as exc:
+            log.warning("could not plan the mapping again: %s", exc, extra={"event": "replan"})
+            return "unknown"
+        self._planned = done.outcome != "busy"
+        if done.outcome == "replanned":
+            log.info(
+                "the profile table changed: the mapping was planned again (%s)",
+                ", ".join(done.changed),
+                extra={"event": "replanned", "worker_id": self.worker_id},
+            )
+        elif done.outcome == "stale":
+            log.warning(done.reason, extra={"event": "mapping_stale", "worker_id": self.worker_id})
+        return done.outcome
 
     def look(self, stop_event: threading.Event | None = None) -> PassResult:
         """The targeted look a failure the trigger could not record asks for (it names no user):

@@ -111,7 +111,10 @@ create table profileguard.catalog_seen (
     singleton boolean primary key default true check (singleton),
     version text,
     checked_at timestamptz not null default now(),
-    changed_at timestamptz
+    changed_at timestamptz,
+    -- Why the functions generated from the mapping no longer match the profile table (NULL: they
+    -- do), set by the worker's re-plan where it may not re-create them itself.
+    mapping_stale text
 );
 insert into profileguard.catalog_seen default values;
 
