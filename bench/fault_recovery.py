@@ -18,9 +18,26 @@ work. Faults, one after the other, each held for `--hold` seconds while sign-ups
   terminate     every connection of the worker terminated                 removed: at once
   restart       the embedded server restarted (fast shutdown)             removed: server back
 
+and faults users bring with their own data, or that anyone may send:
+
+  crafted_check 30 sign-ups whose full_name breaks the operator's CHECK     removed: lock released
+                (char_length <= 100), then the profile table locked 3 s while ordinary users
+                sign up
+  crafted_index 5 sign-ups with 8,000-character names (a btree on full_name) removed: lock released
+                then a 2 s lock
+  gate          a BEFORE trigger raising 'signup <id> rejected by gate'    removed: dropped
+                for every user (one fault naming each user)
+  notify_flood  40 NOTIFY profileguard '{"recorded": false}' from a role     removed: at once
+                without privileges (an in-process worker counts its full sweeps)
+  backfill      3,000 users imported without the trigger, 6 with names the removed: backfill done
+                CHECK rejects, then `profileguard backfill` (its exit code: 12, never 11)
+
 For each: sign-ups that failed (while the server is down they fail with or without profileguard:
-counted apart), users still missing at the end, users quarantined, users held by a breaker at the
-end, and the time from the fault's removal until no user lacks a profile.
+counted apart), ordinary users still missing at the end (of those who signed up more than 5 s
+before), ordinary users quarantined, users held by a breaker at the end, and the time from the
+fault's removal until no ordinary user lacks a profile. Crafted users (email crafted-…) are not
+ordinary: they are to be charged to their own data (the crafted column: charged / held when the
+row ends), and they are repaired once the operator drops the constraint or index after the row.
 
     .venv/bin/python bench/fault_recovery.py                     # embedded PostgreSQL
     .venv/bin/python bench/fault_recovery.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -51,6 +68,7 @@ from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.embedded import EmbeddedPostgres
 from profileguard.install import install, uninstall
+from profileguard.repair import Worker
 
 SCRATCH_DB = "profileguard_bench_faults"
 INSTALLER = "profileguard_bench_installer"
@@ -66,10 +84,30 @@ end $$;
 create trigger bench_user_fault before insert on public.profiles
     for each row execute function public.bench_user_fault();
 """
+# Ordinary users without a profile (crafted users carry their own fault: counted apart).
 MISSING = (
     "select count(*) from auth.users u"
     " where not exists (select from public.profiles p where p.id = u.id)"
+    " and u.email not like 'crafted-%'"
 )
+# ...of them, those who signed up more than the target ago: a miss, not a repair under way (the
+# load goes on, and every tenth sign-up waits for the worker for a few milliseconds).
+MISSING_LATE = MISSING + " and coalesce(u.created_at, '-infinity') < now() - interval '5 seconds'"
+CRAFTED = (
+    "select count(*) filter (where r.waiting_on is null and (r.attempts > 0"
+    " or r.quarantined_at is not null)), count(*) filter (where r.waiting_on is not null)"
+    " from auth.users u join profileguard.repair_state r on r.user_id = u.id::text"
+    " where u.email like 'crafted-%'"
+)
+GATE = """
+create function public.bench_gate() returns trigger language plpgsql as $$
+begin
+    raise exception 'signup % rejected by gate', new.id;
+end $$;
+create trigger bench_gate before insert on public.profiles
+    for each row execute function public.bench_gate();
+"""
+NOISY = "profileguard_bench_noisy"
 
 
 @dataclass
@@ -99,8 +137,9 @@ class Signups:
                     if n % self.fail_every == 0:
                         conn.execute("select set_config('bench.fail', 'on', true)")
                     conn.execute(
-                        "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
-                        " values (%s, 'authenticated', '', %s, %s)",
+                        "insert into auth.users"
+                        " (id, aud, role, email, raw_user_meta_data, created_at)"
+                        " values (%s, 'authenticated', '', %s, %s, now())",
                         (
                             uid,
                             f"u{uid.hex[:12]}@example.com",
@@ -127,21 +166,28 @@ class Signups:
 
 
 def count(url: str, query: str) -> int:
+    """The count `query` returns; -1 while the profile table is locked (not read through it)."""
     for _ in range(100):
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+                conn.execute("set lock_timeout = '500ms'")
                 row = conn.execute(query).fetchone()
                 return int(row[0]) if row else 0
+        except psycopg.errors.LockNotAvailable:
+            return -1
         except psycopg.Error:
             time.sleep(0.1)
     raise RuntimeError(f"cannot read: {query}")
 
 
 def state_counts(url: str) -> tuple[int, int]:
-    """(quarantined, held by a breaker) users now; (0, 0) while profileguard is not installed."""
+    """(quarantined ordinary users, users held by a breaker) now; (0, 0) while profileguard is
+    not installed."""
     query = (
-        "select count(*) filter (where quarantined_at is not null),"
-        " count(*) filter (where waiting_on is not null) from profileguard.repair_state"
+        "select count(*) filter (where r.quarantined_at is not null"
+        " and u.email not like 'crafted-%'),"
+        " count(*) filter (where r.waiting_on is not null) from profileguard.repair_state r"
+        " left join auth.users u on u.id::text = r.user_id"
     )
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
@@ -153,6 +199,29 @@ def state_counts(url: str) -> tuple[int, int]:
 def execute(url: str, statement: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(statement)  # type: ignore[arg-type]
+
+
+def crafted_counts(url: str) -> tuple[int, int]:
+    """Crafted users (charged to their own data, held by a breaker) now."""
+    with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(CRAFTED).fetchone()
+        if row:
+            return int(row[0]), int(row[1])
+    return 0, 0
+
+
+def sign_up_crafted(url: str, names: list[str]) -> None:
+    """Sign-ups as Supabase Auth makes them, each with its own (crafted) full_name."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in names:
+            uid = uuid.uuid4()
+            with conn.transaction():
+                conn.execute(
+                    "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+                    " values (%s, 'authenticated', '', %s, %s, now())",
+                    (uid, f"crafted-{uid.hex[:12]}@example.com", json.dumps({"full_name": name})),
+                )
+                conn.execute("update auth.users set role = 'authenticated' where id = %s", (uid,))
 
 
 class Bench:
@@ -171,6 +240,10 @@ class Bench:
         self.embedded = embedded
         self.settings = load_settings(env={}, database_url=installer_url)
         self.worker: subprocess.Popen[str] | None = None
+        # What a row leaves to undo once it is measured (a crafted row's constraint, say).
+        self.cleanup: list[str] = []
+        # Notes a row adds below its line (full sweeps, exit codes), and whether they meet theirs.
+        self.notes: dict[str, tuple[str, bool]] = {}
 
     def start_worker(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PROFILEGUARD_"))}
@@ -265,6 +338,138 @@ class Bench:
         self.embedded.restart()
         yield
 
+    def _crafted_then_lock(
+        self, fault: str, undo: str, names: list[str], lock_seconds: float
+    ) -> Iterator[None]:
+        """Crafted sign-ups against `fault`, charged to them, then the profile table locked for
+        `lock_seconds` while the ordinary load signs up; removed: the lock released."""
+        execute(self.admin_url, fault)
+        self.cleanup.append(undo)
+        sign_up_crafted(self.admin_url, names)
+        deadline = time.monotonic() + 20
+        while crafted_counts(self.admin_url)[0] < len(names) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = threading.Event()
+        done = threading.Event()
+
+        def hold() -> None:
+            with psycopg.connect(self.admin_url) as conn:
+                conn.execute("lock table public.profiles in access exclusive mode")
+                held.set()
+                done.wait(60)
+
+        thread = threading.Thread(target=hold, daemon=True)
+        thread.start()
+        held.wait(10)
+        time.sleep(max(0.0, lock_seconds - self.args.hold))
+        yield
+        done.set()
+        thread.join(10)
+
+    @contextlib.contextmanager
+    def crafted_check(self) -> Iterator[None]:
+        yield from self._crafted_then_lock(
+            "alter table public.profiles add constraint bench_name_len"
+            " check (char_length(full_name) <= 100) not valid",
+            "alter table public.profiles drop constraint bench_name_len",
+            ["x" * 200 + str(i) for i in range(30)],
+            3.0,
+        )
+
+    @contextlib.contextmanager
+    def crafted_index(self) -> Iterator[None]:
+        # Random hex: a name no compression brings under a btree entry's limit.
+        names = ["".join(uuid.uuid4().hex for _ in range(250)) for _ in range(5)]
+        yield from self._crafted_then_lock(
+            "create index bench_name_idx on public.profiles (full_name)",
+            "drop index public.bench_name_idx",
+            names,
+            2.0,
+        )
+
+    @contextlib.contextmanager
+    def gate(self) -> Iterator[None]:
+        execute(self.admin_url, GATE)
+        yield
+        execute(
+            self.admin_url,
+            "drop trigger bench_gate on public.profiles; drop function public.bench_gate()",
+        )
+
+    @contextlib.contextmanager
+    def notify_flood(self) -> Iterator[None]:
+        # An in-process worker beside the process one: its stats count its own passes.
+        stop = threading.Event()
+        worker = Worker(self.settings, worker_id="bench-notify")
+        thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while worker.stats["passes"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            before = worker.stats["passes"]
+            execute(self.admin_url, f"drop role if exists {NOISY}; create role {NOISY} login")
+            noisy = make_conninfo(self.admin_url, user=NOISY)
+            with psycopg.connect(noisy, autocommit=True) as conn:
+                for _ in range(40):
+                    conn.execute("""notify profileguard, '{"recorded": false}'""")
+            yield
+            time.sleep(1.0)
+            sweeps = worker.stats["passes"] - before
+            self.notes["notify_flood"] = (
+                f"40 notifications: {sweeps} full sweep(s),"
+                f" {worker.stats['targeted_looks']} targeted look(s)",
+                sweeps == 0,
+            )
+        finally:
+            stop.set()
+            thread.join(30)
+            with contextlib.suppress(psycopg.Error):
+                execute(self.admin_url, f"drop role if exists {NOISY}")
+
+    @contextlib.contextmanager
+    def backfill(self) -> Iterator[None]:
+        execute(
+            self.admin_url,
+            "alter table public.profiles add constraint bench_name_len"
+            " check (char_length(full_name) <= 100) not valid",
+        )
+        self.cleanup.append("alter table public.profiles drop constraint bench_name_len")
+        # The backfill alone creates the imported users (the worker would find them too).
+        self.stop_worker()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute("set session_replication_role = replica")  # an import: no trigger
+            conn.execute(
+                "insert into auth.users (id, aud, role, email, raw_user_meta_data)"
+                " select gen_random_uuid(), 'authenticated', 'authenticated',"
+                " case when g % 500 = 0 then 'crafted-' else 'imported-' end"
+                " || g || '@example.com',"
+                " jsonb_build_object('full_name', case when g % 500 = 0 then repeat('x', 200)"
+                " else 'Imported ' || g end)"
+                " from generate_series(1, 3000) g"
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PROFILEGUARD_"))}
+        env["DATABASE_URL"] = self.url
+        done = subprocess.run(
+            [sys.executable, "-m", "profileguard", "backfill", "--json"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            report = {}
+        self.notes["backfill"] = (
+            f"backfill exit {done.returncode} (12 expected, never 11): created"
+            f" {report.get('created')}, failed {report.get('failed')}",
+            done.returncode == 12,
+        )
+        self.start_worker()
+        yield
+
     def user_fault(self) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             if not conn.execute(
@@ -283,6 +488,13 @@ class Bench:
         ]
         if self.embedded is not None:
             out.append(("restart", self.restart))
+        out += [
+            ("crafted_check", self.crafted_check),
+            ("crafted_index", self.crafted_index),
+            ("gate", self.gate),
+            ("notify_flood", self.notify_flood),
+            ("backfill", self.backfill),
+        ]
         return out
 
     # ------------------------------------------------------------------ the run
@@ -309,6 +521,10 @@ class Bench:
         settled = time.monotonic() - removed_from
         after = load.snapshot()
         quarantined, waiting = state_counts(self.admin_url)
+        charged, crafted_held = crafted_counts(self.admin_url)
+        for statement in self.cleanup:
+            execute(self.admin_url, statement)
+        self.cleanup.clear()
         return {
             "fault": name,
             "signups": after[0] - before[0],
@@ -316,11 +532,15 @@ class Bench:
             "failed_server_down": after[2] - before[2],
             "missing_at_removal": missing_before,
             "held_at_removal": held,
-            "missing_at_end": count(self.admin_url, MISSING),
+            "missing_at_end": count(self.admin_url, MISSING_LATE),
             "quarantined": quarantined,
             "waiting": waiting,
             "seconds_to_100": round(recovery, 2) if recovery is not None else None,
             "settled_after": round(settled, 2),
+            "crafted_charged": charged,
+            "crafted_held": crafted_held,
+            "note": self.notes.get(name, ("", True))[0],
+            "note_ok": self.notes.pop(name, ("", True))[1],
         }
 
     def run(self) -> list[dict[str, Any]]:
@@ -423,31 +643,37 @@ def main(argv: list[str] | None = None) -> int:
         "worker running; no command run by hand"
     )
     header = (
-        f"  {'fault':<10} {'signups':>7} {'failed':>6} {'down':>5} "
+        f"  {'fault':<13} {'signups':>7} {'failed':>6} {'down':>5} "
         f"{'missing/held at removal':>23} {'missing':>7} {'quarant.':>8} {'waiting':>7} "
-        f"{'to 100%':>8}"
+        f"{'to 100%':>8} {'crafted':>8}"
     )
     print(header)
     ok = True
     for row in rows:
         seconds = row["seconds_to_100"]
         ok &= (
-            row["signups_failed"] == 0
+            row["note_ok"]
+            and row["signups_failed"] == 0
             and row["missing_at_end"] == 0
             and row["quarantined"] == 0
             and seconds is not None
             and seconds <= TARGET_SECONDS
         )
         shown = f"{seconds:.2f} s" if seconds is not None else "never"
-        at_removal = f"{row['missing_at_removal']} / {row['held_at_removal']}"
+        missing = row["missing_at_removal"]
+        at_removal = f"{missing if missing >= 0 else 'locked'} / {row['held_at_removal']}"
+        crafted = f"{row['crafted_charged']}/{row['crafted_held']}"
         print(
-            f"  {row['fault']:<10} {row['signups']:>7} {row['signups_failed']:>6} "
+            f"  {row['fault']:<13} {row['signups']:>7} {row['signups_failed']:>6} "
             f"{row['failed_server_down']:>5} {at_removal:>23} {row['missing_at_end']:>7} "
-            f"{row['quarantined']:>8} {row['waiting']:>7} {shown:>8}"
+            f"{row['quarantined']:>8} {row['waiting']:>7} {shown:>8} {crafted:>8}"
         )
+        if row["note"]:
+            print(f"  {'':<13} {row['note']}")
     print(
-        "  (missing/held at removal: users without a profile, and of them held by a breaker,"
-        " just before the fault was removed; missing, quarant., waiting: at the end)"
+        "  (missing/held at removal: ordinary users without a profile, and users held by a"
+        " breaker, just before the fault was removed; missing, quarant., waiting: at the end;"
+        " crafted: crafted users charged to their own data / held by a breaker, at the end)"
     )
     if embedded is None:
         print("  restart: not run (only the embedded server is restarted by this benchmark)")

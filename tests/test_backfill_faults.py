@@ -169,3 +169,51 @@ def test_one_users_own_data_rejected_exits_12_with_only_that_user_quarantined(
             " from profileguard.repair_state"
         ).fetchall()
     assert states == [(bad, "23514", True, None)]
+
+
+def test_crafted_rows_among_ordinary_users_exit_12_never_11_with_a_breaker_left_open(
+    installed: TestDB,
+) -> None:
+    """A few imported users carry names longer than a CHECK allows, and a breaker is open on
+    that CHECK's fingerprint (as an engine that judged by counting users left it): the neutral
+    row passes, so the fault is those users' data — every ordinary user gets a profile, they
+    alone are charged, exit 12."""
+    users = 3000
+    without_profiles(installed, users)
+    with installed.connect() as conn:
+        crafted = [
+            str(r[0])
+            for r in conn.execute(
+                "update auth.users set raw_user_meta_data = jsonb_build_object("
+                "'full_name', repeat('x', 200)) where email in"
+                " (select 'bulk' || g || '@example.com' from generate_series(500, 3000, 500) g)"
+                " returning id"
+            ).fetchall()
+        ]
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_name_len"
+            " check (char_length(full_name) <= 100) not valid"
+        )
+        conn.execute(
+            "select profileguard.open_breaker(%s::text[],"
+            " '23514:public.profiles.pg_test_name_len', '23514',"
+            " 'public.profiles.pg_test_name_len', 'new row violates check constraint', 'worker')",
+            (crafted[:3],),
+        )
+    assert len(crafted) == 6
+
+    result = run_cli(installed, "--json", "--batch-size", "500")
+
+    assert result.returncode == ExitCode.QUARANTINED, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["created"], report["failed"]) == (users - 6, 6), result.stdout
+    assert sorted(f["user_id"] for f in report["failures"]) == sorted(crafted)
+    assert users_without_profiles(installed) == set(crafted)
+    with installed.connect() as conn:
+        states = conn.execute(
+            "select user_id, last_sqlstate, waiting_on from profileguard.repair_state"
+            " order by user_id"
+        ).fetchall()
+        breakers = conn.execute("select state from profileguard.breakers").fetchall()
+    assert states == [(u, "23514", None) for u in sorted(crafted)]
+    assert breakers == [("user_specific",)]

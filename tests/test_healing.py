@@ -121,21 +121,21 @@ def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> N
         )
     assert recorded == {str(u): f"signup {u} rejected by gate" for u in users}
 
-    # One at a time: nothing says yet that the fault fails everyone, but both users fail with
-    # the same fingerprint.
-    for user in users[:2]:
-        assert repair(installed, [user])["failed"] == 1
-    first, second = (state_of(installed, u) for u in users[:2])
-    assert first is not None and second is not None
-    assert first["fingerprint"] == second["fingerprint"] == "P0001:signup # rejected by gate"
+    # The first user alone: its neutral row fails the same way (the gate names the canary too),
+    # so the fault is everyone's from the first user on: held, not charged.
+    first = repair(installed, users[:1])
+    assert first["waiting"] == 1 and first["failed"] == 0, first
+    [fault] = first["systemic"]
+    assert fault["fingerprint"] == "P0001:signup # rejected by gate"
+    assert fault["message"].startswith("signup ") and fault["message"].endswith(" rejected by gate")
 
-    report = repair(installed, users)
+    report = repair(installed, users[1:])
 
     assert report["created"] == 0 and report["failed"] == 0 and report["quarantined"] == 0
-    assert report["waiting"] == 20
-    [fault] = report["systemic"]
-    assert fault["fingerprint"] == first["fingerprint"]
-    assert fault["message"].startswith("signup ") and fault["message"].endswith(" rejected by gate")
+    assert report["waiting"] == 19
+    # Held whole: the batch's one statement and one neutral row, no splitting.
+    assert report["subtransactions"] == 2, report
+    assert [f["fingerprint"] for f in report["systemic"]] == [fault["fingerprint"]]
     assert charged(installed) == 0
     assert {state_of(installed, u)["waiting_on"] for u in users} == {fault["fingerprint"]}
 
@@ -149,19 +149,48 @@ def test_a_fault_that_names_each_user_is_one_fingerprint(installed: TestDB) -> N
     assert installed.scalar("select count(*) from profileguard.repair_state") == 0
 
 
-def test_users_charged_before_the_fault_was_seen_to_fail_everyone_are_refunded(
+def test_a_fault_that_rejects_everyone_is_held_from_the_first_user(installed: TestDB) -> None:
+    """No count of users decides: one user alone, whose neutral row fails the same CHECK, is
+    held behind its breaker, not charged."""
+    reject_everyone(installed)
+    user = installed.signup({"full_name": "Alone"})
+
+    report = repair(installed, [user])
+
+    assert report["waiting"] == 1 and report["failed"] == 0, report
+    assert charged(installed) == 0
+    assert installed.scalar("select state from profileguard.breakers") == "open"
+
+
+def test_users_charged_for_their_data_are_refunded_when_the_fault_turns_out_everyones(
     installed: TestDB,
 ) -> None:
-    reject_everyone(installed)
-    first = [installed.signup({"full_name": f"Early {i}"}) for i in range(2)]
-    for user in first:  # one at a time: nothing yet says the fault is everyone's
+    """A constraint rejecting some names is redefined under the same name to reject everyone:
+    the catalog change forgets the verdict, the neutral row now fails, and the users charged
+    under the old verdict are refunded and held."""
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_names"
+            " check (full_name not like 'Odd%') not valid"
+        )
+    odd = [installed.signup({"full_name": f"Odd {i}"}) for i in range(2)]
+    installed.scalar("select profileguard.check_catalog()")  # the first look only remembers
+    for user in odd:
         assert repair(installed, [user])["failed"] == 1
     assert charged(installed) == 2
+    assert installed.scalar("select state from profileguard.breakers") == "user_specific"
 
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles drop constraint pg_test_names;"
+            " alter table public.profiles add constraint pg_test_names"
+            " check (full_name = 'nobody has this name') not valid"
+        )
+    assert installed.scalar("select profileguard.check_catalog()") is True
     later = installed.signup({"full_name": "Third"})
     report = repair(installed, [later])
 
-    assert report["waiting"] == 1 and report["failed"] == 0
+    assert report["waiting"] == 1 and report["failed"] == 0, report
     assert charged(installed) == 0
     assert (
         installed.scalar(
@@ -472,3 +501,206 @@ def test_users_imported_with_replication_role_replica_are_repaired_by_the_worker
             ]
         assert not any(has_profile(installed, u) for u in users)
         assert wait_for(lambda: all(has_profile(installed, u) for u in users), timeout=5)
+
+
+def test_a_batch_failing_on_an_open_breakers_fingerprint_is_split_when_the_neutral_row_passes(
+    installed: TestDB,
+) -> None:
+    """A breaker left open on a CHECK only crafted names break (as judging by counting users
+    left it): a batch of ordinary and crafted users failing on it is split, not held — the
+    neutral row passes, so the fault is the crafted users' data. The ordinary users get profiles
+    in this call, the crafted ones are charged, and the breaker closes."""
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_name_len"
+            " check (char_length(full_name) <= 100) not valid"
+        )
+    set_enabled(installed.settings, False)
+    crafted = [installed.signup({"full_name": "x" * 200 + str(i)}) for i in range(6)]
+    ordinary = [installed.signup({"full_name": f"User {i}"}) for i in range(20)]
+    fingerprint = "23514:public.profiles.pg_test_name_len"
+    with installed.connect() as conn:
+        conn.execute(
+            "select profileguard.open_breaker(%s::text[], %s, '23514',"
+            " 'public.profiles.pg_test_name_len', 'new row violates check constraint', 'test')",
+            ([str(u) for u in crafted], fingerprint),
+        )
+
+    report = repair(installed, ordinary + crafted)
+
+    assert report["created"] == 20 and report["waiting"] == 0 and report["systemic"] == [], report
+    assert report["failed"] + report["deferred"] == 6, report
+    assert report["subtransactions"] <= 48, report
+    assert not any(state_of(installed, u) for u in ordinary)
+    assert installed.scalar("select state from profileguard.breakers") == "user_specific"
+    for user in crafted:
+        state = state_of(installed, user)
+        assert state is not None and state["waiting_on"] is None
+        assert state["fingerprint"] == fingerprint
+
+
+def long_name(i: int) -> str:
+    """A name too long for a btree index entry even compressed (random hex: no repeats)."""
+    return "".join(uuid.uuid4().hex for _ in range(250)) + str(i)
+
+
+CRAFTED = {
+    # fault, crafted users, their name, ordinary users signing up during the lock, lock seconds
+    "check": (
+        "alter table public.profiles add constraint pg_test_name_len"
+        " check (char_length(full_name) <= 100) not valid",
+        30,
+        lambda i: "x" * 200 + str(i),
+        20,
+        3.0,
+    ),
+    "index": (
+        "create index pg_test_name_idx on public.profiles (full_name)",
+        5,
+        long_name,
+        10,
+        2.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_crafted_data_then_a_lock_holds_no_ordinary_user(installed: TestDB, kind: str) -> None:
+    """Crafted sign-ups whose own metadata breaks a CHECK (or an index), then a lock on the
+    profile table while ordinary users sign up: after the release every ordinary user gets a
+    profile without waiting behind the crafted users' fingerprint — never held on it, never
+    charged, never quarantined — and the crafted users are charged to their own data."""
+    fault, crafted_count, crafted_name, ordinary_count, hold = CRAFTED[kind]
+    with installed.connect() as conn:
+        conn.execute(fault)
+    worker = fast_worker(installed, worker_id=f"crafted-{kind}", max_attempts=5)
+    seen: list[tuple[Any, ...]] = []  # every repair_state row of an ordinary user ever seen
+    ordinary: list[uuid.UUID] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        with installed.connect() as conn:  # profileguard's tables: never locked here
+            while not watching.is_set():
+                seen.extend(
+                    conn.execute(
+                        "select user_id, waiting_on, attempts, quarantined_at is not null"
+                        " from profileguard.repair_state where user_id = any(%s::text[])",
+                        ([str(u) for u in ordinary],),
+                    ).fetchall()
+                )
+                watching.wait(0.02)
+
+    with running(worker):
+        crafted = [installed.signup({"full_name": crafted_name(i)}) for i in range(crafted_count)]
+        # Their own data: each charged, none held, no breaker open on it.
+        assert wait_for(
+            lambda: all(
+                (s := state_of(installed, u)) is not None and s["attempts"] >= 1 for u in crafted
+            ),
+            timeout=20,
+        ), [(has_profile(installed, u), state_of(installed, u)) for u in crafted]
+        fingerprint = state_of(installed, crafted[0])["fingerprint"]
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.breakers where state = 'open'"
+                " and fingerprint = %s",
+                (fingerprint,),
+            )
+            == 0
+        )
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold_lock() -> None:
+            with psycopg.connect(installed.admin_url or installed.url) as conn:
+                conn.execute("lock table public.profiles in access exclusive mode")
+                locked.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_lock, daemon=True)
+        holder.start()
+        assert locked.wait(10)
+        started = time.monotonic()
+        with installed.connect() as conn:
+            for i in range(ordinary_count):
+                ordinary.append(installed.signup({"full_name": f"Ordinary {i}"}, conn=conn))
+        time.sleep(max(0.0, hold - (time.monotonic() - started)))
+        release.set()
+        holder.join(10)
+        assert wait_for(lambda: all(has_profile(installed, u) for u in ordinary), timeout=15)
+        watching.set()
+        watcher.join(10)
+
+    # Ordinary users were held only by the lock their own attempt met: never on the crafted
+    # users' fingerprint, never charged, never quarantined.
+    # The lock met every ordinary sign-up (the trigger recorded it), and nothing else did.
+    assert installed.scalar(
+        "select count(distinct user_id) from profileguard.failures"
+        " where user_id = any(%s::text[]) and sqlstate = '55P03'",
+        ([str(u) for u in ordinary],),
+    ) == len(ordinary)
+    wrong = [row for row in seen if row[1] == fingerprint or row[2] > 0 or row[3]]
+    assert wrong == []
+    assert {row[1].split(":")[0] for row in seen if row[1]} <= {"55P03"}
+    # The crafted users: still without a profile, charged to their own data.
+    assert not any(has_profile(installed, u) for u in crafted)
+    states = [state_of(installed, u) for u in crafted]
+    assert all(s is not None and s["attempts"] >= 1 for s in states), states
+    assert (
+        installed.scalar(
+            "select count(*) from profileguard.breakers where state = 'open' and fingerprint = %s",
+            (fingerprint,),
+        )
+        == 0
+    )
+
+
+def test_the_neutral_row_carries_no_user_data_and_leaves_nothing_behind(installed: TestDB) -> None:
+    """The neutral row is accepted by the plain table and rolled back, the table's own triggers
+    with it; a CHECK no name passes fails it with that CHECK's fingerprint; a NOT NULL column the
+    mapping does not fill fails it, while a mapped one gets a neutral value of its type."""
+    with installed.connect() as conn:
+        conn.execute(
+            "create table public.pg_test_seen (id uuid, full_name text);"
+            " create function public.pg_test_seen() returns trigger language plpgsql"
+            " set search_path = pg_catalog as $$ begin"
+            " insert into public.pg_test_seen values (new.id, new.full_name); return new; end $$;"
+            " create trigger pg_test_seen before insert on public.profiles"
+            " for each row execute function public.pg_test_seen()"
+        )
+    set_enabled(installed.settings, False)
+    user = installed.signup({"full_name": "Private Name"})
+
+    assert installed.scalar("select profileguard.neutral_probe(%s)", (str(user),)) is None
+    assert not has_profile(installed, user)
+    assert installed.scalar("select count(*) from public.pg_test_seen") == 0
+
+    # The mapped full_name (NOT NULL now, no default) gets a neutral value, never the user's own.
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles alter column full_name set not null")
+        conn.execute(
+            "create or replace function public.pg_test_seen() returns trigger language plpgsql"
+            " set search_path = pg_catalog as $$ begin"
+            " raise exception using errcode = 'P0001', message = 'seen ' || new.full_name;"
+            " end $$"
+        )
+    fingerprint = installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+    assert fingerprint == "P0001:seen #"
+    with installed.connect() as conn:
+        conn.execute("drop trigger pg_test_seen on public.profiles")
+
+    reject_everyone(installed)
+    assert (
+        installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+        == f"23514:public.profiles.{REJECT_ALL}"
+    )
+    accept_everyone(installed)
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles add column pg_test_required text not null")
+    assert (
+        installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
+        == "23502:public.profiles.pg_test_required"
+    )

@@ -9,8 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import TestDB, wait_for
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from profileguard.config import TableRef, load_settings
 from profileguard.install import set_enabled
@@ -485,3 +488,55 @@ def test_worker_repairs_the_installed_tables_not_a_changed_configuration(
     assert str(worker.installation.profile) == "public.profiles"
     assert_each_repaired_once(installed, 50)
     assert installed.scalar("select count(*) from public.other_profiles") == 50
+
+
+def test_a_notify_flood_from_an_unprivileged_role_starts_no_full_sweep(installed: TestDB) -> None:
+    """NOTIFY needs no privilege: a role that may do nothing else sends 40 notifications of an
+    unrecorded failure. The worker takes them as hints: no full sweep beyond its first, a few
+    targeted looks; a failure the trigger really could not record (profile and events tables
+    locked) is still found and repaired."""
+    role = f"profileguard_test_noisy_{uuid.uuid4().hex[:8]}"
+    with installed.connect_admin() as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        worker = fast_worker(installed, worker_id="notify-flood")
+        with running(worker):
+            assert wait_for(lambda: worker.stats["passes"] >= 1)
+            noisy_url = make_conninfo(installed.admin_url or installed.url, user=role)
+            with psycopg.connect(noisy_url, autocommit=True) as noisy:
+                for _ in range(40):
+                    noisy.execute("notify profileguard, '{\"recorded\": false}'")
+            assert wait_for(lambda: worker.stats["notifications"] >= 40)
+            assert wait_for(lambda: worker.stats["targeted_looks"] >= 1)
+
+            # A real one: the trigger can neither create the profile nor record the failure.
+            release = threading.Event()
+            locked = threading.Event()
+
+            def hold_locks() -> None:
+                with psycopg.connect(installed.admin_url or installed.url) as conn:
+                    conn.execute(
+                        "lock table public.profiles, profileguard.events in access exclusive mode"
+                    )
+                    locked.set()
+                    release.wait(30)
+
+            holder = threading.Thread(target=hold_locks, daemon=True)
+            holder.start()
+            assert locked.wait(10)
+            user = installed.signup({"full_name": "Unrecorded"})
+            release.set()
+            holder.join(10)
+            assert wait_for(lambda: has_profile(installed, user), timeout=15)
+        assert worker.stats["passes"] == 1  # the full sweep at start, none since
+        assert 1 <= worker.stats["targeted_looks"] < 40
+        assert (
+            installed.scalar(
+                "select count(*) from profileguard.events where kind = 'failure' and user_id = %s",
+                (str(user),),
+            )
+            == 0
+        )
+    finally:
+        with installed.connect_admin() as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))

@@ -37,6 +37,12 @@ SOURCE = "worker"
 CHANNEL = "profileguard"
 # Worker rows whose heartbeat is older than this are removed when a worker starts.
 STALE_WORKER_DAYS = 7
+# Notifications are hints anyone may send (NOTIFY needs no privilege): whatever arrives, passes
+# they start are at least this many seconds apart, and none of them is a full sweep.
+NOTICE_GAP = 0.25
+# How often a targeted look may run the invariant check (its tail pass reads only what was
+# written since its last look).
+LOOK_INTERVAL = "0.5 seconds"
 
 
 class Worker:
@@ -62,6 +68,7 @@ class Worker:
             "waiting": 0,
             "breakers_closed": 0,
             "catalog_changes": 0,
+            "targeted_looks": 0,
         }
         # Profiles out of step with their users: a separate pass (drift.py) after each of ours.
         self.drift = DriftRepair(
@@ -451,6 +458,21 @@ class Worker:
             log.warning(done.reason, extra={"event": "mapping_stale", "worker_id": self.worker_id})
         return done.outcome
 
+    def look(self, stop_event: threading.Event | None = None) -> PassResult:
+        """The targeted look a failure the trigger could not record asks for (it names no user):
+        the invariant check's tail pass over what was written since its last look, then the
+        users it found and the recent failures (an incremental pass). Bounded by what was
+        written, never a full sweep."""
+
+        def check(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                conn.execute("select profileguard.check_invariant(%s::interval)", (LOOK_INTERVAL,))
+
+        self.db.retrying(check)
+        with self._lock:
+            self.stats["targeted_looks"] += 1
+        return self.run_incremental(stop_event)
+
     # ---------------------------------------------------------------- serving
 
     def _heartbeat(self, conn: psycopg.Connection, state: str) -> None:
@@ -570,6 +592,9 @@ class Worker:
             next_incremental = now
             next_heartbeat = now + self.options.heartbeat_interval
             next_heal = now
+            # Passes started by notifications: not before next_notice (NOTICE_GAP apart).
+            next_notice = now
+            notified = look_due = False
             while not stop_event.is_set():
                 now = time.monotonic()
                 if now >= next_heal:
@@ -585,6 +610,17 @@ class Worker:
                     self.run_once(stop_event)
                     next_full = time.monotonic() + self.options.full_interval
                     next_incremental = time.monotonic() + self.options.incremental_interval
+                    notified = look_due = False
+                elif (notified or look_due) and now >= next_notice:
+                    # Notifications are hints: one pass for all that arrived, NOTICE_GAP apart.
+                    # A failure the trigger could not record names no user: a targeted look.
+                    if look_due:
+                        self.look(stop_event)
+                    else:
+                        self.run_incremental(stop_event)
+                    notified = look_due = False
+                    next_notice = time.monotonic() + NOTICE_GAP
+                    next_incremental = time.monotonic() + self.options.incremental_interval
                 elif now >= next_incremental:
                     self.run_incremental(stop_event)
                     next_incremental = time.monotonic() + self.options.incremental_interval
@@ -592,6 +628,8 @@ class Worker:
                     self._heartbeat(self.db.get(), "running")
                     next_heartbeat = time.monotonic() + self.options.heartbeat_interval
                 wait = min(next_full, next_incremental, next_heartbeat, next_heal)
+                if notified or look_due:
+                    wait = min(wait, next_notice)
                 wait -= time.monotonic()
                 wait = max(0.0, min(wait, self.options.poll_interval))
                 if listener is None:
@@ -601,19 +639,16 @@ class Worker:
                 if notices and not stop_event.is_set():
                     notices.extend(listener.notifies(timeout=0))
                     with self._lock:
-                        self.stats["notifications"] += 1
-                    unrecorded = [m for m in map(_unrecorded, notices) if m is not None]
-                    for message in unrecorded:
+                        self.stats["notifications"] += len(notices)
+                    notified = True
+                    for message in filter(None, map(_unrecorded, notices)):
                         if message.get("source") == "sync":
+                            # Users a sync named but could not record: the next pass's drift step.
                             ids = message.get("ids")
                             self.drift.tell(ids if isinstance(ids, list) else None)
-                    if any(m.get("source") != "sync" for m in unrecorded):
-                        # A failure the trigger could not record names no user: sweep for them.
-                        self.run_once(stop_event)
-                        next_full = time.monotonic() + self.options.full_interval
-                    else:
-                        # Including the users a sync named but could not record.
-                        self.run_incremental(stop_event)
+                        else:
+                            # A failure the trigger could not record names no user: a targeted look.
+                            look_due = True
         finally:
             if listener is not None:
                 listener.close()

@@ -202,12 +202,17 @@ $pg$;
 -- the ids in halves until each failing user is isolated, with at most `p_budget` subtransactions
 -- (PL/pgSQL exception blocks) per call — past 64 in one transaction every session slows down.
 -- Ids not tried within the budget are left as they are ("deferred": call again). Each failure
--- gets a fingerprint (SQLSTATE + the object it names). A failure that is about the database
--- (profileguard.systemic_by_nature), or one that at least 3 users share while nobody succeeds, or
--- one with an open breaker, holds its users behind that breaker: not charged, never quarantined;
--- the worker probes it (profileguard.probe_breakers). Other failures are the users' own: one
--- attempt is charged (backoff, then quarantine). lock_timeout bounds each lock wait: a locked
--- profile table is a fault like any other, not a stalled worker.
+-- gets a fingerprint (SQLSTATE + the object it names), and each fingerprint a verdict, decided by
+-- evidence, never by how many users share it: everyone's when it is about the database
+-- (profileguard.systemic_by_nature) or the neutral row fails too (profileguard.neutral_probe,
+-- one subtransaction per fingerprint and call); the data's when the neutral row passes, or
+-- others' profiles were created beside it in this call (remembered as user_specific for an hour
+-- or until the catalog changes; a breaker open on it closes).
+-- A range failing with everyone's fault is held whole behind its breaker: not charged, never
+-- quarantined; the worker probes it (profileguard.probe_breakers). A range failing with the
+-- data's is split, and each isolated user charged one attempt (backoff, then quarantine). A range
+-- whose verdict would need a probe past the budget is deferred. lock_timeout bounds each lock
+-- wait: a locked profile table is a fault like any other, not a stalled worker.
 -- Returns a jsonb object: created, failed (charged), quarantined (newly), waiting (held),
 -- deferred, subtransactions (used), systemic (an array of fingerprint, sqlstate, object, message).
 drop function if exists profileguard.repair_ids({key_type}[], text, integer, double precision,
@@ -259,6 +264,8 @@ declare
     v_fail_message text[] := '{{}}'::text[];
     v_fail_fields jsonb[] := '{{}}'::jsonb[];
     v_systemic jsonb := '{{}}'::jsonb;
+    v_verdict jsonb := '{{}}'::jsonb;
+    v_everyone boolean;
     v_row record;
     v_newly boolean;
 begin
@@ -294,9 +301,37 @@ begin
                                               v_detail);
         v_object := profileguard.failure_object(v_schema, v_table, v_column, v_constraint);
         v_fp := profileguard.fingerprint(v_state, v_object, v_message);
-        if profileguard.systemic_by_nature(v_state)
-           or exists (select from profileguard.breakers b
-                      where b.fingerprint = v_fp and b.state = 'open') then
+        v_everyone := (v_verdict ->> v_fp)::boolean;
+        if v_everyone is null then
+            if profileguard.systemic_by_nature(v_state) then
+                v_everyone := true;
+            elsif v_created > 0
+                  or exists (select from profileguard.breakers b
+                             where b.fingerprint = v_fp and b.state = 'user_specific'
+                               and b.expires_at > now()) then
+                v_everyone := false;
+            elsif v_budget > 0 then
+                -- Asked again even when a breaker is open on it: an open breaker holds a range
+                -- whole only while the neutral row still fails.
+                v_budget := v_budget - 1;
+                v_everyone := profileguard.neutral_probe(v_ids[v_a]::text) is not null;
+            elsif exists (select from profileguard.breakers b
+                          where b.fingerprint = v_fp and b.state = 'open') then
+                v_everyone := true;  -- no probe left in the budget: its last verdict
+            end if;
+            if v_everyone is not null then
+                v_verdict := v_verdict || jsonb_build_object(v_fp, v_everyone);
+                if not v_everyone then
+                    -- Others' data passes where theirs fails: remembered, no probe next time.
+                    perform profileguard.mark_user_specific(v_fp, v_state, v_object, v_message, 1);
+                end if;
+            end if;
+        end if;
+        if v_everyone is null then
+            v_deferred := v_deferred + v_b - v_a + 1;
+            continue;
+        end if;
+        if v_everyone then
             -- Splitting cannot help: everyone in this range waits for the fault to pass.
             perform profileguard.open_breaker(
                 array(select x::text from unnest(v_ids[v_a:v_b]) x), v_fp, v_state, v_object,
@@ -320,34 +355,14 @@ begin
         v_lo := v_lo || (v_mid + 1) || v_a;
         v_hi := v_hi || v_b || v_mid;
     end loop;
-    -- The isolated failures, by fingerprint: do other users fail the same way?
+    -- The isolated failures, each judged the data's above: one attempt charged to each user.
     for v_row in
         select f.fp, min(f.state) as state, min(f.object) as object, min(f.message) as message,
-               (array_agg(f.fields))[1] as fields, array_agg(f.id) as ids,
-               (select count(*) from profileguard.repair_state r
-                 where r.fingerprint = f.fp and r.waiting_on is null
-                   and r.updated_at > now() - interval '10 minutes'
-                   and r.user_id <> all(array_agg(f.id))) as others,
-               exists (select from profileguard.breakers b
-                       where b.fingerprint = f.fp and b.state = 'user_specific'
-                         and b.expires_at > now()) as user_specific
+               (array_agg(f.fields))[1] as fields, array_agg(f.id) as ids
         from unnest(v_fail_id, v_fail_fp, v_fail_state, v_fail_object, v_fail_message,
                     v_fail_fields) as f(id, fp, state, object, message, fields)
         group by f.fp
     loop
-        if v_created > 0 then
-            -- Others succeeded beside them: the failures are these users' own.
-            perform profileguard.mark_user_specific(v_row.fp, v_row.state, v_row.object,
-                                                    v_row.message, 1);
-        elsif not v_row.user_specific and cardinality(v_row.ids) + v_row.others >= 3 then
-            perform profileguard.open_breaker(v_row.ids, v_row.fp, v_row.state, v_row.object,
-                                              v_row.message, p_source);
-            v_waiting := v_waiting + cardinality(v_row.ids);
-            v_systemic := v_systemic || jsonb_build_object(v_row.fp, jsonb_build_object(
-                'fingerprint', v_row.fp, 'sqlstate', v_row.state, 'object', v_row.object,
-                'message', profileguard.redact_error(v_row.message, v_row.fields)));
-            continue;
-        end if;
         for i in 1 .. cardinality(v_row.ids) loop
             select n.newly_quarantined into v_newly
             from profileguard.note_repair_failure(v_row.ids[i], v_row.state, v_row.message,
@@ -368,12 +383,14 @@ begin
 end
 $pg$;
 
--- Probe the open breakers that are due: one canary (the user waiting longest since its last
--- try) is tried in a subtransaction. It succeeds, or fails another way: the fault has passed and
--- everyone waiting on it is released. It fails the same way: the next probe waits twice as long,
--- up to profileguard.probe_cap (1 s for locks, cancels and connections). A fault that keeps failing
--- for 10 minutes while it holds fewer than all missing users is treated as users' own data after
--- all (their failures are then charged, and quarantine is retried hourly and on any change).
+-- Probe the open breakers that are due: one canary, drawn at random among the users it holds (not
+-- the same look-alike accounts in turn), is tried in a subtransaction. It succeeds, or fails
+-- another way: the fault has passed and everyone waiting on it is released. It fails the same
+-- way: the canary's neutral row is tried (profileguard.neutral_probe) unless the fault is about
+-- the database by nature; if that passes, the fault is the users' data, not everyone's: the
+-- breaker closes, its users are released and charged on their next attempt. Otherwise the next
+-- probe waits twice as long, up to profileguard.probe_cap (1 s for locks, cancels and
+-- connections). How long a breaker has been open never changes its verdict.
 -- Returns a jsonb object: probed, closed, released.
 create or replace function profileguard.probe_breakers(p_source text default 'worker')
 returns jsonb
@@ -406,7 +423,7 @@ begin
     loop
         select r.user_id into v_canary from profileguard.repair_state r
             where r.waiting_on = v_breaker.fingerprint
-            order by r.updated_at limit 1;
+            order by random() limit 1;
         if v_canary is null then
             delete from profileguard.breakers b where b.fingerprint = v_breaker.fingerprint;
             v_closed := v_closed + 1;
@@ -435,10 +452,10 @@ begin
             continue;
         end if;
         update profileguard.repair_state r set updated_at = now() where r.user_id = v_canary;
-        if v_breaker.opened_at < now() - interval '10 minutes'
-           and not profileguard.systemic_by_nature(v_breaker.sqlstate)
-           and exists (select from profileguard.repair_state r
-                       where r.waiting_on is distinct from v_breaker.fingerprint) then
+        if not profileguard.systemic_by_nature(v_breaker.sqlstate)
+           and profileguard.neutral_probe(v_canary) is null then
+            v_released := v_released + profileguard.close_breaker(v_breaker.fingerprint, p_source,
+                'the neutral row is accepted: failures are users'' own data');
             perform profileguard.mark_user_specific(v_breaker.fingerprint, v_breaker.sqlstate,
                 v_breaker.object, v_breaker.message, 1);
             v_closed := v_closed + 1;

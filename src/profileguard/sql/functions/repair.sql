@@ -149,6 +149,93 @@ as $pg$
         or p_sqlstate in ('42501', '42P01', '42703', '42883', '42704', '0A000')
 $pg$;
 
+-- Whether a fault is everyone's or a user's data, decided by the data: the neutral row of a user
+-- is the profile they would get with no data of their own — their key, the table's defaults,
+-- and for each mapped column without a default a value of its type that carries no user data
+-- (text: 'n' and 15 hex digits of the md5 of the key, cut to the column's length; numbers 0;
+-- booleans false; uuid: the md5 of the key; dates and times: now; intervals 0; json and arrays:
+-- empty; enums: their first label; other types: the default). A mapped column is never left
+-- NULL, which would pass every CHECK. Unmapped columns get their defaults, as in the full row.
+-- It is inserted inside a subtransaction and always rolled back (the table's own triggers fire
+-- on it too, and are rolled back with it). Returns null when the row is accepted, else the
+-- fingerprint of its failure: a fault the neutral row passes while the user's full row fails is
+-- that user's data; one it fails too is everyone's.
+create or replace function profileguard.neutral_probe(p_user_id text)
+returns text
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $pg$
+declare
+    t record;
+    v_key_type text;
+    v_columns text;
+    v_values text;
+    v_state text;
+    v_message text;
+    v_schema text;
+    v_table text;
+    v_column text;
+    v_constraint text;
+begin
+    begin
+        t := profileguard._monitored_tables();
+        select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_key_type
+        from pg_catalog.pg_attribute a
+        where a.attrelid = t.profile and a.attname = t.profile_key and not a.attisdropped;
+        select pg_catalog.string_agg(pg_catalog.format('%I', a.attname), ', ' order by a.attnum),
+               pg_catalog.string_agg(pg_catalog.format('%L::%s', v.value,
+                                         pg_catalog.format_type(a.atttypid, a.atttypmod)), ', '
+                                     order by a.attnum)
+          into v_columns, v_values
+        from profileguard.settings s
+        cross join pg_catalog.pg_attribute a
+        join pg_catalog.pg_type ty on ty.oid = a.atttypid
+        join pg_catalog.pg_type e on e.oid = case when ty.typtype = 'd' then ty.typbasetype
+                                                   else ty.oid end
+        cross join lateral (
+            select case
+                when e.typtype = 'e' then
+                    (select l.enumlabel::text from pg_catalog.pg_enum l
+                     where l.enumtypid = e.oid order by l.enumsortorder limit 1)
+                when e.oid = 'pg_catalog.uuid'::pg_catalog.regtype then
+                    pg_catalog.md5(p_user_id)::pg_catalog.uuid::text
+                when e.oid in ('pg_catalog.json'::pg_catalog.regtype,
+                               'pg_catalog.jsonb'::pg_catalog.regtype) then '{}'
+                when e.typcategory = 'S' then
+                    pg_catalog.left('n' || pg_catalog.left(pg_catalog.md5(p_user_id), 15),
+                                    case when a.atttypmod > 4 then a.atttypmod - 4 else 16 end)
+                when e.typcategory = 'N' then '0'
+                when e.typcategory = 'B' then 'false'
+                when e.typcategory = 'D' then 'now'
+                when e.typcategory = 'T' then '0'
+                when e.typcategory = 'A' then '{}'
+            end as value
+        ) v
+        where s.singleton and a.attrelid = t.profile and a.attnum > 0 and not a.attisdropped
+          and a.attname <> t.profile_key and not a.atthasdef
+          and a.attgenerated = '' and a.attidentity = ''
+          and (s.config -> 'mapping' ? a.attname::text
+               or s.config ->> 'username_column' = a.attname::text)
+          and v.value is not null;
+        execute pg_catalog.format('insert into %s (%I%s) values (%L::%s%s) on conflict (%I) do nothing',
+            t.profile, t.profile_key, coalesce(', ' || v_columns, ''), p_user_id, v_key_type,
+            coalesce(', ' || v_values, ''), t.profile_key);
+        -- Accepted: rolled back all the same.
+        raise exception using errcode = 'PGN00', message = 'profileguard: neutral row accepted';
+    exception when others or assert_failure then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+            v_schema = schema_name, v_table = table_name, v_column = column_name,
+            v_constraint = constraint_name;
+    end;
+    if v_state = 'PGN00' then
+        return null;
+    end if;
+    return profileguard.fingerprint(v_state,
+        profileguard.failure_object(v_schema, v_table, v_column, v_constraint), v_message);
+end
+$pg$;
+
 -- The longest wait between probes of an open breaker: short for faults that pass by themselves
 -- (a lock, a cancel, a connection), longer for the others (a change to the catalog, read every
 -- cycle, probes those at once anyway).

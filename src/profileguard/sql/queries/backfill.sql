@@ -184,21 +184,25 @@ limit %(n)s
 select profileguard.repair(%(ids)s::{key_type}[], 'backfill', 1)
 
 -- name: repair_failures
--- The users the engine call just made (in this transaction) charged with a failure of their own.
+-- The users the engine call just made (in this transaction) charged with a failure of their own
+-- (not those a closing breaker released: due now, charged nothing).
 select r.user_id, r.last_sqlstate, r.last_message
 from profileguard.repair_state r
 where r.user_id = any(array(select x::text from unnest(%(ids)s::{key_type}[]) x))
   and r.updated_at = pg_catalog.now() and r.waiting_on is null and r.last_sqlstate is not null
+  and r.next_attempt_at <> pg_catalog.now()
 order by r.user_id
 limit %(n)s
 
 -- name: repair_deferred
 -- The ids the engine call left untried (its subtransaction budget ran out): still without a
--- profile, and neither charged nor held by this transaction.
+-- profile, and neither charged nor held by this transaction (a user a closing breaker released
+-- in it is due now: untried).
 select x from unnest(%(ids)s::{key_type}[]) x
 where not exists (select from {profile} p where p.{profile_key} = x)
   and not exists (select from profileguard.repair_state r
-                  where r.user_id = x::text and r.updated_at = pg_catalog.now())
+                  where r.user_id = x::text and r.updated_at = pg_catalog.now()
+                    and (r.waiting_on is not null or r.next_attempt_at <> pg_catalog.now()))
 
 -- name: add_created
 -- Profiles the engine created for the run (in the engine call's transaction).
