@@ -145,13 +145,16 @@ def _drift_terms(
     return terms
 
 
-def _sources_of(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Composable:
-    """The synced source values of the identity rows `where` selects (alias s, key pg_key)."""
+def _sources_of(
+    plan: Plan, sync: SyncPlan, where: sql.Composable, *, values: bool = True
+) -> sql.Composable:
+    """The synced source values of the identity rows `where` selects (alias s, key pg_key);
+    without `values`, only the key and the deletion state (what redaction reads)."""
     index = {column: i for i, column in enumerate(plan.mapping)}
     cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(plan.settings.identity.key))
     ]
-    for column, sources in sync.synced.items():
+    for column, sources in sync.synced.items() if values else ():
         cols.append(
             sql.SQL("{} as {}").format(coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
         )
@@ -204,7 +207,7 @@ def redact_statement(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.C
         sets=sql.SQL(", ").join(
             sql.SQL("{} = null").format(sql.Identifier(c)) for c in sync.redact
         ),
-        source=_sources_of(plan, sync, where),
+        source=_sources_of(plan, sync, where, values=False),
         pkey=pkey,
         filled=sql.SQL(" or ").join(
             sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact

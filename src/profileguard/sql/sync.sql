@@ -206,7 +206,10 @@ begin
         v_scanned := cardinality(p_ids);
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from ({drift_ids}) d;
+          into v_drift
+          from (
+              {drift_ids}
+          ) d;
     else
         select count(*), (array_agg(w.k order by w.k desc))[1] into v_scanned, v_last from (
             select u.{identity_key} as k from {identity} u
@@ -214,7 +217,10 @@ begin
             order by u.{identity_key} limit p_scan) w;
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from ({drift_range}) d;
+          into v_drift
+          from (
+              {drift_range}
+          ) d;
     end if;
     return jsonb_build_object('scanned', v_scanned, 'last', v_last, 'drift', v_drift);
 end
