@@ -211,7 +211,7 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
     ):
         statement = sql.SQL(
             "create or replace function {function} returns trigger language plpgsql"
-            " set search_path = pg_catalog, pg_temp as {body}"
+            "\nset search_path = pg_catalog, pg_temp\nas {body}"
         ).format(function=sql.SQL(trigger["function"]), body=sql.Literal(NOOP_BODY))
         return Takeover(
             name,

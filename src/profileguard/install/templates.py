@@ -150,7 +150,7 @@ def render_sync_triggers(plan: Plan) -> sql.Composed:
 
 
 def trigger_statement(settings: Settings) -> sql.Composed:
-    """The statement that creates profileguard's trigger (one line: audit prints it as a fix).
+    """The statement that creates profileguard's trigger (audit prints it as a fix).
 
     CREATE OR REPLACE needs only the TRIGGER privilege on the identity table, not ownership, and
     re-enables the trigger if someone disabled it. It locks the table against the UPDATE every

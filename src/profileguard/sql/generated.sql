@@ -161,7 +161,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets signups commit and records the failure';
         end if;
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'trigger', n.{identity_key}::text, v_state,
