@@ -346,7 +346,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets signups commit and records the failure';
         end if;
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'trigger', n."id"::text, v_state,
@@ -775,9 +776,9 @@ $pg$;
 drop function if exists profileguard.backfill_range(uuid, uuid, bigint);
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
--- TID range scan, reading the table in order) without a profile get one, with one INSERT …
--- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
--- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- TID range scan, reading the table in order) without a profile get one, by one call of
+-- insert_profiles (the sweep leaves users with a profile to its conflict check; the catch-up
+-- skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
 -- (the catch-up after a sweep) only rows written by transactions not older than p_since are
 -- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
 -- every row of the range.

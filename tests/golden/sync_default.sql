@@ -243,7 +243,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets updates commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets updates commit and records the failure';
         end if;
         -- One failure row per queued user; after an overflow one without a user: the worker
         -- then runs a full drift pass.
