@@ -17,8 +17,12 @@ class Formatted(sql.SQL):
     """A statement already laid out on several lines: a template indents its continuation lines
     to the column of the placeholder it fills (see `indented`)."""
 
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
     def indented(self, column: int) -> Formatted:
-        return Formatted(self._obj.replace("\n", "\n" + " " * column))
+        return Formatted(self.text.replace("\n", "\n" + " " * column))
 
 
 def pretty(statement: sql.Composable) -> Formatted:

@@ -48,10 +48,10 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u089'
-    ||  E'1\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff'
-    ||  E'9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001'
-    ||  E'd173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]'
+    select E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-'
+    || E'\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff'
+    || E'\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3'
+    || E'\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]'
 $pg$;
 
 -- Space separators at either end of a name (a regular expression).
@@ -62,8 +62,8 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2'
-    ||  E'000-\\u200a\\u202f\\u205f\\u3000]+$'
+    select E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680'
+    || E'\\u2000-\\u200a\\u202f\\u205f\\u3000]+$'
 $pg$;
 
 -- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;

@@ -101,8 +101,15 @@ def constant_bodies(plan: Plan, width: int = 96) -> dict[str, sql.Composable]:
             if not items:
                 text = "array[]::pg_catalog.text[]"
         else:
-            pieces = [value[i : i + width - 20] for i in range(0, len(value), width - 20)]
-            text = "\n    || ".join(sql.Literal(piece).as_string(None) for piece in pieces)
+            # Cut between escapes (\uXXXX stays whole), a piece a line.
+            pieces, piece = [], ""
+            for token in re.findall(r"\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.", value, re.S):
+                if len(piece) + len(token) > width - 20:
+                    pieces.append(piece)
+                    piece = ""
+                piece += token
+            pieces.append(piece)
+            text = "\n    || ".join(sql.Literal(p).as_string(None).strip() for p in pieces)
         bodies[name] = sql.SQL(text)
     return bodies
 
