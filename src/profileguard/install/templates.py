@@ -149,14 +149,18 @@ def render_sync_triggers(plan: Plan) -> sql.Composed:
     return template("sync_triggers.sql", **_sync_parts(plan))
 
 
-def trigger_statement(settings: Settings) -> sql.Composed:
-    """The statement that creates profileguard's trigger (audit prints it as a fix).
+def trigger_statement(settings: Settings, *, one_line: bool = False) -> sql.Composed:
+    """The statement that creates profileguard's trigger (`one_line`: as audit prints it as a
+    fix, one command a line).
 
     CREATE OR REPLACE needs only the TRIGGER privilege on the identity table, not ownership, and
     re-enables the trigger if someone disabled it. It locks the table against the UPDATE every
     login makes: run it in a short transaction (locking.short_transaction)."""
-    return template(
-        "trigger.sql", identity=sql.Identifier(settings.identity.schema, settings.identity.name)
+    text = sqlfiles.read("trigger.sql").strip()
+    if one_line:
+        text = " ".join(line.strip() for line in text.splitlines())
+    return sql.SQL(text).format(
+        identity=sql.Identifier(settings.identity.schema, settings.identity.name)
     )
 
 
