@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import TestDB, wait_for
 from test_worker import fast_worker, has_profile, missing_profiles, running
 
@@ -260,6 +261,65 @@ def test_replacing_a_trigger_function_on_the_profile_table_is_a_catalog_change(
         )
     assert worker.heal()["catalog_changed"] is True
     assert worker.heal()["catalog_changed"] is False
+
+
+@pytest.mark.parametrize("called_from", ["check", "trigger body"])
+def test_a_fix_by_replacing_a_helper_function_releases_quarantined_users_at_once(
+    installed: TestDB, called_from: str
+) -> None:
+    # The helper holds the fault; what calls it (a CHECK, or a trigger function's PL/pgSQL body,
+    # which leaves no trace in pg_depend) stays as it is.
+    with installed.connect() as conn:
+        conn.execute(
+            "create schema app_rules;"
+            " create function app_rules.name_ok(n text) returns boolean language sql"
+            " immutable as $$ select n is distinct from 'Bad User' $$"
+        )
+        if called_from == "check":
+            conn.execute(
+                "alter table public.profiles add constraint pg_test_rule"
+                " check (app_rules.name_ok(full_name)) not valid"
+            )
+        else:
+            conn.execute(
+                "create function app_rules.gate() returns trigger language plpgsql as"
+                " $$ begin if not app_rules.name_ok(new.full_name) then"
+                " raise exception 'rejected'; end if; return new; end $$;"
+                " create trigger pg_test_rule before insert on public.profiles"
+                " for each row execute function app_rules.gate()"
+            )
+    bad = installed.signup({"full_name": "Bad User"})
+    worker = Worker(installed.settings, max_attempts=1, backoff_base=0.0)
+    assert worker.heal()["catalog_changed"] is False  # the first look only remembers
+    assert worker.run_once().quarantined == 1
+    assert worker.run_once().scanned == 0  # quarantined: next try in an hour
+
+    with installed.connect() as conn:
+        conn.execute(
+            "create or replace function app_rules.name_ok(n text) returns boolean"
+            " language sql immutable as $$ select true $$"
+        )
+    assert worker.heal()["catalog_changed"] is True
+    assert worker.run_incremental().repaired == 1
+    assert has_profile(installed, bad)
+    assert worker.heal()["catalog_changed"] is False
+
+
+def test_a_domain_constraint_on_a_profile_column_is_part_of_the_catalog(
+    installed: TestDB,
+) -> None:
+    with installed.connect() as conn:
+        conn.execute(
+            "create domain public.pg_test_name as text;"
+            " alter table public.profiles alter column full_name type public.pg_test_name"
+        )
+    worker = Worker(installed.settings)
+    worker.heal()
+    with installed.connect() as conn:
+        conn.execute(
+            "alter domain public.pg_test_name add constraint short check (length(value) < 500)"
+        )
+    assert worker.heal()["catalog_changed"] is True
 
 
 def test_a_locked_profile_table_holds_users_and_they_are_repaired_after_the_lock(

@@ -20,6 +20,7 @@ from test_worker import fast_worker, running
 
 from profileguard.config import load_settings
 from profileguard.install import install
+from profileguard.mapping.guards import LockBudget
 
 SIGNUPS = 5
 
@@ -82,12 +83,68 @@ def drop_profile_table_trigger(db: TestDB) -> None:
         conn.execute("drop function public.app_check()")
 
 
+def function_config(db: TestDB, name: str) -> list[str]:
+    return list(
+        db.scalar(
+            "select proconfig from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+            " where n.nspname = 'profileguard' and p.proname = %s",
+            (name,),
+        )
+    )
+
+
 def test_lock_timeout_is_rendered_from_the_settings(db: TestDB) -> None:
     settings = load_settings(env={"PROFILEGUARD_LOCK_TIMEOUT_MS": "350"}, database_url=db.url)
     install(settings, create_profile_table=True)
     config = db.scalar("select proconfig::text from pg_proc where proname = 'on_identity_insert'")
-    assert "lock_timeout=350ms" in config
+    # The sign-up's budget over its insert's lock waits: the table, the username's index.
+    assert f"lock_timeout={350 // 2}ms" in config
     assert "jit=off" in config
+
+
+def test_each_lock_wait_gets_its_share_of_the_sign_up_budget(db: TestDB) -> None:
+    """Username and avatar unique: an insert may wait on the table and 2 indexes (never on the
+    key's), 250 ms / 3 each; the failure path's 50 ms over its 4 waits (the retry's 3, the
+    events table); an update's 250 ms over 5 (the row twice more). At most 297 ms in all."""
+    with db.connect() as conn:
+        conn.execute(
+            "create table public.profiles (id uuid primary key references auth.users (id),"
+            " username text unique, full_name text, avatar_url text unique)"
+        )
+    install(db.settings)
+    assert "lock_timeout=83ms" in function_config(db, "on_identity_insert")
+    source = db.scalar("select prosrc from pg_proc where proname = 'on_identity_insert'")
+    assert "'lock_timeout', '12ms'" in source
+    assert "lock_timeout=50ms" in function_config(db, "on_identity_update")
+    assert LockBudget(250, 50, 2).bound_ms == 297
+
+
+def test_a_sign_up_behind_two_in_flight_sign_ups_commits_while_they_still_hold_their_keys(
+    db: TestDB,
+) -> None:
+    """Its username held by one in-flight sign-up, its avatar (a unique index) by another: the
+    sign-up gives up waiting within its budget, commits while both still hold their keys, and
+    the worker creates its profile once they are gone."""
+    with db.connect() as conn:
+        conn.execute(
+            "create table public.profiles (id uuid primary key references auth.users (id),"
+            " username text unique, full_name text, avatar_url text unique)"
+        )
+    install(db.settings)
+    with db.connect(autocommit=False) as name_holder, db.connect(autocommit=False) as avatar_holder:
+        db.signup({"user_name": "held", "avatar_url": "a.png"}, conn=name_holder)
+        db.signup({"user_name": "other", "avatar_url": "held.png"}, conn=avatar_holder)
+        with ThreadPoolExecutor(1) as pool:
+            uid = pool.submit(db.signup, {"user_name": "held", "avatar_url": "held.png"}).result(
+                timeout=30
+            )
+        assert db.scalar("select count(*) from auth.users where id = %s", (uid,)) == 1
+        assert failures(db, "55P03") == 1
+        name_holder.rollback()
+        avatar_holder.rollback()
+    with running(fast_worker(db)):
+        assert wait_for(lambda: missing(db, [uid]) == 0)
+    assert db.scalar("select username from public.profiles where id = %s", (uid,)) == "held"
 
 
 def test_signups_commit_while_the_profile_table_is_locked(installed: TestDB) -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from dataclasses import replace
 
 import psycopg
+import pytest
 from conftest import TestDB, wait_for
 from psycopg import sql
 from test_cli import cli
 
+from profileguard.config import Source
+from profileguard.errors import ConfigError
 from profileguard.install import install, uninstall
 
 PROFILES = """
@@ -144,7 +148,19 @@ def test_takeover_of_a_function_this_role_does_not_own_recreates_the_trigger_nev
     original = trigger_definition(db, ODD_NAME)
     source = function_source(db, "legacy_profile")
 
-    result = install(db.settings, replace_triggers=[ODD_NAME])
+    # It also writes a log, which no mapping says: the takeover asks for the mapping written out.
+    with pytest.raises(ConfigError) as refused:
+        install(db.settings, replace_triggers=[ODD_NAME])
+    assert "could not learn" in refused.value.message
+    assert "public.legacy_log" in refused.value.message
+    assert 'full_name = ["raw_user_meta_data.full_name"]' in str(refused.value.hint)
+    assert db.scalar("select to_regclass('profileguard.replaced_triggers')") is None
+    written = replace(
+        db.settings,
+        mapping={"full_name": (Source.parse("raw_user_meta_data.full_name", setting="t"),)},
+        mapping_is_default=False,
+    )
+    result = install(written, replace_triggers=[ODD_NAME])
     assert result.replaced_triggers == [ODD_NAME]
     method = db.scalar("select method from profileguard.replaced_triggers")
     if installer == "supabase_postgres":

@@ -40,18 +40,18 @@ def pretty(statement: sql.Composable) -> Formatted:
 
 
 def fill(text: str, **parts: sql.Composable) -> sql.Composed:
-    """`text` with its placeholders filled; a `Formatted` part is indented to its placeholder's
-    column (each of its placeholders must start at the same column)."""
+    """`text` with its placeholders filled; a `Formatted` part is indented to the column of each
+    placeholder it fills."""
     filled: dict[str, sql.Composable] = {}
     for key, part in parts.items():
-        if isinstance(part, Formatted):
-            columns = set()
-            start = text.find("{" + key + "}")
-            while start >= 0:
-                columns.add(start - (text.rfind("\n", 0, start) + 1))
-                start = text.find("{" + key + "}", start + 1)
-            if len(columns) > 1:
-                raise ValueError(f"{{{key}}} is placed at several columns: {sorted(columns)}")
-            part = part.indented(columns.pop() if columns else 0)
-        filled[key] = part
+        if not isinstance(part, Formatted):
+            filled[key] = part
+            continue
+        pieces = text.split("{" + key + "}")
+        for i in range(1, len(pieces)):
+            column = len(pieces[i - 1]) - (pieces[i - 1].rfind("\n") + 1)
+            name = f"{key}__at_{column}"
+            filled[name] = part.indented(column)
+            pieces[i - 1] += "{" + name + "}"
+        text = "".join(pieces)
     return sql.SQL(text).format(**filled)

@@ -205,8 +205,18 @@ $pg$;
 -- work_mem (a bulk insert's names compared in memory), set for it alone: each setting in the SET
 -- list costs every signup. The flags (enabled, strict) are constants in the plan: a signup reads
 -- no settings table.
--- lock_timeout bounds every lock wait inside (per wait, not per signup): a profile or events table
--- locked by a migration turns into a recorded transient failure (55P03), and the signup commits.
+-- lock_timeout bounds every lock wait inside: one insert can wait once for the profile table and
+-- once per unique or exclusion index but the key's (a name an in-flight signup holds), and a
+-- function cannot arm a timeout per statement, so the signup's budget (lock_timeout_ms) is
+-- divided among those waits at install, and the failure path's (50 ms) among its own
+-- (mapping/guards.py): at most lock_timeout_ms + 50 ms in all. A profile or events table locked
+-- by a migration turns into a recorded transient failure (55P03), and the signup commits.
+-- Deferrable constraints on the profile table (only then: the statements are rendered from the
+-- catalog) are set IMMEDIATE after each insert, inside its exception block, so that a violation
+-- is raised where it is caught (a taken username retried with a suffix) instead of at COMMIT,
+-- failing the signup; then the initially deferred ones are set DEFERRED again. PostgreSQL does not
+-- let a function read the mode a caller chose with its own SET CONSTRAINTS: after a signup, or
+-- any profileguard call that writes profiles, the constraints are back in their declared mode.
 -- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
 -- statement runs on without a timeout (PostgreSQL does not re-arm it). A user's or operator's
 -- cancel (pg_cancel_backend) still cancels. In strict mode every error propagates.
@@ -217,7 +227,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
-set lock_timeout = '200ms'
+set lock_timeout = '125ms'
 as $pg$
 declare
     v_strict boolean := false;
@@ -323,7 +333,7 @@ begin
     -- trigger or the app) and, for derived usernames, the long suffix.
     begin
         v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
-        perform pg_catalog.set_config('lock_timeout', '50ms', true);
+        perform pg_catalog.set_config('lock_timeout', '16ms', true);
         if v_state = '23505' then
             begin
                 -- Local to the transaction: put back below, or undone with this block on error.
@@ -379,7 +389,8 @@ $pg$;
 
 -- Create the profiles of the given users that do not have one; returns how many were created.
 -- Each creation is recorded as a repair by `p_source`. Index lookups only and no JIT, as in the
--- trigger.
+-- trigger; deferrable constraints are checked before it returns, as in the trigger (a violation
+-- raised here, where repair() catches it).
 create or replace function profileguard.create_profiles(p_ids uuid[], p_source text)
 returns integer
 language plpgsql
@@ -395,14 +406,15 @@ begin
     begin
         insert into profileguard.events (kind, source, user_id)
         select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids) c(k);
+        get diagnostics v_count = row_count;
     exception when unique_violation then
         if not true then
             raise;
         end if;
         insert into profileguard.events (kind, source, user_id)
         select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids, true) c(k);
+        get diagnostics v_count = row_count;
     end;
-    get diagnostics v_count = row_count;
     return v_count;
 end
 $pg$;

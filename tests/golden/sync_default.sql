@@ -34,7 +34,10 @@ $pg$;
 -- while the profile is one this transaction created: an admin-created user updated after its
 -- insert), soft-deleted users get the redacted columns cleared (redaction wins over follow).
 -- Only profiles that differ are written. Outside the trigger each change is recorded as a
--- 'repair' by `p_source`. Returns how many profiles were written.
+-- 'repair' by `p_source`; the trigger's statement names no profileguard table (each PL/pgSQL
+-- statement is planned and locks its tables only when it first runs), so a lock on one never
+-- stalls or loses a sync. Deferrable constraints on the profile table are checked before it
+-- returns (see on_identity_insert). Returns how many profiles were written.
 create or replace function profileguard.sync_profiles(
     p_ids uuid[], p_source text, p_own_tx boolean default false
 )
@@ -48,7 +51,57 @@ as $pg$
 declare
     v_count integer;
 begin
-    if p_ids is null then
+    if p_ids is null and p_source = 'trigger' then
+        perform pg_catalog.set_config('enable_seqscan', 'on', true);
+        with synced as (
+            UPDATE public.profiles AS p
+            SET full_name = CASE
+                              WHEN (p.full_name IS NULL
+                                 OR btrim(CAST(p.full_name AS text)) = ''
+                                 OR FALSE)
+                               AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                THEN CAST(s.pg_c0 AS text)
+                              ELSE p.full_name
+                            END,
+                avatar_url = CASE
+                               WHEN (p.avatar_url IS NULL
+                                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                                  OR FALSE)
+                                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                 THEN CAST(s.pg_c1 AS text)
+                               ELSE p.avatar_url
+                             END
+            FROM (SELECT u.id AS pg_key,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                         ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                         u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND NOT s.pg_deleted
+              AND (((p.full_name IS NULL OR btrim(CAST(p.full_name AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c0 AS text) IS NOT NULL
+                AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                OR ((p.avatar_url IS NULL OR btrim(CAST(p.avatar_url AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+            RETURNING p.id
+        ), redacted as (
+            UPDATE public.profiles AS p
+            SET full_name = NULL, avatar_url = NULL
+            FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND s.pg_deleted
+              AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+            RETURNING p.id
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;
+        return v_count;
+    elsif p_ids is null then
         perform pg_catalog.set_config('enable_seqscan', 'on', true);
         with synced as (
             UPDATE public.profiles AS p
@@ -100,9 +153,64 @@ begin
         ), recorded as (
             insert into profileguard.events (kind, source, user_id)
             select 'repair', p_source, d."id"::text from done d
-            where p_source <> 'trigger'
         )
         select count(*) into v_count from done;
+        return v_count;
+    end if;
+    if p_source = 'trigger' then
+        with synced as (
+            UPDATE public.profiles AS p
+            SET full_name = CASE
+                              WHEN (p.full_name IS NULL
+                                 OR btrim(CAST(p.full_name AS text)) = ''
+                                 OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                               AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                THEN CAST(s.pg_c0 AS text)
+                              ELSE p.full_name
+                            END,
+                avatar_url = CASE
+                               WHEN (p.avatar_url IS NULL
+                                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                 THEN CAST(s.pg_c1 AS text)
+                               ELSE p.avatar_url
+                             END
+            FROM (SELECT u.id AS pg_key,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                         ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                         u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u
+                  WHERE u.id = ANY(p_ids)) AS s
+            WHERE p.id = s.pg_key
+              AND NOT s.pg_deleted
+              AND (((p.full_name IS NULL
+                  OR btrim(CAST(p.full_name AS text)) = ''
+                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                AND CAST(s.pg_c0 AS text) IS NOT NULL
+                AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                OR ((p.avatar_url IS NULL
+                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+            RETURNING p.id
+        ), redacted as (
+            UPDATE public.profiles AS p
+            SET full_name = NULL, avatar_url = NULL
+            FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u
+                  WHERE u.id = ANY(p_ids)) AS s
+            WHERE p.id = s.pg_key
+              AND s.pg_deleted
+              AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+            RETURNING p.id
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;
         return v_count;
     end if;
     with synced as (
@@ -160,7 +268,7 @@ begin
         select * from synced union all select * from redacted
     ), recorded as (
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, d."id"::text from done d where p_source <> 'trigger'
+        select 'repair', p_source, d."id"::text from done d
     )
     select count(*) into v_count from done;
     return v_count;
@@ -198,7 +306,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set jit = off
 set enable_seqscan = off
-set lock_timeout = '200ms'
+set lock_timeout = '62ms'
 as $pg$
 declare
     v_queue text := coalesce(pg_catalog.current_setting('profileguard.sync', true), '');
@@ -263,11 +371,15 @@ begin
            or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
             raise;
         end if;
-        -- Not recorded: a notification without users tells workers to look for drift.
+        -- Not recorded (the events table locked too): the notification names the users when they
+        -- fit in one (a worker brings them in step within seconds), else tells workers to look
+        -- for drift. It is sent at commit, whatever is locked.
         begin
             perform pg_notify('profileguard', json_build_object(
                 'event', 'failure', 'source', 'sync', 'recorded', false,
-                'sqlstate', coalesce(v_state, sqlstate))::text);
+                'sqlstate', coalesce(v_state, sqlstate),
+                'ids', case when pg_catalog.octet_length(v_ids::text) <= 6500
+                            then pg_catalog.to_json(v_ids::text[]) end)::text);
         exception when others then
             null;
         end;

@@ -16,8 +16,12 @@ from profileguard.audit.report import (
 )
 from profileguard.audit.security import check_profile_privileges, check_security
 from profileguard.audit.state import check_state
-from profileguard.audit.tables import check_foreign_keys, check_tables
-from profileguard.audit.triggers import check_competing_triggers
+from profileguard.audit.tables import (
+    check_deferred_constraints,
+    check_foreign_keys,
+    check_tables,
+)
+from profileguard.audit.triggers import check_competing_triggers, check_legacy_mapping
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.db import connect, translate
@@ -27,9 +31,11 @@ CHECKS: tuple[AuditCheck, ...] = (
     check_tables,
     check_state,
     check_competing_triggers,
+    check_legacy_mapping,
     check_missing_profiles,
     check_mapping,
     check_foreign_keys,
+    check_deferred_constraints,
     check_security,
     check_profile_privileges,
 )

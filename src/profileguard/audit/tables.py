@@ -9,6 +9,7 @@ from psycopg import sql
 
 from profileguard.audit.report import Context, Finding
 from profileguard.catalog import table_oid
+from profileguard.mapping.guards import read_guards
 
 # How long each step of the foreign key fix may wait for a lock (the users table is busy).
 FK_FIX_LOCK_TIMEOUT = "3s"
@@ -85,4 +86,64 @@ def check_foreign_keys(ctx: Context) -> list[Finding]:
                 "\n".join(ctx.text(step) for step in steps),
             )
         )
+    return found
+
+
+def check_deferred_constraints(ctx: Context) -> list[Finding]:
+    """Deferrable constraints and deferred constraint triggers on the profile table: each runs at
+    COMMIT, where a violation fails the sign-up, unless profileguard's functions check it first
+    (they do for those the catalog had when they were installed)."""
+    if ctx.profile is None:
+        return []
+    guards = read_guards(ctx.conn, ctx.profile, ctx.settings.profile.key)
+    if not guards.deferrable:
+        return []
+    rows = ctx.rows("installed_function_source", {"name": "on_identity_insert"})
+    source = str(rows[0]["source"]) if rows else ""
+    found = []
+    for constraint in guards.deferrable:
+        name = ctx.text(sql.Identifier(constraint.schema, constraint.name))
+        what = "deferred constraint trigger" if constraint.kind == "t" else "deferrable constraint"
+        mode = "initially deferred" if constraint.initially_deferred else "initially immediate"
+        evidence = {"constraint": name, "kind": constraint.kind, "mode": mode}
+        if constraint.on_key:
+            found.append(
+                Finding(
+                    "deferrable_key",
+                    "error",
+                    f"{what} {name} on {ctx.settings.profile}({ctx.settings.profile.key}) is the "
+                    "key profileguard finds existing profiles by: ON CONFLICT cannot use a "
+                    "deferrable constraint, so every profile insert fails",
+                    evidence,
+                    ctx.text(
+                        sql.SQL("alter table {} alter constraint {} not deferrable").format(
+                            ctx.profile_sql, sql.Identifier(constraint.name)
+                        )
+                    ),
+                )
+            )
+        elif ctx.installed is not None and name not in source:
+            found.append(
+                Finding(
+                    "deferred_constraint_unchecked",
+                    "error",
+                    f"{what} {name} ({mode}) on {ctx.settings.profile} was added after install: "
+                    "profileguard's functions do not check it, so a violation fails the sign-up "
+                    "at COMMIT instead of being recorded",
+                    evidence,
+                    "profileguard install",
+                )
+            )
+        else:
+            found.append(
+                Finding(
+                    "deferred_constraint",
+                    "info",
+                    f"{what} {name} ({mode}) on {ctx.settings.profile}: profileguard checks it "
+                    "right after each profile write (a violation is recorded or retried, the "
+                    "sign-up commits), then sets it back to its declared mode — a caller's own "
+                    "SET CONSTRAINTS mode for it is not kept across profileguard's writes",
+                    evidence,
+                )
+            )
     return found

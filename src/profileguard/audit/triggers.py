@@ -1,5 +1,6 @@
 """Checks of the triggers on the identity table: legacy triggers that also create profiles,
-and other functions that write the profile table."""
+other functions that write the profile table, and whether the mapping installed is what a legacy
+trigger taken over did."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from profileguard.audit.report import Context, Finding
 from profileguard.install.takeover import identity_triggers, writes_pattern
+from profileguard.mapping.legacy import combined, recorded
 
 EXCEPTION_HANDLER = re.compile(r"\bexception\s+when\b", re.IGNORECASE)
 
@@ -128,3 +130,57 @@ def _profile_writers(ctx: Context, found: list[Finding]) -> list[Finding]:
             )
         ]
     return []
+
+
+def check_legacy_mapping(ctx: Context) -> list[Finding]:
+    """A legacy trigger taken over whose mapping differs from the one installed: profiles made
+    now differ from what the app made before (column by column), or what it did was not learned."""
+    if ctx.installed is None:
+        return []
+    legacy = combined(recorded(ctx.conn, ctx.settings.identity, ctx.settings.profile))
+    if legacy is None:
+        return []
+    if not legacy.complete:
+        return [
+            Finding(
+                "legacy_mapping_unlearned",
+                "warning",
+                f"what trigger {legacy.trigger} filled could not be learned from its function "
+                f"{legacy.function}; profiles are made by the configured mapping",
+                {"trigger": legacy.trigger, "unlearned": list(legacy.unlearned)},
+                f"compare [mapping] in profileguard.toml with {legacy.function} "
+                "(profileguard install --check rehearses both side by side)",
+            )
+        ]
+    config = ctx.installed.config
+    installed = {str(c): list(s) for c, s in dict(config.get("mapping") or {}).items()}
+    username = config.get("username_column")
+    unverified = dict(config.get("username") or {}).get("unverified")
+    differ: dict[str, dict[str, Any]] = {}
+    for column in dict.fromkeys([*legacy.mapping, *installed]):
+        was = list(legacy.mapping.get(column, ()))
+        now = installed.get(column, [])
+        if was != now:
+            differ[column] = {"legacy": was or None, "installed": now or None}
+        elif column == username and unverified != "plain":
+            differ[column] = {
+                "legacy": "given as sent",
+                "installed": "client-chosen names get a suffix (username.unverified = 'suffix')",
+            }
+    if not differ:
+        return []
+    return [
+        Finding(
+            "legacy_mapping_differs",
+            "warning",
+            f"profiles differ from what trigger {legacy.trigger} made: "
+            + ", ".join(differ)
+            + " "
+            + ("is" if len(differ) == 1 else "are")
+            + " filled otherwise",
+            {"trigger": legacy.trigger, "columns": differ},
+            "to make them as before, remove [mapping] / profile.preset (and username.unverified) "
+            "from profileguard.toml and run profileguard install: the learned mapping is then "
+            "used; profileguard install --check compares both on sampled users",
+        )
+    ]

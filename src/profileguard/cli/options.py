@@ -40,7 +40,8 @@ ReplaceTriggerOption = Annotated[
         help="Take over from this existing profile-creating trigger on the users table, and "
         "enable profileguard in the same step: its own function's body becomes a no-op, or "
         "(when this role does not own the function) the trigger is re-created WHEN (false); the "
-        "original is saved and uninstall restores it. Repeatable.",
+        "original is saved and uninstall restores it. What its function filled is learned and "
+        "becomes the mapping unless one is configured. Repeatable.",
     ),
 ]
 ScheduleOption = Annotated[

@@ -65,6 +65,8 @@ def _preflight_output(report: Any, as_json: bool) -> None:
             err.print(f"[bold red]refused:[/] {refusal}", highlight=False)
         for warning in report.warnings:
             out.print(f"warning: {warning}", highlight=False)
+        for note in report.notes:
+            out.print(f"note: {note}", highlight=False)
         for failure in report.failures:
             out.print(
                 f"would fail: {failure['subject']}: SQLSTATE {failure['sqlstate']}: "
@@ -72,6 +74,10 @@ def _preflight_output(report: Any, as_json: bool) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        if report.legacy is not None:
+            out.print(f"side by side with the legacy trigger {report.legacy}:", highlight=False)
+            for line in report.comparison():
+                out.print(f"  {line}", highlight=False)
         out.print(
             f"preflight: {report.rehearsed} profiles rehearsed, {len(report.failures)} would fail.",
             highlight=False,
@@ -159,7 +165,10 @@ def install(
     another trigger that creates profiles it stops (exit 2, nothing changed) unless
     --replace-trigger or --keep-trigger names it."""
     if check:
-        _preflight_output(installer.check(state(ctx).settings()), as_json)
+        _preflight_output(
+            installer.check(state(ctx).settings(), replace_triggers=replace_trigger or ()),
+            as_json,
+        )
         return
     _check_schedule(schedule)
     result = installer.install(

@@ -190,7 +190,13 @@ def _mapping(settings: Settings, data: Mapping[str, Any]) -> Settings:
                 hint="remove profile.preset, or remove [mapping] to use the preset",
             )
         mapping = parse_mapping(data["mapping"])
-        return replace(settings, mapping=mapping, mapping_is_default=False, preset=None)
+        return replace(
+            settings,
+            mapping=mapping,
+            mapping_is_default=False,
+            preset=None,
+            configured=settings.configured | {"mapping"},
+        )
     if preset is None:
         return settings
     if not isinstance(preset, str) or preset not in PRESETS:
@@ -198,7 +204,12 @@ def _mapping(settings: Settings, data: Mapping[str, Any]) -> Settings:
             f"profile.preset: {preset!r} is not a preset",
             hint=f"use one of: {', '.join(PRESETS)} (or write the mapping in [mapping])",
         )
-    return replace(settings, mapping=preset_mapping(preset), preset=preset)
+    return replace(
+        settings,
+        mapping=preset_mapping(preset),
+        preset=preset,
+        configured=settings.configured | {"mapping"},
+    )
 
 
 def _username(settings: Settings, data: Mapping[str, Any]) -> Settings:
@@ -209,8 +220,12 @@ def _username(settings: Settings, data: Mapping[str, Any]) -> Settings:
         username = None
     if username is not None:
         check_identifier(username, "profile.username_column")
+    section = subtable(data, "username")
     return replace(
-        settings, username_column=username, username=parse_username(subtable(data, "username"))
+        settings,
+        username_column=username,
+        username=parse_username(section),
+        configured=settings.configured | {f"username.{key}" for key in section},
     )
 
 

@@ -310,13 +310,19 @@ class Settings:
     # The mapping is built in (the default or a preset): columns the profile table lacks are
     # skipped, where a mapping written in [mapping] must fit the tables exactly.
     mapping_is_default: bool = True
-    preset: str | None = "default"  # None: the mapping was written in [mapping]
+    preset: str | None = "default"  # None: the mapping was written in [mapping] (or learned)
+    # What the configuration says explicitly ("mapping" for [mapping] or a preset,
+    # "username.<key>" for each [username] key): it always wins over what a takeover learned.
+    configured: frozenset[str] = frozenset()
+    # The legacy triggers whose function the mapping was learned from (mapping/legacy.py).
+    learned_from: tuple[str, ...] = ()
     username_column: str | None = "username"
     username: UsernamePolicy = field(default_factory=default_username_policy)
     strict: bool = False
-    # The longest the signup trigger waits for any one lock (the profile or events table locked
-    # by a migration, say) before it records a transient failure and lets the signup commit.
-    lock_timeout_ms: int = 200
+    # The signup trigger's budget for all its lock waits (the profile table locked by a migration,
+    # a name an in-flight signup holds), shared among them (mapping/guards.py); past it the
+    # trigger records a transient failure and lets the signup commit.
+    lock_timeout_ms: int = 250
     enabled: bool = True
     retry_attempts: int = 3
     retry_base_seconds: float = 0.05
@@ -380,6 +386,7 @@ class Settings:
             "profile_table": str(self.profile),
             "profile_key": self.profile.key,
             "preset": self.preset,
+            **({"learned_from": list(self.learned_from)} if self.learned_from else {}),
             "mapping": {col: [str(s) for s in srcs] for col, srcs in self.mapping.items()},
             "username_column": self.username_column,
             "username": self.username.describe(),

@@ -18,13 +18,13 @@ from profileguard.install.render import render
 from profileguard.install.run import InstallResult
 from profileguard.install.templates import (
     CLAIM_SEED,
-    RECORD_LOCK_MS,
     render_generated,
     render_sync,
     trigger_statement,
 )
 from profileguard.install.uninstall import render_uninstall, uninstall
 from profileguard.install.upgrade import upgrade
+from profileguard.mapping.guards import RECORD_LOCK_MS
 
 __all__ = [
     "CLAIM_SEED",

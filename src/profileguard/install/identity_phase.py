@@ -3,6 +3,7 @@ key, profileguard's trigger, the takeover of legacy triggers)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ def identity_phase(
     sync_current = _sync_triggers_current(rec, result, oid)
     takeovers = []
     for name in dict.fromkeys(replace_triggers):
-        step = takeover.plan(conn, identity, name)
+        step = takeover.plan(conn, identity, name, settings.profile)
         if step is None:
             result.notes.append(f"trigger {name} on {identity} is already taken over or disabled")
         else:
@@ -154,17 +155,19 @@ def _sync_triggers_current(rec: Recorder, result: InstallResult, oid: int | None
 
 
 def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover) -> None:
-    """Save what uninstall needs to give the legacy trigger back."""
+    """Save what uninstall needs to give the legacy trigger back, and what its function filled
+    (the mapping in effect while none is configured)."""
     rec.run(
         sql.SQL(
             "insert into profileguard.replaced_triggers"
             " (table_name, trigger_name, function_name, previous_mode, method,"
-            "\n    saved_definition)"
-            "\nvalues ({}, {}, {}, {}, {},\n{})"
+            "\n    saved_definition, learned_mapping)"
+            "\nvalues ({}, {}, {}, {}, {},\n{},\n{})"
             "\non conflict (table_name, trigger_name) do update"
             " set function_name = excluded.function_name,"
             "\n    previous_mode = excluded.previous_mode, method = excluded.method,"
-            "\n    saved_definition = excluded.saved_definition, replaced_at = now()"
+            "\n    saved_definition = excluded.saved_definition,"
+            "\n    learned_mapping = excluded.learned_mapping, replaced_at = now()"
         ).format(
             *map(
                 sql.Literal,
@@ -175,6 +178,7 @@ def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover)
                     step.previous_mode,
                     step.method,
                     step.saved_definition,
+                    None if step.learned is None else json.dumps(step.learned.as_json(), indent=1),
                 ),
             )
         )

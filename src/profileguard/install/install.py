@@ -10,7 +10,7 @@ import psycopg
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.errors import ConfigError, NotInstalledError, ProfileGuardError
-from profileguard.install import preflight
+from profileguard.install import preflight, takeover
 from profileguard.install.cron import schedule_sweep
 from profileguard.install.identity_phase import (
     check_trigger_choice,
@@ -18,16 +18,18 @@ from profileguard.install.identity_phase import (
     takeover_enables,
 )
 from profileguard.install.locking import short_transaction
-from profileguard.install.main_phase import main_phase
+from profileguard.install.main_phase import adopt_learned, main_phase
 from profileguard.install.preflight import Preflight
 from profileguard.install.render import render
 from profileguard.install.run import InstallResult, Recorder, transaction
 from profileguard.installation import schema_version
-from profileguard.mapping import build_plan
+from profileguard.mapping import build_plan, legacy
 
 
-def check(settings: Settings) -> Preflight:
-    """The install preflight alone, in a transaction that is rolled back."""
+def check(settings: Settings, replace_triggers: Sequence[str] = ()) -> Preflight:
+    """The install preflight alone, in a transaction that is rolled back. Beside a legacy trigger
+    (named by `replace_triggers`, or taken over already) the rehearsal runs its function's INSERT
+    too and compares the profiles column by column; the mapping is the one install would use."""
     with transaction(settings, dry_run=True) as conn:
         if inspect_table(conn, settings.profile) is None:
             raise ConfigError(
@@ -35,8 +37,16 @@ def check(settings: Settings) -> Preflight:
                 hint="run: profileguard install --create-profile-table "
                 "(or set profile.table to your existing table)",
             )
+        settings, notes = adopt_learned(conn, settings, replace_triggers)
         plan = build_plan(conn, settings)
-        return preflight.check(conn, settings, plan)
+        found = (
+            takeover.learned(conn, settings.identity, settings.profile, replace_triggers)
+            if replace_triggers
+            else legacy.recorded(conn, settings.identity, settings.profile)
+        )
+        report = preflight.check(conn, plan.settings, plan, legacy.combined(found))
+        report.notes.extend(notes)
+        return report
 
 
 def run_install(
@@ -78,6 +88,7 @@ def run_install(
             enabled=enabled,
             create_profile_table=create_profile_table,
             source=source,
+            replace_triggers=replace_triggers,
             force=force,
         )
         result.notes.extend(beside)

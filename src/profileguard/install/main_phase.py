@@ -4,6 +4,7 @@ migrations, settings, functions), after the preflight."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -14,19 +15,25 @@ from profileguard import sql as sqlfiles
 from profileguard.catalog import inspect_table
 from profileguard.config import Settings
 from profileguard.errors import ConfigError
-from profileguard.install import preflight
+from profileguard.install import preflight, takeover
 from profileguard.install.locking import INSTALL_LOCK
 from profileguard.install.migrations import pending_migrations
 from profileguard.install.preflight import Preflight
 from profileguard.install.profile_table import make_profile_table, profile_table_facts_or_error
 from profileguard.install.run import InstallResult, Recorder
-from profileguard.install.templates import config_event, render_generated, render_sync
+from profileguard.install.templates import (
+    MIGRATION_SOURCE,
+    config_event,
+    differing_functions,
+    render_generated,
+    render_sync,
+)
 from profileguard.installation import schema_version
-from profileguard.mapping import Plan, build_plan, build_sync
+from profileguard.mapping import Plan, build_plan, build_sync, legacy
 from profileguard.version import __version__
 
 
-def _config_fingerprint(settings: Settings) -> dict[str, Any]:
+def config_fingerprint(settings: Settings) -> dict[str, Any]:
     """What the settings row's `config` holds: the settings installed, and the [alerts]
     thresholds that profileguard.health() judges by (so that SQL callers judge alike)."""
     return {
@@ -34,6 +41,15 @@ def _config_fingerprint(settings: Settings) -> dict[str, Any]:
         **settings.describe(),
         "alerts": settings.alerts.thresholds(),
     }
+
+
+def adopt_learned(
+    conn: psycopg.Connection, settings: Settings, replace_triggers: Sequence[str]
+) -> tuple[Settings, list[str]]:
+    """The settings with the mapping learned from the triggers taken over now (unchanged when
+    none is named); a function that cannot be read stops here unless a mapping is configured."""
+    found = takeover.learned(conn, settings.identity, settings.profile, replace_triggers)
+    return legacy.adopt(settings, found, taking_over=True)
 
 
 def _lock_install(rec: Recorder) -> None:
@@ -49,13 +65,17 @@ def main_phase(
     create_profile_table: bool,
     source: str,
     force: bool = False,
+    replace_triggers: Sequence[str] = (),
 ) -> InstallResult:
     """Everything install does that leaves the identity table alone, in one transaction.
 
     Reads first, then writes: the same code renders `profileguard sql` without running it.
+    Taking over from `replace_triggers`, the mapping their functions implied is the default
+    (mapping/legacy.py); the settings in effect are the plan's.
     """
     conn = rec.conn
     _lock_install(rec)
+    settings, learned_notes = adopt_learned(conn, settings, replace_triggers)
     before = schema_version(conn)
     result = InstallResult(before, before)
     profile_facts = None
@@ -69,7 +89,9 @@ def main_phase(
             )
         profile_facts = profile_table_facts_or_error(conn, settings)
     plan = build_plan(conn, settings, profile_facts=profile_facts)
+    settings = plan.settings
     result.plan = plan
+    result.notes.extend(learned_notes)
     if rec.execute and not create_table:
         # Once installed, a refusal is a warning: turning strict mode off or changing a setting
         # must stay possible while every profile fails.
@@ -100,20 +122,27 @@ def main_phase(
             if migration.after_functions.strip():
                 rec.run(migration.after_functions)
 
-    fingerprint = _config_fingerprint(settings)
+    fingerprint = config_fingerprint(settings)
     result.config_changed = current is None or current["config"] != fingerprint
     _write_settings(
         rec, settings, current, fingerprint, strict=strict, enabled=enabled, result=result
     )
     rec.run(sqlfiles.query("render_flags"))
-    rec.run(render_generated(plan))
-    rec.run(render_sync(plan))
+    generated = (render_generated(plan), render_sync(plan))
+    if not fresh and not result.changed:
+        # The profile table changed since the mapping was planned (a CHECK, a unique index).
+        stale = differing_functions(conn, generated)
+        if stale:
+            result.changed = True
+            result.notes.append(f"planned again for the profile table: {', '.join(stale)}")
+    for part in generated:
+        rec.run(part)
     result.notes.extend(build_sync(plan).notes)
     rec.run(sqlfiles.read("privileges.sql"))
     if result.changed:
         rec.run(
             config_event(
-                source,
+                source if rec.execute else MIGRATION_SOURCE,
                 f"{source}: schema version {result.version_after}",
                 {**fingerprint, "notes": result.notes},
             )

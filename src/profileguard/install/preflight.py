@@ -24,12 +24,14 @@ from psycopg import sql
 from profileguard.catalog import TableFacts, inspect_table
 from profileguard.config import Settings, TableRef
 from profileguard.mapping import Plan, build_plan, insert_statement
+from profileguard.mapping.legacy import LegacyMapping
 
 # Existing users rehearsed; with the synthetic shapes this stays under 64 savepoints, the
 # subtransactions one backend can have before every session's snapshots slow down.
 SAMPLE_USERS = 40
 USERS_COPY = "pg_preflight_users"
 PROFILES_COPY = "pg_preflight_profiles"
+LEGACY_COPY = "pg_preflight_legacy"
 
 # Sign-ups as Supabase Auth writes them: (name, provider, email, raw_user_meta_data).
 SHAPES: tuple[tuple[str, str | None, str | None, Any], ...] = (
@@ -97,6 +99,12 @@ class Preflight:
     rehearsed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what install would say (the mapping learned)
+    # Side by side with the legacy trigger taken over: per profile column, how many rehearsed
+    # profiles differ from what its function gives (see `compare`).
+    legacy: str | None = None
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    legacy_failures: int = 0
 
     @property
     def ok(self) -> bool:
@@ -107,9 +115,31 @@ class Preflight:
             "ok": self.ok,
             "refusals": self.refusals,
             "warnings": self.warnings,
+            "notes": self.notes,
             "rehearsed": self.rehearsed,
             "failures": self.failures,
+            "legacy": None
+            if self.legacy is None
+            else {
+                "trigger": self.legacy,
+                "would_fail": self.legacy_failures,
+                "columns": self.differences,
+            },
         }
+
+    def comparison(self) -> list[str]:
+        """The side-by-side comparison as lines ('username: 89 of 89 differ')."""
+        if self.legacy is None:
+            return []
+        lines = [
+            f"{d['column']}: {d['differ']} of {d['compared']} differ" for d in self.differences
+        ]
+        if self.legacy_failures:
+            lines.append(
+                f"the legacy function fails {self.legacy_failures} of them (their sign-ups "
+                "would fail; profileguard creates them)"
+            )
+        return lines
 
 
 def unfilled_columns(settings: Settings, profile: TableFacts, plan: Plan) -> list[str]:
@@ -125,8 +155,15 @@ def unfilled_columns(settings: Settings, profile: TableFacts, plan: Plan) -> lis
     ]
 
 
-def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight:
-    """Run both checks in the current transaction (temporary tables, dropped at its end)."""
+def check(
+    conn: psycopg.Connection,
+    settings: Settings,
+    plan: Plan,
+    legacy: LegacyMapping | None = None,
+) -> Preflight:
+    """Run both checks in the current transaction (temporary tables, dropped at its end);
+    with `legacy`, the rehearsal also runs the legacy function's INSERT for the same users and
+    compares the two column by column."""
     result = Preflight()
     for name in unfilled_columns(settings, plan.profile, plan):
         result.refusals.append(
@@ -135,6 +172,15 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
             f"profileguard.toml) or give it a default (alter table {settings.profile} alter "
             f"column {name} set default …)"
         )
+    for constraint in plan.guards.deferrable:
+        if constraint.on_key:
+            # ON CONFLICT cannot use a deferrable constraint as its arbiter: every insert fails.
+            result.refusals.append(
+                f"{constraint.name} on {settings.profile}({settings.profile.key}) is DEFERRABLE: "
+                "ON CONFLICT cannot use it to find an existing profile, so every profile insert "
+                f"would fail. Make it not deferrable (alter table {settings.profile} alter "
+                f"constraint {constraint.name} not deferrable), then run profileguard install"
+            )
     # What the profile table demands of a username, as the mapping read it (mapping/plan.py).
     username_rule = plan.username_constraints
     if username_rule is not None:
@@ -153,7 +199,7 @@ def check(conn: psycopg.Connection, settings: Settings, plan: Plan) -> Preflight
                 )
     try:
         with conn.transaction():
-            _rehearse(conn, settings, plan, result)
+            _rehearse(conn, settings, plan, result, legacy)
     except psycopg.Error as exc:
         # No temporary tables allowed, or the copies cannot be made: the catalog checks stand.
         result.warnings.append(
@@ -226,7 +272,13 @@ def _synthetic(conn: psycopg.Connection, users: TableFacts, key: str) -> list[tu
     return added
 
 
-def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan, result: Preflight) -> None:
+def _rehearse(
+    conn: psycopg.Connection,
+    settings: Settings,
+    plan: Plan,
+    result: Preflight,
+    legacy: LegacyMapping | None = None,
+) -> None:
     copied = _copy_tables(conn, settings)
     if copied is None:
         return
@@ -260,8 +312,68 @@ def _rehearse(conn: psycopg.Connection, settings: Settings, plan: Plan, result: 
             result.failures.append(
                 {"subject": subject, "sqlstate": exc.sqlstate, "message": message}
             )
+    if legacy is not None and legacy.key_expression is not None:
+        compare(conn, settings, plan, legacy, [value for value, _ in rows], result)
     if result.failures and len(result.failures) == len(rows):
         result.refusals.append(
             f"no rehearsed profile could be created ({len(rows)} tried): the mapping does not "
             f"fit {settings.profile}"
         )
+
+
+def compare(
+    conn: psycopg.Connection,
+    settings: Settings,
+    plan: Plan,
+    legacy: LegacyMapping,
+    keys: list[Any],
+    result: Preflight,
+) -> None:
+    """The legacy function's INSERT (its expressions over `new`, as it wrote them) for each
+    rehearsed user into a third copy of the profile table, each in a savepoint rolled back at
+    once (no subtransaction outlives its row); then, per column, how many of the profiles
+    profileguard made differ from the legacy ones."""
+    profile = sql.Identifier(settings.profile.schema, settings.profile.name)
+    conn.execute(
+        sql.SQL("create temporary table {} (like {} including all) on commit drop").format(
+            sql.Identifier(LEGACY_COPY), profile
+        )
+    )
+    key = settings.profile.key
+    columns = [c for c in dict.fromkeys([*legacy.expressions, *plan.mapping]) if c != key]
+    columns = [c for c in columns if c in plan.profile.columns]
+    result.legacy = legacy.trigger
+    insert = sql.SQL(
+        "insert into pg_temp.{copy} ({key}, {columns}) select {key_expr}, {exprs}"
+        " from pg_temp.{users} as new where new.{identity_key} = %(key)s returning to_jsonb({copy})"
+    ).format(
+        copy=sql.Identifier(LEGACY_COPY),
+        key=sql.Identifier(key),
+        columns=sql.SQL(", ").join(map(sql.Identifier, legacy.expressions)),
+        key_expr=sql.SQL(str(legacy.key_expression)),
+        exprs=sql.SQL(", ").join(sql.SQL(e) for e in legacy.expressions.values()),
+        users=sql.Identifier(USERS_COPY),
+        identity_key=sql.Identifier(settings.identity.key),
+    )
+    made = sql.SQL("select to_jsonb(p) from pg_temp.{} p where p.{} = %(key)s").format(
+        sql.Identifier(PROFILES_COPY), sql.Identifier(key)
+    )
+    differ = dict.fromkeys(columns, 0)
+    compared = 0
+    for value in keys:
+        row = None
+        try:
+            with conn.transaction() as savepoint:
+                row = conn.execute(insert, {"key": value}).fetchone()
+                raise psycopg.Rollback(savepoint)
+        except psycopg.Error:
+            result.legacy_failures += 1
+            continue
+        ours = conn.execute(made, {"key": value}).fetchone()
+        if row is None or ours is None:
+            continue
+        compared += 1
+        for column in columns:
+            if row[0].get(column) != ours[0].get(column):
+                differ[column] += 1
+    result.differences = [{"column": c, "differ": differ[c], "compared": compared} for c in columns]

@@ -89,6 +89,7 @@ def render(
             enabled=enabled,
             create_profile_table=create_profile_table,
             source=source,
+            replace_triggers=replace_triggers,
         )
         result.notes.extend(beside)
         if cron_schedule is not None:

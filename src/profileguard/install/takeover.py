@@ -12,6 +12,7 @@ qualified, so that `uninstall` can restore it exactly.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from profileguard.catalog import qualified, table_oid
 from profileguard.config import TableRef
 from profileguard.errors import ConfigError
 from profileguard.installation import TRIGGER_NAME, UPDATE_TRIGGER_NAMES
+from profileguard.mapping import legacy
 
 OWN_TRIGGER = "profileguard_after_insert"
 # Written into the no-op body, so that audit and uninstall recognise a neutralised function.
@@ -52,6 +54,7 @@ class Takeover:
     statement: sql.Composable
     saved_definition: str
     note: str
+    learned: legacy.LegacyMapping | None = None
 
 
 def query(name: str) -> str:
@@ -182,8 +185,50 @@ def never_fires_statement(trigger: dict[str, Any], identity: TableRef) -> sql.Co
     )
 
 
-def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | None:
-    """How to neutralise trigger `name`; None when it already is (or is disabled)."""
+def learn_trigger(
+    trigger: dict[str, Any], profile: TableRef, identity_key: str
+) -> legacy.LegacyMapping:
+    """What the function of a legacy trigger (catalog row) fills, read with pglast."""
+    if trigger["language"] != "plpgsql" or not trigger["function_definition"]:
+        return legacy.LegacyMapping(
+            str(trigger["name"]),
+            str(trigger["function"]),
+            unlearned=(f"its function is written in {trigger['language']}",),
+        )
+    return legacy.learn(
+        str(trigger["function_definition"]),
+        trigger=str(trigger["name"]),
+        function=str(trigger["function"]),
+        profile=profile,
+        identity_key=identity_key,
+    )
+
+
+def learned(
+    conn: psycopg.Connection, identity: TableRef, profile: TableRef, names: Sequence[str]
+) -> list[legacy.LegacyMapping]:
+    """What the triggers `names` fill: read from their functions, or, for one taken over
+    already, as its takeover recorded it."""
+    if not names:
+        return []
+    recorded = {item.trigger: item for item in legacy.recorded(conn, identity, profile)}
+    found = []
+    for name in dict.fromkeys(names):
+        trigger = legacy_trigger(conn, identity, name)
+        if trigger is None:
+            continue
+        if name in recorded and (is_neutralised(trigger) or trigger["mode"] == "D"):
+            found.append(recorded[name])
+        elif not is_neutralised(trigger):
+            found.append(learn_trigger(trigger, profile, identity.key))
+    return found
+
+
+def plan(
+    conn: psycopg.Connection, identity: TableRef, name: str, profile: TableRef | None = None
+) -> Takeover | None:
+    """How to neutralise trigger `name` (with what its function fills, read when `profile` is
+    given); None when it already is (or is disabled)."""
     trigger = legacy_trigger(conn, identity, name)
     if trigger is None or trigger["internal"] or name == OWN_TRIGGER:
         raise ConfigError(
@@ -198,6 +243,7 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
         )
     if trigger["mode"] == "D" or is_neutralised(trigger):
         return None
+    found = None if profile is None else learn_trigger(trigger, profile, identity.key)
     mode_note = ""
     if trigger["mode"] != "O":
         mode_note = (
@@ -223,6 +269,7 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
             f"trigger {name} on {identity} now does nothing: the body of its function "
             f"{trigger['function']} was replaced by a no-op (saved; profileguard uninstall "
             "restores it)",
+            found,
         )
     definition = str(trigger["trigger_definition"])
     if not definition.startswith(_CREATE_TRIGGER):
@@ -243,6 +290,7 @@ def plan(conn: psycopg.Connection, identity: TableRef, name: str) -> Takeover | 
         definition,
         f"trigger {name} on {identity} was re-created WHEN (false), so it never fires ({why}); "
         f"profileguard uninstall re-creates it as it was{mode_note}",
+        found,
     )
 
 

@@ -4,8 +4,11 @@ the trigger, the events it records."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+from pglast import ast, parse_sql
 from psycopg import sql
 
 from profileguard import sql as sqlfiles
@@ -21,19 +24,23 @@ from profileguard.mapping import (
     sync_statement,
     when_changed,
 )
+from profileguard.mapping.guards import deferred_check
 from profileguard.sqlformat import fill, pretty
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
 CLAIM_SEED = 0x70726F66
 TRANSITION_TABLE = "pg_new_users"
-# The signup trigger's wait for a lock while it records a failure (at most its lock_timeout_ms):
-# a signup whose profile table and events table are both locked waits about lock_timeout_ms plus
-# this, then commits.
-RECORD_LOCK_MS = 50
 # The UPDATE trigger's queue of changed users (a transaction-local setting) holds up to this many
 # characters (about 2,000 UUIDs) before a statement's changes are synced in one pass over all.
 SYNC_QUEUE_CHARS = 74_000
+# The source of the config event a rendered file (`profileguard sql`) records when applied: the
+# install is managed by migrations, and the worker leaves its functions to them.
+MIGRATION_SOURCE = "sql"
+QUERIES = "queries/replan.sql"
+# The users a sync could not record, named in its notification up to this size (a payload holds
+# under 8,000 bytes; about 170 UUIDs).
+NOTIFY_IDS_BYTES = 6_500
 
 
 def template(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -52,6 +59,7 @@ def render_generated(plan: Plan) -> sql.Composed:
     # profiles to ON CONFLICT (the same one index probe a new row costs anyway); the catch-up
     # takes only the rows written since the sweep began (age(xmin) <= v_since; frozen rows are
     # the oldest) and, as nearly all of those have a profile, skips them with NOT EXISTS first.
+    budget = plan.guards.budget(settings.lock_timeout_ms)
     pages = sql.SQL("select u.{ikey} from {identity} u where u.ctid >= v_from and u.ctid < v_to")
     pages_since = sql.SQL(
         "{pages} and pg_catalog.age(u.xmin) <= v_since"
@@ -69,8 +77,11 @@ def render_generated(plan: Plan) -> sql.Composed:
         # Whether a unique violation is retried with the forced username suffix (the mapping has
         # a username rule), else raised.
         retry_forced=sql.SQL("true" if plan.username_constraints else "false"),
-        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
-        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        # lock_timeout_ms is the sign-up's budget for all its lock waits (mapping/guards.py).
+        lock_timeout=sql.Literal(f"{budget.per_wait_ms}ms"),
+        record_lock_timeout=sql.Literal(f"{budget.record_per_wait_ms}ms"),
+        check_deferred=deferred_check(plan.guards, 8),
+        check_deferred_nested=deferred_check(plan.guards, 16),
         insert_new=pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True)),
         # The retry reads the new users from the identity table (the trigger runs after them).
         insert_new_forced=sql.SQL(
@@ -107,10 +118,14 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         k=ikey
     )
     watched = sync.watched or (settings.identity.key,)
+    budget = plan.guards.budget(settings.lock_timeout_ms)
     return dict(
         **parts,
-        lock_timeout=sql.Literal(f"{settings.lock_timeout_ms}ms"),
-        record_lock_timeout=sql.Literal(f"{min(settings.lock_timeout_ms, RECORD_LOCK_MS)}ms"),
+        lock_timeout=sql.Literal(f"{budget.sync_per_wait_ms}ms"),
+        # The failure path records into the events table only: one wait.
+        record_lock_timeout=sql.Literal(f"{budget.record_ms}ms"),
+        check_deferred=deferred_check(plan.guards, 4),
+        check_deferred_nested=deferred_check(plan.guards, 8),
         sync_ids=pretty(
             sync_statement(
                 plan,
@@ -125,6 +140,7 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         sync_all=pretty(sync_statement(plan, sync, sql.SQL("")) or nothing),
         redact_all=pretty(redact_statement(plan, sync, sql.SQL("")) or nothing),
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
+        notify_ids_bytes=sql.Literal(NOTIFY_IDS_BYTES),
         # An array literal element: keys of other types are quoted (they may hold commas).
         queued_key=new_key
         if plain_key
@@ -169,3 +185,39 @@ def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Compo
         "insert into profileguard.events (kind, source, message, detail)"
         "\nvalues ('config', {}, {},\n{})"
     ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail, indent=2)))
+
+
+def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composable]) -> list[str]:
+    """The functions `rendered` creates whose body or SET clause differs from every installed
+    profileguard function of that name (or that are not installed): what running it would change.
+    Read-only: the rendered text is parsed (pglast), not run."""
+    installed: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+    rows = conn.execute(sqlfiles.query("installed_bodies", QUERIES)).fetchall()
+    for name, body, config in rows:
+        installed.setdefault(str(name), set()).add((str(body), tuple(config or ())))
+    changed = set()
+    for part in rendered:
+        for raw in parse_sql(part.as_string(conn)):
+            node = raw.stmt
+            if not isinstance(node, ast.CreateFunctionStmt):
+                continue
+            name = (node.funcname or ())[-1].sval
+            options = node.options or ()
+            body = next(o.arg[0].sval for o in options if o.defname == "as")
+            config = tuple(_setting(o.arg) for o in options if o.defname == "set")
+            if (body, config) not in installed.get(name, set()):
+                changed.add(name)
+    return sorted(changed)
+
+
+def _setting(node: ast.VariableSetStmt) -> str:
+    """A function's SET option as pg_proc.proconfig holds it (name=value, lists comma-joined)."""
+    values = (_constant(a.val) for a in node.args or ())
+    return f"{node.name}={', '.join(values)}"
+
+
+def _constant(value: ast.Node) -> str:
+    for field in ("sval", "fval", "ival"):
+        if hasattr(value, field):
+            return str(getattr(value, field))
+    return str(value)

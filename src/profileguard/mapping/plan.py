@@ -16,6 +16,8 @@ from profileguard import sqlexpr
 from profileguard.catalog import Column, TableFacts, inspect_table, table_oid
 from profileguard.config import Settings, Source
 from profileguard.errors import ConfigError
+from profileguard.mapping import legacy
+from profileguard.mapping.guards import Guards, read_guards
 
 # Used as the username base when the column is NOT NULL and no source has a value.
 USERNAME_FALLBACK = "user"
@@ -63,6 +65,7 @@ class Plan:
     key_type: str
     username_constraints: UsernameConstraints | None
     notes: tuple[str, ...] = field(default=())
+    guards: Guards = field(default=Guards())
 
     @property
     def key_is_uuid(self) -> bool:
@@ -115,7 +118,11 @@ def build_plan(
     """Inspect both tables and check the mapping against them.
 
     `profile_facts` describes a profile table about to be created (install renders its
-    functions before the table exists)."""
+    functions before the table exists). After a takeover the mapping the legacy trigger's
+    function implied is the default (legacy.adopt); the plan's settings are the ones in effect."""
+    settings, learned_notes = legacy.adopt(
+        settings, legacy.recorded(conn, settings.identity, settings.profile), taking_over=False
+    )
     identity = inspect_table(conn, settings.identity)
     if identity is None:
         raise ConfigError(
@@ -150,12 +157,14 @@ def build_plan(
             hint="the profile key must have the same type as the identity key",
         )
     mapping, notes = _resolve_sources(settings, identity, profile)
+    notes = learned_notes + notes
     constraints = None
     ucol = settings.username_column
     if ucol and ucol in mapping and profile.columns[ucol].is_text:
         constraints = _username_constraints(conn, settings, identity, profile, ucol)
         notes.extend(f"username: {text}" for text in constraints.ignored)
-    return Plan(settings, identity, profile, mapping, key_type, constraints, tuple(notes))
+    guards = read_guards(conn, profile, settings.profile.key)
+    return Plan(settings, identity, profile, mapping, key_type, constraints, tuple(notes), guards)
 
 
 def _username_constraints(

@@ -180,6 +180,18 @@ class DriftRepair:
         self._cursor: int | None = None
         self._full_due = False
         self._lock = threading.Lock()
+        # Users a notification named as not synced and not recorded (the events table locked
+        # too), kept until they are checked: nothing in the database remembers them.
+        self._told: set[str] = set()
+
+    def tell(self, ids: Sequence[str] | None) -> None:
+        """Users the update trigger could neither sync nor record; None: it could not name them
+        (a bulk update), so a full pass is due."""
+        with self._lock:
+            if ids is None:
+                self._full_due = True
+            else:
+                self._told.update(str(i) for i in ids)
 
     # ------------------------------------------------------------ connection
 
@@ -312,6 +324,16 @@ class DriftRepair:
         """Users the trigger could not sync (failure events since the last look) and users whose
         retry is due: those whose profile really disagrees are brought in step."""
         total = DriftResult()
+        with self._lock:
+            told = sorted(self._told)
+        if told:
+
+            def named(conn: psycopg.Connection, installed: Installation) -> DriftResult:
+                return self._check_and_fix(conn, installed, told)
+
+            total.add(self._run(named))  # raises while locked: they stay told
+            with self._lock:
+                self._told.difference_update(told)
         if self._cursor is None:
             self._cursor = 0
         while stop_event is None or not stop_event.is_set():

@@ -25,6 +25,7 @@ from profileguard.config import Settings, WorkerOptions
 from profileguard.db import NOT_INSTALLED_SQLSTATES, is_transient, keeps_session
 from profileguard.errors import InvalidUserIdError, NotInstalledError, ProfileGuardError
 from profileguard.install import CLAIM_SEED
+from profileguard.install.replan import replan
 from profileguard.installation import Installation
 from profileguard.repair.connection import WorkerConnection
 from profileguard.repair.drift import DriftRepair
@@ -67,6 +68,7 @@ class Worker:
             settings, backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap
         )
         self._drift_warned = False
+        self._planned = False  # the mapping is planned again at the first look, then on changes
         self._event_cursor: int | None = None
         # The last of profileguard.found_missing()'s sequence numbers handled.
         self._found_cursor = 0
@@ -426,7 +428,28 @@ class Worker:
         with self._lock:
             self.stats["breakers_closed"] += int(result.get("closed") or 0)
             self.stats["catalog_changes"] += int(result["catalog_changed"])
+        if result["catalog_changed"] or not self._planned:
+            result["mapping"] = self.replan()
         return result
+
+    def replan(self) -> str:
+        """Plan the mapping again against the profile table as it is now (install/replan.py):
+        re-create the generated functions where they differ, or record that they are stale."""
+        try:
+            done = self.db.retrying(lambda conn: replan(conn, self.settings))
+        except ProfileGuardError as exc:
+            log.warning("could not plan the mapping again: %s", exc, extra={"event": "replan"})
+            return "unknown"
+        self._planned = done.outcome != "busy"
+        if done.outcome == "replanned":
+            log.info(
+                "the profile table changed: the mapping was planned again (%s)",
+                ", ".join(done.changed),
+                extra={"event": "replanned", "worker_id": self.worker_id},
+            )
+        elif done.outcome == "stale":
+            log.warning(done.reason, extra={"event": "mapping_stale", "worker_id": self.worker_id})
+        return done.outcome
 
     # ---------------------------------------------------------------- serving
 
@@ -579,21 +602,29 @@ class Worker:
                     notices.extend(listener.notifies(timeout=0))
                     with self._lock:
                         self.stats["notifications"] += 1
-                    if any(_unrecorded(n.payload) for n in notices):
+                    unrecorded = [m for m in map(_unrecorded, notices) if m is not None]
+                    for message in unrecorded:
+                        if message.get("source") == "sync":
+                            ids = message.get("ids")
+                            self.drift.tell(ids if isinstance(ids, list) else None)
+                    if any(m.get("source") != "sync" for m in unrecorded):
                         # A failure the trigger could not record names no user: sweep for them.
                         self.run_once(stop_event)
                         next_full = time.monotonic() + self.options.full_interval
                     else:
+                        # Including the users a sync named but could not record.
                         self.run_incremental(stop_event)
         finally:
             if listener is not None:
                 listener.close()
 
 
-def _unrecorded(payload: str) -> bool:
-    """True for the trigger's notice of a failure it could not record (its events table locked)."""
+def _unrecorded(notice: psycopg.Notify) -> dict[str, Any] | None:
+    """A trigger's notice of a failure it could not record (its events table locked), else None."""
     try:
-        message = json.loads(payload)
+        message = json.loads(notice.payload)
     except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("recorded") is False
+        return None
+    if isinstance(message, dict) and message.get("recorded") is False:
+        return message
+    return None

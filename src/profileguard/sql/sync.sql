@@ -30,7 +30,10 @@ $pg$;
 -- while the profile is one this transaction created: an admin-created user updated after its
 -- insert), soft-deleted users get the redacted columns cleared (redaction wins over follow).
 -- Only profiles that differ are written. Outside the trigger each change is recorded as a
--- 'repair' by `p_source`. Returns how many profiles were written.
+-- 'repair' by `p_source`; the trigger's statement names no profileguard table (each PL/pgSQL
+-- statement is planned and locks its tables only when it first runs), so a lock on one never
+-- stalls or loses a sync. Deferrable constraints on the profile table are checked before it
+-- returns (see on_identity_insert). Returns how many profiles were written.
 create or replace function profileguard.sync_profiles(
     p_ids {key_type}[], p_source text, p_own_tx boolean default false
 )
@@ -44,7 +47,16 @@ as $pg$
 declare
     v_count integer;
 begin
-    if p_ids is null then
+    if p_ids is null and p_source = 'trigger' then
+        perform pg_catalog.set_config('enable_seqscan', 'on', true);
+        with synced as (
+            {sync_all}
+        ), redacted as (
+            {redact_all}
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;{check_deferred_nested}
+        return v_count;
+    elsif p_ids is null then
         perform pg_catalog.set_config('enable_seqscan', 'on', true);
         with synced as (
             {sync_all}
@@ -55,9 +67,17 @@ begin
         ), recorded as (
             insert into profileguard.events (kind, source, user_id)
             select 'repair', p_source, d.{profile_key}::text from done d
-            where p_source <> 'trigger'
         )
-        select count(*) into v_count from done;
+        select count(*) into v_count from done;{check_deferred_nested}
+        return v_count;
+    end if;
+    if p_source = 'trigger' then
+        with synced as (
+            {sync_ids}
+        ), redacted as (
+            {redact_ids}
+        )
+        select (select count(*) from synced) + (select count(*) from redacted) into v_count;{check_deferred_nested}
         return v_count;
     end if;
     with synced as (
@@ -68,9 +88,9 @@ begin
         select * from synced union all select * from redacted
     ), recorded as (
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, d.{profile_key}::text from done d where p_source <> 'trigger'
+        select 'repair', p_source, d.{profile_key}::text from done d
     )
-    select count(*) into v_count from done;
+    select count(*) into v_count from done;{check_deferred}
     return v_count;
 end
 $pg$;
@@ -171,11 +191,15 @@ begin
            or (sqlstate = '57014' and not profileguard.statement_timed_out(sqlerrm)) then
             raise;
         end if;
-        -- Not recorded: a notification without users tells workers to look for drift.
+        -- Not recorded (the events table locked too): the notification names the users when they
+        -- fit in one (a worker brings them in step within seconds), else tells workers to look
+        -- for drift. It is sent at commit, whatever is locked.
         begin
             perform pg_notify('profileguard', json_build_object(
                 'event', 'failure', 'source', 'sync', 'recorded', false,
-                'sqlstate', coalesce(v_state, sqlstate))::text);
+                'sqlstate', coalesce(v_state, sqlstate),
+                'ids', case when pg_catalog.octet_length(v_ids::text) <= {notify_ids_bytes}
+                            then pg_catalog.to_json(v_ids::text[]) end)::text);
         exception when others then
             null;
         end;

@@ -550,7 +550,8 @@ begin
         'drift_full_pass_scanned', d.completed_scanned,
         'sync_failures_hour', (select count(*) from profileguard.events e
                                where e.kind = 'failure' and e.source = 'sync'
-                                 and e.created_at > now() - interval '1 hour'));
+                                 and e.created_at > now() - interval '1 hour'),
+        'mapping_stale', (select c.mapping_stale from profileguard.catalog_seen c));
 end
 $pg$;
 
@@ -628,6 +629,7 @@ declare
     v_backfill_age double precision := (v -> 'backfill' ->> 'update_age_seconds')::float8;
     v_stall double precision := (th ->> 'backfill_stall_seconds')::float8;
     v_drift bigint := coalesce((v ->> 'drift_pending')::bigint, 0);
+    v_stale text := v ->> 'mapping_stale';
     v_table text := v ->> 'identity_table';
     v_lag double precision := case when v_missing > 0
         then coalesce((v ->> 'repair_lag_seconds')::float8, 0) else 0 end;
@@ -712,14 +714,18 @@ begin
                 then format('%s profiles are out of step with their users and the worker could not'
                             ' bring them back yet; see: profileguard drift', v_drift)
                 else 'profiles are in step with their users'
-            end));
+            end),
+        profileguard._check('mapping', 'warning', 'degraded', v_stale is not null,
+            case when v_stale is null then 0 else 1 end, 0,
+            coalesce(v_stale, 'the functions generated from the mapping match the profile table')));
 end
 $pg$;
 
 -- The verdict, the one every view shows (`profileguard status`, /metrics, the dashboard, the
 -- alert rules) and SQL-only checks read (pg_cron, the SQL editor): healthy while no user has
--- lacked a profile for longer than the grace, degraded while one has, unhealthy once one has for
--- longer than the repair SLO or the trigger is off. The other checks (trigger success rate,
+-- lacked a profile for longer than the grace, or while the functions generated from the mapping
+-- no longer match the profile table (a stale mapping), degraded; unhealthy once a user has lacked
+-- one for longer than the repair SLO or the trigger is off. The other checks (trigger success rate,
 -- quarantine, silent workers, a stalled backfill, drift) are warnings: they do not change it.
 -- The thresholds are the installed ones; p_grace and p_slo, when given, replace those two.
 create or replace function profileguard.health(

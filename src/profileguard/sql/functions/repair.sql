@@ -268,9 +268,14 @@ end
 $pg$;
 
 -- A fingerprint of the profile table's definition and profileguard's own functions: columns,
--- defaults, constraints, indexes, triggers and their functions' source, policies, grants. A fix
--- by `CREATE OR REPLACE FUNCTION` on a trigger changes no row of the table's catalog, hence the
--- functions' source. Cheap: catalog lookups by the table's oid and profileguard's namespace.
+-- defaults, constraints (the column types' domain constraints too), indexes, triggers and their
+-- functions' source, policies, grants. A fix by `CREATE OR REPLACE FUNCTION` changes no row of
+-- the table's catalog, hence the functions' source: of profileguard's functions, and of every
+-- function in the schemas involved — the table's own, and those of the functions its
+-- constraints, defaults, triggers and policies call (pg_depend). A helper called inside a
+-- PL/pgSQL body leaves no trace in pg_depend, so those schemas are taken whole (functions of
+-- extensions excepted: they change with ALTER EXTENSION, which is seen through their objects).
+-- Cheap: catalog lookups by the table's oid and a few namespaces.
 create or replace function profileguard.catalog_version()
 returns text
 language sql
@@ -283,6 +288,36 @@ as $pg$
                    pg_catalog.split_part(s.profile_table, '.', 1),
                    pg_catalog.split_part(s.profile_table, '.', 2))) as oid
         from profileguard.settings s where s.singleton
+    ),
+    -- What the table's constraints (its columns' domains' too), defaults, triggers and policies
+    -- depend on.
+    objects (classid, objid) as (
+        select 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid
+        from pg_catalog.pg_constraint c, t
+        where c.conrelid = t.oid
+           or c.contypid in (select a.atttypid from pg_catalog.pg_attribute a
+                             where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped)
+        union all
+        select 'pg_catalog.pg_attrdef'::pg_catalog.regclass, d.oid
+        from pg_catalog.pg_attrdef d, t where d.adrelid = t.oid
+        union all
+        select 'pg_catalog.pg_trigger'::pg_catalog.regclass, g.oid
+        from pg_catalog.pg_trigger g, t where g.tgrelid = t.oid
+        union all
+        select 'pg_catalog.pg_policy'::pg_catalog.regclass, o.oid
+        from pg_catalog.pg_policy o, t where o.polrelid = t.oid
+    ),
+    involved (oid) as (
+        select c.relnamespace from pg_catalog.pg_class c, t where c.oid = t.oid
+        union
+        select f.pronamespace
+        from objects o
+        join pg_catalog.pg_depend d on d.classid = o.classid and d.objid = o.objid
+        join pg_catalog.pg_proc f on d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                 and f.oid = d.refobjid
+        except
+        select n.oid from pg_catalog.pg_namespace n
+        where n.nspname in ('pg_catalog', 'information_schema', 'profileguard')
     )
     select pg_catalog.md5(pg_catalog.concat_ws('|',
         t.oid::text,
@@ -293,8 +328,11 @@ as $pg$
          left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
          where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped),
         (select pg_catalog.string_agg(pg_catalog.concat_ws(':', c.conname, c.convalidated,
-                    pg_catalog.pg_get_constraintdef(c.oid)), ',' order by c.conname)
-         from pg_catalog.pg_constraint c where c.conrelid = t.oid),
+                    pg_catalog.pg_get_constraintdef(c.oid)), ',' order by c.conname, c.oid)
+         from pg_catalog.pg_constraint c
+         where c.conrelid = t.oid
+            or c.contypid in (select a.atttypid from pg_catalog.pg_attribute a
+                              where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped)),
         (select pg_catalog.string_agg(pg_catalog.pg_get_indexdef(i.indexrelid) || i.indisvalid,
                     ',' order by i.indexrelid)
          from pg_catalog.pg_index i where i.indrelid = t.oid),
@@ -315,7 +353,14 @@ as $pg$
          where p.pronamespace = (select n.oid from pg_catalog.pg_namespace n
                                  where n.nspname = 'profileguard')
            -- the flags change with the settings row, not with the catalog
-           and p.proname not in ('trigger_enabled', 'strict_mode'))
+           and p.proname not in ('trigger_enabled', 'strict_mode')),
+        (select pg_catalog.string_agg(pg_catalog.concat_ws(':', p.oid, pg_catalog.md5(p.prosrc),
+                    p.proconfig), ',' order by p.oid)
+         from pg_catalog.pg_proc p
+         where p.pronamespace in (select n.oid from involved n)
+           and not exists (select from pg_catalog.pg_depend e
+                           where e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                             and e.objid = p.oid and e.deptype = 'e'))
     ))
     from t
 $pg$;

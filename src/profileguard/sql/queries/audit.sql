@@ -180,3 +180,10 @@ select count(*) as workers,
        count(*) filter (where heartbeat_at > now() - make_interval(secs => %(alive_seconds)s)
                         and coalesce(stats ->> 'state', 'running') <> 'stopped') as alive
 from profileguard.workers
+
+-- name: installed_function_source
+-- The body of one of profileguard's functions, as installed.
+select p.prosrc as source
+from pg_catalog.pg_proc p
+join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+where n.nspname = 'profileguard' and p.proname = %(name)s

@@ -130,3 +130,27 @@ delete from profileguard.workers where worker_id = %(worker_id)s
 -- name: render_flags
 -- The flags the sign-up and login triggers fold as constants, from the settings row (install).
 select profileguard.render_flags(s.enabled, s.strict) from profileguard.settings s where s.singleton
+
+-- name: deferrable_constraints
+-- The deferrable constraints of a table (keys, exclusions, foreign keys, constraint triggers),
+-- schema-qualified as SET CONSTRAINTS names them, with their declared mode.
+select n.nspname as schema, c.conname as name, c.condeferred as initially_deferred,
+       c.contype::text as kind,
+       (c.contype in ('p', 'u') and c.conkey = array[(
+            select a.attnum from pg_catalog.pg_attribute a
+            where a.attrelid = c.conrelid and a.attname = %(key)s)]::pg_catalog.int2[]) as on_key
+from pg_catalog.pg_constraint c
+join pg_catalog.pg_namespace n on n.oid = c.connamespace
+where c.conrelid = %(oid)s and c.condeferrable
+order by c.conname
+
+-- name: lock_waiting_indexes
+-- The indexes an INSERT into a table may wait on, once each: unique and exclusion indexes (a
+-- key an in-flight transaction holds), but the one on the profile key alone (a new user's key
+-- is held by no other transaction: its user is not committed yet).
+select count(*) as count
+from pg_catalog.pg_index i
+where i.indrelid = %(oid)s and (i.indisunique or i.indisexclusion)
+  and not (i.indnkeyatts = 1 and i.indexprs is null and i.indpred is null
+           and i.indkey[0] = (select a.attnum from pg_catalog.pg_attribute a
+                              where a.attrelid = i.indrelid and a.attname = %(key)s))

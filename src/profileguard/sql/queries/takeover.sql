@@ -99,3 +99,31 @@ select exists (
     select from pg_catalog.pg_constraint c
     where c.conrelid = %(profile)s and c.confrelid = %(identity)s and c.contype = 'f'
 ) as present
+
+-- name: learned_mappings_readable
+-- Whether this role may read what takeovers learned (a client's role may not: then nothing is).
+select coalesce(pg_catalog.bool_and(pg_catalog.has_schema_privilege(n.oid, 'usage')
+                                and pg_catalog.has_table_privilege(c.oid, 'select')),
+                false) as readable
+from pg_catalog.pg_class c
+join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+where n.nspname = 'profileguard' and c.relname = 'replaced_triggers'
+
+-- name: learned_mappings
+-- What each takeover of a trigger on the identity table learned of its function, and the
+-- function's definition (saved, or still in the catalog) where an earlier version learned nothing.
+-- Read through to_jsonb(r): before schema version 7 there is no method, before 23 nothing learned.
+select r.trigger_name,
+       r.function_name,
+       pg_catalog.to_jsonb(r) -> 'learned_mapping' as learned,
+       case when pg_catalog.to_jsonb(r) ->> 'method' = 'function'
+            then pg_catalog.to_jsonb(r) ->> 'saved_definition'
+            else (select pg_catalog.pg_get_functiondef(p.oid)
+                  from pg_catalog.pg_proc p
+                  join pg_catalog.pg_language l on l.oid = p.prolang
+                  where p.oid = pg_catalog.to_regprocedure(r.function_name)
+                    and l.lanname = 'plpgsql')
+       end as definition
+from profileguard.replaced_triggers r
+where r.table_name = %(table)s
+order by r.trigger_name

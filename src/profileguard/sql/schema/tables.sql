@@ -111,7 +111,10 @@ create table profileguard.catalog_seen (
     singleton boolean primary key default true check (singleton),
     version text,
     checked_at timestamptz not null default now(),
-    changed_at timestamptz
+    changed_at timestamptz,
+    -- Why the functions generated from the mapping no longer match the profile table (NULL: they
+    -- do), set by the worker's re-plan where it may not re-create them itself.
+    mapping_stale text
 );
 insert into profileguard.catalog_seen default values;
 
@@ -157,7 +160,9 @@ create index backfill_runs_unfinished_idx on profileguard.backfill_runs (id)
 -- `saved_definition` (pg_get_functiondef() or pg_get_triggerdef() with an empty search_path, so
 -- names are qualified): the body of the trigger's own function replaced by a no-op ('function'),
 -- or the trigger re-created with WHEN (false) ('never_fires'). Rows of schema versions 5 and 6
--- ('disabled') are restored by re-creating the trigger as it is now.
+-- ('disabled') are restored by re-creating the trigger as it is now. `learned_mapping`: which
+-- profile columns the legacy function filled from which sources (mapping/legacy.py), the mapping
+-- in effect while none is configured; NULL when taken over by an earlier version.
 create table profileguard.replaced_triggers (
     table_name text not null,
     trigger_name text not null,
@@ -166,6 +171,7 @@ create table profileguard.replaced_triggers (
     replaced_at timestamptz not null default now(),
     method text not null default 'disabled' check (method in ('disabled', 'function', 'never_fires')),
     saved_definition text,
+    learned_mapping jsonb,
     primary key (table_name, trigger_name)
 );
 
