@@ -3,8 +3,194 @@
 -- tests/test_golden.py.
 
 -- Functions generated from the configured mapping; rendered with psycopg.sql at install time.
--- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
--- identity, profile and the keys are quoted identifiers.
+-- The insert_* placeholders are the INSERT … SELECT statements mapping/insert.py builds (formatted
+-- by pglast's prettifier); identity, profile and the keys are quoted identifiers.
+
+-- The mapping's constants: the reserved usernames, the providers whose names are not vouched for,
+-- what cleaning removes from a name. Immutable functions without arguments: the planner folds
+-- each call into the plan as its value (their SET clause keeps them from being inlined, not from
+-- being folded), so the statements below hold them once and pay nothing per row. Replacing one
+-- (install with another configuration) re-plans the statements that folded it.
+create or replace function profileguard.reserved_names()
+returns pg_catalog.text[]
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select array[
+        'abuse', 'admin', 'administrator', 'anon', 'anonymous', 'api', 'authenticated', 'billing',
+        'contact', 'everyone', 'ftp', 'guest', 'help', 'helpdesk', 'hostmaster', 'info', 'mail', 'me',
+        'mod', 'moderator', 'no-reply', 'noreply', 'null', 'official', 'owner', 'postgres', 'postmaster',
+        'root', 'security', 'service_role', 'staff', 'supabase', 'superuser', 'support', 'sysadmin',
+        'system', 'team', 'undefined', 'webmaster', 'www', 'you'
+    ]::pg_catalog.text[]
+$pg$;
+
+create or replace function profileguard.unverified_providers()
+returns pg_catalog.text[]
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select array[
+        'anonymous', 'email', 'phone'
+    ]::pg_catalog.text[]
+$pg$;
+
+-- Characters a username never keeps: controls, format characters (bidi overrides, zero-width),
+-- line and paragraph separators (a regular-expression bracket of explicit ranges).
+create or replace function profileguard.invisible_characters()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-'
+    || E'\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff'
+    || E'\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3'
+    || E'\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]'
+$pg$;
+
+-- Space separators at either end of a name (a regular expression).
+create or replace function profileguard.edge_spaces()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680'
+    || E'\\u2000-\\u200a\\u202f\\u205f\\u3000]+$'
+$pg$;
+
+-- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
+-- returns their keys. Every path but the signup trigger's first try comes here: the repair
+-- engine, ensure_profile, the backfill and the trigger's retry after a unique violation.
+-- `p_forced` is that retry: suffixed names are looked up too, and names reduced to [a-z0-9_] are
+-- never given plainly (two rows of one statement may have reduced to the same). Index lookups
+-- only and no JIT, as in the trigger; random_page_cost of cached pages and no hash or merge
+-- joins: a taken name is probed in the index per new row, not every profile hashed per batch.
+create or replace function profileguard.insert_profiles(p_ids uuid[], p_forced boolean default false)
+returns setof uuid
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
+set random_page_cost = 1.1
+set jit = off
+as $pg$
+#variable_conflict use_column
+begin
+    return query
+    WITH pg_sources AS (
+             SELECT u.id AS pg_key,
+                    COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                    ''),
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                    COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                    NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                    NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                    NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+             FROM auth.users AS u
+             WHERE u.id = ANY(p_ids)
+             OFFSET 0
+           ),
+         pg_chosen AS (
+             SELECT a.*, COALESCE(a.pg_n0, a.pg_n1, NULL) AS pg_raw
+             FROM pg_sources AS a
+             OFFSET 0
+           ),
+         pg_cleaned AS (
+             SELECT a.*,
+                    NULLIF(CASE
+                             WHEN "left"(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$'
+                               THEN "left"(a.pg_raw, 272)
+                             ELSE regexp_replace(normalize(regexp_replace("left"(a.pg_raw, 272),
+                                                                          profileguard.invisible_characters(),
+                                                                          '',
+                                                                          'g'), NFKC),
+                                                 profileguard.edge_spaces(),
+                                                 '',
+                                                 'g')
+                           END,
+                           '') AS pg_base,
+                    CASE
+                      WHEN a.pg_provider IS NULL
+                        THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                      WHEN a.pg_provider IS NOT NULL
+                       AND a.pg_provider <> ALL(profileguard.unverified_providers())
+                        THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                      ELSE FALSE
+                    END AS pg_trusted
+             FROM pg_chosen AS a
+             OFFSET 0
+           ),
+         pg_plain AS (
+             SELECT b.*,
+                    rtrim("left"(b.pg_base, 64), '  ') AS pg_plain,
+                    md5(CAST(b.pg_key AS text)) AS pg_hash
+             FROM pg_cleaned AS b
+             OFFSET 0
+           ),
+         pg_tested AS (
+             SELECT b.*,
+                        b.pg_trusted
+                    AND NOT lower(b.pg_plain COLLATE pg_catalog."und-x-icu") = ANY(profileguard.reserved_names())
+                    AND (char_length(b.pg_plain) BETWEEN 3 AND 64
+                     AND COALESCE(char_length(b.pg_plain) >= 3, TRUE))
+                    AND NOT EXISTS (SELECT
+                                    FROM public.profiles AS x
+                                    WHERE username = b.pg_plain) AS pg_free,
+                    "left"(b.pg_base, 55) || '_' || "left"(b.pg_hash, 8) AS pg_suffixed
+             FROM pg_plain AS b
+             OFFSET 0
+           )
+      INSERT INTO public.profiles (id, full_name, avatar_url, username)
+      SELECT c.pg_key,
+             CAST(c.pg_c0 AS text),
+             CAST(c.pg_c1 AS text),
+             CASE
+               WHEN c.pg_base IS NULL
+                 THEN NULL
+               WHEN c.pg_free
+                AND row_number() OVER (PARTITION BY c.pg_free, c.pg_plain
+                                       ORDER BY c.pg_key) = 1
+                 THEN c.pg_plain
+               WHEN char_length(c.pg_suffixed) BETWEEN 3 AND 64
+                AND COALESCE(char_length(c.pg_suffixed) >= 3, TRUE)
+                AND (NOT p_forced
+                  OR NOT EXISTS (SELECT
+                                 FROM public.profiles AS x
+                                 WHERE username = c.pg_suffixed))
+                 THEN c.pg_suffixed
+               WHEN char_length('user_' || "left"(c.pg_hash, 8)) BETWEEN 3 AND 64
+                AND COALESCE(char_length('user_' || "left"(c.pg_hash, 8)) >= 3, TRUE)
+                AND (NOT p_forced
+                  OR NOT EXISTS (SELECT
+                                 FROM public.profiles AS x
+                                 WHERE username = 'user_' || "left"(c.pg_hash, 8)))
+                 THEN 'user_' || "left"(c.pg_hash, 8)
+               WHEN char_length('user_' || "left"(c.pg_hash, 16)) BETWEEN 3 AND 64
+                AND COALESCE(char_length('user_' || "left"(c.pg_hash, 16)) >= 3, TRUE)
+                AND (NOT p_forced
+                  OR NOT EXISTS (SELECT
+                                 FROM public.profiles AS x
+                                 WHERE username = 'user_' || "left"(c.pg_hash, 16)))
+                 THEN 'user_' || "left"(c.pg_hash, 16)
+               ELSE NULL
+             END
+      FROM pg_tested AS c
+      ON CONFLICT (id) DO NOTHING
+      RETURNING id;
+end
+$pg$;
 
 -- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
 -- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
@@ -61,9 +247,75 @@ begin
         if not profileguard.trigger_enabled() then
             return null;
         end if;
-        insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (coalesce(nullif(btrim(("c"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'name')), '')))::text, (coalesce(nullif(btrim(("c"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("c"."raw_user_meta_data" ->> 'picture')), '')))::text, (case when c.pg_base is null then null when c.pg_trusted and not lower(c.pg_plain collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(c.pg_plain) >= 3) then c.pg_plain else left(c.pg_base, 55) || '_' || left(md5(c.pg_key::text), 8) end)::text
-from (select b.*, case when octet_length(b.pg_base) <= 64 then b.pg_base else rtrim(left(b.pg_base, 64), '  ') end as pg_plain from (select a."pg_key", a."raw_user_meta_data", a."pg_trusted", nullif(case when a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' then a.pg_cut else regexp_replace(normalize(regexp_replace(a.pg_cut,  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base from (select a."pg_key", a."raw_user_meta_data", left(coalesce(a."pg_n0", a."pg_n1", NULL), 272) as pg_cut, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select u."id" as pg_key, u."raw_user_meta_data", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c;
+        WITH pg_sources AS (
+                 SELECT u.id AS pg_key,
+                        u.raw_user_meta_data,
+                        NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                        NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                        NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+                 FROM pg_new_users AS u
+                 OFFSET 0
+               ),
+             pg_chosen AS (
+                 SELECT a.pg_key,
+                        a.raw_user_meta_data,
+                        "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 272) AS pg_cut,
+                        CASE
+                          WHEN a.pg_provider IS NULL
+                            THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                          WHEN a.pg_provider IS NOT NULL
+                           AND a.pg_provider <> ALL(profileguard.unverified_providers())
+                            THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                          ELSE FALSE
+                        END AS pg_trusted
+                 FROM pg_sources AS a
+                 OFFSET 0
+               ),
+             pg_cleaned AS (
+                 SELECT a.pg_key,
+                        a.raw_user_meta_data,
+                        a.pg_trusted,
+                        NULLIF(CASE
+                                 WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                 ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
+                                                                              profileguard.invisible_characters(),
+                                                                              '',
+                                                                              'g'), NFKC),
+                                                     profileguard.edge_spaces(),
+                                                     '',
+                                                     'g')
+                               END,
+                               '') AS pg_base
+                 FROM pg_chosen AS a
+                 OFFSET 0
+               ),
+             pg_plain AS (
+                 SELECT b.*,
+                        CASE
+                          WHEN octet_length(b.pg_base) <= 64 THEN b.pg_base
+                          ELSE rtrim("left"(b.pg_base, 64), '  ')
+                        END AS pg_plain
+                 FROM pg_cleaned AS b
+                 OFFSET 0
+               )
+          INSERT INTO public.profiles (id, full_name, avatar_url, username)
+          SELECT c.pg_key,
+                 CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                      ''),
+                               NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
+                               NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
+                 CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
+                               NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
+                 CASE
+                   WHEN c.pg_base IS NULL
+                     THEN NULL
+                   WHEN c.pg_trusted
+                    AND NOT lower(c.pg_plain COLLATE pg_catalog."und-x-icu") = ANY(profileguard.reserved_names())
+                    AND char_length(c.pg_plain) >= 3
+                     THEN c.pg_plain
+                   ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)), 8)
+                 END
+          FROM pg_plain AS c;
         return null;
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
@@ -87,10 +339,7 @@ from (select b.*, case when octet_length(b.pg_base) <= 64 then b.pg_base else rt
                 -- Local to the transaction: put back below, or undone with this block on error.
                 v_work_mem := pg_catalog.current_setting('work_mem');
                 perform pg_catalog.set_config('work_mem', '64MB', true);
-                insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "pg_new_users" u  offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
+                perform profileguard.insert_profiles(array(select n."id" from "pg_new_users" n), true);
                 perform pg_catalog.set_config('work_mem', v_work_mem, true);
                 return null;
             exception when others or query_canceled or assert_failure then
@@ -107,7 +356,8 @@ on conflict ("id") do nothing;
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets signups commit and records the failure';
         end if;
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'trigger', n."id"::text, v_state,
@@ -154,23 +404,15 @@ declare
     v_count integer;
 begin
     begin
-        with created as (insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" = any(p_ids) offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing returning "id")
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c."id"::text from created c;
+        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids) c(k);
         get diagnostics v_count = row_count;
     exception when unique_violation then
         if not true then
             raise;
         end if;
-        with created as (insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u."id" = any(p_ids) offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing returning "id")
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c."id"::text from created c;
+        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids, true) c(k);
         get diagnostics v_count = row_count;
     end;
     return v_count;
@@ -563,9 +805,9 @@ $pg$;
 drop function if exists profileguard.backfill_range(uuid, uuid, bigint);
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
--- TID range scan, reading the table in order) without a profile get one, with one INSERT …
--- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
--- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- TID range scan, reading the table in order) without a profile get one, by one call of
+-- insert_profiles (the sweep leaves users with a profile to its conflict check; the catch-up
+-- skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
 -- (the catch-up after a sweep) only rows written by transactions not older than p_since are
 -- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
 -- every row of the range.
@@ -598,39 +840,32 @@ declare
                                     else pg_catalog.age(p_since) end;
     v_scanned bigint := 0;
     v_count bigint;
+    v_ids uuid[];
 begin
     if not v_catchup then
         select count(*) into v_scanned from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to;
     end if;
+    if v_catchup then
+        v_ids := array(SELECT u.id
+                       FROM auth.users AS u
+                       WHERE u.ctid >= v_from
+                         AND u.ctid < v_to
+                         AND pg_catalog.age(u.xmin) <= v_since
+                         AND NOT EXISTS (SELECT
+                                         FROM public.profiles AS p
+                                         WHERE p.id = u.id));
+    else
+        v_ids := array(SELECT u.id
+                       FROM auth.users AS u
+                       WHERE u.ctid >= v_from AND u.ctid < v_to);
+    end if;
     begin
-        if v_catchup then
-            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since and not exists (select from "public"."profiles" p where p."id" = u."id") offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        else
-            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        end if;
-        get diagnostics v_count = row_count;
+        select count(*) into v_count from profileguard.insert_profiles(v_ids) c;
     exception when unique_violation then
         if not true then
             raise;
         end if;
-        if v_catchup then
-            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since and not exists (select from "public"."profiles" p where p."id" = u."id") offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        else
-            insert into "public"."profiles" ("id", "full_name", "avatar_url", "username")
-select c.pg_key, (c."pg_c0")::text, (c."pg_c1")::text, (case when c.pg_base is null then null when c.pg_free and row_number() over (partition by c.pg_free, ((rtrim(left(c.pg_base, 64), '  '))::text) order by c.pg_key) = 1 then rtrim(left(c.pg_base, 64), '  ') when (char_length(left(c.pg_base, 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left(c.pg_base, 55) || '_' || left(c.pg_hash, 8))::text))) then left(c.pg_base, 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 55) || '_' || left(c.pg_hash, 8)) between 3 and 64 and coalesce((char_length(((left('user', 55) || '_' || left(c.pg_hash, 8))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 55) || '_' || left(c.pg_hash, 8))::text))) then left('user', 55) || '_' || left(c.pg_hash, 8) when (char_length(left('user', 47) || '_' || left(c.pg_hash, 16)) between 3 and 64 and coalesce((char_length(((left('user', 47) || '_' || left(c.pg_hash, 16))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((left('user', 47) || '_' || left(c.pg_hash, 16))::text))) then left('user', 47) || '_' || left(c.pg_hash, 16) else NULL end)::text
-from (select b.*, (b.pg_trusted and not lower(rtrim(left(b.pg_base, 64), '  ') collate pg_catalog."und-x-icu") = any('{abuse,admin,administrator,anon,anonymous,api,authenticated,billing,contact,everyone,ftp,guest,help,helpdesk,hostmaster,info,mail,me,mod,moderator,no-reply,noreply,"null",official,owner,postgres,postmaster,root,security,service_role,staff,supabase,superuser,support,sysadmin,system,team,undefined,webmaster,www,you}'::text[]) and (char_length(rtrim(left(b.pg_base, 64), '  ')) between 3 and 64 and coalesce((char_length(((rtrim(left(b.pg_base, 64), '  '))::text)) >= 3), true)) and not (exists (select from "public"."profiles" x where username = ((rtrim(left(b.pg_base, 64), '  '))::text)))) as pg_free, md5(b.pg_key::text) as pg_hash from (select a.*, nullif(case when left(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$' then left(a.pg_raw, 272) else regexp_replace(normalize(regexp_replace(left(a.pg_raw, 272),  E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]', '', 'g'), NFKC),  E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+$', '', 'g') end, '') as pg_base, case when a.pg_provider is null then coalesce(a."pg_n0", a."pg_n1") is not null when (a.pg_provider is not null and a.pg_provider <> all('{anonymous,email,phone}'::text[])) then coalesce(a."pg_n0", a."pg_n1") is not null else false end as pg_trusted from (select a.*, coalesce(a."pg_n0", a."pg_n1", NULL) as pg_raw from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", nullif(btrim(("u"."raw_user_meta_data" ->> 'user_name')), '') as "pg_n0", nullif(btrim(("u"."raw_user_meta_data" ->> 'preferred_username')), '') as "pg_n1", nullif(btrim(("u"."raw_app_meta_data" ->> 'provider')), '') as pg_provider from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to offset 0) a offset 0) a offset 0) b offset 0) c
-on conflict ("id") do nothing;
-        end if;
-        get diagnostics v_count = row_count;
+        select count(*) into v_count from profileguard.insert_profiles(v_ids, true) c;
     end;
     if p_run_id is not null then
         update profileguard.backfill_runs r

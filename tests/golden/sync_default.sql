@@ -54,30 +54,100 @@ begin
     if p_ids is null and p_source = 'trigger' then
         perform pg_catalog.set_config('enable_seqscan', 'on', true);
         with synced as (
-            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
-where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = CASE
+                              WHEN (p.full_name IS NULL
+                                 OR btrim(CAST(p.full_name AS text)) = ''
+                                 OR FALSE)
+                               AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                THEN CAST(s.pg_c0 AS text)
+                              ELSE p.full_name
+                            END,
+                avatar_url = CASE
+                               WHEN (p.avatar_url IS NULL
+                                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                                  OR FALSE)
+                                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                 THEN CAST(s.pg_c1 AS text)
+                               ELSE p.avatar_url
+                             END
+            FROM (SELECT u.id AS pg_key,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                         ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                         u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND NOT s.pg_deleted
+              AND (((p.full_name IS NULL OR btrim(CAST(p.full_name AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c0 AS text) IS NOT NULL
+                AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                OR ((p.avatar_url IS NULL OR btrim(CAST(p.avatar_url AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+            RETURNING p.id
         ), redacted as (
-            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
-where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = NULL, avatar_url = NULL
+            FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND s.pg_deleted
+              AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+            RETURNING p.id
         )
         select (select count(*) from synced) + (select count(*) from redacted) into v_count;
         return v_count;
     elsif p_ids is null then
         perform pg_catalog.set_config('enable_seqscan', 'on', true);
         with synced as (
-            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
-where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = CASE
+                              WHEN (p.full_name IS NULL
+                                 OR btrim(CAST(p.full_name AS text)) = ''
+                                 OR FALSE)
+                               AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                THEN CAST(s.pg_c0 AS text)
+                              ELSE p.full_name
+                            END,
+                avatar_url = CASE
+                               WHEN (p.avatar_url IS NULL
+                                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                                  OR FALSE)
+                                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                 THEN CAST(s.pg_c1 AS text)
+                               ELSE p.avatar_url
+                             END
+            FROM (SELECT u.id AS pg_key,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                         ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                         u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND NOT s.pg_deleted
+              AND (((p.full_name IS NULL OR btrim(CAST(p.full_name AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c0 AS text) IS NOT NULL
+                AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                OR ((p.avatar_url IS NULL OR btrim(CAST(p.avatar_url AS text)) = '' OR FALSE)
+                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+            RETURNING p.id
         ), redacted as (
-            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u ) s
-where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = NULL, avatar_url = NULL
+            FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u) AS s
+            WHERE p.id = s.pg_key
+              AND s.pg_deleted
+              AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+            RETURNING p.id
         ), done as (
             select * from synced union all select * from redacted
         ), recorded as (
@@ -89,29 +159,111 @@ returning p."id"
     end if;
     if p_source = 'trigger' then
         with synced as (
-            update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
-where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = CASE
+                              WHEN (p.full_name IS NULL
+                                 OR btrim(CAST(p.full_name AS text)) = ''
+                                 OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                               AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                THEN CAST(s.pg_c0 AS text)
+                              ELSE p.full_name
+                            END,
+                avatar_url = CASE
+                               WHEN (p.avatar_url IS NULL
+                                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                 THEN CAST(s.pg_c1 AS text)
+                               ELSE p.avatar_url
+                             END
+            FROM (SELECT u.id AS pg_key,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                         ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                         COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                  NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                         u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u
+                  WHERE u.id = ANY(p_ids)) AS s
+            WHERE p.id = s.pg_key
+              AND NOT s.pg_deleted
+              AND (((p.full_name IS NULL
+                  OR btrim(CAST(p.full_name AS text)) = ''
+                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                AND CAST(s.pg_c0 AS text) IS NOT NULL
+                AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                OR ((p.avatar_url IS NULL
+                  OR btrim(CAST(p.avatar_url AS text)) = ''
+                  OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                AND CAST(s.pg_c1 AS text) IS NOT NULL
+                AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+            RETURNING p.id
         ), redacted as (
-            update "public"."profiles" p set "full_name" = null, "avatar_url" = null
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
-where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
-returning p."id"
+            UPDATE public.profiles AS p
+            SET full_name = NULL, avatar_url = NULL
+            FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+                  FROM auth.users AS u
+                  WHERE u.id = ANY(p_ids)) AS s
+            WHERE p.id = s.pg_key
+              AND s.pg_deleted
+              AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+            RETURNING p.id
         )
         select (select count(*) from synced) + (select count(*) from redacted) into v_count;
         return v_count;
     end if;
     with synced as (
-        update "public"."profiles" p set "full_name" = case when ((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null then (s."pg_c0")::text else p."full_name" end, "avatar_url" = case when ((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null then (s."pg_c1")::text else p."avatar_url" end
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
-where p."id" = s.pg_key and not s.pg_deleted and ((((p."full_name" is null or btrim(p."full_name"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) or (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or (p_own_tx and profileguard.written_in_this_transaction(p.xmin))) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text))
-returning p."id"
+        UPDATE public.profiles AS p
+        SET full_name = CASE
+                          WHEN (p.full_name IS NULL
+                             OR btrim(CAST(p.full_name AS text)) = ''
+                             OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                           AND CAST(s.pg_c0 AS text) IS NOT NULL
+                            THEN CAST(s.pg_c0 AS text)
+                          ELSE p.full_name
+                        END,
+            avatar_url = CASE
+                           WHEN (p.avatar_url IS NULL
+                              OR btrim(CAST(p.avatar_url AS text)) = ''
+                              OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+                            AND CAST(s.pg_c1 AS text) IS NOT NULL
+                             THEN CAST(s.pg_c1 AS text)
+                           ELSE p.avatar_url
+                         END
+        FROM (SELECT u.id AS pg_key,
+                     COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                     ''),
+                              NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                              NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                     COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                              NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                     u.deleted_at IS NOT NULL AS pg_deleted
+              FROM auth.users AS u
+              WHERE u.id = ANY(p_ids)) AS s
+        WHERE p.id = s.pg_key
+          AND NOT s.pg_deleted
+          AND (((p.full_name IS NULL
+              OR btrim(CAST(p.full_name AS text)) = ''
+              OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+            AND CAST(s.pg_c0 AS text) IS NOT NULL
+            AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+            OR ((p.avatar_url IS NULL
+              OR btrim(CAST(p.avatar_url AS text)) = ''
+              OR (p_own_tx AND profileguard.written_in_this_transaction(p.xmin)))
+            AND CAST(s.pg_c1 AS text) IS NOT NULL
+            AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text)))
+        RETURNING p.id
     ), redacted as (
-        update "public"."profiles" p set "full_name" = null, "avatar_url" = null
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s
-where p."id" = s.pg_key and s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null)
-returning p."id"
+        UPDATE public.profiles AS p
+        SET full_name = NULL, avatar_url = NULL
+        FROM (SELECT u.id AS pg_key, u.deleted_at IS NOT NULL AS pg_deleted
+              FROM auth.users AS u
+              WHERE u.id = ANY(p_ids)) AS s
+        WHERE p.id = s.pg_key
+          AND s.pg_deleted
+          AND (p.full_name IS NOT NULL OR p.avatar_url IS NOT NULL)
+        RETURNING p.id
     ), done as (
         select * from synced union all select * from redacted
     ), recorded as (
@@ -199,7 +351,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets updates commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets updates commit and records the failure';
         end if;
         -- One failure row per queued user; after an overflow one without a user: the worker
         -- then runs a full drift pass.
@@ -258,10 +411,48 @@ begin
         v_scanned := cardinality(p_ids);
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from (select d.pg_key, d.pg_columns from (
-select s.pg_key, array_remove(array[case when not s.pg_deleted and (((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) then 'full_name' end, case when not s.pg_deleted and (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text) then 'avatar_url' end, case when s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null) then 'redact' end]::text[], null) as pg_columns
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where u."id" = any(p_ids)) s join "public"."profiles" p on p."id" = s.pg_key) d
-where cardinality(d.pg_columns) > 0) d;
+          into v_drift
+          from (
+              SELECT d.pg_key, d.pg_columns
+              FROM (SELECT s.pg_key,
+                           array_remove(CAST(ARRAY[CASE
+                                                     WHEN NOT s.pg_deleted
+                                                      AND ((p.full_name IS NULL
+                                                         OR btrim(CAST(p.full_name AS text)) = ''
+                                                         OR FALSE)
+                                                       AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                                       AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                                                       THEN 'full_name'
+                                                   END,
+                                                   CASE
+                                                     WHEN NOT s.pg_deleted
+                                                      AND ((p.avatar_url IS NULL
+                                                         OR btrim(CAST(p.avatar_url AS text)) = ''
+                                                         OR FALSE)
+                                                       AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                                       AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text))
+                                                       THEN 'avatar_url'
+                                                   END,
+                                                   CASE
+                                                     WHEN s.pg_deleted
+                                                      AND (p.full_name IS NOT NULL
+                                                        OR p.avatar_url IS NOT NULL)
+                                                       THEN 'redact'
+                                                   END] AS text[]),
+                                        NULL) AS pg_columns
+                    FROM (SELECT u.id AS pg_key,
+                                 COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                                 ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                                 COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                                 u.deleted_at IS NOT NULL AS pg_deleted
+                          FROM auth.users AS u
+                          WHERE u.id = ANY(p_ids)) AS s
+                         INNER JOIN public.profiles AS p ON p.id = s.pg_key) AS d
+              WHERE cardinality(d.pg_columns) > 0
+          ) d;
     else
         select count(*), (array_agg(w.k order by w.k desc))[1] into v_scanned, v_last from (
             select u."id" as k from "auth"."users" u
@@ -269,10 +460,48 @@ where cardinality(d.pg_columns) > 0) d;
             order by u."id" limit p_scan) w;
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from (select d.pg_key, d.pg_columns from (
-select s.pg_key, array_remove(array[case when not s.pg_deleted and (((p."full_name" is null or btrim(p."full_name"::text) = '') or false) and (s."pg_c0")::text is not null and p."full_name" is distinct from (s."pg_c0")::text) then 'full_name' end, case when not s.pg_deleted and (((p."avatar_url" is null or btrim(p."avatar_url"::text) = '') or false) and (s."pg_c1")::text is not null and p."avatar_url" is distinct from (s."pg_c1")::text) then 'avatar_url' end, case when s.pg_deleted and (p."full_name" is not null or p."avatar_url" is not null) then 'redact' end]::text[], null) as pg_columns
-from (select u."id" as pg_key, coalesce(nullif(btrim(("u"."raw_user_meta_data" #>> '{custom_claims,global_name}')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'full_name')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'name')), '')) as "pg_c0", coalesce(nullif(btrim(("u"."raw_user_meta_data" ->> 'avatar_url')), ''), nullif(btrim(("u"."raw_user_meta_data" ->> 'picture')), '')) as "pg_c1", u."deleted_at" is not null as pg_deleted from "auth"."users" u where (p_after is null or u."id" > p_after) and u."id" <= v_last) s join "public"."profiles" p on p."id" = s.pg_key) d
-where cardinality(d.pg_columns) > 0) d;
+          into v_drift
+          from (
+              SELECT d.pg_key, d.pg_columns
+              FROM (SELECT s.pg_key,
+                           array_remove(CAST(ARRAY[CASE
+                                                     WHEN NOT s.pg_deleted
+                                                      AND ((p.full_name IS NULL
+                                                         OR btrim(CAST(p.full_name AS text)) = ''
+                                                         OR FALSE)
+                                                       AND CAST(s.pg_c0 AS text) IS NOT NULL
+                                                       AND p.full_name IS DISTINCT FROM CAST(s.pg_c0 AS text))
+                                                       THEN 'full_name'
+                                                   END,
+                                                   CASE
+                                                     WHEN NOT s.pg_deleted
+                                                      AND ((p.avatar_url IS NULL
+                                                         OR btrim(CAST(p.avatar_url AS text)) = ''
+                                                         OR FALSE)
+                                                       AND CAST(s.pg_c1 AS text) IS NOT NULL
+                                                       AND p.avatar_url IS DISTINCT FROM CAST(s.pg_c1 AS text))
+                                                       THEN 'avatar_url'
+                                                   END,
+                                                   CASE
+                                                     WHEN s.pg_deleted
+                                                      AND (p.full_name IS NOT NULL
+                                                        OR p.avatar_url IS NOT NULL)
+                                                       THEN 'redact'
+                                                   END] AS text[]),
+                                        NULL) AS pg_columns
+                    FROM (SELECT u.id AS pg_key,
+                                 COALESCE(NULLIF(btrim(u.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                                 ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
+                                 COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
+                                          NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
+                                 u.deleted_at IS NOT NULL AS pg_deleted
+                          FROM auth.users AS u
+                          WHERE (p_after IS NULL OR u.id > p_after) AND u.id <= v_last) AS s
+                         INNER JOIN public.profiles AS p ON p.id = s.pg_key) AS d
+              WHERE cardinality(d.pg_columns) > 0
+          ) d;
     end if;
     return jsonb_build_object('scanned', v_scanned, 'last', v_last, 'drift', v_drift);
 end

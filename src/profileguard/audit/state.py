@@ -85,7 +85,7 @@ def check_state(ctx: Context) -> list[Finding]:
                     {"trigger": TRIGGER_NAME},
                     # CREATE OR REPLACE re-enables it and needs only the TRIGGER privilege
                     # (ALTER TABLE … ENABLE TRIGGER needs the table's owner).
-                    ctx.text(sql.SQL("{};").format(trigger_statement(ctx.settings))),
+                    ctx.text(sql.SQL("{};").format(trigger_statement(ctx.settings, one_line=True))),
                 )
             )
     if ctx.conn.execute("select to_regclass('profileguard.workers')").fetchone() != (None,):

@@ -161,13 +161,13 @@ def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover)
         sql.SQL(
             "insert into profileguard.replaced_triggers"
             " (table_name, trigger_name, function_name, previous_mode, method,"
-            " saved_definition, learned_mapping)"
-            " values ({}, {}, {}, {}, {}, {}, {})"
-            " on conflict (table_name, trigger_name) do update"
+            "\n    saved_definition, learned_mapping)"
+            "\nvalues ({}, {}, {}, {}, {},\n{},\n{})"
+            "\non conflict (table_name, trigger_name) do update"
             " set function_name = excluded.function_name,"
-            " previous_mode = excluded.previous_mode, method = excluded.method,"
-            " saved_definition = excluded.saved_definition,"
-            " learned_mapping = excluded.learned_mapping, replaced_at = now()"
+            "\n    previous_mode = excluded.previous_mode, method = excluded.method,"
+            "\n    saved_definition = excluded.saved_definition,"
+            "\n    learned_mapping = excluded.learned_mapping, replaced_at = now()"
         ).format(
             *map(
                 sql.Literal,

@@ -191,8 +191,8 @@ def _write_settings(
         rec.run(
             sql.SQL(
                 "insert into profileguard.settings (enabled, strict, identity_table, identity_key,"
-                " profile_table, profile_key, config, package_version)"
-                " values ({}, {}, {}, {}, {}, {}, {}, {})"
+                "\n    profile_table, profile_key, config, package_version)"
+                "\nvalues ({}, {}, {}, {}, {}, {},\n{},\n{})"
             ).format(
                 *map(
                     sql.Literal,
@@ -203,7 +203,7 @@ def _write_settings(
                         settings.identity.key,
                         str(settings.profile),
                         settings.profile.key,
-                        json.dumps(fingerprint),
+                        json.dumps(fingerprint, indent=2),
                         __version__,
                     ),
                 )
@@ -227,8 +227,8 @@ def _write_settings(
             rec.run(
                 sql.SQL(
                     "update profileguard.settings set strict = {}, enabled = {},"
-                    " profile_table = {}, profile_key = {}, config = {},"
-                    " package_version = {}, updated_at = now()"
+                    " profile_table = {}, profile_key = {},\nconfig = {},"
+                    "\npackage_version = {}, updated_at = now()"
                 ).format(
                     *map(
                         sql.Literal,
@@ -237,7 +237,7 @@ def _write_settings(
                             new_enabled,
                             str(settings.profile),
                             settings.profile.key,
-                            json.dumps(fingerprint),
+                            json.dumps(fingerprint, indent=2),
                             __version__,
                         ),
                     )

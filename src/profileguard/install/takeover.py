@@ -257,7 +257,7 @@ def plan(
     ):
         statement = sql.SQL(
             "create or replace function {function} returns trigger language plpgsql"
-            " set search_path = pg_catalog, pg_temp as {body}"
+            "\nset search_path = pg_catalog, pg_temp\nas {body}"
         ).format(function=sql.SQL(trigger["function"]), body=sql.Literal(NOOP_BODY))
         return Takeover(
             name,

@@ -17,6 +17,7 @@ from profileguard.installation import table_parts
 from profileguard.mapping import (
     Plan,
     build_sync,
+    constant_bodies,
     drift_select,
     insert_statement,
     redact_statement,
@@ -24,6 +25,7 @@ from profileguard.mapping import (
     when_changed,
 )
 from profileguard.mapping.guards import deferred_check
+from profileguard.sqlformat import fill, pretty
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
@@ -42,7 +44,7 @@ NOTIFY_IDS_BYTES = 6_500
 
 
 def template(name: str, **parts: sql.Composable) -> sql.Composed:
-    return sql.SQL(sqlfiles.read(name)).format(**parts)
+    return fill(sqlfiles.read(name), **parts)
 
 
 def render_generated(plan: Plan) -> sql.Composed:
@@ -57,15 +59,19 @@ def render_generated(plan: Plan) -> sql.Composed:
     # profiles to ON CONFLICT (the same one index probe a new row costs anyway); the catch-up
     # takes only the rows written since the sweep began (age(xmin) <= v_since; frozen rows are
     # the oldest) and, as nearly all of those have a profile, skips them with NOT EXISTS first.
-    by_pages = sql.SQL("where u.ctid >= v_from and u.ctid < v_to")
     budget = plan.guards.budget(settings.lock_timeout_ms)
-    by_pages_since = sql.SQL(
-        "where u.ctid >= v_from and u.ctid < v_to and pg_catalog.age(u.xmin) <= v_since"
+    pages = sql.SQL("select u.{ikey} from {identity} u where u.ctid >= v_from and u.ctid < v_to")
+    pages_since = sql.SQL(
+        "{pages} and pg_catalog.age(u.xmin) <= v_since"
         " and not exists (select from {profile} p where p.{pkey} = u.{ikey})"
-    ).format(ikey=ikey, profile=parts["profile"], pkey=parts["profile_key"])
+    )
+    full = insert_statement(
+        plan, source=identity, where=by_ids, force_suffix=sql.SQL("p_forced"), named=True
+    )
     return template(
         "generated.sql",
         **parts,
+        **constant_bodies(plan),
         identity_text=sql.Literal(str(settings.identity)),
         identity_key_text=sql.Literal(settings.identity.key),
         # Whether a unique violation is retried with the forced username suffix (the mapping has
@@ -76,18 +82,21 @@ def render_generated(plan: Plan) -> sql.Composed:
         record_lock_timeout=sql.Literal(f"{budget.record_per_wait_ms}ms"),
         check_deferred=deferred_check(plan.guards, 8),
         check_deferred_nested=deferred_check(plan.guards, 16),
-        insert_new=insert_statement(plan, source=new_rows, optimistic=True),
-        insert_new_forced=insert_statement(plan, source=new_rows, force_suffix=True),
-        insert_ids=insert_statement(plan, source=identity, where=by_ids),
-        insert_ids_forced=insert_statement(plan, source=identity, where=by_ids, force_suffix=True),
+        insert_new=pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True)),
+        # The retry reads the new users from the identity table (the trigger runs after them).
+        insert_new_forced=sql.SQL(
+            "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
+        ).format(ikey, new_rows),
+        insert_profiles=pretty(sql.SQL("{} returning {}").format(full, parts["profile_key"])),
         claim_seed=sql.Literal(CLAIM_SEED),
-        insert_pages=insert_statement(plan, source=identity, where=by_pages),
-        insert_pages_forced=insert_statement(
-            plan, source=identity, where=by_pages, force_suffix=True
-        ),
-        insert_pages_since=insert_statement(plan, source=identity, where=by_pages_since),
-        insert_pages_since_forced=insert_statement(
-            plan, source=identity, where=by_pages_since, force_suffix=True
+        pages=pretty(pages.format(ikey=ikey, identity=identity)),
+        pages_since=pretty(
+            pages_since.format(
+                pages=pages.format(ikey=ikey, identity=identity),
+                ikey=ikey,
+                profile=parts["profile"],
+                pkey=parts["profile_key"],
+            )
         ),
     )
 
@@ -117,17 +126,19 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         record_lock_timeout=sql.Literal(f"{budget.record_ms}ms"),
         check_deferred=deferred_check(plan.guards, 4),
         check_deferred_nested=deferred_check(plan.guards, 8),
-        sync_ids=sync_statement(
-            plan,
-            sync,
-            by_ids,
-            sql.SQL("(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"),
-        )
-        or nothing,
-        redact_ids=redact_statement(plan, sync, by_ids) or nothing,
+        sync_ids=pretty(
+            sync_statement(
+                plan,
+                sync,
+                by_ids,
+                sql.SQL("(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"),
+            )
+            or nothing
+        ),
+        redact_ids=pretty(redact_statement(plan, sync, by_ids) or nothing),
         # One pass over all (a statement past the queue): no per-row transaction check.
-        sync_all=sync_statement(plan, sync, sql.SQL("")) or nothing,
-        redact_all=redact_statement(plan, sync, sql.SQL("")) or nothing,
+        sync_all=pretty(sync_statement(plan, sync, sql.SQL("")) or nothing),
+        redact_all=pretty(redact_statement(plan, sync, sql.SQL("")) or nothing),
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
         notify_ids_bytes=sql.Literal(NOTIFY_IDS_BYTES),
         # An array literal element: keys of other types are quoted (they may hold commas).
@@ -136,8 +147,8 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         else sql.SQL(
             "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"', '\\\"') || '\"'"
         ).format(new_key),
-        drift_ids=drift_select(plan, sync, by_ids),
-        drift_range=drift_select(plan, sync, by_range),
+        drift_ids=pretty(drift_select(plan, sync, by_ids)),
+        drift_range=pretty(drift_select(plan, sync, by_range)),
         watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),
         when_changed=when_changed(sync),
     )
@@ -154,14 +165,18 @@ def render_sync_triggers(plan: Plan) -> sql.Composed:
     return template("sync_triggers.sql", **_sync_parts(plan))
 
 
-def trigger_statement(settings: Settings) -> sql.Composed:
-    """The statement that creates profileguard's trigger (one line: audit prints it as a fix).
+def trigger_statement(settings: Settings, *, one_line: bool = False) -> sql.Composed:
+    """The statement that creates profileguard's trigger (`one_line`: as audit prints it as a
+    fix, one command a line).
 
     CREATE OR REPLACE needs only the TRIGGER privilege on the identity table, not ownership, and
     re-enables the trigger if someone disabled it. It locks the table against the UPDATE every
     login makes: run it in a short transaction (locking.short_transaction)."""
-    return template(
-        "trigger.sql", identity=sql.Identifier(settings.identity.schema, settings.identity.name)
+    text = sqlfiles.read("trigger.sql").strip()
+    if one_line:
+        text = " ".join(line.strip() for line in text.splitlines())
+    return sql.SQL(text).format(
+        identity=sql.Identifier(settings.identity.schema, settings.identity.name)
     )
 
 
@@ -169,7 +184,7 @@ def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Compo
     return sql.SQL(
         "insert into profileguard.events (kind, source, message, detail)"
         "\nvalues ('config', {}, {},\n{})"
-    ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail)))
+    ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail, indent=2)))
 
 
 def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composable]) -> list[str]:

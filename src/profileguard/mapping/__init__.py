@@ -8,7 +8,7 @@ profile a user gets does not depend on which path created it. Identifiers are co
 """
 
 from profileguard.mapping.columns import ColumnsUsed, columns_used
-from profileguard.mapping.insert import INVISIBLE_CATEGORIES, insert_statement
+from profileguard.mapping.insert import INVISIBLE_CATEGORIES, constant_bodies, insert_statement
 from profileguard.mapping.plan import Plan, build_plan, source_expr
 from profileguard.mapping.sync import (
     build_sync,
@@ -25,6 +25,7 @@ __all__ = [
     "build_plan",
     "build_sync",
     "columns_used",
+    "constant_bodies",
     "drift_select",
     "insert_statement",
     "redact_statement",

@@ -52,6 +52,68 @@ def _char_class(categories: frozenset[str]) -> str:
     return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
 
 
+def constants(plan: Plan) -> dict[str, str | list[str]]:
+    """The mapping's constants, by the name of the installed function that returns each."""
+    policy = plan.settings.username
+    return {
+        "reserved_names": sorted({n.lower() for n in policy.reserved}),
+        "unverified_providers": sorted(policy.unverified_providers),
+        **character_classes(),
+    }
+
+
+def _constant(name: str, named: bool, plan: Plan | None = None) -> sql.Composable:
+    """The constant `name` in a statement: a call of its installed function (`named`; folded into
+    the plan as the constant), else the value itself (the statement runs before install too)."""
+    if named:
+        return sql.SQL(f"profileguard.{name}()")
+    value = constants(plan)[name] if plan is not None else character_classes()[name]
+    if isinstance(value, list):
+        return sql.SQL("{}::text[]").format(sql.Literal(value))
+    return sql.Literal(value)
+
+
+def character_classes() -> dict[str, str]:
+    """The constants that do not depend on the configuration: what cleaning removes."""
+    spaces = _char_class(SPACE_CATEGORIES)
+    return {
+        "invisible_characters": _char_class(INVISIBLE_CATEGORIES),
+        "edge_spaces": f"^{spaces}+|{spaces}+$",
+    }
+
+
+def constant_bodies(plan: Plan, width: int = 96) -> dict[str, sql.Composable]:
+    """Each constant as the expression its function returns, wrapped to lines of `width`
+    characters at most (a list one element after another, a long text in concatenated pieces)."""
+    bodies: dict[str, sql.Composable] = {}
+    for name, value in constants(plan).items():
+        if isinstance(value, list):
+            items = [sql.Literal(v).as_string(None) for v in value]
+            lines, line = [], ""
+            for item in items:
+                if line and len(line) + len(item) + 2 > width:
+                    lines.append(line + ",")
+                    line = ""
+                line = f"{line}, {item}" if line else item
+            if line:
+                lines.append(line)
+            text = "array[\n        " + "\n        ".join(lines) + "\n    ]::pg_catalog.text[]"
+            if not items:
+                text = "array[]::pg_catalog.text[]"
+        else:
+            # Cut between escapes (\uXXXX stays whole), a piece a line.
+            pieces, piece = [], ""
+            for token in re.findall(r"\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.", value, re.S):
+                if len(piece) + len(token) > width - 20:
+                    pieces.append(piece)
+                    piece = ""
+                piece += token
+            pieces.append(piece)
+            text = "\n    || ".join(sql.Literal(p).as_string(None).strip() for p in pieces)
+        bodies[name] = sql.SQL(text)
+    return bodies
+
+
 def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
     """`expr` cut to what cleaning may need for a name of `limit` characters: a megabyte of
     metadata is not normalized for a name of 64."""
@@ -65,25 +127,26 @@ def clean_username(
     lowercase: bool,
     limit: int,
     cut: bool = True,
+    named: bool = False,
 ) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based. `cut` False: `expr` is already
     `cut_username` of the name (a column of the select below). The base never ends with a space
-    separator (`_Names.plain` relies on it)."""
+    separator (`_Names.plain` relies on it). `named`: the character classes are the installed
+    constant functions (folded into the plan) instead of literals."""
     if cut:
         expr = cut_username(expr, limit)
     value = expr
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
-        value, sql.Literal(_char_class(INVISIBLE_CATEGORIES))
+        value, _constant("invisible_characters", named)
     )
     # Normalized after the removal (a removed character may have kept two others apart) and
     # before the trim (NFKC turns ideographic and other wide spaces into plain ones).
     if constraints.nfkc:
         value = sql.SQL("normalize({}, NFKC)").format(value)
-    spaces = _char_class(SPACE_CATEGORIES)
     value = sql.SQL("regexp_replace({}, {}, '', 'g')").format(
-        value, sql.Literal(f"^{spaces}+|{spaces}+$")
+        value, _constant("edge_spaces", named)
     )
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, constraints)
@@ -117,8 +180,16 @@ def _expr_with(text: str, column: str, value: sql.Composable) -> sql.Composable:
 class _Names:
     """SQL pieces of the username candidates for one plan (see `_username_outer`)."""
 
-    def __init__(self, plan: Plan, constraints: UsernameConstraints, *, lean: bool = False):
+    def __init__(
+        self,
+        plan: Plan,
+        constraints: UsernameConstraints,
+        *,
+        lean: bool = False,
+        named: bool = False,
+    ):
         self.plan = plan
+        self.named = named
         self.username_constraints = constraints
         self.policy = plan.settings.username
         self.column = plan.profile.columns[constraints.column]
@@ -131,6 +202,10 @@ class _Names:
         self.lean = lean
 
     def typed(self, value: sql.Composable) -> sql.Composable:
+        """`value` (text) as the column's type: as it is for a text column (the parser adds no
+        cast from text to text, so leaving it out changes no plan)."""
+        if self.column.type == "text":
+            return sql.SQL("({})").format(value)
         return sql.SQL("({})::{}").format(value, sql.SQL(self.column.type))
 
     def plain(self, base: sql.Composable, *, column: bool = False) -> sql.Composable:
@@ -156,12 +231,17 @@ class _Names:
 
     def suffixed(
         self,
-        base: sql.Composable,
+        base: sql.Composable | str,
         digits: int = SHORT_SUFFIX,
         hashed: sql.Composable = sql.SQL("c.pg_hash"),
     ) -> sql.Composable:
+        """`base` (an expression, or a literal name cut here) + '_' + `digits` of the hash."""
         # The suffix is a hash of the whole key: keys sharing a prefix get different suffixes.
         keep, digits = self.suffix_digits(digits)
+        if isinstance(base, str):
+            return sql.SQL("{} || left({}, {})").format(
+                sql.Literal(base[:keep] + "_"), hashed, sql.Literal(digits)
+            )
         return sql.SQL("left({}, {}) || '_' || left({}, {})").format(
             base, sql.Literal(keep), hashed, sql.Literal(digits)
         )
@@ -178,9 +258,9 @@ class _Names:
     def reserved(self, value: sql.Composable) -> sql.Composable:
         if not self.policy.reserved:
             return sql.SQL("false")
-        names = sorted({n.lower() for n in self.policy.reserved})
-        return sql.SQL("{} = any({}::text[])").format(
-            _lower(value, self.username_constraints), sql.Literal(names)
+        return sql.SQL("{} = any({})").format(
+            _lower(value, self.username_constraints),
+            _constant("reserved_names", self.named, self.plan),
         )
 
     def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
@@ -259,9 +339,8 @@ class _Provenance:
 
 
 def _provenance(
-    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...]
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
 ) -> _Provenance:
-    policy = plan.settings.username
     names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
     # Names read from the metadata a provider writes; an email's local part is the user's.
     vouchable_at = [
@@ -272,8 +351,8 @@ def _provenance(
     everything = sql.SQL("coalesce({}, {})").format(sql.SQL(", ").join(names), fallback)
     oauth = None
     if constraints.provider is not None:
-        oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}::text[]))").format(
-            sql.Literal(sorted(policy.unverified_providers))
+        oauth = sql.SQL("(a.pg_provider is not null and a.pg_provider <> all({}))").format(
+            _constant("unverified_providers", named, plan)
         )
     vouched = (
         sql.SQL("coalesce({})").format(sql.SQL(", ").join(vouchable)) if vouchable else sql.NULL
@@ -288,13 +367,13 @@ def _provenance(
 
 
 def _username_raw(
-    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...]
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
 ) -> sql.Composable:
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
     they come first in the mapping anyway, as in the default one: one CASE fewer to set up)."""
-    p = _provenance(plan, constraints, sources)
+    p = _provenance(plan, constraints, sources, named)
     if p.oauth is None or p.vouched_first:
         return p.everything
     return sql.SQL(
@@ -308,6 +387,7 @@ def _username_layers(
     sources: tuple[Source, ...],
     *,
     optimistic: bool = False,
+    named: bool = False,
 ) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
     """Columns of the innermost select (each source as text; the provider), of the one above it
     (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
@@ -324,7 +404,7 @@ def _username_layers(
         inner.append(sql.SQL("null::text as pg_provider"))
     else:
         inner.append(sql.SQL("{} as pg_provider").format(source_expr(constraints.provider)))
-    p = _provenance(plan, constraints, sources)
+    p = _provenance(plan, constraints, sources, named)
     any_name = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(p.names))
     trusted: sql.Composable
     if p.oauth is None or policy.unverified == "plain":
@@ -334,13 +414,14 @@ def _username_layers(
             "case when a.pg_provider is null then {} when {} then {} is not null else false end"
         ).format(any_name, p.oauth, p.vouched)
     limit = constraints.max_length or policy.max_length
-    raw = _username_raw(plan, constraints, sources)
+    raw = _username_raw(plan, constraints, sources, named)
     cleaned = clean_username(
         sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"),
         constraints,
         lowercase=policy.lowercase,
         limit=limit,
         cut=not optimistic,
+        named=named,
     )
     if constraints.not_null:
         fallback = sql.Literal(USERNAME_FALLBACK)
@@ -411,7 +492,12 @@ def _restricted(plan: Plan, constraints: UsernameConstraints) -> bool:
 
 
 def _username_outer(
-    plan: Plan, constraints: UsernameConstraints, *, forced: bool, optimistic: bool = False
+    plan: Plan,
+    constraints: UsernameConstraints,
+    *,
+    forced: bool | sql.Composable,
+    optimistic: bool = False,
+    named: bool = False,
 ) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
@@ -430,11 +516,12 @@ def _username_outer(
     then NULL when the column allows it, else candidate 2 (the insert fails and is recorded).
     Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
     rare; the retry after the unique violation finds it): every lookup is one more subplan to
-    start for each single-row sign-up.
+    start for each single-row sign-up. `forced` may be a boolean of the statement (a parameter):
+    one statement then serves both tries.
     """
-    n = _Names(plan, constraints, lean=optimistic)
+    n = _Names(plan, constraints, lean=optimistic, named=named)
     base = sql.SQL("c.pg_base")
-    plain = sql.SQL("c.pg_plain") if optimistic else n.plain(base)
+    plain = sql.SQL("c.pg_plain")
     any_base = n.suffixed_lengths(None)
     restricted = _restricted(plan, constraints)
     free_plain = sql.SQL("c.pg_trusted and not {} and {}").format(
@@ -474,19 +561,26 @@ def _username_outer(
     def acceptable(
         candidate: sql.Composable, lengths: tuple[int, int] | None = None
     ) -> sql.Composable:
-        if not forced:
+        if forced is False:
             return n.ok(candidate, lengths)
-        return sql.SQL("{} and not {}").format(n.ok(candidate, lengths), n.taken(candidate))
+        if forced is True:
+            return sql.SQL("{} and not {}").format(n.ok(candidate, lengths), n.taken(candidate))
+        return sql.SQL("{} and (not {} or not {})").format(
+            n.ok(candidate, lengths), forced, n.taken(candidate)
+        )
 
-    second = n.suffixed(base)
+    second = n.suffixed(base) if optimistic else sql.SQL("c.pg_suffixed")
     steps.append((acceptable(second, any_base), second))
     if restricted:
         slug_plain = n.plain(slug)
-        if not forced:
+        if forced is not True:
             steps.append(
                 (
-                    sql.SQL("c.pg_trusted and not {} and {} and not {}").format(
-                        n.reserved(slug_plain), n.ok(slug_plain), n.taken(slug_plain)
+                    sql.SQL("{}c.pg_trusted and not {} and {} and not {}").format(
+                        sql.SQL("") if forced is False else sql.SQL("not {} and ").format(forced),
+                        n.reserved(slug_plain),
+                        n.ok(slug_plain),
+                        n.taken(slug_plain),
                     ),
                     slug_plain,
                 )
@@ -499,7 +593,7 @@ def _username_outer(
             )
         )
     for digits in (SHORT_SUFFIX, LONG_SUFFIX):
-        candidate = n.suffixed(sql.Literal(USERNAME_FALLBACK), digits)
+        candidate = n.suffixed(USERNAME_FALLBACK, digits)
         steps.append(
             (acceptable(candidate, n.suffixed_lengths(USERNAME_FALLBACK, digits)), candidate)
         )
@@ -510,7 +604,7 @@ def _username_outer(
     final = sql.SQL("case when c.pg_base is null then null {} else {} end").format(chain, last)
     if optimistic:  # over the select that has the plain name as a column
         return free_plain, n.typed(final)
-    plain_b = n.plain(sql.SQL("b.pg_base"))
+    plain_b = sql.SQL("b.pg_plain")
     return free.format(n.reserved(plain_b), n.ok(plain_b), n.taken(plain_b)), n.typed(final)
 
 
@@ -528,8 +622,9 @@ def insert_statement(
     *,
     source: sql.Composable,
     where: sql.Composable = sql.SQL(""),
-    force_suffix: bool = False,
+    force_suffix: bool | sql.Composable = False,
     optimistic: bool = False,
+    named: bool = False,
 ) -> sql.Composed:
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
@@ -537,14 +632,17 @@ def insert_statement(
     `force_suffix` is the retry after a unique violation: suffixed names are looked up too, and
     names reduced to [a-z0-9_] are never given plainly (two may have collided in one statement).
     Nested selects: `a` reads the sources and then picks the raw username (`pg_raw`), `b` cleans
-    it and says whether it may be given plainly, `c` tests the plain name (and hashes the key
-    for the suffixes), the outer one picks among the candidates. OFFSET 0 computes each once
-    per row: without it the planner would copy their expressions into each use.
+    it and says whether it may be given plainly, the next `b` cuts the plain name and hashes the
+    key, `c` tests the plain name and makes the suffixed one, the outer one picks among the
+    candidates. OFFSET 0 computes each once per row: without it the planner would copy their
+    expressions into each use (and each candidate is a column, so the statement reads short).
     `optimistic` is the signup trigger's first try, shaped for what signups are (new users, one
     per statement): a plain INSERT (no ON CONFLICT: a speculative insertion per row costs a bulk
     insert a quarter of its time) that does not compare names within the statement (a sort per
     statement). A profile that exists or two equal names in one statement raise a unique
     violation, and the trigger's forced retry does both; its selects are `_optimistic_layers`.
+    `force_suffix` may be a boolean of the statement (a parameter of the function holding it),
+    `named` reads the mapping's constants from the installed functions (see `_constant`).
     """
     settings = plan.settings
     constraints = plan.username_constraints
@@ -561,12 +659,14 @@ def insert_statement(
     for index, (column, sources) in enumerate(plan.mapping.items()):
         targets.append(sql.Identifier(column))
         if constraints is not None and column == constraints.column:
-            inner, raw, middle = _username_layers(plan, constraints, sources, optimistic=optimistic)
+            inner, raw, middle = _username_layers(
+                plan, constraints, sources, optimistic=optimistic, named=named
+            )
             inner_cols.extend(inner)
             raw_cols.extend(raw)
             middle_cols.extend(middle)
             _, final = _username_outer(
-                plan, constraints, forced=force_suffix, optimistic=optimistic
+                plan, constraints, forced=force_suffix, optimistic=optimistic, named=named
             )
             outer_cols.append(final)
             continue
@@ -578,27 +678,48 @@ def insert_statement(
     # (columns, alias) of each select, innermost first; OFFSET 0 keeps each one a select.
     layers: list[tuple[list[sql.Composable], str]] = [(inner_cols, "a")]
     if constraints is not None and constraints.column in plan.mapping and optimistic:
-        layers += _optimistic_layers(plan, constraints, carried, raw_cols[1:], middle_cols[1:])
+        layers += _optimistic_layers(
+            plan, constraints, carried, raw_cols[1:], middle_cols[1:], named=named
+        )
     elif constraints is not None and constraints.column in plan.mapping:
-        free, _ = _username_outer(plan, constraints, forced=force_suffix)
+        names = _Names(plan, constraints, named=named)
+        free, _ = _username_outer(plan, constraints, forced=force_suffix, named=named)
+        plain_cols = [
+            sql.SQL("b.*"),
+            sql.SQL("{} as pg_plain").format(names.plain(sql.SQL("b.pg_base"))),
+            sql.SQL("md5(b.pg_key::text) as pg_hash"),
+        ]
         free_cols.append(sql.SQL("{} as pg_free").format(free))
-        free_cols.append(sql.SQL("md5(b.pg_key::text) as pg_hash"))
-        layers += [(raw_cols, "a"), (middle_cols, "b"), (free_cols, "c")]
+        free_cols.append(
+            sql.SQL("{} as pg_suffixed").format(
+                names.suffixed(sql.SQL("b.pg_base"), hashed=sql.SQL("b.pg_hash"))
+            )
+        )
+        layers += [(raw_cols, "a"), (middle_cols, "b"), (plain_cols, "b"), (free_cols, "c")]
     else:  # no username rule: each value is used once, so the planner may pull the select up
         layers = [(inner_cols, "c")]
-    nested: sql.Composable = sql.SQL("{} u {}").format(source, where)
+    # Each select is a CTE referenced once: the planner inlines it as the subquery it would be
+    # nested (the same plan), and the statement reads top to bottom instead of inside out.
+    steps = ["pg_sources", "pg_chosen", "pg_cleaned", "pg_plain"]
+    steps.append("pg_hashed" if optimistic else "pg_tested")
     offset = sql.SQL(" offset 0" if len(layers) > 1 else "")
-    for columns, name in layers:
-        nested = sql.SQL("(select {} from {}{}) {}").format(
-            sql.SQL(", ").join(columns), nested, offset, sql.SQL(name)
+    ctes: list[sql.Composable] = []
+    below: sql.Composable = sql.SQL("{} u {}").format(source, where)
+    for (columns, alias), step in zip(layers, steps, strict=False):
+        ctes.append(
+            sql.SQL("{} as (select {} from {}{})").format(
+                sql.Identifier(step), sql.SQL(", ").join(columns), below, offset
+            )
         )
+        below = sql.SQL("{} {}").format(sql.Identifier(step), sql.SQL(alias))
     return sql.SQL(
-        "insert into {profile} ({targets})\nselect {outer}\nfrom {nested}{conflict}"
+        "with {ctes}\ninsert into {profile} ({targets})\nselect {outer}\nfrom {below}{conflict}"
     ).format(
         profile=sql.Identifier(settings.profile.schema, settings.profile.name),
         targets=sql.SQL(", ").join(targets),
         outer=sql.SQL(", ").join(outer_cols),
-        nested=nested,
+        ctes=sql.SQL(",\n").join(ctes),
+        below=below,
         conflict=sql.SQL("\non conflict ({}) do nothing").format(
             sql.Identifier(settings.profile.key)
         )
@@ -660,6 +781,8 @@ def _optimistic_layers(
     carried: list[sql.Identifier],
     raw: list[sql.Composable],
     middle: list[sql.Composable],
+    *,
+    named: bool = False,
 ) -> list[tuple[list[sql.Composable], str]]:
     """The selects of the optimistic insert above the sources. Every signup sets its statement
     up anew (each expression, and each column of each select: its type looked up, a slot made),
@@ -669,8 +792,8 @@ def _optimistic_layers(
     next `c` hashes the key only when the plain name is not free (`pg_hash` NULL says it is;
     left out when the outer select can hash it, see `_hash_inline`), and each select passes up
     only the columns used above it."""
-    names = _Names(plan, constraints, lean=True)
-    free, _ = _username_outer(plan, constraints, forced=False, optimistic=True)
+    names = _Names(plan, constraints, lean=True, named=named)
+    free, _ = _username_outer(plan, constraints, forced=False, optimistic=True, named=named)
 
     def passed(alias: str, *extra: str) -> list[sql.Composable]:
         idents = [*carried, *(sql.Identifier(name) for name in extra)]

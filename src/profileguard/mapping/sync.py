@@ -12,6 +12,7 @@ from psycopg import sql
 from profileguard.config import Source
 from profileguard.errors import ConfigError
 from profileguard.mapping.plan import Plan, cast, coalesced
+from profileguard.sqlformat import Formatted
 
 # The identity column Supabase Auth sets on a soft delete (it also clears both metadata columns
 # and replaces the email with a hash in the same UPDATE).
@@ -100,7 +101,8 @@ def when_changed(sync: SyncPlan) -> sql.Composable:
 
     Whole columns are compared (jsonb equality ignores key order), not the mapped values: the
     condition is rebuilt for every UPDATE statement, and a short one keeps a login cheap. A change
-    to an unmapped key only queues the user; the sync then finds nothing to write.
+    to an unmapped key only queues the user; the sync then finds nothing to write. A comparison
+    a line.
     """
     parts: list[sql.Composable] = []
     for column in sync.watched:
@@ -108,7 +110,7 @@ def when_changed(sync: SyncPlan) -> sql.Composable:
         parts.append(sql.SQL("old.{} is distinct from new.{}").format(ident, ident))
     if not parts:
         return sql.SQL("false")
-    return sql.SQL(" or ").join(parts)
+    return Formatted(sql.SQL("\nor ").join(parts).as_string(None))
 
 
 def _empty(column: sql.Composable) -> sql.Composable:
@@ -145,13 +147,16 @@ def _drift_terms(
     return terms
 
 
-def _sources_of(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Composable:
-    """The synced source values of the identity rows `where` selects (alias s, key pg_key)."""
+def _sources_of(
+    plan: Plan, sync: SyncPlan, where: sql.Composable, *, values: bool = True
+) -> sql.Composable:
+    """The synced source values of the identity rows `where` selects (alias s, key pg_key);
+    without `values`, only the key and the deletion state (what redaction reads)."""
     index = {column: i for i, column in enumerate(plan.mapping)}
     cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(plan.settings.identity.key))
     ]
-    for column, sources in sync.synced.items():
+    for column, sources in sync.synced.items() if values else ():
         cols.append(
             sql.SQL("{} as {}").format(coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
         )
@@ -204,7 +209,7 @@ def redact_statement(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.C
         sets=sql.SQL(", ").join(
             sql.SQL("{} = null").format(sql.Identifier(c)) for c in sync.redact
         ),
-        source=_sources_of(plan, sync, where),
+        source=_sources_of(plan, sync, where, values=False),
         pkey=pkey,
         filled=sql.SQL(" or ").join(
             sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact

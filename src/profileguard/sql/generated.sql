@@ -1,6 +1,79 @@
 -- Functions generated from the configured mapping; rendered with psycopg.sql at install time.
--- The insert_* placeholders are INSERT … SELECT … ON CONFLICT (key) DO NOTHING statements built by mapping.py;
--- identity, profile and the keys are quoted identifiers.
+-- The insert_* placeholders are the INSERT … SELECT statements mapping/insert.py builds (formatted
+-- by pglast's prettifier); identity, profile and the keys are quoted identifiers.
+
+-- The mapping's constants: the reserved usernames, the providers whose names are not vouched for,
+-- what cleaning removes from a name. Immutable functions without arguments: the planner folds
+-- each call into the plan as its value (their SET clause keeps them from being inlined, not from
+-- being folded), so the statements below hold them once and pay nothing per row. Replacing one
+-- (install with another configuration) re-plans the statements that folded it.
+create or replace function profileguard.reserved_names()
+returns pg_catalog.text[]
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {reserved_names}
+$pg$;
+
+create or replace function profileguard.unverified_providers()
+returns pg_catalog.text[]
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {unverified_providers}
+$pg$;
+
+-- Characters a username never keeps: controls, format characters (bidi overrides, zero-width),
+-- line and paragraph separators (a regular-expression bracket of explicit ranges).
+create or replace function profileguard.invisible_characters()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {invisible_characters}
+$pg$;
+
+-- Space separators at either end of a name (a regular expression).
+create or replace function profileguard.edge_spaces()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {edge_spaces}
+$pg$;
+
+-- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
+-- returns their keys. Every path but the signup trigger's first try comes here: the repair
+-- engine, ensure_profile, the backfill and the trigger's retry after a unique violation.
+-- `p_forced` is that retry: suffixed names are looked up too, and names reduced to [a-z0-9_] are
+-- never given plainly (two rows of one statement may have reduced to the same). Index lookups
+-- only and no JIT, as in the trigger; random_page_cost of cached pages and no hash or merge
+-- joins: a taken name is probed in the index per new row, not every profile hashed per batch.
+create or replace function profileguard.insert_profiles(p_ids {key_type}[], p_forced boolean default false)
+returns setof {key_type}
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
+set random_page_cost = 1.1
+set jit = off
+as $pg$
+#variable_conflict use_column
+begin
+    return query
+    {insert_profiles};
+end
+$pg$;
 
 -- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
 -- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
@@ -98,7 +171,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets signups commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets signups commit and records the failure';
         end if;
         insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
         select 'failure', 'trigger', n.{identity_key}::text, v_state,
@@ -145,17 +219,15 @@ declare
     v_count integer;
 begin
     begin
-        with created as ({insert_ids} returning {profile_key})
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c.{profile_key}::text from created c;
+        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids) c(k);
         get diagnostics v_count = row_count;{check_deferred}
     exception when unique_violation then
         if not {retry_forced} then
             raise;
         end if;
-        with created as ({insert_ids_forced} returning {profile_key})
         insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c.{profile_key}::text from created c;
+        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids, true) c(k);
         get diagnostics v_count = row_count;{check_deferred}
     end;
     return v_count;
@@ -548,9 +620,9 @@ $pg$;
 drop function if exists profileguard.backfill_range({key_type}, {key_type}, bigint);
 
 -- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
--- TID range scan, reading the table in order) without a profile get one, with one INSERT …
--- SELECT … ON CONFLICT DO NOTHING (the sweep leaves users with a profile to the conflict check;
--- the catch-up skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
+-- TID range scan, reading the table in order) without a profile get one, by one call of
+-- insert_profiles (the sweep leaves users with a profile to its conflict check; the catch-up
+-- skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
 -- (the catch-up after a sweep) only rows written by transactions not older than p_since are
 -- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
 -- every row of the range.
@@ -583,27 +655,23 @@ declare
                                     else pg_catalog.age(p_since) end;
     v_scanned bigint := 0;
     v_count bigint;
+    v_ids {key_type}[];
 begin
     if not v_catchup then
         select count(*) into v_scanned from {identity} u where u.ctid >= v_from and u.ctid < v_to;
     end if;
+    if v_catchup then
+        v_ids := array({pages_since});
+    else
+        v_ids := array({pages});
+    end if;
     begin
-        if v_catchup then
-            {insert_pages_since};
-        else
-            {insert_pages};
-        end if;
-        get diagnostics v_count = row_count;{check_deferred}
+        select count(*) into v_count from profileguard.insert_profiles(v_ids) c;{check_deferred}
     exception when unique_violation then
         if not {retry_forced} then
             raise;
         end if;
-        if v_catchup then
-            {insert_pages_since_forced};
-        else
-            {insert_pages_forced};
-        end if;
-        get diagnostics v_count = row_count;{check_deferred}
+        select count(*) into v_count from profileguard.insert_profiles(v_ids, true) c;{check_deferred}
     end;
     if p_run_id is not null then
         update profileguard.backfill_runs r

@@ -171,7 +171,8 @@ begin
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
-                hint = 'profileguard strict mode is on; "profileguard install" without --strict lets updates commit and records the failure';
+                hint = 'profileguard strict mode is on; "profileguard install" without --strict '
+                       'lets updates commit and records the failure';
         end if;
         -- One failure row per queued user; after an overflow one without a user: the worker
         -- then runs a full drift pass.
@@ -230,7 +231,10 @@ begin
         v_scanned := cardinality(p_ids);
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from ({drift_ids}) d;
+          into v_drift
+          from (
+              {drift_ids}
+          ) d;
     else
         select count(*), (array_agg(w.k order by w.k desc))[1] into v_scanned, v_last from (
             select u.{identity_key} as k from {identity} u
@@ -238,7 +242,10 @@ begin
             order by u.{identity_key} limit p_scan) w;
         select coalesce(jsonb_agg(jsonb_build_object('user_id', d.pg_key, 'columns', d.pg_columns)
                                   order by d.pg_key), '[]'::jsonb)
-          into v_drift from ({drift_range}) d;
+          into v_drift
+          from (
+              {drift_range}
+          ) d;
     end if;
     return jsonb_build_object('scanned', v_scanned, 'last', v_last, 'drift', v_drift);
 end

@@ -4,7 +4,9 @@
 create or replace trigger profileguard_after_update_row
     after update of {watched} on {identity}
     for each row
-    when (({when_changed}) and pg_catalog.set_config('profileguard.sync',
+    when ((
+            {when_changed}
+          ) and pg_catalog.set_config('profileguard.sync',
         case when coalesce(pg_catalog.current_setting('profileguard.sync', true), '') = '*'
                   or pg_catalog.length(pg_catalog.current_setting('profileguard.sync', true))
                      > {queue_chars}

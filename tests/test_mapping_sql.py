@@ -1,0 +1,131 @@
+"""The mapping as profileguard installs it: its constants folded into the plans that read them,
+one full INSERT that every path but the sign-up trigger's first try calls, and a rendered file
+(`profileguard sql` on the User Management Starter table) that holds each once, in lines a person
+can read.
+
+The plans are the ones the server really runs, printed by auto_explain (loaded by the superuser,
+logged to the client as notices) while a sign-up fires the trigger and ensure_profile repairs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from conftest import TestDB
+from test_cli import cli
+
+from profileguard import sql as sqlfiles
+
+# A reserved name and an unverified provider of the default policy, and a code point from the
+# middle of the invisible characters' class: each is in the rendered SQL only as its function's
+# value, and in the plan of every statement that reads it.
+RESERVED = "hostmaster"
+UNVERIFIED = "anonymous"
+INVISIBLE = "\\u202e"
+CONSTANT_FUNCTIONS = (
+    "reserved_names",
+    "unverified_providers",
+    "invisible_characters",
+    "edge_spaces",
+)
+
+
+@contextmanager
+def explained(db: TestDB) -> Iterator[tuple[psycopg.Connection, list[str]]]:
+    """A superuser connection whose every statement, nested ones too, has its executed plan
+    (verbose: each expression as the executor evaluates it) appended to the list."""
+    plans: list[str] = []
+    with db.connect_admin() as conn:
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        conn.execute("load 'auto_explain'")
+        for name, value in (
+            ("log_min_duration", "0"),
+            ("log_nested_statements", "on"),
+            ("log_verbose", "on"),
+            ("log_level", "notice"),
+        ):
+            conn.execute(f"set auto_explain.{name} = {value}")
+        yield conn, plans
+
+
+def plan_of(plans: list[str], pattern: str) -> str:
+    """The one plan that matches `pattern`, without the statement's text printed above it."""
+    found = []
+    for logged in plans:
+        lines = logged.splitlines()
+        start = next((i for i, line in enumerate(lines) if "(cost=" in line), len(lines))
+        plan = "\n".join(lines[start:])
+        if re.search(pattern, plan):
+            found.append(plan)
+    assert len(found) == 1, (pattern, plans)
+    return found[0]
+
+
+def test_the_signup_statement_holds_the_mapping_constants_folded(installed: TestDB) -> None:
+    with explained(installed) as (conn, plans):
+        uid = installed.signup({"user_name": "Folded"}, conn=conn)
+    insert = plan_of(plans, r"Insert on public\.profiles")
+    # Folded at plan time: the values are constants of the plan, no function is called.
+    assert RESERVED in insert and UNVERIFIED in insert and INVISIBLE in insert
+    assert "profileguard." not in insert
+    # The trigger's own statement: it reads the transition table, calls nothing.
+    assert "Named Tuplestore Scan" in insert and "Function Scan" not in insert
+    assert installed.scalar("select username from public.profiles where id = %s", (uid,)) == (
+        "Folded"
+    )
+
+
+def test_repairs_call_the_one_full_statement_and_it_folds_the_constants(
+    installed: TestDB,
+) -> None:
+    uid = installed.signup({"user_name": "Repaired"})
+    installed.scalar("delete from public.profiles where id = %s returning id", (uid,))
+    with explained(installed) as (conn, plans):
+        conn.execute("select * from profileguard.ensure_profile(%s)", (uid,))
+    # create_profiles calls insert_profiles (a set-returning plpgsql function: called, never
+    # inlined) ...
+    caller = plan_of(plans, r"Function Scan on profileguard\.insert_profiles")
+    assert "Insert on profileguard.events" in caller
+    # ... whose statement reads the identity table by key, with the constants folded and the
+    # retry's lookups behind its parameter.
+    full = plan_of(plans, r"Insert on public\.profiles")
+    assert "Index Scan using users_pkey on auth.users" in full
+    assert "Named Tuplestore Scan" not in full
+    assert RESERVED in full and UNVERIFIED in full and INVISIBLE in full
+    assert not any(f"{name}(" in full for name in CONSTANT_FUNCTIONS)
+    assert "ON CONFLICT" in full.upper() or "Conflict Resolution" in full
+    assert installed.scalar("select username from public.profiles where id = %s", (uid,)) == (
+        "Repaired"
+    )
+
+
+def test_sql_on_the_starter_table_holds_the_mapping_once_in_short_lines(db: TestDB) -> None:
+    with db.connect_admin() as conn:
+        conn.execute(sqlfiles.read("fixtures/demo_legacy.sql"))
+    done = cli(db, "sql", "--replace-trigger", "on_auth_user_created")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    lines = text.splitlines()
+    # Every line of SQL within 120 characters; a longer line is prose the install records as data
+    # (a note, one JSON string).
+    long = [line for line in lines if len(line) > 120]
+    assert all(re.fullmatch(r'\s+"[^"]*",?', line) for line in long), long
+    functions = re.findall(
+        r"^create (?:or replace )?function (\S+?)\(.*?^\$pg\$;$", text, re.M | re.S
+    )
+    bodies = re.findall(r"^create (?:or replace )?function .*?^\$pg\$;$", text, re.M | re.S)
+    assert len(functions) == len(set(functions)), "a function defined twice"
+    # The reserved names once among the functions: in reserved_names() alone. The settings row
+    # and the install's config event hold them as data.
+    holding = [body.split("(", 1)[0] for body in bodies if f"'{RESERVED}'" in body]
+    assert holding == ["create or replace function profileguard.reserved_names"]
+    assert text.count(RESERVED) == 3
+    # One full INSERT of the mapping (insert_profiles) beside the trigger's first try.
+    inserting = [body.split("(", 1)[0] for body in bodies if "INSERT INTO public.profiles" in body]
+    assert sorted(inserting) == [
+        "create or replace function profileguard.insert_profiles",
+        "create or replace function profileguard.on_identity_insert",
+    ]
