@@ -27,6 +27,11 @@ and faults users bring with their own data, or that anyone may send:
                 then a 2 s lock
   gate          a BEFORE trigger raising 'signup <id> rejected by gate'    removed: dropped
                 for every user (one fault naming each user)
+  helper_fix    a CHECK calling a helper function that rejects everyone  removed: the helper
+                                                                          replaced (the CHECK stays)
+  username_constraint  sign-ups with handles (user_name "user.N"); a format CHECK on username
+                (no '.') and a unique index on lower(username) added      removed: nothing (the
+                with the worker running                                   worker plans them in)
   notify_flood  40 NOTIFY profileguard '{"recorded": false}' from a role     removed: at once
                 without privileges (an in-process worker counts its full sweeps)
   backfill      3,000 users imported without the trigger, 6 with names the removed: backfill done
@@ -122,6 +127,8 @@ class Signups:
     server_down: int = 0
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Sign-ups with a handle too (user_name "user.N"): the username rows turn it on.
+    handles: bool = False
 
     def run(self) -> None:
         conn: psycopg.Connection | None = None
@@ -143,7 +150,10 @@ class Signups:
                         (
                             uid,
                             f"u{uid.hex[:12]}@example.com",
-                            json.dumps({"full_name": f"User {n}"}),
+                            json.dumps(
+                                {"full_name": f"User {n}"}
+                                | ({"user_name": f"user.{n}"} if self.handles else {})
+                            ),
                         ),
                     )
                     conn.execute(
@@ -240,6 +250,7 @@ class Bench:
         self.embedded = embedded
         self.settings = load_settings(env={}, database_url=installer_url)
         self.worker: subprocess.Popen[str] | None = None
+        self.load: Signups | None = None
         # What a row leaves to undo once it is measured (a crafted row's constraint, say).
         self.cleanup: list[str] = []
         # Notes a row adds below its line (full sweeps, exit codes), and whether they meet theirs.
@@ -397,6 +408,48 @@ class Bench:
         )
 
     @contextlib.contextmanager
+    def helper_fix(self) -> Iterator[None]:
+        # A CHECK calling a helper that rejects everyone, fixed by replacing the helper alone: no
+        # catalog row of the table changes.
+        execute(
+            self.admin_url,
+            "create function public.bench_name_ok(n text) returns boolean language sql immutable"
+            " as $$ select false $$; alter table public.profiles add constraint bench_helper"
+            " check (public.bench_name_ok(full_name)) not valid",
+        )
+        self.cleanup.append(
+            "alter table public.profiles drop constraint bench_helper;"
+            " drop function public.bench_name_ok(text)"
+        )
+        yield
+        execute(
+            self.admin_url,
+            "create or replace function public.bench_name_ok(n text) returns boolean"
+            " language sql immutable as $$ select true $$",
+        )
+
+    @contextlib.contextmanager
+    def username_constraint(self) -> Iterator[None]:
+        # Sign-ups with handles ("user.N"); a format CHECK and a unique index on lower(username)
+        # added with the worker running. Nothing is removed: the worker plans them in.
+        assert self.load is not None
+        self.load.handles = True
+        execute(
+            self.admin_url,
+            "alter table public.profiles add constraint bench_username_format"
+            " check (username !~ '[.]') not valid;"
+            " create unique index bench_username_lower on public.profiles (lower(username))",
+        )
+        self.cleanup.append(
+            "alter table public.profiles drop constraint bench_username_format;"
+            " drop index public.bench_username_lower"
+        )
+        try:
+            yield
+        finally:
+            self.load.handles = False
+
+    @contextlib.contextmanager
     def notify_flood(self) -> Iterator[None]:
         # An in-process worker beside the process one: its stats count its own passes.
         stop = threading.Event()
@@ -492,6 +545,8 @@ class Bench:
             ("crafted_check", self.crafted_check),
             ("crafted_index", self.crafted_index),
             ("gate", self.gate),
+            ("helper_fix", self.helper_fix),
+            ("username_constraint", self.username_constraint),
             ("notify_flood", self.notify_flood),
             ("backfill", self.backfill),
         ]
@@ -545,6 +600,7 @@ class Bench:
 
     def run(self) -> list[dict[str, Any]]:
         load = Signups(self.admin_url, self.args.rate, self.args.fail_every)
+        self.load = load
         thread = threading.Thread(target=load.run, daemon=True)
         self.start_worker()
         rows = []
