@@ -430,6 +430,24 @@ def test_a_name_empty_after_cleaning_falls_through(installed):
     assert username(installed, bulk) == "carol"
 
 
+def test_an_empty_provider_name_does_not_vouch_for_the_next_source(installed):
+    """A provider's name that cleans to nothing falls through, but the name after it is not the
+    provider's: an OAuth sign-up does not get the email's local part plainly."""
+    install(with_email_usernames(installed.settings))
+    oauth, typed = _bulk(installed, [{"user_name": "\u200b"}] * 2, provider="github")
+    mail = _bulk(installed, [{"user_name": "\u200b\u2066"}], provider="email")[0]
+    for uid, who in ((oauth, "linus"), (typed, "grace"), (mail, "ada")):
+        execute(installed, "update auth.users set email = %s where id = %s", (f"{who}@x.org", uid))
+        execute(installed, "delete from public.profiles where id = %s", (uid,))
+        execute(installed, "select profileguard.ensure_profile(%s)", (uid,))
+    single = installed.signup({"user_name": "\ufeff"}, email="joan@x.org")
+    _all_served(installed)
+    assert username(installed, oauth) is None
+    assert username(installed, typed) is None
+    assert username(installed, mail) == suffixed("ada", mail)  # fell through, not vouched for
+    assert username(installed, single) == "joan"  # no provider recorded: written by an operator
+
+
 def test_reserved_names_are_suffixed(installed):
     admin, root = _bulk(installed, [{"user_name": "Admin"}, {"user_name": "root"}])
     assert username(installed, admin) == suffixed("Admin", admin)

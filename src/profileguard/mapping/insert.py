@@ -441,6 +441,8 @@ def _username_layers(
     limit = constraints.max_length or policy.max_length
     raw = _username_raw(plan, constraints, sources, named)
     otherwise: list[sql.Composable] = []
+    vouchable = [bool(source.path) and source.transform != "localpart" for source in sources]
+    guarded = p.oauth is not None and policy.unverified != "plain" and not all(vouchable)
     if len(sources) > 1:
         # A chosen name that cleans to nothing falls through to the next source with a value,
         # as a missing one does: the choice made again over the cleaned names, only then (and
@@ -456,6 +458,13 @@ def _username_layers(
             )
             for j in range(len(sources))
         ]
+        if guarded:
+            # A provider's name that cleans to nothing vouches for no other source: an OAuth
+            # sign-up falls through to the names its provider writes only.
+            each = [
+                name if vouched else sql.SQL("case when not {} then {} end").format(p.oauth, name)
+                for vouched, name in zip(vouchable, each, strict=True)
+            ]
         if p.oauth is None or p.vouched_first:  # the choice is the sources in order
             otherwise = each
         else:
@@ -479,8 +488,15 @@ def _username_layers(
                 sql.SQL("{} as pg_cut").format(cut_username(raw, limit)),
                 sql.SQL("{} as pg_trusted").format(trusted),
                 *(
-                    sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}"))
-                    for j in range(len(sources) if len(sources) > 1 else 0)
+                    sql.SQL("a.{}").format(sql.Identifier(name))
+                    for name in (
+                        [
+                            *(f"pg_n{j}" for j in range(len(sources))),
+                            *(["pg_provider"] if guarded else []),
+                        ]
+                        if len(sources) > 1
+                        else []
+                    )
                 ),
             ],
             [sql.SQL("{} as pg_base").format(cleaned)],
