@@ -406,12 +406,21 @@ def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> N
     alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
     with as_client(db, "authenticated", alice) as conn:
         conn.execute(
-            "update public.profiles set username = 'alice_new', full_name = 'A',"
+            "update public.profiles set full_name = 'A',"
             " avatar_url = 'https://example.com/a.png', updated_at = now()"
         )
-        assert conn.execute("select username, full_name from public.profiles").fetchall() == [
-            ("alice_new", "A")
+        assert conn.execute("select full_name, avatar_url from public.profiles").fetchall() == [
+            ("A", "https://example.com/a.png")
         ]
+    # The username is not the client's to write: the policy would be skipped.
+    for name in ("admin", "torvalds", "\u202eevil\u200b", "x\x07y", "n" * 5000):
+        assert denied(
+            db,
+            "authenticated",
+            sql.SQL("update public.profiles set username = {}").format(sql.Literal(name)),
+            alice,
+        )
+    assert db.scalar("select username from public.profiles where id = %s", (alice,)) is None
     with db.connect() as conn:
         grants = conn.execute(
             "select a.grantee::regrole::text, a.privilege_type"
@@ -432,7 +441,7 @@ def test_created_profile_table_grants_exactly_what_clients_need(db: TestDB) -> N
         ("service_role", "SELECT"),
         ("service_role", "UPDATE"),
     ]
-    assert [c[1] for c in columns] == ["avatar_url", "full_name", "updated_at", "username"]
+    assert [c[1] for c in columns] == ["avatar_url", "full_name", "updated_at"]
     # service_role (the server's key) writes rows but cannot truncate or plant triggers.
     with as_client(db, "service_role") as conn:
         conn.execute("update public.profiles set full_name = 'Server' where id = %s", (alice,))
@@ -453,3 +462,29 @@ def test_created_profile_table_grants_without_default_privileges(db: TestDB) -> 
         assert conn.execute("select full_name from public.profiles").fetchall() == [("Alice",)]
         assert conn.execute("update public.profiles set full_name = 'A'").rowcount == 1
     assert denied(db, "anon", "select * from public.profiles")
+
+
+def test_username_update_granted_by_an_earlier_version_is_flagged_and_the_fix_clears_it(
+    db: TestDB,
+) -> None:
+    """A table made by an earlier `install --create-profile-table` granted authenticated UPDATE
+    on username: audit warns, and its fix leaves the other columns writable."""
+    install(db.settings, create_profile_table=True)
+    assert not findings_of(audit(db), "username_update_grant")
+    with db.connect() as conn:
+        conn.execute("grant update (username) on public.profiles to authenticated")
+    alice = db.signup({"full_name": "Alice"}, email="alice@example.com")
+    finding = one(audit(db), "username_update_grant")
+    assert finding.severity == "warning"
+    assert finding.fix == (
+        'revoke update ("username") on table "public"."profiles" from "authenticated";'
+    )
+    apply_fix(db, finding)
+    assert not findings_of(audit(db), "username_update_grant")
+    assert denied(db, "authenticated", "update public.profiles set username = 'admin'", alice)
+    with as_client(db, "authenticated", alice) as conn:
+        assert conn.execute("update public.profiles set full_name = 'A'").rowcount == 1
+
+
+def findings_of(report: Any, code: str) -> list[Any]:
+    return [f for f in report.findings if f.code == code]

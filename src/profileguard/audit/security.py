@@ -174,6 +174,7 @@ def check_profile_privileges(ctx: Context) -> list[Finding]:
                 ),
             )
         )
+    found.extend(_username_updates(ctx, oid))
     for trig in ctx.rows("profile_foreign_triggers", {"oid": oid}):
         api_owned = trig["function_owner"] in ctx.roles
         found.append(
@@ -195,6 +196,42 @@ def check_profile_privileges(ctx: Context) -> list[Finding]:
                 ctx.text(
                     sql.SQL("drop trigger {} on {};").format(
                         sql.Identifier(trig["name"]), ctx.profile_sql
+                    )
+                ),
+            )
+        )
+    return found
+
+
+def _username_updates(ctx: Context, oid: int | None) -> list[Finding]:
+    """API roles granted UPDATE on the username column: a name they write skips the username
+    policy (reserved names, cleaning, length)."""
+    column = ctx.settings.username_column
+    if oid is None or not column or ctx.profile is None or column not in ctx.profile.columns:
+        return []
+    found = []
+    for grant in ctx.rows(
+        "username_update_grants", {"oid": oid, "column": column, "roles": ctx.roles}
+    ):
+        role = grant["grantee"]
+        found.append(
+            Finding(
+                "username_update_grant",
+                "warning",
+                f"{role} may update {ctx.settings.profile}.{column} directly",
+                {
+                    "table": str(ctx.settings.profile),
+                    "column": column,
+                    "grantee": role,
+                    "note": "a username a client writes skips the username policy (reserved "
+                    "names, invisible characters, length); users change theirs through the "
+                    "app's server or their metadata",
+                },
+                ctx.text(
+                    sql.SQL("revoke update ({}) on table {} from {};").format(
+                        sql.Identifier(column),
+                        ctx.profile_sql,
+                        sql.SQL("public") if role == "public" else sql.Identifier(role),
                     )
                 ),
             )

@@ -150,6 +150,18 @@ where c.oid = %(oid)s
 group by 1
 order by 1
 
+-- name: username_update_grants
+-- Roles among %(roles)s granted UPDATE on the profile table's username column itself (tables
+-- made by earlier versions of `install --create-profile-table` granted it to authenticated).
+select case when a.grantee = 0 then 'public' else a.grantee::regrole::text end as grantee
+from pg_catalog.pg_attribute t
+cross join lateral pg_catalog.aclexplode(t.attacl) a
+where t.attrelid = %(oid)s and t.attname = %(column)s and not t.attisdropped
+  and a.privilege_type = 'UPDATE'
+  and (case when a.grantee = 0 then 'public' else a.grantee::regrole::text end)
+      = any (%(roles)s::text[])
+order by 1
+
 -- name: profile_foreign_triggers
 -- Triggers on the profile table whose function belongs to neither the table's owner nor
 -- profileguard's installer (the owner of the profileguard schema): they run inside every write,

@@ -4,6 +4,8 @@
 -- Each statement names one role and runs only when that role exists. anon gets nothing: profiles
 -- hold names and avatars and no policy lets anon read them. authenticated reads and updates its
 -- own row (profile_policies.sql), only the columns a user chooses; profileguard creates the rows.
+-- Not username: a name a client writes would skip the username policy (reserved names, cleaning,
+-- length); users change it through the app's server or their metadata.
 -- service_role (the server's key, BYPASSRLS) reads and writes rows, and nothing more.
 
 -- name: public
@@ -15,7 +17,7 @@ revoke all on {profile} from anon
 -- name: authenticated
 revoke all on {profile} from authenticated;
 grant select on {profile} to authenticated;
-grant update (username, full_name, avatar_url, updated_at) on {profile} to authenticated
+grant update (full_name, avatar_url, updated_at) on {profile} to authenticated
 
 -- name: service_role
 revoke all on {profile} from service_role;
