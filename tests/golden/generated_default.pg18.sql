@@ -95,20 +95,8 @@ begin
                              NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS pg_c0,
                     COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'avatar_url'), ''),
                              NULLIF(btrim(u.raw_user_meta_data ->> 'picture'), '')) AS pg_c1,
-                    NULLIF(btrim(CASE jsonb_typeof(u.raw_user_meta_data -> 'user_name')
-                                   WHEN 'string'
-                                     THEN u.raw_user_meta_data ->> 'user_name'
-                                   WHEN 'number'
-                                     THEN u.raw_user_meta_data ->> 'user_name'
-                                 END),
-                           '') AS pg_n0,
-                    NULLIF(btrim(CASE jsonb_typeof(u.raw_user_meta_data -> 'preferred_username')
-                                   WHEN 'string'
-                                     THEN u.raw_user_meta_data ->> 'preferred_username'
-                                   WHEN 'number'
-                                     THEN u.raw_user_meta_data ->> 'preferred_username'
-                                 END),
-                           '') AS pg_n1,
+                    NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                    NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
                     NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
              FROM auth.users AS u
              WHERE u.id = ANY(p_ids)
@@ -121,34 +109,18 @@ begin
            ),
          pg_cleaned AS (
              SELECT a.*,
-                    COALESCE(CASE
-                               WHEN "left"(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$'
-                                 THEN "left"(a.pg_raw, 272)
-                             END,
-                             NULLIF(regexp_replace(normalize(regexp_replace("left"(a.pg_raw, 272),
-                                                                            profileguard.invisible_characters(),
-                                                                            '',
-                                                                            'g'), NFKC),
-                                                   profileguard.edge_spaces(),
-                                                   '',
-                                                   'g'),
-                                    ''),
-                             NULLIF(regexp_replace(normalize(regexp_replace("left"(a.pg_n0, 272),
-                                                                            profileguard.invisible_characters(),
-                                                                            '',
-                                                                            'g'), NFKC),
-                                                   profileguard.edge_spaces(),
-                                                   '',
-                                                   'g'),
-                                    ''),
-                             NULLIF(regexp_replace(normalize(regexp_replace("left"(a.pg_n1, 272),
-                                                                            profileguard.invisible_characters(),
-                                                                            '',
-                                                                            'g'), NFKC),
-                                                   profileguard.edge_spaces(),
-                                                   '',
-                                                   'g'),
-                                    '')) AS pg_base,
+                    NULLIF(CASE
+                             WHEN "left"(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$'
+                               THEN "left"(a.pg_raw, 272)
+                             ELSE regexp_replace(normalize(regexp_replace("left"(a.pg_raw, 272),
+                                                                          profileguard.invisible_characters(),
+                                                                          '',
+                                                                          'g'), NFKC),
+                                                 profileguard.edge_spaces(),
+                                                 '',
+                                                 'g')
+                           END,
+                           '') AS pg_base,
                     CASE
                       WHEN a.pg_provider IS NULL
                         THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
@@ -278,20 +250,8 @@ begin
         WITH pg_sources AS (
                  SELECT u.id AS pg_key,
                         u.raw_user_meta_data,
-                        NULLIF(btrim(CASE jsonb_typeof(u.raw_user_meta_data -> 'user_name')
-                                       WHEN 'string'
-                                         THEN u.raw_user_meta_data ->> 'user_name'
-                                       WHEN 'number'
-                                         THEN u.raw_user_meta_data ->> 'user_name'
-                                     END),
-                               '') AS pg_n0,
-                        NULLIF(btrim(CASE jsonb_typeof(u.raw_user_meta_data -> 'preferred_username')
-                                       WHEN 'string'
-                                         THEN u.raw_user_meta_data ->> 'preferred_username'
-                                       WHEN 'number'
-                                         THEN u.raw_user_meta_data ->> 'preferred_username'
-                                     END),
-                               '') AS pg_n1,
+                        NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                        NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
                         NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
                  FROM pg_new_users AS u
                  OFFSET 0
@@ -307,9 +267,7 @@ begin
                            AND a.pg_provider <> ALL(profileguard.unverified_providers())
                             THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
                           ELSE FALSE
-                        END AS pg_trusted,
-                        a.pg_n0,
-                        a.pg_n1
+                        END AS pg_trusted
                  FROM pg_sources AS a
                  OFFSET 0
                ),
@@ -317,33 +275,17 @@ begin
                  SELECT a.pg_key,
                         a.raw_user_meta_data,
                         a.pg_trusted,
-                        COALESCE(CASE
-                                   WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
-                                 END,
-                                 NULLIF(regexp_replace(normalize(regexp_replace(a.pg_cut,
-                                                                                profileguard.invisible_characters(),
-                                                                                '',
-                                                                                'g'), NFKC),
-                                                       profileguard.edge_spaces(),
-                                                       '',
-                                                       'g'),
-                                        ''),
-                                 NULLIF(regexp_replace(normalize(regexp_replace("left"(a.pg_n0, 272),
-                                                                                profileguard.invisible_characters(),
-                                                                                '',
-                                                                                'g'), NFKC),
-                                                       profileguard.edge_spaces(),
-                                                       '',
-                                                       'g'),
-                                        ''),
-                                 NULLIF(regexp_replace(normalize(regexp_replace("left"(a.pg_n1, 272),
-                                                                                profileguard.invisible_characters(),
-                                                                                '',
-                                                                                'g'), NFKC),
-                                                       profileguard.edge_spaces(),
-                                                       '',
-                                                       'g'),
-                                        '')) AS pg_base
+                        NULLIF(CASE
+                                 WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                 ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
+                                                                              profileguard.invisible_characters(),
+                                                                              '',
+                                                                              'g'), NFKC),
+                                                     profileguard.edge_spaces(),
+                                                     '',
+                                                     'g')
+                               END,
+                               '') AS pg_base
                  FROM pg_chosen AS a
                  OFFSET 0
                ),

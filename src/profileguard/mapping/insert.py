@@ -128,16 +128,13 @@ def clean_username(
     limit: int,
     cut: bool = True,
     named: bool = False,
-    fast: bool = True,
-    otherwise: Sequence[sql.Composable] = (),
 ) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based. `cut` False: `expr` is already
     `cut_username` of the name (a column of the select below). The base never ends with a space
     separator (`_Names.plain` relies on it). `named`: the character classes are the installed
-    constant functions (folded into the plan) instead of literals. `fast` False: no shortcut
-    for printable ASCII. `otherwise`: what is taken, first non-NULL, when nothing is left."""
+    constant functions (folded into the plan) instead of literals."""
     if cut:
         expr = cut_username(expr, limit)
     value = expr
@@ -153,16 +150,8 @@ def clean_username(
     )
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, constraints)
-    if not fast:  # no shortcut for printable ASCII (a rare path: a shorter expression)
-        return sql.SQL("nullif({}, '')").format(value)
     # Printable ASCII without surrounding spaces is already clean: most names skip the work.
     plain_ascii = _lower(expr, constraints) if lowercase else expr
-    if otherwise:  # the shortcut's name is never empty
-        return sql.SQL("coalesce({}, nullif({}, ''), {})").format(
-            sql.SQL("case when {} ~ '^[!-~]([ -~]*[!-~])?$' then {} end").format(expr, plain_ascii),
-            value,
-            sql.SQL(", ").join(otherwise),
-        )
     value = sql.SQL(
         "case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
     ).format(cut=expr, ascii=plain_ascii, value=value)
@@ -350,15 +339,9 @@ class _Provenance:
 
 
 def _provenance(
-    plan: Plan,
-    constraints: UsernameConstraints,
-    sources: tuple[Source, ...],
-    named: bool,
-    names: Sequence[sql.Composable] | None = None,
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
 ) -> _Provenance:
-    """`names`: each source's expression (default: its column of the innermost select)."""
-    if names is None:
-        names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
+    names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
     # Names read from the metadata a provider writes; an email's local part is the user's.
     vouchable_at = [
         j for j, source in enumerate(sources) if source.path and source.transform != "localpart"
@@ -384,17 +367,13 @@ def _provenance(
 
 
 def _username_raw(
-    plan: Plan,
-    constraints: UsernameConstraints,
-    sources: tuple[Source, ...],
-    named: bool,
-    names: Sequence[sql.Composable] | None = None,
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
 ) -> sql.Composable:
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
     they come first in the mapping anyway, as in the default one: one CASE fewer to set up)."""
-    p = _provenance(plan, constraints, sources, named, names)
+    p = _provenance(plan, constraints, sources, named)
     if p.oauth is None or p.vouched_first:
         return p.everything
     return sql.SQL(
@@ -410,19 +389,15 @@ def _username_layers(
     optimistic: bool = False,
     named: bool = False,
 ) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
-    """Columns of the innermost select (each source as text, a JSON value only when it is a
-    string or a number; the provider), of the one above it (the chosen name `pg_raw`) and of the
-    middle one (the name cleaned once, and whether it may be given plainly). A name that is
-    nothing but invisible characters cleans to NULL: the next source with a value is taken (no
-    username, or 'user' + the suffix, when none is left). Rows with no provider recorded were
-    written by an operator. `optimistic`: the chosen name is cut (`pg_cut`) and `pg_trusted`
-    decided a select lower, so the cleaning does not repeat the cut."""
+    """Columns of the innermost select (each source as text; the provider), of the one above it
+    (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
+    be given plainly). A name that is nothing but invisible characters cleans to NULL (no
+    username, or 'user' + the suffix). Rows with no provider recorded were written by an
+    operator. `optimistic`: the chosen name is cut (`pg_cut`) and `pg_trusted` decided a select
+    lower, so the cleaning does not repeat the cut."""
     policy = plan.settings.username
     inner: list[sql.Composable] = [
-        sql.SQL("{} as {}").format(
-            source_expr(source, scalars=plan.identity.columns[source.column].type),
-            sql.Identifier(f"pg_n{j}"),
-        )
+        sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
         for j, source in enumerate(sources)
     ]
     if constraints.provider is None:
@@ -440,35 +415,6 @@ def _username_layers(
         ).format(any_name, p.oauth, p.vouched)
     limit = constraints.max_length or policy.max_length
     raw = _username_raw(plan, constraints, sources, named)
-    otherwise: list[sql.Composable] = []
-    vouchable = [bool(source.path) and source.transform != "localpart" for source in sources]
-    guarded = p.oauth is not None and policy.unverified != "plain" and not all(vouchable)
-    if len(sources) > 1:
-        # A chosen name that cleans to nothing falls through to the next source with a value,
-        # as a missing one does: the choice made again over the cleaned names, only then (and
-        # for a row without names, the cleaning's functions, strict, skip their NULLs).
-        each = [
-            clean_username(
-                sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")),
-                constraints,
-                lowercase=policy.lowercase,
-                limit=limit,
-                named=named,
-                fast=False,
-            )
-            for j in range(len(sources))
-        ]
-        if guarded:
-            # A provider's name that cleans to nothing vouches for no other source: an OAuth
-            # sign-up falls through to the names its provider writes only.
-            each = [
-                name if vouched else sql.SQL("case when not {} then {} end").format(p.oauth, name)
-                for vouched, name in zip(vouchable, each, strict=True)
-            ]
-        if p.oauth is None or p.vouched_first:  # the choice is the sources in order
-            otherwise = each
-        else:
-            otherwise = [_username_raw(plan, constraints, sources, named, each)]
     cleaned = clean_username(
         sql.SQL("a.pg_cut" if optimistic else "a.pg_raw"),
         constraints,
@@ -476,7 +422,6 @@ def _username_layers(
         limit=limit,
         cut=not optimistic,
         named=named,
-        otherwise=otherwise,
     )
     if constraints.not_null:
         fallback = sql.Literal(USERNAME_FALLBACK)
@@ -487,17 +432,6 @@ def _username_layers(
             [
                 sql.SQL("{} as pg_cut").format(cut_username(raw, limit)),
                 sql.SQL("{} as pg_trusted").format(trusted),
-                *(
-                    sql.SQL("a.{}").format(sql.Identifier(name))
-                    for name in (
-                        [
-                            *(f"pg_n{j}" for j in range(len(sources))),
-                            *(["pg_provider"] if guarded else []),
-                        ]
-                        if len(sources) > 1
-                        else []
-                    )
-                ),
             ],
             [sql.SQL("{} as pg_base").format(cleaned)],
         )

@@ -299,28 +299,12 @@ def username_constraints(
     return ColumnConstraints(tuple(keys), tuple(checks), tuple(ignored))
 
 
-def source_expr(source: Source, alias: str = "u", *, scalars: str | None = None) -> sql.Composable:
-    """SQL text for one source, as text, NULL when missing or blank. `scalars`: the source
-    column's type (json or jsonb); a JSON value is then taken only when it is a string or a
-    number (an array or an object is no name: `->>` would print it as JSON text)."""
+def source_expr(source: Source, alias: str = "u") -> sql.Composable:
+    """SQL text for one source, as text, NULL when missing or blank."""
     col = sql.Identifier(alias, source.column)
     expr: sql.Composable
     if not source.path:
         expr = sql.SQL("{}::text").format(col)
-    elif scalars is not None:
-        # The value (->) tested for its type, then read as text (->>) as any other source.
-        path = sql.Literal(source.path[0] if len(source.path) == 1 else list(source.path))
-        arrow, text = ("->", "->>") if len(source.path) == 1 else ("#>", "#>>")
-        expr = sql.SQL(
-            "(case {typeof}({col} {arrow} {path}) when 'string' then {col} {text} {path}"
-            " when 'number' then {col} {text} {path} end)"
-        ).format(
-            typeof=sql.SQL("json_typeof" if scalars == "json" else "jsonb_typeof"),
-            col=col,
-            arrow=sql.SQL(arrow),
-            text=sql.SQL(text),
-            path=path,
-        )
     elif len(source.path) == 1:
         expr = sql.SQL("({} ->> {})").format(col, sql.Literal(source.path[0]))
     else:
