@@ -45,9 +45,6 @@ class Replan:
     changed: list[str]
     reason: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "changed": self.changed, "reason": self.reason}
-
 
 def _without_version(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "package_version"}
