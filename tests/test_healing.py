@@ -688,9 +688,22 @@ def test_the_neutral_row_carries_no_user_data_and_leaves_nothing_behind(installe
             " end $$"
         )
     fingerprint = installed.scalar("select profileguard.neutral_probe(%s)", (str(user),))
-    assert fingerprint == "P0001:seen #"
+    assert fingerprint.startswith("P0001:seen ")
+    assert "Private" not in fingerprint
     with installed.connect() as conn:
         conn.execute("drop trigger pg_test_seen on public.profiles")
+
+    # A format CHECK that ordinary names pass (no digits, as in `right(name, 2) <> '00'`) passes
+    # the neutral text too: it is letters only, whatever the key's hash.
+    with installed.connect() as conn:
+        conn.execute(
+            "alter table public.profiles add constraint pg_test_letters"
+            " check (full_name !~ '[^a-z]') not valid"
+        )
+    for key in [user, *(installed.signup({}) for _ in range(5))]:
+        assert installed.scalar("select profileguard.neutral_probe(%s)", (str(key),)) is None
+    with installed.connect() as conn:
+        conn.execute("alter table public.profiles drop constraint pg_test_letters")
 
     reject_everyone(installed)
     assert (

@@ -152,10 +152,11 @@ $pg$;
 -- Whether a fault is everyone's or a user's data, decided by the data: the neutral row of a user
 -- is the profile they would get with no data of their own — their key, the table's defaults,
 -- and for each mapped column without a default a value of its type that carries no user data
--- (text: 'n' and 15 hex digits of the md5 of the key, cut to the column's length; numbers 0;
--- booleans false; uuid: the md5 of the key; dates and times: now; intervals 0; json and arrays:
--- empty; enums: their first label; other types: the default). A mapped column is never left
--- NULL, which would pass every CHECK. Unmapped columns get their defaults, as in the full row.
+-- (text: the md5 of the key spelled in 16 lower-case letters, with no digit, space or sign for a
+-- format CHECK to refuse, cut to the column's length; numbers 0; booleans false; uuid: the md5
+-- of the key; dates and times: now; intervals 0; json and arrays: empty; enums: their first
+-- label; other types: the default). A mapped column is never left NULL, which would pass every
+-- CHECK. Unmapped columns get their defaults, as in the full row.
 -- It is inserted inside a subtransaction and always rolled back (the table's own triggers fire
 -- on it too, and are rolled back with it). Returns null when the row is accepted, else the
 -- fingerprint of its failure: a fault the neutral row passes while the user's full row fails is
@@ -203,7 +204,8 @@ begin
                 when e.oid in ('pg_catalog.json'::pg_catalog.regtype,
                                'pg_catalog.jsonb'::pg_catalog.regtype) then '{}'
                 when e.typcategory = 'S' then
-                    pg_catalog.left('n' || pg_catalog.left(pg_catalog.md5(p_user_id), 15),
+                    pg_catalog.left(pg_catalog.translate(pg_catalog.md5(p_user_id), '0123456789',
+                                                         'ghijklmnop'),
                                     case when a.atttypmod > 4 then a.atttypmod - 4 else 16 end)
                 when e.typcategory = 'N' then '0'
                 when e.typcategory = 'B' then 'false'
