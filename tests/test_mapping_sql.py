@@ -64,18 +64,27 @@ def plan_of(plans: list[str], pattern: str) -> str:
     return found[0]
 
 
-def test_the_signup_statement_holds_the_mapping_constants_folded(installed: TestDB) -> None:
+def test_the_signup_statements_hold_the_mapping_constants_folded(installed: TestDB) -> None:
     with explained(installed) as (conn, plans):
-        uid = installed.signup({"user_name": "Folded"}, conn=conn)
-    insert = plan_of(plans, r"Insert on public\.profiles")
-    # Folded at plan time: the values are constants of the plan, no function is called.
-    assert RESERVED in insert and UNVERIFIED in insert and INVISIBLE in insert
-    assert "profileguard." not in insert
+        plain = installed.signup({"user_name": "Folded"}, conn=conn)
+    # A plain name: the lean insert alone, which cleans nothing. Folded at plan time: the
+    # values are constants of the plan, no function is called.
+    lean = plan_of(plans, r"Insert on public\.profiles")
+    assert RESERVED in lean and UNVERIFIED in lean and INVISIBLE not in lean
+    assert not any(f"{name}(" in lean for name in CONSTANT_FUNCTIONS)
     # The trigger's own statement: it reads the transition table, calls nothing.
-    assert "Named Tuplestore Scan" in insert and "Function Scan" not in insert
-    assert installed.scalar("select username from public.profiles where id = %s", (uid,)) == (
-        "Folded"
-    )
+    assert "Named Tuplestore Scan" in lean and "Function Scan" not in lean
+    with explained(installed) as (conn, plans):
+        cleaned = installed.signup({"user_name": "F\u00f6lded\u200b"}, conn=conn)
+    # A name to clean: the lean insert leaves it to the full one (insert_profiles, given its
+    # key), which holds every constant.
+    full = plan_of(plans, r"(?is)Insert on public\.profiles.*normalize")
+    assert RESERVED in full and UNVERIFIED in full and INVISIBLE in full
+    assert not any(f"{name}(" in full for name in CONSTANT_FUNCTIONS)
+    assert "Index Scan using users_pkey on auth.users" in full
+    names = "select username from public.profiles where id = %s"
+    assert installed.scalar(names, (plain,)) == "Folded"
+    assert installed.scalar(names, (cleaned,)) == "F\u00f6lded"
 
 
 def test_repairs_call_the_one_full_statement_and_it_folds_the_constants(

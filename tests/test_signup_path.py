@@ -295,6 +295,8 @@ def test_no_statement_on_the_signup_path_is_jit_compiled(installed: TestDB) -> N
 
         installed.signup({"full_name": "Single", "user_name": "taken"}, conn=conn)
         installed.signup({"full_name": "Collides", "user_name": "taken"}, conn=conn)
+        # A name to clean: the lean insert leaves it to the full one.
+        installed.signup({"full_name": "Cleaned", "user_name": "T\u00e5ken\u200b"}, conn=conn)
         conn.execute(
             "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
             " select gen_random_uuid(), 'authenticated', 'authenticated', 'jit' || g || '@x.io',"

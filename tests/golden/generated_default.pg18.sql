@@ -197,6 +197,10 @@ $pg$;
 -- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
+-- With a username rule the first try is two statements: the lean insert takes the rows whose
+-- name the rule would give back as it is (none, or printable ASCII that is not cut) and sets up
+-- none of the cleaning; the rows it leaves turn a transaction-local flag on, and only then is the
+-- full insert run for them (a statement costs its setup only when it runs).
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (any scan
 -- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
 -- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
@@ -255,67 +259,51 @@ begin
                         NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
                  FROM pg_new_users AS u
                  OFFSET 0
-               ),
-             pg_chosen AS (
-                 SELECT a.pg_key,
-                        a.raw_user_meta_data,
-                        "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 272) AS pg_cut,
-                        CASE
+               )
+          INSERT INTO public.profiles (id, full_name, avatar_url, username)
+          SELECT a.pg_key,
+                 CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                      ''),
+                               NULLIF(btrim(a.raw_user_meta_data ->> 'full_name'), ''),
+                               NULLIF(btrim(a.raw_user_meta_data ->> 'name'), '')) AS text),
+                 CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data ->> 'avatar_url'), ''),
+                               NULLIF(btrim(a.raw_user_meta_data ->> 'picture'), '')) AS text),
+                 CASE
+                   WHEN COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                     THEN NULL
+                   WHEN CASE
                           WHEN a.pg_provider IS NULL
                             THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
                           WHEN a.pg_provider IS NOT NULL
                            AND a.pg_provider <> ALL(profileguard.unverified_providers())
                             THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
                           ELSE FALSE
-                        END AS pg_trusted
-                 FROM pg_sources AS a
-                 OFFSET 0
-               ),
-             pg_cleaned AS (
-                 SELECT a.pg_key,
-                        a.raw_user_meta_data,
-                        a.pg_trusted,
-                        NULLIF(CASE
-                                 WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
-                                 ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
-                                                                              profileguard.invisible_characters(),
-                                                                              '',
-                                                                              'g'), NFKC),
-                                                     profileguard.edge_spaces(),
-                                                     '',
-                                                     'g')
-                               END,
-                               '') AS pg_base
-                 FROM pg_chosen AS a
-                 OFFSET 0
-               ),
-             pg_plain AS (
-                 SELECT b.*,
-                        CASE
-                          WHEN octet_length(b.pg_base) <= 64 THEN b.pg_base
-                          ELSE rtrim("left"(b.pg_base, 64), '  ')
-                        END AS pg_plain
-                 FROM pg_cleaned AS b
-                 OFFSET 0
-               )
-          INSERT INTO public.profiles (id, full_name, avatar_url, username)
-          SELECT c.pg_key,
-                 CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
-                                      ''),
-                               NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
-                               NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
-                 CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
-                               NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
-                 CASE
-                   WHEN c.pg_base IS NULL
-                     THEN NULL
-                   WHEN c.pg_trusted
-                    AND NOT lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast) = ANY(profileguard.reserved_names())
-                    AND char_length(c.pg_plain) >= 3
-                     THEN c.pg_plain
-                   ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)), 8)
+                        END
+                    AND NOT lower(COALESCE(a.pg_n0, a.pg_n1, NULL) COLLATE "C") = ANY(profileguard.reserved_names())
+                    AND char_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) >= 3
+                     THEN COALESCE(a.pg_n0, a.pg_n1, NULL)
+                   ELSE "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 55) || '_' || "left"(md5(CAST(a.pg_key AS text)),
+                                                                                      8)
                  END
-          FROM pg_plain AS c;
+          FROM pg_sources AS a
+          WHERE COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+             OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
+             AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64)
+             OR pg_catalog.set_config('profileguard.username_rule', 'on', TRUE) IS NULL;
+        -- Names the lean insert left to the username rule (its WHERE turned the flag on).
+        if pg_catalog.current_setting('profileguard.username_rule', true) = 'on' then
+            perform pg_catalog.set_config('profileguard.username_rule', '', true);
+            perform profileguard.insert_profiles(array(
+                SELECT a.pg_key
+                FROM (SELECT u.id AS pg_key,
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                             NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+                      FROM pg_new_users AS u) AS a
+                WHERE NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                       OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
+                       AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))));
+        end if;
         return null;
     exception when others or query_canceled or assert_failure then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,

@@ -20,12 +20,15 @@ from profileguard.mapping import (
     constant_bodies,
     drift_select,
     insert_statement,
+    lean_left,
+    lean_statement,
     redact_statement,
     sync_statement,
     when_changed,
 )
 from profileguard.mapping.guards import deferred_check
-from profileguard.sqlformat import fill, pretty
+from profileguard.mapping.insert import RULE_NEEDED
+from profileguard.sqlformat import Formatted, fill, pretty
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
@@ -82,7 +85,7 @@ def render_generated(plan: Plan) -> sql.Composed:
         record_lock_timeout=sql.Literal(f"{budget.record_per_wait_ms}ms"),
         check_deferred=deferred_check(plan.guards, 8),
         check_deferred_nested=deferred_check(plan.guards, 16),
-        insert_new=pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True)),
+        insert_new=_insert_new(plan, new_rows),
         # The retry reads the new users from the identity table (the trigger runs after them).
         insert_new_forced=sql.SQL(
             "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
@@ -151,6 +154,25 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         drift_range=pretty(drift_select(plan, sync, by_range)),
         watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),
         when_changed=when_changed(sync),
+    )
+
+
+def _insert_new(plan: Plan, new_rows: sql.Composable) -> Formatted:
+    """The trigger's first try: the lean insert, then the full one (insert_profiles) for the rows
+    it left to the username rule, only when there are any (each statement is set up only when it
+    runs); the optimistic insert alone when the mapping has no lean one."""
+    lean = lean_statement(plan, source=new_rows, named=True)
+    if lean is None:
+        return pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True))
+    left = pretty(lean_left(plan, new_rows)).indented(8)
+    return Formatted(
+        f"{pretty(lean).text};\n"
+        "-- Names the lean insert left to the username rule (its WHERE turned the flag on).\n"
+        f"if pg_catalog.current_setting('{RULE_NEEDED}', true) = 'on' then\n"
+        f"    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);\n"
+        "    perform profileguard.insert_profiles(array(\n"
+        f"        {left.text}));\n"
+        "end if"
     )
 
 

@@ -8,7 +8,13 @@ profile a user gets does not depend on which path created it. Identifiers are co
 """
 
 from profileguard.mapping.columns import ColumnsUsed, columns_used
-from profileguard.mapping.insert import INVISIBLE_CATEGORIES, constant_bodies, insert_statement
+from profileguard.mapping.insert import (
+    INVISIBLE_CATEGORIES,
+    constant_bodies,
+    insert_statement,
+    lean_left,
+    lean_statement,
+)
 from profileguard.mapping.plan import Plan, build_plan, source_expr
 from profileguard.mapping.sync import (
     build_sync,
@@ -28,6 +34,8 @@ __all__ = [
     "constant_bodies",
     "drift_select",
     "insert_statement",
+    "lean_left",
+    "lean_statement",
     "redact_statement",
     "source_expr",
     "sync_statement",

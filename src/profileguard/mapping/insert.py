@@ -31,6 +31,8 @@ from profileguard.mapping.plan import (
 )
 
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Printable ASCII without surrounding spaces: a name cleaning leaves as it is.
+CLEAN_ASCII = "^[!-~]([ -~]*[!-~])?$"
 # Space separators (Zs) trimmed at both ends.
 SPACE_CATEGORIES = frozenset({"Zs"})
 
@@ -152,9 +154,9 @@ def clean_username(
         value = _lower(value, constraints)
     # Printable ASCII without surrounding spaces is already clean: most names skip the work.
     plain_ascii = _lower(expr, constraints) if lowercase else expr
-    value = sql.SQL(
-        "case when {cut} ~ '^[!-~]([ -~]*[!-~])?$' then {ascii} else {value} end"
-    ).format(cut=expr, ascii=plain_ascii, value=value)
+    value = sql.SQL("case when {cut} ~ {clean} then {ascii} else {value} end").format(
+        cut=expr, clean=sql.Literal(CLEAN_ASCII), ascii=plain_ascii, value=value
+    )
     return sql.SQL("nullif({}, '')").format(value)
 
 
@@ -255,13 +257,39 @@ class _Names:
             return size, size
         return min(1, keep) + 1 + digits, keep + 1 + digits
 
-    def reserved(self, value: sql.Composable) -> sql.Composable:
+    def reserved(self, value: sql.Composable, *, ascii: bool = False) -> sql.Composable:
+        """The candidate is a reserved name (any case). `ascii`: it is known to be printable
+        ASCII, lowered byte by byte (the same result as the Unicode lowering, without it)."""
         if not self.policy.reserved:
             return sql.SQL("false")
-        return sql.SQL("{} = any({})").format(
-            _lower(value, self.username_constraints),
-            _constant("reserved_names", self.named, self.plan),
+        lowered = (
+            sql.SQL('lower({} collate "C")').format(value)
+            if ascii
+            else _lower(value, self.username_constraints)
         )
+        return sql.SQL("{} = any({})").format(
+            lowered, _constant("reserved_names", self.named, self.plan)
+        )
+
+    def given(
+        self,
+        base: sql.Composable,
+        plain: sql.Composable,
+        trusted: sql.Composable,
+        key: sql.Composable,
+        *,
+        ascii: bool = False,
+    ) -> tuple[sql.Composable, sql.Composable]:
+        """(whether the plain name is free, the username) when the suffixed name is the only
+        other candidate (`_hash_inline`): the plain name when it may be given plainly, is not
+        reserved and passes the policy, else the base with the suffix of the key's hash."""
+        free = sql.SQL("{} and not {} and {}").format(
+            trusted, self.reserved(plain, ascii=ascii), self.ok(plain, (1, self.max))
+        )
+        final = sql.SQL("case when {} is null then null when {} then {} else {} end").format(
+            base, free, plain, self.suffixed(base, hashed=sql.SQL("md5({}::text)").format(key))
+        )
+        return free, self.typed(final)
 
     def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
         """The candidate passes the policy and every CHECK on the column (NULL passes a CHECK).
@@ -339,9 +367,15 @@ class _Provenance:
 
 
 def _provenance(
-    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
+    plan: Plan,
+    constraints: UsernameConstraints,
+    sources: tuple[Source, ...],
+    named: bool,
+    names: Sequence[sql.Composable] | None = None,
 ) -> _Provenance:
-    names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
+    """`names`: each source's expression (default: its column of the innermost select)."""
+    if names is None:
+        names = [sql.SQL("a.{}").format(sql.Identifier(f"pg_n{j}")) for j in range(len(sources))]
     # Names read from the metadata a provider writes; an email's local part is the user's.
     vouchable_at = [
         j for j, source in enumerate(sources) if source.path and source.transform != "localpart"
@@ -367,18 +401,37 @@ def _provenance(
 
 
 def _username_raw(
-    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
+    plan: Plan,
+    constraints: UsernameConstraints,
+    sources: tuple[Source, ...],
+    named: bool,
+    names: Sequence[sql.Composable] | None = None,
 ) -> sql.Composable:
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
     they come first in the mapping anyway, as in the default one: one CASE fewer to set up)."""
-    p = _provenance(plan, constraints, sources, named)
+    p = _provenance(plan, constraints, sources, named, names)
     if p.oauth is None or p.vouched_first:
         return p.everything
     return sql.SQL(
         "case when {oauth} then coalesce({vouched}, {everything}) else {everything} end"
     ).format(oauth=p.oauth, vouched=p.vouched, everything=p.everything)
+
+
+def _trusted(
+    plan: Plan, constraints: UsernameConstraints, sources: tuple[Source, ...], named: bool
+) -> sql.Composable:
+    """Whether the row's name may be given plainly (over the innermost select `a`): written by
+    an operator (no provider recorded), or vouched for by its provider, or any name when the
+    policy gives unverified names plainly."""
+    p = _provenance(plan, constraints, sources, named)
+    any_name = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(p.names))
+    if p.oauth is None or plan.settings.username.unverified == "plain":
+        return any_name
+    return sql.SQL(
+        "case when a.pg_provider is null then {} when {} then {} is not null else false end"
+    ).format(any_name, p.oauth, p.vouched)
 
 
 def _username_layers(
@@ -404,15 +457,7 @@ def _username_layers(
         inner.append(sql.SQL("null::text as pg_provider"))
     else:
         inner.append(sql.SQL("{} as pg_provider").format(source_expr(constraints.provider)))
-    p = _provenance(plan, constraints, sources, named)
-    any_name = sql.SQL("coalesce({}) is not null").format(sql.SQL(", ").join(p.names))
-    trusted: sql.Composable
-    if p.oauth is None or policy.unverified == "plain":
-        trusted = any_name
-    else:
-        trusted = sql.SQL(
-            "case when a.pg_provider is null then {} when {} then {} is not null else false end"
-        ).format(any_name, p.oauth, p.vouched)
+    trusted = _trusted(plan, constraints, sources, named)
     limit = constraints.max_length or policy.max_length
     raw = _username_raw(plan, constraints, sources, named)
     cleaned = clean_username(
@@ -524,15 +569,10 @@ def _username_outer(
     plain = sql.SQL("c.pg_plain")
     any_base = n.suffixed_lengths(None)
     restricted = _restricted(plan, constraints)
-    free_plain = sql.SQL("c.pg_trusted and not {} and {}").format(
-        n.reserved(plain), n.ok(plain, (1, n.max))
-    )
+    # The suffixed name is the only other candidate: the key is hashed right there.
+    free_plain, given = n.given(base, plain, sql.SQL("c.pg_trusted"), sql.SQL("c.pg_key"))
     if optimistic and _hash_inline(plan, constraints):
-        # The suffixed name is the only other candidate: the key is hashed right there.
-        final = sql.SQL("case when c.pg_base is null then null when {} then {} else {} end").format(
-            free_plain, plain, n.suffixed(base, hashed=sql.SQL("md5(c.pg_key::text)"))
-        )
-        return free_plain, n.typed(final)
+        return free_plain, given
     slug = sql.SQL("nullif(btrim(regexp_replace({}, '[^a-z0-9_]+', '_', 'g'), '_'), '')").format(
         _lower(base, constraints)
     )
@@ -728,6 +768,112 @@ def insert_statement(
     )
 
 
+# The transaction-local setting the lean insert turns on when a new row's name needs the
+# username rule: the trigger then runs the full insert for those rows.
+RULE_NEEDED = "profileguard.username_rule"
+
+
+def _lean_test(plan: Plan, name: sql.Composable) -> sql.Composable:
+    """The cheap test of the chosen, uncut name `name`: true when the username rule's result is
+    known without its machinery (no name at all, or one that cleaning leaves as it is and that
+    is not cut). What is a name at all is the sources' columns' own test, the same for both
+    inserts (`_username_layers`)."""
+    constraints = plan.username_constraints
+    assert constraints is not None
+    n = _Names(plan, constraints, lean=True)
+    return sql.SQL(
+        "({name} is null or ({name} ~ {clean} and octet_length({name}) <= {max}))"
+    ).format(name=name, clean=sql.Literal(CLEAN_ASCII), max=sql.Literal(n.max))
+
+
+def lean_left(plan: Plan, source: sql.Composable) -> sql.Composed:
+    """The keys of the rows of `source` the lean insert leaves to the username rule (its test
+    over the same source columns)."""
+    constraints = plan.username_constraints
+    assert constraints is not None
+    sources = plan.mapping[constraints.column]
+    inner, _, _ = _username_layers(plan, constraints, sources, optimistic=True, named=True)
+    name = _username_raw(plan, constraints, sources, True)
+    return sql.SQL(
+        "select a.pg_key from (select u.{key} as pg_key, {inner} from {source} u) a"
+        " where not {test}"
+    ).format(
+        key=sql.Identifier(plan.settings.identity.key),
+        inner=sql.SQL(", ").join(inner),
+        source=source,
+        test=_lean_test(plan, name),
+    )
+
+
+def lean_statement(
+    plan: Plan, *, source: sql.Composable, named: bool = False
+) -> sql.Composed | None:
+    """The sign-up trigger's common insert: the rows whose name passes `_lean_test`, in one
+    select over the sources, with the username rule's result for such a name (the plain name
+    or the suffixed one, as `_Names.given` decides) and none of the cleaning. Every other row
+    turns RULE_NEEDED on (its WHERE, only for those rows) and is left to the full insert (the
+    trigger passes their keys, `lean_left`, to insert_profiles): a sign-up sets up only the
+    statement it needs.
+    None when the rule has other candidates than the suffixed name (`_hash_inline`)."""
+    settings = plan.settings
+    constraints = plan.username_constraints
+    if (
+        constraints is None
+        or constraints.column not in plan.mapping
+        or not _hash_inline(plan, constraints)
+    ):
+        return None
+    n = _Names(plan, constraints, lean=True, named=named)
+    inner_cols: list[sql.Composable] = [
+        sql.SQL("u.{} as pg_key").format(sql.Identifier(settings.identity.key))
+    ]
+    outer_cols: list[sql.Composable] = [sql.SQL("a.pg_key")]
+    targets = [sql.Identifier(settings.profile.key)]
+    carried = [sql.Identifier("pg_key")]
+    late = _late_columns(plan)
+    test: sql.Composable = sql.SQL("true")
+    for index, (column, sources) in enumerate(plan.mapping.items()):
+        targets.append(sql.Identifier(column))
+        if column != constraints.column:
+            outer_cols.append(
+                _other_column(
+                    plan,
+                    column,
+                    sources,
+                    index,
+                    late=late,
+                    carried=carried,
+                    inner=inner_cols,
+                    alias_of_below="a",
+                )
+            )
+            continue
+        inner, _, _ = _username_layers(plan, constraints, sources, optimistic=True, named=named)
+        inner_cols.extend(inner)
+        name = _username_raw(plan, constraints, sources, named)
+        base = _lower(name, constraints) if settings.username.lowercase else name
+        if constraints.not_null:
+            base = sql.SQL("coalesce({}, {})").format(base, sql.Literal(USERNAME_FALLBACK))
+        trusted = _trusted(plan, constraints, sources, named)
+        # The name is not cut and cleaning leaves it as it is: it is its own plain name.
+        _, final = n.given(base, base, trusted, sql.SQL("a.pg_key"), ascii=True)
+        outer_cols.append(final)
+        test = _lean_test(plan, name)
+    return sql.SQL(
+        "with pg_sources as (select {inner} from {source} u offset 0)\n"
+        "insert into {profile} ({targets})\nselect {outer}\nfrom pg_sources a\n"
+        "where {test} or pg_catalog.set_config({flag}, 'on', true) is null"
+    ).format(
+        inner=sql.SQL(", ").join(inner_cols),
+        source=source,
+        profile=sql.Identifier(settings.profile.schema, settings.profile.name),
+        targets=sql.SQL(", ").join(targets),
+        outer=sql.SQL(", ").join(outer_cols),
+        test=test,
+        flag=sql.Literal(RULE_NEEDED),
+    )
+
+
 def _other_column(
     plan: Plan,
     column: str,
@@ -737,9 +883,11 @@ def _other_column(
     late: bool,
     carried: list[sql.Identifier],
     inner: list[sql.Composable],
+    alias_of_below: str = "c",
 ) -> sql.Composable:
     """The outer select's value of a mapped column other than the username; what it reads is
-    added to the innermost select's columns (`inner`) and to those passed up (`carried`)."""
+    added to the innermost select's columns (`inner`) and to those passed up (`carried`), and
+    read from the select below by its alias `alias_of_below`."""
     target = plan.profile.columns[column]
     alias = sql.Identifier(f"pg_c{index}")
     if late:
@@ -747,11 +895,11 @@ def _other_column(
             if sql.Identifier(name) not in carried:
                 carried.append(sql.Identifier(name))
                 inner.append(sql.SQL("u.{}").format(sql.Identifier(name)))
-        value = cast(coalesced_as(sources, "c"), target)
+        value = cast(coalesced_as(sources, alias_of_below), target)
     else:
         carried.append(alias)
         inner.append(sql.SQL("{} as {}").format(coalesced(sources), alias))
-        value = cast(sql.SQL("c.{}").format(alias), target)
+        value = cast(sql.SQL("{}.{}").format(sql.SQL(alias_of_below), alias), target)
     if target.not_null and target.default_expr:
         # An explicit NULL would not take the default: the column's default fills the gap.
         value = sql.SQL("coalesce({}, {})").format(value, sql.SQL(target.default_expr))

@@ -80,6 +80,10 @@ $pg$;
 -- a unique violation is retried with both. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
+-- With a username rule the first try is two statements: the lean insert takes the rows whose
+-- name the rule would give back as it is (none, or printable ASCII that is not cut) and sets up
+-- none of the cleaning; the rows it leaves turn a transaction-local flag on, and only then is the
+-- full insert run for them (a statement costs its setup only when it runs).
 -- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (any scan
 -- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
 -- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
