@@ -109,10 +109,8 @@ def test_sql_on_the_starter_table_holds_the_mapping_once_in_short_lines(db: Test
     assert done.returncode == 0, done.stderr
     text = done.stdout
     lines = text.splitlines()
-    # Every line of SQL within 120 characters; a longer line is prose the install records as data
-    # (a note, one JSON string).
-    long = [line for line in lines if len(line) > 120]
-    assert all(re.fullmatch(r'\s+"[^"]*",?', line) for line in long), long
+    # Every line within 120 characters, the install's notes recorded as data too.
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
     functions = re.findall(
         r"^create (?:or replace )?function (\S+?)\(.*?^\$pg\$;$", text, re.M | re.S
     )
