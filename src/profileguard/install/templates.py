@@ -83,10 +83,7 @@ def render_generated(plan: Plan) -> sql.Composed:
         check_deferred=deferred_check(plan.guards, 8),
         check_deferred_nested=deferred_check(plan.guards, 16),
         insert_new=pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True)),
-        # The retry reads the new users from the identity table (the trigger runs after them).
-        insert_new_forced=sql.SQL(
-            "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
-        ).format(ikey, new_rows),
+        insert_new_forced=_insert_new_forced(plan, new_rows),
         insert_profiles=pretty(sql.SQL("{} returning {}").format(full, parts["profile_key"])),
         claim_seed=sql.Literal(CLAIM_SEED),
         pages=pretty(pages.format(ikey=ikey, identity=identity)),
@@ -99,6 +96,26 @@ def render_generated(plan: Plan) -> sql.Composed:
             )
         ),
     )
+
+
+def _insert_new_forced(plan: Plan, new_rows: sql.Identifier) -> sql.Composable:
+    """The trigger's retry after a unique violation: with a username rule, one statement over the
+    new rows that sends only the rows whose key or name was taken through the collision path
+    (mapping/insert.py `_retry`), read in key order; otherwise, and when a deferrable unique or
+    exclusion constraint cannot be an ON CONFLICT arbiter, the full statement over their ids
+    (read from the identity table: the trigger runs after them)."""
+    constraints = plan.username_constraints
+    arbiters = not any(d.kind in ("p", "u", "x") for d in plan.guards.deferrable)
+    if constraints is not None and constraints.column in plan.mapping and arbiters:
+        order = sql.SQL("order by u.{}").format(sql.Identifier(plan.settings.identity.key))
+        return pretty(
+            insert_statement(
+                plan, source=new_rows, where=order, optimistic=True, named=True, retry=True
+            )
+        )
+    return sql.SQL(
+        "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
+    ).format(sql.Identifier(plan.settings.identity.key), new_rows)
 
 
 def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:

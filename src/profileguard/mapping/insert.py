@@ -187,9 +187,14 @@ class _Names:
         *,
         lean: bool = False,
         named: bool = False,
+        probed: bool = False,
     ):
         self.plan = plan
         self.named = named
+        # Each lookup an index probe per row, never a hash of the profile table (OFFSET 0 keeps
+        # the planner from choosing one): the trigger keeps its plan for the session, made for
+        # the row count of the first statement that ran it.
+        self.probed = probed
         self.username_constraints = constraints
         self.policy = plan.settings.username
         self.column = plan.profile.columns[constraints.column]
@@ -323,7 +328,10 @@ class _Names:
             where = sql.SQL("{} = {}").format(sql.SQL(key.key), self.key(key, value))
             if key.predicate:
                 where = sql.SQL("{} and ({})").format(where, sql.SQL(key.predicate))
-            probes.append(sql.SQL("exists (select from {} x where {})").format(profile, where))
+            fence = sql.SQL(" offset 0" if self.probed else "")
+            probes.append(
+                sql.SQL("exists (select from {} x where {}{})").format(profile, where, fence)
+            )
         return sql.SQL("({})").format(sql.SQL(" or ").join(probes))
 
 
@@ -498,6 +506,7 @@ def _username_outer(
     forced: bool | sql.Composable,
     optimistic: bool = False,
     named: bool = False,
+    collided: bool = False,
 ) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
@@ -517,9 +526,10 @@ def _username_outer(
     Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
     rare; the retry after the unique violation finds it): every lookup is one more subplan to
     start for each single-row sign-up. `forced` may be a boolean of the statement (a parameter):
-    one statement then serves both tries.
+    one statement then serves both tries. `collided`: the rows of the trigger's retry whose name
+    was found taken (see `_retry`): the plain name is no candidate, the rest as forced.
     """
-    n = _Names(plan, constraints, lean=optimistic, named=named)
+    n = _Names(plan, constraints, lean=optimistic or collided, named=named, probed=collided)
     base = sql.SQL("c.pg_base")
     plain = sql.SQL("c.pg_plain")
     any_base = n.suffixed_lengths(None)
@@ -556,7 +566,8 @@ def _username_outer(
     free = sql.SQL("(b.pg_trusted and not {} and {} and not {})")
     if optimistic:
         first = sql.SQL("c.pg_hash is null")
-    steps.append((first, plain))
+    if not collided:
+        steps.append((first, plain))
 
     def acceptable(
         candidate: sql.Composable, lengths: tuple[int, int] | None = None
@@ -569,7 +580,7 @@ def _username_outer(
             n.ok(candidate, lengths), forced, n.taken(candidate)
         )
 
-    second = n.suffixed(base) if optimistic else sql.SQL("c.pg_suffixed")
+    second = n.suffixed(base) if optimistic or collided else sql.SQL("c.pg_suffixed")
     steps.append((acceptable(second, any_base), second))
     if restricted:
         slug_plain = n.plain(slug)
@@ -625,6 +636,7 @@ def insert_statement(
     force_suffix: bool | sql.Composable = False,
     optimistic: bool = False,
     named: bool = False,
+    retry: bool = False,
 ) -> sql.Composed:
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
@@ -643,6 +655,7 @@ def insert_statement(
     violation, and the trigger's forced retry does both; its selects are `_optimistic_layers`.
     `force_suffix` may be a boolean of the statement (a parameter of the function holding it),
     `named` reads the mapping's constants from the installed functions (see `_constant`).
+    `retry` (with `optimistic`, for a username rule): the trigger's retry, see `_retry`.
     """
     settings = plan.settings
     constraints = plan.username_constraints
@@ -712,6 +725,10 @@ def insert_statement(
             )
         )
         below = sql.SQL("{} {}").format(sql.Identifier(step), sql.SQL(alias))
+    if retry:
+        if constraints is None or not optimistic or len(layers) < 2:
+            raise ValueError("retry needs the optimistic insert of a username rule")
+        return _retry(plan, constraints, ctes, below, targets, outer_cols, carried, named=named)
     return sql.SQL(
         "with {ctes}\ninsert into {profile} ({targets})\nselect {outer}\nfrom {below}{conflict}"
     ).format(
@@ -832,3 +849,53 @@ def _optimistic_layers(
             "c",
         ),
     ]
+
+
+def _retry(
+    plan: Plan,
+    constraints: UsernameConstraints,
+    ctes: list[sql.Composable],
+    below: sql.Composable,
+    targets: list[sql.Identifier],
+    outer_cols: list[sql.Composable],
+    carried: list[sql.Identifier],
+    *,
+    named: bool = False,
+) -> sql.Composed:
+    """The signup trigger's retry after a unique violation, one statement over the optimistic
+    insert's selects (`ctes`, the last one `below`): `pg_first` inserts each row as the first try
+    would, ON CONFLICT DO NOTHING (every unique index an arbiter), so that a row whose key or
+    name a profile holds, or a row of the statement inserted before it, is left out; the outer
+    insert takes only the rows it left out and gives them the collision path's candidates (the
+    plain name is taken: `_username_outer`, collided), each looked up. A bulk insert whose names
+    collide pays for the collision path only in its colliding rows, and names each row once
+    (`below` is read twice: the planner materializes it). The rows are read in key order (the
+    caller's `where`), so that the lowest key of a name keeps it plainly, as in the full
+    statement; a profile made first by another trigger or the app is left as it is."""
+    settings = plan.settings
+    profile = sql.Identifier(settings.profile.schema, settings.profile.name)
+    key = sql.Identifier(settings.profile.key)
+    _, final = _username_outer(
+        plan, constraints, forced=True, optimistic=False, named=named, collided=True
+    )
+    username = targets.index(sql.Identifier(constraints.column))
+    rest_cols = [*outer_cols[:username], final, *outer_cols[username + 1 :]]
+    passed = [sql.SQL("c.{}").format(ident) for ident in carried]
+    return sql.SQL(
+        "with {ctes},\n"
+        "pg_first as (insert into {profile} ({targets}) select {outer} from {below}"
+        " on conflict do nothing returning {key}),\n"
+        "pg_collided as (select {passed}, c.pg_base, md5(c.pg_key::text) as pg_hash"
+        " from {below} where c.pg_key not in (select f.{key} from pg_first f) offset 0)\n"
+        "insert into {profile} ({targets})\nselect {rest}\nfrom pg_collided c\n"
+        "on conflict ({key}) do nothing"
+    ).format(
+        ctes=sql.SQL(",\n").join(ctes),
+        profile=profile,
+        targets=sql.SQL(", ").join(targets),
+        outer=sql.SQL(", ").join(outer_cols),
+        below=below,
+        key=key,
+        passed=sql.SQL(", ").join(passed),
+        rest=sql.SQL(", ").join(rest_cols),
+    )
