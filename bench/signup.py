@@ -16,7 +16,11 @@ with a length check):
   ``supabase_auth_admin`` with ``search_path = auth`` — insert the user with an empty role,
   update its role, insert its identity, commit. ``--clients`` connections for ``--seconds`` after
   ``--warmup``; TPS from pgbench, p50/p99 latency from its per-transaction log (``-l``);
-* bulk: one ``INSERT INTO auth.users … SELECT … FROM generate_series(1, --bulk-rows)``, timed.
+* bulk: one ``INSERT INTO auth.users … SELECT … FROM generate_series(1, --bulk-rows)``, timed;
+  and one whose usernames collide (``'bulk_' || mod(g, rows / 20)``: 20 users share each name, so
+  95 % of them are given a suffix), timed for ``none`` and ``profileguard`` only (the per-row
+  trigger fails on a taken username, ``pg-same-map`` records every user as a failure) and set
+  against the per-row trigger's bulk of unique names.
 
 The configurations are interleaved over ``--rounds`` rounds (the order rotates each round); the
 report gives the median and the spread (min-max) over rounds, and ratios against the per-row
@@ -70,7 +74,7 @@ PROFILEGUARD_CONFIGS = ("profileguard", "pg-same-map")
 TIMES = "\N{MULTIPLICATION SIGN}"
 TPS_TARGET = 0.97  # profileguard TPS ÷ per-row TPS, at least
 P99_TARGET = 1.20  # profileguard p99 ÷ per-row p99, at most
-BULK_TARGET = 0.80  # profileguard bulk seconds ÷ per-row bulk seconds, at most
+BULK_TARGET = 0.80  # profileguard bulk seconds ÷ per-row bulk seconds, at most (colliding too)
 
 # Supabase's documented trigger, on the starter table (its username column included).
 PER_ROW_FUNCTION = """
@@ -135,6 +139,14 @@ BULK = (
     " now()"
     " from generate_series(1, %s) g"
 )
+# The same users with 20 to a username (the modulus is the row count / 20): the two parameters
+# are that row count.
+COLLIDING_BULK = BULK.replace(
+    "'user_name', 'bulk_' || g)", "'user_name', 'bulk_' || mod(g, greatest(%s / 20, 1)))"
+)
+assert COLLIDING_BULK.count("%s") == 2
+# The configurations whose colliding bulk inserts (the others fail on a taken username).
+COLLIDING_CONFIGS = ("none", "profileguard")
 # Users without exactly one profile, or whose profile differs from what the per-row trigger makes
 # (profileguard gives a name a user typed with a hash suffix: `name_1a2b3c4d`).
 CHECK = """
@@ -224,6 +236,7 @@ class Results:
 
     runs: dict[str, list[Run]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
     bulk: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
+    colliding: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -376,11 +389,16 @@ class Bench:
             self.results.warn(f"{config}: {run.failed} signups failed")
         return run
 
-    def bulk(self) -> float:
-        """Seconds for one INSERT … SELECT of `--bulk-rows` users (autocommit, so with commit)."""
+    def bulk(self, colliding: bool = False) -> float:
+        """Seconds for one INSERT … SELECT of `--bulk-rows` users (autocommit, so with commit);
+        `colliding`: 20 users to a username."""
+        rows = self.args.bulk_rows
         with self.connect() as conn:
             began = time.perf_counter()
-            conn.execute(BULK, (self.args.bulk_rows,))
+            if colliding:
+                conn.execute(COLLIDING_BULK, (rows, rows))
+            else:
+                conn.execute(BULK, (rows,))
             elapsed: float = time.perf_counter() - began
             return elapsed
 
@@ -405,6 +423,12 @@ class Bench:
                     self.results.bulk[config].append(seconds)
                     self.verify(config, "bulk")
                     line += f", bulk {self.args.bulk_rows} rows {seconds:7.3f} s"
+                    if config in COLLIDING_CONFIGS:
+                        self.reset()
+                        seconds = self.bulk(colliding=True)
+                        self.results.colliding[config].append(seconds)
+                        self.verify(config, "colliding bulk")
+                        line += f", colliding {seconds:7.3f} s"
                 log(line)
         self.configure("none")
         self.reset()
@@ -435,6 +459,7 @@ def summary(bench: Bench, args: argparse.Namespace, where: str) -> dict[str, Any
             "p50_ms": spread([r.p50 for r in runs]),
             "p99_ms": spread([r.p99 for r in runs]),
             "bulk_seconds": spread(res.bulk[c]),
+            "colliding_bulk_seconds": spread(res.colliding[c]),
             "failed_signups": sum(r.failed for r in runs),
         }
     for c in CONFIGS:
@@ -443,6 +468,10 @@ def summary(bench: Bench, args: argparse.Namespace, where: str) -> dict[str, Any
         this["p99_vs_per_row"] = ratio(this["p99_ms"]["median"], base["p99_ms"]["median"])
         this["bulk_vs_per_row"] = ratio(
             this["bulk_seconds"]["median"], base["bulk_seconds"]["median"]
+        )
+        # Against the per-row trigger's bulk of unique names (its colliding bulk fails).
+        this["colliding_bulk_vs_per_row"] = ratio(
+            this["colliding_bulk_seconds"]["median"], base["bulk_seconds"]["median"]
         )
     checks: dict[str, dict[str, Any]] = {}
     for name in PROFILEGUARD_CONFIGS:
@@ -455,12 +484,19 @@ def summary(bench: Bench, args: argparse.Namespace, where: str) -> dict[str, Any
             "bulk_ratio": pg["bulk_vs_per_row"],
             "bulk_target_max": BULK_TARGET,
         }
+        if name in COLLIDING_CONFIGS:
+            check["colliding_bulk_ratio"] = pg["colliding_bulk_vs_per_row"]
         check["met"] = all(
             v is not None and ok(v)
             for v, ok in (
                 (check["tps_ratio"], lambda r: r >= TPS_TARGET),
                 (check["p99_ratio"], lambda r: r <= P99_TARGET),
                 (check["bulk_ratio"], lambda r: r <= BULK_TARGET),
+                *(
+                    [(check["colliding_bulk_ratio"], lambda r: r <= BULK_TARGET)]
+                    if "colliding_bulk_ratio" in check
+                    else []
+                ),
             )
         )
         checks[name] = check
@@ -520,7 +556,7 @@ def print_table(report: dict[str, Any]) -> None:
     vs = f"{TIMES} per-row"
     header = (
         f"{'config':<13}{'TPS':>24}{vs:>10}{'p50 ms':>9}{'p99 ms':>22}{vs:>10}"
-        f"{'bulk s':>24}{vs:>10}"
+        f"{'bulk s':>24}{vs:>10}{'colliding s':>24}{vs:>10}"
     )
     print(header)
     print("-" * len(header))
@@ -530,6 +566,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"{fmt(c['p50_ms']['median'], '.2f'):>9}{fmt_spread(c['p99_ms'], '.2f'):>22}"
             f"{fmt(c['p99_vs_per_row'], '.3f'):>10}"
             f"{fmt_spread(c['bulk_seconds'], '.3f'):>24}{fmt(c['bulk_vs_per_row'], '.3f'):>10}"
+            f"{fmt_spread(c['colliding_bulk_seconds'], '.3f'):>24}"
+            f"{fmt(c['colliding_bulk_vs_per_row'], '.3f'):>10}"
         )
     print()
     for name, checks in report["checks"].items():
@@ -537,7 +575,14 @@ def print_table(report: dict[str, Any]) -> None:
             f"{name}: TPS = {fmt(checks['tps_ratio'], '.3f', TIMES)} per-row "
             f"(target ≥ {TPS_TARGET:.2f}); p99 = {fmt(checks['p99_ratio'], '.3f', TIMES)} "
             f"(target ≤ {P99_TARGET:.2f}); bulk time = "
-            f"{fmt(checks['bulk_ratio'], '.3f', TIMES)} (target ≤ {BULK_TARGET:.2f}): "
+            f"{fmt(checks['bulk_ratio'], '.3f', TIMES)} (target ≤ {BULK_TARGET:.2f})"
+            + (
+                f"; colliding bulk = {fmt(checks['colliding_bulk_ratio'], '.3f', TIMES)} the "
+                f"per-row bulk of unique names (target ≤ {BULK_TARGET:.2f})"
+                if "colliding_bulk_ratio" in checks
+                else ""
+            )
+            + ": "
             f"{'met' if checks['met'] else 'NOT met'}"
         )
     for warning in report["warnings"]:

@@ -9,10 +9,13 @@ N times (prepared statements, as pgbench's ``--protocol=prepared``: insert the u
 role, insert the identity, commit, as ``supabase_auth_admin``). Each run starts from a copy of the
 freshly built cluster; the instructions per signup are the difference between a run of
 ``--signups`` and one of ``--warmup`` signups, divided by the difference (startup and first-call
-caching cancel out). Each database first holds ``--existing`` users (with their profiles, made by
-that configuration's trigger), so that foreign-key checks are planned as they are on a live server
-(an index lookup) and not as a scan of a near-empty table, which would cost the per-row trigger
-~75 k instructions per signup that it does not cost in production.
+caching cancel out); per bulk row likewise, of bench/signup.py's bulk insert, and for ``none``
+and ``profileguard`` of its colliding bulk insert too (20 users to a username: 95 % suffixed), set
+against the per-row trigger's bulk row of unique names. Each database first holds ``--existing``
+users (with their profiles, made by that configuration's trigger), so that foreign-key checks are
+planned as they are on a live server (an index lookup) and not as a scan of a near-empty table,
+which would cost the per-row trigger ~75 k instructions per signup that it does not cost in
+production.
 
 Run (as root it runs the server as ``postgres``)::
 
@@ -43,13 +46,15 @@ from pathlib import Path
 import psycopg
 from benchdb import log
 from psycopg.conninfo import make_conninfo
-from signup import BULK, CONFIGS, set_trigger
+from signup import BULK, COLLIDING_BULK, COLLIDING_CONFIGS, CONFIGS, set_trigger
 
 from profileguard import sql as sqlfiles
 from profileguard.config import load_settings
 from profileguard.install import install
 
 PORT = 54329  # of the private cluster's socket, inside its own directory
+# What a run measures: signups, a bulk insert of unique names, one of colliding names.
+WORKLOADS = ("signups", "bulk", "colliding")
 
 # The statements of bench/signup.py's pgbench script, prepared once per backend (one line each:
 # the single-user backend ends a statement at a newline).
@@ -88,11 +93,13 @@ def find_bindir() -> Path:
     return Path(candidates[-1]).parent
 
 
-def script(count: int, bulk: bool = False) -> str:
+def script(count: int, workload: str = "signups") -> str:
     """Prepare the statements, then `count` signups with deterministic ids and names; or
-    (`bulk`) bench/signup.py's one INSERT … SELECT of `count` users."""
-    if bulk:
-        return " ".join(BULK.replace("%s", str(count)).split()) + "\n"
+    bench/signup.py's one INSERT … SELECT of `count` users (`workload` "bulk", or "colliding":
+    20 users to a username)."""
+    if workload != "signups":
+        statement = BULK if workload == "bulk" else COLLIDING_BULK
+        return " ".join(statement.replace("%s", str(count)).split()) + "\n"
     lines = [" ".join(statement.split()) + "\n" for statement in PREPARE]
     for n in range(count):
         ident = uuid.UUID(hashlib.md5(f"signup {n}".encode()).hexdigest())
@@ -175,19 +182,24 @@ def build(url: str, config: str, existing: int = 0) -> None:
 
 
 def instructions(
-    cluster: Cluster, pristine: Path, config: str, count: int, keep: Path | None, bulk: bool = False
+    cluster: Cluster,
+    pristine: Path,
+    config: str,
+    count: int,
+    keep: Path | None,
+    workload: str = "signups",
 ) -> int:
     """Instructions of one single-user backend doing `count` signups (or inserting `count`
-    users in one statement) on a fresh copy."""
+    users in one statement: `workload` "bulk" or "colliding") on a fresh copy."""
     run_root = cluster.root / "run"
     if run_root.exists():
         shutil.rmtree(run_root)
     shutil.copytree(pristine, run_root, symlinks=True)
     if cluster.as_user:
         subprocess.run(["chown", "-R", "postgres:postgres", str(run_root)], check=True)
-    out = cluster.root / f"callgrind.out.{config}.{'bulk' if bulk else 'signups'}.{count}"
+    out = cluster.root / f"callgrind.out.{config}.{workload}.{count}"
     input_file = cluster.root / "input.sql"
-    input_file.write_text(script(count, bulk), encoding="utf-8")
+    input_file.write_text(script(count, workload), encoding="utf-8")
     with open(input_file, encoding="utf-8") as stdin:
         done = subprocess.run(
             [
@@ -252,7 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of {', '.join(WORKLOADS)}",
+    )
     args = parser.parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    if unknown := set(workloads) - set(WORKLOADS):
+        parser.error(f"--workloads: unknown {', '.join(sorted(unknown))}")
     if args.signups <= args.warmup or args.warmup < 0:
         parser.error("--signups must exceed --warmup (and --warmup be >= 0)")
     configs = [c for c in args.configs.split(",") if c]
@@ -274,33 +294,48 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"building database {config}")
                 build(url, config, args.existing)
         per: dict[str, float] = {}
-        per_row: dict[str, float] = {}
+        per_row: dict[str, dict[str, float]] = {"bulk": {}, "colliding": {}}
         small = args.bulk_rows // 10
         for config in configs:
-            low = instructions(cluster, cluster.data, config, args.warmup, args.keep)
-            high = instructions(cluster, cluster.data, config, args.signups, args.keep)
-            per[config] = (high - low) / (args.signups - args.warmup)
-            log(f"{config}: {per[config]:,.0f} instructions per signup")
-            if args.bulk_rows > small:
-                low = instructions(cluster, cluster.data, config, small, args.keep, bulk=True)
+            if "signups" in workloads:
+                low = instructions(cluster, cluster.data, config, args.warmup, args.keep)
+                high = instructions(cluster, cluster.data, config, args.signups, args.keep)
+                per[config] = (high - low) / (args.signups - args.warmup)
+                log(f"{config}: {per[config]:,.0f} instructions per signup")
+            if args.bulk_rows <= small:
+                continue
+            for workload, rows in per_row.items():
+                if workload not in workloads or (
+                    workload == "colliding" and config not in COLLIDING_CONFIGS
+                ):
+                    continue
+                low = instructions(cluster, cluster.data, config, small, args.keep, workload)
                 high = instructions(
-                    cluster, cluster.data, config, args.bulk_rows, args.keep, bulk=True
+                    cluster, cluster.data, config, args.bulk_rows, args.keep, workload
                 )
-                per_row[config] = (high - low) / (args.bulk_rows - small)
-                log(f"{config}: {per_row[config]:,.0f} instructions per row of a bulk insert")
+                rows[config] = (high - low) / (args.bulk_rows - small)
+                log(f"{config}: {rows[config]:,.0f} instructions per row of a {workload} insert")
     assert row is not None
     print(f"{row[0]}; jit={row[1]} (available: {'yes' if row[2] else 'no'})")
     print(
         f"instructions (callgrind, single-user backend, {args.existing} users there before): "
         f"per signup ({args.signups} - {args.warmup} signups, prepared statements) and per row "
-        f"of a bulk insert ({args.bulk_rows} - {small} rows)"
+        f"of a bulk insert ({args.bulk_rows} - {small} rows), of unique names and colliding ones "
+        "(20 users to a name, set against the per-row trigger's unique names)"
     )
-    print(f"{'config':<13}{'signup':>12}{'':>16}{'bulk row':>12}")
-    base, bulk_base = per.get("per-row"), per_row.get("per-row")
-    for config, value in per.items():
-        line = f"{config:<13}{value:>12,.0f}{ratio(value, base):>16}"
-        if config in per_row:
-            line += f"{per_row[config]:>12,.0f}{ratio(per_row[config], bulk_base):>16}"
+    print(f"{'config':<13}{'signup':>12}{'':>16}{'bulk row':>12}{'':>16}{'colliding row':>14}")
+    base, bulk_base = per.get("per-row"), per_row["bulk"].get("per-row")
+    for config in configs:
+        value = per.get(config)
+        line = f"{config:<13}" + (
+            f"{value:>12,.0f}{ratio(value, base):>16}" if value is not None else f"{'':>28}"
+        )
+        for workload, rows in per_row.items():
+            width = 12 if workload == "bulk" else 14
+            if config in rows:
+                line += f"{rows[config]:>{width},.0f}{ratio(rows[config], bulk_base):>16}"
+            else:
+                line += f"{'':>{width + 16}}"
         print(line)
     return 0
 

@@ -76,12 +76,11 @@ def test_the_signup_statements_hold_the_mapping_constants_folded(installed: Test
     assert "Named Tuplestore Scan" in lean and "Function Scan" not in lean
     with explained(installed) as (conn, plans):
         cleaned = installed.signup({"user_name": "F\u00f6lded\u200b"}, conn=conn)
-    # A name to clean: the lean insert leaves it to the full one (insert_profiles, given its
-    # key), which holds every constant.
+    # A name to clean: the lean insert leaves it to the full one, which holds every constant.
     full = plan_of(plans, r"(?is)Insert on public\.profiles.*normalize")
     assert RESERVED in full and UNVERIFIED in full and INVISIBLE in full
     assert not any(f"{name}(" in full for name in CONSTANT_FUNCTIONS)
-    assert "Index Scan using users_pkey on auth.users" in full
+    assert "Named Tuplestore Scan" in full and "Function Scan" not in full
     names = "select username from public.profiles where id = %s"
     assert installed.scalar(names, (plain,)) == "Folded"
     assert installed.scalar(names, (cleaned,)) == "F\u00f6lded"
@@ -118,10 +117,8 @@ def test_sql_on_the_starter_table_holds_the_mapping_once_in_short_lines(db: Test
     assert done.returncode == 0, done.stderr
     text = done.stdout
     lines = text.splitlines()
-    # Every line of SQL within 120 characters; a longer line is prose the install records as data
-    # (a note, one JSON string).
-    long = [line for line in lines if len(line) > 120]
-    assert all(re.fullmatch(r'\s+"[^"]*",?', line) for line in long), long
+    # Every line within 120 characters, the install's notes recorded as data too.
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
     functions = re.findall(
         r"^create (?:or replace )?function (\S+?)\(.*?^\$pg\$;$", text, re.M | re.S
     )

@@ -136,6 +136,17 @@ def test_workers_behind_pgbouncer_repair_each_user_once_by_polling(installed: Te
         thread = threading.Thread(target=second.run_forever, args=(stop,), daemon=True)
         try:
             thread.start()
+            # Both workers take part (the process registers once it has started).
+            assert wait_for(
+                lambda: (
+                    installed.scalar(
+                        "select count(*) from profileguard.workers"
+                        " where worker_id in ('bounced-cli', 'bounced-lib')"
+                    )
+                    == 2
+                ),
+                timeout=60,
+            )
             assert wait_for(lambda: missing_profiles(installed) == 0, timeout=120)
             # A failed sign-up reaches the workers by polling (no LISTEN, no full sweep due).
             add_bad_constraint(installed)

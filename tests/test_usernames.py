@@ -73,6 +73,72 @@ def test_bulk_statement_colliding_with_existing_profile(installed):
         assert username(installed, uid) == suffixed("carl", uid)
 
 
+def test_a_colliding_bulk_sends_only_its_colliding_rows_through_the_collision_path(installed):
+    """A bulk insert whose names collide with each other and with an existing profile, some of
+    its users' profiles made first by another trigger: every user keeps one profile, each name
+    is held once (the lowest key of a name keeps it plainly, though inserted last) and nothing
+    is recorded as failed. The retry after the first try's unique violation tries each row as
+    the first try does, and only the rows whose name was taken again with the collision path's
+    candidates: a BEFORE INSERT trigger on the profile table logs every row tried."""
+    installed.signup({"user_name": "dora"})
+    execute(
+        installed,
+        "create table public.tried (n bigserial, id uuid, username text);"
+        " create function public.log_try() returns trigger language plpgsql as $$ begin"
+        " insert into public.tried (id, username) values (new.id, new.username);"
+        " return new; end $$;"
+        " create trigger log_try before insert on public.profiles"
+        " for each row execute function public.log_try();"
+        " create function public.legacy() returns trigger language plpgsql as $$ begin"
+        " if new.raw_user_meta_data ? 'legacy' then"
+        " insert into public.profiles (id, full_name) values (new.id, 'legacy'); end if;"
+        " return new; end $$;"
+        " create trigger legacy after insert on auth.users"
+        " for each row execute function public.legacy()",
+    )
+    names = ["dora"] * 4 + ["eve"] * 10 + [f"uma{i}" for i in range(20)]
+    metas = [{"user_name": n} for n in names]
+    metas += [{"user_name": f"leo{i}", "legacy": True} for i in range(3)]
+    ids = sorted(uuid.uuid4() for _ in metas)
+    with installed.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, raw_user_meta_data, created_at)"
+            " select r.id, 'authenticated', '', r.meta::jsonb, now()"
+            " from unnest(%s::uuid[], %s::text[]) as r(id, meta)",
+            (ids[::-1], [json.dumps(m) for m in metas[::-1]]),  # the highest key first
+        )
+    assert failure_count(installed) == 0
+    given = dict(
+        installed.scalar(
+            "select json_agg(json_build_array(u.id, p.username)) from unnest(%s::uuid[]) u(id)"
+            " join public.profiles p on p.id = u.id",
+            (ids,),
+        )
+    )
+    assert len(given) == len(ids)
+    held = "select count(username) = count(distinct username) from public.profiles"
+    assert installed.scalar(held)
+    dora, eve, uma, leo = ids[:4], ids[4:14], ids[14:34], ids[34:]
+    assert [given[str(u)] for u in dora] == [suffixed("dora", u) for u in dora]
+    assert [given[str(u)] for u in eve] == ["eve", *(suffixed("eve", u) for u in eve[1:])]
+    assert [given[str(u)] for u in uma] == [f"uma{i}" for i in range(20)]
+    assert [given[str(u)] for u in leo] == [None] * 3  # the other trigger's profiles are kept
+    with installed.connect() as conn:
+        tried = conn.execute(
+            "select t.id, array_agg(t.username order by t.n) from public.tried t group by t.id"
+        ).fetchall()
+    tries = {str(uid): names for uid, names in tried}
+    # Only the rows whose name was taken were tried twice: as the first try gives it, then
+    # with the collision path's suffix; every other row once.
+    colliding = [*dora, *eve[1:]]
+    assert {str(u): tries[str(u)] for u in colliding} == {
+        str(u): [given[str(u)].rsplit("_", 1)[0], given[str(u)]] for u in colliding
+    }
+    assert {str(u): tries[str(u)] for u in [eve[0], *uma]} == {
+        str(u): [given[str(u)]] for u in [eve[0], *uma]
+    }
+
+
 def test_too_short_names_get_suffix(installed):
     short = installed.signup({"user_name": "ab"})
     one = installed.signup({"preferred_username": "x"}, email="xavier@example.com")

@@ -5,12 +5,15 @@ body, where they are indented to the placeholder they fill.
 
 from __future__ import annotations
 
-from pglast import prettify
+from pglast import parser, prettify
 from psycopg import sql
 
 # Lists are kept on one line while they end before this column (the body's own indentation
 # comes on top).
 LIST_MARGIN = 88
+# The longest line of an installed function; a statement indented deep enough to pass it has its
+# long lines broken between two tokens.
+WIDTH = 120
 
 
 class Formatted(sql.SQL):
@@ -22,7 +25,41 @@ class Formatted(sql.SQL):
         self.text = text
 
     def indented(self, column: int) -> Formatted:
-        return Formatted(self.text.replace("\n", "\n" + " " * column))
+        return Formatted(wrapped(self.text, WIDTH - column).replace("\n", "\n" + " " * column))
+
+
+def wrapped(text: str, width: int) -> str:
+    """`text` (one statement) with every line longer than `width` characters broken before the
+    last token that fits, the rest indented four more, and a line of one token indented less:
+    whitespace between two tokens (a literal or a quoted name is one) is all that changes."""
+    if all(len(line) <= width for line in text.split("\n")):
+        return text
+    starts = {token.start for token in parser.scan(text)}  # byte offsets
+    lines: list[str] = []
+    base = 0  # the line's byte offset in `text`
+    for line in text.split("\n"):
+        breaks = [
+            i
+            for i in range(1, len(line))
+            if line[i - 1] == " " and line[:i].strip() and base + len(line[:i].encode()) in starts
+        ]
+        base += len(line.encode()) + 1
+        pad = " " * (len(line) - len(line.lstrip(" ")) + 4)
+        prefix, start = "", 0
+        while len(prefix) + len(line) - start > width:
+            fits = [i for i in breaks if i > start and len(prefix) + i - start <= width]
+            if not fits:
+                break
+            lines.append(prefix + line[start : fits[-1]].rstrip())
+            prefix, start = pad, fits[-1]
+        rest = prefix + line[start:]
+        if len(rest) > width:  # nowhere to break: as far right as it fits
+            rest = " " * max(0, width - len(rest.lstrip(" "))) + rest.lstrip(" ")
+        lines.append(rest)
+    result = "\n".join(lines)
+    if parser.fingerprint(result) != parser.fingerprint(text):
+        raise AssertionError("breaking the lines changed the statement")
+    return result
 
 
 def pretty(statement: sql.Composable) -> Formatted:

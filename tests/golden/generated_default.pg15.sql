@@ -67,10 +67,12 @@ as $pg$
 $pg$;
 
 -- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
--- returns their keys. Every path but the signup trigger's first try comes here: the repair
--- engine, ensure_profile, the backfill and the trigger's retry after a unique violation.
--- `p_forced` is that retry: suffixed names are looked up too, and names reduced to [a-z0-9_] are
--- never given plainly (two rows of one statement may have reduced to the same). Index lookups
+-- returns their keys. Every path but the signup trigger comes here: the repair engine,
+-- ensure_profile, the backfill; the trigger's retry after a unique violation only without a
+-- username rule, or when a deferrable unique constraint cannot be an ON CONFLICT arbiter.
+-- `p_forced` is a retry after a unique violation: suffixed names are looked up too, and names
+-- reduced to [a-z0-9_] are never given plainly (two rows of one statement may have reduced to
+-- the same). Index lookups
 -- only and no JIT, as in the trigger; random_page_cost of cached pages and no hash or merge
 -- joins: a taken name is probed in the index per new row, not every profile hashed per batch.
 create or replace function profileguard.insert_profiles(p_ids uuid[], p_forced boolean default false)
@@ -193,8 +195,12 @@ end
 $pg$;
 
 -- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
--- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
--- a unique violation is retried with both. One exception block per statement
+-- CONFLICT and no comparing of names within the statement: signups are new users, one at a time).
+-- A unique violation is retried by one statement over the new rows in key order: each row is
+-- inserted as the first try would, ON CONFLICT DO NOTHING, and only the rows it leaves out (a
+-- profile made first by another trigger or the app, a name held by a profile or a lower key of
+-- the statement) get the collision path, their names looked up: a bulk insert whose names
+-- collide pays for it only in the rows that need it. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
 -- With a username rule the first try is two statements: the lean insert takes the rows whose
@@ -293,16 +299,78 @@ begin
         -- Names the lean insert left to the username rule (its WHERE turned the flag on).
         if pg_catalog.current_setting('profileguard.username_rule', true) = 'on' then
             perform pg_catalog.set_config('profileguard.username_rule', '', true);
-            perform profileguard.insert_profiles(array(
-                SELECT a.pg_key
-                FROM (SELECT u.id AS pg_key,
-                             NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
-                             NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
-                             NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
-                      FROM pg_new_users AS u) AS a
-                WHERE NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-                       OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
-                       AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))));
+            WITH pg_sources AS (
+                     SELECT u.id AS pg_key,
+                            u.raw_user_meta_data,
+                            NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                            NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                            NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+                     FROM pg_new_users AS u
+                     OFFSET 0
+                   ),
+                 pg_chosen AS (
+                     SELECT a.pg_key,
+                            a.raw_user_meta_data,
+                            "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 272) AS pg_cut,
+                            CASE
+                              WHEN a.pg_provider IS NULL
+                                THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                              WHEN a.pg_provider IS NOT NULL
+                               AND a.pg_provider <> ALL(profileguard.unverified_providers())
+                                THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                              ELSE FALSE
+                            END AS pg_trusted
+                     FROM pg_sources AS a
+                     WHERE NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                            OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
+                            AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))
+                     OFFSET 0
+                   ),
+                 pg_cleaned AS (
+                     SELECT a.pg_key,
+                            a.raw_user_meta_data,
+                            a.pg_trusted,
+                            NULLIF(CASE
+                                     WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                     ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
+                                                                                  profileguard.invisible_characters(),
+                                                                                  '',
+                                                                                  'g'), NFKC),
+                                                         profileguard.edge_spaces(),
+                                                         '',
+                                                         'g')
+                                   END,
+                                   '') AS pg_base
+                     FROM pg_chosen AS a
+                     OFFSET 0
+                   ),
+                 pg_plain AS (
+                     SELECT b.*,
+                            CASE
+                              WHEN octet_length(b.pg_base) <= 64 THEN b.pg_base
+                              ELSE rtrim("left"(b.pg_base, 64), '  ')
+                            END AS pg_plain
+                     FROM pg_cleaned AS b
+                     OFFSET 0
+                   )
+              INSERT INTO public.profiles (id, full_name, avatar_url, username)
+              SELECT c.pg_key,
+                     CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                          ''),
+                                   NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
+                                   NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
+                     CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
+                                   NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
+                     CASE
+                       WHEN c.pg_base IS NULL
+                         THEN NULL
+                       WHEN c.pg_trusted
+                        AND NOT lower(c.pg_plain COLLATE pg_catalog."und-x-icu") = ANY(profileguard.reserved_names())
+                        AND char_length(c.pg_plain) >= 3
+                         THEN c.pg_plain
+                       ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)), 8)
+                     END
+              FROM pg_plain AS c;
         end if;
         return null;
     exception when others or query_canceled or assert_failure then
@@ -317,8 +385,8 @@ begin
     -- The failure path: everything in it is protected too, so that not even recording the
     -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
     -- (the SET clause above restores lock_timeout when the function returns).
-    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
-    -- trigger or the app) and, for derived usernames, the long suffix.
+    -- A unique violation is tried once more: the rows whose key or name is taken are left out
+    -- by ON CONFLICT and only those get the collision path (suffixed names, looked up).
     begin
         v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
         perform pg_catalog.set_config('lock_timeout', '16ms', true);
@@ -327,7 +395,125 @@ begin
                 -- Local to the transaction: put back below, or undone with this block on error.
                 v_work_mem := pg_catalog.current_setting('work_mem');
                 perform pg_catalog.set_config('work_mem', '64MB', true);
-                perform profileguard.insert_profiles(array(select n."id" from "pg_new_users" n), true);
+                WITH pg_sources AS (
+                         SELECT u.id AS pg_key,
+                                u.raw_user_meta_data,
+                                NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                                NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                                NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+                         FROM pg_new_users AS u
+                         ORDER BY u.id
+                         OFFSET 0
+                       ),
+                     pg_chosen AS (
+                         SELECT a.pg_key,
+                                a.raw_user_meta_data,
+                                "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 272) AS pg_cut,
+                                CASE
+                                  WHEN a.pg_provider IS NULL
+                                    THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                                  WHEN a.pg_provider IS NOT NULL
+                                   AND a.pg_provider <> ALL(profileguard.unverified_providers())
+                                    THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                                  ELSE FALSE
+                                END AS pg_trusted
+                         FROM pg_sources AS a
+                         OFFSET 0
+                       ),
+                     pg_cleaned AS (
+                         SELECT a.pg_key,
+                                a.raw_user_meta_data,
+                                a.pg_trusted,
+                                NULLIF(CASE
+                                         WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                         ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
+                                                                                    profileguard.invisible_characters(),
+                                                                                      '',
+                                                                                      'g'), NFKC),
+                                                             profileguard.edge_spaces(),
+                                                             '',
+                                                             'g')
+                                       END,
+                                       '') AS pg_base
+                         FROM pg_chosen AS a
+                         OFFSET 0
+                       ),
+                     pg_plain AS (
+                         SELECT b.*,
+                                CASE
+                                  WHEN octet_length(b.pg_base) <= 64 THEN b.pg_base
+                                  ELSE rtrim("left"(b.pg_base, 64), '  ')
+                                END AS pg_plain
+                         FROM pg_cleaned AS b
+                         OFFSET 0
+                       ),
+                     pg_first AS (
+                         INSERT INTO public.profiles (id, full_name, avatar_url, username)
+                         SELECT c.pg_key,
+                                CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                                     ''),
+                                              NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
+                                              NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
+                                CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
+                                              NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
+                                CASE
+                                  WHEN c.pg_base IS NULL
+                                    THEN NULL
+                                  WHEN c.pg_trusted
+                                   AND NOT lower(c.pg_plain COLLATE pg_catalog."und-x-icu")
+                                       = ANY(profileguard.reserved_names())
+                                   AND char_length(c.pg_plain) >= 3
+                                    THEN c.pg_plain
+                                  ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)),
+                                                                              8)
+                                END
+                         FROM pg_plain AS c
+                         ON CONFLICT DO NOTHING
+                         RETURNING id
+                       ),
+                     pg_collided AS (
+                         SELECT c.pg_key,
+                                c.raw_user_meta_data,
+                                c.pg_base,
+                                md5(CAST(c.pg_key AS text)) AS pg_hash
+                         FROM pg_plain AS c
+                         WHERE NOT c.pg_key IN (SELECT f.id
+                                                FROM pg_first AS f)
+                         OFFSET 0
+                       )
+                  INSERT INTO public.profiles (id, full_name, avatar_url, username)
+                  SELECT c.pg_key,
+                         CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                              ''),
+                                       NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
+                                       NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
+                         CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
+                                       NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
+                         CASE
+                           WHEN c.pg_base IS NULL
+                             THEN NULL
+                           WHEN TRUE
+                            AND NOT EXISTS (SELECT
+                                            FROM public.profiles AS x
+                                            WHERE username = "left"(c.pg_base, 55) || '_' || "left"(c.pg_hash, 8)
+                                            OFFSET 0)
+                             THEN "left"(c.pg_base, 55) || '_' || "left"(c.pg_hash, 8)
+                           WHEN TRUE
+                            AND NOT EXISTS (SELECT
+                                            FROM public.profiles AS x
+                                            WHERE username = 'user_' || "left"(c.pg_hash, 8)
+                                            OFFSET 0)
+                             THEN 'user_' || "left"(c.pg_hash, 8)
+                           WHEN TRUE
+                            AND NOT EXISTS (SELECT
+                                            FROM public.profiles AS x
+                                            WHERE username = 'user_' || "left"(c.pg_hash, 16)
+                                            OFFSET 0)
+                             THEN 'user_' || "left"(c.pg_hash, 16)
+                           ELSE NULL
+                         END
+                  FROM pg_collided AS c
+                  ON CONFLICT (id) DO NOTHING;
                 perform pg_catalog.set_config('work_mem', v_work_mem, true);
                 return null;
             exception when others or query_canceled or assert_failure then

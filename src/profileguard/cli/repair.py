@@ -153,6 +153,9 @@ def worker(
     transaction-mode pooler), sweep periodically. Runs until SIGTERM/SIGINT (finishing the batch
     in hand, then leaving profileguard.workers); several workers may run at once."""
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
+    text = LogFormat(log_format) is LogFormat.text
+    # Before connecting: a signal while the worker starts stops it cleanly too.
+    stop, received = _stop_on_signals(say=text)
     worker = _worker(
         ctx,
         pooler,
@@ -162,8 +165,6 @@ def worker(
         incremental_interval=incremental_interval,
         full_interval=full_interval,
     )
-    text = LogFormat(log_format) is LogFormat.text
-    stop, received = _stop_on_signals(say=text)
     try:
         if once:
             _print_pass("worker pass", worker.run_once(stop), as_json)

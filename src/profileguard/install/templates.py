@@ -20,7 +20,6 @@ from profileguard.mapping import (
     constant_bodies,
     drift_select,
     insert_statement,
-    lean_left,
     lean_statement,
     redact_statement,
     sync_statement,
@@ -28,7 +27,7 @@ from profileguard.mapping import (
 )
 from profileguard.mapping.guards import deferred_check
 from profileguard.mapping.insert import RULE_NEEDED
-from profileguard.sqlformat import Formatted, fill, pretty
+from profileguard.sqlformat import WIDTH, Formatted, fill, pretty, wrapped
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
@@ -86,10 +85,7 @@ def render_generated(plan: Plan) -> sql.Composed:
         check_deferred=deferred_check(plan.guards, 8),
         check_deferred_nested=deferred_check(plan.guards, 16),
         insert_new=_insert_new(plan, new_rows),
-        # The retry reads the new users from the identity table (the trigger runs after them).
-        insert_new_forced=sql.SQL(
-            "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
-        ).format(ikey, new_rows),
+        insert_new_forced=_insert_new_forced(plan, new_rows),
         insert_profiles=pretty(sql.SQL("{} returning {}").format(full, parts["profile_key"])),
         claim_seed=sql.Literal(CLAIM_SEED),
         pages=pretty(pages.format(ikey=ikey, identity=identity)),
@@ -102,6 +98,26 @@ def render_generated(plan: Plan) -> sql.Composed:
             )
         ),
     )
+
+
+def _insert_new_forced(plan: Plan, new_rows: sql.Identifier) -> sql.Composable:
+    """The trigger's retry after a unique violation: with a username rule, one statement over the
+    new rows that sends only the rows whose key or name was taken through the collision path
+    (mapping/insert.py `_retry`), read in key order; otherwise, and when a deferrable unique or
+    exclusion constraint cannot be an ON CONFLICT arbiter, the full statement over their ids
+    (read from the identity table: the trigger runs after them)."""
+    constraints = plan.username_constraints
+    arbiters = not any(d.kind in ("p", "u", "x") for d in plan.guards.deferrable)
+    if constraints is not None and constraints.column in plan.mapping and arbiters:
+        order = sql.SQL("order by u.{}").format(sql.Identifier(plan.settings.identity.key))
+        return pretty(
+            insert_statement(
+                plan, source=new_rows, where=order, optimistic=True, named=True, retry=True
+            )
+        )
+    return sql.SQL(
+        "perform profileguard.insert_profiles(array(select n.{} from {} n), true)"
+    ).format(sql.Identifier(plan.settings.identity.key), new_rows)
 
 
 def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
@@ -157,21 +173,27 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
     )
 
 
-def _insert_new(plan: Plan, new_rows: sql.Composable) -> Formatted:
-    """The trigger's first try: the lean insert, then the full one (insert_profiles) for the rows
-    it left to the username rule, only when there are any (each statement is set up only when it
-    runs); the optimistic insert alone when the mapping has no lean one."""
+def _insert_new(plan: Plan, new_rows: sql.Identifier) -> Formatted:
+    """The trigger's first try: the lean insert, then the full optimistic one for the rows it
+    left to the username rule, only when there are any (each statement is set up only when it
+    runs, and each is planned once per session); the optimistic insert alone when the mapping
+    has no lean one."""
     lean = lean_statement(plan, source=new_rows, named=True)
     if lean is None:
         return pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True))
-    left = pretty(lean_left(plan, new_rows)).indented(8)
+    rule = pretty(
+        insert_statement(plan, source=new_rows, optimistic=True, named=True, rule_only=True)
+    )
+    # Each statement broken to fit where it lands: the block at {insert_new}'s column, the
+    # second statement four further in (the block itself is not one statement to break).
+    column = 8
+    inner = wrapped(rule.text, WIDTH - column - 4).replace("\n", "\n    ")
     return Formatted(
-        f"{pretty(lean).text};\n"
+        f"{wrapped(pretty(lean).text, WIDTH - column)};\n"
         "-- Names the lean insert left to the username rule (its WHERE turned the flag on).\n"
         f"if pg_catalog.current_setting('{RULE_NEEDED}', true) = 'on' then\n"
         f"    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);\n"
-        "    perform profileguard.insert_profiles(array(\n"
-        f"        {left.text}));\n"
+        f"    {inner};\n"
         "end if"
     )
 

@@ -12,7 +12,6 @@ from profileguard.mapping.insert import (
     INVISIBLE_CATEGORIES,
     constant_bodies,
     insert_statement,
-    lean_left,
     lean_statement,
 )
 from profileguard.mapping.plan import Plan, build_plan, source_expr
@@ -34,7 +33,6 @@ __all__ = [
     "constant_bodies",
     "drift_select",
     "insert_statement",
-    "lean_left",
     "lean_statement",
     "redact_statement",
     "source_expr",

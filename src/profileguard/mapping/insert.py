@@ -189,9 +189,14 @@ class _Names:
         *,
         lean: bool = False,
         named: bool = False,
+        probed: bool = False,
     ):
         self.plan = plan
         self.named = named
+        # Each lookup an index probe per row, never a hash of the profile table (OFFSET 0 keeps
+        # the planner from choosing one): the trigger keeps its plan for the session, made for
+        # the row count of the first statement that ran it.
+        self.probed = probed
         self.username_constraints = constraints
         self.policy = plan.settings.username
         self.column = plan.profile.columns[constraints.column]
@@ -351,7 +356,10 @@ class _Names:
             where = sql.SQL("{} = {}").format(sql.SQL(key.key), self.key(key, value))
             if key.predicate:
                 where = sql.SQL("{} and ({})").format(where, sql.SQL(key.predicate))
-            probes.append(sql.SQL("exists (select from {} x where {})").format(profile, where))
+            fence = sql.SQL(" offset 0" if self.probed else "")
+            probes.append(
+                sql.SQL("exists (select from {} x where {}{})").format(profile, where, fence)
+            )
         return sql.SQL("({})").format(sql.SQL(" or ").join(probes))
 
 
@@ -543,6 +551,7 @@ def _username_outer(
     forced: bool | sql.Composable,
     optimistic: bool = False,
     named: bool = False,
+    collided: bool = False,
 ) -> tuple[sql.Composable, sql.Composable]:
     """(whether the plain name is free, over `b`; the final username, over `c`).
 
@@ -562,9 +571,10 @@ def _username_outer(
     Suffixed names are looked up only on the forced retry (a hash of the key makes a taken one
     rare; the retry after the unique violation finds it): every lookup is one more subplan to
     start for each single-row sign-up. `forced` may be a boolean of the statement (a parameter):
-    one statement then serves both tries.
+    one statement then serves both tries. `collided`: the rows of the trigger's retry whose name
+    was found taken (see `_retry`): the plain name is no candidate, the rest as forced.
     """
-    n = _Names(plan, constraints, lean=optimistic, named=named)
+    n = _Names(plan, constraints, lean=optimistic or collided, named=named, probed=collided)
     base = sql.SQL("c.pg_base")
     plain = sql.SQL("c.pg_plain")
     any_base = n.suffixed_lengths(None)
@@ -596,7 +606,8 @@ def _username_outer(
     free = sql.SQL("(b.pg_trusted and not {} and {} and not {})")
     if optimistic:
         first = sql.SQL("c.pg_hash is null")
-    steps.append((first, plain))
+    if not collided:
+        steps.append((first, plain))
 
     def acceptable(
         candidate: sql.Composable, lengths: tuple[int, int] | None = None
@@ -609,7 +620,7 @@ def _username_outer(
             n.ok(candidate, lengths), forced, n.taken(candidate)
         )
 
-    second = n.suffixed(base) if optimistic else sql.SQL("c.pg_suffixed")
+    second = n.suffixed(base) if optimistic or collided else sql.SQL("c.pg_suffixed")
     steps.append((acceptable(second, any_base), second))
     if restricted:
         slug_plain = n.plain(slug)
@@ -665,6 +676,8 @@ def insert_statement(
     force_suffix: bool | sql.Composable = False,
     optimistic: bool = False,
     named: bool = False,
+    retry: bool = False,
+    rule_only: bool = False,
 ) -> sql.Composed:
     """INSERT … SELECT … ON CONFLICT (key) DO NOTHING creating profiles for rows of `source`.
 
@@ -683,6 +696,9 @@ def insert_statement(
     violation, and the trigger's forced retry does both; its selects are `_optimistic_layers`.
     `force_suffix` may be a boolean of the statement (a parameter of the function holding it),
     `named` reads the mapping's constants from the installed functions (see `_constant`).
+    `rule_only` (optimistic): only the rows whose name needs the username rule, those the lean
+    insert leaves (see `lean_statement`).
+    `retry` (with `optimistic`, for a username rule): the trigger's retry, see `_retry`.
     """
     settings = plan.settings
     constraints = plan.username_constraints
@@ -743,15 +759,30 @@ def insert_statement(
     steps = ["pg_sources", "pg_chosen", "pg_cleaned", "pg_plain"]
     steps.append("pg_hashed" if optimistic else "pg_tested")
     offset = sql.SQL(" offset 0" if len(layers) > 1 else "")
+    # The rows left to the rule are picked where the name is chosen, by the lean insert's test.
+    filters: dict[str, sql.Composable] = {}
+    if rule_only:
+        if constraints is None or not optimistic or len(layers) < 2:
+            raise ValueError("rule_only needs the optimistic insert of a username rule")
+        name = _username_raw(plan, constraints, plan.mapping[constraints.column], named)
+        filters["pg_chosen"] = sql.SQL(" where not {}").format(_lean_test(plan, name))
     ctes: list[sql.Composable] = []
     below: sql.Composable = sql.SQL("{} u {}").format(source, where)
     for (columns, alias), step in zip(layers, steps, strict=False):
         ctes.append(
-            sql.SQL("{} as (select {} from {}{})").format(
-                sql.Identifier(step), sql.SQL(", ").join(columns), below, offset
+            sql.SQL("{} as (select {} from {}{}{})").format(
+                sql.Identifier(step),
+                sql.SQL(", ").join(columns),
+                below,
+                filters.get(step, sql.SQL("")),
+                offset,
             )
         )
         below = sql.SQL("{} {}").format(sql.Identifier(step), sql.SQL(alias))
+    if retry:
+        if constraints is None or not optimistic or len(layers) < 2:
+            raise ValueError("retry needs the optimistic insert of a username rule")
+        return _retry(plan, constraints, ctes, below, targets, outer_cols, carried, named=named)
     return sql.SQL(
         "with {ctes}\ninsert into {profile} ({targets})\nselect {outer}\nfrom {below}{conflict}"
     ).format(
@@ -786,34 +817,14 @@ def _lean_test(plan: Plan, name: sql.Composable) -> sql.Composable:
     ).format(name=name, clean=sql.Literal(CLEAN_ASCII), max=sql.Literal(n.max))
 
 
-def lean_left(plan: Plan, source: sql.Composable) -> sql.Composed:
-    """The keys of the rows of `source` the lean insert leaves to the username rule (its test
-    over the same source columns)."""
-    constraints = plan.username_constraints
-    assert constraints is not None
-    sources = plan.mapping[constraints.column]
-    inner, _, _ = _username_layers(plan, constraints, sources, optimistic=True, named=True)
-    name = _username_raw(plan, constraints, sources, True)
-    return sql.SQL(
-        "select a.pg_key from (select u.{key} as pg_key, {inner} from {source} u) a"
-        " where not {test}"
-    ).format(
-        key=sql.Identifier(plan.settings.identity.key),
-        inner=sql.SQL(", ").join(inner),
-        source=source,
-        test=_lean_test(plan, name),
-    )
-
-
 def lean_statement(
     plan: Plan, *, source: sql.Composable, named: bool = False
 ) -> sql.Composed | None:
     """The sign-up trigger's common insert: the rows whose name passes `_lean_test`, in one
     select over the sources, with the username rule's result for such a name (the plain name
     or the suffixed one, as `_Names.given` decides) and none of the cleaning. Every other row
-    turns RULE_NEEDED on (its WHERE, only for those rows) and is left to the full insert (the
-    trigger passes their keys, `lean_left`, to insert_profiles): a sign-up sets up only the
-    statement it needs.
+    turns RULE_NEEDED on (its WHERE, only for those rows) and is left to the full optimistic
+    insert (`insert_statement(rule_only=True)`): a sign-up sets up only the statement it needs.
     None when the rule has other candidates than the suffixed name (`_hash_inline`)."""
     settings = plan.settings
     constraints = plan.username_constraints
@@ -980,3 +991,53 @@ def _optimistic_layers(
             "c",
         ),
     ]
+
+
+def _retry(
+    plan: Plan,
+    constraints: UsernameConstraints,
+    ctes: list[sql.Composable],
+    below: sql.Composable,
+    targets: list[sql.Identifier],
+    outer_cols: list[sql.Composable],
+    carried: list[sql.Identifier],
+    *,
+    named: bool = False,
+) -> sql.Composed:
+    """The signup trigger's retry after a unique violation, one statement over the optimistic
+    insert's selects (`ctes`, the last one `below`): `pg_first` inserts each row as the first try
+    would, ON CONFLICT DO NOTHING (every unique index an arbiter), so that a row whose key or
+    name a profile holds, or a row of the statement inserted before it, is left out; the outer
+    insert takes only the rows it left out and gives them the collision path's candidates (the
+    plain name is taken: `_username_outer`, collided), each looked up. A bulk insert whose names
+    collide pays for the collision path only in its colliding rows, and names each row once
+    (`below` is read twice: the planner materializes it). The rows are read in key order (the
+    caller's `where`), so that the lowest key of a name keeps it plainly, as in the full
+    statement; a profile made first by another trigger or the app is left as it is."""
+    settings = plan.settings
+    profile = sql.Identifier(settings.profile.schema, settings.profile.name)
+    key = sql.Identifier(settings.profile.key)
+    _, final = _username_outer(
+        plan, constraints, forced=True, optimistic=False, named=named, collided=True
+    )
+    username = targets.index(sql.Identifier(constraints.column))
+    rest_cols = [*outer_cols[:username], final, *outer_cols[username + 1 :]]
+    passed = [sql.SQL("c.{}").format(ident) for ident in carried]
+    return sql.SQL(
+        "with {ctes},\n"
+        "pg_first as (insert into {profile} ({targets}) select {outer} from {below}"
+        " on conflict do nothing returning {key}),\n"
+        "pg_collided as (select {passed}, c.pg_base, md5(c.pg_key::text) as pg_hash"
+        " from {below} where c.pg_key not in (select f.{key} from pg_first f) offset 0)\n"
+        "insert into {profile} ({targets})\nselect {rest}\nfrom pg_collided c\n"
+        "on conflict ({key}) do nothing"
+    ).format(
+        ctes=sql.SQL(",\n").join(ctes),
+        profile=profile,
+        targets=sql.SQL(", ").join(targets),
+        outer=sql.SQL(", ").join(outer_cols),
+        below=below,
+        key=key,
+        passed=sql.SQL(", ").join(passed),
+        rest=sql.SQL(", ").join(rest_cols),
+    )

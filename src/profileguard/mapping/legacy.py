@@ -432,8 +432,10 @@ def adopt(
         username=username,
         learned_from=tuple(i.trigger for i in learned),
     )
-    described = ", ".join(f"{c} = {list(s)}" for c, s in legacy.mapping.items())
-    return adopted, [f"mapping: learned from {where}: {described}"]
+    # One note per column: short lines, also where the install records them in SQL.
+    return adopted, [f"mapping: learned from {where}"] + [
+        f"mapping: {column} = {' or '.join(sources)}" for column, sources in legacy.mapping.items()
+    ]
 
 
 def recorded(

@@ -51,10 +51,12 @@ as $pg$
 $pg$;
 
 -- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
--- returns their keys. Every path but the signup trigger's first try comes here: the repair
--- engine, ensure_profile, the backfill and the trigger's retry after a unique violation.
--- `p_forced` is that retry: suffixed names are looked up too, and names reduced to [a-z0-9_] are
--- never given plainly (two rows of one statement may have reduced to the same). Index lookups
+-- returns their keys. Every path but the signup trigger comes here: the repair engine,
+-- ensure_profile, the backfill; the trigger's retry after a unique violation only without a
+-- username rule, or when a deferrable unique constraint cannot be an ON CONFLICT arbiter.
+-- `p_forced` is a retry after a unique violation: suffixed names are looked up too, and names
+-- reduced to [a-z0-9_] are never given plainly (two rows of one statement may have reduced to
+-- the same). Index lookups
 -- only and no JIT, as in the trigger; random_page_cost of cached pages and no hash or merge
 -- joins: a taken name is probed in the index per new row, not every profile hashed per batch.
 create or replace function profileguard.insert_profiles(p_ids {key_type}[], p_forced boolean default false)
@@ -76,8 +78,12 @@ end
 $pg$;
 
 -- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
--- CONFLICT and no comparing of names within the statement: signups are new users, one at a time);
--- a unique violation is retried with both. One exception block per statement
+-- CONFLICT and no comparing of names within the statement: signups are new users, one at a time).
+-- A unique violation is retried by one statement over the new rows in key order: each row is
+-- inserted as the first try would, ON CONFLICT DO NOTHING, and only the rows it leaves out (a
+-- profile made first by another trigger or the app, a name held by a profile or a lower key of
+-- the statement) get the collision path, their names looked up: a bulk insert whose names
+-- collide pays for it only in the rows that need it. One exception block per statement
 -- (never per row); on error, one failure row per affected user, a notification, and the signup
 -- commits — unless strict mode is on.
 -- With a username rule the first try is two statements: the lean insert takes the rows whose
@@ -148,8 +154,8 @@ begin
     -- The failure path: everything in it is protected too, so that not even recording the
     -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
     -- (the SET clause above restores lock_timeout when the function returns).
-    -- A unique violation is tried once more with ON CONFLICT (a profile made first by another
-    -- trigger or the app) and, for derived usernames, the long suffix.
+    -- A unique violation is tried once more: the rows whose key or name is taken are left out
+    -- by ON CONFLICT and only those get the collision path (suffixed names, looked up).
     begin
         v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
         perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
