@@ -21,7 +21,9 @@ from profileguard.mapping import (
     drift_select,
     insert_statement,
     redact_statement,
+    reserved_confusable_test,
     sync_statement,
+    username_base_query,
     when_changed,
 )
 from profileguard.mapping.guards import deferred_check
@@ -72,6 +74,10 @@ def render_generated(plan: Plan) -> sql.Composed:
         "generated.sql",
         **parts,
         **constant_bodies(plan),
+        reserved_confusable=pretty(
+            sql.SQL("select {}").format(reserved_confusable_test(plan, sql.SQL("$1"), named=True))
+        ),
+        username_base=pretty(username_base_query(plan, sql.SQL("$1"), named=True)),
         identity_text=sql.Literal(str(settings.identity)),
         identity_key_text=sql.Literal(settings.identity.key),
         # Whether a unique violation is retried with the forced username suffix (the mapping has

@@ -1,6 +1,7 @@
 """Turn the configured mapping into SQL: how one profile row is derived from one identity row
-(plan.py: what feeds what; insert.py: the profile INSERT; sync.py: updates, redaction, drift;
-columns.py: the columns of both tables all of it depends on).
+(plan.py: what feeds what; insert.py: the profile INSERT and the username rule; sync.py: updates,
+redaction, drift; confusables.py: the Unicode data reserved names are compared with; columns.py:
+the columns of both tables all of it depends on).
 
 The same INSERT … SELECT serves every path (trigger, ensure, repair, the client's fallback), so the
 profile a user gets does not depend on which path created it. Identifiers are composed with
@@ -8,7 +9,13 @@ profile a user gets does not depend on which path created it. Identifiers are co
 """
 
 from profileguard.mapping.columns import ColumnsUsed, columns_used
-from profileguard.mapping.insert import INVISIBLE_CATEGORIES, constant_bodies, insert_statement
+from profileguard.mapping.insert import (
+    INVISIBLE_CATEGORIES,
+    constant_bodies,
+    insert_statement,
+    reserved_confusable_test,
+    username_base_query,
+)
 from profileguard.mapping.plan import Plan, build_plan, source_expr
 from profileguard.mapping.sync import (
     build_sync,
@@ -29,7 +36,9 @@ __all__ = [
     "drift_select",
     "insert_statement",
     "redact_statement",
+    "reserved_confusable_test",
     "source_expr",
     "sync_statement",
+    "username_base_query",
     "when_changed",
 ]
