@@ -386,8 +386,11 @@ class _Names:
             return sql.SQL("({}) collate {}").format(expr, sql.SQL(key.collation))
         return expr
 
-    def taken(self, value: sql.Composable) -> sql.Composable:
-        """An existing profile holds the candidate's key in one of the unique indexes."""
+    def taken(
+        self, value: sql.Composable, other_than: sql.Composable | None = None
+    ) -> sql.Composable:
+        """An existing profile holds the candidate's key in one of the unique indexes (one
+        whose key is not `other_than`: a profile never collides with itself)."""
         keys = self.username_constraints.keys
         if not keys:
             return sql.SQL("false")
@@ -398,6 +401,10 @@ class _Names:
             where = sql.SQL("{} = {}").format(sql.SQL(key.key), self.key(key, value))
             if key.predicate:
                 where = sql.SQL("{} and ({})").format(where, sql.SQL(key.predicate))
+            if other_than is not None:
+                where = sql.SQL("{} and x.{} <> {}").format(
+                    where, sql.Identifier(self.plan.settings.profile.key), other_than
+                )
             probes.append(sql.SQL("exists (select from {} x where {})").format(profile, where))
         return sql.SQL("({})").format(sql.SQL(" or ").join(probes))
 
@@ -474,6 +481,7 @@ def _username_layers(
     *,
     optimistic: bool = False,
     named: bool = False,
+    fallback: bool = True,
 ) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
     """Columns of the innermost select (each source as text; the provider), of the one above it
     (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
@@ -481,7 +489,8 @@ def _username_layers(
     object does, takes the rare path (`username_rare`): the next source that is a name, or NULL
     (no username, or 'user' + the suffix). Rows with no provider recorded were written by an
     operator. `optimistic`: the chosen name is cut (`pg_cut`) and `pg_trusted` decided a select
-    lower, so the cleaning does not repeat the cut."""
+    lower, so the cleaning does not repeat the cut. `fallback` False: no 'user' base for a NOT
+    NULL column (an update keeps the stored name instead)."""
     policy = plan.settings.username
     inner: list[sql.Composable] = [
         sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
@@ -511,7 +520,7 @@ def _username_layers(
         named=named,
         otherwise=username_rare(plan, sql.SQL("a.pg_key"), named=named),
     )
-    if constraints.not_null:
+    if constraints.not_null and fallback:
         cleaned = sql.SQL("coalesce({}, {})").format(cleaned, sql.Literal(USERNAME_FALLBACK))
     if optimistic:
         return (
@@ -527,6 +536,57 @@ def _username_layers(
         sql.SQL("{} as pg_trusted").format(trusted),
     ]
     return inner, [sql.SQL("{} as pg_raw").format(raw)], middle
+
+
+def username_update_layers(
+    plan: Plan, value: str, *, named: bool = True
+) -> tuple[list[sql.Composable], list[tuple[list[sql.Composable], str]]]:
+    """The username rule on an update (a `follow` or `fill_empty` username): (the columns the
+    select over the identity rows `u` adds, the selects above it) — each a list of columns and
+    the alias of the select it reads, innermost first; the last gives the column `value`.
+
+    `value` is the name the profile may now hold, else NULL (the stored one stays): the name as
+    a sign-up would clean and choose it (a source that is no name falls through), given plainly
+    where a sign-up would give it plainly (vouched for, or written by an operator) and with the
+    key's suffix where it would be suffixed; never a reserved name or one confusable with it,
+    and only when it passes the policy and the column's CHECKs and no other profile holds it in
+    a unique index. A taken, reserved or failing name is not replaced by another candidate:
+    the profile keeps its name, and the other columns of the row are synced all the same."""
+    constraints = plan.username_constraints
+    assert constraints is not None and constraints.column in plan.mapping
+    sources = plan.mapping[constraints.column]
+    inner, raw, middle = _username_layers(plan, constraints, sources, named=named, fallback=False)
+    n = _Names(plan, constraints, named=named)
+    plain, suffixed, key = sql.SQL("c.pg_plain"), sql.SQL("c.pg_suffixed"), sql.SQL("c.pg_key")
+
+    def free(candidate: sql.Composable) -> sql.Composable:
+        return sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate, key))
+
+    decided = sql.SQL(
+        "case when c.pg_base is null or {reserved} then null"
+        " when c.pg_trusted then case when {plain_free} then {plain} end"
+        " when {suffixed_free} then {suffixed} end as {value}"
+    ).format(
+        reserved=n.reserved(plain),
+        plain_free=free(plain),
+        plain=plain,
+        suffixed_free=free(suffixed),
+        suffixed=suffixed,
+        value=sql.Identifier(value),
+    )
+    candidates = [
+        sql.SQL("b.*"),
+        sql.SQL("{} as pg_plain").format(n.plain(sql.SQL("b.pg_base"))),
+        sql.SQL("{} as pg_suffixed").format(
+            n.suffixed(sql.SQL("b.pg_base"), hashed=sql.SQL("md5(b.pg_key::text)"))
+        ),
+    ]
+    return inner, [
+        ([sql.SQL("a.*"), *raw], "a"),
+        ([sql.SQL("a.*"), *middle], "a"),
+        (candidates, "b"),
+        ([sql.SQL("c.*"), decided], "c"),
+    ]
 
 
 def username_rare(plan: Plan, key: sql.Composable, *, named: bool) -> sql.Composable:
