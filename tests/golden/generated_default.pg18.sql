@@ -361,7 +361,7 @@ begin
              SELECT b.*,
                         b.pg_trusted
                     AND NOT(lower(b.pg_plain COLLATE pg_catalog.pg_unicode_fast) = ANY(profileguard.reserved_names())
-                         OR (octet_length(b.pg_plain) <> char_length(b.pg_plain)
+                         OR (b.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
                          AND profileguard.reserved_confusable(b.pg_plain)))
                     AND (char_length(b.pg_plain) BETWEEN 3 AND 64
                      AND COALESCE(char_length(b.pg_plain) >= 3, TRUE))
@@ -534,7 +534,7 @@ begin
                      THEN NULL
                    WHEN c.pg_trusted
                     AND NOT(lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast) = ANY(profileguard.reserved_names())
-                         OR (octet_length(c.pg_plain) <> char_length(c.pg_plain)
+                         OR (c.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
                          AND profileguard.reserved_confusable(c.pg_plain)))
                     AND char_length(c.pg_plain) >= 3
                      THEN c.pg_plain

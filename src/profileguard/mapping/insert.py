@@ -332,10 +332,12 @@ class _Names:
         )
         if ascii_only or not self.username_constraints.nfkc:
             return exact
-        return sql.SQL("({} or (octet_length({v}) <> char_length({v}) and {}))").format(
+        # The fast path's own pattern: compiled and cached by the cleaning's test already.
+        return sql.SQL("({} or ({} !~ {} and {}))").format(
             exact,
+            value,
+            sql.Literal(PLAIN_NAME),
             reserved_confusable(self.plan, value, named=self.named),
-            v=value,
         )
 
     def ok(self, value: sql.Composable, lengths: tuple[int, int] | None = None) -> sql.Composable:
