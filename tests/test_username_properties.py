@@ -7,7 +7,9 @@ Every batch goes into each of six table shapes, each in its own database with pr
 installed: most of it in one bulk statement, some as single sign-ups, some as concurrent
 sign-ups from several connections. After each batch, for every shape: every sign-up committed,
 every user has a profile, no failure was recorded, and every username is clean (no control,
-format or separator characters, NFKC, not reserved, at most 64 characters) and fits the table.
+format or separator characters, NFKC, not reserved nor confusable with a reserved name, at most 64
+characters) and fits the table; an array or an object is never a name, and a user who gave a name
+with a visible character gets one.
 
 BATCHES x BATCH_SIZE documents per shape (the default: 20 x 100 = 2,000).
 """
@@ -35,6 +37,7 @@ from psycopg import sql
 from profileguard.config import DEFAULT_RESERVED, Settings, load_settings
 from profileguard.install import install
 from profileguard.mapping import INVISIBLE_CATEGORIES
+from profileguard.mapping.confusables import confusable_table, skeleton
 
 BATCHES = int(os.environ.get("PROFILEGUARD_PROPERTY_BATCHES", "20"))
 BATCH_SIZE = 100
@@ -103,6 +106,9 @@ COMMON = [
     "\u01c5emal",
     "\ufb01nn",
     "\u210cilbert",
+    "\u0430dmin",  # a Cyrillic a
+    "admi\u0307n",  # a combining dot above the i
+    "r\u043e\u043eT",  # Cyrillic o's
 ]
 TRICKY = "".join(
     chr(c)
@@ -161,6 +167,7 @@ signups = st.tuples(documents, providers, st.one_of(st.none(), names))
 batches = st.lists(signups, min_size=BATCH_SIZE, max_size=BATCH_SIZE)
 
 RESERVED = {n.lower() for n in DEFAULT_RESERVED}
+CONFUSABLES = confusable_table(sorted(RESERVED))
 _counter = itertools.count()
 
 
@@ -279,7 +286,24 @@ def _invisible(text: str) -> list[str]:
     return [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in INVISIBLE_CATEGORIES]
 
 
-def _check(shape: Shape, keys: list[Any]) -> None:
+def _names_given(meta: str) -> list[str]:
+    """The username sources of a document that are names (neither arrays nor objects), as
+    text."""
+    document = json.loads(meta)
+    values = [document.get(key) for key in ("user_name", "preferred_username")]
+    return [
+        v if isinstance(v, str) else json.dumps(v)
+        for v in values
+        if v is not None and not isinstance(v, list | dict)
+    ]
+
+
+def _visible(text: str) -> bool:
+    return any(unicodedata.category(c) not in INVISIBLE_CATEGORIES | {"Zs"} for c in text)
+
+
+def _check(shape: Shape, rows: list[tuple[Any, ...]]) -> None:
+    keys = [r[0] for r in rows]
     key_type = "text" if shape.text_keys else "uuid"
     with shape.connect() as conn:
         missing, failures = conn.execute(
@@ -291,14 +315,23 @@ def _check(shape: Shape, keys: list[Any]) -> None:
         users = conn.execute(
             f"select count(*) from {shape.users} where id = any(%s::{key_type}[])", (keys,)
         ).fetchone()
-        names = [
-            r[0]
+        given = {
+            (str(r[0]) if shape.text_keys else r[0]): r[1]
             for r in conn.execute(
-                f"select username from {shape.profiles} where id = any(%s::{key_type}[])", (keys,)
+                f"select id, username from {shape.profiles} where id = any(%s::{key_type}[])",
+                (keys,),
             )
-        ]
+        }
+        names = list(given.values())
     assert users == (len(keys),), f"{shape.name}: sign-ups did not all commit"
     assert (missing, failures) == (0, 0), f"{shape.name}: missing {missing}, failed {failures}"
+    for key, _, meta, _ in rows:
+        name, offered = given[key], _names_given(meta)
+        # Arrays and objects are no names; a name empty after cleaning falls through.
+        if name is not None and name.startswith("["):
+            assert any("[" in text for text in offered), (shape.name, name)
+        if any(_visible(text) for text in offered):
+            assert name is not None, (shape.name, meta)
     for name in names:
         if name is None:
             continue
@@ -306,6 +339,8 @@ def _check(shape: Shape, keys: list[Any]) -> None:
         assert unicodedata.is_normalized("NFKC", name), (shape.name, name)
         assert name == name.strip(), (shape.name, name)
         assert name.lower() not in RESERVED, (shape.name, name)
+        if not name.isascii():  # nor, when not plain ASCII, confusable with a reserved name
+            assert skeleton(name, CONFUSABLES) not in RESERVED, (shape.name, name)
         assert 1 <= len(name) <= 64, (shape.name, name)
 
 
@@ -327,7 +362,7 @@ def test_every_signup_of_every_shape_gets_a_clean_profile(
     for shape in shapes.values():
         rows = _rows(shape, batch)
         _sign_up(shape, rows)
-        _check(shape, [r[0] for r in rows])
+        _check(shape, rows)
 
 
 def test_the_matrix_covered_enough_documents(shapes: dict[str, Shape]) -> None:

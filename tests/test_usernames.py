@@ -456,6 +456,90 @@ def test_megabyte_name_and_invisible_characters(installed):
     assert username(installed, spaced) == "ABC"  # NFKC: full-width letters, spaces trimmed
 
 
+def test_arrays_and_objects_are_not_names(installed):
+    """An array or an object in the metadata is no name: it is passed over like a missing
+    value, a string that merely looks like one is kept."""
+    arr, obj, fell, number, looks, both = _bulk(
+        installed,
+        [
+            {"preferred_username": ["arr"]},
+            {"user_name": {"login": "obj"}},
+            {"user_name": ["arr"], "preferred_username": "bob"},
+            {"user_name": 4242},
+            {"user_name": '["arr"]'},
+            {"user_name": ["x"], "preferred_username": {"y": 1}},
+        ],
+    )
+    one = installed.signup({"user_name": ["solo"], "preferred_username": "solo_next"})
+    _all_served(installed)
+    assert username(installed, arr) is None
+    assert username(installed, obj) is None
+    assert username(installed, fell) == "bob"
+    assert username(installed, number) == "4242"
+    assert username(installed, looks) == '["arr"]'
+    assert username(installed, both) is None
+    assert username(installed, one) == "solo_next"
+
+
+def test_a_name_empty_after_cleaning_falls_through(installed):
+    """A name made only of invisible characters and spaces is no name: the next source with a
+    value is taken, on the bulk path, the single sign-up and ensure_profile alike."""
+    meta = {"user_name": "\u200b\u202e\u3000\u2066", "preferred_username": "carol"}
+    bulk, alone = _bulk(installed, [meta, {"user_name": "\u200b\x07", "preferred_username": " "}])
+    single = installed.signup({"user_name": "\ufeff \u200d", "preferred_username": "dave"})
+    _all_served(installed)
+    assert username(installed, bulk) == "carol"
+    assert username(installed, alone) is None
+    assert username(installed, single) == "dave"
+    execute(installed, "delete from public.profiles where id = %s", (bulk,))
+    execute(installed, "select profileguard.ensure_profile(%s)", (bulk,))
+    assert username(installed, bulk) == "carol"
+
+
+def test_an_empty_provider_name_does_not_vouch_for_the_next_source(installed):
+    """A provider's name that cleans to nothing falls through, but the name after it is not the
+    provider's: an OAuth sign-up does not get the email's local part plainly."""
+    install(with_email_usernames(installed.settings))
+    oauth, typed = _bulk(installed, [{"user_name": "\u200b"}] * 2, provider="github")
+    mail = _bulk(installed, [{"user_name": "\u200b\u2066"}], provider="email")[0]
+    for uid, who in ((oauth, "linus"), (typed, "grace"), (mail, "ada")):
+        execute(installed, "update auth.users set email = %s where id = %s", (f"{who}@x.org", uid))
+        execute(installed, "delete from public.profiles where id = %s", (uid,))
+        execute(installed, "select profileguard.ensure_profile(%s)", (uid,))
+    single = installed.signup({"user_name": "\ufeff"}, email="joan@x.org")
+    _all_served(installed)
+    assert username(installed, oauth) is None
+    assert username(installed, typed) is None
+    assert username(installed, mail) == suffixed("ada", mail)  # fell through, not vouched for
+    assert username(installed, single) == "joan"  # no provider recorded: written by an operator
+
+
+def test_names_confusable_with_reserved_ones_are_suffixed(installed):
+    """A name that is not plain ASCII is compared with the reserved ones on its skeleton (TR39
+    confusables, combining marks removed): vouched for or not, it is never given plainly."""
+    cyrillic, dotted, greek, dze, accented = _bulk(
+        installed,
+        [
+            {"user_name": "\u0430dmin"},  # Cyrillic a
+            {"user_name": "admi\u0307n"},  # i with a combining dot above
+            {"user_name": "R\u039f\u039fT"},  # Greek capital omicrons
+            {"preferred_username": "\u0455upport"},  # Cyrillic dze
+            {"user_name": "\u00e9mile"},  # not confusable with a reserved name
+        ],
+    )
+    single = installed.signup({"user_name": "\u0430dm\u0456n"})  # Cyrillic a and i
+    _all_served(installed)
+    assert username(installed, cyrillic) == suffixed("\u0430dmin", cyrillic)
+    assert username(installed, dotted) == suffixed("admi\u0307n", dotted)
+    assert username(installed, greek) == suffixed("R\u039f\u039fT", greek)
+    assert username(installed, dze) == suffixed("\u0455upport", dze)
+    assert username(installed, accented) == "\u00e9mile"
+    assert username(installed, single) == suffixed("\u0430dm\u0456n", single)
+    execute(installed, "delete from public.profiles where id = %s", (cyrillic,))
+    execute(installed, "select profileguard.ensure_profile(%s)", (cyrillic,))
+    assert username(installed, cyrillic) == suffixed("\u0430dmin", cyrillic)
+
+
 def test_reserved_names_are_suffixed(installed):
     admin, root = _bulk(installed, [{"user_name": "Admin"}, {"user_name": "root"}])
     assert username(installed, admin) == suffixed("Admin", admin)
@@ -516,5 +600,5 @@ def test_a_name_cut_to_the_column_is_trimmed_again(db):
         " username varchar(16) unique)",
     )
     install(db.settings)
-    (uid,) = _bulk(db, [{"user_name": [-227161765044, 1]}])  # text '[-227161765044, 1]'
+    (uid,) = _bulk(db, [{"user_name": "[-227161765044, 1]"}])  # cut after the comma
     assert username(db, uid) == "[-227161765044,"

@@ -66,6 +66,222 @@ as $pg$
     || E'\\u2000-\\u200a\\u202f\\u205f\\u3000]+$'
 $pg$;
 
+-- The names a sign-up's statement leaves to the username rule's rare path (a regular expression):
+-- those that start as a JSON array or object printed as text does, and those made only of
+-- characters the cleaning removes or trims (control, format, separator and space characters).
+create or replace function profileguard.rare_names()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select E'^[{[]|^[\\u0001-\\u0020\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f'
+    || E'\\u0890-\\u0891\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066'
+    || E'-\\u206f\\u3000\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438'
+    || E'\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]+$'
+$pg$;
+
+-- Combining marks (a regular-expression bracket): removed from a decomposed name before it is
+-- compared with the reserved names.
+create or replace function profileguard.combining_marks()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select E'[\\u0300-\\u036f\\u0483-\\u0489\\u0591-\\u05bd\\u05bf\\u05c1-\\u05c2\\u05c4-\\u05c5'
+    || E'\\u05c7\\u0610-\\u061a\\u064b-\\u065f\\u0670\\u06d6-\\u06dc\\u06df-\\u06e4\\u06e7-'
+    || E'\\u06e8\\u06ea-\\u06ed\\u0711\\u0730-\\u074a\\u07a6-\\u07b0\\u07eb-\\u07f3\\u07fd\\u0816'
+    || E'-\\u0819\\u081b-\\u0823\\u0825-\\u0827\\u0829-\\u082d\\u0859-\\u085b\\u0898-\\u089f'
+    || E'\\u08ca-\\u08e1\\u08e3-\\u0903\\u093a-\\u093c\\u093e-\\u094f\\u0951-\\u0957\\u0962-'
+    || E'\\u0963\\u0981-\\u0983\\u09bc\\u09be-\\u09c4\\u09c7-\\u09c8\\u09cb-\\u09cd\\u09d7\\u09e2'
+    || E'-\\u09e3\\u09fe\\u0a01-\\u0a03\\u0a3c\\u0a3e-\\u0a42\\u0a47-\\u0a48\\u0a4b-\\u0a4d'
+    || E'\\u0a51\\u0a70-\\u0a71\\u0a75\\u0a81-\\u0a83\\u0abc\\u0abe-\\u0ac5\\u0ac7-\\u0ac9\\u0acb'
+    || E'-\\u0acd\\u0ae2-\\u0ae3\\u0afa-\\u0aff\\u0b01-\\u0b03\\u0b3c\\u0b3e-\\u0b44\\u0b47-'
+    || E'\\u0b48\\u0b4b-\\u0b4d\\u0b55-\\u0b57\\u0b62-\\u0b63\\u0b82\\u0bbe-\\u0bc2\\u0bc6-'
+    || E'\\u0bc8\\u0bca-\\u0bcd\\u0bd7\\u0c00-\\u0c04\\u0c3c\\u0c3e-\\u0c44\\u0c46-\\u0c48\\u0c4a'
+    || E'-\\u0c4d\\u0c55-\\u0c56\\u0c62-\\u0c63\\u0c81-\\u0c83\\u0cbc\\u0cbe-\\u0cc4\\u0cc6-'
+    || E'\\u0cc8\\u0cca-\\u0ccd\\u0cd5-\\u0cd6\\u0ce2-\\u0ce3\\u0d00-\\u0d03\\u0d3b-\\u0d3c'
+    || E'\\u0d3e-\\u0d44\\u0d46-\\u0d48\\u0d4a-\\u0d4d\\u0d57\\u0d62-\\u0d63\\u0d81-\\u0d83'
+    || E'\\u0dca\\u0dcf-\\u0dd4\\u0dd6\\u0dd8-\\u0ddf\\u0df2-\\u0df3\\u0e31\\u0e34-\\u0e3a\\u0e47'
+    || E'-\\u0e4e\\u0eb1\\u0eb4-\\u0ebc\\u0ec8-\\u0ecd\\u0f18-\\u0f19\\u0f35\\u0f37\\u0f39\\u0f3e'
+    || E'-\\u0f3f\\u0f71-\\u0f84\\u0f86-\\u0f87\\u0f8d-\\u0f97\\u0f99-\\u0fbc\\u0fc6\\u102b-'
+    || E'\\u103e\\u1056-\\u1059\\u105e-\\u1060\\u1062-\\u1064\\u1067-\\u106d\\u1071-\\u1074'
+    || E'\\u1082-\\u108d\\u108f\\u109a-\\u109d\\u135d-\\u135f\\u1712-\\u1715\\u1732-\\u1734'
+    || E'\\u1752-\\u1753\\u1772-\\u1773\\u17b4-\\u17d3\\u17dd\\u180b-\\u180d\\u180f\\u1885-'
+    || E'\\u1886\\u18a9\\u1920-\\u192b\\u1930-\\u193b\\u1a17-\\u1a1b\\u1a55-\\u1a5e\\u1a60-'
+    || E'\\u1a7c\\u1a7f\\u1ab0-\\u1ace\\u1b00-\\u1b04\\u1b34-\\u1b44\\u1b6b-\\u1b73\\u1b80-'
+    || E'\\u1b82\\u1ba1-\\u1bad\\u1be6-\\u1bf3\\u1c24-\\u1c37\\u1cd0-\\u1cd2\\u1cd4-\\u1ce8'
+    || E'\\u1ced\\u1cf4\\u1cf7-\\u1cf9\\u1dc0-\\u1dff\\u20d0-\\u20f0\\u2cef-\\u2cf1\\u2d7f\\u2de0'
+    || E'-\\u2dff\\u302a-\\u302f\\u3099-\\u309a\\ua66f-\\ua672\\ua674-\\ua67d\\ua69e-\\ua69f'
+    || E'\\ua6f0-\\ua6f1\\ua802\\ua806\\ua80b\\ua823-\\ua827\\ua82c\\ua880-\\ua881\\ua8b4-\\ua8c5'
+    || E'\\ua8e0-\\ua8f1\\ua8ff\\ua926-\\ua92d\\ua947-\\ua953\\ua980-\\ua983\\ua9b3-\\ua9c0'
+    || E'\\ua9e5\\uaa29-\\uaa36\\uaa43\\uaa4c-\\uaa4d\\uaa7b-\\uaa7d\\uaab0\\uaab2-\\uaab4\\uaab7'
+    || E'-\\uaab8\\uaabe-\\uaabf\\uaac1\\uaaeb-\\uaaef\\uaaf5-\\uaaf6\\uabe3-\\uabea\\uabec-'
+    || E'\\uabed\\ufb1e\\ufe00-\\ufe0f\\ufe20-\\ufe2f\\U000101fd\\U000102e0\\U00010376-'
+    || E'\\U0001037a\\U00010a01-\\U00010a03\\U00010a05-\\U00010a06\\U00010a0c-\\U00010a0f'
+    || E'\\U00010a38-\\U00010a3a\\U00010a3f\\U00010ae5-\\U00010ae6\\U00010d24-\\U00010d27'
+    || E'\\U00010eab-\\U00010eac\\U00010f46-\\U00010f50\\U00010f82-\\U00010f85\\U00011000-'
+    || E'\\U00011002\\U00011038-\\U00011046\\U00011070\\U00011073-\\U00011074\\U0001107f-'
+    || E'\\U00011082\\U000110b0-\\U000110ba\\U000110c2\\U00011100-\\U00011102\\U00011127-'
+    || E'\\U00011134\\U00011145-\\U00011146\\U00011173\\U00011180-\\U00011182\\U000111b3-'
+    || E'\\U000111c0\\U000111c9-\\U000111cc\\U000111ce-\\U000111cf\\U0001122c-\\U00011237'
+    || E'\\U0001123e\\U000112df-\\U000112ea\\U00011300-\\U00011303\\U0001133b-\\U0001133c'
+    || E'\\U0001133e-\\U00011344\\U00011347-\\U00011348\\U0001134b-\\U0001134d\\U00011357'
+    || E'\\U00011362-\\U00011363\\U00011366-\\U0001136c\\U00011370-\\U00011374\\U00011435-'
+    || E'\\U00011446\\U0001145e\\U000114b0-\\U000114c3\\U000115af-\\U000115b5\\U000115b8-'
+    || E'\\U000115c0\\U000115dc-\\U000115dd\\U00011630-\\U00011640\\U000116ab-\\U000116b7'
+    || E'\\U0001171d-\\U0001172b\\U0001182c-\\U0001183a\\U00011930-\\U00011935\\U00011937-'
+    || E'\\U00011938\\U0001193b-\\U0001193e\\U00011940\\U00011942-\\U00011943\\U000119d1-'
+    || E'\\U000119d7\\U000119da-\\U000119e0\\U000119e4\\U00011a01-\\U00011a0a\\U00011a33-'
+    || E'\\U00011a39\\U00011a3b-\\U00011a3e\\U00011a47\\U00011a51-\\U00011a5b\\U00011a8a-'
+    || E'\\U00011a99\\U00011c2f-\\U00011c36\\U00011c38-\\U00011c3f\\U00011c92-\\U00011ca7'
+    || E'\\U00011ca9-\\U00011cb6\\U00011d31-\\U00011d36\\U00011d3a\\U00011d3c-\\U00011d3d'
+    || E'\\U00011d3f-\\U00011d45\\U00011d47\\U00011d8a-\\U00011d8e\\U00011d90-\\U00011d91'
+    || E'\\U00011d93-\\U00011d97\\U00011ef3-\\U00011ef6\\U00016af0-\\U00016af4\\U00016b30-'
+    || E'\\U00016b36\\U00016f4f\\U00016f51-\\U00016f87\\U00016f8f-\\U00016f92\\U00016fe4'
+    || E'\\U00016ff0-\\U00016ff1\\U0001bc9d-\\U0001bc9e\\U0001cf00-\\U0001cf2d\\U0001cf30-'
+    || E'\\U0001cf46\\U0001d165-\\U0001d169\\U0001d16d-\\U0001d172\\U0001d17b-\\U0001d182'
+    || E'\\U0001d185-\\U0001d18b\\U0001d1aa-\\U0001d1ad\\U0001d242-\\U0001d244\\U0001da00-'
+    || E'\\U0001da36\\U0001da3b-\\U0001da6c\\U0001da75\\U0001da84\\U0001da9b-\\U0001da9f'
+    || E'\\U0001daa1-\\U0001daaf\\U0001e000-\\U0001e006\\U0001e008-\\U0001e018\\U0001e01b-'
+    || E'\\U0001e021\\U0001e023-\\U0001e024\\U0001e026-\\U0001e02a\\U0001e130-\\U0001e136'
+    || E'\\U0001e2ae\\U0001e2ec-\\U0001e2ef\\U0001e8d0-\\U0001e8d6\\U0001e944-\\U0001e94a'
+    || E'\\U000e0100-\\U000e01ef]'
+$pg$;
+
+-- Unicode TR39 confusables (confusables.txt), limited to the characters the reserved names use:
+-- translate() replaces each character of confusable_characters() by the one at its place in
+-- confusable_prototypes(), the reserved names' character it looks like.
+create or replace function profileguard.confusable_characters()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select E'01|\u0131\u0184\u018d\u0196\u01a6\u01bd\u01c0\u0251\u0261\u0263\u0269\u026a'
+    || E'\u026f\u028b\u028f\u02d7\u0391\u0392\u0395\u0397\u0399\u039a\u039c\u039d'
+    || E'\u039f\u03a1\u03a4\u03a5\u03b1\u03b3\u03b9\u03bd\u03bf\u03c1\u03c3\u03c5'
+    || E'\u03dc\u03fa\u0405\u0406\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420'
+    || E'\u0421\u0422\u0423\u042c\u0430\u0433\u0435\u043e\u0440\u0441\u0443\u0455'
+    || E'\u0456\u0461\u0474\u0475\u04ae\u04af\u04bb\u04bd\u04c0\u04cf\u0501\u050c'
+    || E'\u051c\u051d\u054d\u054f\u0555\u0561\u0570\u0578\u057c\u057d\u0581\u0584'
+    || E'\u0585\u05c0\u05d5\u05d8\u05df\u05e1\u0627\u0647\u0661\u0665\u0667\u06be'
+    || E'\u06c1\u06d4\u06d5\u06f1\u06f5\u06f7\u07c0\u07ca\u07fa\u0966\u09e6\u0a66'
+    || E'\u0ae6\u0b20\u0b66\u0be6\u0c66\u0ce6\u0d20\u0d66\u0e50\u0ed0\u101d\u1040'
+    || E'\u10e7\u10ff\u1200\u12d0\u13a0\u13a1\u13a2\u13a5\u13a9\u13aa\u13ac\u13b3'
+    || E'\u13b7\u13bb\u13bd\u13c0\u13c2\u13cf\u13d2\u13d4\u13d5\u13d9\u13da\u13de'
+    || E'\u13df\u13e2\u13e6\u13e7\u13f3\u13f4\u142f\u144c\u146d\u146f\u1472\u14aa'
+    || E'\u157c\u1587\u15af\u15b4\u15c5\u15de\u15ea\u15f0\u15f7\u16c1\u16d5\u16d6'
+    || E'\u1d04\u1d0f\u1d11\u1d1c\u1d20\u1d21\u1d26\u1d83\u1d8c\u1e9d\u1eff\u2010'
+    || E'\u2012\u2013\u2043\u212e\u2212\u2223\u2228\u222a\u22a4\u22c1\u22c3\u22ff'
+    || E'\u2373\u2374\u237a\u23fd\u2796\u27d9\u2c85\u2c8e\u2c92\u2c94\u2c98\u2c9a'
+    || E'\u2c9e\u2c9f\u2ca2\u2ca3\u2ca4\u2ca5\u2ca6\u2ca8\u2cba\u2cd0\u2d38\u2d39'
+    || E'\u2d4f\u2d54\u3007\ua4d0\ua4d1\ua4d2\ua4d3\ua4d4\ua4d6\ua4d7\ua4da\ua4dd'
+    || E'\ua4df\ua4e0\ua4e1\ua4e2\ua4e3\ua4e6\ua4e7\ua4ea\ua4ec\ua4ee\ua4f0\ua4f2'
+    || E'\ua4f3\ua4f4\ua647\ua6df\ua731\ua798\ua799\ua79f\ua7b4\uab32\uab35\uab3d'
+    || E'\uab47\uab48\uab4e\uab52\uab5a\uab75\uab81\uab83\uaba9\uabaa\uabaf\U00010282'
+    || E'\U00010286\U00010287\U0001028a\U00010292\U00010295\U00010296\U00010297'
+    || E'\U000102a0\U000102a1\U000102a2\U000102a5\U000102ab\U000102b0\U000102b1'
+    || E'\U000102b2\U000102cf\U00010301\U00010302\U00010309\U00010311\U00010315'
+    || E'\U00010320\U00010404\U00010415\U0001041b\U00010420\U0001042c\U0001043d'
+    || E'\U00010448\U000104b4\U000104c2\U000104ce\U000104ea\U000104f6\U00010513'
+    || E'\U00010516\U00010518\U0001051c\U0001051d\U00010525\U00010526\U000114d0'
+    || E'\U00011706\U0001170a\U0001170e\U0001170f\U000118a0\U000118a2\U000118a3'
+    || E'\U000118a4\U000118a6\U000118ae\U000118b2\U000118b5\U000118b8\U000118bc'
+    || E'\U000118c0\U000118c1\U000118c2\U000118c3\U000118c8\U000118d7\U000118d8'
+    || E'\U000118dc\U000118e0\U000118e6\U000118e9\U000118ef\U000118f2\U00016f08'
+    || E'\U00016f0a\U00016f16\U00016f28\U00016f35\U00016f3a\U00016f40\U00016f42'
+    || E'\U00016f43\U0001d20d\U0001d213\U0001d216\U0001d22a\U0001e8c7\U0001f74c'
+    || E'\U0001f768'
+$pg$;
+
+create or replace function profileguard.confusable_prototypes()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select 'ollibglrslagyiiwuy-abehlkmnoptyayivopoufmslabekmhopctybareopcysiwvvyyhelidgw'
+    || 'wusowhnnugfollvlololovoo-olovol_oooooooooooooooyouodrtiyaewmhyghbrwsvslcpkdg'
+    || 'bvupdblhrbfaddmblkmcoouvwrgyfy----e-lvutvueipal-trhlkmnooppccty-lveloobpddtg'
+    || 'kcfmnlsrvhwyaelouivsffubeforruuyirwvscbeflopstabcfomtyhbclmtloclsocsrouounok'
+    || 'cvflovwwwvflyeeloutvsfioouyowcwcvtllrsauyvfrllct'
+$pg$;
+
+-- The username rule's rare paths. The statements call them only behind a cheap test (a name
+-- that is not plain ASCII), so that a common sign-up sets up one call of each and runs neither.
+-- Whether `p_name` is confusable with a reserved name: not plain ASCII, and its skeleton
+-- (lowercased, NFKD, combining marks removed, confusable characters replaced) is a reserved
+-- name's ('admin' with a Cyrillic a, U+0430).
+create or replace function profileguard.reserved_confusable(p_name pg_catalog.text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    SELECT     $1 !~ '^[ -~]*$'
+           AND translate(regexp_replace(normalize(lower($1 COLLATE pg_catalog.pg_unicode_fast), NFKD),
+                                        profileguard.combining_marks(),
+                                        '',
+                                        'g'),
+                         profileguard.confusable_characters(),
+                         profileguard.confusable_prototypes()) = ANY(profileguard.reserved_names())
+$pg$;
+
+-- The username base of the user `p_key` when the name chosen first is one of rare_names(): each
+-- source in turn, an array or an object passed over as no name, the first one not empty after
+-- cleaning (NULL when none is).
+create or replace function profileguard.username_base(p_key uuid)
+returns pg_catalog.text
+language sql
+stable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    SELECT COALESCE(NULLIF(CASE
+                             WHEN "left"(a.pg_n0, 272) ~ '^[!-~]([ -~]*[!-~])?$'
+                               THEN "left"(a.pg_n0, 272)
+                             ELSE regexp_replace(normalize(regexp_replace("left"(a.pg_n0, 272),
+                                                                          profileguard.invisible_characters(),
+                                                                          '',
+                                                                          'g'), NFKC),
+                                                 profileguard.edge_spaces(),
+                                                 '',
+                                                 'g')
+                           END,
+                           ''),
+                    NULLIF(CASE
+                             WHEN "left"(a.pg_n1, 272) ~ '^[!-~]([ -~]*[!-~])?$'
+                               THEN "left"(a.pg_n1, 272)
+                             ELSE regexp_replace(normalize(regexp_replace("left"(a.pg_n1, 272),
+                                                                          profileguard.invisible_characters(),
+                                                                          '',
+                                                                          'g'), NFKC),
+                                                 profileguard.edge_spaces(),
+                                                 '',
+                                                 'g')
+                           END,
+                           ''),
+                    NULL)
+    FROM (SELECT CASE
+                   WHEN jsonb_typeof(u.raw_user_meta_data -> 'user_name') NOT IN ('array', 'object')
+                     THEN NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '')
+                 END AS pg_n0,
+                 CASE
+                   WHEN jsonb_typeof(u.raw_user_meta_data -> 'preferred_username') NOT IN ('array', 'object')
+                     THEN NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '')
+                 END AS pg_n1,
+                 NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+          FROM auth.users AS u
+          WHERE u.id = $1) AS a
+$pg$;
+
 -- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
 -- returns their keys. Every path but the signup trigger comes here: the repair engine,
 -- ensure_profile, the backfill; the trigger's retry after a unique violation only without a
@@ -112,8 +328,10 @@ begin
          pg_cleaned AS (
              SELECT a.*,
                     NULLIF(CASE
-                             WHEN "left"(a.pg_raw, 272) ~ '^[!-~]([ -~]*[!-~])?$'
+                             WHEN "left"(a.pg_raw, 272) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
                                THEN "left"(a.pg_raw, 272)
+                             WHEN "left"(a.pg_raw, 272) ~ profileguard.rare_names()
+                               THEN profileguard.username_base(a.pg_key)
                              ELSE regexp_replace(normalize(regexp_replace("left"(a.pg_raw, 272),
                                                                           profileguard.invisible_characters(),
                                                                           '',
@@ -144,7 +362,9 @@ begin
          pg_tested AS (
              SELECT b.*,
                         b.pg_trusted
-                    AND NOT lower(b.pg_plain COLLATE pg_catalog.pg_unicode_fast) = ANY(profileguard.reserved_names())
+                    AND NOT(lower(b.pg_plain COLLATE pg_catalog.pg_unicode_fast) = ANY(profileguard.reserved_names())
+                         OR (b.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                         AND profileguard.reserved_confusable(b.pg_plain)))
                     AND (char_length(b.pg_plain) BETWEEN 3 AND 64
                      AND COALESCE(char_length(b.pg_plain) >= 3, TRUE))
                     AND NOT EXISTS (SELECT
@@ -293,7 +513,7 @@ begin
                  END
           FROM pg_sources AS a
           WHERE COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-             OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
+             OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
              AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64)
              OR pg_catalog.set_config('profileguard.username_rule', 'on', TRUE) IS NULL;
         -- Names the lean insert left to the username rule (its WHERE turned the flag on).
@@ -322,7 +542,7 @@ begin
                             END AS pg_trusted
                      FROM pg_sources AS a
                      WHERE NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-                            OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-~]([ -~]*[!-~])?$'
+                            OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
                             AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))
                      OFFSET 0
                    ),
@@ -331,7 +551,10 @@ begin
                             a.raw_user_meta_data,
                             a.pg_trusted,
                             NULLIF(CASE
-                                     WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                     WHEN a.pg_cut ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                                       THEN a.pg_cut
+                                     WHEN a.pg_cut ~ profileguard.rare_names()
+                                       THEN profileguard.username_base(a.pg_key)
                                      ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
                                                                                   profileguard.invisible_characters(),
                                                                                   '',
@@ -365,8 +588,10 @@ begin
                        WHEN c.pg_base IS NULL
                          THEN NULL
                        WHEN c.pg_trusted
-                        AND NOT lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast)
+                        AND NOT(lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast)
                             = ANY(profileguard.reserved_names())
+                             OR (c.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                             AND profileguard.reserved_confusable(c.pg_plain)))
                         AND char_length(c.pg_plain) >= 3
                          THEN c.pg_plain
                        ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)), 8)
@@ -426,7 +651,10 @@ begin
                                 a.raw_user_meta_data,
                                 a.pg_trusted,
                                 NULLIF(CASE
-                                         WHEN a.pg_cut ~ '^[!-~]([ -~]*[!-~])?$' THEN a.pg_cut
+                                         WHEN a.pg_cut ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                                           THEN a.pg_cut
+                                         WHEN a.pg_cut ~ profileguard.rare_names()
+                                           THEN profileguard.username_base(a.pg_key)
                                          ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
                                                                                     profileguard.invisible_characters(),
                                                                                       '',
@@ -461,8 +689,10 @@ begin
                                   WHEN c.pg_base IS NULL
                                     THEN NULL
                                   WHEN c.pg_trusted
-                                   AND NOT lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast)
+                                   AND NOT(lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast)
                                        = ANY(profileguard.reserved_names())
+                                        OR (c.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                                        AND profileguard.reserved_confusable(c.pg_plain)))
                                    AND char_length(c.pg_plain) >= 3
                                     THEN c.pg_plain
                                   ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)),

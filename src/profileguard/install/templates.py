@@ -22,7 +22,9 @@ from profileguard.mapping import (
     insert_statement,
     lean_statement,
     redact_statement,
+    reserved_confusable_test,
     sync_statement,
+    username_base_query,
     when_changed,
 )
 from profileguard.mapping.guards import deferred_check
@@ -74,6 +76,10 @@ def render_generated(plan: Plan) -> sql.Composed:
         "generated.sql",
         **parts,
         **constant_bodies(plan),
+        reserved_confusable=pretty(
+            sql.SQL("select {}").format(reserved_confusable_test(plan, sql.SQL("$1"), named=True))
+        ),
+        username_base=pretty(username_base_query(plan, sql.SQL("$1"), named=True)),
         identity_text=sql.Literal(str(settings.identity)),
         identity_key_text=sql.Literal(settings.identity.key),
         # Whether a unique violation is retried with the forced username suffix (the mapping has

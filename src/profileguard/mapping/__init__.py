@@ -1,6 +1,7 @@
 """Turn the configured mapping into SQL: how one profile row is derived from one identity row
-(plan.py: what feeds what; insert.py: the profile INSERT; sync.py: updates, redaction, drift;
-columns.py: the columns of both tables all of it depends on).
+(plan.py: what feeds what; insert.py: the profile INSERT and the username rule; sync.py: updates,
+redaction, drift; confusables.py: the Unicode data reserved names are compared with; columns.py:
+the columns of both tables all of it depends on).
 
 The same INSERT … SELECT serves every path (trigger, ensure, repair, the client's fallback), so the
 profile a user gets does not depend on which path created it. Identifiers are composed with
@@ -13,6 +14,8 @@ from profileguard.mapping.insert import (
     constant_bodies,
     insert_statement,
     lean_statement,
+    reserved_confusable_test,
+    username_base_query,
 )
 from profileguard.mapping.plan import Plan, build_plan, source_expr
 from profileguard.mapping.sync import (
@@ -35,7 +38,9 @@ __all__ = [
     "insert_statement",
     "lean_statement",
     "redact_statement",
+    "reserved_confusable_test",
     "source_expr",
     "sync_statement",
+    "username_base_query",
     "when_changed",
 ]

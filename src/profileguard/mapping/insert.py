@@ -16,6 +16,7 @@ from psycopg import sql
 
 from profileguard import sqlexpr
 from profileguard.config import Source
+from profileguard.mapping.confusables import MARK_CATEGORIES, confusable_table, decomposed
 from profileguard.mapping.plan import (
     LONG_SUFFIX,
     SHORT_SUFFIX,
@@ -31,8 +32,6 @@ from profileguard.mapping.plan import (
 )
 
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-# Printable ASCII without surrounding spaces: a name cleaning leaves as it is.
-CLEAN_ASCII = "^[!-~]([ -~]*[!-~])?$"
 # Space separators (Zs) trimmed at both ends.
 SPACE_CATEGORIES = frozenset({"Zs"})
 
@@ -57,11 +56,23 @@ def _char_class(categories: frozenset[str]) -> str:
 def constants(plan: Plan) -> dict[str, str | list[str]]:
     """The mapping's constants, by the name of the installed function that returns each."""
     policy = plan.settings.username
+    reserved = sorted({n.lower() for n in policy.reserved})
     return {
-        "reserved_names": sorted({n.lower() for n in policy.reserved}),
+        "reserved_names": reserved,
         "unverified_providers": sorted(policy.unverified_providers),
         **character_classes(),
+        **_confusables(plan, reserved),
     }
+
+
+def _confusables(plan: Plan, reserved: list[str]) -> dict[str, str]:
+    """translate()'s from and to of the reserved names' skeletons (see mapping/confusables.py):
+    none without reserved names, or where the database cannot normalize (not UTF8)."""
+    constraints = plan.username_constraints
+    if not reserved or constraints is None or not constraints.nfkc:
+        return {"confusable_characters": "", "confusable_prototypes": ""}
+    characters, prototypes = confusable_table(reserved)
+    return {"confusable_characters": characters, "confusable_prototypes": prototypes}
 
 
 def _constant(name: str, named: bool, plan: Plan | None = None) -> sql.Composable:
@@ -81,6 +92,10 @@ def character_classes() -> dict[str, str]:
     return {
         "invisible_characters": _char_class(INVISIBLE_CATEGORIES),
         "edge_spaces": f"^{spaces}+|{spaces}+$",
+        # A name the rare path decides: one that may be a JSON array or object printed as text,
+        # or one the cleaning would leave empty (no character NFKC keeps but spaces).
+        "rare_names": "^[{[]|^" + _char_class(INVISIBLE_CATEGORIES | SPACE_CATEGORIES) + "+$",
+        "combining_marks": _char_class(MARK_CATEGORIES),
     }
 
 
@@ -102,24 +117,54 @@ def constant_bodies(plan: Plan, width: int = 96) -> dict[str, sql.Composable]:
             text = "array[\n        " + "\n        ".join(lines) + "\n    ]::pg_catalog.text[]"
             if not items:
                 text = "array[]::pg_catalog.text[]"
+        elif not value.isascii():
+            # The characters themselves (translate's from and to): each one not ASCII as its
+            # Unicode escape in an E'' string, a piece a line.
+            tokens = [_escaped(c) for c in value]
+            text = "\n    || ".join(f"E'{p}'" for p in _pieces(tokens, width - 20))
         else:
             # Cut between escapes (\uXXXX stays whole), a piece a line.
-            pieces, piece = [], ""
-            for token in re.findall(r"\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.", value, re.S):
-                if len(piece) + len(token) > width - 20:
-                    pieces.append(piece)
-                    piece = ""
-                piece += token
-            pieces.append(piece)
-            text = "\n    || ".join(sql.Literal(p).as_string(None).strip() for p in pieces)
+            tokens = re.findall(r"\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.", value, re.S)
+            text = "\n    || ".join(
+                sql.Literal(p).as_string(None).strip() for p in _pieces(tokens, width - 20)
+            )
         bodies[name] = sql.SQL(text)
     return bodies
+
+
+def _pieces(tokens: Sequence[str], width: int) -> list[str]:
+    """`tokens` joined into pieces of at most `width` characters (a token is never cut)."""
+    pieces, piece = [], ""
+    for token in tokens:
+        if len(piece) + len(token) > width:
+            pieces.append(piece)
+            piece = ""
+        piece += token
+    pieces.append(piece)
+    return pieces
+
+
+def _escaped(char: str) -> str:
+    """`char` as it is written in an E'' string."""
+    if char in "\\'":
+        return "\\" + char
+    if char.isascii():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:
     """`expr` cut to what cleaning may need for a name of `limit` characters: a megabyte of
     metadata is not normalized for a name of 64."""
     return sql.SQL("left({}, {})").format(expr, sql.Literal(limit * 4 + 16))
+
+
+# Printable ASCII without surrounding spaces: already clean, so most names skip the cleaning.
+PLAIN_ASCII = "^[!-~]([ -~]*[!-~])?$"
+# The same, but not starting as a JSON array or object prints ('[', '{'; ']' and a backslash
+# too, which a range cannot leave out without an escape): the fast path of the name a sign-up
+# chose, which may be an array or an object printed as text.
+PLAIN_NAME = "^[!-Z^-z|-~]([ -~]*[!-~])?$"
 
 
 def clean_username(
@@ -130,13 +175,18 @@ def clean_username(
     limit: int,
     cut: bool = True,
     named: bool = False,
+    otherwise: sql.Composable | None = None,
 ) -> sql.Composable:
     """`expr` as a username base: invisible characters removed, NFKC, spaces trimmed, optionally
     lowercased, NULL when nothing is left. Inline SQL (no function call), so the same statement
     runs before install too, and bulk inserts stay set-based. `cut` False: `expr` is already
     `cut_username` of the name (a column of the select below). The base never ends with a space
     separator (`_Names.plain` relies on it). `named`: the character classes are the installed
-    constant functions (folded into the plan) instead of literals."""
+    constant functions (folded into the plan) instead of literals.
+
+    `otherwise`: the rare path (`username_rare`), taken instead for a name the cleaning would
+    leave empty (nothing but invisible characters and spaces) or that starts as a JSON array or
+    object does (`rare_names`); only its call is set up with the statement."""
     if cut:
         expr = cut_username(expr, limit)
     value = expr
@@ -152,11 +202,23 @@ def clean_username(
     )
     if lowercase:  # after NFKC, which maps some letters to capitals (U+210D to H)
         value = _lower(value, constraints)
-    # Printable ASCII without surrounding spaces is already clean: most names skip the work.
     plain_ascii = _lower(expr, constraints) if lowercase else expr
-    value = sql.SQL("case when {cut} ~ {clean} then {ascii} else {value} end").format(
-        cut=expr, clean=sql.Literal(CLEAN_ASCII), ascii=plain_ascii, value=value
-    )
+    if otherwise is None:
+        value = sql.SQL("case when {cut} ~ {fast} then {ascii} else {value} end").format(
+            cut=expr, fast=sql.Literal(PLAIN_ASCII), ascii=plain_ascii, value=value
+        )
+    else:  # a NULL name takes neither test: NULL, with no call
+        value = sql.SQL(
+            "case when {cut} ~ {fast} then {ascii} when {cut} ~ {rare} then {otherwise}"
+            " else {value} end"
+        ).format(
+            cut=expr,
+            fast=sql.Literal(PLAIN_NAME),
+            ascii=plain_ascii,
+            rare=_constant("rare_names", named),
+            otherwise=otherwise,
+            value=value,
+        )
     return sql.SQL("nullif({}, '')").format(value)
 
 
@@ -263,8 +325,11 @@ class _Names:
         return min(1, keep) + 1 + digits, keep + 1 + digits
 
     def reserved(self, value: sql.Composable, *, ascii: bool = False) -> sql.Composable:
-        """The candidate is a reserved name (any case). `ascii`: it is known to be printable
-        ASCII, lowered byte by byte (the same result as the Unicode lowering, without it)."""
+        """The candidate is a reserved name (case-insensitive) or, when it is not plain ASCII,
+        confusable with one (its skeleton is one's, see `reserved_confusable`): the skeleton's
+        call is the rare path, behind the fast path's pattern. `ascii`: the candidate is known
+        to be printable ASCII, lowered byte by byte (the same result as the Unicode lowering,
+        without it) and with no skeleton to take."""
         if not self.policy.reserved:
             return sql.SQL("false")
         lowered = (
@@ -272,8 +337,17 @@ class _Names:
             if ascii
             else _lower(value, self.username_constraints)
         )
-        return sql.SQL("{} = any({})").format(
+        exact = sql.SQL("{} = any({})").format(
             lowered, _constant("reserved_names", self.named, self.plan)
+        )
+        if ascii or not self.username_constraints.nfkc:
+            return exact
+        # The fast path's own pattern: compiled and cached by the cleaning's test already.
+        return sql.SQL("({} or ({} !~ {} and {}))").format(
+            exact,
+            value,
+            sql.Literal(PLAIN_NAME),
+            reserved_confusable(self.plan, value, named=self.named),
         )
 
     def given(
@@ -344,8 +418,11 @@ class _Names:
             return sql.SQL("({}) collate {}").format(expr, sql.SQL(key.collation))
         return expr
 
-    def taken(self, value: sql.Composable) -> sql.Composable:
-        """An existing profile holds the candidate's key in one of the unique indexes."""
+    def taken(
+        self, value: sql.Composable, other_than: sql.Composable | None = None
+    ) -> sql.Composable:
+        """An existing profile holds the candidate's key in one of the unique indexes (one
+        whose key is not `other_than`: a profile never collides with itself)."""
         keys = self.username_constraints.keys
         if not keys:
             return sql.SQL("false")
@@ -356,6 +433,10 @@ class _Names:
             where = sql.SQL("{} = {}").format(sql.SQL(key.key), self.key(key, value))
             if key.predicate:
                 where = sql.SQL("{} and ({})").format(where, sql.SQL(key.predicate))
+            if other_than is not None:
+                where = sql.SQL("{} and x.{} <> {}").format(
+                    where, sql.Identifier(self.plan.settings.profile.key), other_than
+                )
             fence = sql.SQL(" offset 0" if self.probed else "")
             probes.append(
                 sql.SQL("exists (select from {} x where {}{})").format(profile, where, fence)
@@ -418,7 +499,8 @@ def _username_raw(
     """The name to clean, chosen once per row (a column of its own select, so the cleaning
     refers to it instead of repeating the choice): provenance first, for an OAuth sign-up the
     names its provider vouches for come before the ones the user typed (the same choice when
-    they come first in the mapping anyway, as in the default one: one CASE fewer to set up)."""
+    they come first in the mapping anyway, as in the default one: one CASE fewer to set up).
+    `names`: the choice among these instead (the rare path's cleaned names)."""
     p = _provenance(plan, constraints, sources, named, names)
     if p.oauth is None or p.vouched_first:
         return p.everything
@@ -449,13 +531,16 @@ def _username_layers(
     *,
     optimistic: bool = False,
     named: bool = False,
+    fallback: bool = True,
 ) -> tuple[list[sql.Composable], list[sql.Composable], list[sql.Composable]]:
     """Columns of the innermost select (each source as text; the provider), of the one above it
     (the chosen name `pg_raw`) and of the middle one (the name cleaned once, and whether it may
-    be given plainly). A name that is nothing but invisible characters cleans to NULL (no
-    username, or 'user' + the suffix). Rows with no provider recorded were written by an
+    be given plainly). A chosen name that cleans to nothing, or that starts as a JSON array or
+    object does, takes the rare path (`username_rare`): the next source that is a name, or NULL
+    (no username, or 'user' + the suffix). Rows with no provider recorded were written by an
     operator. `optimistic`: the chosen name is cut (`pg_cut`) and `pg_trusted` decided a select
-    lower, so the cleaning does not repeat the cut."""
+    lower, so the cleaning does not repeat the cut. `fallback` False: no 'user' base for a NOT
+    NULL column (an update keeps the stored name instead)."""
     policy = plan.settings.username
     inner: list[sql.Composable] = [
         sql.SQL("{} as {}").format(source_expr(source), sql.Identifier(f"pg_n{j}"))
@@ -475,10 +560,10 @@ def _username_layers(
         limit=limit,
         cut=not optimistic,
         named=named,
+        otherwise=username_rare(plan, sql.SQL("a.pg_key"), named=named),
     )
-    if constraints.not_null:
-        fallback = sql.Literal(USERNAME_FALLBACK)
-        cleaned = sql.SQL("coalesce({}, {})").format(cleaned, fallback)
+    if constraints.not_null and fallback:
+        cleaned = sql.SQL("coalesce({}, {})").format(cleaned, sql.Literal(USERNAME_FALLBACK))
     if optimistic:
         return (
             inner,
@@ -493,6 +578,175 @@ def _username_layers(
         sql.SQL("{} as pg_trusted").format(trusted),
     ]
     return inner, [sql.SQL("{} as pg_raw").format(raw)], middle
+
+
+def username_update_layers(
+    plan: Plan, value: str, *, named: bool = True
+) -> tuple[list[sql.Composable], list[tuple[list[sql.Composable], str]]]:
+    """The username rule on an update (a `follow` or `fill_empty` username): (the columns the
+    select over the identity rows `u` adds, the selects above it) — each a list of columns and
+    the alias of the select it reads, innermost first; the last gives the column `value`.
+
+    `value` is the name the profile may now hold, else NULL (the stored one stays): the name as
+    a sign-up would clean and choose it (a source that is no name falls through), given plainly
+    where a sign-up would give it plainly (vouched for, or written by an operator) and with the
+    key's suffix where it would be suffixed; never a reserved name or one confusable with it,
+    and only when it passes the policy and the column's CHECKs and no other profile holds it in
+    a unique index. A taken, reserved or failing name is not replaced by another candidate:
+    the profile keeps its name, and the other columns of the row are synced all the same."""
+    constraints = plan.username_constraints
+    assert constraints is not None and constraints.column in plan.mapping
+    sources = plan.mapping[constraints.column]
+    inner, raw, middle = _username_layers(plan, constraints, sources, named=named, fallback=False)
+    n = _Names(plan, constraints, named=named)
+    plain, suffixed, key = sql.SQL("c.pg_plain"), sql.SQL("c.pg_suffixed"), sql.SQL("c.pg_key")
+
+    def free(candidate: sql.Composable) -> sql.Composable:
+        return sql.SQL("{} and not {}").format(n.ok(candidate), n.taken(candidate, key))
+
+    decided = sql.SQL(
+        "case when c.pg_base is null or {reserved} then null"
+        " when c.pg_trusted then case when {plain_free} then {plain} end"
+        " when {suffixed_free} then {suffixed} end as {value}"
+    ).format(
+        reserved=n.reserved(plain),
+        plain_free=free(plain),
+        plain=plain,
+        suffixed_free=free(suffixed),
+        suffixed=suffixed,
+        value=sql.Identifier(value),
+    )
+    candidates = [
+        sql.SQL("b.*"),
+        sql.SQL("{} as pg_plain").format(n.plain(sql.SQL("b.pg_base"))),
+        sql.SQL("{} as pg_suffixed").format(
+            n.suffixed(sql.SQL("b.pg_base"), hashed=sql.SQL("md5(b.pg_key::text)"))
+        ),
+    ]
+    return inner, [
+        ([sql.SQL("a.*"), *raw], "a"),
+        ([sql.SQL("a.*"), *middle], "a"),
+        (candidates, "b"),
+        ([sql.SQL("c.*"), decided], "c"),
+    ]
+
+
+def username_rare(plan: Plan, key: sql.Composable, *, named: bool) -> sql.Composable:
+    """The cleaning's rare path (see `clean_username`): the base of the user whose key is
+    `key`, made again from the user's row (`username_base_query`). `named`: a call of the
+    installed profileguard.username_base, one node to set up with the statement that holds it;
+    else the query itself, as a scalar subquery."""
+    if named:
+        return sql.SQL("profileguard.username_base({})").format(key)
+    return sql.SQL("({})").format(username_base_query(plan, key, named=False))
+
+
+def username_base_query(plan: Plan, key: sql.Composable, *, named: bool) -> sql.Composable:
+    """SELECT the username base of the user whose key is `key`, read from the identity table
+    (a sign-up's new row is there when the trigger runs): each source in the choice's order,
+    a JSON array or object passed over as no name, the first one not empty after cleaning.
+    Under the provenance rule, a provider's name that cleans to nothing vouches for no other
+    source: an OAuth sign-up then falls through to the names its provider writes only. NULL
+    where none is left."""
+    constraints = plan.username_constraints
+    if constraints is None or constraints.column not in plan.mapping:
+        return sql.SQL("select null::pg_catalog.text")
+    sources = plan.mapping[constraints.column]
+    policy = plan.settings.username
+    inner: list[sql.Composable] = [
+        sql.SQL("{} as {}").format(_scalar_source(plan, source), sql.Identifier(f"pg_n{j}"))
+        for j, source in enumerate(sources)
+    ]
+    if constraints.provider is None:
+        inner.append(sql.SQL("null::text as pg_provider"))
+    else:
+        inner.append(sql.SQL("{} as pg_provider").format(source_expr(constraints.provider)))
+    p = _provenance(plan, constraints, sources, named)
+    names = [
+        clean_username(
+            name,
+            constraints,
+            lowercase=policy.lowercase,
+            limit=constraints.max_length or policy.max_length,
+            named=named,
+        )
+        for name in p.names
+    ]
+    vouchable = [bool(s.path) and s.transform != "localpart" for s in sources]
+    if p.oauth is not None and policy.unverified != "plain" and not all(vouchable):
+        names = [
+            name if vouched else sql.SQL("case when not {} then {} end").format(p.oauth, name)
+            for vouched, name in zip(vouchable, names, strict=True)
+        ]
+    identity = plan.settings.identity
+    # The select below is `a`, as the statement's innermost one (the names and the provider
+    # by the same columns); inside it, an outer `a` in `key` is the statement's.
+    return sql.SQL("select {} from (select {} from {} u where u.{} = {}) a").format(
+        _username_raw(plan, constraints, sources, named, names),
+        sql.SQL(", ").join(inner),
+        sql.Identifier(identity.schema, identity.name),
+        sql.Identifier(identity.key),
+        key,
+    )
+
+
+def _scalar_source(plan: Plan, source: Source) -> sql.Composable:
+    """`source_expr` of `source`, for a path in a JSON column only when the value there is not
+    an array or an object (`->>` would print it as JSON text)."""
+    column = plan.identity.columns.get(source.column)
+    if not source.path or column is None or not column.is_json:
+        return source_expr(source)
+    col = sql.Identifier("u", source.column)
+    if len(source.path) == 1:
+        value = sql.SQL("{} -> {}").format(col, sql.Literal(source.path[0]))
+    else:
+        value = sql.SQL("{} #> {}").format(col, sql.Literal(list(source.path)))
+    typeof = sql.SQL("jsonb_typeof" if column.type == "jsonb" else "json_typeof")
+    return sql.SQL("case when {}({}) not in ('array', 'object') then {} end").format(
+        typeof, value, source_expr(source)
+    )
+
+
+def reserved_confusable(plan: Plan, value: sql.Composable, *, named: bool) -> sql.Composable:
+    """Whether `value` is confusable with a reserved name (`reserved_confusable_test`):
+    `named`, a call of the installed function; else the test itself."""
+    if named:
+        return sql.SQL("profileguard.reserved_confusable({})").format(value)
+    return sql.SQL("({})").format(reserved_confusable_test(plan, value, named=False))
+
+
+def reserved_confusable_test(plan: Plan, value: sql.Composable, *, named: bool) -> sql.Composable:
+    """`value`, when it is not plain ASCII, has the skeleton of a reserved name (Unicode TR39:
+    lowercased, NFKD, combining marks removed, each character confusable with one a reserved
+    name uses replaced by it; see mapping/confusables.py): 'admin' with a Cyrillic a (U+0430),
+    or with a combining dot above its i (U+0307), is 'admin'. Plain ASCII names are compared as
+    they are."""
+    constraints = plan.username_constraints
+    reserved = constants(plan)["reserved_names"]
+    if constraints is None or not reserved or not constraints.nfkc:
+        return sql.SQL("false")
+    names = _constant("reserved_names", named, plan)
+    skeleton = _skeleton(value, constraints, named, plan)
+    test = sql.SQL("{} = any({})").format(skeleton, names)
+    if any(decomposed(name) != name for name in reserved):
+        # A reserved name that is not its own skeleton: theirs are made here too.
+        test = sql.SQL("exists (select from unnest({}) r(name) where {} = {})").format(
+            names, _skeleton(sql.SQL("r.name"), constraints, named, plan), skeleton
+        )
+    return sql.SQL("{} !~ '^[ -~]*$' and {}").format(value, test)
+
+
+def _skeleton(
+    value: sql.Composable, constraints: UsernameConstraints, named: bool, plan: Plan
+) -> sql.Composable:
+    decomposed_value = sql.SQL("regexp_replace(normalize({}, NFKD), {}, '', 'g')").format(
+        _lower(value, constraints), _constant("combining_marks", named)
+    )
+    return sql.SQL("translate({}, {}, {})").format(
+        decomposed_value,
+        _constant("confusable_characters", named, plan),
+        _constant("confusable_prototypes", named, plan),
+    )
 
 
 _LENGTH_TEST = re.compile(
@@ -629,7 +883,7 @@ def _username_outer(
                 (
                     sql.SQL("{}c.pg_trusted and not {} and {} and not {}").format(
                         sql.SQL("") if forced is False else sql.SQL("not {} and ").format(forced),
-                        n.reserved(slug_plain),
+                        n.reserved(slug_plain, ascii=True),
                         n.ok(slug_plain),
                         n.taken(slug_plain),
                     ),
@@ -807,14 +1061,15 @@ RULE_NEEDED = "profileguard.username_rule"
 def _lean_test(plan: Plan, name: sql.Composable) -> sql.Composable:
     """The cheap test of the chosen, uncut name `name`: true when the username rule's result is
     known without its machinery (no name at all, or one that cleaning leaves as it is and that
-    is not cut). What is a name at all is the sources' columns' own test, the same for both
+    is not cut; a name that may be a JSON array or object printed as text is not, see
+    PLAIN_NAME). What is a name at all is the sources' columns' own test, the same for both
     inserts (`_username_layers`)."""
     constraints = plan.username_constraints
     assert constraints is not None
     n = _Names(plan, constraints, lean=True)
     return sql.SQL(
         "({name} is null or ({name} ~ {clean} and octet_length({name}) <= {max}))"
-    ).format(name=name, clean=sql.Literal(CLEAN_ASCII), max=sql.Literal(n.max))
+    ).format(name=name, clean=sql.Literal(PLAIN_NAME), max=sql.Literal(n.max))
 
 
 def lean_statement(

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from profileguard.config import Source
 from profileguard.errors import ConfigError
+from profileguard.mapping.insert import username_update_layers
 from profileguard.mapping.plan import Plan, cast, coalesced
 from profileguard.sqlformat import Formatted
 
@@ -124,16 +125,19 @@ def _drift_terms(
 
     `s.pg_cN` is the source value; `own_tx` is true where a fill_empty column may be overwritten
     although it is not empty (the profile was created by this very transaction, from the row as
-    it was before this update: an admin-created user).
+    it was before this update: an admin-created user). The username's source value is the name
+    the username rule accepts, NULL when it accepts none: the stored name then stays.
     """
     terms: list[tuple[str, sql.Composable, sql.Composable]] = []
     index = {column: i for i, column in enumerate(plan.mapping)}
+    username = _username_rule(plan)
     for column in sync.synced:
         target = plan.profile.columns[column]
         col = sql.SQL("p.{}").format(sql.Identifier(column))
         value = cast(sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}")), target)
         if column in sync.follow:
-            stored = sql.SQL("coalesce({}, {})").format(value, col) if target.not_null else value
+            kept = target.not_null or column == username
+            stored = sql.SQL("coalesce({}, {})").format(value, col) if kept else value
             differs = sql.SQL("{} is distinct from {}").format(col, stored)
         else:
             may = sql.SQL("({} or {})").format(_empty(col), own_tx)
@@ -151,26 +155,47 @@ def _sources_of(
     plan: Plan, sync: SyncPlan, where: sql.Composable, *, values: bool = True
 ) -> sql.Composable:
     """The synced source values of the identity rows `where` selects (alias s, key pg_key);
-    without `values`, only the key and the deletion state (what redaction reads)."""
+    without `values`, only the key and the deletion state (what redaction reads). A synced
+    username's value is made by the username rule (`username_update_layers`), in selects above
+    the one that reads the rows."""
     index = {column: i for i, column in enumerate(plan.mapping)}
     cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(plan.settings.identity.key))
     ]
+    username = _username_rule(plan) if values else None
+    layers: list[tuple[list[sql.Composable], str]] = []
     for column, sources in sync.synced.items() if values else ():
-        cols.append(
-            sql.SQL("{} as {}").format(coalesced(sources), sql.Identifier(f"pg_c{index[column]}"))
-        )
+        alias = sql.Identifier(f"pg_c{index[column]}")
+        if column == username:
+            inner, layers = username_update_layers(plan, f"pg_c{index[column]}")
+            cols.extend(inner)
+            continue
+        cols.append(sql.SQL("{} as {}").format(coalesced(sources), alias))
     if sync.deleted_column:
         cols.append(
             sql.SQL("u.{} is not null as pg_deleted").format(sql.Identifier(sync.deleted_column))
         )
     else:
         cols.append(sql.SQL("false as pg_deleted"))
-    return sql.SQL("(select {} from {} u {}) s").format(
+    below: sql.Composable = sql.SQL("(select {} from {} u {})").format(
         sql.SQL(", ").join(cols),
         sql.Identifier(plan.settings.identity.schema, plan.settings.identity.name),
         where,
     )
+    # OFFSET 0 keeps each select one (each name cleaned once per row, as in the insert).
+    for columns, alias_below in layers:
+        below = sql.SQL("(select {} from {} {} offset 0)").format(
+            sql.SQL(", ").join(columns), below, sql.SQL(alias_below)
+        )
+    return sql.SQL("{} s").format(below)
+
+
+def _username_rule(plan: Plan) -> str | None:
+    """The username column when the mapping fills it by the username rule."""
+    constraints = plan.username_constraints
+    if constraints is None or constraints.column not in plan.mapping:
+        return None
+    return constraints.column
 
 
 def sync_statement(

@@ -50,6 +50,82 @@ as $pg$
     select {edge_spaces}
 $pg$;
 
+-- The names a sign-up's statement leaves to the username rule's rare path (a regular expression):
+-- those that start as a JSON array or object printed as text does, and those made only of
+-- characters the cleaning removes or trims (control, format, separator and space characters).
+create or replace function profileguard.rare_names()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {rare_names}
+$pg$;
+
+-- Combining marks (a regular-expression bracket): removed from a decomposed name before it is
+-- compared with the reserved names.
+create or replace function profileguard.combining_marks()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {combining_marks}
+$pg$;
+
+-- Unicode TR39 confusables (confusables.txt), limited to the characters the reserved names use:
+-- translate() replaces each character of confusable_characters() by the one at its place in
+-- confusable_prototypes(), the reserved names' character it looks like.
+create or replace function profileguard.confusable_characters()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {confusable_characters}
+$pg$;
+
+create or replace function profileguard.confusable_prototypes()
+returns pg_catalog.text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    select {confusable_prototypes}
+$pg$;
+
+-- The username rule's rare paths. The statements call them only behind a cheap test (a name
+-- that is not plain ASCII), so that a common sign-up sets up one call of each and runs neither.
+-- Whether `p_name` is confusable with a reserved name: not plain ASCII, and its skeleton
+-- (lowercased, NFKD, combining marks removed, confusable characters replaced) is a reserved
+-- name's ('admin' with a Cyrillic a, U+0430).
+create or replace function profileguard.reserved_confusable(p_name pg_catalog.text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    {reserved_confusable}
+$pg$;
+
+-- The username base of the user `p_key` when the name chosen first is one of rare_names(): each
+-- source in turn, an array or an object passed over as no name, the first one not empty after
+-- cleaning (NULL when none is).
+create or replace function profileguard.username_base(p_key {key_type})
+returns pg_catalog.text
+language sql
+stable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $pg$
+    {username_base}
+$pg$;
+
 -- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
 -- returns their keys. Every path but the signup trigger comes here: the repair engine,
 -- ensure_profile, the backfill; the trigger's retry after a unique violation only without a
