@@ -5,6 +5,8 @@ body, where they are indented to the placeholder they fill.
 
 from __future__ import annotations
 
+import json
+
 from pglast import parser, prettify
 from psycopg import sql
 
@@ -92,3 +94,29 @@ def fill(text: str, **parts: sql.Composable) -> sql.Composed:
             pieces[i - 1] += "{" + name + "}"
         text = "".join(pieces)
     return sql.SQL(text).format(**filled)
+
+
+def json_text(value: object, indent: int = 0) -> str:
+    """`value` as JSON for a literal in the rendered file: one key a line, and a list of scalars
+    packed on as few lines as fit in LIST_MARGIN (the reserved names take a few lines, not 41)."""
+    pad = " " * indent
+    inner = pad + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {json_text(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and value:
+        if any(isinstance(item, (dict, list)) for item in value):
+            items = [inner + json_text(item, indent + 2) for item in value]
+            return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+        words = [json.dumps(item) for item in value]
+        if indent + len(", ".join(words)) + 2 <= LIST_MARGIN:
+            return "[" + ", ".join(words) + "]"
+        lines = [inner + words[0]]
+        for word in words[1:]:
+            if len(lines[-1]) + len(word) + 2 <= LIST_MARGIN:
+                lines[-1] += ", " + word
+            else:
+                lines[-1] += ","
+                lines.append(inner + word)
+        return "[\n" + "\n".join(lines) + "\n" + pad + "]"
+    return json.dumps(value)

@@ -3,7 +3,6 @@ key, profileguard's trigger, the takeover of legacy triggers)."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 
@@ -24,6 +23,7 @@ from profileguard.install.templates import (
     trigger_statement,
 )
 from profileguard.mapping import build_sync
+from profileguard.sqlformat import json_text
 
 
 def identity_phase(
@@ -178,7 +178,7 @@ def _record_takeover(rec: Recorder, identity: TableRef, step: takeover.Takeover)
                     step.previous_mode,
                     step.method,
                     step.saved_definition,
-                    None if step.learned is None else json.dumps(step.learned.as_json(), indent=1),
+                    None if step.learned is None else json_text(step.learned.as_json()),
                 ),
             )
         )

@@ -3,7 +3,6 @@ migrations, settings, functions), after the preflight."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from profileguard.install.templates import (
 )
 from profileguard.installation import schema_version
 from profileguard.mapping import Plan, build_plan, build_sync, legacy
+from profileguard.sqlformat import json_text
 from profileguard.version import __version__
 
 
@@ -153,8 +153,7 @@ def main_phase(
 def _create_tables(rec: Recorder, result: InstallResult) -> None:
     """A fresh install: the tables as they are now, every migration recorded as applied."""
     rec.run(sqlfiles.schema().tables)
-    for migration in sqlfiles.migrations():
-        _record(rec, migration, result)
+    _record(rec, sqlfiles.migrations(), result)
 
 
 def _apply_migrations(
@@ -163,16 +162,18 @@ def _apply_migrations(
     """An upgrade: the pending migrations' table and data changes in order, recording each."""
     for migration in pending:
         rec.run(migration.text)
-        _record(rec, migration, result)
+        _record(rec, [migration], result)
 
 
-def _record(rec: Recorder, migration: sqlfiles.Migration, result: InstallResult) -> None:
+def _record(rec: Recorder, migrations: Sequence[sqlfiles.Migration], result: InstallResult) -> None:
+    """The migrations recorded as applied, in one statement."""
+    rows = [sql.SQL("({}, {})").format(m.version, m.name) for m in migrations]
     rec.run(
-        sql.SQL("insert into profileguard.migrations (version, name) values ({}, {})").format(
-            sql.Literal(migration.version), sql.Literal(migration.name)
+        sql.SQL("insert into profileguard.migrations (version, name) values\n    {}").format(
+            sql.SQL(",\n    ").join(rows)
         )
     )
-    result.version_after = max(result.version_after, migration.version)
+    result.version_after = max(result.version_after, *(m.version for m in migrations))
     result.changed = True
 
 
@@ -203,7 +204,7 @@ def _write_settings(
                         settings.identity.key,
                         str(settings.profile),
                         settings.profile.key,
-                        json.dumps(fingerprint, indent=2),
+                        json_text(fingerprint),
                         __version__,
                     ),
                 )
@@ -237,7 +238,7 @@ def _write_settings(
                             new_enabled,
                             str(settings.profile),
                             settings.profile.key,
-                            json.dumps(fingerprint, indent=2),
+                            json_text(fingerprint),
                             __version__,
                         ),
                     )

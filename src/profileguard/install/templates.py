@@ -3,7 +3,6 @@ the trigger, the events it records."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ from profileguard.mapping import (
 )
 from profileguard.mapping.guards import deferred_check
 from profileguard.mapping.insert import RULE_NEEDED
-from profileguard.sqlformat import WIDTH, Formatted, fill, pretty, wrapped
+from profileguard.sqlformat import WIDTH, Formatted, fill, json_text, pretty, wrapped
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
 # in-database sweep apart (and apart from other advisory locks).
@@ -234,7 +233,7 @@ def config_event(source: str, message: str, detail: dict[str, Any]) -> sql.Compo
     return sql.SQL(
         "insert into profileguard.events (kind, source, message, detail)"
         "\nvalues ('config', {}, {},\n{})"
-    ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json.dumps(detail, indent=2)))
+    ).format(sql.Literal(source), sql.Literal(message), sql.Literal(json_text(detail)))
 
 
 def differing_functions(conn: psycopg.Connection, rendered: Sequence[sql.Composable]) -> list[str]:
