@@ -1,8 +1,6 @@
--- Takes the locks the statements after it need, in the mode they take (so that none of them waits for a lock
--- again), with one LOCK TABLE retried: sign-ins queue behind a lock request, not only behind a lock held, so each
--- try waits at most lock_timeout = {try_timeout}. A try that fails rolls back its own subtransaction: it holds
--- nothing it took while it sleeps a full-jitter pause (random, up to {cap_seconds} s) before the next one. After
--- {retry_seconds} s in all it stops with SQLSTATE 55P03, and the whole file is rolled back.
+-- Takes the locks the statements after it need with one LOCK TABLE, each try waiting at most {try_timeout}
+-- (sign-ins queue behind a lock request) and holding nothing during its random pause of up to {cap_seconds} s;
+-- after {retry_seconds} s in all it stops with SQLSTATE 55P03 and the whole file is rolled back.
 do $pg$
 declare
     v_lock_timeout text := pg_catalog.current_setting('lock_timeout');

@@ -1,10 +1,6 @@
--- The precondition check of a file rendered by `profileguard sql`: it stops the file before anything is changed
--- when this database differs from the one the file was rendered for in what profileguard reads or writes: the
--- identity columns it maps, watches or reads and the profile columns it fills (each with its type), whether the
--- profile table exists (when the file creates it), profileguard's schema version, and (for a rollback) the
--- legacy triggers it took over. Every difference is named. Columns added to either table pass, and so does any
--- change to a column profileguard does not use. Types are compared as format_type prints them with only
--- pg_catalog searched, as they were read when the file was rendered.
+-- Stops the file before it changes anything when this database differs from the one it was rendered for in
+-- what profileguard reads or writes (the columns it uses with their types, whether the profile table exists,
+-- the schema version, the triggers a rollback restores), naming every difference. Added columns pass.
 do $pg$
 declare
     v_identity text := {identity};

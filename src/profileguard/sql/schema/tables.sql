@@ -118,16 +118,8 @@ create table profileguard.catalog_seen (
 );
 insert into profileguard.catalog_seen default values;
 
--- One row per backfill run: its state, its cursor, its counters and who runs it. `updated_at`
--- moves with every batch, so a run that stays 'running' while `updated_at` stands still has
--- stalled (or its process died). `ordering` says what the cursor means: 'key' (runs of schema
--- versions 3 to 5: the last identity key done) or 'pages' (the heap page reached, exclusive). A
--- 'pages' run scans the pages (`phase` 'sweep'), then catches up on the rows written since it
--- began (`phase` 'catchup': rows whose xmin is not older than `since_xid`, the oldest transaction
--- running at its start), restarting its cursor at page 0. `heap_file` is the table's relfilenode
--- at the start: when it changes (VACUUM FULL, CLUSTER) every row may have moved, so the catch-up
--- takes every row. One run runs at a time: the 'running' run whose holder (`owner`) renewed
--- `heartbeat_at` within the lease holds it (no session lock: nothing outlives a transaction).
+-- One row per backfill run: its state, cursor ('key' or 'pages', see `ordering`), counters and lease holder
+-- (docs/internals.md). A 'running' run whose `updated_at` stands still has stalled.
 create table profileguard.backfill_runs (
     id bigint generated always as identity primary key,
     started_at timestamptz not null default now(),
@@ -156,13 +148,8 @@ create table profileguard.backfill_runs (
 create index backfill_runs_unfinished_idx on profileguard.backfill_runs (id)
     where state <> 'completed';
 
--- Legacy triggers `install --replace-trigger` took over. `uninstall` restores each by running
--- `saved_definition` (pg_get_functiondef() or pg_get_triggerdef() with an empty search_path, so
--- names are qualified): the body of the trigger's own function replaced by a no-op ('function'),
--- or the trigger re-created with WHEN (false) ('never_fires'). Rows of schema versions 5 and 6
--- ('disabled') are restored by re-creating the trigger as it is now. `learned_mapping`: which
--- profile columns the legacy function filled from which sources (mapping/legacy.py), the mapping
--- in effect while none is configured; NULL when taken over by an earlier version.
+-- Legacy triggers `install --replace-trigger` took over; `uninstall` restores each from `saved_definition`
+-- (docs/internals.md). `learned_mapping`: what the legacy function filled, the mapping while none is configured.
 create table profileguard.replaced_triggers (
     table_name text not null,
     trigger_name text not null,
