@@ -59,7 +59,9 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select $re$^[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+|[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+$$re$
+    select pg_catalog.translate($re$
+    ^[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+|[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+$
+    $re$, E' \n', '')
 $pg$;
 
 -- Names left to the rare path: a JSON array or object printed as text, or nothing cleaning keeps.

@@ -96,10 +96,11 @@ def constant_bodies(plan: Plan, width: int = WIDTH) -> dict[str, sql.Composable]
 
 
 def _regex(value: str, width: int) -> str:
-    """`value` (no white space in it) dollar-quoted; when longer than a line, over several lines
-    cut between ranges, translate() removing the line breaks and indentation."""
+    """`value` (no white space in it) dollar-quoted; when longer than a line (or ending with the
+    anchor $, which would run into the quote), over several lines cut between ranges, translate()
+    removing the line breaks and indentation."""
     assert not re.search(r"\s", value), value
-    if len(value) + len("    select $re$$re$") <= LONGEST:
+    if len(value) + len("    select $re$$re$") <= LONGEST and not value.endswith("$"):
         return f"$re${value}$re$"
     lines, line = [], ""
     for token in re.findall(r"\\x[0-9a-f]+(?:-\\x[0-9a-f]+)?|.", value, re.S):
