@@ -24,7 +24,7 @@ from profileguard import sql as sqlfiles
 # value, and in the plan of every statement that reads it.
 RESERVED = "hostmaster"
 UNVERIFIED = "anonymous"
-INVISIBLE = "\\u202e"
+INVISIBLE = "\\x202e"
 CONSTANT_FUNCTIONS = (
     "reserved_names",
     "unverified_providers",

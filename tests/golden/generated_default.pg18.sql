@@ -6,11 +6,8 @@
 -- The insert_* placeholders are the INSERT … SELECT statements mapping/insert.py builds (formatted
 -- by pglast's prettifier); identity, profile and the keys are quoted identifiers.
 
--- The mapping's constants: the reserved usernames, the providers whose names are not vouched for,
--- what cleaning removes from a name. Immutable functions without arguments: the planner folds
--- each call into the plan as its value (their SET clause keeps them from being inlined, not from
--- being folded), so the statements below hold them once and pay nothing per row. Replacing one
--- (install with another configuration) re-plans the statements that folded it.
+-- The mapping's constants (mapping/constants.py): immutable and without arguments, each call is folded
+-- into the plans as its value, so a row pays nothing for it; replacing one re-plans them.
 create or replace function profileguard.reserved_names()
 returns pg_catalog.text[]
 language sql
@@ -19,11 +16,11 @@ parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
     select array[
-        'abuse', 'admin', 'administrator', 'anon', 'anonymous', 'api', 'authenticated', 'billing',
-        'contact', 'everyone', 'ftp', 'guest', 'help', 'helpdesk', 'hostmaster', 'info', 'mail', 'me',
-        'mod', 'moderator', 'no-reply', 'noreply', 'null', 'official', 'owner', 'postgres', 'postmaster',
-        'root', 'security', 'service_role', 'staff', 'supabase', 'superuser', 'support', 'sysadmin',
-        'system', 'team', 'undefined', 'webmaster', 'www', 'you'
+        'abuse', 'admin', 'administrator', 'anon', 'anonymous', 'api', 'authenticated', 'billing', 'contact',
+        'everyone', 'ftp', 'guest', 'help', 'helpdesk', 'hostmaster', 'info', 'mail', 'me', 'mod', 'moderator',
+        'no-reply', 'noreply', 'null', 'official', 'owner', 'postgres', 'postmaster', 'root', 'security',
+        'service_role', 'staff', 'supabase', 'superuser', 'support', 'sysadmin', 'system', 'team', 'undefined',
+        'webmaster', 'www', 'you'
     ]::pg_catalog.text[]
 $pg$;
 
@@ -39,8 +36,7 @@ as $pg$
     ]::pg_catalog.text[]
 $pg$;
 
--- Characters a username never keeps: controls, format characters (bidi overrides, zero-width),
--- line and paragraph separators (a regular-expression bracket of explicit ranges).
+-- Characters a username never keeps: controls, format characters, line and paragraph separators.
 create or replace function profileguard.invisible_characters()
 returns pg_catalog.text
 language sql
@@ -48,13 +44,14 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select E'[\\u0001-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-'
-    || E'\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff'
-    || E'\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438\\U0001bca0-\\U0001bca3'
-    || E'\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]'
+    select pg_catalog.translate($re$
+    [\x1-\x1f\x7f-\x9f\xad\x600-\x605\x61c\x6dd\x70f\x890-\x891\x8e2\x180e\x200b-\x200f\x2028-\x202e\x2060-\x2064
+    \x2066-\x206f\xfeff\xfff9-\xfffb\x110bd\x110cd\x13430-\x13438\x1bca0-\x1bca3\x1d173-\x1d17a\xe0001
+    \xe0020-\xe007f]
+    $re$, E' \n', '')
 $pg$;
 
--- Space separators at either end of a name (a regular expression).
+-- Space separators at either end of a name.
 create or replace function profileguard.edge_spaces()
 returns pg_catalog.text
 language sql
@@ -62,13 +59,12 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select E'^[\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]+|[\\u0020\\u00a0\\u1680'
-    || E'\\u2000-\\u200a\\u202f\\u205f\\u3000]+$'
+    select pg_catalog.translate($re$
+    ^[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+|[\x20\xa0\x1680\x2000-\x200a\x202f\x205f\x3000]+$
+    $re$, E' \n', '')
 $pg$;
 
--- The names a sign-up's statement leaves to the username rule's rare path (a regular expression):
--- those that start as a JSON array or object printed as text does, and those made only of
--- characters the cleaning removes or trims (control, format, separator and space characters).
+-- Names left to the rare path: a JSON array or object printed as text, or nothing cleaning keeps.
 create or replace function profileguard.rare_names()
 returns pg_catalog.text
 language sql
@@ -76,14 +72,14 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select E'^[{[]|^[\\u0001-\\u0020\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f'
-    || E'\\u0890-\\u0891\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066'
-    || E'-\\u206f\\u3000\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438'
-    || E'\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f]+$'
+    select pg_catalog.translate($re$
+    ^[{[]|^[\x1-\x20\x7f-\xa0\xad\x600-\x605\x61c\x6dd\x70f\x890-\x891\x8e2\x1680\x180e\x2000-\x200f\x2028-\x202f
+    \x205f-\x2064\x2066-\x206f\x3000\xfeff\xfff9-\xfffb\x110bd\x110cd\x13430-\x13438\x1bca0-\x1bca3\x1d173-\x1d17a
+    \xe0001\xe0020-\xe007f]+$
+    $re$, E' \n', '')
 $pg$;
 
--- Combining marks (a regular-expression bracket): removed from a decomposed name before it is
--- compared with the reserved names.
+-- Combining marks: removed from a decomposed name before it is compared with the reserved names.
 create or replace function profileguard.combining_marks()
 returns pg_catalog.text
 language sql
@@ -91,70 +87,44 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select E'[\\u0300-\\u036f\\u0483-\\u0489\\u0591-\\u05bd\\u05bf\\u05c1-\\u05c2\\u05c4-\\u05c5'
-    || E'\\u05c7\\u0610-\\u061a\\u064b-\\u065f\\u0670\\u06d6-\\u06dc\\u06df-\\u06e4\\u06e7-'
-    || E'\\u06e8\\u06ea-\\u06ed\\u0711\\u0730-\\u074a\\u07a6-\\u07b0\\u07eb-\\u07f3\\u07fd\\u0816'
-    || E'-\\u0819\\u081b-\\u0823\\u0825-\\u0827\\u0829-\\u082d\\u0859-\\u085b\\u0898-\\u089f'
-    || E'\\u08ca-\\u08e1\\u08e3-\\u0903\\u093a-\\u093c\\u093e-\\u094f\\u0951-\\u0957\\u0962-'
-    || E'\\u0963\\u0981-\\u0983\\u09bc\\u09be-\\u09c4\\u09c7-\\u09c8\\u09cb-\\u09cd\\u09d7\\u09e2'
-    || E'-\\u09e3\\u09fe\\u0a01-\\u0a03\\u0a3c\\u0a3e-\\u0a42\\u0a47-\\u0a48\\u0a4b-\\u0a4d'
-    || E'\\u0a51\\u0a70-\\u0a71\\u0a75\\u0a81-\\u0a83\\u0abc\\u0abe-\\u0ac5\\u0ac7-\\u0ac9\\u0acb'
-    || E'-\\u0acd\\u0ae2-\\u0ae3\\u0afa-\\u0aff\\u0b01-\\u0b03\\u0b3c\\u0b3e-\\u0b44\\u0b47-'
-    || E'\\u0b48\\u0b4b-\\u0b4d\\u0b55-\\u0b57\\u0b62-\\u0b63\\u0b82\\u0bbe-\\u0bc2\\u0bc6-'
-    || E'\\u0bc8\\u0bca-\\u0bcd\\u0bd7\\u0c00-\\u0c04\\u0c3c\\u0c3e-\\u0c44\\u0c46-\\u0c48\\u0c4a'
-    || E'-\\u0c4d\\u0c55-\\u0c56\\u0c62-\\u0c63\\u0c81-\\u0c83\\u0cbc\\u0cbe-\\u0cc4\\u0cc6-'
-    || E'\\u0cc8\\u0cca-\\u0ccd\\u0cd5-\\u0cd6\\u0ce2-\\u0ce3\\u0d00-\\u0d03\\u0d3b-\\u0d3c'
-    || E'\\u0d3e-\\u0d44\\u0d46-\\u0d48\\u0d4a-\\u0d4d\\u0d57\\u0d62-\\u0d63\\u0d81-\\u0d83'
-    || E'\\u0dca\\u0dcf-\\u0dd4\\u0dd6\\u0dd8-\\u0ddf\\u0df2-\\u0df3\\u0e31\\u0e34-\\u0e3a\\u0e47'
-    || E'-\\u0e4e\\u0eb1\\u0eb4-\\u0ebc\\u0ec8-\\u0ecd\\u0f18-\\u0f19\\u0f35\\u0f37\\u0f39\\u0f3e'
-    || E'-\\u0f3f\\u0f71-\\u0f84\\u0f86-\\u0f87\\u0f8d-\\u0f97\\u0f99-\\u0fbc\\u0fc6\\u102b-'
-    || E'\\u103e\\u1056-\\u1059\\u105e-\\u1060\\u1062-\\u1064\\u1067-\\u106d\\u1071-\\u1074'
-    || E'\\u1082-\\u108d\\u108f\\u109a-\\u109d\\u135d-\\u135f\\u1712-\\u1715\\u1732-\\u1734'
-    || E'\\u1752-\\u1753\\u1772-\\u1773\\u17b4-\\u17d3\\u17dd\\u180b-\\u180d\\u180f\\u1885-'
-    || E'\\u1886\\u18a9\\u1920-\\u192b\\u1930-\\u193b\\u1a17-\\u1a1b\\u1a55-\\u1a5e\\u1a60-'
-    || E'\\u1a7c\\u1a7f\\u1ab0-\\u1ace\\u1b00-\\u1b04\\u1b34-\\u1b44\\u1b6b-\\u1b73\\u1b80-'
-    || E'\\u1b82\\u1ba1-\\u1bad\\u1be6-\\u1bf3\\u1c24-\\u1c37\\u1cd0-\\u1cd2\\u1cd4-\\u1ce8'
-    || E'\\u1ced\\u1cf4\\u1cf7-\\u1cf9\\u1dc0-\\u1dff\\u20d0-\\u20f0\\u2cef-\\u2cf1\\u2d7f\\u2de0'
-    || E'-\\u2dff\\u302a-\\u302f\\u3099-\\u309a\\ua66f-\\ua672\\ua674-\\ua67d\\ua69e-\\ua69f'
-    || E'\\ua6f0-\\ua6f1\\ua802\\ua806\\ua80b\\ua823-\\ua827\\ua82c\\ua880-\\ua881\\ua8b4-\\ua8c5'
-    || E'\\ua8e0-\\ua8f1\\ua8ff\\ua926-\\ua92d\\ua947-\\ua953\\ua980-\\ua983\\ua9b3-\\ua9c0'
-    || E'\\ua9e5\\uaa29-\\uaa36\\uaa43\\uaa4c-\\uaa4d\\uaa7b-\\uaa7d\\uaab0\\uaab2-\\uaab4\\uaab7'
-    || E'-\\uaab8\\uaabe-\\uaabf\\uaac1\\uaaeb-\\uaaef\\uaaf5-\\uaaf6\\uabe3-\\uabea\\uabec-'
-    || E'\\uabed\\ufb1e\\ufe00-\\ufe0f\\ufe20-\\ufe2f\\U000101fd\\U000102e0\\U00010376-'
-    || E'\\U0001037a\\U00010a01-\\U00010a03\\U00010a05-\\U00010a06\\U00010a0c-\\U00010a0f'
-    || E'\\U00010a38-\\U00010a3a\\U00010a3f\\U00010ae5-\\U00010ae6\\U00010d24-\\U00010d27'
-    || E'\\U00010eab-\\U00010eac\\U00010f46-\\U00010f50\\U00010f82-\\U00010f85\\U00011000-'
-    || E'\\U00011002\\U00011038-\\U00011046\\U00011070\\U00011073-\\U00011074\\U0001107f-'
-    || E'\\U00011082\\U000110b0-\\U000110ba\\U000110c2\\U00011100-\\U00011102\\U00011127-'
-    || E'\\U00011134\\U00011145-\\U00011146\\U00011173\\U00011180-\\U00011182\\U000111b3-'
-    || E'\\U000111c0\\U000111c9-\\U000111cc\\U000111ce-\\U000111cf\\U0001122c-\\U00011237'
-    || E'\\U0001123e\\U000112df-\\U000112ea\\U00011300-\\U00011303\\U0001133b-\\U0001133c'
-    || E'\\U0001133e-\\U00011344\\U00011347-\\U00011348\\U0001134b-\\U0001134d\\U00011357'
-    || E'\\U00011362-\\U00011363\\U00011366-\\U0001136c\\U00011370-\\U00011374\\U00011435-'
-    || E'\\U00011446\\U0001145e\\U000114b0-\\U000114c3\\U000115af-\\U000115b5\\U000115b8-'
-    || E'\\U000115c0\\U000115dc-\\U000115dd\\U00011630-\\U00011640\\U000116ab-\\U000116b7'
-    || E'\\U0001171d-\\U0001172b\\U0001182c-\\U0001183a\\U00011930-\\U00011935\\U00011937-'
-    || E'\\U00011938\\U0001193b-\\U0001193e\\U00011940\\U00011942-\\U00011943\\U000119d1-'
-    || E'\\U000119d7\\U000119da-\\U000119e0\\U000119e4\\U00011a01-\\U00011a0a\\U00011a33-'
-    || E'\\U00011a39\\U00011a3b-\\U00011a3e\\U00011a47\\U00011a51-\\U00011a5b\\U00011a8a-'
-    || E'\\U00011a99\\U00011c2f-\\U00011c36\\U00011c38-\\U00011c3f\\U00011c92-\\U00011ca7'
-    || E'\\U00011ca9-\\U00011cb6\\U00011d31-\\U00011d36\\U00011d3a\\U00011d3c-\\U00011d3d'
-    || E'\\U00011d3f-\\U00011d45\\U00011d47\\U00011d8a-\\U00011d8e\\U00011d90-\\U00011d91'
-    || E'\\U00011d93-\\U00011d97\\U00011ef3-\\U00011ef6\\U00016af0-\\U00016af4\\U00016b30-'
-    || E'\\U00016b36\\U00016f4f\\U00016f51-\\U00016f87\\U00016f8f-\\U00016f92\\U00016fe4'
-    || E'\\U00016ff0-\\U00016ff1\\U0001bc9d-\\U0001bc9e\\U0001cf00-\\U0001cf2d\\U0001cf30-'
-    || E'\\U0001cf46\\U0001d165-\\U0001d169\\U0001d16d-\\U0001d172\\U0001d17b-\\U0001d182'
-    || E'\\U0001d185-\\U0001d18b\\U0001d1aa-\\U0001d1ad\\U0001d242-\\U0001d244\\U0001da00-'
-    || E'\\U0001da36\\U0001da3b-\\U0001da6c\\U0001da75\\U0001da84\\U0001da9b-\\U0001da9f'
-    || E'\\U0001daa1-\\U0001daaf\\U0001e000-\\U0001e006\\U0001e008-\\U0001e018\\U0001e01b-'
-    || E'\\U0001e021\\U0001e023-\\U0001e024\\U0001e026-\\U0001e02a\\U0001e130-\\U0001e136'
-    || E'\\U0001e2ae\\U0001e2ec-\\U0001e2ef\\U0001e8d0-\\U0001e8d6\\U0001e944-\\U0001e94a'
-    || E'\\U000e0100-\\U000e01ef]'
+    select pg_catalog.translate($re$
+    [\x300-\x36f\x483-\x489\x591-\x5bd\x5bf\x5c1-\x5c2\x5c4-\x5c5\x5c7\x610-\x61a\x64b-\x65f\x670\x6d6-\x6dc
+    \x6df-\x6e4\x6e7-\x6e8\x6ea-\x6ed\x711\x730-\x74a\x7a6-\x7b0\x7eb-\x7f3\x7fd\x816-\x819\x81b-\x823\x825-\x827
+    \x829-\x82d\x859-\x85b\x898-\x89f\x8ca-\x8e1\x8e3-\x903\x93a-\x93c\x93e-\x94f\x951-\x957\x962-\x963\x981-\x983
+    \x9bc\x9be-\x9c4\x9c7-\x9c8\x9cb-\x9cd\x9d7\x9e2-\x9e3\x9fe\xa01-\xa03\xa3c\xa3e-\xa42\xa47-\xa48\xa4b-\xa4d
+    \xa51\xa70-\xa71\xa75\xa81-\xa83\xabc\xabe-\xac5\xac7-\xac9\xacb-\xacd\xae2-\xae3\xafa-\xaff\xb01-\xb03\xb3c
+    \xb3e-\xb44\xb47-\xb48\xb4b-\xb4d\xb55-\xb57\xb62-\xb63\xb82\xbbe-\xbc2\xbc6-\xbc8\xbca-\xbcd\xbd7\xc00-\xc04
+    \xc3c\xc3e-\xc44\xc46-\xc48\xc4a-\xc4d\xc55-\xc56\xc62-\xc63\xc81-\xc83\xcbc\xcbe-\xcc4\xcc6-\xcc8\xcca-\xccd
+    \xcd5-\xcd6\xce2-\xce3\xd00-\xd03\xd3b-\xd3c\xd3e-\xd44\xd46-\xd48\xd4a-\xd4d\xd57\xd62-\xd63\xd81-\xd83\xdca
+    \xdcf-\xdd4\xdd6\xdd8-\xddf\xdf2-\xdf3\xe31\xe34-\xe3a\xe47-\xe4e\xeb1\xeb4-\xebc\xec8-\xecd\xf18-\xf19\xf35
+    \xf37\xf39\xf3e-\xf3f\xf71-\xf84\xf86-\xf87\xf8d-\xf97\xf99-\xfbc\xfc6\x102b-\x103e\x1056-\x1059\x105e-\x1060
+    \x1062-\x1064\x1067-\x106d\x1071-\x1074\x1082-\x108d\x108f\x109a-\x109d\x135d-\x135f\x1712-\x1715\x1732-\x1734
+    \x1752-\x1753\x1772-\x1773\x17b4-\x17d3\x17dd\x180b-\x180d\x180f\x1885-\x1886\x18a9\x1920-\x192b\x1930-\x193b
+    \x1a17-\x1a1b\x1a55-\x1a5e\x1a60-\x1a7c\x1a7f\x1ab0-\x1ace\x1b00-\x1b04\x1b34-\x1b44\x1b6b-\x1b73\x1b80-\x1b82
+    \x1ba1-\x1bad\x1be6-\x1bf3\x1c24-\x1c37\x1cd0-\x1cd2\x1cd4-\x1ce8\x1ced\x1cf4\x1cf7-\x1cf9\x1dc0-\x1dff
+    \x20d0-\x20f0\x2cef-\x2cf1\x2d7f\x2de0-\x2dff\x302a-\x302f\x3099-\x309a\xa66f-\xa672\xa674-\xa67d\xa69e-\xa69f
+    \xa6f0-\xa6f1\xa802\xa806\xa80b\xa823-\xa827\xa82c\xa880-\xa881\xa8b4-\xa8c5\xa8e0-\xa8f1\xa8ff\xa926-\xa92d
+    \xa947-\xa953\xa980-\xa983\xa9b3-\xa9c0\xa9e5\xaa29-\xaa36\xaa43\xaa4c-\xaa4d\xaa7b-\xaa7d\xaab0\xaab2-\xaab4
+    \xaab7-\xaab8\xaabe-\xaabf\xaac1\xaaeb-\xaaef\xaaf5-\xaaf6\xabe3-\xabea\xabec-\xabed\xfb1e\xfe00-\xfe0f
+    \xfe20-\xfe2f\x101fd\x102e0\x10376-\x1037a\x10a01-\x10a03\x10a05-\x10a06\x10a0c-\x10a0f\x10a38-\x10a3a\x10a3f
+    \x10ae5-\x10ae6\x10d24-\x10d27\x10eab-\x10eac\x10f46-\x10f50\x10f82-\x10f85\x11000-\x11002\x11038-\x11046\x11070
+    \x11073-\x11074\x1107f-\x11082\x110b0-\x110ba\x110c2\x11100-\x11102\x11127-\x11134\x11145-\x11146\x11173
+    \x11180-\x11182\x111b3-\x111c0\x111c9-\x111cc\x111ce-\x111cf\x1122c-\x11237\x1123e\x112df-\x112ea\x11300-\x11303
+    \x1133b-\x1133c\x1133e-\x11344\x11347-\x11348\x1134b-\x1134d\x11357\x11362-\x11363\x11366-\x1136c\x11370-\x11374
+    \x11435-\x11446\x1145e\x114b0-\x114c3\x115af-\x115b5\x115b8-\x115c0\x115dc-\x115dd\x11630-\x11640\x116ab-\x116b7
+    \x1171d-\x1172b\x1182c-\x1183a\x11930-\x11935\x11937-\x11938\x1193b-\x1193e\x11940\x11942-\x11943\x119d1-\x119d7
+    \x119da-\x119e0\x119e4\x11a01-\x11a0a\x11a33-\x11a39\x11a3b-\x11a3e\x11a47\x11a51-\x11a5b\x11a8a-\x11a99
+    \x11c2f-\x11c36\x11c38-\x11c3f\x11c92-\x11ca7\x11ca9-\x11cb6\x11d31-\x11d36\x11d3a\x11d3c-\x11d3d\x11d3f-\x11d45
+    \x11d47\x11d8a-\x11d8e\x11d90-\x11d91\x11d93-\x11d97\x11ef3-\x11ef6\x16af0-\x16af4\x16b30-\x16b36\x16f4f
+    \x16f51-\x16f87\x16f8f-\x16f92\x16fe4\x16ff0-\x16ff1\x1bc9d-\x1bc9e\x1cf00-\x1cf2d\x1cf30-\x1cf46\x1d165-\x1d169
+    \x1d16d-\x1d172\x1d17b-\x1d182\x1d185-\x1d18b\x1d1aa-\x1d1ad\x1d242-\x1d244\x1da00-\x1da36\x1da3b-\x1da6c\x1da75
+    \x1da84\x1da9b-\x1da9f\x1daa1-\x1daaf\x1e000-\x1e006\x1e008-\x1e018\x1e01b-\x1e021\x1e023-\x1e024\x1e026-\x1e02a
+    \x1e130-\x1e136\x1e2ae\x1e2ec-\x1e2ef\x1e8d0-\x1e8d6\x1e944-\x1e94a\xe0100-\xe01ef]
+    $re$, E' \n', '')
 $pg$;
 
--- Unicode TR39 confusables (confusables.txt), limited to the characters the reserved names use:
--- translate() replaces each character of confusable_characters() by the one at its place in
--- confusable_prototypes(), the reserved names' character it looks like.
+-- Unicode TR39 confusables of the reserved names' characters: translate() replaces each character
+-- of confusable_characters() by the one at its place in confusable_prototypes().
 create or replace function profileguard.confusable_characters()
 returns pg_catalog.text
 language sql
@@ -162,40 +132,30 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select E'01|\u0131\u0184\u018d\u0196\u01a6\u01bd\u01c0\u0251\u0261\u0263\u0269\u026a'
-    || E'\u026f\u028b\u028f\u02d7\u0391\u0392\u0395\u0397\u0399\u039a\u039c\u039d'
-    || E'\u039f\u03a1\u03a4\u03a5\u03b1\u03b3\u03b9\u03bd\u03bf\u03c1\u03c3\u03c5'
-    || E'\u03dc\u03fa\u0405\u0406\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420'
-    || E'\u0421\u0422\u0423\u042c\u0430\u0433\u0435\u043e\u0440\u0441\u0443\u0455'
-    || E'\u0456\u0461\u0474\u0475\u04ae\u04af\u04bb\u04bd\u04c0\u04cf\u0501\u050c'
-    || E'\u051c\u051d\u054d\u054f\u0555\u0561\u0570\u0578\u057c\u057d\u0581\u0584'
-    || E'\u0585\u05c0\u05d5\u05d8\u05df\u05e1\u0627\u0647\u0661\u0665\u0667\u06be'
-    || E'\u06c1\u06d4\u06d5\u06f1\u06f5\u06f7\u07c0\u07ca\u07fa\u0966\u09e6\u0a66'
-    || E'\u0ae6\u0b20\u0b66\u0be6\u0c66\u0ce6\u0d20\u0d66\u0e50\u0ed0\u101d\u1040'
-    || E'\u10e7\u10ff\u1200\u12d0\u13a0\u13a1\u13a2\u13a5\u13a9\u13aa\u13ac\u13b3'
-    || E'\u13b7\u13bb\u13bd\u13c0\u13c2\u13cf\u13d2\u13d4\u13d5\u13d9\u13da\u13de'
-    || E'\u13df\u13e2\u13e6\u13e7\u13f3\u13f4\u142f\u144c\u146d\u146f\u1472\u14aa'
-    || E'\u157c\u1587\u15af\u15b4\u15c5\u15de\u15ea\u15f0\u15f7\u16c1\u16d5\u16d6'
-    || E'\u1d04\u1d0f\u1d11\u1d1c\u1d20\u1d21\u1d26\u1d83\u1d8c\u1e9d\u1eff\u2010'
-    || E'\u2012\u2013\u2043\u212e\u2212\u2223\u2228\u222a\u22a4\u22c1\u22c3\u22ff'
-    || E'\u2373\u2374\u237a\u23fd\u2796\u27d9\u2c85\u2c8e\u2c92\u2c94\u2c98\u2c9a'
-    || E'\u2c9e\u2c9f\u2ca2\u2ca3\u2ca4\u2ca5\u2ca6\u2ca8\u2cba\u2cd0\u2d38\u2d39'
-    || E'\u2d4f\u2d54\u3007\ua4d0\ua4d1\ua4d2\ua4d3\ua4d4\ua4d6\ua4d7\ua4da\ua4dd'
-    || E'\ua4df\ua4e0\ua4e1\ua4e2\ua4e3\ua4e6\ua4e7\ua4ea\ua4ec\ua4ee\ua4f0\ua4f2'
-    || E'\ua4f3\ua4f4\ua647\ua6df\ua731\ua798\ua799\ua79f\ua7b4\uab32\uab35\uab3d'
-    || E'\uab47\uab48\uab4e\uab52\uab5a\uab75\uab81\uab83\uaba9\uabaa\uabaf\U00010282'
-    || E'\U00010286\U00010287\U0001028a\U00010292\U00010295\U00010296\U00010297'
-    || E'\U000102a0\U000102a1\U000102a2\U000102a5\U000102ab\U000102b0\U000102b1'
-    || E'\U000102b2\U000102cf\U00010301\U00010302\U00010309\U00010311\U00010315'
-    || E'\U00010320\U00010404\U00010415\U0001041b\U00010420\U0001042c\U0001043d'
-    || E'\U00010448\U000104b4\U000104c2\U000104ce\U000104ea\U000104f6\U00010513'
-    || E'\U00010516\U00010518\U0001051c\U0001051d\U00010525\U00010526\U000114d0'
-    || E'\U00011706\U0001170a\U0001170e\U0001170f\U000118a0\U000118a2\U000118a3'
-    || E'\U000118a4\U000118a6\U000118ae\U000118b2\U000118b5\U000118b8\U000118bc'
-    || E'\U000118c0\U000118c1\U000118c2\U000118c3\U000118c8\U000118d7\U000118d8'
-    || E'\U000118dc\U000118e0\U000118e6\U000118e9\U000118ef\U000118f2\U00016f08'
-    || E'\U00016f0a\U00016f16\U00016f28\U00016f35\U00016f3a\U00016f40\U00016f42'
-    || E'\U00016f43\U0001d20d\U0001d213\U0001d216\U0001d22a\U0001e8c7\U0001f74c'
+    select E'01|\u0131\u0184\u018d\u0196\u01a6\u01bd\u01c0\u0251\u0261\u0263\u0269\u026a\u026f\u028b\u028f\u02d7\u0391'
+    || E'\u0392\u0395\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03b1\u03b3\u03b9\u03bd\u03bf\u03c1'
+    || E'\u03c3\u03c5\u03dc\u03fa\u0405\u0406\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0423'
+    || E'\u042c\u0430\u0433\u0435\u043e\u0440\u0441\u0443\u0455\u0456\u0461\u0474\u0475\u04ae\u04af\u04bb\u04bd'
+    || E'\u04c0\u04cf\u0501\u050c\u051c\u051d\u054d\u054f\u0555\u0561\u0570\u0578\u057c\u057d\u0581\u0584\u0585'
+    || E'\u05c0\u05d5\u05d8\u05df\u05e1\u0627\u0647\u0661\u0665\u0667\u06be\u06c1\u06d4\u06d5\u06f1\u06f5\u06f7'
+    || E'\u07c0\u07ca\u07fa\u0966\u09e6\u0a66\u0ae6\u0b20\u0b66\u0be6\u0c66\u0ce6\u0d20\u0d66\u0e50\u0ed0\u101d'
+    || E'\u1040\u10e7\u10ff\u1200\u12d0\u13a0\u13a1\u13a2\u13a5\u13a9\u13aa\u13ac\u13b3\u13b7\u13bb\u13bd\u13c0'
+    || E'\u13c2\u13cf\u13d2\u13d4\u13d5\u13d9\u13da\u13de\u13df\u13e2\u13e6\u13e7\u13f3\u13f4\u142f\u144c\u146d'
+    || E'\u146f\u1472\u14aa\u157c\u1587\u15af\u15b4\u15c5\u15de\u15ea\u15f0\u15f7\u16c1\u16d5\u16d6\u1d04\u1d0f'
+    || E'\u1d11\u1d1c\u1d20\u1d21\u1d26\u1d83\u1d8c\u1e9d\u1eff\u2010\u2012\u2013\u2043\u212e\u2212\u2223\u2228'
+    || E'\u222a\u22a4\u22c1\u22c3\u22ff\u2373\u2374\u237a\u23fd\u2796\u27d9\u2c85\u2c8e\u2c92\u2c94\u2c98\u2c9a'
+    || E'\u2c9e\u2c9f\u2ca2\u2ca3\u2ca4\u2ca5\u2ca6\u2ca8\u2cba\u2cd0\u2d38\u2d39\u2d4f\u2d54\u3007\ua4d0\ua4d1'
+    || E'\ua4d2\ua4d3\ua4d4\ua4d6\ua4d7\ua4da\ua4dd\ua4df\ua4e0\ua4e1\ua4e2\ua4e3\ua4e6\ua4e7\ua4ea\ua4ec\ua4ee'
+    || E'\ua4f0\ua4f2\ua4f3\ua4f4\ua647\ua6df\ua731\ua798\ua799\ua79f\ua7b4\uab32\uab35\uab3d\uab47\uab48\uab4e'
+    || E'\uab52\uab5a\uab75\uab81\uab83\uaba9\uabaa\uabaf\U00010282\U00010286\U00010287\U0001028a\U00010292'
+    || E'\U00010295\U00010296\U00010297\U000102a0\U000102a1\U000102a2\U000102a5\U000102ab\U000102b0\U000102b1'
+    || E'\U000102b2\U000102cf\U00010301\U00010302\U00010309\U00010311\U00010315\U00010320\U00010404\U00010415'
+    || E'\U0001041b\U00010420\U0001042c\U0001043d\U00010448\U000104b4\U000104c2\U000104ce\U000104ea\U000104f6'
+    || E'\U00010513\U00010516\U00010518\U0001051c\U0001051d\U00010525\U00010526\U000114d0\U00011706\U0001170a'
+    || E'\U0001170e\U0001170f\U000118a0\U000118a2\U000118a3\U000118a4\U000118a6\U000118ae\U000118b2\U000118b5'
+    || E'\U000118b8\U000118bc\U000118c0\U000118c1\U000118c2\U000118c3\U000118c8\U000118d7\U000118d8\U000118dc'
+    || E'\U000118e0\U000118e6\U000118e9\U000118ef\U000118f2\U00016f08\U00016f0a\U00016f16\U00016f28\U00016f35'
+    || E'\U00016f3a\U00016f40\U00016f42\U00016f43\U0001d20d\U0001d213\U0001d216\U0001d22a\U0001e8c7\U0001f74c'
     || E'\U0001f768'
 $pg$;
 
@@ -206,11 +166,10 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select 'ollibglrslagyiiwuy-abehlkmnoptyayivopoufmslabekmhopctybareopcysiwvvyyhelidgw'
-    || 'wusowhnnugfollvlololovoo-olovol_oooooooooooooooyouodrtiyaewmhyghbrwsvslcpkdg'
-    || 'bvupdblhrbfaddmblkmcoouvwrgyfy----e-lvutvueipal-trhlkmnooppccty-lveloobpddtg'
-    || 'kcfmnlsrvhwyaelouivsffubeforruuyirwvscbeflopstabcfomtyhbclmtloclsocsrouounok'
-    || 'cvflovwwwvflyeeloutvsfioouyowcwcvtllrsauyvfrllct'
+    select 'ollibglrslagyiiwuy-abehlkmnoptyayivopoufmslabekmhopctybareopcysiwvvyyhelidgwwusowhnnugfollvlololovoo-olovol'
+    || '_oooooooooooooooyouodrtiyaewmhyghbrwsvslcpkdgbvupdblhrbfaddmblkmcoouvwrgyfy----e-lvutvueipal-trhlkmnooppcct'
+    || 'y-lveloobpddtgkcfmnlsrvhwyaelouivsffubeforruuyirwvscbeflopstabcfomtyhbclmtloclsocsrouounokcvflovwwwvflyeelo'
+    || 'utvsfioouyowcwcvtllrsauyvfrllct'
 $pg$;
 
 -- The username rule's rare paths. The statements call them only behind a cheap test (a name

@@ -1,7 +1,8 @@
 """Turn the configured mapping into SQL: how one profile row is derived from one identity row
 (plan.py: what feeds what; insert.py: the profile INSERT and the username rule; sync.py: updates,
-redaction, drift; confusables.py: the Unicode data reserved names are compared with; columns.py:
-the columns of both tables all of it depends on).
+redaction, drift; constants.py: the constants the statements fold in; confusables.py: the Unicode
+data reserved names are compared with; columns.py: the columns of both tables all of it depends
+on).
 
 The same INSERT … SELECT serves every path (trigger, ensure, repair, the client's fallback), so the
 profile a user gets does not depend on which path created it. Identifiers are composed with
@@ -9,9 +10,8 @@ profile a user gets does not depend on which path created it. Identifiers are co
 """
 
 from profileguard.mapping.columns import ColumnsUsed, columns_used
+from profileguard.mapping.constants import INVISIBLE_CATEGORIES, constant_bodies
 from profileguard.mapping.insert import (
-    INVISIBLE_CATEGORIES,
-    constant_bodies,
     insert_statement,
     lean_statement,
     reserved_confusable_test,

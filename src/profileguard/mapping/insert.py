@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import re
 import sys
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 
 from psycopg import sql
 
 from profileguard import sqlexpr
 from profileguard.config import Source
-from profileguard.mapping.confusables import MARK_CATEGORIES, confusable_table, decomposed
+from profileguard.mapping.confusables import decomposed
+from profileguard.mapping.constants import character_classes, constants
 from profileguard.mapping.plan import (
     LONG_SUFFIX,
     SHORT_SUFFIX,
@@ -31,49 +30,6 @@ from profileguard.mapping.plan import (
     unwrapped,
 )
 
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-# Space separators (Zs) trimmed at both ends.
-SPACE_CATEGORIES = frozenset({"Zs"})
-
-
-@cache
-def _char_class(categories: frozenset[str]) -> str:
-    """A regular-expression bracket listing every code point of `categories` (NUL excluded)."""
-    ranges: list[list[int]] = []
-    for code in range(1, sys.maxunicode + 1):
-        if unicodedata.category(chr(code)) in categories:
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1][1] = code
-            else:
-                ranges.append([code, code])
-
-    def esc(code: int) -> str:
-        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
-
-
-def constants(plan: Plan) -> dict[str, str | list[str]]:
-    """The mapping's constants, by the name of the installed function that returns each."""
-    policy = plan.settings.username
-    reserved = sorted({n.lower() for n in policy.reserved})
-    return {
-        "reserved_names": reserved,
-        "unverified_providers": sorted(policy.unverified_providers),
-        **character_classes(),
-        **_confusables(plan, reserved),
-    }
-
-
-def _confusables(plan: Plan, reserved: list[str]) -> dict[str, str]:
-    """translate()'s from and to of the reserved names' skeletons (see mapping/confusables.py):
-    none without reserved names, or where the database cannot normalize (not UTF8)."""
-    constraints = plan.username_constraints
-    if not reserved or constraints is None or not constraints.nfkc:
-        return {"confusable_characters": "", "confusable_prototypes": ""}
-    characters, prototypes = confusable_table(reserved)
-    return {"confusable_characters": characters, "confusable_prototypes": prototypes}
-
 
 def _constant(name: str, named: bool, plan: Plan | None = None) -> sql.Composable:
     """The constant `name` in a statement: a call of its installed function (`named`; folded into
@@ -84,73 +40,6 @@ def _constant(name: str, named: bool, plan: Plan | None = None) -> sql.Composabl
     if isinstance(value, list):
         return sql.SQL("{}::text[]").format(sql.Literal(value))
     return sql.Literal(value)
-
-
-def character_classes() -> dict[str, str]:
-    """The constants that do not depend on the configuration: what cleaning removes."""
-    spaces = _char_class(SPACE_CATEGORIES)
-    return {
-        "invisible_characters": _char_class(INVISIBLE_CATEGORIES),
-        "edge_spaces": f"^{spaces}+|{spaces}+$",
-        # A name the rare path decides: one that may be a JSON array or object printed as text,
-        # or one the cleaning would leave empty (no character NFKC keeps but spaces).
-        "rare_names": "^[{[]|^" + _char_class(INVISIBLE_CATEGORIES | SPACE_CATEGORIES) + "+$",
-        "combining_marks": _char_class(MARK_CATEGORIES),
-    }
-
-
-def constant_bodies(plan: Plan, width: int = 96) -> dict[str, sql.Composable]:
-    """Each constant as the expression its function returns, wrapped to lines of `width`
-    characters at most (a list one element after another, a long text in concatenated pieces)."""
-    bodies: dict[str, sql.Composable] = {}
-    for name, value in constants(plan).items():
-        if isinstance(value, list):
-            items = [sql.Literal(v).as_string(None) for v in value]
-            lines, line = [], ""
-            for item in items:
-                if line and len(line) + len(item) + 2 > width:
-                    lines.append(line + ",")
-                    line = ""
-                line = f"{line}, {item}" if line else item
-            if line:
-                lines.append(line)
-            text = "array[\n        " + "\n        ".join(lines) + "\n    ]::pg_catalog.text[]"
-            if not items:
-                text = "array[]::pg_catalog.text[]"
-        elif not value.isascii():
-            # The characters themselves (translate's from and to): each one not ASCII as its
-            # Unicode escape in an E'' string, a piece a line.
-            tokens = [_escaped(c) for c in value]
-            text = "\n    || ".join(f"E'{p}'" for p in _pieces(tokens, width - 20))
-        else:
-            # Cut between escapes (\uXXXX stays whole), a piece a line.
-            tokens = re.findall(r"\\u[0-9a-f]{4}|\\U[0-9a-f]{8}|.", value, re.S)
-            text = "\n    || ".join(
-                sql.Literal(p).as_string(None).strip() for p in _pieces(tokens, width - 20)
-            )
-        bodies[name] = sql.SQL(text)
-    return bodies
-
-
-def _pieces(tokens: Sequence[str], width: int) -> list[str]:
-    """`tokens` joined into pieces of at most `width` characters (a token is never cut)."""
-    pieces, piece = [], ""
-    for token in tokens:
-        if len(piece) + len(token) > width:
-            pieces.append(piece)
-            piece = ""
-        piece += token
-    pieces.append(piece)
-    return pieces
-
-
-def _escaped(char: str) -> str:
-    """`char` as it is written in an E'' string."""
-    if char in "\\'":
-        return "\\" + char
-    if char.isascii():
-        return char
-    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 def cut_username(expr: sql.Composable, limit: int) -> sql.Composable:

@@ -2,11 +2,8 @@
 -- The insert_* placeholders are the INSERT … SELECT statements mapping/insert.py builds (formatted
 -- by pglast's prettifier); identity, profile and the keys are quoted identifiers.
 
--- The mapping's constants: the reserved usernames, the providers whose names are not vouched for,
--- what cleaning removes from a name. Immutable functions without arguments: the planner folds
--- each call into the plan as its value (their SET clause keeps them from being inlined, not from
--- being folded), so the statements below hold them once and pay nothing per row. Replacing one
--- (install with another configuration) re-plans the statements that folded it.
+-- The mapping's constants (mapping/constants.py): immutable and without arguments, each call is folded
+-- into the plans as its value, so a row pays nothing for it; replacing one re-plans them.
 create or replace function profileguard.reserved_names()
 returns pg_catalog.text[]
 language sql
@@ -27,8 +24,7 @@ as $pg$
     select {unverified_providers}
 $pg$;
 
--- Characters a username never keeps: controls, format characters (bidi overrides, zero-width),
--- line and paragraph separators (a regular-expression bracket of explicit ranges).
+-- Characters a username never keeps: controls, format characters, line and paragraph separators.
 create or replace function profileguard.invisible_characters()
 returns pg_catalog.text
 language sql
@@ -39,7 +35,7 @@ as $pg$
     select {invisible_characters}
 $pg$;
 
--- Space separators at either end of a name (a regular expression).
+-- Space separators at either end of a name.
 create or replace function profileguard.edge_spaces()
 returns pg_catalog.text
 language sql
@@ -50,9 +46,7 @@ as $pg$
     select {edge_spaces}
 $pg$;
 
--- The names a sign-up's statement leaves to the username rule's rare path (a regular expression):
--- those that start as a JSON array or object printed as text does, and those made only of
--- characters the cleaning removes or trims (control, format, separator and space characters).
+-- Names left to the rare path: a JSON array or object printed as text, or nothing cleaning keeps.
 create or replace function profileguard.rare_names()
 returns pg_catalog.text
 language sql
@@ -63,8 +57,7 @@ as $pg$
     select {rare_names}
 $pg$;
 
--- Combining marks (a regular-expression bracket): removed from a decomposed name before it is
--- compared with the reserved names.
+-- Combining marks: removed from a decomposed name before it is compared with the reserved names.
 create or replace function profileguard.combining_marks()
 returns pg_catalog.text
 language sql
@@ -75,9 +68,8 @@ as $pg$
     select {combining_marks}
 $pg$;
 
--- Unicode TR39 confusables (confusables.txt), limited to the characters the reserved names use:
--- translate() replaces each character of confusable_characters() by the one at its place in
--- confusable_prototypes(), the reserved names' character it looks like.
+-- Unicode TR39 confusables of the reserved names' characters: translate() replaces each character
+-- of confusable_characters() by the one at its place in confusable_prototypes().
 create or replace function profileguard.confusable_characters()
 returns pg_catalog.text
 language sql

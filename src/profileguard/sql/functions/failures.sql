@@ -1,35 +1,26 @@
--- The audit trail's writers: failure categories, recording a client's failure, and the
--- redaction every stored message goes through (the triggers that apply it are in
--- schema/triggers.sql).
+-- The audit trail's writers: failure categories, a client's failure, and the redaction of what is stored.
 
--- SQLSTATE → a category an operator can act on.
+-- SQLSTATE → a category an operator can act on: by the code where it decides, else by its class.
 create or replace function profileguard.sqlstate_category(p_sqlstate text)
 returns text
 language sql
 immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
-as $$
+as $pg$
     select case
-        when p_sqlstate is null then 'other'
-        when p_sqlstate in ('40001', '40P01', '55P03', '53300', '57014')
-            or left(p_sqlstate, 2) in ('08', '57') then 'transient'
-        when p_sqlstate = '42501' or left(p_sqlstate, 2) = '28' then 'permission'
+        when p_sqlstate in ('40001', '40P01', '55P03', '53300') then 'transient'
+        when p_sqlstate = '42501' then 'permission'
         when p_sqlstate in ('42P01', '42883', '42703', '3F000', '42704') then 'missing_object'
-        when left(p_sqlstate, 2) = '23' then 'constraint'
-        when left(p_sqlstate, 2) = '22' then 'data'
-        else 'other'
+        else case pg_catalog.left(p_sqlstate, 2)
+            when '08' then 'transient' when '57' then 'transient' when '28' then 'permission'
+            when '23' then 'constraint' when '22' then 'data' else 'other'
+        end
     end
-$$;
+$pg$;
 
--- A text without the values in it, whatever its shape: everything quoted ("…", '…', «…», »…«,
--- „…“, “…”, ‘…’, 「…」) or in parentheses becomes …, unless it is one of `p_names` in its delimiters
--- ("profiles_username_key", (username), (lower(username))): the names of what failed say what
--- to fix. A value runs from its opening delimiter to the last closing one before the next name
--- (values hold delimiters too: "Ann "Nan" Lee", (Bob :)), or on through that name when none
--- closes it first; a closing parenthesis nothing opened ends a value that began after the last
--- name. Left as they are: an apostrophe within a word and a type modifier (varchar(20)). Only a
--- value that itself holds one of the names in delimiters can keep text beside that name.
+-- `p_text` with everything quoted or in parentheses replaced by … but `p_names` in their delimiters
+-- (what failed says what to fix; a value never does). The rules: docs/redaction.md.
 create or replace function profileguard.strip_values(p_text text, p_names text[] default '{}')
 returns text
 language plpgsql
@@ -151,14 +142,8 @@ begin
 end
 $pg$;
 
--- The names an error's text may hold, which strip_values keeps: the error's fields (`p_fields`:
--- schema_name, table_name, column_name, constraint_name, datatype_name, as GET STACKED
--- DIAGNOSTICS and psycopg's Diagnostic name them) and, for that table and for the profile and
--- identity tables: their schema, columns, constraints, indexes, the key lists "Key (…)=" prints
--- for their foreign keys and for their indexes on columns, and the tables those foreign keys
--- join. Plain catalog reads, paid only by a failure, that wait for no lock (pg_get_indexdef and
--- pg_get_expr lock the table, which may be what failed: an expression key, lower(username),
--- keeps only its column's name).
+-- The names strip_values keeps: the error's fields and the names of its table, the profile and identity
+-- tables and their keys' tables. Catalog reads only, with no lock (not pg_get_indexdef) to wait for.
 create or replace function profileguard.error_names(p_fields jsonb default null)
 returns text[]
 language plpgsql
@@ -184,25 +169,21 @@ begin
              lateral (values (s.profile_table), (s.identity_table)) as t(name)
         where s.singleton);
     -- The constraints of those tables, and the foreign keys that reference them.
-    v_keys := array(
-        select c.oid from pg_catalog.pg_constraint c where c.conrelid = any(v_tables)
-        union
-        select c.oid from pg_catalog.pg_constraint c where c.confrelid = any(v_tables));
+    v_keys := array(select c.oid from pg_catalog.pg_constraint c
+                    where c.conrelid = any(v_tables) or c.confrelid = any(v_tables));
     v_names := array(
-        select f.value from pg_catalog.jsonb_each_text(coalesce(v_fields, '{}'::jsonb)) as f(key, value)
-        where f.key in ('schema_name', 'table_name', 'column_name', 'constraint_name',
-                        'datatype_name')
+        select v_fields ->> f.key
+        from pg_catalog.unnest(array['schema_name', 'table_name', 'column_name', 'constraint_name',
+                                     'datatype_name']) as f(key)
         union all
         select y.name
         from pg_catalog.pg_class c
         join pg_catalog.pg_namespace n on n.oid = c.relnamespace,
              lateral (values (c.relname::text), (n.nspname::text),
                              (n.nspname || '.' || c.relname)) as y(name)
-        where c.oid = any(v_tables || array(select k.conrelid from pg_catalog.pg_constraint k
-                                             where k.oid = any(v_keys)
-                                             union
-                                             select k.confrelid from pg_catalog.pg_constraint k
-                                             where k.oid = any(v_keys)))
+        where c.oid = any(v_tables)
+           or exists (select from pg_catalog.pg_constraint k
+                      where k.oid = any(v_keys) and c.oid in (k.conrelid, k.confrelid))
         union all
         select a.attname::text from pg_catalog.pg_attribute a
         where a.attrelid = any(v_tables) and a.attnum > 0 and not a.attisdropped
@@ -249,14 +230,8 @@ as $pg$
         'detail', nullif(pg_catalog.left(p_detail, 2000), ''))), '{}'::jsonb)
 $pg$;
 
--- An error's text as profileguard stores it: its values stripped, the names of what failed kept
--- (with those of its fields `p_fields`, when known). Applied on write, so the audit trail never
--- holds a user's name, email or metadata, however long it is kept. A failure recorded for many
--- users at once stores the same texts many times: the last two results of a transaction are kept
--- in the settings profileguard.redacted_1 and _2 (local to it; the md5 of the text and the
--- names of the fields, then the result), so that the catalog is read once. A session can set
--- them itself: its own failures are then stored with a text it chose for an input it knew in
--- full, which holds nothing it did not know.
+-- An error's text as stored: values stripped, names of what failed kept. The transaction's last two
+-- results are kept in profileguard.redacted_1 and _2 (md5:result): a failure of many users repeats them.
 create or replace function profileguard.redact_error(p_text text, p_fields jsonb default null)
 returns text
 language plpgsql
@@ -274,14 +249,12 @@ begin
     v_key := pg_catalog.md5(pg_catalog.concat_ws(e'\x1f', v_fields ->> 'schema_name',
         v_fields ->> 'table_name', v_fields ->> 'column_name', v_fields ->> 'constraint_name',
         v_fields ->> 'datatype_name', p_text));
-    v_seen := pg_catalog.current_setting('profileguard.redacted_1', true);
-    if pg_catalog.left(v_seen, 32) = v_key then
-        return pg_catalog.substr(v_seen, 34);
-    end if;
-    v_seen := pg_catalog.current_setting('profileguard.redacted_2', true);
-    if pg_catalog.left(v_seen, 32) = v_key then
-        return pg_catalog.substr(v_seen, 34);
-    end if;
+    foreach v_seen in array array[pg_catalog.current_setting('profileguard.redacted_1', true),
+                                  pg_catalog.current_setting('profileguard.redacted_2', true)] loop
+        if pg_catalog.left(v_seen, 32) = v_key then
+            return pg_catalog.substr(v_seen, 34);
+        end if;
+    end loop;
     v_out := profileguard.strip_values(p_text, profileguard.error_names(v_fields));
     perform pg_catalog.set_config('profileguard.redacted_2',
         coalesce(pg_catalog.current_setting('profileguard.redacted_1', true), ''), true);
@@ -290,10 +263,8 @@ begin
 end
 $pg$;
 
--- Record one failure per user; used by clients whose own ensure call failed. `p_fields` may carry
--- the error's fields and detail under the names psycopg's Diagnostic gives them (schema_name,
--- table_name, column_name, constraint_name, datatype_name; detail): the event keeps those, and the
--- names in them stay in its message.
+-- One failure of a client's own ensure call; `p_fields`: the error's fields and detail as psycopg's
+-- Diagnostic names them.
 create or replace function profileguard.record_failure(
     p_user_id text,
     p_sqlstate text,
@@ -305,17 +276,16 @@ returns void
 language sql
 security definer
 set search_path = pg_catalog, pg_temp
-as $$
+as $pg$
     insert into profileguard.events (kind, source, user_id, sqlstate, category, message, detail)
     values ('failure', p_source, p_user_id, p_sqlstate,
             profileguard.sqlstate_category(p_sqlstate), left(p_message, 2000),
             profileguard.error_fields(p_fields ->> 'schema_name', p_fields ->> 'table_name',
                                       p_fields ->> 'column_name', p_fields ->> 'constraint_name',
                                       p_fields ->> 'datatype_name', p_fields ->> 'detail'));
-$$;
+$pg$;
 
--- Every failure event is redacted as it is written, whoever writes it (the triggers, the worker,
--- clients through record_failure), keeping the names of the fields its detail carries.
+-- Every failure event is redacted as it is written, whoever writes it.
 create or replace function profileguard.redact_event()
 returns trigger
 language plpgsql
@@ -334,8 +304,7 @@ begin
 end
 $pg$;
 
--- repair_state and drift_state keep no fields: the names kept are the profile and identity
--- tables' (profileguard.error_names).
+-- repair_state and drift_state keep no fields: the names kept are the profile and identity tables'.
 create or replace function profileguard.redact_repair_state()
 returns trigger
 language plpgsql
