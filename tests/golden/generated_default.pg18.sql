@@ -241,15 +241,9 @@ as $pg$
           WHERE u.id = $1) AS a
 $pg$;
 
--- The profiles of the users `p_ids` that have none, made by the mapping's one full statement;
--- returns their keys. Every path but the signup trigger comes here: the repair engine,
--- ensure_profile, the backfill; the trigger's retry after a unique violation only without a
--- username rule, or when a deferrable unique constraint cannot be an ON CONFLICT arbiter.
--- `p_forced` is a retry after a unique violation: suffixed names are looked up too, and names
--- reduced to [a-z0-9_] are never given plainly (two rows of one statement may have reduced to
--- the same). Index lookups
--- only and no JIT, as in the trigger; random_page_cost of cached pages and no hash or merge
--- joins: a taken name is probed in the index per new row, not every profile hashed per batch.
+-- The profiles of the users `p_ids` that have none, by the mapping's full statement; returns their
+-- keys. The repair engine, ensure_profile and the backfill come here. `p_forced`: a retry after a
+-- unique violation (suffixed names looked up too). Index lookups only, no JIT (docs/internals.md).
 create or replace function profileguard.insert_profiles(p_ids uuid[], p_forced boolean default false)
 returns setof uuid
 language plpgsql
@@ -373,42 +367,10 @@ begin
 end
 $pg$;
 
--- The trigger: one set-based INSERT per statement on the identity table, optimistic (no ON
--- CONFLICT and no comparing of names within the statement: signups are new users, one at a time).
--- A unique violation is retried by one statement over the new rows in key order: each row is
--- inserted as the first try would, ON CONFLICT DO NOTHING, and only the rows it leaves out (a
--- profile made first by another trigger or the app, a name held by a profile or a lower key of
--- the statement) get the collision path, their names looked up: a bulk insert whose names
--- collide pays for it only in the rows that need it. One exception block per statement
--- (never per row); on error, one failure row per affected user, a notification, and the signup
--- commits — unless strict mode is on.
--- With a username rule the first try is two statements: the lean insert takes the rows whose
--- name the rule would give back as it is (none, or printable ASCII that is not cut) and sets up
--- none of the cleaning; the rows it leaves turn a transaction-local flag on, and only then is the
--- full insert run for them (a statement costs its setup only when it runs).
--- jit is off: every statement here is cheap, and a plan that passes jit_above_cost (any scan
--- with enable_seqscan off does) would otherwise compile on every signup, ~10 ms each.
--- enable_seqscan is off: indexes are always the right way here (the profile's foreign-key check
--- on the identity table, a taken name on the retry), and a plan made while the profile table
--- looked empty would scan it once per new row, quadratic in its size. The retry also gets more
--- work_mem (a bulk insert's names compared in memory), set for it alone: each setting in the SET
--- list costs every signup. The flags (enabled, strict) are constants in the plan: a signup reads
--- no settings table.
--- lock_timeout bounds every lock wait inside: one insert can wait once for the profile table and
--- once per unique or exclusion index but the key's (a name an in-flight signup holds), and a
--- function cannot arm a timeout per statement, so the signup's budget (lock_timeout_ms) is
--- divided among those waits at install, and the failure path's (50 ms) among its own
--- (mapping/guards.py): at most lock_timeout_ms + 50 ms in all. A profile or events table locked
--- by a migration turns into a recorded transient failure (55P03), and the signup commits.
--- Deferrable constraints on the profile table (only then: the statements are rendered from the
--- catalog) are set IMMEDIATE after each insert, inside its exception block, so that a violation
--- is raised where it is caught (a taken username retried with a suffix) instead of at COMMIT,
--- failing the signup; then the initially deferred ones are set DEFERRED again. PostgreSQL does not
--- let a function read the mode a caller chose with its own SET CONSTRAINTS: after a signup, or
--- any profileguard call that writes profiles, the constraints are back in their declared mode.
--- A cancel is caught only when the caller's statement_timeout has really elapsed; after that the
--- statement runs on without a timeout (PostgreSQL does not re-arm it). A user's or operator's
--- cancel (pg_cancel_backend) still cancels. In strict mode every error propagates.
+-- The sign-up trigger: one set-based INSERT per statement on the identity table, in one exception
+-- block: on error one failure row per new user and a notification, and the sign-up commits (unless
+-- strict mode is on). A unique violation is retried once, the rows that collide given suffixed names.
+-- Why each setting and step is there: docs/internals.md, "The sign-up trigger".
 create or replace function profileguard.on_identity_insert()
 returns trigger
 language plpgsql
