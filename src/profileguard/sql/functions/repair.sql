@@ -183,17 +183,13 @@ declare
     v_opened boolean;
     v_message text := profileguard.redact_error(left(p_message, 2000));
 begin
-    insert into profileguard.breakers as b (fingerprint, state, sqlstate, object, message,
-                                            probe_interval, next_probe_at)
-    values (p_fingerprint, 'open', p_sqlstate, p_object, v_message, 0.25, now() + interval '0.25 seconds')
+    -- a user_specific verdict gives way; an open breaker stays as it is
+    delete from profileguard.breakers b where b.fingerprint = p_fingerprint and b.state <> 'open';
+    insert into profileguard.breakers as b (fingerprint, state, sqlstate, object, message, next_probe_at)
+    values (p_fingerprint, 'open', p_sqlstate, p_object, v_message, now() + interval '0.25 seconds')
     on conflict (fingerprint) do update set
-        state = 'open', sqlstate = excluded.sqlstate, object = excluded.object,
-        message = excluded.message, expires_at = null, updated_at = now(),
-        opened_at = case when b.state = 'open' then b.opened_at else now() end,
-        probes = case when b.state = 'open' then b.probes else 0 end,
-        probe_interval = case when b.state = 'open' then b.probe_interval else 0.25 end,
-        next_probe_at = case when b.state = 'open' then b.next_probe_at else excluded.next_probe_at end
-    returning (xmax = 0 or b.opened_at = now()) into v_opened;
+        sqlstate = excluded.sqlstate, object = excluded.object, message = excluded.message, updated_at = now()
+    returning b.opened_at = now() into v_opened;
     update profileguard.repair_state r
         set waiting_on = p_fingerprint, attempts = 0, quarantined_at = null,
             next_attempt_at = 'infinity', updated_at = now()
