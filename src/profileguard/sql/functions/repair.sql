@@ -276,25 +276,25 @@ as $pg$
         where s.singleton
     ),
     columns as (
-        select a.attnum, a.atttypid, d.oid as default_oid, pg_catalog.concat_ws(':', a.attname, a.atttypid,
-                   a.atttypmod, a.attnotnull, a.attacl, pg_catalog.pg_get_expr(d.adbin, d.adrelid)) as facts
+        select a.atttypid, d.oid, pg_catalog.concat_ws(':', a.attnum, a.attname, a.atttypid, a.atttypmod,
+                   a.attnotnull, a.attacl, pg_catalog.pg_get_expr(d.adbin, d.adrelid)) as facts
         from t join pg_catalog.pg_attribute a on a.attrelid = t.oid
         left join pg_catalog.pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
         where a.attnum > 0 and not a.attisdropped
     ),
     -- the table's constraints and its columns' domains'
     constraints as (
-        select c.oid, c.conname, pg_catalog.concat_ws(':', c.conname, c.convalidated,
-                                                      pg_catalog.pg_get_constraintdef(c.oid)) as facts
+        select c.oid,
+               pg_catalog.concat_ws(':', c.conname, c.convalidated, pg_catalog.pg_get_constraintdef(c.oid)) as facts
         from pg_catalog.pg_constraint c, t
         where c.conrelid = t.oid or c.contypid in (select l.atttypid from columns l)
     ),
     triggers as (
-        select g.oid, g.tgname, g.tgfoid, pg_catalog.concat_ws(':', g.tgname, g.tgenabled, g.tgfoid) as facts
+        select g.oid, g.tgfoid, pg_catalog.concat_ws(':', g.tgname, g.tgenabled, g.tgfoid) as facts
         from pg_catalog.pg_trigger g, t where g.tgrelid = t.oid
     ),
     policies as (
-        select o.oid, o.polname, pg_catalog.concat_ws(':', o.polname, o.polcmd, o.polroles,
+        select o.oid, pg_catalog.concat_ws(':', o.polname, o.polcmd, o.polroles,
             pg_catalog.pg_get_expr(o.polqual, o.polrelid), pg_catalog.pg_get_expr(o.polwithcheck, o.polrelid)) as facts
         from pg_catalog.pg_policy o, t where o.polrelid = t.oid
     ),
@@ -304,7 +304,7 @@ as $pg$
         union
         select f.pronamespace
         from (select 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid from constraints c
-              union all select 'pg_catalog.pg_attrdef', l.default_oid from columns l
+              union all select 'pg_catalog.pg_attrdef', l.oid from columns l
               union all select 'pg_catalog.pg_trigger', g.oid from triggers g
               union all select 'pg_catalog.pg_policy', o.oid from policies o) as x (classid, objid)
         join pg_catalog.pg_depend d on d.classid = x.classid and d.objid = x.objid
@@ -316,7 +316,7 @@ as $pg$
     -- the flags trigger_enabled and strict_mode change with the settings row, not with the catalog;
     -- extensions' functions change with ALTER EXTENSION, seen through their objects
     functions as (
-        select p.oid, pg_catalog.concat_ws(':', p.oid, pg_catalog.md5(p.prosrc), p.proconfig,
+        select pg_catalog.concat_ws(':', p.oid, pg_catalog.md5(p.prosrc), p.proconfig,
             case when p.pronamespace = 'profileguard'::pg_catalog.regnamespace then p.proacl end) as facts
         from pg_catalog.pg_proc p
         where (p.pronamespace = 'profileguard'::pg_catalog.regnamespace
@@ -327,16 +327,15 @@ as $pg$
                                where e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
                                  and e.objid = p.oid and e.deptype = 'e'))
     )
-    select pg_catalog.md5(pg_catalog.concat_ws('|', t.facts,
-        (select pg_catalog.string_agg(l.facts, ',' order by l.attnum) from columns l),
-        (select pg_catalog.string_agg(c.facts, ',' order by c.conname, c.oid) from constraints c),
-        (select pg_catalog.string_agg(pg_catalog.pg_get_indexdef(i.indexrelid) || i.indisvalid, ','
-                                      order by i.indexrelid)
-         from pg_catalog.pg_index i where i.indrelid = t.oid),
-        (select pg_catalog.string_agg(g.facts, ',' order by g.tgname) from triggers g),
-        (select pg_catalog.string_agg(o.facts, ',' order by o.polname) from policies o),
-        (select pg_catalog.string_agg(f.facts, ',' order by f.oid) from functions f)))
-    from t
+    select pg_catalog.md5(pg_catalog.string_agg(x.facts, '|' order by x.facts collate "C"))
+    from (select t.facts from t
+          union all select l.facts from columns l
+          union all select c.facts from constraints c
+          union all select pg_catalog.pg_get_indexdef(i.indexrelid) || i.indisvalid
+                    from pg_catalog.pg_index i, t where i.indrelid = t.oid
+          union all select g.facts from triggers g
+          union all select o.facts from policies o
+          union all select f.facts from functions f) x
 $pg$;
 
 -- On a change of catalog_version() since the last look, release everyone a change could help:
