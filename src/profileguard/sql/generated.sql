@@ -380,8 +380,8 @@ declare
     v_object text;
     v_fp text;
     v_everyone boolean;
-    v_verdict jsonb := '{{}}';
-    v_systemic jsonb := '{{}}';
+    v_verdict jsonb := '{{}}'::jsonb;
+    v_systemic jsonb := '{{}}'::jsonb;
 begin
     while cardinality(v_ids) > 0 and cardinality(v_lo) > 0 loop
         v_a := v_lo[cardinality(v_lo)];
