@@ -713,10 +713,8 @@ begin
 end
 $pg$;
 
--- Create the profiles of the given users that do not have one; returns how many were created.
--- Each creation is recorded as a repair by `p_source`. Index lookups only and no JIT, as in the
--- trigger; deferrable constraints are checked before it returns, as in the trigger (a violation
--- raised here, where repair() catches it).
+-- Create the profiles of `p_ids` that are missing, each recorded as a repair by `p_source`; returns
+-- how many. Deferrable constraints are checked before it returns (a violation raised where repair() catches it).
 create or replace function profileguard.create_profiles(p_ids uuid[], p_source text)
 returns integer
 language plpgsql
@@ -725,23 +723,20 @@ set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
-#variable_conflict use_column
 declare
-    v_count integer;
+    v_keys uuid[];
 begin
     begin
-        insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids) c(k);
-        get diagnostics v_count = row_count;
+        v_keys := array(select c.k from profileguard.insert_profiles(p_ids) c(k));
     exception when unique_violation then
         if not true then
             raise;
         end if;
-        insert into profileguard.events (kind, source, user_id)
-        select 'repair', p_source, c.k::text from profileguard.insert_profiles(p_ids, true) c(k);
-        get diagnostics v_count = row_count;
+        v_keys := array(select c.k from profileguard.insert_profiles(p_ids, true) c(k));
     end;
-    return v_count;
+    insert into profileguard.events (kind, source, user_id)
+    select 'repair', p_source, k::text from unnest(v_keys) k;
+    return cardinality(v_keys);
 end
 $pg$;
 
@@ -754,52 +749,30 @@ set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 set jit = off
 as $pg$
-#variable_conflict use_column
-declare
-    v_created boolean := false;
-    v_profile jsonb;
 begin
     if p_user_id is null then
         raise exception using errcode = '22004', message = 'profileguard: user id must not be null';
     end if;
-    select to_jsonb(p) into v_profile from "public"."profiles" p where p."id" = p_user_id;
-    if v_profile is null then
+    profile_id := p_user_id;
+    created := false;
+    select to_jsonb(p) into profile from "public"."profiles" p where p."id" = p_user_id;
+    if profile is null then
         if not exists (select from "auth"."users" u where u."id" = p_user_id) then
             raise exception using errcode = 'P0002',
                 message = format('profileguard: no user with %s = %s in %s',
                                  'id', p_user_id, 'auth.users'),
                 hint = 'profiles are created only for existing users; check the id';
         end if;
-        v_created := profileguard.create_profiles(array[p_user_id], p_source) > 0;
-        select to_jsonb(p) into v_profile from "public"."profiles" p where p."id" = p_user_id;
+        created := profileguard.create_profiles(array[p_user_id], p_source) > 0;
+        select to_jsonb(p) into profile from "public"."profiles" p where p."id" = p_user_id;
     end if;
-    profile_id := p_user_id;
-    created := v_created;
-    profile := v_profile;
     return next;
 end
 $pg$;
 
--- The one repair engine (the worker, the backfill, the in-database sweep and `retry` all come
--- here): create the profiles of `p_ids` that are missing, in one statement; when it fails, split
--- the ids in halves until each failing user is isolated, with at most `p_budget` subtransactions
--- (PL/pgSQL exception blocks) per call — past 64 in one transaction every session slows down.
--- Ids not tried within the budget are left as they are ("deferred": call again). Each failure
--- gets a fingerprint (SQLSTATE + the object it names), and each fingerprint a verdict, decided by
--- evidence, never by how many users share it: everyone's when it is about the database
--- (profileguard.systemic_by_nature) or the neutral row fails too (profileguard.neutral_probe,
--- one subtransaction per fingerprint and call); the data's when the neutral row passes, or
--- others' profiles were created beside it in this call (remembered as user_specific for an hour
--- or until the catalog changes; a breaker open on it closes).
--- A range failing with everyone's fault is held whole behind its breaker: not charged, never
--- quarantined; the worker probes it (profileguard.probe_breakers). A range failing with the
--- data's is split, and each isolated user charged one attempt (backoff, then quarantine). A range
--- whose verdict would need a probe past the budget is deferred. lock_timeout bounds each lock
--- wait: a locked profile table is a fault like any other, not a stalled worker.
--- Returns a jsonb object: created, failed (charged), quarantined (newly), waiting (held),
--- deferred, subtransactions (used), systemic (an array of fingerprint, sqlstate, object, message).
-drop function if exists profileguard.repair_ids(uuid[], text, integer, double precision,
-                                                double precision);
+-- The one repair engine (worker, backfill, sweep, `retry`): creates the profiles of `p_ids` in one
+-- statement, splitting failing ranges in halves within `p_budget` subtransactions; a failure is held
+-- behind a breaker when everyone's, else charged to its user (docs/internals.md, "The repair engine").
 create or replace function profileguard.repair(
     p_ids uuid[],
     p_source text,
@@ -817,12 +790,11 @@ set jit = off
 set lock_timeout = '500ms'
 as $pg$
 declare
-    v_ids uuid[];
-    v_lo integer[];
-    v_hi integer[];
+    v_ids uuid[] := array(select distinct x from unnest(p_ids) x where x is not null);
+    v_lo integer[] := array[1];
+    v_hi integer[] := array[cardinality(v_ids)];
     v_a integer;
     v_b integer;
-    v_mid integer;
     v_budget integer := greatest(coalesce(p_budget, 48), 1);
     v_created integer := 0;
     v_deferred integer := 0;
@@ -840,26 +812,11 @@ declare
     v_fields jsonb;
     v_object text;
     v_fp text;
-    v_fail_id text[] := '{}'::text[];
-    v_fail_fp text[] := '{}'::text[];
-    v_fail_state text[] := '{}'::text[];
-    v_fail_object text[] := '{}'::text[];
-    v_fail_message text[] := '{}'::text[];
-    v_fail_fields jsonb[] := '{}'::jsonb[];
-    v_systemic jsonb := '{}'::jsonb;
-    v_verdict jsonb := '{}'::jsonb;
     v_everyone boolean;
-    v_row record;
-    v_newly boolean;
+    v_verdict jsonb := '{}'::jsonb;
+    v_systemic jsonb := '{}'::jsonb;
 begin
-    v_ids := array(select distinct x from unnest(p_ids) x where x is not null);
-    if cardinality(v_ids) = 0 then
-        return jsonb_build_object('created', 0, 'failed', 0, 'quarantined', 0, 'waiting', 0,
-                                  'deferred', 0, 'systemic', '[]'::jsonb);
-    end if;
-    v_lo := array[1];
-    v_hi := array[cardinality(v_ids)];
-    while cardinality(v_lo) > 0 loop
+    while cardinality(v_ids) > 0 and cardinality(v_lo) > 0 loop
         v_a := v_lo[cardinality(v_lo)];
         v_b := v_hi[cardinality(v_hi)];
         v_lo := v_lo[1:cardinality(v_lo) - 1];
@@ -871,110 +828,68 @@ begin
         v_budget := v_budget - 1;
         begin
             v_created := v_created + profileguard.create_profiles(v_ids[v_a:v_b], p_source);
-            delete from profileguard.repair_state r
-                where r.user_id = any(array(select x::text from unnest(v_ids[v_a:v_b]) x));
+            delete from profileguard.repair_state r where r.user_id = any(v_ids[v_a:v_b]::text[]);
             continue;
         exception when others or assert_failure then
             get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                 v_schema = schema_name, v_table = table_name, v_column = column_name,
-                v_constraint = constraint_name, v_datatype = pg_datatype_name,
-                v_detail = pg_exception_detail;
+                v_constraint = constraint_name, v_datatype = pg_datatype_name, v_detail = pg_exception_detail;
         end;
-        v_fields := profileguard.error_fields(v_schema, v_table, v_column, v_constraint, v_datatype,
-                                              v_detail);
-        v_object := profileguard.failure_object(v_schema, v_table, v_column, v_constraint);
-        v_fp := profileguard.fingerprint(v_state, v_object, v_message);
+        v_fields := profileguard.error_fields(v_schema, v_table, v_column, v_constraint, v_datatype, v_detail);
+        select f.object, f.fingerprint into v_object, v_fp
+        from profileguard.fingerprint(v_state, v_message, v_schema, v_table, v_column, v_constraint) f;
+        -- Whose fault, by evidence (once per fingerprint and call): the database's by nature, the
+        -- data's when others pass, else the neutral row's verdict (even beside an open breaker).
         v_everyone := (v_verdict ->> v_fp)::boolean;
         if v_everyone is null then
             if profileguard.systemic_by_nature(v_state) then
                 v_everyone := true;
-            elsif v_created > 0
-                  or exists (select from profileguard.breakers b
-                             where b.fingerprint = v_fp and b.state = 'user_specific'
-                               and b.expires_at > now()) then
+            elsif v_created > 0 or exists (select from profileguard.breakers b
+                                           where b.fingerprint = v_fp and b.state = 'user_specific'
+                                             and b.expires_at > now()) then
                 v_everyone := false;
             elsif v_budget > 0 then
-                -- Asked again even when a breaker is open on it: an open breaker holds a range
-                -- whole only while the neutral row still fails.
                 v_budget := v_budget - 1;
                 v_everyone := profileguard.neutral_probe(v_ids[v_a]::text) is not null;
-            elsif exists (select from profileguard.breakers b
-                          where b.fingerprint = v_fp and b.state = 'open') then
+            elsif exists (select from profileguard.breakers b where b.fingerprint = v_fp and b.state = 'open') then
                 v_everyone := true;  -- no probe left in the budget: its last verdict
             end if;
-            if v_everyone is not null then
-                v_verdict := v_verdict || jsonb_build_object(v_fp, v_everyone);
-                if not v_everyone then
-                    -- Others' data passes where theirs fails: remembered, no probe next time.
-                    perform profileguard.mark_user_specific(v_fp, v_state, v_object, v_message, 1);
-                end if;
+            v_verdict := v_verdict || jsonb_build_object(v_fp, v_everyone);
+            if not v_everyone then
+                perform profileguard.mark_user_specific(v_fp, v_state, v_object, v_message, p_source,
+                                                        'other users succeed: failures are users'' own');
             end if;
         end if;
         if v_everyone is null then
             v_deferred := v_deferred + v_b - v_a + 1;
-            continue;
-        end if;
-        if v_everyone then
-            -- Splitting cannot help: everyone in this range waits for the fault to pass.
-            perform profileguard.open_breaker(
-                array(select x::text from unnest(v_ids[v_a:v_b]) x), v_fp, v_state, v_object,
-                v_message, p_source);
+        elsif v_everyone then
+            perform profileguard.open_breaker(v_ids[v_a:v_b]::text[], v_fp, v_state, v_object, v_message, p_source);
             v_waiting := v_waiting + v_b - v_a + 1;
-            v_systemic := v_systemic || jsonb_build_object(v_fp, jsonb_build_object(
-                'fingerprint', v_fp, 'sqlstate', v_state, 'object', v_object,
+            v_systemic := v_systemic || jsonb_build_object(v_fp, jsonb_build_object('fingerprint', v_fp,
+                'sqlstate', v_state, 'object', v_object,
                 'message', profileguard.redact_error(left(v_message, 2000), v_fields)));
-            continue;
-        end if;
-        if v_a = v_b then
-            v_fail_id := v_fail_id || v_ids[v_a]::text;
-            v_fail_fp := v_fail_fp || v_fp;
-            v_fail_state := v_fail_state || v_state;
-            v_fail_object := v_fail_object || v_object;
-            v_fail_message := v_fail_message || left(v_message, 2000);
-            v_fail_fields := array_append(v_fail_fields, v_fields);
-            continue;
-        end if;
-        v_mid := (v_a + v_b) / 2;
-        v_lo := v_lo || (v_mid + 1) || v_a;
-        v_hi := v_hi || v_b || v_mid;
-    end loop;
-    -- The isolated failures, each judged the data's above: one attempt charged to each user.
-    for v_row in
-        select f.fp, min(f.state) as state, min(f.object) as object, min(f.message) as message,
-               (array_agg(f.fields))[1] as fields, array_agg(f.id) as ids
-        from unnest(v_fail_id, v_fail_fp, v_fail_state, v_fail_object, v_fail_message,
-                    v_fail_fields) as f(id, fp, state, object, message, fields)
-        group by f.fp
-    loop
-        for i in 1 .. cardinality(v_row.ids) loop
-            select n.newly_quarantined into v_newly
-            from profileguard.note_repair_failure(v_row.ids[i], v_row.state, v_row.message,
-                p_source, p_max_attempts, p_backoff_base, p_backoff_cap,
-                jsonb_build_object('object', v_row.object) || coalesce(v_row.fields, '{}'),
-                v_row.fp, p_quarantine_retry) n;
+        elsif v_a = v_b then
             v_failed := v_failed + 1;
-            if v_newly then
-                v_quarantined := v_quarantined + 1;
-            end if;
-        end loop;
+            v_quarantined := v_quarantined + (
+                select n.newly_quarantined::integer
+                from profileguard.note_repair_failure(v_ids[v_a]::text, v_state, v_message, p_source,
+                    p_max_attempts, p_backoff_base, p_backoff_cap,
+                    jsonb_build_object('object', v_object) || coalesce(v_fields, '{}'), v_fp, p_quarantine_retry) n);
+        else
+            v_lo := v_lo || ((v_a + v_b) / 2 + 1) || v_a;
+            v_hi := v_hi || v_b || (v_a + v_b) / 2;
+        end if;
     end loop;
-    return jsonb_build_object('created', v_created, 'failed', v_failed,
-        'quarantined', v_quarantined, 'waiting', v_waiting, 'deferred', v_deferred,
+    return jsonb_build_object('created', v_created, 'failed', v_failed, 'quarantined', v_quarantined,
+        'waiting', v_waiting, 'deferred', v_deferred,
         'subtransactions', greatest(coalesce(p_budget, 48), 1) - v_budget,
-        'systemic', coalesce((select jsonb_agg(v) from jsonb_each(v_systemic) as e(k, v)),
-                             '[]'::jsonb));
+        'systemic', coalesce((select jsonb_agg(e.value) from jsonb_each(v_systemic) e), '[]'));
 end
 $pg$;
 
--- Probe the open breakers that are due: one canary, drawn at random among the users it holds (not
--- the same look-alike accounts in turn), is tried in a subtransaction. It succeeds, or fails
--- another way: the fault has passed and everyone waiting on it is released. It fails the same
--- way: the canary's neutral row is tried (profileguard.neutral_probe) unless the fault is about
--- the database by nature; if that passes, the fault is the users' data, not everyone's: the
--- breaker closes, its users are released and charged on their next attempt. Otherwise the next
--- probe waits twice as long, up to profileguard.probe_cap (1 s for locks, cancels and
--- connections). How long a breaker has been open never changes its verdict.
--- Returns a jsonb object: probed, closed, released.
+-- Probe each open breaker that is due with a canary drawn at random among its users: a success or
+-- another fault releases them; the same fault closes it too if the neutral row passes (their data),
+-- else the next probe waits twice as long (at most 1 s for locks, cancels and connections, else 5 s).
 create or replace function profileguard.probe_breakers(p_source text default 'worker')
 returns jsonb
 language plpgsql
@@ -993,6 +908,7 @@ declare
     v_column text;
     v_constraint text;
     v_fp text;
+    v_wait double precision;
     v_probed integer := 0;
     v_closed integer := 0;
     v_released integer := 0;
@@ -1005,60 +921,50 @@ begin
         for update skip locked
     loop
         select r.user_id into v_canary from profileguard.repair_state r
-            where r.waiting_on = v_breaker.fingerprint
-            order by random() limit 1;
+            where r.waiting_on = v_breaker.fingerprint order by random() limit 1;
         if v_canary is null then
             delete from profileguard.breakers b where b.fingerprint = v_breaker.fingerprint;
             v_closed := v_closed + 1;
             continue;
         end if;
         v_probed := v_probed + 1;
-        v_state := null;
+        v_fp := null;
         begin
             perform profileguard.create_profiles(array[v_canary::uuid], p_source);
+            delete from profileguard.repair_state r where r.user_id = v_canary;
         exception when others or assert_failure then
             get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                 v_schema = schema_name, v_table = table_name, v_column = column_name,
                 v_constraint = constraint_name;
+            v_fp := (profileguard.fingerprint(v_state, v_message, v_schema, v_table, v_column,
+                                              v_constraint)).fingerprint;
         end;
-        v_fp := case when v_state is not null then profileguard.fingerprint(v_state,
-                    profileguard.failure_object(v_schema, v_table, v_column, v_constraint),
-                    v_message) end;
         if v_fp is distinct from v_breaker.fingerprint then
-            if v_state is null then
-                delete from profileguard.repair_state r where r.user_id = v_canary;
-            end if;
             v_released := v_released + profileguard.close_breaker(v_breaker.fingerprint, p_source,
-                case when v_state is null then 'a probe succeeded'
-                     else format('the fault changed to %s', v_fp) end);
-            v_closed := v_closed + 1;
-            continue;
-        end if;
-        update profileguard.repair_state r set updated_at = now() where r.user_id = v_canary;
-        if not profileguard.systemic_by_nature(v_breaker.sqlstate)
-           and profileguard.neutral_probe(v_canary) is null then
-            v_released := v_released + profileguard.close_breaker(v_breaker.fingerprint, p_source,
+                coalesce('the fault changed to ' || v_fp, 'a probe succeeded'));
+        elsif not profileguard.systemic_by_nature(v_breaker.sqlstate)
+              and profileguard.neutral_probe(v_canary) is null then
+            v_released := v_released + profileguard.mark_user_specific(v_breaker.fingerprint,
+                v_breaker.sqlstate, v_breaker.object, v_breaker.message, p_source,
                 'the neutral row is accepted: failures are users'' own data');
-            perform profileguard.mark_user_specific(v_breaker.fingerprint, v_breaker.sqlstate,
-                v_breaker.object, v_breaker.message, 1);
-            v_closed := v_closed + 1;
+        else
+            update profileguard.repair_state r set updated_at = now() where r.user_id = v_canary;
+            v_wait := least(v_breaker.probe_interval * 2,
+                            case when left(v_breaker.sqlstate, 2) in ('08', '40', '53', '55', '57') then 1 else 5 end);
+            update profileguard.breakers b
+                set probes = b.probes + 1, probe_interval = v_wait,
+                    next_probe_at = now() + make_interval(secs => v_wait), updated_at = now()
+                where b.fingerprint = v_breaker.fingerprint;
             continue;
         end if;
-        update profileguard.breakers b set probes = b.probes + 1,
-            probe_interval = least(b.probe_interval * 2, profileguard.probe_cap(b.sqlstate)),
-            next_probe_at = now() + make_interval(secs => least(b.probe_interval * 2,
-                                                  profileguard.probe_cap(b.sqlstate))),
-            updated_at = now()
-        where b.fingerprint = v_breaker.fingerprint;
+        v_closed := v_closed + 1;
     end loop;
     return jsonb_build_object('probed', v_probed, 'closed', v_closed, 'released', v_released);
 end
 $pg$;
 
--- A bounded sweep for databases where no worker process can run (scheduled with pg_cron by
--- `profileguard install --schedule pg_cron`): a look at the catalog and the breakers, then up to
--- `p_max_rows` users without a profile that are due (not backed off, not held by a breaker, not
--- claimed by a worker), repaired by the engine. One sweep at a time.
+-- A bounded sweep where no worker runs (pg_cron, `install --schedule pg_cron`): the catalog, the
+-- breakers, then up to `p_max_rows` due users without a profile through the engine. One at a time.
 create or replace function profileguard.sweep(
     p_max_rows integer default 10000,
     p_max_attempts integer default 5
@@ -1077,40 +983,39 @@ declare
     v_budget integer := 48;
 begin
     if p_max_rows is null or p_max_rows < 1 then
-        raise exception using errcode = '22023',
-            message = 'profileguard: p_max_rows must be at least 1';
+        raise exception using errcode = '22023', message = 'profileguard: p_max_rows must be at least 1';
     end if;
     if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('profileguard.reconcile')) then
         return jsonb_build_object('skipped', 'another sweep is running');
     end if;
     perform profileguard.check_catalog();
     v_probe := profileguard.probe_breakers('cron');
-    select array_agg(c.id) into v_ids
-    from (
-        select u."id" as id
-        from "auth"."users" u
-        where not exists (select from "public"."profiles" p where p."id" = u."id")
-          and not exists (select from profileguard.repair_state r
-                          where r.user_id = u."id"::text
-                            and (r.waiting_on is not null or r.next_attempt_at > now()))
-        order by u."id"
-        limit p_max_rows
-    ) c
-    where pg_catalog.pg_try_advisory_xact_lock(
-        pg_catalog.hashtextextended(c.id::text, 1886547814));
-    -- Chunks of 1000 sharing one subtransaction budget (the sweep is one transaction); ids a
-    -- chunk defers, and the chunks after the budget is spent, are left for the next sweep.
-    while v_offset < coalesce(cardinality(v_ids), 0) and v_budget > 0 loop
-        v_result := profileguard.repair(v_ids[v_offset + 1:v_offset + 1000], 'cron',
-                                        p_max_attempts, p_budget => v_budget);
+    -- not backed off, not held, not claimed by a worker
+    v_ids := array(
+        select c.id
+        from (
+            select u."id" as id
+            from "auth"."users" u
+            where not exists (select from "public"."profiles" p where p."id" = u."id")
+              and not exists (select from profileguard.repair_state r
+                              where r.user_id = u."id"::text
+                                and (r.waiting_on is not null or r.next_attempt_at > now()))
+            order by u."id"
+            limit p_max_rows
+        ) c
+        where pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(c.id::text, 1886547814)));
+    -- chunks of 1000 share the one budget; what is deferred or left is the next sweep's
+    while v_offset < cardinality(v_ids) and v_budget > 0 loop
+        v_result := profileguard.repair(v_ids[v_offset + 1:v_offset + 1000], 'cron', p_max_attempts,
+                                        p_budget => v_budget);
         v_created := v_created + (v_result ->> 'created')::integer;
         v_budget := v_budget - (v_result ->> 'subtransactions')::integer;
         v_offset := v_offset + 1000;
         exit when jsonb_array_length(v_result -> 'systemic') > 0;
     end loop;
-    return jsonb_build_object('scanned', coalesce(cardinality(v_ids), 0), 'repaired', v_created)
-        || case when (v_probe ->> 'probed')::integer > 0 or (v_probe ->> 'closed')::integer > 0
-                then jsonb_build_object('breakers', v_probe) else '{}'::jsonb end;
+    return jsonb_build_object('scanned', cardinality(v_ids), 'repaired', v_created)
+        || case when (v_probe ->> 'probed')::integer + (v_probe ->> 'closed')::integer > 0
+                then jsonb_build_object('breakers', v_probe) else '{}' end;
 end
 $pg$;
 
