@@ -2,21 +2,12 @@
 -- table (hosted Supabase allows none on auth.users): tail, wide and full passes, docs/monitoring.md.
 -- What they find goes into missing_profiles, which the worker follows through found_missing().
 
--- One pass over the identity table: rows in blocks >= p_from_block (null: all) whose xmin is not
--- older than p_since (null: any), anti-joined to the profile table; those without a profile go
--- into missing_profiles, first seen at their created_at clamped to [p_floor, now()].
--- `new_missing`: rows added to missing_profiles. `counted`: rows no later tail pass reads again
--- (xmin older than p_before, or in a block before p_keep_block, where the tail moves to).
+-- One pass: rows in blocks >= p_from_block (null: all) whose xmin is not older than p_since (null:
+-- any) without a profile go into missing_profiles, first seen at created_at clamped to [p_floor,
+-- now()]. `counted`: rows no later tail pass reads (xmin older than p_before, block < p_keep_block).
 create or replace function profileguard._invariant_pass(
-    p_from_block bigint,
-    p_since xid8,
-    p_before xid8,
-    p_floor timestamptz,
-    p_keep_block bigint,
-    out scanned bigint,
-    out counted bigint,
-    out new_missing bigint,
-    out oldest timestamptz
+    p_from_block bigint, p_since xid8, p_before xid8, p_floor timestamptz, p_keep_block bigint,
+    out scanned bigint, out counted bigint, out new_missing bigint, out oldest timestamptz
 )
 language plpgsql
 volatile
@@ -32,8 +23,7 @@ begin
         v_where := format('u.ctid >= %L::tid', format('(%s,0)', p_from_block));
     end if;
     if p_since is not null then
-        v_where := v_where || format(' and age(u.xmin) between 0 and age(%L::xid)',
-                                     pg_catalog.xid(p_since));
+        v_where := v_where || format(' and age(u.xmin) between 0 and age(%L::xid)', pg_catalog.xid(p_since));
     end if;
     execute format(
         'with r as materialized ('
@@ -41,8 +31,7 @@ begin
         '   (u.ctid::text::point)[0]::bigint as b from %3$s u where %4$s'
         '), m as ('
         '  insert into profileguard.missing_profiles as mp (user_id, first_seen_at, seen_at)'
-        '  select r.k::text, greatest(least(coalesce(r.c, now()), now()),'
-        '                             coalesce($1, ''-infinity''::timestamptz)), now()'
+        '  select r.k::text, greatest(least(r.c, now()), $1), now()'
         '  from r where not exists (select from %5$s p where p.%6$I = r.k)'
         '  on conflict (user_id) do nothing'
         '  returning mp.first_seen_at'
@@ -57,8 +46,8 @@ begin
 end
 $pg$;
 
--- Forget at most 5000 users of missing_profiles a call that have a profile now or no longer exist,
--- by key probes (the planner settings keep it from scanning the users or the profiles).
+-- Forget users of missing_profiles that have a profile now or no longer exist, 5000 a call, by key
+-- probes (the planner settings keep it from scanning the users or the profiles).
 create or replace function profileguard._invariant_prune()
 returns bigint
 language plpgsql
@@ -87,10 +76,8 @@ begin
 end
 $pg$;
 
--- The bounded frequent check: a tail pass, then a wide pass when the statistics collector counted
--- more inserts than the tail passes saw, or a full pass (the first check, a rewritten table, 2^30
--- transactions since). Returns what it did; null when the last check is younger than
--- p_min_interval or another session checks or recounts right now.
+-- The bounded frequent check: a tail pass (plus a wide one when needed), or a full pass after a rewrite.
+-- Null when the last check is younger than p_min_interval or another session checks or recounts now.
 create or replace function profileguard.check_invariant(p_min_interval interval default '2 seconds')
 returns jsonb
 language plpgsql
@@ -127,10 +114,9 @@ begin
         return null;
     end if;
     t := profileguard._monitored_tables();
-    -- Order matters: the writers, the insert count, the size, then the snapshot (before any write
-    -- of this transaction). The tail moves on to next_block once no transaction still open that may
-    -- have written the identity table (it holds a lock on it; a prepared one counts) is older than
-    -- next_xid: the rows of all the others older than it are committed or gone.
+    -- Order matters: the writers, the insert count, the size, then the snapshot. The tail moves on to
+    -- next_block once no open transaction that may have written the table (it holds a lock on it, or
+    -- is prepared) is older than next_xid.
     v_advance := st.next_xid is not null and not exists (
         select from pg_catalog.pg_locks l
         left join pg_catalog.pg_locks x
@@ -155,9 +141,8 @@ begin
     else
         p := profileguard._invariant_pass(st.tail_block, st.seen_xid, v_xmin, st.checked_at,
                                           case when v_advance then st.next_block end);
-        -- The collector counted more inserts than the tail passes saw (those of transactions newer
-        -- than the snapshot's xmin included): some went into free space of earlier pages. Wide
-        -- passes take at most a tenth of the time (every ~2 s at 1M users, ~20 s at 10M).
+        -- The collector counted more inserts than the tail passes saw: some went into free space of
+        -- earlier pages. Wide passes take at most a tenth of the time.
         if (v_inserted - st.inserted_base > st.tail_rows + p.scanned or v_inserted < st.inserted_base)
            and (st.wide_ms is null or st.wide_at + make_interval(secs => st.wide_ms / 100) <= v_started) then
             v_mode := 'wide';
@@ -171,10 +156,9 @@ begin
     v_found := v_found + p.new_missing;
     v_gone := profileguard._invariant_prune();
 
-    -- After a full pass, rows of transactions still open may lie anywhere: the next tail pass
-    -- starts at block 0 unless every one of them has ended by then (next_xid reached). After a
-    -- full or wide pass, rows not older than the snapshot's xmin are read (and counted) by later
-    -- tail passes, yet may be in the collector's count already: the tail's count starts below by them.
+    -- After a full pass the tail starts at block 0 until next_xid is reached (open transactions'
+    -- rows may lie anywhere); after a full or wide pass, its count starts below by the rows later
+    -- tail passes will count again.
     update profileguard.invariant_scan set
         identity_oid = t.identity,
         relfilenode = v_node,
@@ -222,13 +206,16 @@ as $pg$
 declare
     t record := profileguard._monitored_tables();
 begin
-    return query execute format(
+    for found_seq, user_id, first_seen_at in execute format(
         'select m.found_seq, m.user_id, m.first_seen_at from profileguard.missing_profiles m'
         ' where m.found_seq > $1'
         '   and exists (select from %1$s u where u.%2$I = m.user_id::%5$s)'
         '   and not exists (select from %3$s p where p.%4$I = m.user_id::%5$s)'
         ' order by m.found_seq limit $2',
         t.identity, t.identity_key, t.profile, t.profile_key, t.key_type)
-    using coalesce(p_after, 0), greatest(1, least(coalesce(p_limit, 500), 10000));
+    using coalesce(p_after, 0), greatest(1, least(coalesce(p_limit, 500), 10000))
+    loop
+        return next;
+    end loop;
 end
 $pg$;

@@ -1,16 +1,11 @@
 -- Observability: the full recount, cheap figures at any table size, the verdict. How the figures
 -- stay cheap and what they may miss: docs/monitoring.md. None of it runs on the signup path.
 
--- The installed identity/profile tables (from profileguard.settings), resolved in the catalog;
+-- The installed identity/profile tables (profileguard.settings), resolved in the catalog;
 -- key_pattern matches the audit trail's text ids that cast to the key's type.
 create or replace function profileguard._monitored_tables(
-    out identity regclass,
-    out identity_key text,
-    out key_type text,
-    out key_pattern text,
-    out profile regclass,
-    out profile_key text,
-    out has_created_at boolean
+    out identity regclass, out identity_key text, out key_type text, out key_pattern text,
+    out profile regclass, out profile_key text, out has_created_at boolean
 )
 language plpgsql
 stable
@@ -20,16 +15,14 @@ as $pg$
 declare
     s record;
 begin
-    select st.identity_table, st.identity_key, st.profile_table, st.profile_key
-      into s from profileguard.settings st;
+    select * into s from profileguard.settings;
     if not found then
         raise exception using errcode = '55000', message = 'profileguard: not configured',
             hint = 'run: profileguard install';
     end if;
     identity := to_regclass(format('%I.%I', split_part(s.identity_table, '.', 1),
                                    split_part(s.identity_table, '.', 2)));
-    profile := to_regclass(format('%I.%I', split_part(s.profile_table, '.', 1),
-                                  split_part(s.profile_table, '.', 2)));
+    profile := to_regclass(format('%I.%I', split_part(s.profile_table, '.', 1), split_part(s.profile_table, '.', 2)));
     if identity is null or profile is null then
         raise exception using errcode = '42P01',
             message = format('profileguard: table %s or %s does not exist', s.identity_table, s.profile_table),
@@ -37,19 +30,17 @@ begin
     end if;
     identity_key := s.identity_key;
     profile_key := s.profile_key;
-    select pg_catalog.format_type(a.atttypid, a.atttypmod) into key_type
-    from pg_catalog.pg_attribute a
-    where a.attrelid = identity and a.attname = identity_key and not a.attisdropped;
+    key_type := (select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+                 where a.attrelid = identity and a.attname = identity_key and not a.attisdropped);
     key_pattern := case
         when key_type = 'uuid' then
             '^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$'
         when key_type in ('smallint', 'integer', 'bigint') then '^-?[0-9]{1,18}$'
         else '^.*$'
     end;
-    has_created_at := exists (
-        select from pg_catalog.pg_attribute a
-        where a.attrelid = identity and a.attname = 'created_at' and not a.attisdropped
-          and a.atttypid in ('timestamptz'::regtype, 'timestamp'::regtype));
+    has_created_at := exists (select from pg_catalog.pg_attribute a
+                              where a.attrelid = identity and a.attname = 'created_at' and not a.attisdropped
+                                and a.atttypid in ('timestamptz'::regtype, 'timestamp'::regtype));
 end
 $pg$;
 
@@ -97,8 +88,7 @@ begin
         ' select n.user_id, n.first_seen_at, now() from now_missing n'
         ' on conflict (user_id) do update set seen_at = now()',
         t.identity_key, t.identity, t.profile,
-        case when t.has_created_at then 'least(coalesce(u.created_at::timestamptz, now()), now())'
-             else 'now()' end,
+        case when t.has_created_at then 'least(u.created_at::timestamptz, now())' else 'now()' end,
         t.profile_key)
     using c.refreshed_at;
     insert into profileguard.event_totals as e (kind, source, category, total)
@@ -187,6 +177,7 @@ declare
     c record;
     s record;
     au record;
+    win record;
     q record;
     i record;
     d record;
@@ -214,15 +205,13 @@ begin
     -- Users: the last recount, plus inserts minus deletes counted by the statistics collector since.
     v_inserted := pg_catalog.pg_stat_get_tuples_inserted(t.identity);
     v_deleted := pg_catalog.pg_stat_get_tuples_deleted(t.identity);
-    if c.identity_oid is distinct from t.identity::oid or v_inserted < c.inserted_at_refresh
-       or v_deleted < c.deleted_at_refresh then
-        v_users := c.users;  -- statistics were reset or the table replaced: wait for a recount
-        v_users_exact := false;
-    else
-        v_users := greatest(0, c.users + (v_inserted - c.inserted_at_refresh)
-                                       - (v_deleted - c.deleted_at_refresh));
-        v_users_exact := v_inserted = c.inserted_at_refresh and v_deleted = c.deleted_at_refresh;
-    end if;
+    -- (After a reset of the statistics or a replaced table, the recount's until the next one.)
+    v_users := case when c.identity_oid is not distinct from t.identity::oid and v_inserted >= c.inserted_at_refresh
+                         and v_deleted >= c.deleted_at_refresh
+        then greatest(0, c.users + (v_inserted - c.inserted_at_refresh) - (v_deleted - c.deleted_at_refresh))
+        else c.users end;
+    v_users_exact := c.identity_oid is not distinct from t.identity::oid and v_inserted = c.inserted_at_refresh
+                     and v_deleted = c.deleted_at_refresh;
 
     -- Missing: the known missing users (unless too many to probe on every read) and those named by
     -- failure events after the recount's horizon, that exist and still lack a profile (key probes).
@@ -262,36 +251,27 @@ begin
     v_window_start := coalesce(s.taken_at, now());
     v_signups := case when v_inserted >= s.inserted then v_inserted - s.inserted end;
 
-    -- The audit trail: folded totals plus the events after the horizon, and those of the window.
-    with e as materialized (
-        select ev.kind, ev.source, ev.category, ev.user_id, ev.created_at from profileguard.events ev
-        where ev.created_at >= least(c.events_horizon, v_window_start, now() - v_window,
-                                     now() - interval '1 hour')
-    ), totals as (
-        select a.kind, coalesce(nullif(a.category, ''), 'other') as category, sum(a.total)::bigint as total
-        from (select et.kind, et.category, et.total from profileguard.event_totals et
-              union all
-              select e.kind, e.category, 1 from e where e.created_at >= c.events_horizon) a
-        group by 1, 2
-    )
-    select (select coalesce(jsonb_object_agg(x.category, x.total), '{}') from totals x
-            where x.kind = 'failure') as by_category,
-           (select coalesce(sum(x.total), 0) from totals x where x.kind = 'failure') as failures,
-           (select coalesce(sum(x.total), 0) from totals x where x.kind = 'repair') as repairs,
-           (select coalesce(jsonb_object_agg(w.category, w.n), '{}')
-            from (select coalesce(e.category, 'other') as category, count(*) as n from e
-                  where e.kind = 'failure' and e.created_at >= now() - v_window group by 1) w
-           ) as failures_window,
-           (select count(*) from e where e.kind = 'repair' and e.created_at >= now() - v_window)
-               as repairs_window,
-           (select count(distinct e.user_id) from e
-            where e.kind = 'failure' and e.source = 'trigger' and e.created_at >= v_window_start)
-               as trigger_failures,
-           (select count(*) from e where e.kind = 'failure' and e.source = 'sync'
-                                     and e.created_at > now() - interval '1 hour') as sync_hour
-      into au;
-    v_rate := case when v_signups > 0 then greatest(0, 1 - au.trigger_failures::float8 / v_signups) * 100
-                   when au.trigger_failures > 0 then 0 end;
+    -- The audit trail: folded totals plus the events after the horizon (an index range scan).
+    select coalesce(jsonb_object_agg(x.category, x.total) filter (where x.kind = 'failure'), '{}') as by_category,
+           coalesce(sum(x.total) filter (where x.kind = 'failure'), 0) as failures,
+           coalesce(sum(x.total) filter (where x.kind = 'repair'), 0) as repairs
+      into au
+    from (select a.kind, coalesce(nullif(a.category, ''), 'other') as category, sum(a.total)::bigint as total
+          from (select et.kind, et.category, et.total from profileguard.event_totals et
+                union all
+                select ev.kind, ev.category, 1 from profileguard.events ev where ev.created_at >= c.events_horizon
+               ) a
+          group by 1, 2) x;
+    select count(*) filter (where ev.kind = 'repair' and ev.created_at >= now() - v_window) as repairs,
+           count(distinct ev.user_id) filter (where ev.kind = 'failure' and ev.source = 'trigger'
+                                                and ev.created_at >= v_window_start) as trigger_failures,
+           count(*) filter (where ev.kind = 'failure' and ev.source = 'sync'
+                              and ev.created_at > now() - interval '1 hour') as sync_failures
+      into win
+    from profileguard.events ev
+    where ev.created_at >= least(v_window_start, now() - v_window, now() - interval '1 hour');
+    v_rate := case when v_signups > 0 then greatest(0, 1 - win.trigger_failures::float8 / v_signups) * 100
+                   when win.trigger_failures > 0 then 0 end;
     select count(*) filter (where r.quarantined_at is not null) as quarantined,
            count(*) filter (where r.quarantined_at is null) as retrying
       into q from profileguard.repair_state r;
@@ -355,18 +335,21 @@ begin
         'window_start', v_window_start,
         'window_covered_seconds', round(extract(epoch from now() - v_window_start)::numeric, 3),
         'signups_window', v_signups,
-        'trigger_failures_window', au.trigger_failures,
+        'trigger_failures_window', win.trigger_failures,
         'success_rate_pct', round(v_rate::numeric, 4),
-        'failures_window', au.failures_window,
+        'failures_window', (select coalesce(jsonb_object_agg(w.category, w.n), '{}') from (
+            select coalesce(ev.category, 'other') as category, count(*) as n from profileguard.events ev
+            where ev.kind = 'failure' and ev.created_at >= now() - v_window group by 1) w),
         'failures_total', au.failures,
         'failures_by_category_total', au.by_category,
-        'repairs_window', au.repairs_window,
+        'repairs_window', win.repairs,
         'repairs_total', au.repairs,
         'quarantined', q.quarantined,
         'retrying', q.retrying,
         'workers', v_workers,
         'live_workers', (select count(*) from jsonb_array_elements(v_workers) w where (w ->> 'live')::boolean),
-        'backfill', v_backfill,
+        'backfill', v_backfill
+    ) || jsonb_build_object(
         'invariant_checked_at', i.checked_at,
         'invariant_check_age_seconds', round(extract(epoch from now() - i.checked_at)::numeric, 3),
         'invariant_check_ms', round(i.check_ms::numeric, 3),
@@ -378,7 +361,7 @@ begin
         'drift_full_pass_at', d.completed_at,
         'drift_full_pass_found', d.completed_found,
         'drift_full_pass_scanned', d.completed_scanned,
-        'sync_failures_hour', au.sync_hour,
+        'sync_failures_hour', win.sync_failures,
         'mapping_stale', (select cs.mapping_stale from profileguard.catalog_seen cs));
 end
 $pg$;
@@ -417,35 +400,33 @@ with f as materialized (
     select profileguard._thresholds(p_grace, p_slo) as th, profileguard.stats() as v
 ), x as (
     select f.th, f.v,
-        coalesce((v ->> 'missing')::bigint, 0) as missing,
-        case when (v ->> 'missing')::bigint > 0
-             then coalesce((v ->> 'oldest_missing_age_seconds')::float8, 0) else 0 end as age,
-        case when (v ->> 'missing')::bigint > 0
-             then coalesce((v ->> 'repair_lag_seconds')::float8, 0) else 0 end as lag,
+        (v ->> 'missing')::bigint as missing,
+        case when (v ->> 'missing')::bigint > 0 then (v ->> 'oldest_missing_age_seconds')::float8 else 0 end as age,
+        case when (v ->> 'missing')::bigint > 0 then (v ->> 'repair_lag_seconds')::float8 else 0 end as lag,
         -- More users without a profile than failures ever recorded: a backlog from before the
         -- trigger (or from while it was off), which the backfill creates.
-        coalesce((v ->> 'missing')::bigint, 0) > coalesce((v ->> 'failures_total')::bigint, 0) as backlog,
+        (v ->> 'missing')::bigint > (v ->> 'failures_total')::bigint as backlog,
         (th ->> 'missing_grace_seconds')::float8 as grace,
         (th ->> 'repair_slo_seconds')::float8 as slo,
-        coalesce((v ->> 'enabled')::boolean, false) as enabled,
-        coalesce((v ->> 'trigger_installed')::boolean, false) as has_trigger,
+        (v ->> 'enabled')::boolean as enabled,
+        (v ->> 'trigger_installed')::boolean as has_trigger,
         v ->> 'identity_table' as identity_table,
         (v ->> 'success_rate_pct')::float8 as rate,
         coalesce((v ->> 'signups_window')::bigint, 0) as signups,
-        coalesce((v ->> 'trigger_failures_window')::bigint, 0) as failures,
-        coalesce((v ->> 'window_covered_seconds')::float8, 0) as covered,
+        (v ->> 'trigger_failures_window')::bigint as failures,
+        (v ->> 'window_covered_seconds')::float8 as covered,
         (th ->> 'success_rate_min_pct')::float8 as min_pct,
         (th ->> 'success_rate_min_signups')::numeric::bigint as min_signups,
-        coalesce((v ->> 'quarantined')::bigint, 0) as quarantined,
+        (v ->> 'quarantined')::bigint as quarantined,
         (th ->> 'quarantine_threshold')::numeric::bigint as quarantine_max,
-        coalesce((v ->> 'live_workers')::bigint, 0) as live,
-        coalesce(jsonb_array_length(v -> 'workers'), 0) as registered,
+        (v ->> 'live_workers')::bigint as live,
+        jsonb_array_length(v -> 'workers') as registered,
         (th ->> 'worker_required')::boolean as required,
         (th ->> 'worker_heartbeat_max_age_seconds')::float8 as heartbeat,
         coalesce((v -> 'backfill' ->> 'stalled')::boolean, false) as stalled,
         (v -> 'backfill' ->> 'update_age_seconds')::float8 as backfill_age,
         (th ->> 'backfill_stall_seconds')::float8 as stall,
-        coalesce((v ->> 'drift_pending')::bigint, 0) as drift,
+        (v ->> 'drift_pending')::bigint as drift,
         v ->> 'mapping_stale' as stale
     from f
 )
