@@ -22,7 +22,8 @@ begin
     end if;
     identity := to_regclass(format('%I.%I', split_part(s.identity_table, '.', 1),
                                    split_part(s.identity_table, '.', 2)));
-    profile := to_regclass(format('%I.%I', split_part(s.profile_table, '.', 1), split_part(s.profile_table, '.', 2)));
+    profile := to_regclass(format('%I.%I', split_part(s.profile_table, '.', 1),
+                                  split_part(s.profile_table, '.', 2)));
     if identity is null or profile is null then
         raise exception using errcode = '42P01',
             message = format('profileguard: table %s or %s does not exist', s.identity_table, s.profile_table),
