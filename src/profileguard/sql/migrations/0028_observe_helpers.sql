@@ -1,4 +1,4 @@
--- profileguard schema, version 27: stats() and refresh_stats() count in one function each, health()
+-- profileguard schema, version 28: stats() and refresh_stats() count in one function each, health()
 -- judges in one query; the helpers they called once are dropped.
 drop function if exists profileguard._recount();
 drop function if exists profileguard._known_missing();
