@@ -139,7 +139,7 @@ def _drift_terms(
         col = sql.SQL("p.{}").format(sql.Identifier(column))
         value: sql.Composable = sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}"))
         if column == username:
-            value = cast(value, target)
+            value = _typed(value, target)
         kept = sql.SQL("coalesce({}, {})").format(value, col)
         if column in sync.follow:
             stored = kept if target.not_null or column == username else value
@@ -174,7 +174,7 @@ def _sources_of(
             continue
         cols.append(
             sql.SQL("{} as {}").format(
-                cast(coalesced(sources), plan.profile.columns[column]),
+                _typed(coalesced(sources), plan.profile.columns[column]),
                 sql.Identifier(f"pg_c{index[column]}"),
             )
         )
@@ -190,6 +190,11 @@ def _sources_of(
             sql.SQL(", ").join(columns), below, sql.SQL(alias_below)
         )
     return sql.SQL("{} s").format(below)
+
+
+def _typed(value: sql.Composable, target: Column) -> sql.Composable:
+    """A source value (text) cast to the column's type."""
+    return value if target.type == "text" else cast(value, target)
 
 
 def _deleted(sync: SyncPlan) -> sql.Composable:
