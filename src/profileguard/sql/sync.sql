@@ -48,7 +48,8 @@ begin
         )
         select array(select * from synced union all select * from redacted) into v_written;
     end if;{check_deferred}
-    -- A statement of its own: the trigger's name no profileguard table, whose lock would stall it.
+    -- Recorded by a statement of its own: the trigger's statements name no profileguard table,
+    -- as a lock on one would stall the sync.
     if p_source <> 'trigger' then
         insert into profileguard.events (kind, source, user_id)
         select 'repair', p_source, k::text from unnest(v_written) k;
