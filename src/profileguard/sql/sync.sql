@@ -9,10 +9,12 @@ language sql
 volatile
 set search_path = pg_catalog, pg_temp
 as $pg$
-    select p_xid::text::bigint >= 3
-           and pg_catalog.pg_xact_status((t.top - 2147483648
-                                          + ((p_xid::text::bigint - t.top + 2147483648) & 4294967295)
-                                         )::text::xid8) = 'in progress'
+    select case
+        when p_xid::text::bigint < 3 then false
+        else pg_catalog.pg_xact_status(
+                 (t.top + ((p_xid::text::bigint - t.top + 2147483648) & 4294967295) - 2147483648)::text::xid8
+             ) = 'in progress'
+    end
     from (select pg_catalog.pg_current_xact_id()::text::bigint as top) t
 $pg$;
 
