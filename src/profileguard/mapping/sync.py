@@ -126,10 +126,10 @@ def _drift_terms(
 ) -> list[tuple[str, sql.Composable, sql.Composable]]:
     """Per synced column: (name, the value to store, the condition that it differs from it).
 
-    `s.pg_cN` is the source value; `own_tx` is true where a fill_empty column may be overwritten
-    although it is not empty (the profile was created by this very transaction, from the row as
-    it was before this update: an admin-created user). The username's source value is the name
-    the username rule accepts, NULL when it accepts none: the stored name then stays.
+    `s.pg_cN` is the source value; `own_tx` (if any) is true where a fill_empty column may be
+    overwritten although it is not empty (the profile was created by this very transaction, from
+    the row as it was before this update: an admin-created user). The username's source value is
+    the name the username rule accepts, NULL when it accepts none: the stored name then stays.
     """
     terms: list[tuple[str, sql.Composable, sql.Composable]] = []
     index = {column: i for i, column in enumerate(plan.mapping)}
@@ -154,9 +154,7 @@ def _drift_terms(
     return terms
 
 
-def _sources_of(
-    plan: Plan, sync: SyncPlan, scope: sql.Composable | None, *, values: bool = True
-) -> sql.Composable:
+def _sources_of(plan: Plan, sync: SyncPlan, scope: sql.Composable | None) -> sql.Composable:
     """The synced source values, cast to their columns' types, of the identity rows `scope`
     selects (all without it; alias s, key pg_key), and their deletion state. A synced username's
     value is made by the username rule (`username_update_layers`), in selects above the one
@@ -167,7 +165,7 @@ def _sources_of(
     ]
     username = _username_rule(plan)
     layers: list[tuple[list[sql.Composable], str]] = []
-    for column, sources in sync.synced.items() if values else ():
+    for column, sources in sync.synced.items():
         if column == username:
             inner, layers = username_update_layers(plan, f"pg_c{index[column]}")
             cols.extend(inner)
