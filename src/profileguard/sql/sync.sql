@@ -162,7 +162,7 @@ begin
 end
 $pg$;
 
--- Profiles that disagree with their users: `p_ids`', else those of up to `p_scan` users after
+-- Profiles that disagree with their users: those of `p_ids`, else of up to `p_scan` users after
 -- `p_after` in key order (a step of a full pass). Returns JSON: scanned, last (the key reached) and
 -- drift (user_id, columns; 'redact': a deleted user's profile still holds redacted values).
 create or replace function profileguard.find_drift(
