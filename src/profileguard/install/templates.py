@@ -135,34 +135,23 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
     nothing = sql.SQL("select null::{} as {} where false").format(
         sql.SQL(plan.key_type), parts["profile_key"]
     )
-    by_ids = sql.SQL("where u.{} = any(p_ids)").format(ikey)
+    by_ids = sql.SQL("u.{} = any(p_ids)").format(ikey)
     plain_key = plan.key_type in ("uuid", "smallint", "integer", "bigint")
     new_key = sql.SQL("new.{}::text").format(ikey)
-    by_range = sql.SQL("where (p_after is null or u.{k} > p_after) and u.{k} <= v_last").format(
-        k=ikey
-    )
     watched = sync.watched or (settings.identity.key,)
     budget = plan.guards.budget(settings.lock_timeout_ms)
+    own_tx = sql.SQL("(p_own_tx and profileguard.written_in_this_transaction(p.xmin))")
     return dict(
         **parts,
         lock_timeout=sql.Literal(f"{budget.sync_per_wait_ms}ms"),
         # The failure path records into the events table only: one wait.
         record_lock_timeout=sql.Literal(f"{budget.record_ms}ms"),
         check_deferred=deferred_check(plan.guards, 4),
-        check_deferred_nested=deferred_check(plan.guards, 8),
-        sync_ids=pretty(
-            sync_statement(
-                plan,
-                sync,
-                by_ids,
-                sql.SQL("(p_own_tx and profileguard.written_in_this_transaction(p.xmin))"),
-            )
-            or nothing
-        ),
+        sync_ids=pretty(sync_statement(plan, sync, by_ids, own_tx) or nothing),
         redact_ids=pretty(redact_statement(plan, sync, by_ids) or nothing),
         # One pass over all (a statement past the queue): no per-row transaction check.
-        sync_all=pretty(sync_statement(plan, sync, sql.SQL("")) or nothing),
-        redact_all=pretty(redact_statement(plan, sync, sql.SQL("")) or nothing),
+        sync_all=pretty(sync_statement(plan, sync, None) or nothing),
+        redact_all=pretty(redact_statement(plan, sync, None) or nothing),
         queue_chars=sql.Literal(SYNC_QUEUE_CHARS),
         notify_ids_bytes=sql.Literal(NOTIFY_IDS_BYTES),
         # An array literal element: keys of other types are quoted (they may hold commas).
@@ -171,8 +160,7 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         else sql.SQL(
             "'\"' || pg_catalog.replace(pg_catalog.replace({}, '\\', '\\\\'), '\"', '\\\"') || '\"'"
         ).format(new_key),
-        drift_ids=pretty(drift_select(plan, sync, by_ids)),
-        drift_range=pretty(drift_select(plan, sync, by_range)),
+        drift=pretty(drift_select(plan, sync, sql.SQL("u.{} = any(v_ids)").format(ikey))),
         watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),
         when_changed=when_changed(sync),
     )

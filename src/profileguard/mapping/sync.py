@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
+from profileguard.catalog import Column
 from profileguard.config import Source
 from profileguard.errors import ConfigError
 from profileguard.mapping.insert import username_update_layers
@@ -114,19 +115,21 @@ def when_changed(sync: SyncPlan) -> sql.Composable:
     return Formatted(sql.SQL("\nor ").join(parts).as_string(None))
 
 
-def _empty(column: sql.Composable) -> sql.Composable:
-    return sql.SQL("({col} is null or btrim({col}::text) = '')").format(col=column)
+def _empty(column: sql.Composable, target: Column) -> sql.Composable:
+    """True while `column` holds nothing but blanks (or NULL)."""
+    text = column if target.type == "text" else sql.SQL("{}::text").format(column)
+    return sql.SQL("coalesce(btrim({}), '') = ''").format(text)
 
 
 def _drift_terms(
-    plan: Plan, sync: SyncPlan, own_tx: sql.Composable
+    plan: Plan, sync: SyncPlan, own_tx: sql.Composable | None
 ) -> list[tuple[str, sql.Composable, sql.Composable]]:
     """Per synced column: (name, the value to store, the condition that it differs from it).
 
-    `s.pg_cN` is the source value; `own_tx` is true where a fill_empty column may be overwritten
-    although it is not empty (the profile was created by this very transaction, from the row as
-    it was before this update: an admin-created user). The username's source value is the name
-    the username rule accepts, NULL when it accepts none: the stored name then stays.
+    `s.pg_cN` is the source value; `own_tx` (if any) is true where a fill_empty column may be
+    overwritten although it is not empty (the profile was created by this very transaction, from
+    the row as it was before this update: an admin-created user). The username's source value is
+    the name the username rule accepts, NULL when it accepts none: the stored name then stays.
     """
     terms: list[tuple[str, sql.Composable, sql.Composable]] = []
     index = {column: i for i, column in enumerate(plan.mapping)}
@@ -134,53 +137,50 @@ def _drift_terms(
     for column in sync.synced:
         target = plan.profile.columns[column]
         col = sql.SQL("p.{}").format(sql.Identifier(column))
-        value = cast(sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}")), target)
+        value: sql.Composable = sql.SQL("s.{}").format(sql.Identifier(f"pg_c{index[column]}"))
+        if column == username:
+            value = _typed(value, target)
+        kept = sql.SQL("coalesce({}, {})").format(value, col)
         if column in sync.follow:
-            kept = target.not_null or column == username
-            stored = sql.SQL("coalesce({}, {})").format(value, col) if kept else value
+            stored = kept if target.not_null or column == username else value
             differs = sql.SQL("{} is distinct from {}").format(col, stored)
         else:
-            may = sql.SQL("({} or {})").format(_empty(col), own_tx)
-            stored = sql.SQL("case when {may} and {v} is not null then {v} else {col} end").format(
-                may=may, v=value, col=col
-            )
-            differs = sql.SQL("({may} and {v} is not null and {col} is distinct from {v})").format(
-                may=may, v=value, col=col
-            )
+            may = _empty(col, target)
+            if own_tx is not None:
+                may = sql.SQL("{} or {}").format(may, own_tx)
+            stored = sql.SQL("case when {} then {} else {} end").format(may, kept, col)
+            differs = sql.SQL("({}) and {} is distinct from {}").format(may, kept, col)
         terms.append((column, stored, differs))
     return terms
 
 
-def _sources_of(
-    plan: Plan, sync: SyncPlan, where: sql.Composable, *, values: bool = True
-) -> sql.Composable:
-    """The synced source values of the identity rows `where` selects (alias s, key pg_key);
-    without `values`, only the key and the deletion state (what redaction reads). A synced
-    username's value is made by the username rule (`username_update_layers`), in selects above
-    the one that reads the rows."""
+def _sources_of(plan: Plan, sync: SyncPlan, scope: sql.Composable | None) -> sql.Composable:
+    """The synced source values, cast to their columns' types, of the identity rows `scope`
+    selects (all without it; alias s, key pg_key), and their deletion state. A synced username's
+    value is made by the username rule (`username_update_layers`), in selects above the one
+    that reads the rows."""
     index = {column: i for i, column in enumerate(plan.mapping)}
     cols: list[sql.Composable] = [
         sql.SQL("u.{} as pg_key").format(sql.Identifier(plan.settings.identity.key))
     ]
-    username = _username_rule(plan) if values else None
+    username = _username_rule(plan)
     layers: list[tuple[list[sql.Composable], str]] = []
-    for column, sources in sync.synced.items() if values else ():
-        alias = sql.Identifier(f"pg_c{index[column]}")
+    for column, sources in sync.synced.items():
         if column == username:
             inner, layers = username_update_layers(plan, f"pg_c{index[column]}")
             cols.extend(inner)
             continue
-        cols.append(sql.SQL("{} as {}").format(coalesced(sources), alias))
-    if sync.deleted_column:
         cols.append(
-            sql.SQL("u.{} is not null as pg_deleted").format(sql.Identifier(sync.deleted_column))
+            sql.SQL("{} as {}").format(
+                _typed(coalesced(sources), plan.profile.columns[column]),
+                sql.Identifier(f"pg_c{index[column]}"),
+            )
         )
-    else:
-        cols.append(sql.SQL("false as pg_deleted"))
-    below: sql.Composable = sql.SQL("(select {} from {} u {})").format(
+    cols.append(_deleted(sync))
+    below: sql.Composable = sql.SQL("(select {} from {} u{})").format(
         sql.SQL(", ").join(cols),
         sql.Identifier(plan.settings.identity.schema, plan.settings.identity.name),
-        where,
+        sql.SQL("") if scope is None else sql.SQL(" where {}").format(scope),
     )
     # OFFSET 0 keeps each select one (each name cleaned once per row, as in the insert).
     for columns, alias_below in layers:
@@ -188,6 +188,17 @@ def _sources_of(
             sql.SQL(", ").join(columns), below, sql.SQL(alias_below)
         )
     return sql.SQL("{} s").format(below)
+
+
+def _typed(value: sql.Composable, target: Column) -> sql.Composable:
+    """A source value (text) cast to the column's type."""
+    return value if target.type == "text" else cast(value, target)
+
+
+def _deleted(sync: SyncPlan) -> sql.Composable:
+    if sync.deleted_column is None:
+        return sql.SQL("false as pg_deleted")
+    return sql.SQL("u.{} is not null as pg_deleted").format(sql.Identifier(sync.deleted_column))
 
 
 def _username_rule(plan: Plan) -> str | None:
@@ -198,10 +209,20 @@ def _username_rule(plan: Plan) -> str | None:
     return constraints.column
 
 
+def _redacted_filled(sync: SyncPlan) -> sql.Composable:
+    """True while a redacted column of the profile p still holds a value."""
+    return sql.SQL(" or ").join(
+        sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact
+    )
+
+
 def sync_statement(
-    plan: Plan, sync: SyncPlan, where: sql.Composable, own_tx: sql.Composable = sql.SQL("false")
+    plan: Plan,
+    sync: SyncPlan,
+    scope: sql.Composable | None,
+    own_tx: sql.Composable | None = None,
 ) -> sql.Composable | None:
-    """UPDATE … FROM (identity rows `where` selects): the synced columns of users not deleted,
+    """UPDATE … FROM (the identity rows `scope` selects): the synced columns of users not deleted,
     only where a value differs (so an unchanged profile is never written). RETURNING the key."""
     terms = _drift_terms(plan, sync, own_tx)
     if not terms:
@@ -215,60 +236,60 @@ def sync_statement(
         sets=sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(c), stored) for c, stored, _ in terms
         ),
-        source=_sources_of(plan, sync, where),
+        source=_sources_of(plan, sync, scope),
         pkey=pkey,
         differs=sql.SQL(" or ").join(d for _, _, d in terms),
     )
 
 
-def redact_statement(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Composable | None:
-    """UPDATE setting the redacted columns of soft-deleted users to NULL (where not yet)."""
+def redact_statement(
+    plan: Plan, sync: SyncPlan, scope: sql.Composable | None
+) -> sql.Composable | None:
+    """UPDATE setting the redacted columns of soft-deleted users (of `scope`) to NULL where not
+    yet. RETURNING the key."""
     if not sync.redact or not sync.deleted_column:
         return None
     pkey = sql.Identifier(plan.settings.profile.key)
     return sql.SQL(
-        "update {profile} p set {sets}\nfrom {source}\n"
-        "where p.{pkey} = s.pg_key and s.pg_deleted and ({filled})\nreturning p.{pkey}"
+        "update {profile} p set {sets}\nfrom {identity} u\n"
+        "where p.{pkey} = u.{ikey} and u.{deleted} is not null{scope} and ({filled})\n"
+        "returning p.{pkey}"
     ).format(
         profile=sql.Identifier(plan.settings.profile.schema, plan.settings.profile.name),
         sets=sql.SQL(", ").join(
             sql.SQL("{} = null").format(sql.Identifier(c)) for c in sync.redact
         ),
-        source=_sources_of(plan, sync, where, values=False),
+        identity=sql.Identifier(plan.settings.identity.schema, plan.settings.identity.name),
+        ikey=sql.Identifier(plan.settings.identity.key),
+        deleted=sql.Identifier(sync.deleted_column),
+        scope=sql.SQL("") if scope is None else sql.SQL(" and {}").format(scope),
         pkey=pkey,
-        filled=sql.SQL(" or ").join(
-            sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact
-        ),
+        filled=_redacted_filled(sync),
     )
 
 
-def drift_select(plan: Plan, sync: SyncPlan, where: sql.Composable) -> sql.Composable:
-    """SELECT key, drifted columns ('redact' for a deleted user's uncleared profile) of the
-    profiles of the identity rows `where` selects whose values disagree with their source."""
-    terms = _drift_terms(plan, sync, sql.SQL("false"))
+def drift_select(plan: Plan, sync: SyncPlan, scope: sql.Composable) -> sql.Composable:
+    """SELECT key, pg_columns: per profile of the identity rows `scope` selects, the columns
+    whose values disagree with their source ('redact' for a deleted user's uncleared profile);
+    empty where none does."""
     cases: list[sql.Composable] = [
         sql.SQL("case when not s.pg_deleted and {} then {} end").format(d, sql.Literal(c))
-        for c, _, d in terms
+        for c, _, d in _drift_terms(plan, sync, None)
     ]
     if sync.redact and sync.deleted_column:
         cases.append(
             sql.SQL("case when s.pg_deleted and ({}) then 'redact' end").format(
-                sql.SQL(" or ").join(
-                    sql.SQL("p.{} is not null").format(sql.Identifier(c)) for c in sync.redact
-                )
+                _redacted_filled(sync)
             )
         )
     if not cases:
         cases.append(sql.SQL("null::text"))
-    pkey = sql.Identifier(plan.settings.profile.key)
     return sql.SQL(
-        "select d.pg_key, d.pg_columns from (\n"
-        "select s.pg_key, array_remove(array[{cases}]::text[], null) as pg_columns\n"
-        "from {source} join {profile} p on p.{pkey} = s.pg_key) d\n"
-        "where cardinality(d.pg_columns) > 0"
+        "select s.pg_key, array_remove(array[{cases}], null) as pg_columns\n"
+        "from {source} join {profile} p on p.{pkey} = s.pg_key"
     ).format(
         cases=sql.SQL(", ").join(cases),
-        source=_sources_of(plan, sync, where),
+        source=_sources_of(plan, sync, scope),
         profile=sql.Identifier(plan.settings.profile.schema, plan.settings.profile.name),
-        pkey=pkey,
+        pkey=sql.Identifier(plan.settings.profile.key),
     )
