@@ -19,8 +19,8 @@ as $pg$
     end
 $pg$;
 
--- `p_text` with everything quoted or in parentheses replaced by … but `p_names` in their delimiters
--- (what failed says what to fix; a value never does). The rules: docs/redaction.md.
+-- `p_text` with everything quoted or in parentheses replaced by … but `p_names` in their delimiters:
+-- what failed says what to fix, a value never does. The rules: docs/redaction.md.
 create or replace function profileguard.strip_values(p_text text, p_names text[] default '{}')
 returns text
 language plpgsql
@@ -31,46 +31,36 @@ as $pg$
 declare
     c_open constant text := '"''(«»„“‘「';
     c_close constant text := '"'')»«“”’」';
-    c_stray constant text := ')”’」';
     v_len integer := pg_catalog.length(p_text);
     v_names text[] := array(select n from pg_catalog.unnest(p_names) n where n <> '');
-    v_max integer;
-    v_starts integer[] := '{}'::integer[];  -- the names found: where each starts and ends
-    v_ends integer[] := '{}'::integer[];
-    v_t integer := 1;            -- the next of them
+    v_max integer := coalesce((select max(pg_catalog.length(n)) from pg_catalog.unnest(v_names) n), 0);
+    v_starts integer[] := '{}';  -- the names in p_text: where each starts and ends
+    v_ends integer[] := '{}';
+    v_t integer := 1;            -- the next of them, at v_next
     v_next integer;
     v_out text := '';
     v_kept integer := 0;         -- the length of v_out after the last name
-    v_i integer;
-    v_p integer;
+    v_inside boolean := false;
+    v_close text;
+    v_c text;
+    v_i integer := 1;
+    v_p integer := 1;
     v_q integer;
     v_best integer;
-    v_window text;
-    v_c text;
-    v_close text;
-    v_inside boolean := false;
 begin
     if p_text is null then
         return null;
     end if;
-    v_max := coalesce((select max(pg_catalog.length(n)) from pg_catalog.unnest(v_names) n), 0);
-    -- The names: an opening delimiter, one of p_names, its closing delimiter (the longest fit).
-    v_p := 1;
+    -- The names: an opening delimiter, one of v_names, its closing delimiter (the longest fit).
     while v_max > 0 loop
-        v_p := v_p + pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_p),
-                                                            '^[^"''(«»„“‘「]*'));
+        v_p := v_p + pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_p), '^[^"''(«»„“‘「]*'));
         exit when v_p > v_len;
-        v_c := pg_catalog.substr(p_text, v_p, 1);
-        v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, v_c), 1);
-        v_window := pg_catalog.substr(p_text, v_p + 1, v_max + 1);
+        v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, pg_catalog.substr(p_text, v_p, 1)), 1);
         v_best := 0;
-        v_q := 0;
-        loop
-            v_i := pg_catalog.strpos(pg_catalog.substr(v_window, v_q + 1), v_close);
-            exit when v_i = 0;
-            v_q := v_q + v_i;
-            if pg_catalog.substr(v_window, 1, v_q - 1) = any(v_names) then
-                v_best := v_q;
+        for v_n in 1 .. v_max + 1 loop
+            if pg_catalog.substr(p_text, v_p + v_n, 1) = v_close
+               and pg_catalog.substr(p_text, v_p + 1, v_n - 1) = any(v_names) then
+                v_best := v_n;
             end if;
         end loop;
         if v_best > 0 then
@@ -79,63 +69,55 @@ begin
         end if;
         v_p := v_p + v_best + 1;
     end loop;
-    v_i := 1;
-    loop
-        while v_t <= pg_catalog.cardinality(v_starts) and v_starts[v_t] < v_i loop
+    while v_i <= v_len loop
+        while v_starts[v_t] < v_i loop
             v_t := v_t + 1;
         end loop;
         v_next := coalesce(v_starts[v_t], v_len + 1);
-        if v_inside then
-            -- The value goes on to the last closing delimiter before the next name.
-            v_q := pg_catalog.strpos(
-                pg_catalog.reverse(pg_catalog.substr(p_text, v_i, v_next - v_i)), v_close);
-            if v_q = 0 then
-                exit when v_next > v_len;
-                if v_next > v_i and pg_catalog.right(v_out, 1) <> '…' then
-                    v_out := v_out || '…';
-                end if;
-                v_out := v_out || pg_catalog.substr(p_text, v_next, v_ends[v_t] - v_next + 1);
-                v_i := v_ends[v_t] + 1;
-                v_kept := pg_catalog.length(v_out);
-                continue;
-            end if;
-            v_p := v_next - v_q;  -- the closing delimiter
-            if v_p > v_i and pg_catalog.right(v_out, 1) <> '…' then
-                v_out := v_out || '…';
-            end if;
-            v_out := v_out || v_close;
-            v_i := v_p + 1;
-            v_inside := false;
-            continue;
-        end if;
-        -- Outside a value: the text as it is, up to the next delimiter.
-        v_q := pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_i),
-                                                      '^[^"''(«»„“‘「)”’」]*'));
-        v_p := v_i + v_q;
-        v_out := v_out || pg_catalog.substr(p_text, v_i, v_q);
-        exit when v_p > v_len;
-        v_c := pg_catalog.substr(p_text, v_p, 1);
-        if v_p = v_next then
-            v_out := v_out || pg_catalog.substr(p_text, v_p, v_ends[v_t] - v_p + 1);
+        if v_i = v_next then
+            v_out := v_out || pg_catalog.substr(p_text, v_i, v_ends[v_t] - v_i + 1);
             v_i := v_ends[v_t] + 1;
             v_kept := pg_catalog.length(v_out);
-        elsif pg_catalog.strpos(c_stray, v_c) > 0 then
-            -- It closes a value that began after the last name.
-            v_out := pg_catalog.left(v_out, v_kept) || '…' || v_c;
-            v_i := v_p + 1;
-        elsif v_c = '''' and pg_catalog.substr(p_text, v_p - 1, 1) ~ '^[[:alnum:]]$' then
-            v_out := v_out || v_c;
-            v_i := v_p + 1;
-        elsif v_c = '(' and pg_catalog.substr(p_text, v_p - 1, 1) ~ '^[[:alpha:]]$'
-              and pg_catalog.substr(p_text, v_p, 24) ~ '^\([0-9]+(, ?[0-9]+)?\)' then
-            v_q := pg_catalog.strpos(pg_catalog.substr(p_text, v_p), ')');
-            v_out := v_out || pg_catalog.substr(p_text, v_p, v_q);
-            v_i := v_p + v_q;
+        elsif v_inside then
+            -- The value runs to the last closing delimiter before the next name, else on through it.
+            v_q := pg_catalog.strpos(pg_catalog.reverse(pg_catalog.substr(p_text, v_i, v_next - v_i)), v_close);
+            exit when v_q = 0 and v_next > v_len;
+            if v_next - v_q > v_i and pg_catalog.right(v_out, 1) <> '…' then
+                v_out := v_out || '…';
+            end if;
+            if v_q = 0 then
+                v_i := v_next;
+            else
+                v_out := v_out || v_close;
+                v_i := v_next - v_q + 1;
+                v_inside := false;
+            end if;
         else
-            v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, v_c), 1);
-            v_out := v_out || v_c || '…';
-            v_i := v_p + 1;
-            v_inside := true;
+            -- Outside a value: the text as it is, up to the next delimiter.
+            v_q := pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_i), '^[^"''(«»„“‘「)”’」]*'));
+            v_out := v_out || pg_catalog.substr(p_text, v_i, v_q);
+            v_i := v_i + v_q;
+            v_c := pg_catalog.substr(p_text, v_i, 1);
+            if v_i > v_len or v_i = v_next then
+                null;
+            elsif pg_catalog.strpos(')”’」', v_c) > 0 then
+                -- It closes a value that began after the last name.
+                v_out := pg_catalog.left(v_out, v_kept) || '…' || v_c;
+                v_i := v_i + 1;
+            elsif v_c = '''' and pg_catalog.substr(p_text, v_i - 1, 1) ~ '^[[:alnum:]]$' then
+                v_out := v_out || v_c;
+                v_i := v_i + 1;
+            elsif v_c = '(' and pg_catalog.substr(p_text, v_i - 1, 1) ~ '^[[:alpha:]]$'
+                  and pg_catalog.substr(p_text, v_i, 24) ~ '^\([0-9]+(, ?[0-9]+)?\)' then
+                v_q := pg_catalog.strpos(pg_catalog.substr(p_text, v_i), ')');
+                v_out := v_out || pg_catalog.substr(p_text, v_i, v_q);
+                v_i := v_i + v_q;
+            else
+                v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, v_c), 1);
+                v_out := v_out || v_c || '…';
+                v_i := v_i + 1;
+                v_inside := true;
+            end if;
         end if;
     end loop;
     return v_out;
