@@ -1,4 +1,4 @@
--- The audit trail's writers: failure categories, a client's failure, and the redaction of what is stored.
+-- The audit trail's writers: failure categories, a client's failure, the redaction of what is stored.
 
 -- SQLSTATE → a category an operator can act on: by the code where it decides, else by its class.
 create or replace function profileguard.sqlstate_category(p_sqlstate text)
@@ -124,75 +124,60 @@ begin
 end
 $pg$;
 
--- The names strip_values keeps: the error's fields and the names of its table, the profile and identity
--- tables and their keys' tables. Catalog reads only, with no lock (not pg_get_indexdef) to wait for.
+-- The names strip_values keeps: the error's fields and those of its table, of the profile and identity
+-- tables and of the tables their keys join (docs/redaction.md). Catalog reads only, which wait for no lock.
 create or replace function profileguard.error_names(p_fields jsonb default null)
 returns text[]
-language plpgsql
+language sql
 stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $pg$
-declare
-    v_fields jsonb := case when pg_catalog.jsonb_typeof(p_fields) = 'object' then p_fields end;
-    v_tables oid[];
-    v_keys oid[];
-    v_names text[];
-begin
-    v_tables := array(
-        select c.oid from pg_catalog.pg_class c
-        where c.relname = v_fields ->> 'table_name'
-          and c.relnamespace = (select n.oid from pg_catalog.pg_namespace n
-                                where n.nspname = v_fields ->> 'schema_name')
+    with t as (
+        select c.oid from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+        where c.relname = p_fields ->> 'table_name' and n.nspname = p_fields ->> 'schema_name'
         union
         select pg_catalog.to_regclass(pg_catalog.format('%I.%I',
-                   pg_catalog.split_part(t.name, '.', 1), pg_catalog.split_part(t.name, '.', 2)))
-        from profileguard.settings s,
-             lateral (values (s.profile_table), (s.identity_table)) as t(name)
-        where s.singleton);
-    -- The constraints of those tables, and the foreign keys that reference them.
-    v_keys := array(select c.oid from pg_catalog.pg_constraint c
-                    where c.conrelid = any(v_tables) or c.confrelid = any(v_tables));
-    v_names := array(
-        select v_fields ->> f.key
+                   pg_catalog.split_part(x.name, '.', 1), pg_catalog.split_part(x.name, '.', 2)))
+        from profileguard.settings s, lateral (values (s.profile_table), (s.identity_table)) as x(name)
+        where s.singleton
+    ), k as (  -- the constraints of those tables, and the foreign keys that reference them
+        select c.conname, c.conrelid, c.conkey, c.confrelid, c.confkey from pg_catalog.pg_constraint c
+        where c.conrelid in (select oid from t) or c.confrelid in (select oid from t)
+    ), ix as (
+        select i.indexrelid, i.indrelid, i.indkey, i.indnkeyatts, i.indexprs is null as on_columns
+        from pg_catalog.pg_index i where i.indrelid in (select oid from t)
+    )
+    select array(select distinct y.name from (
+        select p_fields ->> f.key
         from pg_catalog.unnest(array['schema_name', 'table_name', 'column_name', 'constraint_name',
                                      'datatype_name']) as f(key)
         union all
-        select y.name
-        from pg_catalog.pg_class c
-        join pg_catalog.pg_namespace n on n.oid = c.relnamespace,
-             lateral (values (c.relname::text), (n.nspname::text),
-                             (n.nspname || '.' || c.relname)) as y(name)
-        where c.oid = any(v_tables)
-           or exists (select from pg_catalog.pg_constraint k
-                      where k.oid = any(v_keys) and c.oid in (k.conrelid, k.confrelid))
+        select z.name from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace,
+             lateral (values (c.relname::text), (n.nspname::text), (n.nspname || '.' || c.relname)) as z(name)
+        where c.oid in (select oid from t union all select conrelid from k union all select confrelid from k)
         union all
         select a.attname::text from pg_catalog.pg_attribute a
-        where a.attrelid = any(v_tables) and a.attnum > 0 and not a.attisdropped
+        where a.attrelid in (select oid from t) and a.attnum > 0 and not a.attisdropped
         union all
-        select k.conname::text from pg_catalog.pg_constraint k where k.oid = any(v_keys)
+        select k.conname::text from k
         union all
         -- "Key (a, b)=" of a foreign key: its columns on either side, as they are named.
         select (select pg_catalog.string_agg(a.attname::text, ', ' order by o.n)
                 from pg_catalog.unnest(s.cols) with ordinality as o(att, n)
                 join pg_catalog.pg_attribute a on a.attrelid = s.rel and a.attnum = o.att)
-        from pg_catalog.pg_constraint k,
-             lateral (values (k.conrelid, k.conkey), (k.confrelid, k.confkey)) as s(rel, cols)
-        where k.oid = any(v_keys) and s.cols is not null
+        from k, lateral (values (k.conrelid, k.conkey), (k.confrelid, k.confkey)) as s(rel, cols)
+        where s.cols is not null
         union all
-        select r.relname::text from pg_catalog.pg_index i
-        join pg_catalog.pg_class r on r.oid = i.indexrelid
-        where i.indrelid = any(v_tables)
+        select r.relname::text from ix join pg_catalog.pg_class r on r.oid = ix.indexrelid
         union all
         -- "Key (a, b)=" of an index on columns: its key columns, quoted as pg_get_indexdef does.
-        select (select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' order by k.n)
-                from pg_catalog.unnest(i.indkey::integer[]) with ordinality as k(att, n)
-                join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.att
-                where k.n <= i.indnkeyatts)
-        from pg_catalog.pg_index i
-        where i.indrelid = any(v_tables) and i.indexprs is null);
-    return array(select distinct n from pg_catalog.unnest(v_names) n where n <> '');
-end
+        select (select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' order by o.n)
+                from pg_catalog.unnest(ix.indkey::integer[]) with ordinality as o(att, n)
+                join pg_catalog.pg_attribute a on a.attrelid = ix.indrelid and a.attnum = o.att
+                where o.n <= ix.indnkeyatts)
+        from ix where ix.on_columns
+    ) as y(name) where y.name <> '')
 $pg$;
 
 -- An error's fields and detail as a failure event keeps them (events.detail): those given only.
@@ -212,41 +197,37 @@ as $pg$
         'detail', nullif(pg_catalog.left(p_detail, 2000), ''))), '{}'::jsonb)
 $pg$;
 
--- An error's text as stored: values stripped, names of what failed kept. The transaction's last two
--- results are kept in profileguard.redacted_1 and _2 (md5:result): a failure of many users repeats them.
+-- An error's text as stored: values stripped, the names of what failed kept. A failure of many users
+-- repeats its texts: the transaction's last two results are kept in profileguard.redacted_1 and _2.
 create or replace function profileguard.redact_error(p_text text, p_fields jsonb default null)
 returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $pg$
 declare
-    v_fields jsonb := case when pg_catalog.jsonb_typeof(p_fields) = 'object' then p_fields end;
-    v_key text;
+    v_key text := pg_catalog.md5(pg_catalog.concat_ws(e'\x1f', p_fields ->> 'schema_name',
+        p_fields ->> 'table_name', p_fields ->> 'column_name', p_fields ->> 'constraint_name',
+        p_fields ->> 'datatype_name', p_text));
+    v_last text := pg_catalog.current_setting('profileguard.redacted_1', true);
     v_seen text;
     v_out text;
 begin
     if p_text is null then
         return null;
     end if;
-    v_key := pg_catalog.md5(pg_catalog.concat_ws(e'\x1f', v_fields ->> 'schema_name',
-        v_fields ->> 'table_name', v_fields ->> 'column_name', v_fields ->> 'constraint_name',
-        v_fields ->> 'datatype_name', p_text));
-    foreach v_seen in array array[pg_catalog.current_setting('profileguard.redacted_1', true),
-                                  pg_catalog.current_setting('profileguard.redacted_2', true)] loop
+    foreach v_seen in array array[v_last, pg_catalog.current_setting('profileguard.redacted_2', true)] loop
         if pg_catalog.left(v_seen, 32) = v_key then
             return pg_catalog.substr(v_seen, 34);
         end if;
     end loop;
-    v_out := profileguard.strip_values(p_text, profileguard.error_names(v_fields));
-    perform pg_catalog.set_config('profileguard.redacted_2',
-        coalesce(pg_catalog.current_setting('profileguard.redacted_1', true), ''), true);
+    v_out := profileguard.strip_values(p_text, profileguard.error_names(p_fields));
+    perform pg_catalog.set_config('profileguard.redacted_2', coalesce(v_last, ''), true);
     perform pg_catalog.set_config('profileguard.redacted_1', v_key || ':' || v_out, true);
     return v_out;
 end
 $pg$;
 
--- One failure of a client's own ensure call; `p_fields`: the error's fields and detail as psycopg's
--- Diagnostic names them.
+-- One failure of a client's own ensure call; `p_fields`: the error's fields and detail (psycopg's names).
 create or replace function profileguard.record_failure(
     p_user_id text,
     p_sqlstate text,
@@ -276,8 +257,7 @@ as $pg$
 begin
     if new.kind in ('failure', 'quarantine') then
         new.message := profileguard.redact_error(new.message, new.detail);
-        if pg_catalog.jsonb_typeof(new.detail) = 'object'
-           and pg_catalog.jsonb_typeof(new.detail -> 'detail') <> 'null' then
+        if pg_catalog.jsonb_typeof(new.detail -> 'detail') <> 'null' then
             new.detail := pg_catalog.jsonb_set(new.detail, '{detail}', pg_catalog.to_jsonb(
                 profileguard.redact_error(new.detail ->> 'detail', new.detail)));
         end if;
