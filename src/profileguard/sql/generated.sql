@@ -564,9 +564,9 @@ $pg$;
 -- Retired: the backfill works in physical order (backfill_pages).
 drop function if exists profileguard.backfill_range({key_type}, {key_type}, bigint);
 
--- The backfill's batch: the users on heap pages [p_first, p_last) without a profile get one; with
--- p_since or p_all_rows, the catch-up's rows only. Returns {users on those pages, profiles created}; counted
--- to run p_run_id. Why its settings: docs/internals.md, "Backfill runs".
+-- The backfill's batch: the users on heap pages [p_first, p_last) without a profile get one (with p_since
+-- or p_all_rows, the catch-up's rows only). Returns [users on those pages, profiles created], counted to
+-- run p_run_id. Why its settings: docs/internals.md, "Backfill runs".
 create or replace function profileguard.backfill_pages(
     p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
     p_all_rows boolean default false
