@@ -31,6 +31,7 @@ as $pg$
 declare
     c_open constant text := '"''(«»„“‘「';
     c_close constant text := '"'')»«“”’」';
+    c_stray constant text := ')”’」';  -- closing only
     v_len integer := pg_catalog.length(p_text);
     v_names text[] := array(select n from pg_catalog.unnest(p_names) n where n <> '');
     v_max integer := coalesce((select max(pg_catalog.length(n)) from pg_catalog.unnest(v_names) n), 0);
@@ -53,7 +54,7 @@ begin
     end if;
     -- The names: an opening delimiter, one of v_names, its closing delimiter (the longest fit).
     while v_max > 0 loop
-        v_p := v_p + pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_p), '^[^"''(«»„“‘「]*'));
+        v_p := v_p + pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_p), '^[^' || c_open || ']*'));
         exit when v_p > v_len;
         v_close := pg_catalog.substr(c_close, pg_catalog.strpos(c_open, pg_catalog.substr(p_text, v_p, 1)), 1);
         v_best := 0;
@@ -94,13 +95,14 @@ begin
             end if;
         else
             -- Outside a value: the text as it is, up to the next delimiter.
-            v_q := pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_i), '^[^"''(«»„“‘「)”’」]*'));
+            v_q := pg_catalog.length(pg_catalog.substring(pg_catalog.substr(p_text, v_i),
+                                                          '^[^' || c_open || c_stray || ']*'));
             v_out := v_out || pg_catalog.substr(p_text, v_i, v_q);
             v_i := v_i + v_q;
             v_c := pg_catalog.substr(p_text, v_i, 1);
             if v_i > v_len or v_i = v_next then
                 null;
-            elsif pg_catalog.strpos(')”’」', v_c) > 0 then
+            elsif pg_catalog.strpos(c_stray, v_c) > 0 then
                 -- It closes a value that began after the last name.
                 v_out := pg_catalog.left(v_out, v_kept) || '…' || v_c;
                 v_i := v_i + 1;
