@@ -23,7 +23,6 @@ from profileguard.cli.options import (
 )
 from profileguard.cli.render import err, out, print_fields, print_json, print_sql
 from profileguard.errors import ConfigError, ExitCode, UsageError
-from profileguard.install.locking import DDL_LOCK_TIMEOUT_MS, RETRY_FOR_SECONDS
 
 # A rendered file's cap on each lock wait other than the retried one on the identity table's
 # (none of them can queue a sign-in: they wait only behind ACCESS EXCLUSIVE on the identity or
@@ -99,14 +98,10 @@ def render_file(result: installer.InstallResult, *, uninstall: bool = False) -> 
         f"`profileguard sql{' --uninstall' if uninstall else ''}` (nothing was run to render it).",
         "-- Apply it in one transaction: `supabase db push` (one transaction per migration file),",
         "-- or psql -1 -v ON_ERROR_STOP=1 -f FILE.",
-        "-- It stops before changing anything when what profileguard reads or writes here (the "
-        "columns it uses, its schema",
-        "-- version) differs from the database it was rendered for; other changes to the tables "
-        "pass.",
-        "-- It locks the users table, which every sign-in updates, only for its last statements: "
-        "it waits for that lock",
-        f"-- {DDL_LOCK_TIMEOUT_MS} ms at a time and tries again (for {RETRY_FOR_SECONDS:.0f} s "
-        f"at most); every other lock wait is capped at {FILE_LOCK_TIMEOUT}.",
+        "-- It stops first on a database that differs from the one it was rendered for, and locks "
+        "the users table only",
+        "-- for its last statements (below); every other lock wait is capped at "
+        f"{FILE_LOCK_TIMEOUT}.",
         f"set local lock_timeout = '{FILE_LOCK_TIMEOUT}';",
         "",
         result.preconditions.strip() + ";",
