@@ -1,9 +1,5 @@
 -- Nothing in the profileguard schema is reachable by clients: no EXECUTE or table access for
 -- PUBLIC, anon or authenticated. service_role (where it exists) may call ensure_profile.
-revoke all on schema profileguard from public;
-revoke all on all functions in schema profileguard from public;
-revoke all on all tables in schema profileguard from public;
-revoke all on all sequences in schema profileguard from public;
 alter default privileges in schema profileguard revoke execute on functions from public;
 
 do $pg$
@@ -11,13 +7,14 @@ declare
     v_role text;
     v_function regprocedure;
 begin
-    foreach v_role in array array['anon', 'authenticated'] loop
-        if exists (select from pg_catalog.pg_roles where rolname = v_role) then
-            execute format('revoke all on schema profileguard from %I', v_role);
-            execute format('revoke all on all functions in schema profileguard from %I', v_role);
-            execute format('revoke all on all tables in schema profileguard from %I', v_role);
-            execute format('revoke all on all sequences in schema profileguard from %I', v_role);
-        end if;
+    for v_role in
+        select r from pg_catalog.unnest(array['public', 'anon', 'authenticated']) r
+        where r = 'public' or exists (select from pg_catalog.pg_roles where rolname = r)
+    loop
+        execute format('revoke all on schema profileguard from %1$I;'
+                       ' revoke all on all functions in schema profileguard from %1$I;'
+                       ' revoke all on all tables in schema profileguard from %1$I;'
+                       ' revoke all on all sequences in schema profileguard from %1$I', v_role);
     end loop;
     if exists (select from pg_catalog.pg_roles where rolname = 'service_role') then
         grant usage on schema profileguard to service_role;
