@@ -1034,20 +1034,9 @@ $pg$;
 -- Retired: the backfill works in physical order (backfill_pages).
 drop function if exists profileguard.backfill_range(uuid, uuid, bigint);
 
--- The backfill's unit of work in physical order: the users on heap pages [p_first, p_last) (a
--- TID range scan, reading the table in order) without a profile get one, by one call of
--- insert_profiles (the sweep leaves users with a profile to its conflict check; the catch-up
--- skips them with NOT EXISTS, as nearly all of its rows have one). With p_since
--- (the catch-up after a sweep) only rows written by transactions not older than p_since are
--- taken (age() compares them without wraparound trouble); with p_all_rows the catch-up takes
--- every row of the range.
--- Returns an array: users on those pages (0 in a catch-up), profiles created. With a run id it
--- adds the count to that run and records one 'backfill' event (not one per user).
--- random_page_cost is that of cached pages (a batch probes indexes the previous batches just
--- read): otherwise the planner hashes every taken username of the growing profile table once per
--- batch instead of probing the index once per new row, and batches slow down as it grows. For
--- the same reason the catch-up's NOT EXISTS probes the profile key per candidate row (hash and
--- merge joins off) instead of reading every profile once per batch.
+-- The backfill's batch: the users on heap pages [p_first, p_last) without a profile get one (with p_since
+-- or p_all_rows, the catch-up's rows only). Returns [users on those pages, profiles created], counted to
+-- run p_run_id. Why its settings: docs/internals.md, "Backfill runs".
 create or replace function profileguard.backfill_pages(
     p_first bigint, p_last bigint, p_run_id bigint default null, p_since xid default null,
     p_all_rows boolean default false
@@ -1066,15 +1055,11 @@ declare
     v_from pg_catalog.tid := pg_catalog.format('(%s,0)', p_first)::pg_catalog.tid;
     v_to pg_catalog.tid := pg_catalog.format('(%s,0)', p_last)::pg_catalog.tid;
     v_catchup boolean := p_since is not null or p_all_rows;
-    v_since pg_catalog.int4 := case when p_all_rows then 2147483647
-                                    else pg_catalog.age(p_since) end;
+    v_since pg_catalog.int4 := case when p_all_rows then 2147483647 else pg_catalog.age(p_since) end;
     v_scanned bigint := 0;
     v_count bigint;
     v_ids uuid[];
 begin
-    if not v_catchup then
-        select count(*) into v_scanned from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to;
-    end if;
     if v_catchup then
         v_ids := array(SELECT u.id
                        FROM auth.users AS u
@@ -1085,6 +1070,7 @@ begin
                                          FROM public.profiles AS p
                                          WHERE p.id = u.id));
     else
+        select count(*) into v_scanned from "auth"."users" u where u.ctid >= v_from and u.ctid < v_to;
         v_ids := array(SELECT u.id
                        FROM auth.users AS u
                        WHERE u.ctid >= v_from AND u.ctid < v_to);
