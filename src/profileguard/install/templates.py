@@ -163,7 +163,7 @@ def _when_flagged(statement: Formatted, test: str) -> sql.SQL:
         f" or all.{pad}if pg_catalog.current_setting('{RULE_NEEDED}', true) {test} then"
         f"{pad}    {inner};"
         f"{pad}    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);"
-        f"{pad}end if"
+        f"{pad}end if;"
     )
 
 
