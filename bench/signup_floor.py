@@ -46,7 +46,8 @@ from profileguard.install import install
 GUARANTEES = ("exception", "trimming", "settings", "sync")
 # The first try's branch of the loop's exception block, and what follows the branches.
 _BLOCK = re.compile(
-    r"\n        begin\n            if not v_retry then\n(.*?)\n            else\n.*?\n            end if;\n"
+    r"\n        begin\n            if not v_retry then\n(.*?)"
+    r"\n            else\n.*?\n            end if;\n"
     r"(.*?            return null;\n)        exception ",
     re.S,
 )
