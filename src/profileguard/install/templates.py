@@ -159,8 +159,9 @@ def _when_flagged(statement: Formatted, test: str) -> sql.SQL:
     inner = wrapped(statement.text, WIDTH - column - 4).replace("\n", "\n" + " " * (column + 4))
     pad = "\n" + " " * column
     return sql.SQL(
-        f"{pad}-- The names left to the username rule (the lean insert's WHERE turned the flag on),"
-        f" or all.{pad}if pg_catalog.current_setting('{RULE_NEEDED}', true) {test} then"
+        f"{pad}-- The names the lean insert left to the username rule (its WHERE turned the flag"
+        f" on){pad}-- or, on the retry, all."
+        f"{pad}if pg_catalog.current_setting('{RULE_NEEDED}', true) {test} then"
         f"{pad}    {inner};"
         f"{pad}    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);"
         f"{pad}end if;"
