@@ -44,18 +44,24 @@ from profileguard.config import load_settings
 from profileguard.install import install
 
 GUARANTEES = ("exception", "trimming", "settings", "sync")
-_BLOCK = re.compile(r"begin\n    begin\n(.*?        return null;\n)    exception .*", re.S)
+# The first try's branch of the loop's exception block, and what follows the branches.
+_BLOCK = re.compile(
+    r"\n        begin\n            if not v_retry then\n(.*?)"
+    r"\n            else\n.*?\n            end if;\n"
+    r"(.*?            return null;\n)        exception ",
+    re.S,
+)
 _TRIM = re.compile(r"NULLIF\(btrim\(([^()]*)\), ''\)")
 _SETTINGS = re.compile(r" SET (?:jit|enable_seqscan|lock_timeout) TO '[^']*'\n")
 
 
 def _without_exception(body: str) -> str:
     """The first try's statements alone, outside any exception block."""
-    head = body[: body.index("declare")]
+    head = body[: body.index("\nbegin\n") + 1]
     found = _BLOCK.search(body)
     if found is None:
         raise RuntimeError("the trigger's exception block was not found")
-    return f"{head}begin\n{found.group(1)}end\n$function$"
+    return f"{head}begin\n{found.group(1)}\n{found.group(2)}end\n$function$"
 
 
 EDITS: dict[str, Callable[[str], str]] = {

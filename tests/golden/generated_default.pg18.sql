@@ -382,6 +382,7 @@ set lock_timeout = '125ms'
 as $pg$
 declare
     v_strict boolean := false;
+    v_retry boolean := false;
     v_work_mem text;
     v_state text;
     v_message text;
@@ -393,155 +394,68 @@ declare
     v_datatype text;
     v_count bigint;
 begin
-    begin
-        -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
-        if not profileguard.trigger_enabled() then
-            return null;
-        end if;
-        WITH pg_sources AS (
-                 SELECT u.id AS pg_key,
-                        u.raw_user_meta_data,
-                        NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
-                        NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
-                        NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
-                 FROM pg_new_users AS u
-                 OFFSET 0
-               )
-          INSERT INTO public.profiles (id, full_name, avatar_url, username)
-          SELECT a.pg_key,
-                 CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data #>> '{custom_claims,global_name}'),
-                                      ''),
-                               NULLIF(btrim(a.raw_user_meta_data ->> 'full_name'), ''),
-                               NULLIF(btrim(a.raw_user_meta_data ->> 'name'), '')) AS text),
-                 CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data ->> 'avatar_url'), ''),
-                               NULLIF(btrim(a.raw_user_meta_data ->> 'picture'), '')) AS text),
-                 CASE
-                   WHEN COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-                     THEN NULL
-                   WHEN CASE
-                          WHEN a.pg_provider IS NULL
-                            THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
-                          WHEN a.pg_provider IS NOT NULL
-                           AND a.pg_provider <> ALL(profileguard.unverified_providers())
-                            THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
-                          ELSE FALSE
-                        END
-                    AND NOT lower(COALESCE(a.pg_n0, a.pg_n1, NULL) COLLATE "C") = ANY(profileguard.reserved_names())
-                    AND char_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) >= 3
-                     THEN COALESCE(a.pg_n0, a.pg_n1, NULL)
-                   ELSE "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 55) || '_' || "left"(md5(CAST(a.pg_key AS text)),
-                                                                                      8)
-                 END
-          FROM pg_sources AS a
-          WHERE COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-             OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
-             AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64)
-             OR pg_catalog.set_config('profileguard.username_rule', 'on', TRUE) IS NULL;
-        -- Names the lean insert left to the username rule (its WHERE turned the flag on).
-        if pg_catalog.current_setting('profileguard.username_rule', true) = 'on' then
-            perform pg_catalog.set_config('profileguard.username_rule', '', true);
-            WITH pg_sources AS (
-                     SELECT u.id AS pg_key,
-                            u.raw_user_meta_data,
-                            NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
-                            NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
-                            NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
-                     FROM pg_new_users AS u
-                     OFFSET 0
-                   ),
-                 pg_chosen AS (
-                     SELECT a.pg_key,
-                            a.raw_user_meta_data,
-                            "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 272) AS pg_cut,
-                            CASE
-                              WHEN a.pg_provider IS NULL
-                                THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
-                              WHEN a.pg_provider IS NOT NULL
-                               AND a.pg_provider <> ALL(profileguard.unverified_providers())
-                                THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
-                              ELSE FALSE
-                            END AS pg_trusted
-                     FROM pg_sources AS a
-                     WHERE NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
-                            OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
-                            AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))
-                     OFFSET 0
-                   ),
-                 pg_cleaned AS (
-                     SELECT a.pg_key,
-                            a.raw_user_meta_data,
-                            a.pg_trusted,
-                            NULLIF(CASE
-                                     WHEN a.pg_cut ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
-                                       THEN a.pg_cut
-                                     WHEN a.pg_cut ~ profileguard.rare_names()
-                                       THEN profileguard.username_base(a.pg_key)
-                                     ELSE regexp_replace(normalize(regexp_replace(a.pg_cut,
-                                                                                  profileguard.invisible_characters(),
-                                                                                  '',
-                                                                                  'g'), NFKC),
-                                                         profileguard.edge_spaces(),
-                                                         '',
-                                                         'g')
-                                   END,
-                                   '') AS pg_base
-                     FROM pg_chosen AS a
-                     OFFSET 0
-                   ),
-                 pg_plain AS (
-                     SELECT b.*,
-                            CASE
-                              WHEN octet_length(b.pg_base) <= 64 THEN b.pg_base
-                              ELSE rtrim("left"(b.pg_base, 64), '  ')
-                            END AS pg_plain
-                     FROM pg_cleaned AS b
-                     OFFSET 0
-                   )
-              INSERT INTO public.profiles (id, full_name, avatar_url, username)
-              SELECT c.pg_key,
-                     CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data #>> '{custom_claims,global_name}'),
-                                          ''),
-                                   NULLIF(btrim(c.raw_user_meta_data ->> 'full_name'), ''),
-                                   NULLIF(btrim(c.raw_user_meta_data ->> 'name'), '')) AS text),
-                     CAST(COALESCE(NULLIF(btrim(c.raw_user_meta_data ->> 'avatar_url'), ''),
-                                   NULLIF(btrim(c.raw_user_meta_data ->> 'picture'), '')) AS text),
-                     CASE
-                       WHEN c.pg_base IS NULL
-                         THEN NULL
-                       WHEN c.pg_trusted
-                        AND NOT(lower(c.pg_plain COLLATE pg_catalog.pg_unicode_fast)
-                            = ANY(profileguard.reserved_names())
-                             OR (c.pg_plain !~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
-                             AND profileguard.reserved_confusable(c.pg_plain)))
-                        AND char_length(c.pg_plain) >= 3
-                         THEN c.pg_plain
-                       ELSE "left"(c.pg_base, 55) || '_' || "left"(md5(CAST(c.pg_key AS text)), 8)
-                     END
-              FROM pg_plain AS c;
-        end if;
-        return null;
-    exception when others or query_canceled or assert_failure then
-        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                v_detail = pg_exception_detail, v_schema = schema_name,
-                                v_table = table_name, v_column = column_name,
-                                v_constraint = constraint_name, v_datatype = pg_datatype_name;
-        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
-            raise;
-        end if;
-    end;
-    -- The failure path: everything in it is protected too, so that not even recording the
-    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
-    -- (the SET clause above restores lock_timeout when the function returns).
-    -- A unique violation is tried once more: the rows whose key or name is taken are left out
-    -- by ON CONFLICT and only those get the collision path (suffixed names, looked up).
-    begin
-        v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
-        perform pg_catalog.set_config('lock_timeout', '16ms', true);
-        if v_state = '23505' then
-            begin
-                -- Local to the transaction: put back below, or undone with this block on error.
+    -- The first try, and once more after a unique violation: the rows whose key or name is taken
+    -- are left out by ON CONFLICT and only those get the collision path (suffixed names, looked up).
+    loop
+        begin
+            if not v_retry then
+                -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
+                if not profileguard.trigger_enabled() then
+                    return null;
+                end if;
+                WITH pg_sources AS (
+                         SELECT u.id AS pg_key,
+                                u.raw_user_meta_data,
+                                NULLIF(btrim(u.raw_user_meta_data ->> 'user_name'), '') AS pg_n0,
+                                NULLIF(btrim(u.raw_user_meta_data ->> 'preferred_username'), '') AS pg_n1,
+                                NULLIF(btrim(u.raw_app_meta_data ->> 'provider'), '') AS pg_provider
+                         FROM pg_new_users AS u
+                         OFFSET 0
+                       )
+                  INSERT INTO public.profiles (id, full_name, avatar_url, username)
+                  SELECT a.pg_key,
+                         CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data #>> '{custom_claims,global_name}'),
+                                              ''),
+                                       NULLIF(btrim(a.raw_user_meta_data ->> 'full_name'), ''),
+                                       NULLIF(btrim(a.raw_user_meta_data ->> 'name'), '')) AS text),
+                         CAST(COALESCE(NULLIF(btrim(a.raw_user_meta_data ->> 'avatar_url'), ''),
+                                       NULLIF(btrim(a.raw_user_meta_data ->> 'picture'), '')) AS text),
+                         CASE
+                           WHEN COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                             THEN NULL
+                           WHEN CASE
+                                  WHEN a.pg_provider IS NULL
+                                    THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                                  WHEN a.pg_provider IS NOT NULL
+                                   AND a.pg_provider <> ALL(profileguard.unverified_providers())
+                                    THEN COALESCE(a.pg_n0, a.pg_n1) IS NOT NULL
+                                  ELSE FALSE
+                                END
+                            AND NOT lower(COALESCE(a.pg_n0, a.pg_n1, NULL) COLLATE "C") =
+                                ANY(profileguard.reserved_names())
+                            AND char_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) >= 3
+                             THEN COALESCE(a.pg_n0, a.pg_n1, NULL)
+                           ELSE "left"(COALESCE(a.pg_n0, a.pg_n1, NULL), 55) || '_' || "left"(md5(CAST(a.pg_key AS
+                               text)),
+                                                                                              8)
+                         END
+                  FROM pg_sources AS a
+                  WHERE COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                     OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                     AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64)
+                     OR pg_catalog.set_config('profileguard.username_rule', 'on', TRUE) IS NULL;
+            else
+                -- The failure path's shorter lock waits (the SET clause above restores lock_timeout
+                -- when the function returns) and more work_mem, put back below; both local to the
+                -- transaction, and undone with this block on error.
+                perform pg_catalog.set_config('lock_timeout', '16ms', true);
                 v_work_mem := pg_catalog.current_setting('work_mem');
                 perform pg_catalog.set_config('work_mem', '64MB', true);
+                perform pg_catalog.set_config('profileguard.username_rule', 'all', true);
+            end if;
+            -- The names the lean insert left to the username rule (its WHERE turned the flag on)
+            -- or, on the retry, all.
+            if pg_catalog.current_setting('profileguard.username_rule', true) <> '' then
                 WITH pg_sources AS (
                          SELECT u.id AS pg_key,
                                 u.raw_user_meta_data,
@@ -565,6 +479,10 @@ begin
                                   ELSE FALSE
                                 END AS pg_trusted
                          FROM pg_sources AS a
+                         WHERE pg_catalog.current_setting('profileguard.username_rule', TRUE) = 'all'
+                            OR NOT(COALESCE(a.pg_n0, a.pg_n1, NULL) IS NULL
+                                OR (COALESCE(a.pg_n0, a.pg_n1, NULL) ~ '^[!-Z^-z|-~]([ -~]*[!-~])?$'
+                                AND octet_length(COALESCE(a.pg_n0, a.pg_n1, NULL)) <= 64))
                          OFFSET 0
                        ),
                      pg_cleaned AS (
@@ -666,19 +584,29 @@ begin
                          END
                   FROM pg_collided AS c
                   ON CONFLICT (id) DO NOTHING;
+                perform pg_catalog.set_config('profileguard.username_rule', '', true);
+            end if;
+            if v_retry then
                 perform pg_catalog.set_config('work_mem', v_work_mem, true);
-                return null;
-            exception when others or query_canceled or assert_failure then
-                get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                        v_detail = pg_exception_detail, v_schema = schema_name,
-                                        v_table = table_name, v_column = column_name,
-                                        v_constraint = constraint_name,
-                                        v_datatype = pg_datatype_name;
-                if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
-                    raise;
-                end if;
-            end;
-        end if;
+            end if;
+            return null;
+        exception when others or query_canceled or assert_failure then
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                                    v_detail = pg_exception_detail, v_schema = schema_name,
+                                    v_table = table_name, v_column = column_name,
+                                    v_constraint = constraint_name, v_datatype = pg_datatype_name;
+            if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
+                raise;
+            end if;
+        end;
+        exit when v_retry or v_state <> '23505';
+        v_retry := true;
+    end loop;
+    -- The failure path: everything in it is protected too, so that not even recording the
+    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter.
+    begin
+        v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
+        perform pg_catalog.set_config('lock_timeout', '16ms', true);
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),

@@ -27,7 +27,7 @@ from profileguard.mapping import (
     when_changed,
 )
 from profileguard.mapping.guards import deferred_check
-from profileguard.mapping.insert import RULE_NEEDED
+from profileguard.mapping.insert import ALL_ROWS, RULE_NEEDED
 from profileguard.sqlformat import WIDTH, Formatted, fill, json_text, pretty, wrapped
 
 # Seed of hashtextextended() for the per-user claim locks that keep repairs by the worker and the
@@ -88,9 +88,8 @@ def render_generated(plan: Plan) -> sql.Composed:
         lock_timeout=sql.Literal(f"{budget.per_wait_ms}ms"),
         record_lock_timeout=sql.Literal(f"{budget.record_per_wait_ms}ms"),
         check_deferred=deferred_check(plan.guards, 8),
-        check_deferred_nested=deferred_check(plan.guards, 16),
-        insert_new=_insert_new(plan, new_rows),
-        insert_new_forced=_insert_new_forced(plan, new_rows),
+        check_deferred_nested=deferred_check(plan.guards, 12),
+        **_trigger_inserts(plan, new_rows),
         insert_profiles=pretty(sql.SQL("{} returning {}").format(full, parts["profile_key"])),
         claim_seed=sql.Literal(CLAIM_SEED),
         pages=pretty(pages.format(ikey=ikey, identity=identity)),
@@ -105,19 +104,96 @@ def render_generated(plan: Plan) -> sql.Composed:
     )
 
 
-def _insert_new_forced(plan: Plan, new_rows: sql.Identifier) -> sql.Composable:
-    """The trigger's retry after a unique violation: with a username rule, one statement over the
-    new rows that sends only the rows whose key or name was taken through the collision path
-    (mapping/insert.py `_retry`), read in key order; otherwise, and when a deferrable unique or
-    exclusion constraint cannot be an ON CONFLICT arbiter, the full statement over their ids
-    (read from the identity table: the trigger runs after them)."""
+def _trigger_inserts(plan: Plan, new_rows: sql.Identifier) -> dict[str, sql.Composable]:
+    """The sign-up trigger's statements: `insert_new` its first try, `insert_new_forced` what its
+    retry after a unique violation runs, `insert_rule` what both run next.
+
+    With a lean insert whose rows ON CONFLICT can arbitrate, the rows it leaves to the username
+    rule (RULE_NEEDED on) go through the retry's own statement (mapping/insert.py `_retry`), which
+    handles a taken key or name row by row; the retry sets RULE_NEEDED to ALL_ROWS and runs that
+    statement over every new row, in key order: it is written once. Otherwise the first try is
+    the optimistic insert (the lean one and then the rows it left) and the retry its own statement
+    (`_retried`)."""
+    lean = lean_statement(plan, source=new_rows, named=True)
+    if lean is None:
+        first: sql.Composable = pretty(
+            insert_statement(plan, source=new_rows, optimistic=True, named=True)
+        )
+        return dict(
+            insert_new=first, insert_new_forced=_retried(plan, new_rows), insert_rule=sql.SQL("")
+        )
+    if not _arbiters(plan):
+        rule = pretty(
+            insert_statement(plan, source=new_rows, optimistic=True, named=True, rule_only=True)
+        )
+        return dict(
+            insert_new=pretty(lean),
+            insert_new_forced=_retried(plan, new_rows),
+            insert_rule=_when_flagged(rule, "= 'on'"),
+        )
+    rule = pretty(
+        insert_statement(
+            plan,
+            source=new_rows,
+            where=_key_order(plan),
+            optimistic=True,
+            named=True,
+            retry=True,
+            rule_only=True,
+        )
+    )
+    return dict(
+        insert_new=pretty(lean),
+        insert_new_forced=sql.SQL("perform pg_catalog.set_config({}, {}, true)").format(
+            sql.Literal(RULE_NEEDED), sql.Literal(ALL_ROWS)
+        ),
+        insert_rule=_when_flagged(rule, "<> ''"),
+    )
+
+
+def _when_flagged(statement: Formatted, test: str) -> sql.SQL:
+    """`statement` run when RULE_NEEDED passes `test` (the lean insert's WHERE turned it on, or
+    the retry set it), then RULE_NEEDED cleared; laid out on its own lines at column 12 (not a
+    `Formatted`: its placeholder follows `end if;`)."""
+    column = 12
+    inner = wrapped(statement.text, WIDTH - column - 4).replace("\n", "\n" + " " * (column + 4))
+    pad = "\n" + " " * column
+    return sql.SQL(
+        f"{pad}-- The names the lean insert left to the username rule (its WHERE turned the flag"
+        f" on){pad}-- or, on the retry, all."
+        f"{pad}if pg_catalog.current_setting('{RULE_NEEDED}', true) {test} then"
+        f"{pad}    {inner};"
+        f"{pad}    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);"
+        f"{pad}end if;"
+    )
+
+
+def _arbiters(plan: Plan) -> bool:
+    """Whether ON CONFLICT can take every unique index of the profile table as an arbiter (not a
+    deferrable unique or exclusion constraint)."""
+    return not any(d.kind in ("p", "u", "x") for d in plan.guards.deferrable)
+
+
+def _key_order(plan: Plan) -> sql.Composable:
+    return sql.SQL("order by u.{}").format(sql.Identifier(plan.settings.identity.key))
+
+
+def _retried(plan: Plan, new_rows: sql.Identifier) -> sql.Composable:
+    """The trigger's retry after a unique violation without the lean insert's: with a username
+    rule, one statement over the new rows that sends only the rows whose key or name was taken
+    through the collision path (mapping/insert.py `_retry`), read in key order; otherwise, and
+    when a deferrable unique or exclusion constraint cannot be an ON CONFLICT arbiter, the full
+    statement over their ids (read from the identity table: the trigger runs after them)."""
     constraints = plan.username_constraints
-    arbiters = not any(d.kind in ("p", "u", "x") for d in plan.guards.deferrable)
-    if constraints is not None and constraints.column in plan.mapping and arbiters:
-        order = sql.SQL("order by u.{}").format(sql.Identifier(plan.settings.identity.key))
+    if constraints is not None and constraints.column in plan.mapping and _arbiters(plan):
         return pretty(
             insert_statement(
-                plan, source=new_rows, where=order, optimistic=True, named=True, retry=True
+                plan,
+                source=new_rows,
+                where=_key_order(plan),
+                optimistic=True,
+                named=True,
+                retry=True,
             )
         )
     return sql.SQL(
@@ -163,31 +239,6 @@ def _sync_parts(plan: Plan) -> dict[str, sql.Composable]:
         drift=pretty(drift_select(plan, sync, sql.SQL("u.{} = any(v_ids)").format(ikey))),
         watched=sql.SQL(", ").join(sql.Identifier(c) for c in watched),
         when_changed=when_changed(sync),
-    )
-
-
-def _insert_new(plan: Plan, new_rows: sql.Identifier) -> Formatted:
-    """The trigger's first try: the lean insert, then the full optimistic one for the rows it
-    left to the username rule, only when there are any (each statement is set up only when it
-    runs, and each is planned once per session); the optimistic insert alone when the mapping
-    has no lean one."""
-    lean = lean_statement(plan, source=new_rows, named=True)
-    if lean is None:
-        return pretty(insert_statement(plan, source=new_rows, optimistic=True, named=True))
-    rule = pretty(
-        insert_statement(plan, source=new_rows, optimistic=True, named=True, rule_only=True)
-    )
-    # Each statement broken to fit where it lands: the block at {insert_new}'s column, the
-    # second statement four further in (the block itself is not one statement to break).
-    column = 8
-    inner = wrapped(rule.text, WIDTH - column - 4).replace("\n", "\n    ")
-    return Formatted(
-        f"{wrapped(pretty(lean).text, WIDTH - column)};\n"
-        "-- Names the lean insert left to the username rule (its WHERE turned the flag on).\n"
-        f"if pg_catalog.current_setting('{RULE_NEEDED}', true) = 'on' then\n"
-        f"    perform pg_catalog.set_config('{RULE_NEEDED}', '', true);\n"
-        f"    {inner};\n"
-        "end if"
     )
 
 

@@ -841,7 +841,8 @@ def insert_statement(
     `named` reads the mapping's constants from the installed functions (see `_constant`).
     `rule_only` (optimistic): only the rows whose name needs the username rule, those the lean
     insert leaves (see `lean_statement`).
-    `retry` (with `optimistic`, for a username rule): the trigger's retry, see `_retry`.
+    `retry` (with `optimistic`, for a username rule): the trigger's retry, see `_retry`; with
+    `rule_only` too, over the rows the lean insert left, or all when RULE_NEEDED is ALL_ROWS.
     """
     settings = plan.settings
     constraints = plan.username_constraints
@@ -908,7 +909,12 @@ def insert_statement(
         if constraints is None or not optimistic or len(layers) < 2:
             raise ValueError("rule_only needs the optimistic insert of a username rule")
         name = _username_raw(plan, constraints, plan.mapping[constraints.column], named)
-        filters["pg_chosen"] = sql.SQL(" where not {}").format(_lean_test(plan, name))
+        test = sql.SQL(" where not {}").format(_lean_test(plan, name))
+        if retry:  # all the rows once the flag says so: the retry of the lean insert
+            test = sql.SQL(" where pg_catalog.current_setting({}, true) = {} or not {}").format(
+                sql.Literal(RULE_NEEDED), sql.Literal(ALL_ROWS), _lean_test(plan, name)
+            )
+        filters["pg_chosen"] = test
     ctes: list[sql.Composable] = []
     below: sql.Composable = sql.SQL("{} u {}").format(source, where)
     for (columns, alias), step in zip(layers, steps, strict=False):
@@ -945,6 +951,8 @@ def insert_statement(
 # The transaction-local setting the lean insert turns on when a new row's name needs the
 # username rule: the trigger then runs the full insert for those rows.
 RULE_NEEDED = "profileguard.username_rule"
+# Its value when the full insert is to take every new row (the retry after a unique violation).
+ALL_ROWS = "all"
 
 
 def _lean_test(plan: Plan, name: sql.Composable) -> sql.Composable:

@@ -154,6 +154,7 @@ set lock_timeout = {lock_timeout}
 as $pg$
 declare
     v_strict boolean := false;
+    v_retry boolean := false;
     v_work_mem text;
     v_state text;
     v_message text;
@@ -165,49 +166,46 @@ declare
     v_datatype text;
     v_count bigint;
 begin
-    begin
-        -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
-        if not profileguard.trigger_enabled() then
+    -- The first try, and once more after a unique violation: the rows whose key or name is taken
+    -- are left out by ON CONFLICT and only those get the collision path (suffixed names, looked up).
+    loop
+        begin
+            if not v_retry then
+                -- The settings row's flags, folded into this plan as constants (profileguard.write_flags).
+                if not profileguard.trigger_enabled() then
+                    return null;
+                end if;
+                {insert_new};
+            else
+                -- The failure path's shorter lock waits (the SET clause above restores lock_timeout
+                -- when the function returns) and more work_mem, put back below; both local to the
+                -- transaction, and undone with this block on error.
+                perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
+                v_work_mem := pg_catalog.current_setting('work_mem');
+                perform pg_catalog.set_config('work_mem', '64MB', true);
+                {insert_new_forced};
+            end if;{insert_rule}{check_deferred_nested}
+            if v_retry then
+                perform pg_catalog.set_config('work_mem', v_work_mem, true);
+            end if;
             return null;
-        end if;
-        {insert_new};{check_deferred}
-        return null;
-    exception when others or query_canceled or assert_failure then
-        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                v_detail = pg_exception_detail, v_schema = schema_name,
-                                v_table = table_name, v_column = column_name,
-                                v_constraint = constraint_name, v_datatype = pg_datatype_name;
-        if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
-            raise;
-        end if;
-    end;
+        exception when others or query_canceled or assert_failure then
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                                    v_detail = pg_exception_detail, v_schema = schema_name,
+                                    v_table = table_name, v_column = column_name,
+                                    v_constraint = constraint_name, v_datatype = pg_datatype_name;
+            if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
+                raise;
+            end if;
+        end;
+        exit when v_retry or v_state <> '23505';
+        v_retry := true;
+    end loop;
     -- The failure path: everything in it is protected too, so that not even recording the
-    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter
-    -- (the SET clause above restores lock_timeout when the function returns).
-    -- A unique violation is tried once more: the rows whose key or name is taken are left out
-    -- by ON CONFLICT and only those get the collision path (suffixed names, looked up).
+    -- failure (the events table locked, say) can fail the signup. Its lock waits are shorter.
     begin
         v_strict := profileguard.strict_mode();  -- read here: only a failure needs it
         perform pg_catalog.set_config('lock_timeout', {record_lock_timeout}, true);
-        if v_state = '23505' then
-            begin
-                -- Local to the transaction: put back below, or undone with this block on error.
-                v_work_mem := pg_catalog.current_setting('work_mem');
-                perform pg_catalog.set_config('work_mem', '64MB', true);
-                {insert_new_forced};{check_deferred_nested}
-                perform pg_catalog.set_config('work_mem', v_work_mem, true);
-                return null;
-            exception when others or query_canceled or assert_failure then
-                get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
-                                        v_detail = pg_exception_detail, v_schema = schema_name,
-                                        v_table = table_name, v_column = column_name,
-                                        v_constraint = constraint_name,
-                                        v_datatype = pg_datatype_name;
-                if v_state = '57014' and not profileguard.statement_timed_out(v_message) then
-                    raise;
-                end if;
-            end;
-        end if;
         if coalesce(v_strict, false) then
             raise exception using errcode = v_state, message = v_message,
                 detail = coalesce(v_detail, ''),
