@@ -35,8 +35,8 @@ declare
     v_len integer := pg_catalog.length(p_text);
     v_names text[] := array(select n from pg_catalog.unnest(p_names) n where n <> '');
     v_max integer := coalesce((select max(pg_catalog.length(n)) from pg_catalog.unnest(v_names) n), 0);
-    v_starts integer[] := '{}';  -- the names in p_text: where each starts and ends
-    v_ends integer[] := '{}';
+    v_starts integer[] := '{}'::integer[];  -- the names in p_text: where each starts and ends
+    v_ends integer[] := '{}'::integer[];
     v_t integer := 1;            -- the next of them, at v_next
     v_next integer;
     v_out text := '';
